@@ -1,0 +1,21 @@
+//! The actor tree:
+//!
+//! ```text
+//! Registry            root; index of live conversations; rebuilds the tree from the store on boot
+//! ├── Conversation    one per conversation with a live instance
+//! │   └── Recorder    one per instance; the instance state machine
+//! │       └── Stream  one per published stream
+//! └── Uploader        one per storage profile; drains the durable upload queue
+//! ```
+
+mod conversation;
+mod recorder;
+mod registry;
+mod stream;
+mod uploader;
+
+pub use conversation::Conversation;
+pub use recorder::Recorder;
+pub use registry::Registry;
+pub use stream::Stream;
+pub use uploader::{Kick, Uploader};

@@ -1,0 +1,452 @@
+//! The root actor: owns the index of live conversations, answers the front's queries from the
+//! state store, and on boot rebuilds the live part of the tree from what the store kept.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+use futures_util::future::join_all;
+use futures_util::FutureExt;
+
+use super::conversation::{Conversation, StopInstance};
+use super::uploader::{Kick, Uploader};
+use crate::domain::*;
+use crate::messages::*;
+use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
+use crate::storage::{verify, VerificationReport};
+use crate::store::{ArtefactKind, StateStore, StoreError, UploadJob};
+use crate::{EngineConfig, EngineError};
+
+type ProfileKey = (String, String);
+type ConversationKey = (String, String);
+
+struct LiveConversation {
+    instance_id: String,
+    conversation: Mailbox<Conversation>,
+}
+
+pub struct Registry {
+    store: Arc<dyn StateStore>,
+    config: Arc<EngineConfig>,
+    live: HashMap<ConversationKey, LiveConversation>,
+    uploaders: HashMap<ProfileKey, Mailbox<Uploader>>,
+    num_started: u64,
+    num_stopped: u64,
+    num_recovered_on_boot: u64,
+}
+
+impl Registry {
+    /// Builds the registry from the store: every live instance gets its conversation and
+    /// recorder back, and every storage profile its uploader, which resumes queued jobs.
+    /// Instances that were `ACTIVE` had media flowing when the process ended, so they come back
+    /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
+    pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
+        let instances = store.all_instances()?;
+        let mut registry = Registry {
+            store: store.clone(),
+            config: config.clone(),
+            live: HashMap::new(),
+            uploaders: HashMap::new(),
+            num_started: 0,
+            num_stopped: 0,
+            num_recovered_on_boot: 0,
+        };
+        for profile in config.applications.values() {
+            let key = (profile.organization_id.clone(), profile.application_id.clone());
+            let uploader = Uploader::new(store.clone(), profile.clone(), config.clone()).start();
+            registry.uploaders.insert(key, Mailbox::new(uploader));
+        }
+        for mut record in instances.into_iter().filter(|r| r.state.is_live()) {
+            if record.state == InstanceState::Active {
+                record = store.update_instance(&record.instance_id, &mut |r| {
+                    r.transition(InstanceState::PendingRecovery, Utc::now()).map_err(rejected)
+                })?;
+            }
+            registry.spawn_conversation(&record);
+            registry.num_recovered_on_boot += 1;
+        }
+        futures_executor::block_on(store.flush())?;
+        Ok(registry.start())
+    }
+
+    fn spawn_conversation(&mut self, record: &InstanceRecord) {
+        let uploader = self
+            .uploaders
+            .get(&(record.organization_id.clone(), record.application_id.clone()))
+            .map(|m| m.addr().clone().recipient());
+        let conversation = Conversation::new(self.store.clone(), record, uploader).start();
+        self.live.insert(
+            (record.organization_id.clone(), record.conversation_id.clone()),
+            LiveConversation { instance_id: record.instance_id.clone(), conversation: Mailbox::new(conversation) },
+        );
+    }
+
+    /// Finds an instance the way the API addresses it; anything that does not match, including
+    /// another organization's instance, is the same `NotFound`.
+    fn find(&self, at: &InstanceRef) -> Result<InstanceRecord, EngineError> {
+        let missing = || EngineError::not_found(format!("no recorder instance {} in conversation {}", at.instance_id, at.conversation_id));
+        let record = self.store.get_instance(&at.instance_id)?.ok_or_else(missing)?;
+        if record.organization_id != at.organization_id
+            || record.conversation_id != at.conversation_id
+            || record.recorder_id != at.recorder_id
+        {
+            return Err(missing());
+        }
+        Ok(record)
+    }
+
+    fn kick_uploader(&self, record: &InstanceRecord) {
+        if let Some(uploader) = self.uploaders.get(&(record.organization_id.clone(), record.application_id.clone())) {
+            uploader.do_send(Kick);
+        }
+    }
+}
+
+pub(crate) fn rejected(err: IllegalTransition) -> StoreError {
+    StoreError::Rejected { code: "ILLEGAL_TRANSITION", message: err.to_string() }
+}
+
+/// Queues the upload of one artefact of `record`.
+pub(crate) fn enqueue_artefact(store: &dyn StateStore, record: &InstanceRecord, artefact: ArtefactKind) -> Result<(), StoreError> {
+    let key = match &artefact {
+        ArtefactKind::ChatTranscript => record.transcript_key(),
+        ArtefactKind::CobrowseSession { session_id } => record.cobrowse_key(session_id),
+    };
+    store.enqueue_job(&UploadJob {
+        schema_version: RECORD_SCHEMA_VERSION,
+        key,
+        instance_id: record.instance_id.clone(),
+        organization_id: record.organization_id.clone(),
+        application_id: record.application_id.clone(),
+        artefact,
+        generation: 0,
+        num_attempts: 0,
+        last_error: None,
+    })?;
+    Ok(())
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The front may queue many requests at once; they are answered quickly, and a full
+        // mailbox would make senders wait rather than fail.
+        ctx.set_mailbox_capacity(1024);
+        tracing::info!(num_live = self.live.len(), recorder_id = %self.config.recorder_id, "registry started");
+    }
+}
+
+impl Handler<StartRecording> for Registry {
+    type Result = ResponseFuture<Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: StartRecording, _ctx: &mut Self::Context) -> Self::Result {
+        let result = (|| {
+            let profile = self.config.application(&msg.organization_id, &msg.application_id).ok_or_else(|| {
+                EngineError::not_found(format!("applicationId {} is not configured for this organization", msg.application_id))
+            })?;
+            let key = (msg.organization_id.clone(), msg.conversation_id.clone());
+            if let Some(live) = self.live.get(&key) {
+                return Err(EngineError::conflict(format!(
+                    "conversation {} already has a live recorder instance {}",
+                    msg.conversation_id, live.instance_id
+                )));
+            }
+            let now = Utc::now();
+            let record = InstanceRecord {
+                schema_version: RECORD_SCHEMA_VERSION,
+                instance_id: uuid::Uuid::new_v4().to_string(),
+                recorder_id: self.config.recorder_id.clone(),
+                organization_id: msg.organization_id,
+                application_id: msg.application_id,
+                conversation_id: msg.conversation_id,
+                conference_id: msg.conference_id,
+                audio: msg.audio,
+                video: msg.video,
+                state: InstanceState::Initialised,
+                created: now,
+                started: None,
+                stopped: None,
+                recovered: None,
+                error: None,
+                provider: profile.backend.provider(),
+                storage_url: profile.backend.url(),
+                streams: vec![],
+                transcript: None,
+                num_transcript_entries: 0,
+                cobrowse_sessions: Default::default(),
+                history: vec![(InstanceState::Initialised, now)],
+            };
+            self.store.insert_instance(&record)?;
+            self.spawn_conversation(&record);
+            self.num_started += 1;
+            tracing::info!(instance_id = %record.instance_id, conversation_id = %record.conversation_id, "recorder instance created");
+            Ok(record)
+        })();
+        let flush = self.store.flush();
+        async move {
+            let record = result?;
+            flush.await?;
+            Ok(record)
+        }
+        .boxed_local()
+    }
+}
+
+impl Handler<StopRecording> for Registry {
+    type Result = ResponseActFuture<Self, Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: StopRecording, _ctx: &mut Self::Context) -> Self::Result {
+        let record = match self.find(&msg.0) {
+            Ok(record) => record,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        let key = (record.organization_id.clone(), record.conversation_id.clone());
+        let conversation = match self.live.get(&key) {
+            Some(live) if live.instance_id == record.instance_id => live.conversation.clone(),
+            // Not live: stopping again is idempotent and answers the state it ended in.
+            _ => return Box::pin(fut::ready(Ok(record))),
+        };
+        let instance_id = record.instance_id.clone();
+        Box::pin(
+            async move { conversation.send(StopInstance).await? }
+                .into_actor(self)
+                .map(move |result, act, _ctx| {
+                    if let Ok(stopped) = &result {
+                        if act.live.get(&key).is_some_and(|l| l.instance_id == instance_id) {
+                            act.live.remove(&key);
+                        }
+                        act.num_stopped += 1;
+                        act.kick_uploader(stopped);
+                    }
+                    result
+                }),
+        )
+    }
+}
+
+impl Handler<GetInstance> for Registry {
+    type Result = Result<InstanceRecord, EngineError>;
+
+    fn handle(&mut self, msg: GetInstance, _ctx: &mut Self::Context) -> Self::Result {
+        self.find(&msg.0)
+    }
+}
+
+impl Handler<GetActive> for Registry {
+    type Result = Result<InstanceRecord, EngineError>;
+
+    fn handle(&mut self, msg: GetActive, _ctx: &mut Self::Context) -> Self::Result {
+        let live = self
+            .live
+            .get(&(msg.organization_id.clone(), msg.conversation_id.clone()))
+            .ok_or_else(|| EngineError::not_found(format!("conversation {} has no live recorder instance", msg.conversation_id)))?;
+        self.store
+            .get_instance(&live.instance_id)?
+            .ok_or_else(|| EngineError::not_found(format!("conversation {} has no live recorder instance", msg.conversation_id)))
+    }
+}
+
+impl Handler<ListConversation> for Registry {
+    type Result = Result<Vec<InstanceRecord>, EngineError>;
+
+    fn handle(&mut self, msg: ListConversation, _ctx: &mut Self::Context) -> Self::Result {
+        let instances = self.store.conversation_instances(&msg.organization_id, &msg.conversation_id)?;
+        if instances.is_empty() {
+            return Err(EngineError::not_found(format!("no recordings for conversation {}", msg.conversation_id)));
+        }
+        Ok(instances)
+    }
+}
+
+impl Handler<AddTranscript> for Registry {
+    type Result = ResponseFuture<Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: AddTranscript, _ctx: &mut Self::Context) -> Self::Result {
+        let result = (|| {
+            let record = self.find(&msg.instance)?;
+            let num_entries = self.store.append_transcript(&record.instance_id, &msg.entries)?;
+            // Decided inside the atomic update: if a stop commits first this add sees it, and if
+            // this add commits first the stop sees the entries; either way the artefact is queued.
+            let mut needs_upload = false;
+            let record = self.store.update_instance(&record.instance_id, &mut |r| {
+                r.num_transcript_entries = num_entries;
+                needs_upload = r.state.is_terminal();
+                Ok(())
+            })?;
+            if needs_upload {
+                enqueue_artefact(self.store.as_ref(), &record, ArtefactKind::ChatTranscript)?;
+            }
+            Ok::<_, EngineError>((record, needs_upload))
+        })();
+        let flush = self.store.flush();
+        let uploader = result
+            .as_ref()
+            .ok()
+            .and_then(|(r, _)| self.uploaders.get(&(r.organization_id.clone(), r.application_id.clone())).cloned());
+        async move {
+            let (record, needs_upload) = result?;
+            flush.await?;
+            if needs_upload {
+                if let Some(uploader) = uploader {
+                    uploader.do_send(Kick);
+                }
+            }
+            Ok(record)
+        }
+        .boxed_local()
+    }
+}
+
+impl Handler<AddCobrowseEvent> for Registry {
+    type Result = ResponseFuture<Result<CobrowseAccepted, EngineError>>;
+
+    fn handle(&mut self, msg: AddCobrowseEvent, _ctx: &mut Self::Context) -> Self::Result {
+        let result = (|| {
+            let record = self.find(&msg.instance)?;
+            let was_new = self.store.put_cobrowse_event(&record.instance_id, &msg.event)?;
+            let session_id = msg.event.session_id.clone();
+            let mut needs_upload = false;
+            let record = self.store.update_instance(&record.instance_id, &mut |r| {
+                let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
+                if was_new {
+                    session.num_events += 1;
+                }
+                needs_upload = was_new && r.state.is_terminal();
+                Ok(())
+            })?;
+            if needs_upload {
+                enqueue_artefact(self.store.as_ref(), &record, ArtefactKind::CobrowseSession { session_id })?;
+            }
+            Ok::<_, EngineError>((record, was_new, needs_upload))
+        })();
+        let flush = self.store.flush();
+        let uploader = result
+            .as_ref()
+            .ok()
+            .and_then(|(r, _, _)| self.uploaders.get(&(r.organization_id.clone(), r.application_id.clone())).cloned());
+        async move {
+            let (instance, was_new, needs_upload) = result?;
+            flush.await?;
+            if needs_upload {
+                if let Some(uploader) = uploader {
+                    uploader.do_send(Kick);
+                }
+            }
+            Ok(CobrowseAccepted { instance, was_new })
+        }
+        .boxed_local()
+    }
+}
+
+impl Handler<VerifyStorage> for Registry {
+    type Result = ResponseFuture<Result<VerificationReport, EngineError>>;
+
+    fn handle(&mut self, msg: VerifyStorage, _ctx: &mut Self::Context) -> Self::Result {
+        let profile = self.config.application(&msg.organization_id, &msg.application_id).cloned();
+        async move {
+            let profile = profile.ok_or_else(|| {
+                EngineError::not_found(format!("applicationId {} is not configured for this organization", msg.application_id))
+            })?;
+            let prefix = format!("{}/{}", profile.organization_id, profile.application_id);
+            Ok(verify(profile.backend.as_ref(), &prefix).await)
+        }
+        .boxed_local()
+    }
+}
+
+impl Handler<ResolveCobrowseFile> for Registry {
+    type Result = Result<std::path::PathBuf, EngineError>;
+
+    fn handle(&mut self, msg: ResolveCobrowseFile, _ctx: &mut Self::Context) -> Self::Result {
+        let missing = || EngineError::not_found(format!("no file {} in co-browse session {}", msg.file_name, msg.session_id));
+        let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing)?;
+        if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
+            return Err(missing());
+        }
+        let session = record.cobrowse_sessions.get(&msg.session_id).ok_or_else(missing)?;
+        if msg.file_name != "events.json" || session.uploaded.is_none() {
+            return Err(missing());
+        }
+        let profile = self.config.application(&record.organization_id, &record.application_id).ok_or_else(missing)?;
+        let path = profile.backend.local_path(&record.cobrowse_key(&msg.session_id)).ok_or_else(missing)?;
+        Ok(path)
+    }
+}
+
+impl Handler<CountInstances> for Registry {
+    type Result = Result<Vec<(InstanceState, u64)>, EngineError>;
+
+    fn handle(&mut self, _msg: CountInstances, _ctx: &mut Self::Context) -> Self::Result {
+        let mut counts: HashMap<InstanceState, u64> = HashMap::new();
+        for record in self.store.all_instances()? {
+            *counts.entry(record.state).or_default() += 1;
+        }
+        Ok(InstanceState::ALL.iter().map(|s| (*s, counts.get(s).copied().unwrap_or(0))).collect())
+    }
+}
+
+impl Handler<CheckReady> for Registry {
+    type Result = ResponseFuture<Result<(), EngineError>>;
+
+    fn handle(&mut self, _msg: CheckReady, _ctx: &mut Self::Context) -> Self::Result {
+        let store_ok = self.store.check();
+        let checks: Vec<_> = self.config.applications.values().map(|p| p.backend.check_bucket()).collect();
+        async move {
+            store_ok?;
+            for check in join_all(checks).await {
+                check?;
+            }
+            Ok(())
+        }
+        .boxed_local()
+    }
+}
+
+impl Handler<Snapshot> for Registry {
+    type Result = ResponseFuture<ActorSnapshot>;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let conversations: Vec<_> = self.live.values().map(|l| l.conversation.clone()).collect();
+        let uploaders: Vec<_> = self.uploaders.values().cloned().collect();
+        let mut counters = std::collections::BTreeMap::new();
+        counters.insert("num_live_conversations", self.live.len() as u64);
+        counters.insert("num_started", self.num_started);
+        counters.insert("num_stopped", self.num_stopped);
+        counters.insert("num_recovered_on_boot", self.num_recovered_on_boot);
+        let id = self.config.recorder_id.clone();
+        async move {
+            let mut children = Vec::new();
+            for child in join_all(conversations.iter().map(|c| snapshot_of(c))).await {
+                children.extend(child);
+            }
+            for child in join_all(uploaders.iter().map(|u| snapshot_of(u))).await {
+                children.extend(child);
+            }
+            ActorSnapshot {
+                kind: "Registry",
+                id,
+                state: "RUNNING".into(),
+                mailbox_depth: 0,
+                restarts: 0,
+                last_error: None,
+                counters,
+                children,
+            }
+        }
+        .boxed_local()
+    }
+}
+
+/// Snapshot of a child with its mailbox depth filled in; `None` if the child has stopped.
+pub(crate) async fn snapshot_of<A>(mailbox: &Mailbox<A>) -> Option<ActorSnapshot>
+where
+    A: Actor + Handler<Snapshot>,
+    A::Context: actix::dev::ToEnvelope<A, Snapshot>,
+{
+    let depth = mailbox.depth();
+    let mut snapshot = mailbox.send(Snapshot).await.ok()?;
+    snapshot.mailbox_depth = depth;
+    Some(snapshot)
+}

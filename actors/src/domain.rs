@@ -1,0 +1,451 @@
+//! Domain types of the recorder: identities, the instance state machine and the records the state
+//! store keeps. These are the engine's own types; the HTTP front renders them into the Recorder API's
+//! messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Version of the record format written by this build. Bumped when a record changes shape; the
+/// store refuses records from a newer build instead of misreading them.
+pub const RECORD_SCHEMA_VERSION: u32 = 1;
+
+/// State of one recorder instance (the spec's `RecordingDataEvent.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InstanceState {
+    Initialised,
+    Active,
+    Stopped,
+    Failed,
+    PendingRecovery,
+    Aborted,
+}
+
+impl InstanceState {
+    pub const ALL: [InstanceState; 6] = [
+        InstanceState::Initialised,
+        InstanceState::Active,
+        InstanceState::Stopped,
+        InstanceState::Failed,
+        InstanceState::PendingRecovery,
+        InstanceState::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Initialised => "INITIALISED",
+            InstanceState::Active => "ACTIVE",
+            InstanceState::Stopped => "STOPPED",
+            InstanceState::Failed => "FAILED",
+            InstanceState::PendingRecovery => "PENDING_RECOVERY",
+            InstanceState::Aborted => "ABORTED",
+        }
+    }
+
+    /// A live instance still records (or may record again); at most one per conversation.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Initialised | InstanceState::Active | InstanceState::PendingRecovery
+        )
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !self.is_live()
+    }
+
+    /// The legal transitions of the instance state machine. Terminal states never change again.
+    pub fn can_transition_to(self, next: InstanceState) -> bool {
+        use InstanceState::*;
+        matches!(
+            (self, next),
+            (Initialised, Active)
+                | (Initialised, Stopped)
+                | (Initialised, Failed)
+                | (Initialised, PendingRecovery)
+                | (Active, Stopped)
+                | (Active, Failed)
+                | (Active, PendingRecovery)
+                | (PendingRecovery, Active)
+                | (PendingRecovery, Stopped)
+                | (PendingRecovery, Failed)
+                | (PendingRecovery, Aborted)
+        )
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// State of one published stream (the spec's `StreamDataMessage.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StreamState {
+    Recording,
+    Stopped,
+    Failed,
+}
+
+impl StreamState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamState::Recording => "RECORDING",
+            StreamState::Stopped => "STOPPED",
+            StreamState::Failed => "FAILED",
+        }
+    }
+}
+
+/// Kind of published stream, as the spec enumerates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StreamType {
+    Cam,
+    Hold,
+    Mic,
+    Screen,
+    Unknown,
+    Video,
+}
+
+impl StreamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamType::Cam => "CAM",
+            StreamType::Hold => "HOLD",
+            StreamType::Mic => "MIC",
+            StreamType::Screen => "SCREEN",
+            StreamType::Unknown => "UNKNOWN",
+            StreamType::Video => "VIDEO",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TrackType {
+    Audio,
+    Video,
+}
+
+impl TrackType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackType::Audio => "AUDIO",
+            TrackType::Video => "VIDEO",
+        }
+    }
+}
+
+/// Storage provider of a profile. `Local` is this project's addition: the default profile that
+/// keeps artefacts on the node's filesystem; it never appears in the spec's `provider` enum, so the
+/// API leaves `provider` out for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Provider {
+    AmazonS3,
+    AzureBlob,
+    GoogleCloud,
+    SftpStorage,
+    Local,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::AmazonS3 => "AMAZON_S3",
+            Provider::AzureBlob => "AZURE_BLOB",
+            Provider::GoogleCloud => "GOOGLE_CLOUD",
+            Provider::SftpStorage => "SFTP_STORAGE",
+            Provider::Local => "LOCAL",
+        }
+    }
+}
+
+/// The spec's `Error {code, message, occurred}` as the engine records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+    pub occurred: DateTime<Utc>,
+}
+
+impl ErrorInfo {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into(), occurred: Utc::now() }
+    }
+}
+
+/// Where an artefact lives on the node before (and, until deleted, after) its upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalFileRecord {
+    pub location: Option<String>,
+    pub created: Option<DateTime<Utc>>,
+    pub deleted: Option<DateTime<Utc>>,
+    pub error: Option<ErrorInfo>,
+}
+
+/// Where an artefact lives in the application's storage profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub location: Option<String>,
+    pub size: Option<u64>,
+    pub uploaded: Option<DateTime<Utc>>,
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackRecord {
+    pub id: String,
+    pub kind: TrackType,
+    pub started: Option<DateTime<Utc>>,
+    pub stopped: Option<DateTime<Utc>>,
+    pub local: LocalFileRecord,
+    pub object: ObjectRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub id: String,
+    pub user_id: String,
+    pub kind: StreamType,
+    pub state: StreamState,
+    pub started: Option<DateTime<Utc>>,
+    pub stopped: Option<DateTime<Utc>>,
+    pub tracks: Vec<TrackRecord>,
+}
+
+/// The chat transcript artefact of an instance once written to storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscriptArtefact {
+    pub id: String,
+    pub location: String,
+    pub created: DateTime<Utc>,
+    pub num_entries: u64,
+}
+
+/// One co-browse session seen by an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CobrowseSessionRecord {
+    pub num_events: u64,
+    pub location: Option<String>,
+    pub uploaded: Option<DateTime<Utc>>,
+}
+
+/// One recorder instance: one start..stop of one conversation. This is the durable record; every
+/// field the API shows comes from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub schema_version: u32,
+    pub instance_id: String,
+    pub recorder_id: String,
+    pub organization_id: String,
+    pub application_id: String,
+    pub conversation_id: String,
+    pub conference_id: String,
+    pub audio: bool,
+    pub video: bool,
+    pub state: InstanceState,
+    pub created: DateTime<Utc>,
+    pub started: Option<DateTime<Utc>>,
+    pub stopped: Option<DateTime<Utc>>,
+    pub recovered: Option<DateTime<Utc>>,
+    pub error: Option<ErrorInfo>,
+    pub provider: Provider,
+    pub storage_url: String,
+    pub streams: Vec<StreamRecord>,
+    pub transcript: Option<TranscriptArtefact>,
+    pub num_transcript_entries: u64,
+    pub cobrowse_sessions: BTreeMap<String, CobrowseSessionRecord>,
+    /// Every state the instance went through, with when: the audit trail a reviewer asks for.
+    pub history: Vec<(InstanceState, DateTime<Utc>)>,
+}
+
+impl InstanceRecord {
+    /// Applies a transition of the state machine, recording when it happened.
+    pub fn transition(&mut self, next: InstanceState, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        if !self.state.can_transition_to(next) {
+            return Err(IllegalTransition { from: self.state, to: next });
+        }
+        self.state = next;
+        self.history.push((next, now));
+        match next {
+            InstanceState::Active => {
+                if self.started.is_none() {
+                    self.started = Some(now);
+                }
+            }
+            InstanceState::Stopped | InstanceState::Failed | InstanceState::Aborted => {
+                self.stopped = Some(now);
+            }
+            InstanceState::Initialised | InstanceState::PendingRecovery => {}
+        }
+        Ok(())
+    }
+
+    /// Object-key prefix of every artefact of this instance:
+    /// `{organizationId}/{applicationId}/{conversationId}/{recorderId}/{instanceId}`.
+    pub fn key_prefix(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.organization_id,
+            self.application_id,
+            self.conversation_id,
+            self.recorder_id,
+            self.instance_id
+        )
+    }
+
+    pub fn transcript_key(&self) -> String {
+        format!("{}/chat/transcript.json", self.key_prefix())
+    }
+
+    pub fn cobrowse_key(&self, session_id: &str) -> String {
+        format!("{}/cobrowse/{}/events.json", self.key_prefix(), session_id)
+    }
+
+    /// How long the instance recorded: from start (or creation) to stop (or now while live).
+    pub fn duration(&self, now: DateTime<Utc>) -> chrono::Duration {
+        let from = self.started.unwrap_or(self.created);
+        let to = self.stopped.unwrap_or(now);
+        (to - from).max(chrono::Duration::zero())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition from {from} to {to}")]
+pub struct IllegalTransition {
+    pub from: InstanceState,
+    pub to: InstanceState,
+}
+
+/// One chat line as posted by a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatEntry {
+    pub time_stamp: DateTime<Utc>,
+    pub transcript: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_display_name: Option<String>,
+    pub user_id: String,
+}
+
+/// One co-browse event as posted by a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CobrowseEvent {
+    pub payload: String,
+    pub sequence_id: i32,
+    pub session_id: String,
+    pub timestamp: i64,
+}
+
+/// Identifies which tenant asks: every engine query is scoped by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrgId(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> InstanceRecord {
+        InstanceRecord {
+            schema_version: RECORD_SCHEMA_VERSION,
+            instance_id: "i".into(),
+            recorder_id: "r".into(),
+            organization_id: "o".into(),
+            application_id: "a".into(),
+            conversation_id: "c".into(),
+            conference_id: "f".into(),
+            audio: true,
+            video: true,
+            state: InstanceState::Initialised,
+            created: Utc::now(),
+            started: None,
+            stopped: None,
+            recovered: None,
+            error: None,
+            provider: Provider::Local,
+            storage_url: String::new(),
+            streams: vec![],
+            transcript: None,
+            num_transcript_entries: 0,
+            cobrowse_sessions: BTreeMap::new(),
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn every_pair_of_states_is_legal_exactly_as_the_state_machine_says() {
+        use InstanceState::*;
+        let legal: &[(InstanceState, InstanceState)] = &[
+            (Initialised, Active),
+            (Initialised, Stopped),
+            (Initialised, Failed),
+            (Initialised, PendingRecovery),
+            (Active, Stopped),
+            (Active, Failed),
+            (Active, PendingRecovery),
+            (PendingRecovery, Active),
+            (PendingRecovery, Stopped),
+            (PendingRecovery, Failed),
+            (PendingRecovery, Aborted),
+        ];
+        let mut num_checked = 0;
+        for from in InstanceState::ALL {
+            for to in InstanceState::ALL {
+                let expected = legal.contains(&(from, to));
+                assert_eq!(from.can_transition_to(to), expected, "{from} -> {to}");
+                let mut rec = record();
+                rec.state = from;
+                let result = rec.transition(to, Utc::now());
+                assert_eq!(result.is_ok(), expected, "{from} -> {to}");
+                if expected {
+                    assert_eq!(rec.state, to);
+                    assert_eq!(rec.history.last().map(|h| h.0), Some(to));
+                } else {
+                    assert_eq!(rec.state, from, "an illegal transition leaves the state alone");
+                    assert!(rec.history.is_empty());
+                }
+                num_checked += 1;
+            }
+        }
+        assert_eq!(num_checked, 36);
+    }
+
+    #[test]
+    fn terminal_states_have_no_way_out() {
+        for from in InstanceState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(InstanceState::ALL.iter().all(|to| !from.can_transition_to(*to)), "{from}");
+        }
+    }
+
+    #[test]
+    fn timestamps_follow_transitions() {
+        let mut rec = record();
+        let t1 = Utc::now();
+        rec.transition(InstanceState::Active, t1).unwrap();
+        assert_eq!(rec.started, Some(t1));
+        rec.transition(InstanceState::PendingRecovery, t1).unwrap();
+        let t2 = t1 + chrono::Duration::seconds(3);
+        rec.transition(InstanceState::Active, t2).unwrap();
+        assert_eq!(rec.started, Some(t1), "recovery keeps the first start");
+        let t3 = t2 + chrono::Duration::seconds(5);
+        rec.transition(InstanceState::Stopped, t3).unwrap();
+        assert_eq!(rec.stopped, Some(t3));
+        assert_eq!(rec.duration(Utc::now()), chrono::Duration::seconds(8));
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let rec = record();
+        assert_eq!(rec.transcript_key(), "o/a/c/r/i/chat/transcript.json");
+        assert_eq!(rec.cobrowse_key("s1"), "o/a/c/r/i/cobrowse/s1/events.json");
+    }
+}

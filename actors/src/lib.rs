@@ -1,0 +1,13 @@
+//! The rtc-recorder engine: the actor tree that owns every recording, the state store that makes
+//! it durable, and the storage backends artefacts go to. The HTTP front (the service crate) only
+//! sends the messages in [`messages`] to the [`actors::Registry`] and renders the replies.
+
+pub mod actors;
+pub mod domain;
+pub mod engine;
+pub mod messages;
+pub mod snapshot;
+pub mod storage;
+pub mod store;
+
+pub use engine::{ApplicationProfile, EngineConfig, EngineError};

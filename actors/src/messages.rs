@@ -1,0 +1,105 @@
+//! The messages the HTTP front sends to the [`crate::actors::Registry`]. Every one carries the
+//! organization of the caller's key: the engine never shows one organization another's data.
+
+use std::path::PathBuf;
+
+use actix::Message;
+
+use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState};
+use crate::storage::VerificationReport;
+use crate::EngineError;
+
+/// Addresses one instance as the API's paths do.
+#[derive(Debug, Clone)]
+pub struct InstanceRef {
+    pub organization_id: String,
+    pub conversation_id: String,
+    pub recorder_id: String,
+    pub instance_id: String,
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct StartRecording {
+    pub organization_id: String,
+    pub application_id: String,
+    pub conversation_id: String,
+    pub conference_id: String,
+    pub audio: bool,
+    pub video: bool,
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct StopRecording(pub InstanceRef);
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct GetInstance(pub InstanceRef);
+
+/// The live instance of a conversation, if it has one.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct GetActive {
+    pub organization_id: String,
+    pub conversation_id: String,
+}
+
+/// Every instance of a conversation, oldest first; `NotFound` when it has none.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Vec<InstanceRecord>, EngineError>")]
+pub struct ListConversation {
+    pub organization_id: String,
+    pub conversation_id: String,
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct AddTranscript {
+    pub instance: InstanceRef,
+    pub entries: Vec<ChatEntry>,
+}
+
+/// Reply to [`AddCobrowseEvent`]: the instance after the event, and whether the event was new
+/// (a repeated `sequenceId` is accepted and changes nothing).
+#[derive(Debug, Clone)]
+pub struct CobrowseAccepted {
+    pub instance: InstanceRecord,
+    pub was_new: bool,
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<CobrowseAccepted, EngineError>")]
+pub struct AddCobrowseEvent {
+    pub instance: InstanceRef,
+    pub event: CobrowseEvent,
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<VerificationReport, EngineError>")]
+pub struct VerifyStorage {
+    pub organization_id: String,
+    pub application_id: String,
+}
+
+/// Resolves a co-browse artefact for a signed download. Carries no organization: the URL's
+/// signature, checked by the front, is the authority.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<PathBuf, EngineError>")]
+pub struct ResolveCobrowseFile {
+    pub conversation_id: String,
+    pub recorder_id: String,
+    pub instance_id: String,
+    pub session_id: String,
+    pub file_name: String,
+}
+
+/// Number of instances in each state, for metrics.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Vec<(InstanceState, u64)>, EngineError>")]
+pub struct CountInstances;
+
+/// Readiness: the state store answers and every storage profile is reachable.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), EngineError>")]
+pub struct CheckReady;

@@ -1,0 +1,99 @@
+//! The state store: everything the recorder must not forget across a crash. The engine talks to
+//! the [`StateStore`] trait only; `sled_store` is its one implementation and the only module in the
+//! project that imports sled, so the engine could move to another embedded database without
+//! touching a caller.
+//!
+//! Writes go to the database's memory first; [`StateStore::flush`] makes them durable. Callers
+//! acknowledge a command to a client only after the flush that follows their writes resolved.
+
+mod sled_store;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ChatEntry, CobrowseEvent, ErrorInfo, InstanceRecord};
+
+pub use sled_store::SledStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store i/o: {0}")]
+    Io(String),
+    #[error("corrupt record in {tree} at {key}: {message}")]
+    Corrupt { tree: &'static str, key: String, message: String },
+    #[error("record written by a newer build (schema {found}, this build reads up to {supported})")]
+    FutureSchema { found: u32, supported: u32 },
+    #[error("no such record: {0}")]
+    NotFound(String),
+    /// An update closure refused the change; carries its reason to the caller unchanged.
+    #[error("{message}")]
+    Rejected { code: &'static str, message: String },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What an upload job puts into storage. The bytes are rendered from the state store when the
+/// job runs, so a job queued twice for one artefact uploads its newest content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ArtefactKind {
+    ChatTranscript,
+    CobrowseSession { session_id: String },
+}
+
+/// A durable upload job: a row in the store from the moment an artefact is final until the
+/// storage profile holds it. Keyed by the artefact's object key, so queueing an artefact again
+/// while a job for it waits or runs bumps `generation` instead of adding a second job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadJob {
+    pub schema_version: u32,
+    pub key: String,
+    pub instance_id: String,
+    pub organization_id: String,
+    pub application_id: String,
+    pub artefact: ArtefactKind,
+    pub generation: u64,
+    pub num_attempts: u32,
+    pub last_error: Option<ErrorInfo>,
+}
+
+pub trait StateStore: Send + Sync + 'static {
+    /// Node-level settings that must stay the same across restarts (recorder id, signing secret).
+    /// Returns the stored value: `value` if the key was absent, the earlier value otherwise.
+    fn meta_get_or_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
+
+    fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>>;
+    /// Inserts a new instance and indexes it under its organization and conversation.
+    fn insert_instance(&self, record: &InstanceRecord) -> StoreResult<()>;
+    /// Atomic read-modify-write of one instance; `change` may run more than once on contention
+    /// and may refuse the change with [`StoreError::Rejected`].
+    fn update_instance(
+        &self,
+        instance_id: &str,
+        change: &mut dyn FnMut(&mut InstanceRecord) -> StoreResult<()>,
+    ) -> StoreResult<InstanceRecord>;
+    /// Instances of one conversation of one organization, oldest first.
+    fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>>;
+    fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
+
+    /// Appends chat entries in order; returns how many entries the instance has now.
+    fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64>;
+    fn transcript(&self, instance_id: &str) -> StoreResult<Vec<ChatEntry>>;
+
+    /// Stores an event unless one with its session and `sequenceId` is there already; returns
+    /// whether it was new. Iteration is in `sequenceId` order whatever the arrival order.
+    fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool>;
+    fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>>;
+
+    /// Queues (or re-queues, bumping its generation) the job for `job.key`.
+    fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob>;
+    fn update_job(&self, job: &UploadJob) -> StoreResult<()>;
+    fn jobs(&self) -> StoreResult<Vec<UploadJob>>;
+    /// Removes a finished job unless it was re-queued meanwhile; returns whether it was removed.
+    fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool>;
+
+    /// Makes every earlier write durable (fsync).
+    fn flush(&self) -> BoxFuture<'static, StoreResult<()>>;
+    /// Cheap liveness probe for readiness checks.
+    fn check(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,477 @@
+//! sled implementation of the state store. Trees:
+//!
+//! | tree          | key                                        | value            |
+//! |---------------|--------------------------------------------|------------------|
+//! | `meta`        | setting name                               | bytes            |
+//! | `instances`   | instanceId                                 | `InstanceRecord` |
+//! | `conv_index`  | org \0 conversation \0 created(be) \0 id   | instanceId       |
+//! | `transcripts` | instanceId \0 entry number (be u64)        | `ChatEntry`      |
+//! | `cobrowse`    | instanceId \0 sessionId \0 sequence (be)   | `CobrowseEvent`  |
+//! | `jobs`        | object key                                 | `UploadJob`      |
+//!
+//! Ids never contain NUL (the API refuses them), so NUL separates key parts and prefix scans
+//! are exact.
+
+use std::path::Path;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::{StateStore, StoreError, StoreResult, UploadJob};
+use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, RECORD_SCHEMA_VERSION};
+
+const STORE_FORMAT_KEY: &str = "store_format";
+/// Layout version of the trees above; a store written by a newer layout is refused at open.
+const STORE_FORMAT: u32 = 1;
+
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    instances: sled::Tree,
+    conv_index: sled::Tree,
+    transcripts: sled::Tree,
+    cobrowse: sled::Tree,
+    jobs: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let db = sled::Config::new().path(path).open().map_err(io)?;
+        let store = Self {
+            meta: db.open_tree("meta").map_err(io)?,
+            instances: db.open_tree("instances").map_err(io)?,
+            conv_index: db.open_tree("conv_index").map_err(io)?,
+            transcripts: db.open_tree("transcripts").map_err(io)?,
+            cobrowse: db.open_tree("cobrowse").map_err(io)?,
+            jobs: db.open_tree("jobs").map_err(io)?,
+            db,
+        };
+        let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
+        let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            key: STORE_FORMAT_KEY.into(),
+            message: "not a u32".into(),
+        })?);
+        if found > STORE_FORMAT {
+            return Err(StoreError::FutureSchema { found, supported: STORE_FORMAT });
+        }
+        Ok(store)
+    }
+}
+
+fn io(err: sled::Error) -> StoreError {
+    StoreError::Io(err.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records are plain data and always serialize")
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> StoreResult<T> {
+    // Read the version first so a newer record is reported as such, not as a parse error.
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        schema_version: Option<u32>,
+    }
+    if let Ok(Versioned { schema_version: Some(found) }) = serde_json::from_slice::<Versioned>(bytes) {
+        if found > RECORD_SCHEMA_VERSION {
+            return Err(StoreError::FutureSchema { found, supported: RECORD_SCHEMA_VERSION });
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: err.to_string(),
+    })
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(a.len() + b.len() + 1);
+    key.extend_from_slice(a.as_bytes());
+    key.push(0);
+    key.extend_from_slice(b.as_bytes());
+    key
+}
+
+fn prefix(a: &str) -> Vec<u8> {
+    let mut key = a.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+fn conv_index_key(record: &InstanceRecord) -> Vec<u8> {
+    let mut key = key2(&record.organization_id, &record.conversation_id);
+    key.push(0);
+    let micros = record.created.timestamp_micros().max(0) as u64;
+    key.extend_from_slice(&micros.to_be_bytes());
+    key.push(0);
+    key.extend_from_slice(record.instance_id.as_bytes());
+    key
+}
+
+/// Maps an i32 to a u32 whose big-endian bytes sort like the signed numbers.
+fn sortable_sequence(sequence_id: i32) -> [u8; 4] {
+    ((sequence_id as u32) ^ 0x8000_0000).to_be_bytes()
+}
+
+impl StateStore for SledStore {
+    fn meta_get_or_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        match self.meta.compare_and_swap(key, None as Option<&[u8]>, Some(value)).map_err(io)? {
+            Ok(()) => Ok(value.to_vec()),
+            Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or_default()),
+        }
+    }
+
+    fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
+        match self.instances.get(instance_id).map_err(io)? {
+            Some(bytes) => Ok(Some(decode("instances", instance_id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn insert_instance(&self, record: &InstanceRecord) -> StoreResult<()> {
+        let value = encode(record);
+        let index_key = conv_index_key(record);
+        (&self.instances, &self.conv_index)
+            .transaction(|(instances, conv_index)| {
+                instances.insert(record.instance_id.as_bytes(), value.as_slice())?;
+                conv_index.insert(index_key.as_slice(), record.instance_id.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))
+    }
+
+    fn update_instance(
+        &self,
+        instance_id: &str,
+        change: &mut dyn FnMut(&mut InstanceRecord) -> StoreResult<()>,
+    ) -> StoreResult<InstanceRecord> {
+        loop {
+            let current = self
+                .instances
+                .get(instance_id)
+                .map_err(io)?
+                .ok_or_else(|| StoreError::NotFound(instance_id.to_string()))?;
+            let mut record: InstanceRecord = decode("instances", instance_id.as_bytes(), &current)?;
+            change(&mut record)?;
+            let next = encode(&record);
+            match self.instances.compare_and_swap(instance_id, Some(&current), Some(next)).map_err(io)? {
+                Ok(()) => return Ok(record),
+                Err(_) => continue, // another writer won the race; re-read and re-apply
+            }
+        }
+    }
+
+    fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>> {
+        let mut scan = key2(organization_id, conversation_id);
+        scan.push(0);
+        let mut out = Vec::new();
+        for item in self.conv_index.scan_prefix(scan) {
+            let (_, instance_id) = item.map_err(io)?;
+            let id = String::from_utf8_lossy(&instance_id).into_owned();
+            if let Some(record) = self.get_instance(&id)? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>> {
+        self.instances
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                decode("instances", &key, &value)
+            })
+            .collect()
+    }
+
+    fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64> {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            // generate_id is monotonic across restarts, so keys keep arrival order.
+            let number = self.db.generate_id().map_err(io)?;
+            let mut key = prefix(instance_id);
+            key.extend_from_slice(&number.to_be_bytes());
+            batch.insert(key, encode(entry));
+        }
+        self.transcripts.apply_batch(batch).map_err(io)?;
+        Ok(self.transcripts.scan_prefix(prefix(instance_id)).count() as u64)
+    }
+
+    fn transcript(&self, instance_id: &str) -> StoreResult<Vec<ChatEntry>> {
+        self.transcripts
+            .scan_prefix(prefix(instance_id))
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                decode("transcripts", &key, &value)
+            })
+            .collect()
+    }
+
+    fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool> {
+        let mut key = key2(instance_id, &event.session_id);
+        key.push(0);
+        key.extend_from_slice(&sortable_sequence(event.sequence_id));
+        let inserted = self
+            .cobrowse
+            .compare_and_swap(key, None as Option<&[u8]>, Some(encode(event)))
+            .map_err(io)?
+            .is_ok();
+        Ok(inserted)
+    }
+
+    fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>> {
+        let mut scan = key2(instance_id, session_id);
+        scan.push(0);
+        self.cobrowse
+            .scan_prefix(scan)
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                decode("cobrowse", &key, &value)
+            })
+            .collect()
+    }
+
+    fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob> {
+        loop {
+            let current = self.jobs.get(&job.key).map_err(io)?;
+            let next = match &current {
+                Some(bytes) => {
+                    let mut existing: UploadJob = decode("jobs", job.key.as_bytes(), bytes)?;
+                    existing.generation += 1;
+                    existing
+                }
+                None => job.clone(),
+            };
+            if self
+                .jobs
+                .compare_and_swap(&job.key, current, Some(encode(&next)))
+                .map_err(io)?
+                .is_ok()
+            {
+                return Ok(next);
+            }
+        }
+    }
+
+    fn update_job(&self, job: &UploadJob) -> StoreResult<()> {
+        // Only progress fields change here; a concurrent re-queue keeps its newer generation.
+        loop {
+            let Some(current) = self.jobs.get(&job.key).map_err(io)? else {
+                return Ok(());
+            };
+            let mut stored: UploadJob = decode("jobs", job.key.as_bytes(), &current)?;
+            stored.num_attempts = job.num_attempts;
+            stored.last_error = job.last_error.clone();
+            if self
+                .jobs
+                .compare_and_swap(&job.key, Some(current), Some(encode(&stored)))
+                .map_err(io)?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    fn jobs(&self) -> StoreResult<Vec<UploadJob>> {
+        self.jobs
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                decode("jobs", &key, &value)
+            })
+            .collect()
+    }
+
+    fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool> {
+        loop {
+            let Some(current) = self.jobs.get(key).map_err(io)? else {
+                return Ok(false);
+            };
+            let stored: UploadJob = decode("jobs", key.as_bytes(), &current)?;
+            if stored.generation != generation {
+                return Ok(false);
+            }
+            if self
+                .jobs
+                .compare_and_swap(key, Some(current), None as Option<&[u8]>)
+                .map_err(io)?
+                .is_ok()
+            {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'static, StoreResult<()>> {
+        let db = self.db.clone();
+        async move { db.flush_async().await.map(|_| ()).map_err(io) }.boxed()
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        self.meta.get(STORE_FORMAT_KEY).map_err(io)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+    use crate::store::ArtefactKind;
+    use chrono::Utc;
+    use std::collections::BTreeMap;
+
+    fn instance(id: &str, org: &str, conv: &str) -> InstanceRecord {
+        InstanceRecord {
+            schema_version: RECORD_SCHEMA_VERSION,
+            instance_id: id.into(),
+            recorder_id: "node".into(),
+            organization_id: org.into(),
+            application_id: "app".into(),
+            conversation_id: conv.into(),
+            conference_id: "conf".into(),
+            audio: true,
+            video: false,
+            state: InstanceState::Initialised,
+            created: Utc::now(),
+            started: None,
+            stopped: None,
+            recovered: None,
+            error: None,
+            provider: Provider::Local,
+            storage_url: "file:///x".into(),
+            streams: vec![],
+            transcript: None,
+            num_transcript_entries: 0,
+            cobrowse_sessions: BTreeMap::new(),
+            history: vec![],
+        }
+    }
+
+    fn event(session: &str, seq: i32, payload: &str) -> CobrowseEvent {
+        CobrowseEvent { payload: payload.into(), sequence_id: seq, session_id: session.into(), timestamp: 1 }
+    }
+
+    #[test]
+    fn instances_survive_reopen_and_are_indexed_per_organization() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.insert_instance(&instance("i1", "org-a", "conv")).unwrap();
+            store.insert_instance(&instance("i2", "org-b", "conv")).unwrap();
+            store.insert_instance(&instance("i3", "org-a", "conv")).unwrap();
+            futures_executor::block_on(store.flush()).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let ids: Vec<_> = store.conversation_instances("org-a", "conv").unwrap().into_iter().map(|r| r.instance_id).collect();
+        assert_eq!(ids, vec!["i1", "i3"]);
+        let ids: Vec<_> = store.conversation_instances("org-b", "conv").unwrap().into_iter().map(|r| r.instance_id).collect();
+        assert_eq!(ids, vec!["i2"]);
+        assert!(store.conversation_instances("org-a", "con").unwrap().is_empty(), "prefix scans are exact");
+        assert_eq!(store.all_instances().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn update_applies_the_state_machine_and_keeps_refused_changes_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.insert_instance(&instance("i1", "o", "c")).unwrap();
+        let updated = store
+            .update_instance("i1", &mut |r| {
+                r.transition(InstanceState::Stopped, Utc::now())
+                    .map_err(|e| StoreError::Rejected { code: "CONFLICT", message: e.to_string() })
+            })
+            .unwrap();
+        assert_eq!(updated.state, InstanceState::Stopped);
+        let refused = store.update_instance("i1", &mut |r| {
+            r.transition(InstanceState::Active, Utc::now())
+                .map_err(|e| StoreError::Rejected { code: "CONFLICT", message: e.to_string() })
+        });
+        assert!(matches!(refused, Err(StoreError::Rejected { .. })));
+        assert_eq!(store.get_instance("i1").unwrap().unwrap().state, InstanceState::Stopped);
+        assert!(matches!(store.update_instance("nope", &mut |_| Ok(())), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn transcript_keeps_arrival_order_per_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let entry = |text: &str| ChatEntry {
+            time_stamp: Utc::now(),
+            transcript: text.into(),
+            user_display_name: None,
+            user_id: "u".into(),
+        };
+        store.append_transcript("i1", &[entry("a"), entry("b")]).unwrap();
+        store.append_transcript("i2", &[entry("other")]).unwrap();
+        assert_eq!(store.append_transcript("i1", &[entry("c")]).unwrap(), 3);
+        let texts: Vec<_> = store.transcript("i1").unwrap().into_iter().map(|e| e.transcript).collect();
+        assert_eq!(texts, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn cobrowse_events_iterate_in_sequence_order_and_repeats_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for seq in [5, -3, 0, i32::MAX, i32::MIN, 2] {
+            assert!(store.put_cobrowse_event("i", &event("s", seq, &format!("p{seq}"))).unwrap());
+        }
+        assert!(!store.put_cobrowse_event("i", &event("s", 5, "changed")).unwrap());
+        store.put_cobrowse_event("i", &event("s2", 1, "x")).unwrap();
+        let events = store.cobrowse_events("i", "s").unwrap();
+        let seqs: Vec<_> = events.iter().map(|e| e.sequence_id).collect();
+        assert_eq!(seqs, vec![i32::MIN, -3, 0, 2, 5, i32::MAX]);
+        assert_eq!(events[4].payload, "p5", "the first copy of a repeated sequenceId wins");
+    }
+
+    #[test]
+    fn jobs_are_requeued_by_generation_and_finish_only_when_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let job = UploadJob {
+            schema_version: RECORD_SCHEMA_VERSION,
+            key: "k".into(),
+            instance_id: "i".into(),
+            organization_id: "o".into(),
+            application_id: "a".into(),
+            artefact: ArtefactKind::ChatTranscript,
+            generation: 0,
+            num_attempts: 0,
+            last_error: None,
+        };
+        assert_eq!(store.enqueue_job(&job).unwrap().generation, 0);
+        assert_eq!(store.enqueue_job(&job).unwrap().generation, 1);
+        assert!(!store.finish_job("k", 0).unwrap(), "a re-queued job must run again");
+        assert_eq!(store.jobs().unwrap().len(), 1);
+        assert!(store.finish_job("k", 1).unwrap());
+        assert!(store.jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_from_a_newer_schema_are_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut value = serde_json::to_value(instance("i1", "o", "c")).unwrap();
+        value["schema_version"] = serde_json::json!(RECORD_SCHEMA_VERSION + 1);
+        store.instances.insert("i1", serde_json::to_vec(&value).unwrap()).unwrap();
+        assert!(matches!(store.get_instance("i1"), Err(StoreError::FutureSchema { .. })));
+        store.instances.insert("i2", b"{not json".to_vec()).unwrap();
+        assert!(matches!(store.get_instance("i2"), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn meta_values_are_set_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.meta_get_or_insert("node", b"first").unwrap(), b"first");
+        assert_eq!(store.meta_get_or_insert("node", b"second").unwrap(), b"first");
+    }
+}
