@@ -1,1 +1,229 @@
-fn main() {}
+//! rtc-recorder: the service. Loads configuration, opens the state store, boots the engine's
+//! actor tree and serves the Recorder API until SIGTERM/SIGINT.
+
+mod api;
+mod config;
+mod metrics;
+mod signing;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpServer};
+use anyhow::Context as _;
+use rand::RngCore;
+use recorder_actors::actors::Registry;
+use recorder_actors::snapshot::Mailbox;
+use recorder_actors::storage::LocalBackend;
+use recorder_actors::store::{SledStore, StateStore};
+use recorder_actors::{ApplicationProfile, EngineConfig};
+
+use crate::api::auth::KeyRing;
+use crate::api::AppState;
+use crate::config::{ApiKey, Scope, Settings, StorageConfig, DEFAULT_ORGANIZATION};
+use crate::metrics::Metrics;
+use crate::signing::UrlSigner;
+
+/// How long in-flight requests get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("rtc-recorder: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings);
+    match actix_web::rt::System::new().block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(
+                error = format!("{err:#}"),
+                "rtc-recorder stopped on an error"
+            );
+            eprintln!("rtc-recorder: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::new(&settings.log);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match settings.log_format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
+    let store = SledStore::open(&settings.data_dir.join("state")).with_context(|| {
+        format!(
+            "cannot open the state store in {}",
+            settings.data_dir.join("state").display()
+        )
+    })?;
+    let store: Arc<dyn StateStore> = Arc::new(store);
+
+    let recorder_id = match &settings.recorder_id {
+        Some(id) => id.clone(),
+        None => String::from_utf8(
+            store.meta_get_or_insert("recorder_id", uuid::Uuid::new_v4().to_string().as_bytes())?,
+        )
+        .context("stored recorder_id is not text")?,
+    };
+    let secret = match &settings.signing_secret {
+        Some(secret) => secret.clone(),
+        None => {
+            let mut fresh = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut fresh);
+            store.meta_get_or_insert("signing_secret", &fresh)?
+        }
+    };
+    let key_notice = add_plain_keys(&mut settings)?;
+
+    let mut applications = HashMap::new();
+    for app in &settings.applications {
+        let backend = match &app.storage {
+            StorageConfig::Local { path } => {
+                let root = if path.is_empty() {
+                    settings.data_dir.join("storage")
+                } else {
+                    path.into()
+                };
+                LocalBackend::new(&root).with_context(|| {
+                    format!(
+                        "organizations.{}.applications.{}.storage.path: cannot create {}",
+                        app.organization_id,
+                        app.application_id,
+                        root.display()
+                    )
+                })?
+            }
+        };
+        applications.insert(
+            (app.organization_id.clone(), app.application_id.clone()),
+            Arc::new(ApplicationProfile {
+                organization_id: app.organization_id.clone(),
+                application_id: app.application_id.clone(),
+                backend: Arc::new(backend),
+            }),
+        );
+    }
+    let engine = Arc::new(EngineConfig {
+        recorder_id: recorder_id.clone(),
+        applications,
+        upload_concurrency: settings.uploads.concurrency,
+        upload_retry_base: Duration::from_millis(settings.uploads.retry_base_ms),
+        upload_retry_max: Duration::from_millis(settings.uploads.retry_max_ms),
+    });
+    let registry = Registry::boot(store.clone(), engine)
+        .context("cannot rebuild the actor tree from the state store")?;
+
+    let keys = KeyRing::new(&settings.api_keys);
+    let listener = std::net::TcpListener::bind(settings.bind)
+        .with_context(|| format!("bind: cannot listen on {}", settings.bind))?;
+    let bound = listener.local_addr()?;
+    let public_url = match &settings.public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_string(),
+        None => format!("http://{bound}"),
+    };
+    let signer = UrlSigner::new(secret, settings.url_ttl_secs);
+    let state = web::Data::new(AppState {
+        registry: Mailbox::new(registry),
+        keys,
+        settings,
+        signer,
+        public_url: public_url.clone(),
+        metrics: Metrics::new(),
+    });
+    let server_state = state.clone();
+    let server = HttpServer::new(move || api::app(server_state.clone()))
+        .listen(listener)?
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .run();
+
+    tracing::info!(address = %bound, recorder_id = %recorder_id, "listening");
+    println!("listening on http://{bound}");
+    println!("recorder id: {recorder_id}");
+    println!("api base:    {public_url}{}", api::BASE_PATH);
+    println!("api key:     {key_notice}");
+
+    // actix-web stops accepting on SIGTERM/SIGINT and lets in-flight requests finish.
+    server.await?;
+    tracing::info!("shutting down: flushing the state store");
+    store.flush().await?;
+    Ok(())
+}
+
+/// Adds `RECORDER_API_KEY`, or with no key configured at all a development key kept in
+/// `<data_dir>/dev-api-key`, and says what to use.
+fn add_plain_keys(settings: &mut Settings) -> anyhow::Result<String> {
+    let default_key = |key: &str, name: &str| ApiKey {
+        name: name.into(),
+        sha256: api::auth::sha256(key),
+        organization_id: DEFAULT_ORGANIZATION.into(),
+        applications: None,
+        scopes: vec![Scope::Global, Scope::Admin],
+    };
+    if let Some(key) = settings.plain_api_key.clone() {
+        settings
+            .api_keys
+            .push(default_key(&key, "RECORDER_API_KEY"));
+        return Ok("the value of RECORDER_API_KEY".into());
+    }
+    if !settings.api_keys.is_empty() {
+        return Ok("one of the keys configured in [api_keys]".into());
+    }
+    let path = settings.data_dir.join("dev-api-key");
+    let key = read_or_create_dev_key(&path)?;
+    settings.api_keys.push(default_key(&key, "development"));
+    Ok(format!(
+        "{key}   (development key, kept in {})",
+        path.display()
+    ))
+}
+
+fn read_or_create_dev_key(path: &Path) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim().to_string();
+        if existing.len() >= 16 {
+            return Ok(existing);
+        }
+    }
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let key = format!("dev-{}", hex::encode(bytes));
+    write_private(path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}

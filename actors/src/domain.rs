@@ -178,7 +178,11 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), occurred: Utc::now() }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            occurred: Utc::now(),
+        }
     }
 }
 
@@ -269,9 +273,16 @@ pub struct InstanceRecord {
 
 impl InstanceRecord {
     /// Applies a transition of the state machine, recording when it happened.
-    pub fn transition(&mut self, next: InstanceState, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+    pub fn transition(
+        &mut self,
+        next: InstanceState,
+        now: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
         if !self.state.can_transition_to(next) {
-            return Err(IllegalTransition { from: self.state, to: next });
+            return Err(IllegalTransition {
+                from: self.state,
+                to: next,
+            });
         }
         self.state = next;
         self.history.push((next, now));
@@ -410,7 +421,10 @@ mod tests {
                     assert_eq!(rec.state, to);
                     assert_eq!(rec.history.last().map(|h| h.0), Some(to));
                 } else {
-                    assert_eq!(rec.state, from, "an illegal transition leaves the state alone");
+                    assert_eq!(
+                        rec.state, from,
+                        "an illegal transition leaves the state alone"
+                    );
                     assert!(rec.history.is_empty());
                 }
                 num_checked += 1;
@@ -422,7 +436,12 @@ mod tests {
     #[test]
     fn terminal_states_have_no_way_out() {
         for from in InstanceState::ALL.into_iter().filter(|s| s.is_terminal()) {
-            assert!(InstanceState::ALL.iter().all(|to| !from.can_transition_to(*to)), "{from}");
+            assert!(
+                InstanceState::ALL
+                    .iter()
+                    .all(|to| !from.can_transition_to(*to)),
+                "{from}"
+            );
         }
     }
 

@@ -27,8 +27,13 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    pub fn application(&self, organization_id: &str, application_id: &str) -> Option<&Arc<ApplicationProfile>> {
-        self.applications.get(&(organization_id.to_string(), application_id.to_string()))
+    pub fn application(
+        &self,
+        organization_id: &str,
+        application_id: &str,
+    ) -> Option<&Arc<ApplicationProfile>> {
+        self.applications
+            .get(&(organization_id.to_string(), application_id.to_string()))
     }
 }
 
@@ -40,7 +45,10 @@ pub enum EngineError {
     #[error("{message}")]
     Conflict { message: String },
     #[error("{message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -51,10 +59,14 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn not_found(message: impl Into<String>) -> Self {
-        EngineError::NotFound { message: message.into() }
+        EngineError::NotFound {
+            message: message.into(),
+        }
     }
     pub fn conflict(message: impl Into<String>) -> Self {
-        EngineError::Conflict { message: message.into() }
+        EngineError::Conflict {
+            message: message.into(),
+        }
     }
 }
 

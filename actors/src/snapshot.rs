@@ -39,13 +39,19 @@ pub struct Mailbox<A: Actor> {
 
 impl<A: Actor> Clone for Mailbox<A> {
     fn clone(&self) -> Self {
-        Self { addr: self.addr.clone(), pending: self.pending.clone() }
+        Self {
+            addr: self.addr.clone(),
+            pending: self.pending.clone(),
+        }
     }
 }
 
 impl<A: Actor> Mailbox<A> {
     pub fn new(addr: Addr<A>) -> Self {
-        Self { addr, pending: Arc::new(AtomicUsize::new(0)) }
+        Self {
+            addr,
+            pending: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     pub fn depth(&self) -> usize {

@@ -23,7 +23,11 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, uploader: Option<Recipient<Kick>>) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        record: &InstanceRecord,
+        uploader: Option<Recipient<Kick>>,
+    ) -> Self {
         let recorder = Recorder::new(store, record, uploader).start();
         Self {
             organization_id: record.organization_id.clone(),
@@ -53,12 +57,16 @@ impl Handler<StopInstance> for Conversation {
 
     fn handle(&mut self, _msg: StopInstance, _ctx: &mut Self::Context) -> Self::Result {
         let recorder = self.recorder.clone();
-        Box::pin(async move { recorder.send(StopRecorder).await? }.into_actor(self).map(|result, _act, ctx| {
-            if result.is_ok() {
-                ctx.stop();
-            }
-            result
-        }))
+        Box::pin(
+            async move { recorder.send(StopRecorder).await? }
+                .into_actor(self)
+                .map(|result, _act, ctx| {
+                    if result.is_ok() {
+                        ctx.stop();
+                    }
+                    result
+                }),
+        )
     }
 }
 

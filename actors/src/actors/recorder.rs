@@ -27,7 +27,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, uploader: Option<Recipient<Kick>>) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        record: &InstanceRecord,
+        uploader: Option<Recipient<Kick>>,
+    ) -> Self {
         Self {
             store,
             instance_id: record.instance_id.clone(),
@@ -61,13 +65,16 @@ impl Handler<StopRecorder> for Recorder {
         let result = (|| {
             let mut artefacts = Vec::new();
             let record = store.update_instance(&self.instance_id, &mut |r| {
-                r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
+                r.transition(InstanceState::Stopped, Utc::now())
+                    .map_err(rejected)?;
                 artefacts.clear();
                 if r.num_transcript_entries > 0 {
                     artefacts.push(ArtefactKind::ChatTranscript);
                 }
                 for session_id in r.cobrowse_sessions.keys() {
-                    artefacts.push(ArtefactKind::CobrowseSession { session_id: session_id.clone() });
+                    artefacts.push(ArtefactKind::CobrowseSession {
+                        session_id: session_id.clone(),
+                    });
                 }
                 Ok(())
             })?;

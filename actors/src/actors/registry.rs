@@ -41,7 +41,10 @@ impl Registry {
     /// recorder back, and every storage profile its uploader, which resumes queued jobs.
     /// Instances that were `ACTIVE` had media flowing when the process ended, so they come back
     /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
-    pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
+    pub fn boot(
+        store: Arc<dyn StateStore>,
+        config: Arc<EngineConfig>,
+    ) -> Result<Addr<Registry>, EngineError> {
         let instances = store.all_instances()?;
         let mut registry = Registry {
             store: store.clone(),
@@ -53,14 +56,18 @@ impl Registry {
             num_recovered_on_boot: 0,
         };
         for profile in config.applications.values() {
-            let key = (profile.organization_id.clone(), profile.application_id.clone());
+            let key = (
+                profile.organization_id.clone(),
+                profile.application_id.clone(),
+            );
             let uploader = Uploader::new(store.clone(), profile.clone(), config.clone()).start();
             registry.uploaders.insert(key, Mailbox::new(uploader));
         }
         for mut record in instances.into_iter().filter(|r| r.state.is_live()) {
             if record.state == InstanceState::Active {
                 record = store.update_instance(&record.instance_id, &mut |r| {
-                    r.transition(InstanceState::PendingRecovery, Utc::now()).map_err(rejected)
+                    r.transition(InstanceState::PendingRecovery, Utc::now())
+                        .map_err(rejected)
                 })?;
             }
             registry.spawn_conversation(&record);
@@ -73,20 +80,37 @@ impl Registry {
     fn spawn_conversation(&mut self, record: &InstanceRecord) {
         let uploader = self
             .uploaders
-            .get(&(record.organization_id.clone(), record.application_id.clone()))
+            .get(&(
+                record.organization_id.clone(),
+                record.application_id.clone(),
+            ))
             .map(|m| m.addr().clone().recipient());
         let conversation = Conversation::new(self.store.clone(), record, uploader).start();
         self.live.insert(
-            (record.organization_id.clone(), record.conversation_id.clone()),
-            LiveConversation { instance_id: record.instance_id.clone(), conversation: Mailbox::new(conversation) },
+            (
+                record.organization_id.clone(),
+                record.conversation_id.clone(),
+            ),
+            LiveConversation {
+                instance_id: record.instance_id.clone(),
+                conversation: Mailbox::new(conversation),
+            },
         );
     }
 
     /// Finds an instance the way the API addresses it; anything that does not match, including
     /// another organization's instance, is the same `NotFound`.
     fn find(&self, at: &InstanceRef) -> Result<InstanceRecord, EngineError> {
-        let missing = || EngineError::not_found(format!("no recorder instance {} in conversation {}", at.instance_id, at.conversation_id));
-        let record = self.store.get_instance(&at.instance_id)?.ok_or_else(missing)?;
+        let missing = || {
+            EngineError::not_found(format!(
+                "no recorder instance {} in conversation {}",
+                at.instance_id, at.conversation_id
+            ))
+        };
+        let record = self
+            .store
+            .get_instance(&at.instance_id)?
+            .ok_or_else(missing)?;
         if record.organization_id != at.organization_id
             || record.conversation_id != at.conversation_id
             || record.recorder_id != at.recorder_id
@@ -97,18 +121,28 @@ impl Registry {
     }
 
     fn kick_uploader(&self, record: &InstanceRecord) {
-        if let Some(uploader) = self.uploaders.get(&(record.organization_id.clone(), record.application_id.clone())) {
+        if let Some(uploader) = self.uploaders.get(&(
+            record.organization_id.clone(),
+            record.application_id.clone(),
+        )) {
             uploader.do_send(Kick);
         }
     }
 }
 
 pub(crate) fn rejected(err: IllegalTransition) -> StoreError {
-    StoreError::Rejected { code: "ILLEGAL_TRANSITION", message: err.to_string() }
+    StoreError::Rejected {
+        code: "ILLEGAL_TRANSITION",
+        message: err.to_string(),
+    }
 }
 
 /// Queues the upload of one artefact of `record`.
-pub(crate) fn enqueue_artefact(store: &dyn StateStore, record: &InstanceRecord, artefact: ArtefactKind) -> Result<(), StoreError> {
+pub(crate) fn enqueue_artefact(
+    store: &dyn StateStore,
+    record: &InstanceRecord,
+    artefact: ArtefactKind,
+) -> Result<(), StoreError> {
     let key = match &artefact {
         ArtefactKind::ChatTranscript => record.transcript_key(),
         ArtefactKind::CobrowseSession { session_id } => record.cobrowse_key(session_id),
@@ -143,9 +177,15 @@ impl Handler<StartRecording> for Registry {
 
     fn handle(&mut self, msg: StartRecording, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
-            let profile = self.config.application(&msg.organization_id, &msg.application_id).ok_or_else(|| {
-                EngineError::not_found(format!("applicationId {} is not configured for this organization", msg.application_id))
-            })?;
+            let profile = self
+                .config
+                .application(&msg.organization_id, &msg.application_id)
+                .ok_or_else(|| {
+                    EngineError::not_found(format!(
+                        "applicationId {} is not configured for this organization",
+                        msg.application_id
+                    ))
+                })?;
             let key = (msg.organization_id.clone(), msg.conversation_id.clone());
             if let Some(live) = self.live.get(&key) {
                 return Err(EngineError::conflict(format!(
@@ -202,7 +242,10 @@ impl Handler<StopRecording> for Registry {
             Ok(record) => record,
             Err(err) => return Box::pin(fut::ready(Err(err))),
         };
-        let key = (record.organization_id.clone(), record.conversation_id.clone());
+        let key = (
+            record.organization_id.clone(),
+            record.conversation_id.clone(),
+        );
         let conversation = match self.live.get(&key) {
             Some(live) if live.instance_id == record.instance_id => live.conversation.clone(),
             // Not live: stopping again is idempotent and answers the state it ended in.
@@ -214,7 +257,11 @@ impl Handler<StopRecording> for Registry {
                 .into_actor(self)
                 .map(move |result, act, _ctx| {
                     if let Ok(stopped) = &result {
-                        if act.live.get(&key).is_some_and(|l| l.instance_id == instance_id) {
+                        if act
+                            .live
+                            .get(&key)
+                            .is_some_and(|l| l.instance_id == instance_id)
+                        {
                             act.live.remove(&key);
                         }
                         act.num_stopped += 1;
@@ -241,10 +288,18 @@ impl Handler<GetActive> for Registry {
         let live = self
             .live
             .get(&(msg.organization_id.clone(), msg.conversation_id.clone()))
-            .ok_or_else(|| EngineError::not_found(format!("conversation {} has no live recorder instance", msg.conversation_id)))?;
-        self.store
-            .get_instance(&live.instance_id)?
-            .ok_or_else(|| EngineError::not_found(format!("conversation {} has no live recorder instance", msg.conversation_id)))
+            .ok_or_else(|| {
+                EngineError::not_found(format!(
+                    "conversation {} has no live recorder instance",
+                    msg.conversation_id
+                ))
+            })?;
+        self.store.get_instance(&live.instance_id)?.ok_or_else(|| {
+            EngineError::not_found(format!(
+                "conversation {} has no live recorder instance",
+                msg.conversation_id
+            ))
+        })
     }
 }
 
@@ -252,9 +307,14 @@ impl Handler<ListConversation> for Registry {
     type Result = Result<Vec<InstanceRecord>, EngineError>;
 
     fn handle(&mut self, msg: ListConversation, _ctx: &mut Self::Context) -> Self::Result {
-        let instances = self.store.conversation_instances(&msg.organization_id, &msg.conversation_id)?;
+        let instances = self
+            .store
+            .conversation_instances(&msg.organization_id, &msg.conversation_id)?;
         if instances.is_empty() {
-            return Err(EngineError::not_found(format!("no recordings for conversation {}", msg.conversation_id)));
+            return Err(EngineError::not_found(format!(
+                "no recordings for conversation {}",
+                msg.conversation_id
+            )));
         }
         Ok(instances)
     }
@@ -266,7 +326,9 @@ impl Handler<AddTranscript> for Registry {
     fn handle(&mut self, msg: AddTranscript, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
-            let num_entries = self.store.append_transcript(&record.instance_id, &msg.entries)?;
+            let num_entries = self
+                .store
+                .append_transcript(&record.instance_id, &msg.entries)?;
             // Decided inside the atomic update: if a stop commits first this add sees it, and if
             // this add commits first the stop sees the entries; either way the artefact is queued.
             let mut needs_upload = false;
@@ -281,10 +343,11 @@ impl Handler<AddTranscript> for Registry {
             Ok::<_, EngineError>((record, needs_upload))
         })();
         let flush = self.store.flush();
-        let uploader = result
-            .as_ref()
-            .ok()
-            .and_then(|(r, _)| self.uploaders.get(&(r.organization_id.clone(), r.application_id.clone())).cloned());
+        let uploader = result.as_ref().ok().and_then(|(r, _)| {
+            self.uploaders
+                .get(&(r.organization_id.clone(), r.application_id.clone()))
+                .cloned()
+        });
         async move {
             let (record, needs_upload) = result?;
             flush.await?;
@@ -305,7 +368,9 @@ impl Handler<AddCobrowseEvent> for Registry {
     fn handle(&mut self, msg: AddCobrowseEvent, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
-            let was_new = self.store.put_cobrowse_event(&record.instance_id, &msg.event)?;
+            let was_new = self
+                .store
+                .put_cobrowse_event(&record.instance_id, &msg.event)?;
             let session_id = msg.event.session_id.clone();
             let mut needs_upload = false;
             let record = self.store.update_instance(&record.instance_id, &mut |r| {
@@ -317,15 +382,20 @@ impl Handler<AddCobrowseEvent> for Registry {
                 Ok(())
             })?;
             if needs_upload {
-                enqueue_artefact(self.store.as_ref(), &record, ArtefactKind::CobrowseSession { session_id })?;
+                enqueue_artefact(
+                    self.store.as_ref(),
+                    &record,
+                    ArtefactKind::CobrowseSession { session_id },
+                )?;
             }
             Ok::<_, EngineError>((record, was_new, needs_upload))
         })();
         let flush = self.store.flush();
-        let uploader = result
-            .as_ref()
-            .ok()
-            .and_then(|(r, _, _)| self.uploaders.get(&(r.organization_id.clone(), r.application_id.clone())).cloned());
+        let uploader = result.as_ref().ok().and_then(|(r, _, _)| {
+            self.uploaders
+                .get(&(r.organization_id.clone(), r.application_id.clone()))
+                .cloned()
+        });
         async move {
             let (instance, was_new, needs_upload) = result?;
             flush.await?;
@@ -344,10 +414,16 @@ impl Handler<VerifyStorage> for Registry {
     type Result = ResponseFuture<Result<VerificationReport, EngineError>>;
 
     fn handle(&mut self, msg: VerifyStorage, _ctx: &mut Self::Context) -> Self::Result {
-        let profile = self.config.application(&msg.organization_id, &msg.application_id).cloned();
+        let profile = self
+            .config
+            .application(&msg.organization_id, &msg.application_id)
+            .cloned();
         async move {
             let profile = profile.ok_or_else(|| {
-                EngineError::not_found(format!("applicationId {} is not configured for this organization", msg.application_id))
+                EngineError::not_found(format!(
+                    "applicationId {} is not configured for this organization",
+                    msg.application_id
+                ))
             })?;
             let prefix = format!("{}/{}", profile.organization_id, profile.application_id);
             Ok(verify(profile.backend.as_ref(), &prefix).await)
@@ -360,17 +436,34 @@ impl Handler<ResolveCobrowseFile> for Registry {
     type Result = Result<std::path::PathBuf, EngineError>;
 
     fn handle(&mut self, msg: ResolveCobrowseFile, _ctx: &mut Self::Context) -> Self::Result {
-        let missing = || EngineError::not_found(format!("no file {} in co-browse session {}", msg.file_name, msg.session_id));
-        let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing)?;
+        let missing = || {
+            EngineError::not_found(format!(
+                "no file {} in co-browse session {}",
+                msg.file_name, msg.session_id
+            ))
+        };
+        let record = self
+            .store
+            .get_instance(&msg.instance_id)?
+            .ok_or_else(missing)?;
         if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
             return Err(missing());
         }
-        let session = record.cobrowse_sessions.get(&msg.session_id).ok_or_else(missing)?;
+        let session = record
+            .cobrowse_sessions
+            .get(&msg.session_id)
+            .ok_or_else(missing)?;
         if msg.file_name != "events.json" || session.uploaded.is_none() {
             return Err(missing());
         }
-        let profile = self.config.application(&record.organization_id, &record.application_id).ok_or_else(missing)?;
-        let path = profile.backend.local_path(&record.cobrowse_key(&msg.session_id)).ok_or_else(missing)?;
+        let profile = self
+            .config
+            .application(&record.organization_id, &record.application_id)
+            .ok_or_else(missing)?;
+        let path = profile
+            .backend
+            .local_path(&record.cobrowse_key(&msg.session_id))
+            .ok_or_else(missing)?;
         Ok(path)
     }
 }
@@ -383,7 +476,10 @@ impl Handler<CountInstances> for Registry {
         for record in self.store.all_instances()? {
             *counts.entry(record.state).or_default() += 1;
         }
-        Ok(InstanceState::ALL.iter().map(|s| (*s, counts.get(s).copied().unwrap_or(0))).collect())
+        Ok(InstanceState::ALL
+            .iter()
+            .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
+            .collect())
     }
 }
 
@@ -392,7 +488,12 @@ impl Handler<CheckReady> for Registry {
 
     fn handle(&mut self, _msg: CheckReady, _ctx: &mut Self::Context) -> Self::Result {
         let store_ok = self.store.check();
-        let checks: Vec<_> = self.config.applications.values().map(|p| p.backend.check_bucket()).collect();
+        let checks: Vec<_> = self
+            .config
+            .applications
+            .values()
+            .map(|p| p.backend.check_bucket())
+            .collect();
         async move {
             store_ok?;
             for check in join_all(checks).await {

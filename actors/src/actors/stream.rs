@@ -16,7 +16,11 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(record: StreamRecord) -> Self {
-        Self { record, num_packets: 0, num_bytes: 0 }
+        Self {
+            record,
+            num_packets: 0,
+            num_bytes: 0,
+        }
     }
 }
 
@@ -63,6 +67,9 @@ mod tests {
         })
         .start();
         let snapshot = stream.send(Snapshot).await.unwrap();
-        assert_eq!((snapshot.kind, snapshot.id.as_str(), snapshot.state.as_str()), ("Stream", "s1", "RECORDING"));
+        assert_eq!(
+            (snapshot.kind, snapshot.id.as_str(), snapshot.state.as_str()),
+            ("Stream", "s1", "RECORDING")
+        );
     }
 }

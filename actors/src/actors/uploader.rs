@@ -33,7 +33,11 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    pub fn new(store: Arc<dyn StateStore>, profile: Arc<ApplicationProfile>, config: Arc<EngineConfig>) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        profile: Arc<ApplicationProfile>,
+        config: Arc<EngineConfig>,
+    ) -> Self {
         Self {
             store,
             profile,
@@ -49,7 +53,8 @@ impl Uploader {
     }
 
     fn owns(&self, job: &UploadJob) -> bool {
-        job.organization_id == self.profile.organization_id && job.application_id == self.profile.application_id
+        job.organization_id == self.profile.organization_id
+            && job.application_id == self.profile.application_id
     }
 
     /// Starts as many runnable jobs as the concurrency limit allows.
@@ -68,7 +73,8 @@ impl Uploader {
             if self.running.len() >= self.config.upload_concurrency.max(1) {
                 break;
             }
-            if !self.owns(&job) || self.running.contains(&job.key) || self.parked.contains(&job.key) {
+            if !self.owns(&job) || self.running.contains(&job.key) || self.parked.contains(&job.key)
+            {
                 continue;
             }
             if self.backoff.get(&job.key).is_some_and(|at| *at > now) {
@@ -78,15 +84,22 @@ impl Uploader {
             self.running.insert(job.key.clone());
             let store = self.store.clone();
             let profile = self.profile.clone();
-            ctx.spawn(run_job(store, profile, job.clone()).into_actor(self).map(move |result, act, ctx| {
-                act.running.remove(&job.key);
-                act.finish(job, result, ctx);
-                act.pump(ctx);
-            }));
+            ctx.spawn(run_job(store, profile, job.clone()).into_actor(self).map(
+                move |result, act, ctx| {
+                    act.running.remove(&job.key);
+                    act.finish(job, result, ctx);
+                    act.pump(ctx);
+                },
+            ));
         }
     }
 
-    fn finish(&mut self, mut job: UploadJob, result: Result<u64, JobError>, ctx: &mut Context<Self>) {
+    fn finish(
+        &mut self,
+        mut job: UploadJob,
+        result: Result<u64, JobError>,
+        ctx: &mut Context<Self>,
+    ) {
         match result {
             Ok(size) => {
                 self.num_uploaded += 1;
@@ -119,7 +132,9 @@ impl Uploader {
 /// Exponential backoff with full jitter: `base * 2^(attempt-1)`, capped, times a random factor in
 /// [0.5, 1.0) so a fleet of uploaders does not retry in lockstep after an outage.
 fn retry_delay(config: &EngineConfig, num_attempts: u32) -> Duration {
-    let exp = config.upload_retry_base.saturating_mul(1u32 << num_attempts.saturating_sub(1).min(16));
+    let exp = config
+        .upload_retry_base
+        .saturating_mul(1u32 << num_attempts.saturating_sub(1).min(16));
     let capped = exp.min(config.upload_retry_max);
     capped.mul_f64(rand::thread_rng().gen_range(0.5..1.0))
 }
@@ -151,7 +166,11 @@ impl JobError {
 
 /// Renders the artefact from the state store, uploads it, records where it went, and only then
 /// removes the job.
-async fn run_job(store: Arc<dyn StateStore>, profile: Arc<ApplicationProfile>, job: UploadJob) -> Result<u64, JobError> {
+async fn run_job(
+    store: Arc<dyn StateStore>,
+    profile: Arc<ApplicationProfile>,
+    job: UploadJob,
+) -> Result<u64, JobError> {
     let Some(record) = store.get_instance(&job.instance_id)? else {
         // The instance is gone (cannot happen today: instances are never deleted); drop the job.
         store.finish_job(&job.key, job.generation)?;
@@ -164,7 +183,11 @@ async fn run_job(store: Arc<dyn StateStore>, profile: Arc<ApplicationProfile>, j
     store.update_instance(&record.instance_id, &mut |r| {
         match &job.artefact {
             ArtefactKind::ChatTranscript => {
-                let id = r.transcript.as_ref().map(|t| t.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let id = r
+                    .transcript
+                    .as_ref()
+                    .map(|t| t.id.clone())
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 r.transcript = Some(TranscriptArtefact {
                     id,
                     location: location.clone(),
@@ -185,7 +208,11 @@ async fn run_job(store: Arc<dyn StateStore>, profile: Arc<ApplicationProfile>, j
     Ok(size)
 }
 
-fn render(store: &dyn StateStore, record: &InstanceRecord, artefact: &ArtefactKind) -> Result<Vec<u8>, StoreError> {
+fn render(
+    store: &dyn StateStore,
+    record: &InstanceRecord,
+    artefact: &ArtefactKind,
+) -> Result<Vec<u8>, StoreError> {
     let value = match artefact {
         ArtefactKind::ChatTranscript => json!({
             "conversationId": record.conversation_id,
@@ -231,11 +258,23 @@ impl Handler<Snapshot> for Uploader {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
-        let num_queued = self.store.jobs().map(|jobs| jobs.iter().filter(|j| self.owns(j)).count()).unwrap_or(0);
+        let num_queued = self
+            .store
+            .jobs()
+            .map(|jobs| jobs.iter().filter(|j| self.owns(j)).count())
+            .unwrap_or(0);
         MessageResult(ActorSnapshot {
             kind: "Uploader",
-            id: format!("{}/{}", self.profile.organization_id, self.profile.application_id),
-            state: if self.running.is_empty() { "IDLE" } else { "UPLOADING" }.into(),
+            id: format!(
+                "{}/{}",
+                self.profile.organization_id, self.profile.application_id
+            ),
+            state: if self.running.is_empty() {
+                "IDLE"
+            } else {
+                "UPLOADING"
+            }
+            .into(),
             mailbox_depth: 0,
             restarts: 0,
             last_error: self.last_error.clone(),
@@ -276,8 +315,13 @@ mod tests {
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);
-            let ceiling = Duration::from_secs(1).saturating_mul(1 << (attempt - 1).min(16)).min(Duration::from_secs(60));
-            assert!(delay < ceiling && delay >= ceiling / 2, "attempt {attempt}: {delay:?}");
+            let ceiling = Duration::from_secs(1)
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(Duration::from_secs(60));
+            assert!(
+                delay < ceiling && delay >= ceiling / 2,
+                "attempt {attempt}: {delay:?}"
+            );
         }
     }
 }

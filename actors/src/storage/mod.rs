@@ -35,7 +35,10 @@ pub enum StorageError {
 impl StorageError {
     /// Whether trying again later can succeed (an outage) or cannot (wrong credentials, no bucket).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StorageError::Service(_) | StorageError::Timeout(_) | StorageError::Io(_))
+        matches!(
+            self,
+            StorageError::Service(_) | StorageError::Timeout(_) | StorageError::Io(_)
+        )
     }
 
     pub fn code(&self) -> &'static str {
@@ -76,7 +79,9 @@ pub fn validate_key(key: &str) -> StorageResult<()> {
         || key.starts_with('/')
         || key.contains('\\')
         || key.contains('\0')
-        || key.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..");
+        || key
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..");
     if bad {
         return Err(StorageError::InvalidKey(key.to_string()));
     }
@@ -89,7 +94,9 @@ mod tests {
 
     #[test]
     fn keys_cannot_escape_the_root() {
-        for bad in ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "a\0b", "a/"] {
+        for bad in [
+            "", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "a\0b", "a/",
+        ] {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
         validate_key("org/app/conv/rec/inst/chat/transcript.json").unwrap();

@@ -15,10 +15,16 @@ pub struct CheckResult {
 
 impl CheckResult {
     fn pass(message: impl Into<String>) -> Self {
-        Self { passed: true, message: message.into() }
+        Self {
+            passed: true,
+            message: message.into(),
+        }
     }
     fn fail(message: impl Into<String>) -> Self {
-        Self { passed: false, message: message.into() }
+        Self {
+            passed: false,
+            message: message.into(),
+        }
     }
     fn skipped(after: &str) -> Self {
         Self::fail(format!("not run: the {after} check failed"))
@@ -75,9 +81,15 @@ pub async fn verify(backend: &dyn StorageBackend, key_prefix: &str) -> Verificat
         Ok(size) if size == content.len() as u64 => {
             let secs = started.elapsed().as_secs_f64().max(1e-6);
             let rate = PROBE_SIZE as f64 / (1 << 20) as f64 / secs;
-            (CheckResult::pass(format!("wrote {size} bytes to {}", backend.location(&key))), Some(rate))
+            (
+                CheckResult::pass(format!("wrote {size} bytes to {}", backend.location(&key))),
+                Some(rate),
+            )
         }
-        Ok(size) => (CheckResult::fail(format!("wrote {size} bytes, expected {}", content.len())), None),
+        Ok(size) => (
+            CheckResult::fail(format!("wrote {size} bytes, expected {}", content.len())),
+            None,
+        ),
         Err(err) => (CheckResult::fail(describe(&err)), None),
     };
     if !write.passed {
@@ -93,14 +105,19 @@ pub async fn verify(backend: &dyn StorageBackend, key_prefix: &str) -> Verificat
 
     let read = match backend.get(&key).await {
         Ok(bytes) if bytes == content => CheckResult::pass("read back the same content"),
-        Ok(bytes) => CheckResult::fail(format!("read back {} bytes that differ from what was written", bytes.len())),
+        Ok(bytes) => CheckResult::fail(format!(
+            "read back {} bytes that differ from what was written",
+            bytes.len()
+        )),
         Err(err) => CheckResult::fail(describe(&err)),
     };
 
     let modified: Vec<u8> = b"modified by verify".to_vec();
     let modify = match backend.put(&key, modified.clone()).await {
         Ok(_) => match backend.get(&key).await {
-            Ok(bytes) if bytes == modified => CheckResult::pass("overwrote the object and read the new content"),
+            Ok(bytes) if bytes == modified => {
+                CheckResult::pass("overwrote the object and read the new content")
+            }
             Ok(_) => CheckResult::fail("overwrite did not take effect: read the old content"),
             Err(err) => CheckResult::fail(describe(&err)),
         },
@@ -109,14 +126,23 @@ pub async fn verify(backend: &dyn StorageBackend, key_prefix: &str) -> Verificat
 
     let delete = match backend.delete(&key).await {
         Ok(()) => match backend.get(&key).await {
-            Err(StorageError::NotFound(_)) => CheckResult::pass("deleted the object and it is gone"),
+            Err(StorageError::NotFound(_)) => {
+                CheckResult::pass("deleted the object and it is gone")
+            }
             Ok(_) => CheckResult::fail("object still readable after delete"),
             Err(err) => CheckResult::fail(describe(&err)),
         },
         Err(err) => CheckResult::fail(describe(&err)),
     };
 
-    VerificationReport { bucket, write, read, modify, delete, write_mib_per_sec }
+    VerificationReport {
+        bucket,
+        write,
+        read,
+        modify,
+        delete,
+        write_mib_per_sec,
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +155,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = LocalBackend::new(dir.path()).unwrap();
         let report = verify(&backend, "org/app").await;
-        for check in [&report.bucket, &report.write, &report.read, &report.modify, &report.delete] {
+        for check in [
+            &report.bucket,
+            &report.write,
+            &report.read,
+            &report.modify,
+            &report.delete,
+        ] {
             assert!(check.passed, "{check:?}");
         }
         assert!(report.write_mib_per_sec.unwrap() > 0.0);
@@ -142,7 +174,11 @@ mod tests {
         std::fs::remove_dir(dir.path().join("gone")).unwrap();
         let report = verify(&backend, "org/app").await;
         assert!(!report.bucket.passed);
-        assert!(report.bucket.message.contains("does not exist"), "{}", report.bucket.message);
+        assert!(
+            report.bucket.message.contains("does not exist"),
+            "{}",
+            report.bucket.message
+        );
         assert!(!report.write.passed && report.write.message.contains("not run"));
     }
 }

@@ -52,13 +52,22 @@ impl SledStore {
             db,
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
-        let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
-            tree: "meta",
-            key: STORE_FORMAT_KEY.into(),
-            message: "not a u32".into(),
-        })?);
+        let found =
+            u32::from_be_bytes(
+                format
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        tree: "meta",
+                        key: STORE_FORMAT_KEY.into(),
+                        message: "not a u32".into(),
+                    })?,
+            );
         if found > STORE_FORMAT {
-            return Err(StoreError::FutureSchema { found, supported: STORE_FORMAT });
+            return Err(StoreError::FutureSchema {
+                found,
+                supported: STORE_FORMAT,
+            });
         }
         Ok(store)
     }
@@ -78,9 +87,15 @@ fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> 
     struct Versioned {
         schema_version: Option<u32>,
     }
-    if let Ok(Versioned { schema_version: Some(found) }) = serde_json::from_slice::<Versioned>(bytes) {
+    if let Ok(Versioned {
+        schema_version: Some(found),
+    }) = serde_json::from_slice::<Versioned>(bytes)
+    {
         if found > RECORD_SCHEMA_VERSION {
-            return Err(StoreError::FutureSchema { found, supported: RECORD_SCHEMA_VERSION });
+            return Err(StoreError::FutureSchema {
+                found,
+                supported: RECORD_SCHEMA_VERSION,
+            });
         }
     }
     serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
@@ -121,7 +136,11 @@ fn sortable_sequence(sequence_id: i32) -> [u8; 4] {
 
 impl StateStore for SledStore {
     fn meta_get_or_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
-        match self.meta.compare_and_swap(key, None as Option<&[u8]>, Some(value)).map_err(io)? {
+        match self
+            .meta
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value))
+            .map_err(io)?
+        {
             Ok(()) => Ok(value.to_vec()),
             Err(cas) => Ok(cas.current.map(|v| v.to_vec()).unwrap_or_default()),
         }
@@ -160,14 +179,22 @@ impl StateStore for SledStore {
             let mut record: InstanceRecord = decode("instances", instance_id.as_bytes(), &current)?;
             change(&mut record)?;
             let next = encode(&record);
-            match self.instances.compare_and_swap(instance_id, Some(&current), Some(next)).map_err(io)? {
+            match self
+                .instances
+                .compare_and_swap(instance_id, Some(&current), Some(next))
+                .map_err(io)?
+            {
                 Ok(()) => return Ok(record),
                 Err(_) => continue, // another writer won the race; re-read and re-apply
             }
         }
     }
 
-    fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>> {
+    fn conversation_instances(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+    ) -> StoreResult<Vec<InstanceRecord>> {
         let mut scan = key2(organization_id, conversation_id);
         scan.push(0);
         let mut out = Vec::new();
@@ -226,7 +253,11 @@ impl StateStore for SledStore {
         Ok(inserted)
     }
 
-    fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>> {
+    fn cobrowse_events(
+        &self,
+        instance_id: &str,
+        session_id: &str,
+    ) -> StoreResult<Vec<CobrowseEvent>> {
         let mut scan = key2(instance_id, session_id);
         scan.push(0);
         self.cobrowse
@@ -357,7 +388,12 @@ mod tests {
     }
 
     fn event(session: &str, seq: i32, payload: &str) -> CobrowseEvent {
-        CobrowseEvent { payload: payload.into(), sequence_id: seq, session_id: session.into(), timestamp: 1 }
+        CobrowseEvent {
+            payload: payload.into(),
+            sequence_id: seq,
+            session_id: session.into(),
+            timestamp: 1,
+        }
     }
 
     #[test]
@@ -365,17 +401,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.insert_instance(&instance("i1", "org-a", "conv")).unwrap();
-            store.insert_instance(&instance("i2", "org-b", "conv")).unwrap();
-            store.insert_instance(&instance("i3", "org-a", "conv")).unwrap();
+            store
+                .insert_instance(&instance("i1", "org-a", "conv"))
+                .unwrap();
+            store
+                .insert_instance(&instance("i2", "org-b", "conv"))
+                .unwrap();
+            store
+                .insert_instance(&instance("i3", "org-a", "conv"))
+                .unwrap();
             futures_executor::block_on(store.flush()).unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
-        let ids: Vec<_> = store.conversation_instances("org-a", "conv").unwrap().into_iter().map(|r| r.instance_id).collect();
+        let ids: Vec<_> = store
+            .conversation_instances("org-a", "conv")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.instance_id)
+            .collect();
         assert_eq!(ids, vec!["i1", "i3"]);
-        let ids: Vec<_> = store.conversation_instances("org-b", "conv").unwrap().into_iter().map(|r| r.instance_id).collect();
+        let ids: Vec<_> = store
+            .conversation_instances("org-b", "conv")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.instance_id)
+            .collect();
         assert_eq!(ids, vec!["i2"]);
-        assert!(store.conversation_instances("org-a", "con").unwrap().is_empty(), "prefix scans are exact");
+        assert!(
+            store
+                .conversation_instances("org-a", "con")
+                .unwrap()
+                .is_empty(),
+            "prefix scans are exact"
+        );
         assert_eq!(store.all_instances().unwrap().len(), 3);
     }
 
@@ -387,17 +445,29 @@ mod tests {
         let updated = store
             .update_instance("i1", &mut |r| {
                 r.transition(InstanceState::Stopped, Utc::now())
-                    .map_err(|e| StoreError::Rejected { code: "CONFLICT", message: e.to_string() })
+                    .map_err(|e| StoreError::Rejected {
+                        code: "CONFLICT",
+                        message: e.to_string(),
+                    })
             })
             .unwrap();
         assert_eq!(updated.state, InstanceState::Stopped);
         let refused = store.update_instance("i1", &mut |r| {
             r.transition(InstanceState::Active, Utc::now())
-                .map_err(|e| StoreError::Rejected { code: "CONFLICT", message: e.to_string() })
+                .map_err(|e| StoreError::Rejected {
+                    code: "CONFLICT",
+                    message: e.to_string(),
+                })
         });
         assert!(matches!(refused, Err(StoreError::Rejected { .. })));
-        assert_eq!(store.get_instance("i1").unwrap().unwrap().state, InstanceState::Stopped);
-        assert!(matches!(store.update_instance("nope", &mut |_| Ok(())), Err(StoreError::NotFound(_))));
+        assert_eq!(
+            store.get_instance("i1").unwrap().unwrap().state,
+            InstanceState::Stopped
+        );
+        assert!(matches!(
+            store.update_instance("nope", &mut |_| Ok(())),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -410,10 +480,17 @@ mod tests {
             user_display_name: None,
             user_id: "u".into(),
         };
-        store.append_transcript("i1", &[entry("a"), entry("b")]).unwrap();
+        store
+            .append_transcript("i1", &[entry("a"), entry("b")])
+            .unwrap();
         store.append_transcript("i2", &[entry("other")]).unwrap();
         assert_eq!(store.append_transcript("i1", &[entry("c")]).unwrap(), 3);
-        let texts: Vec<_> = store.transcript("i1").unwrap().into_iter().map(|e| e.transcript).collect();
+        let texts: Vec<_> = store
+            .transcript("i1")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.transcript)
+            .collect();
         assert_eq!(texts, vec!["a", "b", "c"]);
     }
 
@@ -422,14 +499,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         for seq in [5, -3, 0, i32::MAX, i32::MIN, 2] {
-            assert!(store.put_cobrowse_event("i", &event("s", seq, &format!("p{seq}"))).unwrap());
+            assert!(store
+                .put_cobrowse_event("i", &event("s", seq, &format!("p{seq}")))
+                .unwrap());
         }
-        assert!(!store.put_cobrowse_event("i", &event("s", 5, "changed")).unwrap());
+        assert!(!store
+            .put_cobrowse_event("i", &event("s", 5, "changed"))
+            .unwrap());
         store.put_cobrowse_event("i", &event("s2", 1, "x")).unwrap();
         let events = store.cobrowse_events("i", "s").unwrap();
         let seqs: Vec<_> = events.iter().map(|e| e.sequence_id).collect();
         assert_eq!(seqs, vec![i32::MIN, -3, 0, 2, 5, i32::MAX]);
-        assert_eq!(events[4].payload, "p5", "the first copy of a repeated sequenceId wins");
+        assert_eq!(
+            events[4].payload, "p5",
+            "the first copy of a repeated sequenceId wins"
+        );
     }
 
     #[test]
@@ -449,7 +533,10 @@ mod tests {
         };
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 0);
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 1);
-        assert!(!store.finish_job("k", 0).unwrap(), "a re-queued job must run again");
+        assert!(
+            !store.finish_job("k", 0).unwrap(),
+            "a re-queued job must run again"
+        );
         assert_eq!(store.jobs().unwrap().len(), 1);
         assert!(store.finish_job("k", 1).unwrap());
         assert!(store.jobs().unwrap().is_empty());
@@ -461,17 +548,32 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let mut value = serde_json::to_value(instance("i1", "o", "c")).unwrap();
         value["schema_version"] = serde_json::json!(RECORD_SCHEMA_VERSION + 1);
-        store.instances.insert("i1", serde_json::to_vec(&value).unwrap()).unwrap();
-        assert!(matches!(store.get_instance("i1"), Err(StoreError::FutureSchema { .. })));
+        store
+            .instances
+            .insert("i1", serde_json::to_vec(&value).unwrap())
+            .unwrap();
+        assert!(matches!(
+            store.get_instance("i1"),
+            Err(StoreError::FutureSchema { .. })
+        ));
         store.instances.insert("i2", b"{not json".to_vec()).unwrap();
-        assert!(matches!(store.get_instance("i2"), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.get_instance("i2"),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
     fn meta_values_are_set_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.meta_get_or_insert("node", b"first").unwrap(), b"first");
-        assert_eq!(store.meta_get_or_insert("node", b"second").unwrap(), b"first");
+        assert_eq!(
+            store.meta_get_or_insert("node", b"first").unwrap(),
+            b"first"
+        );
+        assert_eq!(
+            store.meta_get_or_insert("node", b"second").unwrap(),
+            b"first"
+        );
     }
 }

@@ -1,0 +1,368 @@
+//! Co-browse events, their sessions, and signed downloads of their artefacts.
+
+use actix_files::NamedFile;
+use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
+use actix_web::{web, HttpRequest, HttpResponse};
+use recorder_actors::domain::CobrowseEvent as EngineCobrowseEvent;
+use recorder_actors::messages::{
+    AddCobrowseEvent, GetInstance, ListConversation, ResolveCobrowseFile,
+};
+use serde::Deserialize;
+
+use super::dto::*;
+use super::error::{ApiError, ErrorBody};
+use super::recordings::instance_ref;
+use super::validate::{check_id, parse_body, Obj};
+use super::{AppState, BASE_PATH};
+use crate::config::Scope;
+use crate::signing::SignatureError;
+
+#[utoipa::path(
+    post,
+    path = "/auvious.video/rtc-recorder/api/recordings/cobrowse/event",
+    tag = "Recorder Controller",
+    operation_id = "addCobrowseEvent",
+    summary = "Send a cobrowse session event to an existing recorder instance.",
+    description = "Events are kept per session in sequenceId order whatever their arrival order; a repeated sequenceId is accepted and changes nothing. A payload over the configured size is 413. On stop each session is written to storage as `cobrowse/{sessionId}/events.json`.",
+    request_body = AddCobrowseEventCmd,
+    responses(
+        (status = 200, description = "OK", body = RecordingDataEvent),
+        (status = 400, description = "Bad Request: a field is missing or invalid", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 413, description = "Payload Too Large", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn add_event(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let value = parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let limits = &state.settings.limits;
+    let path = (
+        obj.req_id("conversationId", limits.max_id_len)?,
+        obj.req_id("recorderId", limits.max_id_len)?,
+        obj.req_id("instanceId", limits.max_id_len)?,
+    );
+    let event = obj.req_obj("event")?;
+    let payload = event.req_str("payload", usize::MAX)?;
+    if payload.len() > limits.max_cobrowse_payload_bytes {
+        return Err(ApiError::PayloadTooLarge {
+            field: event.field("payload"),
+            message: format!("is larger than {} bytes", limits.max_cobrowse_payload_bytes),
+        });
+    }
+    let event = EngineCobrowseEvent {
+        payload,
+        sequence_id: event.req_i32("sequenceId")?,
+        session_id: event.req_id("sessionId", limits.max_id_len)?,
+        timestamp: event.req_i64("timestamp")?,
+    };
+    let instance = instance_ref(&state, &grant.organization_id, &path)?;
+    let accepted = state
+        .registry
+        .send(AddCobrowseEvent { instance, event })
+        .await??;
+    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&accepted.instance)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/cobrowse",
+    tag = "Recorder Controller",
+    operation_id = "getCobrowseSessions",
+    summary = "Get all cobrowse sessions for a given conversationId.",
+    description = "`uploaded` is set once the session's events are in storage.",
+    params(("conversationId" = String, Path, description = "conversationId")),
+    responses(
+        (status = 200, description = "OK", body = ConversationCobrowseSessionDataMessage),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn sessions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    check_id("conversationId", &path, state.settings.limits.max_id_len)?;
+    let conversation_id = path.into_inner();
+    let msg = ListConversation {
+        organization_id: grant.organization_id,
+        conversation_id: conversation_id.clone(),
+    };
+    let instances = state.registry.send(msg).await??;
+    Ok(
+        HttpResponse::Ok().json(ConversationCobrowseSessionDataMessage::new(
+            &conversation_id,
+            &instances,
+        )),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UrlQuery {
+    #[serde(rename = "conversationId")]
+    conversation_id: Option<String>,
+    id: Option<String>,
+    #[serde(rename = "instanceId")]
+    instance_id: Option<String>,
+}
+
+fn required_query<'a>(
+    value: &'a Option<String>,
+    name: &str,
+    path_value: &str,
+) -> Result<&'a str, ApiError> {
+    let value = value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::bad_field(name, "query parameter is required"))?;
+    if value != path_value {
+        return Err(ApiError::bad_field(
+            name,
+            "query parameter does not match the path",
+        ));
+    }
+    Ok(value)
+}
+
+/// Whether `referer`'s origin is one of `allowed` (`*` allows any).
+fn referer_allowed(referer: &str, allowed: &[String]) -> Result<bool, ApiError> {
+    let url = url::Url::parse(referer)
+        .map_err(|_| ApiError::bad_field("referer", "header is not a URL"))?;
+    let origin = url.origin().ascii_serialization();
+    Ok(allowed.iter().any(|a| a == "*" || *a == origin))
+}
+
+pub fn attachment_path(
+    conversation: &str,
+    recorder: &str,
+    instance: &str,
+    session: &str,
+    file: &str,
+) -> String {
+    format!("{BASE_PATH}/recordings/attachment/cobrowse/{conversation}/{recorder}/{instance}/{session}/{file}")
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}/cobrowse/{sessionId}/url/attachment",
+    tag = "Recorder Controller",
+    operation_id = "getCobrowseSessionSignedUrl",
+    summary = "Get a signed URL for a given cobrowse session file",
+    description = "Returns an absolute URL to the session's `events.json` under `/recordings/attachment/cobrowse/...`, signed with `Date`, `Expires` and `Signature`, valid until `validUntil` without an API key. The query's `conversationId`, `id` (the recorderId) and `instanceId` must match the path. The `referer` header's origin must be one the application allows (403 otherwise).",
+    params(
+        ("conversationId" = String, Query, description = "conversationId (equal to the path's)"),
+        ("id" = String, Query, description = "recorderId (equal to the path's)"),
+        ("instanceId" = String, Query, description = "instanceId (equal to the path's)"),
+        ("referer" = String, Header, description = "referer"),
+        ("sessionId" = String, Path, description = "sessionId"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = URLResourceMessage),
+        (status = 400, description = "Bad Request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn signed_url(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String, String)>,
+    query: web::Query<UrlQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let (conversation_id, recorder_id, instance_id, session_id) = path.into_inner();
+    let at = instance_ref(
+        &state,
+        &grant.organization_id,
+        &(conversation_id, recorder_id, instance_id),
+    )?;
+    check_id("sessionId", &session_id, state.settings.limits.max_id_len)?;
+    required_query(
+        &query.conversation_id,
+        "conversationId",
+        &at.conversation_id,
+    )?;
+    required_query(&query.id, "id", &at.recorder_id)?;
+    required_query(&query.instance_id, "instanceId", &at.instance_id)?;
+    let referer = req
+        .headers()
+        .get(header::REFERER)
+        .ok_or_else(|| ApiError::bad_field("referer", "header is required"))?
+        .to_str()
+        .map_err(|_| ApiError::bad_field("referer", "header is not valid text"))?
+        .to_string();
+
+    let record = state.registry.send(GetInstance(at)).await??;
+    let application = state
+        .settings
+        .application(&record.organization_id, &record.application_id)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "applicationId {} is no longer configured",
+                record.application_id
+            ))
+        })?;
+    if !referer_allowed(&referer, &application.allowed_origins)? {
+        return Err(ApiError::Forbidden(
+            "referer: origin not allowed for this application".into(),
+        ));
+    }
+    if !record.cobrowse_sessions.contains_key(&session_id) {
+        return Err(ApiError::NotFound(format!(
+            "no co-browse session {session_id} in instance {}",
+            record.instance_id
+        )));
+    }
+    let path = attachment_path(
+        &record.conversation_id,
+        &record.recorder_id,
+        &record.instance_id,
+        &session_id,
+        "events.json",
+    );
+    let signed = state.signer.sign("GET", &path, chrono::Utc::now());
+    Ok(HttpResponse::Ok().json(URLResourceMessage {
+        url: format!("{}{path}?{}", state.public_url, signed.to_query()),
+        valid_until: timestamp(signed.valid_until),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignatureQuery {
+    #[serde(rename = "Date")]
+    date: Option<String>,
+    #[serde(rename = "Expires")]
+    expires: Option<String>,
+    #[serde(rename = "Signature")]
+    signature: Option<String>,
+}
+
+/// A file name inside one artefact folder: no separators, no dot segments, nothing encoded.
+fn check_file_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(ApiError::bad_field(
+            "fileName",
+            "must be a plain file name in the session's folder",
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/attachment/cobrowse/{conversationId}/{recorderId}/{instanceId}/{sessionId}/{fileName}",
+    tag = "Recorder Controller",
+    operation_id = "getCobrowseSessionResourceAsAttachment",
+    summary = "getCobrowseSessionResourceAsAttachment",
+    description = "Downloads a co-browse artefact through a URL signed by `.../url/attachment`. The signature is the authority: no API key is needed. Supports `Range` (206 with `Content-Range`; 416 for unsatisfiable ranges). A tampered, expired or foreign signature is 403; a `fileName` that is not a plain name is 400.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+        ("sessionId" = String, Path, description = "sessionId"),
+        ("fileName" = String, Path, description = "fileName"),
+        ("Date" = String, Query, description = "Date"),
+        ("Expires" = String, Query, description = "Expires"),
+        ("Signature" = String, Query, description = "Signature"),
+        ("Range" = Option<String>, Header, description = "Range"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = Resource, content_type = "application/octet-stream"),
+        (status = 206, description = "Partial Content"),
+        (status = 400, description = "Bad Request", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 416, description = "Range Not Satisfiable", body = ErrorBody),
+    ),
+    security((), ("apiKey" = ["global"]))
+)]
+pub async fn attachment(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String, String, String)>,
+    query: web::Query<SignatureQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (conversation_id, recorder_id, instance_id, session_id, file_name) = path.into_inner();
+    check_file_name(&file_name)?;
+    let max = state.settings.limits.max_id_len;
+    for (field, value) in [
+        ("conversationId", &conversation_id),
+        ("recorderId", &recorder_id),
+        ("instanceId", &instance_id),
+        ("sessionId", &session_id),
+    ] {
+        check_id(field, value, max)?;
+    }
+    let need = |v: &Option<String>, name: &str| {
+        v.clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::bad_field(name, "query parameter is required"))
+    };
+    let (date, expires, signature) = (
+        need(&query.date, "Date")?,
+        need(&query.expires, "Expires")?,
+        need(&query.signature, "Signature")?,
+    );
+    let signed_path = attachment_path(
+        &conversation_id,
+        &recorder_id,
+        &instance_id,
+        &session_id,
+        &file_name,
+    );
+    state
+        .signer
+        .verify(
+            "GET",
+            &signed_path,
+            &date,
+            &expires,
+            &signature,
+            chrono::Utc::now(),
+        )
+        .map_err(|e| match e {
+            SignatureError::Malformed(field) => {
+                ApiError::Forbidden(format!("{field} is malformed"))
+            }
+            other => ApiError::Forbidden(other.to_string()),
+        })?;
+    let file = state
+        .registry
+        .send(ResolveCobrowseFile {
+            conversation_id,
+            recorder_id,
+            instance_id,
+            session_id,
+            file_name: file_name.clone(),
+        })
+        .await??;
+    let named = NamedFile::open_async(&file)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("{file_name} is not available")))?
+        .set_content_type(actix_files::file_extension_to_mime("json"))
+        .set_content_disposition(ContentDisposition {
+            disposition: DispositionType::Attachment,
+            parameters: vec![DispositionParam::Filename(file_name)],
+        });
+    Ok(named.into_response(&req))
+}

@@ -1,0 +1,204 @@
+//! The API's one error type. Its status comes from a single exhaustive match, and every error
+//! response, including those actix produces on its own (oversized bodies, unknown routes), is the
+//! spec's `Error {code, message, occurred}`.
+
+use actix_web::body::{BoxBody, EitherBody};
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpResponse, ResponseError};
+use recorder_actors::store::StoreError;
+use recorder_actors::EngineError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::dto::timestamp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {message}")]
+    BadRequest { field: String, message: String },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    PayloadTooLarge { field: String, message: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The spec's `Error` schema. `field` is this project's addition: the input that was refused.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    pub occurred: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } => "BAD_REQUEST",
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            ApiError::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            ApiError::BadRequest { field, .. } | ApiError::PayloadTooLarge { field, .. } => {
+                Some(field.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        let mut response = response.json(ErrorBody {
+            code: self.code().into(),
+            message: self.to_string(),
+            occurred: timestamp(chrono::Utc::now()),
+            field: self.field(),
+        });
+        response.extensions_mut().insert(Rendered);
+        response
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::NotFound { message } => ApiError::NotFound(message),
+            EngineError::Conflict { message } => ApiError::Conflict(message),
+            EngineError::Invalid { field, message } => ApiError::bad_field(field, message),
+            EngineError::Store(StoreError::Rejected { message, .. }) => ApiError::Conflict(message),
+            EngineError::Store(StoreError::NotFound(id)) => {
+                ApiError::NotFound(format!("no recorder instance {id}"))
+            }
+            EngineError::Store(err) => {
+                tracing::error!(error = %err, "state store failure");
+                ApiError::Unavailable(format!("state store unavailable: {err}"))
+            }
+            EngineError::Storage(err) => {
+                tracing::error!(error = %err, "storage failure");
+                ApiError::Unavailable(format!("storage unavailable: {err}"))
+            }
+            EngineError::Unavailable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(err: actix::MailboxError) -> Self {
+        ApiError::Unavailable(format!("engine unavailable: {err}"))
+    }
+}
+
+/// Marks a response whose body already is an `ErrorBody`.
+#[derive(Clone, Copy)]
+struct Rendered;
+
+/// Rewrites error responses that did not come from [`ApiError`] (actix's own 404, 405, 413,
+/// payload and range errors) into the `Error` body, keeping their status and headers.
+pub fn render_foreign_error<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    if res.response().extensions().get::<Rendered>().is_some() {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => (
+            "ROUTE_NOT_FOUND",
+            format!(
+                "no route for {} {}",
+                res.request().method(),
+                res.request().path()
+            ),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "METHOD_NOT_ALLOWED",
+            format!("{} is not allowed here", res.request().method()),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "PAYLOAD_TOO_LARGE",
+            "body: the request body is larger than the configured limit".into(),
+        ),
+        StatusCode::RANGE_NOT_SATISFIABLE => (
+            "RANGE_NOT_SATISFIABLE",
+            "Range: the requested range is not satisfiable".into(),
+        ),
+        s if s.is_client_error() => (
+            "BAD_REQUEST",
+            format!(
+                "request refused: {}",
+                s.canonical_reason().unwrap_or("client error")
+            ),
+        ),
+        s => (
+            "UNAVAILABLE",
+            format!("server error: {}", s.canonical_reason().unwrap_or("error")),
+        ),
+    };
+    let field = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Some("body".to_string()),
+        StatusCode::RANGE_NOT_SATISFIABLE => Some("Range".to_string()),
+        _ => None,
+    };
+    let body = serde_json::to_vec(&ErrorBody {
+        code: code.into(),
+        message,
+        occurred: timestamp(chrono::Utc::now()),
+        field,
+    })
+    .expect("error bodies serialize");
+    let (req, res) = res.into_parts();
+    let mut res = res.set_body(BoxBody::new(body));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut().remove(header::CONTENT_LENGTH);
+    res.headers_mut().remove(header::CONTENT_DISPOSITION);
+    let res: ServiceResponse<EitherBody<B, BoxBody>> =
+        ServiceResponse::new(req, res).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}

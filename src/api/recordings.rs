@@ -1,0 +1,321 @@
+//! Recorder Controller: start, stop, state and listings of recorder instances; chat transcripts.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use recorder_actors::domain::ChatEntry;
+use recorder_actors::messages::{
+    AddTranscript, GetActive, GetInstance, InstanceRef, ListConversation,
+    StartRecording as StartMessage, StopRecording,
+};
+
+use super::dto::*;
+use super::error::{ApiError, ErrorBody};
+use super::validate::{check_id, parse_body, Obj};
+use super::AppState;
+use crate::config::Scope;
+
+/// Path of one instance: `{conversationId}/{recorderId}/{instanceId}`.
+pub type InstancePath = web::Path<(String, String, String)>;
+
+pub fn instance_ref(
+    state: &AppState,
+    organization_id: &str,
+    path: &(String, String, String),
+) -> Result<InstanceRef, ApiError> {
+    let max = state.settings.limits.max_id_len;
+    check_id("conversationId", &path.0, max)?;
+    check_id("recorderId", &path.1, max)?;
+    check_id("instanceId", &path.2, max)?;
+    Ok(InstanceRef {
+        organization_id: organization_id.to_string(),
+        conversation_id: path.0.clone(),
+        recorder_id: path.1.clone(),
+        instance_id: path.2.clone(),
+    })
+}
+
+#[utoipa::path(
+    post,
+    path = "/auvious.video/rtc-recorder/api/recordings/start",
+    tag = "Recorder Controller",
+    operation_id = "startRecording",
+    summary = "Start a new recorder instance.",
+    description = "Creates a recorder instance in state INITIALISED. An applicationId that is not configured for the key's organization is 404; a key not allowed to use the application is 403; a conversation that already has a live instance is 409.",
+    request_body = StartRecording,
+    responses(
+        (status = 200, description = "OK", body = RecordingDataEvent),
+        (status = 400, description = "Bad Request: a field is missing or invalid", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found: unknown applicationId", body = ErrorBody),
+        (status = 409, description = "Conflict: the conversation already has a live instance", body = ErrorBody),
+        (status = 413, description = "Payload Too Large", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn start(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let value = parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let max = state.settings.limits.max_id_len;
+    let msg = StartMessage {
+        organization_id: grant.organization_id.clone(),
+        application_id: obj.req_id("applicationId", max)?,
+        conversation_id: obj.req_id("conversationId", max)?,
+        conference_id: obj.req_id("conferenceId", max)?,
+        audio: obj.opt_bool("audio", true)?,
+        video: obj.opt_bool("video", true)?,
+    };
+    if state
+        .settings
+        .application(&grant.organization_id, &msg.application_id)
+        .is_some()
+        && !grant.may_use_application(&msg.application_id)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "this API key may not use applicationId {}",
+            msg.application_id
+        )));
+    }
+    let record = state.registry.send(msg).await??;
+    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}/stop",
+    tag = "Recorder Controller",
+    operation_id = "stopRecording",
+    summary = "Stop an existing recorder instance.",
+    description = "Moves a live instance to STOPPED and queues its artefacts for upload. Stopping an instance that is no longer live is idempotent and returns its state.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = RecordingDataEvent),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn stop(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: InstancePath,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let at = instance_ref(&state, &grant.organization_id, &path)?;
+    let record = state.registry.send(StopRecording(at)).await??;
+    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}/state",
+    tag = "Recorder Controller",
+    operation_id = "getRecorderState",
+    summary = "Get status of an existing recorder.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = RecordingDataEvent),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn instance_state(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: InstancePath,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let at = instance_ref(&state, &grant.organization_id, &path)?;
+    let record = state.registry.send(GetInstance(at)).await??;
+    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}",
+    tag = "Recorder Controller",
+    operation_id = "getRecorder",
+    summary = "Get information of an existing recorder.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = RecordingDataMessage),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn instance(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: InstancePath,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let at = instance_ref(&state, &grant.organization_id, &path)?;
+    let record = state.registry.send(GetInstance(at)).await??;
+    Ok(HttpResponse::Ok().json(RecordingDataMessage::from(&record)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}/storage/info",
+    tag = "Recorder Controller",
+    operation_id = "getStorageInfo",
+    summary = "Get basic storage profile information of an existing recorder.",
+    description = "`provider` is left out for the local-filesystem profile, which the spec's enum does not name; `url` never holds credentials.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = StorageProfileDataMessage),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn storage_info(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: InstancePath,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let at = instance_ref(&state, &grant.organization_id, &path)?;
+    let record = state.registry.send(GetInstance(at)).await??;
+    Ok(HttpResponse::Ok().json(StorageProfileDataMessage::from(&record)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/active",
+    tag = "Recorder Controller",
+    operation_id = "getActiveRecording",
+    summary = "Get an active recording by conversationId",
+    description = "The conversation's live instance (INITIALISED, ACTIVE or PENDING_RECOVERY); 404 when it has none.",
+    params(("conversationId" = String, Path, description = "conversationId")),
+    responses(
+        (status = 200, description = "OK", body = RecordingDataEvent),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn active(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    check_id("conversationId", &path, state.settings.limits.max_id_len)?;
+    let msg = GetActive {
+        organization_id: grant.organization_id,
+        conversation_id: path.into_inner(),
+    };
+    let record = state.registry.send(msg).await??;
+    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}",
+    tag = "Recorder Controller",
+    operation_id = "getConversationRecordings",
+    summary = "Get a list of recordings for a given conversationId.",
+    description = "Every instance of the conversation, oldest first. `duration` is the total recorded time as an ISO 8601 duration (e.g. `PT75.250S`); `chatTranscript` is the newest transcript written.",
+    params(("conversationId" = String, Path, description = "conversationId")),
+    responses(
+        (status = 200, description = "OK", body = ConversationMessage),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn conversation(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    check_id("conversationId", &path, state.settings.limits.max_id_len)?;
+    let msg = ListConversation {
+        organization_id: grant.organization_id,
+        conversation_id: path.into_inner(),
+    };
+    let instances = state.registry.send(msg).await??;
+    Ok(HttpResponse::Ok().json(ConversationMessage::new(&instances, chrono::Utc::now())))
+}
+
+#[utoipa::path(
+    post,
+    path = "/auvious.video/rtc-recorder/api/recordings/chat/transcript/add",
+    tag = "Recorder Controller",
+    operation_id = "addChatTranscript",
+    summary = "Upload a conversation chat transcript to an existing recorder instance.",
+    description = "Appends the entries in order. Accepted while the instance is live and after it stopped; the transcript is written to storage as `chat/transcript.json` on stop and again on every later add.",
+    request_body = AddChatTranscriptCmd,
+    responses(
+        (status = 200, description = "OK", body = RecordingDataEvent),
+        (status = 400, description = "Bad Request: a field is missing or invalid", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 413, description = "Payload Too Large", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn add_transcript(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let value = parse_body(&body)?;
+    let obj = Obj::root(&value)?;
+    let limits = &state.settings.limits;
+    let path = (
+        obj.req_id("conversationId", limits.max_id_len)?,
+        obj.req_id("recorderId", limits.max_id_len)?,
+        obj.req_id("instanceId", limits.max_id_len)?,
+    );
+    let entries = obj
+        .req_obj_array("chatTranscriptList", limits.max_transcript_entries)?
+        .iter()
+        .map(|entry| {
+            Ok(ChatEntry {
+                time_stamp: entry.req_datetime("timeStamp")?,
+                transcript: entry.req_str("transcript", limits.max_transcript_len)?,
+                user_display_name: entry.opt_str("userDisplayName", limits.max_id_len)?,
+                user_id: entry.req_id("userId", limits.max_id_len)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let instance = instance_ref(&state, &grant.organization_id, &path)?;
+    let record = state
+        .registry
+        .send(AddTranscript { instance, entries })
+        .await??;
+    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+}

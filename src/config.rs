@@ -1,0 +1,488 @@
+//! Configuration: `config.toml` compiled in as defaults, then the file named by
+//! `RECORDER_CONFIG`, then `RECORDER_*` environment variables. Raw values are checked once here
+//! and turned into [`Settings`]; an invalid value stops start-up with an error naming its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::api::validate::is_valid_id;
+
+const EMBEDDED_DEFAULTS: &str = include_str!("../config.toml");
+
+/// The organization and application `RECORDER_API_KEY` is bound to.
+pub const DEFAULT_ORGANIZATION: &str = "default";
+pub const DEFAULT_APPLICATION: &str = "default";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    bind: String,
+    data_dir: PathBuf,
+    public_url: String,
+    recorder_id: String,
+    log: String,
+    log_format: String,
+    /// `RECORDER_API_KEY`: a plain key added for the default organization.
+    #[serde(default)]
+    api_key: Option<String>,
+    limits: Limits,
+    signing: RawSigning,
+    uploads: Uploads,
+    ops: Ops,
+    #[serde(default)]
+    organizations: BTreeMap<String, RawOrganization>,
+    #[serde(default)]
+    api_keys: BTreeMap<String, RawApiKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_id_len: usize,
+    pub max_cobrowse_payload_bytes: usize,
+    pub max_transcript_len: usize,
+    pub max_transcript_entries: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    secret: String,
+    url_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uploads {
+    pub concurrency: usize,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ops {
+    pub public_metrics: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrganization {
+    #[serde(default)]
+    applications: BTreeMap<String, RawApplication>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApplication {
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    storage: StorageConfig,
+}
+
+/// Where an application's artefacts go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "provider", deny_unknown_fields)]
+pub enum StorageConfig {
+    /// Files under `path` (default `<data_dir>/storage`).
+    #[serde(rename = "LOCAL")]
+    Local {
+        #[serde(default)]
+        path: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    hash: String,
+    organization: String,
+    #[serde(default = "all_applications")]
+    applications: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<Scope>,
+}
+
+fn all_applications() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The Recorder API.
+    Global,
+    /// Ops endpoints: debug tree, metrics.
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Application {
+    pub organization_id: String,
+    pub application_id: String,
+    pub allowed_origins: Vec<String>,
+    pub storage: StorageConfig,
+}
+
+/// An API key as configured: only its SHA-256 is known.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub organization_id: String,
+    /// `None`: every application of the organization.
+    pub applications: Option<Vec<String>>,
+    pub scopes: Vec<Scope>,
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub public_url: Option<url::Url>,
+    pub recorder_id: Option<String>,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub plain_api_key: Option<String>,
+    pub limits: Limits,
+    pub signing_secret: Option<Vec<u8>>,
+    pub url_ttl_secs: u64,
+    pub uploads: Uploads,
+    pub ops: Ops,
+    pub applications: Vec<Application>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Loads defaults, `RECORDER_CONFIG` and the environment of this process.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let file = std::env::var("RECORDER_CONFIG")
+            .ok()
+            .filter(|p| !p.is_empty());
+        if let Some(path) = &file {
+            if !std::path::Path::new(path).is_file() {
+                return Err(invalid(
+                    "RECORDER_CONFIG",
+                    format!("no configuration file at {path}"),
+                ));
+            }
+        }
+        Self::from_figment(figment(file.as_deref()))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        raw.check()
+    }
+
+    pub fn application(&self, organization_id: &str, application_id: &str) -> Option<&Application> {
+        self.applications
+            .iter()
+            .find(|a| a.organization_id == organization_id && a.application_id == application_id)
+    }
+}
+
+fn figment(file: Option<&str>) -> Figment {
+    let mut figment = Figment::from(Toml::string(EMBEDDED_DEFAULTS));
+    if let Some(path) = file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment.merge(Env::prefixed("RECORDER_").split("__").ignore(&["config"]))
+}
+
+impl RawConfig {
+    fn check(self) -> Result<Settings, ConfigError> {
+        let bind: SocketAddr = self.bind.parse().map_err(|e| {
+            invalid(
+                "bind",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080 ({e})",
+                    self.bind
+                ),
+            )
+        })?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let public_url = match self.public_url.trim() {
+            "" => None,
+            text => {
+                let url = url::Url::parse(text)
+                    .map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(invalid("public_url", "must be an http or https URL"));
+                }
+                Some(url)
+            }
+        };
+        let recorder_id = match self.recorder_id.trim() {
+            "" => None,
+            id if is_valid_id(id) && id.len() <= 128 => Some(id.to_string()),
+            id => {
+                return Err(invalid(
+                    "recorder_id",
+                    format!("{id:?} is not a valid id (letters, digits, . _ - : @)"),
+                ))
+            }
+        };
+        let log_format = match self.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is neither \"text\" nor \"json\""),
+                ))
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(invalid(
+                "log",
+                format!("{:?} is not a log filter ({e})", self.log),
+            ));
+        }
+        let limits = self.limits;
+        for (key, value) in [
+            ("limits.max_body_bytes", limits.max_body_bytes),
+            ("limits.max_id_len", limits.max_id_len),
+            (
+                "limits.max_cobrowse_payload_bytes",
+                limits.max_cobrowse_payload_bytes,
+            ),
+            ("limits.max_transcript_len", limits.max_transcript_len),
+            (
+                "limits.max_transcript_entries",
+                limits.max_transcript_entries,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if limits.max_id_len > 1024 {
+            return Err(invalid("limits.max_id_len", "must be at most 1024"));
+        }
+        let signing_secret = match self.signing.secret.as_str() {
+            "" => None,
+            s if s.len() < 16 => {
+                return Err(invalid("signing.secret", "must be at least 16 characters"))
+            }
+            s => Some(s.as_bytes().to_vec()),
+        };
+        if self.signing.url_ttl_secs == 0 || self.signing.url_ttl_secs > 7 * 24 * 3600 {
+            return Err(invalid(
+                "signing.url_ttl_secs",
+                "must be between 1 and 604800 (7 days)",
+            ));
+        }
+        if self.uploads.concurrency == 0 || self.uploads.concurrency > 256 {
+            return Err(invalid("uploads.concurrency", "must be between 1 and 256"));
+        }
+        if self.uploads.retry_base_ms == 0 || self.uploads.retry_max_ms < self.uploads.retry_base_ms
+        {
+            return Err(invalid(
+                "uploads.retry_max_ms",
+                "retry_base_ms must be > 0 and retry_max_ms >= retry_base_ms",
+            ));
+        }
+
+        let mut applications = Vec::new();
+        for (org_id, org) in &self.organizations {
+            if !is_valid_id(org_id) {
+                return Err(invalid(
+                    format!("organizations.{org_id}"),
+                    "organization id must use letters, digits, . _ - : @",
+                ));
+            }
+            for (app_id, app) in &org.applications {
+                let key = format!("organizations.{org_id}.applications.{app_id}");
+                if !is_valid_id(app_id) {
+                    return Err(invalid(
+                        key,
+                        "application id must use letters, digits, . _ - : @",
+                    ));
+                }
+                for origin in &app.allowed_origins {
+                    if origin != "*" && url::Url::parse(origin).is_err() {
+                        return Err(invalid(
+                            format!("{key}.allowed_origins"),
+                            format!("{origin:?} is neither \"*\" nor an origin like https://host"),
+                        ));
+                    }
+                }
+                applications.push(Application {
+                    organization_id: org_id.clone(),
+                    application_id: app_id.clone(),
+                    allowed_origins: app
+                        .allowed_origins
+                        .iter()
+                        .map(|o| o.trim_end_matches('/').to_string())
+                        .collect(),
+                    storage: app.storage.clone(),
+                });
+            }
+        }
+
+        let mut api_keys = Vec::new();
+        for (name, key) in &self.api_keys {
+            let at = format!("api_keys.{name}");
+            let hex_hash = key.hash.strip_prefix("sha256:").ok_or_else(|| {
+                invalid(
+                    format!("{at}.hash"),
+                    "must look like sha256:<64 hex digits>",
+                )
+            })?;
+            let sha256: [u8; 32] = hex::decode(hex_hash)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{at}.hash"),
+                        "must look like sha256:<64 hex digits>",
+                    )
+                })?;
+            if !self.organizations.contains_key(&key.organization) {
+                return Err(invalid(
+                    format!("{at}.organization"),
+                    format!("no organization {:?} is configured", key.organization),
+                ));
+            }
+            let applications = if key.applications.iter().any(|a| a == "*") {
+                None
+            } else {
+                Some(key.applications.clone())
+            };
+            api_keys.push(ApiKey {
+                name: name.clone(),
+                sha256,
+                organization_id: key.organization.clone(),
+                applications,
+                scopes: key.scopes.clone(),
+            });
+        }
+
+        let plain_api_key = self.api_key.filter(|k| !k.is_empty());
+        if let Some(key) = &plain_api_key {
+            if key.len() < 16 {
+                return Err(invalid(
+                    "RECORDER_API_KEY",
+                    "must be at least 16 characters",
+                ));
+            }
+            if !applications.iter().any(|a| {
+                a.organization_id == DEFAULT_ORGANIZATION && a.application_id == DEFAULT_APPLICATION
+            }) {
+                applications.push(Application {
+                    organization_id: DEFAULT_ORGANIZATION.into(),
+                    application_id: DEFAULT_APPLICATION.into(),
+                    allowed_origins: vec!["*".into()],
+                    storage: StorageConfig::Local {
+                        path: String::new(),
+                    },
+                });
+            }
+        }
+
+        Ok(Settings {
+            bind,
+            data_dir: self.data_dir,
+            public_url,
+            recorder_id,
+            log: self.log,
+            log_format,
+            plain_api_key,
+            limits,
+            signing_secret,
+            url_ttl_secs: self.signing.url_ttl_secs,
+            uploads: self.uploads,
+            ops: self.ops,
+            applications,
+            api_keys,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<Settings, ConfigError> {
+        Settings::from_figment(
+            Figment::from(Toml::string(EMBEDDED_DEFAULTS)).merge(Toml::string(extra)),
+        )
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let settings = load("").unwrap();
+        assert_eq!(settings.bind.port(), 8080);
+        assert!(settings.application("default", "default").is_some());
+        assert!(settings.api_keys.is_empty());
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        for (toml, key) in [
+            ("bind = \"nowhere\"", "bind"),
+            ("[limits]\nmax_body_bytes = 0", "limits.max_body_bytes"),
+            ("[limits]\nmax_body_bytes = \"big\"", "max_body_bytes"),
+            ("log_format = \"xml\"", "log_format"),
+            ("[signing]\nurl_ttl_secs = 0", "signing.url_ttl_secs"),
+            ("[api_keys.k]\nhash = \"md5:00\"\norganization = \"default\"", "api_keys.k.hash"),
+            (
+                "[api_keys.k]\nhash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\norganization = \"nope\"",
+                "api_keys.k.organization",
+            ),
+            ("[organizations.o.applications.a.storage]\nprovider = \"FLOPPY\"", "provider"),
+            ("surprise = 1", "surprise"),
+        ] {
+            let err = load(toml).expect_err(toml).to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");
+        }
+    }
+
+    #[test]
+    fn keys_are_bound_to_their_organization_and_applications() {
+        let settings = load(
+            "[organizations.acme.applications.web.storage]\nprovider = \"LOCAL\"\n\
+             [api_keys.k]\nhash = \"sha256:0101010101010101010101010101010101010101010101010101010101010101\"\n\
+             organization = \"acme\"\napplications = [\"web\"]\nscopes = [\"global\"]",
+        )
+        .unwrap();
+        let key = &settings.api_keys[0];
+        assert_eq!(key.organization_id, "acme");
+        assert_eq!(key.applications.as_deref(), Some(&["web".to_string()][..]));
+        assert_eq!(key.scopes, vec![Scope::Global]);
+        assert_eq!(key.sha256, [1u8; 32]);
+    }
+}

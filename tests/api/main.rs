@@ -1,0 +1,15 @@
+//! Black-box HTTP tests of `rtc-recorder`: each test starts the real binary on a fresh data
+//! directory (see `helpers::TestApp`) and checks it against the Recorder API v1.0 contract.
+
+mod helpers;
+mod spec;
+
+mod auth;
+mod openapi;
+mod ops;
+mod persistence;
+mod recordings;
+mod robustness;
+mod signed_urls;
+mod transcript_cobrowse;
+mod validation;
