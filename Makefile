@@ -5,7 +5,7 @@ CARGO ?= cargo
 CARGO_FLAGS ?=
 BIN_DIR = $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: all setup build run test bench fmt lint clean
+.PHONY: all setup build run test test-services-stop bench fmt lint clean
 
 all: build
 
@@ -20,10 +20,17 @@ build: setup
 run: build
 	@exec $(BIN_DIR)/rtc-recorder
 
-# Installs and starts what the tests need, then runs the whole suite (unit tests of both crates
-# and the black-box tests that drive the real binary over HTTP).
+# Installs and starts what the tests need (the storage servers: s3s-fs, Azurite,
+# gcp-storage-emulator, sshd, all on loopback), then runs the whole suite: unit tests of both
+# crates, the storage conformance and upload-queue suites against those servers, and the
+# black-box tests that drive the real binary over HTTP.
 test: setup
+	@scripts/test-services.sh start
 	@$(CARGO) test --workspace --no-fail-fast $(CARGO_FLAGS) -- --color never
+
+# Stops the storage servers `make test` started.
+test-services-stop:
+	@scripts/test-services.sh stop
 
 fmt:
 	@$(CARGO) fmt --all

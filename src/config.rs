@@ -63,6 +63,13 @@ pub struct Uploads {
     pub concurrency: usize,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Delete a local artefact file once its upload is verified.
+    #[serde(default = "yes")]
+    pub delete_local_after_upload: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,7 +93,8 @@ struct RawApplication {
     storage: StorageConfig,
 }
 
-/// Where an application's artefacts go.
+/// Where an application's artefacts go. Credentials are never written here: a profile names the
+/// environment variable or file that holds each one ([`SecretRef`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "provider", deny_unknown_fields)]
 pub enum StorageConfig {
@@ -96,6 +104,229 @@ pub enum StorageConfig {
         #[serde(default)]
         path: String,
     },
+    #[serde(rename = "AMAZON_S3")]
+    S3(S3Config),
+    #[serde(rename = "AZURE_BLOB")]
+    Azure(AzureConfig),
+    #[serde(rename = "GOOGLE_CLOUD")]
+    Gcs(GcsConfig),
+    #[serde(rename = "SFTP_STORAGE")]
+    Sftp(SftpConfig),
+}
+
+/// Names where a credential is: `{ env = "VAR" }` or `{ file = "/run/secrets/x" }`. Read once at
+/// start-up; the value itself never appears in the configuration, the API or the logs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Custom endpoint of an S3-compatible store; empty for AWS.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub key_prefix: String,
+    pub access_key_id: SecretRef,
+    pub secret_access_key: SecretRef,
+    #[serde(default)]
+    pub session_token: Option<SecretRef>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    pub container: String,
+    /// Storage account; needed with `access_key` or `sas_token`, taken from a connection string.
+    #[serde(default)]
+    pub account: String,
+    /// Blob endpoint including the account (Azurite: `http://127.0.0.1:10000/devstoreaccount1`);
+    /// empty for `https://{account}.blob.core.windows.net`.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Exactly one of the three credentials.
+    #[serde(default)]
+    pub access_key: Option<SecretRef>,
+    #[serde(default)]
+    pub sas_token: Option<SecretRef>,
+    #[serde(default)]
+    pub connection_string: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcsConfig {
+    pub bucket: String,
+    /// Empty for Google; an emulator's base URL otherwise.
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Service-account key (JSON).
+    #[serde(default)]
+    pub service_account: Option<SecretRef>,
+    /// No token on requests (emulators only); a service account, if given, still signs URLs.
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpConfig {
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub username: String,
+    /// OpenSSH private key of the user.
+    pub private_key: SecretRef,
+    #[serde(default)]
+    pub private_key_passphrase: Option<SecretRef>,
+    /// The server's public host key (`ssh-ed25519 AAAA...`): public, so it is written here; a
+    /// server presenting another key is refused.
+    pub host_key: String,
+    /// Absolute directory on the server.
+    pub root: String,
+    #[serde(default)]
+    pub key_prefix: String,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+impl SecretRef {
+    /// Reads the credential; `at` names the configuration key in errors.
+    pub fn resolve(&self, at: &str) -> Result<recorder_actors::storage::Secret, ConfigError> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => {
+                std::env::var(var).map_err(|_| invalid(at, format!("environment variable {var} is not set")))?
+            }
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| invalid(at, format!("cannot read {}: {e}", path.display())))?,
+            _ => return Err(invalid(at, "name exactly one of env = \"VAR\" or file = \"/path\"")),
+        };
+        // Files and variables often end in a newline that is not part of the credential.
+        let value = value.trim_end_matches(['\n', '\r']).to_string();
+        if value.is_empty() {
+            return Err(invalid(at, "the credential is empty"));
+        }
+        Ok(recorder_actors::storage::Secret::new(value))
+    }
+
+    fn check(&self, at: &str) -> Result<(), ConfigError> {
+        match (&self.env, &self.file) {
+            (Some(var), None) if !var.is_empty() => Ok(()),
+            (None, Some(path)) if !path.as_os_str().is_empty() => Ok(()),
+            _ => Err(invalid(at, "name exactly one of env = \"VAR\" or file = \"/path\"")),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// Checks shape only (required values present, one credential each); credentials themselves
+    /// are read when the backend is built.
+    fn check(&self, at: &str) -> Result<(), ConfigError> {
+        let need = |value: &str, key: &str| {
+            if value.trim().is_empty() {
+                Err(invalid(format!("{at}.{key}"), "must not be empty"))
+            } else {
+                Ok(())
+            }
+        };
+        let endpoint = |value: &str| {
+            if value.is_empty() {
+                return Ok(());
+            }
+            match url::Url::parse(value) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+                _ => Err(invalid(
+                    format!("{at}.endpoint"),
+                    format!("{value:?} is not an http(s) URL"),
+                )),
+            }
+        };
+        match self {
+            StorageConfig::Local { .. } => Ok(()),
+            StorageConfig::S3(c) => {
+                need(&c.bucket, "bucket")?;
+                need(&c.region, "region")?;
+                endpoint(&c.endpoint)?;
+                c.access_key_id.check(&format!("{at}.access_key_id"))?;
+                c.secret_access_key.check(&format!("{at}.secret_access_key"))?;
+                if let Some(token) = &c.session_token {
+                    token.check(&format!("{at}.session_token"))?;
+                }
+                Ok(())
+            }
+            StorageConfig::Azure(c) => {
+                need(&c.container, "container")?;
+                endpoint(&c.endpoint)?;
+                let given = [
+                    ("access_key", &c.access_key),
+                    ("sas_token", &c.sas_token),
+                    ("connection_string", &c.connection_string),
+                ];
+                let named: Vec<_> = given.iter().filter(|(_, v)| v.is_some()).collect();
+                if named.len() != 1 {
+                    return Err(invalid(
+                        at,
+                        "name exactly one of access_key, sas_token or connection_string",
+                    ));
+                }
+                let (name, secret) = named[0];
+                secret
+                    .as_ref()
+                    .expect("filtered on is_some")
+                    .check(&format!("{at}.{name}"))?;
+                if c.connection_string.is_none() {
+                    need(&c.account, "account")?;
+                }
+                Ok(())
+            }
+            StorageConfig::Gcs(c) => {
+                need(&c.bucket, "bucket")?;
+                endpoint(&c.endpoint)?;
+                match &c.service_account {
+                    Some(secret) => secret.check(&format!("{at}.service_account")),
+                    None if c.anonymous => Ok(()),
+                    None => Err(invalid(
+                        format!("{at}.service_account"),
+                        "required unless anonymous = true (emulators)",
+                    )),
+                }
+            }
+            StorageConfig::Sftp(c) => {
+                need(&c.host, "host")?;
+                need(&c.username, "username")?;
+                need(&c.host_key, "host_key")?;
+                if !c.root.starts_with('/') {
+                    return Err(invalid(format!("{at}.root"), "must be an absolute path on the server"));
+                }
+                c.private_key.check(&format!("{at}.private_key"))?;
+                if let Some(p) = &c.private_key_passphrase {
+                    p.check(&format!("{at}.private_key_passphrase"))?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,24 +415,17 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl Settings {
     /// Loads defaults, `RECORDER_CONFIG` and the environment of this process.
     pub fn load() -> Result<Settings, ConfigError> {
-        let file = std::env::var("RECORDER_CONFIG")
-            .ok()
-            .filter(|p| !p.is_empty());
+        let file = std::env::var("RECORDER_CONFIG").ok().filter(|p| !p.is_empty());
         if let Some(path) = &file {
             if !std::path::Path::new(path).is_file() {
-                return Err(invalid(
-                    "RECORDER_CONFIG",
-                    format!("no configuration file at {path}"),
-                ));
+                return Err(invalid("RECORDER_CONFIG", format!("no configuration file at {path}")));
             }
         }
         Self::from_figment(figment(file.as_deref()))
     }
 
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let raw: RawConfig = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
         raw.check()
     }
 
@@ -225,10 +449,7 @@ impl RawConfig {
         let bind: SocketAddr = self.bind.parse().map_err(|e| {
             invalid(
                 "bind",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:8080 ({e})",
-                    self.bind
-                ),
+                format!("{:?} is not an address like 127.0.0.1:8080 ({e})", self.bind),
             )
         })?;
         if self.data_dir.as_os_str().is_empty() {
@@ -237,8 +458,8 @@ impl RawConfig {
         let public_url = match self.public_url.trim() {
             "" => None,
             text => {
-                let url = url::Url::parse(text)
-                    .map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
+                let url =
+                    url::Url::parse(text).map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
                 if !matches!(url.scheme(), "http" | "https") {
                     return Err(invalid("public_url", "must be an http or https URL"));
                 }
@@ -266,24 +487,15 @@ impl RawConfig {
             }
         };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(invalid(
-                "log",
-                format!("{:?} is not a log filter ({e})", self.log),
-            ));
+            return Err(invalid("log", format!("{:?} is not a log filter ({e})", self.log)));
         }
         let limits = self.limits;
         for (key, value) in [
             ("limits.max_body_bytes", limits.max_body_bytes),
             ("limits.max_id_len", limits.max_id_len),
-            (
-                "limits.max_cobrowse_payload_bytes",
-                limits.max_cobrowse_payload_bytes,
-            ),
+            ("limits.max_cobrowse_payload_bytes", limits.max_cobrowse_payload_bytes),
             ("limits.max_transcript_len", limits.max_transcript_len),
-            (
-                "limits.max_transcript_entries",
-                limits.max_transcript_entries,
-            ),
+            ("limits.max_transcript_entries", limits.max_transcript_entries),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -294,22 +506,16 @@ impl RawConfig {
         }
         let signing_secret = match self.signing.secret.as_str() {
             "" => None,
-            s if s.len() < 16 => {
-                return Err(invalid("signing.secret", "must be at least 16 characters"))
-            }
+            s if s.len() < 16 => return Err(invalid("signing.secret", "must be at least 16 characters")),
             s => Some(s.as_bytes().to_vec()),
         };
         if self.signing.url_ttl_secs == 0 || self.signing.url_ttl_secs > 7 * 24 * 3600 {
-            return Err(invalid(
-                "signing.url_ttl_secs",
-                "must be between 1 and 604800 (7 days)",
-            ));
+            return Err(invalid("signing.url_ttl_secs", "must be between 1 and 604800 (7 days)"));
         }
         if self.uploads.concurrency == 0 || self.uploads.concurrency > 256 {
             return Err(invalid("uploads.concurrency", "must be between 1 and 256"));
         }
-        if self.uploads.retry_base_ms == 0 || self.uploads.retry_max_ms < self.uploads.retry_base_ms
-        {
+        if self.uploads.retry_base_ms == 0 || self.uploads.retry_max_ms < self.uploads.retry_base_ms {
             return Err(invalid(
                 "uploads.retry_max_ms",
                 "retry_base_ms must be > 0 and retry_max_ms >= retry_base_ms",
@@ -327,11 +533,9 @@ impl RawConfig {
             for (app_id, app) in &org.applications {
                 let key = format!("organizations.{org_id}.applications.{app_id}");
                 if !is_valid_id(app_id) {
-                    return Err(invalid(
-                        key,
-                        "application id must use letters, digits, . _ - : @",
-                    ));
+                    return Err(invalid(key, "application id must use letters, digits, . _ - : @"));
                 }
+                app.storage.check(&format!("{key}.storage"))?;
                 for origin in &app.allowed_origins {
                     if origin != "*" && url::Url::parse(origin).is_err() {
                         return Err(invalid(
@@ -356,21 +560,14 @@ impl RawConfig {
         let mut api_keys = Vec::new();
         for (name, key) in &self.api_keys {
             let at = format!("api_keys.{name}");
-            let hex_hash = key.hash.strip_prefix("sha256:").ok_or_else(|| {
-                invalid(
-                    format!("{at}.hash"),
-                    "must look like sha256:<64 hex digits>",
-                )
-            })?;
+            let hex_hash = key
+                .hash
+                .strip_prefix("sha256:")
+                .ok_or_else(|| invalid(format!("{at}.hash"), "must look like sha256:<64 hex digits>"))?;
             let sha256: [u8; 32] = hex::decode(hex_hash)
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| {
-                    invalid(
-                        format!("{at}.hash"),
-                        "must look like sha256:<64 hex digits>",
-                    )
-                })?;
+                .ok_or_else(|| invalid(format!("{at}.hash"), "must look like sha256:<64 hex digits>"))?;
             if !self.organizations.contains_key(&key.organization) {
                 return Err(invalid(
                     format!("{at}.organization"),
@@ -394,21 +591,17 @@ impl RawConfig {
         let plain_api_key = self.api_key.filter(|k| !k.is_empty());
         if let Some(key) = &plain_api_key {
             if key.len() < 16 {
-                return Err(invalid(
-                    "RECORDER_API_KEY",
-                    "must be at least 16 characters",
-                ));
+                return Err(invalid("RECORDER_API_KEY", "must be at least 16 characters"));
             }
-            if !applications.iter().any(|a| {
-                a.organization_id == DEFAULT_ORGANIZATION && a.application_id == DEFAULT_APPLICATION
-            }) {
+            if !applications
+                .iter()
+                .any(|a| a.organization_id == DEFAULT_ORGANIZATION && a.application_id == DEFAULT_APPLICATION)
+            {
                 applications.push(Application {
                     organization_id: DEFAULT_ORGANIZATION.into(),
                     application_id: DEFAULT_APPLICATION.into(),
                     allowed_origins: vec!["*".into()],
-                    storage: StorageConfig::Local {
-                        path: String::new(),
-                    },
+                    storage: StorageConfig::Local { path: String::new() },
                 });
             }
         }
@@ -437,9 +630,7 @@ mod tests {
     use super::*;
 
     fn load(extra: &str) -> Result<Settings, ConfigError> {
-        Settings::from_figment(
-            Figment::from(Toml::string(EMBEDDED_DEFAULTS)).merge(Toml::string(extra)),
-        )
+        Settings::from_figment(Figment::from(Toml::string(EMBEDDED_DEFAULTS)).merge(Toml::string(extra)))
     }
 
     #[test]
@@ -469,6 +660,108 @@ mod tests {
             let err = load(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");
         }
+    }
+
+    #[test]
+    fn cloud_profiles_parse_and_name_their_credentials() {
+        let settings = load(
+            "[organizations.o.applications.s3.storage]\nprovider = \"AMAZON_S3\"\nbucket = \"b\"\n\
+             endpoint = \"http://127.0.0.1:9000\"\npath_style = true\n\
+             access_key_id = { env = \"AK\" }\nsecret_access_key = { file = \"/run/secrets/sk\" }\n\
+             [organizations.o.applications.az.storage]\nprovider = \"AZURE_BLOB\"\ncontainer = \"c\"\n\
+             connection_string = { env = \"AZ\" }\n\
+             [organizations.o.applications.gcs.storage]\nprovider = \"GOOGLE_CLOUD\"\nbucket = \"b\"\nanonymous = true\n\
+             [organizations.o.applications.ftp.storage]\nprovider = \"SFTP_STORAGE\"\nhost = \"h\"\nusername = \"u\"\n\
+             private_key = { file = \"/k\" }\nhost_key = \"ssh-ed25519 AAAA\"\nroot = \"/srv\"",
+        )
+        .unwrap();
+        match &settings.application("o", "s3").unwrap().storage {
+            StorageConfig::S3(c) => {
+                assert!(c.path_style);
+                assert_eq!(c.region, "us-east-1");
+                assert_eq!(c.access_key_id.env.as_deref(), Some("AK"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            settings.application("o", "az").unwrap().storage,
+            StorageConfig::Azure(_)
+        ));
+        assert!(matches!(
+            settings.application("o", "gcs").unwrap().storage,
+            StorageConfig::Gcs(_)
+        ));
+        match &settings.application("o", "ftp").unwrap().storage {
+            StorageConfig::Sftp(c) => assert_eq!(c.port, 22),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_storage_profiles_name_their_key() {
+        let s3 = "[organizations.o.applications.a.storage]\nprovider = \"AMAZON_S3\"\n";
+        for (toml, key) in [
+            (format!("{s3}bucket = \"b\"\nsecret_access_key = {{ env = \"S\" }}"), "access_key_id"),
+            (
+                format!("{s3}bucket = \"\"\naccess_key_id = {{ env = \"A\" }}\nsecret_access_key = {{ env = \"S\" }}"),
+                "storage.bucket",
+            ),
+            (
+                format!("{s3}bucket = \"b\"\naccess_key_id = {{ env = \"A\", file = \"/f\" }}\nsecret_access_key = {{ env = \"S\" }}"),
+                "storage.access_key_id",
+            ),
+            (
+                format!("{s3}bucket = \"b\"\nendpoint = \"ftp://x\"\naccess_key_id = {{ env = \"A\" }}\nsecret_access_key = {{ env = \"S\" }}"),
+                "storage.endpoint",
+            ),
+            (
+                format!("{s3}bucket = \"b\"\nsecret = \"inline\"\naccess_key_id = {{ env = \"A\" }}\nsecret_access_key = {{ env = \"S\" }}"),
+                "secret",
+            ),
+            (
+                "[organizations.o.applications.a.storage]\nprovider = \"AZURE_BLOB\"\ncontainer = \"c\"\naccount = \"x\"".into(),
+                "exactly one of access_key",
+            ),
+            (
+                "[organizations.o.applications.a.storage]\nprovider = \"GOOGLE_CLOUD\"\nbucket = \"b\"".into(),
+                "storage.service_account",
+            ),
+            (
+                "[organizations.o.applications.a.storage]\nprovider = \"SFTP_STORAGE\"\nhost = \"h\"\nusername = \"u\"\n\
+                 private_key = { env = \"K\" }\nhost_key = \"ssh-ed25519 A\"\nroot = \"relative\"".into(),
+                "storage.root",
+            ),
+        ] {
+            let err = load(&toml).expect_err(&toml).to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let from_file = SecretRef {
+            env: None,
+            file: Some(path),
+        };
+        assert_eq!(from_file.resolve("k").unwrap().expose(), "from-file");
+        std::env::set_var("RTC_CONFIG_TEST_SECRET", "from-env");
+        let from_env = SecretRef {
+            env: Some("RTC_CONFIG_TEST_SECRET".into()),
+            file: None,
+        };
+        assert_eq!(from_env.resolve("k").unwrap().expose(), "from-env");
+        let unset = SecretRef {
+            env: Some("RTC_CONFIG_TEST_UNSET".into()),
+            file: None,
+        };
+        let err = unset.resolve("apps.a.storage.access_key_id").unwrap_err().to_string();
+        assert!(
+            err.contains("apps.a.storage.access_key_id") && err.contains("RTC_CONFIG_TEST_UNSET"),
+            "{err}"
+        );
     }
 
     #[test]

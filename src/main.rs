@@ -4,6 +4,7 @@
 mod api;
 mod config;
 mod metrics;
+mod profiles;
 mod signing;
 
 use std::collections::HashMap;
@@ -17,13 +18,12 @@ use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
 use recorder_actors::snapshot::Mailbox;
-use recorder_actors::storage::LocalBackend;
 use recorder_actors::store::{SledStore, StateStore};
 use recorder_actors::{ApplicationProfile, EngineConfig};
 
 use crate::api::auth::KeyRing;
 use crate::api::AppState;
-use crate::config::{ApiKey, Scope, Settings, StorageConfig, DEFAULT_ORGANIZATION};
+use crate::config::{ApiKey, Scope, Settings, DEFAULT_ORGANIZATION};
 use crate::metrics::Metrics;
 use crate::signing::UrlSigner;
 
@@ -42,10 +42,7 @@ fn main() -> ExitCode {
     match actix_web::rt::System::new().block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(
-                error = format!("{err:#}"),
-                "rtc-recorder stopped on an error"
-            );
+            tracing::error!(error = format!("{err:#}"), "rtc-recorder stopped on an error");
             eprintln!("rtc-recorder: {err:#}");
             ExitCode::FAILURE
         }
@@ -78,10 +75,10 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
     let recorder_id = match &settings.recorder_id {
         Some(id) => id.clone(),
-        None => String::from_utf8(
-            store.meta_get_or_insert("recorder_id", uuid::Uuid::new_v4().to_string().as_bytes())?,
-        )
-        .context("stored recorder_id is not text")?,
+        None => {
+            String::from_utf8(store.meta_get_or_insert("recorder_id", uuid::Uuid::new_v4().to_string().as_bytes())?)
+                .context("stored recorder_id is not text")?
+        }
     };
     let secret = match &settings.signing_secret {
         Some(secret) => secret.clone(),
@@ -95,29 +92,20 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
     let mut applications = HashMap::new();
     for app in &settings.applications {
-        let backend = match &app.storage {
-            StorageConfig::Local { path } => {
-                let root = if path.is_empty() {
-                    settings.data_dir.join("storage")
-                } else {
-                    path.into()
-                };
-                LocalBackend::new(&root).with_context(|| {
-                    format!(
-                        "organizations.{}.applications.{}.storage.path: cannot create {}",
-                        app.organization_id,
-                        app.application_id,
-                        root.display()
-                    )
-                })?
-            }
-        };
+        let backend = profiles::build_backend(app, &settings.data_dir).await?;
+        tracing::info!(
+            organization_id = %app.organization_id,
+            application_id = %app.application_id,
+            provider = backend.provider().as_str(),
+            url = %backend.url(),
+            "storage profile ready"
+        );
         applications.insert(
             (app.organization_id.clone(), app.application_id.clone()),
             Arc::new(ApplicationProfile {
                 organization_id: app.organization_id.clone(),
                 application_id: app.application_id.clone(),
-                backend: Arc::new(backend),
+                backend,
             }),
         );
     }
@@ -127,9 +115,14 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         upload_concurrency: settings.uploads.concurrency,
         upload_retry_base: Duration::from_millis(settings.uploads.retry_base_ms),
         upload_retry_max: Duration::from_millis(settings.uploads.retry_max_ms),
+        delete_local_after_upload: settings.uploads.delete_local_after_upload,
+        render_manifest: Arc::new(|record| {
+            serde_json::to_vec_pretty(&api::dto::RecordingDataMessage::from(record))
+                .expect("API messages always serialize")
+        }),
     });
-    let registry = Registry::boot(store.clone(), engine)
-        .context("cannot rebuild the actor tree from the state store")?;
+    let registry =
+        Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;
 
     let keys = KeyRing::new(&settings.api_keys);
     let listener = std::net::TcpListener::bind(settings.bind)
@@ -178,9 +171,7 @@ fn add_plain_keys(settings: &mut Settings) -> anyhow::Result<String> {
         scopes: vec![Scope::Global, Scope::Admin],
     };
     if let Some(key) = settings.plain_api_key.clone() {
-        settings
-            .api_keys
-            .push(default_key(&key, "RECORDER_API_KEY"));
+        settings.api_keys.push(default_key(&key, "RECORDER_API_KEY"));
         return Ok("the value of RECORDER_API_KEY".into());
     }
     if !settings.api_keys.is_empty() {
@@ -189,10 +180,7 @@ fn add_plain_keys(settings: &mut Settings) -> anyhow::Result<String> {
     let path = settings.data_dir.join("dev-api-key");
     let key = read_or_create_dev_key(&path)?;
     settings.api_keys.push(default_key(&key, "development"));
-    Ok(format!(
-        "{key}   (development key, kept in {})",
-        path.display()
-    ))
+    Ok(format!("{key}   (development key, kept in {})", path.display()))
 }
 
 fn read_or_create_dev_key(path: &Path) -> anyhow::Result<String> {

@@ -273,11 +273,7 @@ pub struct InstanceRecord {
 
 impl InstanceRecord {
     /// Applies a transition of the state machine, recording when it happened.
-    pub fn transition(
-        &mut self,
-        next: InstanceState,
-        now: DateTime<Utc>,
-    ) -> Result<(), IllegalTransition> {
+    pub fn transition(&mut self, next: InstanceState, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         if !self.state.can_transition_to(next) {
             return Err(IllegalTransition {
                 from: self.state,
@@ -305,11 +301,7 @@ impl InstanceRecord {
     pub fn key_prefix(&self) -> String {
         format!(
             "{}/{}/{}/{}/{}",
-            self.organization_id,
-            self.application_id,
-            self.conversation_id,
-            self.recorder_id,
-            self.instance_id
+            self.organization_id, self.application_id, self.conversation_id, self.recorder_id, self.instance_id
         )
     }
 
@@ -319,6 +311,25 @@ impl InstanceRecord {
 
     pub fn cobrowse_key(&self, session_id: &str) -> String {
         format!("{}/cobrowse/{}/events.json", self.key_prefix(), session_id)
+    }
+
+    /// `recording.json`: the instance as the API shows it, written after every other artefact.
+    pub fn manifest_key(&self) -> String {
+        format!("{}/recording.json", self.key_prefix())
+    }
+
+    /// `streams/{streamId}/{trackId}.{extension}`, the extension being the local file's.
+    pub fn track_key(&self, stream_id: &str, track_id: &str, extension: &str) -> String {
+        format!("{}/streams/{}/{}.{}", self.key_prefix(), stream_id, track_id, extension)
+    }
+
+    pub fn track_mut(&mut self, stream_id: &str, track_id: &str) -> Option<&mut TrackRecord> {
+        self.streams
+            .iter_mut()
+            .find(|s| s.id == stream_id)?
+            .tracks
+            .iter_mut()
+            .find(|t| t.id == track_id)
     }
 
     /// How long the instance recorded: from start (or creation) to stop (or now while live).
@@ -421,10 +432,7 @@ mod tests {
                     assert_eq!(rec.state, to);
                     assert_eq!(rec.history.last().map(|h| h.0), Some(to));
                 } else {
-                    assert_eq!(
-                        rec.state, from,
-                        "an illegal transition leaves the state alone"
-                    );
+                    assert_eq!(rec.state, from, "an illegal transition leaves the state alone");
                     assert!(rec.history.is_empty());
                 }
                 num_checked += 1;
@@ -437,9 +445,7 @@ mod tests {
     fn terminal_states_have_no_way_out() {
         for from in InstanceState::ALL.into_iter().filter(|s| s.is_terminal()) {
             assert!(
-                InstanceState::ALL
-                    .iter()
-                    .all(|to| !from.can_transition_to(*to)),
+                InstanceState::ALL.iter().all(|to| !from.can_transition_to(*to)),
                 "{from}"
             );
         }
@@ -466,5 +472,7 @@ mod tests {
         let rec = record();
         assert_eq!(rec.transcript_key(), "o/a/c/r/i/chat/transcript.json");
         assert_eq!(rec.cobrowse_key("s1"), "o/a/c/r/i/cobrowse/s1/events.json");
+        assert_eq!(rec.manifest_key(), "o/a/c/r/i/recording.json");
+        assert_eq!(rec.track_key("cam-1", "v1", "webm"), "o/a/c/r/i/streams/cam-1/v1.webm");
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::InstanceRecord;
 use crate::storage::{StorageBackend, StorageError};
 use crate::store::StoreError;
 
@@ -24,14 +25,23 @@ pub struct EngineConfig {
     /// First retry delay of a failed upload; doubles per attempt up to `upload_retry_max`.
     pub upload_retry_base: Duration,
     pub upload_retry_max: Duration,
+    /// Delete a local artefact file once its upload is verified.
+    pub delete_local_after_upload: bool,
+    /// Renders an instance as `recording.json`. The front passes the API's own
+    /// `RecordingDataMessage` rendering, so the manifest has exactly the API's shape while the
+    /// engine stays free of HTTP types.
+    pub render_manifest: ManifestRenderer,
+}
+
+pub type ManifestRenderer = Arc<dyn Fn(&InstanceRecord) -> Vec<u8> + Send + Sync>;
+
+/// A renderer for tests and tools without the HTTP front: the engine's record as JSON.
+pub fn plain_manifest_renderer() -> ManifestRenderer {
+    Arc::new(|record| serde_json::to_vec_pretty(record).expect("records are plain data and always serialize"))
 }
 
 impl EngineConfig {
-    pub fn application(
-        &self,
-        organization_id: &str,
-        application_id: &str,
-    ) -> Option<&Arc<ApplicationProfile>> {
+    pub fn application(&self, organization_id: &str, application_id: &str) -> Option<&Arc<ApplicationProfile>> {
         self.applications
             .get(&(organization_id.to_string(), application_id.to_string()))
     }
@@ -45,10 +55,7 @@ pub enum EngineError {
     #[error("{message}")]
     Conflict { message: String },
     #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

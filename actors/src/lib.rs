@@ -10,4 +10,4 @@ pub mod snapshot;
 pub mod storage;
 pub mod store;
 
-pub use engine::{ApplicationProfile, EngineConfig, EngineError};
+pub use engine::{plain_manifest_renderer, ApplicationProfile, EngineConfig, EngineError, ManifestRenderer};

@@ -16,6 +16,6 @@ mod uploader;
 
 pub use conversation::Conversation;
 pub use recorder::Recorder;
-pub use registry::Registry;
+pub use registry::{queue_track_file, Registry};
 pub use stream::Stream;
 pub use uploader::{Kick, Uploader};

@@ -27,11 +27,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        record: &InstanceRecord,
-        uploader: Option<Recipient<Kick>>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, uploader: Option<Recipient<Kick>>) -> Self {
         Self {
             store,
             instance_id: record.instance_id.clone(),
@@ -65,8 +61,7 @@ impl Handler<StopRecorder> for Recorder {
         let result = (|| {
             let mut artefacts = Vec::new();
             let record = store.update_instance(&self.instance_id, &mut |r| {
-                r.transition(InstanceState::Stopped, Utc::now())
-                    .map_err(rejected)?;
+                r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
                 artefacts.clear();
                 if r.num_transcript_entries > 0 {
                     artefacts.push(ArtefactKind::ChatTranscript);
@@ -76,6 +71,9 @@ impl Handler<StopRecorder> for Recorder {
                         session_id: session_id.clone(),
                     });
                 }
+                // Queued with the others, run after them: the uploader holds a manifest back
+                // while any other job of its instance is queued.
+                artefacts.push(ArtefactKind::Manifest);
                 Ok(())
             })?;
             for artefact in artefacts {

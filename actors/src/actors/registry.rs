@@ -41,10 +41,7 @@ impl Registry {
     /// recorder back, and every storage profile its uploader, which resumes queued jobs.
     /// Instances that were `ACTIVE` had media flowing when the process ended, so they come back
     /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
-    pub fn boot(
-        store: Arc<dyn StateStore>,
-        config: Arc<EngineConfig>,
-    ) -> Result<Addr<Registry>, EngineError> {
+    pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
         let instances = store.all_instances()?;
         let mut registry = Registry {
             store: store.clone(),
@@ -56,10 +53,7 @@ impl Registry {
             num_recovered_on_boot: 0,
         };
         for profile in config.applications.values() {
-            let key = (
-                profile.organization_id.clone(),
-                profile.application_id.clone(),
-            );
+            let key = (profile.organization_id.clone(), profile.application_id.clone());
             let uploader = Uploader::new(store.clone(), profile.clone(), config.clone()).start();
             registry.uploaders.insert(key, Mailbox::new(uploader));
         }
@@ -80,17 +74,11 @@ impl Registry {
     fn spawn_conversation(&mut self, record: &InstanceRecord) {
         let uploader = self
             .uploaders
-            .get(&(
-                record.organization_id.clone(),
-                record.application_id.clone(),
-            ))
+            .get(&(record.organization_id.clone(), record.application_id.clone()))
             .map(|m| m.addr().clone().recipient());
         let conversation = Conversation::new(self.store.clone(), record, uploader).start();
         self.live.insert(
-            (
-                record.organization_id.clone(),
-                record.conversation_id.clone(),
-            ),
+            (record.organization_id.clone(), record.conversation_id.clone()),
             LiveConversation {
                 instance_id: record.instance_id.clone(),
                 conversation: Mailbox::new(conversation),
@@ -107,10 +95,7 @@ impl Registry {
                 at.instance_id, at.conversation_id
             ))
         };
-        let record = self
-            .store
-            .get_instance(&at.instance_id)?
-            .ok_or_else(missing)?;
+        let record = self.store.get_instance(&at.instance_id)?.ok_or_else(missing)?;
         if record.organization_id != at.organization_id
             || record.conversation_id != at.conversation_id
             || record.recorder_id != at.recorder_id
@@ -121,10 +106,10 @@ impl Registry {
     }
 
     fn kick_uploader(&self, record: &InstanceRecord) {
-        if let Some(uploader) = self.uploaders.get(&(
-            record.organization_id.clone(),
-            record.application_id.clone(),
-        )) {
+        if let Some(uploader) = self
+            .uploaders
+            .get(&(record.organization_id.clone(), record.application_id.clone()))
+        {
             uploader.do_send(Kick);
         }
     }
@@ -137,19 +122,35 @@ pub(crate) fn rejected(err: IllegalTransition) -> StoreError {
     }
 }
 
+/// Object key of an artefact of `record`.
+pub(crate) fn artefact_key(record: &InstanceRecord, artefact: &ArtefactKind) -> String {
+    match artefact {
+        ArtefactKind::ChatTranscript => record.transcript_key(),
+        ArtefactKind::CobrowseSession { session_id } => record.cobrowse_key(session_id),
+        ArtefactKind::TrackFile {
+            stream_id,
+            track_id,
+            local_path,
+        } => {
+            let extension = std::path::Path::new(local_path)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("bin");
+            record.track_key(stream_id, track_id, extension)
+        }
+        ArtefactKind::Manifest => record.manifest_key(),
+    }
+}
+
 /// Queues the upload of one artefact of `record`.
 pub(crate) fn enqueue_artefact(
     store: &dyn StateStore,
     record: &InstanceRecord,
     artefact: ArtefactKind,
 ) -> Result<(), StoreError> {
-    let key = match &artefact {
-        ArtefactKind::ChatTranscript => record.transcript_key(),
-        ArtefactKind::CobrowseSession { session_id } => record.cobrowse_key(session_id),
-    };
     store.enqueue_job(&UploadJob {
         schema_version: RECORD_SCHEMA_VERSION,
-        key,
+        key: artefact_key(record, &artefact),
         instance_id: record.instance_id.clone(),
         organization_id: record.organization_id.clone(),
         application_id: record.application_id.clone(),
@@ -159,6 +160,38 @@ pub(crate) fn enqueue_artefact(
         last_error: None,
     })?;
     Ok(())
+}
+
+/// Queues an artefact that changed after stop, and the manifest after it, so `recording.json`
+/// is rewritten once the new content is stored.
+pub(crate) fn enqueue_with_manifest(
+    store: &dyn StateStore,
+    record: &InstanceRecord,
+    artefact: ArtefactKind,
+) -> Result<(), StoreError> {
+    enqueue_artefact(store, record, artefact)?;
+    if record.state.is_terminal() {
+        enqueue_artefact(store, record, ArtefactKind::Manifest)?;
+    }
+    Ok(())
+}
+
+/// Queues the upload of a finished track file of `record` (for media ingest, which owns the
+/// file until then). The caller flushes the store and kicks the profile's uploader. After a
+/// verified upload the file is deleted when `uploads.delete_local_after_upload` says so.
+pub fn queue_track_file(
+    store: &dyn StateStore,
+    record: &InstanceRecord,
+    stream_id: &str,
+    track_id: &str,
+    local_path: &std::path::Path,
+) -> Result<(), StoreError> {
+    let artefact = ArtefactKind::TrackFile {
+        stream_id: stream_id.to_string(),
+        track_id: track_id.to_string(),
+        local_path: local_path.to_string_lossy().into_owned(),
+    };
+    enqueue_with_manifest(store, record, artefact)
 }
 
 impl Actor for Registry {
@@ -242,10 +275,7 @@ impl Handler<StopRecording> for Registry {
             Ok(record) => record,
             Err(err) => return Box::pin(fut::ready(Err(err))),
         };
-        let key = (
-            record.organization_id.clone(),
-            record.conversation_id.clone(),
-        );
+        let key = (record.organization_id.clone(), record.conversation_id.clone());
         let conversation = match self.live.get(&key) {
             Some(live) if live.instance_id == record.instance_id => live.conversation.clone(),
             // Not live: stopping again is idempotent and answers the state it ended in.
@@ -257,11 +287,7 @@ impl Handler<StopRecording> for Registry {
                 .into_actor(self)
                 .map(move |result, act, _ctx| {
                     if let Ok(stopped) = &result {
-                        if act
-                            .live
-                            .get(&key)
-                            .is_some_and(|l| l.instance_id == instance_id)
-                        {
+                        if act.live.get(&key).is_some_and(|l| l.instance_id == instance_id) {
                             act.live.remove(&key);
                         }
                         act.num_stopped += 1;
@@ -326,9 +352,7 @@ impl Handler<AddTranscript> for Registry {
     fn handle(&mut self, msg: AddTranscript, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
-            let num_entries = self
-                .store
-                .append_transcript(&record.instance_id, &msg.entries)?;
+            let num_entries = self.store.append_transcript(&record.instance_id, &msg.entries)?;
             // Decided inside the atomic update: if a stop commits first this add sees it, and if
             // this add commits first the stop sees the entries; either way the artefact is queued.
             let mut needs_upload = false;
@@ -338,7 +362,7 @@ impl Handler<AddTranscript> for Registry {
                 Ok(())
             })?;
             if needs_upload {
-                enqueue_artefact(self.store.as_ref(), &record, ArtefactKind::ChatTranscript)?;
+                enqueue_with_manifest(self.store.as_ref(), &record, ArtefactKind::ChatTranscript)?;
             }
             Ok::<_, EngineError>((record, needs_upload))
         })();
@@ -368,9 +392,7 @@ impl Handler<AddCobrowseEvent> for Registry {
     fn handle(&mut self, msg: AddCobrowseEvent, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
-            let was_new = self
-                .store
-                .put_cobrowse_event(&record.instance_id, &msg.event)?;
+            let was_new = self.store.put_cobrowse_event(&record.instance_id, &msg.event)?;
             let session_id = msg.event.session_id.clone();
             let mut needs_upload = false;
             let record = self.store.update_instance(&record.instance_id, &mut |r| {
@@ -382,7 +404,7 @@ impl Handler<AddCobrowseEvent> for Registry {
                 Ok(())
             })?;
             if needs_upload {
-                enqueue_artefact(
+                enqueue_with_manifest(
                     self.store.as_ref(),
                     &record,
                     ArtefactKind::CobrowseSession { session_id },
@@ -442,17 +464,11 @@ impl Handler<ResolveCobrowseFile> for Registry {
                 msg.file_name, msg.session_id
             ))
         };
-        let record = self
-            .store
-            .get_instance(&msg.instance_id)?
-            .ok_or_else(missing)?;
+        let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing)?;
         if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
             return Err(missing());
         }
-        let session = record
-            .cobrowse_sessions
-            .get(&msg.session_id)
-            .ok_or_else(missing)?;
+        let session = record.cobrowse_sessions.get(&msg.session_id).ok_or_else(missing)?;
         if msg.file_name != "events.json" || session.uploaded.is_none() {
             return Err(missing());
         }

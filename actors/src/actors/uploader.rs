@@ -3,6 +3,7 @@
 //! profile, including those that were in flight when the process died.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use crate::domain::{ErrorInfo, InstanceRecord, TranscriptArtefact};
 use crate::snapshot::{ActorSnapshot, Snapshot};
-use crate::storage::StorageError;
+use crate::storage::{ObjectInfo, PutReceipt, StorageError};
 use crate::store::{ArtefactKind, StateStore, StoreError, UploadJob};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
@@ -33,11 +34,7 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        profile: Arc<ApplicationProfile>,
-        config: Arc<EngineConfig>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, profile: Arc<ApplicationProfile>, config: Arc<EngineConfig>) -> Self {
         Self {
             store,
             profile,
@@ -53,8 +50,7 @@ impl Uploader {
     }
 
     fn owns(&self, job: &UploadJob) -> bool {
-        job.organization_id == self.profile.organization_id
-            && job.application_id == self.profile.application_id
+        job.organization_id == self.profile.organization_id && job.application_id == self.profile.application_id
     }
 
     /// Starts as many runnable jobs as the concurrency limit allows.
@@ -69,37 +65,43 @@ impl Uploader {
             }
         };
         let now = Instant::now();
+        // Instances with artefacts still to upload: their manifest waits.
+        let pending: HashSet<String> = jobs
+            .iter()
+            .filter(|j| j.artefact != ArtefactKind::Manifest)
+            .map(|j| j.instance_id.clone())
+            .collect();
         for job in jobs {
             if self.running.len() >= self.config.upload_concurrency.max(1) {
                 break;
             }
-            if !self.owns(&job) || self.running.contains(&job.key) || self.parked.contains(&job.key)
-            {
+            if !self.owns(&job) || self.running.contains(&job.key) || self.parked.contains(&job.key) {
                 continue;
             }
             if self.backoff.get(&job.key).is_some_and(|at| *at > now) {
+                continue;
+            }
+            if job.artefact == ArtefactKind::Manifest && pending.contains(&job.instance_id) {
                 continue;
             }
             self.backoff.remove(&job.key);
             self.running.insert(job.key.clone());
             let store = self.store.clone();
             let profile = self.profile.clone();
-            ctx.spawn(run_job(store, profile, job.clone()).into_actor(self).map(
-                move |result, act, ctx| {
-                    act.running.remove(&job.key);
-                    act.finish(job, result, ctx);
-                    act.pump(ctx);
-                },
-            ));
+            let config = self.config.clone();
+            ctx.spawn(
+                run_job(store, profile, config, job.clone())
+                    .into_actor(self)
+                    .map(move |result, act, ctx| {
+                        act.running.remove(&job.key);
+                        act.finish(job, result, ctx);
+                        act.pump(ctx);
+                    }),
+            );
         }
     }
 
-    fn finish(
-        &mut self,
-        mut job: UploadJob,
-        result: Result<u64, JobError>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn finish(&mut self, mut job: UploadJob, result: Result<u64, JobError>, ctx: &mut Context<Self>) {
         match result {
             Ok(size) => {
                 self.num_uploaded += 1;
@@ -111,10 +113,11 @@ impl Uploader {
                 job.num_attempts += 1;
                 let info = ErrorInfo::new(err.code(), err.to_string());
                 job.last_error = Some(info.clone());
-                self.last_error = Some(info);
+                self.last_error = Some(info.clone());
                 if let Err(store_err) = self.store.update_job(&job) {
                     tracing::error!(error = %store_err, key = %job.key, "could not record upload failure");
                 }
+                record_failure(self.store.as_ref(), &job, &info);
                 if err.is_retryable() {
                     let delay = retry_delay(&self.config, job.num_attempts);
                     tracing::warn!(key = %job.key, error = %err, attempt = job.num_attempts, retry_in_ms = delay.as_millis() as u64, "upload failed, will retry");
@@ -125,6 +128,25 @@ impl Uploader {
                     self.parked.insert(job.key);
                 }
             }
+        }
+    }
+}
+
+/// Shows the last failure on the artefact itself where the API has a place for it
+/// (`objectStorage.error` of a track); the local file stays.
+fn record_failure(store: &dyn StateStore, job: &UploadJob, info: &ErrorInfo) {
+    if let ArtefactKind::TrackFile {
+        stream_id, track_id, ..
+    } = &job.artefact
+    {
+        let result = store.update_instance(&job.instance_id, &mut |r| {
+            if let Some(track) = r.track_mut(stream_id, track_id) {
+                track.object.error = Some(info.clone());
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            tracing::error!(error = %err, key = %job.key, "could not record the failure on the artefact");
         }
     }
 }
@@ -145,6 +167,9 @@ enum JobError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store accepted the upload but holds something else than what was read locally.
+    #[error("upload verification failed: {0}")]
+    Verification(String),
 }
 
 impl JobError {
@@ -153,6 +178,8 @@ impl JobError {
             JobError::Storage(err) => err.is_retryable(),
             JobError::Store(StoreError::Io(_)) => true,
             JobError::Store(_) => false,
+            // Uploading again replaces the object; a persistent mismatch keeps backing off.
+            JobError::Verification(_) => true,
         }
     }
 
@@ -160,15 +187,18 @@ impl JobError {
         match self {
             JobError::Storage(err) => err.code(),
             JobError::Store(_) => "STATE_STORE",
+            JobError::Verification(_) => "UPLOAD_VERIFICATION",
         }
     }
 }
 
-/// Renders the artefact from the state store, uploads it, records where it went, and only then
-/// removes the job.
+/// Uploads one artefact, records where it went, and only then removes the job. A track file is
+/// verified against what the store reports before it counts as uploaded, and deleted locally
+/// (when configured) only after that.
 async fn run_job(
     store: Arc<dyn StateStore>,
     profile: Arc<ApplicationProfile>,
+    config: Arc<EngineConfig>,
     job: UploadJob,
 ) -> Result<u64, JobError> {
     let Some(record) = store.get_instance(&job.instance_id)? else {
@@ -176,40 +206,131 @@ async fn run_job(
         store.finish_job(&job.key, job.generation)?;
         return Ok(0);
     };
-    let body = render(store.as_ref(), &record, &job.artefact)?;
-    let size = profile.backend.put(&job.key, body).await?;
-    let location = profile.backend.location(&job.key);
+    let backend = profile.backend.clone();
+    let location = backend.location(&job.key);
     let now = Utc::now();
-    store.update_instance(&record.instance_id, &mut |r| {
-        match &job.artefact {
-            ArtefactKind::ChatTranscript => {
-                let id = r
-                    .transcript
-                    .as_ref()
-                    .map(|t| t.id.clone())
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                r.transcript = Some(TranscriptArtefact {
-                    id,
-                    location: location.clone(),
-                    created: now,
-                    num_entries: r.num_transcript_entries,
-                });
-            }
-            ArtefactKind::CobrowseSession { session_id } => {
-                let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
-                session.location = Some(location.clone());
-                session.uploaded = Some(now);
+    let size = match &job.artefact {
+        ArtefactKind::TrackFile {
+            stream_id,
+            track_id,
+            local_path,
+        } => {
+            let receipt = backend.put_file(&job.key, Path::new(local_path)).await?;
+            let stored = backend.head(&job.key).await?;
+            verify_upload(&receipt, &stored)?;
+            store.update_instance(&record.instance_id, &mut |r| {
+                if let Some(track) = r.track_mut(stream_id, track_id) {
+                    track.object.location = Some(location.clone());
+                    track.object.size = Some(receipt.size);
+                    track.object.uploaded = Some(now);
+                    track.object.error = None;
+                }
+                Ok(())
+            })?;
+            receipt.size
+        }
+        artefact => {
+            let body = render(store.as_ref(), &config, &record, artefact)?;
+            let size = backend.put(&job.key, body).await?;
+            store.update_instance(&record.instance_id, &mut |r| {
+                match artefact {
+                    ArtefactKind::ChatTranscript => {
+                        let id = r
+                            .transcript
+                            .as_ref()
+                            .map(|t| t.id.clone())
+                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                        r.transcript = Some(TranscriptArtefact {
+                            id,
+                            location: location.clone(),
+                            created: now,
+                            num_entries: r.num_transcript_entries,
+                        });
+                    }
+                    ArtefactKind::CobrowseSession { session_id } => {
+                        let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
+                        session.location = Some(location.clone());
+                        session.uploaded = Some(now);
+                    }
+                    ArtefactKind::Manifest | ArtefactKind::TrackFile { .. } => {}
+                }
+                Ok(())
+            })?;
+            size
+        }
+    };
+    store.finish_job(&job.key, job.generation)?;
+    store.flush().await?;
+    if let ArtefactKind::TrackFile {
+        stream_id,
+        track_id,
+        local_path,
+    } = &job.artefact
+    {
+        if config.delete_local_after_upload {
+            delete_local(store.as_ref(), &record.instance_id, stream_id, track_id, local_path).await?;
+        }
+    }
+    Ok(size)
+}
+
+/// The stored object must have the size read from the local file, and the same MD5 when the
+/// provider reports one.
+fn verify_upload(sent: &PutReceipt, stored: &ObjectInfo) -> Result<(), JobError> {
+    if stored.size != sent.size {
+        return Err(JobError::Verification(format!(
+            "the store holds {} bytes, {} were sent",
+            stored.size, sent.size
+        )));
+    }
+    if let Some(md5) = &stored.md5_hex {
+        if !md5.eq_ignore_ascii_case(&sent.md5_hex) {
+            return Err(JobError::Verification(format!(
+                "the store reports MD5 {md5}, the local file has {}",
+                sent.md5_hex
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a verified upload's local file and records `localStorage.deleted`. A failure to delete
+/// is recorded on the artefact (`localStorage.error`) and does not undo the upload.
+async fn delete_local(
+    store: &dyn StateStore,
+    instance_id: &str,
+    stream_id: &str,
+    track_id: &str,
+    local_path: &str,
+) -> Result<(), JobError> {
+    let outcome = match tokio::fs::remove_file(local_path).await {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(ErrorInfo::new(
+            "LOCAL_DELETE",
+            format!("cannot delete {local_path}: {err}"),
+        )),
+    };
+    let now = Utc::now();
+    store.update_instance(instance_id, &mut |r| {
+        if let Some(track) = r.track_mut(stream_id, track_id) {
+            match &outcome {
+                Ok(()) => track.local.deleted = Some(now),
+                Err(info) => track.local.error = Some(info.clone()),
             }
         }
         Ok(())
     })?;
-    store.finish_job(&job.key, job.generation)?;
     store.flush().await?;
-    Ok(size)
+    if let Err(info) = outcome {
+        tracing::warn!(path = %local_path, error = %info.message, "uploaded file could not be deleted locally");
+    }
+    Ok(())
 }
 
 fn render(
     store: &dyn StateStore,
+    config: &EngineConfig,
     record: &InstanceRecord,
     artefact: &ArtefactKind,
 ) -> Result<Vec<u8>, StoreError> {
@@ -227,6 +348,8 @@ fn render(
             "sessionId": session_id,
             "events": store.cobrowse_events(&record.instance_id, session_id)?,
         }),
+        ArtefactKind::Manifest => return Ok((config.render_manifest)(record)),
+        ArtefactKind::TrackFile { .. } => unreachable!("track files are uploaded from disk, not rendered"),
     };
     Ok(serde_json::to_vec_pretty(&value).expect("json values always serialize"))
 }
@@ -265,16 +388,8 @@ impl Handler<Snapshot> for Uploader {
             .unwrap_or(0);
         MessageResult(ActorSnapshot {
             kind: "Uploader",
-            id: format!(
-                "{}/{}",
-                self.profile.organization_id, self.profile.application_id
-            ),
-            state: if self.running.is_empty() {
-                "IDLE"
-            } else {
-                "UPLOADING"
-            }
-            .into(),
+            id: format!("{}/{}", self.profile.organization_id, self.profile.application_id),
+            state: if self.running.is_empty() { "IDLE" } else { "UPLOADING" }.into(),
             mailbox_depth: 0,
             restarts: 0,
             last_error: self.last_error.clone(),
@@ -296,6 +411,7 @@ impl From<JobError> for EngineError {
         match err {
             JobError::Storage(e) => EngineError::Storage(e),
             JobError::Store(e) => EngineError::Store(e),
+            JobError::Verification(m) => EngineError::Unavailable(m),
         }
     }
 }
@@ -305,6 +421,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn uploads_verify_size_and_reported_checksum() {
+        let sent = PutReceipt {
+            size: 3,
+            md5_hex: "900150983cd24fb0d6963f7d28e17f72".into(),
+        };
+        let same = ObjectInfo {
+            size: 3,
+            md5_hex: Some("900150983CD24FB0D6963F7D28E17F72".into()),
+        };
+        verify_upload(&sent, &same).unwrap();
+        verify_upload(&sent, &ObjectInfo { size: 3, md5_hex: None }).unwrap();
+        let short = ObjectInfo { size: 2, md5_hex: None };
+        assert!(matches!(verify_upload(&sent, &short), Err(JobError::Verification(_))));
+        let other = ObjectInfo {
+            size: 3,
+            md5_hex: Some("00000000000000000000000000000000".into()),
+        };
+        let err = verify_upload(&sent, &other).unwrap_err();
+        assert!(err.is_retryable() && err.code() == "UPLOAD_VERIFICATION", "{err}");
+    }
+
+    #[test]
     fn retry_delays_grow_and_stay_capped() {
         let config = EngineConfig {
             recorder_id: "n".into(),
@@ -312,16 +450,15 @@ mod tests {
             upload_concurrency: 1,
             upload_retry_base: Duration::from_secs(1),
             upload_retry_max: Duration::from_secs(60),
+            delete_local_after_upload: true,
+            render_manifest: crate::plain_manifest_renderer(),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);
             let ceiling = Duration::from_secs(1)
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(Duration::from_secs(60));
-            assert!(
-                delay < ceiling && delay >= ceiling / 2,
-                "attempt {attempt}: {delay:?}"
-            );
+            assert!(delay < ceiling && delay >= ceiling / 2, "attempt {attempt}: {delay:?}");
         }
     }
 }

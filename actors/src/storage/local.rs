@@ -2,13 +2,16 @@
 //! Objects are files under a root directory; writes are atomic (temp file, fsync, rename, fsync
 //! of the directory) so a crash leaves the old object or the new one, never half of one.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{validate_key, StorageBackend, StorageError, StorageResult};
+use md5::{Digest, Md5};
+
+use super::{validate_key, ObjectInfo, PutReceipt, StorageBackend, StorageError, StorageResult};
 use crate::domain::Provider;
 
 #[derive(Debug, Clone)]
@@ -35,9 +38,7 @@ impl LocalBackend {
 fn io_error(path: &Path, err: std::io::Error) -> StorageError {
     match err.kind() {
         std::io::ErrorKind::NotFound => StorageError::NotFound(path.display().to_string()),
-        std::io::ErrorKind::PermissionDenied => {
-            StorageError::Unauthorized(format!("{}: {err}", path.display()))
-        }
+        std::io::ErrorKind::PermissionDenied => StorageError::Unauthorized(format!("{}: {err}", path.display())),
         _ => StorageError::Io(format!("{}: {err}", path.display())),
     }
 }
@@ -61,10 +62,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .expect("validated keys end in a file name")
         .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.tmp",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -76,6 +74,48 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Copies `src` to `path` through a temp file in the destination directory (fsync, rename, fsync
+/// of the directory), hashing what it copies.
+fn copy_atomically(src: &Path, path: &Path) -> Result<PutReceipt, StorageError> {
+    let dir = path.parent().expect("object paths are below the root");
+    std::fs::create_dir_all(dir).map_err(|err| io_error(dir, err))?;
+    let mut input = std::fs::File::open(src).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => StorageError::NotFound(format!("local file {} is missing", src.display())),
+        _ => StorageError::Io(format!("{}: {err}", src.display())),
+    })?;
+    let file_name = path
+        .file_name()
+        .expect("validated keys end in a file name")
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut output = std::fs::File::create(&tmp)?;
+        let mut md5 = Md5::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+            output.write_all(&buf[..n])?;
+            size += n as u64;
+        }
+        output.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok::<_, std::io::Error>(PutReceipt {
+            size,
+            md5_hex: hex::encode(md5.finalize()),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|err| io_error(path, err))
 }
 
 impl StorageBackend for LocalBackend {
@@ -123,9 +163,8 @@ impl StorageBackend for LocalBackend {
     fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>> {
         let root = self.root.clone();
         blocking(move || {
-            let meta = std::fs::metadata(&root).map_err(|_| {
-                StorageError::MissingBucket(format!("directory {} is missing", root.display()))
-            })?;
+            let meta = std::fs::metadata(&root)
+                .map_err(|_| StorageError::MissingBucket(format!("directory {} is missing", root.display())))?;
             if !meta.is_dir() {
                 return Err(StorageError::MissingBucket(format!(
                     "{} is not a directory",
@@ -138,6 +177,29 @@ impl StorageBackend for LocalBackend {
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path_of(key).ok()
+    }
+
+    fn put_file(&self, key: &str, src: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        let path = self.path_of(key);
+        let src = src.to_path_buf();
+        blocking(move || copy_atomically(&src, &path?))
+    }
+
+    fn head(&self, key: &str) -> BoxFuture<'static, StorageResult<ObjectInfo>> {
+        let path = self.path_of(key);
+        blocking(move || {
+            let path = path?;
+            let meta = std::fs::metadata(&path).map_err(|err| io_error(&path, err))?;
+            Ok(ObjectInfo {
+                size: meta.len(),
+                md5_hex: None,
+            })
+        })
+    }
+
+    fn signed_url(&self, _key: &str, _ttl: Duration) -> BoxFuture<'static, StorageResult<Option<String>>> {
+        // The recorder serves local objects itself, behind its own HMAC-signed URL.
+        async { Ok(None) }.boxed()
     }
 }
 
@@ -153,9 +215,7 @@ mod tests {
         assert_eq!(backend.get("a/b/c.json").await.unwrap(), b"one");
         backend.put("a/b/c.json", b"two!".to_vec()).await.unwrap();
         assert_eq!(backend.get("a/b/c.json").await.unwrap(), b"two!");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("root/a/b"))
-            .unwrap()
-            .collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("root/a/b")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files stay behind");
         backend.delete("a/b/c.json").await.unwrap();
         assert!(matches!(

@@ -2,17 +2,71 @@
 //! provider lives in its own file and is the only module that talks to its SDK or protocol.
 //! Errors are a small closed set of kinds that decide whether an upload is retried.
 
+mod azure;
+mod gcs;
 mod local;
+mod s3;
+mod sftp;
 mod verify;
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use md5::{Digest, Md5};
+use tokio::io::AsyncReadExt;
 
 use crate::domain::Provider;
 
+pub use azure::{AzureBackend, AzureCredentials, AzureSettings};
+pub use gcs::{GcsBackend, GcsSettings};
 pub use local::LocalBackend;
+pub use s3::{S3Backend, S3Settings};
+pub use sftp::{SftpBackend, SftpSettings};
 pub use verify::{verify, CheckResult, VerificationReport};
+
+/// Size of one part of a multipart (S3), block (Azure) or resumable chunk (GCS) upload, and the
+/// largest file sent in one request. 8 MiB: above S3's 5 MiB minimum part, a multiple of GCS's
+/// 256 KiB chunk granularity, and small enough that only one part is held in memory at a time.
+pub const PART_SIZE: usize = 8 << 20;
+
+/// A credential read from the environment or a file at start-up. `Debug` and `Display` never show
+/// it, so a settings struct can be logged whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What a backend can tell about a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// Hex MD5 of the content when the provider computed one itself (S3 single-part ETag, Azure
+    /// Content-MD5, GCS md5Hash); `None` when it does not say.
+    pub md5_hex: Option<String>,
+}
+
+/// What `put_file` sent: the bytes read from the local file and their MD5, computed while
+/// streaming, to compare with what the provider reports afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReceipt {
+    pub size: u64,
+    pub md5_hex: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
@@ -30,6 +84,10 @@ pub enum StorageError {
     Io(String),
     #[error("invalid object key: {0}")]
     InvalidKey(String),
+    /// The store understood the request and refused it for a reason retrying cannot fix (a 4xx
+    /// other than auth and not-found, a bad setting).
+    #[error("storage refused the request: {0}")]
+    Invalid(String),
 }
 
 impl StorageError {
@@ -50,6 +108,7 @@ impl StorageError {
             StorageError::Timeout(_) => "STORAGE_TIMEOUT",
             StorageError::Io(_) => "STORAGE_IO",
             StorageError::InvalidKey(_) => "STORAGE_INVALID_KEY",
+            StorageError::Invalid(_) => "STORAGE_INVALID_REQUEST",
         }
     }
 }
@@ -70,6 +129,113 @@ pub trait StorageBackend: Send + Sync + 'static {
     fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>>;
     /// A file on this node holding the object, for backends the recorder serves itself.
     fn local_path(&self, key: &str) -> Option<PathBuf>;
+    /// Uploads a local file, in parts of [`PART_SIZE`] when it is larger than one part, without
+    /// holding more than one part in memory. Atomic like `put`.
+    fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>>;
+    /// Size (and checksum, where the provider has one) of a stored object; `NotFound` if absent.
+    fn head(&self, key: &str) -> BoxFuture<'static, StorageResult<ObjectInfo>>;
+    /// A URL signed by the provider (S3 presign, Azure SAS, GCS V4) that reads the object for
+    /// `ttl`; `None` when the provider has no such URL (local, SFTP) and the recorder serves the
+    /// object itself behind its own signed URL.
+    fn signed_url(&self, key: &str, ttl: Duration) -> BoxFuture<'static, StorageResult<Option<String>>>;
+}
+
+/// An endpoint URL without user info, query or fragment, for `storage/info` and logs: a
+/// credential someone put into the URL never leaves the configuration.
+pub(crate) fn credential_free(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.as_str().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(invalid endpoint)".into(),
+    }
+}
+
+/// Joins a profile's key prefix (possibly empty, with or without a trailing slash) and a key.
+pub(crate) fn prefixed(prefix: &str, key: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
+/// Reads a local file part by part for upload, hashing everything it hands out. The reads go
+/// through tokio's file type, which runs them on the blocking pool, never on an executor thread.
+pub(crate) struct PartReader {
+    file: tokio::fs::File,
+    md5: Md5,
+    len: u64,
+    num_read: u64,
+}
+
+impl PartReader {
+    pub(crate) async fn open(path: &Path) -> StorageResult<Self> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|err| local_file_error(path, err))?;
+        let len = file.metadata().await.map_err(|err| local_file_error(path, err))?.len();
+        Ok(Self {
+            file,
+            md5: Md5::new(),
+            len,
+            num_read: 0,
+        })
+    }
+
+    /// Length of the file when it was opened.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Number of parts of at most `PART_SIZE` the file splits into (at least one).
+    pub(crate) fn num_parts(&self) -> u64 {
+        self.len.div_ceil(PART_SIZE as u64).max(1)
+    }
+
+    /// The next part, at most `PART_SIZE` bytes; `None` at the end of the file.
+    pub(crate) async fn next_part(&mut self) -> StorageResult<Option<bytes::Bytes>> {
+        let remaining = self.len.saturating_sub(self.num_read);
+        if remaining == 0 {
+            return Ok(None);
+        }
+        let want = remaining.min(PART_SIZE as u64) as usize;
+        let mut buf = vec![0u8; want];
+        self.file
+            .read_exact(&mut buf)
+            .await
+            .map_err(|err| StorageError::Io(format!("local file changed while uploading: {err}")))?;
+        self.md5.update(&buf);
+        self.num_read += want as u64;
+        Ok(Some(bytes::Bytes::from(buf)))
+    }
+
+    /// Size and hex MD5 of everything read.
+    pub(crate) fn finish(self) -> PutReceipt {
+        PutReceipt {
+            size: self.num_read,
+            md5_hex: hex::encode(self.md5.finalize()),
+        }
+    }
+}
+
+pub(crate) fn md5_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
+}
+
+/// A problem with the file to upload is not the store's fault: a missing file cannot be retried
+/// into existence, other i/o errors may pass.
+fn local_file_error(path: &Path, err: std::io::Error) -> StorageError {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => StorageError::NotFound(format!("local file {} is missing", path.display())),
+        _ => StorageError::Io(format!("{}: {err}", path.display())),
+    }
 }
 
 /// Refuses keys that could leave the profile's root: empty or dot segments, absolute paths,
@@ -94,12 +260,33 @@ mod tests {
 
     #[test]
     fn keys_cannot_escape_the_root() {
-        for bad in [
-            "", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "a\0b", "a/",
-        ] {
+        for bad in ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "a\0b", "a/"] {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
         validate_key("org/app/conv/rec/inst/chat/transcript.json").unwrap();
+    }
+
+    #[test]
+    fn urls_shown_carry_no_credentials() {
+        assert_eq!(
+            credential_free("https://user:pw@s3.example.com:9000/path?X-Amz-Signature=abc#f"),
+            "https://s3.example.com:9000/path"
+        );
+        assert_eq!(credential_free("http://127.0.0.1:9000/"), "http://127.0.0.1:9000");
+        assert_eq!(credential_free("not a url"), "(invalid endpoint)");
+    }
+
+    #[test]
+    fn prefixes_join_with_one_slash() {
+        assert_eq!(prefixed("", "a/b"), "a/b");
+        assert_eq!(prefixed("rec/", "a/b"), "rec/a/b");
+        assert_eq!(prefixed("/rec/x", "a"), "rec/x/a");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 
     #[test]

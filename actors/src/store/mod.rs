@@ -25,9 +25,7 @@ pub enum StoreError {
         key: String,
         message: String,
     },
-    #[error(
-        "record written by a newer build (schema {found}, this build reads up to {supported})"
-    )]
+    #[error("record written by a newer build (schema {found}, this build reads up to {supported})")]
     FutureSchema { found: u32, supported: u32 },
     #[error("no such record: {0}")]
     NotFound(String),
@@ -38,13 +36,25 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// What an upload job puts into storage. The bytes are rendered from the state store when the
-/// job runs, so a job queued twice for one artefact uploads its newest content.
+/// What an upload job puts into storage. JSON artefacts are rendered from the state store when
+/// the job runs, so a job queued twice for one artefact uploads its newest content; a track file
+/// is read from the node's disk, in parts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ArtefactKind {
     ChatTranscript,
-    CobrowseSession { session_id: String },
+    CobrowseSession {
+        session_id: String,
+    },
+    /// A finished track file on this node; deleted (when configured) after a verified upload.
+    TrackFile {
+        stream_id: String,
+        track_id: String,
+        local_path: String,
+    },
+    /// `recording.json`: runs only when no other job of its instance is queued, so a complete
+    /// manifest in storage means every artefact it lists is there.
+    Manifest,
 }
 
 /// A durable upload job: a row in the store from the moment an artefact is final until the
@@ -79,11 +89,7 @@ pub trait StateStore: Send + Sync + 'static {
         change: &mut dyn FnMut(&mut InstanceRecord) -> StoreResult<()>,
     ) -> StoreResult<InstanceRecord>;
     /// Instances of one conversation of one organization, oldest first.
-    fn conversation_instances(
-        &self,
-        organization_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<Vec<InstanceRecord>>;
+    fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>>;
     fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
 
     /// Appends chat entries in order; returns how many entries the instance has now.
@@ -93,11 +99,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// Stores an event unless one with its session and `sequenceId` is there already; returns
     /// whether it was new. Iteration is in `sequenceId` order whatever the arrival order.
     fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool>;
-    fn cobrowse_events(
-        &self,
-        instance_id: &str,
-        session_id: &str,
-    ) -> StoreResult<Vec<CobrowseEvent>>;
+    fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>>;
 
     /// Queues (or re-queues, bumping its generation) the job for `job.key`.
     fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob>;

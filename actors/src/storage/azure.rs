@@ -1,0 +1,346 @@
+//! Azure Blob Storage through `azure_storage_blobs`: shared key, SAS token or connection string.
+//! The only module that imports the Azure SDK.
+//!
+//! Large files go up as blocks of [`PART_SIZE`](super::PART_SIZE), each with a transactional
+//! `Content-MD5` the service checks, then one `Put Block List` commits them atomically and
+//! records the whole file's MD5 as the blob's `Content-MD5`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::error::ErrorKind;
+use azure_core::{RetryOptions, StatusCode, TransportOptions};
+use azure_storage::shared_access_signature::service_sas::BlobSasPermissions;
+use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
+use azure_storage_blobs::prelude::*;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use md5::{Digest, Md5};
+
+use super::{
+    prefixed, validate_key, ObjectInfo, PartReader, PutReceipt, Secret, StorageBackend, StorageError, StorageResult,
+};
+use crate::domain::Provider;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One request, a block of up to 8 MiB included, on a slow link.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub enum AzureCredentials {
+    /// Account name and shared key; the only kind that can sign SAS URLs for downloads.
+    SharedKey { account: String, key: Secret },
+    /// A SAS token (`sv=...&sig=...`) for the account or container.
+    Sas { account: String, token: Secret },
+    /// A full connection string (`AccountName=...;AccountKey=...;BlobEndpoint=...`).
+    ConnectionString(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct AzureSettings {
+    pub container: String,
+    /// Blob endpoint with the account, e.g. `http://127.0.0.1:10000/devstoreaccount1` for
+    /// Azurite; `None` for the public cloud (`https://{account}.blob.core.windows.net`).
+    pub endpoint: Option<String>,
+    pub key_prefix: String,
+    pub credentials: AzureCredentials,
+}
+
+pub struct AzureBackend {
+    container: ContainerClient,
+    settings: AzureSettings,
+    /// Base URL shown by `storage/info`, without credentials.
+    base_url: String,
+}
+
+impl AzureBackend {
+    /// Fails on a connection string or SAS token that does not parse.
+    pub fn new(settings: AzureSettings) -> Result<Self, StorageError> {
+        let invalid = |what: &str, err: azure_core::Error| StorageError::Invalid(format!("{what}: {err}"));
+        let (account, credentials, endpoint) = match &settings.credentials {
+            AzureCredentials::SharedKey { account, key } => (
+                account.clone(),
+                StorageCredentials::access_key(account.clone(), key.expose().to_string()),
+                settings.endpoint.clone(),
+            ),
+            AzureCredentials::Sas { account, token } => (
+                account.clone(),
+                StorageCredentials::sas_token(token.expose().trim_start_matches('?'))
+                    .map_err(|e| invalid("SAS token", e))?,
+                settings.endpoint.clone(),
+            ),
+            AzureCredentials::ConnectionString(text) => {
+                let parsed = ConnectionString::new(text.expose()).map_err(|e| invalid("connection string", e))?;
+                let account = parsed
+                    .account_name
+                    .ok_or_else(|| StorageError::Invalid("connection string has no AccountName".into()))?
+                    .to_string();
+                let credentials = parsed
+                    .storage_credentials()
+                    .map_err(|e| invalid("connection string", e))?;
+                let endpoint = settings
+                    .endpoint
+                    .clone()
+                    .or_else(|| parsed.blob_endpoint.map(str::to_string));
+                (account, credentials, endpoint)
+            }
+        };
+        let location = match &endpoint {
+            Some(uri) => CloudLocation::Custom {
+                account: account.clone(),
+                uri: uri.trim_end_matches('/').to_string(),
+            },
+            None => CloudLocation::Public {
+                account: account.clone(),
+            },
+        };
+        let base_url = match &endpoint {
+            Some(uri) => super::credential_free(uri),
+            None => format!("https://{account}.blob.core.windows.net"),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| StorageError::Invalid(format!("http client: {e}")))?;
+        let container = ClientBuilder::with_location(location, credentials)
+            // The durable upload queue owns retries and their backoff.
+            .retry(RetryOptions::none())
+            .transport(TransportOptions::new(Arc::new(http)))
+            .container_client(settings.container.clone());
+        Ok(Self {
+            container,
+            base_url: format!("{base_url}/{}", settings.container),
+            settings,
+        })
+    }
+
+    /// Creates the container unless it exists: for first runs against a fresh account and for
+    /// test setups (the recorder itself never creates buckets: a missing one is a setup error).
+    pub async fn create_container(&self) -> StorageResult<()> {
+        match self.container.create().await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::HttpResponse {
+                        status: StatusCode::Conflict,
+                        ..
+                    }
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(map_err(err, "create container")),
+        }
+    }
+
+    fn blob(&self, key: &str) -> StorageResult<BlobClient> {
+        validate_key(key)?;
+        Ok(self.container.blob_client(prefixed(&self.settings.key_prefix, key)))
+    }
+}
+
+fn map_err(err: azure_core::Error, what: &str) -> StorageError {
+    let detail = format!("{what}: {err}");
+    match err.kind() {
+        ErrorKind::HttpResponse { status, error_code } => {
+            let code = error_code.as_deref().unwrap_or("");
+            match (*status, code) {
+                (_, "ContainerNotFound") => StorageError::MissingBucket(detail),
+                (_, "BlobNotFound") | (StatusCode::NotFound, _) => StorageError::NotFound(detail),
+                (StatusCode::Unauthorized | StatusCode::Forbidden, _)
+                | (_, "AuthenticationFailed" | "AuthorizationFailure") => StorageError::Unauthorized(detail),
+                (StatusCode::RequestTimeout | StatusCode::TooManyRequests, _) => StorageError::Service(detail),
+                (status, _) if u16::from(status) >= 500 => StorageError::Service(detail),
+                _ => StorageError::Invalid(detail),
+            }
+        }
+        ErrorKind::Io => {
+            if detail.contains("timed out") || detail.contains("timeout") {
+                StorageError::Timeout(detail)
+            } else {
+                StorageError::Io(detail)
+            }
+        }
+        ErrorKind::Credential => StorageError::Unauthorized(detail),
+        _ => StorageError::Service(detail),
+    }
+}
+
+/// Block ids must all have the same length within a blob: a zero-padded part number.
+fn block_id(part_number: u64) -> BlockId {
+    BlockId::new(format!("{part_number:08}"))
+}
+
+impl StorageBackend for AzureBackend {
+    fn provider(&self) -> Provider {
+        Provider::AzureBlob
+    }
+
+    fn url(&self) -> String {
+        match self.settings.key_prefix.trim_matches('/') {
+            "" => self.base_url.clone(),
+            prefix => format!("{}/{prefix}", self.base_url),
+        }
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!("{}/{}", self.base_url, prefixed(&self.settings.key_prefix, key))
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) -> BoxFuture<'static, StorageResult<u64>> {
+        let blob = self.blob(key);
+        async move {
+            let size = bytes.len() as u64;
+            let md5: [u8; 16] = Md5::digest(&bytes).into();
+            blob?
+                .put_block_blob(bytes)
+                .hash(md5)
+                .await
+                .map_err(|e| map_err(e, "put blob"))?;
+            Ok(size)
+        }
+        .boxed()
+    }
+
+    fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let blob = self.blob(key);
+        async move { blob?.get_content().await.map_err(|e| map_err(e, "get blob")) }.boxed()
+    }
+
+    fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>> {
+        let blob = self.blob(key);
+        async move {
+            match blob?.delete().await {
+                Ok(_) => Ok(()),
+                Err(err) => match map_err(err, "delete blob") {
+                    // Deleting what is not there is done.
+                    StorageError::NotFound(_) => Ok(()),
+                    other => Err(other),
+                },
+            }
+        }
+        .boxed()
+    }
+
+    fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>> {
+        let container = self.container.clone();
+        let name = self.settings.container.clone();
+        async move {
+            match container.get_properties().await {
+                Ok(_) => Ok(()),
+                Err(err) => Err(match map_err(err, &format!("container {name}")) {
+                    StorageError::NotFound(m) => StorageError::MissingBucket(m),
+                    other => other,
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        let blob = self.blob(key);
+        let path = path.to_path_buf();
+        async move {
+            let blob = blob?;
+            let mut reader = PartReader::open(&path).await?;
+            if reader.num_parts() == 1 {
+                let body = reader.next_part().await?.unwrap_or_default();
+                let md5: [u8; 16] = Md5::digest(&body).into();
+                blob.put_block_blob(body)
+                    .hash(md5)
+                    .await
+                    .map_err(|e| map_err(e, "put blob"))?;
+                return Ok(reader.finish());
+            }
+            let mut blocks = Vec::new();
+            let mut part_number = 0u64;
+            while let Some(body) = reader.next_part().await? {
+                let id = block_id(part_number);
+                let md5: [u8; 16] = Md5::digest(&body).into();
+                blob.put_block(id.clone(), body)
+                    .hash(md5)
+                    .await
+                    .map_err(|e| map_err(e, &format!("put block {part_number}")))?;
+                blocks.push(BlobBlockType::new_uncommitted(id));
+                part_number += 1;
+            }
+            let receipt = reader.finish();
+            let whole_md5 = hex::decode(&receipt.md5_hex).expect("hex we encoded decodes");
+            let whole_md5 =
+                BlobContentMD5::from(<[u8; 16]>::try_from(whole_md5.as_slice()).expect("an MD5 has 16 bytes"));
+            blob.put_block_list(BlockList { blocks })
+                .content_md5(whole_md5)
+                .await
+                .map_err(|e| map_err(e, "put block list"))?;
+            Ok(receipt)
+        }
+        .boxed()
+    }
+
+    fn head(&self, key: &str) -> BoxFuture<'static, StorageResult<ObjectInfo>> {
+        let blob = self.blob(key);
+        async move {
+            let properties = blob?
+                .get_properties()
+                .await
+                .map_err(|e| map_err(e, "blob properties"))?;
+            let properties = properties.blob.properties;
+            Ok(ObjectInfo {
+                size: properties.content_length,
+                md5_hex: properties.content_md5.map(|md5| hex::encode(md5.as_slice())),
+            })
+        }
+        .boxed()
+    }
+
+    fn signed_url(&self, key: &str, ttl: Duration) -> BoxFuture<'static, StorageResult<Option<String>>> {
+        let blob = self.blob(key);
+        let can_sign = matches!(
+            self.settings.credentials,
+            AzureCredentials::SharedKey { .. } | AzureCredentials::ConnectionString(_)
+        );
+        async move {
+            let blob = blob?;
+            if !can_sign {
+                // A SAS token cannot mint another SAS, and handing out the configured one would
+                // leak a credential: no provider URL.
+                return Ok(None);
+            }
+            let expiry = time::OffsetDateTime::now_utc()
+                + time::Duration::try_from(ttl).map_err(|e| StorageError::Invalid(format!("lifetime: {e}")))?;
+            let permissions = BlobSasPermissions {
+                read: true,
+                ..Default::default()
+            };
+            let sas = match blob.shared_access_signature(permissions, expiry).await {
+                Ok(sas) => sas,
+                // A connection string with a SAS instead of a key cannot sign either.
+                Err(err) if matches!(err.kind(), ErrorKind::Credential) => return Ok(None),
+                Err(err) => return Err(map_err(err, "sign blob URL")),
+            };
+            let url = blob
+                .generate_signed_blob_url(&sas)
+                .map_err(|e| map_err(e, "sign blob URL"))?;
+            Ok(Some(url.to_string()))
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_ids_have_one_length() {
+        assert_eq!(block_id(0), BlockId::new("00000000"));
+        assert_eq!(block_id(12345), BlockId::new("00012345"));
+    }
+}

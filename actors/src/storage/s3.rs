@@ -1,0 +1,397 @@
+//! Amazon S3 and S3-compatible stores, through `aws-sdk-s3` on the SDK's default HTTP stack
+//! (hyper 1 + rustls). The only module that imports the AWS SDK.
+//!
+//! Integrity: every PUT and UploadPart carries `Content-MD5`, so the service refuses a body that
+//! was damaged on the way; after the upload the uploader compares `HEAD`'s size (and the ETag when
+//! it is a plain MD5) with what was read from the local file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::{
+    md5_base64, prefixed, validate_key, ObjectInfo, PartReader, PutReceipt, Secret, StorageBackend, StorageError,
+    StorageResult,
+};
+use crate::domain::Provider;
+
+/// How long connecting may take before the attempt counts as a timeout (an unreachable host).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One request attempt, a part of up to 8 MiB included, on a slow link.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: String,
+    /// Custom endpoint for S3-compatible stores (MinIO, Ceph, s3s); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    pub path_style: bool,
+    pub key_prefix: String,
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+pub struct S3Backend {
+    client: aws_sdk_s3::Client,
+    settings: S3Settings,
+}
+
+impl S3Backend {
+    pub fn new(settings: S3Settings) -> Self {
+        let credentials = Credentials::new(
+            settings.access_key_id.expose(),
+            settings.secret_access_key.expose(),
+            settings.session_token.as_ref().map(|t| t.expose().to_string()),
+            None,
+            "rtc-recorder-config",
+        );
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(settings.path_style)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
+            // The durable upload queue retries with its own backoff; one quick SDK retry covers a
+            // dropped keep-alive connection without hiding an outage for minutes.
+            .retry_config(RetryConfig::standard().with_max_attempts(2))
+            // Content-MD5 is the integrity check; the SDK's default CRC trailers are not
+            // understood by every S3-compatible store.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            settings,
+        }
+    }
+
+    fn object_key(&self, key: &str) -> StorageResult<String> {
+        validate_key(key)?;
+        Ok(prefixed(&self.settings.key_prefix, key))
+    }
+}
+
+/// What a 404 means for the request that got it.
+#[derive(Clone, Copy)]
+enum Missing {
+    Object,
+    Bucket,
+}
+
+fn map_err<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>, what: &str, missing: Missing) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::TimeoutError(_) => StorageError::Timeout(format!("{what}: no answer in time")),
+        SdkError::DispatchFailure(failure) => {
+            let detail = format!("{what}: {}", error_chain(&err));
+            if failure.is_timeout() {
+                StorageError::Timeout(detail)
+            } else if failure.is_io() {
+                StorageError::Io(detail)
+            } else {
+                StorageError::Service(detail)
+            }
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or("");
+            let message = service.err().message().unwrap_or("");
+            let detail = format!("{what}: HTTP {status} {code} {message}").trim_end().to_string();
+            match (status, code) {
+                (_, "NoSuchBucket") => StorageError::MissingBucket(detail),
+                (_, "NoSuchKey") => StorageError::NotFound(detail),
+                // HEAD answers carry no body: a bare 404 means what the request was about.
+                (404, _) => match missing {
+                    Missing::Object => StorageError::NotFound(detail),
+                    Missing::Bucket => StorageError::MissingBucket(detail),
+                },
+                (401 | 403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+                    StorageError::Unauthorized(detail)
+                }
+                (408 | 429, _) | (500..=599, _) => StorageError::Service(detail),
+                _ => StorageError::Invalid(detail),
+            }
+        }
+        _ => StorageError::Service(format!("{what}: {}", error_chain(&err))),
+    }
+}
+
+/// The error and its sources on one line: the SDK's top-level messages alone ("dispatch
+/// failure") do not say that the connection was refused.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+impl StorageBackend for S3Backend {
+    fn provider(&self) -> Provider {
+        Provider::AmazonS3
+    }
+
+    fn url(&self) -> String {
+        let base = match &self.settings.endpoint {
+            Some(endpoint) => format!("{}/{}", super::credential_free(endpoint), self.settings.bucket),
+            None => format!("s3://{}", self.settings.bucket),
+        };
+        match self.settings.key_prefix.trim_matches('/') {
+            "" => base,
+            prefix => format!("{base}/{prefix}"),
+        }
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!(
+            "s3://{}/{}",
+            self.settings.bucket,
+            prefixed(&self.settings.key_prefix, key)
+        )
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) -> BoxFuture<'static, StorageResult<u64>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        async move {
+            let key = key?;
+            let size = bytes.len() as u64;
+            client
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .content_md5(md5_base64(&bytes))
+                .body(ByteStream::from(bytes))
+                .send()
+                .await
+                .map_err(|e| map_err(e, "put object", Missing::Bucket))?;
+            Ok(size)
+        }
+        .boxed()
+    }
+
+    fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        async move {
+            let key = key?;
+            let output = client
+                .get_object()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| map_err(e, "get object", Missing::Object))?;
+            let body = output
+                .body
+                .collect()
+                .await
+                .map_err(|e| StorageError::Io(format!("get object: reading the body: {e}")))?;
+            Ok(body.into_bytes().to_vec())
+        }
+        .boxed()
+    }
+
+    fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        async move {
+            client
+                .delete_object()
+                .bucket(&bucket)
+                .key(key?)
+                .send()
+                .await
+                .map_err(|e| map_err(e, "delete object", Missing::Bucket))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        async move {
+            client
+                .head_bucket()
+                .bucket(&bucket)
+                .send()
+                .await
+                .map_err(|e| map_err(e, &format!("bucket {bucket}"), Missing::Bucket))?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        let path = path.to_path_buf();
+        async move {
+            let key = key?;
+            let mut reader = PartReader::open(&path).await?;
+            if reader.num_parts() == 1 {
+                let body = reader.next_part().await?.unwrap_or_default();
+                client
+                    .put_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .content_md5(md5_base64(&body))
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(|e| map_err(e, "put object", Missing::Bucket))?;
+                return Ok(reader.finish());
+            }
+            let upload = client
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| map_err(e, "start multipart upload", Missing::Bucket))?;
+            let upload_id = upload
+                .upload_id()
+                .ok_or_else(|| StorageError::Service("start multipart upload: no upload id in the answer".into()))?
+                .to_string();
+            let result = upload_parts(&client, &bucket, &key, &upload_id, &mut reader).await;
+            if result.is_err() {
+                // Parts of an abandoned upload are billed until aborted; best effort, the error
+                // that matters is the one already in hand.
+                let _ = client
+                    .abort_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+            }
+            result?;
+            Ok(reader.finish())
+        }
+        .boxed()
+    }
+
+    fn head(&self, key: &str) -> BoxFuture<'static, StorageResult<ObjectInfo>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        async move {
+            let output = client
+                .head_object()
+                .bucket(&bucket)
+                .key(key?)
+                .send()
+                .await
+                .map_err(|e| map_err(e, "head object", Missing::Object))?;
+            // The ETag is the content's MD5 only for single-part objects not encrypted with KMS.
+            let kms = matches!(
+                output.server_side_encryption(),
+                Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+            );
+            let md5_hex = output
+                .e_tag()
+                .map(|etag| etag.trim_matches('"').to_ascii_lowercase())
+                .filter(|etag| !kms && etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()));
+            Ok(ObjectInfo {
+                size: output.content_length().unwrap_or(0).max(0) as u64,
+                md5_hex,
+            })
+        }
+        .boxed()
+    }
+
+    fn signed_url(&self, key: &str, ttl: Duration) -> BoxFuture<'static, StorageResult<Option<String>>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        async move {
+            let config = PresigningConfig::expires_in(ttl)
+                .map_err(|e| StorageError::Invalid(format!("signed URL lifetime {ttl:?}: {e}")))?;
+            let request = client
+                .get_object()
+                .bucket(&bucket)
+                .key(key?)
+                .presigned(config)
+                .await
+                .map_err(|e| map_err(e, "presign", Missing::Object))?;
+            Ok(Some(request.uri().to_string()))
+        }
+        .boxed()
+    }
+}
+
+async fn upload_parts(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    reader: &mut PartReader,
+) -> StorageResult<()> {
+    let mut parts = Vec::new();
+    let mut part_number = 1;
+    while let Some(body) = reader.next_part().await? {
+        let output = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_md5(md5_base64(&body))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err(e, &format!("upload part {part_number}"), Missing::Bucket))?;
+        parts.push(
+            CompletedPart::builder()
+                .part_number(part_number)
+                .set_e_tag(output.e_tag().map(str::to_string))
+                .build(),
+        );
+        part_number += 1;
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await
+        .map_err(|e| map_err(e, "complete multipart upload", Missing::Bucket))?;
+    Ok(())
+}

@@ -1,0 +1,463 @@
+//! SFTP through `russh` + `russh-sftp`: a pure-Rust async SSH client, public-key auth, and a pinned
+//! host key (a server presenting any other key is refused before credentials are sent). The only
+//! module that speaks SSH.
+//!
+//! Each operation opens its own connection: uploads are minutes apart and an SSH handshake on a
+//! LAN costs milliseconds, while a pooled session would need its own liveness and reconnect logic
+//! after every server restart. Writes go to a temp file in the target directory and are renamed
+//! into place, so a reader never sees half an object.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::StatusCode;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    prefixed, validate_key, ObjectInfo, PartReader, PutReceipt, Secret, StorageBackend, StorageError, StorageResult,
+};
+use crate::domain::Provider;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no traffic for this long is dead (a server that vanished mid-upload).
+const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct SftpSettings {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    /// OpenSSH private key (PEM/OpenSSH format, unencrypted or with `private_key_passphrase`).
+    pub private_key: Secret,
+    pub private_key_passphrase: Option<Secret>,
+    /// The server's public host key, `ssh-ed25519 AAAA...` as in a known_hosts or `.pub` file.
+    pub host_key: String,
+    /// Absolute directory on the server that holds the objects.
+    pub root: String,
+    pub key_prefix: String,
+}
+
+pub struct SftpBackend {
+    settings: Arc<SftpSettings>,
+    host_key: PublicKey,
+    private_key: Arc<russh::keys::PrivateKey>,
+}
+
+impl SftpBackend {
+    /// Fails on a host key or private key that does not parse.
+    pub fn new(settings: SftpSettings) -> Result<Self, StorageError> {
+        let host_key = parse_host_key(&settings.host_key)?;
+        let private_key = russh::keys::decode_secret_key(
+            settings.private_key.expose(),
+            settings.private_key_passphrase.as_ref().map(|p| p.expose()),
+        )
+        .map_err(|e| StorageError::Invalid(format!("private key: {e}")))?;
+        if !settings.root.starts_with('/') {
+            return Err(StorageError::Invalid(format!(
+                "root {:?} must be an absolute path",
+                settings.root
+            )));
+        }
+        Ok(Self {
+            settings: Arc::new(settings),
+            host_key,
+            private_key: Arc::new(private_key),
+        })
+    }
+
+    fn remote_path(&self, key: &str) -> StorageResult<String> {
+        validate_key(key)?;
+        Ok(format!(
+            "{}/{}",
+            self.settings.root.trim_end_matches('/'),
+            prefixed(&self.settings.key_prefix, key)
+        ))
+    }
+
+    fn connector(&self) -> Connector {
+        Connector {
+            settings: self.settings.clone(),
+            host_key: self.host_key.clone(),
+            private_key: self.private_key.clone(),
+        }
+    }
+}
+
+/// Accepts `ssh-ed25519 AAAA... comment`, or a known_hosts line with host patterns before it.
+fn parse_host_key(text: &str) -> Result<PublicKey, StorageError> {
+    let text = text.trim();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let start = fields
+        .iter()
+        .position(|f| f.starts_with("ssh-") || f.starts_with("ecdsa-"))
+        .ok_or_else(|| StorageError::Invalid("host_key: expected \"ssh-<type> <base64>\"".into()))?;
+    let key_text = fields[start..].iter().take(2).copied().collect::<Vec<_>>().join(" ");
+    PublicKey::from_openssh(&key_text).map_err(|e| StorageError::Invalid(format!("host_key: {e}")))
+}
+
+/// Everything one operation needs to open its own session, cloneable into a `'static` future.
+#[derive(Clone)]
+struct Connector {
+    settings: Arc<SftpSettings>,
+    host_key: PublicKey,
+    private_key: Arc<russh::keys::PrivateKey>,
+}
+
+struct PinnedHostKey {
+    expected: PublicKey,
+}
+
+impl russh::client::Handler for PinnedHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, server_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == self.expected.key_data(),
+            PublicKeyOrCertificate::Certificate(_) => false,
+        })
+    }
+}
+
+/// An open SFTP session; the SSH connection stays up as long as this lives.
+struct Connection {
+    sftp: SftpSession,
+    _ssh: russh::client::Handle<PinnedHostKey>,
+}
+
+impl Connector {
+    fn host(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    async fn connect(&self) -> StorageResult<Connection> {
+        let config = Arc::new(russh::client::Config {
+            inactivity_timeout: Some(INACTIVITY_TIMEOUT),
+            ..Default::default()
+        });
+        let handler = PinnedHostKey {
+            expected: self.host_key.clone(),
+        };
+        let address = (self.settings.host.clone(), self.settings.port);
+        let mut ssh = tokio::time::timeout(CONNECT_TIMEOUT, russh::client::connect(config, address, handler))
+            .await
+            .map_err(|_| StorageError::Timeout(format!("connecting to {}: no answer in time", self.host())))?
+            .map_err(|e| self.ssh_error(e))?;
+        let hash_alg = ssh
+            .best_supported_rsa_hash()
+            .await
+            .map_err(|e| self.ssh_error(e))?
+            .flatten();
+        let auth = ssh
+            .authenticate_publickey(
+                self.settings.username.clone(),
+                PrivateKeyWithHashAlg::new(self.private_key.clone(), hash_alg),
+            )
+            .await
+            .map_err(|e| self.ssh_error(e))?;
+        if !matches!(auth, russh::client::AuthResult::Success) {
+            return Err(StorageError::Unauthorized(format!(
+                "{} refused the key of user {}",
+                self.host(),
+                self.settings.username
+            )));
+        }
+        let channel = ssh.channel_open_session().await.map_err(|e| self.ssh_error(e))?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| self.ssh_error(e))?;
+        let sftp = SftpSession::new(channel.into_stream())
+            .await
+            .map_err(|e| sftp_error(e, "start sftp"))?;
+        Ok(Connection { sftp, _ssh: ssh })
+    }
+
+    fn ssh_error(&self, err: russh::Error) -> StorageError {
+        let detail = format!("{}: {err}", self.host());
+        match err {
+            russh::Error::UnknownKey | russh::Error::WrongServerSig => StorageError::Unauthorized(format!(
+                "{}: the server's host key does not match the pinned host_key",
+                self.host()
+            )),
+            russh::Error::NotAuthenticated | russh::Error::NoAuthMethod | russh::Error::UnsupportedAuthMethod => {
+                StorageError::Unauthorized(detail)
+            }
+            russh::Error::ConnectionTimeout
+            | russh::Error::KeepaliveTimeout
+            | russh::Error::InactivityTimeout
+            | russh::Error::Elapsed(_) => StorageError::Timeout(detail),
+            russh::Error::IO(_) | russh::Error::Disconnect | russh::Error::HUP | russh::Error::SendError => {
+                StorageError::Io(detail)
+            }
+            _ => StorageError::Service(detail),
+        }
+    }
+}
+
+fn sftp_error(err: russh_sftp::client::error::Error, what: &str) -> StorageError {
+    use russh_sftp::client::error::Error;
+    let detail = format!("{what}: {err}");
+    match &err {
+        Error::Status(status) => match status.status_code {
+            StatusCode::NoSuchFile => StorageError::NotFound(detail),
+            StatusCode::PermissionDenied => StorageError::Unauthorized(detail),
+            _ => StorageError::Service(detail),
+        },
+        Error::Timeout => StorageError::Timeout(detail),
+        Error::IO(_) => StorageError::Io(detail),
+        _ => StorageError::Service(detail),
+    }
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("")
+}
+
+impl Connection {
+    /// Creates the directories between the root (which must exist) and `dir`.
+    async fn create_dirs(&self, root: &str, dir: &str) -> StorageResult<()> {
+        let rest = dir.strip_prefix(root).unwrap_or("").trim_start_matches('/');
+        let mut current = root.trim_end_matches('/').to_string();
+        for segment in rest.split('/').filter(|s| !s.is_empty()) {
+            current = format!("{current}/{segment}");
+            match self.sftp.metadata(current.clone()).await {
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(_) => {
+                    return Err(StorageError::Invalid(format!(
+                        "{current} exists and is not a directory"
+                    )))
+                }
+                Err(_) => {
+                    if let Err(err) = self.sftp.create_dir(current.clone()).await {
+                        // Another upload may have created it meanwhile.
+                        if !matches!(self.sftp.metadata(current.clone()).await, Ok(meta) if meta.is_dir()) {
+                            return Err(sftp_error(err, &format!("create directory {current}")));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames `tmp` over `path`. Plain SFTP rename refuses an existing target, so an overwrite
+    /// removes the old object first: for that instant a reader sees no object, never a partial one.
+    async fn replace(&self, tmp: &str, path: &str) -> StorageResult<()> {
+        if self.sftp.rename(tmp, path).await.is_ok() {
+            return Ok(());
+        }
+        let _ = self.sftp.remove_file(path).await;
+        if let Err(err) = self.sftp.rename(tmp, path).await {
+            let _ = self.sftp.remove_file(tmp).await;
+            return Err(sftp_error(err, &format!("rename into {path}")));
+        }
+        Ok(())
+    }
+
+    /// Writes to a temp file beside `path` with `write`, then renames it into place.
+    async fn write_atomically<F, Fut, T>(&self, root: &str, path: &str, write: F) -> StorageResult<T>
+    where
+        F: FnOnce(russh_sftp::client::fs::File) -> Fut,
+        Fut: std::future::Future<Output = StorageResult<T>>,
+    {
+        let dir = parent(path);
+        self.create_dirs(root, dir).await?;
+        let name = path.rsplit('/').next().unwrap_or("object");
+        let tmp = format!("{dir}/.{name}.{}.tmp", uuid::Uuid::new_v4().simple());
+        let file = self
+            .sftp
+            .create(tmp.clone())
+            .await
+            .map_err(|e| sftp_error(e, &format!("create {tmp}")))?;
+        match write(file).await {
+            Ok(value) => {
+                self.replace(&tmp, path).await?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = self.sftp.remove_file(tmp).await;
+                Err(err)
+            }
+        }
+    }
+}
+
+fn write_error(err: std::io::Error) -> StorageError {
+    if err.kind() == std::io::ErrorKind::TimedOut {
+        StorageError::Timeout(format!("write: {err}"))
+    } else {
+        StorageError::Io(format!("write: {err}"))
+    }
+}
+
+impl StorageBackend for SftpBackend {
+    fn provider(&self) -> Provider {
+        Provider::SftpStorage
+    }
+
+    fn url(&self) -> String {
+        let base = format!(
+            "sftp://{}:{}{}",
+            self.settings.host,
+            self.settings.port,
+            self.settings.root.trim_end_matches('/')
+        );
+        match self.settings.key_prefix.trim_matches('/') {
+            "" => base,
+            prefix => format!("{base}/{prefix}"),
+        }
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!(
+            "sftp://{}:{}{}/{}",
+            self.settings.host,
+            self.settings.port,
+            self.settings.root.trim_end_matches('/'),
+            prefixed(&self.settings.key_prefix, key)
+        )
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) -> BoxFuture<'static, StorageResult<u64>> {
+        let connector = self.connector();
+        let path = self.remote_path(key);
+        async move {
+            let path = path?;
+            let connection = connector.connect().await?;
+            let size = bytes.len() as u64;
+            connection
+                .write_atomically(&connector.settings.root, &path, |mut file| async move {
+                    file.write_all(&bytes).await.map_err(write_error)?;
+                    file.shutdown().await.map_err(write_error)?;
+                    Ok(())
+                })
+                .await?;
+            Ok(size)
+        }
+        .boxed()
+    }
+
+    fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let connector = self.connector();
+        let path = self.remote_path(key);
+        async move {
+            let path = path?;
+            let connection = connector.connect().await?;
+            connection
+                .sftp
+                .read(path.clone())
+                .await
+                .map_err(|e| sftp_error(e, &format!("read {path}")))
+        }
+        .boxed()
+    }
+
+    fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>> {
+        let connector = self.connector();
+        let path = self.remote_path(key);
+        async move {
+            let path = path?;
+            let connection = connector.connect().await?;
+            match connection.sftp.remove_file(path.clone()).await {
+                Ok(()) => Ok(()),
+                Err(err) => match sftp_error(err, &format!("remove {path}")) {
+                    StorageError::NotFound(_) => Ok(()),
+                    other => Err(other),
+                },
+            }
+        }
+        .boxed()
+    }
+
+    fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>> {
+        let connector = self.connector();
+        async move {
+            let connection = connector.connect().await?;
+            let root = connector.settings.root.clone();
+            match connection.sftp.metadata(root.clone()).await {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(StorageError::MissingBucket(format!("{root} is not a directory"))),
+                Err(err) => Err(match sftp_error(err, &format!("directory {root}")) {
+                    StorageError::NotFound(m) => StorageError::MissingBucket(m),
+                    other => other,
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn put_file(&self, key: &str, local: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        let connector = self.connector();
+        let path = self.remote_path(key);
+        let local = local.to_path_buf();
+        async move {
+            let path = path?;
+            let mut reader = PartReader::open(&local).await?;
+            let connection = connector.connect().await?;
+            connection
+                .write_atomically(&connector.settings.root, &path, |mut file| async move {
+                    while let Some(part) = reader.next_part().await? {
+                        file.write_all(&part).await.map_err(write_error)?;
+                    }
+                    file.shutdown().await.map_err(write_error)?;
+                    Ok(reader.finish())
+                })
+                .await
+        }
+        .boxed()
+    }
+
+    fn head(&self, key: &str) -> BoxFuture<'static, StorageResult<ObjectInfo>> {
+        let connector = self.connector();
+        let path = self.remote_path(key);
+        async move {
+            let path = path?;
+            let connection = connector.connect().await?;
+            let meta = connection
+                .sftp
+                .metadata(path.clone())
+                .await
+                .map_err(|e| sftp_error(e, &format!("stat {path}")))?;
+            Ok(ObjectInfo {
+                size: meta.len(),
+                md5_hex: None,
+            })
+        }
+        .boxed()
+    }
+
+    fn signed_url(&self, _key: &str, _ttl: Duration) -> BoxFuture<'static, StorageResult<Option<String>>> {
+        // SFTP has no signed URLs: the recorder serves such objects behind its own.
+        async { Ok(None) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_keys_parse_from_pub_files_and_known_hosts_lines() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+        assert!(parse_host_key(key).is_ok());
+        assert!(parse_host_key(&format!("{key} host@example")).is_ok());
+        assert!(parse_host_key(&format!("[127.0.0.1]:2222 {key}")).is_ok());
+        assert!(parse_host_key("nonsense").is_err());
+        assert!(parse_host_key("ssh-ed25519 !!!").is_err());
+    }
+
+    #[test]
+    fn parents_of_remote_paths() {
+        assert_eq!(parent("/srv/a/b.json"), "/srv/a");
+        assert_eq!(parent("b.json"), "");
+    }
+}

@@ -1,0 +1,391 @@
+//! The durable upload queue against real stores: a track file uploaded in parts, verified, then
+//! deleted locally; an S3 server killed in the middle of an upload and restarted (the upload
+//! completes exactly once); wrong credentials (the artefact shows the error, the file stays);
+//! `recording.json` written after every other artefact; jobs resumed by a new uploader after a
+//! restart.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use recorder_actors::actors::{queue_track_file, Kick, Uploader};
+use recorder_actors::domain::*;
+use recorder_actors::snapshot::{ActorSnapshot, Snapshot};
+use recorder_actors::storage::*;
+use recorder_actors::store::{ArtefactKind, SledStore, StateStore, UploadJob};
+use recorder_actors::{plain_manifest_renderer, ApplicationProfile, EngineConfig};
+use support::*;
+
+const ORG: &str = "org";
+const APP: &str = "app";
+
+fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
+    let now = Utc::now();
+    let mut streams: Vec<StreamRecord> = Vec::new();
+    for (stream_id, track_id) in tracks {
+        let track = TrackRecord {
+            id: track_id.to_string(),
+            kind: TrackType::Video,
+            started: Some(now),
+            stopped: Some(now),
+            local: LocalFileRecord {
+                location: None,
+                created: Some(now),
+                deleted: None,
+                error: None,
+            },
+            object: ObjectRecord::default(),
+        };
+        match streams.iter_mut().find(|s| s.id == *stream_id) {
+            Some(stream) => stream.tracks.push(track),
+            None => streams.push(StreamRecord {
+                id: stream_id.to_string(),
+                user_id: "agent".into(),
+                kind: StreamType::Cam,
+                state: StreamState::Stopped,
+                started: Some(now),
+                stopped: Some(now),
+                tracks: vec![track],
+            }),
+        }
+    }
+    InstanceRecord {
+        schema_version: RECORD_SCHEMA_VERSION,
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        recorder_id: "node-1".into(),
+        organization_id: ORG.into(),
+        application_id: APP.into(),
+        conversation_id: "conv".into(),
+        conference_id: "room".into(),
+        audio: true,
+        video: true,
+        state: InstanceState::Stopped,
+        created: now,
+        started: Some(now),
+        stopped: Some(now),
+        recovered: None,
+        error: None,
+        provider: Provider::AmazonS3,
+        storage_url: String::new(),
+        streams,
+        transcript: None,
+        num_transcript_entries: 0,
+        cobrowse_sessions: BTreeMap::new(),
+        history: vec![],
+    }
+}
+
+struct Rig {
+    store: Arc<dyn StateStore>,
+    uploader: Addr<Uploader>,
+    backend: Arc<dyn StorageBackend>,
+}
+
+fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<EngineConfig>) {
+    let profile = Arc::new(ApplicationProfile {
+        organization_id: ORG.into(),
+        application_id: APP.into(),
+        backend,
+    });
+    let config = Arc::new(EngineConfig {
+        recorder_id: "node-1".into(),
+        applications: HashMap::from([((ORG.to_string(), APP.to_string()), profile.clone())]),
+        upload_concurrency: 2,
+        upload_retry_base: Duration::from_millis(100),
+        upload_retry_max: Duration::from_millis(500),
+        delete_local_after_upload: true,
+        render_manifest: plain_manifest_renderer(),
+    });
+    (profile, config)
+}
+
+fn rig(state_dir: &Path, backend: Arc<dyn StorageBackend>) -> Rig {
+    let store: Arc<dyn StateStore> = Arc::new(SledStore::open(state_dir).unwrap());
+    let (profile, config) = config(backend.clone());
+    let uploader = Uploader::new(store.clone(), profile, config).start();
+    Rig {
+        store,
+        uploader,
+        backend,
+    }
+}
+
+impl Rig {
+    async fn snapshot(&self) -> ActorSnapshot {
+        self.uploader.send(Snapshot).await.unwrap()
+    }
+
+    async fn queue(&self, record: &InstanceRecord, stream: &str, track: &str, file: &Path) {
+        queue_track_file(self.store.as_ref(), record, stream, track, file).unwrap();
+        self.store.flush().await.unwrap();
+        self.uploader.send(Kick).await.unwrap();
+    }
+
+    fn track(&self, instance_id: &str, stream: &str, track: &str) -> TrackRecord {
+        let mut record = self.store.get_instance(instance_id).unwrap().unwrap();
+        record.track_mut(stream, track).unwrap().clone()
+    }
+
+    async fn wait_for<T>(&self, what: &str, timeout: Duration, mut probe: impl FnMut(&Rig) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = probe(self) {
+                return value;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; uploader: {:?}", self.snapshot().await);
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn jobs_of(store: &dyn StateStore, instance_id: &str) -> Vec<UploadJob> {
+    store
+        .jobs()
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.instance_id == instance_id)
+        .collect()
+}
+
+#[actix::test]
+async fn a_track_file_is_uploaded_verified_recorded_then_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services::load();
+    let backend: Arc<dyn StorageBackend> = Arc::new(S3Backend::new(services.s3_settings(&unique_prefix("queue"))));
+    let rig = rig(&dir.path().join("state"), backend);
+    let record = instance(&[("cam-1", "v1")]);
+    rig.store.insert_instance(&record).unwrap();
+    let file = dir.path().join("v1.webm");
+    let md5 = write_pattern_file(&file, (9 << 20) + 1, 3);
+    rig.queue(&record, "cam-1", "v1", &file).await;
+
+    let track = rig
+        .wait_for(
+            "the track to be uploaded and deleted locally",
+            Duration::from_secs(60),
+            |r| {
+                let track = r.track(&record.instance_id, "cam-1", "v1");
+                track.local.deleted.is_some().then_some(track)
+            },
+        )
+        .await;
+    let key = record.track_key("cam-1", "v1", "webm");
+    assert_eq!(
+        track.object.location.as_deref(),
+        Some(rig.backend.location(&key).as_str())
+    );
+    assert_eq!(track.object.size, Some((9 << 20) + 1));
+    assert!(
+        track.object.uploaded.is_some() && track.object.error.is_none(),
+        "{track:?}"
+    );
+    assert!(!file.exists(), "the local file is deleted after a verified upload");
+    assert_eq!(md5_hex(&rig.backend.get(&key).await.unwrap()), md5);
+    // The manifest followed, and then the queue of the instance is empty.
+    rig.wait_for("the queue to drain", Duration::from_secs(30), |r| {
+        jobs_of(r.store.as_ref(), &record.instance_id).is_empty().then_some(())
+    })
+    .await;
+    let manifest = rig.backend.get(&record.manifest_key()).await.unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(
+        manifest["streams"][0]["tracks"][0]["object"]["location"],
+        serde_json::json!(rig.backend.location(&key))
+    );
+}
+
+#[actix::test]
+async fn an_s3_outage_mid_upload_ends_in_exactly_one_complete_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services::load();
+    let mut server = S3sServer::start(&services, &dir.path().join("s3"), "fault");
+    let backend: Arc<dyn StorageBackend> = Arc::new(S3Backend::new(server.settings(&services)));
+    let rig = rig(&dir.path().join("state"), backend);
+    let record = instance(&[("cam-1", "v1")]);
+    rig.store.insert_instance(&record).unwrap();
+    let file = dir.path().join("v1.webm");
+    let size = 64 << 20;
+    let md5 = write_pattern_file(&file, size, 5);
+    let bytes_before = server.bytes_on_disk();
+    rig.queue(&record, "cam-1", "v1", &file).await;
+
+    // Kill the server once the first part has reached its disk, and well before the last.
+    rig.wait_for("the first bytes to reach the server", Duration::from_secs(60), |_| {
+        (server.bytes_on_disk() > bytes_before).then_some(())
+    })
+    .await;
+    server.kill();
+    let failed = rig
+        .wait_for("the upload to fail", Duration::from_secs(60), |r| {
+            let track = r.track(&record.instance_id, "cam-1", "v1");
+            track.object.error.clone()
+        })
+        .await;
+    assert!(
+        ["STORAGE_IO", "STORAGE_TIMEOUT", "STORAGE_SERVICE"].contains(&failed.code.as_str()),
+        "an outage is a retryable error: {failed:?}"
+    );
+    let track = rig.track(&record.instance_id, "cam-1", "v1");
+    assert!(
+        track.object.uploaded.is_none() && file.exists(),
+        "nothing counts as uploaded, the file stays"
+    );
+    assert_eq!(
+        jobs_of(rig.store.as_ref(), &record.instance_id).len(),
+        2,
+        "track and manifest stay queued"
+    );
+
+    server.restart();
+    let track = rig
+        .wait_for(
+            "the upload to complete after the restart",
+            Duration::from_secs(120),
+            |r| {
+                let track = r.track(&record.instance_id, "cam-1", "v1");
+                track.local.deleted.is_some().then_some(track)
+            },
+        )
+        .await;
+    assert_eq!(track.object.size, Some(size));
+    assert!(
+        track.object.error.is_none(),
+        "a later success clears the error: {track:?}"
+    );
+    let key = record.track_key("cam-1", "v1", "webm");
+    assert_eq!(rig.backend.head(&key).await.unwrap().size, size);
+    assert_eq!(
+        md5_hex(&rig.backend.get(&key).await.unwrap()),
+        md5,
+        "the object is the whole file"
+    );
+    rig.wait_for("the queue to drain", Duration::from_secs(30), |r| {
+        jobs_of(r.store.as_ref(), &record.instance_id).is_empty().then_some(())
+    })
+    .await;
+    let snapshot = rig.snapshot().await;
+    // Exactly once: one track and one manifest went up, after at least one failed attempt.
+    assert_eq!(snapshot.counters["num_uploaded"], 2, "{snapshot:?}");
+    assert!(snapshot.counters["num_failures"] >= 1, "{snapshot:?}");
+}
+
+#[actix::test]
+async fn wrong_credentials_fail_the_artefact_and_keep_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services::load();
+    let mut settings = services.s3_settings("wrong-credentials");
+    settings.secret_access_key = Secret::new("not-the-secret");
+    let rig = rig(&dir.path().join("state"), Arc::new(S3Backend::new(settings)));
+    let record = instance(&[("mic-1", "a1")]);
+    rig.store.insert_instance(&record).unwrap();
+    let file = dir.path().join("a1.webm");
+    write_pattern_file(&file, 1000, 1);
+    rig.queue(&record, "mic-1", "a1", &file).await;
+
+    let error = rig
+        .wait_for("the failure to be recorded", Duration::from_secs(30), |r| {
+            r.track(&record.instance_id, "mic-1", "a1").object.error
+        })
+        .await;
+    assert_eq!(error.code, "STORAGE_UNAUTHORIZED", "{error:?}");
+    assert!(
+        error.message.contains("access denied"),
+        "a clear message: {}",
+        error.message
+    );
+    let snapshot = rig.snapshot().await;
+    assert_eq!(
+        snapshot.counters["num_parked"], 1,
+        "not retried in a loop: {snapshot:?}"
+    );
+    assert!(file.exists(), "the local file stays");
+    let track = rig.track(&record.instance_id, "mic-1", "a1");
+    assert!(track.local.deleted.is_none() && track.object.uploaded.is_none());
+}
+
+#[actix::test]
+async fn the_manifest_goes_last_and_lists_every_artefact() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn StorageBackend> = Arc::new(LocalBackend::new(dir.path().join("storage")).unwrap());
+    let rig = rig(&dir.path().join("state"), backend);
+    let record = instance(&[("cam-1", "v1"), ("cam-1", "a1"), ("screen-1", "v2")]);
+    rig.store.insert_instance(&record).unwrap();
+    // The manifest is queued first: the uploader must still hold it back.
+    rig.store
+        .enqueue_job(&UploadJob {
+            schema_version: RECORD_SCHEMA_VERSION,
+            key: record.manifest_key(),
+            instance_id: record.instance_id.clone(),
+            organization_id: ORG.into(),
+            application_id: APP.into(),
+            artefact: ArtefactKind::Manifest,
+            generation: 0,
+            num_attempts: 0,
+            last_error: None,
+        })
+        .unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (stream, track) in [("cam-1", "v1"), ("cam-1", "a1"), ("screen-1", "v2")] {
+        let file = dir.path().join(format!("{track}.mkv"));
+        write_pattern_file(&file, 3 << 20, 2);
+        rig.queue(&record, stream, track, &file).await;
+        files.push(file);
+    }
+    rig.wait_for("every job to finish", Duration::from_secs(60), |r| {
+        jobs_of(r.store.as_ref(), &record.instance_id).is_empty().then_some(())
+    })
+    .await;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&rig.backend.get(&record.manifest_key()).await.unwrap()).unwrap();
+    let mut num_listed = 0;
+    for stream in manifest["streams"].as_array().unwrap() {
+        for track in stream["tracks"].as_array().unwrap() {
+            assert!(
+                track["object"]["location"].is_string(),
+                "rendered after the upload: {track}"
+            );
+            assert!(
+                track["local"]["deleted"].is_string(),
+                "and after the local delete: {track}"
+            );
+            num_listed += 1;
+        }
+    }
+    assert_eq!(num_listed, 3);
+    assert!(files.iter().all(|f| !f.exists()));
+}
+
+#[actix::test]
+async fn a_new_uploader_resumes_the_jobs_of_a_crashed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let record = instance(&[("cam-1", "v1")]);
+    let file = dir.path().join("v1.webm");
+    write_pattern_file(&file, 100_000, 4);
+    {
+        // Queued and durable, but no uploader ran: the process died right after.
+        let store = SledStore::open(&dir.path().join("state")).unwrap();
+        store.insert_instance(&record).unwrap();
+        queue_track_file(&store, &record, "cam-1", "v1", &file).unwrap();
+        store.flush().await.unwrap();
+    }
+    let rig = rig(
+        &dir.path().join("state"),
+        Arc::new(LocalBackend::new(&storage).unwrap()),
+    );
+    let track = rig
+        .wait_for("the resumed upload", Duration::from_secs(30), |r| {
+            let track = r.track(&record.instance_id, "cam-1", "v1");
+            track.local.deleted.is_some().then_some(track)
+        })
+        .await;
+    assert_eq!(track.object.size, Some(100_000));
+    assert!(storage.join(record.track_key("cam-1", "v1", "webm")).is_file());
+}

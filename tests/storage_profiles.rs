@@ -1,0 +1,383 @@
+//! Black-box tests of storage profiles: the real `rtc-recorder` binary configured with S3 profiles
+//! pointed at s3s-fs servers on loopback (see `scripts/test-services.sh`).
+//!
+//! - the service is `kill -9`ed while its upload jobs are queued (the store is down); after the
+//!   store and the service come back, every artefact and then `recording.json` are uploaded;
+//! - verify names the failing check for wrong credentials, a missing bucket and an unreachable
+//!   host, and no credential ever appears in an answer or in the logs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BASE: &str = "/auvious.video/rtc-recorder/api";
+const API_KEY: &str = "storage-test-key-0123456789";
+const SECRET_VAR: &str = "RTC_TEST_S3_SECRET";
+const WRONG_SECRET_VAR: &str = "RTC_TEST_S3_WRONG_SECRET";
+const WRONG_SECRET: &str = "wrong-secret-value-4242";
+
+/// KEY=VALUE lines written by `scripts/test-services.sh start`.
+fn services() -> std::collections::HashMap<String, String> {
+    let path = std::env::var("RTC_SERVICES_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let dir = std::env::var("RTC_SERVICES_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rtc-recorder/services"));
+            dir.join("env")
+        });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "storage test servers not set up ({}: {e}); run `scripts/test-services.sh start`",
+            path.display()
+        )
+    });
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private s3s-fs, so this test can stop and start it.
+struct S3Server {
+    port: u16,
+    root: PathBuf,
+    child: Option<Child>,
+    env: std::collections::HashMap<String, String>,
+}
+
+impl S3Server {
+    fn new(root: &Path, bucket: &str) -> S3Server {
+        std::fs::create_dir_all(root.join(bucket)).unwrap();
+        S3Server {
+            port: free_port(),
+            root: root.into(),
+            child: None,
+            env: services(),
+        }
+    }
+
+    fn start(&mut self) {
+        let bin = &self.env["RTC_S3S_FS_BIN"];
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--access-key",
+                &self.env["RTC_S3_ACCESS_KEY"],
+                "--secret-key",
+                &self.env["RTC_S3_SECRET_KEY"],
+            ])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} ({e}); run scripts/test-services.sh start"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Service {
+    child: Child,
+    base: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Service {
+    fn start(dir: &Path, config: &str) -> Service {
+        let env = services();
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("RECORDER_") {
+                cmd.env_remove(name);
+            }
+        }
+        let mut child = cmd
+            .env("RECORDER_BIND", "127.0.0.1:0")
+            .env("RECORDER_DATA_DIR", dir.join("data"))
+            .env("RECORDER_CONFIG", &config_path)
+            .env("RECORDER_API_KEY", API_KEY)
+            .env("RECORDER_LOG", "debug")
+            .env(SECRET_VAR, &env["RTC_S3_SECRET_KEY"])
+            .env(WRONG_SECRET_VAR, WRONG_SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rtc-recorder");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err_pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
+                let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("rtc-recorder did not start; stderr:\n{}", stderr.lock().unwrap());
+            }
+            if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                break addr.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Service { child, base, stderr }
+    }
+
+    fn kill9(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = self.stderr.lock().unwrap().clone();
+        logs
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{BASE}{path}", self.base);
+        let req = ureq::request(method, &url)
+            .set("Authorization", API_KEY)
+            .timeout(Duration::from_secs(60));
+        let result = match body {
+            Some(body) => req.send_json(body),
+            None => req.send_bytes(&[]),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {url}: {e}\nstderr:\n{}", self.stderr.lock().unwrap()),
+        };
+        let status = resp.status();
+        let text = resp.into_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3_profile(app: &str, port: u16, bucket: &str, secret_var: &str) -> String {
+    let env = services();
+    format!(
+        "[organizations.default.applications.{app}.storage]\nprovider = \"AMAZON_S3\"\nbucket = \"{bucket}\"\n\
+         endpoint = \"http://127.0.0.1:{port}\"\npath_style = true\nkey_prefix = \"rec\"\n\
+         access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ env = \"{secret_var}\" }}\n\n",
+        write_access_key_file(&env["RTC_S3_ACCESS_KEY"]).display()
+    )
+}
+
+/// The access key id comes from a file, to exercise both kinds of credential reference.
+fn write_access_key_file(value: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("rtc-recorder-test-ak-{}", std::process::id()));
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    path
+}
+
+fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn jobs_queued_at_a_kill_9_finish_after_restart_and_the_manifest_comes_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::new(&dir.path().join("s3"), "recordings");
+    let config = format!(
+        "[uploads]\nconcurrency = 2\nretry_base_ms = 100\nretry_max_ms = 400\n\n{}",
+        s3_profile("s3app", s3.port, "recordings", SECRET_VAR)
+    );
+    // The store is down: every upload fails and stays queued.
+    let service = Service::start(dir.path(), &config);
+    let (status, started) = service.call(
+        "POST",
+        "/recordings/start",
+        Some(json!({"applicationId": "s3app", "conferenceId": "room", "conversationId": "call-1"})),
+    );
+    assert_eq!(status, 200, "{started}");
+    let (conv, rec, inst) = (
+        started["conversationId"].as_str().unwrap().to_string(),
+        started["recorderId"].as_str().unwrap().to_string(),
+        started["instanceId"].as_str().unwrap().to_string(),
+    );
+    let ids = json!({"conversationId": conv, "recorderId": rec, "instanceId": inst});
+    let mut transcript = ids.clone();
+    transcript["chatTranscriptList"] =
+        json!([{"timeStamp": "2026-11-27T10:00:00Z", "transcript": "hello", "userId": "agent"}]);
+    assert_eq!(
+        service
+            .call("POST", "/recordings/chat/transcript/add", Some(transcript))
+            .0,
+        200
+    );
+    let mut event = ids.clone();
+    event["event"] = json!({"sessionId": "cb-1", "sequenceId": 1, "timestamp": 1, "payload": "{}"});
+    assert_eq!(service.call("POST", "/recordings/cobrowse/event", Some(event)).0, 200);
+    let instance_path = format!("/recordings/{conv}/{rec}/{inst}");
+    assert_eq!(service.call("POST", &format!("{instance_path}/stop"), None).0, 200);
+
+    let (_, info) = service.call("GET", &format!("{instance_path}/storage/info"), None);
+    assert_eq!(info["provider"], "AMAZON_S3", "{info}");
+    assert_eq!(
+        info["url"],
+        format!("http://127.0.0.1:{}/recordings/rec", s3.port),
+        "{info}"
+    );
+    // Let the uploads fail at least once so they are in flight or backing off at the kill.
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, instance) = service.call("GET", &instance_path, None);
+    assert!(
+        instance.get("chatTranscript").is_none(),
+        "nothing can be uploaded yet: {instance}"
+    );
+    let logs = service.kill9();
+    assert!(
+        logs.contains("upload failed, will retry"),
+        "uploads were attempted:\n{logs}"
+    );
+
+    s3.start();
+    let service = Service::start(dir.path(), &config);
+    let instance = poll("the transcript and co-browse uploads", Duration::from_secs(60), || {
+        let (_, instance) = service.call("GET", &instance_path, None);
+        instance.get("chatTranscript")?;
+        Some(instance)
+    });
+    let prefix = format!("rec/default/s3app/{conv}/{rec}/{inst}");
+    assert_eq!(
+        instance["chatTranscript"]["location"],
+        format!("s3://recordings/{prefix}/chat/transcript.json")
+    );
+    let bucket = dir.path().join("s3/recordings");
+    let manifest_path = bucket.join(format!("{prefix}/recording.json"));
+    let manifest: Value = poll("recording.json in the bucket", Duration::from_secs(60), || {
+        serde_json::from_slice(&std::fs::read(&manifest_path).ok()?).ok()
+    });
+    assert!(bucket.join(format!("{prefix}/chat/transcript.json")).is_file());
+    assert!(bucket.join(format!("{prefix}/cobrowse/cb-1/events.json")).is_file());
+    // The manifest is the API's RecordingDataMessage, rendered after the other uploads.
+    assert_eq!(manifest["instanceId"], inst.as_str());
+    assert_eq!(manifest["state"], "STOPPED");
+    assert_eq!(manifest["storageProfile"]["provider"], "AMAZON_S3");
+    assert_eq!(
+        manifest["chatTranscript"]["location"], instance["chatTranscript"]["location"],
+        "{manifest}"
+    );
+}
+
+#[test]
+fn verify_names_the_failing_check_and_no_secret_leaks() {
+    let env = services();
+    let dir = tempfile::tempdir().unwrap();
+    let shared_port: u16 = env["RTC_S3_ENDPOINT"].rsplit(':').next().unwrap().parse().unwrap();
+    let bucket = &env["RTC_S3_BUCKET"];
+    let config = [
+        s3_profile("good", shared_port, bucket, SECRET_VAR),
+        s3_profile("wrongcreds", shared_port, bucket, WRONG_SECRET_VAR),
+        s3_profile("nobucket", shared_port, "no-such-bucket", SECRET_VAR),
+        s3_profile("unreachable", free_port(), bucket, SECRET_VAR),
+    ]
+    .concat();
+    let service = Service::start(dir.path(), &config);
+    let verify = |app: &str| {
+        let (status, body) = service.call("POST", &format!("/storageproviders/{app}/verify"), None);
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let good = verify("good");
+    for check in [
+        "bucketTestResult",
+        "writeTestResult",
+        "readTestResult",
+        "modifyTestResult",
+        "deleteTestResult",
+    ] {
+        assert_eq!(good[check]["passed"], true, "{check}: {good}");
+    }
+    let wrong = verify("wrongcreds");
+    assert_eq!(wrong["bucketTestResult"]["passed"], false);
+    assert!(
+        wrong["bucketTestResult"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("check the credentials"),
+        "{wrong}"
+    );
+    assert!(
+        wrong["writeTestResult"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not run"),
+        "{wrong}"
+    );
+    let missing = verify("nobucket");
+    assert!(
+        missing["bucketTestResult"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bucket does not exist"),
+        "{missing}"
+    );
+    let down = verify("unreachable");
+    assert!(
+        down["bucketTestResult"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{down}"
+    );
+
+    let answers = format!("{good}{wrong}{missing}{down}");
+    let logs = service.kill9();
+    for secret in [env["RTC_S3_SECRET_KEY"].as_str(), WRONG_SECRET] {
+        assert!(!answers.contains(secret), "a credential in an answer");
+        assert!(!logs.contains(secret), "a credential in the logs");
+    }
+    assert!(
+        logs.contains("storage profile ready"),
+        "debug logs were captured:\n{logs}"
+    );
+}
