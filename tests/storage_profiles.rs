@@ -317,7 +317,8 @@ fn verify_names_the_failing_check_and_no_secret_leaks() {
     let config = [
         s3_profile("good", shared_port, bucket, SECRET_VAR),
         s3_profile("wrongcreds", shared_port, bucket, WRONG_SECRET_VAR),
-        s3_profile("nobucket", shared_port, "no-such-bucket", SECRET_VAR),
+        // A name no run created before: s3s-fs creates a missing bucket on PUT.
+        s3_profile("nobucket", shared_port, &format!("missing-{}", std::process::id()), SECRET_VAR),
         s3_profile("unreachable", free_port(), bucket, SECRET_VAR),
     ]
     .concat();
