@@ -197,7 +197,8 @@ impl Drop for Service {
 fn s3_profile(app: &str, port: u16, bucket: &str, secret_var: &str) -> String {
     let env = services();
     format!(
-        "[organizations.default.applications.{app}.storage]\nprovider = \"AMAZON_S3\"\nbucket = \"{bucket}\"\n\
+        "[organizations.default.applications.{app}]\nallowed_origins = [\"*\"]\n\
+         [organizations.default.applications.{app}.storage]\nprovider = \"AMAZON_S3\"\nbucket = \"{bucket}\"\n\
          endpoint = \"http://127.0.0.1:{port}\"\npath_style = true\nkey_prefix = \"rec\"\n\
          access_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ env = \"{secret_var}\" }}\n\n",
         write_access_key_file(&env["RTC_S3_ACCESS_KEY"]).display()
@@ -318,7 +319,12 @@ fn verify_names_the_failing_check_and_no_secret_leaks() {
         s3_profile("good", shared_port, bucket, SECRET_VAR),
         s3_profile("wrongcreds", shared_port, bucket, WRONG_SECRET_VAR),
         // A name no run created before: s3s-fs creates a missing bucket on PUT.
-        s3_profile("nobucket", shared_port, &format!("missing-{}", std::process::id()), SECRET_VAR),
+        s3_profile(
+            "nobucket",
+            shared_port,
+            &format!("missing-{}", std::process::id()),
+            SECRET_VAR,
+        ),
         s3_profile("unreachable", free_port(), bucket, SECRET_VAR),
     ]
     .concat();
@@ -381,4 +387,93 @@ fn verify_names_the_failing_check_and_no_secret_leaks() {
         logs.contains("storage profile ready"),
         "debug logs were captured:\n{logs}"
     );
+}
+
+/// Starts an instance, posts one co-browse event, stops, and waits for the session upload;
+/// returns the instance path.
+fn record_cobrowse_session(service: &Service, app: &str, conversation: &str) -> String {
+    let (status, started) = service.call(
+        "POST",
+        "/recordings/start",
+        Some(json!({"applicationId": app, "conferenceId": "room", "conversationId": conversation})),
+    );
+    assert_eq!(status, 200, "{started}");
+    let mut event = json!({
+        "conversationId": started["conversationId"], "recorderId": started["recorderId"],
+        "instanceId": started["instanceId"],
+    });
+    event["event"] = json!({"sessionId": "cb-1", "sequenceId": 1, "timestamp": 1, "payload": "{\"x\":1}"});
+    assert_eq!(service.call("POST", "/recordings/cobrowse/event", Some(event)).0, 200);
+    let path = format!(
+        "/recordings/{}/{}/{}",
+        started["conversationId"].as_str().unwrap(),
+        started["recorderId"].as_str().unwrap(),
+        started["instanceId"].as_str().unwrap()
+    );
+    assert_eq!(service.call("POST", &format!("{path}/stop"), None).0, 200);
+    poll("the co-browse upload", Duration::from_secs(30), || {
+        let (_, list) = service.call("GET", &format!("/recordings/{conversation}/cobrowse"), None);
+        list["cobrowseSessions"][0].get("uploaded").map(|_| ())
+    });
+    path
+}
+
+fn signed_url_of(service: &Service, instance_path: &str) -> String {
+    let parts: Vec<&str> = instance_path.split('/').collect();
+    let url = format!(
+        "{}{BASE}{instance_path}/cobrowse/cb-1/url/attachment?conversationId={}&id={}&instanceId={}",
+        service.base, parts[2], parts[3], parts[4]
+    );
+    let resp = ureq::get(&url)
+        .set("Authorization", API_KEY)
+        .set("referer", "https://agent.example.com/")
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let body: Value = resp.into_json().unwrap();
+    body["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no url in {body}"))
+        .to_string()
+}
+
+#[test]
+fn cobrowse_urls_are_the_providers_own_or_served_by_the_recorder() {
+    let env = services();
+    let dir = tempfile::tempdir().unwrap();
+    let shared_port: u16 = env["RTC_S3_ENDPOINT"].rsplit(':').next().unwrap().parse().unwrap();
+    let host_key = std::fs::read_to_string(&env["RTC_SFTP_HOST_KEY_FILE"]).unwrap();
+    let config = format!(
+        "{}[organizations.default.applications.sftpapp]\nallowed_origins = [\"*\"]\n\
+         [organizations.default.applications.sftpapp.storage]\nprovider = \"SFTP_STORAGE\"\n\
+         host = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\nprivate_key = {{ file = \"{}\" }}\n\
+         host_key = \"{}\"\nroot = \"{}\"\nkey_prefix = \"{}\"\n",
+        s3_profile("s3app", shared_port, &env["RTC_S3_BUCKET"], SECRET_VAR),
+        env["RTC_SFTP_PORT"],
+        env["RTC_SFTP_USER"],
+        env["RTC_SFTP_KEY_FILE"],
+        host_key.trim(),
+        env["RTC_SFTP_ROOT"],
+        format!("bb-{}", std::process::id()),
+    );
+    let service = Service::start(dir.path(), &config);
+
+    // S3: a presigned URL straight to the store, which checks it.
+    let s3_instance = record_cobrowse_session(&service, "s3app", "call-s3");
+    let url = signed_url_of(&service, &s3_instance);
+    assert!(
+        url.starts_with(&env["RTC_S3_ENDPOINT"]) && url.contains("X-Amz-Signature="),
+        "{url}"
+    );
+    let body = ureq::get(&url).call().unwrap().into_string().unwrap();
+    assert!(body.contains("\"sessionId\": \"cb-1\""), "{body}");
+
+    // SFTP: the recorder's own signed URL; it fetches the object over SFTP and honours Range.
+    let sftp_instance = record_cobrowse_session(&service, "sftpapp", "call-sftp");
+    let url = signed_url_of(&service, &sftp_instance);
+    assert!(url.starts_with(&service.base) && url.contains("Signature="), "{url}");
+    let full = ureq::get(&url).call().unwrap().into_string().unwrap();
+    assert!(full.contains("\"sessionId\": \"cb-1\""), "{full}");
+    let part = ureq::get(&url).set("Range", "bytes=0-9").call().unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.into_string().unwrap(), full[..10]);
 }

@@ -82,16 +82,36 @@ pub struct VerifyStorage {
     pub application_id: String,
 }
 
+/// Where the bytes of an artefact the recorder serves itself come from: a file on this node
+/// (local profiles), or the object fetched from the store (SFTP profiles; co-browse files are
+/// small JSON documents).
+#[derive(Debug, Clone)]
+pub enum ArtefactSource {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
 /// Resolves a co-browse artefact for a signed download. Carries no organization: the URL's
 /// signature, checked by the front, is the authority.
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<PathBuf, EngineError>")]
+#[rtype(result = "Result<ArtefactSource, EngineError>")]
 pub struct ResolveCobrowseFile {
     pub conversation_id: String,
     pub recorder_id: String,
     pub instance_id: String,
     pub session_id: String,
     pub file_name: String,
+}
+
+/// The storage provider's own signed URL (S3 presign, Azure SAS, GCS V4) for an uploaded
+/// co-browse session file; `None` when the session is not uploaded yet or the provider has no
+/// such URLs (local, SFTP), and the recorder signs its own.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Option<String>, EngineError>")]
+pub struct ProviderCobrowseUrl {
+    pub instance: InstanceRef,
+    pub session_id: String,
+    pub ttl: std::time::Duration,
 }
 
 /// Number of instances in each state, for metrics.

@@ -5,7 +5,8 @@ use actix_web::http::header::{self, ContentDisposition, DispositionParam, Dispos
 use actix_web::{web, HttpRequest, HttpResponse};
 use recorder_actors::domain::CobrowseEvent as EngineCobrowseEvent;
 use recorder_actors::messages::{
-    AddCobrowseEvent, GetInstance, ListConversation, ResolveCobrowseFile,
+    AddCobrowseEvent, ArtefactSource, GetInstance, ListConversation, ProviderCobrowseUrl,
+    ResolveCobrowseFile,
 };
 use serde::Deserialize;
 
@@ -205,7 +206,7 @@ pub async fn signed_url(
         .map_err(|_| ApiError::bad_field("referer", "header is not valid text"))?
         .to_string();
 
-    let record = state.registry.send(GetInstance(at)).await??;
+    let record = state.registry.send(GetInstance(at.clone())).await??;
     let application = state
         .settings
         .application(&record.organization_id, &record.application_id)
@@ -226,6 +227,24 @@ pub async fn signed_url(
             record.instance_id
         )));
     }
+    // Cloud profiles answer with the provider's own signed URL once the file is stored there;
+    // local and SFTP profiles (and files not uploaded yet) with the recorder's.
+    let ttl = std::time::Duration::from_secs(state.settings.url_ttl_secs);
+    let now = chrono::Utc::now();
+    let provider_url = state
+        .registry
+        .send(ProviderCobrowseUrl {
+            instance: at,
+            session_id: session_id.clone(),
+            ttl,
+        })
+        .await??;
+    if let Some(url) = provider_url {
+        return Ok(HttpResponse::Ok().json(URLResourceMessage {
+            url,
+            valid_until: timestamp(now + chrono::Duration::seconds(ttl.as_secs() as i64)),
+        }));
+    }
     let path = attachment_path(
         &record.conversation_id,
         &record.recorder_id,
@@ -233,7 +252,7 @@ pub async fn signed_url(
         &session_id,
         "events.json",
     );
-    let signed = state.signer.sign("GET", &path, chrono::Utc::now());
+    let signed = state.signer.sign("GET", &path, now);
     Ok(HttpResponse::Ok().json(URLResourceMessage {
         url: format!("{}{path}?{}", state.public_url, signed.to_query()),
         valid_until: timestamp(signed.valid_until),
@@ -248,6 +267,16 @@ pub struct SignatureQuery {
     expires: Option<String>,
     #[serde(rename = "Signature")]
     signature: Option<String>,
+}
+
+/// Writes `bytes` to a temp file, opens it, and removes its name: the open file lives as long as
+/// the response reads it and leaves nothing behind.
+fn unlinked_file(bytes: &[u8]) -> std::io::Result<NamedFile> {
+    let path = std::env::temp_dir().join(format!("rtc-recorder-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, bytes)?;
+    let file = NamedFile::open(&path);
+    let _ = std::fs::remove_file(&path);
+    file
 }
 
 /// A file name inside one artefact folder: no separators, no dot segments, nothing encoded.
@@ -346,7 +375,7 @@ pub async fn attachment(
             }
             other => ApiError::Forbidden(other.to_string()),
         })?;
-    let file = state
+    let source = state
         .registry
         .send(ResolveCobrowseFile {
             conversation_id,
@@ -356,8 +385,15 @@ pub async fn attachment(
             file_name: file_name.clone(),
         })
         .await??;
-    let named = NamedFile::open_async(&file)
-        .await
+    let named = match source {
+        ArtefactSource::File(path) => NamedFile::open_async(&path).await,
+        // Fetched from the store (SFTP): served from an unlinked temp file so that Range works
+        // exactly as for local files.
+        ArtefactSource::Bytes(bytes) => web::block(move || unlinked_file(&bytes))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("serving the file: {e}")))?,
+    };
+    let named = named
         .map_err(|_| ApiError::NotFound(format!("{file_name} is not available")))?
         .set_content_type(actix_files::file_extension_to_mime("json"))
         .set_content_disposition(ContentDisposition {

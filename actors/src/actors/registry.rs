@@ -14,7 +14,7 @@ use super::uploader::{Kick, Uploader};
 use crate::domain::*;
 use crate::messages::*;
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
-use crate::storage::{verify, VerificationReport};
+use crate::storage::{verify, StorageError, VerificationReport};
 use crate::store::{ArtefactKind, StateStore, StoreError, UploadJob};
 use crate::{EngineConfig, EngineError};
 
@@ -455,32 +455,71 @@ impl Handler<VerifyStorage> for Registry {
 }
 
 impl Handler<ResolveCobrowseFile> for Registry {
-    type Result = Result<std::path::PathBuf, EngineError>;
+    type Result = ResponseFuture<Result<ArtefactSource, EngineError>>;
 
     fn handle(&mut self, msg: ResolveCobrowseFile, _ctx: &mut Self::Context) -> Self::Result {
-        let missing = || {
-            EngineError::not_found(format!(
-                "no file {} in co-browse session {}",
-                msg.file_name, msg.session_id
-            ))
-        };
-        let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing)?;
-        if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
-            return Err(missing());
+        let message = format!("no file {} in co-browse session {}", msg.file_name, msg.session_id);
+        let missing = move || EngineError::not_found(message.clone());
+        let resolved = (|| {
+            let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing.clone())?;
+            if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
+                return Err(missing());
+            }
+            let session = record
+                .cobrowse_sessions
+                .get(&msg.session_id)
+                .ok_or_else(missing.clone())?;
+            if msg.file_name != "events.json" || session.uploaded.is_none() {
+                return Err(missing());
+            }
+            let profile = self
+                .config
+                .application(&record.organization_id, &record.application_id)
+                .ok_or_else(missing.clone())?
+                .clone();
+            Ok((profile, record.cobrowse_key(&msg.session_id)))
+        })();
+        async move {
+            let (profile, key) = resolved?;
+            if let Some(path) = profile.backend.local_path(&key) {
+                return Ok(ArtefactSource::File(path));
+            }
+            match profile.backend.get(&key).await {
+                Ok(bytes) => Ok(ArtefactSource::Bytes(bytes)),
+                Err(StorageError::NotFound(_)) => Err(missing()),
+                Err(err) => Err(err.into()),
+            }
         }
-        let session = record.cobrowse_sessions.get(&msg.session_id).ok_or_else(missing)?;
-        if msg.file_name != "events.json" || session.uploaded.is_none() {
-            return Err(missing());
+        .boxed_local()
+    }
+}
+
+impl Handler<ProviderCobrowseUrl> for Registry {
+    type Result = ResponseFuture<Result<Option<String>, EngineError>>;
+
+    fn handle(&mut self, msg: ProviderCobrowseUrl, _ctx: &mut Self::Context) -> Self::Result {
+        let target = (|| {
+            let record = self.find(&msg.instance)?;
+            let uploaded = record
+                .cobrowse_sessions
+                .get(&msg.session_id)
+                .is_some_and(|s| s.uploaded.is_some());
+            if !uploaded {
+                return Ok(None);
+            }
+            let profile = self
+                .config
+                .application(&record.organization_id, &record.application_id)
+                .cloned();
+            Ok::<_, EngineError>(profile.map(|p| (p, record.cobrowse_key(&msg.session_id))))
+        })();
+        async move {
+            let Some((profile, key)) = target? else {
+                return Ok(None);
+            };
+            Ok(profile.backend.signed_url(&key, msg.ttl).await?)
         }
-        let profile = self
-            .config
-            .application(&record.organization_id, &record.application_id)
-            .ok_or_else(missing)?;
-        let path = profile
-            .backend
-            .local_path(&record.cobrowse_key(&msg.session_id))
-            .ok_or_else(missing)?;
-        Ok(path)
+        .boxed_local()
     }
 }
 
