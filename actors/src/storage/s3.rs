@@ -18,6 +18,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
 use super::{
@@ -355,6 +356,10 @@ impl StorageBackend for S3Backend {
     }
 }
 
+/// Parts of one file in flight at once: the link stays busy while the next part is read and
+/// hashed. Bounds memory at `PARTS_IN_FLIGHT * PART_SIZE` per upload.
+const PARTS_IN_FLIGHT: usize = 4;
+
 async fn upload_parts(
     client: &aws_sdk_s3::Client,
     bucket: &str,
@@ -362,28 +367,26 @@ async fn upload_parts(
     upload_id: &str,
     reader: &mut PartReader,
 ) -> StorageResult<()> {
+    let mut in_flight = FuturesUnordered::new();
     let mut parts = Vec::new();
     let mut part_number = 1;
-    while let Some(body) = reader.next_part().await? {
-        let output = client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(part_number)
-            .content_md5(md5_base64(&body))
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| map_err(e, &format!("upload part {part_number}"), Missing::Bucket))?;
-        parts.push(
-            CompletedPart::builder()
-                .part_number(part_number)
-                .set_e_tag(output.e_tag().map(str::to_string))
-                .build(),
-        );
-        part_number += 1;
+    let mut read_all = false;
+    loop {
+        while !read_all && in_flight.len() < PARTS_IN_FLIGHT {
+            match reader.next_part().await? {
+                Some(body) => {
+                    in_flight.push(upload_part(client, bucket, key, upload_id, part_number, body));
+                    part_number += 1;
+                }
+                None => read_all = true,
+            }
+        }
+        match in_flight.next().await {
+            Some(part) => parts.push(part?),
+            None => break,
+        }
     }
+    parts.sort_by_key(|p: &CompletedPart| p.part_number());
     client
         .complete_multipart_upload()
         .bucket(bucket)
@@ -394,4 +397,29 @@ async fn upload_parts(
         .await
         .map_err(|e| map_err(e, "complete multipart upload", Missing::Bucket))?;
     Ok(())
+}
+
+async fn upload_part(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    part_number: i32,
+    body: bytes::Bytes,
+) -> StorageResult<CompletedPart> {
+    let output = client
+        .upload_part()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(part_number)
+        .content_md5(md5_base64(&body))
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| map_err(e, &format!("upload part {part_number}"), Missing::Bucket))?;
+    Ok(CompletedPart::builder()
+        .part_number(part_number)
+        .set_e_tag(output.e_tag().map(str::to_string))
+        .build())
 }
