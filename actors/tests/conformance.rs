@@ -390,6 +390,43 @@ async fn azure_connection_strings_work() {
 }
 
 #[tokio::test]
+async fn azure_sas_profiles_work_and_never_show_their_token() {
+    let services = Services::load();
+    let keyed = azure_backend(services.azure_settings("sas")).await;
+    let token = keyed.container_sas_token(Duration::from_secs(600)).await.unwrap();
+    let mut settings = services.azure_settings(&unique_prefix("sas"));
+    settings.credentials = AzureCredentials::Sas {
+        account: services.get("RTC_AZURE_ACCOUNT"),
+        token: Secret::new(token.clone()),
+    };
+    let backend = AzureBackend::new(settings.clone()).unwrap();
+    backend.put("o/a/sas.json", b"sas".to_vec()).await.unwrap();
+    assert_eq!(backend.get("o/a/sas.json").await.unwrap(), b"sas");
+    assert_eq!(
+        backend
+            .signed_url("o/a/sas.json", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None,
+        "a SAS cannot mint SAS URLs, and the configured one is not handed out"
+    );
+    // A request the token does not cover fails, and the error text does not quote the token.
+    let sig = token
+        .split('&')
+        .find_map(|p| p.strip_prefix("sig="))
+        .expect("token has a signature");
+    let mut other = settings;
+    other.container = "another-container".into();
+    let err = AzureBackend::new(other)
+        .unwrap()
+        .put("o/a/x.json", b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains(sig), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+}
+
+#[tokio::test]
 async fn gcs_error_kinds() {
     let services = Services::load();
     let mut missing = services.gcs_settings("errors");

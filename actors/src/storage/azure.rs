@@ -136,6 +136,28 @@ impl AzureBackend {
         }
     }
 
+    /// A SAS token for the whole container (read, write, create, delete) valid for `ttl`, signed
+    /// with this profile's shared key: what an operator would hand to a SAS-only profile. Tests
+    /// use it to run a SAS profile against Azurite.
+    pub async fn container_sas_token(&self, ttl: Duration) -> StorageResult<String> {
+        use azure_storage::shared_access_signature::SasToken;
+        let expiry = time::OffsetDateTime::now_utc()
+            + time::Duration::try_from(ttl).map_err(|e| StorageError::Invalid(format!("lifetime: {e}")))?;
+        let permissions = BlobSasPermissions {
+            read: true,
+            write: true,
+            create: true,
+            delete: true,
+            ..Default::default()
+        };
+        let sas = self
+            .container
+            .shared_access_signature(permissions, expiry)
+            .await
+            .map_err(|e| map_err(e, "sign container SAS"))?;
+        sas.token().map_err(|e| map_err(e, "sign container SAS"))
+    }
+
     fn blob(&self, key: &str) -> StorageResult<BlobClient> {
         validate_key(key)?;
         Ok(self.container.blob_client(prefixed(&self.settings.key_prefix, key)))
@@ -143,7 +165,7 @@ impl AzureBackend {
 }
 
 fn map_err(err: azure_core::Error, what: &str) -> StorageError {
-    let detail = format!("{what}: {err}");
+    let detail = super::redact_urls(&format!("{what}: {err}"));
     match err.kind() {
         ErrorKind::HttpResponse { status, error_code } => {
             let code = error_code.as_deref().unwrap_or("");

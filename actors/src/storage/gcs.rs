@@ -139,18 +139,18 @@ fn map_status(status: u16, detail: String, missing: Missing) -> StorageError {
 }
 
 fn map_err(err: GcsError, what: &str, missing: Missing) -> StorageError {
-    let detail = format!("{what}: {err}");
+    let detail = super::redact_urls(&format!("{what}: {err}"));
     match &err {
         GcsError::Response(response) => map_status(response.code, detail, missing),
         GcsError::HttpClient(e) | GcsError::RawResponse(e, _) => {
             if e.is_timeout() {
                 StorageError::Timeout(detail)
             } else if e.is_connect() {
-                StorageError::Io(format!("{detail}: {}", error_chain(e)))
+                StorageError::Io(super::redact_urls(&format!("{detail}: {}", error_chain(e))))
             } else if let Some(status) = e.status() {
                 map_status(status.as_u16(), detail, missing)
             } else {
-                StorageError::Service(format!("{detail}: {}", error_chain(e)))
+                StorageError::Service(super::redact_urls(&format!("{detail}: {}", error_chain(e))))
             }
         }
         GcsError::TokenSource(_) => StorageError::Unauthorized(detail),

@@ -155,6 +155,37 @@ pub(crate) fn credential_free(endpoint: &str) -> String {
     }
 }
 
+/// Error text with the query of every URL in it removed. SDK errors quote request URLs, and a
+/// URL can carry a credential (an Azure SAS token, a presigned signature); error text ends up in
+/// logs and in the API's `objectStorage.error`.
+pub(crate) fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let next_url = |text: &str| {
+        [text.find("http://"), text.find("https://")]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    while let Some(start) = next_url(rest) {
+        out.push_str(&rest[..start]);
+        let url_len = rest[start..]
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>'))
+            .unwrap_or(rest.len() - start);
+        let url = &rest[start..start + url_len];
+        match url.find('?') {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str("?(redacted)");
+            }
+            None => out.push_str(url),
+        }
+        rest = &rest[start + url_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Joins a profile's key prefix (possibly empty, with or without a trailing slash) and a key.
 pub(crate) fn prefixed(prefix: &str, key: &str) -> String {
     let prefix = prefix.trim_matches('/');
@@ -281,6 +312,19 @@ mod tests {
         assert_eq!(prefixed("", "a/b"), "a/b");
         assert_eq!(prefixed("rec/", "a/b"), "rec/a/b");
         assert_eq!(prefixed("/rec/x", "a"), "rec/x/a");
+    }
+
+    #[test]
+    fn urls_in_error_text_lose_their_query() {
+        assert_eq!(
+            redact_urls("error sending request for url (http://h:1/c/b?sv=1&sig=SECRET): refused"),
+            "error sending request for url (http://h:1/c/b?(redacted)): refused"
+        );
+        assert_eq!(
+            redact_urls("a https://x/y?X-Amz-Signature=s b http://z/w c"),
+            "a https://x/y?(redacted) b http://z/w c"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
     }
 
     #[test]

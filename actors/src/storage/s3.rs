@@ -107,7 +107,7 @@ where
     match &err {
         SdkError::TimeoutError(_) => StorageError::Timeout(format!("{what}: no answer in time")),
         SdkError::DispatchFailure(failure) => {
-            let detail = format!("{what}: {}", error_chain(&err));
+            let detail = super::redact_urls(&format!("{what}: {}", error_chain(&err)));
             if failure.is_timeout() {
                 StorageError::Timeout(detail)
             } else if failure.is_io() {
@@ -136,7 +136,7 @@ where
                 _ => StorageError::Invalid(detail),
             }
         }
-        _ => StorageError::Service(format!("{what}: {}", error_chain(&err))),
+        _ => StorageError::Service(super::redact_urls(&format!("{what}: {}", error_chain(&err)))),
     }
 }
 
