@@ -48,6 +48,15 @@ port_of() {
   cat "$file"
 }
 
+# Before starting a service that is not running: if something else took its old port (a machine
+# reused later), give it a new one.
+claim_port() {
+  local name=$1
+  if [ -s "$RUN/$name.port" ] && (exec 3<>"/dev/tcp/127.0.0.1/$(cat "$RUN/$name.port")") 2>/dev/null; then
+    free_port >"$RUN/$name.port"
+  fi
+}
+
 apt_install() {
   local missing=()
   for pkg in "$@"; do
@@ -114,6 +123,7 @@ SFTP_USER="$(id -un)"
 start_s3() {
   local port; port=$(port_of s3)
   if alive s3 && wait_port "$port" 1; then return 0; fi
+  claim_port s3; port=$(port_of s3)
   mkdir -p "$RUN/s3-data/$S3_BUCKET"
   nohup "$TOOLS/s3s/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$RUN/s3-data" \
@@ -125,6 +135,7 @@ start_s3() {
 start_azure() {
   local port; port=$(port_of azure)
   if alive azure && wait_port "$port" 1; then return 0; fi
+  claim_port azure; port=$(port_of azure)
   mkdir -p "$RUN/azure-data"
   nohup "$TOOLS/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$port" \
     --location "$RUN/azure-data" --disableTelemetry --silent --skipApiVersionCheck \
@@ -159,6 +170,7 @@ PY
 start_gcs() {
   local port; port=$(port_of gcs)
   if alive gcs && wait_port "$port" 1; then return 0; fi
+  claim_port gcs; port=$(port_of gcs)
   mkdir -p "$RUN/gcs-data"
   nohup "$TOOLS/gcs-venv/bin/gcp-storage-emulator" --data-dir "$RUN/gcs-data" start --host 127.0.0.1 \
     --port "$port" --default-bucket "$GCS_BUCKET" --quiet \
@@ -171,6 +183,7 @@ start_sftp() {
   local port dir="$RUN/sftp"
   port=$(port_of sftp)
   if alive sftp && wait_port "$port" 1; then return 0; fi
+  claim_port sftp; port=$(port_of sftp)
   mkdir -p "$dir/root"
   chmod 700 "$dir"
   [ -f "$dir/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C rtc-test-host -f "$dir/host_ed25519"
@@ -241,6 +254,7 @@ stop_one() {
 case "${1:-start}" in
   start)
     mkdir -p "$TOOLS" "$RUN"
+    command -v python3 >/dev/null || apt_install python3
     install_s3s
     install_azurite
     install_gcs
