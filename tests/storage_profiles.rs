@@ -446,14 +446,14 @@ fn cobrowse_urls_are_the_providers_own_or_served_by_the_recorder() {
         "{}[organizations.default.applications.sftpapp]\nallowed_origins = [\"*\"]\n\
          [organizations.default.applications.sftpapp.storage]\nprovider = \"SFTP_STORAGE\"\n\
          host = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\nprivate_key = {{ file = \"{}\" }}\n\
-         host_key = \"{}\"\nroot = \"{}\"\nkey_prefix = \"{}\"\n",
+         host_key = \"{}\"\nroot = \"{}\"\nkey_prefix = \"bb-{}\"\n",
         s3_profile("s3app", shared_port, &env["RTC_S3_BUCKET"], SECRET_VAR),
         env["RTC_SFTP_PORT"],
         env["RTC_SFTP_USER"],
         env["RTC_SFTP_KEY_FILE"],
         host_key.trim(),
         env["RTC_SFTP_ROOT"],
-        format!("bb-{}", std::process::id()),
+        std::process::id(),
     );
     let service = Service::start(dir.path(), &config);
 
