@@ -267,18 +267,21 @@ fn jobs_queued_at_a_kill_9_finish_after_restart_and_the_manifest_comes_last() {
         format!("http://127.0.0.1:{}/recordings/rec", s3.port),
         "{info}"
     );
-    // Let the uploads fail at least once so they are in flight or backing off at the kill.
-    std::thread::sleep(Duration::from_millis(500));
+    // Let the uploads fail at least once, so they are in flight or backing off at the kill.
+    let stderr = service.stderr.clone();
+    poll("a failed upload attempt", Duration::from_secs(30), || {
+        stderr
+            .lock()
+            .unwrap()
+            .contains("upload failed, will retry")
+            .then_some(())
+    });
     let (_, instance) = service.call("GET", &instance_path, None);
     assert!(
         instance.get("chatTranscript").is_none(),
         "nothing can be uploaded yet: {instance}"
     );
-    let logs = service.kill9();
-    assert!(
-        logs.contains("upload failed, will retry"),
-        "uploads were attempted:\n{logs}"
-    );
+    service.kill9();
 
     s3.start();
     let service = Service::start(dir.path(), &config);
