@@ -47,7 +47,10 @@ fn start_server() -> Server {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let base = loop {
-        let line = lines.next().expect("server exited before listening").expect("read stdout");
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("read stdout");
         if let Some(url) = line.strip_prefix("listening on ") {
             break url.trim().to_string();
         }
@@ -100,7 +103,11 @@ fn drive(clients: usize, secs: u64, op: impl Fn(usize, u64) + Send + Sync + 'sta
     for h in handles {
         latencies_us.extend(h.join().expect("client thread"));
     }
-    Outcome { num_ops: latencies_us.len() as u64, secs: started.elapsed().as_secs_f64(), latencies_us }
+    Outcome {
+        num_ops: latencies_us.len() as u64,
+        secs: started.elapsed().as_secs_f64(),
+        latencies_us,
+    }
 }
 
 fn post(agent: &ureq::Agent, url: &str, body: &str) -> serde_json::Value {
@@ -120,7 +127,9 @@ fn main() {
     let clients: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(8);
     let server = start_server();
     let api = format!("{}/auvious.video/rtc-recorder/api", server.base);
-    let agent = ureq::AgentBuilder::new().max_idle_connections_per_host(clients * 2).build();
+    let agent = ureq::AgentBuilder::new()
+        .max_idle_connections_per_host(clients * 2)
+        .build();
 
     let health_url = format!("{}/health", server.base);
     let a = agent.clone();
@@ -135,7 +144,10 @@ fn main() {
             &format!("{api_s}/recordings/start"),
             &format!(r#"{{"applicationId":"default","conferenceId":"room","conversationId":"bench-{client}-{n}"}}"#),
         );
-        let (r, i) = (started["recorderId"].as_str().unwrap(), started["instanceId"].as_str().unwrap());
+        let (r, i) = (
+            started["recorderId"].as_str().unwrap(),
+            started["instanceId"].as_str().unwrap(),
+        );
         post(&a, &format!("{api_s}/recordings/bench-{client}-{n}/{r}/{i}/stop"), "");
     });
 
@@ -157,7 +169,10 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("open store"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let s = store.clone();
     let mut raw = drive(1, secs, move |_, n| {
         let mut record = sample_record();
@@ -171,9 +186,15 @@ fn main() {
     let floor = health.rate();
     let commit_floor = raw.rate();
     let (h50, h99) = (health.percentile(0.5), health.percentile(0.99));
-    println!("| GET /health (HTTP floor) | {clients} | {:.0} | {h50:.2} | {h99:.2} | 1.00 × health |", floor);
+    println!(
+        "| GET /health (HTTP floor) | {clients} | {:.0} | {h50:.2} | {h99:.2} | 1.00 × health |",
+        floor
+    );
     let (r50, r99) = (raw.percentile(0.5), raw.percentile(0.99));
-    println!("| store insert+fsync, in process (commit floor) | 1 | {:.0} | {r50:.2} | {r99:.2} | 1.00 × commit |", commit_floor);
+    println!(
+        "| store insert+fsync, in process (commit floor) | 1 | {:.0} | {r50:.2} | {r99:.2} | 1.00 × commit |",
+        commit_floor
+    );
     let (s50, s99) = (start_stop.percentile(0.5), start_stop.percentile(0.99));
     println!(
         "| start + stop (2 durable commands) | {clients} | {:.0} | {s50:.2} | {s99:.2} | {:.3} × health, {:.2} × commit (per command) |",

@@ -27,11 +27,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        record: &InstanceRecord,
-        uploader: Option<Recipient<Kick>>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, uploader: Option<Recipient<Kick>>) -> Self {
         Self {
             store,
             instance_id: record.instance_id.clone(),
@@ -65,9 +61,12 @@ impl Handler<StopRecorder> for Recorder {
         let result = (|| {
             let mut artefacts = Vec::new();
             let record = store.update_instance(&self.instance_id, &mut |r| {
-                r.transition(InstanceState::Stopped, Utc::now())
-                    .map_err(rejected)?;
                 artefacts.clear();
+                if r.state.is_terminal() {
+                    // A stop that queued behind another one: the first already did the work.
+                    return Ok(());
+                }
+                r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
                 if r.num_transcript_entries > 0 {
                     artefacts.push(ArtefactKind::ChatTranscript);
                 }
