@@ -6,6 +6,7 @@
 //! | `instances`   | instanceId                                 | `InstanceRecord` |
 //! | `conv_index`  | org \0 conversation \0 created(be) \0 id   | instanceId       |
 //! | `transcripts` | instanceId \0 entry number (be u64)        | `ChatEntry`      |
+//! | `transcript_counts` | instanceId                           | entries (be u64) |
 //! | `cobrowse`    | instanceId \0 sessionId \0 sequence (be)   | `CobrowseEvent`  |
 //! | `jobs`        | object key                                 | `UploadJob`      |
 //!
@@ -38,6 +39,7 @@ pub struct SledStore {
     instances: sled::Tree,
     conv_index: sled::Tree,
     transcripts: sled::Tree,
+    transcript_counts: sled::Tree,
     cobrowse: sled::Tree,
     jobs: sled::Tree,
 }
@@ -51,6 +53,7 @@ impl SledStore {
             instances: db.open_tree("instances").map_err(io)?,
             conv_index: db.open_tree("conv_index").map_err(io)?,
             transcripts: db.open_tree("transcripts").map_err(io)?,
+            transcript_counts: db.open_tree("transcript_counts").map_err(io)?,
             cobrowse: db.open_tree("cobrowse").map_err(io)?,
             jobs: db.open_tree("jobs").map_err(io)?,
             db,
@@ -301,16 +304,27 @@ impl StateStore for SledStore {
     }
 
     fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64> {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            // generate_id is monotonic across restarts, so keys keep arrival order.
-            let number = self.db.generate_id().map_err(io)?;
-            let mut key = prefix(instance_id);
-            key.extend_from_slice(&number.to_be_bytes());
-            batch.insert(key, encode(entry));
-        }
-        self.transcripts.apply_batch(batch).map_err(io)?;
-        Ok(self.transcripts.scan_prefix(prefix(instance_id)).count() as u64)
+        let values: Vec<Vec<u8>> = entries.iter().map(encode).collect();
+        // One transaction reads the instance's entry count, writes the entries under the next
+        // numbers and stores the new count: order is arrival order, and a crash keeps all of a
+        // request's lines or none.
+        (&self.transcripts, &self.transcript_counts)
+            .transaction(|(transcripts, counts)| {
+                let first = counts
+                    .get(instance_id.as_bytes())?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                for (i, value) in values.iter().enumerate() {
+                    let mut key = prefix(instance_id);
+                    key.extend_from_slice(&(first + i as u64).to_be_bytes());
+                    transcripts.insert(key, value.as_slice())?;
+                }
+                let total = first + values.len() as u64;
+                counts.insert(instance_id.as_bytes(), &total.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(total)
+            })
+            .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))
     }
 
     fn transcript(&self, instance_id: &str) -> StoreResult<Vec<ChatEntry>> {
