@@ -33,7 +33,6 @@ const STORE_FORMAT: u32 = 1;
 
 #[derive(Clone)]
 pub struct SledStore {
-    db: sled::Db,
     committer: Arc<Committer>,
     meta: sled::Tree,
     instances: sled::Tree,
@@ -56,7 +55,6 @@ impl SledStore {
             transcript_counts: db.open_tree("transcript_counts").map_err(io)?,
             cobrowse: db.open_tree("cobrowse").map_err(io)?,
             jobs: db.open_tree("jobs").map_err(io)?,
-            db,
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
         let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
