@@ -444,11 +444,15 @@ pub struct ConversationStreamData {
 pub struct ConversationRecordingData {
     pub audio: bool,
     pub conference_id: String,
+    /// This project's addition: the instance's id, to reach its own routes.
+    pub instance_id: String,
     pub recorder_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    /// This project's addition: the instance's state.
+    pub state: RecordingState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
     pub streams: Vec<ConversationStreamData>,
@@ -460,9 +464,11 @@ impl From<&InstanceRecord> for ConversationRecordingData {
         Self {
             audio: r.audio,
             conference_id: r.conference_id.clone(),
+            instance_id: r.instance_id.clone(),
             recorder_id: r.recorder_id.clone(),
             recovered: opt_ts(r.recovered),
             started: opt_ts(r.started),
+            state: r.state.into(),
             stopped: opt_ts(r.stopped),
             streams: r
                 .streams

@@ -288,6 +288,11 @@ fn conversation_listing_shows_every_instance_oldest_first() {
         recordings[1].get("stopped").is_none(),
         "the second instance is live: {listing}"
     );
+    // This project's addition: each recording names its instance and state.
+    assert_eq!(recordings[0]["instanceId"], first["instanceId"], "{listing}");
+    assert_eq!(recordings[0]["state"], "STOPPED", "{listing}");
+    assert_eq!(recordings[1]["instanceId"], second["instanceId"], "{listing}");
+    assert_eq!(recordings[1]["state"], "INITIALISED", "{listing}");
     let duration = listing["duration"]
         .as_str()
         .unwrap_or_else(|| panic!("no duration: {listing}"));
@@ -296,7 +301,6 @@ fn conversation_listing_shows_every_instance_oldest_first() {
         secs >= 0.0 && secs <= t0.elapsed().as_secs_f64() + 1.0,
         "duration {duration} is out of bounds"
     );
-    let _ = second;
 }
 
 #[test]

@@ -37,6 +37,9 @@ const ALLOWED_EXTRA: &[(&str, &[&str])] = &[
     // Write throughput of the verify probe, in MiB/s, present when the write check passed: a
     // deliberate extension of the verify report (documented in openapi.json).
     ("StorageVerificationStatusMessage", &["writeThroughputMibPerSec"]),
+    // The conversation listing names each recording's instance and state, so a client can go
+    // from the listing to the instance's own routes (the spec's listing has no id at all).
+    ("ConversationRecordingData", &["instanceId", "state"]),
 ];
 
 const STATES: [&str; 6] = [
