@@ -4,8 +4,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use recorder_actors::domain::{
-    self, ErrorInfo, InstanceRecord, LocalFileRecord, ObjectRecord, Provider, StreamRecord,
-    TrackRecord,
+    self, ErrorInfo, InstanceRecord, LocalFileRecord, ObjectRecord, Provider, StreamRecord, TrackRecord,
 };
 use recorder_actors::storage::{CheckResult, VerificationReport};
 use serde::Serialize;
@@ -445,11 +444,15 @@ pub struct ConversationStreamData {
 pub struct ConversationRecordingData {
     pub audio: bool,
     pub conference_id: String,
+    /// This project's addition: the instance's id, to reach its own routes.
+    pub instance_id: String,
     pub recorder_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    /// This project's addition: the instance's state.
+    pub state: RecordingState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
     pub streams: Vec<ConversationStreamData>,
@@ -461,9 +464,11 @@ impl From<&InstanceRecord> for ConversationRecordingData {
         Self {
             audio: r.audio,
             conference_id: r.conference_id.clone(),
+            instance_id: r.instance_id.clone(),
             recorder_id: r.recorder_id.clone(),
             recovered: opt_ts(r.recovered),
             started: opt_ts(r.started),
+            state: r.state.into(),
             stopped: opt_ts(r.stopped),
             streams: r
                 .streams
@@ -552,14 +557,12 @@ impl ConversationCobrowseSessionDataMessage {
             cobrowse_sessions: instances
                 .iter()
                 .flat_map(|r| {
-                    r.cobrowse_sessions
-                        .iter()
-                        .map(|(id, s)| CobrowseSessionDataMessage {
-                            cobrowse_session_id: id.clone(),
-                            recorder_id: r.recorder_id.clone(),
-                            recorder_instance_id: r.instance_id.clone(),
-                            uploaded: opt_ts(s.uploaded),
-                        })
+                    r.cobrowse_sessions.iter().map(|(id, s)| CobrowseSessionDataMessage {
+                        cobrowse_session_id: id.clone(),
+                        recorder_id: r.recorder_id.clone(),
+                        recorder_instance_id: r.instance_id.clone(),
+                        uploaded: opt_ts(s.uploaded),
+                    })
                 })
                 .collect(),
         }
@@ -642,10 +645,7 @@ mod tests {
 
     #[test]
     fn durations_are_iso_8601() {
-        assert_eq!(
-            iso_duration(chrono::Duration::milliseconds(75_250)),
-            "PT75.250S"
-        );
+        assert_eq!(iso_duration(chrono::Duration::milliseconds(75_250)), "PT75.250S");
         assert_eq!(iso_duration(chrono::Duration::zero()), "PT0.000S");
         assert_eq!(iso_duration(chrono::Duration::milliseconds(-5)), "PT0.000S");
     }

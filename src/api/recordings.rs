@@ -1,12 +1,12 @@
 //! Recorder Controller: start, stop, state and listings of recorder instances; chat transcripts.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use recorder_actors::domain::ChatEntry;
+use recorder_actors::domain::{ChatEntry, InstanceRecord};
 use recorder_actors::messages::{
-    AddTranscript, GetActive, GetInstance, InstanceRef, ListConversation,
-    StartRecording as StartMessage, StopRecording,
+    AddTranscript, GetActive, GetInstance, InstanceRef, ListConversation, StartRecording as StartMessage, StopRecording,
 };
 
+use super::auth::Grant;
 use super::dto::*;
 use super::error::{ApiError, ErrorBody};
 use super::validate::{check_id, parse_body, Obj};
@@ -33,6 +33,44 @@ pub fn instance_ref(
     })
 }
 
+/// The instance `at` if the key may see it. A key limited to some applications sees another
+/// application's instance exactly as a missing one, like another organization's.
+pub async fn visible_instance(state: &AppState, grant: &Grant, at: InstanceRef) -> Result<InstanceRecord, ApiError> {
+    let record = state.registry.send(GetInstance(at.clone())).await??;
+    if !grant.may_use_application(&record.application_id) {
+        return Err(ApiError::NotFound(format!(
+            "no recorder instance {} in conversation {}",
+            at.instance_id, at.conversation_id
+        )));
+    }
+    Ok(record)
+}
+
+/// The conversation's instances the key may see; `NotFound` when none.
+pub async fn visible_conversation(
+    state: &AppState,
+    grant: &Grant,
+    conversation_id: String,
+) -> Result<Vec<InstanceRecord>, ApiError> {
+    let msg = ListConversation {
+        organization_id: grant.organization_id.clone(),
+        conversation_id: conversation_id.clone(),
+    };
+    let instances: Vec<_> = state
+        .registry
+        .send(msg)
+        .await??
+        .into_iter()
+        .filter(|r| grant.may_use_application(&r.application_id))
+        .collect();
+    if instances.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no recordings for conversation {conversation_id}"
+        )));
+    }
+    Ok(instances)
+}
+
 #[utoipa::path(
     post,
     path = "/auvious.video/rtc-recorder/api/recordings/start",
@@ -52,11 +90,7 @@ pub fn instance_ref(
     ),
     security(("apiKey" = ["global"]))
 )]
-pub async fn start(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+pub async fn start(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
@@ -104,13 +138,10 @@ pub async fn start(
     ),
     security(("apiKey" = ["global"]))
 )]
-pub async fn stop(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: InstancePath,
-) -> Result<HttpResponse, ApiError> {
+pub async fn stop(req: HttpRequest, state: web::Data<AppState>, path: InstancePath) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
+    visible_instance(&state, &grant, at.clone()).await?;
     let record = state.registry.send(StopRecording(at)).await??;
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
 }
@@ -141,7 +172,7 @@ pub async fn instance_state(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
-    let record = state.registry.send(GetInstance(at)).await??;
+    let record = visible_instance(&state, &grant, at).await?;
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
 }
 
@@ -171,7 +202,7 @@ pub async fn instance(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
-    let record = state.registry.send(GetInstance(at)).await??;
+    let record = visible_instance(&state, &grant, at).await?;
     Ok(HttpResponse::Ok().json(RecordingDataMessage::from(&record)))
 }
 
@@ -202,7 +233,7 @@ pub async fn storage_info(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
-    let record = state.registry.send(GetInstance(at)).await??;
+    let record = visible_instance(&state, &grant, at).await?;
     Ok(HttpResponse::Ok().json(StorageProfileDataMessage::from(&record)))
 }
 
@@ -229,11 +260,17 @@ pub async fn active(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     check_id("conversationId", &path, state.settings.limits.max_id_len)?;
+    let conversation_id = path.into_inner();
     let msg = GetActive {
-        organization_id: grant.organization_id,
-        conversation_id: path.into_inner(),
+        organization_id: grant.organization_id.clone(),
+        conversation_id: conversation_id.clone(),
     };
     let record = state.registry.send(msg).await??;
+    if !grant.may_use_application(&record.application_id) {
+        return Err(ApiError::NotFound(format!(
+            "conversation {conversation_id} has no live recorder instance"
+        )));
+    }
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
 }
 
@@ -260,11 +297,7 @@ pub async fn conversation(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     check_id("conversationId", &path, state.settings.limits.max_id_len)?;
-    let msg = ListConversation {
-        organization_id: grant.organization_id,
-        conversation_id: path.into_inner(),
-    };
-    let instances = state.registry.send(msg).await??;
+    let instances = visible_conversation(&state, &grant, path.into_inner()).await?;
     Ok(HttpResponse::Ok().json(ConversationMessage::new(&instances, chrono::Utc::now())))
 }
 
@@ -313,9 +346,7 @@ pub async fn add_transcript(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let instance = instance_ref(&state, &grant.organization_id, &path)?;
-    let record = state
-        .registry
-        .send(AddTranscript { instance, entries })
-        .await??;
+    visible_instance(&state, &grant, instance.clone()).await?;
+    let record = state.registry.send(AddTranscript { instance, entries }).await??;
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
 }

@@ -15,10 +15,20 @@ pub struct Call {
 
 impl Call {
     fn get(path: String) -> Call {
-        Call { method: "GET", path, body: None, headers: vec![] }
+        Call {
+            method: "GET",
+            path,
+            body: None,
+            headers: vec![],
+        }
     }
     fn post(path: String, body: Option<Value>) -> Call {
-        Call { method: "POST", path, body, headers: vec![] }
+        Call {
+            method: "POST",
+            path,
+            body,
+            headers: vec![],
+        }
     }
 
     pub fn send(&self, app: &TestApp, authorization: &str) -> Resp {
@@ -48,16 +58,26 @@ pub fn protected_calls(ev: &Value, session: &str) -> Vec<Call> {
     let c = ev["conversationId"].as_str().unwrap();
     let (r, i) = (ev["recorderId"].as_str().unwrap(), ev["instanceId"].as_str().unwrap());
     let inst = instance_path(ev);
-    let mut url_call = Call::get(format!("{inst}/cobrowse/{session}/url/attachment?conversationId={c}&id={r}&instanceId={i}"));
+    let mut url_call = Call::get(format!(
+        "{inst}/cobrowse/{session}/url/attachment?conversationId={c}&id={r}&instanceId={i}"
+    ));
     url_call.headers.push(("referer", format!("{ALLOWED_ORIGIN}/agent")));
     vec![
         Call::get(format!("/compositions/{c}")),
         Call::post(
             "/recordings/chat/transcript/add".into(),
-            Some(json!({"chatTranscriptList": [chat("2024-01-01T10:00:00Z", "hello", "u1")], "conversationId": c, "instanceId": i, "recorderId": r})),
+            Some(
+                json!({"chatTranscriptList": [chat("2024-01-01T10:00:00Z", "hello", "u1")], "conversationId": c, "instanceId": i, "recorderId": r}),
+            ),
         ),
-        Call::post("/recordings/cobrowse/event".into(), Some(cobrowse_cmd(ev, session, 99, "{}", 1))),
-        Call::post("/recordings/start".into(), Some(json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c}))),
+        Call::post(
+            "/recordings/cobrowse/event".into(),
+            Some(cobrowse_cmd(ev, session, 99, "{}", 1)),
+        ),
+        Call::post(
+            "/recordings/start".into(),
+            Some(json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c})),
+        ),
         Call::get(format!("/recordings/{c}")),
         Call::get(format!("/recordings/{c}/active")),
         Call::get(format!("/recordings/{c}/cobrowse")),
@@ -77,10 +97,21 @@ fn missing_or_unknown_keys_are_401_on_every_route() {
     let c = conv("auth401");
     let ev = app.start(KEY_A, APP_A, &c);
     for call in protected_calls(&ev, "s1") {
-        for authorization in ["", "wrong-key", "Bearer wrong-key", "Bearer ", "Basic a2V5LWEtZ2xvYmFsOg==", "key-a-global-but-longer"] {
+        for authorization in [
+            "",
+            "wrong-key",
+            "Bearer wrong-key",
+            "Bearer ",
+            "Basic a2V5LWEtZ2xvYmFsOg==",
+            "key-a-global-but-longer",
+        ] {
             let resp = call.send(&app, authorization);
             let body = resp.assert_error(401);
-            assert!(!body.to_string().contains("key-a-global"), "an error must not echo keys: {}", resp.describe());
+            assert!(
+                !body.to_string().contains("key-a-global"),
+                "an error must not echo keys: {}",
+                resp.describe()
+            );
         }
     }
     // None of that touched the instance.
@@ -89,7 +120,15 @@ fn missing_or_unknown_keys_are_401_on_every_route() {
     assert!(msg.get("chatTranscript").is_none());
     let sessions = app.get(&format!("/recordings/{c}/cobrowse"), KEY_A);
     if sessions.status == 200 {
-        assert_eq!(sessions.json()["cobrowseSessions"].as_array().map(Vec::len).unwrap_or(0), 0, "{}", sessions.describe());
+        assert_eq!(
+            sessions.json()["cobrowseSessions"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0),
+            0,
+            "{}",
+            sessions.describe()
+        );
     }
 }
 
@@ -104,9 +143,12 @@ fn raw_and_bearer_keys_are_both_accepted() {
     );
     let ev = resp.ok_json("RecordingDataEvent");
     let raw = app.get(&instance_path(&ev), KEY_A).ok_json("RecordingDataMessage");
-    let bearer = app.get(&instance_path(&ev), &format!("Bearer {KEY_A}")).ok_json("RecordingDataMessage");
+    let bearer = app
+        .get(&instance_path(&ev), &format!("Bearer {KEY_A}"))
+        .ok_json("RecordingDataMessage");
     assert_eq!(raw, bearer);
-    app.get(&format!("/recordings/{c}/active"), &format!("Bearer {KEY_B}")).assert_error(404);
+    app.get(&format!("/recordings/{c}/active"), &format!("Bearer {KEY_B}"))
+        .assert_error(404);
 }
 
 #[test]
@@ -119,17 +161,29 @@ fn keys_without_the_global_scope_are_403() {
             assert_eq!(resp.status, 403, "{} with {key}: {}", call.describe(), resp.describe());
             resp.assert_error(403);
             let resp = call.send(&app, &format!("Bearer {key}"));
-            assert_eq!(resp.status, 403, "{} with Bearer {key}: {}", call.describe(), resp.describe());
+            assert_eq!(
+                resp.status,
+                403,
+                "{} with Bearer {key}: {}",
+                call.describe(),
+                resp.describe()
+            );
         }
     }
-    assert_eq!(app.instance(KEY_A, &ev)["state"], "INITIALISED", "a 403 stop must not stop");
+    assert_eq!(
+        app.instance(KEY_A, &ev)["state"],
+        "INITIALISED",
+        "a 403 stop must not stop"
+    );
 }
 
 /// Builds, in org-a, a stopped instance with a transcript and an uploaded co-browse session.
 fn rich_org_a_instance(app: &TestApp, c: &str) -> Value {
     let ev = app.start(KEY_A, APP_A, c);
-    app.add_transcript(KEY_A, &ev, json!([chat("2024-01-01T10:00:00Z", "secret", "u1")])).ok_json("RecordingDataEvent");
-    app.add_event(KEY_A, &ev, "s1", 1, "{\"secret\":true}", 1000).ok_json("RecordingDataEvent");
+    app.add_transcript(KEY_A, &ev, json!([chat("2024-01-01T10:00:00Z", "secret", "u1")]))
+        .ok_json("RecordingDataEvent");
+    app.add_event(KEY_A, &ev, "s1", 1, "{\"secret\":true}", 1000)
+        .ok_json("RecordingDataEvent");
     app.stop(KEY_A, &ev);
     app.wait_session_uploaded(KEY_A, c, "s1");
     app.wait_transcript_file(KEY_A, &ev, 1);
@@ -149,7 +203,10 @@ fn another_organizations_data_is_404_exactly_like_missing_data() {
     for (theirs, absent) in calls_b.iter().zip(&calls_missing) {
         // org-b may start its own recording of any conversation id and may verify its own
         // applications; everything else addresses org-a's data.
-        if theirs.path == "/recordings/start" || theirs.path.starts_with("/storageproviders") || theirs.path.starts_with("/compositions") {
+        if theirs.path == "/recordings/start"
+            || theirs.path.starts_with("/storageproviders")
+            || theirs.path.starts_with("/compositions")
+        {
             continue;
         }
         let seen = theirs.send(&app, KEY_B);
@@ -166,7 +223,8 @@ fn another_organizations_data_is_404_exactly_like_missing_data() {
         let seen_body = seen.assert_error(404);
         let reference_body = reference.assert_error(404);
         assert_eq!(
-            seen_body["code"], reference_body["code"],
+            seen_body["code"],
+            reference_body["code"],
             "{} by org-b must look like a missing resource:\n  {}\n  {}",
             theirs.describe(),
             seen.describe(),
@@ -182,7 +240,11 @@ fn another_organizations_data_is_404_exactly_like_missing_data() {
     let after = app.instance(KEY_A, &ev);
     assert_eq!(before, after, "org-b changed org-a's instance");
     let file: Value = serde_json::from_slice(&std::fs::read(app.transcript_file(&ev)).unwrap()).unwrap();
-    assert_eq!(file["chatTranscriptList"].as_array().map(Vec::len), Some(1), "org-b added to org-a's transcript: {file}");
+    assert_eq!(
+        file["chatTranscriptList"].as_array().map(Vec::len),
+        Some(1),
+        "org-b added to org-a's transcript: {file}"
+    );
 }
 
 #[test]
@@ -193,12 +255,20 @@ fn organizations_have_separate_conversation_namespaces() {
     // The same conversation id in org-b is another conversation: no 409.
     let ev_b = app.start(KEY_B, APP_B, &c);
     assert_ne!(ev_a["instanceId"], ev_b["instanceId"]);
-    let active_a = app.get(&format!("/recordings/{c}/active"), KEY_A).ok_json("RecordingDataEvent");
-    let active_b = app.get(&format!("/recordings/{c}/active"), KEY_B).ok_json("RecordingDataEvent");
+    let active_a = app
+        .get(&format!("/recordings/{c}/active"), KEY_A)
+        .ok_json("RecordingDataEvent");
+    let active_b = app
+        .get(&format!("/recordings/{c}/active"), KEY_B)
+        .ok_json("RecordingDataEvent");
     assert_eq!(active_a, ev_a);
     assert_eq!(active_b, ev_b);
-    let list_a = app.get(&format!("/recordings/{c}"), KEY_A).ok_json("ConversationMessage");
-    let list_b = app.get(&format!("/recordings/{c}"), KEY_B).ok_json("ConversationMessage");
+    let list_a = app
+        .get(&format!("/recordings/{c}"), KEY_A)
+        .ok_json("ConversationMessage");
+    let list_b = app
+        .get(&format!("/recordings/{c}"), KEY_B)
+        .ok_json("ConversationMessage");
     assert_eq!(list_a["recordings"].as_array().map(Vec::len), Some(1), "{list_a}");
     assert_eq!(list_a["applicationId"], APP_A);
     assert_eq!(list_b["recordings"].as_array().map(Vec::len), Some(1), "{list_b}");
@@ -207,4 +277,44 @@ fn organizations_have_separate_conversation_namespaces() {
     // Stopping org-b's does not stop org-a's.
     app.stop(KEY_B, &ev_b);
     assert_eq!(app.instance(KEY_A, &ev_a)["state"], "INITIALISED");
+}
+
+#[test]
+fn a_key_limited_to_one_application_cannot_act_on_another_applications_instances() {
+    let app = TestApp::spawn();
+    // config.toml: a key "may use the listed applications" — app-a2 only for this one.
+    let c = conv("limited-scope");
+    let ev = app.start(KEY_A, APP_A, &c);
+    app.add_event(KEY_A, &ev, "s1", 1, "e", 1).ok_json("RecordingDataEvent");
+    let mut reached = Vec::new();
+    for call in protected_calls(&ev, "s1") {
+        if call.path == "/recordings/start" {
+            continue; // covered by recordings::a_key_limited_to_another_application_is_403_on_start
+        }
+        let resp = call.send(&app, KEY_LIMITED);
+        if resp.status == 403 || resp.status == 404 {
+            resp.assert_error(resp.status);
+        } else {
+            reached.push(resp.describe());
+        }
+    }
+    let msg = app.instance(KEY_A, &ev);
+    assert!(
+        reached.is_empty(),
+        "a key limited to app-a2 reached app-a's data ({} routes):\n{}\ninstance afterwards: {msg}",
+        reached.len(),
+        reached.join("\n")
+    );
+    assert_eq!(
+        msg["state"], "INITIALISED",
+        "the limited key stopped app-a's recording: {msg}"
+    );
+    // Its own application works end to end.
+    let own = app.start(KEY_LIMITED, APP_A2, &conv("limited-own"));
+    app.instance(KEY_LIMITED, &own);
+    app.add_transcript(KEY_LIMITED, &own, json!([chat("2024-01-01T10:00:00Z", "mine", "u1")]))
+        .ok_json("RecordingDataEvent");
+    app.stop(KEY_LIMITED, &own);
+    app.post_empty("/storageproviders/app-a2/verify", KEY_LIMITED)
+        .ok_json("StorageVerificationStatusMessage");
 }

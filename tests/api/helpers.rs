@@ -71,7 +71,10 @@ impl Resp {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// `METHOD url -> status: body`, for failure messages.
@@ -110,12 +113,22 @@ impl Resp {
     pub fn assert_error(&self, status: u16) -> Value {
         self.assert_status(status);
         let content_type = self.header("content-type").unwrap_or("");
-        assert!(content_type.starts_with("application/json"), "error without a JSON content type ({content_type:?}): {}", self.describe());
+        assert!(
+            content_type.starts_with("application/json"),
+            "error without a JSON content type ({content_type:?}): {}",
+            self.describe()
+        );
         let body = self.json();
-        let obj = body.as_object().unwrap_or_else(|| panic!("error body is not an object: {}", self.describe()));
+        let obj = body
+            .as_object()
+            .unwrap_or_else(|| panic!("error body is not an object: {}", self.describe()));
         for name in ["code", "message", "occurred"] {
             let value = obj.get(name).and_then(Value::as_str);
-            assert!(value.is_some_and(|v| !v.is_empty()), "error body lacks a non-empty string {name:?}: {}", self.describe());
+            assert!(
+                value.is_some_and(|v| !v.is_empty()),
+                "error body lacks a non-empty string {name:?}: {}",
+                self.describe()
+            );
         }
         spec::assert_valid("Error", &body);
         body
@@ -125,9 +138,18 @@ impl Resp {
     pub fn assert_error_naming(&self, status: u16, field: &str) -> Value {
         let body = self.assert_error(status);
         let message = body["message"].as_str().unwrap();
-        assert!(message.contains(field), "error message does not name {field:?}: {}", self.describe());
+        assert!(
+            message.contains(field),
+            "error message does not name {field:?}: {}",
+            self.describe()
+        );
         if let Some(named) = body.get("field") {
-            assert_eq!(named.as_str(), Some(field), "error `field` names something else: {}", self.describe());
+            assert_eq!(
+                named.as_str(),
+                Some(field),
+                "error `field` names something else: {}",
+                self.describe()
+            );
         }
         body
     }
@@ -162,6 +184,7 @@ pub struct TestApp {
     pub base_url: String,
     pub port: u16,
     /// The temp dir holding data, config and storage; removed when the app is dropped.
+    #[allow(dead_code)]
     pub dir: tempfile::TempDir,
     /// Canonical path of `dir`.
     pub root: PathBuf,
@@ -225,11 +248,19 @@ impl TestApp {
     /// stands for the temp dir; a `[signing]` table there replaces the default one) and extra
     /// environment variables.
     pub fn spawn_with(extra_toml: &str, env: &[(&str, &str)]) -> TestApp {
-        let dir = tempfile::Builder::new().prefix("rtc-recorder-test-").tempdir().expect("temp dir");
+        Self::spawn_config(|root| base_config(root, extra_toml), env)
+    }
+
+    /// Starts the binary with exactly the configuration `config(temp dir)` returns.
+    pub fn spawn_config(config: impl FnOnce(&Path) -> String, env: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::Builder::new()
+            .prefix("rtc-recorder-test-")
+            .tempdir()
+            .expect("temp dir");
         let root = dir.path().canonicalize().expect("canonical temp dir");
         let data_dir = root.join("data");
         let config_path = root.join("test.toml");
-        std::fs::write(&config_path, base_config(&root, extra_toml)).expect("write test config");
+        std::fs::write(&config_path, config(&root)).expect("write test config");
         let agent = ureq::AgentBuilder::new().timeout(HTTP_TIMEOUT).redirects(0).build();
         let mut app = TestApp {
             base_url: String::new(),
@@ -311,7 +342,10 @@ impl TestApp {
                             .next()
                             .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
                             .unwrap_or_else(|| panic!("cannot read the port from {line:?}"));
-                        assert!(addr.starts_with("127.0.0.1:"), "service listens on {addr}, not loopback");
+                        assert!(
+                            addr.starts_with("127.0.0.1:"),
+                            "service listens on {addr}, not loopback"
+                        );
                         break port;
                     }
                 }
@@ -332,20 +366,28 @@ impl TestApp {
         std::thread::spawn(move || for _ in rx {});
         self.port = port;
         self.base_url = format!("http://127.0.0.1:{port}");
-        self.running = Some(Running { child, port, stderr, stdout, threads: vec![t_out, t_err] });
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.running.as_ref().expect("process running").child.id()
+        self.running = Some(Running {
+            child,
+            port,
+            stderr,
+            stdout,
+            threads: vec![t_out, t_err],
+        });
     }
 
     /// What the process wrote to stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
-        self.running.as_ref().map(|r| r.stderr.lock().unwrap().clone()).unwrap_or_default()
+        self.running
+            .as_ref()
+            .map(|r| r.stderr.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     pub fn stdout(&self) -> String {
-        self.running.as_ref().map(|r| r.stdout.lock().unwrap().clone()).unwrap_or_default()
+        self.running
+            .as_ref()
+            .map(|r| r.stdout.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// SIGKILL: no chance to flush or clean up.
@@ -376,7 +418,10 @@ impl TestApp {
             if Instant::now() >= deadline {
                 let _ = running.child.kill();
                 let _ = running.child.wait();
-                panic!("process did not exit within {timeout:?} of SIGTERM; stderr:\n{}", running.stderr.lock().unwrap());
+                panic!(
+                    "process did not exit within {timeout:?} of SIGTERM; stderr:\n{}",
+                    running.stderr.lock().unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -389,6 +434,15 @@ impl TestApp {
             self.kill9();
         }
         self.start_process();
+    }
+
+    /// Runs another process with this app's data dir, config and environment (plus `env`), and
+    /// waits up to `timeout` for it to exit. Returns (exit status, stdout, stderr); the status is
+    /// `None` if it was still running (it is killed then).
+    pub fn run_another(&self, env: &[(&str, &str)], timeout: Duration) -> (Option<ExitStatus>, String, String) {
+        let mut all_env: Vec<(String, String)> = self.env.clone();
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        run_to_exit(&self.root, &self.data_dir, &self.config_path, &all_env, timeout)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -423,7 +477,11 @@ impl TestApp {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(ureq::Error::Transport(t)) => {
-                panic!("{method} {url}: transport error: {t}\nservice stderr:\n{}", self.stderr())
+                panic!(
+                    "{method} {url}: transport error: {t}\nservice stdout:\n{}\nservice stderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                )
             }
         };
         let status = response.status();
@@ -431,12 +489,25 @@ impl TestApp {
             .headers_names()
             .into_iter()
             .flat_map(|name| {
-                response.all(&name).into_iter().map(|v| (name.clone(), v.to_string())).collect::<Vec<_>>()
+                response
+                    .all(&name)
+                    .into_iter()
+                    .map(|v| (name.clone(), v.to_string()))
+                    .collect::<Vec<_>>()
             })
             .collect();
         let mut bytes = Vec::new();
-        response.into_reader().read_to_end(&mut bytes).unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
-        Resp { method: method.into(), url: url.into(), status, headers, body: bytes }
+        response
+            .into_reader()
+            .read_to_end(&mut bytes)
+            .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
+        Resp {
+            method: method.into(),
+            url: url.into(),
+            status,
+            headers,
+            body: bytes,
+        }
     }
 
     fn auth(key: &str) -> Vec<(&'static str, String)> {
@@ -476,7 +547,13 @@ impl TestApp {
     }
 
     pub fn post_raw(&self, path: &str, key: &str, content_type: &str, bytes: &[u8]) -> Resp {
-        self.with_key("POST", &self.api(path), key, &[("Content-Type", content_type)], Some(bytes))
+        self.with_key(
+            "POST",
+            &self.api(path),
+            key,
+            &[("Content-Type", content_type)],
+            Some(bytes),
+        )
     }
 
     /// POST without a body (stop, verify).
@@ -503,7 +580,11 @@ impl TestApp {
         assert_eq!(event["state"], "INITIALISED", "{}", resp.describe());
         assert_eq!(event["conversationId"], conversation_id, "{}", resp.describe());
         for id in ["instanceId", "recorderId"] {
-            assert!(event[id].as_str().is_some_and(|s| !s.is_empty()), "start answered no {id}: {}", resp.describe());
+            assert!(
+                event[id].as_str().is_some_and(|s| !s.is_empty()),
+                "start answered no {id}: {}",
+                resp.describe()
+            );
         }
         event
     }
@@ -533,36 +614,62 @@ impl TestApp {
         )
     }
 
-    pub fn add_event(&self, key: &str, event: &Value, session: &str, sequence_id: i64, payload: &str, timestamp: i64) -> Resp {
-        self.post_json("/recordings/cobrowse/event", key, &cobrowse_cmd(event, session, sequence_id, payload, timestamp))
+    pub fn add_event(
+        &self,
+        key: &str,
+        event: &Value,
+        session: &str,
+        sequence_id: i64,
+        payload: &str,
+        timestamp: i64,
+    ) -> Resp {
+        self.post_json(
+            "/recordings/cobrowse/event",
+            key,
+            &cobrowse_cmd(event, session, sequence_id, payload, timestamp),
+        )
     }
 
     /// Waits until an `app-a` instance shows a `chatTranscript` and its transcript file holds
     /// `num_entries` entries; returns (instance, file content).
     pub fn wait_transcript_file(&self, key: &str, event: &Value, num_entries: usize) -> (Value, Value) {
         let path = self.transcript_file(event);
-        poll(UPLOAD_TIMEOUT, &format!("transcript artefact with {num_entries} entries at {}", path.display()), || {
-            let instance = self.instance(key, event);
-            instance.get("chatTranscript")?;
-            let file: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-            (file["chatTranscriptList"].as_array()?.len() == num_entries).then_some((instance, file))
-        })
+        poll(
+            UPLOAD_TIMEOUT,
+            &format!("transcript artefact with {num_entries} entries at {}", path.display()),
+            || {
+                let instance = self.instance(key, event);
+                instance.get("chatTranscript")?;
+                let file: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                (file["chatTranscriptList"].as_array()?.len() == num_entries).then_some((instance, file))
+            },
+        )
     }
 
     /// Where the transcript of an `app-a` instance is stored.
     pub fn transcript_file(&self, event: &Value) -> PathBuf {
-        self.storage_a().join(format!("{}/chat/transcript.json", key_prefix(event, ORG_A, APP_A)))
+        self.storage_a()
+            .join(format!("{}/chat/transcript.json", key_prefix(event, ORG_A, APP_A)))
     }
 
     pub fn cobrowse_file(&self, storage: &Path, org: &str, app: &str, event: &Value, session: &str) -> PathBuf {
-        storage.join(format!("{}/cobrowse/{session}/events.json", key_prefix(event, org, app)))
+        storage.join(format!(
+            "{}/cobrowse/{session}/events.json",
+            key_prefix(event, org, app)
+        ))
     }
 
     /// Waits until the co-browse listing of the conversation shows `session` as uploaded.
     pub fn wait_session_uploaded(&self, key: &str, conversation_id: &str, session: &str) -> Value {
         poll(UPLOAD_TIMEOUT, &format!("co-browse session {session} uploaded"), || {
-            let list = self.get(&format!("/recordings/{}/cobrowse", enc(conversation_id)), key).ok_json("ConversationCobrowseSessionDataMessage");
-            let found = list["cobrowseSessions"].as_array()?.iter().find(|s| s["cobrowseSessionId"] == session)?.clone();
+            let list = self
+                .get(&format!("/recordings/{}/cobrowse", enc(conversation_id)), key)
+                .ok_json("ConversationCobrowseSessionDataMessage");
+            let found = list["cobrowseSessions"]
+                .as_array()?
+                .iter()
+                .find(|s| s["cobrowseSessionId"] == session)?
+                .clone();
             found.get("uploaded").map(|_| list.clone())
         })
     }
@@ -577,16 +684,104 @@ impl Drop for TestApp {
     }
 }
 
+/// Writes `config` (where `{tmp}` is a fresh temp dir) and runs the binary on it, expecting it to
+/// exit within `timeout`. Returns (exit status or `None` if it kept running, stdout, stderr).
+pub fn run_config_to_exit(
+    config: &str,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("rtc-recorder-test-")
+        .tempdir()
+        .expect("temp dir");
+    let root = dir.path().canonicalize().expect("canonical temp dir");
+    let config_path = root.join("test.toml");
+    std::fs::write(&config_path, config.replace("{tmp}", &root.display().to_string())).unwrap();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    run_to_exit(&root, &root.join("data"), &config_path, &env, timeout)
+}
+
+fn run_to_exit(
+    root: &Path,
+    data_dir: &Path,
+    config: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("RECORDER_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RECORDER_BIND", "127.0.0.1:0")
+        .env("RECORDER_DATA_DIR", data_dir)
+        .env("RECORDER_CONFIG", config)
+        .env("RECORDER_LOG", "warn")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn rtc-recorder");
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out_pipe.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err_pipe.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        t_out.join().unwrap_or_default(),
+        t_err.join().unwrap_or_default(),
+    )
+}
+
 /// `/recordings/{conversationId}/{recorderId}/{instanceId}` of a `RecordingDataEvent`.
 pub fn instance_path(event: &Value) -> String {
-    let part = |name: &str| enc(event[name].as_str().unwrap_or_else(|| panic!("event without {name}: {event}")));
-    format!("/recordings/{}/{}/{}", part("conversationId"), part("recorderId"), part("instanceId"))
+    let part = |name: &str| {
+        enc(event[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("event without {name}: {event}")))
+    };
+    format!(
+        "/recordings/{}/{}/{}",
+        part("conversationId"),
+        part("recorderId"),
+        part("instanceId")
+    )
 }
 
 /// `{org}/{app}/{conversationId}/{recorderId}/{instanceId}` of an instance.
 pub fn key_prefix(event: &Value, org: &str, app: &str) -> String {
     let s = |name: &str| event[name].as_str().unwrap().to_string();
-    format!("{org}/{app}/{}/{}/{}", s("conversationId"), s("recorderId"), s("instanceId"))
+    format!(
+        "{org}/{app}/{}/{}/{}",
+        s("conversationId"),
+        s("recorderId"),
+        s("instanceId")
+    )
 }
 
 pub fn cobrowse_cmd(event: &Value, session: &str, sequence_id: i64, payload: &str, timestamp: i64) -> Value {
@@ -608,7 +803,9 @@ pub fn conv(tag: &str) -> String {
 }
 
 pub fn assert_rfc3339(value: &Value, what: &str) -> chrono::DateTime<chrono::FixedOffset> {
-    let text = value.as_str().unwrap_or_else(|| panic!("{what} is not a string: {value}"));
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {value}"));
     chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("{what} = {text:?} is not RFC 3339: {e}"))
 }
 
@@ -634,6 +831,17 @@ impl Rng {
 
 // ---- raw HTTP/1.1 ---------------------------------------------------------------------------
 
+/// Sends `request` (complete, as bytes) and reads the response.
+pub fn raw_bytes(port: u16, request: &[u8]) -> Resp {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    let _ = stream.write_all(request);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let first_line = String::from_utf8_lossy(request.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
+    parse_raw_response("RAW", &first_line, &raw)
+}
+
 fn raw_http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
@@ -642,7 +850,8 @@ fn raw_http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], bod
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if !body.is_empty() || method == "POST" {
+    let chunked = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+    if !chunked && (!body.is_empty() || method == "POST") {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
@@ -667,24 +876,35 @@ fn raw_http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], bod
     parse_raw_response(method, target, &raw)
 }
 
-fn split_head(raw: &[u8]) -> Option<(usize, Vec<(String, String)>, u16)> {
+/// (offset of the body, headers, status) of a raw response, once its head is complete.
+type Head = (usize, Vec<(String, String)>, u16);
+
+fn split_head(raw: &[u8]) -> Option<Head> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
     let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
     let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     Some((end + 4, headers, status))
 }
 
 fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 fn response_complete(raw: &[u8]) -> bool {
-    let Some((start, headers, _)) = split_head(raw) else { return false };
+    let Some((start, headers, _)) = split_head(raw) else {
+        return false;
+    };
     if let Some(len) = header_of(&headers, "content-length").and_then(|v| v.parse::<usize>().ok()) {
         return raw.len() >= start + len;
     }
@@ -695,21 +915,30 @@ fn response_complete(raw: &[u8]) -> bool {
 }
 
 fn parse_raw_response(method: &str, target: &str, raw: &[u8]) -> Resp {
-    let (start, headers, status) =
-        split_head(raw).unwrap_or_else(|| panic!("{method} {target}: malformed response: {:?}", String::from_utf8_lossy(raw)));
+    let (start, headers, status) = split_head(raw).unwrap_or_else(|| {
+        panic!(
+            "{method} {target}: malformed response: {:?}",
+            String::from_utf8_lossy(raw)
+        )
+    });
     let mut body = raw[start..].to_vec();
     if let Some(len) = header_of(&headers, "content-length").and_then(|v| v.parse::<usize>().ok()) {
         body.truncate(len);
     } else if header_of(&headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         body = dechunk(&body);
     }
-    Resp { method: method.into(), url: format!("raw:{target}"), status, headers, body }
+    Resp {
+        method: method.into(),
+        url: format!("raw:{target}"),
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..line_end]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         data = &data[line_end + 2..];

@@ -55,7 +55,9 @@ fn start_answers_initialised_and_every_view_agrees() {
     let t0 = chrono::Utc::now() - chrono::Duration::seconds(1);
     let ev = app.start(KEY_A, APP_A, &c);
 
-    let state = app.get(&format!("{}/state", instance_path(&ev)), KEY_A).ok_json("RecordingDataEvent");
+    let state = app
+        .get(&format!("{}/state", instance_path(&ev)), KEY_A)
+        .ok_json("RecordingDataEvent");
     assert_eq!(state, ev, "state of a fresh instance differs from the start answer");
 
     let msg = app.instance(KEY_A, &ev);
@@ -72,14 +74,25 @@ fn start_answers_initialised_and_every_view_agrees() {
     assert!(msg.get("chatTranscript").is_none(), "no transcript yet: {msg}");
     let profile = &msg["storageProfile"];
     assert_eq!(profile["applicationId"], APP_A, "{msg}");
-    assert!(profile["url"].as_str().is_some_and(|u| !u.is_empty()), "storageProfile.url: {msg}");
-    assert!(profile.get("provider").is_none(), "LOCAL is not in the spec's provider enum, so it is omitted: {msg}");
+    assert!(
+        profile["url"].as_str().is_some_and(|u| !u.is_empty()),
+        "storageProfile.url: {msg}"
+    );
+    assert!(
+        profile.get("provider").is_none(),
+        "LOCAL is not in the spec's provider enum, so it is omitted: {msg}"
+    );
     if let Some(started) = msg.get("started") {
         assert!(assert_rfc3339(started, "started") >= t0);
     }
 
-    let info = app.get(&format!("{}/storage/info", instance_path(&ev)), KEY_A).ok_json("StorageProfileDataMessage");
-    assert_eq!(&info, profile, "storage/info differs from the instance's storageProfile");
+    let info = app
+        .get(&format!("{}/storage/info", instance_path(&ev)), KEY_A)
+        .ok_json("StorageProfileDataMessage");
+    assert_eq!(
+        &info, profile,
+        "storage/info differs from the instance's storageProfile"
+    );
 }
 
 #[test]
@@ -94,9 +107,15 @@ fn start_keeps_audio_and_video_flags() {
         );
         let ev = resp.ok_json("RecordingDataEvent");
         let msg = app.instance(KEY_A, &ev);
-        assert_eq!((msg["audio"].as_bool(), msg["video"].as_bool()), (Some(audio), Some(video)), "{msg}");
+        assert_eq!(
+            (msg["audio"].as_bool(), msg["video"].as_bool()),
+            (Some(audio), Some(video)),
+            "{msg}"
+        );
         // And in the conversation listing.
-        let listing = app.get(&format!("/recordings/{c}"), KEY_A).ok_json("ConversationMessage");
+        let listing = app
+            .get(&format!("/recordings/{c}"), KEY_A)
+            .ok_json("ConversationMessage");
         assert_eq!(listing["recordings"][0]["audio"], audio, "{listing}");
         assert_eq!(listing["recordings"][0]["video"], video, "{listing}");
     }
@@ -107,16 +126,28 @@ fn a_second_start_while_live_is_a_conflict() {
     let app = TestApp::spawn();
     let c = conv("conflict");
     let ev = app.start(KEY_A, APP_A, &c);
-    let resp = app.post_json("/recordings/start", KEY_A, &json!({"applicationId": APP_A, "conferenceId": "other", "conversationId": c}));
+    let resp = app.post_json(
+        "/recordings/start",
+        KEY_A,
+        &json!({"applicationId": APP_A, "conferenceId": "other", "conversationId": c}),
+    );
     resp.assert_error(409);
     // Nothing changed: still exactly one instance, the first one, live.
-    let active = app.get(&format!("/recordings/{c}/active"), KEY_A).ok_json("RecordingDataEvent");
+    let active = app
+        .get(&format!("/recordings/{c}/active"), KEY_A)
+        .ok_json("RecordingDataEvent");
     assert_eq!(active, ev);
-    let listing = app.get(&format!("/recordings/{c}"), KEY_A).ok_json("ConversationMessage");
+    let listing = app
+        .get(&format!("/recordings/{c}"), KEY_A)
+        .ok_json("ConversationMessage");
     assert_eq!(listing["recordings"].as_array().map(Vec::len), Some(1), "{listing}");
     // Also through another application of the same organization.
-    app.post_json("/recordings/start", KEY_A, &json!({"applicationId": APP_A2, "conferenceId": "x", "conversationId": c}))
-        .assert_error(409);
+    app.post_json(
+        "/recordings/start",
+        KEY_A,
+        &json!({"applicationId": APP_A2, "conferenceId": "x", "conversationId": c}),
+    )
+    .assert_error(409);
 }
 
 #[test]
@@ -130,23 +161,35 @@ fn stop_is_idempotent_and_a_new_start_gets_a_new_instance_on_the_same_recorder()
     assert_eq!(stopped["recorderId"], first["recorderId"]);
 
     // Stop again: same answer, 200.
-    let again = app.post_empty(&format!("{}/stop", instance_path(&first)), KEY_A).ok_json("RecordingDataEvent");
+    let again = app
+        .post_empty(&format!("{}/stop", instance_path(&first)), KEY_A)
+        .ok_json("RecordingDataEvent");
     assert_eq!(again["state"], "STOPPED");
     assert_eq!(again["instanceId"], first["instanceId"]);
 
-    let state = app.get(&format!("{}/state", instance_path(&first)), KEY_A).ok_json("RecordingDataEvent");
+    let state = app
+        .get(&format!("{}/state", instance_path(&first)), KEY_A)
+        .ok_json("RecordingDataEvent");
     assert_eq!(state["state"], "STOPPED");
     let msg = app.instance(KEY_A, &first);
     assert_eq!(msg["state"], "STOPPED");
     let stopped_at = assert_rfc3339(&msg["stopped"], "stopped");
-    assert!(stopped_at >= t0 && stopped_at <= chrono::Utc::now() + chrono::Duration::seconds(1), "stopped = {stopped_at}");
+    assert!(
+        stopped_at >= t0 && stopped_at <= chrono::Utc::now() + chrono::Duration::seconds(1),
+        "stopped = {stopped_at}"
+    );
 
     app.get(&format!("/recordings/{c}/active"), KEY_A).assert_error(404);
 
     let second = app.start(KEY_A, APP_A, &c);
-    assert_ne!(second["instanceId"], first["instanceId"], "a new start must create a new instance");
+    assert_ne!(
+        second["instanceId"], first["instanceId"],
+        "a new start must create a new instance"
+    );
     assert_eq!(second["recorderId"], first["recorderId"], "one node, one recorderId");
-    let active = app.get(&format!("/recordings/{c}/active"), KEY_A).ok_json("RecordingDataEvent");
+    let active = app
+        .get(&format!("/recordings/{c}/active"), KEY_A)
+        .ok_json("RecordingDataEvent");
     assert_eq!(active, second);
 
     // The old instance is untouched by the new one.
@@ -171,7 +214,9 @@ fn active_follows_the_live_instance_and_is_404_when_none() {
     let c = conv("active");
     app.get(&format!("/recordings/{c}/active"), KEY_A).assert_error(404);
     let ev = app.start(KEY_A, APP_A, &c);
-    let active = app.get(&format!("/recordings/{c}/active"), KEY_A).ok_json("RecordingDataEvent");
+    let active = app
+        .get(&format!("/recordings/{c}/active"), KEY_A)
+        .ok_json("RecordingDataEvent");
     assert_eq!(active, ev);
     app.stop(KEY_A, &ev);
     app.get(&format!("/recordings/{c}/active"), KEY_A).assert_error(404);
@@ -201,7 +246,8 @@ fn unknown_ids_are_404_on_every_instance_route() {
         }
         app.post_empty(&format!("{base}/stop"), KEY_A).assert_error(404);
         let fake = json!({"conversationId": c2, "recorderId": r2, "instanceId": i2});
-        app.add_transcript(KEY_A, &fake, json!([chat("2024-01-01T10:00:00Z", "hi", "u1")])).assert_error(404);
+        app.add_transcript(KEY_A, &fake, json!([chat("2024-01-01T10:00:00Z", "hi", "u1")]))
+            .assert_error(404);
         app.add_event(KEY_A, &fake, "s1", 1, "p", 1).assert_error(404);
     }
     // The real instance was not stopped by any of that.
@@ -217,22 +263,44 @@ fn conversation_listing_shows_every_instance_oldest_first() {
     app.stop(KEY_A, &first);
     let second = app.start(KEY_A, APP_A, &c);
 
-    let listing = app.get(&format!("/recordings/{c}"), KEY_A).ok_json("ConversationMessage");
+    let listing = app
+        .get(&format!("/recordings/{c}"), KEY_A)
+        .ok_json("ConversationMessage");
     assert_eq!(listing["conversationId"], c.as_str(), "{listing}");
     assert_eq!(listing["applicationId"], APP_A, "{listing}");
-    assert!(listing.get("provider").is_none(), "LOCAL is not in the spec's provider enum: {listing}");
-    let recordings = listing["recordings"].as_array().unwrap_or_else(|| panic!("no recordings: {listing}"));
+    assert!(
+        listing.get("provider").is_none(),
+        "LOCAL is not in the spec's provider enum: {listing}"
+    );
+    let recordings = listing["recordings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no recordings: {listing}"));
     assert_eq!(recordings.len(), 2, "{listing}");
     for r in recordings {
         assert_eq!(r["recorderId"], first["recorderId"], "{listing}");
         assert_eq!(r["conferenceId"], format!("conf-{c}"), "{listing}");
     }
-    assert!(recordings[0].get("stopped").is_some(), "the first instance is stopped: {listing}");
-    assert!(recordings[1].get("stopped").is_none(), "the second instance is live: {listing}");
-    let duration = listing["duration"].as_str().unwrap_or_else(|| panic!("no duration: {listing}"));
+    assert!(
+        recordings[0].get("stopped").is_some(),
+        "the first instance is stopped: {listing}"
+    );
+    assert!(
+        recordings[1].get("stopped").is_none(),
+        "the second instance is live: {listing}"
+    );
+    // This project's addition: each recording names its instance and state.
+    assert_eq!(recordings[0]["instanceId"], first["instanceId"], "{listing}");
+    assert_eq!(recordings[0]["state"], "STOPPED", "{listing}");
+    assert_eq!(recordings[1]["instanceId"], second["instanceId"], "{listing}");
+    assert_eq!(recordings[1]["state"], "INITIALISED", "{listing}");
+    let duration = listing["duration"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no duration: {listing}"));
     let secs = parse_iso_duration(duration).unwrap_or_else(|| panic!("duration {duration:?} is not ISO-8601"));
-    assert!(secs >= 0.0 && secs <= t0.elapsed().as_secs_f64() + 1.0, "duration {duration} is out of bounds");
-    let _ = second;
+    assert!(
+        secs >= 0.0 && secs <= t0.elapsed().as_secs_f64() + 1.0,
+        "duration {duration} is out of bounds"
+    );
 }
 
 #[test]
@@ -242,11 +310,17 @@ fn a_stopped_conversation_has_a_fixed_duration() {
     let ev = app.start(KEY_A, APP_A, &c);
     std::thread::sleep(std::time::Duration::from_millis(300));
     app.stop(KEY_A, &ev);
-    let d1 = app.get(&format!("/recordings/{c}"), KEY_A).ok_json("ConversationMessage")["duration"].clone();
+    let d1 = app
+        .get(&format!("/recordings/{c}"), KEY_A)
+        .ok_json("ConversationMessage")["duration"]
+        .clone();
     let secs = parse_iso_duration(d1.as_str().unwrap()).unwrap_or_else(|| panic!("duration {d1} is not ISO-8601"));
     assert!(secs >= 0.25, "the instance lived 300 ms, duration says {d1}");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let d2 = app.get(&format!("/recordings/{c}"), KEY_A).ok_json("ConversationMessage")["duration"].clone();
+    let d2 = app
+        .get(&format!("/recordings/{c}"), KEY_A)
+        .ok_json("ConversationMessage")["duration"]
+        .clone();
     assert_eq!(d1, d2, "the duration of a stopped conversation must not grow");
 }
 
@@ -261,7 +335,11 @@ fn start_with_an_unknown_application_is_404() {
     let app = TestApp::spawn();
     for application in ["no-such-app", APP_B /* org-b's, not org-a's */] {
         let c = conv("unknown-app");
-        let resp = app.post_json("/recordings/start", KEY_A, &json!({"applicationId": application, "conferenceId": "f", "conversationId": c}));
+        let resp = app.post_json(
+            "/recordings/start",
+            KEY_A,
+            &json!({"applicationId": application, "conferenceId": "f", "conversationId": c}),
+        );
         resp.assert_error(404);
         app.get(&format!("/recordings/{c}"), KEY_A).assert_error(404);
     }
@@ -271,7 +349,11 @@ fn start_with_an_unknown_application_is_404() {
 fn a_key_limited_to_another_application_is_403_on_start() {
     let app = TestApp::spawn();
     let c = conv("limited");
-    let resp = app.post_json("/recordings/start", KEY_LIMITED, &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c}));
+    let resp = app.post_json(
+        "/recordings/start",
+        KEY_LIMITED,
+        &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c}),
+    );
     resp.assert_error(403);
     app.get(&format!("/recordings/{c}"), KEY_A).assert_error(404);
     // The application it is allowed works.
@@ -286,6 +368,8 @@ fn conversations_are_independent() {
     let e2 = app.start(KEY_A, APP_A, &c2);
     app.stop(KEY_A, &e1);
     assert_eq!(app.instance(KEY_A, &e2)["state"], "INITIALISED");
-    let listing: Value = app.get(&format!("/recordings/{c2}"), KEY_A).ok_json("ConversationMessage");
+    let listing: Value = app
+        .get(&format!("/recordings/{c2}"), KEY_A)
+        .ok_json("ConversationMessage");
     assert_eq!(listing["recordings"].as_array().map(Vec::len), Some(1));
 }

@@ -34,9 +34,22 @@ pub const OPERATIONS: [(&str, &str); 14] = [
 const ALLOWED_EXTRA: &[(&str, &[&str])] = &[
     // The service names the refused input of a 400/413 (`event.sequenceId`, ...).
     ("Error", &["field"]),
+    // Write throughput of the verify probe, in MiB/s, present when the write check passed: a
+    // deliberate extension of the verify report (documented in openapi.json).
+    ("StorageVerificationStatusMessage", &["writeThroughputMibPerSec"]),
+    // The conversation listing names each recording's instance and state, so a client can go
+    // from the listing to the instance's own routes (the spec's listing has no id at all).
+    ("ConversationRecordingData", &["instanceId", "state"]),
 ];
 
-const STATES: [&str; 6] = ["ABORTED", "ACTIVE", "FAILED", "INITIALISED", "PENDING_RECOVERY", "STOPPED"];
+const STATES: [&str; 6] = [
+    "ABORTED",
+    "ACTIVE",
+    "FAILED",
+    "INITIALISED",
+    "PENDING_RECOVERY",
+    "STOPPED",
+];
 const PROVIDERS: [&str; 4] = ["AMAZON_S3", "AZURE_BLOB", "GOOGLE_CLOUD", "SFTP_STORAGE"];
 const STREAM_TYPES: [&str; 6] = ["CAM", "HOLD", "MIC", "SCREEN", "UNKNOWN", "VIDEO"];
 const TRACK_TYPES: [&str; 2] = ["AUDIO", "VIDEO"];
@@ -124,8 +137,12 @@ pub fn schema_names() -> Vec<&'static str> {
     schemas().as_object().unwrap().keys().map(|k| k.as_str()).collect()
 }
 
-fn allowed_extra(schema: &str) -> &'static [&'static str] {
-    ALLOWED_EXTRA.iter().find(|(s, _)| *s == schema).map(|(_, extra)| *extra).unwrap_or(&[])
+pub fn allowed_extra(schema: &str) -> &'static [&'static str] {
+    ALLOWED_EXTRA
+        .iter()
+        .find(|(s, _)| *s == schema)
+        .map(|(_, extra)| *extra)
+        .unwrap_or(&[])
 }
 
 /// Every way `value` departs from schema `schema`, each with its JSON path.
@@ -136,7 +153,9 @@ pub fn validate(schema: &str, value: &Value) -> Vec<String> {
 }
 
 fn check_schema(schema: &str, value: &Value, path: &str, errors: &mut Vec<String>) {
-    let def = schemas().get(schema).unwrap_or_else(|| panic!("the spec has no schema {schema}"));
+    let def = schemas()
+        .get(schema)
+        .unwrap_or_else(|| panic!("the spec has no schema {schema}"));
     let Some(obj) = value.as_object() else {
         errors.push(format!("{path}: expected a {schema} object, got {value}"));
         return;
@@ -171,7 +190,9 @@ fn check_type(ty: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
                 "boolean" => value.is_boolean(),
                 "int32" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
                 "int64" => value.is_i64(),
-                "date-time" | "timestamp" => value.as_str().is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+                "date-time" | "timestamp" => value
+                    .as_str()
+                    .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
                 "url" => value.as_str().is_some_and(|s| url::Url::parse(s).is_ok()),
                 other => panic!("unknown type {other} in the transcribed spec"),
             };
@@ -193,7 +214,10 @@ fn check_type(ty: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
                 }
             } else if let Some(values) = o.get("enum").and_then(Value::as_array) {
                 if !values.contains(value) {
-                    errors.push(format!("{path}: {value} is not one of {}", Value::Array(values.clone())));
+                    errors.push(format!(
+                        "{path}: {value} is not one of {}",
+                        Value::Array(values.clone())
+                    ));
                 }
             } else {
                 panic!("bad type {ty} in the transcribed spec");
@@ -206,7 +230,11 @@ fn check_type(ty: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
 /// Panics, listing every departure, unless `value` is a valid `schema`.
 pub fn assert_valid(schema: &str, value: &Value) {
     let errors = validate(schema, value);
-    assert!(errors.is_empty(), "response does not match the spec's {schema}:\n  {}\nbody: {value:#}", errors.join("\n  "));
+    assert!(
+        errors.is_empty(),
+        "response does not match the spec's {schema}:\n  {}\nbody: {value:#}",
+        errors.join("\n  ")
+    );
 }
 
 // The validator itself must be able to fail.
@@ -214,7 +242,11 @@ pub fn assert_valid(schema: &str, value: &Value) {
 fn validator_rejects_what_the_spec_does_not_allow() {
     let good = json!({"conversationId": "c", "instanceId": "i", "recorderId": "r", "state": "STOPPED",
         "error": {"code": "X", "message": "m", "occurred": "2024-01-01T00:00:00Z"}});
-    assert!(validate("RecordingDataEvent", &good).is_empty(), "{:?}", validate("RecordingDataEvent", &good));
+    assert!(
+        validate("RecordingDataEvent", &good).is_empty(),
+        "{:?}",
+        validate("RecordingDataEvent", &good)
+    );
     let cases = [
         json!({"state": "RUNNING"}),
         json!({"state": "STOPPED", "extra": 1}),
@@ -227,9 +259,20 @@ fn validator_rejects_what_the_spec_does_not_allow() {
         assert!(!validate("RecordingDataEvent", &bad).is_empty(), "accepted {bad}");
     }
     assert!(!validate("RecordingDataMessage", &json!({"streams": [{"type": "FLOPPY"}]})).is_empty());
-    assert!(!validate("RecordingDataMessage", &json!({"storageProfile": {"provider": "LOCAL"}})).is_empty());
-    assert!(!validate("ChatTranscriptData", &json!({"id": "x", "location": "y"})).is_empty(), "created is required");
-    assert!(validate("Error", &json!({"code": "c", "message": "m", "occurred": "2024-01-01T00:00:00Z", "field": "f"})).is_empty());
+    assert!(!validate(
+        "RecordingDataMessage",
+        &json!({"storageProfile": {"provider": "LOCAL"}})
+    )
+    .is_empty());
+    assert!(
+        !validate("ChatTranscriptData", &json!({"id": "x", "location": "y"})).is_empty(),
+        "created is required"
+    );
+    assert!(validate(
+        "Error",
+        &json!({"code": "c", "message": "m", "occurred": "2024-01-01T00:00:00Z", "field": "f"})
+    )
+    .is_empty());
     assert!(!validate("URLResourceMessage", &json!({"url": "not a url"})).is_empty());
     assert_eq!(OPERATIONS.len(), 14);
 }

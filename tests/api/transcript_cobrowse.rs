@@ -12,7 +12,9 @@ fn read_json(path: &std::path::Path) -> Value {
 
 /// Checks that the stored entries are `expected`, in order (timestamps compared as instants).
 fn assert_entries(file: &Value, expected: &[Value]) {
-    let stored = file["chatTranscriptList"].as_array().unwrap_or_else(|| panic!("no chatTranscriptList: {file}"));
+    let stored = file["chatTranscriptList"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no chatTranscriptList: {file}"));
     assert_eq!(stored.len(), expected.len(), "stored entries: {file:#}");
     for (i, (s, e)) in stored.iter().zip(expected).enumerate() {
         for field in ["transcript", "userId", "userDisplayName"] {
@@ -29,7 +31,11 @@ fn seqs(file: &Value) -> Vec<i64> {
         .as_array()
         .unwrap_or_else(|| panic!("no events: {file}"))
         .iter()
-        .map(|e| e["sequenceId"].as_i64().unwrap_or_else(|| panic!("event without sequenceId: {e}")))
+        .map(|e| {
+            e["sequenceId"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("event without sequenceId: {e}"))
+        })
         .collect()
 }
 
@@ -46,7 +52,11 @@ fn transcript_is_written_on_stop_with_every_entry_in_order() {
     let c = conv("transcript");
     let ev = app.start(KEY_A, APP_A, &c);
     let e1 = chat("2024-03-01T10:00:00Z", "Hello, how can I help?", "agent-1");
-    let e2 = chat("2024-03-01T10:00:05.250Z", "My order is late 😟 — «ünïcode»", "customer-7");
+    let e2 = chat(
+        "2024-03-01T10:00:05.250Z",
+        "My order is late 😟 — «ünïcode»",
+        "customer-7",
+    );
     let e3 = json!({"timeStamp": "2024-03-01T12:00:09+02:00", "transcript": "no display name", "userId": "customer-7"});
     event_ok(app.add_transcript(KEY_A, &ev, json!([e1, e2])), &ev, "INITIALISED");
     event_ok(app.add_transcript(KEY_A, &ev, json!([e3])), &ev, "INITIALISED");
@@ -58,11 +68,21 @@ fn transcript_is_written_on_stop_with_every_entry_in_order() {
 
     let transcript = &instance["chatTranscript"];
     assert!(transcript["id"].as_str().is_some_and(|s| !s.is_empty()), "{instance}");
-    assert!(transcript["location"].as_str().is_some_and(|l| l.contains("chat/transcript.json")), "location: {instance}");
+    assert!(
+        transcript["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("chat/transcript.json")),
+        "location: {instance}"
+    );
     assert!(assert_rfc3339(&transcript["created"], "chatTranscript.created") >= t_stop);
 
-    let listing = app.get(&format!("/recordings/{c}"), KEY_A).ok_json("ConversationMessage");
-    assert_eq!(&listing["chatTranscript"], transcript, "the conversation shows the instance's transcript: {listing}");
+    let listing = app
+        .get(&format!("/recordings/{c}"), KEY_A)
+        .ok_json("ConversationMessage");
+    assert_eq!(
+        &listing["chatTranscript"], transcript,
+        "the conversation shows the instance's transcript: {listing}"
+    );
 }
 
 #[test]
@@ -74,16 +94,20 @@ fn transcript_added_after_stop_is_appended_to_the_stored_file() {
     event_ok(app.add_transcript(KEY_A, &ev, json!([e1])), &ev, "INITIALISED");
     app.stop(KEY_A, &ev);
     let (before, file) = app.wait_transcript_file(KEY_A, &ev, 1);
-    assert_entries(&file, &[e1.clone()]);
+    assert_entries(&file, std::slice::from_ref(&e1));
 
     let e2 = chat("2024-03-01T10:01:00Z", "second, after stop", "u2");
     let e3 = chat("2024-03-01T10:02:00Z", "third, after stop", "u1");
     event_ok(app.add_transcript(KEY_A, &ev, json!([e2, e3])), &ev, "STOPPED");
     let (after, file) = app.wait_transcript_file(KEY_A, &ev, 3);
     assert_entries(&file, &[e1, e2, e3]);
-    assert_eq!(after["chatTranscript"]["id"], before["chatTranscript"]["id"], "still the same transcript artefact");
+    assert_eq!(
+        after["chatTranscript"]["id"], before["chatTranscript"]["id"],
+        "still the same transcript artefact"
+    );
     assert!(
-        assert_rfc3339(&after["chatTranscript"]["created"], "created") >= assert_rfc3339(&before["chatTranscript"]["created"], "created"),
+        assert_rfc3339(&after["chatTranscript"]["created"], "created")
+            >= assert_rfc3339(&before["chatTranscript"]["created"], "created"),
         "created went back in time: {before} -> {after}"
     );
     assert_eq!(after["state"], "STOPPED");
@@ -95,7 +119,10 @@ fn transcript_first_sent_after_stop_is_written() {
     let c = conv("post-stop-transcript");
     let ev = app.start(KEY_A, APP_A, &c);
     app.stop(KEY_A, &ev);
-    assert!(app.instance(KEY_A, &ev).get("chatTranscript").is_none(), "no transcript was ever sent");
+    assert!(
+        app.instance(KEY_A, &ev).get("chatTranscript").is_none(),
+        "no transcript was ever sent"
+    );
     assert!(!app.transcript_file(&ev).exists());
     let e1 = chat("2024-03-01T10:00:00Z", "only line", "u1");
     event_ok(app.add_transcript(KEY_A, &ev, json!([e1])), &ev, "STOPPED");
@@ -110,11 +137,13 @@ fn transcripts_of_two_instances_stay_apart() {
     let c = conv("two-transcripts");
     let first = app.start(KEY_A, APP_A, &c);
     let a = chat("2024-03-01T10:00:00Z", "instance one", "u1");
-    app.add_transcript(KEY_A, &first, json!([a])).ok_json("RecordingDataEvent");
+    app.add_transcript(KEY_A, &first, json!([a]))
+        .ok_json("RecordingDataEvent");
     app.stop(KEY_A, &first);
     let second = app.start(KEY_A, APP_A, &c);
     let b = chat("2024-03-01T11:00:00Z", "instance two", "u1");
-    app.add_transcript(KEY_A, &second, json!([b])).ok_json("RecordingDataEvent");
+    app.add_transcript(KEY_A, &second, json!([b]))
+        .ok_json("RecordingDataEvent");
     app.stop(KEY_A, &second);
     let (_, f1) = app.wait_transcript_file(KEY_A, &first, 1);
     let (_, f2) = app.wait_transcript_file(KEY_A, &second, 1);
@@ -127,17 +156,39 @@ fn cobrowse_events_are_stored_in_sequence_order_and_first_copy_wins() {
     let app = TestApp::spawn();
     let c = conv("cobrowse");
     let ev = app.start(KEY_A, APP_A, &c);
-    for (seq, payload, ts) in [(3, "{\"n\":3}", 1_700_000_000_300i64), (1, "{\"n\":1}", 1_700_000_000_100), (2, "{\"n\":2}", 1_700_000_000_200)] {
+    for (seq, payload, ts) in [
+        (3, "{\"n\":3}", 1_700_000_000_300i64),
+        (1, "{\"n\":1}", 1_700_000_000_100),
+        (2, "{\"n\":2}", 1_700_000_000_200),
+    ] {
         event_ok(app.add_event(KEY_A, &ev, "s1", seq, payload, ts), &ev, "INITIALISED");
     }
     // A repeated sequenceId is accepted and changes nothing.
-    event_ok(app.add_event(KEY_A, &ev, "s1", 1, "{\"n\":\"duplicate\"}", 9), &ev, "INITIALISED");
-    event_ok(app.add_event(KEY_A, &ev, "s2", 7, "other session", 5), &ev, "INITIALISED");
+    event_ok(
+        app.add_event(KEY_A, &ev, "s1", 1, "{\"n\":\"duplicate\"}", 9),
+        &ev,
+        "INITIALISED",
+    );
+    event_ok(
+        app.add_event(KEY_A, &ev, "s2", 7, "other session", 5),
+        &ev,
+        "INITIALISED",
+    );
     // Extremes of the declared integer ranges are fine.
-    event_ok(app.add_event(KEY_A, &ev, "s3", i32::MAX as i64, "max", i64::MAX), &ev, "INITIALISED");
-    event_ok(app.add_event(KEY_A, &ev, "s3", i32::MIN as i64, "min", i64::MIN), &ev, "INITIALISED");
+    event_ok(
+        app.add_event(KEY_A, &ev, "s3", i32::MAX as i64, "max", i64::MAX),
+        &ev,
+        "INITIALISED",
+    );
+    event_ok(
+        app.add_event(KEY_A, &ev, "s3", i32::MIN as i64, "min", i64::MIN),
+        &ev,
+        "INITIALISED",
+    );
 
-    let listing = app.get(&format!("/recordings/{c}/cobrowse"), KEY_A).ok_json("ConversationCobrowseSessionDataMessage");
+    let listing = app
+        .get(&format!("/recordings/{c}/cobrowse"), KEY_A)
+        .ok_json("ConversationCobrowseSessionDataMessage");
     assert_eq!(listing["conversationId"], c.as_str(), "{listing}");
     let mut sessions: Vec<Value> = listing["cobrowseSessions"].as_array().cloned().unwrap_or_default();
     sessions.sort_by_key(|s| s["cobrowseSessionId"].as_str().unwrap_or("").to_string());
@@ -146,7 +197,10 @@ fn cobrowse_events_are_stored_in_sequence_order_and_first_copy_wins() {
         assert_eq!(s["cobrowseSessionId"], id, "{listing}");
         assert_eq!(s["recorderId"], ev["recorderId"], "{listing}");
         assert_eq!(s["recorderInstanceId"], ev["instanceId"], "{listing}");
-        assert!(s.get("uploaded").is_none(), "nothing is uploaded before stop: {listing}");
+        assert!(
+            s.get("uploaded").is_none(),
+            "nothing is uploaded before stop: {listing}"
+        );
     }
 
     app.stop(KEY_A, &ev);
@@ -156,7 +210,10 @@ fn cobrowse_events_are_stored_in_sequence_order_and_first_copy_wins() {
     let s1 = read_json(&app.cobrowse_file(&app.storage_a(), ORG_A, APP_A, &ev, "s1"));
     assert_eq!(seqs(&s1), vec![1, 2, 3], "{s1:#}");
     let events = s1["events"].as_array().unwrap();
-    assert_eq!(events[0]["payload"], "{\"n\":1}", "the first copy of sequenceId 1 wins: {s1:#}");
+    assert_eq!(
+        events[0]["payload"], "{\"n\":1}",
+        "the first copy of sequenceId 1 wins: {s1:#}"
+    );
     assert_eq!(events[0]["timestamp"], 1_700_000_000_100i64, "{s1:#}");
     assert_eq!(events[2]["payload"], "{\"n\":3}", "{s1:#}");
     assert!(events.iter().all(|e| e["sessionId"] == "s1"), "{s1:#}");
@@ -168,7 +225,9 @@ fn cobrowse_events_are_stored_in_sequence_order_and_first_copy_wins() {
     assert_eq!(s3["events"][0]["timestamp"], i64::MIN, "{s3:#}");
     assert_eq!(s3["events"][1]["timestamp"], i64::MAX, "{s3:#}");
 
-    let listing = app.get(&format!("/recordings/{c}/cobrowse"), KEY_A).ok_json("ConversationCobrowseSessionDataMessage");
+    let listing = app
+        .get(&format!("/recordings/{c}/cobrowse"), KEY_A)
+        .ok_json("ConversationCobrowseSessionDataMessage");
     for s in listing["cobrowseSessions"].as_array().unwrap() {
         assert_rfc3339(&s["uploaded"], "uploaded");
     }
@@ -195,6 +254,15 @@ fn cobrowse_events_after_stop_update_the_stored_session() {
     let file = read_json(&path);
     assert_eq!(seqs(&file), vec![1, 2]);
     assert_eq!(file["events"][1]["payload"], "two", "{file:#}");
+    // A session first seen after stop is stored too.
+    event_ok(
+        app.add_event(KEY_A, &ev, "s-late", 9, "late session", 9),
+        &ev,
+        "STOPPED",
+    );
+    app.wait_session_uploaded(KEY_A, &c, "s-late");
+    let late = read_json(&app.cobrowse_file(&app.storage_a(), ORG_A, APP_A, &ev, "s-late"));
+    assert_eq!(seqs(&late), vec![9], "{late:#}");
 }
 
 #[test]
@@ -202,15 +270,27 @@ fn cobrowse_listing_spans_every_instance_of_the_conversation() {
     let app = TestApp::spawn();
     let c = conv("cobrowse-instances");
     let first = app.start(KEY_A, APP_A, &c);
-    app.add_event(KEY_A, &first, "s1", 1, "a", 1).ok_json("RecordingDataEvent");
+    app.add_event(KEY_A, &first, "s1", 1, "a", 1)
+        .ok_json("RecordingDataEvent");
     app.stop(KEY_A, &first);
     let second = app.start(KEY_A, APP_A, &c);
-    app.add_event(KEY_A, &second, "s1", 1, "b", 1).ok_json("RecordingDataEvent");
-    let listing = app.get(&format!("/recordings/{c}/cobrowse"), KEY_A).ok_json("ConversationCobrowseSessionDataMessage");
-    let sessions = listing["cobrowseSessions"].as_array().unwrap_or_else(|| panic!("{listing}"));
-    let mut instances: Vec<&str> = sessions.iter().filter_map(|s| s["recorderInstanceId"].as_str()).collect();
+    app.add_event(KEY_A, &second, "s1", 1, "b", 1)
+        .ok_json("RecordingDataEvent");
+    let listing = app
+        .get(&format!("/recordings/{c}/cobrowse"), KEY_A)
+        .ok_json("ConversationCobrowseSessionDataMessage");
+    let sessions = listing["cobrowseSessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listing}"));
+    let mut instances: Vec<&str> = sessions
+        .iter()
+        .filter_map(|s| s["recorderInstanceId"].as_str())
+        .collect();
     instances.sort();
-    let mut expected = vec![first["instanceId"].as_str().unwrap(), second["instanceId"].as_str().unwrap()];
+    let mut expected = vec![
+        first["instanceId"].as_str().unwrap(),
+        second["instanceId"].as_str().unwrap(),
+    ];
     expected.sort();
     assert_eq!(instances, expected, "{listing}");
 }
@@ -220,9 +300,19 @@ fn cobrowse_listing_of_an_instance_without_sessions_is_empty() {
     let app = TestApp::spawn();
     let c = conv("no-sessions");
     app.start(KEY_A, APP_A, &c);
-    let listing = app.get(&format!("/recordings/{c}/cobrowse"), KEY_A).ok_json("ConversationCobrowseSessionDataMessage");
+    let listing = app
+        .get(&format!("/recordings/{c}/cobrowse"), KEY_A)
+        .ok_json("ConversationCobrowseSessionDataMessage");
     assert_eq!(listing["conversationId"], c.as_str(), "{listing}");
-    assert_eq!(listing.get("cobrowseSessions").and_then(Value::as_array).map(Vec::len).unwrap_or(0), 0, "{listing}");
+    assert_eq!(
+        listing
+            .get("cobrowseSessions")
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .unwrap_or(0),
+        0,
+        "{listing}"
+    );
 }
 
 #[test]
@@ -240,9 +330,20 @@ fn oversized_cobrowse_payloads_are_refused_naming_event_payload() {
     let resp = app.add_event(KEY_A, &ev, "s-big", 2, &"é".repeat(513), 1);
     assert!(resp.status == 413 || resp.status == 400, "{}", resp.describe());
 
-    let listing = app.get(&format!("/recordings/{c}/cobrowse"), KEY_A).ok_json("ConversationCobrowseSessionDataMessage");
-    let ids: Vec<&str> = listing["cobrowseSessions"].as_array().unwrap().iter().filter_map(|s| s["cobrowseSessionId"].as_str()).collect();
-    assert_eq!(ids, vec!["s-ok"], "a refused event must not create its session: {listing}");
+    let listing = app
+        .get(&format!("/recordings/{c}/cobrowse"), KEY_A)
+        .ok_json("ConversationCobrowseSessionDataMessage");
+    let ids: Vec<&str> = listing["cobrowseSessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["cobrowseSessionId"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["s-ok"],
+        "a refused event must not create its session: {listing}"
+    );
     app.stop(KEY_A, &ev);
     app.wait_session_uploaded(KEY_A, &c, "s-ok");
     let file = read_json(&app.cobrowse_file(&app.storage_a(), ORG_A, APP_A, &ev, "s-ok"));

@@ -23,11 +23,7 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        record: &InstanceRecord,
-        uploader: Option<Recipient<Kick>>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, uploader: Option<Recipient<Kick>>) -> Self {
         let recorder = Recorder::new(store, record, uploader).start();
         Self {
             organization_id: record.organization_id.clone(),

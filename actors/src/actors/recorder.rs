@@ -61,8 +61,12 @@ impl Handler<StopRecorder> for Recorder {
         let result = (|| {
             let mut artefacts = Vec::new();
             let record = store.update_instance(&self.instance_id, &mut |r| {
-                r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
                 artefacts.clear();
+                if r.state.is_terminal() {
+                    // A stop that queued behind another one: the first already did the work.
+                    return Ok(());
+                }
+                r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
                 if r.num_transcript_entries > 0 {
                     artefacts.push(ArtefactKind::ChatTranscript);
                 }

@@ -282,19 +282,32 @@ impl Handler<StopRecording> for Registry {
             _ => return Box::pin(fut::ready(Ok(record))),
         };
         let instance_id = record.instance_id.clone();
+        let store = self.store.clone();
         Box::pin(
-            async move { conversation.send(StopInstance).await? }
-                .into_actor(self)
-                .map(move |result, act, _ctx| {
-                    if let Ok(stopped) = &result {
-                        if act.live.get(&key).is_some_and(|l| l.instance_id == instance_id) {
-                            act.live.remove(&key);
-                        }
+            async move {
+                match conversation.send(StopInstance).await {
+                    Ok(result) => result,
+                    // The conversation ended between our lookup and this send: a concurrent
+                    // stop won, and its result is in the store.
+                    Err(_) => match store.get_instance(&instance_id)? {
+                        Some(record) if record.state.is_terminal() => Ok(record),
+                        _ => Err(EngineError::Unavailable(
+                            "the recorder instance is not answering".into(),
+                        )),
+                    },
+                }
+            }
+            .into_actor(self)
+            .map(move |result, act, _ctx| {
+                if let Ok(stopped) = &result {
+                    if act.live.get(&key).is_some_and(|l| l.instance_id == stopped.instance_id) {
+                        act.live.remove(&key);
                         act.num_stopped += 1;
-                        act.kick_uploader(stopped);
                     }
-                    result
-                }),
+                    act.kick_uploader(stopped);
+                }
+                result
+            }),
         )
     }
 }

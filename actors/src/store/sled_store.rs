@@ -6,6 +6,7 @@
 //! | `instances`   | instanceId                                 | `InstanceRecord` |
 //! | `conv_index`  | org \0 conversation \0 created(be) \0 id   | instanceId       |
 //! | `transcripts` | instanceId \0 entry number (be u64)        | `ChatEntry`      |
+//! | `transcript_counts` | instanceId                           | entries (be u64) |
 //! | `cobrowse`    | instanceId \0 sessionId \0 sequence (be)   | `CobrowseEvent`  |
 //! | `jobs`        | object key                                 | `UploadJob`      |
 //!
@@ -13,6 +14,8 @@
 //! are exact.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -30,11 +33,12 @@ const STORE_FORMAT: u32 = 1;
 
 #[derive(Clone)]
 pub struct SledStore {
-    db: sled::Db,
+    committer: Arc<Committer>,
     meta: sled::Tree,
     instances: sled::Tree,
     conv_index: sled::Tree,
     transcripts: sled::Tree,
+    transcript_counts: sled::Tree,
     cobrowse: sled::Tree,
     jobs: sled::Tree,
 }
@@ -43,26 +47,21 @@ impl SledStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let db = sled::Config::new().path(path).open().map_err(io)?;
         let store = Self {
+            committer: Committer::start(db.clone())?,
             meta: db.open_tree("meta").map_err(io)?,
             instances: db.open_tree("instances").map_err(io)?,
             conv_index: db.open_tree("conv_index").map_err(io)?,
             transcripts: db.open_tree("transcripts").map_err(io)?,
+            transcript_counts: db.open_tree("transcript_counts").map_err(io)?,
             cobrowse: db.open_tree("cobrowse").map_err(io)?,
             jobs: db.open_tree("jobs").map_err(io)?,
-            db,
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
-        let found =
-            u32::from_be_bytes(
-                format
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        tree: "meta",
-                        key: STORE_FORMAT_KEY.into(),
-                        message: "not a u32".into(),
-                    })?,
-            );
+        let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            key: STORE_FORMAT_KEY.into(),
+            message: "not a u32".into(),
+        })?);
         if found > STORE_FORMAT {
             return Err(StoreError::FutureSchema {
                 found,
@@ -70,6 +69,94 @@ impl SledStore {
             });
         }
         Ok(store)
+    }
+}
+
+/// Group commit. Every `flush` takes a ticket after its writes; one thread fsyncs the database
+/// for all tickets taken so far, so N concurrent commands cost one fsync, not N, and no caller's
+/// executor thread ever blocks on the disk. (sled's own `flush_async` can lock up when called
+/// concurrently — sled issues 1241 and 1308 — which is why it is not used.)
+struct Committer {
+    requested: Arc<AtomicU64>,
+    kick: Mutex<Option<mpsc::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Highest ticket covered by a finished flush, and that flush's error if it failed.
+    flushed: tokio::sync::watch::Receiver<(u64, Option<String>)>,
+}
+
+impl Committer {
+    fn start(db: sled::Db) -> StoreResult<Arc<Self>> {
+        let (kick, kicks) = mpsc::channel::<()>();
+        let (done, flushed) = tokio::sync::watch::channel((0u64, None));
+        let requested = Arc::new(AtomicU64::new(0));
+        let seen = requested.clone();
+        let thread = std::thread::Builder::new()
+            .name("state-store-commit".into())
+            .spawn(move || {
+                // Ends when the store is dropped (the kick sender with it); a last flush then
+                // leaves nothing behind.
+                while kicks.recv().is_ok() {
+                    while kicks.try_recv().is_ok() {}
+                    let target = seen.load(Ordering::SeqCst);
+                    let result = db.flush();
+                    done.send_replace((target, result.err().map(|e| e.to_string())));
+                }
+                let _ = db.flush();
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
+        Ok(Arc::new(Committer {
+            requested,
+            kick: Mutex::new(Some(kick)),
+            thread: Mutex::new(Some(thread)),
+            flushed,
+        }))
+    }
+
+    fn flush(&self) -> BoxFuture<'static, StoreResult<()>> {
+        // The ticket is taken now, after the caller's writes, not when the future is polled.
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let sent = self
+            .kick
+            .lock()
+            .map(|k| k.as_ref().is_some_and(|k| k.send(()).is_ok()))
+            .unwrap_or(false);
+        let mut flushed = self.flushed.clone();
+        async move {
+            if !sent {
+                return Err(StoreError::Io("the commit thread has stopped".into()));
+            }
+            loop {
+                {
+                    let (covered, error) = &*flushed.borrow_and_update();
+                    if *covered >= ticket {
+                        // A later successful flush also covers this ticket's writes, so the
+                        // newest result is the one that matters.
+                        return match error {
+                            Some(e) => Err(StoreError::Io(e.clone())),
+                            None => Ok(()),
+                        };
+                    }
+                }
+                flushed
+                    .changed()
+                    .await
+                    .map_err(|_| StoreError::Io("the commit thread has stopped".into()))?;
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Drop for Committer {
+    /// Waits for the commit thread so the database is closed (and its lock released) when the
+    /// last handle of the store goes.
+    fn drop(&mut self) {
+        if let Ok(mut kick) = self.kick.lock() {
+            kick.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -190,11 +277,7 @@ impl StateStore for SledStore {
         }
     }
 
-    fn conversation_instances(
-        &self,
-        organization_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<Vec<InstanceRecord>> {
+    fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>> {
         let mut scan = key2(organization_id, conversation_id);
         scan.push(0);
         let mut out = Vec::new();
@@ -219,16 +302,27 @@ impl StateStore for SledStore {
     }
 
     fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64> {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            // generate_id is monotonic across restarts, so keys keep arrival order.
-            let number = self.db.generate_id().map_err(io)?;
-            let mut key = prefix(instance_id);
-            key.extend_from_slice(&number.to_be_bytes());
-            batch.insert(key, encode(entry));
-        }
-        self.transcripts.apply_batch(batch).map_err(io)?;
-        Ok(self.transcripts.scan_prefix(prefix(instance_id)).count() as u64)
+        let values: Vec<Vec<u8>> = entries.iter().map(encode).collect();
+        // One transaction reads the instance's entry count, writes the entries under the next
+        // numbers and stores the new count: order is arrival order, and a crash keeps all of a
+        // request's lines or none.
+        (&self.transcripts, &self.transcript_counts)
+            .transaction(|(transcripts, counts)| {
+                let first = counts
+                    .get(instance_id.as_bytes())?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                for (i, value) in values.iter().enumerate() {
+                    let mut key = prefix(instance_id);
+                    key.extend_from_slice(&(first + i as u64).to_be_bytes());
+                    transcripts.insert(key, value.as_slice())?;
+                }
+                let total = first + values.len() as u64;
+                counts.insert(instance_id.as_bytes(), &total.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(total)
+            })
+            .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))
     }
 
     fn transcript(&self, instance_id: &str) -> StoreResult<Vec<ChatEntry>> {
@@ -253,11 +347,7 @@ impl StateStore for SledStore {
         Ok(inserted)
     }
 
-    fn cobrowse_events(
-        &self,
-        instance_id: &str,
-        session_id: &str,
-    ) -> StoreResult<Vec<CobrowseEvent>> {
+    fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>> {
         let mut scan = key2(instance_id, session_id);
         scan.push(0);
         self.cobrowse
@@ -342,8 +432,7 @@ impl StateStore for SledStore {
     }
 
     fn flush(&self) -> BoxFuture<'static, StoreResult<()>> {
-        let db = self.db.clone();
-        async move { db.flush_async().await.map(|_| ()).map_err(io) }.boxed()
+        self.committer.flush()
     }
 
     fn check(&self) -> StoreResult<()> {
@@ -401,15 +490,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store
-                .insert_instance(&instance("i1", "org-a", "conv"))
-                .unwrap();
-            store
-                .insert_instance(&instance("i2", "org-b", "conv"))
-                .unwrap();
-            store
-                .insert_instance(&instance("i3", "org-a", "conv"))
-                .unwrap();
+            store.insert_instance(&instance("i1", "org-a", "conv")).unwrap();
+            store.insert_instance(&instance("i2", "org-b", "conv")).unwrap();
+            store.insert_instance(&instance("i3", "org-a", "conv")).unwrap();
             futures_executor::block_on(store.flush()).unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -428,10 +511,7 @@ mod tests {
             .collect();
         assert_eq!(ids, vec!["i2"]);
         assert!(
-            store
-                .conversation_instances("org-a", "con")
-                .unwrap()
-                .is_empty(),
+            store.conversation_instances("org-a", "con").unwrap().is_empty(),
             "prefix scans are exact"
         );
         assert_eq!(store.all_instances().unwrap().len(), 3);
@@ -460,10 +540,7 @@ mod tests {
                 })
         });
         assert!(matches!(refused, Err(StoreError::Rejected { .. })));
-        assert_eq!(
-            store.get_instance("i1").unwrap().unwrap().state,
-            InstanceState::Stopped
-        );
+        assert_eq!(store.get_instance("i1").unwrap().unwrap().state, InstanceState::Stopped);
         assert!(matches!(
             store.update_instance("nope", &mut |_| Ok(())),
             Err(StoreError::NotFound(_))
@@ -480,9 +557,7 @@ mod tests {
             user_display_name: None,
             user_id: "u".into(),
         };
-        store
-            .append_transcript("i1", &[entry("a"), entry("b")])
-            .unwrap();
+        store.append_transcript("i1", &[entry("a"), entry("b")]).unwrap();
         store.append_transcript("i2", &[entry("other")]).unwrap();
         assert_eq!(store.append_transcript("i1", &[entry("c")]).unwrap(), 3);
         let texts: Vec<_> = store
@@ -503,17 +578,12 @@ mod tests {
                 .put_cobrowse_event("i", &event("s", seq, &format!("p{seq}")))
                 .unwrap());
         }
-        assert!(!store
-            .put_cobrowse_event("i", &event("s", 5, "changed"))
-            .unwrap());
+        assert!(!store.put_cobrowse_event("i", &event("s", 5, "changed")).unwrap());
         store.put_cobrowse_event("i", &event("s2", 1, "x")).unwrap();
         let events = store.cobrowse_events("i", "s").unwrap();
         let seqs: Vec<_> = events.iter().map(|e| e.sequence_id).collect();
         assert_eq!(seqs, vec![i32::MIN, -3, 0, 2, 5, i32::MAX]);
-        assert_eq!(
-            events[4].payload, "p5",
-            "the first copy of a repeated sequenceId wins"
-        );
+        assert_eq!(events[4].payload, "p5", "the first copy of a repeated sequenceId wins");
     }
 
     #[test]
@@ -533,10 +603,7 @@ mod tests {
         };
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 0);
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 1);
-        assert!(
-            !store.finish_job("k", 0).unwrap(),
-            "a re-queued job must run again"
-        );
+        assert!(!store.finish_job("k", 0).unwrap(), "a re-queued job must run again");
         assert_eq!(store.jobs().unwrap().len(), 1);
         assert!(store.finish_job("k", 1).unwrap());
         assert!(store.jobs().unwrap().is_empty());
@@ -552,28 +619,41 @@ mod tests {
             .instances
             .insert("i1", serde_json::to_vec(&value).unwrap())
             .unwrap();
-        assert!(matches!(
-            store.get_instance("i1"),
-            Err(StoreError::FutureSchema { .. })
-        ));
+        assert!(matches!(store.get_instance("i1"), Err(StoreError::FutureSchema { .. })));
         store.instances.insert("i2", b"{not json".to_vec()).unwrap();
-        assert!(matches!(
-            store.get_instance("i2"),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(store.get_instance("i2"), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn concurrent_flushes_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for n in 0..20 {
+                        store
+                            .insert_instance(&instance(&format!("i-{t}-{n}"), "o", &format!("c{t}")))
+                            .unwrap();
+                        futures_executor::block_on(store.flush()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.all_instances().unwrap().len(), 320);
     }
 
     #[test]
     fn meta_values_are_set_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.meta_get_or_insert("node", b"first").unwrap(),
-            b"first"
-        );
-        assert_eq!(
-            store.meta_get_or_insert("node", b"second").unwrap(),
-            b"first"
-        );
+        assert_eq!(store.meta_get_or_insert("node", b"first").unwrap(), b"first");
+        assert_eq!(store.meta_get_or_insert("node", b"second").unwrap(), b"first");
     }
 }
