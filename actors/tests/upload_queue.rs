@@ -389,3 +389,16 @@ async fn a_new_uploader_resumes_the_jobs_of_a_crashed_one() {
     assert_eq!(track.object.size, Some(100_000));
     assert!(storage.join(record.track_key("cam-1", "v1", "webm")).is_file());
 }
+
+#[actix::test]
+async fn a_track_the_instance_does_not_list_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("state")).unwrap();
+    let record = instance(&[("cam-1", "v1")]);
+    store.insert_instance(&record).unwrap();
+    let file = dir.path().join("x.webm");
+    std::fs::write(&file, b"x").unwrap();
+    let err = queue_track_file(&store, &record, "cam-1", "nope", &file).unwrap_err();
+    assert!(err.to_string().contains("cam-1/nope"), "{err}");
+    assert!(store.jobs().unwrap().is_empty(), "nothing was queued");
+}

@@ -186,6 +186,18 @@ pub fn queue_track_file(
     track_id: &str,
     local_path: &std::path::Path,
 ) -> Result<(), StoreError> {
+    // The upload is recorded on the track: without one the file would go up and be deleted
+    // with no record of where it went.
+    let has_track = record
+        .streams
+        .iter()
+        .any(|s| s.id == stream_id && s.tracks.iter().any(|t| t.id == track_id));
+    if !has_track {
+        return Err(StoreError::NotFound(format!(
+            "instance {} has no track {stream_id}/{track_id}",
+            record.instance_id
+        )));
+    }
     let artefact = ArtefactKind::TrackFile {
         stream_id: stream_id.to_string(),
         track_id: track_id.to_string(),

@@ -208,6 +208,7 @@ async fn run_job(
     };
     let backend = profile.backend.clone();
     let location = backend.location(&job.key);
+    let mut keep_local = !config.delete_local_after_upload;
     let now = Utc::now();
     let size = match &job.artefact {
         ArtefactKind::TrackFile {
@@ -218,15 +219,24 @@ async fn run_job(
             let receipt = backend.put_file(&job.key, Path::new(local_path)).await?;
             let stored = backend.head(&job.key).await?;
             verify_upload(&receipt, &stored)?;
+            let mut recorded = false;
             store.update_instance(&record.instance_id, &mut |r| {
+                recorded = false;
                 if let Some(track) = r.track_mut(stream_id, track_id) {
                     track.object.location = Some(location.clone());
                     track.object.size = Some(receipt.size);
                     track.object.uploaded = Some(now);
                     track.object.error = None;
+                    recorded = true;
                 }
                 Ok(())
             })?;
+            if !recorded {
+                // Queued for a track the record does not have (queue_track_file refuses that):
+                // keep the file, since nothing says where its copy went.
+                keep_local = true;
+                tracing::warn!(key = %job.key, "uploaded a track the instance does not list; local file kept");
+            }
             receipt.size
         }
         artefact => {
@@ -267,7 +277,7 @@ async fn run_job(
         local_path,
     } = &job.artefact
     {
-        if config.delete_local_after_upload {
+        if !keep_local {
             delete_local(store.as_ref(), &record.instance_id, stream_id, track_id, local_path).await?;
         }
     }
