@@ -19,6 +19,7 @@ const API_KEY: &str = "storage-test-key-0123456789";
 const SECRET_VAR: &str = "RTC_TEST_S3_SECRET";
 const WRONG_SECRET_VAR: &str = "RTC_TEST_S3_WRONG_SECRET";
 const WRONG_SECRET: &str = "wrong-secret-value-4242";
+const AZURE_CONNECTION_VAR: &str = "RTC_TEST_AZURE_CONNECTION";
 
 /// KEY=VALUE lines written by `scripts/test-services.sh start`.
 fn services() -> std::collections::HashMap<String, String> {
@@ -127,6 +128,13 @@ impl Service {
             .env("RECORDER_LOG", "debug")
             .env(SECRET_VAR, &env["RTC_S3_SECRET_KEY"])
             .env(WRONG_SECRET_VAR, WRONG_SECRET)
+            .env(
+                AZURE_CONNECTION_VAR,
+                format!(
+                    "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+                    env["RTC_AZURE_ACCOUNT"], env["RTC_AZURE_KEY"], env["RTC_AZURE_ENDPOINT"]
+                ),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -479,4 +487,124 @@ fn cobrowse_urls_are_the_providers_own_or_served_by_the_recorder() {
     let part = ureq::get(&url).set("Range", "bytes=0-9").call().unwrap();
     assert_eq!(part.status(), 206);
     assert_eq!(part.into_string().unwrap(), full[..10]);
+}
+
+/// Creates the Azurite test container through the engine's backend (the conformance suite does
+/// the same), so this test does not depend on test order.
+fn create_azure_container(env: &std::collections::HashMap<String, String>) {
+    use recorder_actors::storage::{AzureBackend, AzureCredentials, AzureSettings, Secret};
+    let backend = AzureBackend::new(AzureSettings {
+        container: env["RTC_AZURE_CONTAINER"].clone(),
+        endpoint: Some(env["RTC_AZURE_ENDPOINT"].clone()),
+        key_prefix: String::new(),
+        credentials: AzureCredentials::SharedKey {
+            account: env["RTC_AZURE_ACCOUNT"].clone(),
+            key: Secret::new(env["RTC_AZURE_KEY"].clone()),
+        },
+    })
+    .unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(backend.create_container())
+        .expect("create the Azurite test container");
+}
+
+#[test]
+fn every_provider_is_configured_verified_and_shown_without_credentials() {
+    let env = services();
+    create_azure_container(&env);
+    let dir = tempfile::tempdir().unwrap();
+    let shared_port: u16 = env["RTC_S3_ENDPOINT"].rsplit(':').next().unwrap().parse().unwrap();
+    let host_key = std::fs::read_to_string(&env["RTC_SFTP_HOST_KEY_FILE"]).unwrap();
+    let config = format!(
+        "{s3}\
+         [organizations.default.applications.azureapp.storage]\nprovider = \"AZURE_BLOB\"\n\
+         container = \"{container}\"\nconnection_string = {{ env = \"{AZURE_CONNECTION_VAR}\" }}\n\n\
+         [organizations.default.applications.gcsapp.storage]\nprovider = \"GOOGLE_CLOUD\"\n\
+         bucket = \"{bucket}\"\nendpoint = \"{gcs}\"\nanonymous = true\n\
+         service_account = {{ file = \"{service_account}\" }}\n\n\
+         [organizations.default.applications.sftpapp.storage]\nprovider = \"SFTP_STORAGE\"\n\
+         host = \"127.0.0.1\"\nport = {port}\nusername = \"{user}\"\nprivate_key = {{ file = \"{key}\" }}\n\
+         host_key = \"{host_key}\"\nroot = \"{root}\"\n",
+        s3 = s3_profile("s3app", shared_port, &env["RTC_S3_BUCKET"], SECRET_VAR),
+        container = env["RTC_AZURE_CONTAINER"],
+        bucket = env["RTC_GCS_BUCKET"],
+        gcs = env["RTC_GCS_ENDPOINT"],
+        service_account = env["RTC_GCS_SERVICE_ACCOUNT_FILE"],
+        port = env["RTC_SFTP_PORT"],
+        user = env["RTC_SFTP_USER"],
+        key = env["RTC_SFTP_KEY_FILE"],
+        host_key = host_key.trim(),
+        root = env["RTC_SFTP_ROOT"],
+    );
+    let service = Service::start(dir.path(), &config);
+    let mut answers = String::new();
+    for (app, provider, url_start) in [
+        (
+            "s3app",
+            "AMAZON_S3",
+            format!("{}/{}", env["RTC_S3_ENDPOINT"], env["RTC_S3_BUCKET"]),
+        ),
+        (
+            "azureapp",
+            "AZURE_BLOB",
+            format!("{}/{}", env["RTC_AZURE_ENDPOINT"], env["RTC_AZURE_CONTAINER"]),
+        ),
+        (
+            "gcsapp",
+            "GOOGLE_CLOUD",
+            format!("{}/{}", env["RTC_GCS_ENDPOINT"], env["RTC_GCS_BUCKET"]),
+        ),
+        (
+            "sftpapp",
+            "SFTP_STORAGE",
+            format!("sftp://127.0.0.1:{}{}", env["RTC_SFTP_PORT"], env["RTC_SFTP_ROOT"]),
+        ),
+    ] {
+        let (status, report) = service.call("POST", &format!("/storageproviders/{app}/verify"), None);
+        assert_eq!(status, 200, "{app}: {report}");
+        for check in [
+            "bucketTestResult",
+            "writeTestResult",
+            "readTestResult",
+            "modifyTestResult",
+            "deleteTestResult",
+        ] {
+            assert_eq!(report[check]["passed"], true, "{app} {check}: {report}");
+        }
+        let (status, started) = service.call(
+            "POST",
+            "/recordings/start",
+            Some(json!({"applicationId": app, "conferenceId": "room", "conversationId": format!("call-{app}")})),
+        );
+        assert_eq!(status, 200, "{started}");
+        let path = format!(
+            "/recordings/{}/{}/{}/storage/info",
+            started["conversationId"].as_str().unwrap(),
+            started["recorderId"].as_str().unwrap(),
+            started["instanceId"].as_str().unwrap()
+        );
+        let (status, info) = service.call("GET", &path, None);
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["provider"], provider, "{info}");
+        assert!(
+            info["url"].as_str().unwrap().starts_with(&url_start),
+            "{app}: {info} does not start with {url_start}"
+        );
+        answers.push_str(&format!("{report}{info}"));
+    }
+    let logs = service.kill9();
+    let sftp_key = std::fs::read_to_string(&env["RTC_SFTP_KEY_FILE"]).unwrap();
+    let sftp_key_body = sftp_key.lines().nth(1).unwrap();
+    for secret in [
+        env["RTC_AZURE_KEY"].as_str(),
+        env["RTC_S3_SECRET_KEY"].as_str(),
+        sftp_key_body,
+        "PRIVATE KEY",
+    ] {
+        assert!(!answers.contains(secret), "a credential in an answer");
+        assert!(!logs.contains(secret), "a credential in the logs");
+    }
 }
