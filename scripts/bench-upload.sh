@@ -21,7 +21,10 @@ fi
 set -a; . "${RTC_SERVICES_DIR:-$HOME/.cache/rtc-recorder/services}/env"; set +a
 
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+RUN_ID="bench-$(date +%s)"
+# s3s-fs keeps objects as files under its data directory: remove this run's copies afterwards.
+S3_DATA="${RTC_SERVICES_DIR:-$HOME/.cache/rtc-recorder/services}/s3-data/$RTC_S3_BUCKET/$RUN_ID"
+trap 'rm -rf "$WORK" "$S3_DATA"' EXIT
 mkdir -p "$WORK/files"
 for i in 1 2 3; do
   head -c $((75 << 20)) /dev/urandom >"$WORK/files/video-$i.webm"
@@ -31,7 +34,6 @@ TOTAL=$(du -cb "$WORK"/files/* | tail -1 | cut -f1)
 
 cargo build -q -p recorder-actors --example upload_bench $PROFILE_FLAG
 BIN="${CARGO_TARGET_DIR:-target}/$([ -n "$PROFILE_FLAG" ] && echo release || echo debug)/examples/upload_bench"
-RUN_ID="bench-$(date +%s)"
 
 ours=$("$BIN" "$WORK/files" "$RUN_ID/ours" 4)
 echo "$ours"
