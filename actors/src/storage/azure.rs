@@ -15,6 +15,7 @@ use azure_storage::shared_access_signature::service_sas::BlobSasPermissions;
 use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
 use azure_storage_blobs::prelude::*;
 use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use md5::{Digest, Md5};
 
@@ -191,6 +192,18 @@ fn map_err(err: azure_core::Error, what: &str) -> StorageError {
     }
 }
 
+/// Blocks of one file in flight at once; bounds memory at `BLOCKS_IN_FLIGHT * PART_SIZE`.
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+async fn put_block(blob: &BlobClient, id: BlockId, part_number: u64, body: bytes::Bytes) -> StorageResult<()> {
+    let md5: [u8; 16] = Md5::digest(&body).into();
+    blob.put_block(id, body)
+        .hash(md5)
+        .await
+        .map_err(|e| map_err(e, &format!("put block {part_number}")))?;
+    Ok(())
+}
+
 /// Block ids must all have the same length within a blob: a zero-padded part number.
 fn block_id(part_number: u64) -> BlockId {
     BlockId::new(format!("{part_number:08}"))
@@ -281,17 +294,27 @@ impl StorageBackend for AzureBackend {
                     .map_err(|e| map_err(e, "put blob"))?;
                 return Ok(reader.finish());
             }
+            // The block list is in file order whatever order the blocks finish in.
             let mut blocks = Vec::new();
+            let mut in_flight = FuturesUnordered::new();
             let mut part_number = 0u64;
-            while let Some(body) = reader.next_part().await? {
-                let id = block_id(part_number);
-                let md5: [u8; 16] = Md5::digest(&body).into();
-                blob.put_block(id.clone(), body)
-                    .hash(md5)
-                    .await
-                    .map_err(|e| map_err(e, &format!("put block {part_number}")))?;
-                blocks.push(BlobBlockType::new_uncommitted(id));
-                part_number += 1;
+            let mut read_all = false;
+            loop {
+                while !read_all && in_flight.len() < BLOCKS_IN_FLIGHT {
+                    match reader.next_part().await? {
+                        Some(body) => {
+                            let id = block_id(part_number);
+                            blocks.push(BlobBlockType::new_uncommitted(id.clone()));
+                            in_flight.push(put_block(&blob, id, part_number, body));
+                            part_number += 1;
+                        }
+                        None => read_all = true,
+                    }
+                }
+                match in_flight.next().await {
+                    Some(result) => result?,
+                    None => break,
+                }
             }
             let receipt = reader.finish();
             let whole_md5 = hex::decode(&receipt.md5_hex).expect("hex we encoded decodes");
