@@ -198,6 +198,9 @@ pub struct LocalFileRecord {
 /// Where an artefact lives in the application's storage profile.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRecord {
+    /// Object key within the profile (before its key prefix), to sign download URLs with.
+    #[serde(default)]
+    pub key: Option<String>,
     pub location: Option<String>,
     pub size: Option<u64>,
     pub uploaded: Option<DateTime<Utc>>,

@@ -114,6 +114,22 @@ pub struct ProviderCobrowseUrl {
     pub ttl: std::time::Duration,
 }
 
+/// The storage provider's signed download URL of every uploaded track of an instance; tracks of
+/// profiles without provider URLs (local, SFTP) are left out.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Vec<TrackUrl>, EngineError>")]
+pub struct TrackUrls {
+    pub instance: InstanceRef,
+    pub ttl: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackUrl {
+    pub stream_id: String,
+    pub track_id: String,
+    pub url: String,
+}
+
 /// Number of instances in each state, for metrics.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<Vec<(InstanceState, u64)>, EngineError>")]

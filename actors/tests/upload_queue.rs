@@ -84,6 +84,7 @@ struct Rig {
     store: Arc<dyn StateStore>,
     uploader: Addr<Uploader>,
     backend: Arc<dyn StorageBackend>,
+    config: Arc<EngineConfig>,
 }
 
 fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<EngineConfig>) {
@@ -107,11 +108,12 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
 fn rig(state_dir: &Path, backend: Arc<dyn StorageBackend>) -> Rig {
     let store: Arc<dyn StateStore> = Arc::new(SledStore::open(state_dir).unwrap());
     let (profile, config) = config(backend.clone());
-    let uploader = Uploader::new(store.clone(), profile, config).start();
+    let uploader = Uploader::new(store.clone(), profile, config.clone()).start();
     Rig {
         store,
         uploader,
         backend,
+        config,
     }
 }
 
@@ -199,6 +201,32 @@ async fn a_track_file_is_uploaded_verified_recorded_then_deleted() {
         manifest["streams"][0]["tracks"][0]["object"]["location"],
         serde_json::json!(rig.backend.location(&key))
     );
+    // The track's download URL is the provider's own, and reads the object.
+    let registry = recorder_actors::actors::Registry::boot(rig.store.clone(), rig.config.clone()).unwrap();
+    let urls = registry
+        .send(recorder_actors::messages::TrackUrls {
+            instance: recorder_actors::messages::InstanceRef {
+                organization_id: ORG.into(),
+                conversation_id: record.conversation_id.clone(),
+                recorder_id: record.recorder_id.clone(),
+                instance_id: record.instance_id.clone(),
+            },
+            ttl: Duration::from_secs(60),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    assert!(urls[0].url.contains("X-Amz-Signature="), "{urls:?}");
+    let url = urls[0].url.clone();
+    let body = std::thread::spawn(move || {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut ureq::get(&url).call().unwrap().into_reader(), &mut body).unwrap();
+        body
+    })
+    .join()
+    .unwrap();
+    assert_eq!(md5_hex(&body), md5);
     // The shared test server keeps what tests leave behind.
     rig.backend.delete(&key).await.unwrap();
     rig.backend.delete(&record.manifest_key()).await.unwrap();

@@ -3,7 +3,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use recorder_actors::domain::{ChatEntry, InstanceRecord};
 use recorder_actors::messages::{
-    AddTranscript, GetActive, GetInstance, InstanceRef, ListConversation, StartRecording as StartMessage, StopRecording,
+    AddTranscript, GetActive, GetInstance, InstanceRef, ListConversation, StartRecording as StartMessage,
+    StopRecording, TrackUrls,
 };
 
 use super::auth::Grant;
@@ -202,8 +203,29 @@ pub async fn instance(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
-    let record = visible_instance(&state, &grant, at).await?;
-    Ok(HttpResponse::Ok().json(RecordingDataMessage::from(&record)))
+    let record = visible_instance(&state, &grant, at.clone()).await?;
+    let mut message = RecordingDataMessage::from(&record);
+    let any_uploaded = record
+        .streams
+        .iter()
+        .flat_map(|s| &s.tracks)
+        .any(|t| t.object.uploaded.is_some());
+    if any_uploaded {
+        // Each stored track gets the provider's signed URL, valid for signing.url_ttl_secs.
+        let ttl = std::time::Duration::from_secs(state.settings.url_ttl_secs);
+        for track_url in state.registry.send(TrackUrls { instance: at, ttl }).await?? {
+            let track = message
+                .streams
+                .iter_mut()
+                .filter(|s| s.id == track_url.stream_id)
+                .flat_map(|s| s.tracks.iter_mut())
+                .find(|t| t.id == track_url.track_id);
+            if let Some(track) = track {
+                track.url = Some(track_url.url);
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(message))
 }
 
 #[utoipa::path(

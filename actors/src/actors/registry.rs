@@ -548,6 +548,49 @@ impl Handler<ProviderCobrowseUrl> for Registry {
     }
 }
 
+impl Handler<TrackUrls> for Registry {
+    type Result = ResponseFuture<Result<Vec<TrackUrl>, EngineError>>;
+
+    fn handle(&mut self, msg: TrackUrls, _ctx: &mut Self::Context) -> Self::Result {
+        let target = (|| {
+            let record = self.find(&msg.instance)?;
+            let profile = self
+                .config
+                .application(&record.organization_id, &record.application_id)
+                .cloned();
+            let tracks: Vec<(String, String, String)> = record
+                .streams
+                .iter()
+                .flat_map(|s| {
+                    s.tracks.iter().filter_map(|t| {
+                        let key = t.object.key.clone().filter(|_| t.object.uploaded.is_some())?;
+                        Some((s.id.clone(), t.id.clone(), key))
+                    })
+                })
+                .collect();
+            Ok::<_, EngineError>((profile, tracks))
+        })();
+        async move {
+            let (profile, tracks) = target?;
+            let Some(profile) = profile else {
+                return Ok(vec![]);
+            };
+            let mut urls = Vec::new();
+            for (stream_id, track_id, key) in tracks {
+                if let Some(url) = profile.backend.signed_url(&key, msg.ttl).await? {
+                    urls.push(TrackUrl {
+                        stream_id,
+                        track_id,
+                        url,
+                    });
+                }
+            }
+            Ok(urls)
+        }
+        .boxed_local()
+    }
+}
+
 impl Handler<CountInstances> for Registry {
     type Result = Result<Vec<(InstanceState, u64)>, EngineError>;
 

@@ -223,6 +223,7 @@ async fn run_job(
             store.update_instance(&record.instance_id, &mut |r| {
                 recorded = false;
                 if let Some(track) = r.track_mut(stream_id, track_id) {
+                    track.object.key = Some(job.key.clone());
                     track.object.location = Some(location.clone());
                     track.object.size = Some(receipt.size);
                     track.object.uploaded = Some(now);
