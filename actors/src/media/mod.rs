@@ -35,5 +35,7 @@ pub enum MediaError {
     #[error("{0}")]
     Refused(String),
 }
+#[cfg(test)]
+mod fixture_tests;
 pub mod ingest;
 pub mod plain_rtp;

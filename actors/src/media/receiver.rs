@@ -8,7 +8,7 @@ use super::clock::{MediaClock, TimestampUnwrapper};
 use super::codec::Codec;
 use super::depacketize::{Frame, FrameAssembler};
 use super::reorder::{Released, ReorderBuffer, ReorderStats};
-use super::rtp::{parse_rtcp, RtcpPacket, RtpPacket};
+use super::rtp::{parse_rtcp, RtcpPacket, RtpPacket, SenderReport};
 
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
@@ -77,6 +77,8 @@ pub struct TrackReceiver {
     /// without reading a clock inside.
     wall_reference: (Instant, i64),
     ssrc: Option<u32>,
+    /// A sender report that came before the first RTP packet (FFmpeg sends one first).
+    early_report: Option<SenderReport>,
     last_arrival: Option<Instant>,
     waiting_for_keyframe: bool,
     last_keyframe_request: Option<Instant>,
@@ -96,6 +98,7 @@ impl TrackReceiver {
             config,
             wall_reference: (now, wall_micros_now),
             ssrc: None,
+            early_report: None,
             last_arrival: None,
             waiting_for_keyframe: codec.is_video(),
             last_keyframe_request: None,
@@ -160,7 +163,13 @@ impl TrackReceiver {
         self.stats.num_packets += 1;
         self.stats.num_bytes += packet.payload.len() as u64;
         match self.ssrc {
-            None => self.ssrc = Some(packet.ssrc),
+            None => {
+                self.ssrc = Some(packet.ssrc);
+                self.timestamps.unwrap(packet.timestamp);
+                if let Some(sr) = self.early_report.take().filter(|sr| sr.ssrc == packet.ssrc) {
+                    self.apply_report(sr);
+                }
+            }
             Some(ssrc) if ssrc != packet.ssrc => self.switch_source(&packet, now, out),
             Some(_) => {}
         }
@@ -175,13 +184,19 @@ impl TrackReceiver {
     pub fn push_rtcp(&mut self, buf: &[u8]) {
         for packet in parse_rtcp(buf) {
             if let RtcpPacket::SenderReport(sr) = packet {
-                if Some(sr.ssrc) == self.ssrc {
-                    let ext = self.timestamps.peek(sr.rtp_timestamp);
-                    self.clock.on_sender_report(sr.ntp, ext);
-                    self.stats.num_sender_reports += 1;
+                match self.ssrc {
+                    None => self.early_report = Some(sr),
+                    Some(ssrc) if ssrc == sr.ssrc => self.apply_report(sr),
+                    Some(_) => {}
                 }
             }
         }
+    }
+
+    fn apply_report(&mut self, sr: SenderReport) {
+        let ext = self.timestamps.peek(sr.rtp_timestamp);
+        self.clock.on_sender_report(sr.ntp, ext);
+        self.stats.num_sender_reports += 1;
     }
 
     /// Time passed with no packet: releases what the reorder window gave up on, repeats a

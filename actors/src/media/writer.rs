@@ -332,11 +332,21 @@ impl Muxer {
                 Codec::Vp9 => {
                     (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
                     (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_VP9;
+                    // The WebM muxer refuses a VP9 track without a size.
+                    let (w, h) = super::depacketize::payload_format(codec)
+                        .dimensions(first_frame)
+                        .unwrap_or((640, 480));
+                    (*par).width = w as i32;
+                    (*par).height = h as i32;
                     Vec::new()
                 }
                 Codec::H264 => {
                     (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
                     (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_H264;
+                    if let Some((w, h)) = super::depacketize::payload_format(codec).dimensions(first_frame) {
+                        (*par).width = w as i32;
+                        (*par).height = h as i32;
+                    }
                     h264_parameter_sets(first_frame)
                 }
                 Codec::Opus => {
