@@ -4,6 +4,7 @@
 mod api;
 mod config;
 mod metrics;
+mod publish_token;
 mod signing;
 
 use std::collections::HashMap;
@@ -19,12 +20,17 @@ use recorder_actors::actors::Registry;
 use recorder_actors::snapshot::Mailbox;
 use recorder_actors::storage::LocalBackend;
 use recorder_actors::store::{SledStore, StateStore};
+use recorder_actors::engine::MediaConfig;
+use recorder_actors::media::plain_rtp::PortAllocator;
+use recorder_actors::media::receiver::ReceiverConfig;
+use recorder_actors::media::writer::WriterConfig;
 use recorder_actors::{ApplicationProfile, EngineConfig};
 
 use crate::api::auth::KeyRing;
 use crate::api::AppState;
 use crate::config::{ApiKey, Scope, Settings, StorageConfig, DEFAULT_ORGANIZATION};
 use crate::metrics::Metrics;
+use crate::publish_token::PublishTokens;
 use crate::signing::UrlSigner;
 
 /// How long in-flight requests get to finish after SIGTERM.
@@ -127,6 +133,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         upload_concurrency: settings.uploads.concurrency,
         upload_retry_base: Duration::from_millis(settings.uploads.retry_base_ms),
         upload_retry_max: Duration::from_millis(settings.uploads.retry_max_ms),
+        media: Arc::new(media_config(&settings)),
     });
     let registry = Registry::boot(store.clone(), engine)
         .context("cannot rebuild the actor tree from the state store")?;
@@ -139,12 +146,14 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         Some(url) => url.as_str().trim_end_matches('/').to_string(),
         None => format!("http://{bound}"),
     };
+    let publish_tokens = PublishTokens::new(&secret);
     let signer = UrlSigner::new(secret, settings.url_ttl_secs);
     let state = web::Data::new(AppState {
         registry: Mailbox::new(registry),
         keys,
         settings,
         signer,
+        publish_tokens,
         public_url: public_url.clone(),
         metrics: Metrics::new(),
     });
@@ -165,6 +174,28 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: flushing the state store");
     store.flush().await?;
     Ok(())
+}
+
+fn media_config(settings: &Settings) -> MediaConfig {
+    let m = &settings.media;
+    MediaConfig {
+        media_dir: m.dir.clone(),
+        ports: PortAllocator::new(m.bind_ip, m.rtp_port_min, m.rtp_port_max),
+        announce_ip: m.announce_ip,
+        webrtc_bind_ip: m.bind_ip,
+        mdns: m.mdns,
+        reconnect_grace: Duration::from_secs(m.reconnect_grace_secs),
+        idle_timeout: Duration::from_secs(m.idle_timeout_secs),
+        receiver: ReceiverConfig {
+            reorder_delay: Duration::from_millis(m.reorder_window_ms),
+            ..ReceiverConfig::default()
+        },
+        writer: WriterConfig {
+            flush_interval: Duration::from_millis(m.flush_interval_ms),
+            queue_capacity: m.writer_queue_frames,
+            ..WriterConfig::default()
+        },
+    }
 }
 
 /// Adds `RECORDER_API_KEY`, or with no key configured at all a development key kept in

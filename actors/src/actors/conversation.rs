@@ -12,6 +12,8 @@ use super::registry::snapshot_of;
 use super::uploader::Kick;
 use crate::domain::InstanceRecord;
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
+use crate::engine::MediaConfig;
+use crate::messages::{Publish, PublishAnswer, Unpublish};
 use crate::store::StateStore;
 use crate::EngineError;
 
@@ -27,8 +29,9 @@ impl Conversation {
         store: Arc<dyn StateStore>,
         record: &InstanceRecord,
         uploader: Option<Recipient<Kick>>,
+        media: Arc<MediaConfig>,
     ) -> Self {
-        let recorder = Recorder::new(store, record, uploader).start();
+        let recorder = Recorder::new(store, record, uploader, media).start();
         Self {
             organization_id: record.organization_id.clone(),
             conversation_id: record.conversation_id.clone(),
@@ -67,6 +70,24 @@ impl Handler<StopInstance> for Conversation {
                     result
                 }),
         )
+    }
+}
+
+impl Handler<Publish> for Conversation {
+    type Result = ResponseFuture<Result<PublishAnswer, EngineError>>;
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+        let recorder = self.recorder.clone();
+        async move { recorder.send(msg).await? }.boxed_local()
+    }
+}
+
+impl Handler<Unpublish> for Conversation {
+    type Result = ResponseFuture<Result<(), EngineError>>;
+
+    fn handle(&mut self, msg: Unpublish, _ctx: &mut Self::Context) -> Self::Result {
+        let recorder = self.recorder.clone();
+        async move { recorder.send(msg).await? }.boxed_local()
     }
 }
 

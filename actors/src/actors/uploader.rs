@@ -312,6 +312,7 @@ mod tests {
             upload_concurrency: 1,
             upload_retry_base: Duration::from_secs(1),
             upload_retry_max: Duration::from_secs(60),
+            media: Arc::new(crate::engine::MediaConfig::for_tests(std::env::temp_dir())),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);

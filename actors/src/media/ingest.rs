@@ -171,8 +171,8 @@ impl TrackPump {
         &mut self.out
     }
 
-    /// Final counters and the ended event.
-    pub fn end(mut self, reason: &str) {
+    /// Final counters and the ended event; returns the summary too.
+    pub fn end(mut self, reason: &str) -> TrackSummary {
         let stats = self.receiver.stats();
         self.counters.publish(&self.base, &stats);
         self.counters.bitrate_bps.store(0, Ordering::Relaxed);
@@ -185,8 +185,9 @@ impl TrackPump {
         (self.events)(IngestEvent::TrackEnded {
             session_id: self.session_id,
             track_id: self.track_id,
-            summary,
+            summary: summary.clone(),
         });
+        summary
     }
 }
 

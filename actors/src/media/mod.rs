@@ -39,3 +39,4 @@ pub enum MediaError {
 mod fixture_tests;
 pub mod ingest;
 pub mod plain_rtp;
+pub mod whip;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::ingest::{TrackCounters, TrackPump};
+use super::ingest::{TrackCounters, TrackPump, TrackSummary};
 use super::rtp::{is_rtcp, picture_loss_indication, RtpPacket, MAX_RTP_PACKET};
 use super::sdp::{Accepted, MediaOffer};
 use super::MediaError;
@@ -105,11 +105,19 @@ impl BoundMedia {
 /// at least every 50 ms), so no socket is ever closed under a thread.
 pub struct PlainRtpSession {
     stop: Arc<AtomicBool>,
+    /// One per receive thread: its track id and summary once it ended.
+    ended: Vec<tokio::sync::oneshot::Receiver<(String, TrackSummary)>>,
 }
 
 impl PlainRtpSession {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+    }
+
+    /// Stops the threads; the receivers resolve as each thread ends (within ~50 ms).
+    pub fn stop_and_wait(mut self) -> Vec<tokio::sync::oneshot::Receiver<(String, TrackSummary)>> {
+        self.stop();
+        std::mem::take(&mut self.ended)
     }
 }
 
@@ -122,14 +130,20 @@ impl Drop for PlainRtpSession {
 /// Starts one receive thread per m-line.
 pub fn start(media: Vec<(BoundMedia, TrackPump)>, idle_timeout: Duration) -> Result<PlainRtpSession, MediaError> {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut ended = Vec::new();
     for (bound, pump) in media {
         let stop = stop.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ended.push(rx);
         std::thread::Builder::new()
             .name("rtp-receive".into())
-            .spawn(move || receive(bound, pump, stop, idle_timeout))
+            .spawn(move || {
+                let result = receive(bound, pump, stop, idle_timeout);
+                let _ = tx.send(result);
+            })
             .map_err(|e| MediaError::Io(format!("cannot start a receive thread: {e}")))?;
     }
-    Ok(PlainRtpSession { stop })
+    Ok(PlainRtpSession { stop, ended })
 }
 
 /// Latches a port to the first acceptable source.
@@ -151,7 +165,12 @@ impl Latch {
     }
 }
 
-fn receive(bound: BoundMedia, mut pump: TrackPump, stop: Arc<AtomicBool>, idle_timeout: Duration) {
+fn receive(
+    bound: BoundMedia,
+    mut pump: TrackPump,
+    stop: Arc<AtomicBool>,
+    idle_timeout: Duration,
+) -> (String, TrackSummary) {
     let counters: Arc<TrackCounters> = pump.counters.clone();
     let payload_type = bound.accepted.payload_type;
     let mut rtp_latch = Latch {
@@ -241,7 +260,8 @@ fn receive(bound: BoundMedia, mut pump: TrackPump, stop: Arc<AtomicBool>, idle_t
         }
     };
     tracing::info!(track_id = %pump.track_id, reason, "rtp ingest ended");
-    pump.end(reason);
+    let track_id = pump.track_id.clone();
+    (track_id, pump.end(reason))
 }
 
 #[cfg(test)]

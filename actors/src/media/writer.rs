@@ -152,19 +152,27 @@ impl TrackWriter {
     /// Writes what is queued, then the trailer; resolves when the file is final. Sinks still
     /// held elsewhere no longer matter: the writer stops reading once asked to finish.
     pub async fn finish(self) -> SegmentReport {
+        self.begin_finish().await
+    }
+
+    /// Asks the writer to finish and returns at once; the future resolves with the report.
+    pub fn begin_finish(self) -> impl std::future::Future<Output = SegmentReport> + Send + 'static {
         self.finish.store(true, Ordering::Release);
         let path = self.path.clone();
         drop(self.sink);
-        self.done.await.unwrap_or_else(|_| SegmentReport {
-            info: SegmentInfo {
-                path,
-                started_wall_micros: None,
-                duration_micros: 0,
-                num_frames: 0,
-            },
-            num_bytes: 0,
-            error: Some("the writer thread ended without a report".into()),
-        })
+        let done = self.done;
+        async move {
+            done.await.unwrap_or_else(|_| SegmentReport {
+                info: SegmentInfo {
+                    path,
+                    started_wall_micros: None,
+                    duration_micros: 0,
+                    num_frames: 0,
+                },
+                num_bytes: 0,
+                error: Some("the writer thread ended without a report".into()),
+            })
+        }
     }
 }
 
