@@ -193,6 +193,15 @@ impl TrackReceiver {
         }
     }
 
+    /// A sender report already parsed (WebRTC ingest gets them from its stack).
+    pub fn push_sender_report(&mut self, sr: SenderReport) {
+        match self.ssrc {
+            None => self.early_report = Some(sr),
+            Some(ssrc) if ssrc == sr.ssrc => self.apply_report(sr),
+            Some(_) => {}
+        }
+    }
+
     fn apply_report(&mut self, sr: SenderReport) {
         let ext = self.timestamps.peek(sr.rtp_timestamp);
         self.clock.on_sender_report(sr.ntp, ext);
