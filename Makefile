@@ -21,8 +21,9 @@ run: build
 	@exec $(BIN_DIR)/rtc-recorder
 
 # Installs and starts what the tests need, then runs the whole suite (unit tests of both crates
-# and the black-box tests that drive the real binary over HTTP).
+# and the black-box tests that drive the real binary over HTTP and real media clients).
 test: setup
+	@scripts/test-setup.sh
 	@$(CARGO) test --workspace --no-fail-fast $(CARGO_FLAGS) -- --color never
 
 fmt:

@@ -46,6 +46,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// A JSON object being read, with the path of field names that led to it.
+#[derive(Debug)]
 pub struct Obj<'a> {
     map: &'a Map<String, Value>,
     path: String,

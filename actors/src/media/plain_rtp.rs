@@ -219,9 +219,7 @@ fn receive(
                             pump.receiver.push_rtp(packet, now, &mut out);
                             *pump.outputs() = out;
                         }
-                        _ => {
-                            counters.num_malformed.fetch_add(1, Ordering::Relaxed);
-                        }
+                        _ => pump.receiver.note_malformed(),
                     }
                 }
             }

@@ -108,6 +108,11 @@ impl TrackReceiver {
         }
     }
 
+    /// A datagram for this track that was not RTP of its payload type.
+    pub fn note_malformed(&mut self) {
+        self.stats.num_malformed += 1;
+    }
+
     /// Frames after this need a keyframe first (one was dropped downstream); asks for one.
     pub fn await_keyframe(&mut self) {
         if self.codec.is_video() {
@@ -127,7 +132,7 @@ impl TrackReceiver {
         let mut stats = self.stats;
         stats.reorder = self.reorder.stats();
         stats.num_frames_incomplete = self.assembler.num_incomplete();
-        stats.num_malformed = self.assembler.num_malformed();
+        stats.num_malformed += self.assembler.num_malformed();
         stats
     }
 
