@@ -85,6 +85,9 @@ impl PublishTokens {
             return Err(TokenError::Malformed);
         }
         let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        if signed.len() <= PREFIX.len() || !signed.starts_with(PREFIX) {
+            return Err(TokenError::Malformed);
+        }
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac();
         mac.update(signed.as_bytes());

@@ -323,3 +323,29 @@ fn a_file_is_readable_up_to_the_last_flush_while_still_being_written() {
 fn writer_stats_flushed(report: &super::writer::SegmentReport) -> bool {
     report.info.num_frames == 45
 }
+
+#[test]
+fn a_full_writer_queue_drops_frames_without_ever_blocking_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));
+    let config = WriterConfig { queue_capacity: 1, ..WriterConfig::default() };
+    let writer = TrackWriter::spawn(dir.path().join("slow.webm"), Codec::Vp8, config).unwrap();
+    let sink = writer.sink();
+    let stats = writer.stats();
+    let started = Instant::now();
+    let mut num_offered = 0u64;
+    for _ in 0..20 {
+        for f in &frames {
+            sink.offer(f.clone());
+            num_offered += 1;
+        }
+    }
+    // 1200 offers against a one-frame queue: the sender never waited for the disk.
+    assert!(started.elapsed() < Duration::from_millis(500), "offers took {:?}", started.elapsed());
+    let report = futures_executor::block_on(writer.finish());
+    assert!(report.error.is_none());
+    let dropped = stats.num_frames_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let queued = stats.num_frames_queued.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped + queued, num_offered, "every frame is either queued or counted as dropped");
+    assert!(dropped > 0, "a one-frame queue under a tight loop overflows");
+}
