@@ -13,6 +13,7 @@
 //! are exact.
 
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -31,6 +32,7 @@ const STORE_FORMAT: u32 = 1;
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    flusher: Arc<Flusher>,
     meta: sled::Tree,
     instances: sled::Tree,
     conv_index: sled::Tree,
@@ -39,9 +41,88 @@ pub struct SledStore {
     jobs: sled::Tree,
 }
 
+/// Group commit on one thread: every `flush` is answered by a `Db::flush` that started after it
+/// was asked for, and many requests share one fsync. sled 0.34's own `flush_async` hangs when
+/// several run at once (tested: 40 concurrent calls never resolve), which concurrent requests and
+/// media notices do all the time.
+struct FlushQueue {
+    state: Mutex<FlushState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    shutdown: bool,
+}
+
+impl FlushQueue {
+    fn request(&self) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.waiters.push(tx);
+        self.wake.notify_one();
+        rx
+    }
+
+    fn run(&self, db: sled::Db) {
+        loop {
+            let waiters = {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                while state.waiters.is_empty() && !state.shutdown {
+                    state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.waiters.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut state.waiters)
+            };
+            // Every waiter taken asked before this flush started: it covers their writes.
+            let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+}
+
+/// The flusher thread and its queue; dropped with the last clone of the store, which stops and
+/// joins the thread so the database is closed (its file lock released) when the store is gone.
+struct Flusher {
+    queue: Arc<FlushQueue>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> StoreResult<Flusher> {
+        let queue = Arc::new(FlushQueue { state: Mutex::new(FlushState::default()), wake: Condvar::new() });
+        let worker = queue.clone();
+        let thread = std::thread::Builder::new()
+            .name("state-flush".into())
+            .spawn(move || worker.run(db))
+            .map_err(|e| StoreError::Io(format!("cannot start the flusher thread: {e}")))?;
+        Ok(Flusher { queue, thread: Some(thread) })
+    }
+
+    fn request(&self) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        self.queue.request()
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.queue.state.lock().unwrap_or_else(|p| p.into_inner()).shutdown = true;
+        self.queue.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl SledStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let db = sled::Config::new().path(path).open().map_err(io)?;
+        let flusher = Flusher::start(db.clone())?;
         let store = Self {
             meta: db.open_tree("meta").map_err(io)?,
             instances: db.open_tree("instances").map_err(io)?,
@@ -49,6 +130,7 @@ impl SledStore {
             transcripts: db.open_tree("transcripts").map_err(io)?,
             cobrowse: db.open_tree("cobrowse").map_err(io)?,
             jobs: db.open_tree("jobs").map_err(io)?,
+            flusher: Arc::new(flusher),
             db,
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
@@ -342,8 +424,13 @@ impl StateStore for SledStore {
     }
 
     fn flush(&self) -> BoxFuture<'static, StoreResult<()>> {
-        let db = self.db.clone();
-        async move { db.flush_async().await.map(|_| ()).map_err(io) }.boxed()
+        let done = self.flusher.request();
+        async move {
+            done.await
+                .map_err(|_| StoreError::Io("the flusher thread is gone".into()))?
+                .map_err(StoreError::Io)
+        }
+        .boxed()
     }
 
     fn check(&self) -> StoreResult<()> {
@@ -393,6 +480,27 @@ mod tests {
             sequence_id: seq,
             session_id: session.into(),
             timestamp: 1,
+        }
+    }
+
+    #[test]
+    fn many_concurrent_flushes_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for round in 0..20 {
+            let flushes: Vec<_> = (0..40)
+                .map(|i| {
+                    store.meta_get_or_insert(&format!("k{round}-{i}"), b"v").unwrap();
+                    store.flush()
+                })
+                .collect();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let results = futures_executor::block_on(futures_util::future::join_all(flushes));
+                let _ = tx.send(results.into_iter().all(|r| r.is_ok()));
+            });
+            let all_ok = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_else(|_| panic!("round {round} hung"));
+            assert!(all_ok);
         }
     }
 
@@ -577,3 +685,4 @@ mod tests {
         );
     }
 }
+
