@@ -110,53 +110,7 @@ impl TestApp {
         toml.push_str(&key("other", KEY_OTHER_ORG, "org-b", "[\"global\"]"));
         let config = root.join("test.toml");
         std::fs::write(&config, toml).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("RECORDER_") {
-                cmd.env_remove(name);
-            }
-        }
-        let mut child = cmd
-            .env("RECORDER_BIND", "127.0.0.1:0")
-            .env("RECORDER_DATA_DIR", root.join("data"))
-            .env("RECORDER_CONFIG", &config)
-            .env("RECORDER_LOG", "warn")
-            .current_dir(&root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rtc-recorder");
-        let stdout = child.stdout.take().expect("piped");
-        let stderr_pipe = child.stderr.take().expect("piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let buf = stderr.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr_pipe);
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let base_url = loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no `listening on` line; stderr:\n{}", stderr.lock().unwrap()));
-            if let Some(at) = line.find("listening on http://") {
-                break line[at + "listening on ".len()..].trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in rx {});
+        let (child, stderr, base_url) = start_process(&root);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(60))
             .redirects(0)
@@ -178,6 +132,15 @@ impl TestApp {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the process (if running) and starts a new one on the same data dir and config.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, stderr, base_url) = start_process(&self.root);
+        self.child = child;
+        self.stderr = stderr;
+        self.base_url = base_url;
     }
 
     pub fn api(&self, path: &str) -> String {
@@ -275,6 +238,59 @@ impl TestApp {
         assert_eq!(resp.status, 200, "{}", resp.text());
         resp.json()
     }
+}
+
+/// Starts the binary on `root`'s data dir and config; returns it once it listens.
+fn start_process(root: &Path) -> (Child, Arc<Mutex<String>>, String) {
+    let config = root.join("test.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("RECORDER_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .env("RECORDER_BIND", "127.0.0.1:0")
+        .env("RECORDER_DATA_DIR", root.join("data"))
+        .env("RECORDER_CONFIG", &config)
+        .env("RECORDER_LOG", "warn")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rtc-recorder");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr_pipe = child.stderr.take().expect("piped");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let buf = stderr.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr_pipe);
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let base_url = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no `listening on` line; stderr:\n{}", stderr.lock().unwrap()));
+        if let Some(at) = line.find("listening on http://") {
+            break line[at + "listening on ".len()..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in rx {});
+    (child, stderr, base_url)
 }
 
 impl Drop for TestApp {

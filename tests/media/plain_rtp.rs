@@ -181,13 +181,15 @@ fn a_publisher_that_returns_within_the_grace_period_continues_in_one_file() {
     assert!(leftovers.is_empty(), "segments are removed once joined: {leftovers:?}");
 }
 
-/// A crash (kill -9) while recording leaves the segment files readable up to the last flush.
+/// A crash (kill -9) while recording leaves the segment files readable up to the last flush;
+/// after a restart the instance is PENDING_RECOVERY, a returning publisher continues the stream
+/// (ACTIVE again, `recovered` set), and the stop joins what was written before and after.
 #[test]
-fn after_a_kill_9_the_files_hold_all_but_the_last_second() {
+fn after_a_kill_9_the_files_hold_all_but_the_last_second_and_recovery_joins_them() {
     let _media = media_lock();
     let mut app = TestApp::spawn();
     let conference = unique("room");
-    app.start(&unique("call"), &conference, true, true);
+    let event = app.start(&unique("call"), &conference, true, true);
     let resp = app.publish(
         "rtp",
         &conference,
@@ -200,11 +202,14 @@ fn after_a_kill_9_the_files_hold_all_but_the_last_second() {
     let port = answer_ports(&resp.text())[0];
     let mut a = lavfi_video(8);
     a.extend(rtp_out("0", "vp8", 96, port));
-    let sender = ffmpeg(&a);
-    std::thread::sleep(Duration::from_secs(4));
+    let mut sender = ffmpeg(&a);
+    // Count from the first frame written (ACTIVE), not from FFmpeg's start-up.
+    poll(Duration::from_secs(10), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
     app.kill9();
-    let sent_secs = 4.0;
-    let mut sender = sender;
+    let recorded_secs = 3.0;
     let _ = sender.kill();
     let _ = sender.wait();
     let media = app.root.join("data/media");
@@ -215,10 +220,43 @@ fn after_a_kill_9_the_files_hold_all_but_the_last_second() {
     let p = probe(&file);
     assert_eq!(p.codec, "vp8");
     assert!(p.first_is_keyframe);
-    // Flushed every second: at most ~1 s (plus start-up) of the 4 s is missing.
+    // Flushed every second: at most ~1 s of the 3 s is missing (plus the ACTIVE poll's lag).
     assert!(
-        p.num_frames as f64 >= (sent_secs - 1.6) * 30.0,
-        "{p:?} after {sent_secs} s"
+        p.num_frames as f64 >= (recorded_secs - 1.3) * 30.0,
+        "{p:?} after {recorded_secs} s"
+    );
+
+    app.restart();
+    assert_eq!(app.instance(&event)["state"], "PENDING_RECOVERY");
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let mut a = lavfi_video(2);
+    a.extend(rtp_out("0", "vp8", 96, answer_ports(&resp.text())[0]));
+    wait_ok(ffmpeg(&a), "ffmpeg after the restart");
+    let active = app.instance(&event);
+    assert_eq!(active["state"], "ACTIVE", "{active}");
+    assert!(active["recovered"].is_string(), "{active}");
+    app.stop(&event);
+    let instance = app.instance(&event);
+    assert_eq!(
+        instance["streams"].as_array().unwrap().len(),
+        1,
+        "the returning publisher continued its stream: {instance:#}"
+    );
+    let joined = probe(&track_file(find_track(&tracks(&instance), "agent", "CAM", "VIDEO")));
+    assert_eq!(joined.codec, "vp8");
+    assert!(joined.first_is_keyframe);
+    assert!(
+        joined.num_frames >= p.num_frames + 59,
+        "{joined:?}: {} before the crash + 60 after",
+        p.num_frames
     );
 }
 

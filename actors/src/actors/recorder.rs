@@ -37,6 +37,8 @@ pub struct Recorder {
     restarts: u32,
     num_publishes: u64,
     num_publishes_refused: u64,
+    /// Streams of the record still `RECORDING` when this actor was built (after a restart).
+    recovered: Vec<StreamRecord>,
 }
 
 struct StreamEntry {
@@ -70,6 +72,16 @@ impl Recorder {
             restarts: 0,
             num_publishes: 0,
             num_publishes_refused: 0,
+            recovered: if record.state.is_live() {
+                record
+                    .streams
+                    .iter()
+                    .filter(|s| s.state == StreamState::Recording)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -178,6 +190,24 @@ impl Actor for Recorder {
         // Control messages only (publish, stop, snapshots, first-media notices); media never
         // flows through this mailbox.
         ctx.set_mailbox_capacity(64);
+        // Streams that were recording when the process ended: their files are on disk.
+        for record in std::mem::take(&mut self.recovered) {
+            let stream = Stream::restore(
+                record.clone(),
+                self.instance_id.clone(),
+                self.media.clone(),
+                ctx.address().recipient(),
+            );
+            self.streams.push(StreamEntry {
+                id: record.id.clone(),
+                user_id: record.user_id.clone(),
+                kind: record.kind,
+                mailbox: Mailbox::new(stream.start()),
+                sessions: vec!["recovered".into()],
+                connected: false,
+                disconnected_at: Some(Instant::now()),
+            });
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Stream {
     session: Option<LiveSession>,
     num_sessions: u64,
     last_error: Option<ErrorInfo>,
+    /// Set for a stream recovered after a restart: its segment files are read when it starts.
+    needs_restore: bool,
 }
 
 struct TrackState {
@@ -90,7 +92,22 @@ impl Stream {
             session: None,
             num_sessions: 0,
             last_error: None,
+            needs_restore: false,
         }
+    }
+
+    /// A stream the store knew from before a restart: its tracks and the segment files they left
+    /// (readable up to their last flush) come back when the actor starts, so a returning
+    /// publisher continues in a new segment and the stop joins them all.
+    pub fn restore(
+        record: StreamRecord,
+        instance_id: String,
+        media: Arc<MediaConfig>,
+        recorder: Recipient<StreamNotice>,
+    ) -> Self {
+        let mut stream = Stream::new(record, instance_id, media, recorder);
+        stream.needs_restore = true;
+        stream
     }
 
     fn events(ctx: &Context<Self>) -> EventSink {
@@ -130,7 +147,8 @@ impl Stream {
         session_id: &str,
     ) -> Result<(crate::media::writer::FrameSink, Arc<TrackCounters>), MediaError> {
         let track = &mut self.tracks[at];
-        let index = track.segments.len();
+        // After recovered segments the numbering goes on where the files left off.
+        let index = track.segments.last().map_or(0, |s| s.index + 1);
         let path = segment_path(&self.dir, &track.id, index, track.codec.container());
         let writer = TrackWriter::spawn(path, track.codec, self.media.writer.clone())?;
         let sink = writer.sink();
@@ -260,6 +278,24 @@ impl Actor for Stream {
         // Control messages and ingest notices (a few per track per connection); ingest sends
         // with do_send, which is not held back by this capacity.
         ctx.set_mailbox_capacity(64);
+        if self.needs_restore {
+            // Reading the files is blocking work: a thread of its own. Until it is done the
+            // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (dir, tracks) = (self.dir.clone(), self.record.tracks.clone());
+            let spawned = std::thread::Builder::new()
+                .name("stream-restore".into())
+                .spawn(move || {
+                    let _ = tx.send(restore_tracks(&dir, &tracks));
+                });
+            if spawned.is_err() {
+                self.last_error = Some(ErrorInfo::new("MEDIA", "cannot start a restore thread"));
+                return;
+            }
+            ctx.wait(rx.into_actor(self).map(|restored, act, _ctx| {
+                act.tracks = restored.unwrap_or_default();
+            }));
+        }
     }
 }
 
@@ -608,6 +644,76 @@ impl Handler<FinishStream> for Stream {
             }),
         )
     }
+}
+
+/// Rebuilds the tracks of a recovered stream from its segment files. Blocking (reads them all).
+fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackState> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut out = Vec::new();
+    for track in records {
+        let mut segments: Vec<(usize, PathBuf)> = files
+            .iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_str()?;
+                let rest = name.strip_prefix(&format!("{}.seg", track.id))?;
+                let index = rest.split('.').next()?.parse::<usize>().ok()?;
+                Some((index, path.clone()))
+            })
+            .collect();
+        segments.sort();
+        let mut state: Option<TrackState> = None;
+        for (index, path) in segments {
+            let (codec, num_frames, duration_micros) = match crate::media::join::probe_segment(&path) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable segment left out");
+                    continue;
+                }
+            };
+            // The first segment's start is in the record; later ones follow it without a gap
+            // (their start was not persisted).
+            let started = if index == 0 {
+                track.started.map(|t| t.timestamp_micros())
+            } else {
+                None
+            };
+            let report = SegmentReport {
+                info: SegmentInfo {
+                    path,
+                    started_wall_micros: started,
+                    duration_micros,
+                    num_frames,
+                },
+                num_bytes: 0,
+                error: None,
+            };
+            let t = state.get_or_insert_with(|| TrackState {
+                id: track.id.clone(),
+                codec,
+                counters: Arc::new(TrackCounters::default()),
+                segments: Vec::new(),
+                created: track.local.created,
+            });
+            t.segments.push(Segment {
+                index,
+                session_id: "recovered".into(),
+                writer: None,
+                finishing: Some(futures_util::future::ready(report).boxed()),
+                summary: None,
+                stats: Arc::new(WriterStats::default()),
+            });
+        }
+        if let Some(state) = state {
+            tracing::info!(track_id = %state.id, num_segments = state.segments.len(), "track recovered");
+            out.push(state);
+        }
+    }
+    out
 }
 
 /// Joins a track's segments (on a blocking thread) and works out its start and stop.

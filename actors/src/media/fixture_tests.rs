@@ -328,7 +328,10 @@ fn writer_stats_flushed(report: &super::writer::SegmentReport) -> bool {
 fn a_full_writer_queue_drops_frames_without_ever_blocking_the_sender() {
     let dir = tempfile::tempdir().unwrap();
     let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));
-    let config = WriterConfig { queue_capacity: 1, ..WriterConfig::default() };
+    let config = WriterConfig {
+        queue_capacity: 1,
+        ..WriterConfig::default()
+    };
     let writer = TrackWriter::spawn(dir.path().join("slow.webm"), Codec::Vp8, config).unwrap();
     let sink = writer.sink();
     let stats = writer.stats();
@@ -341,11 +344,19 @@ fn a_full_writer_queue_drops_frames_without_ever_blocking_the_sender() {
         }
     }
     // 1200 offers against a one-frame queue: the sender never waited for the disk.
-    assert!(started.elapsed() < Duration::from_millis(500), "offers took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "offers took {:?}",
+        started.elapsed()
+    );
     let report = futures_executor::block_on(writer.finish());
     assert!(report.error.is_none());
     let dropped = stats.num_frames_dropped.load(std::sync::atomic::Ordering::Relaxed);
     let queued = stats.num_frames_queued.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(dropped + queued, num_offered, "every frame is either queued or counted as dropped");
+    assert_eq!(
+        dropped + queued,
+        num_offered,
+        "every frame is either queued or counted as dropped"
+    );
     assert!(dropped > 0, "a one-frame queue under a tight loop overflows");
 }

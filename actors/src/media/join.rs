@@ -105,3 +105,41 @@ fn sync_dir(file: &Path) {
         }
     }
 }
+
+/// What a segment file left behind by a crash holds: its codec, frames and duration. Reads the
+/// whole file (a recovery-time cost, once per segment). Blocking.
+pub fn probe_segment(path: &Path) -> Result<(super::codec::Codec, u64, i64), MediaError> {
+    use super::codec::Codec;
+    init_ffmpeg();
+    let mut input = ffmpeg::format::input(&path).map_err(|e| ff("open", path, e))?;
+    let stream = input
+        .stream(0)
+        .ok_or_else(|| MediaError::Ffmpeg(format!("{} has no stream", path.display())))?;
+    let codec = match stream.parameters().id() {
+        ffmpeg::codec::Id::VP8 => Codec::Vp8,
+        ffmpeg::codec::Id::VP9 => Codec::Vp9,
+        ffmpeg::codec::Id::H264 => Codec::H264,
+        ffmpeg::codec::Id::OPUS => Codec::Opus,
+        other => {
+            return Err(MediaError::Ffmpeg(format!(
+                "{}: unexpected codec {other:?}",
+                path.display()
+            )))
+        }
+    };
+    let time_base = stream.time_base();
+    let micros = ffmpeg::Rational::new(1, 1_000_000);
+    let (mut num_frames, mut first, mut last, mut last_duration) = (0u64, None, 0i64, 0i64);
+    for (s, packet) in input.packets() {
+        if s.index() != 0 {
+            continue;
+        }
+        let pts = packet.pts().or(packet.dts()).unwrap_or(0);
+        first.get_or_insert(pts);
+        last = last.max(pts);
+        last_duration = packet.duration();
+        num_frames += 1;
+    }
+    let ticks = last - first.unwrap_or(0) + last_duration;
+    Ok((codec, num_frames, rescale(ticks, time_base, micros)))
+}

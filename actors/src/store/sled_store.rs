@@ -95,13 +95,19 @@ struct Flusher {
 
 impl Flusher {
     fn start(db: sled::Db) -> StoreResult<Flusher> {
-        let queue = Arc::new(FlushQueue { state: Mutex::new(FlushState::default()), wake: Condvar::new() });
+        let queue = Arc::new(FlushQueue {
+            state: Mutex::new(FlushState::default()),
+            wake: Condvar::new(),
+        });
         let worker = queue.clone();
         let thread = std::thread::Builder::new()
             .name("state-flush".into())
             .spawn(move || worker.run(db))
             .map_err(|e| StoreError::Io(format!("cannot start the flusher thread: {e}")))?;
-        Ok(Flusher { queue, thread: Some(thread) })
+        Ok(Flusher {
+            queue,
+            thread: Some(thread),
+        })
     }
 
     fn request(&self) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
@@ -134,17 +140,11 @@ impl SledStore {
             db,
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
-        let found =
-            u32::from_be_bytes(
-                format
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        tree: "meta",
-                        key: STORE_FORMAT_KEY.into(),
-                        message: "not a u32".into(),
-                    })?,
-            );
+        let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            key: STORE_FORMAT_KEY.into(),
+            message: "not a u32".into(),
+        })?);
         if found > STORE_FORMAT {
             return Err(StoreError::FutureSchema {
                 found,
@@ -272,11 +272,7 @@ impl StateStore for SledStore {
         }
     }
 
-    fn conversation_instances(
-        &self,
-        organization_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<Vec<InstanceRecord>> {
+    fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>> {
         let mut scan = key2(organization_id, conversation_id);
         scan.push(0);
         let mut out = Vec::new();
@@ -335,11 +331,7 @@ impl StateStore for SledStore {
         Ok(inserted)
     }
 
-    fn cobrowse_events(
-        &self,
-        instance_id: &str,
-        session_id: &str,
-    ) -> StoreResult<Vec<CobrowseEvent>> {
+    fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>> {
         let mut scan = key2(instance_id, session_id);
         scan.push(0);
         self.cobrowse
@@ -499,7 +491,9 @@ mod tests {
                 let results = futures_executor::block_on(futures_util::future::join_all(flushes));
                 let _ = tx.send(results.into_iter().all(|r| r.is_ok()));
             });
-            let all_ok = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_else(|_| panic!("round {round} hung"));
+            let all_ok = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("round {round} hung"));
             assert!(all_ok);
         }
     }
@@ -509,15 +503,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store
-                .insert_instance(&instance("i1", "org-a", "conv"))
-                .unwrap();
-            store
-                .insert_instance(&instance("i2", "org-b", "conv"))
-                .unwrap();
-            store
-                .insert_instance(&instance("i3", "org-a", "conv"))
-                .unwrap();
+            store.insert_instance(&instance("i1", "org-a", "conv")).unwrap();
+            store.insert_instance(&instance("i2", "org-b", "conv")).unwrap();
+            store.insert_instance(&instance("i3", "org-a", "conv")).unwrap();
             futures_executor::block_on(store.flush()).unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -536,10 +524,7 @@ mod tests {
             .collect();
         assert_eq!(ids, vec!["i2"]);
         assert!(
-            store
-                .conversation_instances("org-a", "con")
-                .unwrap()
-                .is_empty(),
+            store.conversation_instances("org-a", "con").unwrap().is_empty(),
             "prefix scans are exact"
         );
         assert_eq!(store.all_instances().unwrap().len(), 3);
@@ -568,10 +553,7 @@ mod tests {
                 })
         });
         assert!(matches!(refused, Err(StoreError::Rejected { .. })));
-        assert_eq!(
-            store.get_instance("i1").unwrap().unwrap().state,
-            InstanceState::Stopped
-        );
+        assert_eq!(store.get_instance("i1").unwrap().unwrap().state, InstanceState::Stopped);
         assert!(matches!(
             store.update_instance("nope", &mut |_| Ok(())),
             Err(StoreError::NotFound(_))
@@ -588,9 +570,7 @@ mod tests {
             user_display_name: None,
             user_id: "u".into(),
         };
-        store
-            .append_transcript("i1", &[entry("a"), entry("b")])
-            .unwrap();
+        store.append_transcript("i1", &[entry("a"), entry("b")]).unwrap();
         store.append_transcript("i2", &[entry("other")]).unwrap();
         assert_eq!(store.append_transcript("i1", &[entry("c")]).unwrap(), 3);
         let texts: Vec<_> = store
@@ -611,17 +591,12 @@ mod tests {
                 .put_cobrowse_event("i", &event("s", seq, &format!("p{seq}")))
                 .unwrap());
         }
-        assert!(!store
-            .put_cobrowse_event("i", &event("s", 5, "changed"))
-            .unwrap());
+        assert!(!store.put_cobrowse_event("i", &event("s", 5, "changed")).unwrap());
         store.put_cobrowse_event("i", &event("s2", 1, "x")).unwrap();
         let events = store.cobrowse_events("i", "s").unwrap();
         let seqs: Vec<_> = events.iter().map(|e| e.sequence_id).collect();
         assert_eq!(seqs, vec![i32::MIN, -3, 0, 2, 5, i32::MAX]);
-        assert_eq!(
-            events[4].payload, "p5",
-            "the first copy of a repeated sequenceId wins"
-        );
+        assert_eq!(events[4].payload, "p5", "the first copy of a repeated sequenceId wins");
     }
 
     #[test]
@@ -641,10 +616,7 @@ mod tests {
         };
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 0);
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 1);
-        assert!(
-            !store.finish_job("k", 0).unwrap(),
-            "a re-queued job must run again"
-        );
+        assert!(!store.finish_job("k", 0).unwrap(), "a re-queued job must run again");
         assert_eq!(store.jobs().unwrap().len(), 1);
         assert!(store.finish_job("k", 1).unwrap());
         assert!(store.jobs().unwrap().is_empty());
@@ -660,29 +632,16 @@ mod tests {
             .instances
             .insert("i1", serde_json::to_vec(&value).unwrap())
             .unwrap();
-        assert!(matches!(
-            store.get_instance("i1"),
-            Err(StoreError::FutureSchema { .. })
-        ));
+        assert!(matches!(store.get_instance("i1"), Err(StoreError::FutureSchema { .. })));
         store.instances.insert("i2", b"{not json".to_vec()).unwrap();
-        assert!(matches!(
-            store.get_instance("i2"),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(store.get_instance("i2"), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]
     fn meta_values_are_set_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.meta_get_or_insert("node", b"first").unwrap(),
-            b"first"
-        );
-        assert_eq!(
-            store.meta_get_or_insert("node", b"second").unwrap(),
-            b"first"
-        );
+        assert_eq!(store.meta_get_or_insert("node", b"first").unwrap(), b"first");
+        assert_eq!(store.meta_get_or_insert("node", b"second").unwrap(), b"first");
     }
 }
-
