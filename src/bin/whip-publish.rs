@@ -144,13 +144,16 @@ async fn play(track: Arc<TrackLocalStaticRTP>, clip: Clip, ssrc: u32, start: Ins
     frames
 }
 
+/// Status, headers (lower-case names) and body.
+type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// Minimal HTTP/1.1 over a plain socket (loopback tests): returns status, headers, body.
 fn http(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Result<(u16, Vec<(String, String)>, Vec<u8>), String> {
+) -> Result<HttpResponse, String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
@@ -261,7 +264,6 @@ async fn run() -> Result<(), String> {
             RTCRtpCodecParameters {
                 rtp_codec: vp8.clone(),
                 payload_type: 96,
-                ..Default::default()
             },
             RtpCodecKind::Video,
         )
@@ -271,7 +273,6 @@ async fn run() -> Result<(), String> {
             RTCRtpCodecParameters {
                 rtp_codec: opus.clone(),
                 payload_type: 111,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )

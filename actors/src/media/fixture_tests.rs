@@ -249,7 +249,7 @@ fn recorded_frames_become_files_ffprobe_decodes_whole() {
                 "{name}: first packet is a keyframe"
             );
         }
-        assert_eq!(rtp_only(&fixture(name)) > 0, true);
+        assert!(rtp_only(&fixture(name)) > 0);
     }
 }
 

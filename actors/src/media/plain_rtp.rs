@@ -40,7 +40,7 @@ impl PortAllocator {
 
     /// Binds an even RTP port, and its odd neighbour for RTCP when `with_rtcp`.
     pub fn bind(&self, with_rtcp: bool) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
-        let num_pairs = (u32::from(self.max) - u32::from(self.min) + 1) / 2;
+        let num_pairs = (u32::from(self.max) - u32::from(self.min)).div_ceil(2);
         let mut next = self.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for _ in 0..num_pairs.max(1) {
             let port = *next;

@@ -344,7 +344,6 @@ fn codec_parameters(codec: Codec) -> (RTCRtpCodecParameters, RtpCodecKind) {
                 rtcp_feedback: if codec.is_video() { video_feedback } else { vec![] },
             },
             payload_type: pt,
-            ..Default::default()
         },
         kind,
     )

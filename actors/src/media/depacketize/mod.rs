@@ -70,7 +70,7 @@ pub fn payload_format(codec: Codec) -> Box<dyn PayloadFormat> {
     match codec {
         Codec::Vp8 => Box::new(Vp8Depacketizer),
         Codec::Vp9 => Box::new(Vp9Depacketizer),
-        Codec::H264 => Box::new(H264Depacketizer::default()),
+        Codec::H264 => Box::new(H264Depacketizer),
         Codec::Opus => Box::new(OpusDepacketizer),
     }
 }
