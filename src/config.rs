@@ -218,24 +218,17 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl Settings {
     /// Loads defaults, `RECORDER_CONFIG` and the environment of this process.
     pub fn load() -> Result<Settings, ConfigError> {
-        let file = std::env::var("RECORDER_CONFIG")
-            .ok()
-            .filter(|p| !p.is_empty());
+        let file = std::env::var("RECORDER_CONFIG").ok().filter(|p| !p.is_empty());
         if let Some(path) = &file {
             if !std::path::Path::new(path).is_file() {
-                return Err(invalid(
-                    "RECORDER_CONFIG",
-                    format!("no configuration file at {path}"),
-                ));
+                return Err(invalid("RECORDER_CONFIG", format!("no configuration file at {path}")));
             }
         }
         Self::from_figment(figment(file.as_deref()))
     }
 
     fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        let raw: RawConfig = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
         raw.check()
     }
 
@@ -259,10 +252,7 @@ impl RawConfig {
         let bind: SocketAddr = self.bind.parse().map_err(|e| {
             invalid(
                 "bind",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:8080 ({e})",
-                    self.bind
-                ),
+                format!("{:?} is not an address like 127.0.0.1:8080 ({e})", self.bind),
             )
         })?;
         if self.data_dir.as_os_str().is_empty() {
@@ -271,8 +261,8 @@ impl RawConfig {
         let public_url = match self.public_url.trim() {
             "" => None,
             text => {
-                let url = url::Url::parse(text)
-                    .map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
+                let url =
+                    url::Url::parse(text).map_err(|e| invalid("public_url", format!("{text:?} is not a URL ({e})")))?;
                 if !matches!(url.scheme(), "http" | "https") {
                     return Err(invalid("public_url", "must be an http or https URL"));
                 }
@@ -300,24 +290,15 @@ impl RawConfig {
             }
         };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(invalid(
-                "log",
-                format!("{:?} is not a log filter ({e})", self.log),
-            ));
+            return Err(invalid("log", format!("{:?} is not a log filter ({e})", self.log)));
         }
         let limits = self.limits;
         for (key, value) in [
             ("limits.max_body_bytes", limits.max_body_bytes),
             ("limits.max_id_len", limits.max_id_len),
-            (
-                "limits.max_cobrowse_payload_bytes",
-                limits.max_cobrowse_payload_bytes,
-            ),
+            ("limits.max_cobrowse_payload_bytes", limits.max_cobrowse_payload_bytes),
             ("limits.max_transcript_len", limits.max_transcript_len),
-            (
-                "limits.max_transcript_entries",
-                limits.max_transcript_entries,
-            ),
+            ("limits.max_transcript_entries", limits.max_transcript_entries),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -328,22 +309,16 @@ impl RawConfig {
         }
         let signing_secret = match self.signing.secret.as_str() {
             "" => None,
-            s if s.len() < 16 => {
-                return Err(invalid("signing.secret", "must be at least 16 characters"))
-            }
+            s if s.len() < 16 => return Err(invalid("signing.secret", "must be at least 16 characters")),
             s => Some(s.as_bytes().to_vec()),
         };
         if self.signing.url_ttl_secs == 0 || self.signing.url_ttl_secs > 7 * 24 * 3600 {
-            return Err(invalid(
-                "signing.url_ttl_secs",
-                "must be between 1 and 604800 (7 days)",
-            ));
+            return Err(invalid("signing.url_ttl_secs", "must be between 1 and 604800 (7 days)"));
         }
         if self.uploads.concurrency == 0 || self.uploads.concurrency > 256 {
             return Err(invalid("uploads.concurrency", "must be between 1 and 256"));
         }
-        if self.uploads.retry_base_ms == 0 || self.uploads.retry_max_ms < self.uploads.retry_base_ms
-        {
+        if self.uploads.retry_base_ms == 0 || self.uploads.retry_max_ms < self.uploads.retry_base_ms {
             return Err(invalid(
                 "uploads.retry_max_ms",
                 "retry_base_ms must be > 0 and retry_max_ms >= retry_base_ms",
@@ -363,10 +338,7 @@ impl RawConfig {
             for (app_id, app) in &org.applications {
                 let key = format!("organizations.{org_id}.applications.{app_id}");
                 if !is_valid_id(app_id) {
-                    return Err(invalid(
-                        key,
-                        "application id must use letters, digits, . _ - : @",
-                    ));
+                    return Err(invalid(key, "application id must use letters, digits, . _ - : @"));
                 }
                 for origin in &app.allowed_origins {
                     if origin != "*" && url::Url::parse(origin).is_err() {
@@ -392,21 +364,14 @@ impl RawConfig {
         let mut api_keys = Vec::new();
         for (name, key) in &self.api_keys {
             let at = format!("api_keys.{name}");
-            let hex_hash = key.hash.strip_prefix("sha256:").ok_or_else(|| {
-                invalid(
-                    format!("{at}.hash"),
-                    "must look like sha256:<64 hex digits>",
-                )
-            })?;
+            let hex_hash = key
+                .hash
+                .strip_prefix("sha256:")
+                .ok_or_else(|| invalid(format!("{at}.hash"), "must look like sha256:<64 hex digits>"))?;
             let sha256: [u8; 32] = hex::decode(hex_hash)
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| {
-                    invalid(
-                        format!("{at}.hash"),
-                        "must look like sha256:<64 hex digits>",
-                    )
-                })?;
+                .ok_or_else(|| invalid(format!("{at}.hash"), "must look like sha256:<64 hex digits>"))?;
             if !self.organizations.contains_key(&key.organization) {
                 return Err(invalid(
                     format!("{at}.organization"),
@@ -430,21 +395,17 @@ impl RawConfig {
         let plain_api_key = self.api_key.filter(|k| !k.is_empty());
         if let Some(key) = &plain_api_key {
             if key.len() < 16 {
-                return Err(invalid(
-                    "RECORDER_API_KEY",
-                    "must be at least 16 characters",
-                ));
+                return Err(invalid("RECORDER_API_KEY", "must be at least 16 characters"));
             }
-            if !applications.iter().any(|a| {
-                a.organization_id == DEFAULT_ORGANIZATION && a.application_id == DEFAULT_APPLICATION
-            }) {
+            if !applications
+                .iter()
+                .any(|a| a.organization_id == DEFAULT_ORGANIZATION && a.application_id == DEFAULT_APPLICATION)
+            {
                 applications.push(Application {
                     organization_id: DEFAULT_ORGANIZATION.into(),
                     application_id: DEFAULT_APPLICATION.into(),
                     allowed_origins: vec!["*".into()],
-                    storage: StorageConfig::Local {
-                        path: String::new(),
-                    },
+                    storage: StorageConfig::Local { path: String::new() },
                 });
             }
         }
@@ -478,7 +439,10 @@ impl RawMedia {
         let bind_ip = ip("bind_ip", &self.bind_ip)?;
         let announce_ip = match self.announce_ip.trim() {
             "" if bind_ip.is_unspecified() => {
-                return Err(invalid("media.announce_ip", "must be set when media.bind_ip is a wildcard"))
+                return Err(invalid(
+                    "media.announce_ip",
+                    "must be set when media.bind_ip is a wildcard",
+                ))
             }
             "" => bind_ip,
             text => ip("announce_ip", text)?,
@@ -530,9 +494,7 @@ mod tests {
     use super::*;
 
     fn load(extra: &str) -> Result<Settings, ConfigError> {
-        Settings::from_figment(
-            Figment::from(Toml::string(EMBEDDED_DEFAULTS)).merge(Toml::string(extra)),
-        )
+        Settings::from_figment(Figment::from(Toml::string(EMBEDDED_DEFAULTS)).merge(Toml::string(extra)))
     }
 
     #[test]

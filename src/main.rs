@@ -17,13 +17,13 @@ use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
-use recorder_actors::snapshot::Mailbox;
-use recorder_actors::storage::LocalBackend;
-use recorder_actors::store::{SledStore, StateStore};
 use recorder_actors::engine::MediaConfig;
 use recorder_actors::media::plain_rtp::PortAllocator;
 use recorder_actors::media::receiver::ReceiverConfig;
 use recorder_actors::media::writer::WriterConfig;
+use recorder_actors::snapshot::Mailbox;
+use recorder_actors::storage::LocalBackend;
+use recorder_actors::store::{SledStore, StateStore};
 use recorder_actors::{ApplicationProfile, EngineConfig};
 
 use crate::api::auth::KeyRing;
@@ -48,10 +48,7 @@ fn main() -> ExitCode {
     match actix_web::rt::System::new().block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(
-                error = format!("{err:#}"),
-                "rtc-recorder stopped on an error"
-            );
+            tracing::error!(error = format!("{err:#}"), "rtc-recorder stopped on an error");
             eprintln!("rtc-recorder: {err:#}");
             ExitCode::FAILURE
         }
@@ -84,10 +81,10 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
     let recorder_id = match &settings.recorder_id {
         Some(id) => id.clone(),
-        None => String::from_utf8(
-            store.meta_get_or_insert("recorder_id", uuid::Uuid::new_v4().to_string().as_bytes())?,
-        )
-        .context("stored recorder_id is not text")?,
+        None => {
+            String::from_utf8(store.meta_get_or_insert("recorder_id", uuid::Uuid::new_v4().to_string().as_bytes())?)
+                .context("stored recorder_id is not text")?
+        }
     };
     let secret = match &settings.signing_secret {
         Some(secret) => secret.clone(),
@@ -135,8 +132,8 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         upload_retry_max: Duration::from_millis(settings.uploads.retry_max_ms),
         media: Arc::new(media_config(&settings)),
     });
-    let registry = Registry::boot(store.clone(), engine)
-        .context("cannot rebuild the actor tree from the state store")?;
+    let registry =
+        Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;
 
     let keys = KeyRing::new(&settings.api_keys);
     let listener = std::net::TcpListener::bind(settings.bind)
@@ -209,9 +206,7 @@ fn add_plain_keys(settings: &mut Settings) -> anyhow::Result<String> {
         scopes: vec![Scope::Global, Scope::Admin],
     };
     if let Some(key) = settings.plain_api_key.clone() {
-        settings
-            .api_keys
-            .push(default_key(&key, "RECORDER_API_KEY"));
+        settings.api_keys.push(default_key(&key, "RECORDER_API_KEY"));
         return Ok("the value of RECORDER_API_KEY".into());
     }
     if !settings.api_keys.is_empty() {
@@ -220,10 +215,7 @@ fn add_plain_keys(settings: &mut Settings) -> anyhow::Result<String> {
     let path = settings.data_dir.join("dev-api-key");
     let key = read_or_create_dev_key(&path)?;
     settings.api_keys.push(default_key(&key, "development"));
-    Ok(format!(
-        "{key}   (development key, kept in {})",
-        path.display()
-    ))
+    Ok(format!("{key}   (development key, kept in {})", path.display()))
 }
 
 fn read_or_create_dev_key(path: &Path) -> anyhow::Result<String> {

@@ -46,16 +46,12 @@ impl Metrics {
             "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
             _ => "OTHER",
         };
-        self.requests
-            .with_label_values(&[method, &status.to_string()])
-            .inc();
+        self.requests.with_label_values(&[method, &status.to_string()]).inc();
     }
 
     pub fn set_instances(&self, counts: &[(InstanceState, u64)]) {
         for (state, count) in counts {
-            self.instances
-                .with_label_values(&[state.as_str()])
-                .set(*count as i64);
+            self.instances.with_label_values(&[state.as_str()]).set(*count as i64);
         }
     }
 
@@ -79,14 +75,8 @@ mod tests {
         metrics.observe_request("POST", 200);
         metrics.observe_request("BREW", 418);
         let text = metrics.render();
-        assert!(
-            text.contains("recorder_instances{state=\"ACTIVE\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("recorder_instances{state=\"STOPPED\"} 0"),
-            "{text}"
-        );
+        assert!(text.contains("recorder_instances{state=\"ACTIVE\"} 3"), "{text}");
+        assert!(text.contains("recorder_instances{state=\"STOPPED\"} 0"), "{text}");
         assert!(
             text.contains("recorder_http_requests_total{method=\"POST\",status=\"200\"} 1"),
             "{text}"

@@ -55,8 +55,7 @@ impl UrlSigner {
     }
 
     fn mac(&self, method: &str, path: &str, date: &str, expires: &str) -> HmacSha256 {
-        let mut mac =
-            HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
         for part in [method, path, date, expires] {
             mac.update(part.as_bytes());
             mac.update(b"\n");
@@ -132,10 +131,7 @@ mod tests {
         let q = signer().sign("GET", "/a/b", now);
         let sig = &q.signature;
         let exp = q.expires.to_string();
-        assert_eq!(
-            signer().verify("GET", "/a/b", &q.date, &exp, sig, now),
-            Ok(())
-        );
+        assert_eq!(signer().verify("GET", "/a/b", &q.date, &exp, sig, now), Ok(()));
         let later = now + chrono::Duration::seconds(61);
         assert_eq!(
             signer().verify("GET", "/a/b", &q.date, &exp, sig, later),

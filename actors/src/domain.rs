@@ -273,11 +273,7 @@ pub struct InstanceRecord {
 
 impl InstanceRecord {
     /// Applies a transition of the state machine, recording when it happened.
-    pub fn transition(
-        &mut self,
-        next: InstanceState,
-        now: DateTime<Utc>,
-    ) -> Result<(), IllegalTransition> {
+    pub fn transition(&mut self, next: InstanceState, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         if !self.state.can_transition_to(next) {
             return Err(IllegalTransition {
                 from: self.state,
@@ -305,11 +301,7 @@ impl InstanceRecord {
     pub fn key_prefix(&self) -> String {
         format!(
             "{}/{}/{}/{}/{}",
-            self.organization_id,
-            self.application_id,
-            self.conversation_id,
-            self.recorder_id,
-            self.instance_id
+            self.organization_id, self.application_id, self.conversation_id, self.recorder_id, self.instance_id
         )
     }
 
@@ -421,10 +413,7 @@ mod tests {
                     assert_eq!(rec.state, to);
                     assert_eq!(rec.history.last().map(|h| h.0), Some(to));
                 } else {
-                    assert_eq!(
-                        rec.state, from,
-                        "an illegal transition leaves the state alone"
-                    );
+                    assert_eq!(rec.state, from, "an illegal transition leaves the state alone");
                     assert!(rec.history.is_empty());
                 }
                 num_checked += 1;
@@ -437,9 +426,7 @@ mod tests {
     fn terminal_states_have_no_way_out() {
         for from in InstanceState::ALL.into_iter().filter(|s| s.is_terminal()) {
             assert!(
-                InstanceState::ALL
-                    .iter()
-                    .all(|to| !from.can_transition_to(*to)),
+                InstanceState::ALL.iter().all(|to| !from.can_transition_to(*to)),
                 "{from}"
             );
         }

@@ -72,11 +72,7 @@ impl MediaConfig {
 }
 
 impl EngineConfig {
-    pub fn application(
-        &self,
-        organization_id: &str,
-        application_id: &str,
-    ) -> Option<&Arc<ApplicationProfile>> {
+    pub fn application(&self, organization_id: &str, application_id: &str) -> Option<&Arc<ApplicationProfile>> {
         self.applications
             .get(&(organization_id.to_string(), application_id.to_string()))
     }
@@ -90,10 +86,7 @@ pub enum EngineError {
     #[error("{message}")]
     Conflict { message: String },
     #[error("{message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -55,14 +55,13 @@ impl KeyRing {
 
     /// Checks the `Authorization` header (`<key>` or `Bearer <key>`) and the scope.
     pub fn authorize(&self, req: &HttpRequest, scope: Scope) -> Result<Grant, ApiError> {
-        let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::Unauthorized("the Authorization header with an API key is required".into())
-        })?;
+        let value = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("the Authorization header with an API key is required".into()))?;
         let text = value
             .to_str()
-            .map_err(|_| {
-                ApiError::Unauthorized("the Authorization header is not valid text".into())
-            })?
+            .map_err(|_| ApiError::Unauthorized("the Authorization header is not valid text".into()))?
             .trim();
         let key = match text.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
@@ -82,9 +81,7 @@ impl KeyRing {
                 Scope::Global => "global",
                 Scope::Admin => "admin",
             };
-            return Err(ApiError::Forbidden(format!(
-                "this API key lacks the {name} scope"
-            )));
+            return Err(ApiError::Forbidden(format!("this API key lacks the {name} scope")));
         }
         tracing::debug!(key = %grant.key_name, organization_id = %grant.organization_id, "request authorized");
         Ok(grant.clone())
@@ -143,14 +140,8 @@ mod tests {
                 .insert_header((header::AUTHORIZATION, v))
                 .to_http_request()
         };
-        assert_eq!(
-            status(ring.authorize(&req("Bearer nope"), Scope::Global)),
-            401
-        );
+        assert_eq!(status(ring.authorize(&req("Bearer nope"), Scope::Global)), 401);
         assert_eq!(status(ring.authorize(&req("Bearer "), Scope::Global)), 401);
-        assert_eq!(
-            status(ring.authorize(&req("secret-key-123456"), Scope::Admin)),
-            403
-        );
+        assert_eq!(status(ring.authorize(&req("secret-key-123456"), Scope::Admin)), 403);
     }
 }

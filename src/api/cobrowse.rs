@@ -4,9 +4,7 @@ use actix_files::NamedFile;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{web, HttpRequest, HttpResponse};
 use recorder_actors::domain::CobrowseEvent as EngineCobrowseEvent;
-use recorder_actors::messages::{
-    AddCobrowseEvent, GetInstance, ListConversation, ResolveCobrowseFile,
-};
+use recorder_actors::messages::{AddCobrowseEvent, GetInstance, ListConversation, ResolveCobrowseFile};
 use serde::Deserialize;
 
 use super::dto::*;
@@ -64,10 +62,7 @@ pub async fn add_event(
         timestamp: event.req_i64("timestamp")?,
     };
     let instance = instance_ref(&state, &grant.organization_id, &path)?;
-    let accepted = state
-        .registry
-        .send(AddCobrowseEvent { instance, event })
-        .await??;
+    let accepted = state.registry.send(AddCobrowseEvent { instance, event }).await??;
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&accepted.instance)))
 }
 
@@ -100,12 +95,10 @@ pub async fn sessions(
         conversation_id: conversation_id.clone(),
     };
     let instances = state.registry.send(msg).await??;
-    Ok(
-        HttpResponse::Ok().json(ConversationCobrowseSessionDataMessage::new(
-            &conversation_id,
-            &instances,
-        )),
-    )
+    Ok(HttpResponse::Ok().json(ConversationCobrowseSessionDataMessage::new(
+        &conversation_id,
+        &instances,
+    )))
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,39 +110,25 @@ pub struct UrlQuery {
     instance_id: Option<String>,
 }
 
-fn required_query<'a>(
-    value: &'a Option<String>,
-    name: &str,
-    path_value: &str,
-) -> Result<&'a str, ApiError> {
+fn required_query<'a>(value: &'a Option<String>, name: &str, path_value: &str) -> Result<&'a str, ApiError> {
     let value = value
         .as_deref()
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::bad_field(name, "query parameter is required"))?;
     if value != path_value {
-        return Err(ApiError::bad_field(
-            name,
-            "query parameter does not match the path",
-        ));
+        return Err(ApiError::bad_field(name, "query parameter does not match the path"));
     }
     Ok(value)
 }
 
 /// Whether `referer`'s origin is one of `allowed` (`*` allows any).
 fn referer_allowed(referer: &str, allowed: &[String]) -> Result<bool, ApiError> {
-    let url = url::Url::parse(referer)
-        .map_err(|_| ApiError::bad_field("referer", "header is not a URL"))?;
+    let url = url::Url::parse(referer).map_err(|_| ApiError::bad_field("referer", "header is not a URL"))?;
     let origin = url.origin().ascii_serialization();
     Ok(allowed.iter().any(|a| a == "*" || *a == origin))
 }
 
-pub fn attachment_path(
-    conversation: &str,
-    recorder: &str,
-    instance: &str,
-    session: &str,
-    file: &str,
-) -> String {
+pub fn attachment_path(conversation: &str, recorder: &str, instance: &str, session: &str, file: &str) -> String {
     format!("{BASE_PATH}/recordings/attachment/cobrowse/{conversation}/{recorder}/{instance}/{session}/{file}")
 }
 
@@ -190,11 +169,7 @@ pub async fn signed_url(
         &(conversation_id, recorder_id, instance_id),
     )?;
     check_id("sessionId", &session_id, state.settings.limits.max_id_len)?;
-    required_query(
-        &query.conversation_id,
-        "conversationId",
-        &at.conversation_id,
-    )?;
+    required_query(&query.conversation_id, "conversationId", &at.conversation_id)?;
     required_query(&query.id, "id", &at.recorder_id)?;
     required_query(&query.instance_id, "instanceId", &at.instance_id)?;
     let referer = req
@@ -255,9 +230,7 @@ fn check_file_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(ApiError::bad_field(
             "fileName",
@@ -323,27 +296,12 @@ pub async fn attachment(
         need(&query.expires, "Expires")?,
         need(&query.signature, "Signature")?,
     );
-    let signed_path = attachment_path(
-        &conversation_id,
-        &recorder_id,
-        &instance_id,
-        &session_id,
-        &file_name,
-    );
+    let signed_path = attachment_path(&conversation_id, &recorder_id, &instance_id, &session_id, &file_name);
     state
         .signer
-        .verify(
-            "GET",
-            &signed_path,
-            &date,
-            &expires,
-            &signature,
-            chrono::Utc::now(),
-        )
+        .verify("GET", &signed_path, &date, &expires, &signature, chrono::Utc::now())
         .map_err(|e| match e {
-            SignatureError::Malformed(field) => {
-                ApiError::Forbidden(format!("{field} is malformed"))
-            }
+            SignatureError::Malformed(field) => ApiError::Forbidden(format!("{field} is malformed")),
             other => ApiError::Forbidden(other.to_string()),
         })?;
     let file = state

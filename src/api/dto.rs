@@ -4,8 +4,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use recorder_actors::domain::{
-    self, ErrorInfo, InstanceRecord, LocalFileRecord, ObjectRecord, Provider, StreamRecord,
-    TrackRecord,
+    self, ErrorInfo, InstanceRecord, LocalFileRecord, ObjectRecord, Provider, StreamRecord, TrackRecord,
 };
 use recorder_actors::storage::{CheckResult, VerificationReport};
 use serde::Serialize;
@@ -552,14 +551,12 @@ impl ConversationCobrowseSessionDataMessage {
             cobrowse_sessions: instances
                 .iter()
                 .flat_map(|r| {
-                    r.cobrowse_sessions
-                        .iter()
-                        .map(|(id, s)| CobrowseSessionDataMessage {
-                            cobrowse_session_id: id.clone(),
-                            recorder_id: r.recorder_id.clone(),
-                            recorder_instance_id: r.instance_id.clone(),
-                            uploaded: opt_ts(s.uploaded),
-                        })
+                    r.cobrowse_sessions.iter().map(|(id, s)| CobrowseSessionDataMessage {
+                        cobrowse_session_id: id.clone(),
+                        recorder_id: r.recorder_id.clone(),
+                        recorder_instance_id: r.instance_id.clone(),
+                        uploaded: opt_ts(s.uploaded),
+                    })
                 })
                 .collect(),
         }
@@ -642,10 +639,7 @@ mod tests {
 
     #[test]
     fn durations_are_iso_8601() {
-        assert_eq!(
-            iso_duration(chrono::Duration::milliseconds(75_250)),
-            "PT75.250S"
-        );
+        assert_eq!(iso_duration(chrono::Duration::milliseconds(75_250)), "PT75.250S");
         assert_eq!(iso_duration(chrono::Duration::zero()), "PT0.000S");
         assert_eq!(iso_duration(chrono::Duration::milliseconds(-5)), "PT0.000S");
     }

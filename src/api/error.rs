@@ -73,9 +73,7 @@ impl ApiError {
 
     fn field(&self) -> Option<String> {
         match self {
-            ApiError::BadRequest { field, .. } | ApiError::PayloadTooLarge { field, .. } => {
-                Some(field.clone())
-            }
+            ApiError::BadRequest { field, .. } | ApiError::PayloadTooLarge { field, .. } => Some(field.clone()),
             _ => None,
         }
     }
@@ -122,9 +120,7 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict { message } => ApiError::Conflict(message),
             EngineError::Invalid { field, message } => ApiError::bad_field(field, message),
             EngineError::Store(StoreError::Rejected { message, .. }) => ApiError::Conflict(message),
-            EngineError::Store(StoreError::NotFound(id)) => {
-                ApiError::NotFound(format!("no recorder instance {id}"))
-            }
+            EngineError::Store(StoreError::NotFound(id)) => ApiError::NotFound(format!("no recorder instance {id}")),
             EngineError::Store(err) => {
                 tracing::error!(error = %err, "state store failure");
                 ApiError::Unavailable(format!("state store unavailable: {err}"))
@@ -150,9 +146,7 @@ struct Rendered;
 
 /// Rewrites error responses that did not come from [`ApiError`] (actix's own 404, 405, 413,
 /// payload and range errors) into the `Error` body, keeping their status and headers.
-pub fn render_foreign_error<B>(
-    res: ServiceResponse<B>,
-) -> actix_web::Result<ErrorHandlerResponse<B>> {
+pub fn render_foreign_error<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
     if res.response().extensions().get::<Rendered>().is_some() {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
@@ -160,11 +154,7 @@ pub fn render_foreign_error<B>(
     let (code, message) = match status {
         StatusCode::NOT_FOUND => (
             "ROUTE_NOT_FOUND",
-            format!(
-                "no route for {} {}",
-                res.request().method(),
-                res.request().path()
-            ),
+            format!("no route for {} {}", res.request().method(), res.request().path()),
         ),
         StatusCode::METHOD_NOT_ALLOWED => (
             "METHOD_NOT_ALLOWED",
@@ -180,10 +170,7 @@ pub fn render_foreign_error<B>(
         ),
         s if s.is_client_error() => (
             "BAD_REQUEST",
-            format!(
-                "request refused: {}",
-                s.canonical_reason().unwrap_or("client error")
-            ),
+            format!("request refused: {}", s.canonical_reason().unwrap_or("client error")),
         ),
         s => (
             "UNAVAILABLE",
@@ -204,13 +191,10 @@ pub fn render_foreign_error<B>(
     .expect("error bodies serialize");
     let (req, res) = res.into_parts();
     let mut res = res.set_body(BoxBody::new(body));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res.headers_mut().remove(header::CONTENT_LENGTH);
     res.headers_mut().remove(header::CONTENT_DISPOSITION);
-    let res: ServiceResponse<EitherBody<B, BoxBody>> =
-        ServiceResponse::new(req, res).map_into_right_body();
+    let res: ServiceResponse<EitherBody<B, BoxBody>> = ServiceResponse::new(req, res).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }

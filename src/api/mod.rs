@@ -4,8 +4,8 @@
 pub mod auth;
 mod cobrowse;
 pub mod dto;
-mod media;
 pub mod error;
+mod media;
 mod ops;
 mod recordings;
 mod storage;
@@ -137,12 +137,14 @@ async fn unknown_route() -> HttpResponse {
 /// conversation named `start`.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.app_data(web::PayloadConfig::new(max_body_bytes))
-        .app_data(web::QueryConfig::default().error_handler(|err, _req| {
-            ApiError::bad_field("query", format!("invalid query string: {err}")).into()
-        }))
-        .app_data(web::PathConfig::default().error_handler(|err, _req| {
-            ApiError::bad_field("path", format!("invalid path: {err}")).into()
-        }))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|err, _req| ApiError::bad_field("query", format!("invalid query string: {err}")).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|err, _req| ApiError::bad_field("path", format!("invalid path: {err}")).into()),
+        )
         .route("/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
         .route("/metrics", web::get().to(ops::metrics))
@@ -151,31 +153,64 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route("/openapi.json", web::get().to(openapi_json))
                 .route("/debug/actors", web::get().to(ops::debug_actors))
                 .route("/compositions/{conversationId}", web::get().to(storage::composition))
-                .route("/storageproviders/{applicationId}/verify", web::post().to(storage::verify))
+                .route(
+                    "/storageproviders/{applicationId}/verify",
+                    web::post().to(storage::verify),
+                )
                 .route("/media/rtp/{conferenceId}", web::post().to(media::publish_rtp))
-                .route("/media/rtp/{conferenceId}/{sessionId}", web::delete().to(media::end_session))
+                .route(
+                    "/media/rtp/{conferenceId}/{sessionId}",
+                    web::delete().to(media::end_session),
+                )
                 .route("/media/whip/{conferenceId}", web::post().to(media::publish_whip))
-                .route("/media/whip/{conferenceId}/{sessionId}", web::delete().to(media::end_session))
-                .route("/media/whip/{conferenceId}/{sessionId}", web::patch().to(media::patch_whip))
+                .route(
+                    "/media/whip/{conferenceId}/{sessionId}",
+                    web::delete().to(media::end_session),
+                )
+                .route(
+                    "/media/whip/{conferenceId}/{sessionId}",
+                    web::patch().to(media::patch_whip),
+                )
                 .route("/recordings/start", web::post().to(recordings::start))
-                .route("/recordings/chat/transcript/add", web::post().to(recordings::add_transcript))
+                .route(
+                    "/recordings/chat/transcript/add",
+                    web::post().to(recordings::add_transcript),
+                )
                 .route("/recordings/cobrowse/event", web::post().to(cobrowse::add_event))
                 .route(
                     "/recordings/attachment/cobrowse/{conversationId}/{recorderId}/{instanceId}/{sessionId}/{fileName}",
                     web::get().to(cobrowse::attachment),
                 )
                 .route("/recordings/{conversationId}/active", web::get().to(recordings::active))
-                .route("/recordings/{conversationId}/cobrowse", web::get().to(cobrowse::sessions))
+                .route(
+                    "/recordings/{conversationId}/cobrowse",
+                    web::get().to(cobrowse::sessions),
+                )
                 .route("/recordings/{conversationId}", web::get().to(recordings::conversation))
-                .route("/recordings/{conversationId}/{recorderId}/{instanceId}/state", web::get().to(recordings::instance_state))
-                .route("/recordings/{conversationId}/{recorderId}/{instanceId}/stop", web::post().to(recordings::stop))
-                .route("/recordings/{conversationId}/{recorderId}/{instanceId}/storage/info", web::get().to(recordings::storage_info))
-                .route("/recordings/{conversationId}/{recorderId}/{instanceId}/publish-token", web::post().to(media::publish_token))
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}/state",
+                    web::get().to(recordings::instance_state),
+                )
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}/stop",
+                    web::post().to(recordings::stop),
+                )
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}/storage/info",
+                    web::get().to(recordings::storage_info),
+                )
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}/publish-token",
+                    web::post().to(media::publish_token),
+                )
                 .route(
                     "/recordings/{conversationId}/{recorderId}/{instanceId}/cobrowse/{sessionId}/url/attachment",
                     web::get().to(cobrowse::signed_url),
                 )
-                .route("/recordings/{conversationId}/{recorderId}/{instanceId}", web::get().to(recordings::instance)),
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}",
+                    web::get().to(recordings::instance),
+                ),
         )
         .default_service(web::to(unknown_route));
 }

@@ -22,10 +22,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     }
 }
 
-pub async fn metrics(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.settings.ops.public_metrics {
         state.keys.authorize(&req, Scope::Admin)?;
     }
@@ -50,10 +47,7 @@ pub async fn metrics(
     ),
     security(("apiKey" = ["admin"]))
 )]
-pub async fn debug_actors(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn debug_actors(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.keys.authorize(&req, Scope::Admin)?;
     let depth = state.registry.depth();
     let mut tree = state.registry.send(Snapshot).await?;

@@ -3,8 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use recorder_actors::domain::ChatEntry;
 use recorder_actors::messages::{
-    AddTranscript, GetActive, GetInstance, InstanceRef, ListConversation,
-    StartRecording as StartMessage, StopRecording,
+    AddTranscript, GetActive, GetInstance, InstanceRef, ListConversation, StartRecording as StartMessage, StopRecording,
 };
 
 use super::dto::*;
@@ -52,11 +51,7 @@ pub fn instance_ref(
     ),
     security(("apiKey" = ["global"]))
 )]
-pub async fn start(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+pub async fn start(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
@@ -104,11 +99,7 @@ pub async fn start(
     ),
     security(("apiKey" = ["global"]))
 )]
-pub async fn stop(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: InstancePath,
-) -> Result<HttpResponse, ApiError> {
+pub async fn stop(req: HttpRequest, state: web::Data<AppState>, path: InstancePath) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
     let record = state.registry.send(StopRecording(at)).await??;
@@ -313,9 +304,6 @@ pub async fn add_transcript(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let instance = instance_ref(&state, &grant.organization_id, &path)?;
-    let record = state
-        .registry
-        .send(AddTranscript { instance, entries })
-        .await??;
+    let record = state.registry.send(AddTranscript { instance, entries }).await??;
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
 }

@@ -32,11 +32,7 @@ pub async fn verify(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let application_id = path.into_inner();
-    check_id(
-        "applicationId",
-        &application_id,
-        state.settings.limits.max_id_len,
-    )?;
+    check_id("applicationId", &application_id, state.settings.limits.max_id_len)?;
     if state
         .settings
         .application(&grant.organization_id, &application_id)
@@ -80,11 +76,7 @@ pub async fn composition(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let conversation_id = path.into_inner();
-    check_id(
-        "conversationId",
-        &conversation_id,
-        state.settings.limits.max_id_len,
-    )?;
+    check_id("conversationId", &conversation_id, state.settings.limits.max_id_len)?;
     // Distinguish nothing: an unknown conversation and a known one without a composition read
     // the same, so the answer leaks nothing across organizations.
     let _ = state

@@ -41,8 +41,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_field("body", "a JSON object is required"));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_field("body", format!("invalid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_field("body", format!("invalid JSON: {e}")))
 }
 
 /// A JSON object being read, with the path of field names that led to it.
@@ -158,9 +157,7 @@ impl<'a> Obj<'a> {
                 ));
             }
         };
-        value.ok_or_else(|| {
-            ApiError::bad_field(&self.field(name), "must be an integer in the int32 range")
-        })
+        value.ok_or_else(|| ApiError::bad_field(&self.field(name), "must be an integer in the int32 range"))
     }
 
     pub fn req_datetime(&self, name: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -239,12 +236,7 @@ mod tests {
 
     #[test]
     fn ids_are_plain() {
-        for good in [
-            "abc",
-            "6e6d5224-1919-48fa-a982-66cef9fa4c08",
-            "user@org",
-            "a.b_c:d",
-        ] {
+        for good in ["abc", "6e6d5224-1919-48fa-a982-66cef9fa4c08", "user@org", "a.b_c:d"] {
             assert!(is_valid_id(good), "{good}");
         }
         for bad in ["", ".", "..", "a/b", "a b", "a\\b", "a%2F", "é", "a\0"] {
@@ -257,35 +249,21 @@ mod tests {
         let body = json!({"event": {"sequenceId": 2147483648i64, "timestamp": 1.5}, "list": [{"t": "x"}, 3]});
         let obj = Obj::root(&body).unwrap();
         let event = obj.req_obj("event").unwrap();
-        assert_eq!(
-            field_of(event.req_i32("sequenceId").unwrap_err()),
-            "event.sequenceId"
-        );
-        assert_eq!(
-            field_of(event.req_i64("timestamp").unwrap_err()),
-            "event.timestamp"
-        );
-        assert_eq!(
-            field_of(event.req_str("payload", 10).unwrap_err()),
-            "event.payload"
-        );
-        assert_eq!(
-            field_of(obj.req_obj_array("list", 10).unwrap_err()),
-            "list[1]"
-        );
+        assert_eq!(field_of(event.req_i32("sequenceId").unwrap_err()), "event.sequenceId");
+        assert_eq!(field_of(event.req_i64("timestamp").unwrap_err()), "event.timestamp");
+        assert_eq!(field_of(event.req_str("payload", 10).unwrap_err()), "event.payload");
+        assert_eq!(field_of(obj.req_obj_array("list", 10).unwrap_err()), "list[1]");
         assert_eq!(field_of(obj.req_obj_array("list", 1).unwrap_err()), "list");
     }
 
     #[test]
     fn values_are_checked_by_type_and_range() {
-        let body = json!({"a": "yes", "n": null, "t": "2019-08-24T14:15:22Z", "bad_t": "yesterday", "big": 1e300, "i": -5});
+        let body =
+            json!({"a": "yes", "n": null, "t": "2019-08-24T14:15:22Z", "bad_t": "yesterday", "big": 1e300, "i": -5});
         let obj = Obj::root(&body).unwrap();
         assert_eq!(field_of(obj.opt_bool("a", true).unwrap_err()), "a");
         assert!(obj.opt_bool("n", true).unwrap(), "null is absent");
-        assert_eq!(
-            obj.req_datetime("t").unwrap().to_rfc3339(),
-            "2019-08-24T14:15:22+00:00"
-        );
+        assert_eq!(obj.req_datetime("t").unwrap().to_rfc3339(), "2019-08-24T14:15:22+00:00");
         assert_eq!(field_of(obj.req_datetime("bad_t").unwrap_err()), "bad_t");
         assert_eq!(field_of(obj.req_i64("big").unwrap_err()), "big");
         assert_eq!(obj.req_i32("i").unwrap(), -5);

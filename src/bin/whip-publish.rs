@@ -148,12 +148,7 @@ async fn play(track: Arc<TrackLocalStaticRTP>, clip: Clip, ssrc: u32, start: Ins
 type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// Minimal HTTP/1.1 over a plain socket (loopback tests): returns status, headers, body.
-fn http(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<HttpResponse, String> {
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<HttpResponse, String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;

@@ -11,9 +11,9 @@ use super::recorder::{Recorder, StopRecorder};
 use super::registry::snapshot_of;
 use super::uploader::Kick;
 use crate::domain::InstanceRecord;
-use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::engine::MediaConfig;
 use crate::messages::{Publish, PublishAnswer, Unpublish};
+use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::StateStore;
 use crate::EngineError;
 

@@ -44,10 +44,7 @@ impl Registry {
     /// recorder back, and every storage profile its uploader, which resumes queued jobs.
     /// Instances that were `ACTIVE` had media flowing when the process ended, so they come back
     /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
-    pub fn boot(
-        store: Arc<dyn StateStore>,
-        config: Arc<EngineConfig>,
-    ) -> Result<Addr<Registry>, EngineError> {
+    pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
         let instances = store.all_instances()?;
         let mut registry = Registry {
             store: store.clone(),
@@ -60,10 +57,7 @@ impl Registry {
             num_recovered_on_boot: 0,
         };
         for profile in config.applications.values() {
-            let key = (
-                profile.organization_id.clone(),
-                profile.application_id.clone(),
-            );
+            let key = (profile.organization_id.clone(), profile.application_id.clone());
             let uploader = Uploader::new(store.clone(), profile.clone(), config.clone()).start();
             registry.uploaders.insert(key, Mailbox::new(uploader));
         }
@@ -84,22 +78,15 @@ impl Registry {
     fn spawn_conversation(&mut self, record: &InstanceRecord) {
         let uploader = self
             .uploaders
-            .get(&(
-                record.organization_id.clone(),
-                record.application_id.clone(),
-            ))
+            .get(&(record.organization_id.clone(), record.application_id.clone()))
             .map(|m| m.addr().clone().recipient());
-        let conversation =
-            Conversation::new(self.store.clone(), record, uploader, self.config.media.clone()).start();
+        let conversation = Conversation::new(self.store.clone(), record, uploader, self.config.media.clone()).start();
         self.by_conference.insert(
             (record.organization_id.clone(), record.conference_id.clone()),
             (record.organization_id.clone(), record.conversation_id.clone()),
         );
         self.live.insert(
-            (
-                record.organization_id.clone(),
-                record.conversation_id.clone(),
-            ),
+            (record.organization_id.clone(), record.conversation_id.clone()),
             LiveConversation {
                 instance_id: record.instance_id.clone(),
                 conversation: Mailbox::new(conversation),
@@ -116,10 +103,7 @@ impl Registry {
                 at.instance_id, at.conversation_id
             ))
         };
-        let record = self
-            .store
-            .get_instance(&at.instance_id)?
-            .ok_or_else(missing)?;
+        let record = self.store.get_instance(&at.instance_id)?.ok_or_else(missing)?;
         if record.organization_id != at.organization_id
             || record.conversation_id != at.conversation_id
             || record.recorder_id != at.recorder_id
@@ -130,10 +114,10 @@ impl Registry {
     }
 
     fn kick_uploader(&self, record: &InstanceRecord) {
-        if let Some(uploader) = self.uploaders.get(&(
-            record.organization_id.clone(),
-            record.application_id.clone(),
-        )) {
+        if let Some(uploader) = self
+            .uploaders
+            .get(&(record.organization_id.clone(), record.application_id.clone()))
+        {
             uploader.do_send(Kick);
         }
     }
@@ -251,10 +235,7 @@ impl Handler<StopRecording> for Registry {
             Ok(record) => record,
             Err(err) => return Box::pin(fut::ready(Err(err))),
         };
-        let key = (
-            record.organization_id.clone(),
-            record.conversation_id.clone(),
-        );
+        let key = (record.organization_id.clone(), record.conversation_id.clone());
         let conversation = match self.live.get(&key) {
             Some(live) if live.instance_id == record.instance_id => live.conversation.clone(),
             // Not live: stopping again is idempotent and answers the state it ended in.
@@ -266,11 +247,7 @@ impl Handler<StopRecording> for Registry {
                 .into_actor(self)
                 .map(move |result, act, _ctx| {
                     if let Ok(stopped) = &result {
-                        if act
-                            .live
-                            .get(&key)
-                            .is_some_and(|l| l.instance_id == instance_id)
-                        {
+                        if act.live.get(&key).is_some_and(|l| l.instance_id == instance_id) {
                             act.live.remove(&key);
                             act.by_conference.retain(|_, conversation| *conversation != key);
                         }
@@ -376,9 +353,7 @@ impl Handler<AddTranscript> for Registry {
     fn handle(&mut self, msg: AddTranscript, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
-            let num_entries = self
-                .store
-                .append_transcript(&record.instance_id, &msg.entries)?;
+            let num_entries = self.store.append_transcript(&record.instance_id, &msg.entries)?;
             // Decided inside the atomic update: if a stop commits first this add sees it, and if
             // this add commits first the stop sees the entries; either way the artefact is queued.
             let mut needs_upload = false;
@@ -418,9 +393,7 @@ impl Handler<AddCobrowseEvent> for Registry {
     fn handle(&mut self, msg: AddCobrowseEvent, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
-            let was_new = self
-                .store
-                .put_cobrowse_event(&record.instance_id, &msg.event)?;
+            let was_new = self.store.put_cobrowse_event(&record.instance_id, &msg.event)?;
             let session_id = msg.event.session_id.clone();
             let mut needs_upload = false;
             let record = self.store.update_instance(&record.instance_id, &mut |r| {
@@ -492,17 +465,11 @@ impl Handler<ResolveCobrowseFile> for Registry {
                 msg.file_name, msg.session_id
             ))
         };
-        let record = self
-            .store
-            .get_instance(&msg.instance_id)?
-            .ok_or_else(missing)?;
+        let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing)?;
         if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
             return Err(missing());
         }
-        let session = record
-            .cobrowse_sessions
-            .get(&msg.session_id)
-            .ok_or_else(missing)?;
+        let session = record.cobrowse_sessions.get(&msg.session_id).ok_or_else(missing)?;
         if msg.file_name != "events.json" || session.uploaded.is_none() {
             return Err(missing());
         }

@@ -33,11 +33,7 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        profile: Arc<ApplicationProfile>,
-        config: Arc<EngineConfig>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, profile: Arc<ApplicationProfile>, config: Arc<EngineConfig>) -> Self {
         Self {
             store,
             profile,
@@ -53,8 +49,7 @@ impl Uploader {
     }
 
     fn owns(&self, job: &UploadJob) -> bool {
-        job.organization_id == self.profile.organization_id
-            && job.application_id == self.profile.application_id
+        job.organization_id == self.profile.organization_id && job.application_id == self.profile.application_id
     }
 
     /// Starts as many runnable jobs as the concurrency limit allows.
@@ -73,8 +68,7 @@ impl Uploader {
             if self.running.len() >= self.config.upload_concurrency.max(1) {
                 break;
             }
-            if !self.owns(&job) || self.running.contains(&job.key) || self.parked.contains(&job.key)
-            {
+            if !self.owns(&job) || self.running.contains(&job.key) || self.parked.contains(&job.key) {
                 continue;
             }
             if self.backoff.get(&job.key).is_some_and(|at| *at > now) {
@@ -84,22 +78,19 @@ impl Uploader {
             self.running.insert(job.key.clone());
             let store = self.store.clone();
             let profile = self.profile.clone();
-            ctx.spawn(run_job(store, profile, job.clone()).into_actor(self).map(
-                move |result, act, ctx| {
-                    act.running.remove(&job.key);
-                    act.finish(job, result, ctx);
-                    act.pump(ctx);
-                },
-            ));
+            ctx.spawn(
+                run_job(store, profile, job.clone())
+                    .into_actor(self)
+                    .map(move |result, act, ctx| {
+                        act.running.remove(&job.key);
+                        act.finish(job, result, ctx);
+                        act.pump(ctx);
+                    }),
+            );
         }
     }
 
-    fn finish(
-        &mut self,
-        mut job: UploadJob,
-        result: Result<u64, JobError>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn finish(&mut self, mut job: UploadJob, result: Result<u64, JobError>, ctx: &mut Context<Self>) {
         match result {
             Ok(size) => {
                 self.num_uploaded += 1;
@@ -208,11 +199,7 @@ async fn run_job(
     Ok(size)
 }
 
-fn render(
-    store: &dyn StateStore,
-    record: &InstanceRecord,
-    artefact: &ArtefactKind,
-) -> Result<Vec<u8>, StoreError> {
+fn render(store: &dyn StateStore, record: &InstanceRecord, artefact: &ArtefactKind) -> Result<Vec<u8>, StoreError> {
     let value = match artefact {
         ArtefactKind::ChatTranscript => json!({
             "conversationId": record.conversation_id,
@@ -265,16 +252,8 @@ impl Handler<Snapshot> for Uploader {
             .unwrap_or(0);
         MessageResult(ActorSnapshot {
             kind: "Uploader",
-            id: format!(
-                "{}/{}",
-                self.profile.organization_id, self.profile.application_id
-            ),
-            state: if self.running.is_empty() {
-                "IDLE"
-            } else {
-                "UPLOADING"
-            }
-            .into(),
+            id: format!("{}/{}", self.profile.organization_id, self.profile.application_id),
+            state: if self.running.is_empty() { "IDLE" } else { "UPLOADING" }.into(),
             mailbox_depth: 0,
             restarts: 0,
             last_error: self.last_error.clone(),
@@ -319,10 +298,7 @@ mod tests {
             let ceiling = Duration::from_secs(1)
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(Duration::from_secs(60));
-            assert!(
-                delay < ceiling && delay >= ceiling / 2,
-                "attempt {attempt}: {delay:?}"
-            );
+            assert!(delay < ceiling && delay >= ceiling / 2, "attempt {attempt}: {delay:?}");
         }
     }
 }

@@ -35,9 +35,7 @@ impl LocalBackend {
 fn io_error(path: &Path, err: std::io::Error) -> StorageError {
     match err.kind() {
         std::io::ErrorKind::NotFound => StorageError::NotFound(path.display().to_string()),
-        std::io::ErrorKind::PermissionDenied => {
-            StorageError::Unauthorized(format!("{}: {err}", path.display()))
-        }
+        std::io::ErrorKind::PermissionDenied => StorageError::Unauthorized(format!("{}: {err}", path.display())),
         _ => StorageError::Io(format!("{}: {err}", path.display())),
     }
 }
@@ -61,10 +59,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .expect("validated keys end in a file name")
         .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.tmp",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -123,9 +118,8 @@ impl StorageBackend for LocalBackend {
     fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>> {
         let root = self.root.clone();
         blocking(move || {
-            let meta = std::fs::metadata(&root).map_err(|_| {
-                StorageError::MissingBucket(format!("directory {} is missing", root.display()))
-            })?;
+            let meta = std::fs::metadata(&root)
+                .map_err(|_| StorageError::MissingBucket(format!("directory {} is missing", root.display())))?;
             if !meta.is_dir() {
                 return Err(StorageError::MissingBucket(format!(
                     "{} is not a directory",
@@ -153,9 +147,7 @@ mod tests {
         assert_eq!(backend.get("a/b/c.json").await.unwrap(), b"one");
         backend.put("a/b/c.json", b"two!".to_vec()).await.unwrap();
         assert_eq!(backend.get("a/b/c.json").await.unwrap(), b"two!");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("root/a/b"))
-            .unwrap()
-            .collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("root/a/b")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files stay behind");
         backend.delete("a/b/c.json").await.unwrap();
         assert!(matches!(

@@ -115,9 +115,7 @@ pub async fn verify(backend: &dyn StorageBackend, key_prefix: &str) -> Verificat
     let modified: Vec<u8> = b"modified by verify".to_vec();
     let modify = match backend.put(&key, modified.clone()).await {
         Ok(_) => match backend.get(&key).await {
-            Ok(bytes) if bytes == modified => {
-                CheckResult::pass("overwrote the object and read the new content")
-            }
+            Ok(bytes) if bytes == modified => CheckResult::pass("overwrote the object and read the new content"),
             Ok(_) => CheckResult::fail("overwrite did not take effect: read the old content"),
             Err(err) => CheckResult::fail(describe(&err)),
         },
@@ -126,9 +124,7 @@ pub async fn verify(backend: &dyn StorageBackend, key_prefix: &str) -> Verificat
 
     let delete = match backend.delete(&key).await {
         Ok(()) => match backend.get(&key).await {
-            Err(StorageError::NotFound(_)) => {
-                CheckResult::pass("deleted the object and it is gone")
-            }
+            Err(StorageError::NotFound(_)) => CheckResult::pass("deleted the object and it is gone"),
             Ok(_) => CheckResult::fail("object still readable after delete"),
             Err(err) => CheckResult::fail(describe(&err)),
         },

@@ -25,9 +25,7 @@ pub enum StoreError {
         key: String,
         message: String,
     },
-    #[error(
-        "record written by a newer build (schema {found}, this build reads up to {supported})"
-    )]
+    #[error("record written by a newer build (schema {found}, this build reads up to {supported})")]
     FutureSchema { found: u32, supported: u32 },
     #[error("no such record: {0}")]
     NotFound(String),
@@ -79,11 +77,7 @@ pub trait StateStore: Send + Sync + 'static {
         change: &mut dyn FnMut(&mut InstanceRecord) -> StoreResult<()>,
     ) -> StoreResult<InstanceRecord>;
     /// Instances of one conversation of one organization, oldest first.
-    fn conversation_instances(
-        &self,
-        organization_id: &str,
-        conversation_id: &str,
-    ) -> StoreResult<Vec<InstanceRecord>>;
+    fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>>;
     fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
 
     /// Appends chat entries in order; returns how many entries the instance has now.
@@ -93,11 +87,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// Stores an event unless one with its session and `sequenceId` is there already; returns
     /// whether it was new. Iteration is in `sequenceId` order whatever the arrival order.
     fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool>;
-    fn cobrowse_events(
-        &self,
-        instance_id: &str,
-        session_id: &str,
-    ) -> StoreResult<Vec<CobrowseEvent>>;
+    fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>>;
 
     /// Queues (or re-queues, bumping its generation) the job for `job.key`.
     fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob>;
