@@ -130,3 +130,34 @@ fn an_instance_without_audio_records_only_video_over_whip() {
     assert_eq!(all.len(), 1, "audio:false records no audio track: {all:#?}");
     assert_eq!(all[0].2, "VIDEO");
 }
+
+#[test]
+fn a_stop_while_a_whip_publisher_is_still_connected_finalizes_its_files() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let url = app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM"));
+    // The publisher streams 6 s in the background; the instance stops after about 3 s of media.
+    let mut publisher = Command::new(env!("CARGO_BIN_EXE_whip-publish"))
+        .arg(&url)
+        .args(["--token", KEY, "--seconds", "6", "--keep"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("whip-publish runs");
+    poll(std::time::Duration::from_secs(15), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    app.stop(&event);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    let all = tracks(&app.instance(&event));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let video = probe(&track_file(find_track(&all, "agent", "CAM", "VIDEO")));
+    let audio = probe(&track_file(find_track(&all, "agent", "CAM", "AUDIO")));
+    assert!(video.first_is_keyframe && video.num_frames >= 80, "{video:?}");
+    assert!(audio.num_frames >= 140, "{audio:?}");
+    assert!(video.duration > 2.5 && video.duration < 5.0, "{video:?}");
+}
