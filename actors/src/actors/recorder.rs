@@ -272,6 +272,11 @@ impl Handler<Publish> for Recorder {
         let instance_id = self.instance_id.clone();
         Box::pin(opening.into_actor(self).then(move |opened, act, _ctx| {
             let result = opened.and_then(|opened| {
+                if act.stopping {
+                    // The stop began while this publisher was being answered: the stop owns
+                    // the record now (its stream was finished with the others).
+                    return Err(EngineError::conflict("the recorder instance is stopping"));
+                }
                 store.update_instance(&instance_id, &mut |r| {
                     merge_stream(r, &opened.record);
                     Ok(())

@@ -265,6 +265,17 @@ pub struct Negotiated {
     shared: Arc<Shared>,
     answer_sdp: String,
     codecs: Vec<Codec>,
+    started: bool,
+}
+
+impl Drop for Negotiated {
+    /// An answer that is never started (the stream stopped meanwhile) must not leave its
+    /// connection open; once started, the `WhipSession` owns the connection (`closed` guards).
+    fn drop(&mut self) {
+        if !self.started {
+            close(&self.shared);
+        }
+    }
 }
 
 impl Negotiated {
@@ -275,7 +286,7 @@ impl Negotiated {
 
     /// Wires each accepted track to its writer and returns the answer to send.
     pub fn start(
-        self,
+        mut self,
         session_id: String,
         tracks: Vec<(Codec, String, FrameSink, Arc<TrackCounters>)>,
         receiver: ReceiverConfig,
@@ -298,10 +309,12 @@ impl Negotiated {
                 });
             }
         }
+        self.started = true;
+        let answer_sdp = std::mem::take(&mut self.answer_sdp);
         Ok((
-            self.answer_sdp,
+            answer_sdp,
             WhipSession {
-                shared: self.shared,
+                shared: self.shared.clone(),
                 ended,
             },
         ))
@@ -456,6 +469,7 @@ pub async fn negotiate(
         shared,
         answer_sdp: answer.sdp,
         codecs,
+        started: false,
     })
 }
 
