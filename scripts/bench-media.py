@@ -8,7 +8,11 @@ N plain-RTP ingests of one recorder instance and to N `ffmpeg -c copy` processes
 stream, WebM output, like the recorder). It reports CPU seconds per stream for each side and
 their ratio, frames written against frames sent, and memory per track.
 
-usage: scripts/bench-media.py [--streams N] [--seconds S] [--binary PATH]
+With --whip, the same run then has N `whip-publish` processes (the project's own WebRTC client,
+replaying the same clips) publish to the recorder for S seconds, and reports the recorder's CPU
+per WHIP stream against its CPU per plain-RTP stream: what ICE, DTLS and SRTP cost.
+
+usage: scripts/bench-media.py [--streams N] [--seconds S] [--whip] [--binary PATH]
 (build first: cargo build --bins; the binary defaults to $CARGO_TARGET_DIR/debug/rtc-recorder)
 """
 import argparse, json, os, re, signal, socket, struct, subprocess, sys, tempfile, time, urllib.request
@@ -65,6 +69,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--whip", action="store_true")
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug/rtc-recorder"))
     args = ap.parse_args()
     n, seconds = args.streams, args.seconds
@@ -141,6 +146,30 @@ def main():
     rss_ff = sum(rss_kib(p.pid) for p, _ in receivers)
     stop = json.loads(http("POST", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}/stop", key, b""))
     instance = json.loads(http("GET", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}", key))
+    whip = None
+    if args.whip:
+        publisher = os.path.join(os.path.dirname(args.binary), "whip-publish")
+        wstart = json.loads(http("POST", base + "/recordings/start", key,
+                                 json.dumps({"applicationId": "default", "conferenceId": "bench-whip", "conversationId": "bench-whip"}).encode(), "application/json"))
+        cpu0 = cpu_seconds(recorder.pid)
+        w0 = time.monotonic()
+        procs = [subprocess.Popen([publisher, f"{base}/media/whip/bench-whip?userId=w-{k}&type=CAM", "--token", key, "--seconds", str(seconds)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for k in range(n)]
+        sent = [json.loads(p.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1]) for p in procs]
+        whip_cpu = cpu_seconds(recorder.pid) - cpu0
+        path = f"{base}/recordings/bench-whip/{wstart['recorderId']}/{wstart['instanceId']}"
+        http("POST", path + "/stop", key, b"")
+        complete = 0
+        for s_ in json.loads(http("GET", path, key))["streams"]:
+            counts = {}
+            for t in s_["tracks"]:
+                counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
+            complete += counts.get("vp8", 0) >= 0.999 * sent[0]["videoFrames"] and counts.get("opus", 0) >= 0.999 * sent[0]["audioFrames"]
+        whip = {"whip_seconds_wall": round(time.monotonic() - w0, 1),
+                "whip_frames_sent_min": min(s["videoFrames"] for s in sent),
+                "whip_streams_complete": f"{complete}/{n}",
+                "recorder_whip_cpu_s_per_stream": round(whip_cpu / n, 3),
+                "cpu_ratio_whip_to_plain_rtp": round(whip_cpu / cpu_rec, 2) if cpu_rec else None}
     for p, _ in receivers:
         p.send_signal(signal.SIGINT)
     for p, _ in receivers:
@@ -172,6 +201,8 @@ def main():
         "recorder_worst_frame_ratio": round(rec_min, 4), "ffmpeg_worst_frame_ratio": round(ff_min, 4),
         "recorder_rss_kib_per_track": (rss_rec - rss_rec_base) // (2 * n), "ffmpeg_rss_kib_per_track": rss_ff // (2 * n),
     }
+    if whip:
+        result.update(whip)
     print(json.dumps(result))
 
 
