@@ -45,16 +45,19 @@ const REACTOR_THREADS: usize = 2;
 
 /// The recorder's runtime for WebRTC track loops: off the actix arbiters, so a busy media path
 /// never delays the HTTP front or the actors.
-fn media_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("media-rx")
-            .enable_all()
-            .build()
-            .expect("the media runtime starts (thread creation at start-up)")
-    })
+fn media_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("media-rx")
+                .enable_all()
+                .build()
+                .inspect_err(|e| tracing::error!(error = %e, "cannot start the media runtime"))
+                .ok()
+        })
+        .as_ref()
 }
 
 type Ended = tokio::sync::oneshot::Receiver<(String, TrackSummary)>;
@@ -112,7 +115,12 @@ impl PeerConnectionEventHandler for Handler {
             );
             return;
         };
-        media_runtime().spawn(track_loop(track, slot));
+        match media_runtime() {
+            Some(runtime) => {
+                runtime.spawn(track_loop(track, slot));
+            }
+            None => tracing::error!("no media runtime: whip track not recorded"),
+        }
     }
 }
 
@@ -124,8 +132,8 @@ fn close(shared: &Arc<Shared>) {
     // Unclaimed slots: their tracks never came; dropping the senders ends the waits on them.
     shared.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let pc = shared.pc.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(pc) = pc {
-        media_runtime().spawn(async move {
+    if let (Some(pc), Some(runtime)) = (pc, media_runtime()) {
+        runtime.spawn(async move {
             if let Err(e) = pc.close().await {
                 tracing::warn!(error = %e, "closing a whip connection failed");
             }
@@ -376,6 +384,9 @@ pub async fn negotiate(
     video: bool,
     existing: &[Codec],
 ) -> Result<Negotiated, MediaError> {
+    if media_runtime().is_none() {
+        return Err(MediaError::WebRtc("the media runtime could not start".into()));
+    }
     // The crate's own parser is lenient with garbage; refuse what is not an SDP offer first.
     let offer = parse_offer(offer_sdp)?;
     let offered_kinds: Vec<TrackType> = offer.media.iter().filter_map(|m| m.kind()).collect();
