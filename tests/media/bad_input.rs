@@ -105,6 +105,15 @@ fn bad_offers_tokens_and_packets_are_refused_and_the_recording_goes_on() {
         )
         .assert_error(400);
     }
+    // Two video m-lines in one WHIP session: refused, not half recorded.
+    let two_videos = rtp_offer(&[("video", 96, "VP8/90000"), ("video", 97, "VP8/90000")]);
+    let body = app
+        .publish("whip", &conference, q, &bearer, "application/sdp", &two_videos)
+        .assert_error(400);
+    assert!(
+        body["message"].as_str().unwrap().contains("more than one video"),
+        "{body}"
+    );
     // Only an unknown codec: nothing can be recorded.
     let body = app
         .publish(

@@ -393,6 +393,16 @@ pub async fn negotiate(
     if offered_kinds.is_empty() {
         return Err(MediaError::Refused("the offer has no audio or video m-line".into()));
     }
+    for kind in [TrackType::Audio, TrackType::Video] {
+        if offered_kinds.iter().filter(|k| **k == kind).count() > 1 {
+            // One file per track and kind per stream: a second one would not be recorded, and
+            // is refused rather than dropped silently. Publish each stream (CAM, SCREEN) apart.
+            return Err(MediaError::Refused(format!(
+                "the offer has more than one {} m-line; publish each stream in its own session",
+                kind.as_str().to_ascii_lowercase()
+            )));
+        }
+    }
     let mut engine = MediaEngine::default();
     let mut num_codecs = 0;
     for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Opus] {
