@@ -308,18 +308,8 @@ pub async fn end_session(
     Ok(HttpResponse::Ok().finish())
 }
 
-#[utoipa::path(
-    patch,
-    path = "/auvious.video/rtc-recorder/api/media/whip/{conferenceId}/{sessionId}",
-    tag = "Media Ingest",
-    operation_id = "patchWhipSession",
-    summary = "Trickle ICE / ICE restart: not supported (405), as RFC 9725 §4.3.1 allows.",
-    params(
-        ("conferenceId" = String, Path, description = "conferenceId"),
-        ("sessionId" = String, Path, description = "sessionId"),
-    ),
-    responses((status = 405, description = "Method Not Allowed", body = ErrorBody)),
-)]
+/// `PATCH` on a WHIP session: trickle ICE / ICE restart are not supported, so 405 (RFC 9725
+/// §4.3.1 allows it). Routed but not in the OpenAPI document, which lists what a client can use.
 pub async fn patch_whip() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed {
         message: "trickle ICE and ICE restart are not supported: the answer carries every candidate".into(),

@@ -62,7 +62,6 @@ pub struct AppState {
         media::publish_rtp,
         media::publish_whip,
         media::end_session,
-        media::patch_whip,
         media::publish_token,
     ),
     components(schemas(
