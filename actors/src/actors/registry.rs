@@ -536,10 +536,10 @@ impl Handler<Snapshot> for Registry {
         let id = self.config.recorder_id.clone();
         async move {
             let mut children = Vec::new();
-            for child in join_all(conversations.iter().map(|c| snapshot_of(c))).await {
+            for child in join_all(conversations.iter().map(snapshot_of)).await {
                 children.extend(child);
             }
-            for child in join_all(uploaders.iter().map(|u| snapshot_of(u))).await {
+            for child in join_all(uploaders.iter().map(snapshot_of)).await {
                 children.extend(child);
             }
             ActorSnapshot {
