@@ -668,20 +668,21 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
         segments.sort();
         let mut state: Option<TrackState> = None;
         for (index, path) in segments {
-            let (codec, num_frames, duration_micros) = match crate::media::join::probe_segment(&path) {
+            let (codec, num_frames, duration_micros, stamped) = match crate::media::join::probe_segment(&path) {
                 Ok(probe) => probe,
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "unreadable segment left out");
                     continue;
                 }
             };
-            // The first segment's start is in the record; later ones follow it without a gap
-            // (their start was not persisted).
-            let started = if index == 0 {
-                track.started.map(|t| t.timestamp_micros())
-            } else {
-                None
-            };
+            // Each segment's start is stamped in its header; the first one's is in the record too.
+            let started = stamped.or_else(|| {
+                if index == 0 {
+                    track.started.map(|t| t.timestamp_micros())
+                } else {
+                    None
+                }
+            });
             let report = SegmentReport {
                 info: SegmentInfo {
                     path,

@@ -360,3 +360,20 @@ fn a_full_writer_queue_drops_frames_without_ever_blocking_the_sender() {
     );
     assert!(dropped > 0, "a one-frame queue under a tight loop overflows");
 }
+
+#[test]
+fn a_segment_carries_its_start_for_recovery_to_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut frames, _, _) = replay(Codec::Opus, &fixture("opus"));
+    frames[0].wall_micros = Some(1_700_000_000_123_456);
+    let path = dir.path().join("t.seg3.webm");
+    let report = write(&path, Codec::Opus, &frames);
+    let (codec, num_frames, duration_micros, started) = super::join::probe_segment(&path).expect("probe");
+    assert_eq!(codec, Codec::Opus);
+    assert_eq!(num_frames, report.info.num_frames);
+    assert!(
+        (duration_micros - report.info.duration_micros).abs() <= 1_000,
+        "{duration_micros} vs {report:?}"
+    );
+    assert_eq!(started, Some(1_700_000_000_123_456));
+}

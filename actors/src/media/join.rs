@@ -106,12 +106,18 @@ fn sync_dir(file: &Path) {
     }
 }
 
-/// What a segment file left behind by a crash holds: its codec, frames and duration. Reads the
-/// whole file (a recovery-time cost, once per segment). Blocking.
-pub fn probe_segment(path: &Path) -> Result<(super::codec::Codec, u64, i64), MediaError> {
+/// What a segment file left behind by a crash holds: its codec, frames, duration and the wall
+/// time of its first frame (µs, from the header the writer stamped). Reads the whole file (a
+/// recovery-time cost, once per segment). Blocking.
+pub fn probe_segment(path: &Path) -> Result<(super::codec::Codec, u64, i64, Option<i64>), MediaError> {
     use super::codec::Codec;
     init_ffmpeg();
     let mut input = ffmpeg::format::input(&path).map_err(|e| ff("open", path, e))?;
+    let started = input
+        .metadata()
+        .get("creation_time")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros());
     let stream = input
         .stream(0)
         .ok_or_else(|| MediaError::Ffmpeg(format!("{} has no stream", path.display())))?;
@@ -141,5 +147,5 @@ pub fn probe_segment(path: &Path) -> Result<(super::codec::Codec, u64, i64), Med
         num_frames += 1;
     }
     let ticks = last - first.unwrap_or(0) + last_duration;
-    Ok((codec, num_frames, rescale(ticks, time_base, micros)))
+    Ok((codec, num_frames, rescale(ticks, time_base, micros), started))
 }

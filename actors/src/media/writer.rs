@@ -211,7 +211,7 @@ fn run(
                 stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            match Muxer::open(&path, codec, &frame.frame.data) {
+            match Muxer::open(&path, codec, &frame.frame.data, frame.wall_micros) {
                 Ok(m) => *muxer = Some(m),
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "cannot create track file");
@@ -312,7 +312,7 @@ struct Muxer {
 }
 
 impl Muxer {
-    fn open(path: &Path, codec: Codec, first_frame: &[u8]) -> Result<Muxer, MediaError> {
+    fn open(path: &Path, codec: Codec, first_frame: &[u8], wall_micros: Option<i64>) -> Result<Muxer, MediaError> {
         let container = codec.container();
         let mut output = ffmpeg::format::output_as(path, container.muxer()).map_err(|e| ff("open output", e))?;
         let clock = ffmpeg::Rational::new(1, codec.clock_rate() as i32);
@@ -375,6 +375,16 @@ impl Muxer {
                 (*par).extradata = buf;
                 (*par).extradata_size = extradata.len() as i32;
             }
+        }
+        if let Some(at) = wall_micros.and_then(|m| chrono::DateTime::from_timestamp_micros(m)) {
+            // The segment's start in its own header (Matroska DateUTC): what recovery after a
+            // crash places the segment by, with nothing else to go on.
+            let mut metadata = ffmpeg::Dictionary::new();
+            metadata.set(
+                "creation_time",
+                &at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            );
+            output.set_metadata(metadata);
         }
         let mut options = ffmpeg::Dictionary::new();
         // Close a cluster at least every second so flushes have whole clusters to write.
