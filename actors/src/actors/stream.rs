@@ -533,6 +533,7 @@ impl Handler<FinishStream> for Stream {
 
     fn handle(&mut self, _msg: FinishStream, _ctx: &mut Self::Context) -> Self::Result {
         // Stop ingest first so no frame arrives after its writer finished.
+        let live_session_id = self.session.as_ref().map(|s| s.id.clone());
         let ended = match self.session.take() {
             Some(LiveSession {
                 ingest: Ingest::Rtp(rtp),
@@ -587,13 +588,17 @@ impl Handler<FinishStream> for Stream {
                         if report.error.is_some() {
                             error = report.error.clone();
                         }
+                        // The live session's summaries belong to its own segments only.
                         let summary = summary.or_else(|| {
-                            live_summaries
-                                .iter()
-                                .find(|(t, _)| *t == track_id)
-                                .map(|(_, s)| s.clone())
+                            (live_session_id.as_deref() == Some(session_id.as_str()))
+                                .then(|| {
+                                    live_summaries
+                                        .iter()
+                                        .find(|(t, _)| *t == track_id)
+                                        .map(|(_, s)| s.clone())
+                                })
+                                .flatten()
                         });
-                        let _ = session_id;
                         let mut info = report.info;
                         if let Some(started) = summary.and_then(|s| s.started_wall_micros) {
                             info.started_wall_micros = Some(started);
