@@ -495,3 +495,96 @@ impl Handler<Snapshot> for Recorder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LocalFileRecord, ObjectRecord, TrackRecord, TrackType};
+    use chrono::TimeZone;
+
+    fn track(id: &str, started: Option<i64>, location: Option<&str>) -> TrackRecord {
+        TrackRecord {
+            id: id.into(),
+            kind: TrackType::Video,
+            started: started.and_then(|s| Utc.timestamp_opt(s, 0).single()),
+            stopped: None,
+            local: LocalFileRecord {
+                location: location.map(Into::into),
+                ..Default::default()
+            },
+            object: ObjectRecord::default(),
+        }
+    }
+
+    fn stream(tracks: Vec<TrackRecord>, state: StreamState) -> StreamRecord {
+        StreamRecord {
+            id: "s".into(),
+            user_id: "u".into(),
+            kind: StreamType::Cam,
+            state,
+            started: None,
+            stopped: None,
+            tracks,
+        }
+    }
+
+    #[test]
+    fn merging_keeps_what_the_record_knew_and_takes_what_is_new() {
+        let mut record = InstanceRecord {
+            schema_version: 1,
+            instance_id: "i".into(),
+            recorder_id: "r".into(),
+            organization_id: "o".into(),
+            application_id: "a".into(),
+            conversation_id: "c".into(),
+            conference_id: "f".into(),
+            audio: true,
+            video: true,
+            state: InstanceState::Active,
+            created: Utc::now(),
+            started: None,
+            stopped: None,
+            recovered: None,
+            error: None,
+            provider: crate::domain::Provider::Local,
+            storage_url: String::new(),
+            streams: vec![],
+            transcript: None,
+            num_transcript_entries: 0,
+            cobrowse_sessions: Default::default(),
+            history: vec![],
+        };
+        // Publish: the stream appears with its track.
+        merge_stream(
+            &mut record,
+            &stream(vec![track("t1", None, None)], StreamState::Recording),
+        );
+        // First media set the track's start in the record meanwhile.
+        record.streams[0].tracks[0].started = Utc.timestamp_opt(100, 0).single();
+        // A reconnect adds a track; the stream's copy does not know the start: it stays.
+        merge_stream(
+            &mut record,
+            &stream(
+                vec![track("t1", None, None), track("t2", None, None)],
+                StreamState::Recording,
+            ),
+        );
+        assert_eq!(record.streams.len(), 1);
+        assert_eq!(record.streams[0].tracks.len(), 2);
+        assert_eq!(record.streams[0].tracks[0].started, Utc.timestamp_opt(100, 0).single());
+        // The finish brings the location, a refined start and the final state.
+        merge_stream(
+            &mut record,
+            &stream(vec![track("t1", Some(99), Some("/f.webm"))], StreamState::Stopped),
+        );
+        let t1 = &record.streams[0].tracks[0];
+        assert_eq!(t1.local.location.as_deref(), Some("/f.webm"));
+        assert_eq!(t1.started, Utc.timestamp_opt(99, 0).single());
+        assert_eq!(record.streams[0].state, StreamState::Stopped);
+        assert_eq!(
+            record.streams[0].tracks.len(),
+            2,
+            "a track the finished copy lacks is kept"
+        );
+    }
+}
