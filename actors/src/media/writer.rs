@@ -376,7 +376,7 @@ impl Muxer {
                 (*par).extradata_size = extradata.len() as i32;
             }
         }
-        if let Some(at) = wall_micros.and_then(|m| chrono::DateTime::from_timestamp_micros(m)) {
+        if let Some(at) = wall_micros.and_then(chrono::DateTime::from_timestamp_micros) {
             // The segment's start in its own header (Matroska DateUTC): what recovery after a
             // crash places the segment by, with nothing else to go on.
             let mut metadata = ffmpeg::Dictionary::new();
