@@ -26,6 +26,7 @@ run: build
 # black-box tests that drive the real binary over HTTP.
 test: setup
 	@scripts/test-services.sh start
+	@scripts/test-setup.sh
 	@$(CARGO) test --workspace --no-fail-fast $(CARGO_FLAGS) -- --color never
 
 # Stops the storage servers `make test` started.

@@ -3,8 +3,15 @@
 # everything is already there.
 set -euo pipefail
 
-# Debian packages the build and the walkthrough use.
-APT_PACKAGES=(build-essential pkg-config curl ca-certificates)
+# Debian packages the build and the walkthrough use: the toolchain basics, FFmpeg's libraries and
+# headers (the media path muxes through ffmpeg-next, whose bindings need clang/libclang), and the
+# FFmpeg CLI (the walkthrough's publisher; ffprobe checks recordings).
+APT_PACKAGES=(
+  build-essential pkg-config curl ca-certificates
+  clang libclang-dev
+  libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev libswresample-dev
+  ffmpeg
+)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -34,6 +34,7 @@ struct RawConfig {
     signing: RawSigning,
     uploads: Uploads,
     ops: Ops,
+    media: RawMedia,
     #[serde(default)]
     organizations: BTreeMap<String, RawOrganization>,
     #[serde(default)]
@@ -76,6 +77,38 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Ops {
     pub public_metrics: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    dir: String,
+    bind_ip: String,
+    announce_ip: String,
+    rtp_port_min: u16,
+    rtp_port_max: u16,
+    reconnect_grace_secs: u64,
+    idle_timeout_secs: u64,
+    flush_interval_ms: u64,
+    writer_queue_frames: usize,
+    reorder_window_ms: u64,
+    mdns: bool,
+}
+
+/// Checked `[media]` settings.
+#[derive(Debug, Clone)]
+pub struct Media {
+    pub dir: PathBuf,
+    pub bind_ip: std::net::IpAddr,
+    pub announce_ip: std::net::IpAddr,
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    pub reconnect_grace_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub flush_interval_ms: u64,
+    pub writer_queue_frames: usize,
+    pub reorder_window_ms: u64,
+    pub mdns: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,6 +426,7 @@ pub struct Settings {
     pub url_ttl_secs: u64,
     pub uploads: Uploads,
     pub ops: Ops,
+    pub media: Media,
     pub applications: Vec<Application>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -522,6 +556,8 @@ impl RawConfig {
             ));
         }
 
+        let media = self.media.check(&self.data_dir)?;
+
         let mut applications = Vec::new();
         for (org_id, org) in &self.organizations {
             if !is_valid_id(org_id) {
@@ -619,8 +655,68 @@ impl RawConfig {
             url_ttl_secs: self.signing.url_ttl_secs,
             uploads: self.uploads,
             ops: self.ops,
+            media,
             applications,
             api_keys,
+        })
+    }
+}
+
+impl RawMedia {
+    fn check(&self, data_dir: &std::path::Path) -> Result<Media, ConfigError> {
+        let ip = |key: &str, text: &str| {
+            text.parse::<std::net::IpAddr>()
+                .map_err(|e| invalid(format!("media.{key}"), format!("{text:?} is not an IP address ({e})")))
+        };
+        let bind_ip = ip("bind_ip", &self.bind_ip)?;
+        let announce_ip = match self.announce_ip.trim() {
+            "" if bind_ip.is_unspecified() => {
+                return Err(invalid(
+                    "media.announce_ip",
+                    "must be set when media.bind_ip is a wildcard",
+                ))
+            }
+            "" => bind_ip,
+            text => ip("announce_ip", text)?,
+        };
+        if self.rtp_port_min < 1024 || self.rtp_port_max < self.rtp_port_min.saturating_add(3) {
+            return Err(invalid(
+                "media.rtp_port_max",
+                "rtp_port_min must be >= 1024 and the range must hold at least two port pairs",
+            ));
+        }
+        for (key, value) in [
+            ("media.idle_timeout_secs", self.idle_timeout_secs),
+            ("media.flush_interval_ms", self.flush_interval_ms),
+            ("media.reorder_window_ms", self.reorder_window_ms),
+            ("media.writer_queue_frames", self.writer_queue_frames as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.flush_interval_ms > 60_000 {
+            return Err(invalid("media.flush_interval_ms", "must be at most 60000"));
+        }
+        if self.reorder_window_ms > 5_000 {
+            return Err(invalid("media.reorder_window_ms", "must be at most 5000"));
+        }
+        let dir = match self.dir.trim() {
+            "" => data_dir.join("media"),
+            path => PathBuf::from(path),
+        };
+        Ok(Media {
+            dir,
+            bind_ip,
+            announce_ip,
+            rtp_port_min: self.rtp_port_min,
+            rtp_port_max: self.rtp_port_max,
+            reconnect_grace_secs: self.reconnect_grace_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            flush_interval_ms: self.flush_interval_ms,
+            writer_queue_frames: self.writer_queue_frames,
+            reorder_window_ms: self.reorder_window_ms,
+            mdns: self.mdns,
         })
     }
 }
@@ -656,6 +752,10 @@ mod tests {
             ),
             ("[organizations.o.applications.a.storage]\nprovider = \"FLOPPY\"", "provider"),
             ("surprise = 1", "surprise"),
+            ("[media]\nbind_ip = \"nowhere\"", "media.bind_ip"),
+            ("[media]\nrtp_port_min = 50000\nrtp_port_max = 50001", "media.rtp_port_max"),
+            ("[media]\nbind_ip = \"0.0.0.0\"", "media.announce_ip"),
+            ("[media]\nflush_interval_ms = 0", "media.flush_interval_ms"),
         ] {
             let err = load(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");

@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod metrics;
 mod profiles;
+mod publish_token;
 mod signing;
 
 use std::collections::HashMap;
@@ -17,6 +18,10 @@ use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
+use recorder_actors::engine::MediaConfig;
+use recorder_actors::media::plain_rtp::PortAllocator;
+use recorder_actors::media::receiver::ReceiverConfig;
+use recorder_actors::media::writer::WriterConfig;
 use recorder_actors::snapshot::Mailbox;
 use recorder_actors::store::{SledStore, StateStore};
 use recorder_actors::{ApplicationProfile, EngineConfig};
@@ -25,6 +30,7 @@ use crate::api::auth::KeyRing;
 use crate::api::AppState;
 use crate::config::{ApiKey, Scope, Settings, DEFAULT_ORGANIZATION};
 use crate::metrics::Metrics;
+use crate::publish_token::PublishTokens;
 use crate::signing::UrlSigner;
 
 /// How long in-flight requests get to finish after SIGTERM.
@@ -120,6 +126,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             serde_json::to_vec_pretty(&api::dto::RecordingDataMessage::from(record))
                 .expect("API messages always serialize")
         }),
+        media: Arc::new(media_config(&settings)),
     });
     let registry =
         Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;
@@ -132,12 +139,14 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         Some(url) => url.as_str().trim_end_matches('/').to_string(),
         None => format!("http://{bound}"),
     };
+    let publish_tokens = PublishTokens::new(&secret);
     let signer = UrlSigner::new(secret, settings.url_ttl_secs);
     let state = web::Data::new(AppState {
         registry: Mailbox::new(registry),
         keys,
         settings,
         signer,
+        publish_tokens,
         public_url: public_url.clone(),
         metrics: Metrics::new(),
     });
@@ -158,6 +167,28 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: flushing the state store");
     store.flush().await?;
     Ok(())
+}
+
+fn media_config(settings: &Settings) -> MediaConfig {
+    let m = &settings.media;
+    MediaConfig {
+        media_dir: m.dir.clone(),
+        ports: PortAllocator::new(m.bind_ip, m.rtp_port_min, m.rtp_port_max),
+        announce_ip: m.announce_ip,
+        webrtc_bind_ip: m.bind_ip,
+        mdns: m.mdns,
+        reconnect_grace: Duration::from_secs(m.reconnect_grace_secs),
+        idle_timeout: Duration::from_secs(m.idle_timeout_secs),
+        receiver: ReceiverConfig {
+            reorder_delay: Duration::from_millis(m.reorder_window_ms),
+            ..ReceiverConfig::default()
+        },
+        writer: WriterConfig {
+            flush_interval: Duration::from_millis(m.flush_interval_ms),
+            queue_capacity: m.writer_queue_frames,
+            ..WriterConfig::default()
+        },
+    }
 }
 
 /// Adds `RECORDER_API_KEY`, or with no key configured at all a development key kept in

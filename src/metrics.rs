@@ -3,9 +3,29 @@
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use recorder_actors::domain::InstanceState;
 
+/// Stream counters exported as `recorder_media_live{counter=...}`: sums over the streams of
+/// live instances at scrape time (a stopped instance's streams leave the sum).
+pub const MEDIA_COUNTERS: [&str; 14] = [
+    "connected",
+    "num_packets",
+    "num_bytes",
+    "num_frames",
+    "num_lost",
+    "num_keyframe_requests",
+    "num_refused",
+    "num_malformed",
+    "bitrate_bps",
+    "num_frames_written",
+    "num_frames_dropped",
+    "num_slow_writes",
+    "writer_queue_depth",
+    "num_tracks",
+];
+
 pub struct Metrics {
     registry: Registry,
     instances: IntGaugeVec,
+    media: IntGaugeVec,
     requests: IntCounterVec,
 }
 
@@ -25,6 +45,17 @@ impl Metrics {
             &["method", "status"],
         )
         .expect("metric definitions are valid");
+        let media = IntGaugeVec::new(
+            Opts::new(
+                "recorder_media_live",
+                "Media counters summed over the streams of live instances (slow disks show as num_frames_dropped, num_slow_writes, writer_queue_depth)",
+            ),
+            &["counter"],
+        )
+        .expect("metric definitions are valid");
+        registry
+            .register(Box::new(media.clone()))
+            .expect("metrics register once");
         registry
             .register(Box::new(instances.clone()))
             .expect("metrics register once");
@@ -37,6 +68,7 @@ impl Metrics {
         Self {
             registry,
             instances,
+            media,
             requests,
         }
     }
@@ -52,6 +84,25 @@ impl Metrics {
     pub fn set_instances(&self, counts: &[(InstanceState, u64)]) {
         for (state, count) in counts {
             self.instances.with_label_values(&[state.as_str()]).set(*count as i64);
+        }
+    }
+
+    /// Sums the counters of every `Stream` in the actor tree.
+    pub fn set_media(&self, tree: &recorder_actors::snapshot::ActorSnapshot) {
+        fn walk(node: &recorder_actors::snapshot::ActorSnapshot, sums: &mut [u64; MEDIA_COUNTERS.len()]) {
+            if node.kind == "Stream" {
+                for (i, name) in MEDIA_COUNTERS.iter().enumerate() {
+                    sums[i] += node.counters.get(name).copied().unwrap_or(0);
+                }
+            }
+            for child in &node.children {
+                walk(child, sums);
+            }
+        }
+        let mut sums = [0u64; MEDIA_COUNTERS.len()];
+        walk(tree, &mut sums);
+        for (name, value) in MEDIA_COUNTERS.iter().zip(sums) {
+            self.media.with_label_values(&[name]).set(value as i64);
         }
     }
 

@@ -1,10 +1,15 @@
 //! What the engine is configured with, and the one error type of its boundary.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::InstanceRecord;
+use crate::media::plain_rtp::PortAllocator;
+use crate::media::receiver::ReceiverConfig;
+use crate::media::writer::WriterConfig;
 use crate::storage::{StorageBackend, StorageError};
 use crate::store::StoreError;
 
@@ -31,6 +36,7 @@ pub struct EngineConfig {
     /// `RecordingDataMessage` rendering, so the manifest has exactly the API's shape while the
     /// engine stays free of HTTP types.
     pub render_manifest: ManifestRenderer,
+    pub media: Arc<MediaConfig>,
 }
 
 pub type ManifestRenderer = Arc<dyn Fn(&InstanceRecord) -> Vec<u8> + Send + Sync>;
@@ -38,6 +44,45 @@ pub type ManifestRenderer = Arc<dyn Fn(&InstanceRecord) -> Vec<u8> + Send + Sync
 /// A renderer for tests and tools without the HTTP front: the engine's record as JSON.
 pub fn plain_manifest_renderer() -> ManifestRenderer {
     Arc::new(|record| serde_json::to_vec_pretty(record).expect("records are plain data and always serialize"))
+}
+
+/// How media ingest and recording run.
+pub struct MediaConfig {
+    /// Track files live under `<media_dir>/<instanceId>/<streamId>/` until uploaded.
+    pub media_dir: PathBuf,
+    /// UDP ports for plain RTP (and the address they bind).
+    pub ports: PortAllocator,
+    /// The address written into SDP answers (what senders send to).
+    pub announce_ip: IpAddr,
+    /// UDP address WebRTC (WHIP) sessions bind, port 0 = ephemeral.
+    pub webrtc_bind_ip: IpAddr,
+    /// WHIP: whether mDNS candidates are gathered/resolved.
+    pub mdns: bool,
+    /// A publisher that comes back (same conference, userId and type) within this time continues
+    /// its stream in a new segment; later it starts a new stream.
+    pub reconnect_grace: Duration,
+    /// Plain RTP: no packet for this long and the publisher counts as gone.
+    pub idle_timeout: Duration,
+    pub receiver: ReceiverConfig,
+    pub writer: WriterConfig,
+}
+
+impl MediaConfig {
+    /// Defaults for tests: loopback, a small port range, files under `media_dir`.
+    pub fn for_tests(media_dir: PathBuf) -> Self {
+        let lo: IpAddr = Ipv4Addr::LOCALHOST.into();
+        Self {
+            media_dir,
+            ports: PortAllocator::new(lo, 46_000, 46_999),
+            announce_ip: lo,
+            webrtc_bind_ip: lo,
+            mdns: false,
+            reconnect_grace: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            receiver: ReceiverConfig::default(),
+            writer: WriterConfig::default(),
+        }
+    }
 }
 
 impl EngineConfig {

@@ -139,3 +139,44 @@ pub struct CountInstances;
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(), EngineError>")]
 pub struct CheckReady;
+
+/// How a publisher's media comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestTransport {
+    /// Plain RTP over UDP, described by an SDP offer (SFU forwarders, FFmpeg `-f rtp`).
+    Rtp,
+    /// WebRTC through WHIP (RFC 9725).
+    Whip,
+}
+
+/// A publisher offers a stream of a conference's live instance.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<PublishAnswer, EngineError>")]
+pub struct Publish {
+    pub organization_id: String,
+    pub conference_id: String,
+    /// Set when the caller holds a publish token: the token is good for this instance only.
+    pub instance_id_opt: Option<String>,
+    pub user_id: String,
+    pub kind: crate::domain::StreamType,
+    pub transport: IngestTransport,
+    pub offer_sdp: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishAnswer {
+    pub session_id: String,
+    pub answer_sdp: String,
+    pub instance_id: String,
+    pub stream_id: String,
+}
+
+/// A publisher ends its session (DELETE on the session's location).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), EngineError>")]
+pub struct Unpublish {
+    pub organization_id: String,
+    pub conference_id: String,
+    pub instance_id_opt: Option<String>,
+    pub session_id: String,
+}

@@ -101,6 +101,9 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
         upload_retry_max: Duration::from_millis(500),
         delete_local_after_upload: true,
         render_manifest: plain_manifest_renderer(),
+        media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(
+            std::env::temp_dir().join("upload-queue-media"),
+        )),
     });
     (profile, config)
 }

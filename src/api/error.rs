@@ -31,6 +31,11 @@ pub enum ApiError {
     PayloadTooLarge { field: String, message: String },
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// `allow` lists the methods the resource does take.
+    #[error("{message}")]
+    MethodNotAllowed { message: String, allow: &'static str },
 }
 
 /// The spec's `Error` schema. `field` is this project's addition: the input that was refused.
@@ -61,6 +66,8 @@ impl ApiError {
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
         }
     }
 
@@ -82,6 +89,8 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -89,6 +98,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Unauthorized(_) = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.insert_header((header::ALLOW, *allow));
         }
         let mut response = response.json(ErrorBody {
             code: self.code().into(),

@@ -5,6 +5,7 @@ pub mod auth;
 mod cobrowse;
 pub mod dto;
 pub mod error;
+mod media;
 mod ops;
 mod recordings;
 mod storage;
@@ -22,6 +23,7 @@ use utoipa::{Modify, OpenApi};
 use self::error::ApiError;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::publish_token::PublishTokens;
 use crate::signing::UrlSigner;
 
 pub const BASE_PATH: &str = "/auvious.video/rtc-recorder/api";
@@ -32,6 +34,7 @@ pub struct AppState {
     pub keys: auth::KeyRing,
     pub settings: Settings,
     pub signer: UrlSigner,
+    pub publish_tokens: PublishTokens,
     /// Absolute base URL (no trailing slash) used in signed URLs.
     pub public_url: String,
     pub metrics: Metrics,
@@ -56,6 +59,10 @@ pub struct AppState {
         recordings::storage_info,
         storage::verify,
         ops::debug_actors,
+        media::publish_rtp,
+        media::publish_whip,
+        media::end_session,
+        media::publish_token,
     ),
     components(schemas(
         error::ErrorBody,
@@ -85,6 +92,8 @@ pub struct AppState {
         dto::TrackStorageDataMessage,
         dto::URLResourceMessage,
         dto::UploadDataMessage,
+        media::PublishTokenRequest,
+        media::PublishTokenMessage,
     )),
     modifiers(&ApiKeyAuth),
     tags(
@@ -92,6 +101,7 @@ pub struct AppState {
         (name = "Recorder Controller", description = "Media Recording"),
         (name = "Provider Controller", description = "Media Storage"),
         (name = "Operations", description = "This project's ops endpoints"),
+        (name = "Media Ingest", description = "This project's media ingest: WHIP and plain RTP"),
     )
 )]
 pub struct ApiDoc;
@@ -146,6 +156,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                     "/storageproviders/{applicationId}/verify",
                     web::post().to(storage::verify),
                 )
+                .route("/media/rtp/{conferenceId}", web::post().to(media::publish_rtp))
+                .route(
+                    "/media/rtp/{conferenceId}/{sessionId}",
+                    web::delete().to(media::end_session),
+                )
+                .route("/media/whip/{conferenceId}", web::post().to(media::publish_whip))
+                .route(
+                    "/media/whip/{conferenceId}/{sessionId}",
+                    web::delete().to(media::end_session),
+                )
+                .route(
+                    "/media/whip/{conferenceId}/{sessionId}",
+                    web::patch().to(media::patch_whip),
+                )
                 .route("/recordings/start", web::post().to(recordings::start))
                 .route(
                     "/recordings/chat/transcript/add",
@@ -173,6 +197,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route(
                     "/recordings/{conversationId}/{recorderId}/{instanceId}/storage/info",
                     web::get().to(recordings::storage_info),
+                )
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}/publish-token",
+                    web::post().to(media::publish_token),
                 )
                 .route(
                     "/recordings/{conversationId}/{recorderId}/{instanceId}/cobrowse/{sessionId}/url/attachment",

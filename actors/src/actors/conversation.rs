@@ -11,6 +11,8 @@ use super::recorder::{Recorder, StopRecorder};
 use super::registry::snapshot_of;
 use super::uploader::Kick;
 use crate::domain::InstanceRecord;
+use crate::engine::MediaConfig;
+use crate::messages::{Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::StateStore;
 use crate::EngineError;
@@ -23,8 +25,13 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, uploader: Option<Recipient<Kick>>) -> Self {
-        let recorder = Recorder::new(store, record, uploader).start();
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        record: &InstanceRecord,
+        uploader: Option<Recipient<Kick>>,
+        media: Arc<MediaConfig>,
+    ) -> Self {
+        let recorder = Recorder::new(store, record, uploader, media).start();
         Self {
             organization_id: record.organization_id.clone(),
             conversation_id: record.conversation_id.clone(),
@@ -63,6 +70,24 @@ impl Handler<StopInstance> for Conversation {
                     result
                 }),
         )
+    }
+}
+
+impl Handler<Publish> for Conversation {
+    type Result = ResponseFuture<Result<PublishAnswer, EngineError>>;
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+        let recorder = self.recorder.clone();
+        async move { recorder.send(msg).await? }.boxed_local()
+    }
+}
+
+impl Handler<Unpublish> for Conversation {
+    type Result = ResponseFuture<Result<(), EngineError>>;
+
+    fn handle(&mut self, msg: Unpublish, _ctx: &mut Self::Context) -> Self::Result {
+        let recorder = self.recorder.clone();
+        async move { recorder.send(msg).await? }.boxed_local()
     }
 }
 

@@ -1,17 +1,23 @@
 //! One recorder instance: the state machine `INITIALISED → ACTIVE → STOPPED` (with `FAILED`,
 //! `PENDING_RECOVERY`, `ABORTED`). Every transition is committed to the state store before it
-//! is answered. Owns the instance's streams.
+//! is answered. Owns the instance's streams: publishers are routed here by conference, each
+//! (userId, type) gets one `Stream`, and the first frame written makes the instance `ACTIVE`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::Utc;
+use futures_util::future::join_all;
 
 use super::registry::{enqueue_artefact, rejected, snapshot_of};
-use super::stream::Stream;
+use super::stream::{EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, Stream, StreamNotice};
 use super::uploader::Kick;
-use crate::domain::{InstanceRecord, InstanceState};
+use crate::domain::{InstanceRecord, InstanceState, StreamRecord, StreamState, StreamType};
+use crate::engine::MediaConfig;
+use crate::media::MediaError;
+use crate::messages::{IngestTransport, Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::{ArtefactKind, StateStore};
 use crate::EngineError;
@@ -21,21 +27,146 @@ pub struct Recorder {
     instance_id: String,
     /// Last committed state, for snapshots; the store holds the truth.
     state: InstanceState,
-    streams: Vec<Mailbox<Stream>>,
+    audio: bool,
+    video: bool,
+    media: Arc<MediaConfig>,
+    streams: Vec<StreamEntry>,
     uploader: Option<Recipient<Kick>>,
+    /// Set once a stop began: no new publisher is accepted while files are finalized.
+    stopping: bool,
     restarts: u32,
+    num_publishes: u64,
+    num_publishes_refused: u64,
+    /// Streams of the record still `RECORDING` when this actor was built (after a restart).
+    recovered: Vec<StreamRecord>,
+}
+
+struct StreamEntry {
+    id: String,
+    user_id: String,
+    kind: StreamType,
+    mailbox: Mailbox<Stream>,
+    /// Sessions this stream has had; the live one is the last while `connected`.
+    sessions: Vec<String>,
+    connected: bool,
+    disconnected_at: Option<Instant>,
 }
 
 impl Recorder {
-    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, uploader: Option<Recipient<Kick>>) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        record: &InstanceRecord,
+        uploader: Option<Recipient<Kick>>,
+        media: Arc<MediaConfig>,
+    ) -> Self {
         Self {
             store,
             instance_id: record.instance_id.clone(),
             state: record.state,
+            audio: record.audio,
+            video: record.video,
+            media,
             streams: Vec::new(),
             uploader,
+            stopping: false,
             restarts: 0,
+            num_publishes: 0,
+            num_publishes_refused: 0,
+            recovered: if record.state.is_live() {
+                record
+                    .streams
+                    .iter()
+                    .filter(|s| s.state == StreamState::Recording)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// The stream a publisher of (userId, type) continues: the connected one, or one that lost
+    /// its connection within the grace period. Otherwise a new stream.
+    fn stream_for(&mut self, user_id: &str, kind: StreamType, ctx: &mut Context<Self>) -> (usize, bool) {
+        let grace = self.media.reconnect_grace;
+        let found = self.streams.iter().rposition(|s| {
+            s.user_id == user_id
+                && s.kind == kind
+                && (s.connected || s.disconnected_at.is_some_and(|at| at.elapsed() <= grace) || s.sessions.is_empty())
+        });
+        if let Some(at) = found {
+            return (at, false);
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let record = StreamRecord {
+            id: id.clone(),
+            user_id: user_id.to_string(),
+            kind,
+            state: StreamState::Recording,
+            started: None,
+            stopped: None,
+            tracks: vec![],
+        };
+        let stream = Stream::new(
+            record,
+            self.instance_id.clone(),
+            self.media.clone(),
+            ctx.address().recipient(),
+        );
+        self.streams.push(StreamEntry {
+            id,
+            user_id: user_id.to_string(),
+            kind,
+            mailbox: Mailbox::new(stream.start()),
+            sessions: Vec::new(),
+            connected: false,
+            disconnected_at: None,
+        });
+        (self.streams.len() - 1, true)
+    }
+}
+
+/// Adds or refreshes a stream in the instance record, keeping what the record already knows
+/// (start times set at first media) where the stream's own copy has nothing newer.
+fn merge_stream(record: &mut InstanceRecord, stream: &StreamRecord) {
+    match record.streams.iter_mut().find(|s| s.id == stream.id) {
+        None => record.streams.push(stream.clone()),
+        Some(existing) => {
+            existing.state = stream.state;
+            existing.started = stream.started.or(existing.started);
+            existing.stopped = stream.stopped.or(existing.stopped);
+            for track in &stream.tracks {
+                match existing.tracks.iter_mut().find(|t| t.id == track.id) {
+                    None => existing.tracks.push(track.clone()),
+                    Some(t) => {
+                        t.started = track.started.or(t.started);
+                        t.stopped = track.stopped.or(t.stopped);
+                        if track.local.location.is_some() {
+                            t.local.location = track.local.location.clone();
+                        }
+                        t.local.created = track.local.created.or(t.local.created);
+                        if track.local.error.is_some() {
+                            t.local.error = track.local.error.clone();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn media_error(err: MediaError) -> EngineError {
+    match err {
+        MediaError::Sdp(e) => EngineError::Invalid {
+            field: "sdp",
+            message: e.to_string(),
+        },
+        MediaError::Refused(message) => EngineError::Invalid { field: "sdp", message },
+        MediaError::WebRtc(message) => EngineError::Invalid {
+            field: "sdp",
+            message: format!("webrtc: {message}"),
+        },
+        other => EngineError::Unavailable(other.to_string()),
     }
 }
 
@@ -43,8 +174,27 @@ impl Actor for Recorder {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Control messages only; media never flows through this mailbox.
+        // Control messages only (publish, stop, snapshots, first-media notices); media never
+        // flows through this mailbox.
         ctx.set_mailbox_capacity(64);
+        // Streams that were recording when the process ended: their files are on disk.
+        for record in std::mem::take(&mut self.recovered) {
+            let stream = Stream::restore(
+                record.clone(),
+                self.instance_id.clone(),
+                self.media.clone(),
+                ctx.address().recipient(),
+            );
+            self.streams.push(StreamEntry {
+                id: record.id.clone(),
+                user_id: record.user_id.clone(),
+                kind: record.kind,
+                mailbox: Mailbox::new(stream.start()),
+                sessions: vec!["recovered".into()],
+                connected: false,
+                disconnected_at: Some(Instant::now()),
+            });
+        }
     }
 }
 
@@ -53,58 +203,272 @@ impl Actor for Recorder {
 #[rtype(result = "Result<InstanceRecord, EngineError>")]
 pub struct StopRecorder;
 
+impl Handler<Publish> for Recorder {
+    type Result = ResponseActFuture<Self, Result<PublishAnswer, EngineError>>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        if self.stopping || self.state.is_terminal() {
+            self.num_publishes_refused += 1;
+            return Box::pin(fut::ready(Err(EngineError::conflict(
+                "the recorder instance is stopping",
+            ))));
+        }
+        let offer = match msg.transport {
+            IngestTransport::Rtp => match crate::media::sdp::parse_offer(&msg.offer_sdp) {
+                Ok(offer) => Some(offer),
+                Err(e) => {
+                    self.num_publishes_refused += 1;
+                    return Box::pin(fut::ready(Err(media_error(e.into()))));
+                }
+            },
+            IngestTransport::Whip => None,
+        };
+        let (at, created) = self.stream_for(&msg.user_id, msg.kind, ctx);
+        let entry = &self.streams[at];
+        let stream = entry.mailbox.clone();
+        let stream_id = entry.id.clone();
+        let session_id = uuid::Uuid::new_v4().simple().to_string();
+        let (audio, video) = (self.audio, self.video);
+        let sid = session_id.clone();
+        let opening = async move {
+            let opened: Result<OpenedSession, MediaError> = match offer {
+                Some(offer) => {
+                    stream
+                        .send(OpenRtp {
+                            session_id: sid,
+                            offer,
+                            audio,
+                            video,
+                        })
+                        .await?
+                }
+                None => {
+                    stream
+                        .send(OpenWhip {
+                            session_id: sid,
+                            offer_sdp: msg.offer_sdp,
+                            audio,
+                            video,
+                        })
+                        .await?
+                }
+            };
+            opened.map_err(media_error)
+        };
+        let store = self.store.clone();
+        let instance_id = self.instance_id.clone();
+        Box::pin(opening.into_actor(self).then(move |opened, act, _ctx| {
+            let result = opened.and_then(|opened| {
+                if act.stopping {
+                    // The stop began while this publisher was being answered: the stop owns
+                    // the record now (its stream was finished with the others).
+                    return Err(EngineError::conflict("the recorder instance is stopping"));
+                }
+                store.update_instance(&instance_id, &mut |r| {
+                    merge_stream(r, &opened.record);
+                    Ok(())
+                })?;
+                Ok(opened)
+            });
+            match &result {
+                Ok(_) => {
+                    act.num_publishes += 1;
+                    if let Some(entry) = act.streams.iter_mut().find(|s| s.id == stream_id) {
+                        entry.connected = true;
+                        entry.disconnected_at = None;
+                        entry.sessions.push(session_id.clone());
+                    }
+                }
+                Err(_) => {
+                    act.num_publishes_refused += 1;
+                    if created {
+                        // Nothing was recorded on it: drop the stream (its actor ends with the
+                        // last address).
+                        act.streams.retain(|s| s.id != stream_id);
+                    }
+                }
+            }
+            let flush = store.flush();
+            async move {
+                let opened = result?;
+                flush.await?;
+                Ok(PublishAnswer {
+                    session_id,
+                    answer_sdp: opened.answer_sdp,
+                    instance_id,
+                    stream_id,
+                })
+            }
+            .into_actor(act)
+        }))
+    }
+}
+
+impl Handler<Unpublish> for Recorder {
+    type Result = ResponseFuture<Result<(), EngineError>>;
+
+    fn handle(&mut self, msg: Unpublish, _ctx: &mut Self::Context) -> Self::Result {
+        let stream = self
+            .streams
+            .iter()
+            .find(|s| s.sessions.contains(&msg.session_id))
+            .map(|s| s.mailbox.clone());
+        Box::pin(async move {
+            let missing = || EngineError::not_found(format!("no live publisher session {}", msg.session_id));
+            let stream = stream.ok_or_else(missing)?;
+            if stream
+                .send(EndSession {
+                    session_id: msg.session_id.clone(),
+                })
+                .await?
+            {
+                Ok(())
+            } else {
+                Err(missing())
+            }
+        })
+    }
+}
+
+impl Handler<StreamNotice> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamNotice, _ctx: &mut Self::Context) {
+        match msg {
+            StreamNotice::MediaStarted {
+                stream_id,
+                track_id,
+                at,
+            } => {
+                let mut became_active = false;
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    became_active = false;
+                    match r.state {
+                        InstanceState::Initialised => {
+                            r.transition(InstanceState::Active, Utc::now()).map_err(rejected)?;
+                            became_active = true;
+                        }
+                        InstanceState::PendingRecovery => {
+                            r.transition(InstanceState::Active, Utc::now()).map_err(rejected)?;
+                            r.recovered = Some(Utc::now());
+                            became_active = true;
+                        }
+                        _ => {}
+                    }
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.started.get_or_insert(at);
+                        if let Some(track) = stream.tracks.iter_mut().find(|t| t.id == track_id) {
+                            track.started.get_or_insert(at);
+                            track.local.created.get_or_insert(Utc::now());
+                        }
+                    }
+                    Ok(())
+                });
+                match result {
+                    Ok(record) => {
+                        self.state = record.state;
+                        if became_active {
+                            tracing::info!(instance_id = %self.instance_id, "recorder instance active: first media");
+                        }
+                        let flush = self.store.flush();
+                        let instance_id = self.instance_id.clone();
+                        actix::spawn(async move {
+                            if let Err(e) = flush.await {
+                                tracing::error!(instance_id = %instance_id, error = %e, "state store flush failed");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record first media"),
+                }
+            }
+            StreamNotice::Disconnected { stream_id, session_id } => {
+                if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
+                    if entry.sessions.last() == Some(&session_id) {
+                        entry.connected = false;
+                        entry.disconnected_at = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Handler<StopRecorder> for Recorder {
     type Result = ResponseActFuture<Self, Result<InstanceRecord, EngineError>>;
 
     fn handle(&mut self, _msg: StopRecorder, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
+        // Every file is finalized (trailer, cues, segments joined) before the stop commits:
+        // STOPPED means the recording on disk is complete.
+        let finishing = async move { join_all(streams.iter().map(|s| s.send(FinishStream))).await };
         let store = self.store.clone();
-        let result = (|| {
-            let mut artefacts = Vec::new();
-            let record = store.update_instance(&self.instance_id, &mut |r| {
-                artefacts.clear();
-                if r.state.is_terminal() {
-                    // A stop that queued behind another one: the first already did the work.
-                    return Ok(());
+        let instance_id = self.instance_id.clone();
+        Box::pin(finishing.into_actor(self).then(move |finished, _act, _ctx| {
+            let result = (|| {
+                let finished: Vec<StreamRecord> = finished.into_iter().filter_map(Result::ok).collect();
+                let mut artefacts = Vec::new();
+                let record = store.update_instance(&instance_id, &mut |r| {
+                    artefacts.clear();
+                    if r.state.is_terminal() {
+                        // A stop that queued behind another one: the first already did the work.
+                        return Ok(());
+                    }
+                    for stream in &finished {
+                        merge_stream(r, stream);
+                    }
+                    r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
+                    for stream in &r.streams {
+                        for track in &stream.tracks {
+                            if let (Some(location), None) = (&track.local.location, &track.object.uploaded) {
+                                artefacts.push(ArtefactKind::TrackFile {
+                                    stream_id: stream.id.clone(),
+                                    track_id: track.id.clone(),
+                                    local_path: location.clone(),
+                                });
+                            }
+                        }
+                    }
+                    if r.num_transcript_entries > 0 {
+                        artefacts.push(ArtefactKind::ChatTranscript);
+                    }
+                    for session_id in r.cobrowse_sessions.keys() {
+                        artefacts.push(ArtefactKind::CobrowseSession {
+                            session_id: session_id.clone(),
+                        });
+                    }
+                    // Queued with the others, run after them: the uploader holds a manifest back
+                    // while any other job of its instance is queued.
+                    artefacts.push(ArtefactKind::Manifest);
+                    Ok(())
+                })?;
+                for artefact in artefacts {
+                    enqueue_artefact(store.as_ref(), &record, artefact)?;
                 }
-                r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
-                if r.num_transcript_entries > 0 {
-                    artefacts.push(ArtefactKind::ChatTranscript);
-                }
-                for session_id in r.cobrowse_sessions.keys() {
-                    artefacts.push(ArtefactKind::CobrowseSession {
-                        session_id: session_id.clone(),
-                    });
-                }
-                // Queued with the others, run after them: the uploader holds a manifest back
-                // while any other job of its instance is queued.
-                artefacts.push(ArtefactKind::Manifest);
-                Ok(())
-            })?;
-            for artefact in artefacts {
-                enqueue_artefact(store.as_ref(), &record, artefact)?;
-            }
-            Ok::<_, EngineError>(record)
-        })();
-        let flush = store.flush();
-        Box::pin(
+                Ok::<_, EngineError>(record)
+            })();
+            let flush = store.flush();
             async move {
                 let record = result?;
                 flush.await?;
                 Ok(record)
             }
-            .into_actor(self)
+            .into_actor(_act)
             .map(|result: Result<InstanceRecord, EngineError>, act, ctx| {
-                if let Ok(record) = &result {
-                    act.state = record.state;
-                    tracing::info!(instance_id = %record.instance_id, "recorder instance stopped");
-                    if let Some(uploader) = &act.uploader {
-                        uploader.do_send(Kick);
+                match &result {
+                    Ok(record) => {
+                        act.state = record.state;
+                        tracing::info!(instance_id = %record.instance_id, "recorder instance stopped");
+                        if let Some(uploader) = &act.uploader {
+                            uploader.do_send(Kick);
+                        }
+                        ctx.stop();
                     }
-                    ctx.stop();
+                    Err(_) => act.stopping = false,
                 }
                 result
-            }),
-        )
+            })
+        }))
     }
 }
 
@@ -112,7 +476,7 @@ impl Handler<Snapshot> for Recorder {
     type Result = ResponseFuture<ActorSnapshot>;
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
-        let streams = self.streams.clone();
+        let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
         let mut snapshot = ActorSnapshot {
             kind: "Recorder",
             id: self.instance_id.clone(),
@@ -120,7 +484,11 @@ impl Handler<Snapshot> for Recorder {
             mailbox_depth: 0,
             restarts: self.restarts,
             last_error: None,
-            counters: BTreeMap::from([("num_streams", self.streams.len() as u64)]),
+            counters: BTreeMap::from([
+                ("num_streams", self.streams.len() as u64),
+                ("num_publishes", self.num_publishes),
+                ("num_publishes_refused", self.num_publishes_refused),
+            ]),
             children: vec![],
         };
         Box::pin(async move {
@@ -129,5 +497,98 @@ impl Handler<Snapshot> for Recorder {
             }
             snapshot
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LocalFileRecord, ObjectRecord, TrackRecord, TrackType};
+    use chrono::TimeZone;
+
+    fn track(id: &str, started: Option<i64>, location: Option<&str>) -> TrackRecord {
+        TrackRecord {
+            id: id.into(),
+            kind: TrackType::Video,
+            started: started.and_then(|s| Utc.timestamp_opt(s, 0).single()),
+            stopped: None,
+            local: LocalFileRecord {
+                location: location.map(Into::into),
+                ..Default::default()
+            },
+            object: ObjectRecord::default(),
+        }
+    }
+
+    fn stream(tracks: Vec<TrackRecord>, state: StreamState) -> StreamRecord {
+        StreamRecord {
+            id: "s".into(),
+            user_id: "u".into(),
+            kind: StreamType::Cam,
+            state,
+            started: None,
+            stopped: None,
+            tracks,
+        }
+    }
+
+    #[test]
+    fn merging_keeps_what_the_record_knew_and_takes_what_is_new() {
+        let mut record = InstanceRecord {
+            schema_version: 1,
+            instance_id: "i".into(),
+            recorder_id: "r".into(),
+            organization_id: "o".into(),
+            application_id: "a".into(),
+            conversation_id: "c".into(),
+            conference_id: "f".into(),
+            audio: true,
+            video: true,
+            state: InstanceState::Active,
+            created: Utc::now(),
+            started: None,
+            stopped: None,
+            recovered: None,
+            error: None,
+            provider: crate::domain::Provider::Local,
+            storage_url: String::new(),
+            streams: vec![],
+            transcript: None,
+            num_transcript_entries: 0,
+            cobrowse_sessions: Default::default(),
+            history: vec![],
+        };
+        // Publish: the stream appears with its track.
+        merge_stream(
+            &mut record,
+            &stream(vec![track("t1", None, None)], StreamState::Recording),
+        );
+        // First media set the track's start in the record meanwhile.
+        record.streams[0].tracks[0].started = Utc.timestamp_opt(100, 0).single();
+        // A reconnect adds a track; the stream's copy does not know the start: it stays.
+        merge_stream(
+            &mut record,
+            &stream(
+                vec![track("t1", None, None), track("t2", None, None)],
+                StreamState::Recording,
+            ),
+        );
+        assert_eq!(record.streams.len(), 1);
+        assert_eq!(record.streams[0].tracks.len(), 2);
+        assert_eq!(record.streams[0].tracks[0].started, Utc.timestamp_opt(100, 0).single());
+        // The finish brings the location, a refined start and the final state.
+        merge_stream(
+            &mut record,
+            &stream(vec![track("t1", Some(99), Some("/f.webm"))], StreamState::Stopped),
+        );
+        let t1 = &record.streams[0].tracks[0];
+        assert_eq!(t1.local.location.as_deref(), Some("/f.webm"));
+        assert_eq!(t1.started, Utc.timestamp_opt(99, 0).single());
+        assert_eq!(record.streams[0].state, StreamState::Stopped);
+        assert_eq!(
+            record.streams[0].tracks.len(),
+            2,
+            "a track the finished copy lacks is kept"
+        );
     }
 }

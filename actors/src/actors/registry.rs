@@ -30,6 +30,9 @@ pub struct Registry {
     store: Arc<dyn StateStore>,
     config: Arc<EngineConfig>,
     live: HashMap<ConversationKey, LiveConversation>,
+    /// (organization, conferenceId) → the conversation whose live instance records it; the
+    /// newest start wins if two conversations name the same conference.
+    by_conference: HashMap<(String, String), ConversationKey>,
     uploaders: HashMap<ProfileKey, Mailbox<Uploader>>,
     num_started: u64,
     num_stopped: u64,
@@ -47,6 +50,7 @@ impl Registry {
             store: store.clone(),
             config: config.clone(),
             live: HashMap::new(),
+            by_conference: HashMap::new(),
             uploaders: HashMap::new(),
             num_started: 0,
             num_stopped: 0,
@@ -76,7 +80,11 @@ impl Registry {
             .uploaders
             .get(&(record.organization_id.clone(), record.application_id.clone()))
             .map(|m| m.addr().clone().recipient());
-        let conversation = Conversation::new(self.store.clone(), record, uploader).start();
+        let conversation = Conversation::new(self.store.clone(), record, uploader, self.config.media.clone()).start();
+        self.by_conference.insert(
+            (record.organization_id.clone(), record.conference_id.clone()),
+            (record.organization_id.clone(), record.conversation_id.clone()),
+        );
         self.live.insert(
             (record.organization_id.clone(), record.conversation_id.clone()),
             LiveConversation {
@@ -314,6 +322,7 @@ impl Handler<StopRecording> for Registry {
                 if let Ok(stopped) = &result {
                     if act.live.get(&key).is_some_and(|l| l.instance_id == stopped.instance_id) {
                         act.live.remove(&key);
+                        act.by_conference.retain(|_, conversation| *conversation != key);
                         act.num_stopped += 1;
                     }
                     act.kick_uploader(stopped);
@@ -321,6 +330,46 @@ impl Handler<StopRecording> for Registry {
                 result
             }),
         )
+    }
+}
+
+impl Registry {
+    /// The live conversation recording `conference_id` for `organization_id`; with a publish
+    /// token, only if its live instance is the token's.
+    fn conference(
+        &self,
+        organization_id: &str,
+        conference_id: &str,
+        instance_id_opt: Option<&str>,
+    ) -> Result<Mailbox<Conversation>, EngineError> {
+        let missing = || EngineError::not_found(format!("no live recorder instance for conference {conference_id}"));
+        let key = self
+            .by_conference
+            .get(&(organization_id.to_string(), conference_id.to_string()))
+            .ok_or_else(missing)?;
+        let live = self.live.get(key).ok_or_else(missing)?;
+        if instance_id_opt.is_some_and(|id| id != live.instance_id) {
+            return Err(missing());
+        }
+        Ok(live.conversation.clone())
+    }
+}
+
+impl Handler<Publish> for Registry {
+    type Result = ResponseFuture<Result<PublishAnswer, EngineError>>;
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+        let conversation = self.conference(&msg.organization_id, &msg.conference_id, msg.instance_id_opt.as_deref());
+        async move { conversation?.send(msg).await? }.boxed_local()
+    }
+}
+
+impl Handler<Unpublish> for Registry {
+    type Result = ResponseFuture<Result<(), EngineError>>;
+
+    fn handle(&mut self, msg: Unpublish, _ctx: &mut Self::Context) -> Self::Result {
+        let conversation = self.conference(&msg.organization_id, &msg.conference_id, msg.instance_id_opt.as_deref());
+        async move { conversation?.send(msg).await? }.boxed_local()
     }
 }
 

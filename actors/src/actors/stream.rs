@@ -1,75 +1,919 @@
-//! One published stream (CAM, MIC, SCREEN, ...) of one user within a recorder instance. Media
-//! ingest attaches its track writers here; the actor reports what they have written.
+//! One published stream (CAM, MIC, SCREEN, ...) of one user within a recorder instance. Owns its
+//! tracks' writers: one segment per publisher connection, joined into one file per track when the
+//! stream finishes. Ingest threads (plain RTP) or tasks (WHIP) report to it with [`IngestNotice`];
+//! frames never pass through this actor.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, TimeZone, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
-use crate::domain::StreamRecord;
+use crate::domain::{ErrorInfo, LocalFileRecord, ObjectRecord, StreamRecord, StreamState, TrackRecord, TrackType};
+use crate::engine::MediaConfig;
+use crate::media::codec::Codec;
+use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, TrackCounters, TrackPump, TrackSummary};
+use crate::media::join::join_segments;
+use crate::media::plain_rtp::{self, BoundMedia, PlainRtpSession};
+use crate::media::receiver::TrackReceiver;
+use crate::media::sdp::{build_answer, MediaAnswer, SessionOffer};
+use crate::media::segment::{plan_join, segment_path, track_path, SegmentInfo};
+use crate::media::whip::WhipSession;
+use crate::media::writer::{SegmentReport, TrackWriter, WriterStats};
+use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
+
+/// How long a finishing stream waits for its ingest threads to hand over their summaries.
+const INGEST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Stream {
     record: StreamRecord,
-    num_packets: u64,
-    num_bytes: u64,
+    instance_id: String,
+    dir: PathBuf,
+    media: Arc<MediaConfig>,
+    recorder: Recipient<StreamNotice>,
+    tracks: Vec<TrackState>,
+    session: Option<LiveSession>,
+    num_sessions: u64,
+    last_error: Option<ErrorInfo>,
+    /// Set for a stream recovered after a restart: its segment files are read when it starts.
+    needs_restore: bool,
+}
+
+struct TrackState {
+    id: String,
+    codec: Codec,
+    counters: Arc<TrackCounters>,
+    segments: Vec<Segment>,
+    created: Option<DateTime<Utc>>,
+}
+
+struct Segment {
+    index: usize,
+    session_id: String,
+    writer: Option<TrackWriter>,
+    finishing: Option<BoxFuture<'static, SegmentReport>>,
+    summary: Option<TrackSummary>,
+    stats: Arc<WriterStats>,
+}
+
+enum Ingest {
+    Rtp(PlainRtpSession),
+    Whip(WhipSession),
+}
+
+struct LiveSession {
+    id: String,
+    ingest: Ingest,
+    track_ids: Vec<String>,
+    num_tracks_ended: usize,
 }
 
 impl Stream {
-    pub fn new(record: StreamRecord) -> Self {
+    pub fn new(
+        record: StreamRecord,
+        instance_id: String,
+        media: Arc<MediaConfig>,
+        recorder: Recipient<StreamNotice>,
+    ) -> Self {
+        let dir = media.media_dir.join(&instance_id).join(&record.id);
         Self {
             record,
-            num_packets: 0,
-            num_bytes: 0,
+            instance_id,
+            dir,
+            media,
+            recorder,
+            tracks: Vec::new(),
+            session: None,
+            num_sessions: 0,
+            last_error: None,
+            needs_restore: false,
         }
     }
+
+    /// A stream the store knew from before a restart: its tracks and the segment files they left
+    /// (readable up to their last flush) come back when the actor starts, so a returning
+    /// publisher continues in a new segment and the stop joins them all.
+    pub fn restore(
+        record: StreamRecord,
+        instance_id: String,
+        media: Arc<MediaConfig>,
+        recorder: Recipient<StreamNotice>,
+    ) -> Self {
+        let mut stream = Stream::new(record, instance_id, media, recorder);
+        stream.needs_restore = true;
+        stream
+    }
+
+    fn events(ctx: &Context<Self>) -> EventSink {
+        let addr = ctx.address();
+        // do_send ignores the mailbox capacity: ingest threads never block on the actor.
+        Arc::new(move |event| addr.do_send(IngestNotice(event)))
+    }
+
+    /// The track of `codec`'s kind that the new session continues, or a new one. A stream has
+    /// at most one track per kind.
+    fn track_for(&mut self, codec: Codec) -> usize {
+        if let Some(at) = self.tracks.iter().position(|t| t.codec.kind() == codec.kind()) {
+            return at;
+        }
+        self.tracks.push(TrackState {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            codec,
+            counters: Arc::new(TrackCounters::default()),
+            segments: Vec::new(),
+            created: None,
+        });
+        self.record.tracks.push(TrackRecord {
+            id: self.tracks.last().expect("pushed just above").id.clone(),
+            kind: codec.kind(),
+            started: None,
+            stopped: None,
+            local: LocalFileRecord::default(),
+            object: ObjectRecord::default(),
+        });
+        self.tracks.len() - 1
+    }
+
+    /// Starts a new segment writer for a track; returns its sink and counters.
+    fn new_segment(
+        &mut self,
+        at: usize,
+        session_id: &str,
+    ) -> Result<(crate::media::writer::FrameSink, Arc<TrackCounters>), MediaError> {
+        let track = &mut self.tracks[at];
+        // After recovered segments the numbering goes on where the files left off.
+        let index = track.segments.last().map_or(0, |s| s.index + 1);
+        let path = segment_path(&self.dir, &track.id, index, track.codec.container());
+        let writer = TrackWriter::spawn(path, track.codec, self.media.writer.clone())?;
+        let sink = writer.sink();
+        track.segments.push(Segment {
+            index,
+            session_id: session_id.to_string(),
+            stats: writer.stats(),
+            writer: Some(writer),
+            finishing: None,
+            summary: None,
+        });
+        Ok((sink, track.counters.clone()))
+    }
+
+    /// Ends the live session's ingest (its threads report `TrackEnded`, which finishes the
+    /// segments).
+    fn end_session(&mut self) {
+        if let Some(session) = &self.session {
+            match &session.ingest {
+                Ingest::Rtp(rtp) => rtp.stop(),
+                Ingest::Whip(whip) => whip.stop(),
+            }
+        }
+    }
+
+    fn open_rtp(&mut self, msg: OpenRtp, ctx: &mut Context<Self>) -> Result<OpenedSession, MediaError> {
+        let mut answers = Vec::new();
+        let mut bound = Vec::new();
+        let mut kinds_taken: Vec<TrackType> = Vec::new();
+        for media in &msg.offer.media {
+            let choice = media.choose(msg.audio, msg.video).and_then(|accepted| {
+                if kinds_taken.contains(&accepted.codec.kind()) {
+                    Err(crate::media::sdp::Refusal::Duplicate)
+                } else {
+                    Ok(accepted)
+                }
+            });
+            match choice {
+                Ok(accepted) => {
+                    // A track keeps one codec across reconnects (one file per track): a new
+                    // codec of a kind already recorded is refused rather than mixed in.
+                    if self
+                        .tracks
+                        .iter()
+                        .any(|t| t.codec.kind() == accepted.codec.kind() && t.codec != accepted.codec)
+                    {
+                        answers.push(MediaAnswer::Refused(crate::media::sdp::Refusal::UnsupportedCodec));
+                        continue;
+                    }
+                    let b = BoundMedia::bind(&self.media.ports, media, msg.offer.connection, accepted)?;
+                    answers.push(MediaAnswer::Accepted {
+                        accepted,
+                        rtp_port: b.rtp_port(),
+                        rtcp_port: b.rtcp_port(),
+                    });
+                    kinds_taken.push(accepted.codec.kind());
+                    bound.push(b);
+                }
+                Err(refusal) => answers.push(MediaAnswer::Refused(refusal)),
+            }
+        }
+        if bound.is_empty() {
+            let reasons: Vec<_> = answers
+                .iter()
+                .filter_map(|a| match a {
+                    MediaAnswer::Refused(r) => Some(r.as_str()),
+                    _ => None,
+                })
+                .collect();
+            return Err(MediaError::Refused(format!(
+                "no m-line can be recorded ({})",
+                reasons.join(", ")
+            )));
+        }
+        self.end_session();
+        let events = Self::events(ctx);
+        let now = Instant::now();
+        let mut pumps = Vec::new();
+        let mut track_ids = Vec::new();
+        for b in bound {
+            let at = self.track_for(b.accepted.codec);
+            let (sink, counters) = self.new_segment(at, &msg.session_id)?;
+            let track_id = self.tracks[at].id.clone();
+            track_ids.push(track_id.clone());
+            let receiver = TrackReceiver::new(b.accepted.codec, self.media.receiver.clone(), now, wall_micros_now());
+            let pump = TrackPump::new(
+                msg.session_id.clone(),
+                track_id,
+                receiver,
+                sink,
+                counters,
+                events.clone(),
+                now,
+            );
+            pumps.push((b, pump));
+        }
+        let session = plain_rtp::start(pumps, self.media.idle_timeout)?;
+        let answer_sdp = build_answer(&msg.offer, &answers, self.media.announce_ip, rand_session_number());
+        self.session = Some(LiveSession {
+            id: msg.session_id.clone(),
+            ingest: Ingest::Rtp(session),
+            track_ids,
+            num_tracks_ended: 0,
+        });
+        self.num_sessions += 1;
+        self.record.state = StreamState::Recording;
+        tracing::info!(stream_id = %self.record.id, session_id = %msg.session_id, "plain rtp session opened");
+        Ok(OpenedSession {
+            answer_sdp,
+            record: self.record.clone(),
+        })
+    }
+}
+
+fn rand_session_number() -> u64 {
+    u64::from(uuid::Uuid::new_v4().as_fields().0)
+}
+
+fn to_datetime(micros: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_micros(micros).single()
 }
 
 impl Actor for Stream {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Control messages and ingest notices (a few per track per connection); ingest sends
+        // with do_send, which is not held back by this capacity.
+        ctx.set_mailbox_capacity(64);
+        if self.needs_restore {
+            // Reading the files is blocking work: a thread of its own. Until it is done the
+            // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (dir, tracks) = (self.dir.clone(), self.record.tracks.clone());
+            let spawned = std::thread::Builder::new()
+                .name("stream-restore".into())
+                .spawn(move || {
+                    let _ = tx.send(restore_tracks(&dir, &tracks));
+                });
+            if spawned.is_err() {
+                self.last_error = Some(ErrorInfo::new("MEDIA", "cannot start a restore thread"));
+                return;
+            }
+            ctx.wait(rx.into_actor(self).map(|restored, act, _ctx| {
+                act.tracks = restored.unwrap_or_default();
+            }));
+        }
+    }
+}
+
+/// What a stream tells its recorder.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum StreamNotice {
+    /// A track wrote its first frame.
+    MediaStarted {
+        stream_id: String,
+        track_id: String,
+        at: DateTime<Utc>,
+    },
+    /// The publisher's connection is gone (it may come back within the grace period).
+    Disconnected { stream_id: String, session_id: String },
+}
+
+/// Opens a plain-RTP session on this stream (a new segment of each track it carries).
+#[derive(Message)]
+#[rtype(result = "Result<OpenedSession, MediaError>")]
+pub struct OpenRtp {
+    pub session_id: String,
+    pub offer: SessionOffer,
+    pub audio: bool,
+    pub video: bool,
+}
+
+/// Opens a WHIP session on this stream.
+#[derive(Message)]
+#[rtype(result = "Result<OpenedSession, MediaError>")]
+pub struct OpenWhip {
+    pub session_id: String,
+    pub offer_sdp: String,
+    pub audio: bool,
+    pub video: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenedSession {
+    pub answer_sdp: String,
+    pub record: StreamRecord,
+}
+
+/// The publisher ends its session (WHIP DELETE, plain-RTP DELETE).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct EndSession {
+    pub session_id: String,
+}
+
+/// Ends ingest, finalizes every segment and joins each track's segments into its file. Answers
+/// the stream's final record.
+#[derive(Message)]
+#[rtype(result = "StreamRecord")]
+pub struct FinishStream;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct IngestNotice(pub IngestEvent);
+
+/// A segment finished after its connection ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SegmentFinished {
+    track_id: String,
+    index: usize,
+    report: SegmentReport,
+}
+
+impl Handler<OpenRtp> for Stream {
+    type Result = Result<OpenedSession, MediaError>;
+
+    fn handle(&mut self, msg: OpenRtp, ctx: &mut Self::Context) -> Self::Result {
+        self.open_rtp(msg, ctx).inspect_err(|e| {
+            self.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
+        })
+    }
+}
+
+impl Handler<OpenWhip> for Stream {
+    type Result = ResponseActFuture<Self, Result<OpenedSession, MediaError>>;
+
+    fn handle(&mut self, msg: OpenWhip, ctx: &mut Self::Context) -> Self::Result {
+        let events = Self::events(ctx);
+        let media = self.media.clone();
+        let session_id = msg.session_id.clone();
+        // Which kinds this stream already records with which codec: a reconnect keeps them.
+        let existing: Vec<Codec> = self.tracks.iter().map(|t| t.codec).collect();
+        Box::pin(
+            async move { crate::media::whip::negotiate(&media, &msg.offer_sdp, msg.audio, msg.video, &existing).await }
+                .into_actor(self)
+                .map(move |negotiated, act, _ctx| {
+                    let negotiated = negotiated?;
+                    act.end_session();
+                    let mut tracks = Vec::new();
+                    for codec in negotiated.codecs() {
+                        let at = act.track_for(codec);
+                        let (sink, counters) = act.new_segment(at, &session_id)?;
+                        tracks.push((codec, act.tracks[at].id.clone(), sink, counters));
+                    }
+                    let track_ids = tracks.iter().map(|t| t.1.clone()).collect();
+                    let (answer_sdp, session) =
+                        negotiated.start(session_id.clone(), tracks, act.media.receiver.clone(), events)?;
+                    act.session = Some(LiveSession {
+                        id: session_id.clone(),
+                        ingest: Ingest::Whip(session),
+                        track_ids,
+                        num_tracks_ended: 0,
+                    });
+                    act.num_sessions += 1;
+                    act.record.state = StreamState::Recording;
+                    tracing::info!(stream_id = %act.record.id, session_id = %session_id, "whip session opened");
+                    Ok(OpenedSession {
+                        answer_sdp,
+                        record: act.record.clone(),
+                    })
+                })
+                .map(|result: Result<OpenedSession, MediaError>, act, _ctx| {
+                    if let Err(e) = &result {
+                        act.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
+                    }
+                    result
+                }),
+        )
+    }
+}
+
+impl Handler<EndSession> for Stream {
+    type Result = bool;
+
+    fn handle(&mut self, msg: EndSession, _ctx: &mut Self::Context) -> bool {
+        if self.session.as_ref().is_some_and(|s| s.id == msg.session_id) {
+            self.end_session();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Handler<IngestNotice> for Stream {
+    type Result = ();
+
+    fn handle(&mut self, msg: IngestNotice, ctx: &mut Self::Context) {
+        match msg.0 {
+            IngestEvent::FirstFrame {
+                track_id, wall_micros, ..
+            } => {
+                let at = to_datetime(wall_micros).unwrap_or_else(Utc::now);
+                if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) {
+                    track.created.get_or_insert(Utc::now());
+                }
+                self.recorder.do_send(StreamNotice::MediaStarted {
+                    stream_id: self.record.id.clone(),
+                    track_id,
+                    at,
+                });
+            }
+            IngestEvent::TrackEnded {
+                session_id,
+                track_id,
+                summary,
+            } => {
+                let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) else {
+                    return;
+                };
+                let Some(segment) = track.segments.iter_mut().rev().find(|s| s.session_id == session_id) else {
+                    return;
+                };
+                segment.summary = Some(summary);
+                if let Some(writer) = segment.writer.take() {
+                    // Finish now (the file is complete the moment its connection ends); the
+                    // report comes back as a message, or is awaited by FinishStream.
+                    let index = segment.index;
+                    let finishing = writer.begin_finish().shared();
+                    segment.finishing = Some(finishing.clone().boxed());
+                    let addr = ctx.address();
+                    let track_id = track.id.clone();
+                    ctx.spawn(
+                        async move {
+                            let report = finishing.await;
+                            addr.do_send(SegmentFinished {
+                                track_id,
+                                index,
+                                report,
+                            });
+                        }
+                        .into_actor(self),
+                    );
+                }
+                if let Some(session) = &mut self.session {
+                    if session.id == session_id {
+                        session.num_tracks_ended += 1;
+                        if session.num_tracks_ended >= session.track_ids.len() {
+                            self.session = None;
+                            self.recorder.do_send(StreamNotice::Disconnected {
+                                stream_id: self.record.id.clone(),
+                                session_id,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<SegmentFinished> for Stream {
+    type Result = ();
+
+    fn handle(&mut self, msg: SegmentFinished, _ctx: &mut Self::Context) {
+        if let Some(error) = &msg.report.error {
+            tracing::error!(track_id = %msg.track_id, segment = msg.index, error = %error, "segment failed");
+            self.last_error = Some(ErrorInfo::new("MEDIA_WRITE", error.clone()));
+        }
+        if let Some(track) = self.tracks.iter_mut().find(|t| t.id == msg.track_id) {
+            if let Some(segment) = track.segments.iter_mut().find(|s| s.index == msg.index) {
+                segment.finishing = Some(futures_util::future::ready(msg.report).boxed());
+            }
+        }
+    }
+}
+
+/// What one track's finish produced.
+struct TrackOutcome {
+    track_id: String,
+    location: Option<PathBuf>,
+    started: Option<DateTime<Utc>>,
+    stopped: Option<DateTime<Utc>>,
+    error: Option<String>,
+}
+
+impl Handler<FinishStream> for Stream {
+    type Result = ResponseActFuture<Self, StreamRecord>;
+
+    fn handle(&mut self, _msg: FinishStream, _ctx: &mut Self::Context) -> Self::Result {
+        // Stop ingest first so no frame arrives after its writer finished.
+        let live_session_id = self.session.as_ref().map(|s| s.id.clone());
+        let ended = match self.session.take() {
+            Some(LiveSession {
+                ingest: Ingest::Rtp(rtp),
+                ..
+            }) => rtp.stop_and_wait(),
+            Some(LiveSession {
+                ingest: Ingest::Whip(whip),
+                ..
+            }) => whip.stop_and_wait(),
+            None => Vec::new(),
+        };
+        let mut jobs = Vec::new();
+        for track in &mut self.tracks {
+            let mut segments = Vec::new();
+            for segment in &mut track.segments {
+                let finishing = match (segment.writer.take(), segment.finishing.take()) {
+                    (Some(writer), _) => writer.begin_finish().boxed(),
+                    (None, Some(finishing)) => finishing,
+                    (None, None) => continue,
+                };
+                segments.push((
+                    segment.index,
+                    segment.session_id.clone(),
+                    segment.summary.clone(),
+                    finishing,
+                ));
+            }
+            let container = track.codec.container();
+            jobs.push((
+                track.id.clone(),
+                track_path(&self.dir, &track.id, container),
+                container.muxer(),
+                segments,
+            ));
+        }
+        let stream_id = self.record.id.clone();
+        Box::pin(
+            async move {
+                // Summaries of the connection that was live (refined start times).
+                let mut live_summaries = Vec::new();
+                for rx in ended {
+                    if let Ok(Ok(summary)) = tokio::time::timeout(INGEST_STOP_TIMEOUT, rx).await {
+                        live_summaries.push(summary);
+                    }
+                }
+                let mut outcomes = Vec::new();
+                for (track_id, final_path, muxer, segments) in jobs {
+                    let mut infos = Vec::new();
+                    let mut error = None;
+                    for (_index, session_id, summary, finishing) in segments {
+                        let report = finishing.await;
+                        if report.error.is_some() {
+                            error = report.error.clone();
+                        }
+                        // The live session's summaries belong to its own segments only.
+                        let summary = summary.or_else(|| {
+                            (live_session_id.as_deref() == Some(session_id.as_str()))
+                                .then(|| {
+                                    live_summaries
+                                        .iter()
+                                        .find(|(t, _)| *t == track_id)
+                                        .map(|(_, s)| s.clone())
+                                })
+                                .flatten()
+                        });
+                        let mut info = report.info;
+                        if let Some(started) = summary.and_then(|s| s.started_wall_micros) {
+                            info.started_wall_micros = Some(started);
+                        }
+                        infos.push(info);
+                    }
+                    outcomes.push(finish_track(track_id, final_path, muxer, infos, error).await);
+                }
+                outcomes
+            }
+            .into_actor(self)
+            .map(move |outcomes, act, ctx| {
+                let now = Utc::now();
+                let mut failed = false;
+                for outcome in outcomes {
+                    let created = act
+                        .tracks
+                        .iter()
+                        .find(|t| t.id == outcome.track_id)
+                        .and_then(|t| t.created);
+                    if let Some(record) = act.record.tracks.iter_mut().find(|t| t.id == outcome.track_id) {
+                        record.started = outcome.started.or(record.started);
+                        record.stopped = outcome.stopped.or(Some(now));
+                        record.local.location = outcome.location.map(|p| p.display().to_string());
+                        record.local.created = created;
+                        if let Some(error) = &outcome.error {
+                            failed = true;
+                            record.local.error = Some(ErrorInfo::new("MEDIA_WRITE", error.clone()));
+                        }
+                    }
+                }
+                act.record.started = act
+                    .record
+                    .tracks
+                    .iter()
+                    .filter_map(|t| t.started)
+                    .min()
+                    .or(act.record.started);
+                act.record.stopped = Some(act.record.tracks.iter().filter_map(|t| t.stopped).max().unwrap_or(now));
+                act.record.state = if failed {
+                    StreamState::Failed
+                } else {
+                    StreamState::Stopped
+                };
+                tracing::info!(stream_id = %stream_id, state = act.record.state.as_str(), "stream finished");
+                ctx.stop();
+                act.record.clone()
+            }),
+        )
+    }
+}
+
+/// Rebuilds the tracks of a recovered stream from its segment files. Blocking (reads them all).
+fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackState> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut out = Vec::new();
+    for track in records {
+        let mut segments: Vec<(usize, PathBuf)> = files
+            .iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_str()?;
+                let rest = name.strip_prefix(&format!("{}.seg", track.id))?;
+                let index = rest.split('.').next()?.parse::<usize>().ok()?;
+                Some((index, path.clone()))
+            })
+            .collect();
+        segments.sort();
+        let mut state: Option<TrackState> = None;
+        for (index, path) in segments {
+            let (codec, num_frames, duration_micros, stamped) = match crate::media::join::probe_segment(&path) {
+                Ok(probe) => probe,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable segment left out");
+                    continue;
+                }
+            };
+            // Each segment's start is stamped in its header; the first one's is in the record too.
+            let started = stamped.or_else(|| {
+                if index == 0 {
+                    track.started.map(|t| t.timestamp_micros())
+                } else {
+                    None
+                }
+            });
+            let report = SegmentReport {
+                info: SegmentInfo {
+                    path,
+                    started_wall_micros: started,
+                    duration_micros,
+                    num_frames,
+                },
+                num_bytes: 0,
+                error: None,
+            };
+            let t = state.get_or_insert_with(|| TrackState {
+                id: track.id.clone(),
+                codec,
+                counters: Arc::new(TrackCounters::default()),
+                segments: Vec::new(),
+                created: track.local.created,
+            });
+            t.segments.push(Segment {
+                index,
+                session_id: "recovered".into(),
+                writer: None,
+                finishing: Some(futures_util::future::ready(report).boxed()),
+                summary: None,
+                stats: Arc::new(WriterStats::default()),
+            });
+        }
+        if let Some(state) = state {
+            tracing::info!(track_id = %state.id, num_segments = state.segments.len(), "track recovered");
+            out.push(state);
+        }
+    }
+    out
+}
+
+/// Joins a track's segments (on a blocking thread) and works out its start and stop.
+async fn finish_track(
+    track_id: String,
+    final_path: PathBuf,
+    muxer: &'static str,
+    infos: Vec<SegmentInfo>,
+    error: Option<String>,
+) -> TrackOutcome {
+    let plan = plan_join(&infos);
+    let with_media: Vec<&SegmentInfo> = infos.iter().filter(|s| s.num_frames > 0).collect();
+    let started = with_media
+        .first()
+        .and_then(|s| s.started_wall_micros)
+        .and_then(to_datetime);
+    let stopped = with_media
+        .last()
+        .and_then(|s| s.started_wall_micros.map(|at| at + s.duration_micros))
+        .and_then(to_datetime);
+    // Segments without media never produced a file worth keeping.
+    for empty in infos.iter().filter(|s| s.num_frames == 0) {
+        let _ = std::fs::remove_file(&empty.path);
+    }
+    if plan.is_empty() {
+        return TrackOutcome {
+            track_id,
+            location: None,
+            started,
+            stopped,
+            error,
+        };
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let path = final_path.clone();
+    // Remuxing reads and writes whole files: a blocking thread, never the actor's executor.
+    let spawned = std::thread::Builder::new().name("track-join".into()).spawn(move || {
+        let _ = tx.send(join_segments(&plan, &path, muxer));
+    });
+    let joined = match spawned {
+        Ok(_) => rx
+            .await
+            .unwrap_or_else(|_| Err(MediaError::Io("join thread ended without a result".into()))),
+        Err(e) => Err(MediaError::Io(format!("cannot start a join thread: {e}"))),
+    };
+    match joined {
+        Ok(_) => TrackOutcome {
+            track_id,
+            location: Some(final_path),
+            started,
+            stopped,
+            error,
+        },
+        Err(e) => {
+            tracing::error!(track_id = %track_id, error = %e, "segments could not be joined");
+            TrackOutcome {
+                track_id,
+                location: None,
+                started,
+                stopped,
+                error: Some(e.to_string()),
+            }
+        }
+    }
 }
 
 impl Handler<Snapshot> for Stream {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut children = Vec::new();
+        for track in &self.tracks {
+            let c = &track.counters;
+            let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            let sum = |f: &dyn Fn(&WriterStats) -> u64| track.segments.iter().map(|s| f(&s.stats)).sum::<u64>();
+            let counters = BTreeMap::from([
+                ("num_packets", get(&c.num_packets)),
+                ("num_bytes", get(&c.num_bytes)),
+                ("num_frames", get(&c.num_frames)),
+                ("num_lost", get(&c.num_lost)),
+                ("num_keyframe_requests", get(&c.num_keyframe_requests)),
+                ("num_malformed", get(&c.num_malformed)),
+                ("num_refused", get(&c.num_refused)),
+                ("bitrate_bps", get(&c.bitrate_bps)),
+                (
+                    "num_frames_written",
+                    sum(&|s| s.num_frames_written.load(Ordering::Relaxed)),
+                ),
+                (
+                    "num_bytes_written",
+                    sum(&|s| s.num_bytes_written.load(Ordering::Relaxed)),
+                ),
+                (
+                    "num_frames_dropped",
+                    sum(&|s| s.num_frames_dropped.load(Ordering::Relaxed)),
+                ),
+                ("num_slow_writes", sum(&|s| s.num_slow_writes.load(Ordering::Relaxed))),
+                ("num_flushes", sum(&|s| s.num_flushes.load(Ordering::Relaxed))),
+                (
+                    "max_write_micros",
+                    track
+                        .segments
+                        .iter()
+                        .map(|s| s.stats.max_write_micros.load(Ordering::Relaxed))
+                        .max()
+                        .unwrap_or(0),
+                ),
+                (
+                    "writer_queue_depth",
+                    track.segments.iter().map(|s| s.stats.queue_depth()).sum(),
+                ),
+                ("num_segments", track.segments.len() as u64),
+            ]);
+            for (name, value) in &counters {
+                if matches!(*name, "max_write_micros" | "num_segments") {
+                    continue;
+                }
+                *totals.entry(name).or_default() += value;
+            }
+            children.push(ActorSnapshot {
+                kind: "Track",
+                id: track.id.clone(),
+                state: format!("{} {}", track.codec.kind().as_str(), track.codec.name()),
+                mailbox_depth: 0,
+                restarts: 0,
+                last_error: None,
+                counters,
+                children: vec![],
+            });
+        }
+        totals.insert("num_tracks", self.tracks.len() as u64);
+        totals.insert("num_sessions", self.num_sessions);
+        totals.insert("connected", u64::from(self.session.is_some()));
         MessageResult(ActorSnapshot {
             kind: "Stream",
-            id: self.record.id.clone(),
+            id: format!(
+                "{} {} {}",
+                self.record.id,
+                self.record.user_id,
+                self.record.kind.as_str()
+            ),
             state: self.record.state.as_str().into(),
             mailbox_depth: 0,
             restarts: 0,
-            last_error: None,
-            counters: BTreeMap::from([
-                ("num_packets", self.num_packets),
-                ("num_bytes", self.num_bytes),
-                ("num_tracks", self.record.tracks.len() as u64),
-            ]),
-            children: vec![],
+            last_error: self.last_error.clone(),
+            counters: totals,
+            children,
         })
+    }
+}
+
+impl Stream {
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{StreamState, StreamType};
+    use crate::domain::StreamType;
+
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<StreamNotice> for Sink {
+        type Result = ();
+        fn handle(&mut self, _msg: StreamNotice, _ctx: &mut Self::Context) {}
+    }
 
     #[actix::test]
     async fn a_stream_reports_its_state() {
-        let stream = Stream::new(StreamRecord {
-            id: "s1".into(),
-            user_id: "agent".into(),
-            kind: StreamType::Cam,
-            state: StreamState::Recording,
-            started: None,
-            stopped: None,
-            tracks: vec![],
-        })
+        let dir = tempfile::tempdir().unwrap();
+        let stream = Stream::new(
+            StreamRecord {
+                id: "s1".into(),
+                user_id: "agent".into(),
+                kind: StreamType::Cam,
+                state: StreamState::Recording,
+                started: None,
+                stopped: None,
+                tracks: vec![],
+            },
+            "i1".into(),
+            Arc::new(MediaConfig::for_tests(dir.path().into())),
+            Sink.start().recipient(),
+        )
         .start();
         let snapshot = stream.send(Snapshot).await.unwrap();
-        assert_eq!(
-            (snapshot.kind, snapshot.id.as_str(), snapshot.state.as_str()),
-            ("Stream", "s1", "RECORDING")
-        );
+        assert_eq!((snapshot.kind, snapshot.state.as_str()), ("Stream", "RECORDING"));
+        assert!(snapshot.id.starts_with("s1 agent CAM"));
+        let finished = stream.send(FinishStream).await.unwrap();
+        assert_eq!(finished.state, StreamState::Stopped);
     }
 }

@@ -463,6 +463,7 @@ mod tests {
             upload_retry_max: Duration::from_secs(60),
             delete_local_after_upload: true,
             render_manifest: crate::plain_manifest_renderer(),
+            media: Arc::new(crate::engine::MediaConfig::for_tests(std::env::temp_dir())),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);

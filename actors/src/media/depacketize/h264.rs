@@ -1,0 +1,261 @@
+//! H.264 payload format, packetization-mode 1 (RFC 6184 §5.6–5.8): single NAL units, STAP-A and
+//! FU-A. NAL units are emitted in Annex B form (start code + NAL), which FFmpeg's Matroska muxer
+//! converts to length-prefixed samples with an avcC built from the SPS/PPS it sees.
+
+use super::{DepacketizeError, PayloadFormat, PayloadPart};
+
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+const NAL_IDR: u8 = 5;
+const NAL_STAP_A: u8 = 24;
+const NAL_FU_A: u8 = 28;
+
+#[derive(Default)]
+pub struct H264Depacketizer;
+
+impl PayloadFormat for H264Depacketizer {
+    fn parse(&mut self, payload: &[u8]) -> Result<PayloadPart, DepacketizeError> {
+        let header = *payload.first().ok_or(DepacketizeError::Empty)?;
+        let nal_type = header & 0x1f;
+        match nal_type {
+            1..=23 => {
+                let mut data = START_CODE.to_vec();
+                data.extend_from_slice(payload);
+                Ok(PayloadPart {
+                    data,
+                    starts_frame: true,
+                    keyframe: nal_type == NAL_IDR,
+                })
+            }
+            NAL_STAP_A => {
+                let mut data = Vec::with_capacity(payload.len() + 16);
+                let mut keyframe = false;
+                let mut rest = &payload[1..];
+                while !rest.is_empty() {
+                    if rest.len() < 2 {
+                        return Err(DepacketizeError::Truncated);
+                    }
+                    let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                    let nal = rest.get(2..2 + size).ok_or(DepacketizeError::Truncated)?;
+                    if let Some(h) = nal.first() {
+                        keyframe |= h & 0x1f == NAL_IDR;
+                        data.extend_from_slice(&START_CODE);
+                        data.extend_from_slice(nal);
+                    }
+                    rest = &rest[2 + size..];
+                }
+                Ok(PayloadPart {
+                    data,
+                    starts_frame: true,
+                    keyframe,
+                })
+            }
+            NAL_FU_A => {
+                let fu_header = *payload.get(1).ok_or(DepacketizeError::Truncated)?;
+                let start = fu_header & 0x80 != 0;
+                let inner_type = fu_header & 0x1f;
+                let mut data = Vec::with_capacity(payload.len() + 4);
+                if start {
+                    data.extend_from_slice(&START_CODE);
+                    data.push((header & 0xe0) | inner_type);
+                }
+                data.extend_from_slice(&payload[2..]);
+                Ok(PayloadPart {
+                    data,
+                    starts_frame: start,
+                    keyframe: start && inner_type == NAL_IDR,
+                })
+            }
+            other => Err(DepacketizeError::Unsupported {
+                codec: "H264",
+                what: format!("nal type {other} (packetization-mode 1 only)"),
+            }),
+        }
+    }
+
+    /// Picture size from the access unit's SPS.
+    fn dimensions(&self, frame: &[u8]) -> Option<(u32, u32)> {
+        let mut at = 0;
+        while at + 4 <= frame.len() {
+            if frame[at..at + 3] == [0, 0, 1] && frame[at + 3] & 0x1f == 7 {
+                return sps_dimensions(&frame[at + 3..]);
+            }
+            at += 1;
+        }
+        None
+    }
+}
+
+/// Reads width and height from an SPS NAL unit (H.264 §7.3.2.1.1), cropping applied.
+pub fn sps_dimensions(nal: &[u8]) -> Option<(u32, u32)> {
+    // Remove emulation prevention bytes (00 00 03) first.
+    let mut rbsp = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in nal.iter().skip(1) {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        rbsp.push(b);
+    }
+    let mut r = Bits { data: &rbsp, at: 0 };
+    let profile_idc = r.bits(8)?;
+    r.bits(16)?; // constraint flags, level_idc
+    r.ue()?; // seq_parameter_set_id
+    let mut chroma_format_idc = 1;
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        chroma_format_idc = r.ue()?;
+        if chroma_format_idc == 3 {
+            r.bits(1)?;
+        }
+        r.ue()?; // bit_depth_luma_minus8
+        r.ue()?; // bit_depth_chroma_minus8
+        r.bits(1)?; // qpprime_y_zero_transform_bypass_flag
+        if r.bits(1)? == 1 {
+            let num_lists = if chroma_format_idc == 3 { 12 } else { 8 };
+            for i in 0..num_lists {
+                if r.bits(1)? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + r.se()? + 256) % 256;
+                        }
+                        last = if next == 0 { last } else { next };
+                    }
+                }
+            }
+        }
+    }
+    r.ue()?; // log2_max_frame_num_minus4
+    match r.ue()? {
+        0 => {
+            r.ue()?;
+        }
+        1 => {
+            r.bits(1)?;
+            r.se()?;
+            r.se()?;
+            for _ in 0..r.ue()?.min(255) {
+                r.se()?;
+            }
+        }
+        _ => {}
+    }
+    r.ue()?; // max_num_ref_frames
+    r.bits(1)?; // gaps_in_frame_num_value_allowed_flag
+    let width_mbs = r.ue()? + 1;
+    let height_units = r.ue()? + 1;
+    let frame_mbs_only = r.bits(1)?;
+    if frame_mbs_only == 0 {
+        r.bits(1)?;
+    }
+    r.bits(1)?; // direct_8x8_inference_flag
+    let (mut left, mut right, mut top, mut bottom) = (0, 0, 0, 0);
+    if r.bits(1)? == 1 {
+        left = r.ue()?;
+        right = r.ue()?;
+        top = r.ue()?;
+        bottom = r.ue()?;
+    }
+    let (sub_w, sub_h) = match chroma_format_idc {
+        1 => (2, 2),
+        2 => (2, 1),
+        _ => (1, 1),
+    };
+    let (crop_x, crop_y) = if chroma_format_idc == 0 {
+        (1, 2 - frame_mbs_only)
+    } else {
+        (sub_w, sub_h * (2 - frame_mbs_only))
+    };
+    let width = (width_mbs * 16).checked_sub(crop_x * (left + right))?;
+    let height = ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y * (top + bottom))?;
+    (width > 0 && height > 0 && width <= 16384 && height <= 16384).then_some((width, height))
+}
+
+struct Bits<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl Bits<'_> {
+    fn bits(&mut self, n: usize) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.at / 8)?;
+            v = (v << 1) | u32::from((byte >> (7 - self.at % 8)) & 1);
+            self.at += 1;
+        }
+        Some(v)
+    }
+
+    /// Exp-Golomb unsigned; longer than 31 leading zeros is malformed.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bits(1)? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)) as u32)
+    }
+
+    fn se(&mut self) -> Option<i64> {
+        let k = i64::from(self.ue()?);
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_stap_a_and_fu_a_become_annex_b() {
+        let mut d = H264Depacketizer;
+        let single = d.parse(&[0x41, 1, 2]).unwrap();
+        assert_eq!(single.data, vec![0, 0, 0, 1, 0x41, 1, 2]);
+        assert!(single.starts_frame && !single.keyframe);
+
+        // STAP-A with an SPS (2 bytes) and a PPS (1 byte).
+        let stap = d.parse(&[0x78, 0, 2, 0x67, 0x42, 0, 1, 0x68]).unwrap();
+        assert_eq!(stap.data, vec![0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68]);
+        assert!(!stap.keyframe);
+
+        // An IDR slice in three FU-A fragments.
+        let start = d.parse(&[0x7c, 0x85, 0xaa]).unwrap();
+        assert_eq!(start.data, vec![0, 0, 0, 1, 0x65, 0xaa]);
+        assert!(start.starts_frame && start.keyframe);
+        let middle = d.parse(&[0x7c, 0x05, 0xbb]).unwrap();
+        assert_eq!(middle.data, vec![0xbb]);
+        assert!(!middle.starts_frame);
+        let end = d.parse(&[0x7c, 0x45, 0xcc]).unwrap();
+        assert_eq!(end.data, vec![0xcc]);
+    }
+
+    #[test]
+    fn sps_dimensions_are_read() {
+        // x264 baseline 320x240: 67 42 c0 0d d9 01 41 fb 01 10 00 00 03 00 10 00 00 03 03 c0 f1 42 a4 80
+        let sps = [
+            0x67, 0x42, 0xc0, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0, 0, 3, 0, 0x10, 0, 0, 3, 3, 0xc0, 0xf1, 0x42,
+            0xa4, 0x80,
+        ];
+        assert_eq!(sps_dimensions(&sps), Some((320, 240)));
+        assert_eq!(sps_dimensions(&sps[..6]), None);
+        assert_eq!(sps_dimensions(&[0x67]), None);
+    }
+
+    #[test]
+    fn bad_payloads_are_errors() {
+        let mut d = H264Depacketizer;
+        assert_eq!(d.parse(&[]), Err(DepacketizeError::Empty));
+        assert_eq!(d.parse(&[0x78, 0, 9, 1]), Err(DepacketizeError::Truncated));
+        assert_eq!(d.parse(&[0x78, 0]), Err(DepacketizeError::Truncated));
+        assert_eq!(d.parse(&[0x7c]), Err(DepacketizeError::Truncated));
+        assert!(matches!(d.parse(&[0x19, 0]), Err(DepacketizeError::Unsupported { .. })));
+    }
+}

@@ -1,0 +1,379 @@
+//! Tests on recorded fixtures: RTP that FFmpeg really sent (`scripts/capture-rtp-fixture.py`),
+//! replayed on simulated time through the receiver, then through the FFmpeg writer and joiner,
+//! with `ffprobe` checking the files.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::codec::Codec;
+use super::join::join_segments;
+use super::receiver::{ReceiverConfig, ReceiverOutput, TimedFrame, TrackReceiver};
+use super::rtp::{is_rtcp, RtpPacket};
+use super::segment::{plan_join, SegmentInfo};
+use super::testing::SimRng;
+use super::writer::{TrackWriter, WriterConfig};
+
+/// (arrival µs, datagram) records of a fixture.
+fn fixture(name: &str) -> Vec<(u64, Bytes)> {
+    let bytes: &[u8] = match name {
+        "vp8" => include_bytes!("fixtures/vp8.rtp"),
+        "vp9" => include_bytes!("fixtures/vp9.rtp"),
+        "h264" => include_bytes!("fixtures/h264.rtp"),
+        "opus" => include_bytes!("fixtures/opus.rtp"),
+        other => panic!("no fixture {other}"),
+    };
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 6 {
+        let at = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        let len = u16::from_be_bytes([rest[4], rest[5]]) as usize;
+        out.push((at, Bytes::copy_from_slice(&rest[6..6 + len])));
+        rest = &rest[6 + len..];
+    }
+    out
+}
+
+/// Replays datagrams (arrival µs) into a receiver, polling every 5 ms of simulated time.
+fn replay(codec: Codec, datagrams: &[(u64, Bytes)]) -> (Vec<TimedFrame>, usize, TrackReceiver) {
+    let t0 = Instant::now();
+    let mut rx = TrackReceiver::new(codec, ReceiverConfig::default(), t0, 1_700_000_000_000_000);
+    let mut out = Vec::new();
+    let end = datagrams.last().map(|(at, _)| *at).unwrap_or(0) + 1_000_000;
+    let mut next = 0;
+    let mut now_us = 0;
+    while now_us <= end {
+        while next < datagrams.len() && datagrams[next].0 <= now_us {
+            let (at, data) = &datagrams[next];
+            let at = t0 + Duration::from_micros(*at);
+            if is_rtcp(data) {
+                rx.push_rtcp(data);
+            } else {
+                rx.push_rtp(RtpPacket::parse(data).expect("fixture packets parse"), at, &mut out);
+            }
+            next += 1;
+        }
+        rx.poll(t0 + Duration::from_micros(now_us), &mut out);
+        now_us += 5_000;
+    }
+    let requests = out
+        .iter()
+        .filter(|o| matches!(o, ReceiverOutput::RequestKeyframe { .. }))
+        .count();
+    let frames = out
+        .into_iter()
+        .filter_map(|o| match o {
+            ReceiverOutput::Frame(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    (frames, requests, rx)
+}
+
+fn rtp_only(datagrams: &[(u64, Bytes)]) -> usize {
+    datagrams.iter().filter(|(_, d)| !is_rtcp(d)).count()
+}
+
+#[test]
+fn every_codec_fixture_depacketizes_into_whole_frames_starting_at_a_keyframe() {
+    for (name, codec, num_frames) in [
+        ("vp8", Codec::Vp8, 60),
+        ("vp9", Codec::Vp9, 60),
+        ("h264", Codec::H264, 60),
+        ("opus", Codec::Opus, 101),
+    ] {
+        let datagrams = fixture(name);
+        let (frames, _, rx) = replay(codec, &datagrams);
+        assert_eq!(frames.len(), num_frames, "{name}: {:?}", rx.stats());
+        assert!(frames[0].frame.keyframe, "{name}");
+        assert_eq!(rx.stats().num_malformed, 0, "{name}");
+        assert!(
+            rx.stats().num_sender_reports >= 1,
+            "{name}: ffmpeg sends a report at start"
+        );
+        if codec.is_video() {
+            assert_eq!(
+                frames.iter().filter(|f| f.frame.keyframe).count(),
+                2,
+                "{name}: gop of 30 in 60 frames"
+            );
+            let multi = frames.iter().filter(|f| f.frame.num_packets > 1).count();
+            assert!(
+                multi > 10,
+                "{name}: the fixture exercises fragmentation ({multi} multi-packet frames)"
+            );
+        }
+    }
+}
+
+#[test]
+fn seeded_reorder_and_duplication_change_nothing_and_loss_costs_only_whole_frames() {
+    for (name, codec) in [
+        ("vp8", Codec::Vp8),
+        ("vp9", Codec::Vp9),
+        ("h264", Codec::H264),
+        ("opus", Codec::Opus),
+    ] {
+        let datagrams = fixture(name);
+        let (clean, _, _) = replay(codec, &datagrams);
+        for seed in 1..=10u64 {
+            let mut rng = SimRng::new(seed);
+            // Reorder by up to 30 ms (inside the 100 ms window) and duplicate 5%.
+            let as_packets: Vec<(u64, RtpPacket)> = datagrams
+                .iter()
+                .filter(|(_, d)| !is_rtcp(d))
+                .map(|(at, d)| (*at / 1000, RtpPacket::parse(d).expect("fixture parses")))
+                .collect();
+            let shuffled = rng.impair(as_packets.clone(), 0.0, 0.2, 0.05, 30);
+            let shuffled: Vec<(u64, Bytes)> = shuffled
+                .into_iter()
+                .map(|(ms, p)| (ms * 1000, Bytes::from(p.to_bytes())))
+                .collect();
+            let (frames, _, rx) = replay(codec, &shuffled);
+            assert_eq!(frames, clean_without_wall(&clean, &frames), "{name} seed {seed}");
+            assert!(rx.stats().reorder.num_duplicates > 0, "{name} seed {seed}");
+
+            // 3% loss: fewer frames, each still byte-identical to one sent, keyframe requested.
+            let lossy = rng.impair(as_packets, 0.03, 0.0, 0.0, 1);
+            let lossy: Vec<(u64, Bytes)> = lossy
+                .into_iter()
+                .map(|(ms, p)| (ms * 1000, Bytes::from(p.to_bytes())))
+                .collect();
+            let (frames, requests, rx) = replay(codec, &lossy);
+            let lost = rx.stats().reorder.num_lost;
+            assert!(frames.len() <= clean.len(), "{name} seed {seed}");
+            for f in &frames {
+                let sent = clean.iter().find(|c| c.frame.rtp_timestamp == f.frame.rtp_timestamp);
+                assert_eq!(
+                    sent.map(|c| &c.frame.data),
+                    Some(&f.frame.data),
+                    "{name} seed {seed}: no damaged frame"
+                );
+            }
+            if codec.is_video() && lost > 0 {
+                assert!(requests >= 2, "{name} seed {seed}: a loss asks for a keyframe");
+            }
+        }
+    }
+}
+
+/// `clean` with the wall-clock estimates of `other` (arrival-based estimates move with jitter).
+fn clean_without_wall(clean: &[TimedFrame], other: &[TimedFrame]) -> Vec<TimedFrame> {
+    clean
+        .iter()
+        .zip(other.iter().map(|f| f.wall_micros).chain(std::iter::repeat(None)))
+        .map(|(c, wall)| TimedFrame {
+            wall_micros: wall,
+            ..c.clone()
+        })
+        .collect()
+}
+
+fn ffprobe(path: &Path, entries: &str) -> String {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "0",
+            "-show_entries",
+            entries,
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn write(path: &Path, codec: Codec, frames: &[TimedFrame]) -> super::writer::SegmentReport {
+    let writer = TrackWriter::spawn(path.to_path_buf(), codec, WriterConfig::default()).expect("writer starts");
+    let sink = writer.sink();
+    for f in frames {
+        assert!(sink.offer(f.clone()));
+    }
+    futures_executor::block_on(writer.finish())
+}
+
+#[test]
+fn recorded_frames_become_files_ffprobe_decodes_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, codec, probe_name, ext) in [
+        ("vp8", Codec::Vp8, "vp8", "webm"),
+        ("vp9", Codec::Vp9, "vp9", "webm"),
+        ("h264", Codec::H264, "h264", "mkv"),
+        ("opus", Codec::Opus, "opus", "webm"),
+    ] {
+        let (frames, _, _) = replay(codec, &fixture(name));
+        let path = dir.path().join(format!("{name}.{ext}"));
+        let report = write(&path, codec, &frames);
+        assert_eq!(report.error, None, "{name}");
+        assert_eq!(report.info.num_frames, frames.len() as u64, "{name}");
+        let probe = ffprobe(&path, "stream=codec_name,nb_read_frames");
+        assert_eq!(
+            probe,
+            format!("{probe_name},{}", frames.len()),
+            "{name}: every frame decodes"
+        );
+        let duration: f64 = ffprobe(&path, "format=duration").parse().unwrap();
+        assert!((duration - 2.0).abs() < 0.15, "{name}: duration {duration}");
+        if codec.is_video() {
+            let first = Command::new("ffprobe")
+                .args([
+                    "-v",
+                    "error",
+                    "-select_streams",
+                    "0",
+                    "-show_entries",
+                    "packet=flags",
+                    "-read_intervals",
+                    "%+#1",
+                    "-of",
+                    "csv=p=0",
+                ])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&first.stdout).starts_with('K'),
+                "{name}: first packet is a keyframe"
+            );
+        }
+        assert!(rtp_only(&fixture(name)) > 0);
+    }
+}
+
+#[test]
+fn segments_are_joined_with_the_gap_between_them_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));
+    // Two connections: the first second, then (after a 3 s outage) the second second, with a new
+    // timestamp base as a new connection would have.
+    let (first, second) = frames.split_at(30);
+    let second: Vec<TimedFrame> = second
+        .iter()
+        .map(|f| TimedFrame {
+            timestamp: f.timestamp + 77_000_000,
+            ..f.clone()
+        })
+        .collect();
+    let a = write(&dir.path().join("t.seg0.webm"), Codec::Vp8, first);
+    let b = write(&dir.path().join("t.seg1.webm"), Codec::Vp8, &second);
+    let start = 1_700_000_000_000_000i64;
+    let segments = vec![
+        SegmentInfo {
+            started_wall_micros: Some(start),
+            ..a.info
+        },
+        SegmentInfo {
+            started_wall_micros: Some(start + 4_000_000),
+            ..b.info
+        },
+    ];
+    let plan = plan_join(&segments);
+    assert_eq!(plan[1].offset_micros, 4_000_000);
+    let out = dir.path().join("t.webm");
+    join_segments(&plan, &out, "webm").expect("join");
+    assert!(
+        !dir.path().join("t.seg0.webm").exists(),
+        "segments are removed once joined"
+    );
+    assert_eq!(ffprobe(&out, "stream=codec_name,nb_read_frames"), "vp8,60");
+    let duration: f64 = ffprobe(&out, "format=duration").parse().unwrap();
+    // 4 s to the start of the second segment, plus its 29 frame intervals.
+    assert!((duration - (4.0 + 29.0 / 30.0)).abs() < 0.15, "duration {duration}");
+}
+
+#[test]
+fn a_file_is_readable_up_to_the_last_flush_while_still_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));
+    let path = dir.path().join("live.webm");
+    let config = WriterConfig {
+        flush_interval: Duration::from_millis(100),
+        ..WriterConfig::default()
+    };
+    let writer = TrackWriter::spawn(path.clone(), Codec::Vp8, config).unwrap();
+    let sink = writer.sink();
+    for f in &frames[..45] {
+        assert!(sink.offer(f.clone()));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    // The writer has not finished: no trailer, no cues. A copy of the file as it is now stands
+    // for what a crash would leave behind.
+    let snapshot = dir.path().join("crash.webm");
+    std::fs::copy(&path, &snapshot).unwrap();
+    let count: usize = ffprobe(&snapshot, "stream=nb_read_frames").parse().unwrap();
+    assert!(count >= 44, "{count} of 45 frames readable before finalization");
+    let report = futures_executor::block_on(writer.finish());
+    assert!(report.error.is_none());
+    assert!(writer_stats_flushed(&report));
+}
+
+fn writer_stats_flushed(report: &super::writer::SegmentReport) -> bool {
+    report.info.num_frames == 45
+}
+
+#[test]
+fn a_full_writer_queue_drops_frames_without_ever_blocking_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));
+    let config = WriterConfig {
+        queue_capacity: 1,
+        ..WriterConfig::default()
+    };
+    let writer = TrackWriter::spawn(dir.path().join("slow.webm"), Codec::Vp8, config).unwrap();
+    let sink = writer.sink();
+    let stats = writer.stats();
+    let started = Instant::now();
+    let mut num_offered = 0u64;
+    for _ in 0..20 {
+        for f in &frames {
+            sink.offer(f.clone());
+            num_offered += 1;
+        }
+    }
+    // 1200 offers against a one-frame queue: the sender never waited for the disk.
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "offers took {:?}",
+        started.elapsed()
+    );
+    let report = futures_executor::block_on(writer.finish());
+    assert!(report.error.is_none());
+    let dropped = stats.num_frames_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let queued = stats.num_frames_queued.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        dropped + queued,
+        num_offered,
+        "every frame is either queued or counted as dropped"
+    );
+    assert!(dropped > 0, "a one-frame queue under a tight loop overflows");
+}
+
+#[test]
+fn a_segment_carries_its_start_for_recovery_to_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut frames, _, _) = replay(Codec::Opus, &fixture("opus"));
+    frames[0].wall_micros = Some(1_700_000_000_123_456);
+    let path = dir.path().join("t.seg3.webm");
+    let report = write(&path, Codec::Opus, &frames);
+    let (codec, num_frames, duration_micros, started) = super::join::probe_segment(&path).expect("probe");
+    assert_eq!(codec, Codec::Opus);
+    assert_eq!(num_frames, report.info.num_frames);
+    assert!(
+        (duration_micros - report.info.duration_micros).abs() <= 1_000,
+        "{duration_micros} vs {report:?}"
+    );
+    assert_eq!(started, Some(1_700_000_000_123_456));
+}

@@ -1,0 +1,197 @@
+//! What ingest (plain RTP or WHIP) shares: per-track counters, the events it reports to its
+//! stream, and the glue that runs a [`TrackReceiver`] into a [`FrameSink`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::receiver::{ReceiverOutput, ReceiverStats, TrackReceiver};
+use super::writer::FrameSink;
+
+/// Live counters of one track, shared by the ingest side (writes) and snapshots (reads).
+#[derive(Debug, Default)]
+pub struct TrackCounters {
+    pub num_packets: AtomicU64,
+    pub num_bytes: AtomicU64,
+    pub num_frames: AtomicU64,
+    pub num_lost: AtomicU64,
+    pub num_keyframe_requests: AtomicU64,
+    pub num_malformed: AtomicU64,
+    /// Datagrams refused: from a source other than the latched one, or oversized.
+    pub num_refused: AtomicU64,
+    pub num_frames_dropped: AtomicU64,
+    pub bitrate_bps: AtomicU64,
+}
+
+impl TrackCounters {
+    fn publish(&self, base: &ReceiverStats, stats: &ReceiverStats) {
+        let set = |c: &AtomicU64, v: u64, b: u64| c.store(v.saturating_sub(b), Ordering::Relaxed);
+        // Counters accumulate over the stream's segments: `base` is what earlier segments left.
+        set(&self.num_packets, base.num_packets + stats.num_packets, 0);
+        set(&self.num_bytes, base.num_bytes + stats.num_bytes, 0);
+        set(&self.num_frames, base.num_frames + stats.num_frames, 0);
+        set(&self.num_lost, base.reorder.num_lost + stats.reorder.num_lost, 0);
+        set(
+            &self.num_keyframe_requests,
+            base.num_keyframe_requests + stats.num_keyframe_requests,
+            0,
+        );
+        set(&self.num_malformed, base.num_malformed + stats.num_malformed, 0);
+    }
+
+    /// What the counters hold now, as a base for the next segment.
+    pub fn totals(&self) -> ReceiverStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut stats = ReceiverStats {
+            num_packets: get(&self.num_packets),
+            num_bytes: get(&self.num_bytes),
+            num_frames: get(&self.num_frames),
+            num_keyframe_requests: get(&self.num_keyframe_requests),
+            num_malformed: get(&self.num_malformed),
+            ..Default::default()
+        };
+        stats.reorder.num_lost = get(&self.num_lost);
+        stats
+    }
+}
+
+/// What ingest tells its stream.
+#[derive(Debug, Clone)]
+pub enum IngestEvent {
+    /// The track's first frame went to its writer (the instance is recording now).
+    FirstFrame {
+        session_id: String,
+        track_id: String,
+        wall_micros: i64,
+    },
+    /// The track's ingest ended (publisher gone, idle, or asked to stop).
+    TrackEnded {
+        session_id: String,
+        track_id: String,
+        summary: TrackSummary,
+    },
+}
+
+/// How a track's ingest went, for the segment bookkeeping.
+#[derive(Debug, Clone, Default)]
+pub struct TrackSummary {
+    pub started_wall_micros: Option<i64>,
+    pub stopped_wall_micros: Option<i64>,
+    pub reason: String,
+}
+
+pub type EventSink = Arc<dyn Fn(IngestEvent) + Send + Sync>;
+
+/// Drives one track: receiver outputs to the writer, keyframe requests to `request_keyframe`,
+/// counters published at most every 250 ms, a bitrate every second.
+pub struct TrackPump {
+    pub session_id: String,
+    pub track_id: String,
+    pub receiver: TrackReceiver,
+    pub sink: FrameSink,
+    pub counters: Arc<TrackCounters>,
+    pub events: EventSink,
+    base: ReceiverStats,
+    first_frame_sent: bool,
+    last_publish: Option<Instant>,
+    bitrate_window: (Instant, u64),
+    out: Vec<ReceiverOutput>,
+}
+
+impl TrackPump {
+    pub fn new(
+        session_id: String,
+        track_id: String,
+        receiver: TrackReceiver,
+        sink: FrameSink,
+        counters: Arc<TrackCounters>,
+        events: EventSink,
+        now: Instant,
+    ) -> Self {
+        let base = counters.totals();
+        Self {
+            session_id,
+            track_id,
+            receiver,
+            sink,
+            counters,
+            events,
+            base,
+            first_frame_sent: false,
+            last_publish: None,
+            bitrate_window: (now, 0),
+            out: Vec::new(),
+        }
+    }
+
+    /// Handles what the receiver produced; returns the SSRCs to send a keyframe request for.
+    pub fn drain(&mut self, now: Instant) -> Vec<u32> {
+        let mut requests = Vec::new();
+        for output in self.out.drain(..) {
+            match output {
+                ReceiverOutput::Frame(frame) => {
+                    let wall = frame.wall_micros;
+                    if !self.sink.offer(frame) {
+                        self.counters.num_frames_dropped.fetch_add(1, Ordering::Relaxed);
+                        // A dropped video frame breaks the decoder's chain: wait for (and ask
+                        // for) a keyframe before writing again.
+                        self.receiver.await_keyframe();
+                    } else if !self.first_frame_sent {
+                        self.first_frame_sent = true;
+                        (self.events)(IngestEvent::FirstFrame {
+                            session_id: self.session_id.clone(),
+                            track_id: self.track_id.clone(),
+                            wall_micros: wall.unwrap_or_default(),
+                        });
+                    }
+                }
+                ReceiverOutput::RequestKeyframe { ssrc } => requests.push(ssrc),
+            }
+        }
+        if self
+            .last_publish
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_millis(250))
+        {
+            self.last_publish = Some(now);
+            let stats = self.receiver.stats();
+            self.counters.publish(&self.base, &stats);
+            let (since, bytes) = self.bitrate_window;
+            let elapsed = now.saturating_duration_since(since);
+            if elapsed >= Duration::from_secs(1) {
+                let bits = stats.num_bytes.saturating_sub(bytes) * 8;
+                let bps = bits * 1_000_000 / elapsed.as_micros().max(1) as u64;
+                self.counters.bitrate_bps.store(bps, Ordering::Relaxed);
+                self.bitrate_window = (now, stats.num_bytes);
+            }
+        }
+        requests
+    }
+
+    pub fn outputs(&mut self) -> &mut Vec<ReceiverOutput> {
+        &mut self.out
+    }
+
+    /// Final counters and the ended event; returns the summary too.
+    pub fn end(mut self, reason: &str) -> TrackSummary {
+        let stats = self.receiver.stats();
+        self.counters.publish(&self.base, &stats);
+        self.counters.bitrate_bps.store(0, Ordering::Relaxed);
+        let summary = TrackSummary {
+            started_wall_micros: self.receiver.started_wall_micros(),
+            stopped_wall_micros: self.receiver.stopped_wall_micros(),
+            reason: reason.to_string(),
+        };
+        drop(std::mem::take(&mut self.out));
+        (self.events)(IngestEvent::TrackEnded {
+            session_id: self.session_id,
+            track_id: self.track_id,
+            summary: summary.clone(),
+        });
+        summary
+    }
+}
+
+/// Wall-clock microseconds since the Unix epoch: the one place ingest reads the wall clock.
+pub fn wall_micros_now() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

@@ -1,0 +1,293 @@
+//! Plain RTP ingest (SFU forwarders, FFmpeg's `-f rtp`): one UDP port per accepted m-line (and
+//! one for RTCP unless the offer asks for rtcp-mux), each served by its own receive thread.
+//!
+//! Source policy: RTP is unauthenticated, so the first datagram from an acceptable source latches
+//! the port to that source address and port; datagrams from anywhere else are dropped and
+//! counted. When the offer names a concrete connection address (`c=`), only that IP may latch.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::ingest::{TrackCounters, TrackPump, TrackSummary};
+use super::rtp::{is_rtcp, picture_loss_indication, RtpPacket, MAX_RTP_PACKET};
+use super::sdp::{Accepted, MediaOffer};
+use super::MediaError;
+
+/// Hands out UDP ports from the configured range, round robin, checking each by binding it.
+pub struct PortAllocator {
+    bind_ip: IpAddr,
+    min: u16,
+    max: u16,
+    next: Mutex<u16>,
+}
+
+impl PortAllocator {
+    pub fn new(bind_ip: IpAddr, min: u16, max: u16) -> Self {
+        let min = min & !1; // RTP on even ports, RTCP on the odd one above (RFC 3550 §11)
+        Self {
+            bind_ip,
+            min,
+            max: max.max(min + 1),
+            next: Mutex::new(min),
+        }
+    }
+
+    pub fn bind_ip(&self) -> IpAddr {
+        self.bind_ip
+    }
+
+    /// Binds an even RTP port, and its odd neighbour for RTCP when `with_rtcp`.
+    pub fn bind(&self, with_rtcp: bool) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
+        let num_pairs = (u32::from(self.max) - u32::from(self.min)).div_ceil(2);
+        let mut next = self.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for _ in 0..num_pairs.max(1) {
+            let port = *next;
+            *next = if port + 2 > self.max.saturating_sub(1) {
+                self.min
+            } else {
+                port + 2
+            };
+            let Ok(rtp) = UdpSocket::bind((self.bind_ip, port)) else {
+                continue;
+            };
+            if !with_rtcp {
+                return Ok((rtp, None));
+            }
+            if let Ok(rtcp) = UdpSocket::bind((self.bind_ip, port + 1)) {
+                return Ok((rtp, Some(rtcp)));
+            }
+        }
+        Err(MediaError::NoPort(format!("{}-{}", self.min, self.max)))
+    }
+}
+
+/// One accepted m-line with its sockets, before its thread starts.
+pub struct BoundMedia {
+    pub accepted: Accepted,
+    pub rtp: UdpSocket,
+    pub rtcp: Option<UdpSocket>,
+    /// Only this IP may latch the ports, when the offer named one.
+    pub allowed_source: Option<IpAddr>,
+}
+
+impl BoundMedia {
+    pub fn bind(
+        allocator: &PortAllocator,
+        media: &MediaOffer,
+        session_ip: Option<IpAddr>,
+        accepted: Accepted,
+    ) -> Result<BoundMedia, MediaError> {
+        let (rtp, rtcp) = allocator.bind(!media.rtcp_mux)?;
+        Ok(BoundMedia {
+            accepted,
+            rtp,
+            rtcp,
+            allowed_source: media.connection.or(session_ip),
+        })
+    }
+
+    pub fn rtp_port(&self) -> u16 {
+        self.rtp.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn rtcp_port(&self) -> u16 {
+        self.rtcp
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| a.port())
+            .unwrap_or_else(|| self.rtp_port())
+    }
+}
+
+/// Running receive threads of one plain-RTP session; stopping is cooperative (a flag checked
+/// at least every 50 ms), so no socket is ever closed under a thread.
+pub struct PlainRtpSession {
+    stop: Arc<AtomicBool>,
+    /// One per receive thread: its track id and summary once it ended.
+    ended: Vec<tokio::sync::oneshot::Receiver<(String, TrackSummary)>>,
+}
+
+impl PlainRtpSession {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Stops the threads; the receivers resolve as each thread ends (within ~50 ms).
+    pub fn stop_and_wait(mut self) -> Vec<tokio::sync::oneshot::Receiver<(String, TrackSummary)>> {
+        self.stop();
+        std::mem::take(&mut self.ended)
+    }
+}
+
+impl Drop for PlainRtpSession {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts one receive thread per m-line.
+pub fn start(media: Vec<(BoundMedia, TrackPump)>, idle_timeout: Duration) -> Result<PlainRtpSession, MediaError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut ended = Vec::new();
+    for (bound, pump) in media {
+        let stop = stop.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ended.push(rx);
+        std::thread::Builder::new()
+            .name("rtp-receive".into())
+            .spawn(move || {
+                let result = receive(bound, pump, stop, idle_timeout);
+                let _ = tx.send(result);
+            })
+            .map_err(|e| MediaError::Io(format!("cannot start a receive thread: {e}")))?;
+    }
+    Ok(PlainRtpSession { stop, ended })
+}
+
+/// Latches a port to the first acceptable source.
+struct Latch {
+    allowed_ip: Option<IpAddr>,
+    source: Option<SocketAddr>,
+}
+
+impl Latch {
+    fn admit(&mut self, from: SocketAddr) -> bool {
+        match self.source {
+            Some(source) => source == from,
+            None if self.allowed_ip.is_none_or(|ip| ip == from.ip()) => {
+                self.source = Some(from);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn receive(
+    bound: BoundMedia,
+    mut pump: TrackPump,
+    stop: Arc<AtomicBool>,
+    idle_timeout: Duration,
+) -> (String, TrackSummary) {
+    let counters: Arc<TrackCounters> = pump.counters.clone();
+    let payload_type = bound.accepted.payload_type;
+    let mut rtp_latch = Latch {
+        allowed_ip: bound.allowed_source,
+        source: None,
+    };
+    let mut rtcp_latch = Latch {
+        allowed_ip: bound.allowed_source,
+        source: None,
+    };
+    if let Some(rtcp) = &bound.rtcp {
+        let _ = rtcp.set_nonblocking(true);
+    }
+    // One byte more than the limit, to tell an oversized datagram from one exactly at it.
+    let mut buf = vec![0u8; MAX_RTP_PACKET + 1];
+    let started = Instant::now();
+    let mut last_packet: Option<Instant> = None;
+    let reason = loop {
+        if stop.load(Ordering::Acquire) {
+            break "stopped";
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(last_packet.unwrap_or(started)) >= idle_timeout {
+            break "idle";
+        }
+        let wait = pump
+            .receiver
+            .next_deadline()
+            .map(|at| at.saturating_duration_since(now))
+            .unwrap_or(Duration::from_millis(50))
+            .clamp(Duration::from_millis(1), Duration::from_millis(50));
+        let _ = bound.rtp.set_read_timeout(Some(wait));
+        match bound.rtp.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                let now = Instant::now();
+                if len > MAX_RTP_PACKET || !rtp_latch.admit(from) {
+                    counters.num_refused.fetch_add(1, Ordering::Relaxed);
+                } else if is_rtcp(&buf[..len]) {
+                    pump.receiver.push_rtcp(&buf[..len]);
+                } else {
+                    match RtpPacket::parse(&buf[..len]) {
+                        Ok(packet) if packet.payload_type == payload_type => {
+                            last_packet = Some(now);
+                            let out = std::mem::take(pump.outputs());
+                            let mut out = out;
+                            pump.receiver.push_rtp(packet, now, &mut out);
+                            *pump.outputs() = out;
+                        }
+                        _ => pump.receiver.note_malformed(),
+                    }
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, track_id = %pump.track_id, "rtp socket failed");
+                break "socket error";
+            }
+        }
+        if let Some(rtcp) = &bound.rtcp {
+            while let Ok((len, from)) = rtcp.recv_from(&mut buf) {
+                if len <= MAX_RTP_PACKET && rtcp_latch.admit(from) {
+                    pump.receiver.push_rtcp(&buf[..len]);
+                } else {
+                    counters.num_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut out = std::mem::take(pump.outputs());
+        pump.receiver.poll(now, &mut out);
+        *pump.outputs() = out;
+        for ssrc in pump.drain(now) {
+            // Feedback goes where the sender's RTCP comes from; with rtcp-mux (or before any
+            // RTCP arrived) to its RTP source.
+            let pli = picture_loss_indication(0, ssrc);
+            match (&bound.rtcp, rtcp_latch.source, rtp_latch.source) {
+                (Some(sock), Some(to), _) => {
+                    let _ = sock.send_to(&pli, to);
+                }
+                (_, _, Some(to)) => {
+                    let _ = bound.rtp.send_to(&pli, to);
+                }
+                _ => {}
+            }
+        }
+    };
+    tracing::info!(track_id = %pump.track_id, reason, "rtp ingest ended");
+    let track_id = pump.track_id.clone();
+    (track_id, pump.end(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_come_in_even_pairs_from_the_range_and_run_out_cleanly() {
+        let alloc = PortAllocator::new("127.0.0.1".parse().unwrap(), 47_001, 47_006);
+        let (a, a_rtcp) = alloc.bind(true).unwrap();
+        let port = a.local_addr().unwrap().port();
+        assert_eq!(port % 2, 0);
+        assert_eq!(a_rtcp.unwrap().local_addr().unwrap().port(), port + 1);
+        let (b, _) = alloc.bind(false).unwrap();
+        assert_ne!(b.local_addr().unwrap().port(), port);
+        let _c = alloc.bind(true).unwrap();
+        assert!(matches!(alloc.bind(true), Err(MediaError::NoPort(_))));
+    }
+
+    #[test]
+    fn the_first_acceptable_source_latches() {
+        let mut latch = Latch {
+            allowed_ip: Some("127.0.0.1".parse().unwrap()),
+            source: None,
+        };
+        assert!(!latch.admit("127.0.0.2:5000".parse().unwrap()));
+        assert!(latch.admit("127.0.0.1:5000".parse().unwrap()));
+        assert!(!latch.admit("127.0.0.1:5001".parse().unwrap()));
+        assert!(latch.admit("127.0.0.1:5000".parse().unwrap()));
+    }
+}

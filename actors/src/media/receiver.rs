@@ -1,0 +1,542 @@
+//! One received track, with no IO inside: RTP packets, RTCP and `now` go in; frames ready for the
+//! muxer and keyframe requests come out. Reorders, drops duplicates, unwraps timestamps, maps
+//! them to wall time, holds video back until a keyframe and asks for one at start and after loss.
+
+use std::time::{Duration, Instant};
+
+use super::clock::{MediaClock, TimestampUnwrapper};
+use super::codec::Codec;
+use super::depacketize::{Frame, FrameAssembler};
+use super::reorder::{Released, ReorderBuffer, ReorderStats};
+use super::rtp::{parse_rtcp, RtcpPacket, RtpPacket, SenderReport};
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// How long a gap in sequence numbers may hold later packets back.
+    pub reorder_delay: Duration,
+    pub reorder_max_packets: usize,
+    /// Least time between two keyframe requests while one is awaited.
+    pub keyframe_request_interval: Duration,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            reorder_delay: Duration::from_millis(100),
+            reorder_max_packets: 512,
+            keyframe_request_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A frame on the track's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedFrame {
+    pub frame: Frame,
+    /// RTP timestamp unwrapped to 64 bits, in the codec's clock rate; continuous across sender
+    /// restarts within one receiver.
+    pub timestamp: i64,
+    /// Best estimate of the frame's wall-clock time when it was emitted (µs since Unix epoch).
+    pub wall_micros: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverOutput {
+    Frame(TimedFrame),
+    /// Send a picture loss indication to the sender of `ssrc`.
+    RequestKeyframe {
+        ssrc: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub num_packets: u64,
+    pub num_bytes: u64,
+    pub num_frames: u64,
+    pub num_keyframes: u64,
+    pub num_keyframe_requests: u64,
+    /// Frames not written because the decoder state was broken (waiting for a keyframe).
+    pub num_frames_skipped: u64,
+    /// Frames dropped because a packet of theirs was lost.
+    pub num_frames_incomplete: u64,
+    pub num_malformed: u64,
+    pub num_sender_reports: u64,
+    pub num_ssrc_changes: u64,
+    pub reorder: ReorderStats,
+}
+
+pub struct TrackReceiver {
+    codec: Codec,
+    config: ReceiverConfig,
+    reorder: ReorderBuffer,
+    assembler: FrameAssembler,
+    timestamps: TimestampUnwrapper,
+    clock: MediaClock,
+    /// `now` at construction and the wall time it stands for: turns `Instant`s into wall time
+    /// without reading a clock inside.
+    wall_reference: (Instant, i64),
+    ssrc: Option<u32>,
+    /// A sender report that came before the first RTP packet (FFmpeg sends one first).
+    early_report: Option<SenderReport>,
+    last_arrival: Option<Instant>,
+    waiting_for_keyframe: bool,
+    last_keyframe_request: Option<Instant>,
+    first_frame_timestamp: Option<i64>,
+    last_frame_timestamp: Option<i64>,
+    stats: ReceiverStats,
+}
+
+impl TrackReceiver {
+    pub fn new(codec: Codec, config: ReceiverConfig, now: Instant, wall_micros_now: i64) -> Self {
+        Self {
+            codec,
+            reorder: ReorderBuffer::new(config.reorder_delay, config.reorder_max_packets),
+            assembler: FrameAssembler::new(codec),
+            timestamps: TimestampUnwrapper::default(),
+            clock: MediaClock::new(codec.clock_rate()),
+            config,
+            wall_reference: (now, wall_micros_now),
+            ssrc: None,
+            early_report: None,
+            last_arrival: None,
+            waiting_for_keyframe: codec.is_video(),
+            last_keyframe_request: None,
+            first_frame_timestamp: None,
+            last_frame_timestamp: None,
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    /// A datagram for this track that was not RTP of its payload type.
+    pub fn note_malformed(&mut self) {
+        self.stats.num_malformed += 1;
+    }
+
+    /// Frames after this need a keyframe first (one was dropped downstream); asks for one.
+    pub fn await_keyframe(&mut self) {
+        if self.codec.is_video() {
+            self.waiting_for_keyframe = true;
+        }
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    pub fn ssrc(&self) -> Option<u32> {
+        self.ssrc
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        let mut stats = self.stats;
+        stats.reorder = self.reorder.stats();
+        stats.num_frames_incomplete = self.assembler.num_incomplete();
+        stats.num_malformed += self.assembler.num_malformed();
+        stats
+    }
+
+    /// Picture size of a keyframe, when the codec says it cheaply.
+    pub fn dimensions(&self, frame: &[u8]) -> Option<(u32, u32)> {
+        self.assembler.dimensions(frame)
+    }
+
+    fn wall_at(&self, at: Instant) -> i64 {
+        let (reference, wall) = self.wall_reference;
+        match at.checked_duration_since(reference) {
+            Some(after) => wall + after.as_micros() as i64,
+            None => wall - reference.duration_since(at).as_micros() as i64,
+        }
+    }
+
+    /// Wall time of the first frame emitted, by the best mapping known now (a sender report that
+    /// came after the first frame still improves it).
+    pub fn started_wall_micros(&self) -> Option<i64> {
+        self.clock.wall_micros(self.first_frame_timestamp?)
+    }
+
+    /// Wall time of the last frame emitted.
+    pub fn stopped_wall_micros(&self) -> Option<i64> {
+        self.clock.wall_micros(self.last_frame_timestamp?)
+    }
+
+    pub fn first_frame_timestamp(&self) -> Option<i64> {
+        self.first_frame_timestamp
+    }
+
+    pub fn push_rtp(&mut self, packet: RtpPacket, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        self.stats.num_packets += 1;
+        self.stats.num_bytes += packet.payload.len() as u64;
+        match self.ssrc {
+            None => {
+                self.ssrc = Some(packet.ssrc);
+                self.timestamps.unwrap(packet.timestamp);
+                if let Some(sr) = self.early_report.take().filter(|sr| sr.ssrc == packet.ssrc) {
+                    self.apply_report(sr);
+                }
+            }
+            Some(ssrc) if ssrc != packet.ssrc => self.switch_source(&packet, now, out),
+            Some(_) => {}
+        }
+        self.last_arrival = Some(now);
+        let mut released = Vec::new();
+        self.reorder.push(packet, now, &mut released);
+        self.handle_released(released, now, out);
+        self.request_keyframe_if_due(now, out);
+    }
+
+    /// RTCP from the sender: sender reports refine the wall-clock mapping.
+    pub fn push_rtcp(&mut self, buf: &[u8]) {
+        for packet in parse_rtcp(buf) {
+            if let RtcpPacket::SenderReport(sr) = packet {
+                match self.ssrc {
+                    None => self.early_report = Some(sr),
+                    Some(ssrc) if ssrc == sr.ssrc => self.apply_report(sr),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    /// A sender report already parsed (WebRTC ingest gets them from its stack).
+    pub fn push_sender_report(&mut self, sr: SenderReport) {
+        match self.ssrc {
+            None => self.early_report = Some(sr),
+            Some(ssrc) if ssrc == sr.ssrc => self.apply_report(sr),
+            Some(_) => {}
+        }
+    }
+
+    fn apply_report(&mut self, sr: SenderReport) {
+        let ext = self.timestamps.peek(sr.rtp_timestamp);
+        self.clock.on_sender_report(sr.ntp, ext);
+        self.stats.num_sender_reports += 1;
+    }
+
+    /// Time passed with no packet: releases what the reorder window gave up on, repeats a
+    /// keyframe request that went unanswered.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        let mut released = Vec::new();
+        self.reorder.poll(now, &mut released);
+        self.handle_released(released, now, out);
+        self.request_keyframe_if_due(now, out);
+    }
+
+    /// When [`Self::poll`] has something to do next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let keyframe = (self.waiting_for_keyframe && self.ssrc.is_some())
+            .then(|| {
+                self.last_keyframe_request
+                    .map(|at| at + self.config.keyframe_request_interval)
+            })
+            .flatten();
+        match (self.reorder.next_deadline(), keyframe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_released(&mut self, released: Vec<Released>, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        for item in released {
+            match item {
+                Released::Lost(_) => {
+                    self.assembler.lost();
+                    if self.codec.is_video() {
+                        self.waiting_for_keyframe = true;
+                    }
+                }
+                Released::Packet(packet) => {
+                    let incomplete_before = self.assembler.num_incomplete();
+                    let frames = self.assembler.push(&packet);
+                    if self.assembler.num_incomplete() > incomplete_before && self.codec.is_video() {
+                        self.waiting_for_keyframe = true;
+                    }
+                    for frame in frames {
+                        self.emit(frame, now, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, frame: Frame, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        let timestamp = self.timestamps.unwrap(frame.rtp_timestamp);
+        if self
+            .last_frame_timestamp
+            .is_some_and(|last| timestamp <= last && self.codec.is_video())
+        {
+            // Video frames are strictly increasing in time; an older one is a sender's glitch.
+            self.stats.num_frames_skipped += 1;
+            return;
+        }
+        if self.last_frame_timestamp.is_some_and(|last| timestamp < last) {
+            self.stats.num_frames_skipped += 1;
+            return;
+        }
+        if self.waiting_for_keyframe {
+            if !frame.keyframe {
+                self.stats.num_frames_skipped += 1;
+                return;
+            }
+            self.waiting_for_keyframe = false;
+        }
+        let wall = self.wall_at(now);
+        self.clock.on_arrival(wall, timestamp);
+        self.first_frame_timestamp.get_or_insert(timestamp);
+        self.last_frame_timestamp = Some(timestamp);
+        self.stats.num_frames += 1;
+        self.stats.num_keyframes += u64::from(frame.keyframe && self.codec.is_video());
+        out.push(ReceiverOutput::Frame(TimedFrame {
+            wall_micros: self.clock.wall_micros(timestamp),
+            frame,
+            timestamp,
+        }));
+    }
+
+    fn request_keyframe_if_due(&mut self, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        let Some(ssrc) = self.ssrc else { return };
+        if !self.waiting_for_keyframe {
+            return;
+        }
+        let due = self
+            .last_keyframe_request
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.config.keyframe_request_interval);
+        if due {
+            self.last_keyframe_request = Some(now);
+            self.stats.num_keyframe_requests += 1;
+            out.push(ReceiverOutput::RequestKeyframe { ssrc });
+        }
+    }
+
+    /// A new SSRC on the same track (the sender restarted its encoder): flush what waits, and
+    /// continue the timeline where it was, advanced by the time that passed, so the file keeps
+    /// real gaps without the new source's random timestamp base.
+    fn switch_source(&mut self, packet: &RtpPacket, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        self.stats.num_ssrc_changes += 1;
+        let mut released = Vec::new();
+        self.reorder.poll(now + self.config.reorder_delay * 1000, &mut released);
+        self.handle_released(released, now, out);
+        self.reorder = ReorderBuffer::new(self.config.reorder_delay, self.config.reorder_max_packets);
+        self.assembler = FrameAssembler::new(self.codec);
+        let elapsed = self
+            .last_arrival
+            .map(|at| now.saturating_duration_since(at))
+            .unwrap_or_default();
+        let ticks = (elapsed.as_micros() as i64) * i64::from(self.codec.clock_rate()) / 1_000_000;
+        let next = self.timestamps.last().map(|last| last + ticks.max(1)).unwrap_or(0);
+        self.timestamps.rebase(packet.timestamp, next);
+        // The old sender report described the old source's clock.
+        let wall = self.wall_at(now);
+        self.clock = MediaClock::new(self.codec.clock_rate());
+        self.clock.on_arrival(wall, next);
+        self.ssrc = Some(packet.ssrc);
+        self.waiting_for_keyframe = self.codec.is_video();
+        self.last_keyframe_request = None;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::media::testing::{SimRng, SyntheticVp8};
+
+    fn frames(out: &[ReceiverOutput]) -> Vec<&TimedFrame> {
+        out.iter()
+            .filter_map(|o| match o {
+                ReceiverOutput::Frame(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn num_requests(out: &[ReceiverOutput]) -> usize {
+        out.iter()
+            .filter(|o| matches!(o, ReceiverOutput::RequestKeyframe { .. }))
+            .count()
+    }
+
+    /// Feeds `packets` (arrival offsets in ms) and polls every 10 ms until `end_ms`.
+    fn run(rx: &mut TrackReceiver, t0: Instant, packets: Vec<(u64, RtpPacket)>, end_ms: u64) -> Vec<ReceiverOutput> {
+        let mut out = Vec::new();
+        let mut packets = packets.into_iter().peekable();
+        for ms in (0..=end_ms).step_by(10) {
+            while let Some((at, _)) = packets.peek() {
+                if *at > ms {
+                    break;
+                }
+                let (at, p) = packets.next().expect("peeked");
+                rx.push_rtp(p, t0 + Duration::from_millis(at), &mut out);
+            }
+            rx.poll(t0 + Duration::from_millis(ms), &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn a_clean_stream_comes_out_whole_starting_with_a_keyframe() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Vp8, ReceiverConfig::default(), t0, 1_000_000_000);
+        let stream = SyntheticVp8::new(0xfff0, u32::MAX - 30_000, 30, 4);
+        let packets = stream.packets(90); // 3 s at 30 fps, keyframe every 30 frames
+        let out = run(&mut rx, t0, packets, 3_500);
+        let got = frames(&out);
+        assert_eq!(got.len(), 90);
+        assert!(got[0].frame.keyframe);
+        let ts: Vec<i64> = got.iter().map(|f| f.timestamp - got[0].timestamp).collect();
+        assert_eq!(
+            ts,
+            (0..90).map(|i| i * 3000).collect::<Vec<_>>(),
+            "3000 ticks apart across the wrap"
+        );
+        assert_eq!(
+            num_requests(&out),
+            1,
+            "one request at start, answered by the first keyframe"
+        );
+        assert_eq!(rx.stats().num_keyframes, 3);
+    }
+
+    #[test]
+    fn writing_waits_for_a_keyframe_and_keeps_asking() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Vp8, ReceiverConfig::default(), t0, 0);
+        let stream = SyntheticVp8::new(1, 0, 30, 2);
+        // Join in the middle of a GOP: frames 10..60, keyframe at 30.
+        let packets: Vec<_> = stream
+            .packets(60)
+            .into_iter()
+            .filter(|(at, _)| *at > 10 * 1000 / 30)
+            .collect();
+        let out = run(&mut rx, t0, packets, 2_100);
+        let got = frames(&out);
+        assert!(got[0].frame.keyframe, "the first frame out is a keyframe");
+        assert_eq!(got.len(), 30);
+        assert!(
+            num_requests(&out) >= 2,
+            "asked again while none came: {}",
+            num_requests(&out)
+        );
+        assert_eq!(rx.stats().num_frames_skipped, 19);
+    }
+
+    #[test]
+    fn seeded_loss_reorder_and_duplication_give_ordered_clean_frames_and_keyframe_requests() {
+        for seed in 1..=20u64 {
+            let t0 = Instant::now();
+            let mut rx = TrackReceiver::new(Codec::Vp8, ReceiverConfig::default(), t0, 0);
+            let stream = SyntheticVp8::new(seed as u16 * 1000, seed as u32 * 77_777, 30, 5);
+            let mut rng = SimRng::new(seed);
+            let clean = stream.packets(300);
+            let num_sent = clean.len();
+            let impaired = rng.impair(clean, 0.02, 0.05, 0.03, 40);
+            let out = run(&mut rx, t0, impaired, 11_000);
+            let got = frames(&out);
+            assert!(got[0].frame.keyframe, "seed {seed}");
+            for pair in got.windows(2) {
+                assert!(
+                    pair[1].timestamp > pair[0].timestamp,
+                    "seed {seed}: frames in time order"
+                );
+            }
+            let stats = rx.stats();
+            assert!(
+                stats.reorder.num_lost > 0,
+                "seed {seed}: 2% loss of {num_sent} packets shows"
+            );
+            assert!(stats.reorder.num_duplicates > 0, "seed {seed}");
+            assert!(num_requests(&out) >= 2, "seed {seed}: loss asks for a keyframe");
+            // Every emitted frame is byte-identical to the frame that was sent.
+            for f in &got {
+                assert_eq!(f.frame.data, stream.frame_bytes(f.frame.rtp_timestamp), "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_ssrc_change_keeps_the_timeline_continuous() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Vp8, ReceiverConfig::default(), t0, 0);
+        let first = SyntheticVp8::new(100, 5_000, 30, 2).with_ssrc(1).packets(30);
+        // The same sender restarts 2 s later with a new SSRC, sequence and timestamp base.
+        let second: Vec<_> = SyntheticVp8::new(40_000, 3_000_000_000, 30, 2)
+            .with_ssrc(2)
+            .packets(30)
+            .into_iter()
+            .map(|(at, p)| (at + 2_000, p))
+            .collect();
+        let mut all = first;
+        all.extend(second);
+        let out = run(&mut rx, t0, all, 3_500);
+        let got = frames(&out);
+        assert_eq!(got.len(), 60);
+        let gap = got[30].timestamp - got[29].timestamp;
+        // 2 s minus the 29 frame intervals of the first run, in 90 kHz ticks, within a poll step.
+        let expected = (2_000 - 29 * 1000 / 30) * 90;
+        assert!((gap - expected).abs() <= 90 * 40, "gap {gap} vs {expected}");
+        assert_eq!(rx.stats().num_ssrc_changes, 1);
+    }
+
+    #[test]
+    fn audio_losses_are_counted_without_waiting_for_anything() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), t0, 0);
+        let mut out = Vec::new();
+        for i in 0..50u16 {
+            if i == 10 || i == 11 {
+                continue;
+            }
+            let p = RtpPacket {
+                payload_type: 111,
+                marker: false,
+                sequence: i,
+                timestamp: u32::from(i) * 960,
+                ssrc: 9,
+                payload: bytes::Bytes::from(vec![0xfc, i as u8]),
+            };
+            rx.push_rtp(p, t0 + Duration::from_millis(u64::from(i) * 20), &mut out);
+        }
+        rx.poll(t0 + Duration::from_secs(2), &mut out);
+        assert_eq!(frames(&out).len(), 48);
+        assert_eq!(num_requests(&out), 0);
+        assert_eq!(rx.stats().reorder.num_lost, 2);
+    }
+
+    #[test]
+    fn sender_reports_give_the_start_in_the_senders_clock() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), t0, 7_000_000);
+        let mut out = Vec::new();
+        let p = |seq: u16, ts: u32| RtpPacket {
+            payload_type: 111,
+            marker: false,
+            sequence: seq,
+            timestamp: ts,
+            ssrc: 9,
+            payload: bytes::Bytes::from_static(&[0xfc]),
+        };
+        rx.push_rtp(p(1, 48_000), t0 + Duration::from_millis(30), &mut out);
+        assert_eq!(
+            rx.started_wall_micros(),
+            Some(7_030_000),
+            "arrival until a report comes"
+        );
+        let ntp = (1_700_000_000u64 + 2_208_988_800) << 32;
+        rx.push_rtcp(&crate::media::rtp::sender_report_bytes(
+            &crate::media::rtp::SenderReport {
+                ssrc: 9,
+                ntp,
+                rtp_timestamp: 96_000,
+            },
+        ));
+        assert_eq!(rx.started_wall_micros(), Some(1_699_999_999_000_000));
+        // A report about another source is ignored.
+        rx.push_rtcp(&crate::media::rtp::sender_report_bytes(
+            &crate::media::rtp::SenderReport {
+                ssrc: 10,
+                ntp: 0,
+                rtp_timestamp: 0,
+            },
+        ));
+        assert_eq!(rx.stats().num_sender_reports, 1);
+    }
+}

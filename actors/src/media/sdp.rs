@@ -1,0 +1,449 @@
+//! The SDP of plain-RTP ingest: the sender's offer describes its m-lines; the answer gives each
+//! accepted m-line a UDP port and refuses the rest with port 0 (RFC 3264 §6), so a sender learns
+//! at once that a codec will not be recorded instead of streaming into nothing.
+
+use std::net::IpAddr;
+
+use super::codec::Codec;
+use crate::domain::TrackType;
+
+/// More m-lines than any publisher needs; bounds the ports one offer can take.
+pub const MAX_MEDIA_SECTIONS: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("the sdp is empty")]
+    Empty,
+    #[error("sdp line {line}: {message}")]
+    BadLine { line: usize, message: String },
+    #[error("the sdp has no m= line")]
+    NoMedia,
+    #[error("the sdp has {0} m= lines; at most {MAX_MEDIA_SECTIONS} are accepted")]
+    TooManyMedia(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpMap {
+    pub payload_type: u8,
+    pub encoding: String,
+    pub clock_rate: u32,
+    pub channels: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaOffer {
+    /// `audio`, `video`, `application`, ...
+    pub media: String,
+    pub port: u16,
+    pub protocol: String,
+    pub formats: Vec<String>,
+    pub rtpmaps: Vec<RtpMap>,
+    pub fmtps: Vec<(u8, String)>,
+    pub rtcp_mux: bool,
+    pub connection: Option<IpAddr>,
+    pub mid: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOffer {
+    pub connection: Option<IpAddr>,
+    pub media: Vec<MediaOffer>,
+}
+
+/// Why an m-line is not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// None of its payload formats is VP8, VP9, H.264 or Opus.
+    UnsupportedCodec,
+    /// Not RTP/AVP(F) over UDP.
+    UnsupportedProtocol,
+    /// Neither audio nor video.
+    UnsupportedMedia,
+    /// The instance was started with `audio:false` / `video:false`.
+    NotRecorded,
+    /// A second m-line of a kind already taken (one track per kind per stream).
+    Duplicate,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnsupportedCodec => "unsupported codec",
+            Refusal::UnsupportedProtocol => "unsupported protocol",
+            Refusal::UnsupportedMedia => "unsupported media type",
+            Refusal::NotRecorded => "not recorded by this instance",
+            Refusal::Duplicate => "a second m-line of the same kind",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub codec: Codec,
+    pub payload_type: u8,
+}
+
+impl MediaOffer {
+    pub fn kind(&self) -> Option<TrackType> {
+        match self.media.as_str() {
+            "audio" => Some(TrackType::Audio),
+            "video" => Some(TrackType::Video),
+            _ => None,
+        }
+    }
+
+    /// The first payload format, in the sender's order of preference, that the recorder writes.
+    pub fn choose(&self, audio: bool, video: bool) -> Result<Accepted, Refusal> {
+        let kind = self.kind().ok_or(Refusal::UnsupportedMedia)?;
+        if !matches!(self.protocol.as_str(), "RTP/AVP" | "RTP/AVPF") {
+            return Err(Refusal::UnsupportedProtocol);
+        }
+        if (kind == TrackType::Audio && !audio) || (kind == TrackType::Video && !video) {
+            return Err(Refusal::NotRecorded);
+        }
+        for format in &self.formats {
+            let Ok(pt) = format.parse::<u8>() else { continue };
+            let Some(map) = self.rtpmaps.iter().find(|m| m.payload_type == pt) else {
+                continue;
+            };
+            let Some(codec) = Codec::from_rtpmap(&map.encoding, map.clock_rate) else {
+                continue;
+            };
+            if codec.kind() != kind {
+                continue;
+            }
+            if codec == Codec::H264 && !self.h264_mode_supported(pt) {
+                continue;
+            }
+            return Ok(Accepted {
+                codec,
+                payload_type: pt,
+            });
+        }
+        Err(Refusal::UnsupportedCodec)
+    }
+
+    /// packetization-mode 0 (single NAL units) and 1 (plus STAP-A, FU-A) are depacketized; 2
+    /// (interleaved) is not.
+    fn h264_mode_supported(&self, pt: u8) -> bool {
+        let fmtp = self
+            .fmtps
+            .iter()
+            .find(|(p, _)| *p == pt)
+            .map(|(_, f)| f.as_str())
+            .unwrap_or("");
+        fmtp.split(';')
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k.trim() == "packetization-mode")
+            .is_none_or(|(_, v)| matches!(v.trim(), "0" | "1"))
+    }
+}
+
+fn bad(line: usize, message: impl Into<String>) -> SdpError {
+    SdpError::BadLine {
+        line,
+        message: message.into(),
+    }
+}
+
+fn parse_connection(line: usize, value: &str) -> Result<Option<IpAddr>, SdpError> {
+    let mut parts = value.split_whitespace();
+    let (Some("IN"), Some(_family), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad(line, "c= must be \"IN IP4|IP6 <address>\""));
+    };
+    let addr = addr.split('/').next().unwrap_or(addr);
+    match addr.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Ok(None),
+        Ok(ip) => Ok(Some(ip)),
+        // A host name: accepted, but it does not restrict the source.
+        Err(_) => Ok(None),
+    }
+}
+
+pub fn parse_offer(text: &str) -> Result<SessionOffer, SdpError> {
+    if text.trim().is_empty() {
+        return Err(SdpError::Empty);
+    }
+    let mut session = SessionOffer {
+        connection: None,
+        media: Vec::new(),
+    };
+    let mut saw_version = false;
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(bad(line_no, "not a <type>=<value> line"));
+        };
+        if key.len() != 1 {
+            return Err(bad(line_no, format!("{key:?} is not a one-letter type")));
+        }
+        if !saw_version {
+            if key != "v" || value.trim() != "0" {
+                return Err(bad(line_no, "an sdp starts with v=0"));
+            }
+            saw_version = true;
+            continue;
+        }
+        match key {
+            "m" => {
+                let mut parts = value.split_whitespace();
+                let (Some(media), Some(port), Some(protocol)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(bad(line_no, "m= must be \"<media> <port> <proto> <fmt> ...\""));
+                };
+                let port = port
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .ok_or_else(|| bad(line_no, format!("{port:?} is not a port")))?;
+                session.media.push(MediaOffer {
+                    media: media.to_string(),
+                    port,
+                    protocol: protocol.to_string(),
+                    formats: parts.map(str::to_string).collect(),
+                    rtpmaps: Vec::new(),
+                    fmtps: Vec::new(),
+                    rtcp_mux: false,
+                    connection: None,
+                    mid: None,
+                });
+                if session.media.len() > MAX_MEDIA_SECTIONS {
+                    return Err(SdpError::TooManyMedia(session.media.len()));
+                }
+            }
+            "c" => {
+                let connection = parse_connection(line_no, value)?;
+                match session.media.last_mut() {
+                    Some(media) => media.connection = connection,
+                    None => session.connection = connection,
+                }
+            }
+            "a" => {
+                let Some(media) = session.media.last_mut() else {
+                    continue;
+                };
+                let (name, arg) = value.split_once(':').unwrap_or((value, ""));
+                match name {
+                    "rtpmap" => {
+                        let (pt, rest) = arg
+                            .split_once(' ')
+                            .ok_or_else(|| bad(line_no, "rtpmap must be \"<pt> <name>/<rate>\""))?;
+                        let payload_type = pt
+                            .trim()
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|pt| *pt < 128)
+                            .ok_or_else(|| bad(line_no, format!("{pt:?} is not a payload type")))?;
+                        let mut fields = rest.trim().split('/');
+                        let encoding = fields.next().unwrap_or("").to_string();
+                        let clock_rate = fields
+                            .next()
+                            .and_then(|r| r.parse::<u32>().ok())
+                            .ok_or_else(|| bad(line_no, "rtpmap without a clock rate"))?;
+                        let channels = fields.next().and_then(|c| c.parse::<u8>().ok());
+                        media.rtpmaps.push(RtpMap {
+                            payload_type,
+                            encoding,
+                            clock_rate,
+                            channels,
+                        });
+                    }
+                    "fmtp" => {
+                        if let Some((pt, params)) = arg.split_once(' ') {
+                            if let Ok(pt) = pt.trim().parse::<u8>() {
+                                media.fmtps.push((pt, params.trim().to_string()));
+                            }
+                        }
+                    }
+                    "rtcp-mux" => media.rtcp_mux = true,
+                    "mid" => media.mid = Some(arg.trim().to_string()),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if !saw_version {
+        return Err(SdpError::Empty);
+    }
+    if session.media.is_empty() {
+        return Err(SdpError::NoMedia);
+    }
+    Ok(session)
+}
+
+/// What the recorder answers for one m-line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaAnswer {
+    Accepted {
+        accepted: Accepted,
+        rtp_port: u16,
+        rtcp_port: u16,
+    },
+    Refused(Refusal),
+}
+
+/// Builds the answer: same m-lines in the same order (RFC 3264 §6), ports from `answers`.
+pub fn build_answer(offer: &SessionOffer, answers: &[MediaAnswer], address: IpAddr, session_id: u64) -> String {
+    let family = if address.is_ipv4() { "IP4" } else { "IP6" };
+    let mut sdp = format!(
+        "v=0\r\no=rtc-recorder {session_id} 1 IN {family} {address}\r\ns=rtc-recorder\r\nc=IN {family} {address}\r\nt=0 0\r\n"
+    );
+    for (media, answer) in offer.media.iter().zip(answers) {
+        match answer {
+            MediaAnswer::Accepted {
+                accepted,
+                rtp_port,
+                rtcp_port,
+            } => {
+                let codec = accepted.codec;
+                let pt = accepted.payload_type;
+                sdp.push_str(&format!("m={} {rtp_port} {} {pt}\r\n", media.media, media.protocol));
+                let channels = if codec == Codec::Opus { "/2" } else { "" };
+                sdp.push_str(&format!(
+                    "a=rtpmap:{pt} {}/{}{channels}\r\n",
+                    codec.name(),
+                    codec.clock_rate()
+                ));
+                if let Some((_, fmtp)) = media.fmtps.iter().find(|(p, _)| *p == pt) {
+                    sdp.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+                }
+                if media.rtcp_mux {
+                    sdp.push_str("a=rtcp-mux\r\n");
+                } else {
+                    sdp.push_str(&format!("a=rtcp:{rtcp_port}\r\n"));
+                }
+                if codec.is_video() {
+                    sdp.push_str(&format!("a=rtcp-fb:{pt} nack pli\r\n"));
+                }
+                sdp.push_str("a=recvonly\r\n");
+            }
+            MediaAnswer::Refused(_) => {
+                let formats = if media.formats.is_empty() {
+                    "0".to_string()
+                } else {
+                    media.formats.join(" ")
+                };
+                sdp.push_str(&format!("m={} 0 {} {formats}\r\n", media.media, media.protocol));
+                sdp.push_str("a=inactive\r\n");
+            }
+        }
+        if let Some(mid) = &media.mid {
+            sdp.push_str(&format!("a=mid:{mid}\r\n"));
+        }
+    }
+    sdp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=video 5004 RTP/AVP 96 97\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=2\r\n\
+        a=rtpmap:97 VP8/90000\r\n\
+        m=audio 5006 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-mux\r\n\
+        m=audio 5008 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+    #[test]
+    fn an_offer_is_parsed_and_codecs_chosen_in_preference_order() {
+        let offer = parse_offer(OFFER).unwrap();
+        assert_eq!(offer.connection, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(offer.media.len(), 3);
+        assert_eq!(
+            offer.media[0].choose(true, true),
+            Ok(Accepted {
+                codec: Codec::Vp8,
+                payload_type: 97
+            }),
+            "H.264 mode 2 skipped"
+        );
+        assert_eq!(
+            offer.media[1].choose(true, true),
+            Ok(Accepted {
+                codec: Codec::Opus,
+                payload_type: 111
+            })
+        );
+        assert!(offer.media[1].rtcp_mux);
+        assert_eq!(offer.media[2].choose(true, true), Err(Refusal::UnsupportedCodec));
+        assert_eq!(offer.media[1].choose(false, true), Err(Refusal::NotRecorded));
+    }
+
+    #[test]
+    fn the_answer_keeps_every_m_line_and_refuses_with_port_zero() {
+        let offer = parse_offer(OFFER).unwrap();
+        let answers = vec![
+            MediaAnswer::Accepted {
+                accepted: Accepted {
+                    codec: Codec::Vp8,
+                    payload_type: 97,
+                },
+                rtp_port: 40000,
+                rtcp_port: 40001,
+            },
+            MediaAnswer::Accepted {
+                accepted: Accepted {
+                    codec: Codec::Opus,
+                    payload_type: 111,
+                },
+                rtp_port: 40002,
+                rtcp_port: 40002,
+            },
+            MediaAnswer::Refused(Refusal::UnsupportedCodec),
+        ];
+        let answer = build_answer(&offer, &answers, "127.0.0.1".parse().unwrap(), 7);
+        assert!(
+            answer.contains("m=video 40000 RTP/AVP 97\r\na=rtpmap:97 VP8/90000\r\na=rtcp:40001\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("m=audio 40002 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-mux\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("m=audio 0 RTP/AVP 0\r\n"), "{answer}");
+        let reparsed = parse_offer(&answer).unwrap();
+        assert_eq!(
+            reparsed.media.iter().map(|m| m.port).collect::<Vec<_>>(),
+            vec![40000, 40002, 0]
+        );
+    }
+
+    #[test]
+    fn malformed_offers_are_errors_naming_the_line() {
+        assert_eq!(parse_offer(""), Err(SdpError::Empty));
+        assert!(matches!(parse_offer("hello"), Err(SdpError::BadLine { line: 1, .. })));
+        assert!(matches!(parse_offer("v=1\r\n"), Err(SdpError::BadLine { line: 1, .. })));
+        assert_eq!(parse_offer("v=0\r\ns=x\r\n"), Err(SdpError::NoMedia));
+        assert!(matches!(
+            parse_offer("v=0\r\nm=video x RTP/AVP 96\r\n"),
+            Err(SdpError::BadLine { line: 2, .. })
+        ));
+        assert!(matches!(
+            parse_offer("v=0\r\nm=video 9 RTP/AVP 96\r\na=rtpmap:300 VP8/90000\r\n"),
+            Err(SdpError::BadLine { line: 3, .. })
+        ));
+        assert!(matches!(
+            parse_offer("v=0\r\nm=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8\r\n"),
+            Err(SdpError::BadLine { line: 3, .. })
+        ));
+        assert!(matches!(
+            parse_offer("v=0\r\nc=IN\r\n"),
+            Err(SdpError::BadLine { line: 2, .. })
+        ));
+        let many = format!("v=0\r\n{}", "m=video 9 RTP/AVP 96\r\n".repeat(MAX_MEDIA_SECTIONS + 1));
+        assert!(matches!(parse_offer(&many), Err(SdpError::TooManyMedia(_))));
+        // Arbitrary bytes never panic.
+        let mut rng = crate::media::testing::SimRng::new(3);
+        for _ in 0..2000 {
+            let len = (rng.next_u64() % 200) as usize;
+            let text: String = (0..len)
+                .map(|_| OFFER.as_bytes()[(rng.next_u64() as usize) % OFFER.len()] as char)
+                .collect();
+            let _ = parse_offer(&text);
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! WHIP ingest (RFC 9725) on the `webrtc` crate (0.21: `PeerConnectionBuilder` and an event
+//! handler). ICE, DTLS-SRTP and NACK are the crate's; the recorder registers only the codecs it
+//! writes (so an offer with nothing recordable is refused in the answer), waits for ICE gathering
+//! (no trickle: the answer carries every candidate), and feeds each remote track's RTP into the
+//! same [`TrackReceiver`] as plain RTP. Keyframe requests go back as RTCP PLI through the crate.
+//!
+//! Threads: the crate's connection drivers run on its dedicated reactor pool, the per-track
+//! receive loops on the recorder's own small media runtime — never on the actix arbiters.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport as RtcSenderReport;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::sansio::Protocol;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
+};
+
+use super::codec::Codec;
+use super::ingest::{wall_micros_now, EventSink, TrackCounters, TrackPump, TrackSummary};
+use super::receiver::{ReceiverConfig, TrackReceiver};
+use super::rtp::{RtpPacket, SenderReport};
+use super::sdp::parse_offer;
+use super::writer::FrameSink;
+use super::MediaError;
+use crate::domain::TrackType;
+use crate::engine::MediaConfig;
+
+/// How long ICE gathering may take before the answer goes out with what it has.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Threads of the crate's reactor pool (connection drivers: ICE, DTLS, SRTP).
+const REACTOR_THREADS: usize = 2;
+
+/// The recorder's runtime for WebRTC track loops: off the actix arbiters, so a busy media path
+/// never delays the HTTP front or the actors.
+fn media_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("media-rx")
+                .enable_all()
+                .build()
+                .inspect_err(|e| tracing::error!(error = %e, "cannot start the media runtime"))
+                .ok()
+        })
+        .as_ref()
+}
+
+type Ended = tokio::sync::oneshot::Receiver<(String, TrackSummary)>;
+
+/// What `on_track` needs to wire a remote track to its writer; filled in by [`Negotiated::start`]
+/// before the answer leaves, so no track can arrive before it.
+struct TrackSlot {
+    kind: TrackType,
+    codec: Codec,
+    pump: TrackPump,
+    ended: tokio::sync::oneshot::Sender<(String, TrackSummary)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    slots: Mutex<Vec<TrackSlot>>,
+    gathered: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+    pc: Mutex<Option<Arc<dyn PeerConnection>>>,
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.shared.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(state = %state, "whip connection state");
+        if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
+            close(&self.shared);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let kind = match track.kind().await {
+            RtpCodecKind::Audio => TrackType::Audio,
+            RtpCodecKind::Video => TrackType::Video,
+            _ => return,
+        };
+        let slot = {
+            let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.iter().position(|s| s.kind == kind).map(|at| slots.remove(at))
+        };
+        let Some(slot) = slot else {
+            tracing::warn!(
+                kind = kind.as_str(),
+                "whip track with no writer (not negotiated or a second one): ignored"
+            );
+            return;
+        };
+        match media_runtime() {
+            Some(runtime) => {
+                runtime.spawn(track_loop(track, slot));
+            }
+            None => tracing::error!("no media runtime: whip track not recorded"),
+        }
+    }
+}
+
+/// Closes the connection once; its tracks end, their loops report.
+fn close(shared: &Arc<Shared>) {
+    if shared.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    // Unclaimed slots: their tracks never came; dropping the senders ends the waits on them.
+    shared.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    let pc = shared.pc.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let (Some(pc), Some(runtime)) = (pc, media_runtime()) {
+        runtime.spawn(async move {
+            if let Err(e) = pc.close().await {
+                tracing::warn!(error = %e, "closing a whip connection failed");
+            }
+        });
+    }
+}
+
+async fn track_loop(track: Arc<dyn TrackRemote>, slot: TrackSlot) {
+    let TrackSlot {
+        mut pump, ended, codec, ..
+    } = slot;
+    let mut out = Vec::new();
+    let reason = loop {
+        let event = tokio::time::timeout(Duration::from_millis(50), track.poll()).await;
+        let now = Instant::now();
+        match event {
+            Ok(Some(TrackRemoteEvent::OnRtpPacket(packet))) => {
+                let rtp = RtpPacket {
+                    payload_type: packet.header.payload_type,
+                    marker: packet.header.marker,
+                    sequence: packet.header.sequence_number,
+                    timestamp: packet.header.timestamp,
+                    ssrc: packet.header.ssrc,
+                    payload: packet.payload.clone(),
+                };
+                pump.receiver.push_rtp(rtp, now, &mut out);
+            }
+            Ok(Some(TrackRemoteEvent::OnRtcpPacket(packets))) => {
+                for p in &packets {
+                    if let Some(sr) = p.as_any().downcast_ref::<RtcSenderReport>() {
+                        pump.receiver.push_sender_report(SenderReport {
+                            ssrc: sr.ssrc,
+                            ntp: sr.ntp_time,
+                            rtp_timestamp: sr.rtp_time,
+                        });
+                    }
+                }
+            }
+            Ok(Some(TrackRemoteEvent::OnEnded)) | Ok(None) => break "ended",
+            Ok(Some(_)) | Err(_) => {}
+        }
+        pump.receiver.poll(now, &mut out);
+        pump.outputs().append(&mut out);
+        for ssrc in pump.drain(now) {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            };
+            if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+                tracing::debug!(error = %e, "pli not sent");
+            }
+        }
+    };
+    tracing::info!(track_id = %pump.track_id, codec = codec.name(), reason, "whip track ended");
+    let track_id = pump.track_id.clone();
+    let summary = pump.end(reason);
+    let _ = ended.send((track_id, summary));
+}
+
+/// Lets RTCP sender reports through to the application (inbound RTCP stops inside the crate's
+/// interceptor chain otherwise): they put a publisher's audio and video on one clock.
+struct SenderReportForwarder {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for SenderReportForwarder {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let reports: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| p.as_any().is::<RtcSenderReport>())
+                .cloned()
+                .collect();
+            if reports.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = Packet::Rtcp(reports);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for SenderReportForwarder {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// A running WHIP publisher connection.
+pub struct WhipSession {
+    shared: Arc<Shared>,
+    ended: Vec<Ended>,
+}
+
+impl WhipSession {
+    pub fn stop(&self) {
+        close(&self.shared);
+    }
+
+    pub fn stop_and_wait(mut self) -> Vec<Ended> {
+        self.stop();
+        std::mem::take(&mut self.ended)
+    }
+}
+
+impl Drop for WhipSession {
+    fn drop(&mut self) {
+        close(&self.shared);
+    }
+}
+
+/// An answered offer whose tracks are not wired yet.
+pub struct Negotiated {
+    shared: Arc<Shared>,
+    answer_sdp: String,
+    codecs: Vec<Codec>,
+    started: bool,
+}
+
+impl Drop for Negotiated {
+    /// An answer that is never started (the stream stopped meanwhile) must not leave its
+    /// connection open; once started, the `WhipSession` owns the connection (`closed` guards).
+    fn drop(&mut self) {
+        if !self.started {
+            close(&self.shared);
+        }
+    }
+}
+
+impl Negotiated {
+    /// The codec of each m-line the answer accepted, one per kind.
+    pub fn codecs(&self) -> Vec<Codec> {
+        self.codecs.clone()
+    }
+
+    /// Wires each accepted track to its writer and returns the answer to send.
+    pub fn start(
+        mut self,
+        session_id: String,
+        tracks: Vec<(Codec, String, FrameSink, Arc<TrackCounters>)>,
+        receiver: ReceiverConfig,
+        events: EventSink,
+    ) -> Result<(String, WhipSession), MediaError> {
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        {
+            let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
+            for (codec, track_id, sink, counters) in tracks {
+                let rx = TrackReceiver::new(codec, receiver.clone(), now, wall_micros_now());
+                let pump = TrackPump::new(session_id.clone(), track_id, rx, sink, counters, events.clone(), now);
+                let (tx, wait) = tokio::sync::oneshot::channel();
+                ended.push(wait);
+                slots.push(TrackSlot {
+                    kind: codec.kind(),
+                    codec,
+                    pump,
+                    ended: tx,
+                });
+            }
+        }
+        self.started = true;
+        let answer_sdp = std::mem::take(&mut self.answer_sdp);
+        Ok((
+            answer_sdp,
+            WhipSession {
+                shared: self.shared.clone(),
+                ended,
+            },
+        ))
+    }
+}
+
+fn codec_parameters(codec: Codec) -> (RTCRtpCodecParameters, RtpCodecKind) {
+    let feedback = |t: &str, p: &str| RTCPFeedback {
+        typ: t.into(),
+        parameter: p.into(),
+    };
+    let video_feedback = vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")];
+    let (mime, clock_rate, channels, fmtp, pt, kind) = match codec {
+        Codec::Vp8 => (MIME_TYPE_VP8, 90_000, 0, "", 96, RtpCodecKind::Video),
+        Codec::Vp9 => (MIME_TYPE_VP9, 90_000, 0, "profile-id=0", 98, RtpCodecKind::Video),
+        Codec::H264 => (
+            MIME_TYPE_H264,
+            90_000,
+            0,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            102,
+            RtpCodecKind::Video,
+        ),
+        Codec::Opus => (
+            MIME_TYPE_OPUS,
+            48_000,
+            2,
+            "minptime=10;useinbandfec=1",
+            111,
+            RtpCodecKind::Audio,
+        ),
+    };
+    (
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.to_owned(),
+                clock_rate,
+                channels,
+                sdp_fmtp_line: fmtp.to_owned(),
+                rtcp_feedback: if codec.is_video() { video_feedback } else { vec![] },
+            },
+            payload_type: pt,
+        },
+        kind,
+    )
+}
+
+fn webrtc_error(e: impl std::fmt::Display) -> MediaError {
+    MediaError::WebRtc(e.to_string())
+}
+
+/// Answers a WHIP offer: the connection is up (ICE gathered) when this returns, tracks are wired
+/// by [`Negotiated::start`]. `existing` are codecs the stream already records; a reconnect must
+/// keep them (one file per track).
+pub async fn negotiate(
+    media: &MediaConfig,
+    offer_sdp: &str,
+    audio: bool,
+    video: bool,
+    existing: &[Codec],
+) -> Result<Negotiated, MediaError> {
+    if media_runtime().is_none() {
+        return Err(MediaError::WebRtc("the media runtime could not start".into()));
+    }
+    // The crate's own parser is lenient with garbage; refuse what is not an SDP offer first.
+    let offer = parse_offer(offer_sdp)?;
+    let offered_kinds: Vec<TrackType> = offer.media.iter().filter_map(|m| m.kind()).collect();
+    if offered_kinds.is_empty() {
+        return Err(MediaError::Refused("the offer has no audio or video m-line".into()));
+    }
+    for kind in [TrackType::Audio, TrackType::Video] {
+        if offered_kinds.iter().filter(|k| **k == kind).count() > 1 {
+            // One file per track and kind per stream: a second one would not be recorded, and
+            // is refused rather than dropped silently. Publish each stream (CAM, SCREEN) apart.
+            return Err(MediaError::Refused(format!(
+                "the offer has more than one {} m-line; publish each stream in its own session",
+                kind.as_str().to_ascii_lowercase()
+            )));
+        }
+    }
+    let mut engine = MediaEngine::default();
+    let mut num_codecs = 0;
+    for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Opus] {
+        let wanted = match codec.kind() {
+            TrackType::Audio => audio,
+            TrackType::Video => video,
+        };
+        let kept = existing.iter().all(|e| e.kind() != codec.kind() || *e == codec);
+        if wanted && kept {
+            let (params, kind) = codec_parameters(codec);
+            engine.register_codec(params, kind).map_err(webrtc_error)?;
+            num_codecs += 1;
+        }
+    }
+    if num_codecs == 0 {
+        return Err(MediaError::Refused(
+            "this instance records neither audio nor video".into(),
+        ));
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(webrtc_error)?;
+    let registry = registry.with(
+        Slot::from(14_000),
+        SenderReportForwarder {
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        },
+    );
+    let mut settings = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(media.webrtc_bind_ip.is_loopback())
+        .with_ice_timeouts(
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(2)),
+        );
+    if !media.mdns {
+        settings = settings.with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+    }
+    if !media.announce_ip.is_unspecified() && media.announce_ip != media.webrtc_bind_ip {
+        settings = settings.with_nat_1to1_ips(
+            vec![media.announce_ip.to_string()],
+            rtc::peer_connection::transport::RTCIceCandidateType::Host,
+        );
+    }
+    let shared = Arc::new(Shared::default());
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_setting_engine(settings.build())
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(Handler { shared: shared.clone() }) as Arc<dyn PeerConnectionEventHandler>)
+        .with_udp_addrs(vec![format!("{}:0", media.webrtc_bind_ip)])
+        .with_dedicated_reactor_pool_size(REACTOR_THREADS)
+        .build()
+        .await
+        .map_err(webrtc_error)?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+    *shared.pc.lock().unwrap_or_else(|p| p.into_inner()) = Some(pc.clone());
+    let result = async {
+        let offer = RTCSessionDescription::offer(offer_sdp.to_string()).map_err(webrtc_error)?;
+        pc.set_remote_description(offer).await.map_err(webrtc_error)?;
+        let answer = pc.create_answer(None).await.map_err(webrtc_error)?;
+        let gathered = shared.gathered.notified();
+        pc.set_local_description(answer).await.map_err(webrtc_error)?;
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered).await;
+        pc.local_description()
+            .await
+            .ok_or_else(|| MediaError::WebRtc("no local description".into()))
+    }
+    .await;
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(e) => {
+            close(&shared);
+            return Err(e);
+        }
+    };
+    let codecs = accepted_codecs(&answer.sdp);
+    if codecs.is_empty() {
+        close(&shared);
+        return Err(MediaError::Refused(
+            "no m-line of the offer can be recorded (codecs: VP8, VP9, H264, opus)".into(),
+        ));
+    }
+    Ok(Negotiated {
+        shared,
+        answer_sdp: answer.sdp,
+        codecs,
+        started: false,
+    })
+}
+
+/// The codec of each accepted (non-zero port, not inactive) m-line of an answer, one per kind.
+fn accepted_codecs(answer: &str) -> Vec<Codec> {
+    let Ok(parsed) = parse_offer(answer) else { return vec![] };
+    let mut codecs: Vec<Codec> = Vec::new();
+    for media in &parsed.media {
+        if media.port == 0 || !answer_section_receives(answer, media.mid.as_deref()) {
+            continue;
+        }
+        let codec = media
+            .formats
+            .first()
+            .and_then(|pt| pt.parse::<u8>().ok())
+            .and_then(|pt| media.rtpmaps.iter().find(|m| m.payload_type == pt))
+            .and_then(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate));
+        if let Some(codec) = codec {
+            if !codecs.iter().any(|c| c.kind() == codec.kind()) {
+                codecs.push(codec);
+            }
+        }
+    }
+    codecs
+}
+
+/// Whether the answer's section with this mid receives media (not `inactive`/`sendonly`).
+fn answer_section_receives(answer: &str, mid: Option<&str>) -> bool {
+    let Some(mid) = mid else { return true };
+    let sections: Vec<&str> = answer.split("\nm=").skip(1).collect();
+    sections
+        .iter()
+        .find(|s| s.lines().any(|l| l.trim_end() == format!("a=mid:{mid}")))
+        .is_none_or(|s| !s.lines().any(|l| matches!(l.trim_end(), "a=inactive" | "a=sendonly")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_codecs_come_from_live_sections_of_the_answer() {
+        let answer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\na=recvonly\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=inactive\r\n\
+            m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:2\r\n";
+        assert_eq!(accepted_codecs(answer), vec![Codec::Vp8]);
+    }
+}

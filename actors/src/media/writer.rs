@@ -1,0 +1,572 @@
+//! Track writers: encoded frames → a WebM/Matroska file through FFmpeg's muxers, without
+//! transcoding. Each writer owns one segment file and runs on its own thread (never on an async
+//! executor), fed by a bounded channel: a slow disk fills the channel, frames are then dropped and
+//! counted, and the receiving side is told to wait for the next keyframe — it never blocks.
+//!
+//! The file is flushed (muxer cluster closed, buffers written, data fsynced) at least every
+//! `flush_interval`, so a crash loses at most that much and the file stays readable up to the last
+//! flush. `finish` writes the trailer (cues, duration).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use ffmpeg_next as ffmpeg;
+use ffmpeg_next::ffi;
+
+use super::codec::Codec;
+use super::receiver::TimedFrame;
+use super::segment::SegmentInfo;
+use super::MediaError;
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub flush_interval: Duration,
+    /// Frames the channel holds before new ones are dropped: ~8 s of 30 fps video; a disk that
+    /// stalls longer than that costs frames, not memory.
+    pub queue_capacity: usize,
+    /// A write + flush slower than this counts as a slow write.
+    pub slow_write: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_secs(1),
+            queue_capacity: 256,
+            slow_write: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counters a writer shares with whoever watches it; all relaxed, read for snapshots only.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub num_frames_queued: AtomicU64,
+    pub num_frames_written: AtomicU64,
+    pub num_bytes_written: AtomicU64,
+    /// Dropped because the channel was full (the disk did not keep up).
+    pub num_frames_dropped: AtomicU64,
+    pub num_flushes: AtomicU64,
+    pub num_slow_writes: AtomicU64,
+    pub max_write_micros: AtomicU64,
+    pub num_errors: AtomicU64,
+}
+
+impl WriterStats {
+    pub fn queue_depth(&self) -> u64 {
+        let queued = self.num_frames_queued.load(Ordering::Relaxed);
+        let done = self.num_frames_written.load(Ordering::Relaxed);
+        queued.saturating_sub(done)
+    }
+}
+
+/// How one segment ended.
+#[derive(Debug, Clone)]
+pub struct SegmentReport {
+    pub info: SegmentInfo,
+    pub num_bytes: u64,
+    pub error: Option<String>,
+}
+
+enum Command {
+    Frame(TimedFrame),
+}
+
+/// The sending half, held by the ingest side.
+#[derive(Clone)]
+pub struct FrameSink {
+    tx: SyncSender<Command>,
+    stats: Arc<WriterStats>,
+}
+
+impl FrameSink {
+    /// Queues a frame without blocking; `false` when the writer is behind (or gone) and the
+    /// frame was dropped.
+    pub fn offer(&self, frame: TimedFrame) -> bool {
+        match self.tx.try_send(Command::Frame(frame)) {
+            Ok(()) => {
+                self.stats.num_frames_queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.num_frames_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// A running segment writer.
+pub struct TrackWriter {
+    sink: FrameSink,
+    finish: Arc<AtomicBool>,
+    done: tokio::sync::oneshot::Receiver<SegmentReport>,
+    path: PathBuf,
+}
+
+impl TrackWriter {
+    /// Starts the writer thread. The file is created at the first frame (a keyframe for video),
+    /// which also gives the picture size and, for H.264, the parameter sets.
+    pub fn spawn(path: PathBuf, codec: Codec, config: WriterConfig) -> Result<TrackWriter, MediaError> {
+        init_ffmpeg();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let finish = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let thread_path = path.clone();
+        let thread_stats = stats.clone();
+        let thread_finish = finish.clone();
+        std::thread::Builder::new()
+            .name("track-writer".into())
+            .spawn(move || {
+                let report = run(thread_path, codec, config, rx, thread_stats, thread_finish);
+                let _ = done_tx.send(report);
+            })
+            .map_err(|e| MediaError::Io(format!("cannot start a writer thread: {e}")))?;
+        Ok(TrackWriter {
+            sink: FrameSink { tx, stats },
+            finish,
+            done,
+            path,
+        })
+    }
+
+    pub fn sink(&self) -> FrameSink {
+        self.sink.clone()
+    }
+
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.sink.stats.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes what is queued, then the trailer; resolves when the file is final. Sinks still
+    /// held elsewhere no longer matter: the writer stops reading once asked to finish.
+    pub async fn finish(self) -> SegmentReport {
+        self.begin_finish().await
+    }
+
+    /// Asks the writer to finish and returns at once; the future resolves with the report.
+    pub fn begin_finish(self) -> impl std::future::Future<Output = SegmentReport> + Send + 'static {
+        self.finish.store(true, Ordering::Release);
+        let path = self.path.clone();
+        drop(self.sink);
+        let done = self.done;
+        async move {
+            done.await.unwrap_or_else(|_| SegmentReport {
+                info: SegmentInfo {
+                    path,
+                    started_wall_micros: None,
+                    duration_micros: 0,
+                    num_frames: 0,
+                },
+                num_bytes: 0,
+                error: Some("the writer thread ended without a report".into()),
+            })
+        }
+    }
+}
+
+pub(crate) fn init_ffmpeg() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // Registration is a no-op on FFmpeg >= 4; the log level keeps FFmpeg's own stderr quiet
+        // (errors come back as return codes and are logged by us).
+        let _ = ffmpeg::init();
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    });
+}
+
+/// The writer thread's loop.
+fn run(
+    path: PathBuf,
+    codec: Codec,
+    config: WriterConfig,
+    rx: mpsc::Receiver<Command>,
+    stats: Arc<WriterStats>,
+    finish: Arc<AtomicBool>,
+) -> SegmentReport {
+    let mut muxer: Option<Muxer> = None;
+    let mut error: Option<String> = None;
+    let mut first_wall: Option<i64> = None;
+    let mut next_flush = Instant::now() + config.flush_interval;
+    let tick = config.flush_interval.min(Duration::from_millis(100));
+    let mut handle = |frame: TimedFrame, muxer: &mut Option<Muxer>, error: &mut Option<String>| {
+        if error.is_some() {
+            stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let started = Instant::now();
+        if muxer.is_none() {
+            if codec.is_video() && !frame.frame.keyframe {
+                stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            match Muxer::open(&path, codec, &frame.frame.data, frame.wall_micros) {
+                Ok(m) => *muxer = Some(m),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot create track file");
+                    stats.num_errors.fetch_add(1, Ordering::Relaxed);
+                    *error = Some(e.to_string());
+                    stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            first_wall = frame.wall_micros;
+        }
+        let m = muxer.as_mut().expect("opened just above when absent");
+        let size = frame.frame.data.len() as u64;
+        if let Err(e) = m.write(&frame) {
+            tracing::error!(path = %path.display(), error = %e, "track write failed");
+            stats.num_errors.fetch_add(1, Ordering::Relaxed);
+            *error = Some(e.to_string());
+        } else {
+            stats.num_bytes_written.fetch_add(size, Ordering::Relaxed);
+        }
+        stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+        note_duration(&stats, &config, started.elapsed());
+    };
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(Command::Frame(frame)) => handle(frame, &mut muxer, &mut error),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if finish.load(Ordering::Acquire) {
+            while let Ok(Command::Frame(frame)) = rx.try_recv() {
+                handle(frame, &mut muxer, &mut error);
+            }
+            break;
+        }
+        if Instant::now() >= next_flush {
+            if let (Some(m), None) = (muxer.as_mut(), &error) {
+                let started = Instant::now();
+                if let Err(e) = m.flush() {
+                    tracing::error!(path = %path.display(), error = %e, "track flush failed");
+                    stats.num_errors.fetch_add(1, Ordering::Relaxed);
+                    error = Some(e.to_string());
+                }
+                stats.num_flushes.fetch_add(1, Ordering::Relaxed);
+                note_duration(&stats, &config, started.elapsed());
+            }
+            next_flush = Instant::now() + config.flush_interval;
+        }
+    }
+    let (duration_micros, num_frames, num_bytes) = match muxer.take() {
+        Some(m) => {
+            let summary = (m.duration_micros(), m.num_frames, m.num_bytes);
+            if let Err(e) = m.finish() {
+                tracing::error!(path = %path.display(), error = %e, "track finalize failed");
+                error.get_or_insert(e.to_string());
+            }
+            summary
+        }
+        None => (0, 0, 0),
+    };
+    SegmentReport {
+        info: SegmentInfo {
+            path,
+            started_wall_micros: first_wall,
+            duration_micros,
+            num_frames,
+        },
+        num_bytes,
+        error,
+    }
+}
+
+fn note_duration(stats: &WriterStats, config: &WriterConfig, took: Duration) {
+    let micros = took.as_micros() as u64;
+    stats.max_write_micros.fetch_max(micros, Ordering::Relaxed);
+    if took >= config.slow_write {
+        stats.num_slow_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn ff(what: &str, e: ffmpeg::Error) -> MediaError {
+    MediaError::Ffmpeg(format!("{what}: {e}"))
+}
+
+/// An open output file with one stream.
+struct Muxer {
+    output: ffmpeg::format::context::Output,
+    path: PathBuf,
+    codec: Codec,
+    clock: ffmpeg::Rational,
+    stream_time_base: ffmpeg::Rational,
+    first_timestamp: Option<i64>,
+    last_timestamp: i64,
+    last_pts: Option<i64>,
+    last_duration: i64,
+    num_frames: u64,
+    num_bytes: u64,
+}
+
+impl Muxer {
+    fn open(path: &Path, codec: Codec, first_frame: &[u8], wall_micros: Option<i64>) -> Result<Muxer, MediaError> {
+        let container = codec.container();
+        let mut output = ffmpeg::format::output_as(path, container.muxer()).map_err(|e| ff("open output", e))?;
+        let clock = ffmpeg::Rational::new(1, codec.clock_rate() as i32);
+        // SAFETY: `output` owns a valid AVFormatContext; the new stream's codecpar is allocated by
+        // avformat_new_stream and owned by the context; extradata is allocated with av_mallocz as
+        // FFmpeg requires (it frees it with the context).
+        unsafe {
+            let ctx = output.as_mut_ptr();
+            let stream = ffi::avformat_new_stream(ctx, std::ptr::null());
+            if stream.is_null() {
+                return Err(MediaError::Ffmpeg("avformat_new_stream failed".into()));
+            }
+            (*stream).time_base = clock.into();
+            let par = (*stream).codecpar;
+            let extradata: Vec<u8> = match codec {
+                Codec::Vp8 => {
+                    (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
+                    (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_VP8;
+                    if let Some((w, h)) = super::depacketize::payload_format(codec).dimensions(first_frame) {
+                        (*par).width = w as i32;
+                        (*par).height = h as i32;
+                    }
+                    Vec::new()
+                }
+                Codec::Vp9 => {
+                    (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
+                    (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_VP9;
+                    // The WebM muxer refuses a VP9 track without a size.
+                    let (w, h) = super::depacketize::payload_format(codec)
+                        .dimensions(first_frame)
+                        .unwrap_or((640, 480));
+                    (*par).width = w as i32;
+                    (*par).height = h as i32;
+                    Vec::new()
+                }
+                Codec::H264 => {
+                    (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
+                    (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_H264;
+                    if let Some((w, h)) = super::depacketize::payload_format(codec).dimensions(first_frame) {
+                        (*par).width = w as i32;
+                        (*par).height = h as i32;
+                    }
+                    h264_parameter_sets(first_frame)
+                }
+                Codec::Opus => {
+                    (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_AUDIO;
+                    (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_OPUS;
+                    (*par).sample_rate = 48_000;
+                    ffi::av_channel_layout_default(&mut (*par).ch_layout, 2);
+                    opus_head(2).to_vec()
+                }
+            };
+            if !extradata.is_empty() {
+                let padding = ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
+                let buf = ffi::av_mallocz(extradata.len() + padding) as *mut u8;
+                if buf.is_null() {
+                    return Err(MediaError::Ffmpeg("out of memory for extradata".into()));
+                }
+                std::ptr::copy_nonoverlapping(extradata.as_ptr(), buf, extradata.len());
+                (*par).extradata = buf;
+                (*par).extradata_size = extradata.len() as i32;
+            }
+        }
+        if let Some(at) = wall_micros.and_then(chrono::DateTime::from_timestamp_micros) {
+            // The segment's start in its own header (Matroska DateUTC): what recovery after a
+            // crash places the segment by, with nothing else to go on.
+            let mut metadata = ffmpeg::Dictionary::new();
+            metadata.set(
+                "creation_time",
+                &at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            );
+            output.set_metadata(metadata);
+        }
+        let mut options = ffmpeg::Dictionary::new();
+        // Close a cluster at least every second so flushes have whole clusters to write.
+        options.set("cluster_time_limit", "1000");
+        output.write_header_with(options).map_err(|e| ff("write header", e))?;
+        let stream_time_base = output.stream(0).map(|s| s.time_base()).unwrap_or(clock);
+        Ok(Muxer {
+            output,
+            path: path.to_path_buf(),
+            codec,
+            clock,
+            stream_time_base,
+            first_timestamp: None,
+            last_timestamp: 0,
+            last_pts: None,
+            last_duration: 0,
+            num_frames: 0,
+            num_bytes: 0,
+        })
+    }
+
+    fn write(&mut self, frame: &TimedFrame) -> Result<(), MediaError> {
+        let first = *self.first_timestamp.get_or_insert(frame.timestamp);
+        // Gaps stay gaps: the file's clock is the sender's RTP clock, shifted to start at 0.
+        let ticks = frame.timestamp - first;
+        let pts = rescale(ticks, self.clock, self.stream_time_base);
+        if self.last_pts.is_some_and(|last| pts <= last) {
+            // Two frames in one tick of the container's clock: the muxer would refuse the second.
+            return Ok(());
+        }
+        let mut packet = ffmpeg::Packet::copy(&frame.frame.data);
+        packet.set_stream(0);
+        packet.set_pts(Some(pts));
+        packet.set_dts(Some(pts));
+        let duration = match self.codec {
+            Codec::Opus => opus_packet_samples(&frame.frame.data).unwrap_or(960),
+            _ => 0,
+        };
+        packet.set_duration(rescale(duration, self.clock, self.stream_time_base));
+        if frame.frame.keyframe || !self.codec.is_video() {
+            packet.set_flags(ffmpeg::codec::packet::Flags::KEY);
+        }
+        packet.write(&mut self.output).map_err(|e| ff("write frame", e))?;
+        self.last_pts = Some(pts);
+        self.last_timestamp = frame.timestamp;
+        self.last_duration = duration;
+        self.num_frames += 1;
+        self.num_bytes += frame.frame.data.len() as u64;
+        Ok(())
+    }
+
+    fn duration_micros(&self) -> i64 {
+        let Some(first) = self.first_timestamp else { return 0 };
+        let ticks = self.last_timestamp - first + self.last_duration;
+        ticks * 1_000_000 / i64::from(self.codec.clock_rate())
+    }
+
+    /// Closes the current cluster, writes FFmpeg's buffers, and fsyncs the file.
+    fn flush(&mut self) -> Result<(), MediaError> {
+        // SAFETY: the context is valid and its header was written; a NULL packet asks a muxer
+        // with AVFMT_ALLOW_FLUSH (Matroska) to flush its buffered cluster; pb is the open file.
+        unsafe {
+            let ctx = self.output.as_mut_ptr();
+            let rc = ffi::av_write_frame(ctx, std::ptr::null_mut());
+            if rc < 0 {
+                return Err(ff("flush muxer", ffmpeg::Error::from(rc)));
+            }
+            if !(*ctx).pb.is_null() {
+                ffi::avio_flush((*ctx).pb);
+            }
+        }
+        // fsync through a second descriptor: it syncs the same inode.
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| MediaError::Io(format!("fsync {}: {e}", self.path.display())))
+    }
+
+    fn finish(mut self) -> Result<(), MediaError> {
+        self.output.write_trailer().map_err(|e| ff("write trailer", e))?;
+        drop(self.output);
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| MediaError::Io(format!("fsync {}: {e}", self.path.display())))
+    }
+}
+
+fn rescale(value: i64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
+    // SAFETY: pure arithmetic on plain values.
+    unsafe { ffi::av_rescale_q(value, from.into(), to.into()) }
+}
+
+/// The `OpusHead` identification header (RFC 7845 §5.1) WebM keeps as CodecPrivate. Pre-skip is 0:
+/// WebRTC Opus streams have no encoder delay to trim that the RTP stream would tell us about.
+pub fn opus_head(channels: u8) -> [u8; 19] {
+    let mut head = [0u8; 19];
+    head[..8].copy_from_slice(b"OpusHead");
+    head[8] = 1;
+    head[9] = channels;
+    head[12..16].copy_from_slice(&48_000u32.to_le_bytes());
+    head
+}
+
+/// Samples (at 48 kHz) in one Opus packet, from its TOC byte (RFC 6716 §3.1).
+pub fn opus_packet_samples(packet: &[u8]) -> Option<i64> {
+    let toc = *packet.first()?;
+    let config = toc >> 3;
+    let frame = match config {
+        0..=11 => [480, 960, 1920, 2880][usize::from(config % 4)],
+        12..=15 => [480, 960][usize::from(config % 2)],
+        _ => [120, 240, 480, 960][usize::from(config % 4)],
+    };
+    let count = match toc & 0x03 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => i64::from(*packet.get(1)? & 0x3f),
+    };
+    Some(frame * count)
+}
+
+/// SPS and PPS NAL units of an Annex B access unit, kept in Annex B form: FFmpeg's Matroska muxer
+/// turns them into the avcC record.
+pub fn h264_parameter_sets(access_unit: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for nal in annex_b_nals(access_unit) {
+        if matches!(nal.first().map(|h| h & 0x1f), Some(7) | Some(8)) {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(nal);
+        }
+    }
+    out
+}
+
+fn annex_b_nals(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut nals = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let mut end = starts.get(n + 1).map(|next| next - 3).unwrap_or(data.len());
+        while end > start && data[end - 1] == 0 {
+            end -= 1;
+        }
+        nals.push(&data[start..end]);
+    }
+    nals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opus_durations_come_from_the_toc() {
+        assert_eq!(opus_packet_samples(&[0xfc]), Some(960), "CELT FB 20 ms, one frame");
+        assert_eq!(opus_packet_samples(&[0x78]), Some(960), "SILK WB 20 ms");
+        assert_eq!(opus_packet_samples(&[0xfd, 0]), Some(1920), "two frames");
+        assert_eq!(opus_packet_samples(&[0xfb, 0x03]), Some(3 * 960));
+        assert_eq!(opus_packet_samples(&[]), None);
+    }
+
+    #[test]
+    fn parameter_sets_are_picked_from_an_access_unit() {
+        let au = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9, 9];
+        assert_eq!(
+            h264_parameter_sets(&au),
+            vec![0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x68, 3]
+        );
+        assert!(h264_parameter_sets(&[1, 2, 3]).is_empty());
+    }
+
+    #[test]
+    fn the_opus_head_is_well_formed() {
+        let head = opus_head(2);
+        assert_eq!(&head[..8], b"OpusHead");
+        assert_eq!(head[9], 2);
+        assert_eq!(u32::from_le_bytes([head[12], head[13], head[14], head[15]]), 48_000);
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# What the test suite needs beyond scripts/setup.sh: aiortc (PyPI), an independent WebRTC
+# publisher for the WHIP tests. Idempotent and quiet when already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+  echo "test-setup: installing python3"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
+fi
+if ! "$PYTHON" -c "import aiortc" >/dev/null 2>&1; then
+  echo "test-setup: installing aiortc (pip)"
+  # Debian's system Python refuses user-level pip installs without this flag (PEP 668).
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check aiortc 2>/dev/null \
+    || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages aiortc
+fi

@@ -1,0 +1,380 @@
+//! `whip-publish`: a small WHIP publisher on the project's own WebRTC stack (`webrtc` 0.21), for
+//! tests, demos and load generation. It replays pre-encoded RTP (VP8 and Opus clips recorded
+//! from FFmpeg, looped with continuous sequence numbers and timestamps) in real time.
+//!
+//! ```text
+//! whip-publish URL [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep]
+//! ```
+//!
+//! Prints one JSON line: the session location and how many video/audio frames it sent. Without
+//! `--keep` it ends the session with DELETE; with it, it just disconnects.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
+};
+
+const VP8_CLIP: &[u8] = include_bytes!("../../actors/src/media/fixtures/vp8.rtp");
+const OPUS_CLIP: &[u8] = include_bytes!("../../actors/src/media/fixtures/opus.rtp");
+
+struct Handler {
+    gathered: tokio::sync::Notify,
+    connected: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            self.connected.notify_one();
+        }
+    }
+}
+
+/// RTP packets of a recorded clip (RTCP dropped), with arrival offsets.
+struct Clip {
+    packets: Vec<(Duration, rtc::rtp::Packet)>,
+    duration: Duration,
+    ticks: u32,
+}
+
+fn clip(bytes: &[u8], frame_ticks: u32) -> Clip {
+    use rtc::shared::marshal::Unmarshal;
+    let clock: u64 = if frame_ticks == 3000 { 90_000 } else { 48_000 };
+    let mut packets = Vec::new();
+    let mut rest = bytes;
+    let mut first_ts = None;
+    while rest.len() >= 6 {
+        let len = u16::from_be_bytes([rest[4], rest[5]]) as usize;
+        let data = &rest[6..6 + len];
+        rest = &rest[6 + len..];
+        if (192..=223).contains(&data[1]) {
+            continue;
+        }
+        let mut buf = data;
+        if let Ok(p) = rtc::rtp::Packet::unmarshal(&mut buf) {
+            // Paced by media time, not by when the recording saw them: what a live encoder
+            // sends, so the sender reports' clock matches the packets'.
+            let first = *first_ts.get_or_insert(p.header.timestamp);
+            let ticks = u64::from(p.header.timestamp.wrapping_sub(first));
+            packets.push((Duration::from_micros(ticks * 1_000_000 / clock), p));
+        }
+    }
+    let first = packets[0].1.header.timestamp;
+    let last = packets.last().expect("clips are not empty").1.header.timestamp;
+    let ticks = last.wrapping_sub(first) + frame_ticks;
+    Clip {
+        duration: Duration::from_micros(u64::from(ticks) * 1_000_000 / clock),
+        packets,
+        ticks,
+    }
+}
+
+fn encoding(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "whip-publish".into(),
+        format!("whip-publish-{kind}"),
+        format!("whip-publish-{kind}"),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
+/// Sends `clip` looped for `seconds`, in real time; returns the number of frames sent.
+async fn play(track: Arc<TrackLocalStaticRTP>, clip: Clip, ssrc: u32, start: Instant, seconds: f64) -> usize {
+    let total = Duration::from_secs_f64(seconds);
+    let loops = (total.as_secs_f64() / clip.duration.as_secs_f64()).ceil() as u32;
+    let mut seq: u16 = rand::random();
+    let ts_base: u32 = rand::random();
+    let first_ts = clip.packets[0].1.header.timestamp;
+    let mut frames = 0;
+    'outer: for k in 0..loops {
+        let mut last_ts = None;
+        for (at, packet) in &clip.packets {
+            let when = clip.duration * k + *at;
+            if when >= total {
+                break 'outer;
+            }
+            if let Some(wait) = (start + when).checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            let mut p = packet.clone();
+            p.header.ssrc = ssrc;
+            p.header.sequence_number = seq;
+            seq = seq.wrapping_add(1);
+            p.header.timestamp = ts_base
+                .wrapping_add(packet.header.timestamp.wrapping_sub(first_ts))
+                .wrapping_add(clip.ticks * k);
+            if last_ts != Some(p.header.timestamp) {
+                frames += 1;
+                last_ts = Some(p.header.timestamp);
+            }
+            if track.write_rtp(p).await.is_err() {
+                break 'outer;
+            }
+        }
+    }
+    frames
+}
+
+/// Status, headers (lower-case names) and body.
+type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Minimal HTTP/1.1 over a plain socket (loopback tests): returns status, headers, body.
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<HttpResponse, String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(body))
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("malformed response")?;
+    let text = String::from_utf8_lossy(&raw[..end]).to_string();
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, raw[end + 4..].to_vec()))
+}
+
+struct Args {
+    url: String,
+    token: Option<String>,
+    seconds: f64,
+    audio: bool,
+    video: bool,
+    keep: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        url: String::new(),
+        token: None,
+        seconds: 5.0,
+        audio: true,
+        video: true,
+        keep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--token" => args.token = it.next(),
+            "--seconds" => {
+                args.seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--seconds takes a number")?
+            }
+            "--no-audio" => args.audio = false,
+            "--no-video" => args.video = false,
+            "--keep" => args.keep = true,
+            url if !url.starts_with("--") => args.url = url.to_string(),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if args.url.is_empty() {
+        return Err("usage: whip-publish URL [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep]".into());
+    }
+    Ok(args)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("whip-publish: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let args = args()?;
+    let e = |e: webrtc::error::Error| e.to_string();
+    let vp8 = RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.into(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    };
+    let opus = RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    };
+    let mut engine = MediaEngine::default();
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: vp8.clone(),
+                payload_type: 96,
+            },
+            RtpCodecKind::Video,
+        )
+        .map_err(e)?;
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus.clone(),
+                payload_type: 111,
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(e)?;
+    let registry = register_default_interceptors(rtc::interceptor::Registry::new(), &mut engine).map_err(e)?;
+    let settings = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(true)
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
+    let handler = Arc::new(Handler {
+        gathered: tokio::sync::Notify::new(),
+        connected: tokio::sync::Notify::new(),
+    });
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_setting_engine(settings)
+        .with_interceptor_registry(registry)
+        .with_handler(handler.clone() as Arc<dyn PeerConnectionEventHandler>)
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .build()
+        .await
+        .map_err(e)?;
+    let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
+    let video_track = Arc::new(TrackLocalStaticRTP::new(encoding(RtpCodecKind::Video, vp8, video_ssrc)));
+    let audio_track = Arc::new(TrackLocalStaticRTP::new(encoding(
+        RtpCodecKind::Audio,
+        opus,
+        audio_ssrc,
+    )));
+    if args.video {
+        pc.add_track(video_track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(e)?;
+    }
+    if args.audio {
+        pc.add_track(audio_track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(e)?;
+    }
+    let offer = pc.create_offer(None).await.map_err(e)?;
+    let gathered = handler.gathered.notified();
+    pc.set_local_description(offer).await.map_err(e)?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), gathered).await;
+    let offer = pc.local_description().await.ok_or("no local description")?;
+    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
+    let url = args.url.clone();
+    let body = offer.sdp.clone();
+    let post_auth = auth.clone();
+    let (status, resp_headers, answer) = tokio::task::spawn_blocking(move || {
+        let mut headers = vec![("Content-Type", "application/sdp")];
+        if let Some(auth) = &post_auth {
+            headers.push(("Authorization", auth.as_str()));
+        }
+        http("POST", &url, &headers, body.as_bytes())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if status != 201 {
+        return Err(format!("POST answered {status}: {}", String::from_utf8_lossy(&answer)));
+    }
+    let location = resp_headers
+        .iter()
+        .find(|(n, _)| n == "location")
+        .map(|(_, v)| v.clone())
+        .ok_or("no Location")?;
+    let answer = RTCSessionDescription::answer(String::from_utf8_lossy(&answer).into_owned()).map_err(e)?;
+    let connected = handler.connected.notified();
+    pc.set_remote_description(answer).await.map_err(e)?;
+    tokio::time::timeout(Duration::from_secs(10), connected)
+        .await
+        .map_err(|_| "not connected within 10 s")?;
+    let start = Instant::now() + Duration::from_millis(20);
+    let video = args
+        .video
+        .then(|| tokio::spawn(play(video_track, clip(VP8_CLIP, 3000), video_ssrc, start, args.seconds)));
+    let audio = args
+        .audio
+        .then(|| tokio::spawn(play(audio_track, clip(OPUS_CLIP, 960), audio_ssrc, start, args.seconds)));
+    let video_frames = match video {
+        Some(h) => h.await.unwrap_or(0),
+        None => 0,
+    };
+    let audio_frames = match audio {
+        Some(h) => h.await.unwrap_or(0),
+        None => 0,
+    };
+    // Let the last packets (and any retransmissions) get through before leaving.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if !args.keep {
+        let base = args.url.split('/').take(3).collect::<Vec<_>>().join("/");
+        let delete_url = format!("{base}{location}");
+        let auth = auth.clone();
+        let (status, _, body) = tokio::task::spawn_blocking(move || {
+            let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("Authorization", a)]).unwrap_or_default();
+            http("DELETE", &delete_url, &headers, b"")
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        if status != 200 {
+            return Err(format!("DELETE answered {status}: {}", String::from_utf8_lossy(&body)));
+        }
+    }
+    let _ = pc.close().await;
+    println!(
+        "{{\"location\":\"{location}\",\"videoFrames\":{video_frames},\"audioFrames\":{audio_frames},\"seconds\":{}}}",
+        args.seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,594 @@
+//! The media tests' harness: the real `rtc-recorder` binary on 127.0.0.1:0 with a fresh data
+//! directory and its own UDP port range, HTTP through ureq, real clients (FFmpeg CLI, aiortc, the
+//! project's `whip-publish`), and `ffprobe` to check what was written. Adapted from
+//! `tests/api/helpers.rs`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BASE_PATH: &str = "/auvious.video/rtc-recorder/api";
+pub const KEY: &str = "media-test-key-global";
+pub const KEY_ADMIN: &str = "media-test-key-admin";
+pub const KEY_OTHER_ORG: &str = "media-test-key-org-b";
+
+/// Tests that stream media run one at a time: on a 2-core machine, parallel encoders would
+/// starve each other and the frame-count checks would measure the machine, not the recorder.
+static MEDIA_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn media_lock() -> MutexGuard<'static, ()> {
+    MEDIA_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Each app gets its own 200-port UDP range, so apps of parallel tests never collide.
+static NEXT_RANGE: AtomicU16 = AtomicU16::new(0);
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub root: PathBuf,
+    pub rtp_ports: (u16, u16),
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    agent: ureq::Agent,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// The spec's `Error {code, message, occurred}` with this status.
+    pub fn assert_error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        let body = self.json();
+        for field in ["code", "message", "occurred"] {
+            assert!(
+                body[field].as_str().is_some_and(|s| !s.is_empty()),
+                "error without {field}: {body}"
+            );
+        }
+        body
+    }
+}
+
+impl TestApp {
+    pub fn spawn() -> TestApp {
+        Self::spawn_with("")
+    }
+
+    pub fn spawn_with(extra_toml: &str) -> TestApp {
+        let dir = tempfile::Builder::new()
+            .prefix("rtc-recorder-media-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.keep().canonicalize().expect("canonical temp dir");
+        let n = NEXT_RANGE.fetch_add(1, Ordering::Relaxed);
+        // Below Linux's ephemeral range (32768+), away from the default 40000-40999.
+        let min = 20_000 + (std::process::id() as u16 % 20) * 400 + (n % 2) * 200;
+        let rtp_ports = (min, min + 199);
+        let key = |name: &str, key: &str, org: &str, scopes: &str| {
+            format!(
+                "[api_keys.{name}]\nhash = \"sha256:{}\"\norganization = \"{org}\"\napplications = [\"*\"]\nscopes = {scopes}\n\n",
+                sha256_hex(key)
+            )
+        };
+        let mut toml = format!(
+            "[organizations.org-a.applications.app-a.storage]\nprovider = \"LOCAL\"\npath = \"{root}/storage\"\n\n\
+             [organizations.org-b.applications.app-b.storage]\nprovider = \"LOCAL\"\npath = \"{root}/storage-b\"\n\n\
+             [media]\nrtp_port_min = {}\nrtp_port_max = {}\n{extra_toml}\n\n",
+            rtp_ports.0,
+            rtp_ports.1,
+            root = root.display()
+        );
+        toml.push_str(&key("global", KEY, "org-a", "[\"global\"]"));
+        toml.push_str(&key("admin", KEY_ADMIN, "org-a", "[\"global\", \"admin\"]"));
+        toml.push_str(&key("other", KEY_OTHER_ORG, "org-b", "[\"global\"]"));
+        let config = root.join("test.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let (child, stderr, base_url) = start_process(&root);
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(60))
+            .redirects(0)
+            .build();
+        TestApp {
+            base_url,
+            root,
+            rtp_ports,
+            child,
+            stderr,
+            agent,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process (if running) and starts a new one on the same data dir and config.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, stderr, base_url) = start_process(&self.root);
+        self.child = child;
+        self.stderr = stderr;
+        self.base_url = base_url;
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{BASE_PATH}{path}", self.base_url)
+    }
+
+    pub fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        let mut req = self.agent.request(method, url);
+        for (n, v) in headers {
+            req = req.set(n, v);
+        }
+        let result = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {url}: {e}\nstderr:\n{}", self.stderr()),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| response.header(&n).map(|v| (n.clone(), v.to_string())))
+            .collect();
+        let mut body = Vec::new();
+        response.into_reader().read_to_end(&mut body).expect("read body");
+        Resp { status, headers, body }
+    }
+
+    pub fn post_json(&self, path: &str, key: &str, body: &Value) -> Resp {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.request(
+            "POST",
+            &self.api(path),
+            &[("Authorization", key), ("Content-Type", "application/json")],
+            Some(&bytes),
+        )
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> Resp {
+        self.request("GET", &self.api(path), &[("Authorization", key)], None)
+    }
+
+    /// Starts an instance recording `conference`; returns its RecordingDataEvent.
+    pub fn start(&self, conversation: &str, conference: &str, audio: bool, video: bool) -> Value {
+        let resp = self.post_json(
+            "/recordings/start",
+            KEY,
+            &json!({"applicationId": "app-a", "conferenceId": conference, "conversationId": conversation, "audio": audio, "video": video}),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()
+    }
+
+    pub fn stop(&self, event: &Value) -> Value {
+        let resp = self.request(
+            "POST",
+            &self.api(&format!("{}/stop", instance_path(event))),
+            &[("Authorization", KEY)],
+            Some(b""),
+        );
+        assert_eq!(resp.status, 200, "stop: {}\nstderr:\n{}", resp.text(), self.stderr());
+        resp.json()
+    }
+
+    pub fn instance(&self, event: &Value) -> Value {
+        let resp = self.get(&instance_path(event), KEY);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()
+    }
+
+    /// POSTs an SDP offer to the plain-RTP or WHIP endpoint.
+    pub fn publish(
+        &self,
+        transport: &str,
+        conference: &str,
+        query: &str,
+        auth: &str,
+        content_type: &str,
+        sdp: &str,
+    ) -> Resp {
+        self.request(
+            "POST",
+            &self.api(&format!("/media/{transport}/{conference}?{query}")),
+            &[("Authorization", auth), ("Content-Type", content_type)],
+            Some(sdp.as_bytes()),
+        )
+    }
+
+    /// The live actor tree (admin key).
+    pub fn debug_tree(&self) -> Value {
+        let resp = self.get("/debug/actors", KEY_ADMIN);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()
+    }
+}
+
+/// Starts the binary on `root`'s data dir and config; returns it once it listens.
+fn start_process(root: &Path) -> (Child, Arc<Mutex<String>>, String) {
+    let config = root.join("test.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("RECORDER_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut child = cmd
+        .env("RECORDER_BIND", "127.0.0.1:0")
+        .env("RECORDER_DATA_DIR", root.join("data"))
+        .env("RECORDER_CONFIG", &config)
+        .env("RECORDER_LOG", "warn")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rtc-recorder");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr_pipe = child.stderr.take().expect("piped");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let buf = stderr.clone();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr_pipe);
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let base_url = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no `listening on` line; stderr:\n{}", stderr.lock().unwrap()));
+        if let Some(at) = line.find("listening on http://") {
+            break line[at + "listening on ".len()..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in rx {});
+    (child, stderr, base_url)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+pub fn instance_path(event: &Value) -> String {
+    format!(
+        "/recordings/{}/{}/{}",
+        event["conversationId"].as_str().unwrap(),
+        event["recorderId"].as_str().unwrap(),
+        event["instanceId"].as_str().unwrap()
+    )
+}
+
+pub fn unique(tag: &str) -> String {
+    format!("{tag}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// An SDP offer for plain RTP with these m-lines (`video VP8`, `audio opus`, `audio PCMU`...).
+pub fn rtp_offer(lines: &[(&str, u8, &str)]) -> String {
+    let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n");
+    for (media, pt, rtpmap) in lines {
+        sdp.push_str(&format!("m={media} 9 RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n"));
+        if rtpmap.starts_with("H264") {
+            sdp.push_str(&format!("a=fmtp:{pt} packetization-mode=1\r\n"));
+        }
+    }
+    sdp
+}
+
+/// Ports of each m-line in an SDP answer (0 = refused).
+pub fn answer_ports(answer: &str) -> Vec<u16> {
+    answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("m="))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("a port")
+        })
+        .collect()
+}
+
+/// Every track of an instance as (userId, stream type, track type, track JSON).
+pub fn tracks(instance: &Value) -> Vec<(String, String, String, Value)> {
+    let mut out = Vec::new();
+    for s in instance["streams"].as_array().expect("streams") {
+        for t in s["tracks"].as_array().expect("tracks") {
+            out.push((
+                s["userId"].as_str().unwrap().to_string(),
+                s["type"].as_str().unwrap().to_string(),
+                t["type"].as_str().unwrap().to_string(),
+                t.clone(),
+            ));
+        }
+    }
+    out
+}
+
+pub fn find_track<'a>(all: &'a [(String, String, String, Value)], user: &str, stream: &str, kind: &str) -> &'a Value {
+    &all.iter()
+        .find(|(u, s, k, _)| u == user && s == stream && k == kind)
+        .unwrap_or_else(|| panic!("no {kind} track in {user}'s {stream} stream: {all:#?}"))
+        .3
+}
+
+pub fn millis(value: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap_or_else(|| panic!("not a date: {value}")))
+        .unwrap_or_else(|e| panic!("{value}: {e}"))
+        .timestamp_millis()
+}
+
+/// What ffprobe says about a track file.
+#[derive(Debug)]
+pub struct Probe {
+    pub codec: String,
+    pub num_frames: u64,
+    pub duration: f64,
+    pub first_is_keyframe: bool,
+}
+
+pub fn probe(path: &Path) -> Probe {
+    let run = |args: &[&str]| {
+        let out = Command::new("ffprobe")
+            .arg("-v")
+            .arg("error")
+            .args(args)
+            .arg(path)
+            .output()
+            .expect("ffprobe runs");
+        assert!(
+            out.status.success(),
+            "ffprobe {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let stream = run(&[
+        "-count_frames",
+        "-select_streams",
+        "0",
+        "-show_entries",
+        "stream=codec_name,nb_read_frames",
+        "-of",
+        "csv=p=0",
+    ]);
+    let (codec, frames) = stream
+        .split_once(',')
+        .unwrap_or_else(|| panic!("ffprobe stream line {stream:?}"));
+    let duration = run(&["-show_entries", "format=duration", "-of", "csv=p=0"]);
+    let first = run(&[
+        "-select_streams",
+        "0",
+        "-show_entries",
+        "packet=flags",
+        "-read_intervals",
+        "%+#1",
+        "-of",
+        "csv=p=0",
+    ]);
+    Probe {
+        codec: codec.to_string(),
+        num_frames: frames.parse().unwrap_or(0),
+        duration: duration.parse().unwrap_or(0.0),
+        first_is_keyframe: first.starts_with('K'),
+    }
+}
+
+/// The local file of a track record.
+pub fn track_file(track: &Value) -> PathBuf {
+    PathBuf::from(
+        track["storage"]["localStorage"]["location"]
+            .as_str()
+            .unwrap_or_else(|| panic!("track without a local file: {track}")),
+    )
+}
+
+/// Checks one track file against what was sent.
+pub fn assert_track(track: &Value, codec: &str, frames_sent: u64, seconds_sent: f64) -> Probe {
+    let p = probe(&track_file(track));
+    assert_eq!(p.codec, codec, "{track}");
+    assert!(
+        p.num_frames as f64 >= 0.99 * frames_sent as f64 && p.num_frames <= frames_sent + 1,
+        "{} frames of {frames_sent} sent: {track}",
+        p.num_frames
+    );
+    assert!(
+        (p.duration - seconds_sent).abs() <= 0.150,
+        "duration {} vs {seconds_sent} sent: {track}",
+        p.duration
+    );
+    if codec != "opus" {
+        assert!(p.first_is_keyframe, "first video frame is not a keyframe: {track}");
+    }
+    assert!(track["started"].is_string() && track["stopped"].is_string(), "{track}");
+    assert!(track["storage"]["localStorage"]["created"].is_string(), "{track}");
+    p
+}
+
+/// Runs `ffmpeg` (quiet) with these arguments in the background.
+pub fn ffmpeg(args: &[String]) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg runs (scripts/setup.sh installs it)")
+}
+
+pub fn wait_ok(mut child: Child, what: &str) -> String {
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    assert!(status.success(), "{what} failed ({status}): {err}");
+    out
+}
+
+/// FFmpeg inputs: a moving test picture and a tone, `seconds` long.
+pub fn lavfi_video(seconds: u32) -> Vec<String> {
+    args(&[
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size=320x240:rate=30:duration={seconds}"),
+    ])
+}
+
+/// One FFmpeg input with a test picture (stream 0:v) and a tone (0:a) on one clock, as a
+/// capture device gives them: FFmpeg's sender reports then put both on one timeline.
+pub fn lavfi_av(seconds: u32) -> Vec<String> {
+    args(&[
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size=320x240:rate=30:duration={seconds}[out0];sine=frequency=440:sample_rate=48000:duration={seconds}[out1]"),
+    ])
+}
+
+/// One FFmpeg RTP output of input stream `input` (`0`, `0:v`, `0:a`).
+pub fn rtp_out(input: &str, codec: &str, pt: u8, port: u16) -> Vec<String> {
+    let mut out = args(&["-map", input]);
+    match codec {
+        "vp8" => out.extend(args(&[
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "30",
+            "-b:v",
+            "300k",
+        ])),
+        "vp9" => out.extend(args(&[
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "30",
+            "-b:v",
+            "300k",
+            "-strict",
+            "experimental",
+        ])),
+        "h264" => out.extend(args(&[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "30",
+            "-b:v",
+            "300k",
+        ])),
+        "opus" => out.extend(args(&["-c:a", "libopus", "-b:a", "32k"])),
+        other => panic!("no codec {other}"),
+    }
+    out.extend(args(&[
+        "-payload_type",
+        &pt.to_string(),
+        "-f",
+        "rtp",
+        &format!("rtp://127.0.0.1:{port}"),
+    ]));
+    out
+}
+
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Polls until `probe` returns Some, at most `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The Stream snapshots in the debug tree.
+pub fn stream_snapshots(tree: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    fn walk(node: &Value, out: &mut Vec<Value>) {
+        if node["kind"] == "Stream" {
+            out.push(node.clone());
+        }
+        for child in node["children"].as_array().into_iter().flatten() {
+            walk(child, out);
+        }
+    }
+    walk(tree, &mut out);
+    out
+}

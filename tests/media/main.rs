@@ -1,0 +1,8 @@
+//! Black-box media tests: the real binary, real independent clients (FFmpeg CLI over plain RTP,
+//! aiortc and the project's `whip-publish` over WHIP), files checked with `ffprobe`.
+
+mod harness;
+
+mod bad_input;
+mod plain_rtp;
+mod whip;

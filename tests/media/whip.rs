@@ -1,0 +1,163 @@
+//! WHIP ingest with two independent WebRTC stacks: aiortc (Python) and the project's own
+//! `whip-publish` (webrtc-rs).
+
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+fn run_json(mut cmd: Command, what: &str) -> Value {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_else(|| panic!("{what} printed nothing"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what} printed {line:?}: {e}"))
+}
+
+fn aiortc(app: &TestApp, conference: &str, user: &str, token: &str, seconds: u32, codec: &str) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/aiortc_publish.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(app.api(&format!("/media/whip/{conference}?userId={user}&type=CAM")))
+        .arg(token)
+        .arg(seconds.to_string())
+        .arg(codec);
+    run_json(cmd, "aiortc publisher (scripts/test-setup.sh installs aiortc)")
+}
+
+fn publish_token(app: &TestApp, event: &Value, body: &Value) -> Value {
+    let resp = app.post_json(&format!("{}/publish-token", instance_path(event)), KEY, body);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()
+}
+
+#[test]
+fn aiortc_publishes_vp8_and_h264_with_opus_over_whip() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    // A browser-like publisher holds a publish token, not an API key.
+    let token = publish_token(&app, &event, &json!({"userId": "cust-vp8", "ttlSecs": 600}));
+    assert!(
+        token["whipUrl"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/media/whip/{conference}")),
+        "{token}"
+    );
+    let vp8 = aiortc(
+        &app,
+        &conference,
+        "cust-vp8",
+        token["token"].as_str().unwrap(),
+        4,
+        "vp8",
+    );
+    let h264 = aiortc(&app, &conference, "cust-h264", KEY, 4, "h264");
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    assert_eq!(all.len(), 4, "{all:#?}");
+    for (user, sent, codec) in [("cust-vp8", &vp8, "vp8"), ("cust-h264", &h264, "h264")] {
+        let video_frames = sent["videoFrames"].as_u64().unwrap();
+        let audio_frames = sent["audioFrames"].as_u64().unwrap();
+        assert_eq!((video_frames, audio_frames), (120, 200), "{sent}");
+        assert_track(
+            find_track(&all, user, "CAM", "VIDEO"),
+            codec,
+            video_frames,
+            4.0 - 1.0 / 30.0,
+        );
+        assert_track(find_track(&all, user, "CAM", "AUDIO"), "opus", audio_frames, 4.0);
+        let v = millis(&find_track(&all, user, "CAM", "VIDEO")["started"]);
+        let a = millis(&find_track(&all, user, "CAM", "AUDIO")["started"]);
+        assert!((v - a).abs() <= 40, "{user}: video starts at {v}, audio at {a}");
+    }
+}
+
+#[test]
+fn the_projects_own_publisher_records_vp8_and_opus_in_sync() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let token = publish_token(&app, &event, &json!({}));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_whip-publish"));
+    cmd.arg(app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM")))
+        .args(["--token", token["token"].as_str().unwrap(), "--seconds", "4"]);
+    let sent = run_json(cmd, "whip-publish");
+    app.stop(&event);
+    let all = tracks(&app.instance(&event));
+    let video_frames = sent["videoFrames"].as_u64().unwrap();
+    let audio_frames = sent["audioFrames"].as_u64().unwrap();
+    assert_eq!((video_frames, audio_frames), (120, 200), "{sent}");
+    assert_track(
+        find_track(&all, "agent", "CAM", "VIDEO"),
+        "vp8",
+        video_frames,
+        4.0 - 1.0 / 30.0,
+    );
+    assert_track(find_track(&all, "agent", "CAM", "AUDIO"), "opus", audio_frames, 4.0);
+    let v = millis(&find_track(&all, "agent", "CAM", "VIDEO")["started"]);
+    let a = millis(&find_track(&all, "agent", "CAM", "AUDIO")["started"]);
+    assert!((v - a).abs() <= 40, "video starts at {v}, audio at {a}");
+}
+
+#[test]
+fn an_instance_without_audio_records_only_video_over_whip() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, false, true);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_whip-publish"));
+    cmd.arg(app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM")))
+        .args(["--token", KEY, "--seconds", "2"]);
+    run_json(cmd, "whip-publish");
+    app.stop(&event);
+    let all = tracks(&app.instance(&event));
+    assert_eq!(all.len(), 1, "audio:false records no audio track: {all:#?}");
+    assert_eq!(all[0].2, "VIDEO");
+}
+
+#[test]
+fn a_stop_while_a_whip_publisher_is_still_connected_finalizes_its_files() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let url = app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM"));
+    // The publisher streams 6 s in the background; the instance stops after about 3 s of media.
+    let mut publisher = Command::new(env!("CARGO_BIN_EXE_whip-publish"))
+        .arg(&url)
+        .args(["--token", KEY, "--seconds", "6", "--keep"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("whip-publish runs");
+    poll(std::time::Duration::from_secs(15), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    app.stop(&event);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    let all = tracks(&app.instance(&event));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let video = probe(&track_file(find_track(&all, "agent", "CAM", "VIDEO")));
+    let audio = probe(&track_file(find_track(&all, "agent", "CAM", "AUDIO")));
+    assert!(video.first_is_keyframe && video.num_frames >= 80, "{video:?}");
+    assert!(audio.num_frames >= 140, "{audio:?}");
+    assert!(video.duration > 2.5 && video.duration < 5.0, "{video:?}");
+}
