@@ -125,9 +125,10 @@ start_s3() {
   if alive s3 && wait_port "$port" 1; then return 0; fi
   claim_port s3; port=$(port_of s3)
   mkdir -p "$RUN/s3-data/$S3_BUCKET"
-  nohup "$TOOLS/s3s/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
+  # From $RUN, not the caller's folder: a server must not depend on a clone that may go away.
+  (cd "$RUN" && exec nohup "$TOOLS/s3s/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
     --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$RUN/s3-data" \
-    >"$RUN/s3.log" 2>&1 </dev/null &
+    >"$RUN/s3.log" 2>&1 </dev/null) &
   echo $! >"$RUN/s3.pid"
   wait_port "$port" 60 || die "s3s-fs did not start on 127.0.0.1:$port; see $RUN/s3.log"
 }
@@ -137,9 +138,10 @@ start_azure() {
   if alive azure && wait_port "$port" 1; then return 0; fi
   claim_port azure; port=$(port_of azure)
   mkdir -p "$RUN/azure-data"
-  nohup "$TOOLS/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$port" \
+  # From $RUN, not the caller's folder: a server must not depend on a clone that may go away.
+  (cd "$RUN" && exec nohup "$TOOLS/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$port" \
     --location "$RUN/azure-data" --disableTelemetry --silent --skipApiVersionCheck \
-    >"$RUN/azure.log" 2>&1 </dev/null &
+    >"$RUN/azure.log" 2>&1 </dev/null) &
   echo $! >"$RUN/azure.pid"
   wait_port "$port" 60 || die "azurite did not start on 127.0.0.1:$port; see $RUN/azure.log"
 }
@@ -172,9 +174,10 @@ start_gcs() {
   if alive gcs && wait_port "$port" 1; then return 0; fi
   claim_port gcs; port=$(port_of gcs)
   mkdir -p "$RUN/gcs-data"
-  nohup "$TOOLS/gcs-venv/bin/gcp-storage-emulator" --data-dir "$RUN/gcs-data" start --host 127.0.0.1 \
+  # From $RUN, not the caller's folder: a server must not depend on a clone that may go away.
+  (cd "$RUN" && exec nohup "$TOOLS/gcs-venv/bin/gcp-storage-emulator" --data-dir "$RUN/gcs-data" start --host 127.0.0.1 \
     --port "$port" --default-bucket "$GCS_BUCKET" --quiet \
-    >"$RUN/gcs.log" 2>&1 </dev/null &
+    >"$RUN/gcs.log" 2>&1 </dev/null) &
   echo $! >"$RUN/gcs.pid"
   wait_port "$port" 60 || die "gcp-storage-emulator did not start on 127.0.0.1:$port; see $RUN/gcs.log"
 }
@@ -210,7 +213,8 @@ LogLevel ERROR
 EOF
   [ "$(id -u)" = 0 ] && mkdir -p /run/sshd
   # -D: stay in the foreground so the pid we record is the daemon's.
-  nohup /usr/sbin/sshd -D -e -f "$dir/sshd_config" >"$RUN/sftp.log" 2>&1 </dev/null &
+  # From $RUN, not the caller's folder: a server must not depend on a clone that may go away.
+  (cd "$RUN" && exec nohup /usr/sbin/sshd -D -e -f "$dir/sshd_config" >"$RUN/sftp.log" 2>&1 </dev/null) &
   echo $! >"$RUN/sftp.pid"
   wait_port "$port" 30 || die "sshd did not start on 127.0.0.1:$port; see $RUN/sftp.log"
 }

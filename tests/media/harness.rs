@@ -82,6 +82,18 @@ impl TestApp {
     }
 
     pub fn spawn_with(extra_toml: &str) -> TestApp {
+        // These tests probe the files where the recorder wrote them; after stop the files are
+        // uploaded to the storage profile and, by default, deleted here.
+        Self::spawn_inner(extra_toml, false)
+    }
+
+    /// A recorder that deletes each track file once its upload is verified (the default
+    /// configuration), to check what reaches the storage profile.
+    pub fn spawn_uploading() -> TestApp {
+        Self::spawn_inner("", true)
+    }
+
+    fn spawn_inner(extra_toml: &str, delete_local_after_upload: bool) -> TestApp {
         let dir = tempfile::Builder::new()
             .prefix("rtc-recorder-media-")
             .tempdir()
@@ -100,6 +112,7 @@ impl TestApp {
         let mut toml = format!(
             "[organizations.org-a.applications.app-a.storage]\nprovider = \"LOCAL\"\npath = \"{root}/storage\"\n\n\
              [organizations.org-b.applications.app-b.storage]\nprovider = \"LOCAL\"\npath = \"{root}/storage-b\"\n\n\
+             [uploads]\ndelete_local_after_upload = {delete_local_after_upload}\n\n\
              [media]\nrtp_port_min = {}\nrtp_port_max = {}\n{extra_toml}\n\n",
             rtp_ports.0,
             rtp_ports.1,

@@ -1,6 +1,9 @@
 //! Plain RTP ingest with the FFmpeg CLI as the sender.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::harness::*;
 
@@ -275,6 +278,7 @@ fn after_a_kill_9_the_files_hold_all_but_the_last_second_and_recovery_joins_them
     // published every 250 ms, so it can only be lower than the truth).
     let streams = stream_snapshots(&app.debug_tree());
     let handed = streams[0]["counters"]["num_frames"].as_u64().expect("a frame counter");
+    let killed_at = std::time::Instant::now();
     app.kill9();
     let _ = sender.kill();
     let _ = sender.wait();
@@ -306,6 +310,8 @@ fn after_a_kill_9_the_files_hold_all_but_the_last_second_and_recovery_joins_them
     assert_eq!(resp.status, 201, "{}", resp.text());
     let mut a = lavfi_video(2);
     a.extend(rtp_out("0", "vp8", 96, answer_ports(&resp.text())[0]));
+    // The outage lasts at least from the kill to this sender's start.
+    let outage = killed_at.elapsed().as_secs_f64();
     wait_ok(ffmpeg(&a), "ffmpeg after the restart");
     let active = app.instance(&event);
     assert_eq!(active["state"], "ACTIVE", "{active}");
@@ -325,8 +331,9 @@ fn after_a_kill_9_the_files_hold_all_but_the_last_second_and_recovery_joins_them
         "{joined:?}: {} before the crash + 60 after",
         p.num_frames
     );
-    // Placed by wall time: the outage (restart, reconnect) stays a gap between the two parts.
-    let gap_floor = p.num_frames as f64 / 30.0 + 2.0 + 0.5;
+    // Placed by wall time: the outage (restart, reconnect) stays a gap between the two parts:
+    // what was kept before the crash, then at least the measured outage, then the 2 s after.
+    let gap_floor = p.num_frames as f64 / 30.0 + outage + 2.0 - 0.150;
     assert!(
         joined.duration > gap_floor && joined.duration < 30.0,
         "{joined:?} vs at least {gap_floor} s"
@@ -344,4 +351,97 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// End to end with the default configuration: after stop every track file goes to the storage
+/// profile, is verified there, and only then is deleted locally; `recording.json` comes last
+/// and lists every track as uploaded. The stored files play.
+#[test]
+fn uploaded_tracks_play_from_the_storage_profile() {
+    let _media = media_lock();
+    let app = TestApp::spawn_uploading();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let ports = answer_ports(&resp.text());
+    let seconds = 3;
+    let mut sender = lavfi_av(seconds);
+    sender.extend(rtp_out("0:v", "vp8", 96, ports[0]));
+    sender.extend(rtp_out("0:a", "opus", 111, ports[1]));
+    wait_ok(ffmpeg(&sender), "ffmpeg sender");
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+
+    let instance = poll(
+        Duration::from_secs(60),
+        "every track uploaded and deleted locally",
+        || {
+            let instance = app.instance(&event);
+            let all = tracks(&instance);
+            let done = all.len() == 2
+                && all.iter().all(|(_, _, _, t)| {
+                    t["storage"]["objectStorage"]["uploaded"].is_string()
+                        && t["storage"]["localStorage"]["deleted"].is_string()
+                });
+            done.then_some(instance)
+        },
+    );
+    let secs = f64::from(seconds);
+    for (_, _, kind, track) in tracks(&instance) {
+        let object = &track["storage"]["objectStorage"];
+        assert!(object.get("error").is_none(), "{track}");
+        let location = object["location"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no location: {track}"));
+        let stored = PathBuf::from(location.strip_prefix("file://").unwrap_or_else(|| panic!("{location}")));
+        assert!(
+            stored.starts_with(app.root.join("storage")),
+            "{location} outside the profile"
+        );
+        let size: u64 = object["size"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert_eq!(std::fs::metadata(&stored).map(|m| m.len()).ok(), Some(size), "{track}");
+        assert!(
+            !track_file(&track).exists(),
+            "the local file stays after a verified upload: {track}"
+        );
+        let p = probe(&stored);
+        let (codec, expected) = if kind == "VIDEO" {
+            ("vp8", secs - 1.0 / 30.0)
+        } else {
+            ("opus", secs)
+        };
+        assert_eq!(p.codec, codec, "{track}");
+        assert!(
+            (p.duration - expected).abs() <= 0.150,
+            "duration {} vs {expected}: {track}",
+            p.duration
+        );
+    }
+
+    // The manifest is written after every other artefact, so it lists them all as uploaded.
+    let manifest_path = app.root.join("storage").join(format!(
+        "org-a/app-a/{}/{}/{}/recording.json",
+        event["conversationId"].as_str().unwrap(),
+        event["recorderId"].as_str().unwrap(),
+        event["instanceId"].as_str().unwrap()
+    ));
+    let manifest: Value = poll(Duration::from_secs(30), "recording.json written", || {
+        std::fs::read(&manifest_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    assert_eq!(manifest["instanceId"], event["instanceId"], "{manifest:#}");
+    assert_eq!(manifest["state"], "STOPPED", "{manifest:#}");
+    let listed = tracks(&manifest);
+    assert_eq!(listed.len(), 2, "{manifest:#}");
+    for (_, _, _, t) in listed {
+        assert!(t["storage"]["objectStorage"]["uploaded"].is_string(), "{t}");
+    }
 }
