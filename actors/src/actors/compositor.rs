@@ -1,0 +1,424 @@
+//! Runs the durable composition queue: every `Queued` composition record in the state store is
+//! composed (FFmpeg, on a blocking thread, at most `composition.concurrency` at once), then its
+//! MP4 is queued for upload like any other artefact. The actor holds nothing that must survive
+//! a crash: at start every `Queued` or `Composing` record is (re)run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use super::registry::enqueue_artefact;
+use super::uploader::{delete_local, Kick};
+use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamType, TrackType};
+use crate::media::compose::{self, ComposeInput, ComposeMedia, ComposeReport, ComposeRole, InstanceSpan};
+use crate::media::MediaError;
+use crate::snapshot::{ActorSnapshot, Snapshot};
+use crate::store::{ArtefactKind, CompositionRecord, CompositionState, StateStore, StoreError};
+use crate::EngineConfig;
+
+/// Wait before looking at the queue again after the store could not be read.
+const STORE_RETRY: Duration = Duration::from_secs(5);
+
+type ConversationKey = (String, String);
+
+pub struct Compositor {
+    store: Arc<dyn StateStore>,
+    config: Arc<EngineConfig>,
+    /// Uploaders by (organization, application), kicked when a composition is queued for upload.
+    uploaders: HashMap<(String, String), Recipient<Kick>>,
+    running: HashSet<ConversationKey>,
+    num_composed: u64,
+    num_failed: u64,
+    last_error: Option<ErrorInfo>,
+}
+
+impl Compositor {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        config: Arc<EngineConfig>,
+        uploaders: HashMap<(String, String), Recipient<Kick>>,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            uploaders,
+            running: HashSet::new(),
+            num_composed: 0,
+            num_failed: 0,
+            last_error: None,
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let records = match self.store.compositions() {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::error!(error = %err, "composition queue unreadable");
+                self.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
+                ctx.run_later(STORE_RETRY, |act, ctx| act.pump(ctx));
+                return;
+            }
+        };
+        for record in records {
+            if self.running.len() >= self.config.composition.concurrency.max(1) {
+                break;
+            }
+            let key = (record.organization_id.clone(), record.conversation_id.clone());
+            // `Composing` and not running here: a crash cut it short.
+            let runnable = matches!(record.state, CompositionState::Queued | CompositionState::Composing);
+            if !runnable || self.running.contains(&key) {
+                continue;
+            }
+            let claimed = match self.store.update_composition(&key.0, &key.1, &mut |c| {
+                c.state = CompositionState::Composing;
+                c.started = Some(Utc::now());
+                c.stopped = None;
+                c.error = None;
+                c.problems.clear();
+                Ok(())
+            }) {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::error!(error = %err, conversation_id = %key.1, "cannot claim a composition");
+                    continue;
+                }
+            };
+            self.running.insert(key.clone());
+            let store = self.store.clone();
+            let config = self.config.clone();
+            let work = async move {
+                let flush = store.flush();
+                flush.await?;
+                let store2 = store.clone();
+                let job = claimed.clone();
+                let outcome = tokio::task::spawn_blocking(move || run_composition(store2.as_ref(), &config, &job))
+                    .await
+                    .map_err(|e| StoreError::Io(format!("composition thread ended: {e}")))?;
+                Ok::<_, StoreError>((claimed, outcome))
+            };
+            ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+                act.running.remove(&key);
+                match result {
+                    Ok((claimed, outcome)) => act.finish(claimed, outcome, ctx),
+                    Err(err) => {
+                        tracing::error!(error = %err, conversation_id = %key.1, "composition could not run");
+                        act.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
+                        ctx.run_later(STORE_RETRY, |act, ctx| act.pump(ctx));
+                    }
+                }
+                act.pump(ctx);
+            }));
+        }
+    }
+
+    /// Records the outcome unless the conversation was queued again meanwhile (a newer instance
+    /// stopped): then the record stays `Queued` and the next pump composes it with everything.
+    fn finish(
+        &mut self,
+        claimed: CompositionRecord,
+        outcome: Result<(PathBuf, ComposeReport), MediaError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Utc::now();
+        let mut current = true;
+        let updated = self
+            .store
+            .update_composition(&claimed.organization_id, &claimed.conversation_id, &mut |c| {
+                current = c.generation == claimed.generation;
+                if !current {
+                    return Ok(());
+                }
+                c.stopped = Some(now);
+                match &outcome {
+                    Ok((path, report)) => {
+                        c.state = CompositionState::Done;
+                        c.has_video = report.has_video;
+                        c.problems = report.problems.clone();
+                        c.local_path = Some(path.to_string_lossy().into_owned());
+                        // A composition made from part of the tracks says so.
+                        c.error = (!report.problems.is_empty())
+                            .then(|| ErrorInfo::new("COMPOSITION_PARTIAL", report.problems.join("; ")));
+                    }
+                    Err(err) => {
+                        c.state = CompositionState::Failed;
+                        c.error = Some(ErrorInfo::new("COMPOSITION_FAILED", err.to_string()));
+                    }
+                }
+                Ok(())
+            });
+        let record = match updated {
+            Ok(record) => record,
+            Err(err) => {
+                tracing::error!(error = %err, conversation_id = %claimed.conversation_id, "cannot record the composition outcome");
+                return;
+            }
+        };
+        if !current {
+            tracing::info!(conversation_id = %record.conversation_id, "conversation queued again while composing; composing again");
+            return;
+        }
+        match &outcome {
+            Ok((path, report)) => {
+                self.num_composed += 1;
+                tracing::info!(
+                    conversation_id = %record.conversation_id,
+                    path = %path.display(),
+                    num_problems = report.problems.len(),
+                    "conversation composed"
+                );
+                self.queue_upload(&record, path);
+            }
+            Err(err) => {
+                self.num_failed += 1;
+                self.last_error = Some(ErrorInfo::new("COMPOSITION_FAILED", err.to_string()));
+                tracing::warn!(conversation_id = %record.conversation_id, error = %err, "composition failed");
+            }
+        }
+        // The uploader kept the conversation's uploaded track files for us; release them.
+        if self.config.delete_local_after_upload {
+            let store = self.store.clone();
+            let (org, conv) = (record.organization_id.clone(), record.conversation_id.clone());
+            ctx.spawn(
+                async move {
+                    if let Err(err) = release_tracks(store, &org, &conv).await {
+                        tracing::warn!(error = %err, conversation_id = %conv, "kept track files could not be deleted");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    fn queue_upload(&mut self, record: &CompositionRecord, path: &std::path::Path) {
+        let instance = match self.store.get_instance(&record.instance_id) {
+            Ok(Some(instance)) => instance,
+            other => {
+                tracing::error!(instance_id = %record.instance_id, error = ?other.err(), "composition has no instance to upload under");
+                return;
+            }
+        };
+        let artefact = ArtefactKind::Composition {
+            conversation_id: record.conversation_id.clone(),
+            local_path: path.to_string_lossy().into_owned(),
+        };
+        if let Err(err) = enqueue_artefact(self.store.as_ref(), &instance, artefact) {
+            tracing::error!(error = %err, conversation_id = %record.conversation_id, "cannot queue the composition upload");
+            return;
+        }
+        let uploader = self
+            .uploaders
+            .get(&(instance.organization_id.clone(), instance.application_id.clone()))
+            .cloned();
+        let flush = self.store.flush();
+        actix::spawn(async move {
+            if flush.await.is_ok() {
+                if let Some(uploader) = uploader {
+                    uploader.do_send(Kick);
+                }
+            }
+        });
+    }
+}
+
+/// Deletes the local files of the conversation's tracks that are safely uploaded.
+async fn release_tracks(
+    store: Arc<dyn StateStore>,
+    organization_id: &str,
+    conversation_id: &str,
+) -> Result<(), String> {
+    if store
+        .get_composition(organization_id, conversation_id)
+        .map_err(|e| e.to_string())?
+        .is_some_and(|c| matches!(c.state, CompositionState::Queued | CompositionState::Composing))
+    {
+        return Ok(()); // a newer run needs them
+    }
+    let instances = store
+        .conversation_instances(organization_id, conversation_id)
+        .map_err(|e| e.to_string())?;
+    for instance in instances {
+        for stream in &instance.streams {
+            for track in &stream.tracks {
+                if let (Some(path), Some(_), None) =
+                    (&track.local.location, &track.object.uploaded, &track.local.deleted)
+                {
+                    delete_local(store.as_ref(), &instance.instance_id, &stream.id, &track.id, path)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The conversation's stopped instances as composition inputs: instances in time order, each
+/// track placed by its `started` time, the time between instances cut.
+pub fn composition_inputs(instances: &[InstanceRecord]) -> (Vec<ComposeInput>, Duration, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut spans = Vec::new();
+    let mut stopped: Vec<&InstanceRecord> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Stopped && i.stopped.is_some())
+        .collect();
+    stopped.sort_by_key(|i| i.started.unwrap_or(i.created));
+    for instance in stopped {
+        let started = instance.started.unwrap_or(instance.created);
+        let stopped_at = instance.stopped.expect("filtered on stopped above");
+        let mut tracks = Vec::new();
+        for stream in &instance.streams {
+            for track in &stream.tracks {
+                let Some(path) = &track.local.location else { continue };
+                if track.local.deleted.is_some() {
+                    problems.push(format!("{path}: deleted before it could be composed"));
+                    continue;
+                }
+                let input = ComposeInput {
+                    path: PathBuf::from(path),
+                    media: match track.kind {
+                        TrackType::Audio => ComposeMedia::Audio,
+                        TrackType::Video => ComposeMedia::Video,
+                    },
+                    role: match stream.kind {
+                        StreamType::Screen => ComposeRole::Screen,
+                        _ => ComposeRole::Camera,
+                    },
+                    participant: stream.user_id.clone(),
+                    start: Duration::ZERO,
+                    end: Duration::ZERO,
+                };
+                tracks.push((
+                    input,
+                    track.started.or(stream.started).map(|t| t.timestamp_micros()),
+                    track.stopped.or(stream.stopped).map(|t| t.timestamp_micros()),
+                ));
+            }
+        }
+        spans.push(InstanceSpan {
+            started_micros: started.timestamp_micros(),
+            stopped_micros: stopped_at.timestamp_micros(),
+            tracks,
+        });
+    }
+    let (placed, total) = compose::place_instances(&spans);
+    let inputs = placed
+        .into_iter()
+        .map(|(mut input, start, end)| {
+            input.start = start;
+            input.end = end;
+            input
+        })
+        .collect();
+    (inputs, total, problems)
+}
+
+/// Blocking: composes the conversation of `job` into `<media_dir>/compositions/...`. The file is
+/// written beside its final name and renamed, so an upload of the previous composition never
+/// reads a half-written file.
+fn run_composition(
+    store: &dyn StateStore,
+    config: &EngineConfig,
+    job: &CompositionRecord,
+) -> Result<(PathBuf, ComposeReport), MediaError> {
+    let instances = store
+        .conversation_instances(&job.organization_id, &job.conversation_id)
+        .map_err(|e| MediaError::Io(e.to_string()))?;
+    let (inputs, total, mut problems) = composition_inputs(&instances);
+    let dir = config
+        .media
+        .media_dir
+        .join("compositions")
+        .join(path_safe(&job.organization_id))
+        .join(path_safe(&job.conversation_id));
+    std::fs::create_dir_all(&dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
+    let partial = dir.join("composition.mp4.part");
+    let path = dir.join("composition.mp4");
+    tracing::info!(conversation_id = %job.conversation_id, num_inputs = inputs.len(), total_ms = total.as_millis() as u64, "composing conversation");
+    let mut report = compose::compose(&inputs, total, &partial, &config.composition.output)?;
+    std::fs::rename(&partial, &path).map_err(|e| MediaError::Io(format!("{}: {e}", path.display())))?;
+    problems.append(&mut report.problems);
+    report.problems = problems;
+    Ok((path, report))
+}
+
+/// Ids are checked by the API, but a path component must never be `..` or hold a separator.
+fn path_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Actor for Compositor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Wake-ups only; a burst collapses into one pump.
+        ctx.set_mailbox_capacity(64);
+        if self.config.composition.enabled {
+            self.pump(ctx);
+        }
+    }
+}
+
+/// Wakes the compositor: a composition was queued.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CompositionQueued;
+
+impl Handler<CompositionQueued> for Compositor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CompositionQueued, ctx: &mut Self::Context) {
+        if self.config.composition.enabled {
+            self.pump(ctx);
+        }
+    }
+}
+
+impl Handler<Snapshot> for Compositor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let num_queued = self
+            .store
+            .compositions()
+            .map(|c| c.iter().filter(|c| c.state == CompositionState::Queued).count())
+            .unwrap_or(0);
+        MessageResult(ActorSnapshot {
+            kind: "compositor",
+            id: "compositor".into(),
+            state: if self.running.is_empty() { "idle" } else { "composing" }.into(),
+            mailbox_depth: 0,
+            restarts: 0,
+            last_error: self.last_error.clone(),
+            counters: BTreeMap::from([
+                ("num_running", self.running.len() as u64),
+                ("num_queued", num_queued as u64),
+                ("num_composed", self.num_composed),
+                ("num_failed", self.num_failed),
+            ]),
+            children: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_components_cannot_escape() {
+        assert_eq!(path_safe("../etc"), "___etc");
+        assert_eq!(path_safe("conv-1_a"), "conv-1_a");
+    }
+}
