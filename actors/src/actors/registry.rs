@@ -633,6 +633,41 @@ impl Handler<ProviderCobrowseUrl> for Registry {
     }
 }
 
+impl Handler<GetComposition> for Registry {
+    type Result = ResponseFuture<Result<Option<CompositionView>, EngineError>>;
+
+    fn handle(&mut self, msg: GetComposition, _ctx: &mut Self::Context) -> Self::Result {
+        let found = (|| {
+            let Some(composition) = self.store.get_composition(&msg.organization_id, &msg.conversation_id)? else {
+                return Ok::<_, EngineError>(None);
+            };
+            let Some(instance) = self.store.get_instance(&composition.instance_id)? else {
+                return Ok(None);
+            };
+            let profile = self
+                .config
+                .application(&instance.organization_id, &instance.application_id)
+                .cloned();
+            Ok(Some((composition, instance, profile)))
+        })();
+        async move {
+            let Some((composition, instance, profile)) = found? else {
+                return Ok(None);
+            };
+            let url = match (&composition.key, &composition.uploaded, profile) {
+                (Some(key), Some(_), Some(profile)) => profile.backend.signed_url(key, msg.ttl).await?,
+                _ => None,
+            };
+            Ok(Some(CompositionView {
+                composition,
+                instance,
+                url,
+            }))
+        }
+        .boxed_local()
+    }
+}
+
 impl Handler<TrackUrls> for Registry {
     type Result = ResponseFuture<Result<Vec<TrackUrl>, EngineError>>;
 
