@@ -333,3 +333,73 @@ fn two_instances_make_one_composition_with_the_gap_cut_and_a_corrupt_track_is_le
     let (a440, a880) = tones(&path, t - 0.3, 0.6);
     assert!(!a440 && a880, "second instance: 440 {a440}, 880 {a880}");
 }
+
+/// Per-frame brightness (0-255) of pixel (x, y) through the whole video, at the file's 25 fps.
+fn brightness_track(path: &Path, x: u32, y: u32) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-an",
+            "-vf",
+            // 2x2: yuv420p cannot crop to an odd size.
+            &format!("crop=2:2:{x}:{y},format=gray"),
+            "-f",
+            "rawvideo",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    out.stdout.chunks_exact(4).map(|c| c[0]).collect()
+}
+
+/// A flash and a beep made at the same instant by one FFmpeg source land in the composition
+/// within one frame (40 ms) of each other.
+#[test]
+fn a_flash_and_a_beep_sent_together_stay_together_in_the_composition() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conversation = unique("sync");
+    let conference = unique("room");
+    let event = app.start(&conversation, &conference, true, true);
+    let cam = publish(&app, &conference, "alice", "CAM", &[("video", 96, "VP8/90000")]);
+    let mic = publish(&app, &conference, "alice", "MIC", &[("audio", 111, "opus/48000/2")]);
+    // One lavfi input, one clock: black with a white flash at 3.0-3.2 s, silence with a 1 kHz
+    // beep at the same time.
+    let mut a = args(&[
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:s=320x240:r=25:d=6,drawbox=x=0:y=0:w=320:h=240:color=white:t=fill:enable='between(t,3,3.2)'[out0];\
+         aevalsrc='if(between(t,3,3.2),0.8*sin(2*PI*1000*t),0)':s=48000:d=6[out1]",
+    ]);
+    a.extend(rtp_out("0:v", "vp8", 96, cam[0]));
+    a.extend(rtp_out("0:a", "opus", 111, mic[0]));
+    wait_ok(ffmpeg(&a), "sender");
+    app.stop(&event);
+    wait_composed(&app, &conversation, &event["instanceId"]);
+    let path = stored_composition(&app, &conversation);
+
+    // One participant: the tile is the whole picture (letterboxed), the centre is the camera.
+    let frames = brightness_track(&path, 640, 360);
+    let flash = frames
+        .iter()
+        .position(|v| *v > 128)
+        .unwrap_or_else(|| panic!("no flash in {} frames", frames.len()));
+    let flash_at = flash as f64 / 25.0;
+    let samples = pcm(&path, 0.0, 60.0);
+    let beep = samples
+        .iter()
+        .position(|s| s.abs() > 0.1)
+        .unwrap_or_else(|| panic!("no beep in {} samples", samples.len()));
+    let beep_at = beep as f64 / 48_000.0;
+    // The output samples video every 40 ms, so the first white frame shows the flash up to one
+    // frame after it happened: flash_at - beep_at = error + [0, 40 ms). An error within one
+    // frame either way therefore reads as -40..+80 ms.
+    let diff = flash_at - beep_at;
+    assert!(
+        (-0.040..=0.080).contains(&diff),
+        "flash at {flash_at:.3}s, beep at {beep_at:.3}s"
+    );
+}
