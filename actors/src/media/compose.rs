@@ -306,6 +306,53 @@ struct Source {
     eof_sent: bool,
     done: bool,
     peeked: Option<ffmpeg::Frame>,
+    /// Timeline pts (µs) of the last video frame handed out.
+    last_video_micros: Option<i64>,
+}
+
+/// A video track silent for longer than this (a publisher's outage kept as a gap in its file)
+/// shows black from one frame after its last picture: overlay would otherwise hold the last
+/// frame, a frozen picture.
+const MAX_VIDEO_GAP_MICROS: i64 = 500_000;
+/// Where the black frame goes after the last real one: one frame at 25 fps.
+const GAP_FILL_AFTER_MICROS: i64 = 40_000;
+
+/// Whether a pause between two video frames is an outage to show as black, not a frame held.
+fn is_video_gap(previous_micros: i64, next_micros: i64) -> bool {
+    next_micros - previous_micros > MAX_VIDEO_GAP_MICROS
+}
+
+/// A black frame with the size and pixel format of `like`, at `pts`.
+fn black_like(like: &ffmpeg::Frame, pts: i64) -> Option<ffmpeg::Frame> {
+    // SAFETY: `like` is a decoded video frame, so its format is a valid AVPixelFormat; the new
+    // frame's buffers are allocated by av_frame_get_buffer before they are written.
+    unsafe {
+        let (w, h, format, range) = {
+            let l = &*like.as_ptr();
+            (l.width, l.height, l.format, l.color_range)
+        };
+        let mut frame = ffmpeg::Frame::empty();
+        let f = frame.as_mut_ptr();
+        (*f).width = w;
+        (*f).height = h;
+        (*f).format = format;
+        (*f).color_range = range;
+        if ffi::av_frame_get_buffer(f, 0) < 0 {
+            return None;
+        }
+        let linesize = [
+            (*f).linesize[0] as isize,
+            (*f).linesize[1] as isize,
+            (*f).linesize[2] as isize,
+            (*f).linesize[3] as isize,
+        ];
+        let pix_fmt = std::mem::transmute::<i32, ffi::AVPixelFormat>(format);
+        if ffi::av_image_fill_black((*f).data.as_mut_ptr(), linesize.as_ptr(), pix_fmt, range, w, h) < 0 {
+            return None;
+        }
+        (*f).pts = pts;
+        Some(frame)
+    }
 }
 
 impl Source {
@@ -340,6 +387,7 @@ impl Source {
             eof_sent: false,
             done: false,
             peeked: None,
+            last_video_micros: None,
         })
     }
 
@@ -368,6 +416,15 @@ impl Source {
                         continue;
                     }
                     frame.set_pts(Some(at));
+                    if self.media == ComposeMedia::Video {
+                        let previous = self.last_video_micros.replace(at);
+                        if let Some(previous) = previous.filter(|p| is_video_gap(*p, at)) {
+                            if let Some(black) = black_like(&frame, previous + GAP_FILL_AFTER_MICROS) {
+                                self.peeked = Some(frame);
+                                return Some(black);
+                            }
+                        }
+                    }
                     return Some(frame);
                 }
                 Err(ffmpeg::Error::Eof) => {
@@ -962,6 +1019,39 @@ mod tests {
             strip_right[2] > 180 && strip_right[0] < 80,
             "strip right {strip_right:?}"
         );
+    }
+
+    #[test]
+    fn a_gap_inside_a_video_track_shows_black_not_a_frozen_frame() {
+        assert!(!is_video_gap(0, 40_000));
+        assert!(is_video_gap(0, 600_000));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gap.webm");
+        // Red for 1 s, nothing from 1 s to 3 s (timestamps kept), red again until 4 s.
+        let status = Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "color=c=red:s=320x240:r=25:d=4",
+            ])
+            .args(["-vf", "select='lt(t,1)+gte(t,3)'", "-fps_mode", "passthrough"])
+            .args(["-c:v", "libvpx", "-deadline", "realtime"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = dir.path().join("out.mp4");
+        let inputs = [input(path, ComposeMedia::Video, ComposeRole::Camera, "u", 0.0, 4.0)];
+        compose(&inputs, Duration::from_secs(4), &out, &ComposeConfig::default()).unwrap();
+        let red = |p: [u8; 3]| p[0] > 180 && p[1] < 80 && p[2] < 80;
+        assert!(red(pixel(&out, 0.5, 640, 360, 1280)));
+        let during = pixel(&out, 2.0, 640, 360, 1280);
+        assert!(during.iter().all(|c| *c < 40), "gap shows {during:?}, not black");
+        assert!(red(pixel(&out, 3.5, 640, 360, 1280)));
     }
 
     #[test]
