@@ -403,3 +403,48 @@ fn a_flash_and_a_beep_sent_together_stay_together_in_the_composition() {
         "flash at {flash_at:.3}s, beep at {beep_at:.3}s"
     );
 }
+
+/// With track files deleted after upload (the default), a later instance's re-composition
+/// reads the earlier instance's tracks back from the storage profile.
+#[test]
+fn a_recomposition_reads_tracks_already_deleted_locally_from_storage() {
+    let _media = media_lock();
+    let app = TestApp::spawn_uploading();
+    let conversation = unique("compose3");
+
+    let conference = unique("room");
+    let first = app.start(&conversation, &conference, true, true);
+    wait_ok(send_participant(&app, &conference, "alice", "red", 440, 2.0), "alice");
+    app.stop(&first);
+    wait_composed(&app, &conversation, &first["instanceId"]);
+    let first_record = poll(Duration::from_secs(30), "first instance's files deleted", || {
+        let instance = app.instance(&first);
+        tracks(&instance)
+            .iter()
+            .all(|t| t.3["storage"]["localStorage"]["deleted"].is_string())
+            .then_some(instance)
+    });
+    let first_secs = offset(&first_record, &first_record["stopped"]);
+
+    let conference = unique("room");
+    let second = app.start(&conversation, &conference, true, true);
+    wait_ok(send_participant(&app, &conference, "bob", "blue", 880, 2.0), "bob");
+    app.stop(&second);
+    let message = wait_composed(&app, &conversation, &second["instanceId"]);
+    assert!(message["error"].is_null(), "{message:#}");
+    let path = stored_composition(&app, &conversation);
+    let t = first_secs / 2.0;
+    assert!(
+        is_red(pixel(&path, t, 320, 360)),
+        "{t}: {:?}",
+        pixel(&path, t, 320, 360)
+    );
+    let (a440, _) = tones(&path, t - 0.3, 0.6);
+    assert!(a440, "alice's voice from storage at {t}s");
+    let t = first_secs + 1.0;
+    assert!(
+        is_blue(pixel(&path, t, 960, 360)),
+        "{t}: {:?}",
+        pixel(&path, t, 960, 360)
+    );
+}

@@ -93,11 +93,16 @@ impl Compositor {
             let work = async move {
                 let flush = store.flush();
                 flush.await?;
+                let (fetched, fetch_dir) = fetch_uploaded_tracks(store.as_ref(), &config, &claimed).await?;
                 let store2 = store.clone();
                 let job = claimed.clone();
-                let outcome = tokio::task::spawn_blocking(move || run_composition(store2.as_ref(), &config, &job))
-                    .await
-                    .map_err(|e| StoreError::Io(format!("composition thread ended: {e}")))?;
+                let outcome =
+                    tokio::task::spawn_blocking(move || run_composition(store2.as_ref(), &config, &job, &fetched))
+                        .await
+                        .map_err(|e| StoreError::Io(format!("composition thread ended: {e}")))?;
+                if let Some(dir) = fetch_dir {
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                }
                 Ok::<_, StoreError>((claimed, outcome))
             };
             ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
@@ -256,9 +261,81 @@ async fn release_tracks(
     Ok(())
 }
 
+/// (instanceId, streamId, trackId) → a readable copy of a track whose local file was deleted.
+pub type FetchedTracks = HashMap<(String, String, String), PathBuf>;
+
+/// Track files deleted locally after their upload (an earlier composition of the conversation
+/// released them) are read back from the storage profile: the profile's own file when it is
+/// local, else a download into `<media.dir>/compositions/.../inputs/`, removed after the run.
+/// A track that cannot be fetched is left out and reported by `composition_inputs`.
+async fn fetch_uploaded_tracks(
+    store: &dyn StateStore,
+    config: &EngineConfig,
+    job: &CompositionRecord,
+) -> Result<(FetchedTracks, Option<PathBuf>), StoreError> {
+    let mut fetched = FetchedTracks::new();
+    let mut dir_opt = None;
+    for instance in store.conversation_instances(&job.organization_id, &job.conversation_id)? {
+        let Some(profile) = config.application(&instance.organization_id, &instance.application_id) else {
+            continue;
+        };
+        for stream in &instance.streams {
+            for track in &stream.tracks {
+                let (Some(_), Some(key), Some(_)) = (&track.local.deleted, &track.object.key, &track.object.uploaded)
+                else {
+                    continue;
+                };
+                let id = (instance.instance_id.clone(), stream.id.clone(), track.id.clone());
+                if let Some(path) = profile.backend.local_path(key).filter(|p| p.is_file()) {
+                    fetched.insert(id, path);
+                    continue;
+                }
+                let dir = dir_opt
+                    .get_or_insert_with(|| composition_dir(config, job).join("inputs"))
+                    .clone();
+                let extension = key.rsplit('.').next().unwrap_or("bin");
+                let path = dir.join(format!("{}-{}.{extension}", fetched.len(), path_safe(&track.id)));
+                let bytes = match profile.backend.get(key).await {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        tracing::warn!(key = %key, error = %err, "track for composition could not be fetched");
+                        continue;
+                    }
+                };
+                let written = async {
+                    tokio::fs::create_dir_all(&dir).await?;
+                    tokio::fs::write(&path, bytes).await
+                };
+                match written.await {
+                    Ok(()) => {
+                        fetched.insert(id, path);
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), error = %err, "fetched track could not be written")
+                    }
+                }
+            }
+        }
+    }
+    Ok((fetched, dir_opt))
+}
+
+fn composition_dir(config: &EngineConfig, job: &CompositionRecord) -> PathBuf {
+    config
+        .media
+        .media_dir
+        .join("compositions")
+        .join(path_safe(&job.organization_id))
+        .join(path_safe(&job.conversation_id))
+}
+
 /// The conversation's stopped instances as composition inputs: instances in time order, each
-/// track placed by its `started` time, the time between instances cut.
-pub fn composition_inputs(instances: &[InstanceRecord]) -> (Vec<ComposeInput>, Duration, Vec<String>) {
+/// track placed by its `started` time, the time between instances cut. A track deleted locally
+/// is read from `fetched` when it is there.
+pub fn composition_inputs(
+    instances: &[InstanceRecord],
+    fetched: &FetchedTracks,
+) -> (Vec<ComposeInput>, Duration, Vec<String>) {
     let mut problems = Vec::new();
     let mut spans = Vec::new();
     let mut stopped: Vec<&InstanceRecord> = instances
@@ -272,13 +349,22 @@ pub fn composition_inputs(instances: &[InstanceRecord]) -> (Vec<ComposeInput>, D
         let mut tracks = Vec::new();
         for stream in &instance.streams {
             for track in &stream.tracks {
-                let Some(path) = &track.local.location else { continue };
-                if track.local.deleted.is_some() {
-                    problems.push(format!("{path}: deleted before it could be composed"));
+                let Some(location) = &track.local.location else {
                     continue;
+                };
+                let mut path = PathBuf::from(location);
+                if track.local.deleted.is_some() {
+                    let id = (instance.instance_id.clone(), stream.id.clone(), track.id.clone());
+                    match fetched.get(&id) {
+                        Some(copy) => path = copy.clone(),
+                        None => {
+                            problems.push(format!("{location}: deleted locally and not readable from storage"));
+                            continue;
+                        }
+                    }
                 }
                 let input = ComposeInput {
-                    path: PathBuf::from(path),
+                    path,
                     media: match track.kind {
                         TrackType::Audio => ComposeMedia::Audio,
                         TrackType::Video => ComposeMedia::Video,
@@ -323,17 +409,13 @@ fn run_composition(
     store: &dyn StateStore,
     config: &EngineConfig,
     job: &CompositionRecord,
+    fetched: &FetchedTracks,
 ) -> Result<(PathBuf, ComposeReport), MediaError> {
     let instances = store
         .conversation_instances(&job.organization_id, &job.conversation_id)
         .map_err(|e| MediaError::Io(e.to_string()))?;
-    let (inputs, total, mut problems) = composition_inputs(&instances);
-    let dir = config
-        .media
-        .media_dir
-        .join("compositions")
-        .join(path_safe(&job.organization_id))
-        .join(path_safe(&job.conversation_id));
+    let (inputs, total, mut problems) = composition_inputs(&instances, fetched);
+    let dir = composition_dir(config, job);
     std::fs::create_dir_all(&dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
     let partial = dir.join("composition.mp4.part");
     let path = dir.join("composition.mp4");

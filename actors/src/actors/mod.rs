@@ -16,7 +16,7 @@ mod registry;
 mod stream;
 mod uploader;
 
-pub use compositor::{composition_inputs, CompositionQueued, Compositor};
+pub use compositor::{composition_inputs, CompositionQueued, Compositor, FetchedTracks};
 pub use conversation::Conversation;
 pub use recorder::Recorder;
 pub use registry::{composition_key, queue_track_file, Registry};
