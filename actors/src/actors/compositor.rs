@@ -96,10 +96,19 @@ impl Compositor {
                 let (fetched, fetch_dir) = fetch_uploaded_tracks(store.as_ref(), &config, &claimed).await?;
                 let store2 = store.clone();
                 let job = claimed.clone();
-                let outcome =
-                    tokio::task::spawn_blocking(move || run_composition(store2.as_ref(), &config, &job, &fetched))
-                        .await
-                        .map_err(|e| StoreError::Io(format!("composition thread ended: {e}")))?;
+                // A thread of its own rather than the blocking pool: its lower priority (inherited
+                // by x264's worker threads) must not stick to a pool thread used for other work.
+                let (done, outcome) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("compositor".into())
+                    .spawn(move || {
+                        lower_priority();
+                        let _ = done.send(run_composition(store2.as_ref(), &config, &job, &fetched));
+                    })
+                    .map_err(|e| StoreError::Io(format!("cannot start a composition thread: {e}")))?;
+                let outcome = outcome
+                    .await
+                    .map_err(|_| StoreError::Io("the composition thread ended without an outcome".into()))?;
                 if let Some(dir) = fetch_dir {
                     let _ = tokio::fs::remove_dir_all(&dir).await;
                 }
@@ -427,6 +436,27 @@ fn run_composition(
     Ok((path, report))
 }
 
+/// Nice value of composition threads: live recording (ingest, writers, the API) keeps the CPU
+/// when both want it; a composition only takes what is left.
+const COMPOSITION_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: per thread; threads it starts, such
+/// as x264's, inherit it). Failure only costs priority, so it is logged, not fatal.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // Already as low or lower (the whole service runs niced): raising it needs privileges.
+        if libc::getpriority(libc::PRIO_PROCESS, tid) >= COMPOSITION_NICE {
+            return;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, COMPOSITION_NICE)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "composition thread keeps normal priority");
+    }
+}
+
 /// Ids are checked by the API, but a path component must never be `..` or hold a separator.
 fn path_safe(id: &str) -> String {
     id.chars()
@@ -497,6 +527,26 @@ impl Handler<Snapshot> for Compositor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn composition_threads_run_below_normal_priority() {
+        let thread_nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) };
+        let before = thread_nice();
+        let nice = std::thread::spawn(|| {
+            lower_priority();
+            // SAFETY: plain syscalls on the calling thread's own id.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::getpriority(libc::PRIO_PROCESS, tid)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(nice, COMPOSITION_NICE.max(before));
+        // Only the composition thread changed.
+        assert_eq!(thread_nice(), before);
+    }
 
     #[test]
     fn path_components_cannot_escape() {
