@@ -181,6 +181,7 @@ fn composition_config(settings: &Settings) -> CompositionConfig {
             height: c.height,
             fps: c.fps,
             preset: c.preset.clone(),
+            label_placeholders: true,
         },
     }
 }

@@ -57,6 +57,10 @@ pub struct ComposeConfig {
     pub fps: u32,
     /// x264 preset; `veryfast` keeps up with real time on 2 cores for a few participants.
     pub preset: String,
+    /// Write each participant's userId into their tile, seen where the tile shows the
+    /// placeholder. Needs FFmpeg's drawtext (libfreetype, a font); without it the composition
+    /// is made unlabelled.
+    pub label_placeholders: bool,
 }
 
 impl Default for ComposeConfig {
@@ -66,8 +70,36 @@ impl Default for ComposeConfig {
             height: 720,
             fps: 25,
             preset: "veryfast".into(),
+            label_placeholders: true,
         }
     }
+}
+
+/// A userId as drawtext text: ids are letters, digits and `. _ - : @ + = ~` (the API checks),
+/// of which `:` would end the option; anything else unexpected becomes `_` too.
+fn label_text(user_id: &str) -> String {
+    user_id
+        .chars()
+        .take(40)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_@+=~".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// drawtext for `text` at the bottom left of `tile`, shown while `enable` (if any) holds.
+fn label(text: &str, tile: &Tile, enable: Option<&str>) -> String {
+    let size = (tile.h / 14).clamp(12, 32);
+    let enable = enable.map(|e| format!(":enable='{e}'")).unwrap_or_default();
+    format!(
+        "drawtext=text='{text}':x={}:y={}:fontsize={size}:fontcolor=white{enable}",
+        tile.x + 8,
+        tile.y + tile.h - size - 8
+    )
 }
 
 /// How a composition went: what was used, what had to be left out and why.
@@ -197,10 +229,6 @@ pub fn filter_description(
     let mut parts = Vec::new();
     if !video.is_empty() {
         let (w, h) = (even(config.width), even(config.height));
-        parts.push(format!(
-            "color=c=0x404040:s={w}x{h}:r={}:d={secs:.3}[base0]",
-            config.fps
-        ));
         let mut participants: Vec<&str> = Vec::new();
         for input in video.iter().filter(|i| i.role == ComposeRole::Camera) {
             if !participants.contains(&input.participant.as_str()) {
@@ -221,6 +249,21 @@ pub fn filter_description(
             .map(|(a, b)| format!("between(t,{a:.3},{b:.3})"))
             .collect::<Vec<_>>()
             .join("+");
+        // The canvas: grey, with each participant's name where their tile is (covered by the
+        // camera whenever it has a picture).
+        let mut canvas_chain = vec![format!("color=c=0x404040:s={w}x{h}:r={}:d={secs:.3}", config.fps)];
+        if config.label_placeholders {
+            for (slot, participant) in participants.iter().enumerate() {
+                let text = label_text(participant);
+                if screen_spans.is_empty() {
+                    canvas_chain.push(label(&text, &grid_tiles[slot], None));
+                } else {
+                    canvas_chain.push(label(&text, &grid_tiles[slot], Some(&format!("eq({screen_on},0)"))));
+                    canvas_chain.push(label(&text, &strip_tiles[slot], Some(&format!("gt({screen_on},0)"))));
+                }
+            }
+        }
+        parts.push(format!("{}[base0]", canvas_chain.join(",")));
         let fit = |t: &Tile| {
             format!(
                 "scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1",
@@ -608,19 +651,37 @@ pub fn compose(
         spec_parts.push(format!("{filter}@{label}={args}[{label}]"));
         source_names.push(format!("{filter}@{label}"));
     }
-    spec_parts.push(filter_description(&video, &audio, total, config));
+    let mut sinks = Vec::new();
     if report.has_video {
-        spec_parts.push("[vout]buffersink@vout".into());
+        sinks.push("[vout]buffersink@vout".to_string());
     }
     if report.has_audio {
-        spec_parts.push("[aout]abuffersink@aout".into());
+        sinks.push("[aout]abuffersink@aout".to_string());
     }
-    let spec = spec_parts.join(";");
-    let mut graph = ffmpeg::filter::Graph::new();
-    graph
-        .parse(&spec)
-        .map_err(|e| MediaError::Ffmpeg(format!("filter graph {spec:?}: {e}")))?;
-    graph.validate().map_err(|e| ffmpeg_err("configure filter graph", e))?;
+    let build = |config: &ComposeConfig| -> Result<ffmpeg::filter::Graph, MediaError> {
+        let mut parts = spec_parts.clone();
+        parts.push(filter_description(&video, &audio, total, config));
+        parts.extend(sinks.iter().cloned());
+        let spec = parts.join(";");
+        let mut graph = ffmpeg::filter::Graph::new();
+        graph
+            .parse(&spec)
+            .map_err(|e| MediaError::Ffmpeg(format!("filter graph {spec:?}: {e}")))?;
+        graph.validate().map_err(|e| ffmpeg_err("configure filter graph", e))?;
+        Ok(graph)
+    };
+    let mut graph = match build(config) {
+        Ok(graph) => graph,
+        Err(err) if config.label_placeholders => {
+            // drawtext missing (no libfreetype) or no font: the names are a nicety.
+            tracing::warn!(error = %err, "composing without participant labels");
+            build(&ComposeConfig {
+                label_placeholders: false,
+                ..config.clone()
+            })?
+        }
+        Err(err) => return Err(err),
+    };
 
     let mut octx = ffmpeg::format::output_as(out, "mp4").map_err(|e| ffmpeg_err("open output", e))?;
     let global_header = octx
@@ -906,6 +967,18 @@ mod tests {
         assert!(spec.contains("enable='eq(between(t,5.000,10.000),0)'"), "{spec}");
         assert!(spec.contains("[v2]scale=1280:540"), "{spec}");
         assert!(spec.contains("amix=inputs=1"), "{spec}");
+        // Names on the canvas: in the grid while no screen, in the strip while one is on.
+        assert!(
+            spec.contains("drawtext=text='u2':x=648:y=680:fontsize=32:fontcolor=white:enable='eq("),
+            "{spec}"
+        );
+        assert_eq!(label_text("a:b'c,d[e]"), "a_b_c_d_e_");
+        let unlabelled = ComposeConfig {
+            label_placeholders: false,
+            ..ComposeConfig::default()
+        };
+        let plain = filter_description(&[&a, &b, &s], &[&m], Duration::from_secs(10), &unlabelled);
+        assert!(!plain.contains("drawtext"), "{plain}");
         assert!(spec.ends_with("[aout]"), "{spec}");
         let audio_only = filter_description(&[], &[&m], Duration::from_secs(10), &ComposeConfig::default());
         assert!(!audio_only.contains("vout"));
@@ -949,6 +1022,17 @@ mod tests {
             .output()
             .expect("ffprobe");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The frame at `secs` as RGB24.
+    fn frame(path: &Path, secs: f64) -> Vec<u8> {
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-ss", &format!("{secs}"), "-i"])
+            .arg(path)
+            .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+            .output()
+            .expect("ffmpeg")
+            .stdout
     }
 
     /// RGB of the pixel (x, y) of the frame at `secs`.
@@ -1006,6 +1090,10 @@ mod tests {
         let right = pixel(&out, 1.0, 960, 360, 1280);
         assert!(left[0] > 180 && left[2] < 80, "left {left:?}");
         assert!(right.iter().all(|c| (40..=100).contains(c)), "right {right:?}");
+        // bob's name is written in his empty tile (bottom left), white on the grey.
+        let picture = frame(&out, 1.0);
+        let bright = (640..800).any(|x| (660..720).any(|y| picture[((y * 1280 + x) * 3) as usize] > 200));
+        assert!(bright, "no label in bob's placeholder");
         // 2.5 s: both cameras in the grid.
         let right = pixel(&out, 2.5, 960, 360, 1280);
         assert!(right[2] > 180 && right[0] < 80, "right {right:?}");
