@@ -789,6 +789,15 @@ mod tests {
         assert_eq!(settings.bind.port(), 8080);
         assert!(settings.application("default", "default").is_some());
         assert!(settings.api_keys.is_empty());
+        assert!(settings.composition.enabled);
+        assert_eq!(
+            (
+                settings.composition.concurrency,
+                settings.composition.width,
+                settings.composition.fps
+            ),
+            (1, 1280, 25)
+        );
     }
 
     #[test]
@@ -810,6 +819,11 @@ mod tests {
             ("[media]\nrtp_port_min = 50000\nrtp_port_max = 50001", "media.rtp_port_max"),
             ("[media]\nbind_ip = \"0.0.0.0\"", "media.announce_ip"),
             ("[media]\nflush_interval_ms = 0", "media.flush_interval_ms"),
+            ("[composition]\nconcurrency = 0", "composition.concurrency"),
+            ("[composition]\nfps = 0", "composition.fps"),
+            ("[composition]\nwidth = 10", "composition.width"),
+            ("[composition]\npreset = \"very fast; rm\"", "composition.preset"),
+            ("[composition]\nsurprise = 1", "surprise"),
         ] {
             let err = load(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");

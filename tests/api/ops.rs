@@ -164,6 +164,15 @@ fn compositions_are_404_until_an_instance_stops_and_stay_in_their_organization()
 }
 
 #[test]
+fn with_composition_disabled_nothing_is_composed() {
+    let app = TestApp::spawn_with("[composition]\nenabled = false\n", &[]);
+    let c = conv("no-composition");
+    let ev = app.start(KEY_A, APP_A, &c);
+    app.stop(KEY_A, &ev);
+    app.get(&format!("/compositions/{c}"), KEY_A).assert_error(404);
+}
+
+#[test]
 fn storage_verification_passes_for_a_healthy_profile() {
     let app = TestApp::spawn();
     let resp = app.post_empty("/storageproviders/app-a/verify", KEY_A);
