@@ -36,6 +36,8 @@ struct RawConfig {
     ops: Ops,
     media: RawMedia,
     #[serde(default)]
+    composition: Composition,
+    #[serde(default)]
     organizations: BTreeMap<String, RawOrganization>,
     #[serde(default)]
     api_keys: BTreeMap<String, RawApiKey>,
@@ -67,6 +69,55 @@ pub struct Uploads {
     /// Delete a local artefact file once its upload is verified.
     #[serde(default = "yes")]
     pub delete_local_after_upload: bool,
+}
+
+/// `[composition]`: one MP4 per conversation, composed when an instance of it stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Composition {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub preset: String,
+}
+
+impl Default for Composition {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 1,
+            width: 1280,
+            height: 720,
+            fps: 25,
+            preset: "veryfast".into(),
+        }
+    }
+}
+
+impl Composition {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=16).contains(&self.concurrency) {
+            return Err(invalid("composition.concurrency", "must be between 1 and 16"));
+        }
+        if !(64..=3840).contains(&self.width) || !(64..=2160).contains(&self.height) {
+            return Err(invalid(
+                "composition.width",
+                "width must be 64..=3840 and height 64..=2160",
+            ));
+        }
+        if !(1..=60).contains(&self.fps) {
+            return Err(invalid("composition.fps", "must be between 1 and 60"));
+        }
+        if self.preset.is_empty() || !self.preset.chars().all(|c| c.is_ascii_lowercase()) {
+            return Err(invalid(
+                "composition.preset",
+                "must be an x264 preset name like veryfast",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -427,6 +478,7 @@ pub struct Settings {
     pub uploads: Uploads,
     pub ops: Ops,
     pub media: Media,
+    pub composition: Composition,
     pub applications: Vec<Application>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -642,6 +694,7 @@ impl RawConfig {
             }
         }
 
+        self.composition.check()?;
         Ok(Settings {
             bind,
             data_dir: self.data_dir,
@@ -656,6 +709,7 @@ impl RawConfig {
             uploads: self.uploads,
             ops: self.ops,
             media,
+            composition: self.composition,
             applications,
             api_keys,
         })
@@ -735,6 +789,15 @@ mod tests {
         assert_eq!(settings.bind.port(), 8080);
         assert!(settings.application("default", "default").is_some());
         assert!(settings.api_keys.is_empty());
+        assert!(settings.composition.enabled);
+        assert_eq!(
+            (
+                settings.composition.concurrency,
+                settings.composition.width,
+                settings.composition.fps
+            ),
+            (1, 1280, 25)
+        );
     }
 
     #[test]
@@ -756,6 +819,11 @@ mod tests {
             ("[media]\nrtp_port_min = 50000\nrtp_port_max = 50001", "media.rtp_port_max"),
             ("[media]\nbind_ip = \"0.0.0.0\"", "media.announce_ip"),
             ("[media]\nflush_interval_ms = 0", "media.flush_interval_ms"),
+            ("[composition]\nconcurrency = 0", "composition.concurrency"),
+            ("[composition]\nfps = 0", "composition.fps"),
+            ("[composition]\nwidth = 10", "composition.width"),
+            ("[composition]\npreset = \"very fast; rm\"", "composition.preset"),
+            ("[composition]\nsurprise = 1", "surprise"),
         ] {
             let err = load(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");

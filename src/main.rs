@@ -18,7 +18,8 @@ use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
-use recorder_actors::engine::MediaConfig;
+use recorder_actors::engine::{CompositionConfig, MediaConfig};
+use recorder_actors::media::compose::ComposeConfig;
 use recorder_actors::media::plain_rtp::PortAllocator;
 use recorder_actors::media::receiver::ReceiverConfig;
 use recorder_actors::media::writer::WriterConfig;
@@ -127,6 +128,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
                 .expect("API messages always serialize")
         }),
         media: Arc::new(media_config(&settings)),
+        composition: composition_config(&settings),
     });
     let registry =
         Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;
@@ -167,6 +169,21 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: flushing the state store");
     store.flush().await?;
     Ok(())
+}
+
+fn composition_config(settings: &Settings) -> CompositionConfig {
+    let c = &settings.composition;
+    CompositionConfig {
+        enabled: c.enabled,
+        concurrency: c.concurrency,
+        output: ComposeConfig {
+            width: c.width,
+            height: c.height,
+            fps: c.fps,
+            preset: c.preset.clone(),
+            label_placeholders: true,
+        },
+    }
 }
 
 fn media_config(settings: &Settings) -> MediaConfig {

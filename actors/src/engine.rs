@@ -37,6 +37,27 @@ pub struct EngineConfig {
     /// engine stays free of HTTP types.
     pub render_manifest: ManifestRenderer,
     pub media: Arc<MediaConfig>,
+    pub composition: CompositionConfig,
+}
+
+/// Composition of a conversation into one MP4 when an instance of it stops.
+#[derive(Debug, Clone)]
+pub struct CompositionConfig {
+    pub enabled: bool,
+    /// Compositions running at once, each on its own blocking thread. A composition takes a
+    /// core or more; the default 1 leaves the others to live recording.
+    pub concurrency: usize,
+    pub output: crate::media::compose::ComposeConfig,
+}
+
+impl Default for CompositionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 1,
+            output: Default::default(),
+        }
+    }
 }
 
 pub type ManifestRenderer = Arc<dyn Fn(&InstanceRecord) -> Vec<u8> + Send + Sync>;

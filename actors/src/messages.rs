@@ -114,6 +114,24 @@ pub struct ProviderCobrowseUrl {
     pub ttl: std::time::Duration,
 }
 
+/// A conversation's composition with the instance it is uploaded under (its newest stopped
+/// one) and, once uploaded, the provider's signed URL (`None` for local and SFTP profiles).
+/// `None` when the conversation of that organization has no composition (no stopped instance).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Option<CompositionView>, EngineError>")]
+pub struct GetComposition {
+    pub organization_id: String,
+    pub conversation_id: String,
+    pub ttl: std::time::Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompositionView {
+    pub composition: crate::store::CompositionRecord,
+    pub instance: InstanceRecord,
+    pub url: Option<String>,
+}
+
 /// The storage provider's signed download URL of every uploaded track of an instance; tracks of
 /// profiles without provider URLs (local, SFTP) are left out.
 #[derive(Message, Debug, Clone)]

@@ -403,6 +403,72 @@ impl From<&InstanceRecord> for RecordingDataMessage {
     }
 }
 
+/// `GET /compositions/{conversationId}`: the composition in the shape of a recording. State:
+/// queued → INITIALISED, composing → ACTIVE, done → STOPPED, failed → FAILED. `instanceId`,
+/// `recorderId`, `conferenceId` and `storageProfile` are those of the newest stopped instance
+/// (the composition is uploaded through its profile); `started`/`stopped` are the composition
+/// run's. One stream (`id` "composition", type VIDEO) holds one track: VIDEO, or AUDIO for an
+/// audio-only conversation, with its local file, its upload and the provider's signed `url`.
+pub fn composition_message(
+    c: &recorder_actors::store::CompositionRecord,
+    instance: &InstanceRecord,
+    url: Option<String>,
+) -> RecordingDataMessage {
+    use recorder_actors::store::CompositionState as C;
+    let (state, stream_state) = match c.state {
+        C::Queued => (RecordingState::Initialised, StreamState::Recording),
+        C::Composing => (RecordingState::Active, StreamState::Recording),
+        C::Done => (RecordingState::Stopped, StreamState::Stopped),
+        C::Failed => (RecordingState::Failed, StreamState::Failed),
+    };
+    let done = c.state == C::Done;
+    let video = if done { c.has_video } else { instance.video };
+    let track = TrackDataMessage {
+        id: "composition".into(),
+        started: opt_ts(c.started),
+        stopped: opt_ts(c.stopped),
+        storage: TrackStorageDataMessage {
+            local_storage: LocalFileDataMessage {
+                created: if done { opt_ts(c.stopped) } else { None },
+                deleted: None,
+                error: None,
+                location: c.local_path.clone(),
+            },
+            object_storage: UploadDataMessage {
+                error: None,
+                location: c.location.clone(),
+                size: c.size.map(|s| s.to_string()),
+                uploaded: opt_ts(c.uploaded),
+            },
+        },
+        kind: if video { TrackType::Video } else { TrackType::Audio },
+        url,
+    };
+    RecordingDataMessage {
+        audio: instance.audio,
+        chat_transcript: None,
+        conference_id: instance.conference_id.clone(),
+        conversation_id: c.conversation_id.clone(),
+        error: error(&c.error),
+        instance_id: instance.instance_id.clone(),
+        organization_id: c.organization_id.clone(),
+        recorder_id: instance.recorder_id.clone(),
+        recovered: None,
+        started: opt_ts(c.started),
+        state,
+        stopped: opt_ts(c.stopped),
+        storage_profile: instance.into(),
+        streams: vec![StreamDataMessage {
+            id: "composition".into(),
+            state: stream_state,
+            tracks: vec![track],
+            kind: StreamType::Video,
+            user_id: String::new(),
+        }],
+        video,
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationTrackStorageData {

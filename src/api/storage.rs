@@ -1,7 +1,7 @@
 //! Provider Controller and Composition Controller.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use recorder_actors::messages::VerifyStorage;
+use recorder_actors::messages::{GetComposition, VerifyStorage};
 
 use super::dto::*;
 use super::error::{ApiError, ErrorBody};
@@ -59,7 +59,7 @@ pub async fn verify(
     tag = "Composition Controller",
     operation_id = "getComposition",
     summary = "Get recording information for a given conversationId.",
-    description = "Composition is not available in this release: the answer is 404 for every conversation (after authentication).",
+    description = "One MP4 per conversation: every stopped instance in time order, the time between instances cut; cameras in a grid, a SCREEN stream in a large tile with the cameras in a strip, all audio mixed; H.264 + AAC (audio-only conversations: AAC only). Composed when an instance stops, again when a later instance of the conversation stops. `state`: queued → INITIALISED, composing → ACTIVE, done → STOPPED, failed → FAILED (with `error`); a composition that had to leave a corrupt or empty track out is STOPPED with `error` code COMPOSITION_PARTIAL naming the track. `instanceId`, `recorderId`, `conferenceId` and `storageProfile` are the newest stopped instance's; `started`/`stopped` are the composition run's. One stream (`id` \"composition\", type VIDEO) with one track (VIDEO, or AUDIO when audio-only) carrying `storage` (local file, upload to `{organizationId}/{applicationId}/{conversationId}/composition.mp4`) and, once uploaded to a provider with signed URLs (S3, Azure, GCS), `url`. 404 while the conversation has no stopped instance, and for another organization's conversation.",
     params(("conversationId" = String, Path, description = "conversationId")),
     responses(
         (status = 200, description = "OK", body = RecordingDataMessage),
@@ -77,10 +77,21 @@ pub async fn composition(
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let conversation_id = path.into_inner();
     check_id("conversationId", &conversation_id, state.settings.limits.max_id_len)?;
-    // Distinguish nothing: an unknown conversation and a known one without a composition read
-    // the same, so the answer leaks nothing across organizations.
-    let _ = super::recordings::visible_conversation(&state, &grant, conversation_id.clone()).await;
-    Err(ApiError::NotFound(format!(
-        "no composition for conversation {conversation_id}"
-    )))
+    // An unknown conversation, another organization's, one without a stopped instance and one
+    // whose application the key may not use all read the same 404: nothing leaks.
+    let missing = || ApiError::NotFound(format!("no composition for conversation {conversation_id}"));
+    let ttl = std::time::Duration::from_secs(state.settings.url_ttl_secs);
+    let view = state
+        .registry
+        .send(GetComposition {
+            organization_id: grant.organization_id.clone(),
+            conversation_id: conversation_id.clone(),
+            ttl,
+        })
+        .await??
+        .ok_or_else(missing)?;
+    if !grant.may_use_application(&view.instance.application_id) {
+        return Err(missing());
+    }
+    Ok(HttpResponse::Ok().json(composition_message(&view.composition, &view.instance, view.url)))
 }

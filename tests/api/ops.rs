@@ -127,13 +127,49 @@ fn debug_actors_shows_the_live_tree_to_admins_only() {
 }
 
 #[test]
-fn compositions_are_not_implemented_yet() {
+fn compositions_are_404_until_an_instance_stops_and_stay_in_their_organization() {
     let app = TestApp::spawn();
     let c = conv("composition");
-    app.start(KEY_A, APP_A, &c);
+    let ev = app.start(KEY_A, APP_A, &c);
     app.get(&format!("/compositions/{c}"), NO_KEY).assert_error(401);
     app.get(&format!("/compositions/{c}"), KEY_A).assert_error(404);
     app.get("/compositions/unknown", KEY_A).assert_error(404);
+    app.stop(KEY_A, &ev);
+    // Stopped with no media: the composition is queued with the stop, then fails (nothing to
+    // compose) without touching the recording.
+    let message = app
+        .get(&format!("/compositions/{c}"), KEY_A)
+        .ok_json("RecordingDataMessage");
+    assert_eq!(message["conversationId"], c.as_str());
+    assert_eq!(message["instanceId"], ev["instanceId"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let failed = loop {
+        let message = app
+            .get(&format!("/compositions/{c}"), KEY_A)
+            .ok_json("RecordingDataMessage");
+        if message["state"] == "FAILED" || std::time::Instant::now() > deadline {
+            break message;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(failed["state"], "FAILED", "{failed}");
+    assert!(failed["error"]["message"].as_str().is_some(), "{failed}");
+    assert_eq!(
+        failed["streams"][0]["tracks"].as_array().map(Vec::len),
+        Some(1),
+        "{failed}"
+    );
+    assert_eq!(app.instance(KEY_A, &ev)["state"], "STOPPED");
+    app.get(&format!("/compositions/{c}"), KEY_B).assert_error(404);
+}
+
+#[test]
+fn with_composition_disabled_nothing_is_composed() {
+    let app = TestApp::spawn_with("[composition]\nenabled = false\n", &[]);
+    let c = conv("no-composition");
+    let ev = app.start(KEY_A, APP_A, &c);
+    app.stop(KEY_A, &ev);
+    app.get(&format!("/compositions/{c}"), KEY_A).assert_error(404);
 }
 
 #[test]

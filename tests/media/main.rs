@@ -4,5 +4,6 @@
 mod harness;
 
 mod bad_input;
+mod compose;
 mod plain_rtp;
 mod whip;

@@ -5,17 +5,20 @@
 //! ├── Conversation    one per conversation with a live instance
 //! │   └── Recorder    one per instance; the instance state machine
 //! │       └── Stream  one per published stream
-//! └── Uploader        one per storage profile; drains the durable upload queue
+//! ├── Uploader        one per storage profile; drains the durable upload queue
+//! └── Compositor      drains the durable composition queue (one MP4 per conversation)
 //! ```
 
+mod compositor;
 mod conversation;
 mod recorder;
 mod registry;
 mod stream;
 mod uploader;
 
+pub use compositor::{composition_inputs, CompositionQueued, Compositor, FetchedTracks};
 pub use conversation::Conversation;
 pub use recorder::Recorder;
-pub use registry::{queue_track_file, Registry};
+pub use registry::{composition_key, queue_track_file, Registry};
 pub use stream::Stream;
 pub use uploader::{Kick, Uploader};

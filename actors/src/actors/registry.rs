@@ -9,6 +9,7 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use futures_util::FutureExt;
 
+use super::compositor::{CompositionQueued, Compositor};
 use super::conversation::{Conversation, StopInstance};
 use super::uploader::{Kick, Uploader};
 use crate::domain::*;
@@ -34,6 +35,7 @@ pub struct Registry {
     /// newest start wins if two conversations name the same conference.
     by_conference: HashMap<(String, String), ConversationKey>,
     uploaders: HashMap<ProfileKey, Mailbox<Uploader>>,
+    compositor: Mailbox<Compositor>,
     num_started: u64,
     num_stopped: u64,
     num_recovered_on_boot: u64,
@@ -46,21 +48,28 @@ impl Registry {
     /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
     pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
         let instances = store.all_instances()?;
+        let mut uploaders = HashMap::new();
+        for profile in config.applications.values() {
+            let key = (profile.organization_id.clone(), profile.application_id.clone());
+            let uploader = Uploader::new(store.clone(), profile.clone(), config.clone()).start();
+            uploaders.insert(key, Mailbox::new(uploader));
+        }
+        let kicks = uploaders
+            .iter()
+            .map(|(key, mailbox): (&ProfileKey, &Mailbox<Uploader>)| (key.clone(), mailbox.addr().clone().recipient()))
+            .collect();
+        let compositor = Mailbox::new(Compositor::new(store.clone(), config.clone(), kicks).start());
         let mut registry = Registry {
             store: store.clone(),
             config: config.clone(),
             live: HashMap::new(),
             by_conference: HashMap::new(),
-            uploaders: HashMap::new(),
+            uploaders,
+            compositor,
             num_started: 0,
             num_stopped: 0,
             num_recovered_on_boot: 0,
         };
-        for profile in config.applications.values() {
-            let key = (profile.organization_id.clone(), profile.application_id.clone());
-            let uploader = Uploader::new(store.clone(), profile.clone(), config.clone()).start();
-            registry.uploaders.insert(key, Mailbox::new(uploader));
-        }
         for mut record in instances.into_iter().filter(|r| r.state.is_live()) {
             if record.state == InstanceState::Active {
                 record = store.update_instance(&record.instance_id, &mut |r| {
@@ -147,7 +156,17 @@ pub(crate) fn artefact_key(record: &InstanceRecord, artefact: &ArtefactKind) -> 
             record.track_key(stream_id, track_id, extension)
         }
         ArtefactKind::Manifest => record.manifest_key(),
+        ArtefactKind::Composition { conversation_id, .. } => composition_key(record, conversation_id),
     }
+}
+
+/// `{organizationId}/{applicationId}/{conversationId}/composition.mp4`: one composition per
+/// conversation, beside its instances' folders, overwritten by a re-composition.
+pub fn composition_key(record: &InstanceRecord, conversation_id: &str) -> String {
+    format!(
+        "{}/{}/{}/composition.mp4",
+        record.organization_id, record.application_id, conversation_id
+    )
 }
 
 /// Queues the upload of one artefact of `record`.
@@ -303,9 +322,25 @@ impl Handler<StopRecording> for Registry {
         };
         let instance_id = record.instance_id.clone();
         let store = self.store.clone();
+        let compose = self.config.composition.enabled;
         Box::pin(
             async move {
                 match conversation.send(StopInstance).await {
+                    Ok(Ok(stopped)) => {
+                        // Queued with the stop, before the client hears of it: the tracks are
+                        // final now, and a crash must not lose the job.
+                        if compose && stopped.state == InstanceState::Stopped {
+                            store.queue_composition(
+                                &stopped.organization_id,
+                                &stopped.conversation_id,
+                                &stopped.application_id,
+                                &stopped.instance_id,
+                                Utc::now(),
+                            )?;
+                            store.flush().await?;
+                        }
+                        Ok(stopped)
+                    }
                     Ok(result) => result,
                     // The conversation ended between our lookup and this send: a concurrent
                     // stop won, and its result is in the store.
@@ -326,6 +361,7 @@ impl Handler<StopRecording> for Registry {
                         act.num_stopped += 1;
                     }
                     act.kick_uploader(stopped);
+                    act.compositor.do_send(CompositionQueued);
                 }
                 result
             }),
@@ -597,6 +633,41 @@ impl Handler<ProviderCobrowseUrl> for Registry {
     }
 }
 
+impl Handler<GetComposition> for Registry {
+    type Result = ResponseFuture<Result<Option<CompositionView>, EngineError>>;
+
+    fn handle(&mut self, msg: GetComposition, _ctx: &mut Self::Context) -> Self::Result {
+        let found = (|| {
+            let Some(composition) = self.store.get_composition(&msg.organization_id, &msg.conversation_id)? else {
+                return Ok::<_, EngineError>(None);
+            };
+            let Some(instance) = self.store.get_instance(&composition.instance_id)? else {
+                return Ok(None);
+            };
+            let profile = self
+                .config
+                .application(&instance.organization_id, &instance.application_id)
+                .cloned();
+            Ok(Some((composition, instance, profile)))
+        })();
+        async move {
+            let Some((composition, instance, profile)) = found? else {
+                return Ok(None);
+            };
+            let url = match (&composition.key, &composition.uploaded, profile) {
+                (Some(key), Some(_), Some(profile)) => profile.backend.signed_url(key, msg.ttl).await?,
+                _ => None,
+            };
+            Ok(Some(CompositionView {
+                composition,
+                instance,
+                url,
+            }))
+        }
+        .boxed_local()
+    }
+}
+
 impl Handler<TrackUrls> for Registry {
     type Result = ResponseFuture<Result<Vec<TrackUrl>, EngineError>>;
 
@@ -683,6 +754,7 @@ impl Handler<Snapshot> for Registry {
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         let conversations: Vec<_> = self.live.values().map(|l| l.conversation.clone()).collect();
         let uploaders: Vec<_> = self.uploaders.values().cloned().collect();
+        let compositor = self.compositor.clone();
         let mut counters = std::collections::BTreeMap::new();
         counters.insert("num_live_conversations", self.live.len() as u64);
         counters.insert("num_started", self.num_started);
@@ -697,6 +769,7 @@ impl Handler<Snapshot> for Registry {
             for child in join_all(uploaders.iter().map(snapshot_of)).await {
                 children.extend(child);
             }
+            children.extend(snapshot_of(&compositor).await);
             ActorSnapshot {
                 kind: "Registry",
                 id,

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::domain::{ErrorInfo, InstanceRecord, TranscriptArtefact};
 use crate::snapshot::{ActorSnapshot, Snapshot};
 use crate::storage::{ObjectInfo, PutReceipt, StorageError};
-use crate::store::{ArtefactKind, StateStore, StoreError, UploadJob};
+use crate::store::{ArtefactKind, CompositionState, StateStore, StoreError, UploadJob};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
 pub struct Uploader {
@@ -68,7 +68,8 @@ impl Uploader {
         // Instances with artefacts still to upload: their manifest waits.
         let pending: HashSet<String> = jobs
             .iter()
-            .filter(|j| j.artefact != ArtefactKind::Manifest)
+            // The composition is the conversation's, not listed in an instance's manifest.
+            .filter(|j| j.artefact != ArtefactKind::Manifest && !matches!(j.artefact, ArtefactKind::Composition { .. }))
             .map(|j| j.instance_id.clone())
             .collect();
         for job in jobs {
@@ -162,7 +163,7 @@ fn retry_delay(config: &EngineConfig, num_attempts: u32) -> Duration {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum JobError {
+pub(crate) enum JobError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -240,6 +241,31 @@ async fn run_job(
             }
             receipt.size
         }
+        ArtefactKind::Composition {
+            conversation_id,
+            local_path,
+        } => {
+            let receipt = backend.put_file(&job.key, Path::new(local_path)).await?;
+            let stored = backend.head(&job.key).await?;
+            verify_upload(&receipt, &stored)?;
+            store.update_composition(&job.organization_id, conversation_id, &mut |c| {
+                c.key = Some(job.key.clone());
+                c.location = Some(location.clone());
+                c.size = Some(receipt.size);
+                c.uploaded = Some(now);
+                Ok(())
+            })?;
+            store.finish_job(&job.key, job.generation)?;
+            store.flush().await?;
+            if !keep_local {
+                // A re-composition writes a new file under the same path before queueing again,
+                // so only a finished job (generation unchanged) may remove it.
+                if let Err(err) = tokio::fs::remove_file(local_path).await {
+                    tracing::warn!(path = %local_path, error = %err, "uploaded composition could not be deleted locally");
+                }
+            }
+            return Ok(receipt.size);
+        }
         artefact => {
             let body = render(store.as_ref(), &config, &record, artefact)?;
             let size = backend.put(&job.key, body).await?;
@@ -263,7 +289,7 @@ async fn run_job(
                         session.location = Some(location.clone());
                         session.uploaded = Some(now);
                     }
-                    ArtefactKind::Manifest | ArtefactKind::TrackFile { .. } => {}
+                    ArtefactKind::Manifest | ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } => {}
                 }
                 Ok(())
             })?;
@@ -278,11 +304,22 @@ async fn run_job(
         local_path,
     } = &job.artefact
     {
-        if !keep_local {
+        // The compositor reads the local track files: while the conversation's composition is
+        // queued or running the file stays, and the compositor deletes it after its run.
+        if !keep_local && !composition_pending(store.as_ref(), &record) {
             delete_local(store.as_ref(), &record.instance_id, stream_id, track_id, local_path).await?;
         }
     }
     Ok(size)
+}
+
+fn composition_pending(store: &dyn StateStore, record: &InstanceRecord) -> bool {
+    match store.get_composition(&record.organization_id, &record.conversation_id) {
+        Ok(Some(c)) => matches!(c.state, CompositionState::Queued | CompositionState::Composing),
+        Ok(None) => false,
+        // Unknown: keeping a file is the safe side.
+        Err(_) => true,
+    }
 }
 
 /// The stored object must have the size read from the local file, and the same MD5 when the
@@ -307,7 +344,7 @@ fn verify_upload(sent: &PutReceipt, stored: &ObjectInfo) -> Result<(), JobError>
 
 /// Deletes a verified upload's local file and records `localStorage.deleted`. A failure to delete
 /// is recorded on the artefact (`localStorage.error`) and does not undo the upload.
-async fn delete_local(
+pub(crate) async fn delete_local(
     store: &dyn StateStore,
     instance_id: &str,
     stream_id: &str,
@@ -360,7 +397,9 @@ fn render(
             "events": store.cobrowse_events(&record.instance_id, session_id)?,
         }),
         ArtefactKind::Manifest => return Ok((config.render_manifest)(record)),
-        ArtefactKind::TrackFile { .. } => unreachable!("track files are uploaded from disk, not rendered"),
+        ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } => {
+            unreachable!("files are uploaded from disk, not rendered")
+        }
     };
     Ok(serde_json::to_vec_pretty(&value).expect("json values always serialize"))
 }
@@ -464,6 +503,7 @@ mod tests {
             delete_local_after_upload: true,
             render_manifest: crate::plain_manifest_renderer(),
             media: Arc::new(crate::engine::MediaConfig::for_tests(std::env::temp_dir())),
+            composition: Default::default(),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod codec;
+pub mod compose;
 pub mod depacketize;
 pub mod join;
 pub mod receiver;

@@ -8,6 +8,7 @@
 
 mod sled_store;
 
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,12 @@ pub enum ArtefactKind {
         track_id: String,
         local_path: String,
     },
+    /// The conversation's composed MP4 on this node (see [`CompositionRecord`]); the job's
+    /// instance is the conversation's newest stopped one.
+    Composition {
+        conversation_id: String,
+        local_path: String,
+    },
     /// `recording.json`: runs only when no other job of its instance is queued, so a complete
     /// manifest in storage means every artefact it lists is there.
     Manifest,
@@ -71,6 +78,47 @@ pub struct UploadJob {
     pub generation: u64,
     pub num_attempts: u32,
     pub last_error: Option<ErrorInfo>,
+}
+
+/// Progress of a conversation's composition. `Queued` again when a later instance of the
+/// conversation stops, whatever the state was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompositionState {
+    Queued,
+    Composing,
+    Done,
+    Failed,
+}
+
+/// A durable composition job and its outcome, one per (organization, conversation). The
+/// compositor holds nothing that must be recovered: a `Composing` record found at boot was cut
+/// short by a crash and is run again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompositionRecord {
+    pub schema_version: u32,
+    pub organization_id: String,
+    pub conversation_id: String,
+    /// Application (storage profile) and instance of the newest stopped instance: the upload of
+    /// the composition goes through that instance's profile.
+    pub application_id: String,
+    pub instance_id: String,
+    pub state: CompositionState,
+    /// Bumped by every queueing; a run that finds a newer generation at its end leaves the
+    /// record queued so the newer instance is included.
+    pub generation: u64,
+    pub queued: DateTime<Utc>,
+    pub started: Option<DateTime<Utc>>,
+    pub stopped: Option<DateTime<Utc>>,
+    pub error: Option<ErrorInfo>,
+    /// Inputs left out of a produced composition (corrupt or empty track files).
+    pub problems: Vec<String>,
+    pub has_video: bool,
+    pub local_path: Option<String>,
+    pub key: Option<String>,
+    pub location: Option<String>,
+    pub size: Option<u64>,
+    pub uploaded: Option<DateTime<Utc>>,
 }
 
 pub trait StateStore: Send + Sync + 'static {
@@ -107,6 +155,26 @@ pub trait StateStore: Send + Sync + 'static {
     fn jobs(&self) -> StoreResult<Vec<UploadJob>>;
     /// Removes a finished job unless it was re-queued meanwhile; returns whether it was removed.
     fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool>;
+
+    /// Creates the conversation's composition record, or re-queues it (state `Queued`, next
+    /// generation, newest instance), whatever its state.
+    fn queue_composition(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+        application_id: &str,
+        instance_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CompositionRecord>;
+    fn get_composition(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Option<CompositionRecord>>;
+    /// Atomic read-modify-write of one composition record, like [`StateStore::update_instance`].
+    fn update_composition(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+        change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
+    ) -> StoreResult<CompositionRecord>;
+    fn compositions(&self) -> StoreResult<Vec<CompositionRecord>>;
 
     /// Makes every earlier write durable (fsync).
     fn flush(&self) -> BoxFuture<'static, StoreResult<()>>;

@@ -9,6 +9,7 @@
 //! | `transcript_counts` | instanceId                           | entries (be u64) |
 //! | `cobrowse`    | instanceId \0 sessionId \0 sequence (be)   | `CobrowseEvent`  |
 //! | `jobs`        | object key                                 | `UploadJob`      |
+//! | `compositions`| org \0 conversation                        | `CompositionRecord` |
 //!
 //! Ids never contain NUL (the API refuses them), so NUL separates key parts and prefix scans
 //! are exact.
@@ -24,7 +25,7 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{StateStore, StoreError, StoreResult, UploadJob};
+use super::{CompositionRecord, CompositionState, StateStore, StoreError, StoreResult, UploadJob};
 use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, RECORD_SCHEMA_VERSION};
 
 const STORE_FORMAT_KEY: &str = "store_format";
@@ -41,6 +42,7 @@ pub struct SledStore {
     transcript_counts: sled::Tree,
     cobrowse: sled::Tree,
     jobs: sled::Tree,
+    compositions: sled::Tree,
 }
 
 impl SledStore {
@@ -55,6 +57,7 @@ impl SledStore {
             transcript_counts: db.open_tree("transcript_counts").map_err(io)?,
             cobrowse: db.open_tree("cobrowse").map_err(io)?,
             jobs: db.open_tree("jobs").map_err(io)?,
+            compositions: db.open_tree("compositions").map_err(io)?,
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
         let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
@@ -429,6 +432,103 @@ impl StateStore for SledStore {
                 return Ok(true);
             }
         }
+    }
+
+    fn queue_composition(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+        application_id: &str,
+        instance_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<CompositionRecord> {
+        let key = key2(organization_id, conversation_id);
+        loop {
+            let current = self.compositions.get(&key).map_err(io)?;
+            let next = match &current {
+                Some(bytes) => {
+                    let mut record: CompositionRecord = decode("compositions", &key, bytes)?;
+                    record.generation += 1;
+                    record.state = CompositionState::Queued;
+                    record.application_id = application_id.to_string();
+                    record.instance_id = instance_id.to_string();
+                    record.queued = now;
+                    record
+                }
+                None => CompositionRecord {
+                    schema_version: RECORD_SCHEMA_VERSION,
+                    organization_id: organization_id.to_string(),
+                    conversation_id: conversation_id.to_string(),
+                    application_id: application_id.to_string(),
+                    instance_id: instance_id.to_string(),
+                    state: CompositionState::Queued,
+                    generation: 1,
+                    queued: now,
+                    started: None,
+                    stopped: None,
+                    error: None,
+                    problems: Vec::new(),
+                    has_video: false,
+                    local_path: None,
+                    key: None,
+                    location: None,
+                    size: None,
+                    uploaded: None,
+                },
+            };
+            if self
+                .compositions
+                .compare_and_swap(&key, current, Some(encode(&next)))
+                .map_err(io)?
+                .is_ok()
+            {
+                return Ok(next);
+            }
+        }
+    }
+
+    fn get_composition(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Option<CompositionRecord>> {
+        let key = key2(organization_id, conversation_id);
+        match self.compositions.get(&key).map_err(io)? {
+            Some(bytes) => Ok(Some(decode("compositions", &key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn update_composition(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+        change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
+    ) -> StoreResult<CompositionRecord> {
+        let key = key2(organization_id, conversation_id);
+        loop {
+            let current = self
+                .compositions
+                .get(&key)
+                .map_err(io)?
+                .ok_or_else(|| StoreError::NotFound(format!("composition of {conversation_id}")))?;
+            let mut record: CompositionRecord = decode("compositions", &key, &current)?;
+            change(&mut record)?;
+            if self
+                .compositions
+                .compare_and_swap(&key, Some(current), Some(encode(&record)))
+                .map_err(io)?
+                .is_ok()
+            {
+                return Ok(record);
+            }
+        }
+    }
+
+    fn compositions(&self) -> StoreResult<Vec<CompositionRecord>> {
+        self.compositions
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                decode("compositions", &key, &value)
+            })
+            .collect()
     }
 
     fn flush(&self) -> BoxFuture<'static, StoreResult<()>> {

@@ -1,0 +1,556 @@
+//! Runs the durable composition queue: every `Queued` composition record in the state store is
+//! composed (FFmpeg, on a blocking thread, at most `composition.concurrency` at once), then its
+//! MP4 is queued for upload like any other artefact. The actor holds nothing that must survive
+//! a crash: at start every `Queued` or `Composing` record is (re)run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use super::registry::enqueue_artefact;
+use super::uploader::{delete_local, Kick};
+use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamType, TrackType};
+use crate::media::compose::{self, ComposeInput, ComposeMedia, ComposeReport, ComposeRole, InstanceSpan};
+use crate::media::MediaError;
+use crate::snapshot::{ActorSnapshot, Snapshot};
+use crate::store::{ArtefactKind, CompositionRecord, CompositionState, StateStore, StoreError};
+use crate::EngineConfig;
+
+/// Wait before looking at the queue again after the store could not be read.
+const STORE_RETRY: Duration = Duration::from_secs(5);
+
+type ConversationKey = (String, String);
+
+pub struct Compositor {
+    store: Arc<dyn StateStore>,
+    config: Arc<EngineConfig>,
+    /// Uploaders by (organization, application), kicked when a composition is queued for upload.
+    uploaders: HashMap<(String, String), Recipient<Kick>>,
+    running: HashSet<ConversationKey>,
+    num_composed: u64,
+    num_failed: u64,
+    last_error: Option<ErrorInfo>,
+}
+
+impl Compositor {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        config: Arc<EngineConfig>,
+        uploaders: HashMap<(String, String), Recipient<Kick>>,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            uploaders,
+            running: HashSet::new(),
+            num_composed: 0,
+            num_failed: 0,
+            last_error: None,
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let records = match self.store.compositions() {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::error!(error = %err, "composition queue unreadable");
+                self.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
+                ctx.run_later(STORE_RETRY, |act, ctx| act.pump(ctx));
+                return;
+            }
+        };
+        for record in records {
+            if self.running.len() >= self.config.composition.concurrency.max(1) {
+                break;
+            }
+            let key = (record.organization_id.clone(), record.conversation_id.clone());
+            // `Composing` and not running here: a crash cut it short.
+            let runnable = matches!(record.state, CompositionState::Queued | CompositionState::Composing);
+            if !runnable || self.running.contains(&key) {
+                continue;
+            }
+            let claimed = match self.store.update_composition(&key.0, &key.1, &mut |c| {
+                c.state = CompositionState::Composing;
+                c.started = Some(Utc::now());
+                c.stopped = None;
+                c.error = None;
+                c.problems.clear();
+                Ok(())
+            }) {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::error!(error = %err, conversation_id = %key.1, "cannot claim a composition");
+                    continue;
+                }
+            };
+            self.running.insert(key.clone());
+            let store = self.store.clone();
+            let config = self.config.clone();
+            let work = async move {
+                let flush = store.flush();
+                flush.await?;
+                let (fetched, fetch_dir) = fetch_uploaded_tracks(store.as_ref(), &config, &claimed).await?;
+                let store2 = store.clone();
+                let job = claimed.clone();
+                // A thread of its own rather than the blocking pool: its lower priority (inherited
+                // by x264's worker threads) must not stick to a pool thread used for other work.
+                let (done, outcome) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("compositor".into())
+                    .spawn(move || {
+                        lower_priority();
+                        let _ = done.send(run_composition(store2.as_ref(), &config, &job, &fetched));
+                    })
+                    .map_err(|e| StoreError::Io(format!("cannot start a composition thread: {e}")))?;
+                let outcome = outcome
+                    .await
+                    .map_err(|_| StoreError::Io("the composition thread ended without an outcome".into()))?;
+                if let Some(dir) = fetch_dir {
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                }
+                Ok::<_, StoreError>((claimed, outcome))
+            };
+            ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+                act.running.remove(&key);
+                match result {
+                    Ok((claimed, outcome)) => act.finish(claimed, outcome, ctx),
+                    Err(err) => {
+                        tracing::error!(error = %err, conversation_id = %key.1, "composition could not run");
+                        act.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
+                        ctx.run_later(STORE_RETRY, |act, ctx| act.pump(ctx));
+                    }
+                }
+                act.pump(ctx);
+            }));
+        }
+    }
+
+    /// Records the outcome unless the conversation was queued again meanwhile (a newer instance
+    /// stopped): then the record stays `Queued` and the next pump composes it with everything.
+    fn finish(
+        &mut self,
+        claimed: CompositionRecord,
+        outcome: Result<(PathBuf, ComposeReport), MediaError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Utc::now();
+        let mut current = true;
+        let updated = self
+            .store
+            .update_composition(&claimed.organization_id, &claimed.conversation_id, &mut |c| {
+                current = c.generation == claimed.generation;
+                if !current {
+                    return Ok(());
+                }
+                c.stopped = Some(now);
+                match &outcome {
+                    Ok((path, report)) => {
+                        c.state = CompositionState::Done;
+                        c.has_video = report.has_video;
+                        c.problems = report.problems.clone();
+                        c.local_path = Some(path.to_string_lossy().into_owned());
+                        // A composition made from part of the tracks says so.
+                        c.error = (!report.problems.is_empty())
+                            .then(|| ErrorInfo::new("COMPOSITION_PARTIAL", report.problems.join("; ")));
+                    }
+                    Err(err) => {
+                        c.state = CompositionState::Failed;
+                        c.error = Some(ErrorInfo::new("COMPOSITION_FAILED", err.to_string()));
+                    }
+                }
+                Ok(())
+            });
+        let record = match updated {
+            Ok(record) => record,
+            Err(err) => {
+                tracing::error!(error = %err, conversation_id = %claimed.conversation_id, "cannot record the composition outcome");
+                return;
+            }
+        };
+        if !current {
+            tracing::info!(conversation_id = %record.conversation_id, "conversation queued again while composing; composing again");
+            return;
+        }
+        match &outcome {
+            Ok((path, report)) => {
+                self.num_composed += 1;
+                tracing::info!(
+                    conversation_id = %record.conversation_id,
+                    path = %path.display(),
+                    num_problems = report.problems.len(),
+                    "conversation composed"
+                );
+                self.queue_upload(&record, path);
+            }
+            Err(err) => {
+                self.num_failed += 1;
+                self.last_error = Some(ErrorInfo::new("COMPOSITION_FAILED", err.to_string()));
+                tracing::warn!(conversation_id = %record.conversation_id, error = %err, "composition failed");
+            }
+        }
+        // The uploader kept the conversation's uploaded track files for us; release them.
+        if self.config.delete_local_after_upload {
+            let store = self.store.clone();
+            let (org, conv) = (record.organization_id.clone(), record.conversation_id.clone());
+            ctx.spawn(
+                async move {
+                    if let Err(err) = release_tracks(store, &org, &conv).await {
+                        tracing::warn!(error = %err, conversation_id = %conv, "kept track files could not be deleted");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    fn queue_upload(&mut self, record: &CompositionRecord, path: &std::path::Path) {
+        let instance = match self.store.get_instance(&record.instance_id) {
+            Ok(Some(instance)) => instance,
+            other => {
+                tracing::error!(instance_id = %record.instance_id, error = ?other.err(), "composition has no instance to upload under");
+                return;
+            }
+        };
+        let artefact = ArtefactKind::Composition {
+            conversation_id: record.conversation_id.clone(),
+            local_path: path.to_string_lossy().into_owned(),
+        };
+        if let Err(err) = enqueue_artefact(self.store.as_ref(), &instance, artefact) {
+            tracing::error!(error = %err, conversation_id = %record.conversation_id, "cannot queue the composition upload");
+            return;
+        }
+        let uploader = self
+            .uploaders
+            .get(&(instance.organization_id.clone(), instance.application_id.clone()))
+            .cloned();
+        let flush = self.store.flush();
+        actix::spawn(async move {
+            if flush.await.is_ok() {
+                if let Some(uploader) = uploader {
+                    uploader.do_send(Kick);
+                }
+            }
+        });
+    }
+}
+
+/// Deletes the local files of the conversation's tracks that are safely uploaded.
+async fn release_tracks(
+    store: Arc<dyn StateStore>,
+    organization_id: &str,
+    conversation_id: &str,
+) -> Result<(), String> {
+    if store
+        .get_composition(organization_id, conversation_id)
+        .map_err(|e| e.to_string())?
+        .is_some_and(|c| matches!(c.state, CompositionState::Queued | CompositionState::Composing))
+    {
+        return Ok(()); // a newer run needs them
+    }
+    let instances = store
+        .conversation_instances(organization_id, conversation_id)
+        .map_err(|e| e.to_string())?;
+    for instance in instances {
+        for stream in &instance.streams {
+            for track in &stream.tracks {
+                if let (Some(path), Some(_), None) =
+                    (&track.local.location, &track.object.uploaded, &track.local.deleted)
+                {
+                    delete_local(store.as_ref(), &instance.instance_id, &stream.id, &track.id, path)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// (instanceId, streamId, trackId) → a readable copy of a track whose local file was deleted.
+pub type FetchedTracks = HashMap<(String, String, String), PathBuf>;
+
+/// Track files deleted locally after their upload (an earlier composition of the conversation
+/// released them) are read back from the storage profile: the profile's own file when it is
+/// local, else a download into `<media.dir>/compositions/.../inputs/`, removed after the run.
+/// A track that cannot be fetched is left out and reported by `composition_inputs`.
+async fn fetch_uploaded_tracks(
+    store: &dyn StateStore,
+    config: &EngineConfig,
+    job: &CompositionRecord,
+) -> Result<(FetchedTracks, Option<PathBuf>), StoreError> {
+    let mut fetched = FetchedTracks::new();
+    let mut dir_opt = None;
+    for instance in store.conversation_instances(&job.organization_id, &job.conversation_id)? {
+        let Some(profile) = config.application(&instance.organization_id, &instance.application_id) else {
+            continue;
+        };
+        for stream in &instance.streams {
+            for track in &stream.tracks {
+                let (Some(_), Some(key), Some(_)) = (&track.local.deleted, &track.object.key, &track.object.uploaded)
+                else {
+                    continue;
+                };
+                let id = (instance.instance_id.clone(), stream.id.clone(), track.id.clone());
+                if let Some(path) = profile.backend.local_path(key).filter(|p| p.is_file()) {
+                    fetched.insert(id, path);
+                    continue;
+                }
+                let dir = dir_opt
+                    .get_or_insert_with(|| composition_dir(config, job).join("inputs"))
+                    .clone();
+                let extension = key.rsplit('.').next().unwrap_or("bin");
+                let path = dir.join(format!("{}-{}.{extension}", fetched.len(), path_safe(&track.id)));
+                let bytes = match profile.backend.get(key).await {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        tracing::warn!(key = %key, error = %err, "track for composition could not be fetched");
+                        continue;
+                    }
+                };
+                let written = async {
+                    tokio::fs::create_dir_all(&dir).await?;
+                    tokio::fs::write(&path, bytes).await
+                };
+                match written.await {
+                    Ok(()) => {
+                        fetched.insert(id, path);
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), error = %err, "fetched track could not be written")
+                    }
+                }
+            }
+        }
+    }
+    Ok((fetched, dir_opt))
+}
+
+fn composition_dir(config: &EngineConfig, job: &CompositionRecord) -> PathBuf {
+    config
+        .media
+        .media_dir
+        .join("compositions")
+        .join(path_safe(&job.organization_id))
+        .join(path_safe(&job.conversation_id))
+}
+
+/// The conversation's stopped instances as composition inputs: instances in time order, each
+/// track placed by its `started` time, the time between instances cut. A track deleted locally
+/// is read from `fetched` when it is there.
+pub fn composition_inputs(
+    instances: &[InstanceRecord],
+    fetched: &FetchedTracks,
+) -> (Vec<ComposeInput>, Duration, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut spans = Vec::new();
+    let mut stopped: Vec<&InstanceRecord> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Stopped && i.stopped.is_some())
+        .collect();
+    stopped.sort_by_key(|i| i.started.unwrap_or(i.created));
+    for instance in stopped {
+        let started = instance.started.unwrap_or(instance.created);
+        let stopped_at = instance.stopped.expect("filtered on stopped above");
+        let mut tracks = Vec::new();
+        for stream in &instance.streams {
+            for track in &stream.tracks {
+                let Some(location) = &track.local.location else {
+                    continue;
+                };
+                let mut path = PathBuf::from(location);
+                if track.local.deleted.is_some() {
+                    let id = (instance.instance_id.clone(), stream.id.clone(), track.id.clone());
+                    match fetched.get(&id) {
+                        Some(copy) => path = copy.clone(),
+                        None => {
+                            problems.push(format!("{location}: deleted locally and not readable from storage"));
+                            continue;
+                        }
+                    }
+                }
+                let input = ComposeInput {
+                    path,
+                    media: match track.kind {
+                        TrackType::Audio => ComposeMedia::Audio,
+                        TrackType::Video => ComposeMedia::Video,
+                    },
+                    role: match stream.kind {
+                        StreamType::Screen => ComposeRole::Screen,
+                        _ => ComposeRole::Camera,
+                    },
+                    participant: stream.user_id.clone(),
+                    start: Duration::ZERO,
+                    end: Duration::ZERO,
+                };
+                tracks.push((
+                    input,
+                    track.started.or(stream.started).map(|t| t.timestamp_micros()),
+                    track.stopped.or(stream.stopped).map(|t| t.timestamp_micros()),
+                ));
+            }
+        }
+        spans.push(InstanceSpan {
+            started_micros: started.timestamp_micros(),
+            stopped_micros: stopped_at.timestamp_micros(),
+            tracks,
+        });
+    }
+    let (placed, total) = compose::place_instances(&spans);
+    let inputs = placed
+        .into_iter()
+        .map(|(mut input, start, end)| {
+            input.start = start;
+            input.end = end;
+            input
+        })
+        .collect();
+    (inputs, total, problems)
+}
+
+/// Blocking: composes the conversation of `job` into `<media_dir>/compositions/...`. The file is
+/// written beside its final name and renamed, so an upload of the previous composition never
+/// reads a half-written file.
+fn run_composition(
+    store: &dyn StateStore,
+    config: &EngineConfig,
+    job: &CompositionRecord,
+    fetched: &FetchedTracks,
+) -> Result<(PathBuf, ComposeReport), MediaError> {
+    let instances = store
+        .conversation_instances(&job.organization_id, &job.conversation_id)
+        .map_err(|e| MediaError::Io(e.to_string()))?;
+    let (inputs, total, mut problems) = composition_inputs(&instances, fetched);
+    let dir = composition_dir(config, job);
+    std::fs::create_dir_all(&dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
+    let partial = dir.join("composition.mp4.part");
+    let path = dir.join("composition.mp4");
+    tracing::info!(conversation_id = %job.conversation_id, num_inputs = inputs.len(), total_ms = total.as_millis() as u64, "composing conversation");
+    let mut report = compose::compose(&inputs, total, &partial, &config.composition.output)?;
+    std::fs::rename(&partial, &path).map_err(|e| MediaError::Io(format!("{}: {e}", path.display())))?;
+    problems.append(&mut report.problems);
+    report.problems = problems;
+    Ok((path, report))
+}
+
+/// Nice value of composition threads: live recording (ingest, writers, the API) keeps the CPU
+/// when both want it; a composition only takes what is left.
+const COMPOSITION_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: per thread; threads it starts, such
+/// as x264's, inherit it). Failure only costs priority, so it is logged, not fatal.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // Already as low or lower (the whole service runs niced): raising it needs privileges.
+        if libc::getpriority(libc::PRIO_PROCESS, tid) >= COMPOSITION_NICE {
+            return;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, COMPOSITION_NICE)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "composition thread keeps normal priority");
+    }
+}
+
+/// Ids are checked by the API, but a path component must never be `..` or hold a separator.
+fn path_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Actor for Compositor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Wake-ups only; a burst collapses into one pump.
+        ctx.set_mailbox_capacity(64);
+        if self.config.composition.enabled {
+            self.pump(ctx);
+        }
+    }
+}
+
+/// Wakes the compositor: a composition was queued.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CompositionQueued;
+
+impl Handler<CompositionQueued> for Compositor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CompositionQueued, ctx: &mut Self::Context) {
+        if self.config.composition.enabled {
+            self.pump(ctx);
+        }
+    }
+}
+
+impl Handler<Snapshot> for Compositor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let num_queued = self
+            .store
+            .compositions()
+            .map(|c| c.iter().filter(|c| c.state == CompositionState::Queued).count())
+            .unwrap_or(0);
+        MessageResult(ActorSnapshot {
+            kind: "compositor",
+            id: "compositor".into(),
+            state: if self.running.is_empty() { "idle" } else { "composing" }.into(),
+            mailbox_depth: 0,
+            restarts: 0,
+            last_error: self.last_error.clone(),
+            counters: BTreeMap::from([
+                ("num_running", self.running.len() as u64),
+                ("num_queued", num_queued as u64),
+                ("num_composed", self.num_composed),
+                ("num_failed", self.num_failed),
+            ]),
+            children: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composition_threads_run_below_normal_priority() {
+        let thread_nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) };
+        let before = thread_nice();
+        let nice = std::thread::spawn(|| {
+            lower_priority();
+            // SAFETY: plain syscalls on the calling thread's own id.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::getpriority(libc::PRIO_PROCESS, tid)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(nice, COMPOSITION_NICE.max(before));
+        // Only the composition thread changed.
+        assert_eq!(thread_nice(), before);
+    }
+
+    #[test]
+    fn path_components_cannot_escape() {
+        assert_eq!(path_safe("../etc"), "___etc");
+        assert_eq!(path_safe("conv-1_a"), "conv-1_a");
+    }
+}
