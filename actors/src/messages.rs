@@ -103,6 +103,25 @@ pub struct ResolveCobrowseFile {
     pub file_name: String,
 }
 
+/// Resolves an uploaded track file for a signed download by the recorder (profiles without
+/// provider URLs: local, SFTP). Like [`ResolveCobrowseFile`], the URL's signature is the authority.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<TrackFile, EngineError>")]
+pub struct ResolveTrackFile {
+    pub conversation_id: String,
+    pub recorder_id: String,
+    pub instance_id: String,
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// Where to read a track for download, and the name to download it as (`{trackId}.{ext}`).
+#[derive(Debug)]
+pub struct TrackFile {
+    pub source: ArtefactSource,
+    pub file_name: String,
+}
+
 /// The storage provider's own signed URL (S3 presign, Azure SAS, GCS V4) for an uploaded
 /// co-browse session file; `None` when the session is not uploaded yet or the provider has no
 /// such URLs (local, SFTP), and the recorder signs its own.

@@ -6,4 +6,5 @@ mod harness;
 mod bad_input;
 mod plain_rtp;
 mod s3_profile;
+mod track_urls;
 mod whip;
