@@ -33,6 +33,9 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// Renders app-a's storage table, given the app's folder (see [`TestApp::spawn_with_profile`]).
+type StorageToml = Box<dyn FnOnce(&Path) -> String>;
+
 pub struct TestApp {
     pub base_url: String,
     pub root: PathBuf,
@@ -104,7 +107,7 @@ impl TestApp {
     fn spawn_inner(
         extra_toml: &str,
         delete_local_after_upload: bool,
-        storage_toml_opt: Option<Box<dyn FnOnce(&Path) -> String>>,
+        storage_toml_opt: Option<StorageToml>,
     ) -> TestApp {
         let dir = tempfile::Builder::new()
             .prefix("rtc-recorder-media-")
