@@ -363,6 +363,7 @@ async fn the_manifest_goes_last_and_lists_every_artefact() {
             generation: 0,
             num_attempts: 0,
             last_error: None,
+            multipart_opt: None,
         })
         .unwrap();
     let mut files: Vec<PathBuf> = Vec::new();

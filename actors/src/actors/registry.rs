@@ -166,6 +166,7 @@ pub(crate) fn enqueue_artefact(
         generation: 0,
         num_attempts: 0,
         last_error: None,
+        multipart_opt: None,
     })?;
     Ok(())
 }

@@ -390,6 +390,11 @@ impl StateStore for SledStore {
             let mut stored: UploadJob = decode("jobs", job.key.as_bytes(), &current)?;
             stored.num_attempts = job.num_attempts;
             stored.last_error = job.last_error.clone();
+            // Progress only moves forward: a caller holding an older copy of the job (the
+            // uploader recording an attempt) leaves the recorded parts alone.
+            if job.multipart_opt.is_some() {
+                stored.multipart_opt = job.multipart_opt.clone();
+            }
             if self
                 .jobs
                 .compare_and_swap(&job.key, Some(current), Some(encode(&stored)))
@@ -399,6 +404,14 @@ impl StateStore for SledStore {
                 return Ok(());
             }
         }
+    }
+
+    fn job(&self, key: &str) -> StoreResult<Option<UploadJob>> {
+        self.jobs
+            .get(key)
+            .map_err(io)?
+            .map(|bytes| decode("jobs", key.as_bytes(), &bytes))
+            .transpose()
     }
 
     fn jobs(&self) -> StoreResult<Vec<UploadJob>> {
@@ -600,6 +613,7 @@ mod tests {
             generation: 0,
             num_attempts: 0,
             last_error: None,
+            multipart_opt: None,
         };
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 0);
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 1);
