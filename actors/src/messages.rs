@@ -89,6 +89,9 @@ pub struct VerifyStorage {
 pub enum ArtefactSource {
     File(PathBuf),
     Bytes(Vec<u8>),
+    /// A copy fetched from the store into a temp file of its own, which the receiver removes
+    /// once it has opened it.
+    Downloaded(PathBuf),
 }
 
 /// Resolves a co-browse artefact for a signed download. Carries no organization: the URL's

@@ -76,6 +76,12 @@ pub async fn attachment(
         .await??;
     let named = match track.source {
         ArtefactSource::File(path) => NamedFile::open_async(&path).await,
+        // The open file stays readable after its name is gone; nothing is left behind.
+        ArtefactSource::Downloaded(path) => {
+            let named = NamedFile::open_async(&path).await;
+            let _ = tokio::fs::remove_file(&path).await;
+            named
+        }
         // Fetched from the store (SFTP): served from an unlinked temp file so that Range works
         // exactly as for local files.
         ArtefactSource::Bytes(bytes) => web::block(move || unlinked_file(&bytes))

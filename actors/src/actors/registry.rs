@@ -605,13 +605,20 @@ impl Handler<ResolveTrackFile> for Registry {
                     file_name,
                 });
             }
-            match profile.backend.get(&key).await {
-                Ok(bytes) => Ok(TrackFile {
-                    source: ArtefactSource::Bytes(bytes),
+            // Streamed to a temp file, not into memory: a track can be hundreds of MiB.
+            let temp = std::env::temp_dir().join(format!("rtc-recorder-track-{}", uuid::Uuid::new_v4().simple()));
+            match profile.backend.get_to_file(&key, &temp).await {
+                Ok(_) => Ok(TrackFile {
+                    source: ArtefactSource::Downloaded(temp),
                     file_name,
                 }),
-                Err(StorageError::NotFound(_)) => Err(missing()),
-                Err(err) => Err(err.into()),
+                Err(err) => {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    match err {
+                        StorageError::NotFound(_) => Err(missing()),
+                        err => Err(err.into()),
+                    }
+                }
             }
         }
         .boxed_local()

@@ -145,6 +145,20 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// Writes an object whole and atomically: readers see the old object or the new one.
     fn put(&self, key: &str, bytes: Vec<u8>) -> BoxFuture<'static, StorageResult<u64>>;
     fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>>;
+    /// Copies an object into the local file `dest` (created or truncated); returns its size.
+    /// For objects too large to hold in memory (track files). The default goes through `get`;
+    /// backends that can stream (SFTP) override it.
+    fn get_to_file(&self, key: &str, dest: &Path) -> BoxFuture<'static, StorageResult<u64>> {
+        let get = self.get(key);
+        let dest = dest.to_path_buf();
+        Box::pin(async move {
+            let bytes = get.await?;
+            tokio::fs::write(&dest, &bytes)
+                .await
+                .map_err(|err| StorageError::Io(format!("{}: {err}", dest.display())))?;
+            Ok(bytes.len() as u64)
+        })
+    }
     fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>>;
     /// Checks that the bucket (container, directory) exists and is reachable.
     fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>>;
