@@ -623,6 +623,50 @@ mod tests {
         assert!(store.jobs().unwrap().is_empty());
     }
 
+    #[tokio::test]
+    async fn multipart_progress_is_kept_until_replaced_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let progress = crate::storage::MultipartProgress {
+            upload_id: "u-1".into(),
+            file_len: 42,
+            parts: vec![crate::storage::UploadedPart {
+                number: 1,
+                etag: "\"abc\"".into(),
+            }],
+        };
+        let job = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let job = store
+                .enqueue_job(&UploadJob {
+                    schema_version: RECORD_SCHEMA_VERSION,
+                    key: "k".into(),
+                    instance_id: "i".into(),
+                    organization_id: "o".into(),
+                    application_id: "a".into(),
+                    artefact: ArtefactKind::ChatTranscript,
+                    generation: 0,
+                    num_attempts: 0,
+                    last_error: None,
+                    multipart_opt: None,
+                })
+                .unwrap();
+            let mut with_progress = job.clone();
+            with_progress.multipart_opt = Some(progress.clone());
+            store.update_job(&with_progress).unwrap();
+            // An attempt recorded from a copy without progress leaves the parts alone.
+            let mut attempt = job.clone();
+            attempt.num_attempts = 1;
+            store.update_job(&attempt).unwrap();
+            store.flush().await.unwrap();
+            job
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        let stored = store.job(&job.key).unwrap().unwrap();
+        assert_eq!(stored.num_attempts, 1);
+        assert_eq!(stored.multipart_opt, Some(progress));
+        assert!(store.job("other").unwrap().is_none());
+    }
+
     #[test]
     fn records_from_a_newer_schema_are_refused_not_misread() {
         let dir = tempfile::tempdir().unwrap();
