@@ -89,6 +89,9 @@ pub struct VerifyStorage {
 pub enum ArtefactSource {
     File(PathBuf),
     Bytes(Vec<u8>),
+    /// A copy fetched from the store into a temp file of its own, which the receiver removes
+    /// once it has opened it.
+    Downloaded(PathBuf),
 }
 
 /// Resolves a co-browse artefact for a signed download. Carries no organization: the URL's
@@ -100,6 +103,25 @@ pub struct ResolveCobrowseFile {
     pub recorder_id: String,
     pub instance_id: String,
     pub session_id: String,
+    pub file_name: String,
+}
+
+/// Resolves an uploaded track file for a signed download by the recorder (profiles without
+/// provider URLs: local, SFTP). Like [`ResolveCobrowseFile`], the URL's signature is the authority.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<TrackFile, EngineError>")]
+pub struct ResolveTrackFile {
+    pub conversation_id: String,
+    pub recorder_id: String,
+    pub instance_id: String,
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// Where to read a track for download, and the name to download it as (`{trackId}.{ext}`).
+#[derive(Debug)]
+pub struct TrackFile {
+    pub source: ArtefactSource,
     pub file_name: String,
 }
 

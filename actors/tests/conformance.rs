@@ -115,6 +115,15 @@ async fn large_file_goes_up_in_parts(s: Subject) {
     let back = b.get(key).await.unwrap();
     assert_eq!(back.len() as u64, size);
     assert_eq!(md5_hex(&back), md5, "the object is the file, byte for byte");
+    // Copied into a local file (how the recorder serves SFTP tracks), byte for byte too.
+    let copy = dir.path().join("copy.webm");
+    std::fs::write(&copy, b"stale content longer than nothing").unwrap();
+    assert_eq!(b.get_to_file(key, &copy).await.unwrap(), size);
+    assert_eq!(md5_hex(&std::fs::read(&copy).unwrap()), md5, "the copy is the object");
+    assert!(matches!(
+        b.get_to_file("org/app/missing.webm", &copy).await,
+        Err(StorageError::NotFound(_))
+    ));
     // Uploading again replaces the object in place.
     let md5_2 = write_pattern_file(&path, 3 << 20, 9);
     assert_eq!(b.put_file(key, &path).await.unwrap().md5_hex, md5_2);

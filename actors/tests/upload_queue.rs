@@ -364,6 +364,7 @@ async fn the_manifest_goes_last_and_lists_every_artefact() {
             generation: 0,
             num_attempts: 0,
             last_error: None,
+            multipart_opt: None,
         })
         .unwrap();
     let mut files: Vec<PathBuf> = Vec::new();
@@ -436,4 +437,181 @@ async fn a_track_the_instance_does_not_list_is_refused() {
     let err = queue_track_file(&store, &record, "cam-1", "nope", &file).unwrap_err();
     assert!(err.to_string().contains("cam-1/nope"), "{err}");
     assert!(store.jobs().unwrap().is_empty(), "nothing was queued");
+}
+
+/// Forwards loopback TCP connections to `target`, each direction in its own thread; the
+/// client-to-server direction at most `bytes_per_sec` per connection, counted, so an upload
+/// lasts long enough to be interrupted and its bytes on the wire can be compared. Each
+/// connection counts into the counter current when it was accepted: a killed client's bytes
+/// still draining from socket buffers do not count for the next one.
+struct SlowProxy {
+    port: u16,
+    counter: Arc<std::sync::Mutex<Arc<std::sync::atomic::AtomicU64>>>,
+}
+
+impl SlowProxy {
+    fn start(target: u16, bytes_per_sec: u64) -> SlowProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let counter = Arc::new(std::sync::Mutex::new(Arc::new(std::sync::atomic::AtomicU64::new(0))));
+        let current = counter.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut client_r, mut server_w) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut server_r, mut client_w) = (server, client);
+                let counter = current.lock().unwrap().clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = client_r.read(&mut buf) {
+                        if n == 0 || server_w.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_secs_f64(n as f64 / bytes_per_sec as f64));
+                    }
+                    let _ = server_w.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_r, &mut client_w);
+                    let _ = client_w.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        SlowProxy { port, counter }
+    }
+
+    /// A fresh byte counter for connections accepted from now on.
+    fn count_new_connections(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        let fresh = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        *self.counter.lock().unwrap() = fresh.clone();
+        fresh
+    }
+}
+
+/// Part files s3s-fs holds for unfinished multipart uploads (`.upload_id-{id}.part-{n}`).
+fn stored_part_files(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with(".upload_id-")
+                        && name
+                            .rsplit_once(".part-")
+                            .is_some_and(|(_, n)| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+const RESUME_CHILD: &str = "RTC_TEST_RESUME_CHILD";
+
+/// The service `kill -9`ed in the middle of a 64 MiB multipart upload: the job row holds the
+/// upload id and the acknowledged parts, and the next process sends only the rest. The uploader
+/// runs in a child process (this test binary re-run with `RESUME_CHILD` set), so the kill is a
+/// real SIGKILL of a process holding the state store.
+#[actix::test]
+async fn a_multipart_upload_cut_by_kill_9_resumes_with_the_parts_already_sent() {
+    let services = Services::load();
+    if let Ok(spec) = std::env::var(RESUME_CHILD) {
+        // Child: upload through the proxy until killed.
+        let (state_dir, port) = spec.split_once('|').unwrap();
+        let mut settings = services.s3_settings("");
+        settings.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        settings.bucket = "resume".into();
+        let _rig = rig(Path::new(state_dir), Arc::new(S3Backend::new(settings)));
+        actix_rt::time::sleep(Duration::from_secs(600)).await;
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3sServer::start(&services, &dir.path().join("s3"), "resume");
+    // 4 MiB/s per connection: a part of 8 MiB takes 2 s, the whole file (4 parts in flight)
+    // about 4 s, so the kill after the first parts lands well before the end.
+    let proxy = SlowProxy::start(server.port, 4 << 20);
+    let state_dir = dir.path().join("state");
+    let record = instance(&[("cam-1", "v1")]);
+    let file = dir.path().join("v1.webm");
+    let size = 64 << 20;
+    let md5 = write_pattern_file(&file, size, 6);
+    {
+        let store = SledStore::open(&state_dir).unwrap();
+        store.insert_instance(&record).unwrap();
+        queue_track_file(&store, &record, "cam-1", "v1", &file).unwrap();
+        store.flush().await.unwrap();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_multipart_upload_cut_by_kill_9_resumes_with_the_parts_already_sent",
+            "--nocapture",
+        ])
+        .env(RESUME_CHILD, format!("{}|{}", state_dir.display(), proxy.port))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_part_files(&server.root) < 2 {
+        assert!(Instant::now() < deadline, "no part reached the server");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The state store writes its log to disk every 500 ms: give the progress time to land.
+    std::thread::sleep(Duration::from_millis(800));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let saved = {
+        let store = SledStore::open(&state_dir).unwrap();
+        let job = store
+            .job(&record.track_key("cam-1", "v1", "webm"))
+            .unwrap()
+            .expect("the track's job survives the kill");
+        job.multipart_opt.expect("the job row records the multipart upload")
+    };
+    let num_parts = size.div_ceil(PART_SIZE as u64) as usize;
+    assert!(
+        !saved.parts.is_empty() && saved.parts.len() < num_parts,
+        "killed mid-upload: {saved:?}"
+    );
+
+    let num_bytes_up = proxy.count_new_connections();
+    let mut settings = server.settings(&services);
+    settings.endpoint = Some(format!("http://127.0.0.1:{}", proxy.port));
+    let rig = rig(&state_dir, Arc::new(S3Backend::new(settings)));
+    rig.wait_for("the resumed upload to complete", Duration::from_secs(120), |r| {
+        r.track(&record.instance_id, "cam-1", "v1")
+            .local
+            .deleted
+            .is_some()
+            .then_some(())
+    })
+    .await;
+    let key = record.track_key("cam-1", "v1", "webm");
+    assert_eq!(
+        md5_hex(&rig.backend.get(&key).await.unwrap()),
+        md5,
+        "the object is the whole file"
+    );
+    rig.wait_for("the queue to drain", Duration::from_secs(30), |r| {
+        jobs_of(r.store.as_ref(), &record.instance_id).is_empty().then_some(())
+    })
+    .await;
+    // Only the parts the first process had not finished went up again (plus requests and the
+    // manifest, well under one part).
+    let num_bytes_up = num_bytes_up.load(std::sync::atomic::Ordering::Relaxed);
+    let missing = size - (saved.parts.len() * PART_SIZE) as u64;
+    assert!(
+        num_bytes_up >= missing && num_bytes_up < missing + (1 << 20),
+        "{num_bytes_up} bytes sent after the restart, {missing} were missing ({} parts reused)",
+        saved.parts.len()
+    );
+    let snapshot = rig.snapshot().await;
+    assert_eq!(snapshot.counters["num_uploaded"], 2, "exactly once: {snapshot:?}");
 }

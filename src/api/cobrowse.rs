@@ -230,6 +230,28 @@ pub async fn signed_url(
     }))
 }
 
+/// Checks a recorder-signed URL's query against the canonical path it was signed for: anything
+/// wrong with the signature or its times is 403, a missing parameter 400.
+pub(super) fn verify_signature(state: &AppState, signed_path: &str, query: &SignatureQuery) -> Result<(), ApiError> {
+    let need = |v: &Option<String>, name: &str| {
+        v.clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::bad_field(name, "query parameter is required"))
+    };
+    let (date, expires, signature) = (
+        need(&query.date, "Date")?,
+        need(&query.expires, "Expires")?,
+        need(&query.signature, "Signature")?,
+    );
+    state
+        .signer
+        .verify("GET", signed_path, &date, &expires, &signature, chrono::Utc::now())
+        .map_err(|e| match e {
+            SignatureError::Malformed(field) => ApiError::Forbidden(format!("{field} is malformed")),
+            other => ApiError::Forbidden(other.to_string()),
+        })
+}
+
 #[derive(Debug, Deserialize)]
 pub struct SignatureQuery {
     #[serde(rename = "Date")]
@@ -242,7 +264,7 @@ pub struct SignatureQuery {
 
 /// Writes `bytes` to a temp file, opens it, and removes its name: the open file lives as long as
 /// the response reads it and leaves nothing behind.
-fn unlinked_file(bytes: &[u8]) -> std::io::Result<NamedFile> {
+pub(super) fn unlinked_file(bytes: &[u8]) -> std::io::Result<NamedFile> {
     let path = std::env::temp_dir().join(format!("rtc-recorder-{}.json", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, bytes)?;
     let file = NamedFile::open(&path);
@@ -311,24 +333,8 @@ pub async fn attachment(
     ] {
         check_id(field, value, max)?;
     }
-    let need = |v: &Option<String>, name: &str| {
-        v.clone()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ApiError::bad_field(name, "query parameter is required"))
-    };
-    let (date, expires, signature) = (
-        need(&query.date, "Date")?,
-        need(&query.expires, "Expires")?,
-        need(&query.signature, "Signature")?,
-    );
     let signed_path = attachment_path(&conversation_id, &recorder_id, &instance_id, &session_id, &file_name);
-    state
-        .signer
-        .verify("GET", &signed_path, &date, &expires, &signature, chrono::Utc::now())
-        .map_err(|e| match e {
-            SignatureError::Malformed(field) => ApiError::Forbidden(format!("{field} is malformed")),
-            other => ApiError::Forbidden(other.to_string()),
-        })?;
+    verify_signature(&state, &signed_path, &query)?;
     let source = state
         .registry
         .send(ResolveCobrowseFile {
@@ -341,6 +347,12 @@ pub async fn attachment(
         .await??;
     let named = match source {
         ArtefactSource::File(path) => NamedFile::open_async(&path).await,
+        // The open file stays readable after its name is gone; nothing is left behind.
+        ArtefactSource::Downloaded(path) => {
+            let named = NamedFile::open_async(&path).await;
+            let _ = tokio::fs::remove_file(&path).await;
+            named
+        }
         // Fetched from the store (SFTP): served from an unlinked temp file so that Range works
         // exactly as for local files.
         ArtefactSource::Bytes(bytes) => web::block(move || unlinked_file(&bytes))

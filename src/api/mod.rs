@@ -9,6 +9,7 @@ mod media;
 mod ops;
 mod recordings;
 mod storage;
+mod tracks;
 pub mod validate;
 
 use actix_web::dev::Service;
@@ -46,6 +47,7 @@ pub struct AppState {
     paths(
         storage::composition,
         cobrowse::attachment,
+        tracks::attachment,
         recordings::add_transcript,
         cobrowse::add_event,
         recordings::start,
@@ -179,6 +181,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route(
                     "/recordings/attachment/cobrowse/{conversationId}/{recorderId}/{instanceId}/{sessionId}/{fileName}",
                     web::get().to(cobrowse::attachment),
+                )
+                .route(
+                    "/recordings/attachment/track/{conversationId}/{recorderId}/{instanceId}/{streamId}/{trackId}",
+                    web::get().to(tracks::attachment),
                 )
                 .route("/recordings/{conversationId}/active", web::get().to(recordings::active))
                 .route(

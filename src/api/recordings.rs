@@ -224,6 +224,30 @@ pub async fn instance(
                 track.url = Some(track_url.url);
             }
         }
+        // Profiles without provider URLs (local, SFTP): the recorder serves the track itself
+        // behind its own signed URL.
+        let now = chrono::Utc::now();
+        for stream in &record.streams {
+            for track in stream.tracks.iter().filter(|t| t.object.uploaded.is_some()) {
+                let shown = message
+                    .streams
+                    .iter_mut()
+                    .filter(|s| s.id == stream.id)
+                    .flat_map(|s| s.tracks.iter_mut())
+                    .find(|t| t.id == track.id && t.url.is_none());
+                if let Some(shown) = shown {
+                    let path = super::tracks::track_attachment_path(
+                        &record.conversation_id,
+                        &record.recorder_id,
+                        &record.instance_id,
+                        &stream.id,
+                        &track.id,
+                    );
+                    let signed = state.signer.sign("GET", &path, now);
+                    shown.url = Some(format!("{}{path}?{}", state.public_url, signed.to_query()));
+                }
+            }
+        }
     }
     Ok(HttpResponse::Ok().json(message))
 }

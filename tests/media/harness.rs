@@ -33,6 +33,9 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// Renders app-a's storage table, given the app's folder (see [`TestApp::spawn_with_profile`]).
+type StorageToml = Box<dyn FnOnce(&Path) -> String>;
+
 pub struct TestApp {
     pub base_url: String,
     pub root: PathBuf,
@@ -84,16 +87,28 @@ impl TestApp {
     pub fn spawn_with(extra_toml: &str) -> TestApp {
         // These tests probe the files where the recorder wrote them; after stop the files are
         // uploaded to the storage profile and, by default, deleted here.
-        Self::spawn_inner(extra_toml, false)
+        Self::spawn_inner(extra_toml, false, None)
     }
 
     /// A recorder that deletes each track file once its upload is verified (the default
     /// configuration), to check what reaches the storage profile.
     pub fn spawn_uploading() -> TestApp {
-        Self::spawn_inner("", true)
+        Self::spawn_inner("", true, None)
     }
 
-    fn spawn_inner(extra_toml: &str, delete_local_after_upload: bool) -> TestApp {
+    /// Like [`TestApp::spawn_uploading`], with app-a's storage profile replaced: `storage_toml`
+    /// gets the app's fresh folder (to write credential files into, referenced as
+    /// `{ file = "..." }`) and returns the lines of its `[organizations.org-a.applications.app-a.storage]`
+    /// table.
+    pub fn spawn_with_profile(storage_toml: impl FnOnce(&Path) -> String + 'static) -> TestApp {
+        Self::spawn_inner("", true, Some(Box::new(storage_toml)))
+    }
+
+    fn spawn_inner(
+        extra_toml: &str,
+        delete_local_after_upload: bool,
+        storage_toml_opt: Option<StorageToml>,
+    ) -> TestApp {
         let dir = tempfile::Builder::new()
             .prefix("rtc-recorder-media-")
             .tempdir()
@@ -109,8 +124,12 @@ impl TestApp {
                 sha256_hex(key)
             )
         };
+        let app_a_storage = match storage_toml_opt {
+            Some(storage_toml) => storage_toml(&root),
+            None => format!("provider = \"LOCAL\"\npath = \"{}/storage\"", root.display()),
+        };
         let mut toml = format!(
-            "[organizations.org-a.applications.app-a.storage]\nprovider = \"LOCAL\"\npath = \"{root}/storage\"\n\n\
+            "[organizations.org-a.applications.app-a.storage]\n{app_a_storage}\n\n\
              [organizations.org-b.applications.app-b.storage]\nprovider = \"LOCAL\"\npath = \"{root}/storage-b\"\n\n\
              [uploads]\ndelete_local_after_upload = {delete_local_after_upload}\n\n\
              [media]\nrtp_port_min = {}\nrtp_port_max = {}\n{extra_toml}\n\n",

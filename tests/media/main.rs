@@ -6,4 +6,6 @@ mod harness;
 mod bad_input;
 mod compose;
 mod plain_rtp;
+mod s3_profile;
+mod track_urls;
 mod whip;

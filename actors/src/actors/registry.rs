@@ -185,6 +185,7 @@ pub(crate) fn enqueue_artefact(
         generation: 0,
         num_attempts: 0,
         last_error: None,
+        multipart_opt: None,
     })?;
     Ok(())
 }
@@ -598,6 +599,62 @@ impl Handler<ResolveCobrowseFile> for Registry {
                 Ok(bytes) => Ok(ArtefactSource::Bytes(bytes)),
                 Err(StorageError::NotFound(_)) => Err(missing()),
                 Err(err) => Err(err.into()),
+            }
+        }
+        .boxed_local()
+    }
+}
+
+impl Handler<ResolveTrackFile> for Registry {
+    type Result = ResponseFuture<Result<TrackFile, EngineError>>;
+
+    fn handle(&mut self, msg: ResolveTrackFile, _ctx: &mut Self::Context) -> Self::Result {
+        let message = format!("no uploaded track {} in stream {}", msg.track_id, msg.stream_id);
+        let missing = move || EngineError::not_found(message.clone());
+        let resolved = (|| {
+            let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing.clone())?;
+            if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
+                return Err(missing());
+            }
+            // Only a key the recorder itself recorded for this track is read: the path's ids
+            // select a track, they never become part of a file path.
+            let key = record
+                .streams
+                .iter()
+                .find(|s| s.id == msg.stream_id)
+                .and_then(|s| s.tracks.iter().find(|t| t.id == msg.track_id))
+                .and_then(|t| t.object.key.clone().filter(|_| t.object.uploaded.is_some()))
+                .ok_or_else(missing.clone())?;
+            let profile = self
+                .config
+                .application(&record.organization_id, &record.application_id)
+                .ok_or_else(missing.clone())?
+                .clone();
+            Ok((profile, key))
+        })();
+        async move {
+            let (profile, key) = resolved?;
+            let file_name = key.rsplit('/').next().unwrap_or(&key).to_string();
+            if let Some(path) = profile.backend.local_path(&key) {
+                return Ok(TrackFile {
+                    source: ArtefactSource::File(path),
+                    file_name,
+                });
+            }
+            // Streamed to a temp file, not into memory: a track can be hundreds of MiB.
+            let temp = std::env::temp_dir().join(format!("rtc-recorder-track-{}", uuid::Uuid::new_v4().simple()));
+            match profile.backend.get_to_file(&key, &temp).await {
+                Ok(_) => Ok(TrackFile {
+                    source: ArtefactSource::Downloaded(temp),
+                    file_name,
+                }),
+                Err(err) => {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    match err {
+                        StorageError::NotFound(_) => Err(missing()),
+                        err => Err(err.into()),
+                    }
+                }
             }
         }
         .boxed_local()

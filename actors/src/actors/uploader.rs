@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::domain::{ErrorInfo, InstanceRecord, TranscriptArtefact};
 use crate::snapshot::{ActorSnapshot, Snapshot};
-use crate::storage::{ObjectInfo, PutReceipt, StorageError};
+use crate::storage::{MultipartProgress, ObjectInfo, ProgressSink, PutReceipt, StorageError};
 use crate::store::{ArtefactKind, CompositionState, StateStore, StoreError, UploadJob};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
@@ -217,7 +217,23 @@ async fn run_job(
             track_id,
             local_path,
         } => {
-            let receipt = backend.put_file(&job.key, Path::new(local_path)).await?;
+            // The progress of an upload an earlier attempt or process left unfinished, and
+            // every new part recorded in the job's row as it completes.
+            let resume_opt = store.job(&job.key)?.and_then(|j| j.multipart_opt);
+            let on_progress: ProgressSink = {
+                let (store, job) = (store.clone(), job.clone());
+                Arc::new(move |progress: &MultipartProgress| {
+                    let mut row = job.clone();
+                    row.multipart_opt = Some(progress.clone());
+                    // Progress is an optimisation: losing it only costs sending parts again.
+                    if let Err(err) = store.update_job(&row) {
+                        tracing::warn!(key = %row.key, error = %err, "could not record upload progress");
+                    }
+                })
+            };
+            let receipt = backend
+                .put_file_resumable(&job.key, Path::new(local_path), resume_opt, on_progress)
+                .await?;
             let stored = backend.head(&job.key).await?;
             verify_upload(&receipt, &stored)?;
             let mut recorded = false;

@@ -31,6 +31,27 @@ pub use verify::{verify, CheckResult, VerificationReport};
 /// 256 KiB chunk granularity, and small enough that only one part is held in memory at a time.
 pub const PART_SIZE: usize = 8 << 20;
 
+/// A multipart upload under way, kept in its upload job's row as parts complete so that a restart
+/// continues it instead of sending the whole file again (S3 only: the other providers' part
+/// uploads are not addressable across processes by this client).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MultipartProgress {
+    pub upload_id: String,
+    /// Length of the local file when the upload started; a different length means another file.
+    pub file_len: u64,
+    /// Parts the store acknowledged, in completion order.
+    pub parts: Vec<UploadedPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadedPart {
+    pub number: i32,
+    pub etag: String,
+}
+
+/// Called with the whole progress after the upload started and after every acknowledged part.
+pub type ProgressSink = std::sync::Arc<dyn Fn(&MultipartProgress) + Send + Sync>;
+
 /// A credential read from the environment or a file at start-up. `Debug` and `Display` never show
 /// it, so a settings struct can be logged whole.
 #[derive(Clone, PartialEq, Eq)]
@@ -124,6 +145,20 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// Writes an object whole and atomically: readers see the old object or the new one.
     fn put(&self, key: &str, bytes: Vec<u8>) -> BoxFuture<'static, StorageResult<u64>>;
     fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>>;
+    /// Copies an object into the local file `dest` (created or truncated); returns its size.
+    /// For objects too large to hold in memory (track files). The default goes through `get`;
+    /// backends that can stream (SFTP) override it.
+    fn get_to_file(&self, key: &str, dest: &Path) -> BoxFuture<'static, StorageResult<u64>> {
+        let get = self.get(key);
+        let dest = dest.to_path_buf();
+        Box::pin(async move {
+            let bytes = get.await?;
+            tokio::fs::write(&dest, &bytes)
+                .await
+                .map_err(|err| StorageError::Io(format!("{}: {err}", dest.display())))?;
+            Ok(bytes.len() as u64)
+        })
+    }
     fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>>;
     /// Checks that the bucket (container, directory) exists and is reachable.
     fn check_bucket(&self) -> BoxFuture<'static, StorageResult<()>>;
@@ -132,6 +167,19 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// Uploads a local file, in parts of [`PART_SIZE`] when it is larger than one part, without
     /// holding more than one part in memory. Atomic like `put`.
     fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>>;
+    /// `put_file` that reports its multipart progress to `on_progress` and, given the progress
+    /// of an interrupted upload of the same file, continues it: parts whose stored ETag matches
+    /// the local part are not sent again. An upload the store no longer knows starts afresh.
+    /// Backends without resumable uploads ignore both and send the whole file.
+    fn put_file_resumable(
+        &self,
+        key: &str,
+        path: &Path,
+        _resume_opt: Option<MultipartProgress>,
+        _on_progress: ProgressSink,
+    ) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        self.put_file(key, path)
+    }
     /// Size (and checksum, where the provider has one) of a stored object; `NotFound` if absent.
     fn head(&self, key: &str) -> BoxFuture<'static, StorageResult<ObjectInfo>>;
     /// A URL signed by the provider (S3 presign, Azure SAS, GCS V4) that reads the object for

@@ -21,9 +21,11 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 
+use md5::Digest;
+
 use super::{
-    md5_base64, prefixed, validate_key, ObjectInfo, PartReader, PutReceipt, Secret, StorageBackend, StorageError,
-    StorageResult,
+    md5_base64, prefixed, validate_key, MultipartProgress, ObjectInfo, PartReader, ProgressSink, PutReceipt, Secret,
+    StorageBackend, StorageError, StorageResult, UploadedPart,
 };
 use crate::domain::Provider;
 
@@ -258,6 +260,16 @@ impl StorageBackend for S3Backend {
     }
 
     fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        self.put_file_resumable(key, path, None, std::sync::Arc::new(|_: &MultipartProgress| {}))
+    }
+
+    fn put_file_resumable(
+        &self,
+        key: &str,
+        path: &Path,
+        resume_opt: Option<MultipartProgress>,
+        on_progress: ProgressSink,
+    ) -> BoxFuture<'static, StorageResult<PutReceipt>> {
         let client = self.client.clone();
         let bucket = self.settings.bucket.clone();
         let key = self.object_key(key);
@@ -278,28 +290,68 @@ impl StorageBackend for S3Backend {
                     .map_err(|e| map_err(e, "put object", Missing::Bucket))?;
                 return Ok(reader.finish());
             }
-            let upload = client
-                .create_multipart_upload()
-                .bucket(&bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| map_err(e, "start multipart upload", Missing::Bucket))?;
-            let upload_id = upload
-                .upload_id()
-                .ok_or_else(|| StorageError::Service("start multipart upload: no upload id in the answer".into()))?
-                .to_string();
-            let result = upload_parts(&client, &bucket, &key, &upload_id, &mut reader).await;
-            if result.is_err() {
-                // Parts of an abandoned upload are billed until aborted; best effort, the error
-                // that matters is the one already in hand.
-                let _ = client
-                    .abort_multipart_upload()
-                    .bucket(&bucket)
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
+            let resumed = match resume_opt.filter(|p| p.file_len == reader.len()) {
+                Some(earlier) => match listed_parts(&client, &bucket, &key, &earlier.upload_id).await? {
+                    // Only parts the store still lists with the recorded ETag count as done.
+                    Some(listed) => Some(MultipartProgress {
+                        parts: earlier
+                            .parts
+                            .into_iter()
+                            .filter(|part| match listed.get(&part.number) {
+                                Some(Some(etag)) => same_etag(etag, &part.etag),
+                                // Listed without an ETag (s3s-fs does that): the store holds
+                                // the part, and its recorded ETag is still compared with the
+                                // local part's MD5 before it is reused.
+                                Some(None) => true,
+                                None => false,
+                            })
+                            .collect(),
+                        ..earlier
+                    }),
+                    None => {
+                        tracing::info!(key = %key, "multipart upload no longer known to the store, starting afresh");
+                        None
+                    }
+                },
+                None => None,
+            };
+            // Nothing reusable: a fresh upload costs the same and does not depend on the old id
+            // (s3s-fs lists no parts, rather than NoSuchUpload, for an upload it forgot).
+            let resumed = resumed.filter(|p| !p.parts.is_empty());
+            let was_resumed = resumed.is_some();
+            let progress = match resumed {
+                Some(progress) => {
+                    tracing::info!(key = %key, num_parts_done = progress.parts.len(), "resuming multipart upload");
+                    progress
+                }
+                None => start_upload(&client, &bucket, &key, reader.len()).await?,
+            };
+            on_progress(&progress);
+            let mut upload_id = progress.upload_id.clone();
+            let mut result = upload_parts(&client, &bucket, &key, progress, &on_progress, &mut reader).await;
+            if was_resumed && result.as_ref().is_err_and(|err| !err.is_retryable()) {
+                // The store refused a part of the resumed upload (it completed or was aborted
+                // meanwhile): send the whole file in a new upload.
+                tracing::info!(key = %key, "resumed multipart upload refused, starting afresh");
+                reader = PartReader::open(&path).await?;
+                let progress = start_upload(&client, &bucket, &key, reader.len()).await?;
+                on_progress(&progress);
+                upload_id = progress.upload_id.clone();
+                result = upload_parts(&client, &bucket, &key, progress, &on_progress, &mut reader).await;
+            }
+            if let Err(err) = &result {
+                // A retryable failure keeps the upload open so the next attempt (or the next
+                // process) continues it. Otherwise its parts are billed until aborted; best
+                // effort, the error that matters is the one in hand.
+                if !err.is_retryable() {
+                    let _ = client
+                        .abort_multipart_upload()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .send()
+                        .await;
+                }
             }
             result?;
             Ok(reader.finish())
@@ -360,13 +412,87 @@ impl StorageBackend for S3Backend {
 /// hashed. Bounds memory at `PARTS_IN_FLIGHT * PART_SIZE` per upload.
 const PARTS_IN_FLIGHT: usize = 4;
 
-async fn upload_parts(
+async fn start_upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    file_len: u64,
+) -> StorageResult<MultipartProgress> {
+    let upload = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| map_err(e, "start multipart upload", Missing::Bucket))?;
+    let upload_id = upload
+        .upload_id()
+        .ok_or_else(|| StorageError::Service("start multipart upload: no upload id in the answer".into()))?
+        .to_string();
+    Ok(MultipartProgress {
+        upload_id,
+        file_len,
+        parts: Vec::new(),
+    })
+}
+
+/// Part number → ETag (where the store lists one) of every part the store holds for
+/// `upload_id`; `None` when the store no longer knows the upload (completed, aborted or expired).
+async fn listed_parts(
     client: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
     upload_id: &str,
+) -> StorageResult<Option<std::collections::HashMap<i32, Option<String>>>> {
+    let mut parts = std::collections::HashMap::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let listed = client
+            .list_parts()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .set_part_number_marker(marker.clone())
+            .send()
+            .await;
+        let page = match listed {
+            Ok(page) => page,
+            Err(err) => {
+                return match map_err(err, "list parts", Missing::Object) {
+                    StorageError::NotFound(_) => Ok(None),
+                    StorageError::Invalid(detail) if detail.contains("NoSuchUpload") => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        for part in page.parts() {
+            if let Some(number) = part.part_number() {
+                parts.insert(number, part.e_tag().map(str::to_string));
+            }
+        }
+        match page.next_part_number_marker() {
+            Some(next) if page.is_truncated() == Some(true) => marker = Some(next.to_string()),
+            _ => return Ok(Some(parts)),
+        }
+    }
+}
+
+/// ETags compare without their quotes and case: stores differ in both.
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"').eq_ignore_ascii_case(b.trim_matches('"'))
+}
+
+async fn upload_parts(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    mut progress: MultipartProgress,
+    on_progress: &ProgressSink,
     reader: &mut PartReader,
 ) -> StorageResult<()> {
+    let upload_id = progress.upload_id.clone();
+    let done: std::collections::HashMap<i32, String> =
+        progress.parts.iter().map(|p| (p.number, p.etag.clone())).collect();
     let mut in_flight = FuturesUnordered::new();
     let mut parts = Vec::new();
     let mut part_number = 1;
@@ -375,14 +501,36 @@ async fn upload_parts(
         while !read_all && in_flight.len() < PARTS_IN_FLIGHT {
             match reader.next_part().await? {
                 Some(body) => {
-                    in_flight.push(upload_part(client, bucket, key, upload_id, part_number, body));
+                    // Every part is read (the receipt's MD5 covers the whole file); one the
+                    // store holds with this content's ETag is not sent again.
+                    let etag_opt = done
+                        .get(&part_number)
+                        .filter(|etag| same_etag(etag, &hex::encode(md5::Md5::digest(&body))));
+                    match etag_opt {
+                        Some(etag) => parts.push(
+                            CompletedPart::builder()
+                                .part_number(part_number)
+                                .e_tag(etag.clone())
+                                .build(),
+                        ),
+                        None => in_flight.push(upload_part(client, bucket, key, &upload_id, part_number, body)),
+                    }
                     part_number += 1;
                 }
                 None => read_all = true,
             }
         }
         match in_flight.next().await {
-            Some(part) => parts.push(part?),
+            Some(part) => {
+                let part = part?;
+                progress.parts.retain(|p| Some(p.number) != part.part_number());
+                progress.parts.push(UploadedPart {
+                    number: part.part_number().unwrap_or_default(),
+                    etag: part.e_tag().unwrap_or_default().to_string(),
+                });
+                on_progress(&progress);
+                parts.push(part);
+            }
             None => break,
         }
     }
@@ -391,7 +539,7 @@ async fn upload_parts(
         .complete_multipart_upload()
         .bucket(bucket)
         .key(key)
-        .upload_id(upload_id)
+        .upload_id(&upload_id)
         .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
         .send()
         .await

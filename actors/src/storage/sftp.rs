@@ -357,6 +357,34 @@ impl StorageBackend for SftpBackend {
         .boxed()
     }
 
+    fn get_to_file(&self, key: &str, dest: &Path) -> BoxFuture<'static, StorageResult<u64>> {
+        let connector = self.connector();
+        let path = self.remote_path(key);
+        let dest = dest.to_path_buf();
+        async move {
+            let path = path?;
+            let connection = connector.connect().await?;
+            let mut remote = connection
+                .sftp
+                .open(path.clone())
+                .await
+                .map_err(|e| sftp_error(e, &format!("open {path}")))?;
+            // tokio's file writes on the blocking pool; the copy holds one buffer at a time.
+            let mut local = tokio::fs::File::create(&dest)
+                .await
+                .map_err(|err| StorageError::Io(format!("{}: {err}", dest.display())))?;
+            let num_bytes = tokio::io::copy(&mut remote, &mut local)
+                .await
+                .map_err(|err| StorageError::Io(format!("read {path}: {err}")))?;
+            local
+                .flush()
+                .await
+                .map_err(|err| StorageError::Io(format!("{}: {err}", dest.display())))?;
+            Ok(num_bytes)
+        }
+        .boxed()
+    }
+
     fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>> {
         let connector = self.connector();
         let path = self.remote_path(key);

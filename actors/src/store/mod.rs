@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ChatEntry, CobrowseEvent, ErrorInfo, InstanceRecord};
+use crate::storage::MultipartProgress;
 
 pub use sled_store::SledStore;
 
@@ -78,6 +79,10 @@ pub struct UploadJob {
     pub generation: u64,
     pub num_attempts: u32,
     pub last_error: Option<ErrorInfo>,
+    /// The multipart upload of a track file under way, updated as its parts complete, so that
+    /// an upload interrupted by a restart continues where it stopped.
+    #[serde(default)]
+    pub multipart_opt: Option<MultipartProgress>,
 }
 
 /// Progress of a conversation's composition. `Queued` again when a later instance of the
@@ -151,7 +156,10 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Queues (or re-queues, bumping its generation) the job for `job.key`.
     fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob>;
+    /// Stores the job's progress fields (attempts, last error, and the multipart progress when
+    /// `job` has one); a no-op when the job is gone.
     fn update_job(&self, job: &UploadJob) -> StoreResult<()>;
+    fn job(&self, key: &str) -> StoreResult<Option<UploadJob>>;
     fn jobs(&self) -> StoreResult<Vec<UploadJob>>;
     /// Removes a finished job unless it was re-queued meanwhile; returns whether it was removed.
     fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool>;

@@ -393,6 +393,11 @@ impl StateStore for SledStore {
             let mut stored: UploadJob = decode("jobs", job.key.as_bytes(), &current)?;
             stored.num_attempts = job.num_attempts;
             stored.last_error = job.last_error.clone();
+            // Progress only moves forward: a caller holding an older copy of the job (the
+            // uploader recording an attempt) leaves the recorded parts alone.
+            if job.multipart_opt.is_some() {
+                stored.multipart_opt = job.multipart_opt.clone();
+            }
             if self
                 .jobs
                 .compare_and_swap(&job.key, Some(current), Some(encode(&stored)))
@@ -402,6 +407,14 @@ impl StateStore for SledStore {
                 return Ok(());
             }
         }
+    }
+
+    fn job(&self, key: &str) -> StoreResult<Option<UploadJob>> {
+        self.jobs
+            .get(key)
+            .map_err(io)?
+            .map(|bytes| decode("jobs", key.as_bytes(), &bytes))
+            .transpose()
     }
 
     fn jobs(&self) -> StoreResult<Vec<UploadJob>> {
@@ -700,6 +713,7 @@ mod tests {
             generation: 0,
             num_attempts: 0,
             last_error: None,
+            multipart_opt: None,
         };
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 0);
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 1);
@@ -707,6 +721,50 @@ mod tests {
         assert_eq!(store.jobs().unwrap().len(), 1);
         assert!(store.finish_job("k", 1).unwrap());
         assert!(store.jobs().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn multipart_progress_is_kept_until_replaced_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let progress = crate::storage::MultipartProgress {
+            upload_id: "u-1".into(),
+            file_len: 42,
+            parts: vec![crate::storage::UploadedPart {
+                number: 1,
+                etag: "\"abc\"".into(),
+            }],
+        };
+        let job = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let job = store
+                .enqueue_job(&UploadJob {
+                    schema_version: RECORD_SCHEMA_VERSION,
+                    key: "k".into(),
+                    instance_id: "i".into(),
+                    organization_id: "o".into(),
+                    application_id: "a".into(),
+                    artefact: ArtefactKind::ChatTranscript,
+                    generation: 0,
+                    num_attempts: 0,
+                    last_error: None,
+                    multipart_opt: None,
+                })
+                .unwrap();
+            let mut with_progress = job.clone();
+            with_progress.multipart_opt = Some(progress.clone());
+            store.update_job(&with_progress).unwrap();
+            // An attempt recorded from a copy without progress leaves the parts alone.
+            let mut attempt = job.clone();
+            attempt.num_attempts = 1;
+            store.update_job(&attempt).unwrap();
+            store.flush().await.unwrap();
+            job
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        let stored = store.job(&job.key).unwrap().unwrap();
+        assert_eq!(stored.num_attempts, 1);
+        assert_eq!(stored.multipart_opt, Some(progress));
+        assert!(store.job("other").unwrap().is_none());
     }
 
     #[test]
