@@ -35,6 +35,7 @@ struct RawConfig {
     uploads: Uploads,
     ops: Ops,
     media: RawMedia,
+    recovery: Recovery,
     #[serde(default)]
     organizations: BTreeMap<String, RawOrganization>,
     #[serde(default)]
@@ -71,6 +72,14 @@ pub struct Uploads {
 
 fn yes() -> bool {
     true
+}
+
+/// `[recovery]`: how instances come back after a crash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    /// An instance `PENDING_RECOVERY` after boot with no media within this many seconds is `ABORTED`.
+    pub window_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,6 +436,7 @@ pub struct Settings {
     pub uploads: Uploads,
     pub ops: Ops,
     pub media: Media,
+    pub recovery: Recovery,
     pub applications: Vec<Application>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -557,6 +567,9 @@ impl RawConfig {
         }
 
         let media = self.media.check(&self.data_dir)?;
+        if self.recovery.window_secs == 0 || self.recovery.window_secs > 86_400 {
+            return Err(invalid("recovery.window_secs", "must be between 1 and 86400"));
+        }
 
         let mut applications = Vec::new();
         for (org_id, org) in &self.organizations {
@@ -656,6 +669,7 @@ impl RawConfig {
             uploads: self.uploads,
             ops: self.ops,
             media,
+            recovery: self.recovery,
             applications,
             api_keys,
         })

@@ -18,7 +18,7 @@ use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
-use recorder_actors::engine::MediaConfig;
+use recorder_actors::engine::{MediaConfig, RecoveryConfig};
 use recorder_actors::media::plain_rtp::PortAllocator;
 use recorder_actors::media::receiver::ReceiverConfig;
 use recorder_actors::media::writer::WriterConfig;
@@ -127,6 +127,9 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
                 .expect("API messages always serialize")
         }),
         media: Arc::new(media_config(&settings)),
+        recovery: RecoveryConfig {
+            window: Duration::from_secs(settings.recovery.window_secs),
+        },
     });
     let registry =
         Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;

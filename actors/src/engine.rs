@@ -37,6 +37,23 @@ pub struct EngineConfig {
     /// engine stays free of HTTP types.
     pub render_manifest: ManifestRenderer,
     pub media: Arc<MediaConfig>,
+    pub recovery: RecoveryConfig,
+}
+
+/// How instances come back after a crash.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryConfig {
+    /// An instance `PENDING_RECOVERY` after boot whose media has not resumed within this time is
+    /// `ABORTED`, and what it recorded before the crash is finalized and uploaded.
+    pub window: Duration,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 pub type ManifestRenderer = Arc<dyn Fn(&InstanceRecord) -> Vec<u8> + Send + Sync>;

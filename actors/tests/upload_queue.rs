@@ -104,6 +104,7 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
         media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(
             std::env::temp_dir().join("upload-queue-media"),
         )),
+        recovery: Default::default(),
     });
     (profile, config)
 }

@@ -93,6 +93,11 @@ impl TestApp {
         Self::spawn_inner("", true)
     }
 
+    /// [`TestApp::spawn_uploading`] with extra configuration (TOML after the `[media]` table).
+    pub fn spawn_uploading_with(extra_toml: &str) -> TestApp {
+        Self::spawn_inner(extra_toml, true)
+    }
+
     fn spawn_inner(extra_toml: &str, delete_local_after_upload: bool) -> TestApp {
         let dir = tempfile::Builder::new()
             .prefix("rtc-recorder-media-")

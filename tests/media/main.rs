@@ -5,4 +5,5 @@ mod harness;
 
 mod bad_input;
 mod plain_rtp;
+mod recovery;
 mod whip;

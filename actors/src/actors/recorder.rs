@@ -12,19 +12,53 @@ use chrono::Utc;
 use futures_util::future::join_all;
 
 use super::registry::{enqueue_artefact, rejected, snapshot_of};
-use super::stream::{EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, Stream, StreamNotice};
+use super::stream::{
+    EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, Stream, StreamNotice, RECOVERED_SESSION,
+};
 use super::uploader::Kick;
-use crate::domain::{InstanceRecord, InstanceState, StreamRecord, StreamState, StreamType};
-use crate::engine::MediaConfig;
+use futures_util::future::Shared;
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
+use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamRecord, StreamState, StreamType};
+use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::MediaError;
 use crate::messages::{IngestTransport, Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::{ArtefactKind, StateStore};
 use crate::EngineError;
 
+/// What a recorder is connected to besides the state store.
+pub struct RecorderLinks {
+    /// The uploader of the instance's storage profile, kicked once artefacts are queued.
+    pub uploader: Option<Recipient<Kick>>,
+    /// Told when the instance ends, so the registry's live index forgets it.
+    pub ended: Option<Recipient<InstanceEnded>>,
+    pub media: Arc<MediaConfig>,
+    pub recovery: RecoveryConfig,
+}
+
+/// An instance reached a terminal state (stopped, or aborted by itself).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct InstanceEnded {
+    pub organization_id: String,
+    pub conversation_id: String,
+    pub instance_id: String,
+}
+
+/// How a recorder ends: a client's stop, or an abort decided by the recorder itself.
+#[derive(Debug, Clone)]
+enum Ending {
+    Stop,
+    Abort(ErrorInfo),
+}
+
 pub struct Recorder {
     store: Arc<dyn StateStore>,
     instance_id: String,
+    organization_id: String,
+    conversation_id: String,
     /// Last committed state, for snapshots; the store holds the truth.
     state: InstanceState,
     audio: bool,
@@ -32,8 +66,14 @@ pub struct Recorder {
     media: Arc<MediaConfig>,
     streams: Vec<StreamEntry>,
     uploader: Option<Recipient<Kick>>,
-    /// Set once a stop began: no new publisher is accepted while files are finalized.
+    ended: Option<Recipient<InstanceEnded>>,
+    recovery: RecoveryConfig,
+    /// Set once a stop (or an abort) began: no new publisher is accepted while files are
+    /// finalized.
     stopping: bool,
+    /// Resolves when the finalization that `stopping` announced is over; a second stop waits
+    /// for it instead of finishing the streams again (they are gone by then).
+    finalized: Option<Shared<oneshot::Receiver<()>>>,
     restarts: u32,
     num_publishes: u64,
     num_publishes_refused: u64,
@@ -53,22 +93,28 @@ struct StreamEntry {
 }
 
 impl Recorder {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        record: &InstanceRecord,
-        uploader: Option<Recipient<Kick>>,
-        media: Arc<MediaConfig>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, links: RecorderLinks) -> Self {
+        let RecorderLinks {
+            uploader,
+            ended,
+            media,
+            recovery,
+        } = links;
         Self {
             store,
             instance_id: record.instance_id.clone(),
+            organization_id: record.organization_id.clone(),
+            conversation_id: record.conversation_id.clone(),
             state: record.state,
             audio: record.audio,
             video: record.video,
             media,
             streams: Vec::new(),
             uploader,
+            ended,
+            recovery,
             stopping: false,
+            finalized: None,
             restarts: 0,
             num_publishes: 0,
             num_publishes_refused: 0,
@@ -190,9 +236,32 @@ impl Actor for Recorder {
                 user_id: record.user_id.clone(),
                 kind: record.kind,
                 mailbox: Mailbox::new(stream.start()),
-                sessions: vec!["recovered".into()],
+                sessions: vec![RECOVERED_SESSION.into()],
                 connected: false,
                 disconnected_at: Some(Instant::now()),
+            });
+        }
+        if self.state == InstanceState::PendingRecovery {
+            let window = self.recovery.window;
+            ctx.run_later(window, move |act, ctx| {
+                if act.state != InstanceState::PendingRecovery || act.stopping {
+                    return;
+                }
+                tracing::warn!(
+                    instance_id = %act.instance_id,
+                    window_secs = window.as_secs(),
+                    "no media resumed within the recovery window: aborting"
+                );
+                let error = ErrorInfo::new(
+                    "RECOVERY_WINDOW_EXPIRED",
+                    format!("no media resumed within {} s of the restart", window.as_secs()),
+                );
+                let aborting = act.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
+                    if let Err(e) = result {
+                        tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
+                    }
+                });
+                ctx.spawn(aborting);
             });
         }
     }
@@ -396,7 +465,38 @@ impl Handler<StreamNotice> for Recorder {
 impl Handler<StopRecorder> for Recorder {
     type Result = ResponseActFuture<Self, Result<InstanceRecord, EngineError>>;
 
-    fn handle(&mut self, _msg: StopRecorder, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _msg: StopRecorder, ctx: &mut Self::Context) -> Self::Result {
+        self.finalize(Ending::Stop, ctx)
+    }
+}
+
+impl Recorder {
+    /// Finishes every stream (files finalized and joined), commits the terminal state with every
+    /// artefact queued for upload, tells the registry and ends the actor. A second call while
+    /// one runs waits for it and answers what it committed.
+    fn finalize(
+        &mut self,
+        ending: Ending,
+        _ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<InstanceRecord, EngineError>> {
+        if let Some(finalized) = self.finalized.clone() {
+            let store = self.store.clone();
+            let instance_id = self.instance_id.clone();
+            return Box::pin(
+                async move {
+                    let _ = finalized.await;
+                    match store.get_instance(&instance_id)? {
+                        Some(record) if record.state.is_terminal() => Ok(record),
+                        _ => Err(EngineError::Unavailable(
+                            "the recorder instance could not be stopped".into(),
+                        )),
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        self.finalized = Some(done_rx.shared());
         self.stopping = true;
         let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
         // Every file is finalized (trailer, cues, segments joined) before the stop commits:
@@ -417,7 +517,18 @@ impl Handler<StopRecorder> for Recorder {
                     for stream in &finished {
                         merge_stream(r, stream);
                     }
-                    r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
+                    match &ending {
+                        Ending::Stop => r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?,
+                        // Media that resumed meanwhile made the instance ACTIVE: the streams are
+                        // finished anyway, so it ends as a normal stop.
+                        Ending::Abort(_) if r.state != InstanceState::PendingRecovery => {
+                            r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?
+                        }
+                        Ending::Abort(error) => {
+                            r.transition(InstanceState::Aborted, Utc::now()).map_err(rejected)?;
+                            r.error = Some(error.clone());
+                        }
+                    }
                     for stream in &r.streams {
                         for track in &stream.tracks {
                             if let (Some(location), None) = (&track.local.location, &track.object.uploaded) {
@@ -454,18 +565,29 @@ impl Handler<StopRecorder> for Recorder {
                 Ok(record)
             }
             .into_actor(_act)
-            .map(|result: Result<InstanceRecord, EngineError>, act, ctx| {
+            .map(move |result: Result<InstanceRecord, EngineError>, act, ctx| {
                 match &result {
                     Ok(record) => {
                         act.state = record.state;
-                        tracing::info!(instance_id = %record.instance_id, "recorder instance stopped");
+                        tracing::info!(instance_id = %record.instance_id, state = record.state.as_str(), "recorder instance ended");
                         if let Some(uploader) = &act.uploader {
                             uploader.do_send(Kick);
                         }
+                        if let Some(ended) = &act.ended {
+                            ended.do_send(InstanceEnded {
+                                organization_id: act.organization_id.clone(),
+                                conversation_id: act.conversation_id.clone(),
+                                instance_id: act.instance_id.clone(),
+                            });
+                        }
                         ctx.stop();
                     }
-                    Err(_) => act.stopping = false,
+                    Err(_) => {
+                        act.stopping = false;
+                        act.finalized = None;
+                    }
                 }
+                let _ = done_tx.send(());
                 result
             })
         }))

@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use futures_util::FutureExt;
 
 use super::conversation::{Conversation, StopInstance};
+use super::recorder::{InstanceEnded, RecorderLinks};
 use super::uploader::{Kick, Uploader};
 use crate::domain::*;
 use crate::messages::*;
@@ -34,6 +35,9 @@ pub struct Registry {
     /// newest start wins if two conversations name the same conference.
     by_conference: HashMap<(String, String), ConversationKey>,
     uploaders: HashMap<ProfileKey, Mailbox<Uploader>>,
+    /// This actor's own address, handed to recorders so an instance that ends by itself (a
+    /// recovery window that expired) leaves the live index.
+    ended: Recipient<InstanceEnded>,
     num_started: u64,
     num_stopped: u64,
     num_recovered_on_boot: u64,
@@ -46,12 +50,16 @@ impl Registry {
     /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
     pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
         let instances = store.all_instances()?;
+        // The context exists before the actor, so the recorders rebuilt below know where to
+        // report an instance that ends by itself.
+        let ctx: Context<Registry> = Context::new();
         let mut registry = Registry {
             store: store.clone(),
             config: config.clone(),
             live: HashMap::new(),
             by_conference: HashMap::new(),
             uploaders: HashMap::new(),
+            ended: ctx.address().recipient(),
             num_started: 0,
             num_stopped: 0,
             num_recovered_on_boot: 0,
@@ -72,7 +80,7 @@ impl Registry {
             registry.num_recovered_on_boot += 1;
         }
         futures_executor::block_on(store.flush())?;
-        Ok(registry.start())
+        Ok(ctx.run(registry))
     }
 
     fn spawn_conversation(&mut self, record: &InstanceRecord) {
@@ -80,7 +88,17 @@ impl Registry {
             .uploaders
             .get(&(record.organization_id.clone(), record.application_id.clone()))
             .map(|m| m.addr().clone().recipient());
-        let conversation = Conversation::new(self.store.clone(), record, uploader, self.config.media.clone()).start();
+        let conversation = Conversation::new(
+            self.store.clone(),
+            record,
+            RecorderLinks {
+                uploader,
+                ended: Some(self.ended.clone()),
+                media: self.config.media.clone(),
+                recovery: self.config.recovery,
+            },
+        )
+        .start();
         self.by_conference.insert(
             (record.organization_id.clone(), record.conference_id.clone()),
             (record.organization_id.clone(), record.conversation_id.clone()),
@@ -352,6 +370,19 @@ impl Registry {
             return Err(missing());
         }
         Ok(live.conversation.clone())
+    }
+}
+
+impl Handler<InstanceEnded> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: InstanceEnded, _ctx: &mut Self::Context) {
+        let key = (msg.organization_id, msg.conversation_id);
+        if self.live.get(&key).is_some_and(|l| l.instance_id == msg.instance_id) {
+            self.live.remove(&key);
+            self.by_conference.retain(|_, conversation| *conversation != key);
+            tracing::info!(instance_id = %msg.instance_id, "recorder instance ended by itself");
+        }
     }
 }
 

@@ -28,6 +28,9 @@ use crate::media::writer::{SegmentReport, TrackWriter, WriterStats};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
 
+/// The session id of segments found on disk after a restart.
+pub(crate) const RECOVERED_SESSION: &str = "recovered";
+
 /// How long a finishing stream waits for its ingest threads to hand over their summaries.
 const INGEST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -583,6 +586,11 @@ impl Handler<FinishStream> for Stream {
                 for (track_id, final_path, muxer, segments) in jobs {
                     let mut infos = Vec::new();
                     let mut error = None;
+                    // A segment left by a crash has no trailer: rewriting it gives the final
+                    // file its duration and cues even when it is the only one.
+                    let remux = segments
+                        .iter()
+                        .any(|(_, session_id, _, _)| session_id == RECOVERED_SESSION);
                     for (_index, session_id, summary, finishing) in segments {
                         let report = finishing.await;
                         if report.error.is_some() {
@@ -605,7 +613,7 @@ impl Handler<FinishStream> for Stream {
                         }
                         infos.push(info);
                     }
-                    outcomes.push(finish_track(track_id, final_path, muxer, infos, error).await);
+                    outcomes.push(finish_track(track_id, final_path, muxer, infos, error, remux).await);
                 }
                 outcomes
             }
@@ -707,7 +715,7 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
             });
             t.segments.push(Segment {
                 index,
-                session_id: "recovered".into(),
+                session_id: RECOVERED_SESSION.into(),
                 writer: None,
                 finishing: Some(futures_util::future::ready(report).boxed()),
                 summary: None,
@@ -729,6 +737,7 @@ async fn finish_track(
     muxer: &'static str,
     infos: Vec<SegmentInfo>,
     error: Option<String>,
+    remux: bool,
 ) -> TrackOutcome {
     let plan = plan_join(&infos);
     let with_media: Vec<&SegmentInfo> = infos.iter().filter(|s| s.num_frames > 0).collect();
@@ -757,7 +766,7 @@ async fn finish_track(
     let path = final_path.clone();
     // Remuxing reads and writes whole files: a blocking thread, never the actor's executor.
     let spawned = std::thread::Builder::new().name("track-join".into()).spawn(move || {
-        let _ = tx.send(join_segments(&plan, &path, muxer));
+        let _ = tx.send(join_segments(&plan, &path, muxer, remux));
     });
     let joined = match spawned {
         Ok(_) => rx

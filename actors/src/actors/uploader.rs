@@ -464,6 +464,7 @@ mod tests {
             delete_local_after_upload: true,
             render_manifest: crate::plain_manifest_renderer(),
             media: Arc::new(crate::engine::MediaConfig::for_tests(std::env::temp_dir())),
+            recovery: Default::default(),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);
