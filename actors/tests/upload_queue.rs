@@ -50,6 +50,7 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
                 state: StreamState::Stopped,
                 started: Some(now),
                 stopped: Some(now),
+                rtp_session: None,
                 tracks: vec![track],
             }),
         }

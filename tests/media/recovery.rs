@@ -123,3 +123,110 @@ fn with_no_publisher_back_within_the_window_the_instance_is_aborted_and_its_medi
     // Stopping the aborted one again is idempotent.
     assert_eq!(app.stop(&event)["state"], "ABORTED");
 }
+
+/// Two FFmpeg plain-RTP senders keep sending across a `kill -9`: the restarted recorder re-binds
+/// the ports they send to (latched to the same senders) and records again without a new offer.
+/// The instance passes through PENDING_RECOVERY to ACTIVE with `recovered`; after stop each
+/// track holds media from before and after the crash, and lost no more than the downtime + 1 s.
+#[test]
+fn senders_that_keep_sending_across_a_kill_9_are_recorded_again_on_the_same_ports() {
+    let _media = media_lock();
+    // Loss has three parts: what was not yet flushed at the kill (≤ the flush interval), the
+    // downtime, and for video the wait for the next keyframe after the restart — FFmpeg ignores
+    // PLI, so that is its keyframe interval. Half a second each keeps the sum within downtime + 1 s.
+    let mut app = TestApp::spawn_with("flush_interval_ms = 500");
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let publish = |user: &str, kind: &str, line: (&str, u8, &str)| {
+        let resp = app.publish(
+            "rtp",
+            &conference,
+            &format!("userId={user}&type={kind}"),
+            &format!("Bearer {KEY}"),
+            "application/sdp",
+            &rtp_offer(&[line]),
+        );
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        answer_ports(&resp.text())[0]
+    };
+    let video_port = publish("agent", "CAM", ("video", 96, "VP8/90000"));
+    let audio_port = publish("customer", "MIC", ("audio", 111, "opus/48000/2"));
+    let seconds = 12;
+    let mut v = lavfi_video(seconds);
+    v.extend(rtp_out("0", "vp8", 96, video_port));
+    let gop = v.iter().position(|a| a == "-g").expect("a keyframe interval") + 1;
+    v[gop] = "15".into();
+    let mut a = args(&[
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("sine=frequency=440:sample_rate=48000:duration={seconds}"),
+    ]);
+    a.extend(rtp_out("0", "opus", 111, audio_port));
+    let video_sender = ffmpeg(&v);
+    let audio_sender = ffmpeg(&a);
+    poll(Duration::from_secs(10), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let before = stream_snapshots(&app.debug_tree());
+    assert_eq!(before.len(), 2);
+    assert!(
+        before.iter().all(|s| s["counters"]["num_frames"].as_u64() > Some(30)),
+        "{before:#?}"
+    );
+
+    let killed_at = Instant::now();
+    let killed_wall = chrono::Utc::now().timestamp_millis();
+    app.restart();
+    let downtime = killed_at.elapsed().as_secs_f64();
+    let restarted_wall = chrono::Utc::now().timestamp_millis();
+    let state = app.instance(&event)["state"].clone();
+    assert!(
+        state == "PENDING_RECOVERY" || state == "ACTIVE",
+        "{state} right after the restart"
+    );
+    let recovered = poll(Duration::from_secs(5), "ACTIVE again with recovered", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    let back_after = killed_at.elapsed().as_secs_f64() - downtime;
+    assert!(back_after < 1.5, "recording again {back_after:.2} s after the restart");
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 2, "{recovered:#}");
+    // The debug tree shows the re-bound sessions connected.
+    let streams = stream_snapshots(&app.debug_tree());
+    assert!(streams.iter().all(|s| s["counters"]["connected"] == 1), "{streams:#?}");
+    wait_ok(video_sender, "video sender");
+    wait_ok(audio_sender, "audio sender");
+    let stopped = app.stop(&event);
+    assert_eq!(stopped["state"], "STOPPED", "{stopped:#}");
+    let instance = app.instance(&event);
+    assert_eq!(
+        instance["streams"].as_array().unwrap().len(),
+        2,
+        "no new stream: {instance:#}"
+    );
+    let all = tracks(&instance);
+    for (user, kind, track_kind, frame_secs) in [
+        ("agent", "CAM", "VIDEO", 1.0 / 30.0),
+        ("customer", "MIC", "AUDIO", 0.020),
+    ] {
+        let track = find_track(&all, user, kind, track_kind);
+        // Media from before the crash and from after the restart, in one file.
+        assert!(millis(&track["started"]) < killed_wall, "{track}");
+        assert!(millis(&track["stopped"]) > restarted_wall + 1000, "{track}");
+        let p = probe(&track_file(track));
+        let media_secs = p.num_frames as f64 * frame_secs;
+        let lost = p.duration - media_secs;
+        eprintln!("{user} {track_kind}: {lost:.2} s lost, downtime {downtime:.2} s");
+        assert!(
+            lost <= downtime + 1.0,
+            "{user} {track_kind}: {lost:.2} s lost, downtime {downtime:.2} s: {p:?}"
+        );
+        assert!(
+            p.duration > f64::from(seconds) - 1.5,
+            "{user}: {p:?} spans the whole send"
+        );
+    }
+}

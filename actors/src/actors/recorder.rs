@@ -151,6 +151,7 @@ impl Recorder {
             state: StreamState::Recording,
             started: None,
             stopped: None,
+            rtp_session: None,
             tracks: vec![],
         };
         let stream = Stream::new(
@@ -181,6 +182,7 @@ fn merge_stream(record: &mut InstanceRecord, stream: &StreamRecord) {
             existing.state = stream.state;
             existing.started = stream.started.or(existing.started);
             existing.stopped = stream.stopped.or(existing.stopped);
+            existing.rtp_session = stream.rtp_session.clone();
             for track in &stream.tracks {
                 match existing.tracks.iter_mut().find(|t| t.id == track.id) {
                     None => existing.tracks.push(track.clone()),
@@ -231,13 +233,17 @@ impl Actor for Recorder {
                 self.media.clone(),
                 ctx.address().recipient(),
             );
+            // A plain-RTP session is re-bound by the stream as it starts: it counts as connected
+            // (and its publisher's DELETE still finds it) unless the stream reports otherwise.
+            let mut sessions = vec![RECOVERED_SESSION.to_string()];
+            sessions.extend(record.rtp_session.as_ref().map(|s| s.session_id.clone()));
             self.streams.push(StreamEntry {
                 id: record.id.clone(),
                 user_id: record.user_id.clone(),
                 kind: record.kind,
                 mailbox: Mailbox::new(stream.start()),
-                sessions: vec![RECOVERED_SESSION.into()],
-                connected: false,
+                sessions,
+                connected: record.rtp_session.is_some(),
                 disconnected_at: Some(Instant::now()),
             });
         }
@@ -450,6 +456,27 @@ impl Handler<StreamNotice> for Recorder {
                     Err(e) => tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record first media"),
                 }
             }
+            StreamNotice::SessionChanged { stream_id, rtp_session } => {
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.rtp_session = rtp_session.clone();
+                    }
+                    Ok(())
+                });
+                match result {
+                    // Not acknowledged to anyone: written with the next flush (at most one group
+                    // commit later); a crash before that re-binds with what was known.
+                    Ok(_) => {
+                        let flush = self.store.flush();
+                        actix::spawn(async move {
+                            let _ = flush.await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record the rtp session")
+                    }
+                }
+            }
             StreamNotice::Disconnected { stream_id, session_id } => {
                 if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
                     if entry.sessions.last() == Some(&session_id) {
@@ -651,6 +678,7 @@ mod tests {
             started: None,
             stopped: None,
             tracks,
+            rtp_session: None,
         }
     }
 

@@ -14,14 +14,17 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::domain::{ErrorInfo, LocalFileRecord, ObjectRecord, StreamRecord, StreamState, TrackRecord, TrackType};
+use crate::domain::{
+    ErrorInfo, LocalFileRecord, ObjectRecord, RtpMediaRecord, RtpSessionRecord, StreamRecord, StreamState, TrackRecord,
+    TrackType,
+};
 use crate::engine::MediaConfig;
 use crate::media::codec::Codec;
 use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, TrackCounters, TrackPump, TrackSummary};
 use crate::media::join::join_segments;
 use crate::media::plain_rtp::{self, BoundMedia, PlainRtpSession};
 use crate::media::receiver::TrackReceiver;
-use crate::media::sdp::{build_answer, MediaAnswer, SessionOffer};
+use crate::media::sdp::{build_answer, Accepted, MediaAnswer, SessionOffer};
 use crate::media::segment::{plan_join, segment_path, track_path, SegmentInfo};
 use crate::media::whip::WhipSession;
 use crate::media::writer::{SegmentReport, TrackWriter, WriterStats};
@@ -227,18 +230,49 @@ impl Stream {
             )));
         }
         self.end_session();
+        let bound = bound
+            .into_iter()
+            .map(|b| (self.track_for(b.accepted.codec), b))
+            .collect();
+        self.start_rtp(&msg.session_id, bound, ctx)?;
+        let answer_sdp = build_answer(&msg.offer, &answers, self.media.announce_ip, rand_session_number());
+        tracing::info!(stream_id = %self.record.id, session_id = %msg.session_id, "plain rtp session opened");
+        Ok(OpenedSession {
+            answer_sdp,
+            record: self.record.clone(),
+        })
+    }
+
+    /// Starts receive threads for bound ports (track index, sockets), each into a new segment,
+    /// and records the session's ports in the stream record for a restart.
+    fn start_rtp(
+        &mut self,
+        session_id: &str,
+        bound: Vec<(usize, BoundMedia)>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), MediaError> {
         let events = Self::events(ctx);
         let now = Instant::now();
         let mut pumps = Vec::new();
         let mut track_ids = Vec::new();
-        for b in bound {
-            let at = self.track_for(b.accepted.codec);
-            let (sink, counters) = self.new_segment(at, &msg.session_id)?;
+        let mut persisted = Vec::new();
+        for (at, b) in bound {
+            let (sink, counters) = self.new_segment(at, session_id)?;
             let track_id = self.tracks[at].id.clone();
             track_ids.push(track_id.clone());
+            persisted.push(RtpMediaRecord {
+                track_id: track_id.clone(),
+                codec: b.accepted.codec.name().to_string(),
+                clock_rate: b.accepted.codec.clock_rate(),
+                payload_type: b.accepted.payload_type,
+                rtp_port: b.rtp_port(),
+                rtcp_port: b.rtcp.as_ref().map(|_| b.rtcp_port()),
+                allowed_source: b.allowed_source,
+                latched_source: b.latched_source,
+            });
             let receiver = TrackReceiver::new(b.accepted.codec, self.media.receiver.clone(), now, wall_micros_now());
             let pump = TrackPump::new(
-                msg.session_id.clone(),
+                session_id.to_string(),
                 track_id,
                 receiver,
                 sink,
@@ -249,20 +283,60 @@ impl Stream {
             pumps.push((b, pump));
         }
         let session = plain_rtp::start(pumps, self.media.idle_timeout)?;
-        let answer_sdp = build_answer(&msg.offer, &answers, self.media.announce_ip, rand_session_number());
         self.session = Some(LiveSession {
-            id: msg.session_id.clone(),
+            id: session_id.to_string(),
             ingest: Ingest::Rtp(session),
             track_ids,
             num_tracks_ended: 0,
         });
         self.num_sessions += 1;
         self.record.state = StreamState::Recording;
-        tracing::info!(stream_id = %self.record.id, session_id = %msg.session_id, "plain rtp session opened");
-        Ok(OpenedSession {
-            answer_sdp,
-            record: self.record.clone(),
-        })
+        self.record.rtp_session = Some(RtpSessionRecord {
+            session_id: session_id.to_string(),
+            media: persisted,
+        });
+        Ok(())
+    }
+
+    /// After a restart: re-binds the ports the session had (latched to the same sender) and
+    /// records into new segments, so a sender that kept sending needs no new offer.
+    fn resume_rtp(&mut self, session: RtpSessionRecord, ctx: &mut Context<Self>) -> Result<(), MediaError> {
+        let mut bound = Vec::new();
+        for media in &session.media {
+            let codec = Codec::from_rtpmap(&media.codec, media.clock_rate)
+                .ok_or_else(|| MediaError::Refused(format!("stored codec {} is not recordable", media.codec)))?;
+            let at = match self.tracks.iter().position(|t| t.id == media.track_id) {
+                Some(at) => at,
+                None => {
+                    // The track had no readable segment before the crash.
+                    self.tracks.push(TrackState {
+                        id: media.track_id.clone(),
+                        codec,
+                        counters: Arc::new(TrackCounters::default()),
+                        segments: Vec::new(),
+                        created: None,
+                    });
+                    self.tracks.len() - 1
+                }
+            };
+            let (rtp, rtcp) = self.media.ports.bind_exact(media.rtp_port, media.rtcp_port)?;
+            bound.push((
+                at,
+                BoundMedia {
+                    accepted: Accepted {
+                        codec,
+                        payload_type: media.payload_type,
+                    },
+                    rtp,
+                    rtcp,
+                    allowed_source: media.allowed_source,
+                    latched_source: media.latched_source,
+                },
+            ));
+        }
+        self.start_rtp(&session.session_id, bound, ctx)?;
+        tracing::info!(stream_id = %self.record.id, session_id = %session.session_id, "plain rtp session re-bound after a restart");
+        Ok(())
     }
 }
 
@@ -295,8 +369,23 @@ impl Actor for Stream {
                 self.last_error = Some(ErrorInfo::new("MEDIA", "cannot start a restore thread"));
                 return;
             }
-            ctx.wait(rx.into_actor(self).map(|restored, act, _ctx| {
+            ctx.wait(rx.into_actor(self).map(|restored, act, ctx| {
                 act.tracks = restored.unwrap_or_default();
+                if let Some(session) = act.record.rtp_session.take() {
+                    let session_id = session.session_id.clone();
+                    if let Err(e) = act.resume_rtp(session, ctx) {
+                        tracing::warn!(stream_id = %act.record.id, error = %e, "plain rtp ports not re-bound: the sender must offer again");
+                        act.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
+                        act.recorder.do_send(StreamNotice::SessionChanged {
+                            stream_id: act.record.id.clone(),
+                            rtp_session: None,
+                        });
+                        act.recorder.do_send(StreamNotice::Disconnected {
+                            stream_id: act.record.id.clone(),
+                            session_id,
+                        });
+                    }
+                }
             }));
         }
     }
@@ -314,6 +403,11 @@ pub enum StreamNotice {
     },
     /// The publisher's connection is gone (it may come back within the grace period).
     Disconnected { stream_id: String, session_id: String },
+    /// What a restart must re-bind changed (a port latched, or the session ended).
+    SessionChanged {
+        stream_id: String,
+        rtp_session: Option<RtpSessionRecord>,
+    },
 }
 
 /// Opens a plain-RTP session on this stream (a new segment of each track it carries).
@@ -410,6 +504,7 @@ impl Handler<OpenWhip> for Stream {
                     });
                     act.num_sessions += 1;
                     act.record.state = StreamState::Recording;
+                    act.record.rtp_session = None;
                     tracing::info!(stream_id = %act.record.id, session_id = %session_id, "whip session opened");
                     Ok(OpenedSession {
                         answer_sdp,
@@ -457,6 +552,22 @@ impl Handler<IngestNotice> for Stream {
                     at,
                 });
             }
+            IngestEvent::Latched {
+                session_id,
+                track_id,
+                source,
+            } => {
+                let Some(session) = self.record.rtp_session.as_mut().filter(|s| s.session_id == session_id) else {
+                    return;
+                };
+                if let Some(media) = session.media.iter_mut().find(|m| m.track_id == track_id) {
+                    media.latched_source = Some(source);
+                    self.recorder.do_send(StreamNotice::SessionChanged {
+                        stream_id: self.record.id.clone(),
+                        rtp_session: self.record.rtp_session.clone(),
+                    });
+                }
+            }
             IngestEvent::TrackEnded {
                 session_id,
                 track_id,
@@ -494,6 +605,19 @@ impl Handler<IngestNotice> for Stream {
                         session.num_tracks_ended += 1;
                         if session.num_tracks_ended >= session.track_ids.len() {
                             self.session = None;
+                            // Nothing to re-bind after a restart any more.
+                            if self
+                                .record
+                                .rtp_session
+                                .as_ref()
+                                .is_some_and(|s| s.session_id == session_id)
+                            {
+                                self.record.rtp_session = None;
+                                self.recorder.do_send(StreamNotice::SessionChanged {
+                                    stream_id: self.record.id.clone(),
+                                    rtp_session: None,
+                                });
+                            }
                             self.recorder.do_send(StreamNotice::Disconnected {
                                 stream_id: self.record.id.clone(),
                                 session_id,
@@ -651,6 +775,7 @@ impl Handler<FinishStream> for Stream {
                 } else {
                     StreamState::Stopped
                 };
+                act.record.rtp_session = None;
                 tracing::info!(stream_id = %stream_id, state = act.record.state.as_str(), "stream finished");
                 ctx.stop();
                 act.record.clone()
@@ -912,6 +1037,7 @@ mod tests {
                 state: StreamState::Recording,
                 started: None,
                 stopped: None,
+                rtp_session: None,
                 tracks: vec![],
             },
             "i1".into(),
