@@ -300,6 +300,10 @@ pub struct InstanceRecord {
     pub cobrowse_sessions: BTreeMap<String, CobrowseSessionRecord>,
     /// Every state the instance went through, with when: the audit trail a reviewer asks for.
     pub history: Vec<(InstanceState, DateTime<Utc>)>,
+    /// Set when a stop began finalizing the files. A live instance that has it after a restart
+    /// was being stopped when the process ended: boot finishes that stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested: Option<DateTime<Utc>>,
 }
 
 impl InstanceRecord {
@@ -431,6 +435,7 @@ mod tests {
             num_transcript_entries: 0,
             cobrowse_sessions: BTreeMap::new(),
             history: vec![],
+            stop_requested: None,
         }
     }
 

@@ -78,6 +78,7 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
         num_transcript_entries: 0,
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
+        stop_requested: None,
     }
 }
 

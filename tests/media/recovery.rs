@@ -230,3 +230,96 @@ fn senders_that_keep_sending_across_a_kill_9_are_recorded_again_on_the_same_port
         );
     }
 }
+
+/// The process ends (an injected abort, as `kill -9` at exactly that step) after a stop has
+/// finalized the track files but before it committed STOPPED. Boot finishes the stop: the
+/// instance is STOPPED with no publisher and no second stop, each track is uploaded once and
+/// plays, `recording.json` says STOPPED.
+#[test]
+fn a_stop_interrupted_by_a_crash_is_finished_on_boot_and_uploaded_once() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_uploading();
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "finalize=abort")]);
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let ports = answer_ports(&resp.text());
+    let mut a = lavfi_av(3);
+    a.extend(rtp_out("0:v", "vp8", 96, ports[0]));
+    a.extend(rtp_out("0:a", "opus", 111, ports[1]));
+    wait_ok(ffmpeg(&a), "ffmpeg sender");
+    // The stop never answers: the process ends inside it.
+    let url = app.api(&format!("{}/stop", instance_path(&event)));
+    let stop = std::thread::spawn({
+        let url = url.clone();
+        move || ureq::post(&url).set("Authorization", KEY).send_bytes(b"").is_ok()
+    });
+    assert!(
+        app.wait_exit(Duration::from_secs(20)),
+        "the injected abort did not happen"
+    );
+    assert!(
+        !stop.join().unwrap(),
+        "the stop answered although the process ended inside it"
+    );
+
+    app.restart_with_env(&[]);
+    let instance = poll(Duration::from_secs(30), "the interrupted stop finished", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "STOPPED").then_some(instance)
+    });
+    assert_eq!(tracks(&instance).len(), 2, "{instance:#}");
+    let instance = poll(Duration::from_secs(60), "every track uploaded", || {
+        let instance = app.instance(&event);
+        tracks(&instance)
+            .iter()
+            .all(|(_, _, _, t)| t["storage"]["objectStorage"]["uploaded"].is_string())
+            .then_some(instance)
+    });
+    for (_, _, kind, track) in tracks(&instance) {
+        let p = probe(&stored_file(&app, &track));
+        let (codec, expected) = if kind == "VIDEO" {
+            ("vp8", 3.0 - 1.0 / 30.0)
+        } else {
+            ("opus", 3.0)
+        };
+        assert_eq!(p.codec, codec, "{track}");
+        assert!((p.duration - expected).abs() <= 0.150, "{p:?}: {track}");
+    }
+    // One object per track in the profile: nothing uploaded twice under another name.
+    let stored = walk(&app.root.join("storage"));
+    let media: Vec<_> = stored
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "webm" || e == "mkv"))
+        .collect();
+    assert_eq!(media.len(), 2, "{stored:#?}");
+    let manifest: Value = poll(Duration::from_secs(30), "recording.json written", || {
+        std::fs::read(manifest_path(&app, &event))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    assert_eq!(manifest["state"], "STOPPED", "{manifest:#}");
+    // The conversation is free again, and a second stop answers the same final state.
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -74,6 +74,8 @@ pub struct Recorder {
     /// Resolves when the finalization that `stopping` announced is over; a second stop waits
     /// for it instead of finishing the streams again (they are gone by then).
     finalized: Option<Shared<oneshot::Receiver<()>>>,
+    /// The record says a stop began before a restart.
+    stop_requested: bool,
     restarts: u32,
     num_publishes: u64,
     num_publishes_refused: u64,
@@ -115,6 +117,7 @@ impl Recorder {
             recovery,
             stopping: false,
             finalized: None,
+            stop_requested: record.stop_requested.is_some() && record.state.is_live(),
             restarts: 0,
             num_publishes: 0,
             num_publishes_refused: 0,
@@ -247,7 +250,17 @@ impl Actor for Recorder {
                 disconnected_at: Some(Instant::now()),
             });
         }
-        if self.state == InstanceState::PendingRecovery {
+        if self.stop_requested {
+            // The process ended while this instance was being stopped: finish the stop now.
+            // The streams restore their files before they take the finish message.
+            tracing::info!(instance_id = %self.instance_id, "finishing a stop interrupted by a restart");
+            let stopping = self.finalize(Ending::Stop, ctx).map(|result, act, _ctx| {
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %act.instance_id, error = %e, "interrupted stop could not be finished");
+                }
+            });
+            ctx.spawn(stopping);
+        } else if self.state == InstanceState::PendingRecovery {
             let window = self.recovery.window;
             ctx.run_later(window, move |act, ctx| {
                 if act.state != InstanceState::PendingRecovery || act.stopping {
@@ -526,14 +539,34 @@ impl Recorder {
         self.finalized = Some(done_rx.shared());
         self.stopping = true;
         let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
-        // Every file is finalized (trailer, cues, segments joined) before the stop commits:
-        // STOPPED means the recording on disk is complete.
-        let finishing = async move { join_all(streams.iter().map(|s| s.send(FinishStream))).await };
         let store = self.store.clone();
         let instance_id = self.instance_id.clone();
+        // A stop is marked durably before any file is touched: if the process ends while the
+        // files are finalized, boot finishes this stop (see `started`) instead of waiting for
+        // media that will not come.
+        let marked = match ending {
+            Ending::Stop => store
+                .update_instance(&instance_id, &mut |r| {
+                    r.stop_requested.get_or_insert_with(Utc::now);
+                    Ok(())
+                })
+                .map(|_| ()),
+            Ending::Abort(_) => Ok(()),
+        };
+        let marker_flush = store.flush();
+        // Every file is finalized (trailer, cues, segments joined) before the stop commits:
+        // STOPPED means the recording on disk is complete.
+        let finishing = async move {
+            marked?;
+            marker_flush.await?;
+            let finished = join_all(streams.iter().map(|s| s.send(FinishStream))).await;
+            // After the files, before the commit: the step a crash during stop interrupts.
+            crate::fault::point(crate::fault::FINALIZE).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            Ok::<_, EngineError>(finished)
+        };
         Box::pin(finishing.into_actor(self).then(move |finished, _act, _ctx| {
             let result = (|| {
-                let finished: Vec<StreamRecord> = finished.into_iter().filter_map(Result::ok).collect();
+                let finished: Vec<StreamRecord> = finished?.into_iter().filter_map(Result::ok).collect();
                 let mut artefacts = Vec::new();
                 let record = store.update_instance(&instance_id, &mut |r| {
                     artefacts.clear();
@@ -707,6 +740,7 @@ mod tests {
             num_transcript_entries: 0,
             cobrowse_sessions: Default::default(),
             history: vec![],
+            stop_requested: None,
         };
         // Publish: the stream appears with its track.
         merge_stream(

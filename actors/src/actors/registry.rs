@@ -288,6 +288,7 @@ impl Handler<StartRecording> for Registry {
                 num_transcript_entries: 0,
                 cobrowse_sessions: Default::default(),
                 history: vec![(InstanceState::Initialised, now)],
+                stop_requested: None,
             };
             self.store.insert_instance(&record)?;
             self.spawn_conversation(&record);

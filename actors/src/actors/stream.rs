@@ -33,6 +33,9 @@ use crate::snapshot::{ActorSnapshot, Snapshot};
 
 /// The session id of segments found on disk after a restart.
 pub(crate) const RECOVERED_SESSION: &str = "recovered";
+/// The session id of a track's final file found on disk after a restart (a stop that had
+/// finalized the files but not committed).
+const FINALIZED_SESSION: &str = "finalized";
 
 /// How long a finishing stream waits for its ingest threads to hand over their summaries.
 const INGEST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -804,6 +807,23 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
             })
             .collect();
         segments.sort();
+        // A final file is only ever renamed into place complete (joined and fsynced): a stop
+        // interrupted after that point left it, and any segment beside it is already inside it.
+        let finals: Vec<&PathBuf> = files
+            .iter()
+            .filter(|path| {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                name == format!("{}.webm", track.id) || name == format!("{}.mkv", track.id)
+            })
+            .collect();
+        let mut session_id = RECOVERED_SESSION;
+        if let Some(final_file) = finals.first() {
+            for (_, leftover) in &segments {
+                let _ = std::fs::remove_file(leftover);
+            }
+            segments = vec![(0, (*final_file).clone())];
+            session_id = FINALIZED_SESSION;
+        }
         let mut state: Option<TrackState> = None;
         for (index, path) in segments {
             let (codec, num_frames, duration_micros, stamped) = match crate::media::join::probe_segment(&path) {
@@ -840,7 +860,7 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
             });
             t.segments.push(Segment {
                 index,
-                session_id: RECOVERED_SESSION.into(),
+                session_id: session_id.into(),
                 writer: None,
                 finishing: Some(futures_util::future::ready(report).boxed()),
                 summary: None,

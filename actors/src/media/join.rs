@@ -89,7 +89,9 @@ pub fn join_segments(parts: &[JoinPart], output: &Path, muxer: &str, remux: bool
         .and_then(|_| std::fs::rename(&temp, output))
         .map_err(|e| MediaError::Io(format!("finish {}: {e}", output.display())))?;
     sync_dir(output);
-    for part in parts {
+    // A part may be an earlier final file of this track (finalized before a restart): it is
+    // the output now, not a leftover.
+    for part in parts.iter().filter(|p| p.path != output) {
         let _ = std::fs::remove_file(&part.path);
     }
     Ok(num_packets)

@@ -473,6 +473,7 @@ mod tests {
             num_transcript_entries: 0,
             cobrowse_sessions: BTreeMap::new(),
             history: vec![],
+            stop_requested: None,
         }
     }
 
