@@ -80,6 +80,9 @@ fn yes() -> bool {
 pub struct Recovery {
     /// An instance `PENDING_RECOVERY` after boot with no media within this many seconds is `ABORTED`.
     pub window_secs: u64,
+    /// A stream restarted more than this many times within `restart_window_secs` is `FAILED`.
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -569,6 +572,9 @@ impl RawConfig {
         let media = self.media.check(&self.data_dir)?;
         if self.recovery.window_secs == 0 || self.recovery.window_secs > 86_400 {
             return Err(invalid("recovery.window_secs", "must be between 1 and 86400"));
+        }
+        if self.recovery.restart_window_secs == 0 {
+            return Err(invalid("recovery.restart_window_secs", "must be greater than 0"));
         }
 
         let mut applications = Vec::new();

@@ -129,6 +129,8 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         media: Arc::new(media_config(&settings)),
         recovery: RecoveryConfig {
             window: Duration::from_secs(settings.recovery.window_secs),
+            max_restarts: settings.recovery.max_restarts,
+            restart_window: Duration::from_secs(settings.recovery.restart_window_secs),
         },
     });
     let registry =

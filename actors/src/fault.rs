@@ -2,10 +2,12 @@
 //! project's own tests through a dev-dependency, off in every normal build, where `point` is an
 //! empty inline function).
 //!
-//! `RTC_RECORDER_FAULTS="name=action[*count],..."` arms points by name; actions:
+//! `RTC_RECORDER_FAULTS="name=action[*count][+skip],..."` arms points by name; actions:
 //! `abort` ends the process at once (a `kill -9` at exactly that step), `panic` panics on the
 //! calling thread, `error` makes the point return an error. `*count` limits how many times the
-//! point fires (default: every time). The variable is read once, at the first point reached.
+//! point fires (default: every time); `+skip` lets that many hits pass first. `name@text=...` arms the point only where its scope (e.g.
+//! the file a writer writes, which names the instance) contains `text`. The variable is read
+//! once, at the first point reached.
 
 /// The points the engine has.
 pub const MUXER_WRITE: &str = "muxer_write";
@@ -23,14 +25,18 @@ impl std::fmt::Display for InjectedFault {
     }
 }
 
+pub fn point(name: &'static str) -> Result<(), InjectedFault> {
+    point_in(name, "")
+}
+
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn point(_name: &'static str) -> Result<(), InjectedFault> {
+pub fn point_in(_name: &'static str, _scope: &str) -> Result<(), InjectedFault> {
     Ok(())
 }
 
 #[cfg(feature = "fault-injection")]
-pub fn point(name: &'static str) -> Result<(), InjectedFault> {
+pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
 
@@ -40,13 +46,18 @@ pub fn point(name: &'static str) -> Result<(), InjectedFault> {
         Panic,
         Error,
     }
-    static ARMED: OnceLock<Mutex<HashMap<String, (Action, Option<u64>)>>> = OnceLock::new();
+    type Armed = (Action, Option<u64>, u64);
+    static ARMED: OnceLock<Mutex<HashMap<String, Armed>>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| {
         let spec = std::env::var("RTC_RECORDER_FAULTS").unwrap_or_default();
         let mut points = HashMap::new();
         for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
             let Some((point, action)) = item.trim().split_once('=') else {
                 continue;
+            };
+            let (action, skip) = match action.split_once('+') {
+                Some((a, n)) => (a, n.parse::<u64>().unwrap_or(0)),
+                None => (action, 0),
             };
             let (action, count) = match action.split_once('*') {
                 Some((a, n)) => (a, n.parse::<u64>().ok()),
@@ -58,16 +69,24 @@ pub fn point(name: &'static str) -> Result<(), InjectedFault> {
                 "error" => Action::Error,
                 _ => continue,
             };
-            points.insert(point.to_string(), (action, count));
+            points.insert(point.to_string(), (action, count, skip));
         }
         Mutex::new(points)
     });
     let action = {
         let mut points = armed.lock().unwrap_or_else(|p| p.into_inner());
-        match points.get_mut(name) {
+        let armed = points.iter_mut().find(|(key, _)| match key.split_once('@') {
+            Some((point, filter)) => point == name && scope.contains(filter),
+            None => key.as_str() == name,
+        });
+        match armed.map(|(_, v)| v) {
             None => return Ok(()),
-            Some((_, Some(0))) => return Ok(()),
-            Some((action, count)) => {
+            Some((_, Some(0), _)) => return Ok(()),
+            Some((_, _, skip)) if *skip > 0 => {
+                *skip -= 1;
+                return Ok(());
+            }
+            Some((action, count, _)) => {
                 if let Some(n) = count {
                     *n -= 1;
                 }

@@ -323,3 +323,170 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Supervision: a track writer that panics (injected at the muxer write of H.264 tracks, the
+/// only `.mkv` files here) restarts its stream into a new segment on the same ports; the
+/// instance passes through PENDING_RECOVERY back to ACTIVE with `recovered`; the debug tree
+/// shows the restart. Another conversation records on untouched.
+#[test]
+fn a_writer_panic_restarts_the_stream_and_other_conversations_keep_recording() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    // 45 frames (1.5 s) are written before the panic.
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "muxer_write@.mkv=panic*1+45")]);
+    let (failing, healthy) = (unique("room"), unique("room"));
+    let a = app.start(&unique("call"), &failing, false, true);
+    let b = app.start(&unique("call"), &healthy, false, true);
+    let publish = |conference: &str, line: (&str, u8, &str)| {
+        let resp = app.publish(
+            "rtp",
+            conference,
+            "userId=agent&type=CAM",
+            &format!("Bearer {KEY}"),
+            "application/sdp",
+            &rtp_offer(&[line]),
+        );
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        answer_ports(&resp.text())[0]
+    };
+    let seconds = 7;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out("0", "h264", 96, publish(&failing, ("video", 96, "H264/90000"))));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out("0", "vp8", 96, publish(&healthy, ("video", 96, "VP8/90000"))));
+    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    let recovered = poll(Duration::from_secs(15), "the failing instance recovered", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 1, "{recovered:#}");
+    let tree = app.debug_tree();
+    let streams = stream_snapshots(&tree);
+    let restarted: Vec<_> = streams.iter().filter(|s| s["restarts"] == 1).collect();
+    assert_eq!(restarted.len(), 1, "{streams:#?}");
+    assert_eq!(restarted[0]["lastError"]["code"], "MEDIA_WRITE", "{streams:#?}");
+    assert_eq!(restarted[0]["state"], "RECORDING");
+    wait_ok(x, "h264 sender");
+    wait_ok(y, "vp8 sender");
+    let untouched = app.instance(&b);
+    assert!(untouched["recovered"].is_null(), "{untouched:#}");
+    assert_eq!(app.stop(&a)["state"], "STOPPED");
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let a = app.instance(&a);
+    let b = app.instance(&b);
+    assert_eq!(a["streams"][0]["state"], "STOPPED", "{a:#}");
+    // The failed segment's flushed part and the restarted one, joined on one timeline.
+    let failed_track = probe(&track_file(find_track(&tracks(&a), "agent", "CAM", "VIDEO")));
+    assert_eq!(failed_track.codec, "h264");
+    assert!(failed_track.num_frames >= 90, "{failed_track:?}");
+    assert!(
+        failed_track.duration >= f64::from(seconds) - 1.5,
+        "{failed_track:?} spans the panic"
+    );
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+}
+
+/// Supervision budget: a writer that fails every time (H.264 tracks here) is restarted
+/// `max_restarts` times, then its stream is FAILED — in the API and in the debug tree, with the
+/// error — while the instance's other stream records on; an instance whose only stream failed is
+/// ABORTED with the error. Another conversation keeps recording.
+#[test]
+fn an_exhausted_restart_budget_fails_the_stream_and_aborts_an_instance_left_without_one() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_with("[recovery]\nmax_restarts = 2\n");
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "muxer_write@.mkv=panic")]);
+    let (only_h264, mixed, healthy) = (unique("room"), unique("room"), unique("room"));
+    let a = app.start(&unique("call"), &only_h264, true, true);
+    let c = app.start(&unique("call"), &mixed, true, true);
+    let b = app.start(&unique("call"), &healthy, true, true);
+    let publish = |conference: &str, kind: &str, line: (&str, u8, &str)| {
+        let resp = app.publish(
+            "rtp",
+            conference,
+            &format!("userId=agent&type={kind}"),
+            &format!("Bearer {KEY}"),
+            "application/sdp",
+            &rtp_offer(&[line]),
+        );
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        answer_ports(&resp.text())[0]
+    };
+    let seconds = 8;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out(
+        "0",
+        "h264",
+        96,
+        publish(&only_h264, "CAM", ("video", 96, "H264/90000")),
+    ));
+    let mut z = lavfi_av(seconds);
+    z.extend(rtp_out(
+        "0:v",
+        "h264",
+        96,
+        publish(&mixed, "CAM", ("video", 96, "H264/90000")),
+    ));
+    z.extend(rtp_out(
+        "0:a",
+        "opus",
+        111,
+        publish(&mixed, "MIC", ("audio", 111, "opus/48000/2")),
+    ));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish(&healthy, "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let senders = [ffmpeg(&x), ffmpeg(&z), ffmpeg(&y)];
+
+    let aborted = poll(Duration::from_secs(20), "the H.264-only instance ABORTED", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ABORTED").then_some(instance)
+    });
+    assert_eq!(aborted["error"]["code"], "RESTART_BUDGET_EXHAUSTED", "{aborted:#}");
+    assert_eq!(aborted["streams"][0]["state"], "FAILED", "{aborted:#}");
+    let mixed_now = poll(Duration::from_secs(20), "the mixed instance's video FAILED", || {
+        let instance = app.instance(&c);
+        let video = instance["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["type"] == "CAM" && s["state"] == "FAILED");
+        video.then_some(instance)
+    });
+    assert_ne!(mixed_now["state"], "ABORTED", "its audio still records: {mixed_now:#}");
+    let tree = app.debug_tree();
+    let failed: Vec<_> = stream_snapshots(&tree)
+        .into_iter()
+        .filter(|s| s["state"] == "FAILED")
+        .collect();
+    assert_eq!(failed.len(), 1, "the mixed instance's CAM stream: {tree:#}");
+    assert_eq!(failed[0]["restarts"], 2, "{failed:#?}");
+    assert_eq!(
+        failed[0]["lastError"]["code"], "RESTART_BUDGET_EXHAUSTED",
+        "{failed:#?}"
+    );
+    for sender in senders {
+        wait_ok(sender, "sender");
+    }
+    let b_stopped = app.stop(&b);
+    assert_eq!(b_stopped["state"], "STOPPED");
+    let b = app.instance(&b);
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+    let c_stopped = app.stop(&c);
+    assert_eq!(c_stopped["state"], "STOPPED", "{c_stopped:#}");
+    let c = app.instance(&c);
+    let audio = probe(&track_file(find_track(&tracks(&c), "agent", "MIC", "AUDIO")));
+    assert!(audio.duration >= f64::from(seconds) - 0.5, "{audio:?}");
+}

@@ -76,7 +76,9 @@ pub struct Recorder {
     finalized: Option<Shared<oneshot::Receiver<()>>>,
     /// The record says a stop began before a restart.
     stop_requested: bool,
+    /// Stream restarts by supervision (each passes the instance through PENDING_RECOVERY).
     restarts: u32,
+    last_error: Option<ErrorInfo>,
     num_publishes: u64,
     num_publishes_refused: u64,
     /// Streams of the record still `RECORDING` when this actor was built (after a restart).
@@ -92,6 +94,8 @@ struct StreamEntry {
     sessions: Vec<String>,
     connected: bool,
     disconnected_at: Option<Instant>,
+    /// Its restart budget ran out: it records no more.
+    failed: bool,
 }
 
 impl Recorder {
@@ -119,6 +123,7 @@ impl Recorder {
             finalized: None,
             stop_requested: record.stop_requested.is_some() && record.state.is_live(),
             restarts: 0,
+            last_error: None,
             num_publishes: 0,
             num_publishes_refused: 0,
             recovered: if record.state.is_live() {
@@ -141,6 +146,7 @@ impl Recorder {
         let found = self.streams.iter().rposition(|s| {
             s.user_id == user_id
                 && s.kind == kind
+                && !s.failed
                 && (s.connected || s.disconnected_at.is_some_and(|at| at.elapsed() <= grace) || s.sessions.is_empty())
         });
         if let Some(at) = found {
@@ -162,7 +168,8 @@ impl Recorder {
             self.instance_id.clone(),
             self.media.clone(),
             ctx.address().recipient(),
-        );
+        )
+        .supervised(self.recovery);
         self.streams.push(StreamEntry {
             id,
             user_id: user_id.to_string(),
@@ -171,6 +178,7 @@ impl Recorder {
             sessions: Vec::new(),
             connected: false,
             disconnected_at: None,
+            failed: false,
         });
         (self.streams.len() - 1, true)
     }
@@ -235,7 +243,8 @@ impl Actor for Recorder {
                 self.instance_id.clone(),
                 self.media.clone(),
                 ctx.address().recipient(),
-            );
+            )
+            .supervised(self.recovery);
             // A plain-RTP session is re-bound by the stream as it starts: it counts as connected
             // (and its publisher's DELETE still finds it) unless the stream reports otherwise.
             let mut sessions = vec![RECOVERED_SESSION.to_string()];
@@ -248,6 +257,7 @@ impl Actor for Recorder {
                 sessions,
                 connected: record.rtp_session.is_some(),
                 disconnected_at: Some(Instant::now()),
+                failed: false,
             });
         }
         if self.stop_requested {
@@ -421,7 +431,7 @@ impl Handler<Unpublish> for Recorder {
 impl Handler<StreamNotice> for Recorder {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamNotice, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: StreamNotice, ctx: &mut Self::Context) {
         match msg {
             StreamNotice::MediaStarted {
                 stream_id,
@@ -488,6 +498,64 @@ impl Handler<StreamNotice> for Recorder {
                     Err(e) => {
                         tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record the rtp session")
                     }
+                }
+            }
+            StreamNotice::Restarting { stream_id } => {
+                self.restarts += 1;
+                self.last_error = Some(ErrorInfo::new(
+                    "STREAM_RESTARTED",
+                    format!("stream {stream_id} restarted after a writer failure"),
+                ));
+                // Until the restarted stream writes again the instance is recovering.
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if r.state == InstanceState::Active {
+                        r.transition(InstanceState::PendingRecovery, Utc::now())
+                            .map_err(rejected)?;
+                    }
+                    Ok(())
+                });
+                match result {
+                    Ok(record) => {
+                        self.state = record.state;
+                        let flush = self.store.flush();
+                        actix::spawn(async move {
+                            let _ = flush.await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a stream restart")
+                    }
+                }
+            }
+            StreamNotice::Failed { stream_id, error } => {
+                self.last_error = Some(error.clone());
+                if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
+                    entry.failed = true;
+                    entry.connected = false;
+                }
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.state = StreamState::Failed;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a failed stream");
+                }
+                // With no stream left that can record, the instance cannot go on: it is aborted,
+                // and what it recorded is finalized and uploaded.
+                if !self.stopping && self.streams.iter().all(|s| s.failed) {
+                    let aborting = self.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
+                        if let Err(e) = result {
+                            tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
+                        }
+                    });
+                    ctx.spawn(aborting);
+                } else {
+                    let flush = self.store.flush();
+                    actix::spawn(async move {
+                        let _ = flush.await;
+                    });
                 }
             }
             StreamNotice::Disconnected { stream_id, session_id } => {
@@ -579,12 +647,12 @@ impl Recorder {
                     }
                     match &ending {
                         Ending::Stop => r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?,
-                        // Media that resumed meanwhile made the instance ACTIVE: the streams are
-                        // finished anyway, so it ends as a normal stop.
-                        Ending::Abort(_) if r.state != InstanceState::PendingRecovery => {
-                            r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?
-                        }
                         Ending::Abort(error) => {
+                            // An instance aborted while ACTIVE (media of the last stream that
+                            // could record resumed meanwhile) passes through recovery first.
+                            if r.state != InstanceState::PendingRecovery {
+                                r.transition(InstanceState::PendingRecovery, Utc::now()).map_err(rejected)?;
+                            }
                             r.transition(InstanceState::Aborted, Utc::now()).map_err(rejected)?;
                             r.error = Some(error.clone());
                         }
@@ -665,7 +733,7 @@ impl Handler<Snapshot> for Recorder {
             state: self.state.as_str().into(),
             mailbox_depth: 0,
             restarts: self.restarts,
-            last_error: None,
+            last_error: self.last_error.clone(),
             counters: BTreeMap::from([
                 ("num_streams", self.streams.len() as u64),
                 ("num_publishes", self.num_publishes),

@@ -3,7 +3,7 @@
 //! stream finishes. Ingest threads (plain RTP) or tasks (WHIP) report to it with [`IngestNotice`];
 //! frames never pass through this actor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::domain::{
     ErrorInfo, LocalFileRecord, ObjectRecord, RtpMediaRecord, RtpSessionRecord, StreamRecord, StreamState, TrackRecord,
     TrackType,
 };
-use crate::engine::MediaConfig;
+use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::codec::Codec;
 use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, TrackCounters, TrackPump, TrackSummary};
 use crate::media::join::join_segments;
@@ -52,6 +52,16 @@ pub struct Stream {
     last_error: Option<ErrorInfo>,
     /// Set for a stream recovered after a restart: its segment files are read when it starts.
     needs_restore: bool,
+    recovery: RecoveryConfig,
+    /// Supervision: writer failures handled so far, and when (for the restart budget).
+    restarts: u32,
+    restart_times: VecDeque<Instant>,
+    /// Segments whose writer failed and were replaced: their error is not the stream's.
+    failed_segments: HashSet<(String, usize)>,
+    /// The plain-RTP session to re-bind once the failed one has ended.
+    restart_rtp: Option<RtpSessionRecord>,
+    /// The restart budget ran out (or the session could not be restarted): no more media.
+    failed: bool,
 }
 
 struct TrackState {
@@ -102,7 +112,91 @@ impl Stream {
             num_sessions: 0,
             last_error: None,
             needs_restore: false,
+            recovery: RecoveryConfig::default(),
+            restarts: 0,
+            restart_times: VecDeque::new(),
+            failed_segments: HashSet::new(),
+            restart_rtp: None,
+            failed: false,
         }
+    }
+
+    /// Sets the restart budget of this stream's supervision.
+    pub fn supervised(mut self, recovery: RecoveryConfig) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    /// Supervision: a live segment whose writer failed (muxer error, panicked thread) restarts
+    /// the session into new segments — plain RTP on the same ports, latched to the same sender
+    /// — within the restart budget; beyond it, or for WHIP (whose peer connection cannot be
+    /// re-created from here), the stream is FAILED.
+    fn check_writers(&mut self) {
+        if self.failed || self.restart_rtp.is_some() {
+            return;
+        }
+        let failed: Vec<(String, usize)> = self
+            .tracks
+            .iter()
+            .flat_map(|t| {
+                t.segments
+                    .iter()
+                    .filter(|s| s.writer.is_some() && s.stats.failed.load(Ordering::Acquire))
+                    .map(|s| (t.id.clone(), s.index))
+            })
+            .filter(|key| !self.failed_segments.contains(key))
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        self.failed_segments.extend(failed);
+        let now = Instant::now();
+        let window = self.recovery.restart_window;
+        self.restart_times
+            .retain(|at| now.saturating_duration_since(*at) <= window);
+        self.restart_times.push_back(now);
+        let rtp = match &self.session {
+            Some(LiveSession {
+                ingest: Ingest::Rtp(_), ..
+            }) => self.record.rtp_session.clone(),
+            _ => None,
+        };
+        let Some(rtp) = rtp.filter(|_| self.restart_times.len() <= self.recovery.max_restarts as usize) else {
+            let error = ErrorInfo::new(
+                "RESTART_BUDGET_EXHAUSTED",
+                format!(
+                    "track writer failed {} times within {} s; the stream is not restarted again",
+                    self.restart_times.len(),
+                    window.as_secs()
+                ),
+            );
+            self.fail(error);
+            return;
+        };
+        self.restarts += 1;
+        self.last_error = Some(ErrorInfo::new(
+            "MEDIA_WRITE",
+            "a track writer failed: restarting the stream",
+        ));
+        tracing::warn!(stream_id = %self.record.id, num_restarts = self.restarts, "track writer failed: restarting the stream");
+        self.restart_rtp = Some(rtp);
+        self.end_session();
+        self.recorder.do_send(StreamNotice::Restarting {
+            stream_id: self.record.id.clone(),
+        });
+    }
+
+    fn fail(&mut self, error: ErrorInfo) {
+        tracing::error!(stream_id = %self.record.id, code = %error.code, message = %error.message, "stream failed");
+        self.failed = true;
+        self.restart_rtp = None;
+        self.record.state = StreamState::Failed;
+        self.last_error = Some(error.clone());
+        self.end_session();
+        self.recorder.do_send(StreamNotice::Failed {
+            stream_id: self.record.id.clone(),
+            error,
+        });
     }
 
     /// A stream the store knew from before a restart: its tracks and the segment files they left
@@ -358,6 +452,9 @@ impl Actor for Stream {
         // Control messages and ingest notices (a few per track per connection); ingest sends
         // with do_send, which is not held back by this capacity.
         ctx.set_mailbox_capacity(64);
+        // Writers run on their own threads and fail there; a failure shows in their shared
+        // stats, looked at this often (a restart within the loss a crash would cause).
+        ctx.run_interval(Duration::from_millis(200), |act, _ctx| act.check_writers());
         if self.needs_restore {
             // Reading the files is blocking work: a thread of its own. Until it is done the
             // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
@@ -406,6 +503,10 @@ pub enum StreamNotice {
     },
     /// The publisher's connection is gone (it may come back within the grace period).
     Disconnected { stream_id: String, session_id: String },
+    /// A writer failed and the stream restarts into new segments.
+    Restarting { stream_id: String },
+    /// The stream cannot record any more (restart budget exhausted).
+    Failed { stream_id: String, error: ErrorInfo },
     /// What a restart must re-bind changed (a port latched, or the session ended).
     SessionChanged {
         stream_id: String,
@@ -608,6 +709,13 @@ impl Handler<IngestNotice> for Stream {
                         session.num_tracks_ended += 1;
                         if session.num_tracks_ended >= session.track_ids.len() {
                             self.session = None;
+                            if let Some(rtp) = self.restart_rtp.take() {
+                                // A supervised restart: same ports, same sender, new segments.
+                                if let Err(e) = self.resume_rtp(rtp, ctx) {
+                                    self.fail(ErrorInfo::new("MEDIA", format!("restart failed: {e}")));
+                                }
+                                return;
+                            }
                             // Nothing to re-bind after a restart any more.
                             if self
                                 .record
@@ -637,7 +745,8 @@ impl Handler<SegmentFinished> for Stream {
     type Result = ();
 
     fn handle(&mut self, msg: SegmentFinished, _ctx: &mut Self::Context) {
-        if let Some(error) = &msg.report.error {
+        let replaced = self.failed_segments.contains(&(msg.track_id.clone(), msg.index));
+        if let (Some(error), false) = (&msg.report.error, replaced) {
             tracing::error!(track_id = %msg.track_id, segment = msg.index, error = %error, "segment failed");
             self.last_error = Some(ErrorInfo::new("MEDIA_WRITE", error.clone()));
         }
@@ -684,11 +793,13 @@ impl Handler<FinishStream> for Stream {
                     (None, Some(finishing)) => finishing,
                     (None, None) => continue,
                 };
+                let replaced = self.failed_segments.contains(&(track.id.clone(), segment.index));
                 segments.push((
                     segment.index,
                     segment.session_id.clone(),
                     segment.summary.clone(),
                     finishing,
+                    replaced,
                 ));
             }
             let container = track.codec.container();
@@ -715,17 +826,27 @@ impl Handler<FinishStream> for Stream {
                     let mut error = None;
                     // A segment left by a crash has no trailer: rewriting it gives the final
                     // file its duration and cues even when it is the only one.
-                    let remux = segments
+                    let mut remux = segments
                         .iter()
-                        .any(|(_, session_id, _, _)| session_id == RECOVERED_SESSION);
-                    for (_index, session_id, summary, finishing) in segments {
-                        let report = finishing.await;
-                        if report.error.is_some() {
+                        .any(|(_, session_id, _, _, _)| session_id == RECOVERED_SESSION);
+                    for (_index, session_id, summary, finishing, replaced) in segments {
+                        let mut report = finishing.await;
+                        if replaced {
+                            // Supervision replaced this segment; its failure is not the track's.
+                            // A panicked writer left no report: the file holds what it flushed,
+                            // read back like a segment left by a crash.
+                            if report.info.num_frames == 0 {
+                                if let Some(info) = probe_on_thread(report.info.path.clone()).await {
+                                    report.info = info;
+                                    remux = true;
+                                }
+                            }
+                        } else if report.error.is_some() {
                             error = report.error.clone();
                         }
                         // The live session's summaries belong to its own segments only.
                         let summary = summary.or_else(|| {
-                            (live_session_id.as_deref() == Some(session_id.as_str()))
+                            (!replaced && live_session_id.as_deref() == Some(session_id.as_str()))
                                 .then(|| {
                                     live_summaries
                                         .iter()
@@ -773,7 +894,7 @@ impl Handler<FinishStream> for Stream {
                     .min()
                     .or(act.record.started);
                 act.record.stopped = Some(act.record.tracks.iter().filter_map(|t| t.stopped).max().unwrap_or(now));
-                act.record.state = if failed {
+                act.record.state = if failed || act.failed {
                     StreamState::Failed
                 } else {
                     StreamState::Stopped
@@ -873,6 +994,26 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
         }
     }
     out
+}
+
+/// Reads what a segment file without trailer holds, on a thread of its own; `None` when it is
+/// missing or unreadable.
+async fn probe_on_thread(path: PathBuf) -> Option<SegmentInfo> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("segment-probe".into())
+        .spawn(move || {
+            let probed =
+                crate::media::join::probe_segment(&path).map(|(_, num_frames, duration_micros, started)| SegmentInfo {
+                    path,
+                    started_wall_micros: started,
+                    duration_micros,
+                    num_frames,
+                });
+            let _ = tx.send(probed);
+        })
+        .ok()?;
+    rx.await.ok()?.ok()
 }
 
 /// Joins a track's segments (on a blocking thread) and works out its start and stop.
@@ -1008,6 +1149,7 @@ impl Handler<Snapshot> for Stream {
         totals.insert("num_tracks", self.tracks.len() as u64);
         totals.insert("num_sessions", self.num_sessions);
         totals.insert("connected", u64::from(self.session.is_some()));
+        totals.insert("num_restarts", u64::from(self.restarts));
         MessageResult(ActorSnapshot {
             kind: "Stream",
             id: format!(
@@ -1018,7 +1160,7 @@ impl Handler<Snapshot> for Stream {
             ),
             state: self.record.state.as_str().into(),
             mailbox_depth: 0,
-            restarts: 0,
+            restarts: self.restarts,
             last_error: self.last_error.clone(),
             counters: totals,
             children,

@@ -285,6 +285,8 @@ fn receive(
     };
     tracing::info!(track_id = %pump.track_id, reason, "rtp ingest ended");
     let track_id = pump.track_id.clone();
+    // The ports are free before the end is reported: a supervised restart re-binds them.
+    drop(bound);
     (track_id, pump.end(reason))
 }
 
