@@ -490,3 +490,64 @@ fn an_exhausted_restart_budget_fails_the_stream_and_aborts_an_instance_left_with
     let audio = probe(&track_file(find_track(&tracks(&c), "agent", "MIC", "AUDIO")));
     assert!(audio.duration >= f64::from(seconds) - 0.5, "{audio:?}");
 }
+
+/// Fault injection at the state commit: a start whose record cannot be written is answered
+/// with an error and leaves nothing behind; the next start works.
+#[test]
+fn a_failed_state_commit_is_an_error_and_leaves_nothing_half_written() {
+    let mut app = TestApp::spawn();
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "state_commit=error*1")]);
+    let conversation = unique("call");
+    let body = serde_json::json!({"applicationId": "app-a", "conferenceId": unique("room"), "conversationId": conversation, "audio": true, "video": true});
+    let refused = app.post_json("/recordings/start", KEY, &body);
+    let error = refused.assert_error(refused.status);
+    assert!(refused.status >= 500, "{}", refused.text());
+    assert!(error["message"].as_str().unwrap().contains("injected"), "{error}");
+    assert_eq!(
+        app.get(&format!("/recordings/{conversation}"), KEY).status,
+        404,
+        "no instance was recorded"
+    );
+    let started = app.post_json("/recordings/start", KEY, &body);
+    assert_eq!(started.status, 200, "{}", started.text());
+    assert_eq!(app.stop(&started.json())["state"], "STOPPED");
+}
+
+/// Fault injection at the upload of a track: two failed attempts are retried with backoff and
+/// the third stores the file, verified, once.
+#[test]
+fn failed_track_uploads_are_retried_until_stored() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_uploading();
+    app.restart_with_env(&[
+        ("RTC_RECORDER_FAULTS", "upload_part@/streams/=error*2"),
+        ("RECORDER_UPLOADS__RETRY_BASE_MS", "100"),
+        ("RECORDER_UPLOADS__RETRY_MAX_MS", "400"),
+    ]);
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, false, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let mut a = lavfi_video(2);
+    a.extend(rtp_out("0", "vp8", 96, answer_ports(&resp.text())[0]));
+    wait_ok(ffmpeg(&a), "ffmpeg sender");
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+    let instance = poll(Duration::from_secs(30), "the track uploaded", || {
+        let instance = app.instance(&event);
+        tracks(&instance)
+            .iter()
+            .all(|(_, _, _, t)| t["storage"]["objectStorage"]["uploaded"].is_string())
+            .then_some(instance)
+    });
+    let track = find_track(&tracks(&instance), "agent", "CAM", "VIDEO").clone();
+    assert!(track["storage"]["objectStorage"].get("error").is_none(), "{track}");
+    assert_eq!(probe(&stored_file(&app, &track)).codec, "vp8");
+    assert!(app.stderr().contains("fault injected"), "the fault never fired");
+}

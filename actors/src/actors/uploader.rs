@@ -216,6 +216,9 @@ async fn run_job(
             track_id,
             local_path,
         } => {
+            // Every backend's parts go through PartReader (its own point); the local backend
+            // copies in one go, so the step is also injectable here, before any byte moves.
+            crate::fault::point_in(crate::fault::UPLOAD_PART, &job.key).map_err(|e| StorageError::Io(e.to_string()))?;
             let receipt = backend.put_file(&job.key, Path::new(local_path)).await?;
             let stored = backend.head(&job.key).await?;
             verify_upload(&receipt, &stored)?;
