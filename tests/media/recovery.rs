@@ -472,6 +472,20 @@ fn an_exhausted_restart_budget_fails_the_stream_and_aborts_an_instance_left_with
         failed[0]["lastError"]["code"], "RESTART_BUDGET_EXHAUSTED",
         "{failed:#?}"
     );
+    // And as metrics (live instances' streams: the mixed one's failed CAM stream).
+    let metrics = app.request(
+        "GET",
+        &format!("{}/metrics", app.base_url),
+        &[("Authorization", KEY_ADMIN)],
+        None,
+    );
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    let text = metrics.text();
+    assert!(
+        text.contains("recorder_media_live{counter=\"num_restarts\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("recorder_media_live{counter=\"num_failed\"} 1"), "{text}");
     for sender in senders {
         wait_ok(sender, "sender");
     }

@@ -1150,6 +1150,7 @@ impl Handler<Snapshot> for Stream {
         totals.insert("num_sessions", self.num_sessions);
         totals.insert("connected", u64::from(self.session.is_some()));
         totals.insert("num_restarts", u64::from(self.restarts));
+        totals.insert("num_failed", u64::from(self.failed));
         MessageResult(ActorSnapshot {
             kind: "Stream",
             id: format!(
