@@ -133,7 +133,7 @@ fn senders_that_keep_sending_across_a_kill_9_are_recorded_again_on_the_same_port
     let _media = media_lock();
     // Loss has three parts: what was not yet flushed at the kill (≤ the flush interval), the
     // downtime, and for video the wait for the next keyframe after the restart — FFmpeg ignores
-    // PLI, so that is its keyframe interval. Half a second each keeps the sum within downtime + 1 s.
+    // PLI, so that is its keyframe interval. 0.5 s + 0.33 s keeps the sum within downtime + 1 s.
     let mut app = TestApp::spawn_with("flush_interval_ms = 500");
     let conference = unique("room");
     let event = app.start(&unique("call"), &conference, true, true);
@@ -155,7 +155,7 @@ fn senders_that_keep_sending_across_a_kill_9_are_recorded_again_on_the_same_port
     let mut v = lavfi_video(seconds);
     v.extend(rtp_out("0", "vp8", 96, video_port));
     let gop = v.iter().position(|a| a == "-g").expect("a keyframe interval") + 1;
-    v[gop] = "15".into();
+    v[gop] = "10".into();
     let mut a = args(&[
         "-re",
         "-f",
