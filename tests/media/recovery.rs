@@ -366,6 +366,24 @@ fn a_writer_panic_restarts_the_stream_and_other_conversations_keep_recording() {
     assert_eq!(restarted.len(), 1, "{streams:#?}");
     assert_eq!(restarted[0]["lastError"]["code"], "MEDIA_WRITE", "{streams:#?}");
     assert_eq!(restarted[0]["state"], "RECORDING");
+    // The recorder above it counts the restart, and how long it has been in its state.
+    fn recorders(node: &Value, out: &mut Vec<Value>) {
+        if node["kind"] == "Recorder" {
+            out.push(node.clone());
+        }
+        for child in node["children"].as_array().into_iter().flatten() {
+            recorders(child, out);
+        }
+    }
+    let mut all = Vec::new();
+    recorders(&tree, &mut all);
+    let recorder = all
+        .iter()
+        .find(|r| r["id"] == recovered["instanceId"])
+        .unwrap_or_else(|| panic!("{tree:#}"));
+    assert_eq!(recorder["restarts"], 1, "{recorder:#}");
+    assert_eq!(recorder["state"], "ACTIVE", "{recorder:#}");
+    assert!(recorder["counters"]["millis_in_state"].is_u64(), "{recorder:#}");
     wait_ok(x, "h264 sender");
     wait_ok(y, "vp8 sender");
     let untouched = app.instance(&b);

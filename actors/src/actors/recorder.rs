@@ -727,6 +727,18 @@ impl Handler<Snapshot> for Recorder {
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
+        // Time in the current state, from the record's history (the store is the truth).
+        let millis_in_state = self
+            .store
+            .get_instance(&self.instance_id)
+            .ok()
+            .flatten()
+            .and_then(|r| {
+                r.history
+                    .last()
+                    .map(|(_, at)| (Utc::now() - *at).num_milliseconds().max(0) as u64)
+            })
+            .unwrap_or(0);
         let mut snapshot = ActorSnapshot {
             kind: "Recorder",
             id: self.instance_id.clone(),
@@ -738,6 +750,7 @@ impl Handler<Snapshot> for Recorder {
                 ("num_streams", self.streams.len() as u64),
                 ("num_publishes", self.num_publishes),
                 ("num_publishes_refused", self.num_publishes_refused),
+                ("millis_in_state", millis_in_state),
             ]),
             children: vec![],
         };
