@@ -583,3 +583,57 @@ fn failed_track_uploads_are_retried_until_stored() {
     assert_eq!(probe(&stored_file(&app, &track)).codec, "vp8");
     assert!(app.stderr().contains("fault injected"), "the fault never fired");
 }
+
+/// `kill -9` while the project's WHIP publisher (webrtc-rs) streams; after the restart it
+/// reconnects with a new WHIP POST for the same conference, userId and type: the instance is
+/// ACTIVE with `recovered`, the stream continues, and after stop each track holds media from
+/// before and after the crash with the outage as a gap.
+#[test]
+fn a_whip_publisher_that_reconnects_after_a_kill_9_continues_its_stream() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let whip = |app: &TestApp, seconds: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_whip-publish"))
+            .arg(app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM")))
+            .args(["--token", KEY, "--seconds", seconds, "--keep"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("whip-publish runs")
+    };
+    let mut first = whip(&app, "10");
+    poll(Duration::from_secs(15), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let killed_wall = chrono::Utc::now().timestamp_millis();
+    app.restart();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(app.instance(&event)["state"], "PENDING_RECOVERY");
+    let restarted_wall = chrono::Utc::now().timestamp_millis();
+    let mut second = whip(&app, "3");
+    let active = poll(Duration::from_secs(15), "ACTIVE again with recovered", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(active["streams"].as_array().unwrap().len(), 1, "{active:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    app.stop(&event);
+    let _ = second.kill();
+    let _ = second.wait();
+    let instance = app.instance(&event);
+    assert_eq!(instance["streams"].as_array().unwrap().len(), 1, "{instance:#}");
+    let all = tracks(&instance);
+    for kind in ["VIDEO", "AUDIO"] {
+        let track = find_track(&all, "agent", "CAM", kind);
+        assert!(millis(&track["started"]) < killed_wall, "{track}");
+        assert!(millis(&track["stopped"]) > restarted_wall + 1000, "{track}");
+        let p = probe(&track_file(track));
+        let gap_secs = (restarted_wall - killed_wall) as f64 / 1000.0;
+        // ~3 s before (less the unflushed last second), the outage, ~3 s after.
+        assert!(p.duration > 4.0 + gap_secs, "{kind}: {p:?}");
+    }
+}
