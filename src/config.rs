@@ -776,6 +776,8 @@ mod tests {
             ("[media]\nrtp_port_min = 50000\nrtp_port_max = 50001", "media.rtp_port_max"),
             ("[media]\nbind_ip = \"0.0.0.0\"", "media.announce_ip"),
             ("[media]\nflush_interval_ms = 0", "media.flush_interval_ms"),
+            ("[recovery]\nwindow_secs = 0", "recovery.window_secs"),
+            ("[recovery]\nrestart_window_secs = 0", "recovery.restart_window_secs"),
         ] {
             let err = load(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");
