@@ -236,5 +236,6 @@ fn sample_record() -> InstanceRecord {
         num_transcript_entries: 0,
         cobrowse_sessions: Default::default(),
         history: vec![(InstanceState::Initialised, now)],
+        stop_requested: None,
     }
 }

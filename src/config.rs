@@ -35,6 +35,7 @@ struct RawConfig {
     uploads: Uploads,
     ops: Ops,
     media: RawMedia,
+    recovery: Recovery,
     #[serde(default)]
     composition: Composition,
     #[serde(default)]
@@ -122,6 +123,17 @@ impl Composition {
 
 fn yes() -> bool {
     true
+}
+
+/// `[recovery]`: how instances come back after a crash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    /// An instance `PENDING_RECOVERY` after boot with no media within this many seconds is `ABORTED`.
+    pub window_secs: u64,
+    /// A stream restarted more than this many times within `restart_window_secs` is `FAILED`.
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -479,6 +491,7 @@ pub struct Settings {
     pub ops: Ops,
     pub media: Media,
     pub composition: Composition,
+    pub recovery: Recovery,
     pub applications: Vec<Application>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -609,6 +622,12 @@ impl RawConfig {
         }
 
         let media = self.media.check(&self.data_dir)?;
+        if self.recovery.window_secs == 0 || self.recovery.window_secs > 86_400 {
+            return Err(invalid("recovery.window_secs", "must be between 1 and 86400"));
+        }
+        if self.recovery.restart_window_secs == 0 {
+            return Err(invalid("recovery.restart_window_secs", "must be greater than 0"));
+        }
 
         let mut applications = Vec::new();
         for (org_id, org) in &self.organizations {
@@ -710,6 +729,7 @@ impl RawConfig {
             ops: self.ops,
             media,
             composition: self.composition,
+            recovery: self.recovery,
             applications,
             api_keys,
         })
@@ -824,6 +844,8 @@ mod tests {
             ("[composition]\nwidth = 10", "composition.width"),
             ("[composition]\npreset = \"very fast; rm\"", "composition.preset"),
             ("[composition]\nsurprise = 1", "surprise"),
+            ("[recovery]\nwindow_secs = 0", "recovery.window_secs"),
+            ("[recovery]\nrestart_window_secs = 0", "recovery.restart_window_secs"),
         ] {
             let err = load(toml).expect_err(toml).to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}, which does not name {key}");

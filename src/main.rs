@@ -18,7 +18,7 @@ use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
-use recorder_actors::engine::{CompositionConfig, MediaConfig};
+use recorder_actors::engine::{CompositionConfig, MediaConfig, RecoveryConfig};
 use recorder_actors::media::compose::ComposeConfig;
 use recorder_actors::media::plain_rtp::PortAllocator;
 use recorder_actors::media::receiver::ReceiverConfig;
@@ -129,6 +129,11 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         }),
         media: Arc::new(media_config(&settings)),
         composition: composition_config(&settings),
+        recovery: RecoveryConfig {
+            window: Duration::from_secs(settings.recovery.window_secs),
+            max_restarts: settings.recovery.max_restarts,
+            restart_window: Duration::from_secs(settings.recovery.restart_window_secs),
+        },
     });
     let registry =
         Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;

@@ -5,7 +5,7 @@ use recorder_actors::domain::InstanceState;
 
 /// Stream counters exported as `recorder_media_live{counter=...}`: sums over the streams of
 /// live instances at scrape time (a stopped instance's streams leave the sum).
-pub const MEDIA_COUNTERS: [&str; 14] = [
+pub const MEDIA_COUNTERS: [&str; 16] = [
     "connected",
     "num_packets",
     "num_bytes",
@@ -20,6 +20,9 @@ pub const MEDIA_COUNTERS: [&str; 14] = [
     "num_slow_writes",
     "writer_queue_depth",
     "num_tracks",
+    // Supervision: writer failures restarted, and streams whose restart budget ran out.
+    "num_restarts",
+    "num_failed",
 ];
 
 pub struct Metrics {

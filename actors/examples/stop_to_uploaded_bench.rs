@@ -56,6 +56,7 @@ async fn main() {
             state.path().join("media"),
         )),
         composition: Default::default(),
+        recovery: Default::default(),
     });
     let now = Utc::now();
     let tracks: Vec<(String, String)> = (0..files.len())
@@ -86,6 +87,7 @@ async fn main() {
                 started: Some(now),
                 stopped: Some(now),
                 tracks: vec![track],
+                rtp_session: None,
             }),
         }
     }
@@ -112,6 +114,7 @@ async fn main() {
         num_transcript_entries: 0,
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
+        stop_requested: None,
     };
     store.insert_instance(&record).unwrap();
     let uploader = Uploader::new(store.clone(), profile, config).start();

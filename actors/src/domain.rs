@@ -226,6 +226,34 @@ pub struct StreamRecord {
     pub started: Option<DateTime<Utc>>,
     pub stopped: Option<DateTime<Utc>>,
     pub tracks: Vec<TrackRecord>,
+    /// The stream's live plain-RTP session, so a restart re-binds its ports and a sender that
+    /// kept sending is recorded again without a new offer. `None` for WHIP and once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp_session: Option<RtpSessionRecord>,
+}
+
+/// A plain-RTP session as the store keeps it for a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtpSessionRecord {
+    pub session_id: String,
+    pub media: Vec<RtpMediaRecord>,
+}
+
+/// One accepted m-line of a plain-RTP session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtpMediaRecord {
+    pub track_id: String,
+    /// Encoding name and clock rate as in the offer's `rtpmap`.
+    pub codec: String,
+    pub clock_rate: u32,
+    pub payload_type: u8,
+    pub rtp_port: u16,
+    /// `None` with rtcp-mux.
+    pub rtcp_port: Option<u16>,
+    /// The IP the offer allowed to latch the ports, if it named one.
+    pub allowed_source: Option<std::net::IpAddr>,
+    /// The source address and port the RTP port latched to, once a datagram came.
+    pub latched_source: Option<std::net::SocketAddr>,
 }
 
 /// The chat transcript artefact of an instance once written to storage.
@@ -272,6 +300,10 @@ pub struct InstanceRecord {
     pub cobrowse_sessions: BTreeMap<String, CobrowseSessionRecord>,
     /// Every state the instance went through, with when: the audit trail a reviewer asks for.
     pub history: Vec<(InstanceState, DateTime<Utc>)>,
+    /// Set when a stop began finalizing the files. A live instance that has it after a restart
+    /// was being stopped when the process ended: boot finishes that stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested: Option<DateTime<Utc>>,
 }
 
 impl InstanceRecord {
@@ -403,6 +435,7 @@ mod tests {
             num_transcript_entries: 0,
             cobrowse_sessions: BTreeMap::new(),
             history: vec![],
+            stop_requested: None,
         }
     }
 

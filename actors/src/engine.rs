@@ -38,6 +38,7 @@ pub struct EngineConfig {
     pub render_manifest: ManifestRenderer,
     pub media: Arc<MediaConfig>,
     pub composition: CompositionConfig,
+    pub recovery: RecoveryConfig,
 }
 
 /// Composition of a conversation into one MP4 when an instance of it stops.
@@ -56,6 +57,28 @@ impl Default for CompositionConfig {
             enabled: true,
             concurrency: 1,
             output: Default::default(),
+        }
+    }
+}
+
+/// How instances come back after a crash.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryConfig {
+    /// An instance `PENDING_RECOVERY` after boot whose media has not resumed within this time is
+    /// `ABORTED`, and what it recorded before the crash is finalized and uploaded.
+    pub window: Duration,
+    /// A stream whose writer fails more than `max_restarts` times within `restart_window` is
+    /// `FAILED` instead of restarted again.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            max_restarts: 3,
+            restart_window: Duration::from_secs(60),
         }
     }
 }

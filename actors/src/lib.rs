@@ -5,6 +5,7 @@
 pub mod actors;
 pub mod domain;
 pub mod engine;
+pub mod fault;
 pub mod media;
 pub mod messages;
 pub mod snapshot;

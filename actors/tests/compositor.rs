@@ -88,11 +88,13 @@ async fn a_composition_cut_short_by_a_crash_runs_again_at_boot() {
                 track("t1", TrackType::Video, &video, at),
                 track("t2", TrackType::Audio, &audio, at),
             ],
+            rtp_session: None,
         }],
         transcript: None,
         num_transcript_entries: 0,
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
+        stop_requested: None,
     };
     store.insert_instance(&instance).unwrap();
     store.queue_composition(ORG, "conv", APP, "i1", Utc::now()).unwrap();
@@ -122,6 +124,7 @@ async fn a_composition_cut_short_by_a_crash_runs_again_at_boot() {
         render_manifest: plain_manifest_renderer(),
         media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(media.clone())),
         composition: Default::default(),
+        recovery: Default::default(),
     });
     let _registry = Registry::boot(store.clone(), config).unwrap();
 

@@ -50,6 +50,7 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
                 state: StreamState::Stopped,
                 started: Some(now),
                 stopped: Some(now),
+                rtp_session: None,
                 tracks: vec![track],
             }),
         }
@@ -77,6 +78,7 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
         num_transcript_entries: 0,
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
+        stop_requested: None,
     }
 }
 
@@ -105,6 +107,7 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
             std::env::temp_dir().join("upload-queue-media"),
         )),
         composition: Default::default(),
+        recovery: Default::default(),
     });
     (profile, config)
 }

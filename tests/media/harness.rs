@@ -40,6 +40,8 @@ pub struct TestApp {
     pub base_url: String,
     pub root: PathBuf,
     pub rtp_ports: (u16, u16),
+    /// Extra environment of the process (fault injection: `RTC_RECORDER_FAULTS`).
+    env: Vec<(String, String)>,
     child: Child,
     stderr: Arc<Mutex<String>>,
     agent: ureq::Agent,
@@ -104,6 +106,11 @@ impl TestApp {
         Self::spawn_inner("", true, Some(Box::new(storage_toml)))
     }
 
+    /// [`TestApp::spawn_uploading`] with extra configuration (TOML after the `[media]` table).
+    pub fn spawn_uploading_with(extra_toml: &str) -> TestApp {
+        Self::spawn_inner(extra_toml, true, None)
+    }
+
     fn spawn_inner(
         extra_toml: &str,
         delete_local_after_upload: bool,
@@ -142,7 +149,7 @@ impl TestApp {
         toml.push_str(&key("other", KEY_OTHER_ORG, "org-b", "[\"global\"]"));
         let config = root.join("test.toml");
         std::fs::write(&config, toml).expect("write config");
-        let (child, stderr, base_url) = start_process(&root);
+        let (child, stderr, base_url) = start_process(&root, &[]);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(60))
             .redirects(0)
@@ -151,6 +158,7 @@ impl TestApp {
             base_url,
             root,
             rtp_ports,
+            env: Vec::new(),
             child,
             stderr,
             agent,
@@ -169,10 +177,28 @@ impl TestApp {
     /// Kills the process (if running) and starts a new one on the same data dir and config.
     pub fn restart(&mut self) {
         self.kill9();
-        let (child, stderr, base_url) = start_process(&self.root);
+        let (child, stderr, base_url) = start_process(&self.root, &self.env);
         self.child = child;
         self.stderr = stderr;
         self.base_url = base_url;
+    }
+
+    /// Restarts the process with this extra environment (kept for later restarts).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        self.restart();
+    }
+
+    /// Waits for the process to end by itself (an injected abort), at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn api(&self, path: &str) -> String {
@@ -273,7 +299,7 @@ impl TestApp {
 }
 
 /// Starts the binary on `root`'s data dir and config; returns it once it listens.
-fn start_process(root: &Path) -> (Child, Arc<Mutex<String>>, String) {
+fn start_process(root: &Path, env: &[(String, String)]) -> (Child, Arc<Mutex<String>>, String) {
     let config = root.join("test.toml");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
     for (name, _) in std::env::vars() {
@@ -286,6 +312,8 @@ fn start_process(root: &Path) -> (Child, Arc<Mutex<String>>, String) {
         .env("RECORDER_DATA_DIR", root.join("data"))
         .env("RECORDER_CONFIG", &config)
         .env("RECORDER_LOG", "warn")
+        .env_remove("RTC_RECORDER_FAULTS")
+        .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .current_dir(root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -6,6 +6,8 @@ mod harness;
 mod bad_input;
 mod compose;
 mod plain_rtp;
+mod recovery;
 mod s3_profile;
+mod soak;
 mod track_urls;
 mod whip;

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures_util::FutureExt;
 
-use super::recorder::{Recorder, StopRecorder};
+use super::recorder::{Recorder, RecorderLinks, StopRecorder};
 use super::registry::snapshot_of;
-use super::uploader::Kick;
 use crate::domain::InstanceRecord;
-use crate::engine::MediaConfig;
 use crate::messages::{Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::StateStore;
@@ -25,13 +23,8 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        record: &InstanceRecord,
-        uploader: Option<Recipient<Kick>>,
-        media: Arc<MediaConfig>,
-    ) -> Self {
-        let recorder = Recorder::new(store, record, uploader, media).start();
+    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, links: RecorderLinks) -> Self {
+        let recorder = Recorder::new(store, record, links).start();
         Self {
             organization_id: record.organization_id.clone(),
             conversation_id: record.conversation_id.clone(),

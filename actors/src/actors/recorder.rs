@@ -12,19 +12,53 @@ use chrono::Utc;
 use futures_util::future::join_all;
 
 use super::registry::{enqueue_artefact, rejected, snapshot_of};
-use super::stream::{EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, Stream, StreamNotice};
+use super::stream::{
+    EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, Stream, StreamNotice, RECOVERED_SESSION,
+};
 use super::uploader::Kick;
-use crate::domain::{InstanceRecord, InstanceState, StreamRecord, StreamState, StreamType};
-use crate::engine::MediaConfig;
+use futures_util::future::Shared;
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
+use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamRecord, StreamState, StreamType};
+use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::MediaError;
 use crate::messages::{IngestTransport, Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::{ArtefactKind, StateStore};
 use crate::EngineError;
 
+/// What a recorder is connected to besides the state store.
+pub struct RecorderLinks {
+    /// The uploader of the instance's storage profile, kicked once artefacts are queued.
+    pub uploader: Option<Recipient<Kick>>,
+    /// Told when the instance ends, so the registry's live index forgets it.
+    pub ended: Option<Recipient<InstanceEnded>>,
+    pub media: Arc<MediaConfig>,
+    pub recovery: RecoveryConfig,
+}
+
+/// An instance reached a terminal state (stopped, or aborted by itself).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct InstanceEnded {
+    pub organization_id: String,
+    pub conversation_id: String,
+    pub instance_id: String,
+}
+
+/// How a recorder ends: a client's stop, or an abort decided by the recorder itself.
+#[derive(Debug, Clone)]
+enum Ending {
+    Stop,
+    Abort(ErrorInfo),
+}
+
 pub struct Recorder {
     store: Arc<dyn StateStore>,
     instance_id: String,
+    organization_id: String,
+    conversation_id: String,
     /// Last committed state, for snapshots; the store holds the truth.
     state: InstanceState,
     audio: bool,
@@ -32,9 +66,19 @@ pub struct Recorder {
     media: Arc<MediaConfig>,
     streams: Vec<StreamEntry>,
     uploader: Option<Recipient<Kick>>,
-    /// Set once a stop began: no new publisher is accepted while files are finalized.
+    ended: Option<Recipient<InstanceEnded>>,
+    recovery: RecoveryConfig,
+    /// Set once a stop (or an abort) began: no new publisher is accepted while files are
+    /// finalized.
     stopping: bool,
+    /// Resolves when the finalization that `stopping` announced is over; a second stop waits
+    /// for it instead of finishing the streams again (they are gone by then).
+    finalized: Option<Shared<oneshot::Receiver<()>>>,
+    /// The record says a stop began before a restart.
+    stop_requested: bool,
+    /// Stream restarts by supervision (each passes the instance through PENDING_RECOVERY).
     restarts: u32,
+    last_error: Option<ErrorInfo>,
     num_publishes: u64,
     num_publishes_refused: u64,
     /// Streams of the record still `RECORDING` when this actor was built (after a restart).
@@ -50,26 +94,36 @@ struct StreamEntry {
     sessions: Vec<String>,
     connected: bool,
     disconnected_at: Option<Instant>,
+    /// Its restart budget ran out: it records no more.
+    failed: bool,
 }
 
 impl Recorder {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        record: &InstanceRecord,
-        uploader: Option<Recipient<Kick>>,
-        media: Arc<MediaConfig>,
-    ) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, links: RecorderLinks) -> Self {
+        let RecorderLinks {
+            uploader,
+            ended,
+            media,
+            recovery,
+        } = links;
         Self {
             store,
             instance_id: record.instance_id.clone(),
+            organization_id: record.organization_id.clone(),
+            conversation_id: record.conversation_id.clone(),
             state: record.state,
             audio: record.audio,
             video: record.video,
             media,
             streams: Vec::new(),
             uploader,
+            ended,
+            recovery,
             stopping: false,
+            finalized: None,
+            stop_requested: record.stop_requested.is_some() && record.state.is_live(),
             restarts: 0,
+            last_error: None,
             num_publishes: 0,
             num_publishes_refused: 0,
             recovered: if record.state.is_live() {
@@ -92,6 +146,7 @@ impl Recorder {
         let found = self.streams.iter().rposition(|s| {
             s.user_id == user_id
                 && s.kind == kind
+                && !s.failed
                 && (s.connected || s.disconnected_at.is_some_and(|at| at.elapsed() <= grace) || s.sessions.is_empty())
         });
         if let Some(at) = found {
@@ -105,6 +160,7 @@ impl Recorder {
             state: StreamState::Recording,
             started: None,
             stopped: None,
+            rtp_session: None,
             tracks: vec![],
         };
         let stream = Stream::new(
@@ -112,7 +168,8 @@ impl Recorder {
             self.instance_id.clone(),
             self.media.clone(),
             ctx.address().recipient(),
-        );
+        )
+        .supervised(self.recovery);
         self.streams.push(StreamEntry {
             id,
             user_id: user_id.to_string(),
@@ -121,6 +178,7 @@ impl Recorder {
             sessions: Vec::new(),
             connected: false,
             disconnected_at: None,
+            failed: false,
         });
         (self.streams.len() - 1, true)
     }
@@ -135,6 +193,7 @@ fn merge_stream(record: &mut InstanceRecord, stream: &StreamRecord) {
             existing.state = stream.state;
             existing.started = stream.started.or(existing.started);
             existing.stopped = stream.stopped.or(existing.stopped);
+            existing.rtp_session = stream.rtp_session.clone();
             for track in &stream.tracks {
                 match existing.tracks.iter_mut().find(|t| t.id == track.id) {
                     None => existing.tracks.push(track.clone()),
@@ -184,15 +243,54 @@ impl Actor for Recorder {
                 self.instance_id.clone(),
                 self.media.clone(),
                 ctx.address().recipient(),
-            );
+            )
+            .supervised(self.recovery);
+            // A plain-RTP session is re-bound by the stream as it starts: it counts as connected
+            // (and its publisher's DELETE still finds it) unless the stream reports otherwise.
+            let mut sessions = vec![RECOVERED_SESSION.to_string()];
+            sessions.extend(record.rtp_session.as_ref().map(|s| s.session_id.clone()));
             self.streams.push(StreamEntry {
                 id: record.id.clone(),
                 user_id: record.user_id.clone(),
                 kind: record.kind,
                 mailbox: Mailbox::new(stream.start()),
-                sessions: vec!["recovered".into()],
-                connected: false,
+                sessions,
+                connected: record.rtp_session.is_some(),
                 disconnected_at: Some(Instant::now()),
+                failed: false,
+            });
+        }
+        if self.stop_requested {
+            // The process ended while this instance was being stopped: finish the stop now.
+            // The streams restore their files before they take the finish message.
+            tracing::info!(instance_id = %self.instance_id, "finishing a stop interrupted by a restart");
+            let stopping = self.finalize(Ending::Stop, ctx).map(|result, act, _ctx| {
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %act.instance_id, error = %e, "interrupted stop could not be finished");
+                }
+            });
+            ctx.spawn(stopping);
+        } else if self.state == InstanceState::PendingRecovery {
+            let window = self.recovery.window;
+            ctx.run_later(window, move |act, ctx| {
+                if act.state != InstanceState::PendingRecovery || act.stopping {
+                    return;
+                }
+                tracing::warn!(
+                    instance_id = %act.instance_id,
+                    window_secs = window.as_secs(),
+                    "no media resumed within the recovery window: aborting"
+                );
+                let error = ErrorInfo::new(
+                    "RECOVERY_WINDOW_EXPIRED",
+                    format!("no media resumed within {} s of the restart", window.as_secs()),
+                );
+                let aborting = act.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
+                    if let Err(e) = result {
+                        tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
+                    }
+                });
+                ctx.spawn(aborting);
             });
         }
     }
@@ -333,7 +431,7 @@ impl Handler<Unpublish> for Recorder {
 impl Handler<StreamNotice> for Recorder {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamNotice, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: StreamNotice, ctx: &mut Self::Context) {
         match msg {
             StreamNotice::MediaStarted {
                 stream_id,
@@ -381,6 +479,85 @@ impl Handler<StreamNotice> for Recorder {
                     Err(e) => tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record first media"),
                 }
             }
+            StreamNotice::SessionChanged { stream_id, rtp_session } => {
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.rtp_session = rtp_session.clone();
+                    }
+                    Ok(())
+                });
+                match result {
+                    // Not acknowledged to anyone: written with the next flush (at most one group
+                    // commit later); a crash before that re-binds with what was known.
+                    Ok(_) => {
+                        let flush = self.store.flush();
+                        actix::spawn(async move {
+                            let _ = flush.await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record the rtp session")
+                    }
+                }
+            }
+            StreamNotice::Restarting { stream_id } => {
+                self.restarts += 1;
+                self.last_error = Some(ErrorInfo::new(
+                    "STREAM_RESTARTED",
+                    format!("stream {stream_id} restarted after a writer failure"),
+                ));
+                // Until the restarted stream writes again the instance is recovering.
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if r.state == InstanceState::Active {
+                        r.transition(InstanceState::PendingRecovery, Utc::now())
+                            .map_err(rejected)?;
+                    }
+                    Ok(())
+                });
+                match result {
+                    Ok(record) => {
+                        self.state = record.state;
+                        let flush = self.store.flush();
+                        actix::spawn(async move {
+                            let _ = flush.await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a stream restart")
+                    }
+                }
+            }
+            StreamNotice::Failed { stream_id, error } => {
+                self.last_error = Some(error.clone());
+                if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
+                    entry.failed = true;
+                    entry.connected = false;
+                }
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.state = StreamState::Failed;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a failed stream");
+                }
+                // With no stream left that can record, the instance cannot go on: it is aborted,
+                // and what it recorded is finalized and uploaded.
+                if !self.stopping && self.streams.iter().all(|s| s.failed) {
+                    let aborting = self.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
+                        if let Err(e) = result {
+                            tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
+                        }
+                    });
+                    ctx.spawn(aborting);
+                } else {
+                    let flush = self.store.flush();
+                    actix::spawn(async move {
+                        let _ = flush.await;
+                    });
+                }
+            }
             StreamNotice::Disconnected { stream_id, session_id } => {
                 if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
                     if entry.sessions.last() == Some(&session_id) {
@@ -396,17 +573,68 @@ impl Handler<StreamNotice> for Recorder {
 impl Handler<StopRecorder> for Recorder {
     type Result = ResponseActFuture<Self, Result<InstanceRecord, EngineError>>;
 
-    fn handle(&mut self, _msg: StopRecorder, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _msg: StopRecorder, ctx: &mut Self::Context) -> Self::Result {
+        self.finalize(Ending::Stop, ctx)
+    }
+}
+
+impl Recorder {
+    /// Finishes every stream (files finalized and joined), commits the terminal state with every
+    /// artefact queued for upload, tells the registry and ends the actor. A second call while
+    /// one runs waits for it and answers what it committed.
+    fn finalize(
+        &mut self,
+        ending: Ending,
+        _ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<InstanceRecord, EngineError>> {
+        if let Some(finalized) = self.finalized.clone() {
+            let store = self.store.clone();
+            let instance_id = self.instance_id.clone();
+            return Box::pin(
+                async move {
+                    let _ = finalized.await;
+                    match store.get_instance(&instance_id)? {
+                        Some(record) if record.state.is_terminal() => Ok(record),
+                        _ => Err(EngineError::Unavailable(
+                            "the recorder instance could not be stopped".into(),
+                        )),
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        self.finalized = Some(done_rx.shared());
         self.stopping = true;
         let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
-        // Every file is finalized (trailer, cues, segments joined) before the stop commits:
-        // STOPPED means the recording on disk is complete.
-        let finishing = async move { join_all(streams.iter().map(|s| s.send(FinishStream))).await };
         let store = self.store.clone();
         let instance_id = self.instance_id.clone();
+        // A stop is marked durably before any file is touched: if the process ends while the
+        // files are finalized, boot finishes this stop (see `started`) instead of waiting for
+        // media that will not come.
+        let marked = match ending {
+            Ending::Stop => store
+                .update_instance(&instance_id, &mut |r| {
+                    r.stop_requested.get_or_insert_with(Utc::now);
+                    Ok(())
+                })
+                .map(|_| ()),
+            Ending::Abort(_) => Ok(()),
+        };
+        let marker_flush = store.flush();
+        // Every file is finalized (trailer, cues, segments joined) before the stop commits:
+        // STOPPED means the recording on disk is complete.
+        let finishing = async move {
+            marked?;
+            marker_flush.await?;
+            let finished = join_all(streams.iter().map(|s| s.send(FinishStream))).await;
+            // After the files, before the commit: the step a crash during stop interrupts.
+            crate::fault::point(crate::fault::FINALIZE).map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            Ok::<_, EngineError>(finished)
+        };
         Box::pin(finishing.into_actor(self).then(move |finished, _act, _ctx| {
             let result = (|| {
-                let finished: Vec<StreamRecord> = finished.into_iter().filter_map(Result::ok).collect();
+                let finished: Vec<StreamRecord> = finished?.into_iter().filter_map(Result::ok).collect();
                 let mut artefacts = Vec::new();
                 let record = store.update_instance(&instance_id, &mut |r| {
                     artefacts.clear();
@@ -417,7 +645,18 @@ impl Handler<StopRecorder> for Recorder {
                     for stream in &finished {
                         merge_stream(r, stream);
                     }
-                    r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?;
+                    match &ending {
+                        Ending::Stop => r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?,
+                        Ending::Abort(error) => {
+                            // An instance aborted while ACTIVE (media of the last stream that
+                            // could record resumed meanwhile) passes through recovery first.
+                            if r.state != InstanceState::PendingRecovery {
+                                r.transition(InstanceState::PendingRecovery, Utc::now()).map_err(rejected)?;
+                            }
+                            r.transition(InstanceState::Aborted, Utc::now()).map_err(rejected)?;
+                            r.error = Some(error.clone());
+                        }
+                    }
                     for stream in &r.streams {
                         for track in &stream.tracks {
                             if let (Some(location), None) = (&track.local.location, &track.object.uploaded) {
@@ -454,18 +693,29 @@ impl Handler<StopRecorder> for Recorder {
                 Ok(record)
             }
             .into_actor(_act)
-            .map(|result: Result<InstanceRecord, EngineError>, act, ctx| {
+            .map(move |result: Result<InstanceRecord, EngineError>, act, ctx| {
                 match &result {
                     Ok(record) => {
                         act.state = record.state;
-                        tracing::info!(instance_id = %record.instance_id, "recorder instance stopped");
+                        tracing::info!(instance_id = %record.instance_id, state = record.state.as_str(), "recorder instance ended");
                         if let Some(uploader) = &act.uploader {
                             uploader.do_send(Kick);
                         }
+                        if let Some(ended) = &act.ended {
+                            ended.do_send(InstanceEnded {
+                                organization_id: act.organization_id.clone(),
+                                conversation_id: act.conversation_id.clone(),
+                                instance_id: act.instance_id.clone(),
+                            });
+                        }
                         ctx.stop();
                     }
-                    Err(_) => act.stopping = false,
+                    Err(_) => {
+                        act.stopping = false;
+                        act.finalized = None;
+                    }
                 }
+                let _ = done_tx.send(());
                 result
             })
         }))
@@ -477,17 +727,30 @@ impl Handler<Snapshot> for Recorder {
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
+        // Time in the current state, from the record's history (the store is the truth).
+        let millis_in_state = self
+            .store
+            .get_instance(&self.instance_id)
+            .ok()
+            .flatten()
+            .and_then(|r| {
+                r.history
+                    .last()
+                    .map(|(_, at)| (Utc::now() - *at).num_milliseconds().max(0) as u64)
+            })
+            .unwrap_or(0);
         let mut snapshot = ActorSnapshot {
             kind: "Recorder",
             id: self.instance_id.clone(),
             state: self.state.as_str().into(),
             mailbox_depth: 0,
             restarts: self.restarts,
-            last_error: None,
+            last_error: self.last_error.clone(),
             counters: BTreeMap::from([
                 ("num_streams", self.streams.len() as u64),
                 ("num_publishes", self.num_publishes),
                 ("num_publishes_refused", self.num_publishes_refused),
+                ("millis_in_state", millis_in_state),
             ]),
             children: vec![],
         };
@@ -529,6 +792,7 @@ mod tests {
             started: None,
             stopped: None,
             tracks,
+            rtp_session: None,
         }
     }
 
@@ -557,6 +821,7 @@ mod tests {
             num_transcript_entries: 0,
             cobrowse_sessions: Default::default(),
             history: vec![],
+            stop_requested: None,
         };
         // Publish: the stream appears with its track.
         merge_stream(

@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 
 use super::compositor::{CompositionQueued, Compositor};
 use super::conversation::{Conversation, StopInstance};
+use super::recorder::{InstanceEnded, RecorderLinks};
 use super::uploader::{Kick, Uploader};
 use crate::domain::*;
 use crate::messages::*;
@@ -36,6 +37,9 @@ pub struct Registry {
     by_conference: HashMap<(String, String), ConversationKey>,
     uploaders: HashMap<ProfileKey, Mailbox<Uploader>>,
     compositor: Mailbox<Compositor>,
+    /// This actor's own address, handed to recorders so an instance that ends by itself (a
+    /// recovery window that expired) leaves the live index.
+    ended: Recipient<InstanceEnded>,
     num_started: u64,
     num_stopped: u64,
     num_recovered_on_boot: u64,
@@ -59,6 +63,9 @@ impl Registry {
             .map(|(key, mailbox): (&ProfileKey, &Mailbox<Uploader>)| (key.clone(), mailbox.addr().clone().recipient()))
             .collect();
         let compositor = Mailbox::new(Compositor::new(store.clone(), config.clone(), kicks).start());
+        // The context exists before the actor, so the recorders rebuilt below know where to
+        // report an instance that ends by itself.
+        let ctx: Context<Registry> = Context::new();
         let mut registry = Registry {
             store: store.clone(),
             config: config.clone(),
@@ -66,6 +73,7 @@ impl Registry {
             by_conference: HashMap::new(),
             uploaders,
             compositor,
+            ended: ctx.address().recipient(),
             num_started: 0,
             num_stopped: 0,
             num_recovered_on_boot: 0,
@@ -81,7 +89,7 @@ impl Registry {
             registry.num_recovered_on_boot += 1;
         }
         futures_executor::block_on(store.flush())?;
-        Ok(registry.start())
+        Ok(ctx.run(registry))
     }
 
     fn spawn_conversation(&mut self, record: &InstanceRecord) {
@@ -89,7 +97,17 @@ impl Registry {
             .uploaders
             .get(&(record.organization_id.clone(), record.application_id.clone()))
             .map(|m| m.addr().clone().recipient());
-        let conversation = Conversation::new(self.store.clone(), record, uploader, self.config.media.clone()).start();
+        let conversation = Conversation::new(
+            self.store.clone(),
+            record,
+            RecorderLinks {
+                uploader,
+                ended: Some(self.ended.clone()),
+                media: self.config.media.clone(),
+                recovery: self.config.recovery,
+            },
+        )
+        .start();
         self.by_conference.insert(
             (record.organization_id.clone(), record.conference_id.clone()),
             (record.organization_id.clone(), record.conversation_id.clone()),
@@ -290,6 +308,7 @@ impl Handler<StartRecording> for Registry {
                 num_transcript_entries: 0,
                 cobrowse_sessions: Default::default(),
                 history: vec![(InstanceState::Initialised, now)],
+                stop_requested: None,
             };
             self.store.insert_instance(&record)?;
             self.spawn_conversation(&record);
@@ -389,6 +408,19 @@ impl Registry {
             return Err(missing());
         }
         Ok(live.conversation.clone())
+    }
+}
+
+impl Handler<InstanceEnded> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: InstanceEnded, _ctx: &mut Self::Context) {
+        let key = (msg.organization_id, msg.conversation_id);
+        if self.live.get(&key).is_some_and(|l| l.instance_id == msg.instance_id) {
+            self.live.remove(&key);
+            self.by_conference.retain(|_, conversation| *conversation != key);
+            tracing::info!(instance_id = %msg.instance_id, "recorder instance ended by itself");
+        }
     }
 }
 

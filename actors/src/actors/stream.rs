@@ -3,7 +3,7 @@
 //! stream finishes. Ingest threads (plain RTP) or tasks (WHIP) report to it with [`IngestNotice`];
 //! frames never pass through this actor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,19 +14,28 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::domain::{ErrorInfo, LocalFileRecord, ObjectRecord, StreamRecord, StreamState, TrackRecord, TrackType};
-use crate::engine::MediaConfig;
+use crate::domain::{
+    ErrorInfo, LocalFileRecord, ObjectRecord, RtpMediaRecord, RtpSessionRecord, StreamRecord, StreamState, TrackRecord,
+    TrackType,
+};
+use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::codec::Codec;
 use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, TrackCounters, TrackPump, TrackSummary};
 use crate::media::join::join_segments;
 use crate::media::plain_rtp::{self, BoundMedia, PlainRtpSession};
 use crate::media::receiver::TrackReceiver;
-use crate::media::sdp::{build_answer, MediaAnswer, SessionOffer};
+use crate::media::sdp::{build_answer, Accepted, MediaAnswer, SessionOffer};
 use crate::media::segment::{plan_join, segment_path, track_path, SegmentInfo};
 use crate::media::whip::WhipSession;
 use crate::media::writer::{SegmentReport, TrackWriter, WriterStats};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
+
+/// The session id of segments found on disk after a restart.
+pub(crate) const RECOVERED_SESSION: &str = "recovered";
+/// The session id of a track's final file found on disk after a restart (a stop that had
+/// finalized the files but not committed).
+const FINALIZED_SESSION: &str = "finalized";
 
 /// How long a finishing stream waits for its ingest threads to hand over their summaries.
 const INGEST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,6 +52,16 @@ pub struct Stream {
     last_error: Option<ErrorInfo>,
     /// Set for a stream recovered after a restart: its segment files are read when it starts.
     needs_restore: bool,
+    recovery: RecoveryConfig,
+    /// Supervision: writer failures handled so far, and when (for the restart budget).
+    restarts: u32,
+    restart_times: VecDeque<Instant>,
+    /// Segments whose writer failed and were replaced: their error is not the stream's.
+    failed_segments: HashSet<(String, usize)>,
+    /// The plain-RTP session to re-bind once the failed one has ended.
+    restart_rtp: Option<RtpSessionRecord>,
+    /// The restart budget ran out (or the session could not be restarted): no more media.
+    failed: bool,
 }
 
 struct TrackState {
@@ -93,7 +112,91 @@ impl Stream {
             num_sessions: 0,
             last_error: None,
             needs_restore: false,
+            recovery: RecoveryConfig::default(),
+            restarts: 0,
+            restart_times: VecDeque::new(),
+            failed_segments: HashSet::new(),
+            restart_rtp: None,
+            failed: false,
         }
+    }
+
+    /// Sets the restart budget of this stream's supervision.
+    pub fn supervised(mut self, recovery: RecoveryConfig) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    /// Supervision: a live segment whose writer failed (muxer error, panicked thread) restarts
+    /// the session into new segments — plain RTP on the same ports, latched to the same sender
+    /// — within the restart budget; beyond it, or for WHIP (whose peer connection cannot be
+    /// re-created from here), the stream is FAILED.
+    fn check_writers(&mut self) {
+        if self.failed || self.restart_rtp.is_some() {
+            return;
+        }
+        let failed: Vec<(String, usize)> = self
+            .tracks
+            .iter()
+            .flat_map(|t| {
+                t.segments
+                    .iter()
+                    .filter(|s| s.writer.is_some() && s.stats.failed.load(Ordering::Acquire))
+                    .map(|s| (t.id.clone(), s.index))
+            })
+            .filter(|key| !self.failed_segments.contains(key))
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        self.failed_segments.extend(failed);
+        let now = Instant::now();
+        let window = self.recovery.restart_window;
+        self.restart_times
+            .retain(|at| now.saturating_duration_since(*at) <= window);
+        self.restart_times.push_back(now);
+        let rtp = match &self.session {
+            Some(LiveSession {
+                ingest: Ingest::Rtp(_), ..
+            }) => self.record.rtp_session.clone(),
+            _ => None,
+        };
+        let Some(rtp) = rtp.filter(|_| self.restart_times.len() <= self.recovery.max_restarts as usize) else {
+            let error = ErrorInfo::new(
+                "RESTART_BUDGET_EXHAUSTED",
+                format!(
+                    "track writer failed {} times within {} s; the stream is not restarted again",
+                    self.restart_times.len(),
+                    window.as_secs()
+                ),
+            );
+            self.fail(error);
+            return;
+        };
+        self.restarts += 1;
+        self.last_error = Some(ErrorInfo::new(
+            "MEDIA_WRITE",
+            "a track writer failed: restarting the stream",
+        ));
+        tracing::warn!(stream_id = %self.record.id, num_restarts = self.restarts, "track writer failed: restarting the stream");
+        self.restart_rtp = Some(rtp);
+        self.end_session();
+        self.recorder.do_send(StreamNotice::Restarting {
+            stream_id: self.record.id.clone(),
+        });
+    }
+
+    fn fail(&mut self, error: ErrorInfo) {
+        tracing::error!(stream_id = %self.record.id, code = %error.code, message = %error.message, "stream failed");
+        self.failed = true;
+        self.restart_rtp = None;
+        self.record.state = StreamState::Failed;
+        self.last_error = Some(error.clone());
+        self.end_session();
+        self.recorder.do_send(StreamNotice::Failed {
+            stream_id: self.record.id.clone(),
+            error,
+        });
     }
 
     /// A stream the store knew from before a restart: its tracks and the segment files they left
@@ -224,18 +327,49 @@ impl Stream {
             )));
         }
         self.end_session();
+        let bound = bound
+            .into_iter()
+            .map(|b| (self.track_for(b.accepted.codec), b))
+            .collect();
+        self.start_rtp(&msg.session_id, bound, ctx)?;
+        let answer_sdp = build_answer(&msg.offer, &answers, self.media.announce_ip, rand_session_number());
+        tracing::info!(stream_id = %self.record.id, session_id = %msg.session_id, "plain rtp session opened");
+        Ok(OpenedSession {
+            answer_sdp,
+            record: self.record.clone(),
+        })
+    }
+
+    /// Starts receive threads for bound ports (track index, sockets), each into a new segment,
+    /// and records the session's ports in the stream record for a restart.
+    fn start_rtp(
+        &mut self,
+        session_id: &str,
+        bound: Vec<(usize, BoundMedia)>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), MediaError> {
         let events = Self::events(ctx);
         let now = Instant::now();
         let mut pumps = Vec::new();
         let mut track_ids = Vec::new();
-        for b in bound {
-            let at = self.track_for(b.accepted.codec);
-            let (sink, counters) = self.new_segment(at, &msg.session_id)?;
+        let mut persisted = Vec::new();
+        for (at, b) in bound {
+            let (sink, counters) = self.new_segment(at, session_id)?;
             let track_id = self.tracks[at].id.clone();
             track_ids.push(track_id.clone());
+            persisted.push(RtpMediaRecord {
+                track_id: track_id.clone(),
+                codec: b.accepted.codec.name().to_string(),
+                clock_rate: b.accepted.codec.clock_rate(),
+                payload_type: b.accepted.payload_type,
+                rtp_port: b.rtp_port(),
+                rtcp_port: b.rtcp.as_ref().map(|_| b.rtcp_port()),
+                allowed_source: b.allowed_source,
+                latched_source: b.latched_source,
+            });
             let receiver = TrackReceiver::new(b.accepted.codec, self.media.receiver.clone(), now, wall_micros_now());
             let pump = TrackPump::new(
-                msg.session_id.clone(),
+                session_id.to_string(),
                 track_id,
                 receiver,
                 sink,
@@ -246,20 +380,60 @@ impl Stream {
             pumps.push((b, pump));
         }
         let session = plain_rtp::start(pumps, self.media.idle_timeout)?;
-        let answer_sdp = build_answer(&msg.offer, &answers, self.media.announce_ip, rand_session_number());
         self.session = Some(LiveSession {
-            id: msg.session_id.clone(),
+            id: session_id.to_string(),
             ingest: Ingest::Rtp(session),
             track_ids,
             num_tracks_ended: 0,
         });
         self.num_sessions += 1;
         self.record.state = StreamState::Recording;
-        tracing::info!(stream_id = %self.record.id, session_id = %msg.session_id, "plain rtp session opened");
-        Ok(OpenedSession {
-            answer_sdp,
-            record: self.record.clone(),
-        })
+        self.record.rtp_session = Some(RtpSessionRecord {
+            session_id: session_id.to_string(),
+            media: persisted,
+        });
+        Ok(())
+    }
+
+    /// After a restart: re-binds the ports the session had (latched to the same sender) and
+    /// records into new segments, so a sender that kept sending needs no new offer.
+    fn resume_rtp(&mut self, session: RtpSessionRecord, ctx: &mut Context<Self>) -> Result<(), MediaError> {
+        let mut bound = Vec::new();
+        for media in &session.media {
+            let codec = Codec::from_rtpmap(&media.codec, media.clock_rate)
+                .ok_or_else(|| MediaError::Refused(format!("stored codec {} is not recordable", media.codec)))?;
+            let at = match self.tracks.iter().position(|t| t.id == media.track_id) {
+                Some(at) => at,
+                None => {
+                    // The track had no readable segment before the crash.
+                    self.tracks.push(TrackState {
+                        id: media.track_id.clone(),
+                        codec,
+                        counters: Arc::new(TrackCounters::default()),
+                        segments: Vec::new(),
+                        created: None,
+                    });
+                    self.tracks.len() - 1
+                }
+            };
+            let (rtp, rtcp) = self.media.ports.bind_exact(media.rtp_port, media.rtcp_port)?;
+            bound.push((
+                at,
+                BoundMedia {
+                    accepted: Accepted {
+                        codec,
+                        payload_type: media.payload_type,
+                    },
+                    rtp,
+                    rtcp,
+                    allowed_source: media.allowed_source,
+                    latched_source: media.latched_source,
+                },
+            ));
+        }
+        self.start_rtp(&session.session_id, bound, ctx)?;
+        tracing::info!(stream_id = %self.record.id, session_id = %session.session_id, "plain rtp session re-bound after a restart");
+        Ok(())
     }
 }
 
@@ -278,6 +452,9 @@ impl Actor for Stream {
         // Control messages and ingest notices (a few per track per connection); ingest sends
         // with do_send, which is not held back by this capacity.
         ctx.set_mailbox_capacity(64);
+        // Writers run on their own threads and fail there; a failure shows in their shared
+        // stats, looked at this often (a restart within the loss a crash would cause).
+        ctx.run_interval(Duration::from_millis(200), |act, _ctx| act.check_writers());
         if self.needs_restore {
             // Reading the files is blocking work: a thread of its own. Until it is done the
             // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
@@ -292,8 +469,23 @@ impl Actor for Stream {
                 self.last_error = Some(ErrorInfo::new("MEDIA", "cannot start a restore thread"));
                 return;
             }
-            ctx.wait(rx.into_actor(self).map(|restored, act, _ctx| {
+            ctx.wait(rx.into_actor(self).map(|restored, act, ctx| {
                 act.tracks = restored.unwrap_or_default();
+                if let Some(session) = act.record.rtp_session.take() {
+                    let session_id = session.session_id.clone();
+                    if let Err(e) = act.resume_rtp(session, ctx) {
+                        tracing::warn!(stream_id = %act.record.id, error = %e, "plain rtp ports not re-bound: the sender must offer again");
+                        act.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
+                        act.recorder.do_send(StreamNotice::SessionChanged {
+                            stream_id: act.record.id.clone(),
+                            rtp_session: None,
+                        });
+                        act.recorder.do_send(StreamNotice::Disconnected {
+                            stream_id: act.record.id.clone(),
+                            session_id,
+                        });
+                    }
+                }
             }));
         }
     }
@@ -311,6 +503,15 @@ pub enum StreamNotice {
     },
     /// The publisher's connection is gone (it may come back within the grace period).
     Disconnected { stream_id: String, session_id: String },
+    /// A writer failed and the stream restarts into new segments.
+    Restarting { stream_id: String },
+    /// The stream cannot record any more (restart budget exhausted).
+    Failed { stream_id: String, error: ErrorInfo },
+    /// What a restart must re-bind changed (a port latched, or the session ended).
+    SessionChanged {
+        stream_id: String,
+        rtp_session: Option<RtpSessionRecord>,
+    },
 }
 
 /// Opens a plain-RTP session on this stream (a new segment of each track it carries).
@@ -407,6 +608,7 @@ impl Handler<OpenWhip> for Stream {
                     });
                     act.num_sessions += 1;
                     act.record.state = StreamState::Recording;
+                    act.record.rtp_session = None;
                     tracing::info!(stream_id = %act.record.id, session_id = %session_id, "whip session opened");
                     Ok(OpenedSession {
                         answer_sdp,
@@ -454,6 +656,22 @@ impl Handler<IngestNotice> for Stream {
                     at,
                 });
             }
+            IngestEvent::Latched {
+                session_id,
+                track_id,
+                source,
+            } => {
+                let Some(session) = self.record.rtp_session.as_mut().filter(|s| s.session_id == session_id) else {
+                    return;
+                };
+                if let Some(media) = session.media.iter_mut().find(|m| m.track_id == track_id) {
+                    media.latched_source = Some(source);
+                    self.recorder.do_send(StreamNotice::SessionChanged {
+                        stream_id: self.record.id.clone(),
+                        rtp_session: self.record.rtp_session.clone(),
+                    });
+                }
+            }
             IngestEvent::TrackEnded {
                 session_id,
                 track_id,
@@ -491,6 +709,26 @@ impl Handler<IngestNotice> for Stream {
                         session.num_tracks_ended += 1;
                         if session.num_tracks_ended >= session.track_ids.len() {
                             self.session = None;
+                            if let Some(rtp) = self.restart_rtp.take() {
+                                // A supervised restart: same ports, same sender, new segments.
+                                if let Err(e) = self.resume_rtp(rtp, ctx) {
+                                    self.fail(ErrorInfo::new("MEDIA", format!("restart failed: {e}")));
+                                }
+                                return;
+                            }
+                            // Nothing to re-bind after a restart any more.
+                            if self
+                                .record
+                                .rtp_session
+                                .as_ref()
+                                .is_some_and(|s| s.session_id == session_id)
+                            {
+                                self.record.rtp_session = None;
+                                self.recorder.do_send(StreamNotice::SessionChanged {
+                                    stream_id: self.record.id.clone(),
+                                    rtp_session: None,
+                                });
+                            }
                             self.recorder.do_send(StreamNotice::Disconnected {
                                 stream_id: self.record.id.clone(),
                                 session_id,
@@ -507,7 +745,8 @@ impl Handler<SegmentFinished> for Stream {
     type Result = ();
 
     fn handle(&mut self, msg: SegmentFinished, _ctx: &mut Self::Context) {
-        if let Some(error) = &msg.report.error {
+        let replaced = self.failed_segments.contains(&(msg.track_id.clone(), msg.index));
+        if let (Some(error), false) = (&msg.report.error, replaced) {
             tracing::error!(track_id = %msg.track_id, segment = msg.index, error = %error, "segment failed");
             self.last_error = Some(ErrorInfo::new("MEDIA_WRITE", error.clone()));
         }
@@ -554,11 +793,13 @@ impl Handler<FinishStream> for Stream {
                     (None, Some(finishing)) => finishing,
                     (None, None) => continue,
                 };
+                let replaced = self.failed_segments.contains(&(track.id.clone(), segment.index));
                 segments.push((
                     segment.index,
                     segment.session_id.clone(),
                     segment.summary.clone(),
                     finishing,
+                    replaced,
                 ));
             }
             let container = track.codec.container();
@@ -583,14 +824,29 @@ impl Handler<FinishStream> for Stream {
                 for (track_id, final_path, muxer, segments) in jobs {
                     let mut infos = Vec::new();
                     let mut error = None;
-                    for (_index, session_id, summary, finishing) in segments {
-                        let report = finishing.await;
-                        if report.error.is_some() {
+                    // A segment left by a crash has no trailer: rewriting it gives the final
+                    // file its duration and cues even when it is the only one.
+                    let mut remux = segments
+                        .iter()
+                        .any(|(_, session_id, _, _, _)| session_id == RECOVERED_SESSION);
+                    for (_index, session_id, summary, finishing, replaced) in segments {
+                        let mut report = finishing.await;
+                        if replaced {
+                            // Supervision replaced this segment; its failure is not the track's.
+                            // A panicked writer left no report: the file holds what it flushed,
+                            // read back like a segment left by a crash.
+                            if report.info.num_frames == 0 {
+                                if let Some(info) = probe_on_thread(report.info.path.clone()).await {
+                                    report.info = info;
+                                    remux = true;
+                                }
+                            }
+                        } else if report.error.is_some() {
                             error = report.error.clone();
                         }
                         // The live session's summaries belong to its own segments only.
                         let summary = summary.or_else(|| {
-                            (live_session_id.as_deref() == Some(session_id.as_str()))
+                            (!replaced && live_session_id.as_deref() == Some(session_id.as_str()))
                                 .then(|| {
                                     live_summaries
                                         .iter()
@@ -605,7 +861,7 @@ impl Handler<FinishStream> for Stream {
                         }
                         infos.push(info);
                     }
-                    outcomes.push(finish_track(track_id, final_path, muxer, infos, error).await);
+                    outcomes.push(finish_track(track_id, final_path, muxer, infos, error, remux).await);
                 }
                 outcomes
             }
@@ -638,11 +894,12 @@ impl Handler<FinishStream> for Stream {
                     .min()
                     .or(act.record.started);
                 act.record.stopped = Some(act.record.tracks.iter().filter_map(|t| t.stopped).max().unwrap_or(now));
-                act.record.state = if failed {
+                act.record.state = if failed || act.failed {
                     StreamState::Failed
                 } else {
                     StreamState::Stopped
                 };
+                act.record.rtp_session = None;
                 tracing::info!(stream_id = %stream_id, state = act.record.state.as_str(), "stream finished");
                 ctx.stop();
                 act.record.clone()
@@ -671,6 +928,23 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
             })
             .collect();
         segments.sort();
+        // A final file is only ever renamed into place complete (joined and fsynced): a stop
+        // interrupted after that point left it, and any segment beside it is already inside it.
+        let finals: Vec<&PathBuf> = files
+            .iter()
+            .filter(|path| {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                name == format!("{}.webm", track.id) || name == format!("{}.mkv", track.id)
+            })
+            .collect();
+        let mut session_id = RECOVERED_SESSION;
+        if let Some(final_file) = finals.first() {
+            for (_, leftover) in &segments {
+                let _ = std::fs::remove_file(leftover);
+            }
+            segments = vec![(0, (*final_file).clone())];
+            session_id = FINALIZED_SESSION;
+        }
         let mut state: Option<TrackState> = None;
         for (index, path) in segments {
             let (codec, num_frames, duration_micros, stamped) = match crate::media::join::probe_segment(&path) {
@@ -707,7 +981,7 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
             });
             t.segments.push(Segment {
                 index,
-                session_id: "recovered".into(),
+                session_id: session_id.into(),
                 writer: None,
                 finishing: Some(futures_util::future::ready(report).boxed()),
                 summary: None,
@@ -722,6 +996,26 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
     out
 }
 
+/// Reads what a segment file without trailer holds, on a thread of its own; `None` when it is
+/// missing or unreadable.
+async fn probe_on_thread(path: PathBuf) -> Option<SegmentInfo> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("segment-probe".into())
+        .spawn(move || {
+            let probed =
+                crate::media::join::probe_segment(&path).map(|(_, num_frames, duration_micros, started)| SegmentInfo {
+                    path,
+                    started_wall_micros: started,
+                    duration_micros,
+                    num_frames,
+                });
+            let _ = tx.send(probed);
+        })
+        .ok()?;
+    rx.await.ok()?.ok()
+}
+
 /// Joins a track's segments (on a blocking thread) and works out its start and stop.
 async fn finish_track(
     track_id: String,
@@ -729,6 +1023,7 @@ async fn finish_track(
     muxer: &'static str,
     infos: Vec<SegmentInfo>,
     error: Option<String>,
+    remux: bool,
 ) -> TrackOutcome {
     let plan = plan_join(&infos);
     let with_media: Vec<&SegmentInfo> = infos.iter().filter(|s| s.num_frames > 0).collect();
@@ -757,7 +1052,7 @@ async fn finish_track(
     let path = final_path.clone();
     // Remuxing reads and writes whole files: a blocking thread, never the actor's executor.
     let spawned = std::thread::Builder::new().name("track-join".into()).spawn(move || {
-        let _ = tx.send(join_segments(&plan, &path, muxer));
+        let _ = tx.send(join_segments(&plan, &path, muxer, remux));
     });
     let joined = match spawned {
         Ok(_) => rx
@@ -854,6 +1149,8 @@ impl Handler<Snapshot> for Stream {
         totals.insert("num_tracks", self.tracks.len() as u64);
         totals.insert("num_sessions", self.num_sessions);
         totals.insert("connected", u64::from(self.session.is_some()));
+        totals.insert("num_restarts", u64::from(self.restarts));
+        totals.insert("num_failed", u64::from(self.failed));
         MessageResult(ActorSnapshot {
             kind: "Stream",
             id: format!(
@@ -864,7 +1161,7 @@ impl Handler<Snapshot> for Stream {
             ),
             state: self.record.state.as_str().into(),
             mailbox_depth: 0,
-            restarts: 0,
+            restarts: self.restarts,
             last_error: self.last_error.clone(),
             counters: totals,
             children,
@@ -903,6 +1200,7 @@ mod tests {
                 state: StreamState::Recording,
                 started: None,
                 stopped: None,
+                rtp_session: None,
                 tracks: vec![],
             },
             "i1".into(),

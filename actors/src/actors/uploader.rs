@@ -217,6 +217,9 @@ async fn run_job(
             track_id,
             local_path,
         } => {
+            // Every backend's parts go through PartReader (its own point); the local backend
+            // copies in one go, so the step is also injectable here, before any byte moves.
+            crate::fault::point_in(crate::fault::UPLOAD_PART, &job.key).map_err(|e| StorageError::Io(e.to_string()))?;
             // The progress of an upload an earlier attempt or process left unfinished, and
             // every new part recorded in the job's row as it completes.
             let resume_opt = store.job(&job.key)?.and_then(|j| j.multipart_opt);
@@ -520,6 +523,7 @@ mod tests {
             render_manifest: crate::plain_manifest_renderer(),
             media: Arc::new(crate::engine::MediaConfig::for_tests(std::env::temp_dir())),
             composition: Default::default(),
+            recovery: Default::default(),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);

@@ -283,7 +283,7 @@ fn segments_are_joined_with_the_gap_between_them_kept() {
     let plan = plan_join(&segments);
     assert_eq!(plan[1].offset_micros, 4_000_000);
     let out = dir.path().join("t.webm");
-    join_segments(&plan, &out, "webm").expect("join");
+    join_segments(&plan, &out, "webm", false).expect("join");
     assert!(
         !dir.path().join("t.seg0.webm").exists(),
         "segments are removed once joined"

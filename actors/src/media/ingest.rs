@@ -64,6 +64,13 @@ pub enum IngestEvent {
         track_id: String,
         wall_micros: i64,
     },
+    /// A plain-RTP port latched to its sender: kept in the store, so a restart latches the
+    /// re-bound port to the same sender.
+    Latched {
+        session_id: String,
+        track_id: String,
+        source: std::net::SocketAddr,
+    },
     /// The track's ingest ended (publisher gone, idle, or asked to stop).
     TrackEnded {
         session_id: String,

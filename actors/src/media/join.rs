@@ -14,13 +14,15 @@ fn ff(what: &str, path: &Path, e: ffmpeg::Error) -> MediaError {
 }
 
 /// Writes `parts` into `output` (through a temporary file renamed into place) and returns the
-/// number of packets written. Blocking: call it from a blocking thread.
-pub fn join_segments(parts: &[JoinPart], output: &Path, muxer: &str) -> Result<u64, MediaError> {
+/// number of packets written. A single finalized segment is only renamed; `remux` forces a
+/// rewrite, for segments a crash left without trailer (no duration, no cues). Blocking: call it
+/// from a blocking thread.
+pub fn join_segments(parts: &[JoinPart], output: &Path, muxer: &str, remux: bool) -> Result<u64, MediaError> {
     init_ffmpeg();
     let Some(first) = parts.first() else {
         return Err(MediaError::Io("no segment with media to join".into()));
     };
-    if parts.len() == 1 && first.offset_micros == 0 {
+    if parts.len() == 1 && first.offset_micros == 0 && !remux {
         std::fs::rename(&first.path, output)
             .map_err(|e| MediaError::Io(format!("rename to {}: {e}", output.display())))?;
         sync_dir(output);
@@ -87,7 +89,9 @@ pub fn join_segments(parts: &[JoinPart], output: &Path, muxer: &str) -> Result<u
         .and_then(|_| std::fs::rename(&temp, output))
         .map_err(|e| MediaError::Io(format!("finish {}: {e}", output.display())))?;
     sync_dir(output);
-    for part in parts {
+    // A part may be an earlier final file of this track (finalized before a restart): it is
+    // the output now, not a leftover.
+    for part in parts.iter().filter(|p| p.path != output) {
         let _ = std::fs::remove_file(&part.path);
     }
     Ok(num_packets)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::ingest::{TrackCounters, TrackPump, TrackSummary};
+use super::ingest::{IngestEvent, TrackCounters, TrackPump, TrackSummary};
 use super::rtp::{is_rtcp, picture_loss_indication, RtpPacket, MAX_RTP_PACKET};
 use super::sdp::{Accepted, MediaOffer};
 use super::MediaError;
@@ -61,6 +61,20 @@ impl PortAllocator {
         }
         Err(MediaError::NoPort(format!("{}-{}", self.min, self.max)))
     }
+
+    /// Binds the ports a session had before a restart, so its sender needs no new offer.
+    pub fn bind_exact(
+        &self,
+        rtp_port: u16,
+        rtcp_port: Option<u16>,
+    ) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
+        let bind = |port: u16| {
+            UdpSocket::bind((self.bind_ip, port)).map_err(|e| MediaError::NoPort(format!("{port} is taken: {e}")))
+        };
+        let rtp = bind(rtp_port)?;
+        let rtcp = rtcp_port.map(bind).transpose()?;
+        Ok((rtp, rtcp))
+    }
 }
 
 /// One accepted m-line with its sockets, before its thread starts.
@@ -70,6 +84,9 @@ pub struct BoundMedia {
     pub rtcp: Option<UdpSocket>,
     /// Only this IP may latch the ports, when the offer named one.
     pub allowed_source: Option<IpAddr>,
+    /// The source the RTP port is latched to from the start (a session re-bound after a
+    /// restart keeps its sender).
+    pub latched_source: Option<SocketAddr>,
 }
 
 impl BoundMedia {
@@ -85,6 +102,7 @@ impl BoundMedia {
             rtp,
             rtcp,
             allowed_source: media.connection.or(session_ip),
+            latched_source: None,
         })
     }
 
@@ -175,7 +193,7 @@ fn receive(
     let payload_type = bound.accepted.payload_type;
     let mut rtp_latch = Latch {
         allowed_ip: bound.allowed_source,
-        source: None,
+        source: bound.latched_source,
     };
     let mut rtcp_latch = Latch {
         allowed_ip: bound.allowed_source,
@@ -206,6 +224,7 @@ fn receive(
         match bound.rtp.recv_from(&mut buf) {
             Ok((len, from)) => {
                 let now = Instant::now();
+                let was_latched = rtp_latch.source.is_some();
                 if len > MAX_RTP_PACKET || !rtp_latch.admit(from) {
                     counters.num_refused.fetch_add(1, Ordering::Relaxed);
                 } else if is_rtcp(&buf[..len]) {
@@ -221,6 +240,13 @@ fn receive(
                         }
                         _ => pump.receiver.note_malformed(),
                     }
+                }
+                if let (false, Some(source)) = (was_latched, rtp_latch.source) {
+                    (pump.events)(IngestEvent::Latched {
+                        session_id: pump.session_id.clone(),
+                        track_id: pump.track_id.clone(),
+                        source,
+                    });
                 }
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
@@ -259,6 +285,8 @@ fn receive(
     };
     tracing::info!(track_id = %pump.track_id, reason, "rtp ingest ended");
     let track_id = pump.track_id.clone();
+    // The ports are free before the end is reported: a supervised restart re-binds them.
+    drop(bound);
     (track_id, pump.end(reason))
 }
 
@@ -277,6 +305,31 @@ mod tests {
         assert_ne!(b.local_addr().unwrap().port(), port);
         let _c = alloc.bind(true).unwrap();
         assert!(matches!(alloc.bind(true), Err(MediaError::NoPort(_))));
+    }
+
+    #[test]
+    fn a_session_gets_its_exact_ports_back_once_they_are_free() {
+        let alloc = PortAllocator::new("127.0.0.1".parse().unwrap(), 47_101, 47_110);
+        let (rtp, rtcp) = alloc.bind(true).unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        assert!(matches!(
+            alloc.bind_exact(port, Some(port + 1)),
+            Err(MediaError::NoPort(_))
+        ));
+        drop((rtp, rtcp));
+        let (rtp, rtcp) = alloc.bind_exact(port, Some(port + 1)).unwrap();
+        assert_eq!(rtp.local_addr().unwrap().port(), port);
+        assert_eq!(rtcp.unwrap().local_addr().unwrap().port(), port + 1);
+    }
+
+    #[test]
+    fn a_latch_restored_after_a_restart_admits_only_its_sender() {
+        let mut latch = Latch {
+            allowed_ip: None,
+            source: Some("127.0.0.1:5000".parse().unwrap()),
+        };
+        assert!(!latch.admit("127.0.0.1:5002".parse().unwrap()));
+        assert!(latch.admit("127.0.0.1:5000".parse().unwrap()));
     }
 
     #[test]

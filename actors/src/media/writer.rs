@@ -53,6 +53,9 @@ pub struct WriterStats {
     pub num_slow_writes: AtomicU64,
     pub max_write_micros: AtomicU64,
     pub num_errors: AtomicU64,
+    /// The writer can write no more (a muxer error, or its thread panicked): its stream's
+    /// supervision restarts the track into a new segment.
+    pub failed: std::sync::atomic::AtomicBool,
 }
 
 impl WriterStats {
@@ -125,6 +128,16 @@ impl TrackWriter {
         std::thread::Builder::new()
             .name("track-writer".into())
             .spawn(move || {
+                // Marks the writer failed if the thread unwinds: a panic leaves no report.
+                struct PanicGuard(Arc<WriterStats>);
+                impl Drop for PanicGuard {
+                    fn drop(&mut self) {
+                        if std::thread::panicking() {
+                            self.0.failed.store(true, Ordering::Release);
+                        }
+                    }
+                }
+                let _guard = PanicGuard(thread_stats.clone());
                 let report = run(thread_path, codec, config, rx, thread_stats, thread_finish);
                 let _ = done_tx.send(report);
             })
@@ -225,9 +238,13 @@ fn run(
         }
         let m = muxer.as_mut().expect("opened just above when absent");
         let size = frame.frame.data.len() as u64;
-        if let Err(e) = m.write(&frame) {
+        let written = crate::fault::point_in(crate::fault::MUXER_WRITE, &path.to_string_lossy())
+            .map_err(|e| MediaError::Ffmpeg(e.to_string()))
+            .and_then(|_| m.write(&frame));
+        if let Err(e) = written {
             tracing::error!(path = %path.display(), error = %e, "track write failed");
             stats.num_errors.fetch_add(1, Ordering::Relaxed);
+            stats.failed.store(true, Ordering::Release);
             *error = Some(e.to_string());
         } else {
             stats.num_bytes_written.fetch_add(size, Ordering::Relaxed);

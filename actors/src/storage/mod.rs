@@ -283,6 +283,7 @@ impl PartReader {
         if remaining == 0 {
             return Ok(None);
         }
+        crate::fault::point(crate::fault::UPLOAD_PART).map_err(|e| StorageError::Io(e.to_string()))?;
         let want = remaining.min(PART_SIZE as u64) as usize;
         let mut buf = vec![0u8; want];
         self.file

@@ -244,6 +244,7 @@ impl StateStore for SledStore {
     }
 
     fn insert_instance(&self, record: &InstanceRecord) -> StoreResult<()> {
+        crate::fault::point(crate::fault::STATE_COMMIT).map_err(|e| StoreError::Io(e.to_string()))?;
         let value = encode(record);
         let index_key = conv_index_key(record);
         (&self.instances, &self.conv_index)
@@ -260,6 +261,7 @@ impl StateStore for SledStore {
         instance_id: &str,
         change: &mut dyn FnMut(&mut InstanceRecord) -> StoreResult<()>,
     ) -> StoreResult<InstanceRecord> {
+        crate::fault::point_in(crate::fault::STATE_COMMIT, instance_id).map_err(|e| StoreError::Io(e.to_string()))?;
         loop {
             let current = self
                 .instances
@@ -586,6 +588,7 @@ mod tests {
             num_transcript_entries: 0,
             cobrowse_sessions: BTreeMap::new(),
             history: vec![],
+            stop_requested: None,
         }
     }
 

@@ -1,0 +1,103 @@
+//! Fault injection points, compiled in only with the `fault-injection` feature (on for the
+//! project's own tests through a dev-dependency, off in every normal build, where `point` is an
+//! empty inline function).
+//!
+//! `RTC_RECORDER_FAULTS="name=action[*count][+skip],..."` arms points by name; actions:
+//! `abort` ends the process at once (a `kill -9` at exactly that step), `panic` panics on the
+//! calling thread, `error` makes the point return an error. `*count` limits how many times the
+//! point fires (default: every time); `+skip` lets that many hits pass first. `name@text=...` arms the point only where its scope (e.g.
+//! the file a writer writes, which names the instance) contains `text`. The variable is read
+//! once, at the first point reached.
+
+/// The points the engine has.
+pub const MUXER_WRITE: &str = "muxer_write";
+pub const STATE_COMMIT: &str = "state_commit";
+pub const UPLOAD_PART: &str = "upload_part";
+pub const FINALIZE: &str = "finalize";
+
+/// An injected failure, for points whose caller turns it into its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedFault(pub &'static str);
+
+impl std::fmt::Display for InjectedFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "injected fault at {}", self.0)
+    }
+}
+
+pub fn point(name: &'static str) -> Result<(), InjectedFault> {
+    point_in(name, "")
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point_in(_name: &'static str, _scope: &str) -> Result<(), InjectedFault> {
+    Ok(())
+}
+
+#[cfg(feature = "fault-injection")]
+pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    #[derive(Clone, Copy)]
+    enum Action {
+        Abort,
+        Panic,
+        Error,
+    }
+    type Armed = (Action, Option<u64>, u64);
+    static ARMED: OnceLock<Mutex<HashMap<String, Armed>>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| {
+        let spec = std::env::var("RTC_RECORDER_FAULTS").unwrap_or_default();
+        let mut points = HashMap::new();
+        for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
+            let Some((point, action)) = item.trim().split_once('=') else {
+                continue;
+            };
+            let (action, skip) = match action.split_once('+') {
+                Some((a, n)) => (a, n.parse::<u64>().unwrap_or(0)),
+                None => (action, 0),
+            };
+            let (action, count) = match action.split_once('*') {
+                Some((a, n)) => (a, n.parse::<u64>().ok()),
+                None => (action, None),
+            };
+            let action = match action {
+                "abort" => Action::Abort,
+                "panic" => Action::Panic,
+                "error" => Action::Error,
+                _ => continue,
+            };
+            points.insert(point.to_string(), (action, count, skip));
+        }
+        Mutex::new(points)
+    });
+    let action = {
+        let mut points = armed.lock().unwrap_or_else(|p| p.into_inner());
+        let armed = points.iter_mut().find(|(key, _)| match key.split_once('@') {
+            Some((point, filter)) => point == name && scope.contains(filter),
+            None => key.as_str() == name,
+        });
+        match armed.map(|(_, v)| v) {
+            None => return Ok(()),
+            Some((_, Some(0), _)) => return Ok(()),
+            Some((_, _, skip)) if *skip > 0 => {
+                *skip -= 1;
+                return Ok(());
+            }
+            Some((action, count, _)) => {
+                if let Some(n) = count {
+                    *n -= 1;
+                }
+                *action
+            }
+        }
+    };
+    tracing::warn!(point = name, "fault injected");
+    match action {
+        Action::Abort => std::process::abort(),
+        Action::Panic => panic!("injected panic at {name}"),
+        Action::Error => Err(InjectedFault(name)),
+    }
+}

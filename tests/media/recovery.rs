@@ -1,0 +1,639 @@
+//! Crash recovery, black box: the real binary killed with `kill -9`, restarted on its data dir,
+//! FFmpeg plain-RTP senders, ffprobe on what reached the storage profile.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// The stored copy of an uploaded track (LOCAL profile: a `file://` location).
+fn stored_file(app: &TestApp, track: &Value) -> PathBuf {
+    let location = track["storage"]["objectStorage"]["location"]
+        .as_str()
+        .unwrap_or_else(|| panic!("track not uploaded: {track}"));
+    let stored = PathBuf::from(location.strip_prefix("file://").unwrap_or_else(|| panic!("{location}")));
+    assert!(
+        stored.starts_with(app.root.join("storage")),
+        "{location} outside the profile"
+    );
+    stored
+}
+
+fn manifest_path(app: &TestApp, event: &Value) -> PathBuf {
+    app.root.join("storage").join(format!(
+        "org-a/app-a/{}/{}/{}/recording.json",
+        event["conversationId"].as_str().unwrap(),
+        event["recorderId"].as_str().unwrap(),
+        event["instanceId"].as_str().unwrap()
+    ))
+}
+
+/// No publisher comes back after a crash: once the recovery window has passed the instance is
+/// ABORTED with an error, and what it recorded before the crash is still finalized, uploaded
+/// (plays from the storage profile) and listed in `recording.json`. The conversation is free
+/// for a new instance.
+#[test]
+fn with_no_publisher_back_within_the_window_the_instance_is_aborted_and_its_media_kept() {
+    let _media = media_lock();
+    let window_secs = 3;
+    let mut app = TestApp::spawn_uploading_with(&format!("[recovery]\nwindow_secs = {window_secs}\n"));
+    let conference = unique("room");
+    let conversation = unique("call");
+    let event = app.start(&conversation, &conference, true, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let ports = answer_ports(&resp.text());
+    let mut a = lavfi_av(10);
+    a.extend(rtp_out("0:v", "vp8", 96, ports[0]));
+    a.extend(rtp_out("0:a", "opus", 111, ports[1]));
+    let mut sender = ffmpeg(&a);
+    poll(Duration::from_secs(10), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    app.kill9();
+    let _ = sender.kill();
+    let _ = sender.wait();
+
+    app.restart();
+    let booted = Instant::now();
+    assert_eq!(app.instance(&event)["state"], "PENDING_RECOVERY");
+    // A new instance is refused while this one may still recover.
+    let resp = app.post_json(
+        "/recordings/start",
+        KEY,
+        &serde_json::json!({"applicationId": "app-a", "conferenceId": conference, "conversationId": conversation, "audio": true, "video": true}),
+    );
+    assert_eq!(resp.status, 409, "{}", resp.text());
+
+    let aborted = poll(Duration::from_secs(30), "instance ABORTED", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "ABORTED").then_some(instance)
+    });
+    assert!(
+        booted.elapsed() >= Duration::from_secs(window_secs) - Duration::from_millis(200),
+        "aborted after {:?}, before the {window_secs} s window",
+        booted.elapsed()
+    );
+    let error = &aborted["error"];
+    for field in ["code", "message", "occurred"] {
+        assert!(error[field].as_str().is_some_and(|s| !s.is_empty()), "{aborted:#}");
+    }
+    assert_eq!(error["code"], "RECOVERY_WINDOW_EXPIRED", "{aborted:#}");
+    assert!(aborted["recovered"].is_null(), "{aborted:#}");
+
+    let instance = poll(Duration::from_secs(60), "every track uploaded", || {
+        let instance = app.instance(&event);
+        let all = tracks(&instance);
+        let done = all.len() == 2
+            && all
+                .iter()
+                .all(|(_, _, _, t)| t["storage"]["objectStorage"]["uploaded"].is_string());
+        done.then_some(instance)
+    });
+    for (_, _, kind, track) in tracks(&instance) {
+        let p = probe(&stored_file(&app, &track));
+        let codec = if kind == "VIDEO" { "vp8" } else { "opus" };
+        assert_eq!(p.codec, codec, "{track}");
+        // 3 s were recorded before the kill; a flush each second keeps all but the last one.
+        assert!(p.duration >= 1.5 && p.duration < 10.0, "{p:?}: {track}");
+        assert!(p.num_frames > 0, "{p:?}");
+    }
+    let manifest: Value = poll(Duration::from_secs(30), "recording.json written", || {
+        std::fs::read(manifest_path(&app, &event))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    assert_eq!(manifest["state"], "ABORTED", "{manifest:#}");
+
+    // The conversation can record again.
+    let next = app.start(&conversation, &conference, true, true);
+    assert_eq!(next["state"], "INITIALISED", "{next}");
+    assert_ne!(next["instanceId"], event["instanceId"]);
+    assert_eq!(app.stop(&next)["state"], "STOPPED");
+    // Stopping the aborted one again is idempotent.
+    assert_eq!(app.stop(&event)["state"], "ABORTED");
+}
+
+/// Two FFmpeg plain-RTP senders keep sending across a `kill -9`: the restarted recorder re-binds
+/// the ports they send to (latched to the same senders) and records again without a new offer.
+/// The instance passes through PENDING_RECOVERY to ACTIVE with `recovered`; after stop each
+/// track holds media from before and after the crash, and lost no more than the downtime + 1 s.
+#[test]
+fn senders_that_keep_sending_across_a_kill_9_are_recorded_again_on_the_same_ports() {
+    let _media = media_lock();
+    // Loss has three parts: what was not yet flushed at the kill (≤ the flush interval), the
+    // downtime, and for video the wait for the next keyframe after the restart — FFmpeg ignores
+    // PLI, so that is its keyframe interval. 0.5 s + 0.33 s keeps the sum within downtime + 1 s.
+    let mut app = TestApp::spawn_with("flush_interval_ms = 500");
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let publish = |user: &str, kind: &str, line: (&str, u8, &str)| {
+        let resp = app.publish(
+            "rtp",
+            &conference,
+            &format!("userId={user}&type={kind}"),
+            &format!("Bearer {KEY}"),
+            "application/sdp",
+            &rtp_offer(&[line]),
+        );
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        answer_ports(&resp.text())[0]
+    };
+    let video_port = publish("agent", "CAM", ("video", 96, "VP8/90000"));
+    let audio_port = publish("customer", "MIC", ("audio", 111, "opus/48000/2"));
+    let seconds = 12;
+    let mut v = lavfi_video(seconds);
+    v.extend(rtp_out("0", "vp8", 96, video_port));
+    let gop = v.iter().position(|a| a == "-g").expect("a keyframe interval") + 1;
+    v[gop] = "10".into();
+    let mut a = args(&[
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("sine=frequency=440:sample_rate=48000:duration={seconds}"),
+    ]);
+    a.extend(rtp_out("0", "opus", 111, audio_port));
+    let video_sender = ffmpeg(&v);
+    let audio_sender = ffmpeg(&a);
+    poll(Duration::from_secs(10), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let before = stream_snapshots(&app.debug_tree());
+    assert_eq!(before.len(), 2);
+    assert!(
+        before.iter().all(|s| s["counters"]["num_frames"].as_u64() > Some(30)),
+        "{before:#?}"
+    );
+
+    let killed_at = Instant::now();
+    let killed_wall = chrono::Utc::now().timestamp_millis();
+    app.restart();
+    let downtime = killed_at.elapsed().as_secs_f64();
+    let restarted_wall = chrono::Utc::now().timestamp_millis();
+    let state = app.instance(&event)["state"].clone();
+    assert!(
+        state == "PENDING_RECOVERY" || state == "ACTIVE",
+        "{state} right after the restart"
+    );
+    let recovered = poll(Duration::from_secs(5), "ACTIVE again with recovered", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    let back_after = killed_at.elapsed().as_secs_f64() - downtime;
+    assert!(back_after < 1.5, "recording again {back_after:.2} s after the restart");
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 2, "{recovered:#}");
+    // The debug tree shows the re-bound sessions connected.
+    let streams = stream_snapshots(&app.debug_tree());
+    assert!(streams.iter().all(|s| s["counters"]["connected"] == 1), "{streams:#?}");
+    wait_ok(video_sender, "video sender");
+    wait_ok(audio_sender, "audio sender");
+    let stopped = app.stop(&event);
+    assert_eq!(stopped["state"], "STOPPED", "{stopped:#}");
+    let instance = app.instance(&event);
+    assert_eq!(
+        instance["streams"].as_array().unwrap().len(),
+        2,
+        "no new stream: {instance:#}"
+    );
+    let all = tracks(&instance);
+    for (user, kind, track_kind, frame_secs) in [
+        ("agent", "CAM", "VIDEO", 1.0 / 30.0),
+        ("customer", "MIC", "AUDIO", 0.020),
+    ] {
+        let track = find_track(&all, user, kind, track_kind);
+        // Media from before the crash and from after the restart, in one file.
+        assert!(millis(&track["started"]) < killed_wall, "{track}");
+        assert!(millis(&track["stopped"]) > restarted_wall + 1000, "{track}");
+        let p = probe(&track_file(track));
+        let media_secs = p.num_frames as f64 * frame_secs;
+        let lost = p.duration - media_secs;
+        eprintln!("{user} {track_kind}: {lost:.2} s lost, downtime {downtime:.2} s");
+        assert!(
+            lost <= downtime + 1.0,
+            "{user} {track_kind}: {lost:.2} s lost, downtime {downtime:.2} s: {p:?}"
+        );
+        assert!(
+            p.duration > f64::from(seconds) - 1.5,
+            "{user}: {p:?} spans the whole send"
+        );
+    }
+}
+
+/// The process ends (an injected abort, as `kill -9` at exactly that step) after a stop has
+/// finalized the track files but before it committed STOPPED. Boot finishes the stop: the
+/// instance is STOPPED with no publisher and no second stop, each track is uploaded once and
+/// plays, `recording.json` says STOPPED.
+#[test]
+fn a_stop_interrupted_by_a_crash_is_finished_on_boot_and_uploaded_once() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_uploading();
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "finalize=abort")]);
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let ports = answer_ports(&resp.text());
+    let mut a = lavfi_av(3);
+    a.extend(rtp_out("0:v", "vp8", 96, ports[0]));
+    a.extend(rtp_out("0:a", "opus", 111, ports[1]));
+    wait_ok(ffmpeg(&a), "ffmpeg sender");
+    // The stop never answers: the process ends inside it.
+    let url = app.api(&format!("{}/stop", instance_path(&event)));
+    let stop = std::thread::spawn({
+        let url = url.clone();
+        move || ureq::post(&url).set("Authorization", KEY).send_bytes(b"").is_ok()
+    });
+    assert!(
+        app.wait_exit(Duration::from_secs(20)),
+        "the injected abort did not happen"
+    );
+    assert!(
+        !stop.join().unwrap(),
+        "the stop answered although the process ended inside it"
+    );
+
+    app.restart_with_env(&[]);
+    let instance = poll(Duration::from_secs(30), "the interrupted stop finished", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "STOPPED").then_some(instance)
+    });
+    assert_eq!(tracks(&instance).len(), 2, "{instance:#}");
+    let instance = poll(Duration::from_secs(60), "every track uploaded", || {
+        let instance = app.instance(&event);
+        tracks(&instance)
+            .iter()
+            .all(|(_, _, _, t)| t["storage"]["objectStorage"]["uploaded"].is_string())
+            .then_some(instance)
+    });
+    for (_, _, kind, track) in tracks(&instance) {
+        let p = probe(&stored_file(&app, &track));
+        let (codec, expected) = if kind == "VIDEO" {
+            ("vp8", 3.0 - 1.0 / 30.0)
+        } else {
+            ("opus", 3.0)
+        };
+        assert_eq!(p.codec, codec, "{track}");
+        assert!((p.duration - expected).abs() <= 0.150, "{p:?}: {track}");
+    }
+    // One object per track in the profile: nothing uploaded twice under another name.
+    let stored = walk(&app.root.join("storage"));
+    let media: Vec<_> = stored
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "webm" || e == "mkv"))
+        .collect();
+    assert_eq!(media.len(), 2, "{stored:#?}");
+    let manifest: Value = poll(Duration::from_secs(30), "recording.json written", || {
+        std::fs::read(manifest_path(&app, &event))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    assert_eq!(manifest["state"], "STOPPED", "{manifest:#}");
+    // The conversation is free again, and a second stop answers the same final state.
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Supervision: a track writer that panics (injected at the muxer write of H.264 tracks, the
+/// only `.mkv` files here) restarts its stream into a new segment on the same ports; the
+/// instance passes through PENDING_RECOVERY back to ACTIVE with `recovered`; the debug tree
+/// shows the restart. Another conversation records on untouched.
+#[test]
+fn a_writer_panic_restarts_the_stream_and_other_conversations_keep_recording() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    // 45 frames (1.5 s) are written before the panic.
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "muxer_write@.mkv=panic*1+45")]);
+    let (failing, healthy) = (unique("room"), unique("room"));
+    let a = app.start(&unique("call"), &failing, false, true);
+    let b = app.start(&unique("call"), &healthy, false, true);
+    let publish = |conference: &str, line: (&str, u8, &str)| {
+        let resp = app.publish(
+            "rtp",
+            conference,
+            "userId=agent&type=CAM",
+            &format!("Bearer {KEY}"),
+            "application/sdp",
+            &rtp_offer(&[line]),
+        );
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        answer_ports(&resp.text())[0]
+    };
+    let seconds = 7;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out("0", "h264", 96, publish(&failing, ("video", 96, "H264/90000"))));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out("0", "vp8", 96, publish(&healthy, ("video", 96, "VP8/90000"))));
+    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    let recovered = poll(Duration::from_secs(15), "the failing instance recovered", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 1, "{recovered:#}");
+    let tree = app.debug_tree();
+    let streams = stream_snapshots(&tree);
+    let restarted: Vec<_> = streams.iter().filter(|s| s["restarts"] == 1).collect();
+    assert_eq!(restarted.len(), 1, "{streams:#?}");
+    assert_eq!(restarted[0]["lastError"]["code"], "MEDIA_WRITE", "{streams:#?}");
+    assert_eq!(restarted[0]["state"], "RECORDING");
+    // The recorder above it counts the restart, and how long it has been in its state.
+    fn recorders(node: &Value, out: &mut Vec<Value>) {
+        if node["kind"] == "Recorder" {
+            out.push(node.clone());
+        }
+        for child in node["children"].as_array().into_iter().flatten() {
+            recorders(child, out);
+        }
+    }
+    let mut all = Vec::new();
+    recorders(&tree, &mut all);
+    let recorder = all
+        .iter()
+        .find(|r| r["id"] == recovered["instanceId"])
+        .unwrap_or_else(|| panic!("{tree:#}"));
+    assert_eq!(recorder["restarts"], 1, "{recorder:#}");
+    assert_eq!(recorder["state"], "ACTIVE", "{recorder:#}");
+    assert!(recorder["counters"]["millis_in_state"].is_u64(), "{recorder:#}");
+    wait_ok(x, "h264 sender");
+    wait_ok(y, "vp8 sender");
+    let untouched = app.instance(&b);
+    assert!(untouched["recovered"].is_null(), "{untouched:#}");
+    assert_eq!(app.stop(&a)["state"], "STOPPED");
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let a = app.instance(&a);
+    let b = app.instance(&b);
+    assert_eq!(a["streams"][0]["state"], "STOPPED", "{a:#}");
+    // The failed segment's flushed part and the restarted one, joined on one timeline.
+    let failed_track = probe(&track_file(find_track(&tracks(&a), "agent", "CAM", "VIDEO")));
+    assert_eq!(failed_track.codec, "h264");
+    assert!(failed_track.num_frames >= 90, "{failed_track:?}");
+    assert!(
+        failed_track.duration >= f64::from(seconds) - 1.5,
+        "{failed_track:?} spans the panic"
+    );
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+}
+
+/// Supervision budget: a writer that fails every time (H.264 tracks here) is restarted
+/// `max_restarts` times, then its stream is FAILED — in the API and in the debug tree, with the
+/// error — while the instance's other stream records on; an instance whose only stream failed is
+/// ABORTED with the error. Another conversation keeps recording.
+#[test]
+fn an_exhausted_restart_budget_fails_the_stream_and_aborts_an_instance_left_without_one() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_with("[recovery]\nmax_restarts = 2\n");
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "muxer_write@.mkv=panic")]);
+    let (only_h264, mixed, healthy) = (unique("room"), unique("room"), unique("room"));
+    let a = app.start(&unique("call"), &only_h264, true, true);
+    let c = app.start(&unique("call"), &mixed, true, true);
+    let b = app.start(&unique("call"), &healthy, true, true);
+    let publish = |conference: &str, kind: &str, line: (&str, u8, &str)| {
+        let resp = app.publish(
+            "rtp",
+            conference,
+            &format!("userId=agent&type={kind}"),
+            &format!("Bearer {KEY}"),
+            "application/sdp",
+            &rtp_offer(&[line]),
+        );
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        answer_ports(&resp.text())[0]
+    };
+    let seconds = 8;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out(
+        "0",
+        "h264",
+        96,
+        publish(&only_h264, "CAM", ("video", 96, "H264/90000")),
+    ));
+    let mut z = lavfi_av(seconds);
+    z.extend(rtp_out(
+        "0:v",
+        "h264",
+        96,
+        publish(&mixed, "CAM", ("video", 96, "H264/90000")),
+    ));
+    z.extend(rtp_out(
+        "0:a",
+        "opus",
+        111,
+        publish(&mixed, "MIC", ("audio", 111, "opus/48000/2")),
+    ));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish(&healthy, "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let senders = [ffmpeg(&x), ffmpeg(&z), ffmpeg(&y)];
+
+    let aborted = poll(Duration::from_secs(20), "the H.264-only instance ABORTED", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ABORTED").then_some(instance)
+    });
+    assert_eq!(aborted["error"]["code"], "RESTART_BUDGET_EXHAUSTED", "{aborted:#}");
+    assert_eq!(aborted["streams"][0]["state"], "FAILED", "{aborted:#}");
+    let mixed_now = poll(Duration::from_secs(20), "the mixed instance's video FAILED", || {
+        let instance = app.instance(&c);
+        let video = instance["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["type"] == "CAM" && s["state"] == "FAILED");
+        video.then_some(instance)
+    });
+    assert_ne!(mixed_now["state"], "ABORTED", "its audio still records: {mixed_now:#}");
+    let tree = app.debug_tree();
+    let failed: Vec<_> = stream_snapshots(&tree)
+        .into_iter()
+        .filter(|s| s["state"] == "FAILED")
+        .collect();
+    assert_eq!(failed.len(), 1, "the mixed instance's CAM stream: {tree:#}");
+    assert_eq!(failed[0]["restarts"], 2, "{failed:#?}");
+    assert_eq!(
+        failed[0]["lastError"]["code"], "RESTART_BUDGET_EXHAUSTED",
+        "{failed:#?}"
+    );
+    // And as metrics (live instances' streams: the mixed one's failed CAM stream).
+    let metrics = app.request(
+        "GET",
+        &format!("{}/metrics", app.base_url),
+        &[("Authorization", KEY_ADMIN)],
+        None,
+    );
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    let text = metrics.text();
+    assert!(
+        text.contains("recorder_media_live{counter=\"num_restarts\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("recorder_media_live{counter=\"num_failed\"} 1"), "{text}");
+    for sender in senders {
+        wait_ok(sender, "sender");
+    }
+    let b_stopped = app.stop(&b);
+    assert_eq!(b_stopped["state"], "STOPPED");
+    let b = app.instance(&b);
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+    let c_stopped = app.stop(&c);
+    assert_eq!(c_stopped["state"], "STOPPED", "{c_stopped:#}");
+    let c = app.instance(&c);
+    let audio = probe(&track_file(find_track(&tracks(&c), "agent", "MIC", "AUDIO")));
+    assert!(audio.duration >= f64::from(seconds) - 0.5, "{audio:?}");
+}
+
+/// Fault injection at the state commit: a start whose record cannot be written is answered
+/// with an error and leaves nothing behind; the next start works.
+#[test]
+fn a_failed_state_commit_is_an_error_and_leaves_nothing_half_written() {
+    let mut app = TestApp::spawn();
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "state_commit=error*1")]);
+    let conversation = unique("call");
+    let body = serde_json::json!({"applicationId": "app-a", "conferenceId": unique("room"), "conversationId": conversation, "audio": true, "video": true});
+    let refused = app.post_json("/recordings/start", KEY, &body);
+    let error = refused.assert_error(refused.status);
+    assert!(refused.status >= 500, "{}", refused.text());
+    assert!(error["message"].as_str().unwrap().contains("injected"), "{error}");
+    assert_eq!(
+        app.get(&format!("/recordings/{conversation}"), KEY).status,
+        404,
+        "no instance was recorded"
+    );
+    let started = app.post_json("/recordings/start", KEY, &body);
+    assert_eq!(started.status, 200, "{}", started.text());
+    assert_eq!(app.stop(&started.json())["state"], "STOPPED");
+}
+
+/// Fault injection at the upload of a track: two failed attempts are retried with backoff and
+/// the third stores the file, verified, once.
+#[test]
+fn failed_track_uploads_are_retried_until_stored() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_uploading();
+    app.restart_with_env(&[
+        ("RTC_RECORDER_FAULTS", "upload_part@/streams/=error*2"),
+        ("RECORDER_UPLOADS__RETRY_BASE_MS", "100"),
+        ("RECORDER_UPLOADS__RETRY_MAX_MS", "400"),
+    ]);
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, false, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let mut a = lavfi_video(2);
+    a.extend(rtp_out("0", "vp8", 96, answer_ports(&resp.text())[0]));
+    wait_ok(ffmpeg(&a), "ffmpeg sender");
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+    let instance = poll(Duration::from_secs(30), "the track uploaded", || {
+        let instance = app.instance(&event);
+        tracks(&instance)
+            .iter()
+            .all(|(_, _, _, t)| t["storage"]["objectStorage"]["uploaded"].is_string())
+            .then_some(instance)
+    });
+    let track = find_track(&tracks(&instance), "agent", "CAM", "VIDEO").clone();
+    assert!(track["storage"]["objectStorage"].get("error").is_none(), "{track}");
+    assert_eq!(probe(&stored_file(&app, &track)).codec, "vp8");
+    assert!(app.stderr().contains("fault injected"), "the fault never fired");
+}
+
+/// `kill -9` while the project's WHIP publisher (webrtc-rs) streams; after the restart it
+/// reconnects with a new WHIP POST for the same conference, userId and type: the instance is
+/// ACTIVE with `recovered`, the stream continues, and after stop each track holds media from
+/// before and after the crash with the outage as a gap.
+#[test]
+fn a_whip_publisher_that_reconnects_after_a_kill_9_continues_its_stream() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, true, true);
+    let whip = |app: &TestApp, seconds: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_whip-publish"))
+            .arg(app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM")))
+            .args(["--token", KEY, "--seconds", seconds, "--keep"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("whip-publish runs")
+    };
+    let mut first = whip(&app, "10");
+    poll(Duration::from_secs(15), "instance ACTIVE", || {
+        (app.instance(&event)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let killed_wall = chrono::Utc::now().timestamp_millis();
+    app.restart();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(app.instance(&event)["state"], "PENDING_RECOVERY");
+    let restarted_wall = chrono::Utc::now().timestamp_millis();
+    let mut second = whip(&app, "3");
+    let active = poll(Duration::from_secs(15), "ACTIVE again with recovered", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(active["streams"].as_array().unwrap().len(), 1, "{active:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    app.stop(&event);
+    let _ = second.kill();
+    let _ = second.wait();
+    let instance = app.instance(&event);
+    assert_eq!(instance["streams"].as_array().unwrap().len(), 1, "{instance:#}");
+    let all = tracks(&instance);
+    for kind in ["VIDEO", "AUDIO"] {
+        let track = find_track(&all, "agent", "CAM", kind);
+        assert!(millis(&track["started"]) < killed_wall, "{track}");
+        assert!(millis(&track["stopped"]) > restarted_wall + 1000, "{track}");
+        let p = probe(&track_file(track));
+        let gap_secs = (restarted_wall - killed_wall) as f64 / 1000.0;
+        // ~3 s before (less the unflushed last second), the outage, ~3 s after.
+        assert!(p.duration > 4.0 + gap_secs, "{kind}: {p:?}");
+    }
+}
