@@ -193,10 +193,11 @@ fn sftp_profile_tracks_are_fetched_and_served_by_the_recorder_behind_a_signed_ur
             .unwrap_or_else(|| panic!("{location} without the key prefix"))
             .1;
         let stored = Path::new(&env["RTC_SFTP_ROOT"]).join(&key_prefix).join(key);
-        assert!(
-            !track_file(&track).exists(),
-            "the local copy is deleted, so the recorder must fetch from the server: {track}"
-        );
+        // The local copy goes once it is uploaded and, with composition on (the default), once
+        // the conversation is composed; then only the server has the track.
+        poll(Duration::from_secs(90), "the local copy deleted", || {
+            (!track_file(&track).exists()).then_some(())
+        });
         check_served_track(&app, &track, &stored);
     }
 }
