@@ -1,5 +1,5 @@
-//! Bounded soak test of crash recovery (ignored by default: ~2 minutes of FFmpeg senders and
-//! `kill -9`; run with `cargo test --test media soak -- --ignored --nocapture`). Figures go to
+//! Bounded soak test of crash recovery, part of `make test` (well under a minute of FFmpeg
+//! senders and `kill -9`; `cargo test --test media soak -- --nocapture` prints the figures). Figures go to
 //! BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
@@ -27,7 +27,6 @@ const NUM_KILLS: usize = 20;
 /// stop, in the middle of a stop), then a consistency check: every acknowledged start and stop
 /// is there, no instance is left live, every track recorded is uploaded and plays.
 #[test]
-#[ignore = "soak: minutes of FFmpeg and kill -9; run explicitly"]
 fn soak_kill_9_at_random_points() {
     let _media = media_lock();
     let mut app = TestApp::spawn_uploading_with("[recovery]\nwindow_secs = 2\n");
@@ -134,7 +133,6 @@ fn soak_kill_9_at_random_points() {
 /// Recovery time for 100 live instances, each with a plain-RTP session whose ports must be
 /// re-bound: from `kill -9` to the restarted process answering for all of them.
 #[test]
-#[ignore = "benchmark: run explicitly"]
 fn recovery_time_for_100_live_instances() {
     let _media = media_lock();
     let mut app = TestApp::spawn();
