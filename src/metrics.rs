@@ -1,6 +1,6 @@
 //! Prometheus metrics of the service.
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use recorder_actors::domain::InstanceState;
 
 /// Stream counters exported as `recorder_media_live{counter=...}`: sums over the streams of
@@ -30,7 +30,13 @@ pub struct Metrics {
     instances: IntGaugeVec,
     media: IntGaugeVec,
     requests: IntCounterVec,
+    state_seconds: GaugeVec,
+    restarts: IntGaugeVec,
+    errors: IntGaugeVec,
 }
+
+/// Actor kinds whose restart and error gauges are always exported (0 when none is live).
+const SUPERVISED_KINDS: [&str; 2] = ["Recorder", "Stream"];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -56,6 +62,35 @@ impl Metrics {
             &["counter"],
         )
         .expect("metric definitions are valid");
+        let state_seconds = GaugeVec::new(
+            Opts::new(
+                "recorder_instance_state_seconds",
+                "Seconds the live instances have spent in their current state, summed per state",
+            ),
+            &["state"],
+        )
+        .expect("metric definitions are valid");
+        // A gauge over live actors, not a `_total` counter: an actor that ends takes its
+        // restarts out of the sum, like the other live gauges.
+        let restarts = IntGaugeVec::new(
+            Opts::new(
+                "recorder_actor_restarts",
+                "Supervised restarts counted by live actors (Recorder: stream restarts of its instance; Stream: its own)",
+            ),
+            &["kind"],
+        )
+        .expect("metric definitions are valid");
+        let errors = IntGaugeVec::new(
+            Opts::new("recorder_actors_with_last_error", "Live actors whose last error is set"),
+            &["kind"],
+        )
+        .expect("metric definitions are valid");
+        for metric in [restarts.clone(), errors.clone()] {
+            registry.register(Box::new(metric)).expect("metrics register once");
+        }
+        registry
+            .register(Box::new(state_seconds.clone()))
+            .expect("metrics register once");
         registry
             .register(Box::new(media.clone()))
             .expect("metrics register once");
@@ -67,12 +102,20 @@ impl Metrics {
             .expect("metrics register once");
         for state in InstanceState::ALL {
             instances.with_label_values(&[state.as_str()]).set(0);
+            state_seconds.with_label_values(&[state.as_str()]).set(0.0);
+        }
+        for kind in SUPERVISED_KINDS {
+            restarts.with_label_values(&[kind]).set(0);
+            errors.with_label_values(&[kind]).set(0);
         }
         Self {
             registry,
             instances,
             media,
             requests,
+            state_seconds,
+            restarts,
+            errors,
         }
     }
 
@@ -109,6 +152,55 @@ impl Metrics {
         }
     }
 
+    /// Supervision figures from the actor tree: time in state summed per state over the live
+    /// Recorders (`millis_in_state`, from the record's history), restarts summed per actor kind,
+    /// and the live actors per kind whose last error is set.
+    pub fn set_supervision(&self, tree: &recorder_actors::snapshot::ActorSnapshot) {
+        use std::collections::BTreeMap;
+        #[derive(Default)]
+        struct Sums {
+            millis: BTreeMap<String, u64>,
+            restarts: BTreeMap<&'static str, u64>,
+            errors: BTreeMap<&'static str, u64>,
+        }
+        fn walk(node: &recorder_actors::snapshot::ActorSnapshot, sums: &mut Sums) {
+            if node.kind == "Recorder" {
+                *sums.millis.entry(node.state.clone()).or_default() +=
+                    node.counters.get("millis_in_state").copied().unwrap_or(0);
+            }
+            *sums.restarts.entry(node.kind).or_default() += u64::from(node.restarts);
+            *sums.errors.entry(node.kind).or_default() += u64::from(node.last_error.is_some());
+            for child in &node.children {
+                walk(child, sums);
+            }
+        }
+        let mut sums = Sums::default();
+        walk(tree, &mut sums);
+        for state in InstanceState::ALL {
+            let millis = sums.millis.get(state.as_str()).copied().unwrap_or(0);
+            self.state_seconds
+                .with_label_values(&[state.as_str()])
+                .set(millis as f64 / 1000.0);
+        }
+        // Kinds no longer live fall back to 0 (the supervised ones) or leave the output.
+        self.restarts.reset();
+        self.errors.reset();
+        for kind in SUPERVISED_KINDS {
+            self.restarts.with_label_values(&[kind]).set(0);
+            self.errors.with_label_values(&[kind]).set(0);
+        }
+        for (kind, value) in sums.restarts {
+            if value > 0 || SUPERVISED_KINDS.contains(&kind) {
+                self.restarts.with_label_values(&[kind]).set(value as i64);
+            }
+        }
+        for (kind, value) in sums.errors {
+            if value > 0 || SUPERVISED_KINDS.contains(&kind) {
+                self.errors.with_label_values(&[kind]).set(value as i64);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
@@ -136,5 +228,72 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("method=\"OTHER\""), "{text}");
+    }
+
+    #[test]
+    fn renders_time_in_state_restarts_and_errors_from_the_tree() {
+        use recorder_actors::domain::ErrorInfo;
+        use recorder_actors::snapshot::ActorSnapshot;
+        use std::collections::BTreeMap;
+        let node = |kind, state: &str, restarts, error: bool, millis: Option<u64>, children| ActorSnapshot {
+            kind,
+            id: "x".into(),
+            state: state.into(),
+            mailbox_depth: 0,
+            restarts,
+            last_error: error.then(|| ErrorInfo::new("MEDIA_WRITE", "boom")),
+            counters: millis
+                .map(|m| BTreeMap::from([("millis_in_state", m)]))
+                .unwrap_or_default(),
+            children,
+        };
+        let tree = node(
+            "Registry",
+            "",
+            0,
+            false,
+            None,
+            vec![
+                node(
+                    "Recorder",
+                    "ACTIVE",
+                    1,
+                    true,
+                    Some(1500),
+                    vec![node("Stream", "RECORDING", 1, true, None, vec![])],
+                ),
+                node("Recorder", "ACTIVE", 0, false, Some(2000), vec![]),
+                node("Recorder", "PENDING_RECOVERY", 0, false, Some(250), vec![]),
+            ],
+        );
+        let metrics = Metrics::new();
+        metrics.set_supervision(&tree);
+        let text = metrics.render();
+        assert!(
+            text.contains("recorder_instance_state_seconds{state=\"ACTIVE\"} 3.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recorder_instance_state_seconds{state=\"PENDING_RECOVERY\"} 0.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recorder_instance_state_seconds{state=\"STOPPED\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("recorder_actor_restarts{kind=\"Recorder\"} 1"), "{text}");
+        assert!(text.contains("recorder_actor_restarts{kind=\"Stream\"} 1"), "{text}");
+        assert!(!text.contains("recorder_actor_restarts{kind=\"Registry\"}"), "{text}");
+        assert!(
+            text.contains("recorder_actors_with_last_error{kind=\"Stream\"} 1"),
+            "{text}"
+        );
+        metrics.set_supervision(&node("Registry", "", 0, false, None, vec![]));
+        let text = metrics.render();
+        assert!(text.contains("recorder_actor_restarts{kind=\"Stream\"} 0"), "{text}");
+        assert!(
+            text.contains("recorder_instance_state_seconds{state=\"ACTIVE\"} 0"),
+            "{text}"
+        );
     }
 }

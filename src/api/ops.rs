@@ -30,6 +30,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     state.metrics.set_instances(&counts);
     let tree = state.registry.send(Snapshot).await?;
     state.metrics.set_media(&tree);
+    state.metrics.set_supervision(&tree);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))

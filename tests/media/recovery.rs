@@ -384,6 +384,44 @@ fn a_writer_panic_restarts_the_stream_and_other_conversations_keep_recording() {
     assert_eq!(recorder["restarts"], 1, "{recorder:#}");
     assert_eq!(recorder["state"], "ACTIVE", "{recorder:#}");
     assert!(recorder["counters"]["millis_in_state"].is_u64(), "{recorder:#}");
+    // The same as metrics: time in state per state, restarts and actors with an error set.
+    let scrape = || {
+        let resp = app.request(
+            "GET",
+            &format!("{}/metrics", app.base_url),
+            &[("Authorization", KEY_ADMIN)],
+            None,
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.text()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    let before = scrape();
+    assert!(
+        value(&before, "recorder_actor_restarts{kind=\"Stream\"}") >= 1.0,
+        "{before}"
+    );
+    assert!(
+        value(&before, "recorder_actor_restarts{kind=\"Recorder\"}") >= 1.0,
+        "{before}"
+    );
+    assert!(
+        value(&before, "recorder_actors_with_last_error{kind=\"Stream\"}") >= 1.0,
+        "{before}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = scrape();
+    // Both instances record (ACTIVE) and their time in state grows; so do the frames written
+    // while one conversation's writer has panicked and restarted.
+    let active = "recorder_instance_state_seconds{state=\"ACTIVE\"}";
+    assert!(value(&before, active) > 0.0, "{before}");
+    assert!(value(&after, active) > value(&before, active), "{before}\n{after}");
+    let written = "recorder_media_live{counter=\"num_frames_written\"}";
+    assert!(value(&after, written) > value(&before, written), "{before}\n{after}");
     wait_ok(x, "h264 sender");
     wait_ok(y, "vp8 sender");
     let untouched = app.instance(&b);
