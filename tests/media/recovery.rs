@@ -400,7 +400,25 @@ fn a_writer_panic_restarts_the_stream_and_other_conversations_keep_recording() {
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in {text}"))
     };
+    // The healthy conversation's own live figures (the debug tree splits `/metrics`' sums per
+    // instance) keep growing after the other's writer panicked.
+    let healthy_id = app.instance(&b)["instanceId"].clone();
+    let frames_written = |tree: &Value| -> u64 {
+        let mut all = Vec::new();
+        recorders(tree, &mut all);
+        let recorder = all
+            .iter()
+            .find(|r| r["id"] == healthy_id)
+            .unwrap_or_else(|| panic!("{tree:#}"));
+        recorder["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["counters"]["num_frames_written"].as_u64().unwrap_or(0))
+            .sum()
+    };
     let before = scrape();
+    let healthy_before = frames_written(&app.debug_tree());
     assert!(
         value(&before, "recorder_actor_restarts{kind=\"Stream\"}") >= 1.0,
         "{before}"
@@ -415,6 +433,11 @@ fn a_writer_panic_restarts_the_stream_and_other_conversations_keep_recording() {
     );
     std::thread::sleep(Duration::from_millis(1000));
     let after = scrape();
+    let healthy_after = frames_written(&app.debug_tree());
+    assert!(
+        healthy_after > healthy_before,
+        "healthy conversation: {healthy_before} then {healthy_after} frames written"
+    );
     // Both instances record (ACTIVE) and their time in state grows; so do the frames written
     // while one conversation's writer has panicked and restarted.
     let active = "recorder_instance_state_seconds{state=\"ACTIVE\"}";
