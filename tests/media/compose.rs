@@ -81,6 +81,39 @@ fn stored_composition(app: &TestApp, conversation: &str) -> PathBuf {
         .join("composition.mp4")
 }
 
+/// Waits until the instance's `recording.json` in the LOCAL storage folder lists the uploaded
+/// composition, and checks that it names `composition.mp4`'s location.
+fn manifest_lists_composition(app: &TestApp, event: &Value, message: &Value) {
+    let manifest_path = app.root.join("storage").join(format!(
+        "org-a/app-a/{}/{}/{}/recording.json",
+        event["conversationId"].as_str().unwrap(),
+        event["recorderId"].as_str().unwrap(),
+        event["instanceId"].as_str().unwrap()
+    ));
+    let manifest: Value = poll(Duration::from_secs(30), "recording.json lists the composition", || {
+        std::fs::read(&manifest_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(|m| m["composition"].is_object())
+    });
+    let location = manifest["composition"]["location"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{manifest:#}"));
+    assert!(location.ends_with("/composition.mp4"), "{location}");
+    assert_eq!(
+        message["streams"][0]["tracks"][0]["storage"]["objectStorage"]["location"].as_str(),
+        Some(location),
+        "{manifest:#}"
+    );
+    assert!(manifest["composition"]["uploaded"].is_string(), "{manifest:#}");
+    assert!(
+        manifest["composition"]["size"].as_u64().is_some_and(|n| n > 0),
+        "{manifest:#}"
+    );
+    // Additions only: the instance's own fields are still there.
+    assert_eq!(manifest["instanceId"], event["instanceId"], "{manifest:#}");
+}
+
 fn ffprobe(path: &Path, entries: &str) -> String {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-show_entries", entries, "-of", "default=nw=1:nk=1"])
@@ -432,6 +465,8 @@ fn a_recomposition_reads_tracks_already_deleted_locally_from_storage() {
     app.stop(&second);
     let message = wait_composed(&app, &conversation, &second["instanceId"]);
     assert!(message["error"].is_null(), "{message:#}");
+    // The newest instance's recording.json lists the re-composition.
+    manifest_lists_composition(&app, &second, &message);
     let path = stored_composition(&app, &conversation);
     let t = first_secs / 2.0;
     assert!(
@@ -515,4 +550,7 @@ fn a_local_profile_composition_is_served_by_the_recorder_behind_a_signed_url() {
     ] {
         app.request("GET", &tampered, &[], None).assert_error(403);
     }
+
+    // The instance's recording.json is rewritten to list the composition.
+    manifest_lists_composition(&app, &event, &message);
 }
