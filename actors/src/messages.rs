@@ -118,6 +118,15 @@ pub struct ResolveTrackFile {
     pub track_id: String,
 }
 
+/// Resolves an uploaded composition for a signed download by the recorder (profiles without
+/// provider URLs: local, SFTP). Like [`ResolveTrackFile`], the URL's signature is the authority.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<TrackFile, EngineError>")]
+pub struct ResolveCompositionFile {
+    pub organization_id: String,
+    pub conversation_id: String,
+}
+
 /// Where to read a track for download, and the name to download it as (`{trackId}.{ext}`).
 #[derive(Debug)]
 pub struct TrackFile {

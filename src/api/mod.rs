@@ -48,6 +48,7 @@ pub struct AppState {
         storage::composition,
         cobrowse::attachment,
         tracks::attachment,
+        tracks::composition_attachment,
         recordings::add_transcript,
         cobrowse::add_event,
         recordings::start,
@@ -185,6 +186,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route(
                     "/recordings/attachment/track/{conversationId}/{recorderId}/{instanceId}/{streamId}/{trackId}",
                     web::get().to(tracks::attachment),
+                )
+                .route(
+                    "/recordings/attachment/composition/{organizationId}/{conversationId}",
+                    web::get().to(tracks::composition_attachment),
                 )
                 .route("/recordings/{conversationId}/active", web::get().to(recordings::active))
                 .route(

@@ -59,7 +59,7 @@ pub async fn verify(
     tag = "Composition Controller",
     operation_id = "getComposition",
     summary = "Get recording information for a given conversationId.",
-    description = "One MP4 per conversation: every stopped instance in time order, the time between instances cut; cameras in a grid, a SCREEN stream in a large tile with the cameras in a strip, all audio mixed; H.264 + AAC (audio-only conversations: AAC only). Composed when an instance stops, again when a later instance of the conversation stops. `state`: queued → INITIALISED, composing → ACTIVE, done → STOPPED, failed → FAILED (with `error`); a composition that had to leave a corrupt or empty track out is STOPPED with `error` code COMPOSITION_PARTIAL naming the track. `instanceId`, `recorderId`, `conferenceId` and `storageProfile` are the newest stopped instance's; `started`/`stopped` are the composition run's. One stream (`id` \"composition\", type VIDEO) with one track (VIDEO, or AUDIO when audio-only) carrying `storage` (local file, upload to `{organizationId}/{applicationId}/{conversationId}/composition.mp4`) and, once uploaded to a provider with signed URLs (S3, Azure, GCS), `url`. 404 while the conversation has no stopped instance, and for another organization's conversation.",
+    description = "One MP4 per conversation: every stopped instance in time order, the time between instances cut; cameras in a grid, a SCREEN stream in a large tile with the cameras in a strip, all audio mixed; H.264 + AAC (audio-only conversations: AAC only). Composed when an instance stops, again when a later instance of the conversation stops. `state`: queued → INITIALISED, composing → ACTIVE, done → STOPPED, failed → FAILED (with `error`); a composition that had to leave a corrupt or empty track out is STOPPED with `error` code COMPOSITION_PARTIAL naming the track. `instanceId`, `recorderId`, `conferenceId` and `storageProfile` are the newest stopped instance's; `started`/`stopped` are the composition run's. One stream (`id` \"composition\", type VIDEO) with one track (VIDEO, or AUDIO when audio-only) carrying `storage` (local file, upload to `{organizationId}/{applicationId}/{conversationId}/composition.mp4`) and, once uploaded, `url`: the provider's signed URL (S3, Azure, GCS), or for local and SFTP profiles a recorder-served signed URL (`getCompositionAsAttachment`, no API key, `Range` supported). 404 while the conversation has no stopped instance, and for another organization's conversation.",
     params(("conversationId" = String, Path, description = "conversationId")),
     responses(
         (status = 200, description = "OK", body = RecordingDataMessage),
@@ -93,5 +93,14 @@ pub async fn composition(
     if !grant.may_use_application(&view.instance.application_id) {
         return Err(missing());
     }
-    Ok(HttpResponse::Ok().json(composition_message(&view.composition, &view.instance, view.url)))
+    // Profiles without provider URLs (local, SFTP): the recorder serves the uploaded composition
+    // itself behind its own signed URL.
+    let url = view.url.or_else(|| {
+        view.composition.uploaded.map(|_| {
+            let path = super::tracks::composition_attachment_path(&view.composition.organization_id, &conversation_id);
+            let signed = state.signer.sign("GET", &path, chrono::Utc::now());
+            format!("{}{path}?{}", state.public_url, signed.to_query())
+        })
+    });
+    Ok(HttpResponse::Ok().json(composition_message(&view.composition, &view.instance, url)))
 }

@@ -4,13 +4,18 @@
 use actix_files::NamedFile;
 use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{web, HttpRequest, HttpResponse};
-use recorder_actors::messages::{ArtefactSource, ResolveTrackFile};
+use recorder_actors::messages::{ArtefactSource, ResolveCompositionFile, ResolveTrackFile, TrackFile};
 
 use super::cobrowse::{unlinked_file, verify_signature, SignatureQuery};
 use super::dto::Resource;
 use super::error::{ApiError, ErrorBody};
 use super::validate::check_id;
 use super::{AppState, BASE_PATH};
+
+/// The canonical path a composition download URL is signed for.
+pub fn composition_attachment_path(organization: &str, conversation: &str) -> String {
+    format!("{BASE_PATH}/recordings/attachment/composition/{organization}/{conversation}")
+}
 
 /// The canonical path a track download URL is signed for.
 pub fn track_attachment_path(conversation: &str, recorder: &str, instance: &str, stream: &str, track: &str) -> String {
@@ -74,6 +79,11 @@ pub async fn attachment(
             track_id,
         })
         .await??;
+    serve(&req, track).await
+}
+
+/// Serves a resolved file as an attachment; `Range` is handled by `NamedFile`.
+async fn serve(req: &HttpRequest, track: TrackFile) -> Result<HttpResponse, ApiError> {
     let named = match track.source {
         ArtefactSource::File(path) => NamedFile::open_async(&path).await,
         // The open file stays readable after its name is gone; nothing is left behind.
@@ -96,5 +106,52 @@ pub async fn attachment(
             disposition: DispositionType::Attachment,
             parameters: vec![DispositionParam::Filename(track.file_name)],
         });
-    Ok(named.into_response(&req))
+    Ok(named.into_response(req))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/attachment/composition/{organizationId}/{conversationId}",
+    tag = "Composition Controller",
+    operation_id = "getCompositionAsAttachment",
+    summary = "getCompositionAsAttachment",
+    description = "Downloads an uploaded composition (`composition.mp4`) through the signed `url` that the composition's track carries when its storage profile has no provider-signed URLs (local filesystem, SFTP; for SFTP the recorder fetches the object from the server). The signature is the authority: no API key is needed. Supports `Range` (206 with `Content-Range`; 416 for unsatisfiable ranges). A tampered, expired or foreign signature is 403; a composition that is not uploaded is 404.",
+    params(
+        ("organizationId" = String, Path, description = "organizationId"),
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("Date" = String, Query, description = "Date"),
+        ("Expires" = String, Query, description = "Expires"),
+        ("Signature" = String, Query, description = "Signature"),
+        ("Range" = Option<String>, Header, description = "Range"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = Resource, content_type = "video/mp4"),
+        (status = 206, description = "Partial Content"),
+        (status = 400, description = "Bad Request", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 416, description = "Range Not Satisfiable", body = ErrorBody),
+    ),
+    security(())
+)]
+pub async fn composition_attachment(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<SignatureQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (organization_id, conversation_id) = path.into_inner();
+    let max = state.settings.limits.max_id_len;
+    check_id("organizationId", &organization_id, max)?;
+    check_id("conversationId", &conversation_id, max)?;
+    let signed_path = composition_attachment_path(&organization_id, &conversation_id);
+    verify_signature(&state, &signed_path, &query)?;
+    let file = state
+        .registry
+        .send(ResolveCompositionFile {
+            organization_id,
+            conversation_id,
+        })
+        .await??;
+    serve(&req, file).await
 }

@@ -81,6 +81,39 @@ fn stored_composition(app: &TestApp, conversation: &str) -> PathBuf {
         .join("composition.mp4")
 }
 
+/// Waits until the instance's `recording.json` in the LOCAL storage folder lists the uploaded
+/// composition, and checks that it names `composition.mp4`'s location.
+fn manifest_lists_composition(app: &TestApp, event: &Value, message: &Value) {
+    let manifest_path = app.root.join("storage").join(format!(
+        "org-a/app-a/{}/{}/{}/recording.json",
+        event["conversationId"].as_str().unwrap(),
+        event["recorderId"].as_str().unwrap(),
+        event["instanceId"].as_str().unwrap()
+    ));
+    let manifest: Value = poll(Duration::from_secs(30), "recording.json lists the composition", || {
+        std::fs::read(&manifest_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(|m| m["composition"].is_object())
+    });
+    let location = manifest["composition"]["location"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{manifest:#}"));
+    assert!(location.ends_with("/composition.mp4"), "{location}");
+    assert_eq!(
+        message["streams"][0]["tracks"][0]["storage"]["objectStorage"]["location"].as_str(),
+        Some(location),
+        "{manifest:#}"
+    );
+    assert!(manifest["composition"]["uploaded"].is_string(), "{manifest:#}");
+    assert!(
+        manifest["composition"]["size"].as_u64().is_some_and(|n| n > 0),
+        "{manifest:#}"
+    );
+    // Additions only: the instance's own fields are still there.
+    assert_eq!(manifest["instanceId"], event["instanceId"], "{manifest:#}");
+}
+
 fn ffprobe(path: &Path, entries: &str) -> String {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-show_entries", entries, "-of", "default=nw=1:nk=1"])
@@ -432,6 +465,8 @@ fn a_recomposition_reads_tracks_already_deleted_locally_from_storage() {
     app.stop(&second);
     let message = wait_composed(&app, &conversation, &second["instanceId"]);
     assert!(message["error"].is_null(), "{message:#}");
+    // The newest instance's recording.json lists the re-composition.
+    manifest_lists_composition(&app, &second, &message);
     let path = stored_composition(&app, &conversation);
     let t = first_secs / 2.0;
     assert!(
@@ -447,4 +482,75 @@ fn a_recomposition_reads_tracks_already_deleted_locally_from_storage() {
         "{t}: {:?}",
         pixel(&path, t, 960, 360)
     );
+}
+
+/// LOCAL profile: the composition's `url` is served by the recorder behind its signed URL: no
+/// API key, the stored bytes, Range, and 403 when tampered with.
+#[test]
+fn a_local_profile_composition_is_served_by_the_recorder_behind_a_signed_url() {
+    let _media = media_lock();
+    let app = TestApp::spawn_uploading();
+    let conversation = unique("compose4");
+    let conference = unique("room");
+    let event = app.start(&conversation, &conference, true, true);
+    wait_ok(send_participant(&app, &conference, "alice", "red", 440, 2.0), "alice");
+    app.stop(&event);
+    let message = wait_composed(&app, &conversation, &event["instanceId"]);
+    let track = &message["streams"][0]["tracks"][0];
+    let url = track["url"].as_str().unwrap_or_else(|| panic!("no url: {message:#}"));
+    assert!(
+        url.starts_with(&format!(
+            "{}{BASE_PATH}/recordings/attachment/composition/",
+            app.base_url
+        )),
+        "{url}"
+    );
+    let stored = stored_composition(&app, &conversation);
+    let expected = std::fs::read(&stored).unwrap_or_else(|e| panic!("{}: {e}", stored.display()));
+    let len = expected.len();
+    assert!(len > 300, "{len}");
+
+    let whole = app.request("GET", url, &[], None);
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    assert!(
+        whole.body == expected,
+        "the download differs from the stored composition"
+    );
+    assert!(
+        whole
+            .header("content-disposition")
+            .is_some_and(|d| d.contains("composition.mp4")),
+        "{:?}",
+        whole.headers
+    );
+    let part = app.request("GET", url, &[("Range", "bytes=100-199")], None);
+    assert_eq!(part.status, 206, "{}", part.text());
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 100-199/{len}").as_str())
+    );
+    assert!(
+        part.body == expected[100..200],
+        "the range differs from the stored bytes"
+    );
+
+    let (path, query) = url.split_once('?').unwrap();
+    let signature_at = query.find("Signature=").unwrap() + "Signature=".len();
+    let mut flipped = query.to_string();
+    let c = if &query[signature_at..signature_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    flipped.replace_range(signature_at..signature_at + 1, c);
+    let (org_path, _) = path.rsplit_once('/').unwrap();
+    for tampered in [
+        format!("{path}?{flipped}"),
+        format!("{org_path}/{}?{query}", unique("other")),
+    ] {
+        app.request("GET", &tampered, &[], None).assert_error(403);
+    }
+
+    // The instance's recording.json is rewritten to list the composition.
+    manifest_lists_composition(&app, &event, &message);
 }

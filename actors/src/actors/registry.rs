@@ -693,6 +693,59 @@ impl Handler<ResolveTrackFile> for Registry {
     }
 }
 
+impl Handler<ResolveCompositionFile> for Registry {
+    type Result = ResponseFuture<Result<TrackFile, EngineError>>;
+
+    fn handle(&mut self, msg: ResolveCompositionFile, _ctx: &mut Self::Context) -> Self::Result {
+        let message = format!("no uploaded composition for conversation {}", msg.conversation_id);
+        let missing = move || EngineError::not_found(message.clone());
+        let resolved = (|| {
+            let composition = self
+                .store
+                .get_composition(&msg.organization_id, &msg.conversation_id)?
+                .ok_or_else(missing.clone())?;
+            // Only the key the recorder itself recorded is read.
+            let key = composition
+                .key
+                .clone()
+                .filter(|_| composition.uploaded.is_some())
+                .ok_or_else(missing.clone())?;
+            let profile = self
+                .config
+                .application(&composition.organization_id, &composition.application_id)
+                .ok_or_else(missing.clone())?
+                .clone();
+            Ok::<_, EngineError>((profile, key))
+        })();
+        async move {
+            let (profile, key) = resolved?;
+            let file_name = key.rsplit('/').next().unwrap_or(&key).to_string();
+            if let Some(path) = profile.backend.local_path(&key) {
+                return Ok(TrackFile {
+                    source: ArtefactSource::File(path),
+                    file_name,
+                });
+            }
+            // Streamed to a temp file, not into memory: a composition can be large.
+            let temp = std::env::temp_dir().join(format!("rtc-recorder-composition-{}", uuid::Uuid::new_v4().simple()));
+            match profile.backend.get_to_file(&key, &temp).await {
+                Ok(_) => Ok(TrackFile {
+                    source: ArtefactSource::Downloaded(temp),
+                    file_name,
+                }),
+                Err(err) => {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    match err {
+                        StorageError::NotFound(_) => Err(missing()),
+                        err => Err(err.into()),
+                    }
+                }
+            }
+        }
+        .boxed_local()
+    }
+}
+
 impl Handler<ProviderCobrowseUrl> for Registry {
     type Result = ResponseFuture<Result<Option<String>, EngineError>>;
 

@@ -274,6 +274,9 @@ async fn run_job(
                 c.uploaded = Some(now);
                 Ok(())
             })?;
+            // The newest stopped instance's `recording.json` is rewritten to list the
+            // composition (same profile, so this uploader runs it).
+            crate::actors::registry::enqueue_artefact(store.as_ref(), &record, ArtefactKind::Manifest)?;
             store.finish_job(&job.key, job.generation)?;
             store.flush().await?;
             if !keep_local {
@@ -415,12 +418,33 @@ fn render(
             "sessionId": session_id,
             "events": store.cobrowse_events(&record.instance_id, session_id)?,
         }),
-        ArtefactKind::Manifest => return Ok((config.render_manifest)(record)),
+        ArtefactKind::Manifest => return Ok(with_composition(store, record, (config.render_manifest)(record))),
         ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } => {
             unreachable!("files are uploaded from disk, not rendered")
         }
     };
     Ok(serde_json::to_vec_pretty(&value).expect("json values always serialize"))
+}
+
+/// Adds `composition {location, size, uploaded}` to a rendered manifest once the conversation's
+/// composition is uploaded; the rendered fields are left as they are.
+fn with_composition(store: &dyn StateStore, record: &InstanceRecord, manifest: Vec<u8>) -> Vec<u8> {
+    let composition = match store.get_composition(&record.organization_id, &record.conversation_id) {
+        Ok(Some(c)) if c.uploaded.is_some() && c.location.is_some() => c,
+        _ => return manifest,
+    };
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice::<serde_json::Value>(&manifest) else {
+        return manifest;
+    };
+    fields.insert(
+        "composition".to_string(),
+        json!({
+            "location": composition.location,
+            "size": composition.size,
+            "uploaded": composition.uploaded,
+        }),
+    );
+    serde_json::to_vec_pretty(&serde_json::Value::Object(fields)).expect("json values always serialize")
 }
 
 impl Actor for Uploader {
