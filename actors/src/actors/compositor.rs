@@ -54,7 +54,7 @@ impl Compositor {
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let records = match self.store.compositions() {
+        let records = match self.store.pending_compositions() {
             Ok(records) => records,
             Err(err) => {
                 tracing::error!(error = %err, "composition queue unreadable");
@@ -503,7 +503,7 @@ impl Handler<Snapshot> for Compositor {
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         let num_queued = self
             .store
-            .compositions()
+            .pending_compositions()
             .map(|c| c.iter().filter(|c| c.state == CompositionState::Queued).count())
             .unwrap_or(0);
         MessageResult(ActorSnapshot {

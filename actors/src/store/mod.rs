@@ -183,6 +183,9 @@ pub trait StateStore: Send + Sync + 'static {
         change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
     ) -> StoreResult<CompositionRecord>;
     fn compositions(&self) -> StoreResult<Vec<CompositionRecord>>;
+    /// Compositions still to run (`Queued` or `Composing`), without reading the finished ones:
+    /// the compositor asks on every stop, and finished records accumulate.
+    fn pending_compositions(&self) -> StoreResult<Vec<CompositionRecord>>;
 
     /// Makes every earlier write durable (fsync).
     fn flush(&self) -> BoxFuture<'static, StoreResult<()>>;

@@ -43,6 +43,10 @@ pub struct SledStore {
     cobrowse: sled::Tree,
     jobs: sled::Tree,
     compositions: sled::Tree,
+    /// Keys of compositions that may still need to run. Kept beside `compositions` (not in one
+    /// transaction with it) and rebuilt from it at open, so a crash between the two writes can
+    /// only leave a stale key, which readers skip by the record's state.
+    compositions_pending: sled::Tree,
 }
 
 impl SledStore {
@@ -58,6 +62,7 @@ impl SledStore {
             cobrowse: db.open_tree("cobrowse").map_err(io)?,
             jobs: db.open_tree("jobs").map_err(io)?,
             compositions: db.open_tree("compositions").map_err(io)?,
+            compositions_pending: db.open_tree("compositions_pending").map_err(io)?,
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
         let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
@@ -71,7 +76,21 @@ impl SledStore {
                 supported: STORE_FORMAT,
             });
         }
+        store.rebuild_pending_compositions()?;
         Ok(store)
+    }
+
+    /// Rebuilds the index of pending compositions from the records (see `compositions_pending`).
+    fn rebuild_pending_compositions(&self) -> StoreResult<()> {
+        self.compositions_pending.clear().map_err(io)?;
+        for item in self.compositions.iter() {
+            let (key, value) = item.map_err(io)?;
+            let record: CompositionRecord = decode("compositions", &key, &value)?;
+            if is_pending(&record) {
+                self.compositions_pending.insert(key, &[]).map_err(io)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -161,6 +180,10 @@ impl Drop for Committer {
             let _ = thread.join();
         }
     }
+}
+
+fn is_pending(record: &CompositionRecord) -> bool {
+    matches!(record.state, CompositionState::Queued | CompositionState::Composing)
 }
 
 fn io(err: sled::Error) -> StoreError {
@@ -497,6 +520,7 @@ impl StateStore for SledStore {
                 .map_err(io)?
                 .is_ok()
             {
+                self.compositions_pending.insert(&key, &[]).map_err(io)?;
                 return Ok(next);
             }
         }
@@ -531,9 +555,28 @@ impl StateStore for SledStore {
                 .map_err(io)?
                 .is_ok()
             {
+                if is_pending(&record) {
+                    self.compositions_pending.insert(&key, &[]).map_err(io)?;
+                } else {
+                    self.compositions_pending.remove(&key).map_err(io)?;
+                }
                 return Ok(record);
             }
         }
+    }
+
+    fn pending_compositions(&self) -> StoreResult<Vec<CompositionRecord>> {
+        let mut out = Vec::new();
+        for item in self.compositions_pending.iter() {
+            let (key, _) = item.map_err(io)?;
+            if let Some(bytes) = self.compositions.get(&key).map_err(io)? {
+                let record: CompositionRecord = decode("compositions", &key, &bytes)?;
+                if is_pending(&record) {
+                    out.push(record);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn compositions(&self) -> StoreResult<Vec<CompositionRecord>> {
@@ -808,6 +851,42 @@ mod tests {
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.all_instances().unwrap().len(), 320);
+    }
+
+    #[test]
+    fn pending_compositions_follow_their_state_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let now = Utc::now();
+            store.queue_composition("o", "c1", "a", "i1", now).unwrap();
+            store.queue_composition("o", "c2", "a", "i2", now).unwrap();
+            store
+                .update_composition("o", "c1", &mut |c| {
+                    c.state = CompositionState::Done;
+                    Ok(())
+                })
+                .unwrap();
+            let pending: Vec<_> = store.pending_compositions().unwrap().into_iter().map(|c| c.conversation_id).collect();
+            assert_eq!(pending, vec!["c2"]);
+            // A finished record queued again is pending again.
+            store.queue_composition("o", "c1", "a", "i3", now).unwrap();
+            assert_eq!(store.pending_compositions().unwrap().len(), 2);
+            // A key left behind (a crash between the two trees) is skipped by state.
+            store
+                .update_composition("o", "c2", &mut |c| {
+                    c.state = CompositionState::Failed;
+                    Ok(())
+                })
+                .unwrap();
+            store.compositions_pending.insert(key2("o", "c2"), &[]).unwrap();
+            let pending: Vec<_> = store.pending_compositions().unwrap().into_iter().map(|c| c.conversation_id).collect();
+            assert_eq!(pending, vec!["c1"]);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let pending: Vec<_> = store.pending_compositions().unwrap().into_iter().map(|c| c.conversation_id).collect();
+        assert_eq!(pending, vec!["c1"], "the index is rebuilt from the records at open");
+        assert_eq!(store.compositions().unwrap().len(), 2);
     }
 
     #[test]
