@@ -867,7 +867,12 @@ mod tests {
                     Ok(())
                 })
                 .unwrap();
-            let pending: Vec<_> = store.pending_compositions().unwrap().into_iter().map(|c| c.conversation_id).collect();
+            let pending: Vec<_> = store
+                .pending_compositions()
+                .unwrap()
+                .into_iter()
+                .map(|c| c.conversation_id)
+                .collect();
             assert_eq!(pending, vec!["c2"]);
             // A finished record queued again is pending again.
             store.queue_composition("o", "c1", "a", "i3", now).unwrap();
@@ -880,11 +885,21 @@ mod tests {
                 })
                 .unwrap();
             store.compositions_pending.insert(key2("o", "c2"), &[]).unwrap();
-            let pending: Vec<_> = store.pending_compositions().unwrap().into_iter().map(|c| c.conversation_id).collect();
+            let pending: Vec<_> = store
+                .pending_compositions()
+                .unwrap()
+                .into_iter()
+                .map(|c| c.conversation_id)
+                .collect();
             assert_eq!(pending, vec!["c1"]);
         }
         let store = SledStore::open(dir.path()).unwrap();
-        let pending: Vec<_> = store.pending_compositions().unwrap().into_iter().map(|c| c.conversation_id).collect();
+        let pending: Vec<_> = store
+            .pending_compositions()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.conversation_id)
+            .collect();
         assert_eq!(pending, vec!["c1"], "the index is rebuilt from the records at open");
         assert_eq!(store.compositions().unwrap().len(), 2);
     }
