@@ -18,7 +18,7 @@ use crate::messages::*;
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::storage::{verify, StorageError, VerificationReport};
 use crate::store::{ArtefactKind, StateStore, StoreError, UploadJob};
-use crate::{EngineConfig, EngineError};
+use crate::{ApplicationProfile, EngineConfig, EngineError};
 
 type ProfileKey = (String, String);
 type ConversationKey = (String, String);
@@ -666,30 +666,39 @@ impl Handler<ResolveTrackFile> for Registry {
         })();
         async move {
             let (profile, key) = resolved?;
-            let file_name = key.rsplit('/').next().unwrap_or(&key).to_string();
-            if let Some(path) = profile.backend.local_path(&key) {
-                return Ok(TrackFile {
-                    source: ArtefactSource::File(path),
-                    file_name,
-                });
-            }
-            // Streamed to a temp file, not into memory: a track can be hundreds of MiB.
-            let temp = std::env::temp_dir().join(format!("rtc-recorder-track-{}", uuid::Uuid::new_v4().simple()));
-            match profile.backend.get_to_file(&key, &temp).await {
-                Ok(_) => Ok(TrackFile {
-                    source: ArtefactSource::Downloaded(temp),
-                    file_name,
-                }),
-                Err(err) => {
-                    let _ = tokio::fs::remove_file(&temp).await;
-                    match err {
-                        StorageError::NotFound(_) => Err(missing()),
-                        err => Err(err.into()),
-                    }
-                }
-            }
+            fetch_for_download(profile, key, missing).await
         }
         .boxed_local()
+    }
+}
+
+/// An uploaded object ready to serve: the file itself for backends on this node, else a copy
+/// streamed to a temp file (never into memory: tracks and compositions can be large).
+async fn fetch_for_download(
+    profile: Arc<ApplicationProfile>,
+    key: String,
+    missing: impl Fn() -> EngineError,
+) -> Result<TrackFile, EngineError> {
+    let file_name = key.rsplit('/').next().unwrap_or(&key).to_string();
+    if let Some(path) = profile.backend.local_path(&key) {
+        return Ok(TrackFile {
+            source: ArtefactSource::File(path),
+            file_name,
+        });
+    }
+    let temp = std::env::temp_dir().join(format!("rtc-recorder-download-{}", uuid::Uuid::new_v4().simple()));
+    match profile.backend.get_to_file(&key, &temp).await {
+        Ok(_) => Ok(TrackFile {
+            source: ArtefactSource::Downloaded(temp),
+            file_name,
+        }),
+        Err(err) => {
+            let _ = tokio::fs::remove_file(&temp).await;
+            match err {
+                StorageError::NotFound(_) => Err(missing()),
+                err => Err(err.into()),
+            }
+        }
     }
 }
 
@@ -719,28 +728,7 @@ impl Handler<ResolveCompositionFile> for Registry {
         })();
         async move {
             let (profile, key) = resolved?;
-            let file_name = key.rsplit('/').next().unwrap_or(&key).to_string();
-            if let Some(path) = profile.backend.local_path(&key) {
-                return Ok(TrackFile {
-                    source: ArtefactSource::File(path),
-                    file_name,
-                });
-            }
-            // Streamed to a temp file, not into memory: a composition can be large.
-            let temp = std::env::temp_dir().join(format!("rtc-recorder-composition-{}", uuid::Uuid::new_v4().simple()));
-            match profile.backend.get_to_file(&key, &temp).await {
-                Ok(_) => Ok(TrackFile {
-                    source: ArtefactSource::Downloaded(temp),
-                    file_name,
-                }),
-                Err(err) => {
-                    let _ = tokio::fs::remove_file(&temp).await;
-                    match err {
-                        StorageError::NotFound(_) => Err(missing()),
-                        err => Err(err.into()),
-                    }
-                }
-            }
+            fetch_for_download(profile, key, missing).await
         }
         .boxed_local()
     }
