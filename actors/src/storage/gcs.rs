@@ -183,14 +183,12 @@ impl StorageBackend for GcsBackend {
     }
 
     fn url(&self) -> String {
-        let base = match &self.settings.endpoint {
-            Some(endpoint) => format!("{}/{}", super::credential_free(endpoint), self.settings.bucket),
-            None => format!("gs://{}", self.settings.bucket),
-        };
-        match self.settings.key_prefix.trim_matches('/') {
-            "" => base,
-            prefix => format!("{base}/{prefix}"),
-        }
+        super::bucket_url(
+            "gs",
+            self.settings.endpoint.as_deref(),
+            &self.settings.bucket,
+            &self.settings.key_prefix,
+        )
     }
 
     fn location(&self, key: &str) -> String {

@@ -318,6 +318,19 @@ fn local_file_error(path: &Path, err: std::io::Error) -> StorageError {
     }
 }
 
+/// A bucket's credential-free URL: `{endpoint}/{bucket}` for a custom endpoint, else
+/// `{scheme}://{bucket}`, with the key prefix appended when there is one.
+pub(crate) fn bucket_url(scheme: &str, endpoint: Option<&str>, bucket: &str, key_prefix: &str) -> String {
+    let base = match endpoint {
+        Some(endpoint) => format!("{}/{bucket}", credential_free(endpoint)),
+        None => format!("{scheme}://{bucket}"),
+    };
+    match key_prefix.trim_matches('/') {
+        "" => base,
+        prefix => format!("{base}/{prefix}"),
+    }
+}
+
 /// Refuses keys that could leave the profile's root: empty or dot segments, absolute paths,
 /// backslashes and NUL.
 pub fn validate_key(key: &str) -> StorageResult<()> {

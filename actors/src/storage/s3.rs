@@ -161,14 +161,12 @@ impl StorageBackend for S3Backend {
     }
 
     fn url(&self) -> String {
-        let base = match &self.settings.endpoint {
-            Some(endpoint) => format!("{}/{}", super::credential_free(endpoint), self.settings.bucket),
-            None => format!("s3://{}", self.settings.bucket),
-        };
-        match self.settings.key_prefix.trim_matches('/') {
-            "" => base,
-            prefix => format!("{base}/{prefix}"),
-        }
+        super::bucket_url(
+            "s3",
+            self.settings.endpoint.as_deref(),
+            &self.settings.bucket,
+            &self.settings.key_prefix,
+        )
     }
 
     fn location(&self, key: &str) -> String {
