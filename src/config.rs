@@ -153,6 +153,7 @@ struct RawMedia {
     reconnect_grace_secs: u64,
     idle_timeout_secs: u64,
     flush_interval_ms: u64,
+    fsync_interval_ms: u64,
     writer_queue_frames: usize,
     reorder_window_ms: u64,
     mdns: bool,
@@ -169,6 +170,7 @@ pub struct Media {
     pub reconnect_grace_secs: u64,
     pub idle_timeout_secs: u64,
     pub flush_interval_ms: u64,
+    pub fsync_interval_ms: u64,
     pub writer_queue_frames: usize,
     pub reorder_window_ms: u64,
     pub mdns: bool,
@@ -762,6 +764,7 @@ impl RawMedia {
         for (key, value) in [
             ("media.idle_timeout_secs", self.idle_timeout_secs),
             ("media.flush_interval_ms", self.flush_interval_ms),
+            ("media.fsync_interval_ms", self.fsync_interval_ms),
             ("media.reorder_window_ms", self.reorder_window_ms),
             ("media.writer_queue_frames", self.writer_queue_frames as u64),
         ] {
@@ -771,6 +774,9 @@ impl RawMedia {
         }
         if self.flush_interval_ms > 60_000 {
             return Err(invalid("media.flush_interval_ms", "must be at most 60000"));
+        }
+        if self.fsync_interval_ms > 600_000 {
+            return Err(invalid("media.fsync_interval_ms", "must be at most 600000"));
         }
         if self.reorder_window_ms > 5_000 {
             return Err(invalid("media.reorder_window_ms", "must be at most 5000"));
@@ -788,6 +794,7 @@ impl RawMedia {
             reconnect_grace_secs: self.reconnect_grace_secs,
             idle_timeout_secs: self.idle_timeout_secs,
             flush_interval_ms: self.flush_interval_ms,
+            fsync_interval_ms: self.fsync_interval_ms,
             writer_queue_frames: self.writer_queue_frames,
             reorder_window_ms: self.reorder_window_ms,
             mdns: self.mdns,
@@ -839,6 +846,7 @@ mod tests {
             ("[media]\nrtp_port_min = 50000\nrtp_port_max = 50001", "media.rtp_port_max"),
             ("[media]\nbind_ip = \"0.0.0.0\"", "media.announce_ip"),
             ("[media]\nflush_interval_ms = 0", "media.flush_interval_ms"),
+            ("[media]\nfsync_interval_ms = 0", "media.fsync_interval_ms"),
             ("[composition]\nconcurrency = 0", "composition.concurrency"),
             ("[composition]\nfps = 0", "composition.fps"),
             ("[composition]\nwidth = 10", "composition.width"),

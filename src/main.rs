@@ -207,6 +207,7 @@ fn media_config(settings: &Settings) -> MediaConfig {
         },
         writer: WriterConfig {
             flush_interval: Duration::from_millis(m.flush_interval_ms),
+            fsync_interval: Duration::from_millis(m.fsync_interval_ms),
             queue_capacity: m.writer_queue_frames,
             ..WriterConfig::default()
         },

@@ -131,10 +131,11 @@ fn with_no_publisher_back_within_the_window_the_instance_is_aborted_and_its_medi
 #[test]
 fn senders_that_keep_sending_across_a_kill_9_are_recorded_again_on_the_same_ports() {
     let _media = media_lock();
-    // Loss has three parts: what was not yet flushed at the kill (≤ the flush interval), the
-    // downtime, and for video the wait for the next keyframe after the restart — FFmpeg ignores
-    // PLI, so that is its keyframe interval. 0.5 s + 0.33 s keeps the sum within downtime + 1 s.
-    let mut app = TestApp::spawn_with("flush_interval_ms = 500");
+    // Loss has three parts: what was not yet flushed at the kill (≤ the default 250 ms flush
+    // interval), the downtime, and for video the wait for the next keyframe after the restart —
+    // FFmpeg ignores PLI, so that is the sender's keyframe interval (10 frames, 0.33 s, as a
+    // WebRTC sender's answer to a PLI would be). Default settings throughout.
+    let mut app = TestApp::spawn();
     let conference = unique("room");
     let event = app.start(&unique("call"), &conference, true, true);
     let publish = |user: &str, kind: &str, line: (&str, u8, &str)| {

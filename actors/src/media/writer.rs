@@ -3,9 +3,10 @@
 //! executor), fed by a bounded channel: a slow disk fills the channel, frames are then dropped and
 //! counted, and the receiving side is told to wait for the next keyframe — it never blocks.
 //!
-//! The file is flushed (muxer cluster closed, buffers written, data fsynced) at least every
-//! `flush_interval`, so a crash loses at most that much and the file stays readable up to the last
-//! flush. `finish` writes the trailer (cues, duration).
+//! The file is flushed (muxer cluster closed, buffers written to the kernel) at least every
+//! `flush_interval`, so a process crash loses at most that much and the file stays readable up to
+//! the last flush; every `fsync_interval` a flush also fsyncs, bounding what a power loss costs.
+//! `finish` writes the trailer (cues, duration).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +24,11 @@ use super::MediaError;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
+    /// How often the muxer's buffered cluster is handed to the kernel: what a process crash
+    /// (`kill -9` included) can cost at most, since the page cache outlives the process.
     pub flush_interval: Duration,
+    /// How often a flush also fsyncs the file: what a power loss or kernel crash can cost.
+    pub fsync_interval: Duration,
     /// Frames the channel holds before new ones are dropped: ~8 s of 30 fps video; a disk that
     /// stalls longer than that costs frames, not memory.
     pub queue_capacity: usize,
@@ -34,7 +39,8 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            flush_interval: Duration::from_secs(1),
+            flush_interval: Duration::from_millis(250),
+            fsync_interval: Duration::from_secs(1),
             queue_capacity: 256,
             slow_write: Duration::from_millis(200),
         }
@@ -212,6 +218,7 @@ fn run(
     let mut error: Option<String> = None;
     let mut first_wall: Option<i64> = None;
     let mut next_flush = Instant::now() + config.flush_interval;
+    let mut next_sync = Instant::now() + config.fsync_interval;
     let tick = config.flush_interval.min(Duration::from_millis(100));
     let mut handle = |frame: TimedFrame, muxer: &mut Option<Muxer>, error: &mut Option<String>| {
         if error.is_some() {
@@ -267,7 +274,11 @@ fn run(
         if Instant::now() >= next_flush {
             if let (Some(m), None) = (muxer.as_mut(), &error) {
                 let started = Instant::now();
-                if let Err(e) = m.flush() {
+                let sync = started >= next_sync;
+                if sync {
+                    next_sync = started + config.fsync_interval;
+                }
+                if let Err(e) = m.flush(sync) {
                     tracing::error!(path = %path.display(), error = %e, "track flush failed");
                     stats.num_errors.fetch_add(1, Ordering::Relaxed);
                     error = Some(e.to_string());
@@ -459,8 +470,9 @@ impl Muxer {
         ticks * 1_000_000 / i64::from(self.codec.clock_rate())
     }
 
-    /// Closes the current cluster, writes FFmpeg's buffers, and fsyncs the file.
-    fn flush(&mut self) -> Result<(), MediaError> {
+    /// Closes the current cluster and writes FFmpeg's buffers to the file; with `sync`, also
+    /// fsyncs it.
+    fn flush(&mut self, sync: bool) -> Result<(), MediaError> {
         // SAFETY: the context is valid and its header was written; a NULL packet asks a muxer
         // with AVFMT_ALLOW_FLUSH (Matroska) to flush its buffered cluster; pb is the open file.
         unsafe {
@@ -472,6 +484,9 @@ impl Muxer {
             if !(*ctx).pb.is_null() {
                 ffi::avio_flush((*ctx).pb);
             }
+        }
+        if !sync {
+            return Ok(());
         }
         // fsync through a second descriptor: it syncs the same inode.
         std::fs::File::open(&self.path)
