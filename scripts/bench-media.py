@@ -77,7 +77,10 @@ def main():
     key = "bench-key-0123456789"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
     env.update(RECORDER_BIND="127.0.0.1:0", RECORDER_DATA_DIR=os.path.join(work, "data"), RECORDER_API_KEY=key, RECORDER_LOG="warn",
-               RECORDER_MEDIA__RTP_PORT_MIN="24000", RECORDER_MEDIA__RTP_PORT_MAX="24999")
+               RECORDER_MEDIA__RTP_PORT_MIN="24000", RECORDER_MEDIA__RTP_PORT_MAX="24999",
+               # The track files are counted where they were written: keep them there, and keep
+               # the compositor (which would release them after its run) out of the measurement.
+               RECORDER_UPLOADS__DELETE_LOCAL_AFTER_UPLOAD="false", RECORDER_COMPOSITION__ENABLED="false")
     recorder = subprocess.Popen([args.binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     base = None
     for line in recorder.stdout:
