@@ -33,11 +33,21 @@ impl Recorder {
     }
 
     fn first(&self) -> MultipartProgress {
-        self.reports.lock().unwrap().first().cloned().expect("progress was reported")
+        self.reports
+            .lock()
+            .unwrap()
+            .first()
+            .cloned()
+            .expect("progress was reported")
     }
 
     fn latest(&self) -> MultipartProgress {
-        self.reports.lock().unwrap().last().cloned().expect("progress was reported")
+        self.reports
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("progress was reported")
     }
 
     /// Part numbers acknowledged after the starting point (S3, Azure).
@@ -212,7 +222,10 @@ async fn an_interrupted_azure_block_upload_resumes_with_the_blocks_already_store
     let back = restarted.get(key).await.unwrap();
     assert_eq!(back.len() as u64, size);
     assert_eq!(md5_hex(&back), md5, "the object is the file, byte for byte");
-    assert_eq!(restarted.head(key).await.unwrap().md5_hex.as_deref(), Some(md5.as_str()));
+    assert_eq!(
+        restarted.head(key).await.unwrap().md5_hex.as_deref(),
+        Some(md5.as_str())
+    );
 
     // Committing the block list discarded the uncommitted blocks: the same progress again finds
     // nothing to reuse and sends every block.
@@ -238,7 +251,11 @@ async fn an_interrupted_azure_block_upload_resumes_with_the_blocks_already_store
         .put_file_resumable(key, &path, Some(other_saved), fifth.sink())
         .await
         .unwrap();
-    assert_eq!(fifth.sent_parts().len(), num_blocks, "blocks of another file were reused");
+    assert_eq!(
+        fifth.sent_parts().len(),
+        num_blocks,
+        "blocks of another file were reused"
+    );
     assert_eq!(md5_hex(&restarted.get(key).await.unwrap()), md5);
 
     // Progress of a file of another length is not applied at all.
@@ -300,16 +317,28 @@ async fn an_interrupted_gcs_resumable_session_continues_from_the_confirmed_offse
     );
     let start = second.first();
     assert_eq!(start.upload_id, saved.upload_id, "a new session was opened");
-    assert!(start.offset >= saved.offset, "resumed at {} after {} were confirmed", start.offset, saved.offset);
+    assert!(
+        start.offset >= saved.offset,
+        "resumed at {} after {} were confirmed",
+        start.offset,
+        saved.offset
+    );
     assert_eq!(start.offset % PART_SIZE as u64, 0, "{start:?}");
     let sent = second.sent_chunks();
     let num_chunks_held = (start.offset / PART_SIZE as u64) as usize;
-    assert_eq!(sent.len(), num_chunks - num_chunks_held, "chunks sent on resume: {sent:?}");
+    assert_eq!(
+        sent.len(),
+        num_chunks - num_chunks_held,
+        "chunks sent on resume: {sent:?}"
+    );
     assert_eq!(sent.last(), Some(&size));
     let back = restarted.get(key).await.unwrap();
     assert_eq!(back.len() as u64, size);
     assert_eq!(md5_hex(&back), md5, "the object is the file, byte for byte");
-    assert_eq!(restarted.head(key).await.unwrap().md5_hex.as_deref(), Some(md5.as_str()));
+    assert_eq!(
+        restarted.head(key).await.unwrap().md5_hex.as_deref(),
+        Some(md5.as_str())
+    );
 
     // The session completed, so the service forgot it: the same progress opens a new session
     // and sends the whole file.
@@ -360,7 +389,9 @@ async fn an_interrupted_sftp_upload_continues_its_temp_file() {
     let md5 = write_pattern_file(&path, size, 14);
     let num_parts = 9;
     let key = "org/app/conv/rec/inst/streams/s1/t1.webm";
-    let remote_dir = Path::new(&settings.root).join(&prefix).join("org/app/conv/rec/inst/streams/s1");
+    let remote_dir = Path::new(&settings.root)
+        .join(&prefix)
+        .join("org/app/conv/rec/inst/streams/s1");
 
     let first = Arc::new(Recorder::default());
     let upload = backend.put_file_resumable(key, &path, None, first.sink());
@@ -372,7 +403,11 @@ async fn an_interrupted_sftp_upload_continues_its_temp_file() {
         "an interrupted upload must not be visible"
     );
     let tmp_name = saved.upload_id.rsplit('/').next().unwrap().to_string();
-    assert_eq!(temp_files(&remote_dir), vec![tmp_name.clone()], "the temp file stays for the resume");
+    assert_eq!(
+        temp_files(&remote_dir),
+        vec![tmp_name.clone()],
+        "the temp file stays for the resume"
+    );
 
     // A new process continues writing the same temp file from the acknowledged offset.
     let restarted: Backend = Arc::new(SftpBackend::new(settings).unwrap());
@@ -390,10 +425,18 @@ async fn an_interrupted_sftp_upload_continues_its_temp_file() {
     );
     let start = second.first();
     assert_eq!(start.upload_id, saved.upload_id, "a new temp file was started");
-    assert_eq!(start.offset, saved.offset, "resumed at {} of {}", start.offset, saved.offset);
+    assert_eq!(
+        start.offset, saved.offset,
+        "resumed at {} of {}",
+        start.offset, saved.offset
+    );
     assert!(start.offset > 0);
     let sent = second.sent_chunks();
-    assert_eq!(sent.len(), num_parts - (start.offset / PART_SIZE as u64) as usize, "{sent:?}");
+    assert_eq!(
+        sent.len(),
+        num_parts - (start.offset / PART_SIZE as u64) as usize,
+        "{sent:?}"
+    );
     assert_eq!(sent.last(), Some(&size));
     let back = restarted.get(key).await.unwrap();
     assert_eq!(back.len() as u64, size);

@@ -35,6 +35,10 @@ use crate::domain::Provider;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One request, a block of up to 8 MiB included, on a slow link.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// A pooled connection idle this long is not reused. Below the shortest keep-alive of the
+/// servers it talks to (Azurite's and Node's default: 5 s): a connection the server is closing
+/// at the moment it is reused fails its request, and SDK retries are off.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Debug, Clone)]
 pub enum AzureCredentials {
@@ -111,6 +115,7 @@ impl AzureBackend {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| StorageError::Invalid(format!("http client: {e}")))?;
         let container = ClientBuilder::with_location(location, credentials)
@@ -469,7 +474,11 @@ mod tests {
     fn block_ids_name_the_index_and_the_content() {
         let id = block_id(3, b"abc");
         assert_eq!(id, "000003-900150983cd24fb0d6963f7d28e17f72");
-        assert_eq!(id.len(), block_id(49_999, b"other content").len(), "ids of one blob have one length");
+        assert_eq!(
+            id.len(),
+            block_id(49_999, b"other content").len(),
+            "ids of one blob have one length"
+        );
         assert_eq!(block_number(&id), Some(3));
         // Ids of the builds before resume, and anything else, are not taken for ours.
         assert_eq!(block_number("00000003"), None);

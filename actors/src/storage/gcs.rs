@@ -352,7 +352,9 @@ impl StorageBackend for GcsBackend {
             let resumed = match resume_opt.filter(|p| p.file_len == total && p.offset > 0 && !p.upload_id.is_empty()) {
                 Some(earlier) => {
                     let session = client.get_resumable_upload(earlier.upload_id);
-                    session_position(&session, total, &name).await?.map(|confirmed| (session, confirmed))
+                    session_position(&session, total, &name)
+                        .await?
+                        .map(|confirmed| (session, confirmed))
                 }
                 None => None,
             };

@@ -624,8 +624,14 @@ mod tests {
         assert!(!is_temp_of(&tmp, "/srv/rec/a/t2.webm"));
         assert!(!is_temp_of("/srv/rec/a/t1.webm", path));
         assert!(!is_temp_of("/srv/rec/a/.t1.webm.../../x.tmp", path));
-        assert!(!is_temp_of("/srv/rec/b/.t1.webm.0123456789abcdef0123456789abcdef.tmp", path));
-        assert!(is_temp_of("/srv/rec/a/.t1.webm.0123456789abcdef0123456789abcdef.tmp", path));
+        assert!(!is_temp_of(
+            "/srv/rec/b/.t1.webm.0123456789abcdef0123456789abcdef.tmp",
+            path
+        ));
+        assert!(is_temp_of(
+            "/srv/rec/a/.t1.webm.0123456789abcdef0123456789abcdef.tmp",
+            path
+        ));
     }
 
     #[test]
