@@ -484,10 +484,4 @@ mod tests {
         assert_eq!(block_number("00000003"), None);
         assert_eq!(block_number("000003-xyz"), None);
     }
-
-    #[test]
-    fn block_ids_have_one_length() {
-        assert_eq!(block_id(0), BlockId::new("00000000"));
-        assert_eq!(block_id(12345), BlockId::new("00012345"));
-    }
 }
