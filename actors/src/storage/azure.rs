@@ -356,7 +356,15 @@ impl StorageBackend for AzureBackend {
             // Blocks the service holds from an interrupted upload of a file of this length; a
             // listed block is reused only if its id (index and MD5) and size match the local part.
             let held = match resume_opt.filter(|p| p.file_len == reader.len()) {
-                Some(_) => uncommitted_blocks(&blob).await?,
+                Some(_) => match uncommitted_blocks(&blob).await {
+                    Ok(held) => held,
+                    // An outage: the next attempt asks again.
+                    Err(err) if err.is_retryable() => return Err(err),
+                    Err(err) => {
+                        tracing::info!(error = %err, "block list unreadable, sending every block");
+                        Default::default()
+                    }
+                },
                 None => Default::default(),
             };
             let mut progress = MultipartProgress::new("", reader.len());
