@@ -4,6 +4,13 @@
 //! Large files go up as blocks of [`PART_SIZE`](super::PART_SIZE), each with a transactional
 //! `Content-MD5` the service checks, then one `Put Block List` commits them atomically and
 //! records the whole file's MD5 as the blob's `Content-MD5`.
+//!
+//! Resume: a block's id names its index and its content's MD5, so after a restart `Get Block
+//! List` (uncommitted) says exactly which parts of this file the service already holds; only the
+//! others are sent. The service keeps uncommitted blocks about a week and drops them when any
+//! block list is committed, so a completed or expired upload lists nothing and starts afresh.
+//! Caveat: Azure wants every block id of a blob to have the same length, so uncommitted blocks
+//! left by a build older than these ids (8-character ids) make `Put Block` fail until they expire.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,13 +27,18 @@ use futures_util::FutureExt;
 use md5::{Digest, Md5};
 
 use super::{
-    prefixed, validate_key, ObjectInfo, PartReader, PutReceipt, Secret, StorageBackend, StorageError, StorageResult,
+    prefixed, validate_key, MultipartProgress, ObjectInfo, PartReader, ProgressSink, PutReceipt, Secret,
+    StorageBackend, StorageError, StorageResult, UploadedPart,
 };
 use crate::domain::Provider;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One request, a block of up to 8 MiB included, on a slow link.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// A pooled connection idle this long is not reused. Below the shortest keep-alive of the
+/// servers it talks to (Azurite's and Node's default: 5 s): a connection the server is closing
+/// at the moment it is reused fails its request, and SDK retries are off.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Debug, Clone)]
 pub enum AzureCredentials {
@@ -103,6 +115,7 @@ impl AzureBackend {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| StorageError::Invalid(format!("http client: {e}")))?;
         let container = ClientBuilder::with_location(location, credentials)
@@ -195,18 +208,54 @@ fn map_err(err: azure_core::Error, what: &str) -> StorageError {
 /// Blocks of one file in flight at once; bounds memory at `BLOCKS_IN_FLIGHT * PART_SIZE`.
 const BLOCKS_IN_FLIGHT: usize = 4;
 
-async fn put_block(blob: &BlobClient, id: BlockId, part_number: u64, body: bytes::Bytes) -> StorageResult<()> {
+/// Sends one block; answers with what the progress records of it.
+async fn put_block(blob: &BlobClient, id: String, part_number: u64, body: bytes::Bytes) -> StorageResult<UploadedPart> {
     let md5: [u8; 16] = Md5::digest(&body).into();
-    blob.put_block(id, body)
+    blob.put_block(BlockId::new(id.clone()), body)
         .hash(md5)
         .await
         .map_err(|e| map_err(e, &format!("put block {part_number}")))?;
-    Ok(())
+    Ok(UploadedPart {
+        number: i32::try_from(part_number).expect("a blob has at most 50,000 blocks"),
+        etag: id,
+    })
 }
 
-/// Block ids must all have the same length within a blob: a zero-padded part number.
-fn block_id(part_number: u64) -> BlockId {
-    BlockId::new(format!("{part_number:08}"))
+/// A block's id: its index in the file and its content's MD5, `000003-<32 hex>`. Ids of one blob
+/// must all have the same length (fixed-width index), and naming the content lets a resumed
+/// upload tell a block of this file from one of another file of the same name and length.
+fn block_id(part_number: u64, body: &[u8]) -> String {
+    format!("{part_number:06}-{}", hex::encode(Md5::digest(body)))
+}
+
+/// The index a block id of [`block_id`]'s form names; `None` for any other id.
+fn block_number(id: &str) -> Option<u64> {
+    let (number, md5) = id.split_once('-')?;
+    let well_formed = number.len() == 6 && md5.len() == 32 && md5.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then(|| number.parse().ok()).flatten()
+}
+
+/// Id → size of every uncommitted block the service holds for `blob`; empty when it holds none
+/// (a blob that does not exist yet has no list: that is empty too).
+async fn uncommitted_blocks(blob: &BlobClient) -> StorageResult<std::collections::HashMap<String, u64>> {
+    let listed = match blob.get_block_list().block_list_type(BlockListType::Uncommitted).await {
+        Ok(listed) => listed,
+        Err(err) => {
+            return match map_err(err, "get block list") {
+                StorageError::NotFound(_) => Ok(Default::default()),
+                other => Err(other),
+            }
+        }
+    };
+    Ok(listed
+        .block_with_size_list
+        .blocks
+        .into_iter()
+        .filter_map(|block| match block.block_list_type {
+            BlobBlockType::Uncommitted(id) => Some((String::from_utf8(id.bytes().to_vec()).ok()?, block.size_in_bytes)),
+            _ => None,
+        })
+        .collect())
 }
 
 impl StorageBackend for AzureBackend {
@@ -280,6 +329,16 @@ impl StorageBackend for AzureBackend {
     }
 
     fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        self.put_file_resumable(key, path, None, Arc::new(|_: &MultipartProgress| {}))
+    }
+
+    fn put_file_resumable(
+        &self,
+        key: &str,
+        path: &Path,
+        resume_opt: Option<MultipartProgress>,
+        on_progress: ProgressSink,
+    ) -> BoxFuture<'static, StorageResult<PutReceipt>> {
         let blob = self.blob(key);
         let path = path.to_path_buf();
         async move {
@@ -294,6 +353,35 @@ impl StorageBackend for AzureBackend {
                     .map_err(|e| map_err(e, "put blob"))?;
                 return Ok(reader.finish());
             }
+            // Blocks the service holds from an interrupted upload of a file of this length; a
+            // listed block is reused only if its id (index and MD5) and size match the local part.
+            let held = match resume_opt.filter(|p| p.file_len == reader.len()) {
+                Some(_) => match uncommitted_blocks(&blob).await {
+                    Ok(held) => held,
+                    // An outage: the next attempt asks again.
+                    Err(err) if err.is_retryable() => return Err(err),
+                    Err(err) => {
+                        tracing::info!(error = %err, "block list unreadable, sending every block");
+                        Default::default()
+                    }
+                },
+                None => Default::default(),
+            };
+            let mut progress = MultipartProgress::new("", reader.len());
+            progress.parts = held
+                .keys()
+                .filter_map(|id| {
+                    Some(UploadedPart {
+                        number: i32::try_from(block_number(id)?).ok()?,
+                        etag: id.clone(),
+                    })
+                })
+                .collect();
+            progress.parts.sort_by_key(|part| part.number);
+            if !progress.parts.is_empty() {
+                tracing::info!(num_blocks_held = progress.parts.len(), "resuming block upload");
+            }
+            on_progress(&progress);
             // The block list is in file order whatever order the blocks finish in.
             let mut blocks = Vec::new();
             let mut in_flight = FuturesUnordered::new();
@@ -303,16 +391,23 @@ impl StorageBackend for AzureBackend {
                 while !read_all && in_flight.len() < BLOCKS_IN_FLIGHT {
                     match reader.next_part().await? {
                         Some(body) => {
-                            let id = block_id(part_number);
-                            blocks.push(BlobBlockType::new_uncommitted(id.clone()));
-                            in_flight.push(put_block(&blob, id, part_number, body));
+                            let id = block_id(part_number, &body);
+                            blocks.push(BlobBlockType::new_uncommitted(BlockId::new(id.clone())));
+                            if held.get(&id) != Some(&(body.len() as u64)) {
+                                in_flight.push(put_block(&blob, id, part_number, body));
+                            }
                             part_number += 1;
                         }
                         None => read_all = true,
                     }
                 }
                 match in_flight.next().await {
-                    Some(result) => result?,
+                    Some(result) => {
+                        let part = result?;
+                        progress.parts.retain(|p| p.number != part.number);
+                        progress.parts.push(part);
+                        on_progress(&progress);
+                    }
                     None => break,
                 }
             }
@@ -384,8 +479,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_ids_have_one_length() {
-        assert_eq!(block_id(0), BlockId::new("00000000"));
-        assert_eq!(block_id(12345), BlockId::new("00012345"));
+    fn block_ids_name_the_index_and_the_content() {
+        let id = block_id(3, b"abc");
+        assert_eq!(id, "000003-900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            id.len(),
+            block_id(49_999, b"other content").len(),
+            "ids of one blob have one length"
+        );
+        assert_eq!(block_number(&id), Some(3));
+        // Ids of the builds before resume, and anything else, are not taken for ours.
+        assert_eq!(block_number("00000003"), None);
+        assert_eq!(block_number("000003-xyz"), None);
     }
 }

@@ -8,6 +8,15 @@
 //! `google-cloud-storage` does deletes and bucket checks over gRPC, which no emulator here serves.
 //! `gcloud-storage` uses the JSON API for everything this backend needs, resumable uploads
 //! included, and takes an endpoint.
+//!
+//! Resume: the resumable session's URI is recorded as soon as the session opens, and the offset
+//! the service confirmed after every chunk. After a restart the session is asked where it stands
+//! (`PUT` with `Content-Range: bytes */<len>`: 308 with the confirmed `Range`, 200/201 when it
+//! completed, 404/410 when it expired) and the upload continues from the confirmed byte; a
+//! session the service no longer knows starts afresh. `gcp-storage-emulator` keeps sessions and
+//! answers status queries like the service, except that it reports one byte (`Range:
+//! bytes=0-0`) for a session that received none: a session is only resumed when the recorded
+//! progress says a chunk was confirmed, so that answer is never trusted.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,12 +29,13 @@ use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
-use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
+use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient, UploadStatus};
 use gcloud_storage::http::Error as GcsError;
 use gcloud_storage::sign::{SignBy, SignedURLOptions, URLStyle};
 
 use super::{
-    prefixed, validate_key, ObjectInfo, PartReader, PutReceipt, Secret, StorageBackend, StorageError, StorageResult,
+    prefixed, validate_key, MultipartProgress, ObjectInfo, PartReader, ProgressSink, PutReceipt, Secret,
+    StorageBackend, StorageError, StorageResult,
 };
 use crate::domain::Provider;
 
@@ -171,6 +181,32 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Where an earlier resumable session of a `total`-byte object stands: the number of bytes the
+/// service confirmed (`total` when the session already completed), or `None` when the service
+/// no longer knows the session (expired, cancelled, or completed and forgotten) and the upload
+/// starts afresh. An outage is an error, so the next attempt asks again.
+async fn session_position(session: &ResumableUploadClient, total: u64, name: &str) -> StorageResult<Option<u64>> {
+    match session.status(Some(total)).await {
+        Ok(UploadStatus::Ok(_)) => Ok(Some(total)),
+        Ok(UploadStatus::NotStarted) => Ok(Some(0)),
+        Ok(UploadStatus::ResumeIncomplete(range)) if range.first_byte == 0 && range.last_byte < total => {
+            tracing::info!(object = %name, num_bytes_held = range.last_byte + 1, "resuming resumable upload");
+            Ok(Some(range.last_byte + 1))
+        }
+        Ok(UploadStatus::ResumeIncomplete(range)) => {
+            tracing::info!(object = %name, ?range, "resumable session holds an odd range, starting afresh");
+            Ok(None)
+        }
+        Err(err) => match map_err(err, "resumable upload status", Missing::Object) {
+            err if err.is_retryable() => Err(err),
+            err => {
+                tracing::info!(object = %name, error = %err, "resumable session gone, starting afresh");
+                Ok(None)
+            }
+        },
+    }
+}
+
 fn base64_md5_to_hex(value: &str) -> Option<String> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
@@ -281,6 +317,16 @@ impl StorageBackend for GcsBackend {
     }
 
     fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        self.put_file_resumable(key, path, None, std::sync::Arc::new(|_: &MultipartProgress| {}))
+    }
+
+    fn put_file_resumable(
+        &self,
+        key: &str,
+        path: &Path,
+        resume_opt: Option<MultipartProgress>,
+        on_progress: ProgressSink,
+    ) -> BoxFuture<'static, StorageResult<PutReceipt>> {
         let client = self.client.clone();
         let bucket = self.settings.bucket.clone();
         let name = self.object_name(key);
@@ -293,7 +339,7 @@ impl StorageBackend for GcsBackend {
                 bucket,
                 ..Default::default()
             };
-            let mut media = Media::new(name);
+            let mut media = Media::new(name.clone());
             media.content_length = Some(total);
             if reader.num_parts() == 1 {
                 let body = reader.next_part().await?.unwrap_or_default();
@@ -303,23 +349,60 @@ impl StorageBackend for GcsBackend {
                     .map_err(|e| map_err(e, "upload object", Missing::Bucket))?;
                 return Ok(reader.finish());
             }
-            // A resumable session: each chunk is a multiple of 256 KiB except the last, and the
-            // object appears only when the last byte arrived.
-            let session = client
-                .prepare_resumable_upload(&request, &UploadType::Simple(media))
-                .await
-                .map_err(|e| map_err(e, "start resumable upload", Missing::Bucket))?;
-            let mut first = 0u64;
+            let resumed = match resume_opt.filter(|p| p.file_len == total && p.offset > 0 && !p.upload_id.is_empty()) {
+                Some(earlier) => {
+                    let session = client.get_resumable_upload(earlier.upload_id);
+                    session_position(&session, total, &name)
+                        .await?
+                        .map(|confirmed| (session, confirmed))
+                }
+                None => None,
+            };
+            let (session, confirmed) = match resumed {
+                Some(resumed) => resumed,
+                None => {
+                    let session = client
+                        .prepare_resumable_upload(&request, &UploadType::Simple(media))
+                        .await
+                        .map_err(|e| map_err(e, "start resumable upload", Missing::Bucket))?;
+                    (session, 0)
+                }
+            };
+            // The bytes the service holds are read and hashed, not sent: the receipt covers the
+            // whole file.
+            reader.read_through(confirmed).await?;
+            let mut progress = MultipartProgress {
+                offset: confirmed,
+                ..MultipartProgress::new(session.url(), total)
+            };
+            on_progress(&progress);
+            if confirmed == total {
+                return Ok(reader.finish());
+            }
+            // Each chunk is a multiple of 256 KiB except the last, and the object appears only
+            // when the last byte arrived.
             let mut done = false;
             while let Some(body) = reader.next_part().await? {
+                let first = progress.offset;
                 let last = first + body.len() as u64 - 1;
                 let chunk = ChunkSize::new(first, last, Some(total));
                 let status = session
                     .upload_multiple_chunk(body.to_vec(), &chunk)
                     .await
                     .map_err(|e| map_err(e, &format!("upload bytes {first}-{last}"), Missing::Bucket))?;
-                done = matches!(status, UploadStatus::Ok(_));
-                first = last + 1;
+                match status {
+                    UploadStatus::Ok(_) => done = true,
+                    UploadStatus::ResumeIncomplete(range) if range.first_byte == 0 && range.last_byte == last => {}
+                    // The service may keep less than a chunk; the next attempt asks the session
+                    // where it stands and continues from there.
+                    other => {
+                        return Err(StorageError::Service(format!(
+                            "resumable upload: bytes {first}-{last} sent, the service holds {other:?}"
+                        )))
+                    }
+                }
+                progress.offset = last + 1;
+                on_progress(&progress);
             }
             if !done {
                 return Err(StorageError::Service(

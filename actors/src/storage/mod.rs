@@ -31,25 +31,55 @@ pub use verify::{verify, CheckResult, VerificationReport};
 /// 256 KiB chunk granularity, and small enough that only one part is held in memory at a time.
 pub const PART_SIZE: usize = 8 << 20;
 
-/// A multipart upload under way, kept in its upload job's row as parts complete so that a restart
-/// continues it instead of sending the whole file again (S3 only: the other providers' part
-/// uploads are not addressable across processes by this client).
+/// An upload under way, kept in its upload job's row as it advances so that a restart (or the
+/// next attempt) continues it instead of sending the whole file again. One shape for every
+/// provider; each uses the fields it needs and leaves the others empty:
+///
+/// | provider | `upload_id` | `parts` | `offset` |
+/// |---|---|---|---|
+/// | S3 | the multipart upload id | acknowledged parts and their ETags | 0 |
+/// | Azure | empty: the blob's uncommitted blocks are the upload | blocks stored (`etag` = block id) | 0 |
+/// | GCS | the resumable session URI (a bearer capability: never log it) | empty | bytes the service confirmed |
+/// | SFTP | the remote temporary file | empty | bytes the server acknowledged |
+///
+/// The store is always asked what it really holds before anything is skipped; the recorded
+/// progress only says which upload to ask about. Rows written before `offset` existed decode
+/// with 0.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MultipartProgress {
     pub upload_id: String,
     /// Length of the local file when the upload started; a different length means another file.
     pub file_len: u64,
-    /// Parts the store acknowledged, in completion order.
+    /// Parts the store acknowledged, in completion order (S3, Azure).
+    #[serde(default)]
     pub parts: Vec<UploadedPart>,
+    /// Bytes from the start of the file the store confirmed holding (GCS, SFTP).
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl MultipartProgress {
+    /// Progress of a new upload of a file of `file_len` bytes.
+    pub fn new(upload_id: impl Into<String>, file_len: u64) -> Self {
+        Self {
+            upload_id: upload_id.into(),
+            file_len,
+            parts: Vec::new(),
+            offset: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UploadedPart {
+    /// S3: the part number (from 1); Azure: the block's index in the file (from 0).
     pub number: i32,
+    /// S3: the part's ETag; Azure: the block id.
     pub etag: String,
 }
 
-/// Called with the whole progress after the upload started and after every acknowledged part.
+/// Called with the whole progress after the upload started (or was found to resume) and after
+/// every acknowledged part (S3, Azure) or chunk (GCS, SFTP).
 pub type ProgressSink = std::sync::Arc<dyn Fn(&MultipartProgress) + Send + Sync>;
 
 /// A credential read from the environment or a file at start-up. `Debug` and `Display` never show
@@ -167,10 +197,11 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// Uploads a local file, in parts of [`PART_SIZE`] when it is larger than one part, without
     /// holding more than one part in memory. Atomic like `put`.
     fn put_file(&self, key: &str, path: &Path) -> BoxFuture<'static, StorageResult<PutReceipt>>;
-    /// `put_file` that reports its multipart progress to `on_progress` and, given the progress
-    /// of an interrupted upload of the same file, continues it: parts whose stored ETag matches
-    /// the local part are not sent again. An upload the store no longer knows starts afresh.
-    /// Backends without resumable uploads ignore both and send the whole file.
+    /// `put_file` that reports its progress to `on_progress` and, given the progress of an
+    /// interrupted upload of the same file (same length), continues it: what the store still
+    /// holds of it is not sent again (S3 parts, Azure blocks, the confirmed prefix of a GCS
+    /// session or an SFTP temporary file). An upload the store no longer knows starts afresh.
+    /// Backends without resumable uploads (local) ignore both and send the whole file.
     fn put_file_resumable(
         &self,
         key: &str,
@@ -295,6 +326,27 @@ impl PartReader {
         Ok(Some(bytes::Bytes::from(buf)))
     }
 
+    /// Reads and hashes the file up to byte `offset` (from where it stands) without handing the
+    /// bytes out: the part of a resumed upload the store already holds still counts in the MD5.
+    pub(crate) async fn read_through(&mut self, offset: u64) -> StorageResult<()> {
+        let mut buf = vec![0u8; PART_SIZE.min(offset.saturating_sub(self.num_read) as usize)];
+        while self.num_read < offset.min(self.len) {
+            let want = (offset.min(self.len) - self.num_read).min(PART_SIZE as u64) as usize;
+            self.file
+                .read_exact(&mut buf[..want])
+                .await
+                .map_err(|err| StorageError::Io(format!("local file changed while uploading: {err}")))?;
+            self.md5.update(&buf[..want]);
+            self.num_read += want as u64;
+        }
+        Ok(())
+    }
+
+    /// Bytes read (and hashed) so far: where the next part starts.
+    pub(crate) fn position(&self) -> u64 {
+        self.num_read
+    }
+
     /// Size and hex MD5 of everything read.
     pub(crate) fn finish(self) -> PutReceipt {
         PutReceipt {
@@ -387,6 +439,20 @@ mod tests {
             "a https://x/y?(redacted) b http://z/w c"
         );
         assert_eq!(redact_urls("no url here"), "no url here");
+    }
+
+    #[test]
+    fn progress_recorded_before_offsets_existed_still_decodes() {
+        let old = r#"{"upload_id":"u-1","file_len":42,"parts":[{"number":1,"etag":"\"abc\""}]}"#;
+        let progress: MultipartProgress = serde_json::from_str(old).unwrap();
+        assert_eq!(progress.offset, 0);
+        assert_eq!(progress.parts.len(), 1);
+        let gcs = MultipartProgress {
+            offset: 16 << 20,
+            ..MultipartProgress::new("http://127.0.0.1:1/upload?upload_id=x", 42)
+        };
+        let back: MultipartProgress = serde_json::from_str(&serde_json::to_string(&gcs).unwrap()).unwrap();
+        assert_eq!(back, gcs);
     }
 
     #[test]

@@ -427,11 +427,7 @@ async fn start_upload(
         .upload_id()
         .ok_or_else(|| StorageError::Service("start multipart upload: no upload id in the answer".into()))?
         .to_string();
-    Ok(MultipartProgress {
-        upload_id,
-        file_len,
-        parts: Vec::new(),
-    })
+    Ok(MultipartProgress::new(upload_id, file_len))
 }
 
 /// Part number → ETag (where the store lists one) of every part the store holds for

@@ -6,6 +6,13 @@
 //! LAN costs milliseconds, while a pooled session would need its own liveness and reconnect logic
 //! after every server restart. Writes go to a temp file in the target directory and are renamed
 //! into place, so a reader never sees half an object.
+//!
+//! Resume: a track upload records its temp file and, after every part the server acknowledged
+//! (the write pipeline drained), the number of bytes written. After a restart the temp file is
+//! opened again (not truncated) and the upload continues from the smaller of the recorded offset
+//! and the temp file's size: the writes are sequential and the server applies them in order, so
+//! the first `offset` bytes are the file's own; anything past them (the tail of a write the crash
+//! cut) is written over. A temp file that is gone, or larger than the local file, starts afresh.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,11 +22,12 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::StatusCode;
-use tokio::io::AsyncWriteExt;
+use russh_sftp::protocol::{OpenFlags, StatusCode};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::{
-    prefixed, validate_key, ObjectInfo, PartReader, PutReceipt, Secret, StorageBackend, StorageError, StorageResult,
+    prefixed, validate_key, MultipartProgress, ObjectInfo, PartReader, ProgressSink, PutReceipt, Secret,
+    StorageBackend, StorageError, StorageResult,
 };
 use crate::domain::Provider;
 
@@ -218,6 +226,22 @@ fn parent(path: &str) -> &str {
     path.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("")
 }
 
+/// A fresh temp file name beside `path`: hidden, unique, and recognisable by [`is_temp_of`].
+fn temp_path(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or("object");
+    format!("{}/.{name}.{}.tmp", parent(path), uuid::Uuid::new_v4().simple())
+}
+
+/// Whether `tmp` is a temp file [`temp_path`] made for `path`: recorded progress names the file
+/// to continue, and nothing else in the directory is ever opened for writing from it.
+fn is_temp_of(tmp: &str, path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("object");
+    let prefix = format!("{}/.{name}.", parent(path));
+    tmp.strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(".tmp"))
+        .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 impl Connection {
     /// Creates the directories between the root (which must exist) and `dir`.
     async fn create_dirs(&self, root: &str, dir: &str) -> StorageResult<()> {
@@ -259,16 +283,48 @@ impl Connection {
         Ok(())
     }
 
+    /// Opens the temp file an interrupted upload of a `file_len`-byte file left, positioned at
+    /// the byte to continue from: the recorded acknowledged `offset`, or less if the file is
+    /// shorter. `None` when there is nothing to continue (gone, or not this file's).
+    async fn reopen_temp(
+        &self,
+        tmp: &str,
+        offset: u64,
+        file_len: u64,
+    ) -> StorageResult<Option<(russh_sftp::client::fs::File, u64)>> {
+        let size = match self.sftp.metadata(tmp.to_string()).await {
+            Ok(meta) if meta.is_regular() && meta.len() <= file_len => meta.len(),
+            Ok(_) => {
+                let _ = self.sftp.remove_file(tmp.to_string()).await;
+                return Ok(None);
+            }
+            Err(err) => {
+                return match sftp_error(err, &format!("stat {tmp}")) {
+                    StorageError::NotFound(_) => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        let mut file = self
+            .sftp
+            .open_with_flags(tmp.to_string(), OpenFlags::WRITE)
+            .await
+            .map_err(|e| sftp_error(e, &format!("open {tmp}")))?;
+        let start = size.min(offset);
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|err| StorageError::Io(format!("seek {tmp}: {err}")))?;
+        Ok(Some((file, start)))
+    }
+
     /// Writes to a temp file beside `path` with `write`, then renames it into place.
     async fn write_atomically<F, Fut, T>(&self, root: &str, path: &str, write: F) -> StorageResult<T>
     where
         F: FnOnce(russh_sftp::client::fs::File) -> Fut,
         Fut: std::future::Future<Output = StorageResult<T>>,
     {
-        let dir = parent(path);
-        self.create_dirs(root, dir).await?;
-        let name = path.rsplit('/').next().unwrap_or("object");
-        let tmp = format!("{dir}/.{name}.{}.tmp", uuid::Uuid::new_v4().simple());
+        self.create_dirs(root, parent(path)).await?;
+        let tmp = temp_path(path);
         let file = self
             .sftp
             .create(tmp.clone())
@@ -444,6 +500,83 @@ impl StorageBackend for SftpBackend {
         .boxed()
     }
 
+    fn put_file_resumable(
+        &self,
+        key: &str,
+        local: &Path,
+        resume_opt: Option<MultipartProgress>,
+        on_progress: ProgressSink,
+    ) -> BoxFuture<'static, StorageResult<PutReceipt>> {
+        let connector = self.connector();
+        let path = self.remote_path(key);
+        let local = local.to_path_buf();
+        async move {
+            let path = path?;
+            let mut reader = PartReader::open(&local).await?;
+            let connection = connector.connect().await?;
+            connection.create_dirs(&connector.settings.root, parent(&path)).await?;
+            let earlier = resume_opt.filter(|p| is_temp_of(&p.upload_id, &path));
+            let earlier = match earlier {
+                Some(earlier) if earlier.file_len != reader.len() => {
+                    // Another file's partial copy (the local file was replaced): of no use.
+                    let _ = connection.sftp.remove_file(earlier.upload_id).await;
+                    None
+                }
+                other => other,
+            };
+            let reopened = match &earlier {
+                Some(earlier) => connection
+                    .reopen_temp(&earlier.upload_id, earlier.offset, earlier.file_len)
+                    .await?
+                    .map(|(file, start)| (earlier.upload_id.clone(), file, start)),
+                None => None,
+            };
+            let (tmp, mut file, start) = match reopened {
+                Some(reopened) => {
+                    tracing::info!(path = %path, offset = reopened.2, "resuming sftp upload");
+                    reopened
+                }
+                None => {
+                    let tmp = temp_path(&path);
+                    let file = connection
+                        .sftp
+                        .create(tmp.clone())
+                        .await
+                        .map_err(|e| sftp_error(e, &format!("create {tmp}")))?;
+                    (tmp, file, 0)
+                }
+            };
+            reader.read_through(start).await?;
+            let mut progress = MultipartProgress {
+                offset: start,
+                ..MultipartProgress::new(tmp.clone(), reader.len())
+            };
+            on_progress(&progress);
+            let written: StorageResult<()> = async {
+                while let Some(part) = reader.next_part().await? {
+                    file.write_all(&part).await.map_err(write_error)?;
+                    // Waits for the server to acknowledge every write of the part: only then
+                    // does the recorded offset promise those bytes are in the file.
+                    file.flush().await.map_err(write_error)?;
+                    progress.offset = reader.position();
+                    on_progress(&progress);
+                }
+                file.shutdown().await.map_err(write_error)
+            }
+            .await;
+            if let Err(err) = written {
+                // A retryable failure keeps the temp file for the next attempt to continue.
+                if !err.is_retryable() {
+                    let _ = connection.sftp.remove_file(tmp).await;
+                }
+                return Err(err);
+            }
+            connection.replace(&tmp, &path).await?;
+            Ok(reader.finish())
+        }
+        .boxed()
+    }
+
     fn head(&self, key: &str) -> BoxFuture<'static, StorageResult<ObjectInfo>> {
         let connector = self.connector();
         let path = self.remote_path(key);
@@ -481,6 +614,24 @@ mod tests {
         assert!(parse_host_key(&format!("[127.0.0.1]:2222 {key}")).is_ok());
         assert!(parse_host_key("nonsense").is_err());
         assert!(parse_host_key("ssh-ed25519 !!!").is_err());
+    }
+
+    #[test]
+    fn only_our_temp_files_are_continued() {
+        let path = "/srv/rec/a/t1.webm";
+        let tmp = temp_path(path);
+        assert!(is_temp_of(&tmp, path), "{tmp}");
+        assert!(!is_temp_of(&tmp, "/srv/rec/a/t2.webm"));
+        assert!(!is_temp_of("/srv/rec/a/t1.webm", path));
+        assert!(!is_temp_of("/srv/rec/a/.t1.webm.../../x.tmp", path));
+        assert!(!is_temp_of(
+            "/srv/rec/b/.t1.webm.0123456789abcdef0123456789abcdef.tmp",
+            path
+        ));
+        assert!(is_temp_of(
+            "/srv/rec/a/.t1.webm.0123456789abcdef0123456789abcdef.tmp",
+            path
+        ));
     }
 
     #[test]

@@ -779,6 +779,7 @@ mod tests {
                 number: 1,
                 etag: "\"abc\"".into(),
             }],
+            offset: 0,
         };
         let job = {
             let store = SledStore::open(dir.path()).unwrap();
