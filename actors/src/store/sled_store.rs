@@ -51,7 +51,7 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let db = sled::Config::new().path(path).open().map_err(io)?;
+        let db = open_db(path)?;
         let store = Self {
             committer: Committer::start(db.clone())?,
             meta: db.open_tree("meta").map_err(io)?,
@@ -178,6 +178,32 @@ impl Drop for Committer {
         }
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = thread.join();
+        }
+    }
+}
+
+/// How long opening waits for the database's file lock: a store handle just dropped in this
+/// process (a restarted engine, a test reopening its store) releases it only when sled's
+/// background threads have let go of it, a few milliseconds later; a lock still held after this
+/// long belongs to another live process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_db(path: &Path) -> StoreResult<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Io(format!(
+                        "the state store at {} is in use by another process (its lock was not released within {} s): {e}",
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => return Err(io(e)),
         }
     }
 }
@@ -767,6 +793,23 @@ mod tests {
         assert_eq!(store.jobs().unwrap().len(), 1);
         assert!(store.finish_job("k", 1).unwrap());
         assert!(store.jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn opening_waits_for_a_lock_being_released_and_names_one_that_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = SledStore::open(dir.path()).expect("opened once the first handle let go");
+        releaser.join().unwrap();
+        let Err(StoreError::Io(message)) = SledStore::open(dir.path()) else {
+            panic!("a store held by a live handle must not open twice");
+        };
+        assert!(message.contains("in use by another process"), "{message}");
+        drop(second);
     }
 
     #[tokio::test]
