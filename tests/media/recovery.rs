@@ -1036,3 +1036,54 @@ fn a_panic_in_a_recorder_handler_rebuilds_the_recorder_and_its_streams_record_on
         "{healthy_track:?}"
     );
 }
+
+/// Supervision of a WHIP stream: its video writer panics (injected after 60 frames; the
+/// publisher sends video only); the peer connection stays up, the track goes on in a new segment
+/// (the pump switches writer and asks the publisher for a keyframe), within the budget, without
+/// the publisher reconnecting. The instance passes through PENDING_RECOVERY back to ACTIVE with
+/// `recovered`; after stop the track holds media from before and after the failure.
+#[test]
+fn a_whip_stream_whose_writer_fails_records_on_into_a_new_segment_on_the_same_connection() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "muxer_write@.webm=panic*1+60")]);
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, false, true);
+    let seconds = 10;
+    let publisher = std::process::Command::new(env!("CARGO_BIN_EXE_whip-publish"))
+        .arg(app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM")))
+        .args(["--token", KEY, "--seconds", &seconds.to_string(), "--no-audio"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("whip-publish runs");
+    let recovered = poll(Duration::from_secs(20), "ACTIVE again with recovered", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 1, "{recovered:#}");
+    assert_eq!(recovered["streams"][0]["state"], "RECORDING", "{recovered:#}");
+    let tree = app.debug_tree();
+    let streams = stream_snapshots(&tree);
+    assert_eq!(streams.len(), 1, "{tree:#}");
+    assert_eq!(streams[0]["restarts"], 1, "{streams:#?}");
+    assert_eq!(streams[0]["lastError"]["code"], "MEDIA_WRITE", "{streams:#?}");
+    assert_eq!(streams[0]["state"], "RECORDING", "{streams:#?}");
+    // The same connection: the publisher did not have to come back.
+    assert_eq!(streams[0]["counters"]["num_sessions"], 1, "{streams:#?}");
+    let out = publisher.wait_with_output().expect("whip-publish ends");
+    assert!(
+        out.status.success(),
+        "whip-publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+    let instance = app.instance(&event);
+    assert_eq!(instance["streams"].as_array().unwrap().len(), 1, "{instance:#}");
+    assert_eq!(instance["streams"][0]["state"], "STOPPED", "{instance:#}");
+    assert_spans(
+        find_track(&tracks(&instance), "agent", "CAM", "VIDEO"),
+        &instance["recovered"],
+        seconds,
+    );
+}

@@ -20,7 +20,7 @@ use crate::domain::{
 };
 use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::codec::Codec;
-use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, TrackCounters, TrackPump, TrackSummary};
+use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, SinkSwap, TrackCounters, TrackPump, TrackSummary};
 use crate::media::join::join_segments;
 use crate::media::plain_rtp::{self, BoundMedia, PlainRtpSession};
 use crate::media::receiver::TrackReceiver;
@@ -93,6 +93,9 @@ struct Segment {
     finishing: Option<BoxFuture<'static, SegmentReport>>,
     summary: Option<TrackSummary>,
     stats: Arc<WriterStats>,
+    /// Started by supervision on a connection that stayed up (WHIP): the connection's summary
+    /// (its start time) belongs to the session's first segment, not to this one.
+    continues: bool,
 }
 
 enum Ingest {
@@ -260,10 +263,11 @@ impl Stream {
     }
 
     /// Supervision: a live segment whose writer failed (muxer error, panicked thread) restarts
-    /// the session into new segments — plain RTP on the same ports, latched to the same sender
-    /// — within the restart budget; beyond it, or for WHIP (whose peer connection cannot be
-    /// re-created from here), the stream is FAILED.
-    fn check_writers(&mut self) {
+    /// within the restart budget — plain RTP: the session into new segments on the same ports,
+    /// latched to the same sender; WHIP: the failed track into a new segment on the same peer
+    /// connection (the pump switches writer and asks the publisher for a keyframe). Beyond the
+    /// budget the stream is FAILED.
+    fn check_writers(&mut self, ctx: &mut Context<Self>) {
         if self.failed || self.restart_rtp.is_some() {
             return;
         }
@@ -281,9 +285,34 @@ impl Stream {
         if failed.is_empty() {
             return;
         }
-        self.failed_segments.extend(failed);
+        self.failed_segments.extend(failed.iter().cloned());
         let window = self.recovery.restart_window;
         let admitted = supervision::admit_restart(&mut self.restart_times, Instant::now(), &self.recovery);
+        let whip = matches!(
+            &self.session,
+            Some(LiveSession {
+                ingest: Ingest::Whip(_),
+                ..
+            })
+        );
+        if admitted && whip {
+            match self.restart_whip_writers(&failed, ctx) {
+                Ok(()) => {
+                    self.restarts += 1;
+                    supervision::count_restart(SupervisedKind::Stream);
+                    self.last_error = Some(ErrorInfo::new(
+                        "MEDIA_WRITE",
+                        "a track writer failed: recording on into a new segment",
+                    ));
+                    tracing::warn!(stream_id = %self.record.id, num_restarts = self.restarts, "track writer failed: new segment on the same whip connection");
+                    self.recorder.do_send(StreamNotice::Restarting {
+                        stream_id: self.record.id.clone(),
+                    });
+                }
+                Err(e) => self.fail(ErrorInfo::new("MEDIA", format!("restart failed: {e}"))),
+            }
+            return;
+        }
         let rtp = match &self.session {
             Some(LiveSession {
                 ingest: Ingest::Rtp(_), ..
@@ -314,6 +343,53 @@ impl Stream {
         self.recorder.do_send(StreamNotice::Restarting {
             stream_id: self.record.id.clone(),
         });
+    }
+
+    /// Finishes each failed WHIP segment and hands its track's running pump a new writer.
+    fn restart_whip_writers(&mut self, failed: &[(String, usize)], ctx: &mut Context<Self>) -> Result<(), MediaError> {
+        let Some(LiveSession {
+            id: session_id,
+            ingest: Ingest::Whip(whip),
+            ..
+        }) = &self.session
+        else {
+            return Err(MediaError::Io("no live whip session".into()));
+        };
+        let session_id = session_id.clone();
+        let swaps: Vec<(String, usize, SinkSwap)> = failed
+            .iter()
+            .filter_map(|(track_id, index)| Some((track_id.clone(), *index, whip.swap_for(track_id)?)))
+            .collect();
+        for (track_id, index, swap) in swaps {
+            let Some(at) = self.tracks.iter().position(|t| t.id == track_id) else {
+                continue;
+            };
+            if let Some(segment) = self.tracks[at].segments.iter_mut().find(|s| s.index == index) {
+                if let Some(writer) = segment.writer.take() {
+                    let finishing = writer.begin_finish().shared();
+                    segment.finishing = Some(finishing.clone().boxed());
+                    let addr = ctx.address();
+                    let track_id = track_id.clone();
+                    ctx.spawn(
+                        async move {
+                            let report = finishing.await;
+                            addr.do_send(SegmentFinished {
+                                track_id,
+                                index,
+                                report,
+                            });
+                        }
+                        .into_actor(self),
+                    );
+                }
+            }
+            let (sink, _counters) = self.new_segment(at, &session_id)?;
+            if let Some(segment) = self.tracks[at].segments.last_mut() {
+                segment.continues = true;
+            }
+            swap.put(sink);
+        }
+        Ok(())
     }
 
     fn fail(&mut self, error: ErrorInfo) {
@@ -393,6 +469,7 @@ impl Stream {
             writer: Some(writer),
             finishing: None,
             summary: None,
+            continues: false,
         });
         Ok((sink, track.counters.clone()))
     }
@@ -745,7 +822,7 @@ impl Handler<SupervisionTick> for Stream {
         if self.failed {
             return;
         }
-        self.guarded(ctx, "SupervisionTick", |act, _ctx| act.check_writers());
+        self.guarded(ctx, "SupervisionTick", |act, ctx| act.check_writers(ctx));
     }
 }
 
@@ -1023,10 +1100,16 @@ impl Stream {
                     (None, None) => continue,
                 };
                 let replaced = self.failed_segments.contains(&(track.id.clone(), segment.index));
+                // A segment that continues its connection takes its start from its own file.
+                let session_id = if segment.continues {
+                    format!("{} (continued)", segment.session_id)
+                } else {
+                    segment.session_id.clone()
+                };
                 segments.push((
                     segment.index,
-                    segment.session_id.clone(),
-                    segment.summary.clone(),
+                    session_id,
+                    segment.summary.clone().filter(|_| !segment.continues),
                     finishing,
                     replaced,
                 ));
@@ -1215,6 +1298,7 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
                 finishing: Some(futures_util::future::ready(report).boxed()),
                 summary: None,
                 stats: Arc::new(WriterStats::default()),
+                continues: false,
             });
         }
         if let Some(state) = state {
