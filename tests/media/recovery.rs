@@ -776,7 +776,7 @@ fn a_panic_in_a_stream_handler_restarts_the_stream_from_its_record_and_other_con
     let (failing, healthy) = (unique("room"), unique("room"));
     let a = app.start(&failing_call, &failing, false, true);
     let b = app.start(&healthy_call, &healthy, false, true);
-    let seconds = 9;
+    let seconds = 12;
     let mut x = lavfi_video(seconds);
     x.extend(rtp_out(
         "0",
@@ -964,7 +964,7 @@ fn a_panic_in_a_recorder_handler_rebuilds_the_recorder_and_its_streams_record_on
     let (failing, healthy) = (unique("room"), unique("room"));
     let a = app.start(&failing_call, &failing, true, true);
     let b = app.start(&healthy_call, &healthy, false, true);
-    let seconds = 9;
+    let seconds = 12;
     let mut x = lavfi_video(seconds);
     x.extend(rtp_out(
         "0",
@@ -1085,5 +1085,74 @@ fn a_whip_stream_whose_writer_fails_records_on_into_a_new_segment_on_the_same_co
         find_track(&tracks(&instance), "agent", "CAM", "VIDEO"),
         &instance["recovered"],
         seconds,
+    );
+}
+
+/// The Recorder's restart budget: with `max_restarts = 0` the first panic inside the recorder's
+/// handler is beyond it; the rebuilt recorder aborts the instance (ABORTED with
+/// `RESTART_BUDGET_EXHAUSTED`) and still finalizes what it recorded. Another conversation
+/// records on untouched.
+#[test]
+fn a_recorder_failing_beyond_its_budget_aborts_its_instance_and_keeps_its_media() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_with("[recovery]\nmax_restarts = 0\n");
+    let (failing_call, healthy_call) = (unique("call"), unique("call"));
+    let faults = format!("recorder_handler@{failing_call} Publish=panic*1+1");
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
+    let (failing, healthy) = (unique("room"), unique("room"));
+    let a = app.start(&failing_call, &failing, true, true);
+    let b = app.start(&healthy_call, &healthy, false, true);
+    let seconds = 6;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    poll(Duration::from_secs(15), "the failing instance ACTIVE", || {
+        (app.instance(&a)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let refused = app.publish(
+        "rtp",
+        &failing,
+        "userId=agent&type=MIC",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let aborted = poll(Duration::from_secs(20), "the instance ABORTED", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ABORTED").then_some(instance)
+    });
+    assert_eq!(aborted["error"]["code"], "RESTART_BUDGET_EXHAUSTED", "{aborted:#}");
+    let message = aborted["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("recorder"), "{aborted:#}");
+    let kept = probe(&track_file(find_track(&tracks(&aborted), "agent", "CAM", "VIDEO")));
+    assert_eq!(kept.codec, "vp8");
+    assert!(kept.num_frames > 0 && kept.duration >= 1.0, "{kept:?}");
+    // The conversation is free for a new instance.
+    let next = app.start(&failing_call, &unique("room"), true, true);
+    assert_eq!(next["state"], "INITIALISED", "{next}");
+    assert_eq!(app.stop(&next)["state"], "STOPPED");
+    wait_ok(x, "failing conversation's sender");
+    wait_ok(y, "healthy conversation's sender");
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let b = app.instance(&b);
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
     );
 }

@@ -25,7 +25,8 @@ pub struct Conversation {
     recorder: Mailbox<Recorder>,
     num_instances: u64,
     store: Arc<dyn StateStore>,
-    /// What a rebuilt recorder is connected to (this conversation among them).
+    /// What a rebuilt recorder is connected to (without this conversation: an actor holding its
+    /// own address would never stop; see [`Conversation::links_for`]).
     links: RecorderLinks,
     /// Recorder rebuilds, and when, for the restart budget.
     restarts: u32,
@@ -41,8 +42,8 @@ impl Conversation {
         mut links: RecorderLinks,
         ctx: &mut Context<Self>,
     ) -> Self {
-        links.crashed = Some(ctx.address().recipient());
-        let recorder = Recorder::new(store.clone(), record, links.clone()).start();
+        links.crashed = None;
+        let recorder = Recorder::new(store.clone(), record, Self::links_for(&links, ctx)).start();
         Self {
             organization_id: record.organization_id.clone(),
             conversation_id: record.conversation_id.clone(),
@@ -53,6 +54,14 @@ impl Conversation {
             restarts: 0,
             restart_times: VecDeque::new(),
             last_error: None,
+        }
+    }
+
+    /// A recorder's links: it reports a failed handler to this conversation.
+    fn links_for(links: &RecorderLinks, ctx: &mut Context<Self>) -> RecorderLinks {
+        RecorderLinks {
+            crashed: Some(ctx.address().recipient()),
+            ..links.clone()
         }
     }
 
@@ -87,7 +96,7 @@ impl Conversation {
             self.restarts += 1;
             supervision::count_restart(SupervisedKind::Recorder);
         }
-        let recorder = Recorder::new(self.store.clone(), &record, self.links.clone())
+        let recorder = Recorder::new(self.store.clone(), &record, Self::links_for(&self.links, ctx))
             .after_restart(self.restarts, error.clone())
             .start();
         tracing::warn!(
