@@ -234,3 +234,23 @@ impl TrackPump {
 pub fn wall_micros_now() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::codec::Codec;
+    use crate::media::writer::{TrackWriter, WriterConfig};
+
+    #[test]
+    fn a_swapped_sink_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = TrackWriter::spawn(dir.path().join("t.seg1.webm"), Codec::Opus, WriterConfig::default()).unwrap();
+        let swap = SinkSwap::default();
+        assert!(swap.take().is_none(), "nothing was put");
+        swap.put(writer.sink());
+        let clone = swap.clone();
+        assert!(clone.take().is_some(), "the pump's copy sees the new sink");
+        assert!(swap.take().is_none(), "and only once");
+        futures_executor::block_on(writer.finish());
+    }
+}
