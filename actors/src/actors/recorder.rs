@@ -102,7 +102,8 @@ pub struct Recorder {
     finalized: Option<Shared<oneshot::Receiver<()>>>,
     /// The record says a stop began before a restart.
     stop_requested: bool,
-    /// Stream restarts by supervision (each passes the instance through PENDING_RECOVERY).
+    /// Restarts by supervision, each of which passes the instance through PENDING_RECOVERY: the
+    /// streams' (writer restarts, rebuilt stream actors) and this recorder's own rebuilds.
     restarts: u32,
     last_error: Option<ErrorInfo>,
     num_publishes: u64,
