@@ -32,6 +32,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     state_seconds: GaugeVec,
     restarts: IntGaugeVec,
+    restarts_total: IntCounterVec,
     errors: IntGaugeVec,
 }
 
@@ -80,6 +81,15 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric definitions are valid");
+        // Counted by the engine since the process started: outlives the actors and instances.
+        let restarts_total = IntCounterVec::new(
+            Opts::new(
+                "recorder_actor_restarts_total",
+                "Supervised restarts since the process started (Stream: writer restarts and rebuilt stream actors; Recorder: rebuilt recorder actors)",
+            ),
+            &["kind"],
+        )
+        .expect("metric definitions are valid");
         let errors = IntGaugeVec::new(
             Opts::new("recorder_actors_with_last_error", "Live actors whose last error is set"),
             &["kind"],
@@ -88,6 +98,9 @@ impl Metrics {
         for metric in [restarts.clone(), errors.clone()] {
             registry.register(Box::new(metric)).expect("metrics register once");
         }
+        registry
+            .register(Box::new(restarts_total.clone()))
+            .expect("metrics register once");
         registry
             .register(Box::new(state_seconds.clone()))
             .expect("metrics register once");
@@ -107,6 +120,7 @@ impl Metrics {
         for kind in SUPERVISED_KINDS {
             restarts.with_label_values(&[kind]).set(0);
             errors.with_label_values(&[kind]).set(0);
+            restarts_total.with_label_values(&[kind]).reset();
         }
         Self {
             registry,
@@ -115,7 +129,16 @@ impl Metrics {
             requests,
             state_seconds,
             restarts,
+            restarts_total,
             errors,
+        }
+    }
+
+    /// Brings `recorder_actor_restarts_total` up to the engine's counts (which only grow).
+    pub fn set_restarts_total(&self, counts: &[(&str, u64)]) {
+        for (kind, count) in counts {
+            let counter = self.restarts_total.with_label_values(&[kind]);
+            counter.inc_by(count.saturating_sub(counter.get()));
         }
     }
 
@@ -291,6 +314,18 @@ mod tests {
         metrics.set_supervision(&node("Registry", "", 0, false, None, vec![]));
         let text = metrics.render();
         assert!(text.contains("recorder_actor_restarts{kind=\"Stream\"} 0"), "{text}");
+        // The counter keeps what it counted.
+        metrics.set_restarts_total(&[("Stream", 3), ("Recorder", 1)]);
+        metrics.set_restarts_total(&[("Stream", 3)]);
+        let text = metrics.render();
+        assert!(
+            text.contains("recorder_actor_restarts_total{kind=\"Stream\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("recorder_actor_restarts_total{kind=\"Recorder\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("recorder_instance_state_seconds{state=\"ACTIVE\"} 0"),
             "{text}"

@@ -14,6 +14,12 @@ pub const MUXER_WRITE: &str = "muxer_write";
 pub const STATE_COMMIT: &str = "state_commit";
 pub const UPLOAD_PART: &str = "upload_part";
 pub const FINALIZE: &str = "finalize";
+/// At the start of every message handler of a Stream actor but `Snapshot` (among them its
+/// supervision tick, every 200 ms), scoped by `"<conversationId> <userId>/<TYPE> <Handler>"`.
+pub const STREAM_HANDLER: &str = "stream_handler";
+/// At the start of every message handler of a Recorder actor but `Snapshot`, scoped by
+/// `"<conversationId> <Handler>"`.
+pub const RECORDER_HANDLER: &str = "recorder_handler";
 
 /// An injected failure, for points whose caller turns it into its own error.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -699,3 +699,462 @@ fn a_whip_publisher_that_reconnects_after_a_kill_9_continues_its_stream() {
         assert!(p.duration > 4.0 + gap_secs, "{kind}: {p:?}");
     }
 }
+
+/// The Recorder snapshots in the debug tree.
+fn recorder_snapshots(tree: &Value) -> Vec<Value> {
+    fn walk(node: &Value, out: &mut Vec<Value>) {
+        if node["kind"] == "Recorder" {
+            out.push(node.clone());
+        }
+        for child in node["children"].as_array().into_iter().flatten() {
+            walk(child, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree, &mut out);
+    out
+}
+
+/// One series of `/metrics` (admin key); `None` when it is not exported.
+fn metric(app: &TestApp, series: &str) -> Option<f64> {
+    let resp = app.request(
+        "GET",
+        &format!("{}/metrics", app.base_url),
+        &[("Authorization", KEY_ADMIN)],
+        None,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Publishes one plain-RTP m-line for `user`'s `kind` stream; answers the port to send to.
+fn publish_rtp(app: &TestApp, conference: &str, user: &str, kind: &str, line: (&str, u8, &str)) -> u16 {
+    let resp = app.publish(
+        "rtp",
+        conference,
+        &format!("userId={user}&type={kind}"),
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[line]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    answer_ports(&resp.text())[0]
+}
+
+/// A track that holds media from well before `at` to well after it, in one file.
+fn assert_spans(track: &Value, at: &Value, seconds_sent: u32) {
+    let at = millis(at);
+    assert!(millis(&track["started"]) < at - 1000, "{track} starts before {at}");
+    assert!(millis(&track["stopped"]) > at + 1000, "{track} goes on after {at}");
+    let p = probe(&track_file(track));
+    assert_eq!(p.codec, "vp8", "{track}");
+    // What was lost: the restart (ingest stopped, files completed, ports re-bound) and the
+    // wait for the next keyframe (1 s GOP).
+    assert!(p.duration >= f64::from(seconds_sent) - 2.5, "{p:?}: {track}");
+    assert!(
+        p.num_frames as f64 >= 0.6 * f64::from(seconds_sent * 30),
+        "{p:?}: {track}"
+    );
+}
+
+/// Actor supervision: a panic inside a Stream actor's handler (injected at its supervision
+/// tick, for one conversation only) stops that actor; its recorder rebuilds the stream from its
+/// record, re-binding the same ports into a new segment. The instance passes through
+/// PENDING_RECOVERY back to ACTIVE with `recovered`; the debug tree and the restart counter show
+/// it; the other conversation records on untouched; after stop the track holds media from
+/// before and after the panic.
+#[test]
+fn a_panic_in_a_stream_handler_restarts_the_stream_from_its_record_and_other_conversations_keep_recording() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    let (failing_call, healthy_call) = (unique("call"), unique("call"));
+    // 15 ticks of 200 ms after the stream started: ~3 s of media before the panic.
+    let faults = format!("stream_handler@{failing_call} agent/CAM SupervisionTick=panic*1+15");
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
+    let restarts_before = metric(&app, "recorder_actor_restarts_total{kind=\"Stream\"}").unwrap_or(0.0);
+    let (failing, healthy) = (unique("room"), unique("room"));
+    let a = app.start(&failing_call, &failing, false, true);
+    let b = app.start(&healthy_call, &healthy, false, true);
+    let seconds = 12;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    let recovered = poll(Duration::from_secs(20), "the failing instance recovered", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 1, "{recovered:#}");
+    assert_eq!(recovered["streams"][0]["state"], "RECORDING", "{recovered:#}");
+    let tree = app.debug_tree();
+    let restarted: Vec<_> = stream_snapshots(&tree)
+        .into_iter()
+        .filter(|s| s["restarts"].as_u64().unwrap_or(0) >= 1)
+        .collect();
+    assert_eq!(restarted.len(), 1, "{tree:#}");
+    assert_eq!(restarted[0]["lastError"]["code"], "ACTOR_FAILED", "{restarted:#?}");
+    assert_eq!(restarted[0]["state"], "RECORDING", "{restarted:#?}");
+    assert!(restarted[0]["counters"]["millis_in_state"].is_u64(), "{restarted:#?}");
+    let recorder = recorder_snapshots(&tree)
+        .into_iter()
+        .find(|r| r["id"] == recovered["instanceId"])
+        .unwrap_or_else(|| panic!("{tree:#}"));
+    assert_eq!(recorder["restarts"], 1, "{recorder:#}");
+    assert_eq!(recorder["lastError"]["code"], "ACTOR_FAILED", "{recorder:#}");
+    let restarts_after = metric(&app, "recorder_actor_restarts_total{kind=\"Stream\"}").expect("restart counter");
+    assert!(
+        restarts_after >= restarts_before + 1.0,
+        "{restarts_before} then {restarts_after}"
+    );
+    wait_ok(x, "failing conversation's sender");
+    wait_ok(y, "healthy conversation's sender");
+    assert_eq!(app.stop(&a)["state"], "STOPPED");
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let a = app.instance(&a);
+    let b = app.instance(&b);
+    assert_eq!(a["streams"][0]["state"], "STOPPED", "{a:#}");
+    assert_spans(
+        find_track(&tracks(&a), "agent", "CAM", "VIDEO"),
+        &a["recovered"],
+        seconds,
+    );
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+}
+
+/// Actor supervision budget: a Stream actor whose handler panics every time is rebuilt
+/// `max_restarts` times, then FAILED — in the API and the debug tree — and what it recorded is
+/// still finalized; an instance whose only stream failed is ABORTED with the error, one with
+/// another stream recording goes on. The restart counter keeps the restarts of the aborted
+/// instance. Another conversation keeps recording.
+#[test]
+fn stream_handler_panics_beyond_the_budget_fail_the_stream_and_abort_an_instance_left_without_one() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_with("[recovery]\nmax_restarts = 2\n");
+    // The CAM streams of user "crashy" (two of them, whose ticks count down one skip) panic at
+    // every supervision tick once ~2 s have passed.
+    app.restart_with_env(&[(
+        "RTC_RECORDER_FAULTS",
+        "stream_handler@crashy/CAM SupervisionTick=panic+20",
+    )]);
+    let restarts_before = metric(&app, "recorder_actor_restarts_total{kind=\"Stream\"}").unwrap_or(0.0);
+    let (only_cam, mixed, healthy) = (unique("room"), unique("room"), unique("room"));
+    let a = app.start(&unique("call"), &only_cam, false, true);
+    let c = app.start(&unique("call"), &mixed, true, true);
+    let b = app.start(&unique("call"), &healthy, false, true);
+    let seconds = 8;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &only_cam, "crashy", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let mut z = lavfi_av(seconds);
+    z.extend(rtp_out(
+        "0:v",
+        "vp8",
+        96,
+        publish_rtp(&app, &mixed, "crashy", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    z.extend(rtp_out(
+        "0:a",
+        "opus",
+        111,
+        publish_rtp(&app, &mixed, "crashy", "MIC", ("audio", 111, "opus/48000/2")),
+    ));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let senders = [ffmpeg(&x), ffmpeg(&z), ffmpeg(&y)];
+
+    let aborted = poll(Duration::from_secs(30), "the CAM-only instance ABORTED", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ABORTED").then_some(instance)
+    });
+    assert_eq!(aborted["error"]["code"], "RESTART_BUDGET_EXHAUSTED", "{aborted:#}");
+    for field in ["message", "occurred"] {
+        assert!(
+            aborted["error"][field].as_str().is_some_and(|s| !s.is_empty()),
+            "{aborted:#}"
+        );
+    }
+    assert_eq!(aborted["streams"][0]["state"], "FAILED", "{aborted:#}");
+    // A crash never deletes media: what the stream recorded before its failures is finalized.
+    let kept = probe(&track_file(find_track(&tracks(&aborted), "crashy", "CAM", "VIDEO")));
+    assert!(kept.num_frames > 0, "{kept:?}");
+    let mixed_now = poll(Duration::from_secs(30), "the mixed instance's CAM FAILED", || {
+        let instance = app.instance(&c);
+        let cam_failed = instance["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["type"] == "CAM" && s["state"] == "FAILED");
+        cam_failed.then_some(instance)
+    });
+    assert_ne!(mixed_now["state"], "ABORTED", "its MIC still records: {mixed_now:#}");
+    let tree = app.debug_tree();
+    let failed: Vec<_> = stream_snapshots(&tree)
+        .into_iter()
+        .filter(|s| s["state"] == "FAILED")
+        .collect();
+    assert_eq!(failed.len(), 1, "the mixed instance's CAM stream: {tree:#}");
+    assert_eq!(failed[0]["restarts"], 2, "{failed:#?}");
+    assert_eq!(
+        failed[0]["lastError"]["code"], "RESTART_BUDGET_EXHAUSTED",
+        "{failed:#?}"
+    );
+    // The counter outlives the aborted instance: both instances' rebuilds are in it.
+    let restarts_after = metric(&app, "recorder_actor_restarts_total{kind=\"Stream\"}").expect("restart counter");
+    assert!(
+        restarts_after >= restarts_before + 4.0,
+        "{restarts_before} then {restarts_after}"
+    );
+    for sender in senders {
+        wait_ok(sender, "sender");
+    }
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let b = app.instance(&b);
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+    let c_stopped = app.stop(&c);
+    assert_eq!(c_stopped["state"], "STOPPED", "{c_stopped:#}");
+    let c = app.instance(&c);
+    let audio = probe(&track_file(find_track(&tracks(&c), "crashy", "MIC", "AUDIO")));
+    assert!(audio.duration >= f64::from(seconds) - 0.5, "{audio:?}");
+}
+
+/// Actor supervision of the Recorder: a panic inside its Publish handler (the second publish of
+/// one conversation) is answered 503; the conversation retires the instance's streams and
+/// rebuilds the recorder from the record, which restores the recording stream on its ports
+/// (PENDING_RECOVERY, then ACTIVE with `recovered`). The publisher that was refused publishes
+/// again; the other conversation records on untouched.
+#[test]
+fn a_panic_in_a_recorder_handler_rebuilds_the_recorder_and_its_streams_record_on() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    let (failing_call, healthy_call) = (unique("call"), unique("call"));
+    let faults = format!("recorder_handler@{failing_call} Publish=panic*1+1");
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
+    let restarts_before = metric(&app, "recorder_actor_restarts_total{kind=\"Recorder\"}").unwrap_or(0.0);
+    let (failing, healthy) = (unique("room"), unique("room"));
+    let a = app.start(&failing_call, &failing, true, true);
+    let b = app.start(&healthy_call, &healthy, false, true);
+    let seconds = 12;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    poll(Duration::from_secs(15), "the failing instance ACTIVE", || {
+        (app.instance(&a)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mic = rtp_offer(&[("audio", 111, "opus/48000/2")]);
+    let publish_mic = || {
+        app.publish(
+            "rtp",
+            &failing,
+            "userId=agent&type=MIC",
+            &format!("Bearer {KEY}"),
+            "application/sdp",
+            &mic,
+        )
+    };
+    let refused = publish_mic();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let recovered = poll(Duration::from_secs(20), "the instance recovered", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 1, "{recovered:#}");
+    let tree = app.debug_tree();
+    let recorder = recorder_snapshots(&tree)
+        .into_iter()
+        .find(|r| r["id"] == recovered["instanceId"])
+        .unwrap_or_else(|| panic!("{tree:#}"));
+    assert!(recorder["restarts"].as_u64().unwrap_or(0) >= 1, "{recorder:#}");
+    assert_eq!(recorder["lastError"]["code"], "ACTOR_FAILED", "{recorder:#}");
+    assert_eq!(recorder["state"], "ACTIVE", "{recorder:#}");
+    let restarts_after = metric(&app, "recorder_actor_restarts_total{kind=\"Recorder\"}").expect("restart counter");
+    assert!(
+        restarts_after >= restarts_before + 1.0,
+        "{restarts_before} then {restarts_after}"
+    );
+    // The rebuilt recorder takes publishers again.
+    let again = publish_mic();
+    assert_eq!(again.status, 201, "{}", again.text());
+    wait_ok(x, "failing conversation's sender");
+    wait_ok(y, "healthy conversation's sender");
+    assert_eq!(app.stop(&a)["state"], "STOPPED");
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let a = app.instance(&a);
+    let b = app.instance(&b);
+    assert_spans(
+        find_track(&tracks(&a), "agent", "CAM", "VIDEO"),
+        &a["recovered"],
+        seconds,
+    );
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+}
+
+/// Supervision of a WHIP stream: its video writer panics (injected after 60 frames; the
+/// publisher sends video only); the peer connection stays up, the track goes on in a new segment
+/// (the pump switches writer and asks the publisher for a keyframe), within the budget, without
+/// the publisher reconnecting. The instance passes through PENDING_RECOVERY back to ACTIVE with
+/// `recovered`; after stop the track holds media from before and after the failure.
+#[test]
+fn a_whip_stream_whose_writer_fails_records_on_into_a_new_segment_on_the_same_connection() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn();
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", "muxer_write@.webm=panic*1+60")]);
+    let conference = unique("room");
+    let event = app.start(&unique("call"), &conference, false, true);
+    let seconds = 10;
+    let publisher = std::process::Command::new(env!("CARGO_BIN_EXE_whip-publish"))
+        .arg(app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM")))
+        .args(["--token", KEY, "--seconds", &seconds.to_string(), "--no-audio"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("whip-publish runs");
+    let recovered = poll(Duration::from_secs(20), "ACTIVE again with recovered", || {
+        let instance = app.instance(&event);
+        (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
+    });
+    assert_eq!(recovered["streams"].as_array().unwrap().len(), 1, "{recovered:#}");
+    assert_eq!(recovered["streams"][0]["state"], "RECORDING", "{recovered:#}");
+    let tree = app.debug_tree();
+    let streams = stream_snapshots(&tree);
+    assert_eq!(streams.len(), 1, "{tree:#}");
+    assert_eq!(streams[0]["restarts"], 1, "{streams:#?}");
+    assert_eq!(streams[0]["lastError"]["code"], "MEDIA_WRITE", "{streams:#?}");
+    assert_eq!(streams[0]["state"], "RECORDING", "{streams:#?}");
+    // The same connection: the publisher did not have to come back.
+    assert_eq!(streams[0]["counters"]["num_sessions"], 1, "{streams:#?}");
+    let out = publisher.wait_with_output().expect("whip-publish ends");
+    assert!(
+        out.status.success(),
+        "whip-publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+    let instance = app.instance(&event);
+    assert_eq!(instance["streams"].as_array().unwrap().len(), 1, "{instance:#}");
+    assert_eq!(instance["streams"][0]["state"], "STOPPED", "{instance:#}");
+    assert_spans(
+        find_track(&tracks(&instance), "agent", "CAM", "VIDEO"),
+        &instance["recovered"],
+        seconds,
+    );
+}
+
+/// The Recorder's restart budget: with `max_restarts = 0` the first panic inside the recorder's
+/// handler is beyond it; the rebuilt recorder aborts the instance (ABORTED with
+/// `RESTART_BUDGET_EXHAUSTED`) and still finalizes what it recorded. Another conversation
+/// records on untouched.
+#[test]
+fn a_recorder_failing_beyond_its_budget_aborts_its_instance_and_keeps_its_media() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_with("[recovery]\nmax_restarts = 0\n");
+    let (failing_call, healthy_call) = (unique("call"), unique("call"));
+    let faults = format!("recorder_handler@{failing_call} Publish=panic*1+1");
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
+    let (failing, healthy) = (unique("room"), unique("room"));
+    let a = app.start(&failing_call, &failing, true, true);
+    let b = app.start(&healthy_call, &healthy, false, true);
+    let seconds = 6;
+    let mut x = lavfi_video(seconds);
+    x.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let mut y = lavfi_video(seconds);
+    y.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    poll(Duration::from_secs(15), "the failing instance ACTIVE", || {
+        (app.instance(&a)["state"] == "ACTIVE").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let refused = app.publish(
+        "rtp",
+        &failing,
+        "userId=agent&type=MIC",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let aborted = poll(Duration::from_secs(20), "the instance ABORTED", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "ABORTED").then_some(instance)
+    });
+    assert_eq!(aborted["error"]["code"], "RESTART_BUDGET_EXHAUSTED", "{aborted:#}");
+    let message = aborted["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("recorder"), "{aborted:#}");
+    let kept = probe(&track_file(find_track(&tracks(&aborted), "agent", "CAM", "VIDEO")));
+    assert_eq!(kept.codec, "vp8");
+    // Frames before the panic, at least: how many depends on how fast the sender got going.
+    assert!(kept.num_frames > 0, "{kept:?}");
+    // The conversation is free for a new instance.
+    let next = app.start(&failing_call, &unique("room"), true, true);
+    assert_eq!(next["state"], "INITIALISED", "{next}");
+    assert_eq!(app.stop(&next)["state"], "STOPPED");
+    wait_ok(x, "failing conversation's sender");
+    wait_ok(y, "healthy conversation's sender");
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let b = app.instance(&b);
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+}

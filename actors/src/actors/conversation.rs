@@ -1,15 +1,19 @@
 //! One conversation with live work: holds its one live recorder instance. Media routing by
-//! conference and composition triggers hang off this actor as they arrive.
+//! conference and composition triggers hang off this actor as they arrive. Supervises the
+//! recorder: a recorder whose handler failed is rebuilt from the instance record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
+use chrono::Utc;
 use futures_util::FutureExt;
 
-use super::recorder::{Recorder, RecorderLinks, StopRecorder};
-use super::registry::snapshot_of;
-use crate::domain::InstanceRecord;
+use super::recorder::{retire_streams, AbortRecorder, Recorder, RecorderCrashed, RecorderLinks, StopRecorder};
+use super::registry::{rejected, snapshot_of};
+use super::supervision::{self, SupervisedKind};
+use crate::domain::{ErrorInfo, InstanceRecord, InstanceState};
 use crate::messages::{Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::StateStore;
@@ -20,17 +24,109 @@ pub struct Conversation {
     conversation_id: String,
     recorder: Mailbox<Recorder>,
     num_instances: u64,
+    store: Arc<dyn StateStore>,
+    /// What a rebuilt recorder is connected to (without this conversation: an actor holding its
+    /// own address would never stop; see [`Conversation::links_for`]).
+    links: RecorderLinks,
+    /// Recorder rebuilds, and when, for the restart budget.
+    restarts: u32,
+    restart_times: VecDeque<Instant>,
+    last_error: Option<ErrorInfo>,
 }
 
 impl Conversation {
-    pub fn new(store: Arc<dyn StateStore>, record: &InstanceRecord, links: RecorderLinks) -> Self {
-        let recorder = Recorder::new(store, record, links).start();
+    /// Builds the conversation and starts its recorder, which reports a failed handler here.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        record: &InstanceRecord,
+        mut links: RecorderLinks,
+        ctx: &mut Context<Self>,
+    ) -> Self {
+        links.crashed = None;
+        let recorder = Recorder::new(store.clone(), record, Self::links_for(&links, ctx)).start();
         Self {
             organization_id: record.organization_id.clone(),
             conversation_id: record.conversation_id.clone(),
             recorder: Mailbox::new(recorder),
             num_instances: 1,
+            store,
+            links,
+            restarts: 0,
+            restart_times: VecDeque::new(),
+            last_error: None,
         }
+    }
+
+    /// A recorder's links: it reports a failed handler to this conversation.
+    fn links_for(links: &RecorderLinks, ctx: &mut Context<Self>) -> RecorderLinks {
+        RecorderLinks {
+            crashed: Some(ctx.address().recipient()),
+            ..links.clone()
+        }
+    }
+
+    /// Rebuilds the recorder of `instance_id` from its record, after the failed one's streams
+    /// are retired (ports released, files complete): `ACTIVE` becomes `PENDING_RECOVERY`, and
+    /// the new recorder restores the streams that were recording, as on boot. Beyond the
+    /// restart budget the rebuilt recorder aborts the instance.
+    fn restart_recorder(&mut self, instance_id: &str, error: ErrorInfo, ctx: &mut Context<Self>) {
+        let admitted = supervision::admit_restart(&mut self.restart_times, Instant::now(), &self.links.recovery);
+        self.last_error = Some(error.clone());
+        let updated = self.store.update_instance(instance_id, &mut |r| {
+            if r.state == InstanceState::Active {
+                r.transition(InstanceState::PendingRecovery, Utc::now())
+                    .map_err(rejected)?;
+            }
+            Ok(())
+        });
+        let record = match updated {
+            Ok(record) if !record.state.is_terminal() => record,
+            Ok(_) => {
+                // It ended before it failed (a stop had committed): nothing left to run.
+                ctx.stop();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(instance_id, error = %e, "cannot rebuild a failed recorder");
+                ctx.stop();
+                return;
+            }
+        };
+        if admitted {
+            self.restarts += 1;
+            supervision::count_restart(SupervisedKind::Recorder);
+        }
+        let recorder = Recorder::new(self.store.clone(), &record, Self::links_for(&self.links, ctx))
+            .after_restart(self.restarts, error.clone())
+            .start();
+        tracing::warn!(
+            instance_id,
+            num_restarts = self.restarts,
+            admitted,
+            "recorder rebuilt from its record"
+        );
+        if !admitted {
+            let exhausted = ErrorInfo::new(
+                "RESTART_BUDGET_EXHAUSTED",
+                format!(
+                    "recorder failed {} times within {} s; the instance is aborted (last: {})",
+                    self.restart_times.len(),
+                    self.links.recovery.restart_window.as_secs(),
+                    error.message
+                ),
+            );
+            let aborting = recorder.clone();
+            actix::spawn(async move {
+                if let Ok(Err(e)) = aborting.send(AbortRecorder(exhausted)).await {
+                    tracing::error!(error = %e, "abort after an exhausted recorder budget failed");
+                }
+            });
+        }
+        self.recorder = Mailbox::new(recorder);
+        let flush = self.store.flush();
+        actix::spawn(async move {
+            let _ = flush.await;
+        });
     }
 }
 
@@ -40,6 +136,24 @@ impl Actor for Conversation {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Control messages only (stop, snapshots): a handful at a time.
         ctx.set_mailbox_capacity(64);
+    }
+}
+
+impl Handler<RecorderCrashed> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecorderCrashed, ctx: &mut Self::Context) {
+        let RecorderCrashed {
+            instance_id,
+            error,
+            streams,
+        } = msg;
+        // Nothing reaches the conversation until the new recorder is in place.
+        ctx.wait(
+            retire_streams(streams)
+                .into_actor(self)
+                .map(move |(), act, ctx| act.restart_recorder(&instance_id, error, ctx)),
+        );
     }
 }
 
@@ -92,6 +206,7 @@ impl Handler<Snapshot> for Conversation {
         let id = format!("{}/{}", self.organization_id, self.conversation_id);
         let mut counters = BTreeMap::new();
         counters.insert("num_instances", self.num_instances);
+        let (restarts, last_error) = (self.restarts, self.last_error.clone());
         async move {
             let children: Vec<_> = snapshot_of(&recorder).await.into_iter().collect();
             ActorSnapshot {
@@ -99,8 +214,8 @@ impl Handler<Snapshot> for Conversation {
                 id,
                 state: "LIVE".into(),
                 mailbox_depth: 0,
-                restarts: 0,
-                last_error: None,
+                restarts,
+                last_error,
                 counters,
                 children,
             }

@@ -14,6 +14,7 @@ mod conversation;
 mod recorder;
 mod registry;
 mod stream;
+pub mod supervision;
 mod uploader;
 
 pub use compositor::{composition_inputs, CompositionQueued, Compositor, FetchedTracks};

@@ -3,7 +3,7 @@
 //! is answered. Owns the instance's streams: publishers are routed here by conference, each
 //! (userId, type) gets one `Stream`, and the first frame written makes the instance `ACTIVE`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,8 +13,10 @@ use futures_util::future::join_all;
 
 use super::registry::{enqueue_artefact, rejected, snapshot_of};
 use super::stream::{
-    EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, Stream, StreamNotice, RECOVERED_SESSION,
+    EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, RetireStream, Stream, StreamCrashed, StreamNotice,
+    RECOVERED_SESSION,
 };
+use super::supervision::{self, SupervisedKind};
 use super::uploader::Kick;
 use futures_util::future::Shared;
 use futures_util::FutureExt;
@@ -29,6 +31,7 @@ use crate::store::{ArtefactKind, StateStore};
 use crate::EngineError;
 
 /// What a recorder is connected to besides the state store.
+#[derive(Clone)]
 pub struct RecorderLinks {
     /// The uploader of the instance's storage profile, kicked once artefacts are queued.
     pub uploader: Option<Recipient<Kick>>,
@@ -36,7 +39,30 @@ pub struct RecorderLinks {
     pub ended: Option<Recipient<InstanceEnded>>,
     pub media: Arc<MediaConfig>,
     pub recovery: RecoveryConfig,
+    /// Told when a handler of the recorder failed (its conversation rebuilds it).
+    pub crashed: Option<Recipient<RecorderCrashed>>,
 }
+
+/// A handler of a recorder failed and the actor stopped; its conversation retires `streams` and
+/// rebuilds the recorder from the instance record.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecorderCrashed {
+    pub instance_id: String,
+    pub error: ErrorInfo,
+    pub streams: Vec<Addr<Stream>>,
+}
+
+/// Retires the streams of a failed recorder: each stops ingest and completes its files.
+pub async fn retire_streams(streams: Vec<Addr<Stream>>) {
+    join_all(streams.iter().map(|s| s.send(RetireStream))).await;
+}
+
+/// Aborts the instance (restart budget of its recorder exhausted): finalized like a stop, then
+/// `ABORTED` with `error`.
+#[derive(Message)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct AbortRecorder(pub ErrorInfo);
 
 /// An instance reached a terminal state (stopped, or aborted by itself).
 #[derive(Message, Debug, Clone)]
@@ -76,13 +102,17 @@ pub struct Recorder {
     finalized: Option<Shared<oneshot::Receiver<()>>>,
     /// The record says a stop began before a restart.
     stop_requested: bool,
-    /// Stream restarts by supervision (each passes the instance through PENDING_RECOVERY).
+    /// Restarts by supervision, each of which passes the instance through PENDING_RECOVERY: the
+    /// streams' (writer restarts, rebuilt stream actors) and this recorder's own rebuilds.
     restarts: u32,
     last_error: Option<ErrorInfo>,
     num_publishes: u64,
     num_publishes_refused: u64,
     /// Streams of the record still `RECORDING` when this actor was built (after a restart).
     recovered: Vec<StreamRecord>,
+    crashed_to: Option<Recipient<RecorderCrashed>>,
+    /// A handler failed: the actor is stopping and takes no more work.
+    crashed: bool,
 }
 
 struct StreamEntry {
@@ -96,6 +126,10 @@ struct StreamEntry {
     disconnected_at: Option<Instant>,
     /// Its restart budget ran out: it records no more.
     failed: bool,
+    /// Restarts of this stream (writer restarts and rebuilt actors), and when, for the budget;
+    /// kept here because a rebuilt stream actor starts from its record.
+    restarts: u32,
+    restart_times: VecDeque<Instant>,
 }
 
 impl Recorder {
@@ -105,6 +139,7 @@ impl Recorder {
             ended,
             media,
             recovery,
+            crashed,
         } = links;
         Self {
             store,
@@ -136,7 +171,197 @@ impl Recorder {
             } else {
                 Vec::new()
             },
+            crashed_to: crashed,
+            crashed: false,
         }
+    }
+
+    /// A recorder rebuilt after its previous actor failed.
+    pub fn after_restart(mut self, restarts: u32, error: ErrorInfo) -> Self {
+        self.restarts = restarts;
+        self.last_error = Some(error);
+        self
+    }
+
+    fn new_stream(&self, record: StreamRecord, restore: bool, ctx: &mut Context<Self>) -> Stream {
+        let (instance_id, media, notices) = (self.instance_id.clone(), self.media.clone(), ctx.address().recipient());
+        let stream = if restore {
+            Stream::restore(record, instance_id, media, notices)
+        } else {
+            Stream::new(record, instance_id, media, notices)
+        };
+        stream
+            .supervised(self.recovery)
+            .watched_by(ctx.address().recipient(), &self.conversation_id)
+    }
+
+    /// Runs a handler body under supervision: a panic (or a failing fault point) inside it ends
+    /// this actor (see [`Recorder::crash`]) and answers `None`.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        handler: &'static str,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> Option<R> {
+        if self.crashed {
+            return None;
+        }
+        let scope = supervision::fault_scope(|| format!("{} {handler}", self.conversation_id));
+        match supervision::run_guarded(crate::fault::RECORDER_HANDLER, &scope, || body(self, ctx)) {
+            Ok(result) => Some(result),
+            Err(message) => {
+                self.crash(ctx, handler, message);
+                None
+            }
+        }
+    }
+
+    /// A handler failed: the actor's fields may be half-changed, so it does not go on. The
+    /// instance's truth is in the store; the conversation retires the streams and rebuilds the
+    /// recorder from the record (the instance passes through `PENDING_RECOVERY`).
+    fn crash(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
+        let error = ErrorInfo::new("ACTOR_FAILED", format!("recorder handler {handler} failed: {message}"));
+        tracing::error!(instance_id = %self.instance_id, handler, error = %message, "recorder actor failed: stopping it for a restart");
+        self.crashed = true;
+        self.last_error = Some(error.clone());
+        let streams = self.streams.iter().map(|s| s.mailbox.addr().clone()).collect();
+        match &self.crashed_to {
+            Some(watch) => watch.do_send(RecorderCrashed {
+                instance_id: self.instance_id.clone(),
+                error,
+                streams,
+            }),
+            // Nobody rebuilds it: at least stop its streams' ingest.
+            None => {
+                actix::spawn(retire_streams(streams));
+            }
+        }
+        ctx.stop();
+    }
+
+    /// Until a restarted stream writes again, the instance is recovering.
+    fn enter_recovery(&mut self) {
+        let result = self.store.update_instance(&self.instance_id, &mut |r| {
+            if r.state == InstanceState::Active {
+                r.transition(InstanceState::PendingRecovery, Utc::now())
+                    .map_err(rejected)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(record) => {
+                self.state = record.state;
+                let flush = self.store.flush();
+                actix::spawn(async move {
+                    let _ = flush.await;
+                });
+            }
+            Err(e) => {
+                tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a stream restart")
+            }
+        }
+    }
+
+    /// A stream that cannot record any more: `FAILED` in the record; an instance left without a
+    /// stream that can record is aborted, and what it recorded is finalized and uploaded.
+    fn stream_failed(&mut self, stream_id: &str, error: ErrorInfo, ctx: &mut Context<Self>) {
+        self.last_error = Some(error.clone());
+        if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
+            entry.failed = true;
+            entry.connected = false;
+        }
+        let result = self.store.update_instance(&self.instance_id, &mut |r| {
+            if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                stream.state = StreamState::Failed;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a failed stream");
+        }
+        if !self.stopping && self.streams.iter().all(|s| s.failed) {
+            let aborting = self.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
+                }
+            });
+            ctx.spawn(aborting);
+        } else {
+            let flush = self.store.flush();
+            actix::spawn(async move {
+                let _ = flush.await;
+            });
+        }
+    }
+
+    /// Rebuilds a stream whose actor failed from its record in the store, once the failed actor
+    /// released its ports and completed its files. Within the budget it records on (plain RTP
+    /// re-binds its ports; a WHIP publisher must connect again, its connection ended with the
+    /// actor); beyond it the stream is rebuilt only to finish its files and is `FAILED`.
+    fn restart_stream(&mut self, msg: StreamCrashed, ctx: &mut Context<Self>) {
+        let StreamCrashed {
+            stream_id,
+            error,
+            quiesced,
+        } = msg;
+        if self.stopping || self.state.is_terminal() {
+            return;
+        }
+        let recovery = self.recovery;
+        let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) else {
+            return;
+        };
+        let admitted = supervision::admit_restart(&mut entry.restart_times, Instant::now(), &recovery);
+        self.last_error = Some(error.clone());
+        if admitted {
+            entry.restarts += 1;
+            self.restarts += 1;
+            supervision::count_restart(SupervisedKind::Stream);
+            self.enter_recovery();
+        }
+        tracing::warn!(instance_id = %self.instance_id, stream_id = %stream_id, admitted, "stream actor failed: rebuilding it from its record");
+        // Nothing reaches the recorder until the replacement is in place: a stop meanwhile
+        // would finish a dead stream.
+        ctx.wait(quiesced.into_actor(self).map(move |(), act, ctx| {
+            let record = act
+                .store
+                .get_instance(&act.instance_id)
+                .ok()
+                .flatten()
+                .and_then(|r| r.streams.into_iter().find(|s| s.id == stream_id));
+            let Some(record) = record else {
+                tracing::error!(instance_id = %act.instance_id, stream_id = %stream_id, "failed stream not in the record");
+                return;
+            };
+            let is_rtp = record.rtp_session.is_some();
+            let stream = act.new_stream(record, true, ctx);
+            let Some(entry) = act.streams.iter_mut().find(|s| s.id == stream_id) else {
+                return;
+            };
+            let stream = stream.after_restart(entry.restarts, entry.restart_times.clone(), error.clone());
+            let exhausted = ErrorInfo::new(
+                "RESTART_BUDGET_EXHAUSTED",
+                format!(
+                    "stream failed {} times within {} s; it is not restarted again (last: {})",
+                    entry.restart_times.len(),
+                    recovery.restart_window.as_secs(),
+                    error.message
+                ),
+            );
+            let stream = if admitted {
+                stream
+            } else {
+                stream.failed_with(exhausted.clone())
+            };
+            entry.mailbox = Mailbox::new(stream.start());
+            if !is_rtp || !admitted {
+                entry.connected = false;
+                entry.disconnected_at = Some(Instant::now());
+            }
+            if !admitted {
+                act.stream_failed(&stream_id, exhausted, ctx);
+            }
+        }));
     }
 
     /// The stream a publisher of (userId, type) continues: the connected one, or one that lost
@@ -163,13 +388,7 @@ impl Recorder {
             rtp_session: None,
             tracks: vec![],
         };
-        let stream = Stream::new(
-            record,
-            self.instance_id.clone(),
-            self.media.clone(),
-            ctx.address().recipient(),
-        )
-        .supervised(self.recovery);
+        let stream = self.new_stream(record, false, ctx);
         self.streams.push(StreamEntry {
             id,
             user_id: user_id.to_string(),
@@ -179,6 +398,8 @@ impl Recorder {
             connected: false,
             disconnected_at: None,
             failed: false,
+            restarts: 0,
+            restart_times: VecDeque::new(),
         });
         (self.streams.len() - 1, true)
     }
@@ -238,13 +459,7 @@ impl Actor for Recorder {
         ctx.set_mailbox_capacity(64);
         // Streams that were recording when the process ended: their files are on disk.
         for record in std::mem::take(&mut self.recovered) {
-            let stream = Stream::restore(
-                record.clone(),
-                self.instance_id.clone(),
-                self.media.clone(),
-                ctx.address().recipient(),
-            )
-            .supervised(self.recovery);
+            let stream = self.new_stream(record.clone(), true, ctx);
             // A plain-RTP session is re-bound by the stream as it starts: it counts as connected
             // (and its publisher's DELETE still finds it) unless the stream reports otherwise.
             let mut sessions = vec![RECOVERED_SESSION.to_string()];
@@ -258,6 +473,8 @@ impl Actor for Recorder {
                 connected: record.rtp_session.is_some(),
                 disconnected_at: Some(Instant::now()),
                 failed: false,
+                restarts: 0,
+                restart_times: VecDeque::new(),
             });
         }
         if self.stop_requested {
@@ -305,6 +522,24 @@ impl Handler<Publish> for Recorder {
     type Result = ResponseActFuture<Self, Result<PublishAnswer, EngineError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        match self.guarded(ctx, "Publish", |act, ctx| act.publish(msg, ctx)) {
+            Some(publishing) => publishing,
+            None => Box::pin(fut::ready(Err(restarting()))),
+        }
+    }
+}
+
+/// The answer to a message that reached a recorder whose handler failed.
+fn restarting() -> EngineError {
+    EngineError::Unavailable("the recorder instance failed and is being restarted; try again".into())
+}
+
+impl Recorder {
+    fn publish(
+        &mut self,
+        msg: Publish,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<PublishAnswer, EngineError>> {
         if self.stopping || self.state.is_terminal() {
             self.num_publishes_refused += 1;
             return Box::pin(fut::ready(Err(EngineError::conflict(
@@ -405,12 +640,16 @@ impl Handler<Publish> for Recorder {
 impl Handler<Unpublish> for Recorder {
     type Result = ResponseFuture<Result<(), EngineError>>;
 
-    fn handle(&mut self, msg: Unpublish, _ctx: &mut Self::Context) -> Self::Result {
-        let stream = self
-            .streams
-            .iter()
-            .find(|s| s.sessions.contains(&msg.session_id))
-            .map(|s| s.mailbox.clone());
+    fn handle(&mut self, msg: Unpublish, ctx: &mut Self::Context) -> Self::Result {
+        let session_id = msg.session_id.clone();
+        let Some(stream) = self.guarded(ctx, "Unpublish", |act, _ctx| {
+            act.streams
+                .iter()
+                .find(|s| s.sessions.contains(&session_id))
+                .map(|s| s.mailbox.clone())
+        }) else {
+            return Box::pin(fut::ready(Err(restarting())));
+        };
         Box::pin(async move {
             let missing = || EngineError::not_found(format!("no live publisher session {}", msg.session_id));
             let stream = stream.ok_or_else(missing)?;
@@ -432,6 +671,29 @@ impl Handler<StreamNotice> for Recorder {
     type Result = ();
 
     fn handle(&mut self, msg: StreamNotice, ctx: &mut Self::Context) {
+        self.guarded(ctx, "StreamNotice", |act, ctx| act.stream_notice(msg, ctx));
+    }
+}
+
+impl Handler<StreamCrashed> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamCrashed, ctx: &mut Self::Context) {
+        self.guarded(ctx, "StreamCrashed", |act, ctx| act.restart_stream(msg, ctx));
+    }
+}
+
+impl Handler<AbortRecorder> for Recorder {
+    type Result = ResponseActFuture<Self, Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: AbortRecorder, ctx: &mut Self::Context) -> Self::Result {
+        self.guarded(ctx, "AbortRecorder", |act, ctx| act.finalize(Ending::Abort(msg.0), ctx))
+            .unwrap_or_else(|| Box::pin(fut::ready(Err(restarting()))))
+    }
+}
+
+impl Recorder {
+    fn stream_notice(&mut self, msg: StreamNotice, ctx: &mut Context<Self>) {
         match msg {
             StreamNotice::MediaStarted {
                 stream_id,
@@ -506,58 +768,16 @@ impl Handler<StreamNotice> for Recorder {
                     "STREAM_RESTARTED",
                     format!("stream {stream_id} restarted after a writer failure"),
                 ));
-                // Until the restarted stream writes again the instance is recovering.
-                let result = self.store.update_instance(&self.instance_id, &mut |r| {
-                    if r.state == InstanceState::Active {
-                        r.transition(InstanceState::PendingRecovery, Utc::now())
-                            .map_err(rejected)?;
-                    }
-                    Ok(())
-                });
-                match result {
-                    Ok(record) => {
-                        self.state = record.state;
-                        let flush = self.store.flush();
-                        actix::spawn(async move {
-                            let _ = flush.await;
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a stream restart")
-                    }
-                }
-            }
-            StreamNotice::Failed { stream_id, error } => {
-                self.last_error = Some(error.clone());
+                let recovery = self.recovery;
                 if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
-                    entry.failed = true;
-                    entry.connected = false;
+                    // The stream judged its budget itself; the entry keeps the history for a
+                    // rebuilt actor.
+                    entry.restarts += 1;
+                    supervision::admit_restart(&mut entry.restart_times, Instant::now(), &recovery);
                 }
-                let result = self.store.update_instance(&self.instance_id, &mut |r| {
-                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
-                        stream.state = StreamState::Failed;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = result {
-                    tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a failed stream");
-                }
-                // With no stream left that can record, the instance cannot go on: it is aborted,
-                // and what it recorded is finalized and uploaded.
-                if !self.stopping && self.streams.iter().all(|s| s.failed) {
-                    let aborting = self.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
-                        if let Err(e) = result {
-                            tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
-                        }
-                    });
-                    ctx.spawn(aborting);
-                } else {
-                    let flush = self.store.flush();
-                    actix::spawn(async move {
-                        let _ = flush.await;
-                    });
-                }
+                self.enter_recovery();
             }
+            StreamNotice::Failed { stream_id, error } => self.stream_failed(&stream_id, error, ctx),
             StreamNotice::Disconnected { stream_id, session_id } => {
                 if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
                     if entry.sessions.last() == Some(&session_id) {
@@ -574,7 +794,8 @@ impl Handler<StopRecorder> for Recorder {
     type Result = ResponseActFuture<Self, Result<InstanceRecord, EngineError>>;
 
     fn handle(&mut self, _msg: StopRecorder, ctx: &mut Self::Context) -> Self::Result {
-        self.finalize(Ending::Stop, ctx)
+        self.guarded(ctx, "StopRecorder", |act, ctx| act.finalize(Ending::Stop, ctx))
+            .unwrap_or_else(|| Box::pin(fut::ready(Err(restarting()))))
     }
 }
 

@@ -97,17 +97,15 @@ impl Registry {
             .uploaders
             .get(&(record.organization_id.clone(), record.application_id.clone()))
             .map(|m| m.addr().clone().recipient());
-        let conversation = Conversation::new(
-            self.store.clone(),
-            record,
-            RecorderLinks {
-                uploader,
-                ended: Some(self.ended.clone()),
-                media: self.config.media.clone(),
-                recovery: self.config.recovery,
-            },
-        )
-        .start();
+        let links = RecorderLinks {
+            uploader,
+            ended: Some(self.ended.clone()),
+            media: self.config.media.clone(),
+            recovery: self.config.recovery,
+            crashed: None,
+        };
+        let store = self.store.clone();
+        let conversation = Conversation::create(|ctx| Conversation::new(store, record, links, ctx));
         self.by_conference.insert(
             (record.organization_id.clone(), record.conference_id.clone()),
             (record.organization_id.clone(), record.conversation_id.clone()),

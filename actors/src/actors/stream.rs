@@ -20,7 +20,7 @@ use crate::domain::{
 };
 use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::codec::Codec;
-use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, TrackCounters, TrackPump, TrackSummary};
+use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, SinkSwap, TrackCounters, TrackPump, TrackSummary};
 use crate::media::join::join_segments;
 use crate::media::plain_rtp::{self, BoundMedia, PlainRtpSession};
 use crate::media::receiver::TrackReceiver;
@@ -31,6 +31,8 @@ use crate::media::writer::{SegmentReport, TrackWriter, WriterStats};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
 
+use super::supervision::{self, SupervisedKind};
+
 /// The session id of segments found on disk after a restart.
 pub(crate) const RECOVERED_SESSION: &str = "recovered";
 /// The session id of a track's final file found on disk after a restart (a stop that had
@@ -39,6 +41,9 @@ const FINALIZED_SESSION: &str = "finalized";
 
 /// How long a finishing stream waits for its ingest threads to hand over their summaries.
 const INGEST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stream that stops after a handler failure waits for its ingest to end (ports
+/// released) and its writers to finish their files, before its replacement is built anyway.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Stream {
     record: StreamRecord,
@@ -62,6 +67,15 @@ pub struct Stream {
     restart_rtp: Option<RtpSessionRecord>,
     /// The restart budget ran out (or the session could not be restarted): no more media.
     failed: bool,
+    /// Told when a handler of this actor failed: the recorder rebuilds the stream from its
+    /// record.
+    watch: Option<Recipient<StreamCrashed>>,
+    /// The conversation this stream belongs to, for the scope of its fault point.
+    conversation_id: String,
+    /// A handler failed: the actor quiesced and is stopping; it takes no more work.
+    crashed: bool,
+    /// When the stream entered its current state (for the debug tree's `millis_in_state`).
+    state_since: Instant,
 }
 
 struct TrackState {
@@ -79,6 +93,9 @@ struct Segment {
     finishing: Option<BoxFuture<'static, SegmentReport>>,
     summary: Option<TrackSummary>,
     stats: Arc<WriterStats>,
+    /// Started by supervision on a connection that stayed up (WHIP): the connection's summary
+    /// (its start time) belongs to the session's first segment, not to this one.
+    continues: bool,
 }
 
 enum Ingest {
@@ -118,6 +135,10 @@ impl Stream {
             failed_segments: HashSet::new(),
             restart_rtp: None,
             failed: false,
+            watch: None,
+            conversation_id: String::new(),
+            crashed: false,
+            state_since: Instant::now(),
         }
     }
 
@@ -127,11 +148,126 @@ impl Stream {
         self
     }
 
+    /// Reports a failed handler to `watch` (the recorder, which rebuilds the stream).
+    pub fn watched_by(mut self, watch: Recipient<StreamCrashed>, conversation_id: &str) -> Self {
+        self.watch = Some(watch);
+        self.conversation_id = conversation_id.to_string();
+        self
+    }
+
+    /// A stream rebuilt after its actor failed: the restarts so far (and when, for the budget)
+    /// and the error that ended the previous actor.
+    pub fn after_restart(mut self, restarts: u32, restart_times: VecDeque<Instant>, error: ErrorInfo) -> Self {
+        self.restarts = restarts;
+        self.restart_times = restart_times;
+        self.last_error = Some(error);
+        self
+    }
+
+    /// A stream rebuilt only to finish what it recorded: its restart budget ran out, it binds no
+    /// port and ends `FAILED`.
+    pub fn failed_with(mut self, error: ErrorInfo) -> Self {
+        self.failed = true;
+        self.record.state = StreamState::Failed;
+        self.record.rtp_session = None;
+        self.last_error = Some(error);
+        self.state_since = Instant::now();
+        self
+    }
+
+    /// Runs a handler body under supervision: a panic (or a failing fault point) inside it ends
+    /// this actor (see [`Stream::crash`]) and answers `None`.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        handler: &'static str,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> Option<R> {
+        if self.crashed {
+            return None;
+        }
+        let scope = supervision::fault_scope(|| {
+            format!(
+                "{} {}/{} {handler}",
+                self.conversation_id,
+                self.record.user_id,
+                self.record.kind.as_str()
+            )
+        });
+        match supervision::run_guarded(crate::fault::STREAM_HANDLER, &scope, || body(self, ctx)) {
+            Ok(result) => Some(result),
+            Err(message) => {
+                self.crash(ctx, handler, message);
+                None
+            }
+        }
+    }
+
+    /// A handler failed: what the actor holds may be half-changed, so it does not go on. Its
+    /// ingest is stopped and its writers finish their files; the recorder hears of it with a
+    /// future that resolves once that is done (ports released, files complete) and rebuilds the
+    /// stream from its record, as after a restart of the process.
+    fn crash(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
+        let error = ErrorInfo::new("ACTOR_FAILED", format!("stream handler {handler} failed: {message}"));
+        tracing::error!(stream_id = %self.record.id, handler, error = %message, "stream actor failed: stopping it for a restart");
+        self.crashed = true;
+        self.last_error = Some(error.clone());
+        let quiesced = self.quiesce();
+        if let Some(watch) = &self.watch {
+            watch.do_send(StreamCrashed {
+                stream_id: self.record.id.clone(),
+                error,
+                quiesced,
+            });
+        }
+        ctx.stop();
+    }
+
+    /// Stops ingest and finishes every writer; the future resolves when the ingest threads or
+    /// tasks have ended and the files are complete (or after [`QUIESCE_TIMEOUT`]).
+    fn quiesce(&mut self) -> BoxFuture<'static, ()> {
+        let mut waits: Vec<BoxFuture<'static, ()>> = Vec::new();
+        let ended = match self.session.take() {
+            Some(LiveSession {
+                ingest: Ingest::Rtp(rtp),
+                ..
+            }) => rtp.stop_and_wait(),
+            Some(LiveSession {
+                ingest: Ingest::Whip(whip),
+                ..
+            }) => whip.stop_and_wait(),
+            None => Vec::new(),
+        };
+        for rx in ended {
+            waits.push(rx.map(|_| ()).boxed());
+        }
+        for track in &mut self.tracks {
+            for segment in &mut track.segments {
+                if let Some(writer) = segment.writer.take() {
+                    waits.push(writer.begin_finish().map(|_| ()).boxed());
+                } else if let Some(finishing) = segment.finishing.take() {
+                    waits.push(finishing.map(|_| ()).boxed());
+                }
+            }
+        }
+        let stream_id = self.record.id.clone();
+        async move {
+            if tokio::time::timeout(QUIESCE_TIMEOUT, futures_util::future::join_all(waits))
+                .await
+                .is_err()
+            {
+                tracing::warn!(stream_id = %stream_id, "stream ingest or writers did not end in time");
+            }
+        }
+        .boxed()
+    }
+
     /// Supervision: a live segment whose writer failed (muxer error, panicked thread) restarts
-    /// the session into new segments — plain RTP on the same ports, latched to the same sender
-    /// — within the restart budget; beyond it, or for WHIP (whose peer connection cannot be
-    /// re-created from here), the stream is FAILED.
-    fn check_writers(&mut self) {
+    /// within the restart budget — plain RTP: the session into new segments on the same ports,
+    /// latched to the same sender; WHIP: the failed track into a new segment on the same peer
+    /// connection (the pump switches writer and asks the publisher for a keyframe). Beyond the
+    /// budget the stream is FAILED.
+    fn check_writers(&mut self, ctx: &mut Context<Self>) {
         if self.failed || self.restart_rtp.is_some() {
             return;
         }
@@ -149,19 +285,41 @@ impl Stream {
         if failed.is_empty() {
             return;
         }
-        self.failed_segments.extend(failed);
-        let now = Instant::now();
+        self.failed_segments.extend(failed.iter().cloned());
         let window = self.recovery.restart_window;
-        self.restart_times
-            .retain(|at| now.saturating_duration_since(*at) <= window);
-        self.restart_times.push_back(now);
+        let admitted = supervision::admit_restart(&mut self.restart_times, Instant::now(), &self.recovery);
+        let whip = matches!(
+            &self.session,
+            Some(LiveSession {
+                ingest: Ingest::Whip(_),
+                ..
+            })
+        );
+        if admitted && whip {
+            match self.restart_whip_writers(&failed, ctx) {
+                Ok(()) => {
+                    self.restarts += 1;
+                    supervision::count_restart(SupervisedKind::Stream);
+                    self.last_error = Some(ErrorInfo::new(
+                        "MEDIA_WRITE",
+                        "a track writer failed: recording on into a new segment",
+                    ));
+                    tracing::warn!(stream_id = %self.record.id, num_restarts = self.restarts, "track writer failed: new segment on the same whip connection");
+                    self.recorder.do_send(StreamNotice::Restarting {
+                        stream_id: self.record.id.clone(),
+                    });
+                }
+                Err(e) => self.fail(ErrorInfo::new("MEDIA", format!("restart failed: {e}"))),
+            }
+            return;
+        }
         let rtp = match &self.session {
             Some(LiveSession {
                 ingest: Ingest::Rtp(_), ..
             }) => self.record.rtp_session.clone(),
             _ => None,
         };
-        let Some(rtp) = rtp.filter(|_| self.restart_times.len() <= self.recovery.max_restarts as usize) else {
+        let Some(rtp) = rtp.filter(|_| admitted) else {
             let error = ErrorInfo::new(
                 "RESTART_BUDGET_EXHAUSTED",
                 format!(
@@ -174,6 +332,7 @@ impl Stream {
             return;
         };
         self.restarts += 1;
+        supervision::count_restart(SupervisedKind::Stream);
         self.last_error = Some(ErrorInfo::new(
             "MEDIA_WRITE",
             "a track writer failed: restarting the stream",
@@ -186,11 +345,59 @@ impl Stream {
         });
     }
 
+    /// Finishes each failed WHIP segment and hands its track's running pump a new writer.
+    fn restart_whip_writers(&mut self, failed: &[(String, usize)], ctx: &mut Context<Self>) -> Result<(), MediaError> {
+        let Some(LiveSession {
+            id: session_id,
+            ingest: Ingest::Whip(whip),
+            ..
+        }) = &self.session
+        else {
+            return Err(MediaError::Io("no live whip session".into()));
+        };
+        let session_id = session_id.clone();
+        let swaps: Vec<(String, usize, SinkSwap)> = failed
+            .iter()
+            .filter_map(|(track_id, index)| Some((track_id.clone(), *index, whip.swap_for(track_id)?)))
+            .collect();
+        for (track_id, index, swap) in swaps {
+            let Some(at) = self.tracks.iter().position(|t| t.id == track_id) else {
+                continue;
+            };
+            if let Some(segment) = self.tracks[at].segments.iter_mut().find(|s| s.index == index) {
+                if let Some(writer) = segment.writer.take() {
+                    let finishing = writer.begin_finish().shared();
+                    segment.finishing = Some(finishing.clone().boxed());
+                    let addr = ctx.address();
+                    let track_id = track_id.clone();
+                    ctx.spawn(
+                        async move {
+                            let report = finishing.await;
+                            addr.do_send(SegmentFinished {
+                                track_id,
+                                index,
+                                report,
+                            });
+                        }
+                        .into_actor(self),
+                    );
+                }
+            }
+            let (sink, _counters) = self.new_segment(at, &session_id)?;
+            if let Some(segment) = self.tracks[at].segments.last_mut() {
+                segment.continues = true;
+            }
+            swap.put(sink);
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, error: ErrorInfo) {
         tracing::error!(stream_id = %self.record.id, code = %error.code, message = %error.message, "stream failed");
         self.failed = true;
         self.restart_rtp = None;
         self.record.state = StreamState::Failed;
+        self.state_since = Instant::now();
         self.last_error = Some(error.clone());
         self.end_session();
         self.recorder.do_send(StreamNotice::Failed {
@@ -262,6 +469,7 @@ impl Stream {
             writer: Some(writer),
             finishing: None,
             summary: None,
+            continues: false,
         });
         Ok((sink, track.counters.clone()))
     }
@@ -454,7 +662,7 @@ impl Actor for Stream {
         ctx.set_mailbox_capacity(64);
         // Writers run on their own threads and fail there; a failure shows in their shared
         // stats, looked at this often (a restart within the loss a crash would cause).
-        ctx.run_interval(Duration::from_millis(200), |act, _ctx| act.check_writers());
+        ctx.run_interval(Duration::from_millis(200), |_act, ctx| ctx.notify(SupervisionTick));
         if self.needs_restore {
             // Reading the files is blocking work: a thread of its own. Until it is done the
             // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
@@ -514,6 +722,28 @@ pub enum StreamNotice {
     },
 }
 
+/// A handler failed and the actor stopped (see [`Stream::crash`]); `quiesced` resolves once its
+/// ingest ended and its files are complete.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StreamCrashed {
+    pub stream_id: String,
+    pub error: ErrorInfo,
+    pub quiesced: BoxFuture<'static, ()>,
+}
+
+/// Stops the stream without finishing its tracks: ingest stopped, files completed, actor ended.
+/// Answered once that is done. For a recorder rebuilt after its own failure, which restores the
+/// stream from its record.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetireStream;
+
+/// The stream's own timer: checks its writers (supervision of the writer threads).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SupervisionTick;
+
 /// Opens a plain-RTP session on this stream (a new segment of each track it carries).
 #[derive(Message)]
 #[rtype(result = "Result<OpenedSession, MediaError>")]
@@ -570,9 +800,41 @@ impl Handler<OpenRtp> for Stream {
     type Result = Result<OpenedSession, MediaError>;
 
     fn handle(&mut self, msg: OpenRtp, ctx: &mut Self::Context) -> Self::Result {
-        self.open_rtp(msg, ctx).inspect_err(|e| {
-            self.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
+        self.guarded(ctx, "OpenRtp", |act, ctx| {
+            act.open_rtp(msg, ctx).inspect_err(|e| {
+                act.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
+            })
         })
+        .unwrap_or_else(|| Err(restarting()))
+    }
+}
+
+/// The answer to a message that reached a stream whose handler failed.
+fn restarting() -> MediaError {
+    MediaError::Io("the stream failed and is being restarted; try again".into())
+}
+
+impl Handler<SupervisionTick> for Stream {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SupervisionTick, ctx: &mut Self::Context) {
+        // A failed stream only waits for its finish: nothing left to supervise.
+        if self.failed {
+            return;
+        }
+        self.guarded(ctx, "SupervisionTick", |act, ctx| act.check_writers(ctx));
+    }
+}
+
+impl Handler<RetireStream> for Stream {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: RetireStream, ctx: &mut Self::Context) -> Self::Result {
+        // Whoever rebuilds the stream reads its files: they are complete before the answer.
+        self.crashed = true;
+        let quiesced = self.quiesce();
+        ctx.stop();
+        quiesced
     }
 }
 
@@ -580,6 +842,19 @@ impl Handler<OpenWhip> for Stream {
     type Result = ResponseActFuture<Self, Result<OpenedSession, MediaError>>;
 
     fn handle(&mut self, msg: OpenWhip, ctx: &mut Self::Context) -> Self::Result {
+        match self.guarded(ctx, "OpenWhip", |act, ctx| act.open_whip(msg, ctx)) {
+            Some(opening) => opening,
+            None => Box::pin(fut::ready(Err(restarting()))),
+        }
+    }
+}
+
+impl Stream {
+    fn open_whip(
+        &mut self,
+        msg: OpenWhip,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<OpenedSession, MediaError>> {
         let events = Self::events(ctx);
         let media = self.media.clone();
         let session_id = msg.session_id.clone();
@@ -628,13 +903,16 @@ impl Handler<OpenWhip> for Stream {
 impl Handler<EndSession> for Stream {
     type Result = bool;
 
-    fn handle(&mut self, msg: EndSession, _ctx: &mut Self::Context) -> bool {
-        if self.session.as_ref().is_some_and(|s| s.id == msg.session_id) {
-            self.end_session();
-            true
-        } else {
-            false
-        }
+    fn handle(&mut self, msg: EndSession, ctx: &mut Self::Context) -> bool {
+        self.guarded(ctx, "EndSession", |act, _ctx| {
+            if act.session.as_ref().is_some_and(|s| s.id == msg.session_id) {
+                act.end_session();
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false)
     }
 }
 
@@ -642,6 +920,12 @@ impl Handler<IngestNotice> for Stream {
     type Result = ();
 
     fn handle(&mut self, msg: IngestNotice, ctx: &mut Self::Context) {
+        self.guarded(ctx, "IngestNotice", |act, ctx| act.ingest_notice(msg, ctx));
+    }
+}
+
+impl Stream {
+    fn ingest_notice(&mut self, msg: IngestNotice, ctx: &mut Context<Self>) {
         match msg.0 {
             IngestEvent::FirstFrame {
                 track_id, wall_micros, ..
@@ -744,7 +1028,13 @@ impl Handler<IngestNotice> for Stream {
 impl Handler<SegmentFinished> for Stream {
     type Result = ();
 
-    fn handle(&mut self, msg: SegmentFinished, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: SegmentFinished, ctx: &mut Self::Context) {
+        self.guarded(ctx, "SegmentFinished", |act, _ctx| act.segment_finished(msg));
+    }
+}
+
+impl Stream {
+    fn segment_finished(&mut self, msg: SegmentFinished) {
         let replaced = self.failed_segments.contains(&(msg.track_id.clone(), msg.index));
         if let (Some(error), false) = (&msg.report.error, replaced) {
             tracing::error!(track_id = %msg.track_id, segment = msg.index, error = %error, "segment failed");
@@ -770,7 +1060,23 @@ struct TrackOutcome {
 impl Handler<FinishStream> for Stream {
     type Result = ResponseActFuture<Self, StreamRecord>;
 
-    fn handle(&mut self, _msg: FinishStream, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: FinishStream, ctx: &mut Self::Context) -> Self::Result {
+        match self.guarded(ctx, "FinishStream", |act, _ctx| act.finish(msg)) {
+            Some(finishing) => finishing,
+            // The failed actor's files are finished by its replacement, which the recorder does
+            // not build while it stops: what this copy knows is all the stop gets.
+            None => {
+                let mut record = self.record.clone();
+                record.state = StreamState::Failed;
+                record.rtp_session = None;
+                Box::pin(fut::ready(record))
+            }
+        }
+    }
+}
+
+impl Stream {
+    fn finish(&mut self, _msg: FinishStream) -> ResponseActFuture<Self, StreamRecord> {
         // Stop ingest first so no frame arrives after its writer finished.
         let live_session_id = self.session.as_ref().map(|s| s.id.clone());
         let ended = match self.session.take() {
@@ -794,10 +1100,16 @@ impl Handler<FinishStream> for Stream {
                     (None, None) => continue,
                 };
                 let replaced = self.failed_segments.contains(&(track.id.clone(), segment.index));
+                // A segment that continues its connection takes its start from its own file.
+                let session_id = if segment.continues {
+                    format!("{} (continued)", segment.session_id)
+                } else {
+                    segment.session_id.clone()
+                };
                 segments.push((
                     segment.index,
-                    segment.session_id.clone(),
-                    segment.summary.clone(),
+                    session_id,
+                    segment.summary.clone().filter(|_| !segment.continues),
                     finishing,
                     replaced,
                 ));
@@ -986,6 +1298,7 @@ fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackSt
                 finishing: Some(futures_util::future::ready(report).boxed()),
                 summary: None,
                 stats: Arc::new(WriterStats::default()),
+                continues: false,
             });
         }
         if let Some(state) = state {
@@ -1151,6 +1464,7 @@ impl Handler<Snapshot> for Stream {
         totals.insert("connected", u64::from(self.session.is_some()));
         totals.insert("num_restarts", u64::from(self.restarts));
         totals.insert("num_failed", u64::from(self.failed));
+        totals.insert("millis_in_state", self.state_since.elapsed().as_millis() as u64);
         MessageResult(ActorSnapshot {
             kind: "Stream",
             id: format!(

@@ -1,8 +1,8 @@
 //! What ingest (plain RTP or WHIP) shares: per-track counters, the events it reports to its
 //! stream, and the glue that runs a [`TrackReceiver`] into a [`FrameSink`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::receiver::{ReceiverOutput, ReceiverStats, TrackReceiver};
@@ -89,6 +89,30 @@ pub struct TrackSummary {
 
 pub type EventSink = Arc<dyn Fn(IngestEvent) + Send + Sync>;
 
+/// A new writer for a running pump: supervision restarted the track into a new segment while
+/// its connection stays up (WHIP). The pump switches at its next packet and waits for (and asks
+/// for) a keyframe, so the new segment starts decodable.
+#[derive(Clone, Default)]
+pub struct SinkSwap {
+    pending: Arc<AtomicBool>,
+    sink: Arc<Mutex<Option<FrameSink>>>,
+}
+
+impl SinkSwap {
+    pub fn put(&self, sink: FrameSink) {
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// The new sink, once; a relaxed flag keeps the per-packet check free of the lock.
+    fn take(&self) -> Option<FrameSink> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.sink.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 /// Drives one track: receiver outputs to the writer, keyframe requests to `request_keyframe`,
 /// counters published at most every 250 ms, a bitrate every second.
 pub struct TrackPump {
@@ -98,6 +122,7 @@ pub struct TrackPump {
     pub sink: FrameSink,
     pub counters: Arc<TrackCounters>,
     pub events: EventSink,
+    pub swap: SinkSwap,
     base: ReceiverStats,
     first_frame_sent: bool,
     last_publish: Option<Instant>,
@@ -123,6 +148,7 @@ impl TrackPump {
             sink,
             counters,
             events,
+            swap: SinkSwap::default(),
             base,
             first_frame_sent: false,
             last_publish: None,
@@ -133,6 +159,12 @@ impl TrackPump {
 
     /// Handles what the receiver produced; returns the SSRCs to send a keyframe request for.
     pub fn drain(&mut self, now: Instant) -> Vec<u32> {
+        if let Some(sink) = self.swap.take() {
+            // A new segment: it starts at a keyframe and announces its first frame.
+            self.sink = sink;
+            self.receiver.await_keyframe();
+            self.first_frame_sent = false;
+        }
         let mut requests = Vec::new();
         for output in self.out.drain(..) {
             match output {
@@ -201,4 +233,24 @@ impl TrackPump {
 /// Wall-clock microseconds since the Unix epoch: the one place ingest reads the wall clock.
 pub fn wall_micros_now() -> i64 {
     chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::codec::Codec;
+    use crate::media::writer::{TrackWriter, WriterConfig};
+
+    #[test]
+    fn a_swapped_sink_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = TrackWriter::spawn(dir.path().join("t.seg1.webm"), Codec::Opus, WriterConfig::default()).unwrap();
+        let swap = SinkSwap::default();
+        assert!(swap.take().is_none(), "nothing was put");
+        swap.put(writer.sink());
+        let clone = swap.clone();
+        assert!(clone.take().is_some(), "the pump's copy sees the new sink");
+        assert!(swap.take().is_none(), "and only once");
+        futures_executor::block_on(writer.finish());
+    }
 }

@@ -29,7 +29,7 @@ use webrtc::peer_connection::{
 };
 
 use super::codec::Codec;
-use super::ingest::{wall_micros_now, EventSink, TrackCounters, TrackPump, TrackSummary};
+use super::ingest::{wall_micros_now, EventSink, SinkSwap, TrackCounters, TrackPump, TrackSummary};
 use super::receiver::{ReceiverConfig, TrackReceiver};
 use super::rtp::{RtpPacket, SenderReport};
 use super::sdp::parse_offer;
@@ -249,11 +249,21 @@ impl Interceptor for SenderReportForwarder {
 pub struct WhipSession {
     shared: Arc<Shared>,
     ended: Vec<Ended>,
+    /// Per track id: where a restarted writer is handed to the running pump.
+    swaps: Vec<(String, SinkSwap)>,
 }
 
 impl WhipSession {
     pub fn stop(&self) {
         close(&self.shared);
+    }
+
+    /// Where a new writer for `track_id` is handed to its running pump.
+    pub fn swap_for(&self, track_id: &str) -> Option<SinkSwap> {
+        self.swaps
+            .iter()
+            .find(|(id, _)| id == track_id)
+            .map(|(_, swap)| swap.clone())
     }
 
     pub fn stop_and_wait(mut self) -> Vec<Ended> {
@@ -302,11 +312,13 @@ impl Negotiated {
     ) -> Result<(String, WhipSession), MediaError> {
         let now = Instant::now();
         let mut ended = Vec::new();
+        let mut swaps = Vec::new();
         {
             let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
             for (codec, track_id, sink, counters) in tracks {
                 let rx = TrackReceiver::new(codec, receiver.clone(), now, wall_micros_now());
                 let pump = TrackPump::new(session_id.clone(), track_id, rx, sink, counters, events.clone(), now);
+                swaps.push((pump.track_id.clone(), pump.swap.clone()));
                 let (tx, wait) = tokio::sync::oneshot::channel();
                 ended.push(wait);
                 slots.push(TrackSlot {
@@ -324,6 +336,7 @@ impl Negotiated {
             WhipSession {
                 shared: self.shared.clone(),
                 ended,
+                swaps,
             },
         ))
     }
