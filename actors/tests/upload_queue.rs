@@ -155,6 +155,26 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// The uploader's snapshot once its queue is empty and nothing runs. A job leaves the store
+    /// before the uploader counts it (the count is taken when the job's future returns to the
+    /// actor), so an empty queue alone does not mean the counters are final.
+    async fn snapshot_when_idle(&self, what: &str, timeout: Duration) -> ActorSnapshot {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let snapshot = self.snapshot().await;
+            if snapshot.state == "IDLE" && snapshot.counters["num_queued"] == 0 {
+                return snapshot;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; uploader: {snapshot:?}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 fn jobs_of(store: &dyn StateStore, instance_id: &str) -> Vec<UploadJob> {
     store
         .jobs()
@@ -333,12 +353,10 @@ async fn outage_mid_upload(dir: &Path, server: &mut dyn PrivateServer, bytes_per
         track.object.uploaded.is_some() && track.object.error.is_none(),
         "a later success clears the error: {track:?}"
     );
-    rig.wait_for("the queue to drain", Duration::from_secs(60), |r| {
-        jobs_of(r.store.as_ref(), &record.instance_id).is_empty().then_some(())
-    })
-    .await;
+    let snapshot = rig
+        .snapshot_when_idle("the queue to drain", Duration::from_secs(60))
+        .await;
     let num_bytes_up = num_bytes_up.load(std::sync::atomic::Ordering::Relaxed);
-    let snapshot = rig.snapshot().await;
     // Exactly once: one track and one manifest went up, and nothing went up twice.
     assert_eq!(snapshot.counters["num_uploaded"], 2, "{snapshot:?}");
     assert_eq!(rig.backend.head(&key).await.unwrap().size, size);
@@ -696,10 +714,9 @@ async fn a_multipart_upload_cut_by_kill_9_resumes_with_the_parts_already_sent() 
         md5,
         "the object is the whole file"
     );
-    rig.wait_for("the queue to drain", Duration::from_secs(30), |r| {
-        jobs_of(r.store.as_ref(), &record.instance_id).is_empty().then_some(())
-    })
-    .await;
+    let snapshot = rig
+        .snapshot_when_idle("the queue to drain", Duration::from_secs(30))
+        .await;
     // Only the parts the first process had not finished went up again (plus requests and the
     // manifest, well under one part).
     let num_bytes_up = num_bytes_up.load(std::sync::atomic::Ordering::Relaxed);
@@ -709,6 +726,5 @@ async fn a_multipart_upload_cut_by_kill_9_resumes_with_the_parts_already_sent() 
         "{num_bytes_up} bytes sent after the restart, {missing} were missing ({} parts reused)",
         saved.parts.len()
     );
-    let snapshot = rig.snapshot().await;
     assert_eq!(snapshot.counters["num_uploaded"], 2, "exactly once: {snapshot:?}");
 }
