@@ -176,69 +176,198 @@ pub fn closed_port() -> u16 {
 
 pub type Backend = Arc<dyn StorageBackend>;
 
-/// A private s3s-fs process a fault test may stop and restart on the same port and data.
-pub struct S3sServer {
-    pub port: u16,
-    pub root: PathBuf,
-    pub bucket: String,
-    child: Option<std::process::Child>,
-    bin: String,
-    access_key: String,
-    secret_key: String,
+/// A storage server a fault test runs on its own port and data directory, and may kill and start
+/// again on the same port and data.
+pub trait PrivateServer {
+    /// What the failure messages call it.
+    fn name(&self) -> &'static str;
+    fn port(&self) -> u16;
+    /// SIGKILL of the server and of every process it forked (sshd serves each connection from
+    /// its own process): the server vanishes mid-request.
+    fn kill(&mut self);
+    /// Starts the server again on the same port and data.
+    fn restart(&mut self);
+    /// A backend for this server reached at `127.0.0.1:{port}`: its own port, or a proxy's.
+    fn backend(&self, port: u16) -> Backend;
+    /// Whether everything the server acknowledged of the object `name` is on its disk by now,
+    /// so that a kill keeps it. Servers that write before they answer hold it at once.
+    fn persisted(&self, _name: &str) -> bool {
+        true
+    }
+    /// Whether an upload the server acknowledged parts of survives its restart, so the upload
+    /// resumes rather than starting afresh.
+    fn keeps_uploads(&self) -> bool {
+        true
+    }
 }
 
-impl S3sServer {
-    /// Starts s3s-fs on a free port serving `root`, with `bucket` created.
-    pub fn start(services: &Services, root: &Path, bucket: &str) -> S3sServer {
-        std::fs::create_dir_all(root.join(bucket)).unwrap();
-        let mut server = S3sServer {
-            port: closed_port(),
-            root: root.to_path_buf(),
-            bucket: bucket.into(),
+/// A server process started from a fixed command line; restarted with the same one.
+pub struct ServerProcess {
+    what: &'static str,
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ServerProcess {
+    /// Runs `program args` and waits until it listens on `127.0.0.1:{port}`. A missing program
+    /// fails the test with the command that installs it.
+    pub fn start(
+        what: &'static str,
+        program: impl Into<PathBuf>,
+        args: Vec<std::ffi::OsString>,
+        port: u16,
+    ) -> ServerProcess {
+        let program = program.into();
+        assert!(
+            program.is_file(),
+            "{what}: {} is not installed; run `scripts/test-services.sh start`",
+            program.display()
+        );
+        let mut server = ServerProcess {
+            what,
+            program,
+            args,
+            port,
             child: None,
-            bin: services.get("RTC_S3S_FS_BIN"),
-            access_key: services.get("RTC_S3_ACCESS_KEY"),
-            secret_key: services.get("RTC_S3_SECRET_KEY"),
         };
         server.restart();
         server
     }
 
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = std::process::Command::new(&self.bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", &self.access_key, "--secret-key", &self.secret_key])
-            .arg(&self.root)
+        assert!(self.child.is_none(), "{} already runs", self.what);
+        let child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({e}); run scripts/test-services.sh start", self.bin));
+            .unwrap_or_else(|e| panic!("cannot start {} ({e})", self.program.display()));
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "{} exited at start: {exited:?}", self.what);
             assert!(
                 std::time::Instant::now() < deadline,
-                "s3s-fs did not listen on {}",
+                "{} did not listen on 127.0.0.1:{} within 60 s",
+                self.what,
                 self.port
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
-    /// SIGKILL: the server vanishes mid-request.
+    /// SIGKILL of the process and all its descendants.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            kill_tree(child.id());
             let _ = child.wait();
         }
     }
+}
 
-    pub fn settings(&self, services: &Services) -> S3Settings {
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Stops `pid` and every descendant (each stopped before its children are listed, so none forks
+/// one we miss), then kills them all. Descendants that started their own session (sshd's
+/// per-connection processes) are found by parent, not by process group.
+fn kill_tree(pid: u32) {
+    let mut doomed = vec![pid];
+    let mut next = 0;
+    while next < doomed.len() {
+        // SAFETY: kill(2) with a pid we found and a valid signal has no memory effects.
+        unsafe { libc::kill(doomed[next] as libc::pid_t, libc::SIGSTOP) };
+        let parent = doomed[next];
+        doomed.extend(children_of(parent));
+        next += 1;
+    }
+    for pid in doomed {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// Processes whose parent is `pid`, from `/proc/*/stat` (the parent is the second field after the
+/// command name, which is in parentheses and may hold spaces).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let parent: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// A private s3s-fs process a fault test may stop and restart on the same port and data.
+pub struct S3sServer {
+    pub port: u16,
+    pub root: PathBuf,
+    pub bucket: String,
+    process: ServerProcess,
+    access_key: String,
+    secret_key: String,
+    region: String,
+}
+
+impl S3sServer {
+    /// Starts s3s-fs on a free port serving `root`, with `bucket` created.
+    pub fn start(services: &Services, root: &Path, bucket: &str) -> S3sServer {
+        std::fs::create_dir_all(root.join(bucket)).unwrap();
+        let port = closed_port();
+        let (access_key, secret_key) = (services.get("RTC_S3_ACCESS_KEY"), services.get("RTC_S3_SECRET_KEY"));
+        let args = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string().into(),
+            "--access-key".into(),
+            access_key.clone().into(),
+            "--secret-key".into(),
+            secret_key.clone().into(),
+            root.into(),
+        ];
+        S3sServer {
+            port,
+            root: root.to_path_buf(),
+            bucket: bucket.into(),
+            process: ServerProcess::start("s3s-fs", services.get("RTC_S3S_FS_BIN"), args, port),
+            access_key,
+            secret_key,
+            region: services.get("RTC_S3_REGION"),
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.process.restart();
+    }
+
+    /// SIGKILL: the server vanishes mid-request.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    pub fn settings(&self, _services: &Services) -> S3Settings {
+        self.settings_at(self.port)
+    }
+
+    fn settings_at(&self, port: u16) -> S3Settings {
         S3Settings {
             bucket: self.bucket.clone(),
-            region: services.get("RTC_S3_REGION"),
-            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            region: self.region.clone(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
             path_style: true,
             key_prefix: String::new(),
             access_key_id: Secret::new(self.access_key.clone()),
@@ -267,8 +396,310 @@ impl S3sServer {
     }
 }
 
-impl Drop for S3sServer {
-    fn drop(&mut self) {
-        self.kill();
+impl PrivateServer for S3sServer {
+    fn name(&self) -> &'static str {
+        "s3s-fs"
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn kill(&mut self) {
+        S3sServer::kill(self);
+    }
+
+    fn restart(&mut self) {
+        S3sServer::restart(self);
+    }
+
+    fn backend(&self, port: u16) -> Backend {
+        Arc::new(S3Backend::new(self.settings_at(port)))
+    }
+}
+
+impl Services {
+    /// A server program installed by `scripts/test-services.sh` under its tools directory: the
+    /// path `var` names, or `relative` under the directory that holds s3s-fs's install (env files
+    /// written before `var` existed).
+    fn tool(&self, var: &str, relative: &str) -> PathBuf {
+        if let Some(path) = self.0.get(var) {
+            return path.into();
+        }
+        let s3s = PathBuf::from(self.get("RTC_S3S_FS_BIN"));
+        let tools = s3s
+            .ancestors()
+            .nth(3)
+            .expect("RTC_S3S_FS_BIN is <tools>/s3s/bin/s3s-fs");
+        tools.join(relative)
+    }
+}
+
+/// A private Azurite blob service with its own `--location`: a restart on the same location keeps
+/// blobs and uncommitted blocks, as far as Azurite wrote its metadata (every 5 s) before the kill.
+pub struct AzuriteServer {
+    location: PathBuf,
+    process: ServerProcess,
+    account: String,
+    key: String,
+    container: String,
+}
+
+impl AzuriteServer {
+    /// Starts Azurite on a free port over `location`, with `container` created.
+    pub async fn start(services: &Services, location: &Path, container: &str) -> AzuriteServer {
+        std::fs::create_dir_all(location).unwrap();
+        let port = closed_port();
+        let args = vec![
+            "--blobHost".into(),
+            "127.0.0.1".into(),
+            "--blobPort".into(),
+            port.to_string().into(),
+            "--location".into(),
+            location.into(),
+            "--disableTelemetry".into(),
+            "--silent".into(),
+            "--skipApiVersionCheck".into(),
+        ];
+        let program = services.tool("RTC_AZURITE_BIN", "azurite/node_modules/.bin/azurite-blob");
+        let server = AzuriteServer {
+            location: location.to_path_buf(),
+            process: ServerProcess::start("azurite", program, args, port),
+            account: services.get("RTC_AZURE_ACCOUNT"),
+            key: services.get("RTC_AZURE_KEY"),
+            container: container.into(),
+        };
+        azure_backend(server.settings_at(port)).await;
+        server
+    }
+
+    fn settings_at(&self, port: u16) -> AzureSettings {
+        AzureSettings {
+            container: self.container.clone(),
+            endpoint: Some(format!("http://127.0.0.1:{port}/{}", self.account)),
+            key_prefix: String::new(),
+            credentials: AzureCredentials::SharedKey {
+                account: self.account.clone(),
+                key: Secret::new(self.key.clone()),
+            },
+        }
+    }
+
+    /// Azurite's metadata, as last written to disk (LokiJS JSON documents).
+    fn saved_collection(&self, file: &str, collection: &str) -> Vec<serde_json::Value> {
+        let Ok(text) = std::fs::read_to_string(self.location.join(file)) else {
+            return Vec::new();
+        };
+        let Ok(db) = serde_json::from_str::<serde_json::Value>(&text) else {
+            // Caught mid-write.
+            return Vec::new();
+        };
+        db["collections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == collection)
+            .flat_map(|c| c["data"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl PrivateServer for AzuriteServer {
+    fn name(&self) -> &'static str {
+        "azurite"
+    }
+
+    fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    fn restart(&mut self) {
+        self.process.restart();
+    }
+
+    fn backend(&self, port: u16) -> Backend {
+        Arc::new(AzureBackend::new(self.settings_at(port)).expect("azure settings"))
+    }
+
+    /// Azurite keeps block data in extent files as it receives it, but the block list and the
+    /// extents' index only in memory, saved every 5 s: persisted means both saved files name a
+    /// block of `name` and every extent that block lives in.
+    fn persisted(&self, name: &str) -> bool {
+        let blocks = self.saved_collection("__azurite_db_blob__.json", "$BLOCKS_COLLECTION$");
+        let extents: Vec<String> = blocks
+            .iter()
+            .filter(|b| b["blobName"] == name)
+            .filter_map(|b| b["persistency"]["id"].as_str().map(String::from))
+            .collect();
+        if extents.is_empty() {
+            return false;
+        }
+        let saved = self.saved_collection("__azurite_db_blob_extent__.json", "$EXTENTS_COLLECTION$");
+        extents.iter().all(|id| saved.iter().any(|e| e["id"] == id.as_str()))
+    }
+}
+
+/// A private gcp-storage-emulator. With a data directory it writes every resumable session and
+/// every chunk to disk before it answers, so sessions survive a restart; in memory
+/// (`data_dir_opt` `None`) a restart forgets them, and recreates only the default bucket.
+pub struct GcsEmulator {
+    process: ServerProcess,
+    bucket: String,
+    in_memory: bool,
+}
+
+impl GcsEmulator {
+    pub fn start(services: &Services, data_dir_opt: Option<&Path>, bucket: &str) -> GcsEmulator {
+        let port = closed_port();
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(data_dir) = data_dir_opt {
+            std::fs::create_dir_all(data_dir).unwrap();
+            args.extend(["--data-dir".into(), data_dir.into()]);
+        }
+        args.extend(
+            [
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--default-bucket",
+                bucket,
+                "--quiet",
+            ]
+            .map(std::ffi::OsString::from),
+        );
+        if data_dir_opt.is_none() {
+            args.push("--in-memory".into());
+        }
+        let program = services.tool("RTC_GCS_EMULATOR_BIN", "gcs-venv/bin/gcp-storage-emulator");
+        GcsEmulator {
+            process: ServerProcess::start("gcp-storage-emulator", program, args, port),
+            bucket: bucket.into(),
+            in_memory: data_dir_opt.is_none(),
+        }
+    }
+}
+
+impl PrivateServer for GcsEmulator {
+    fn name(&self) -> &'static str {
+        "gcp-storage-emulator"
+    }
+
+    fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    fn restart(&mut self) {
+        self.process.restart();
+    }
+
+    fn backend(&self, port: u16) -> Backend {
+        let settings = GcsSettings {
+            bucket: self.bucket.clone(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            key_prefix: String::new(),
+            service_account: None,
+            anonymous: true,
+        };
+        let backend = futures_util::FutureExt::now_or_never(GcsBackend::new(settings));
+        Arc::new(
+            backend
+                .expect("an anonymous client is built without IO")
+                .expect("gcs settings"),
+        )
+    }
+
+    fn keeps_uploads(&self) -> bool {
+        !self.in_memory
+    }
+}
+
+/// A private OpenSSH sshd on its own loopback port and config, with the host key and user key
+/// `scripts/test-services.sh` generated for the shared one, serving SFTP over a private root.
+/// sshd serves each connection from a process of its own, which a kill takes down too; what the
+/// server wrote is in ordinary files, so a restart keeps the temp file of an upload.
+pub struct SshdServer {
+    process: ServerProcess,
+    root: PathBuf,
+    user: String,
+    private_key: String,
+    host_key: String,
+}
+
+impl SshdServer {
+    pub fn start(services: &Services, dir: &Path) -> SshdServer {
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let user_key = PathBuf::from(services.get("RTC_SFTP_KEY_FILE"));
+        let public_host_key = PathBuf::from(services.get("RTC_SFTP_HOST_KEY_FILE"));
+        let host_key_file = public_host_key.with_extension("");
+        let authorized_keys = dir.join("authorized_keys");
+        std::fs::copy(user_key.with_extension("pub"), &authorized_keys).expect("the user's public key");
+        let user = services.get("RTC_SFTP_USER");
+        let port = closed_port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
+                 AllowUsers {user}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\nStrictModes no\n\
+                 Subsystem sftp internal-sftp\nLogLevel ERROR\n",
+                host_key_file.display(),
+                dir.join("sshd.pid").display(),
+                authorized_keys.display(),
+            ),
+        )
+        .unwrap();
+        // -D: in the foreground, so the child is the daemon; -e: errors to stderr, not syslog.
+        let args = vec!["-D".into(), "-e".into(), "-f".into(), config.into()];
+        SshdServer {
+            process: ServerProcess::start("sshd", "/usr/sbin/sshd", args, port),
+            root,
+            user,
+            private_key: std::fs::read_to_string(&user_key).expect("user key"),
+            host_key: std::fs::read_to_string(&public_host_key).expect("host key"),
+        }
+    }
+}
+
+impl PrivateServer for SshdServer {
+    fn name(&self) -> &'static str {
+        "sshd"
+    }
+
+    fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    fn restart(&mut self) {
+        self.process.restart();
+    }
+
+    fn backend(&self, port: u16) -> Backend {
+        let settings = SftpSettings {
+            host: "127.0.0.1".into(),
+            port,
+            username: self.user.clone(),
+            private_key: Secret::new(self.private_key.clone()),
+            private_key_passphrase: None,
+            host_key: self.host_key.clone(),
+            root: self.root.display().to_string(),
+            key_prefix: String::new(),
+        };
+        Arc::new(SftpBackend::new(settings).expect("sftp settings"))
     }
 }
