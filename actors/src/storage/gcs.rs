@@ -358,6 +358,7 @@ impl StorageBackend for GcsBackend {
                 }
                 None => None,
             };
+            let was_resumed = resumed.as_ref().is_some_and(|(_, confirmed)| *confirmed > 0);
             let (session, confirmed) = match resumed {
                 Some(resumed) => resumed,
                 None => {
@@ -386,10 +387,22 @@ impl StorageBackend for GcsBackend {
                 let first = progress.offset;
                 let last = first + body.len() as u64 - 1;
                 let chunk = ChunkSize::new(first, last, Some(total));
-                let status = session
-                    .upload_multiple_chunk(body.to_vec(), &chunk)
-                    .await
-                    .map_err(|e| map_err(e, &format!("upload bytes {first}-{last}"), Missing::Bucket))?;
+                let status = match session.upload_multiple_chunk(body.to_vec(), &chunk).await {
+                    Ok(status) => status,
+                    Err(e) => match map_err(e, &format!("upload bytes {first}-{last}"), Missing::Bucket) {
+                        // The service refused to continue a session resumed from an earlier
+                        // process (it holds other bytes than it said): forget the session so the
+                        // next attempt opens a new one, instead of parking the job on it.
+                        err if was_resumed && !err.is_retryable() => {
+                            tracing::info!(object = %name, error = %err, "resumed session refused, the next attempt starts afresh");
+                            on_progress(&MultipartProgress::new(String::new(), total));
+                            return Err(StorageError::Service(format!(
+                                "resumed upload session refused ({err}); starting afresh"
+                            )));
+                        }
+                        err => return Err(err),
+                    },
+                };
                 match status {
                     UploadStatus::Ok(_) => done = true,
                     UploadStatus::ResumeIncomplete(range) if range.first_byte == 0 && range.last_byte == last => {}
