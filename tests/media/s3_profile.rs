@@ -397,7 +397,8 @@ fn record_call(app: &TestApp) -> Value {
 /// the transcript, the co-browse session, the conversation's composition and `recording.json`
 /// listing them (composition included); the presigned URLs of the tracks and of the composition
 /// serve them, with `Range`; the local track files are deleted, only after the verified upload.
-fn assert_every_artefact_in_the_bucket(app: &TestApp, s3: &S3sFs, event: &Value) {
+/// `endpoint` is the profile's: the presigned URLs name it.
+fn assert_every_artefact_in_the_bucket(app: &TestApp, s3: &S3sFs, endpoint: &str, event: &Value) {
     let env = &s3.env;
     let prefix = instance_prefix(event);
     let instance = wait_tracks_uploaded(app, event, 2);
@@ -509,7 +510,7 @@ fn assert_every_artefact_in_the_bucket(app: &TestApp, s3: &S3sFs, event: &Value)
     ));
     for (url, key, name, kind) in downloads {
         let url = url.as_str().unwrap_or_else(|| panic!("no url for {key}"));
-        assert!(url.starts_with(&env["RTC_S3_ENDPOINT"]), "{url}");
+        assert!(url.starts_with(endpoint), "{url}");
         assert!(url.contains("X-Amz-Signature="), "not presigned: {url}");
         let resp = agent.get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let mut body = Vec::new();
@@ -553,7 +554,8 @@ fn assert_every_artefact_in_the_bucket(app: &TestApp, s3: &S3sFs, event: &Value)
 fn a_recording_with_an_s3_profile_ends_with_every_artefact_in_the_bucket_and_a_manifest_listing_them() {
     let _media = media_lock();
     let s3 = S3sFs::start();
-    let app = spawn_s3(&s3, &s3.env["RTC_S3_ENDPOINT"], "");
+    let endpoint = s3.env["RTC_S3_ENDPOINT"].clone();
+    let app = spawn_s3(&s3, &endpoint, "");
     let event = record_call(&app);
     let instance = app.instance(&event);
     for stream in instance["streams"].as_array().unwrap() {
@@ -567,7 +569,7 @@ fn a_recording_with_an_s3_profile_ends_with_every_artefact_in_the_bucket_and_a_m
             ));
         }
     }
-    assert_every_artefact_in_the_bucket(&app, &s3, &event);
+    assert_every_artefact_in_the_bucket(&app, &s3, &endpoint, &event);
 }
 
 /// `kill -9` right after the stop answered, while every upload job is still queued (the link to
@@ -580,7 +582,8 @@ fn upload_jobs_queued_at_a_kill_9_right_after_stop_all_finish_after_restart() {
     // 2 KiB/s: even the smallest artefact's request (its SigV4 headers alone are ~1 KiB) is
     // held back for about half a second, far longer than from the stop's answer to the kill.
     let link = SlowLink::start(s3.port, 2 << 10);
-    let mut app = spawn_s3(&s3, &format!("http://127.0.0.1:{}", link.port), "");
+    let endpoint = format!("http://127.0.0.1:{}", link.port);
+    let mut app = spawn_s3(&s3, &endpoint, "");
     let event = record_call(&app);
     app.kill9();
     let objects = list(&s3.env);
@@ -591,7 +594,7 @@ fn upload_jobs_queued_at_a_kill_9_right_after_stop_all_finish_after_restart() {
 
     link.set_rate(u64::MAX);
     app.restart();
-    assert_every_artefact_in_the_bucket(&app, &s3, &event);
+    assert_every_artefact_in_the_bucket(&app, &s3, &endpoint, &event);
 }
 
 /// `kill -9` in the middle of a multipart upload. A large H.264 track (noise, ~40 Mbit/s, more
@@ -692,6 +695,7 @@ fn a_kill_9_during_a_multipart_upload_is_completed_after_restart_and_uploaded_on
     let at_kill = list(&s3.env);
     assert!(at_kill.is_empty(), "the upload finished before the kill: {at_kill:#?}");
     assert!(local.exists(), "the local file is kept until the upload is verified");
+    let num_parts_at_kill = s3.num_parts_stored();
     let open = s3.open_upload_files();
     assert!(
         open.iter().filter(|n| n.ends_with(".json")).count() == 1,
@@ -728,6 +732,10 @@ fn a_kill_9_during_a_multipart_upload_is_completed_after_restart_and_uploaded_on
     );
     // The restarted service continued the upload: the parts the store held went up only once.
     let num_bytes_up = num_bytes_up.load(Ordering::Relaxed);
+    eprintln!(
+        "multipart: {size} bytes, {num_parts} parts, {num_parts_at_kill} stored at the kill, \
+         {num_bytes_up} bytes sent after the restart"
+    );
     assert!(
         num_bytes_up < size - PART_SIZE,
         "{num_bytes_up} bytes sent after the restart for a {size}-byte file: the upload started over"
