@@ -224,22 +224,29 @@ impl SlowLink {
 }
 
 /// The service with app-a on an S3 profile at `endpoint` (the server's, or a [`SlowLink`]'s),
-/// credentials from files, recorder id `r`.
+/// credentials from files, recorder id `r`; the S3 backend's info lines (a resumed upload) logged.
 fn spawn_s3(s3: &S3sFs, endpoint: &str, extra_toml: &str) -> TestApp {
     let env = s3.env.clone();
     let endpoint = endpoint.to_string();
-    TestApp::spawn_with_profile_and(extra_toml, &[("RECORDER_RECORDER_ID", "r")], move |root: &Path| {
-        let (access, secret) = (root.join("s3-access-key"), root.join("s3-secret-key"));
-        std::fs::write(&access, &env["RTC_S3_ACCESS_KEY"]).unwrap();
-        std::fs::write(&secret, &env["RTC_S3_SECRET_KEY"]).unwrap();
-        format!(
-            "provider = \"AMAZON_S3\"\nbucket = \"{BUCKET}\"\nregion = \"{}\"\nendpoint = \"{endpoint}\"\n\
+    TestApp::spawn_with_profile_and(
+        extra_toml,
+        &[
+            ("RECORDER_RECORDER_ID", "r"),
+            ("RECORDER_LOG", "warn,recorder_actors::storage=info"),
+        ],
+        move |root: &Path| {
+            let (access, secret) = (root.join("s3-access-key"), root.join("s3-secret-key"));
+            std::fs::write(&access, &env["RTC_S3_ACCESS_KEY"]).unwrap();
+            std::fs::write(&secret, &env["RTC_S3_SECRET_KEY"]).unwrap();
+            format!(
+                "provider = \"AMAZON_S3\"\nbucket = \"{BUCKET}\"\nregion = \"{}\"\nendpoint = \"{endpoint}\"\n\
              path_style = true\naccess_key_id = {{ file = \"{}\" }}\nsecret_access_key = {{ file = \"{}\" }}",
-            env["RTC_S3_REGION"],
-            access.display(),
-            secret.display()
-        )
-    })
+                env["RTC_S3_REGION"],
+                access.display(),
+                secret.display()
+            )
+        },
+    )
 }
 
 /// Fails with an explanation, rather than with s3s-fs's HTTP 500, when a key is too long for the
@@ -735,6 +742,11 @@ fn a_kill_9_during_a_multipart_upload_is_completed_after_restart_and_uploaded_on
     eprintln!(
         "multipart: {size} bytes, {num_parts} parts, {num_parts_at_kill} stored at the kill, \
          {num_bytes_up} bytes sent after the restart"
+    );
+    assert!(
+        app.stderr().contains("resuming multipart upload"),
+        "the upload was not resumed:\n{}",
+        app.stderr()
     );
     assert!(
         num_bytes_up < size - PART_SIZE,
