@@ -201,18 +201,6 @@ impl TestApp {
         self.restart();
     }
 
-    /// Waits for the process to end by itself (an injected abort), at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
     pub fn api(&self, path: &str) -> String {
         format!("{}{BASE_PATH}{path}", self.base_url)
     }
