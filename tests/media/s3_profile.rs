@@ -581,7 +581,8 @@ fn a_recording_with_an_s3_profile_ends_with_every_artefact_in_the_bucket_and_a_m
 
 /// `kill -9` right after the stop answered, while every upload job is still queued (the link to
 /// the store is slow: nothing can have finished): after the restart on the same data dir all of
-/// them finish — tracks, transcript, co-browse session, composition, `recording.json` last.
+/// them finish — tracks, transcript, co-browse session, composition, and `recording.json` listing
+/// them.
 #[test]
 fn upload_jobs_queued_at_a_kill_9_right_after_stop_all_finish_after_restart() {
     let _media = media_lock();
@@ -604,8 +605,8 @@ fn upload_jobs_queued_at_a_kill_9_right_after_stop_all_finish_after_restart() {
     assert_every_artefact_in_the_bucket(&app, &s3, &endpoint, &event);
 }
 
-/// `kill -9` in the middle of a multipart upload. A large H.264 track (noise, ~40 Mbit/s, more
-/// than five 8 MiB parts) goes to S3 through a link of 4 MiB/s per connection; once the store
+/// `kill -9` in the middle of a multipart upload. A large H.264 track (noise at ~50 Mbit/s: about
+/// 60 MB, 8 parts of 8 MiB; the test wants at least 6) goes to S3 through a link of 4 MiB/s per connection; once the store
 /// holds four complete parts and the uploader shows UPLOADING in the debug tree, the service is
 /// killed. After the restart on the same data dir the upload continues — the parts the store
 /// holds are not sent again — and completes once: one object of the file's size that plays,
@@ -635,8 +636,8 @@ fn a_kill_9_during_a_multipart_upload_is_completed_after_restart_and_uploaded_on
     assert_eq!(resp.status, 201, "{}", resp.text());
     let port = answer_ports(&resp.text())[0];
     let seconds = 10;
-    // Noise does not compress: ~5 MB/s at a small picture (~80 KB a frame, so a frame's packets
-    // fit in the receiver's socket buffer).
+    // Noise does not compress: ~6 MB/s from a small picture; 60 frames a second rather than 30
+    // larger ones keeps each burst of packets at the receiver's socket shorter.
     let sender = ffmpeg(&args(&[
         "-re",
         "-f",
