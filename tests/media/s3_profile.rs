@@ -155,10 +155,12 @@ impl Drop for S3sFs {
 
 /// Forwards loopback TCP connections to the store; client-to-store bytes at most `rate` bytes per
 /// second per connection (changeable while running; `u64::MAX`: no limit), counted. A slow link,
-/// so that an upload is still in flight when the service is killed.
+/// so that an upload is still in flight when the service is killed. While `down`, connections
+/// are closed as soon as they are accepted: the store is unreachable.
 struct SlowLink {
     port: u16,
     rate: Arc<AtomicU64>,
+    down: Arc<std::sync::atomic::AtomicBool>,
     num_bytes_up: Arc<Mutex<Arc<AtomicU64>>>,
 }
 
@@ -167,10 +169,14 @@ impl SlowLink {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let rate = Arc::new(AtomicU64::new(rate));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let num_bytes_up = Arc::new(Mutex::new(Arc::new(AtomicU64::new(0))));
-        let (rate_of_link, counter_of_link) = (rate.clone(), num_bytes_up.clone());
+        let (rate_of_link, down_of_link, counter_of_link) = (rate.clone(), down.clone(), num_bytes_up.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
+                if down_of_link.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
@@ -207,12 +213,14 @@ impl SlowLink {
         SlowLink {
             port,
             rate,
+            down,
             num_bytes_up,
         }
     }
 
-    fn set_rate(&self, rate: u64) {
-        self.rate.store(rate, Ordering::Relaxed);
+    /// Makes the store unreachable (`true`) or reachable again.
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
     }
 
     /// A fresh counter of the bytes sent to the store on connections accepted from now on.
@@ -579,17 +587,16 @@ fn a_recording_with_an_s3_profile_ends_with_every_artefact_in_the_bucket_and_a_m
     assert_every_artefact_in_the_bucket(&app, &s3, &endpoint, &event);
 }
 
-/// `kill -9` right after the stop answered, while every upload job is still queued (the link to
-/// the store is slow: nothing can have finished): after the restart on the same data dir all of
-/// them finish — tracks, transcript, co-browse session, composition, and `recording.json` listing
-/// them.
+/// `kill -9` right after the stop answered, while every upload job is still queued (the store is
+/// unreachable until then, so none can have finished, and they are retrying): after the restart on
+/// the same data dir, with the store back, all of them finish — tracks, transcript, co-browse
+/// session, composition, and `recording.json` listing them.
 #[test]
 fn upload_jobs_queued_at_a_kill_9_right_after_stop_all_finish_after_restart() {
     let _media = media_lock();
     let s3 = S3sFs::start();
-    // 2 KiB/s: even the smallest artefact's request (its SigV4 headers alone are ~1 KiB) is
-    // held back for about half a second, far longer than from the stop's answer to the kill.
-    let link = SlowLink::start(s3.port, 2 << 10);
+    let link = SlowLink::start(s3.port, u64::MAX);
+    link.set_down(true);
     let endpoint = format!("http://127.0.0.1:{}", link.port);
     let mut app = spawn_s3(&s3, &endpoint, "");
     let event = record_call(&app);
@@ -600,7 +607,7 @@ fn upload_jobs_queued_at_a_kill_9_right_after_stop_all_finish_after_restart() {
         "uploads finished before the kill; the test did not kill with jobs queued: {objects:#?}"
     );
 
-    link.set_rate(u64::MAX);
+    link.set_down(false);
     app.restart();
     assert_every_artefact_in_the_bucket(&app, &s3, &endpoint, &event);
 }
