@@ -154,12 +154,11 @@ impl Drop for S3sFs {
 }
 
 /// Forwards loopback TCP connections to the store; client-to-store bytes at most `rate` bytes per
-/// second per connection (changeable while running; `u64::MAX`: no limit), counted. A slow link,
+/// second per connection (`u64::MAX`: no limit), counted. A slow link,
 /// so that an upload is still in flight when the service is killed. While `down`, connections
 /// are closed as soon as they are accepted: the store is unreachable.
 struct SlowLink {
     port: u16,
-    rate: Arc<AtomicU64>,
     down: Arc<std::sync::atomic::AtomicBool>,
     num_bytes_up: Arc<Mutex<Arc<AtomicU64>>>,
 }
@@ -168,10 +167,9 @@ impl SlowLink {
     fn start(target: u16, rate: u64) -> SlowLink {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let rate = Arc::new(AtomicU64::new(rate));
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let num_bytes_up = Arc::new(Mutex::new(Arc::new(AtomicU64::new(0))));
-        let (rate_of_link, down_of_link, counter_of_link) = (rate.clone(), down.clone(), num_bytes_up.clone());
+        let (down_of_link, counter_of_link) = (down.clone(), num_bytes_up.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 if down_of_link.load(Ordering::Relaxed) {
@@ -185,7 +183,6 @@ impl SlowLink {
                 // Bytes count into the counter current when the connection was accepted: a
                 // killed client's bytes still draining do not count for the next process.
                 let counter = counter_of_link.lock().unwrap().clone();
-                let rate = rate_of_link.clone();
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 << 10];
                     while let Ok(n) = client_r.read(&mut buf) {
@@ -193,7 +190,6 @@ impl SlowLink {
                             break;
                         }
                         // Held back before it is passed on: a small request is slow too.
-                        let rate = rate.load(Ordering::Relaxed);
                         if rate != u64::MAX {
                             std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
                         }
@@ -212,7 +208,6 @@ impl SlowLink {
         });
         SlowLink {
             port,
-            rate,
             down,
             num_bytes_up,
         }
