@@ -16,8 +16,9 @@
 //! `.bucket-{base64(bucket)}.object-{base64(key)}[.upload-{uuid}].metadata.json`. A file name may
 //! have 255 bytes, so a key longer than about 160 bytes (fewer while a multipart upload is open,
 //! which adds the upload id) is answered with HTTP 500 (`File name too long`). Real stores allow
-//! 1024-byte keys, and every segment of the recorder's keys is short (≤ 36 bytes), so the key
-//! layout stays; these tests keep their keys short instead: bucket `bkt`, conversation `c`, recorder
+//! 1024-byte keys with segments of any length, the segments the recorder makes up are at most 36
+//! bytes (ids, `streams`, file names), so the key layout stays; these tests keep their keys short
+//! instead: bucket `bkt`, conversation `c`, recorder
 //! id `r`, no key prefix (see [`assert_key_fits_s3s_fs`]).
 
 use std::collections::{BTreeSet, HashMap};
