@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond scripts/setup.sh: aiortc (PyPI), an independent WebRTC
-# publisher for the WHIP tests, and moto_server + awscli (PyPI) for the S3 recording test. Idempotent and quiet when already installed.
+# publisher for the WHIP tests, and the aws CLI (PyPI) for the S3 recording tests. Idempotent and
+# quiet when already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +19,10 @@ if ! "$PYTHON" -c "import aiortc" >/dev/null 2>&1; then
   "$PYTHON" -m pip install --quiet --disable-pip-version-check aiortc 2>/dev/null \
     || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages aiortc
 fi
-# The end-to-end S3 recording test (tests/media/s3_profile.rs) runs a private moto_server and lists
-# the bucket with the aws CLI: s3s-fs cannot store keys as long as a track's (see that test).
-if ! command -v moto_server >/dev/null 2>&1 || ! command -v aws >/dev/null 2>&1; then
-  echo "test-setup: installing moto[server] and awscli (pip)"
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check 'moto[server]' awscli 2>/dev/null \
-    || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages 'moto[server]' awscli
+# The S3 recording tests (tests/media/s3_profile.rs) list and fetch what reached the bucket with the
+# aws CLI, an independent client.
+if ! command -v aws >/dev/null 2>&1; then
+  echo "test-setup: installing awscli (pip)"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check awscli 2>/dev/null \
+    || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages awscli
 fi

@@ -3,8 +3,10 @@
 //! empty inline function).
 //!
 //! `RTC_RECORDER_FAULTS="name=action[*count][+skip],..."` arms points by name; actions:
-//! `abort` ends the process at once (a `kill -9` at exactly that step), `panic` panics on the
-//! calling thread, `error` makes the point return an error. `*count` limits how many times the
+//! `abort` ends the process at once (SIGABRT: no unwinding, no flush — as a crash at exactly that
+//! step), `stall` blocks the calling thread for good (the process hangs there, so a test can
+//! `kill -9` it in the middle of that step), `panic` panics on the calling thread, `error` makes
+//! the point return an error. `*count` limits how many times the
 //! point fires (default: every time); `+skip` lets that many hits pass first. `name@text=...` arms the point only where its scope (e.g.
 //! the file a writer writes, which names the instance) contains `text`. The variable is read
 //! once, at the first point reached.
@@ -49,6 +51,7 @@ pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
     #[derive(Clone, Copy)]
     enum Action {
         Abort,
+        Stall,
         Panic,
         Error,
     }
@@ -71,6 +74,7 @@ pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
             };
             let action = match action {
                 "abort" => Action::Abort,
+                "stall" => Action::Stall,
                 "panic" => Action::Panic,
                 "error" => Action::Error,
                 _ => continue,
@@ -103,6 +107,9 @@ pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
     tracing::warn!(point = name, "fault injected");
     match action {
         Action::Abort => std::process::abort(),
+        Action::Stall => loop {
+            std::thread::park();
+        },
         Action::Panic => panic!("injected panic at {name}"),
         Action::Error => Err(InjectedFault(name)),
     }

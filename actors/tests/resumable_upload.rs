@@ -166,6 +166,83 @@ async fn an_interrupted_s3_multipart_upload_resumes_with_the_parts_already_store
     backend.delete(key).await.unwrap();
 }
 
+/// Files s3s-fs keeps for an open multipart upload: `.upload-{id}.json` (the upload) and
+/// `.upload_id-{id}.part-{n}` (its parts), in the server's root. s3s-fs 0.14.1 does not implement
+/// `ListMultipartUploads`, so this is how a test sees which uploads are still open.
+fn open_upload_files(root: &std::path::Path, upload_id: &str) -> Vec<String> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.starts_with(&format!(".upload-{upload_id}")) || name.starts_with(&format!(".upload_id-{upload_id}"))
+        })
+        .collect()
+}
+
+/// A crash right after an upload started, before any part was acknowledged (or recorded), leaves
+/// a job row with an upload id and no part to reuse. The next attempt starts a fresh upload and
+/// aborts the recorded one, so no incomplete upload is left behind in the bucket.
+#[tokio::test]
+async fn a_recorded_upload_with_no_reusable_part_is_aborted_when_a_fresh_one_starts() {
+    let services = Services::load();
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3sServer::start(&services, &dir.path().join("s3"), "stale");
+    let backend: Backend = Arc::new(S3Backend::new(server.settings(&services)));
+    let path = dir.path().join("track.webm");
+    let size = (PART_SIZE as u64) + 4_321;
+    let md5 = write_pattern_file(&path, size, 3);
+    let key = "org/app/conv/rec/inst/streams/s1/t1.webm";
+
+    // The first attempt gets as far as starting its upload: the first progress report.
+    let first = Arc::new(Recorder::default());
+    {
+        let upload = backend.put_file_resumable(key, &path, None, first.sink());
+        let started = async {
+            while first.reports.lock().unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            result = upload => panic!("the upload finished before it could be interrupted: {result:?}"),
+            _ = started => {}
+        }
+    }
+    // What the job row holds if the crash came before any part's acknowledgement was recorded.
+    let stale = MultipartProgress {
+        parts: Vec::new(),
+        ..first.latest()
+    };
+    assert!(
+        !open_upload_files(&server.root, &stale.upload_id).is_empty(),
+        "the interrupted upload is open in the store"
+    );
+
+    let second = Arc::new(Recorder::default());
+    let receipt = backend
+        .put_file_resumable(key, &path, Some(stale.clone()), second.sink())
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt,
+        PutReceipt {
+            size,
+            md5_hex: md5.clone()
+        }
+    );
+    assert_ne!(
+        second.latest().upload_id,
+        stale.upload_id,
+        "nothing to reuse: a fresh upload"
+    );
+    assert_eq!(md5_hex(&backend.get(key).await.unwrap()), md5);
+    assert_eq!(
+        open_upload_files(&server.root, &stale.upload_id),
+        Vec::<String>::new(),
+        "the recorded upload was left open"
+    );
+}
+
 #[tokio::test]
 async fn an_interrupted_azure_block_upload_resumes_with_the_blocks_already_stored() {
     let settings = Services::load().azure_settings(&unique_prefix("resume"));

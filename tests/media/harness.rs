@@ -89,13 +89,13 @@ impl TestApp {
     pub fn spawn_with(extra_toml: &str) -> TestApp {
         // These tests probe the files where the recorder wrote them; after stop the files are
         // uploaded to the storage profile and, by default, deleted here.
-        Self::spawn_inner(extra_toml, false, None)
+        Self::spawn_inner(extra_toml, false, None, &[])
     }
 
     /// A recorder that deletes each track file once its upload is verified (the default
     /// configuration), to check what reaches the storage profile.
     pub fn spawn_uploading() -> TestApp {
-        Self::spawn_inner("", true, None)
+        Self::spawn_inner("", true, None, &[])
     }
 
     /// Like [`TestApp::spawn_uploading`], with app-a's storage profile replaced: `storage_toml`
@@ -103,18 +103,29 @@ impl TestApp {
     /// `{ file = "..." }`) and returns the lines of its `[organizations.org-a.applications.app-a.storage]`
     /// table.
     pub fn spawn_with_profile(storage_toml: impl FnOnce(&Path) -> String + 'static) -> TestApp {
-        Self::spawn_inner("", true, Some(Box::new(storage_toml)))
+        Self::spawn_inner("", true, Some(Box::new(storage_toml)), &[])
+    }
+
+    /// [`TestApp::spawn_with_profile`] with extra configuration (TOML after the `[media]` table)
+    /// and environment (`RECORDER_*` settings; kept for restarts).
+    pub fn spawn_with_profile_and(
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        storage_toml: impl FnOnce(&Path) -> String + 'static,
+    ) -> TestApp {
+        Self::spawn_inner(extra_toml, true, Some(Box::new(storage_toml)), env)
     }
 
     /// [`TestApp::spawn_uploading`] with extra configuration (TOML after the `[media]` table).
     pub fn spawn_uploading_with(extra_toml: &str) -> TestApp {
-        Self::spawn_inner(extra_toml, true, None)
+        Self::spawn_inner(extra_toml, true, None, &[])
     }
 
     fn spawn_inner(
         extra_toml: &str,
         delete_local_after_upload: bool,
         storage_toml_opt: Option<StorageToml>,
+        env: &[(&str, &str)],
     ) -> TestApp {
         let dir = tempfile::Builder::new()
             .prefix("rtc-recorder-media-")
@@ -149,7 +160,8 @@ impl TestApp {
         toml.push_str(&key("other", KEY_OTHER_ORG, "org-b", "[\"global\"]"));
         let config = root.join("test.toml");
         std::fs::write(&config, toml).expect("write config");
-        let (child, stderr, base_url) = start_process(&root, &[]);
+        let env: Vec<(String, String)> = env.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let (child, stderr, base_url) = start_process(&root, &env);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(60))
             .redirects(0)
@@ -158,7 +170,7 @@ impl TestApp {
             base_url,
             root,
             rtp_ports,
-            env: Vec::new(),
+            env,
             child,
             stderr,
             agent,
@@ -187,18 +199,6 @@ impl TestApp {
     pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
         self.env = env.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         self.restart();
-    }
-
-    /// Waits for the process to end by itself (an injected abort), at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
     }
 
     pub fn api(&self, path: &str) -> String {

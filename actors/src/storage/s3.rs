@@ -288,6 +288,9 @@ impl StorageBackend for S3Backend {
                     .map_err(|e| map_err(e, "put object", Missing::Bucket))?;
                 return Ok(reader.finish());
             }
+            // The recorded upload, when this attempt does not continue it, is aborted below: its
+            // parts would otherwise stay in the bucket (and be billed) until a lifecycle rule.
+            let earlier_upload_id_opt = resume_opt.as_ref().map(|p| p.upload_id.clone());
             let resumed = match resume_opt.filter(|p| p.file_len == reader.len()) {
                 Some(earlier) => match listed_parts(&client, &bucket, &key, &earlier.upload_id).await? {
                     // Only parts the store still lists with the recorded ETag count as done.
@@ -322,7 +325,12 @@ impl StorageBackend for S3Backend {
                     tracing::info!(key = %key, num_parts_done = progress.parts.len(), "resuming multipart upload");
                     progress
                 }
-                None => start_upload(&client, &bucket, &key, reader.len()).await?,
+                None => {
+                    if let Some(stale) = earlier_upload_id_opt {
+                        abort_upload(&client, &bucket, &key, &stale).await;
+                    }
+                    start_upload(&client, &bucket, &key, reader.len()).await?
+                }
             };
             on_progress(&progress);
             let mut upload_id = progress.upload_id.clone();
@@ -342,13 +350,7 @@ impl StorageBackend for S3Backend {
                 // process) continues it. Otherwise its parts are billed until aborted; best
                 // effort, the error that matters is the one in hand.
                 if !err.is_retryable() {
-                    let _ = client
-                        .abort_multipart_upload()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .upload_id(&upload_id)
-                        .send()
-                        .await;
+                    abort_upload(&client, &bucket, &key, &upload_id).await;
                 }
             }
             result?;
@@ -428,6 +430,23 @@ async fn start_upload(
         .ok_or_else(|| StorageError::Service("start multipart upload: no upload id in the answer".into()))?
         .to_string();
     Ok(MultipartProgress::new(upload_id, file_len))
+}
+
+/// Aborts a multipart upload, best effort: an upload the store no longer knows (completed,
+/// aborted, expired) is what an abort wants anyway, and any other failure is left to the bucket's
+/// `AbortIncompleteMultipartUpload` lifecycle rule.
+async fn abort_upload(client: &aws_sdk_s3::Client, bucket: &str, key: &str, upload_id: &str) {
+    let aborted = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await;
+    if let Err(err) = aborted {
+        let err = map_err(err, "abort multipart upload", Missing::Object);
+        tracing::debug!(key = %key, upload_id = %upload_id, error = %err, "multipart upload not aborted");
+    }
 }
 
 /// Part number → ETag (where the store lists one) of every part the store holds for
