@@ -602,8 +602,13 @@ impl RawConfig {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if limits.max_id_len > 1024 {
-            return Err(invalid("limits.max_id_len", "must be at most 1024"));
+        if limits.max_id_len > 255 {
+            // Ids are segments of object keys, and so file names in LOCAL and SFTP stores and in
+            // the media directory, where a name has at most 255 bytes.
+            return Err(invalid(
+                "limits.max_id_len",
+                "must be at most 255 (ids are file names in local and SFTP stores)",
+            ));
         }
         let signing_secret = match self.signing.secret.as_str() {
             "" => None,
@@ -846,6 +851,7 @@ mod tests {
             ("[media]\nrtp_port_min = 50000\nrtp_port_max = 50001", "media.rtp_port_max"),
             ("[media]\nbind_ip = \"0.0.0.0\"", "media.announce_ip"),
             ("[media]\nflush_interval_ms = 0", "media.flush_interval_ms"),
+            ("[limits]\nmax_id_len = 256", "limits.max_id_len"),
             ("[media]\nfsync_interval_ms = 0", "media.fsync_interval_ms"),
             ("[composition]\nconcurrency = 0", "composition.concurrency"),
             ("[composition]\nfps = 0", "composition.fps"),

@@ -72,14 +72,14 @@ fn ids_must_be_plain_and_not_too_long() {
         assert_eq!(resp.status, 400, "conversationId {bad:?}: {}", resp.describe());
         resp.assert_error_naming(400, "conversationId");
     }
-    let long = "c".repeat(257);
+    let long = "c".repeat(256);
     app.post_json(
         "/recordings/start",
         KEY_A,
         &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": long}),
     )
     .assert_error_naming(400, "conversationId");
-    let max = format!("c{}", "x".repeat(255));
+    let max = format!("c{}", "x".repeat(254));
     let resp = app.post_json(
         "/recordings/start",
         KEY_A,

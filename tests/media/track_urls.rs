@@ -41,12 +41,15 @@ fn services() -> HashMap<String, String> {
 
 /// Records three seconds of VP8 + Opus, stops, and waits until both tracks are uploaded.
 fn record_and_upload(app: &TestApp) -> Value {
-    let conference = unique("room");
-    let event = app.start(&unique("call"), &conference, true, true);
+    record_and_upload_as(app, &unique("call"), &unique("room"), "agent")
+}
+
+fn record_and_upload_as(app: &TestApp, conversation: &str, conference: &str, user: &str) -> Value {
+    let event = app.start(conversation, conference, true, true);
     let resp = app.publish(
         "rtp",
-        &conference,
-        "userId=agent&type=CAM",
+        conference,
+        &format!("userId={user}&type=CAM"),
         &format!("Bearer {KEY}"),
         "application/sdp",
         &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
@@ -200,4 +203,48 @@ fn sftp_profile_tracks_are_fetched_and_served_by_the_recorder_behind_a_signed_ur
         });
         check_served_track(&app, &track, &stored);
     }
+}
+
+/// The longest ids the API accepts (255 bytes, `limits.max_id_len`) are path segments of every
+/// object key and of the media and composition folders: a recording with them is written,
+/// uploaded to the local profile, served, and composed like any other.
+#[test]
+fn the_longest_ids_accepted_are_recorded_uploaded_served_and_composed() {
+    let _media = media_lock();
+    let app = TestApp::spawn_uploading();
+    let tag = unique("long");
+    let long = |c: char| format!("{tag}{}", c.to_string().repeat(255 - tag.len()));
+    let (conversation, conference, user) = (long('c'), long('f'), long('u'));
+    assert_eq!(conversation.len(), 255);
+    let instance = record_and_upload_as(&app, &conversation, &conference, &user);
+    assert_eq!(instance["conversationId"], conversation.as_str());
+    let all = tracks(&instance);
+    assert_eq!(all.len(), 2, "{instance:#}");
+    for (track_user, _, _, track) in &all {
+        assert_eq!(track_user, &user);
+        assert!(track["storage"]["objectStorage"]["error"].is_null(), "{track}");
+        let location = track["storage"]["objectStorage"]["location"].as_str().unwrap();
+        assert!(location.contains(&conversation), "{location}");
+        let stored = PathBuf::from(location.strip_prefix("file://").unwrap_or_else(|| panic!("{location}")));
+        check_served_track(&app, track, &stored);
+    }
+    let composed = poll(Duration::from_secs(120), "the composition stored", || {
+        let resp = app.get(&format!("/compositions/{conversation}"), KEY);
+        if resp.status != 200 {
+            return None;
+        }
+        let message = resp.json();
+        assert_ne!(message["state"], "FAILED", "{message:#}\n{}", app.stderr());
+        let track = &message["streams"][0]["tracks"][0];
+        (message["state"] == "STOPPED" && track["storage"]["objectStorage"]["uploaded"].is_string()).then_some(message)
+    });
+    let url = composed["streams"][0]["tracks"][0]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no composition url: {composed:#}"));
+    let resp = app.request("GET", url, &[], None);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("composed.mp4");
+    std::fs::write(&file, &resp.body).unwrap();
+    assert!(probe(&file).num_frames > 0, "the composition plays");
 }
