@@ -405,7 +405,7 @@ impl From<&InstanceRecord> for RecordingDataMessage {
 
 /// `GET /compositions/{conversationId}`: the composition in the shape of a recording. State:
 /// queued → INITIALISED, composing → ACTIVE, done → STOPPED, failed → FAILED. `instanceId`,
-/// `recorderId`, `conferenceId` and `storageProfile` are those of the newest stopped instance
+/// `recorderId`, `conferenceId` and `storageProfile` are those of the newest ended (stopped or aborted) instance
 /// (the composition is uploaded through its profile); `started`/`stopped` are the composition
 /// run's. One stream (`id` "composition", type VIDEO) holds one track: VIDEO, or AUDIO for an
 /// audio-only conversation, with its local file, its upload and the provider's signed `url`.

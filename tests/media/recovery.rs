@@ -115,6 +115,33 @@ fn with_no_publisher_back_within_the_window_the_instance_is_aborted_and_its_medi
     });
     assert_eq!(manifest["state"], "ABORTED", "{manifest:#}");
 
+    // The aborted call is composed like a stopped one, from the media it kept; its span ends
+    // with its media, not when the recovery window ran out.
+    let composed = poll(Duration::from_secs(120), "the aborted instance composed", || {
+        let resp = app.get(&format!("/compositions/{conversation}"), KEY);
+        if resp.status != 200 {
+            return None;
+        }
+        let message = resp.json();
+        assert_ne!(message["state"], "FAILED", "{message:#}\n{}", app.stderr());
+        let track = &message["streams"][0]["tracks"][0];
+        (message["state"] == "STOPPED" && track["storage"]["objectStorage"]["uploaded"].is_string()).then_some(message)
+    });
+    assert_eq!(composed["instanceId"], event["instanceId"], "{composed:#}");
+    let url = composed["streams"][0]["tracks"][0]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no composition url: {composed:#}"));
+    let resp = app.request("GET", url, &[], None);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let file = app.root.join("aborted-composition.mp4");
+    std::fs::write(&file, &resp.body).unwrap();
+    let p = probe(&file);
+    assert!(p.num_frames > 0, "{p:?}");
+    assert!(
+        p.duration >= 1.5 && p.duration < 5.0,
+        "the composition spans the ~3 s recorded before the kill, not the {window_secs} s window: {p:?}"
+    );
+
     // The conversation can record again.
     let next = app.start(&conversation, &conference, true, true);
     assert_eq!(next["state"], "INITIALISED", "{next}");

@@ -338,7 +338,7 @@ fn composition_dir(config: &EngineConfig, job: &CompositionRecord) -> PathBuf {
         .join(path_safe(&job.conversation_id))
 }
 
-/// The conversation's stopped instances as composition inputs: instances in time order, each
+/// The conversation's ended instances (stopped, aborted, failed) as composition inputs: instances in time order, each
 /// track placed by its `started` time, the time between instances cut. A track deleted locally
 /// is read from `fetched` when it is there.
 pub fn composition_inputs(
@@ -347,14 +347,33 @@ pub fn composition_inputs(
 ) -> (Vec<ComposeInput>, Duration, Vec<String>) {
     let mut problems = Vec::new();
     let mut spans = Vec::new();
+    // Aborted (and failed) instances are composed too: what they recorded before the crash is
+    // finalized and uploaded like any stopped instance's media.
     let mut stopped: Vec<&InstanceRecord> = instances
         .iter()
-        .filter(|i| i.state == InstanceState::Stopped && i.stopped.is_some())
+        .filter(|i| {
+            matches!(
+                i.state,
+                InstanceState::Stopped | InstanceState::Aborted | InstanceState::Failed
+            ) && i.stopped.is_some()
+        })
         .collect();
     stopped.sort_by_key(|i| i.started.unwrap_or(i.created));
     for instance in stopped {
         let started = instance.started.unwrap_or(instance.created);
-        let stopped_at = instance.stopped.expect("filtered on stopped above");
+        let mut stopped_at = instance.stopped.expect("filtered on stopped above");
+        if instance.state != InstanceState::Stopped {
+            // An aborted instance ended when its recovery window ran out, long after its media:
+            // its span ends with its last track, so the composition holds no dead time.
+            let last_media = instance
+                .streams
+                .iter()
+                .flat_map(|s| s.tracks.iter().filter_map(|t| t.stopped.or(s.stopped)))
+                .max();
+            if let Some(last) = last_media.filter(|last| *last > started) {
+                stopped_at = stopped_at.min(last);
+            }
+        }
         let mut tracks = Vec::new();
         for stream in &instance.streams {
             for track in &stream.tracks {

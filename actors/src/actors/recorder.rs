@@ -41,6 +41,9 @@ pub struct RecorderLinks {
     pub recovery: RecoveryConfig,
     /// Told when a handler of the recorder failed (its conversation rebuilds it).
     pub crashed: Option<Recipient<RecorderCrashed>>,
+    /// Queue the conversation's composition when the instance ends (stopped or aborted), in the
+    /// same durable update as its upload jobs (`composition.enabled`).
+    pub compose: bool,
 }
 
 /// A handler of a recorder failed and the actor stopped; its conversation retires `streams` and
@@ -113,6 +116,7 @@ pub struct Recorder {
     crashed_to: Option<Recipient<RecorderCrashed>>,
     /// A handler failed: the actor is stopping and takes no more work.
     crashed: bool,
+    compose: bool,
 }
 
 struct StreamEntry {
@@ -140,6 +144,7 @@ impl Recorder {
             media,
             recovery,
             crashed,
+            compose,
         } = links;
         Self {
             store,
@@ -173,6 +178,7 @@ impl Recorder {
             },
             crashed_to: crashed,
             crashed: false,
+            compose,
         }
     }
 
@@ -830,6 +836,7 @@ impl Recorder {
         let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
         let store = self.store.clone();
         let instance_id = self.instance_id.clone();
+        let compose = self.compose;
         // A stop is marked durably before any file is touched: if the process ends while the
         // files are finalized, boot finishes this stop (see `started`) instead of waiting for
         // media that will not come.
@@ -857,8 +864,10 @@ impl Recorder {
             let result = (|| {
                 let finished: Vec<StreamRecord> = finished?.into_iter().filter_map(Result::ok).collect();
                 let mut artefacts = Vec::new();
+                let mut ended_here = false;
                 let record = store.update_instance(&instance_id, &mut |r| {
                     artefacts.clear();
+                    ended_here = false;
                     if r.state.is_terminal() {
                         // A stop that queued behind another one: the first already did the work.
                         return Ok(());
@@ -900,8 +909,21 @@ impl Recorder {
                     // Queued with the others, run after them: the uploader holds a manifest back
                     // while any other job of its instance is queued.
                     artefacts.push(ArtefactKind::Manifest);
+                    ended_here = true;
                     Ok(())
                 })?;
+                // The composition job goes before the upload jobs: an uploader that sees it
+                // pending keeps the local track files for the compositor. Stopped and aborted
+                // instances alike: an aborted call's media is worth a composed file too.
+                if compose && ended_here {
+                    store.queue_composition(
+                        &record.organization_id,
+                        &record.conversation_id,
+                        &record.application_id,
+                        &record.instance_id,
+                        Utc::now(),
+                    )?;
+                }
                 for artefact in artefacts {
                     enqueue_artefact(store.as_ref(), &record, artefact)?;
                 }

@@ -103,6 +103,7 @@ impl Registry {
             media: self.config.media.clone(),
             recovery: self.config.recovery,
             crashed: None,
+            compose: self.config.composition.enabled,
         };
         let store = self.store.clone();
         let conversation = Conversation::create(|ctx| Conversation::new(store, record, links, ctx));
@@ -340,25 +341,11 @@ impl Handler<StopRecording> for Registry {
         };
         let instance_id = record.instance_id.clone();
         let store = self.store.clone();
-        let compose = self.config.composition.enabled;
         Box::pin(
             async move {
                 match conversation.send(StopInstance).await {
-                    Ok(Ok(stopped)) => {
-                        // Queued with the stop, before the client hears of it: the tracks are
-                        // final now, and a crash must not lose the job.
-                        if compose && stopped.state == InstanceState::Stopped {
-                            store.queue_composition(
-                                &stopped.organization_id,
-                                &stopped.conversation_id,
-                                &stopped.application_id,
-                                &stopped.instance_id,
-                                Utc::now(),
-                            )?;
-                            store.flush().await?;
-                        }
-                        Ok(stopped)
-                    }
+                    // The recorder committed STOPPED, the upload jobs and the composition job in
+                    // one durable update before answering.
                     Ok(result) => result,
                     // The conversation ended between our lookup and this send: a concurrent
                     // stop won, and its result is in the store.
@@ -419,6 +406,8 @@ impl Handler<InstanceEnded> for Registry {
             self.by_conference.retain(|_, conversation| *conversation != key);
             tracing::info!(instance_id = %msg.instance_id, "recorder instance ended by itself");
         }
+        // An instance that ended by itself (aborted) queued its conversation's composition.
+        self.compositor.do_send(CompositionQueued);
     }
 }
 
