@@ -814,12 +814,16 @@ impl Handler<TrackUrls> for Registry {
             };
             let mut urls = Vec::new();
             for (stream_id, track_id, key) in tracks {
-                if let Some(url) = profile.backend.signed_url(&key, msg.ttl).await? {
-                    urls.push(TrackUrl {
+                match profile.backend.signed_url(&key, msg.ttl).await {
+                    Ok(Some(url)) => urls.push(TrackUrl {
                         stream_id,
                         track_id,
                         url,
-                    });
+                    }),
+                    Ok(None) => {}
+                    // One track the provider cannot sign for is shown without its `url`, not
+                    // a failed answer for the whole instance.
+                    Err(e) => tracing::warn!(key = %key, error = %e, "cannot sign a track url"),
                 }
             }
             Ok(urls)
