@@ -135,23 +135,13 @@ fn compositions_are_404_until_an_instance_stops_and_stay_in_their_organization()
     app.get(&format!("/compositions/{c}"), KEY_A).assert_error(404);
     app.get("/compositions/unknown", KEY_A).assert_error(404);
     app.stop(KEY_A, &ev);
-    // Stopped with no media: the composition is queued with the stop, then fails (nothing to
-    // compose) without touching the recording.
-    let message = app
+    // Stopped with no media: the composition is FAILED with the stop itself (nothing to
+    // compose), without a compositor run and without touching the recording.
+    let failed = app
         .get(&format!("/compositions/{c}"), KEY_A)
         .ok_json("RecordingDataMessage");
-    assert_eq!(message["conversationId"], c.as_str());
-    assert_eq!(message["instanceId"], ev["instanceId"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let failed = loop {
-        let message = app
-            .get(&format!("/compositions/{c}"), KEY_A)
-            .ok_json("RecordingDataMessage");
-        if message["state"] == "FAILED" || std::time::Instant::now() > deadline {
-            break message;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    assert_eq!(failed["conversationId"], c.as_str());
+    assert_eq!(failed["instanceId"], ev["instanceId"]);
     assert_eq!(failed["state"], "FAILED", "{failed}");
     assert!(failed["error"]["message"].as_str().is_some(), "{failed}");
     assert_eq!(
@@ -159,8 +149,22 @@ fn compositions_are_404_until_an_instance_stops_and_stay_in_their_organization()
         Some(1),
         "{failed}"
     );
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no media")),
+        "{failed}"
+    );
     assert_eq!(app.instance(KEY_A, &ev)["state"], "STOPPED");
     app.get(&format!("/compositions/{c}"), KEY_B).assert_error(404);
+    let tree = app.get("/debug/actors", KEY_ADMIN).json();
+    let compositor = tree["children"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["kind"] == "Compositor"))
+        .unwrap_or_else(|| panic!("no Compositor: {tree:#}"));
+    assert_eq!(compositor["counters"]["num_failed"], 0, "{compositor:#}");
+    assert_eq!(compositor["counters"]["num_running"], 0, "{compositor:#}");
+    assert_eq!(compositor["counters"]["num_queued"], 0, "{compositor:#}");
 }
 
 #[test]

@@ -526,7 +526,7 @@ impl Handler<Snapshot> for Compositor {
             .map(|c| c.iter().filter(|c| c.state == CompositionState::Queued).count())
             .unwrap_or(0);
         MessageResult(ActorSnapshot {
-            kind: "compositor",
+            kind: "Compositor",
             id: "compositor".into(),
             state: if self.running.is_empty() { "idle" } else { "composing" }.into(),
             mailbox_depth: 0,

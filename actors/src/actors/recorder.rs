@@ -27,7 +27,7 @@ use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::MediaError;
 use crate::messages::{IngestTransport, Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
-use crate::store::{ArtefactKind, StateStore};
+use crate::store::{ArtefactKind, CompositionState, StateStore};
 use crate::EngineError;
 
 /// What a recorder is connected to besides the state store.
@@ -916,13 +916,28 @@ impl Recorder {
                 // pending keeps the local track files for the compositor. Stopped and aborted
                 // instances alike: an aborted call's media is worth a composed file too.
                 if compose && ended_here {
+                    let now = Utc::now();
                     store.queue_composition(
                         &record.organization_id,
                         &record.conversation_id,
                         &record.application_id,
                         &record.instance_id,
-                        Utc::now(),
+                        now,
                     )?;
+                    if !conversation_has_media(store.as_ref(), &record)? {
+                        // Nothing to compose: the outcome is known now, so the compositor gets
+                        // no job (a call that never published costs no composition run).
+                        store.update_composition(&record.organization_id, &record.conversation_id, &mut |c| {
+                            c.state = CompositionState::Failed;
+                            c.started = Some(now);
+                            c.stopped = Some(now);
+                            c.error = Some(ErrorInfo::new(
+                                "COMPOSITION_FAILED",
+                                "the conversation recorded no media: nothing to compose",
+                            ));
+                            Ok(())
+                        })?;
+                    }
                 }
                 for artefact in artefacts {
                     enqueue_artefact(store.as_ref(), &record, artefact)?;
@@ -1004,6 +1019,17 @@ impl Handler<Snapshot> for Recorder {
             snapshot
         })
     }
+}
+
+/// Whether any ended instance of `record`'s conversation (this one included) has a track file.
+fn conversation_has_media(store: &dyn StateStore, record: &InstanceRecord) -> Result<bool, EngineError> {
+    Ok(store
+        .conversation_instances(&record.organization_id, &record.conversation_id)?
+        .iter()
+        .filter(|i| i.state.is_terminal())
+        .flat_map(|i| i.streams.iter())
+        .flat_map(|s| s.tracks.iter())
+        .any(|t| t.local.location.is_some()))
 }
 
 #[cfg(test)]
