@@ -49,13 +49,13 @@ impl PortAllocator {
             } else {
                 port + 2
             };
-            let Ok(rtp) = UdpSocket::bind((self.bind_ip, port)) else {
+            let Ok(rtp) = bind_udp(self.bind_ip, port) else {
                 continue;
             };
             if !with_rtcp {
                 return Ok((rtp, None));
             }
-            if let Ok(rtcp) = UdpSocket::bind((self.bind_ip, port + 1)) {
+            if let Ok(rtcp) = bind_udp(self.bind_ip, port + 1) {
                 return Ok((rtp, Some(rtcp)));
             }
         }
@@ -69,12 +69,27 @@ impl PortAllocator {
         rtcp_port: Option<u16>,
     ) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
         let bind = |port: u16| {
-            UdpSocket::bind((self.bind_ip, port)).map_err(|e| MediaError::NoPort(format!("{port} is taken: {e}")))
+            bind_udp(self.bind_ip, port).map_err(|e| MediaError::NoPort(format!("{port} is taken: {e}")))
         };
         let rtp = bind(rtp_port)?;
         let rtcp = rtcp_port.map(bind).transpose()?;
         Ok((rtp, rtcp))
     }
+}
+
+/// Receive buffer asked for each plain-RTP socket: ~1 s of a 30 Mbit/s stream, so a receive
+/// thread descheduled for a moment on a loaded machine does not cost packets. Linux caps it at
+/// `net.core.rmem_max` (and doubles what it grants); the default buffer (~208 KiB) holds only
+/// ~50 ms of a high-bitrate screen share.
+pub const RECV_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds a UDP socket with [`RECV_BUFFER_BYTES`] of receive buffer (as much as the kernel grants).
+fn bind_udp(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let socket = UdpSocket::bind((ip, port))?;
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER_BYTES) {
+        tracing::debug!(port, error = %e, "cannot enlarge the receive buffer");
+    }
+    Ok(socket)
 }
 
 /// One accepted m-line with its sockets, before its thread starts.
@@ -293,6 +308,22 @@ fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_sockets_get_a_larger_receive_buffer_than_the_default() {
+        let plain = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+        let default = socket2::SockRef::from(&plain).recv_buffer_size().unwrap();
+        let alloc = PortAllocator::new("127.0.0.1".parse().unwrap(), 47_201, 47_206);
+        let (rtp, rtcp) = alloc.bind(true).unwrap();
+        for socket in [&rtp, rtcp.as_ref().unwrap()] {
+            let granted = socket2::SockRef::from(socket).recv_buffer_size().unwrap();
+            assert!(granted > default, "{granted} bytes, the default is {default}");
+        }
+        let port = rtp.local_addr().unwrap().port();
+        drop((rtp, rtcp));
+        let (again, _) = alloc.bind_exact(port, None).unwrap();
+        assert!(socket2::SockRef::from(&again).recv_buffer_size().unwrap() > default);
+    }
 
     #[test]
     fn ports_come_in_even_pairs_from_the_range_and_run_out_cleanly() {
