@@ -68,9 +68,8 @@ impl PortAllocator {
         rtp_port: u16,
         rtcp_port: Option<u16>,
     ) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
-        let bind = |port: u16| {
-            bind_udp(self.bind_ip, port).map_err(|e| MediaError::NoPort(format!("{port} is taken: {e}")))
-        };
+        let bind =
+            |port: u16| bind_udp(self.bind_ip, port).map_err(|e| MediaError::NoPort(format!("{port} is taken: {e}")));
         let rtp = bind(rtp_port)?;
         let rtcp = rtcp_port.map(bind).transpose()?;
         Ok((rtp, rtcp))
