@@ -652,3 +652,20 @@ pub fn stream_snapshots(tree: &Value) -> Vec<Value> {
     walk(tree, &mut out);
     out
 }
+
+/// Polls the composition until it is STOPPED (done) and uploaded; fails on FAILED.
+pub fn wait_composed(app: &TestApp, conversation: &str, instance_id: &Value) -> Value {
+    poll(Duration::from_secs(120), "composition done and uploaded", || {
+        let resp = app.get(&format!("/compositions/{conversation}"), KEY);
+        if resp.status != 200 {
+            return None;
+        }
+        let message = resp.json();
+        assert_ne!(message["state"], "FAILED", "{message:#}\n{}", app.stderr());
+        let track = &message["streams"][0]["tracks"][0];
+        let done = message["state"] == "STOPPED"
+            && message["instanceId"] == *instance_id
+            && track["storage"]["objectStorage"]["uploaded"].is_string();
+        done.then_some(message)
+    })
+}

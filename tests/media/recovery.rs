@@ -117,16 +117,7 @@ fn with_no_publisher_back_within_the_window_the_instance_is_aborted_and_its_medi
 
     // The aborted call is composed like a stopped one, from the media it kept; its span ends
     // with its media, not when the recovery window ran out.
-    let composed = poll(Duration::from_secs(120), "the aborted instance composed", || {
-        let resp = app.get(&format!("/compositions/{conversation}"), KEY);
-        if resp.status != 200 {
-            return None;
-        }
-        let message = resp.json();
-        assert_ne!(message["state"], "FAILED", "{message:#}\n{}", app.stderr());
-        let track = &message["streams"][0]["tracks"][0];
-        (message["state"] == "STOPPED" && track["storage"]["objectStorage"]["uploaded"].is_string()).then_some(message)
-    });
+    let composed = wait_composed(&app, &conversation, &event["instanceId"]);
     assert_eq!(composed["instanceId"], event["instanceId"], "{composed:#}");
     let url = composed["streams"][0]["tracks"][0]["url"]
         .as_str()
@@ -376,24 +367,15 @@ fn a_writer_panic_restarts_the_stream_and_other_conversations_keep_recording() {
     let (failing, healthy) = (unique("room"), unique("room"));
     let a = app.start(&unique("call"), &failing, false, true);
     let b = app.start(&unique("call"), &healthy, false, true);
-    let publish = |conference: &str, line: (&str, u8, &str)| {
-        let resp = app.publish(
-            "rtp",
-            conference,
-            "userId=agent&type=CAM",
-            &format!("Bearer {KEY}"),
-            "application/sdp",
-            &rtp_offer(&[line]),
-        );
-        assert_eq!(resp.status, 201, "{}", resp.text());
-        answer_ports(&resp.text())[0]
-    };
     let seconds = 7;
     let mut x = lavfi_video(seconds);
-    x.extend(rtp_out("0", "h264", 96, publish(&failing, ("video", 96, "H264/90000"))));
-    let mut y = lavfi_video(seconds);
-    y.extend(rtp_out("0", "vp8", 96, publish(&healthy, ("video", 96, "VP8/90000"))));
-    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    x.extend(rtp_out(
+        "0",
+        "h264",
+        96,
+        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "H264/90000")),
+    ));
+    let (x, y) = (ffmpeg(&x), send_vp8_cam(&app, &healthy, "agent", seconds));
     let recovered = poll(Duration::from_secs(15), "the failing instance recovered", || {
         let instance = app.instance(&a);
         (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
@@ -521,18 +503,7 @@ fn an_exhausted_restart_budget_fails_the_stream_and_aborts_an_instance_left_with
     let a = app.start(&unique("call"), &only_h264, true, true);
     let c = app.start(&unique("call"), &mixed, true, true);
     let b = app.start(&unique("call"), &healthy, true, true);
-    let publish = |conference: &str, kind: &str, line: (&str, u8, &str)| {
-        let resp = app.publish(
-            "rtp",
-            conference,
-            &format!("userId=agent&type={kind}"),
-            &format!("Bearer {KEY}"),
-            "application/sdp",
-            &rtp_offer(&[line]),
-        );
-        assert_eq!(resp.status, 201, "{}", resp.text());
-        answer_ports(&resp.text())[0]
-    };
+    let publish = |conference: &str, kind: &str, line| publish_rtp(&app, conference, "agent", kind, line);
     let seconds = 8;
     let mut x = lavfi_video(seconds);
     x.extend(rtp_out(
@@ -554,14 +525,7 @@ fn an_exhausted_restart_budget_fails_the_stream_and_aborts_an_instance_left_with
         111,
         publish(&mixed, "MIC", ("audio", 111, "opus/48000/2")),
     ));
-    let mut y = lavfi_video(seconds);
-    y.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish(&healthy, "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let senders = [ffmpeg(&x), ffmpeg(&z), ffmpeg(&y)];
+    let senders = [ffmpeg(&x), ffmpeg(&z), send_vp8_cam(&app, &healthy, "agent", seconds)];
 
     let aborted = poll(Duration::from_secs(20), "the H.264-only instance ABORTED", || {
         let instance = app.instance(&a);
@@ -781,6 +745,19 @@ fn publish_rtp(app: &TestApp, conference: &str, user: &str, kind: &str, line: (&
     answer_ports(&resp.text())[0]
 }
 
+/// Starts an FFmpeg sender of `seconds` of VP8 to a new plain-RTP CAM stream of `user` in
+/// `conference`.
+fn send_vp8_cam(app: &TestApp, conference: &str, user: &str, seconds: u32) -> std::process::Child {
+    let mut args = lavfi_video(seconds);
+    args.extend(rtp_out(
+        "0",
+        "vp8",
+        96,
+        publish_rtp(app, conference, user, "CAM", ("video", 96, "VP8/90000")),
+    ));
+    ffmpeg(&args)
+}
+
 /// A track that holds media from well before `at` to well after it, in one file.
 fn assert_spans(track: &Value, at: &Value, seconds_sent: u32) {
     let at = millis(at);
@@ -816,21 +793,10 @@ fn a_panic_in_a_stream_handler_restarts_the_stream_from_its_record_and_other_con
     let a = app.start(&failing_call, &failing, false, true);
     let b = app.start(&healthy_call, &healthy, false, true);
     let seconds = 12;
-    let mut x = lavfi_video(seconds);
-    x.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let mut y = lavfi_video(seconds);
-    y.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    let (x, y) = (
+        send_vp8_cam(&app, &failing, "agent", seconds),
+        send_vp8_cam(&app, &healthy, "agent", seconds),
+    );
     let recovered = poll(Duration::from_secs(20), "the failing instance recovered", || {
         let instance = app.instance(&a);
         (instance["state"] == "ACTIVE" && instance["recovered"].is_string()).then_some(instance)
@@ -898,13 +864,6 @@ fn stream_handler_panics_beyond_the_budget_fail_the_stream_and_abort_an_instance
     let c = app.start(&unique("call"), &mixed, true, true);
     let b = app.start(&unique("call"), &healthy, false, true);
     let seconds = 8;
-    let mut x = lavfi_video(seconds);
-    x.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &only_cam, "crashy", "CAM", ("video", 96, "VP8/90000")),
-    ));
     let mut z = lavfi_av(seconds);
     z.extend(rtp_out(
         "0:v",
@@ -918,14 +877,11 @@ fn stream_handler_panics_beyond_the_budget_fail_the_stream_and_abort_an_instance
         111,
         publish_rtp(&app, &mixed, "crashy", "MIC", ("audio", 111, "opus/48000/2")),
     ));
-    let mut y = lavfi_video(seconds);
-    y.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let senders = [ffmpeg(&x), ffmpeg(&z), ffmpeg(&y)];
+    let senders = [
+        send_vp8_cam(&app, &only_cam, "crashy", seconds),
+        ffmpeg(&z),
+        send_vp8_cam(&app, &healthy, "agent", seconds),
+    ];
 
     let aborted = poll(Duration::from_secs(30), "the CAM-only instance ABORTED", || {
         let instance = app.instance(&a);
@@ -1004,21 +960,10 @@ fn a_panic_in_a_recorder_handler_rebuilds_the_recorder_and_its_streams_record_on
     let a = app.start(&failing_call, &failing, true, true);
     let b = app.start(&healthy_call, &healthy, false, true);
     let seconds = 12;
-    let mut x = lavfi_video(seconds);
-    x.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let mut y = lavfi_video(seconds);
-    y.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    let (x, y) = (
+        send_vp8_cam(&app, &failing, "agent", seconds),
+        send_vp8_cam(&app, &healthy, "agent", seconds),
+    );
     poll(Duration::from_secs(15), "the failing instance ACTIVE", || {
         (app.instance(&a)["state"] == "ACTIVE").then_some(())
     });
@@ -1142,21 +1087,10 @@ fn a_recorder_failing_beyond_its_budget_aborts_its_instance_and_keeps_its_media(
     let a = app.start(&failing_call, &failing, true, true);
     let b = app.start(&healthy_call, &healthy, false, true);
     let seconds = 6;
-    let mut x = lavfi_video(seconds);
-    x.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &failing, "agent", "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let mut y = lavfi_video(seconds);
-    y.extend(rtp_out(
-        "0",
-        "vp8",
-        96,
-        publish_rtp(&app, &healthy, "agent", "CAM", ("video", 96, "VP8/90000")),
-    ));
-    let (x, y) = (ffmpeg(&x), ffmpeg(&y));
+    let (x, y) = (
+        send_vp8_cam(&app, &failing, "agent", seconds),
+        send_vp8_cam(&app, &healthy, "agent", seconds),
+    );
     poll(Duration::from_secs(15), "the failing instance ACTIVE", || {
         (app.instance(&a)["state"] == "ACTIVE").then_some(())
     });

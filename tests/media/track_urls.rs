@@ -228,16 +228,7 @@ fn the_longest_ids_accepted_are_recorded_uploaded_served_and_composed() {
         let stored = PathBuf::from(location.strip_prefix("file://").unwrap_or_else(|| panic!("{location}")));
         check_served_track(&app, track, &stored);
     }
-    let composed = poll(Duration::from_secs(120), "the composition stored", || {
-        let resp = app.get(&format!("/compositions/{conversation}"), KEY);
-        if resp.status != 200 {
-            return None;
-        }
-        let message = resp.json();
-        assert_ne!(message["state"], "FAILED", "{message:#}\n{}", app.stderr());
-        let track = &message["streams"][0]["tracks"][0];
-        (message["state"] == "STOPPED" && track["storage"]["objectStorage"]["uploaded"].is_string()).then_some(message)
-    });
+    let composed = wait_composed(&app, &conversation, &instance["instanceId"]);
     let url = composed["streams"][0]["tracks"][0]["url"]
         .as_str()
         .unwrap_or_else(|| panic!("no composition url: {composed:#}"));
