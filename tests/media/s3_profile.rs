@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,28 +40,6 @@ const BUCKET: &str = "bkt";
 const CONVERSATION: &str = "c";
 /// The recorder's S3 part size (`storage::PART_SIZE`).
 const PART_SIZE: u64 = 8 << 20;
-
-/// KEY=VALUE lines written by `scripts/test-services.sh start` (the s3s-fs binary, credentials).
-fn services() -> HashMap<String, String> {
-    let path = std::env::var("RTC_SERVICES_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let dir = std::env::var("RTC_SERVICES_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rtc-recorder/services"));
-            dir.join("env")
-        });
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "storage test servers not set up ({}: {e}); run `scripts/test-services.sh start`",
-            path.display()
-        )
-    });
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -89,7 +67,7 @@ struct S3sFs {
 
 impl S3sFs {
     fn start() -> S3sFs {
-        let services = services();
+        let services = services_env();
         let get = |name: &str| {
             services
                 .get(name)

@@ -10,28 +10,9 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-/// KEY=VALUE lines written by `scripts/test-services.sh start`; a missing file or server fails
-/// the test with the command that fixes it.
+/// The services' env (see [`services_env`]), with the test sshd checked to be up.
 fn services() -> HashMap<String, String> {
-    let path = std::env::var("RTC_SERVICES_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let dir = std::env::var("RTC_SERVICES_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rtc-recorder/services"));
-            dir.join("env")
-        });
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "storage test servers not set up ({}: {e}); run `scripts/test-services.sh start`",
-            path.display()
-        )
-    });
-    let env: HashMap<String, String> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env = services_env();
     let port: u16 = env["RTC_SFTP_PORT"].parse().expect("RTC_SFTP_PORT is a port");
     if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         panic!("the test sshd is not running on 127.0.0.1:{port}; run `scripts/test-services.sh start`");
