@@ -20,7 +20,8 @@ pub const FINALIZE: &str = "finalize";
 /// supervision tick, every 200 ms), scoped by `"<conversationId> <userId>/<TYPE> <Handler>"`.
 pub const STREAM_HANDLER: &str = "stream_handler";
 /// At the start of every message handler of a Recorder actor but `Snapshot`, scoped by
-/// `"<conversationId> <Handler>"`.
+/// `"<conversationId> <Handler>"`, and in the continuation of its Publish handler (after the
+/// stream answered), scoped by `"<conversationId> continuation Publish"`.
 pub const RECORDER_HANDLER: &str = "recorder_handler";
 
 /// An injected failure, for points whose caller turns it into its own error.

@@ -950,10 +950,24 @@ fn stream_handler_panics_beyond_the_budget_fail_the_stream_and_abort_an_instance
 /// again; the other conversation records on untouched.
 #[test]
 fn a_panic_in_a_recorder_handler_rebuilds_the_recorder_and_its_streams_record_on() {
+    recorder_panic_rebuilds_the_recorder("Publish");
+}
+
+/// The same with the panic in the part of the Publish handler that runs after its await (once the
+/// stream opened the session): the continuation is supervised like the handler's body.
+#[test]
+fn a_panic_in_a_recorder_handlers_continuation_rebuilds_the_recorder_too() {
+    recorder_panic_rebuilds_the_recorder("continuation Publish");
+}
+
+/// The second Publish of one conversation panics at `point` (a `recorder_handler` fault scope):
+/// it is answered 503, the recorder is rebuilt from its record and records on, another
+/// conversation is unaffected.
+fn recorder_panic_rebuilds_the_recorder(point: &str) {
     let _media = media_lock();
     let mut app = TestApp::spawn();
     let (failing_call, healthy_call) = (unique("call"), unique("call"));
-    let faults = format!("recorder_handler@{failing_call} Publish=panic*1+1");
+    let faults = format!("recorder_handler@{failing_call} {point}=panic*1+1");
     app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
     let restarts_before = metric(&app, "recorder_actor_restarts_total{kind=\"Recorder\"}").unwrap_or(0.0);
     let (failing, healthy) = (unique("room"), unique("room"));

@@ -596,7 +596,13 @@ impl Recorder {
         };
         let store = self.store.clone();
         let instance_id = self.instance_id.clone();
-        Box::pin(opening.into_actor(self).then(move |opened, act, _ctx| {
+        let conversation_id = self.conversation_id.clone();
+        let continuation = opening.into_actor(self).then(move |opened, act, _ctx| {
+            // The handler's continuation is supervised too (see `supervision::Guarded`).
+            let scope = supervision::fault_scope(|| format!("{conversation_id} continuation Publish"));
+            if let Err(e) = crate::fault::point_in(crate::fault::RECORDER_HANDLER, &scope) {
+                panic!("{e}");
+            }
             let result = opened.and_then(|opened| {
                 if act.stopping {
                     // The stop began while this publisher was being answered: the stop owns
@@ -639,7 +645,16 @@ impl Recorder {
                 })
             }
             .into_actor(act)
-        }))
+        });
+        Box::pin(supervision::guard("Publish", Box::pin(continuation), Err(restarting())))
+    }
+}
+
+impl supervision::SupervisedActor for Recorder {
+    fn continuation_failed(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
+        if !self.crashed {
+            self.crash(ctx, handler, message);
+        }
     }
 }
 

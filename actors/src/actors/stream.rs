@@ -860,43 +860,64 @@ impl Stream {
         let session_id = msg.session_id.clone();
         // Which kinds this stream already records with which codec: a reconnect keeps them.
         let existing: Vec<Codec> = self.tracks.iter().map(|t| t.codec).collect();
+        let refused = || {
+            Err(MediaError::Refused(
+                "the stream failed and is being restarted; try again".into(),
+            ))
+        };
         Box::pin(
-            async move { crate::media::whip::negotiate(&media, &msg.offer_sdp, msg.audio, msg.video, &existing).await }
-                .into_actor(self)
-                .map(move |negotiated, act, _ctx| {
-                    let negotiated = negotiated?;
-                    act.end_session();
-                    let mut tracks = Vec::new();
-                    for codec in negotiated.codecs() {
-                        let at = act.track_for(codec);
-                        let (sink, counters) = act.new_segment(at, &session_id)?;
-                        tracks.push((codec, act.tracks[at].id.clone(), sink, counters));
+            supervision::guard(
+                "OpenWhip",
+                Box::pin(
+                    async move {
+                        crate::media::whip::negotiate(&media, &msg.offer_sdp, msg.audio, msg.video, &existing).await
                     }
-                    let track_ids = tracks.iter().map(|t| t.1.clone()).collect();
-                    let (answer_sdp, session) =
-                        negotiated.start(session_id.clone(), tracks, act.media.receiver.clone(), events)?;
-                    act.session = Some(LiveSession {
-                        id: session_id.clone(),
-                        ingest: Ingest::Whip(session),
-                        track_ids,
-                        num_tracks_ended: 0,
-                    });
-                    act.num_sessions += 1;
-                    act.record.state = StreamState::Recording;
-                    act.record.rtp_session = None;
-                    tracing::info!(stream_id = %act.record.id, session_id = %session_id, "whip session opened");
-                    Ok(OpenedSession {
-                        answer_sdp,
-                        record: act.record.clone(),
+                    .into_actor(self)
+                    .map(move |negotiated, act, _ctx| {
+                        let negotiated = negotiated?;
+                        act.end_session();
+                        let mut tracks = Vec::new();
+                        for codec in negotiated.codecs() {
+                            let at = act.track_for(codec);
+                            let (sink, counters) = act.new_segment(at, &session_id)?;
+                            tracks.push((codec, act.tracks[at].id.clone(), sink, counters));
+                        }
+                        let track_ids = tracks.iter().map(|t| t.1.clone()).collect();
+                        let (answer_sdp, session) =
+                            negotiated.start(session_id.clone(), tracks, act.media.receiver.clone(), events)?;
+                        act.session = Some(LiveSession {
+                            id: session_id.clone(),
+                            ingest: Ingest::Whip(session),
+                            track_ids,
+                            num_tracks_ended: 0,
+                        });
+                        act.num_sessions += 1;
+                        act.record.state = StreamState::Recording;
+                        act.record.rtp_session = None;
+                        tracing::info!(stream_id = %act.record.id, session_id = %session_id, "whip session opened");
+                        Ok(OpenedSession {
+                            answer_sdp,
+                            record: act.record.clone(),
+                        })
                     })
-                })
-                .map(|result: Result<OpenedSession, MediaError>, act, _ctx| {
-                    if let Err(e) = &result {
-                        act.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
-                    }
-                    result
-                }),
+                    .map(|result: Result<OpenedSession, MediaError>, act, _ctx| {
+                        if let Err(e) = &result {
+                            act.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
+                        }
+                        result
+                    }),
+                ),
+                refused(),
+            ),
         )
+    }
+}
+
+impl supervision::SupervisedActor for Stream {
+    fn continuation_failed(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
+        if !self.crashed {
+            self.crash(ctx, handler, message);
+        }
     }
 }
 

@@ -79,6 +79,73 @@ pub fn run_guarded<R>(point: &'static str, scope: &str, body: impl FnOnce() -> R
     }
 }
 
+/// An actor whose asynchronous handler continuations (the parts of a handler that run after an
+/// await: `into_actor(..).then(..)`, `ctx.spawn`, `ctx.wait`) are supervised like its handler
+/// bodies: a panic there is caught by [`Guarded`] and handed to the actor, which quiesces and is
+/// rebuilt by its parent.
+pub trait SupervisedActor: actix::Actor<Context = actix::Context<Self>> {
+    fn continuation_failed(&mut self, ctx: &mut actix::Context<Self>, handler: &'static str, message: String);
+}
+
+/// An actor future whose panics become [`SupervisedActor::continuation_failed`] and a fallback
+/// output (the answer a caller of the failed handler gets), instead of ending the actor's task
+/// silently (tokio would catch the panic and the actor's address would answer nothing more).
+pub struct Guarded<A: SupervisedActor, F: actix::ActorFuture<A>> {
+    inner: F,
+    handler: &'static str,
+    fallback: Option<F::Output>,
+}
+
+/// Supervises `future`, a continuation of `handler`; `fallback` is its output if it panics.
+pub fn guard<A, F>(handler: &'static str, future: F, fallback: F::Output) -> Guarded<A, F>
+where
+    A: SupervisedActor,
+    F: actix::ActorFuture<A> + Unpin,
+{
+    Guarded {
+        inner: future,
+        handler,
+        fallback: Some(fallback),
+    }
+}
+
+impl<A, F> actix::ActorFuture<A> for Guarded<A, F>
+where
+    A: SupervisedActor,
+    F: actix::ActorFuture<A> + Unpin,
+    F::Output: Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        act: &mut A,
+        ctx: &mut actix::Context<A>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let Some(_) = this.fallback.as_ref() else {
+            // Failed before: never polled again.
+            return std::task::Poll::Pending;
+        };
+        let inner = &mut this.inner;
+        match catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(inner).poll(act, ctx, task))) {
+            Ok(std::task::Poll::Ready(output)) => {
+                this.fallback = None;
+                std::task::Poll::Ready(output)
+            }
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => {
+                act.continuation_failed(ctx, this.handler, panic_message(panic.as_ref()));
+                match this.fallback.take() {
+                    Some(fallback) => std::task::Poll::Ready(fallback),
+                    None => std::task::Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
