@@ -758,6 +758,28 @@ fn send_vp8_cam(app: &TestApp, conference: &str, user: &str, seconds: u32) -> st
     ffmpeg(&args)
 }
 
+/// Stops the recovered instance `a` and the untouched `b` (one VP8 camera of "agent" each, sent
+/// for `seconds`): `a`'s track holds media from well before to well after its recovery, `b` never
+/// recovered and holds the whole send. Answers `a` as stopped.
+fn stop_recovered_beside_healthy(app: &TestApp, a: &Value, b: &Value, seconds: u32) -> Value {
+    assert_eq!(app.stop(a)["state"], "STOPPED");
+    assert_eq!(app.stop(b)["state"], "STOPPED");
+    let a = app.instance(a);
+    let b = app.instance(b);
+    assert_spans(
+        find_track(&tracks(&a), "agent", "CAM", "VIDEO"),
+        &a["recovered"],
+        seconds,
+    );
+    assert!(b["recovered"].is_null(), "{b:#}");
+    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
+    assert!(
+        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
+        "{healthy_track:?}"
+    );
+    a
+}
+
 /// A track that holds media from well before `at` to well after it, in one file.
 fn assert_spans(track: &Value, at: &Value, seconds_sent: u32) {
     let at = millis(at);
@@ -825,22 +847,8 @@ fn a_panic_in_a_stream_handler_restarts_the_stream_from_its_record_and_other_con
     );
     wait_ok(x, "failing conversation's sender");
     wait_ok(y, "healthy conversation's sender");
-    assert_eq!(app.stop(&a)["state"], "STOPPED");
-    assert_eq!(app.stop(&b)["state"], "STOPPED");
-    let a = app.instance(&a);
-    let b = app.instance(&b);
+    let a = stop_recovered_beside_healthy(&app, &a, &b, seconds);
     assert_eq!(a["streams"][0]["state"], "STOPPED", "{a:#}");
-    assert_spans(
-        find_track(&tracks(&a), "agent", "CAM", "VIDEO"),
-        &a["recovered"],
-        seconds,
-    );
-    assert!(b["recovered"].is_null(), "{b:#}");
-    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
-    assert!(
-        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
-        "{healthy_track:?}"
-    );
 }
 
 /// Actor supervision budget: a Stream actor whose handler panics every time is rebuilt
@@ -1018,21 +1026,7 @@ fn recorder_panic_rebuilds_the_recorder(point: &str) {
     assert_eq!(again.status, 201, "{}", again.text());
     wait_ok(x, "failing conversation's sender");
     wait_ok(y, "healthy conversation's sender");
-    assert_eq!(app.stop(&a)["state"], "STOPPED");
-    assert_eq!(app.stop(&b)["state"], "STOPPED");
-    let a = app.instance(&a);
-    let b = app.instance(&b);
-    assert_spans(
-        find_track(&tracks(&a), "agent", "CAM", "VIDEO"),
-        &a["recovered"],
-        seconds,
-    );
-    assert!(b["recovered"].is_null(), "{b:#}");
-    let healthy_track = probe(&track_file(find_track(&tracks(&b), "agent", "CAM", "VIDEO")));
-    assert!(
-        healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
-        "{healthy_track:?}"
-    );
+    stop_recovered_beside_healthy(&app, &a, &b, seconds);
 }
 
 /// Supervision of a WHIP stream: its video writer panics (injected after 60 frames; the
