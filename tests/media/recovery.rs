@@ -533,27 +533,7 @@ fn an_exhausted_restart_budget_fails_the_stream_and_aborts_an_instance_left_with
     });
     assert_eq!(aborted["error"]["code"], "RESTART_BUDGET_EXHAUSTED", "{aborted:#}");
     assert_eq!(aborted["streams"][0]["state"], "FAILED", "{aborted:#}");
-    let mixed_now = poll(Duration::from_secs(20), "the mixed instance's video FAILED", || {
-        let instance = app.instance(&c);
-        let video = instance["streams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["type"] == "CAM" && s["state"] == "FAILED");
-        video.then_some(instance)
-    });
-    assert_ne!(mixed_now["state"], "ABORTED", "its audio still records: {mixed_now:#}");
-    let tree = app.debug_tree();
-    let failed: Vec<_> = stream_snapshots(&tree)
-        .into_iter()
-        .filter(|s| s["state"] == "FAILED")
-        .collect();
-    assert_eq!(failed.len(), 1, "the mixed instance's CAM stream: {tree:#}");
-    assert_eq!(failed[0]["restarts"], 2, "{failed:#?}");
-    assert_eq!(
-        failed[0]["lastError"]["code"], "RESTART_BUDGET_EXHAUSTED",
-        "{failed:#?}"
-    );
+    assert_only_the_mixed_cam_failed(&app, &c, Duration::from_secs(20));
     // And as metrics (live instances' streams: the mixed one's failed CAM stream).
     let metrics = app.request(
         "GET",
@@ -745,6 +725,33 @@ fn publish_rtp(app: &TestApp, conference: &str, user: &str, kind: &str, line: (&
     answer_ports(&resp.text())[0]
 }
 
+/// The budget tests' mixed instance `c` (a CAM and a MIC stream): its CAM stream ends FAILED
+/// after two restarts with `RESTART_BUDGET_EXHAUSTED`, its MIC keeps the instance recording, and
+/// that CAM stream is the only failed stream in the debug tree.
+fn assert_only_the_mixed_cam_failed(app: &TestApp, c: &Value, timeout: Duration) {
+    let mixed_now = poll(timeout, "the mixed instance's CAM FAILED", || {
+        let instance = app.instance(c);
+        let cam_failed = instance["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["type"] == "CAM" && s["state"] == "FAILED");
+        cam_failed.then_some(instance)
+    });
+    assert_ne!(mixed_now["state"], "ABORTED", "its MIC still records: {mixed_now:#}");
+    let tree = app.debug_tree();
+    let failed: Vec<_> = stream_snapshots(&tree)
+        .into_iter()
+        .filter(|s| s["state"] == "FAILED")
+        .collect();
+    assert_eq!(failed.len(), 1, "the mixed instance's CAM stream: {tree:#}");
+    assert_eq!(failed[0]["restarts"], 2, "{failed:#?}");
+    assert_eq!(
+        failed[0]["lastError"]["code"], "RESTART_BUDGET_EXHAUSTED",
+        "{failed:#?}"
+    );
+}
+
 /// Starts an FFmpeg sender of `seconds` of VP8 to a new plain-RTP CAM stream of `user` in
 /// `conference`.
 fn send_vp8_cam(app: &TestApp, conference: &str, user: &str, seconds: u32) -> std::process::Child {
@@ -906,27 +913,7 @@ fn stream_handler_panics_beyond_the_budget_fail_the_stream_and_abort_an_instance
     // A crash never deletes media: what the stream recorded before its failures is finalized.
     let kept = probe(&track_file(find_track(&tracks(&aborted), "crashy", "CAM", "VIDEO")));
     assert!(kept.num_frames > 0, "{kept:?}");
-    let mixed_now = poll(Duration::from_secs(30), "the mixed instance's CAM FAILED", || {
-        let instance = app.instance(&c);
-        let cam_failed = instance["streams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["type"] == "CAM" && s["state"] == "FAILED");
-        cam_failed.then_some(instance)
-    });
-    assert_ne!(mixed_now["state"], "ABORTED", "its MIC still records: {mixed_now:#}");
-    let tree = app.debug_tree();
-    let failed: Vec<_> = stream_snapshots(&tree)
-        .into_iter()
-        .filter(|s| s["state"] == "FAILED")
-        .collect();
-    assert_eq!(failed.len(), 1, "the mixed instance's CAM stream: {tree:#}");
-    assert_eq!(failed[0]["restarts"], 2, "{failed:#?}");
-    assert_eq!(
-        failed[0]["lastError"]["code"], "RESTART_BUDGET_EXHAUSTED",
-        "{failed:#?}"
-    );
+    assert_only_the_mixed_cam_failed(&app, &c, Duration::from_secs(30));
     // The counter outlives the aborted instance: both instances' rebuilds are in it.
     let restarts_after = metric(&app, "recorder_actor_restarts_total{kind=\"Stream\"}").expect("restart counter");
     assert!(
