@@ -184,10 +184,6 @@ fn tones(path: &Path, from: f64, secs: f64) -> (bool, bool) {
 }
 
 /// Seconds from the instance's start to a track's start/stop.
-fn offset(instance: &Value, at: &Value) -> f64 {
-    (millis(at) - millis(&instance["started"])) as f64 / 1000.0
-}
-
 #[test]
 fn two_participants_one_late_with_a_screen_halfway_compose_into_one_mp4() {
     let _media = media_lock();

@@ -431,6 +431,11 @@ pub fn millis(value: &Value) -> i64 {
         .timestamp_millis()
 }
 
+/// Seconds from the instance's `started` to `at`.
+pub fn offset(instance: &Value, at: &Value) -> f64 {
+    (millis(at) - millis(&instance["started"])) as f64 / 1000.0
+}
+
 /// What ffprobe says about a track file.
 #[derive(Debug)]
 pub struct Probe {
