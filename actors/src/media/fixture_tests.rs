@@ -377,3 +377,78 @@ fn a_segment_carries_its_start_for_recovery_to_read_back() {
     );
     assert_eq!(started, Some(1_700_000_000_123_456));
 }
+
+/// A plain-RTP receive thread reads in batches while media flows and blocks while it does not:
+/// the Opus fixture sent over loopback in a fast burst (many datagrams queued per batch), then
+/// after a pause longer than the flowing period (the thread back on blocking reads), the rest.
+/// Every packet becomes a frame in the file, in order.
+#[test]
+fn a_plain_rtp_receive_thread_keeps_every_packet_across_batches_and_a_pause() {
+    use std::net::UdpSocket;
+    use std::sync::Arc;
+
+    use super::ingest::{TrackCounters, TrackPump};
+    use super::plain_rtp::{self, BoundMedia};
+    use super::sdp::Accepted;
+
+    let datagrams: Vec<Bytes> = fixture("opus")
+        .into_iter()
+        .filter(|(_, d)| !is_rtcp(d))
+        .map(|(_, d)| d)
+        .collect();
+    let payload_type = RtpPacket::parse(&datagrams[0]).unwrap().payload_type;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.seg1.webm");
+    let writer = TrackWriter::spawn(path.clone(), Codec::Opus, WriterConfig::default()).unwrap();
+    let socket = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let bound = BoundMedia {
+        accepted: Accepted {
+            codec: Codec::Opus,
+            payload_type,
+        },
+        rtp: socket,
+        rtcp: None,
+        allowed_source: None,
+        latched_source: None,
+    };
+    let now = Instant::now();
+    let pump = TrackPump::new(
+        "session".into(),
+        "track".into(),
+        TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), now, 1_700_000_000_000_000),
+        writer.sink(),
+        Arc::new(TrackCounters::default()),
+        Arc::new(|_| {}),
+        now,
+    );
+    let session = plain_rtp::start(vec![(bound, pump)], Duration::from_secs(30)).unwrap();
+    let sender = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    let half = datagrams.len() / 2;
+    for (i, d) in datagrams.iter().enumerate() {
+        if i == half {
+            // Longer than the flowing period: the thread goes back to blocking reads.
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        sender.send_to(d, ("127.0.0.1", port)).unwrap();
+        if i % 8 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // The last batch is read and the reorder window passes before the stop.
+    std::thread::sleep(Duration::from_millis(800));
+    for ended in session.stop_and_wait() {
+        futures_executor::block_on(ended).expect("the receive thread reports its end");
+    }
+    let report = futures_executor::block_on(writer.finish());
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(
+        report.info.num_frames,
+        datagrams.len() as u64,
+        "one Opus frame per packet sent"
+    );
+    assert_eq!(
+        ffprobe(&path, "stream=codec_name,nb_read_frames"),
+        format!("opus,{}", datagrams.len())
+    );
+}

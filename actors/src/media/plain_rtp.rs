@@ -197,18 +197,62 @@ impl Latch {
     }
 }
 
+/// While media flows, a receive thread sleeps this long between reads and then takes every
+/// datagram queued meanwhile (the socket buffer holds seconds of it), so it wakes ~25 times a
+/// second whatever the packet rate, instead of once per packet. Idle, it blocks in `recv` and
+/// wakes at the first datagram. 40 ms is far below the reorder window and the writer's flush.
+pub const RECEIVE_BATCH: Duration = Duration::from_millis(40);
+
+/// How long without any datagram before a receive thread goes back to blocking reads.
+const FLOWING_FOR: Duration = Duration::from_millis(200);
+
+/// The per-datagram state of a receive thread.
+struct Inbound {
+    pump: TrackPump,
+    counters: Arc<TrackCounters>,
+    payload_type: u8,
+    rtp_latch: Latch,
+    last_packet: Option<Instant>,
+}
+
+impl Inbound {
+    fn datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        let was_latched = self.rtp_latch.source.is_some();
+        if data.len() > MAX_RTP_PACKET || !self.rtp_latch.admit(from) {
+            self.counters.num_refused.fetch_add(1, Ordering::Relaxed);
+        } else if is_rtcp(data) {
+            self.pump.receiver.push_rtcp(data);
+        } else {
+            match RtpPacket::parse(data) {
+                Ok(packet) if packet.payload_type == self.payload_type => {
+                    self.last_packet = Some(now);
+                    let mut out = std::mem::take(self.pump.outputs());
+                    self.pump.receiver.push_rtp(packet, now, &mut out);
+                    *self.pump.outputs() = out;
+                }
+                _ => self.pump.receiver.note_malformed(),
+            }
+        }
+        if let (false, Some(source)) = (was_latched, self.rtp_latch.source) {
+            (self.pump.events)(IngestEvent::Latched {
+                session_id: self.pump.session_id.clone(),
+                track_id: self.pump.track_id.clone(),
+                source,
+            });
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
 fn receive(
     bound: BoundMedia,
-    mut pump: TrackPump,
+    pump: TrackPump,
     stop: Arc<AtomicBool>,
     idle_timeout: Duration,
 ) -> (String, TrackSummary) {
-    let counters: Arc<TrackCounters> = pump.counters.clone();
-    let payload_type = bound.accepted.payload_type;
-    let mut rtp_latch = Latch {
-        allowed_ip: bound.allowed_source,
-        source: bound.latched_source,
-    };
     let mut rtcp_latch = Latch {
         allowed_ip: bound.allowed_source,
         source: None,
@@ -216,69 +260,96 @@ fn receive(
     if let Some(rtcp) = &bound.rtcp {
         let _ = rtcp.set_nonblocking(true);
     }
+    let mut inbound = Inbound {
+        counters: pump.counters.clone(),
+        payload_type: bound.accepted.payload_type,
+        rtp_latch: Latch {
+            allowed_ip: bound.allowed_source,
+            source: bound.latched_source,
+        },
+        last_packet: None,
+        pump,
+    };
     // One byte more than the limit, to tell an oversized datagram from one exactly at it.
     let mut buf = vec![0u8; MAX_RTP_PACKET + 1];
     let started = Instant::now();
-    let mut last_packet: Option<Instant> = None;
-    let reason = loop {
+    // The socket's read timeout as last set: setting it is a syscall, so only a change is made.
+    let mut read_timeout: Option<Duration> = None;
+    // Media flowing: the socket is non-blocking and read in batches (see RECEIVE_BATCH).
+    let mut flowing = false;
+    let mut last_datagram = started;
+    let reason = 'receive: loop {
         if stop.load(Ordering::Acquire) {
             break "stopped";
         }
         let now = Instant::now();
-        if now.saturating_duration_since(last_packet.unwrap_or(started)) >= idle_timeout {
+        if now.saturating_duration_since(inbound.last_packet.unwrap_or(started)) >= idle_timeout {
             break "idle";
         }
-        let wait = pump
+        let until_deadline = inbound
+            .pump
             .receiver
             .next_deadline()
-            .map(|at| at.saturating_duration_since(now))
-            .unwrap_or(Duration::from_millis(50))
-            .clamp(Duration::from_millis(1), Duration::from_millis(50));
-        let _ = bound.rtp.set_read_timeout(Some(wait));
-        match bound.rtp.recv_from(&mut buf) {
-            Ok((len, from)) => {
-                let now = Instant::now();
-                let was_latched = rtp_latch.source.is_some();
-                if len > MAX_RTP_PACKET || !rtp_latch.admit(from) {
-                    counters.num_refused.fetch_add(1, Ordering::Relaxed);
-                } else if is_rtcp(&buf[..len]) {
-                    pump.receiver.push_rtcp(&buf[..len]);
-                } else {
-                    match RtpPacket::parse(&buf[..len]) {
-                        Ok(packet) if packet.payload_type == payload_type => {
-                            last_packet = Some(now);
-                            let out = std::mem::take(pump.outputs());
-                            let mut out = out;
-                            pump.receiver.push_rtp(packet, now, &mut out);
-                            *pump.outputs() = out;
-                        }
-                        _ => pump.receiver.note_malformed(),
-                    }
+            .map(|at| at.saturating_duration_since(now));
+        if flowing {
+            let nap = until_deadline.unwrap_or(RECEIVE_BATCH).min(RECEIVE_BATCH);
+            if !nap.is_zero() {
+                std::thread::sleep(nap);
+            }
+        } else {
+            let wait = until_deadline
+                .unwrap_or(Duration::from_millis(50))
+                .clamp(Duration::from_millis(1), Duration::from_millis(50));
+            if read_timeout != Some(wait) {
+                let _ = bound.rtp.set_read_timeout(Some(wait));
+                read_timeout = Some(wait);
+            }
+            match bound.rtp.recv_from(&mut buf) {
+                Ok((len, from)) => {
+                    let now = Instant::now();
+                    last_datagram = now;
+                    inbound.datagram(&buf[..len], from, now);
+                    // Media has started: read in batches from now on.
+                    flowing = bound.rtp.set_nonblocking(true).is_ok();
                 }
-                if let (false, Some(source)) = (was_latched, rtp_latch.source) {
-                    (pump.events)(IngestEvent::Latched {
-                        session_id: pump.session_id.clone(),
-                        track_id: pump.track_id.clone(),
-                        source,
-                    });
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, track_id = %inbound.pump.track_id, "rtp socket failed");
+                    break "socket error";
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, track_id = %pump.track_id, "rtp socket failed");
-                break "socket error";
+        }
+        if flowing {
+            let now = Instant::now();
+            loop {
+                match bound.rtp.recv_from(&mut buf) {
+                    Ok((len, from)) => {
+                        last_datagram = now;
+                        inbound.datagram(&buf[..len], from, now);
+                    }
+                    Err(e) if is_timeout(&e) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, track_id = %inbound.pump.track_id, "rtp socket failed");
+                        break 'receive "socket error";
+                    }
+                }
+            }
+            if now.saturating_duration_since(last_datagram) >= FLOWING_FOR {
+                // Quiet: back to blocking reads, which cost nothing while nothing arrives.
+                flowing = bound.rtp.set_nonblocking(false).is_err();
             }
         }
         if let Some(rtcp) = &bound.rtcp {
             while let Ok((len, from)) = rtcp.recv_from(&mut buf) {
                 if len <= MAX_RTP_PACKET && rtcp_latch.admit(from) {
-                    pump.receiver.push_rtcp(&buf[..len]);
+                    inbound.pump.receiver.push_rtcp(&buf[..len]);
                 } else {
-                    counters.num_refused.fetch_add(1, Ordering::Relaxed);
+                    inbound.counters.num_refused.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         let now = Instant::now();
+        let pump = &mut inbound.pump;
         let mut out = std::mem::take(pump.outputs());
         pump.receiver.poll(now, &mut out);
         *pump.outputs() = out;
@@ -286,7 +357,7 @@ fn receive(
             // Feedback goes where the sender's RTCP comes from; with rtcp-mux (or before any
             // RTCP arrived) to its RTP source.
             let pli = picture_loss_indication(0, ssrc);
-            match (&bound.rtcp, rtcp_latch.source, rtp_latch.source) {
+            match (&bound.rtcp, rtcp_latch.source, inbound.rtp_latch.source) {
                 (Some(sock), Some(to), _) => {
                     let _ = sock.send_to(&pli, to);
                 }
@@ -297,6 +368,7 @@ fn receive(
             }
         }
     };
+    let pump = inbound.pump;
     tracing::info!(track_id = %pump.track_id, reason, "rtp ingest ended");
     let track_id = pump.track_id.clone();
     // The ports are free before the end is reported: a supervised restart re-binds them.

@@ -32,6 +32,10 @@ pub struct WriterConfig {
     /// Frames the channel holds before new ones are dropped: ~8 s of 30 fps video; a disk that
     /// stalls longer than that costs frames, not memory.
     pub queue_capacity: usize,
+    /// After writing what was queued, the writer sleeps this long before it looks again, so it
+    /// wakes once per batch rather than once per frame (and the receiving thread never has to
+    /// wake it). Bounds how long a frame waits in the queue; far below `flush_interval`.
+    pub batch_interval: Duration,
     /// A write + flush slower than this counts as a slow write.
     pub slow_write: Duration,
 }
@@ -42,6 +46,7 @@ impl Default for WriterConfig {
             flush_interval: Duration::from_millis(250),
             fsync_interval: Duration::from_secs(1),
             queue_capacity: 256,
+            batch_interval: Duration::from_millis(40),
             slow_write: Duration::from_millis(200),
         }
     }
@@ -205,6 +210,10 @@ pub(crate) fn init_ffmpeg() {
     });
 }
 
+/// The smallest queue the writer sleeps between batches with: 32 frames is half a second of
+/// 60 fps video, many times what arrives in one `batch_interval`.
+const MIN_QUEUE_FOR_BATCHING: usize = 32;
+
 /// The writer thread's loop.
 fn run(
     path: PathBuf,
@@ -220,6 +229,12 @@ fn run(
     let mut next_flush = Instant::now() + config.flush_interval;
     let mut next_sync = Instant::now() + config.fsync_interval;
     let tick = config.flush_interval.min(Duration::from_millis(100));
+    // The muxer_write fault point's scope (the path); not built where the point compiles away.
+    let fault_scope = if cfg!(feature = "fault-injection") {
+        path.to_string_lossy().into_owned()
+    } else {
+        String::new()
+    };
     let mut handle = |frame: TimedFrame, muxer: &mut Option<Muxer>, error: &mut Option<String>| {
         if error.is_some() {
             stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +260,7 @@ fn run(
         }
         let m = muxer.as_mut().expect("opened just above when absent");
         let size = frame.frame.data.len() as u64;
-        let written = crate::fault::point_in(crate::fault::MUXER_WRITE, &path.to_string_lossy())
+        let written = crate::fault::point_in(crate::fault::MUXER_WRITE, &fault_scope)
             .map_err(|e| MediaError::Ffmpeg(e.to_string()))
             .and_then(|_| m.write(&frame));
         if let Err(e) = written {
@@ -259,11 +274,25 @@ fn run(
         stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
         note_duration(&stats, &config, started.elapsed());
     };
+    // A queue too small to hold a batch's frames (a few at 60 fps) gets no batching.
+    let batch = if config.queue_capacity >= MIN_QUEUE_FOR_BATCHING {
+        config.batch_interval.min(tick)
+    } else {
+        Duration::ZERO
+    };
     loop {
+        let mut wrote = false;
         match rx.recv_timeout(tick) {
-            Ok(Command::Frame(frame)) => handle(frame, &mut muxer, &mut error),
+            Ok(Command::Frame(frame)) => {
+                handle(frame, &mut muxer, &mut error);
+                wrote = true;
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        // Everything else already queued, in the same wake-up.
+        while let Ok(Command::Frame(frame)) = rx.try_recv() {
+            handle(frame, &mut muxer, &mut error);
         }
         if finish.load(Ordering::Acquire) {
             while let Ok(Command::Frame(frame)) = rx.try_recv() {
@@ -287,6 +316,11 @@ fn run(
                 note_duration(&stats, &config, started.elapsed());
             }
             next_flush = Instant::now() + config.flush_interval;
+        }
+        // Media is flowing: let the next frames gather instead of waking for each. Idle, the
+        // writer blocks in `recv_timeout` above and wakes at the first frame.
+        if wrote && !batch.is_zero() && !finish.load(Ordering::Acquire) {
+            std::thread::sleep(batch.min(next_flush.saturating_duration_since(Instant::now())));
         }
     }
     let (duration_micros, num_frames, num_bytes) = match muxer.take() {
