@@ -836,14 +836,8 @@ impl Handler<CountInstances> for Registry {
     type Result = Result<Vec<(InstanceState, u64)>, EngineError>;
 
     fn handle(&mut self, _msg: CountInstances, _ctx: &mut Self::Context) -> Self::Result {
-        let mut counts: HashMap<InstanceState, u64> = HashMap::new();
-        for record in self.store.all_instances()? {
-            *counts.entry(record.state).or_default() += 1;
-        }
-        Ok(InstanceState::ALL
-            .iter()
-            .map(|s| (*s, counts.get(s).copied().unwrap_or(0)))
-            .collect())
+        // Kept by the store as instances change: a scrape does not read the instances.
+        Ok(self.store.instance_counts())
     }
 }
 

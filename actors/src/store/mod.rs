@@ -144,6 +144,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Instances of one conversation of one organization, oldest first.
     fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>>;
     fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
+    /// How many instances are in each state, every state listed (zeros included). Kept as the
+    /// instances change, so asking costs nothing however many instances the store holds.
+    fn instance_counts(&self) -> Vec<(crate::domain::InstanceState, u64)>;
 
     /// Appends chat entries in order; returns how many entries the instance has now.
     fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64>;

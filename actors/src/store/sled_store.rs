@@ -26,7 +26,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::{CompositionRecord, CompositionState, StateStore, StoreError, StoreResult, UploadJob};
-use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, RECORD_SCHEMA_VERSION};
+use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState, RECORD_SCHEMA_VERSION};
 
 const STORE_FORMAT_KEY: &str = "store_format";
 /// Layout version of the trees above; a store written by a newer layout is refused at open.
@@ -47,6 +47,17 @@ pub struct SledStore {
     /// transaction with it) and rebuilt from it at open, so a crash between the two writes can
     /// only leave a stale key, which readers skip by the record's state.
     compositions_pending: sled::Tree,
+    /// Instances per state (in `InstanceState::ALL` order): counted once at open, then moved
+    /// by every insert and update that changes a state. This process holds the store's lock,
+    /// so no write goes around them.
+    state_counts: Arc<[AtomicU64; InstanceState::ALL.len()]>,
+}
+
+fn state_slot(state: InstanceState) -> usize {
+    InstanceState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .expect("ALL lists every state")
 }
 
 impl SledStore {
@@ -63,6 +74,7 @@ impl SledStore {
             jobs: db.open_tree("jobs").map_err(io)?,
             compositions: db.open_tree("compositions").map_err(io)?,
             compositions_pending: db.open_tree("compositions_pending").map_err(io)?,
+            state_counts: Arc::new(Default::default()),
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
         let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
@@ -77,7 +89,28 @@ impl SledStore {
             });
         }
         store.rebuild_pending_compositions()?;
+        store.count_states()?;
         Ok(store)
+    }
+
+    /// Counts the instances per state (see `state_counts`).
+    fn count_states(&self) -> StoreResult<()> {
+        for item in self.instances.iter() {
+            let (key, value) = item.map_err(io)?;
+            let record: InstanceRecord = decode("instances", &key, &value)?;
+            self.state_counts[state_slot(record.state)].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn count_move(&self, from: Option<InstanceState>, to: InstanceState) {
+        if from == Some(to) {
+            return;
+        }
+        if let Some(from) = from {
+            self.state_counts[state_slot(from)].fetch_sub(1, Ordering::Relaxed);
+        }
+        self.state_counts[state_slot(to)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Rebuilds the index of pending compositions from the records (see `compositions_pending`).
@@ -296,13 +329,18 @@ impl StateStore for SledStore {
         crate::fault::point(crate::fault::STATE_COMMIT).map_err(|e| StoreError::Io(e.to_string()))?;
         let value = encode(record);
         let index_key = conv_index_key(record);
-        (&self.instances, &self.conv_index)
+        let replaced = (&self.instances, &self.conv_index)
             .transaction(|(instances, conv_index)| {
-                instances.insert(record.instance_id.as_bytes(), value.as_slice())?;
+                let replaced = instances.insert(record.instance_id.as_bytes(), value.as_slice())?;
                 conv_index.insert(index_key.as_slice(), record.instance_id.as_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(replaced)
             })
-            .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))
+            .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))?;
+        let previous = replaced
+            .and_then(|bytes| decode::<InstanceRecord>("instances", record.instance_id.as_bytes(), &bytes).ok())
+            .map(|r| r.state);
+        self.count_move(previous, record.state);
+        Ok(())
     }
 
     fn update_instance(
@@ -318,6 +356,7 @@ impl StateStore for SledStore {
                 .map_err(io)?
                 .ok_or_else(|| StoreError::NotFound(instance_id.to_string()))?;
             let mut record: InstanceRecord = decode("instances", instance_id.as_bytes(), &current)?;
+            let before = record.state;
             change(&mut record)?;
             let next = encode(&record);
             match self
@@ -325,7 +364,10 @@ impl StateStore for SledStore {
                 .compare_and_swap(instance_id, Some(&current), Some(next))
                 .map_err(io)?
             {
-                Ok(()) => return Ok(record),
+                Ok(()) => {
+                    self.count_move(Some(before), record.state);
+                    return Ok(record);
+                }
                 Err(_) => continue, // another writer won the race; re-read and re-apply
             }
         }
@@ -352,6 +394,13 @@ impl StateStore for SledStore {
                 let (key, value) = item.map_err(io)?;
                 decode("instances", &key, &value)
             })
+            .collect()
+    }
+
+    fn instance_counts(&self) -> Vec<(InstanceState, u64)> {
+        InstanceState::ALL
+            .iter()
+            .map(|s| (*s, self.state_counts[state_slot(*s)].load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -730,6 +779,59 @@ mod tests {
             store.update_instance("nope", &mut |_| Ok(())),
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn instance_counts_follow_every_change_and_agree_with_a_scan_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = |store: &SledStore| -> BTreeMap<&'static str, u64> {
+            store
+                .instance_counts()
+                .into_iter()
+                .map(|(s, n)| (s.as_str(), n))
+                .collect()
+        };
+        let scanned = |store: &SledStore| -> BTreeMap<&'static str, u64> {
+            let mut out: BTreeMap<&'static str, u64> = InstanceState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+            for r in store.all_instances().unwrap() {
+                *out.get_mut(r.state.as_str()).unwrap() += 1;
+            }
+            out
+        };
+        let to = |state: InstanceState| {
+            move |r: &mut InstanceRecord| {
+                r.transition(state, Utc::now()).map_err(|e| StoreError::Rejected {
+                    code: "CONFLICT",
+                    message: e.to_string(),
+                })
+            }
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert!(counts(&store).values().all(|n| *n == 0), "{:?}", counts(&store));
+            for i in 0..5 {
+                store.insert_instance(&instance(&format!("i{i}"), "o", "c")).unwrap();
+            }
+            store.update_instance("i0", &mut to(InstanceState::Active)).unwrap();
+            store.update_instance("i1", &mut to(InstanceState::Active)).unwrap();
+            store.update_instance("i1", &mut to(InstanceState::Stopped)).unwrap();
+            // A refused change and a change that keeps the state move nothing.
+            assert!(store.update_instance("i1", &mut to(InstanceState::Active)).is_err());
+            store
+                .update_instance("i2", &mut |r| {
+                    r.num_transcript_entries += 1;
+                    Ok(())
+                })
+                .unwrap();
+            let now = counts(&store);
+            assert_eq!(now["INITIALISED"], 3, "{now:?}");
+            assert_eq!(now["ACTIVE"], 1, "{now:?}");
+            assert_eq!(now["STOPPED"], 1, "{now:?}");
+            assert_eq!(now, scanned(&store));
+        }
+        let reopened = SledStore::open(dir.path()).unwrap();
+        assert_eq!(counts(&reopened), scanned(&reopened));
+        assert_eq!(counts(&reopened)["STOPPED"], 1);
     }
 
     #[test]
