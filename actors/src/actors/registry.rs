@@ -51,7 +51,7 @@ impl Registry {
     /// Instances that were `ACTIVE` had media flowing when the process ended, so they come back
     /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
     pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
-        let instances = store.all_instances()?;
+        let instances = store.live_instances()?;
         let mut uploaders = HashMap::new();
         for profile in config.applications.values() {
             let key = (profile.organization_id.clone(), profile.application_id.clone());
@@ -78,7 +78,7 @@ impl Registry {
             num_stopped: 0,
             num_recovered_on_boot: 0,
         };
-        for mut record in instances.into_iter().filter(|r| r.state.is_live()) {
+        for mut record in instances {
             if record.state == InstanceState::Active {
                 record = store.update_instance(&record.instance_id, &mut |r| {
                     r.transition(InstanceState::PendingRecovery, Utc::now())

@@ -144,6 +144,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Instances of one conversation of one organization, oldest first.
     fn conversation_instances(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Vec<InstanceRecord>>;
     fn all_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
+    /// The instances in a live state (`INITIALISED`, `ACTIVE`, `PENDING_RECOVERY`): what boot
+    /// rebuilds. Reads the others without keeping them, so boot's memory does not grow with the
+    /// store's history.
+    fn live_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
     /// How many instances are in each state, every state listed (zeros included). Kept as the
     /// instances change, so asking costs nothing however many instances the store holds.
     fn instance_counts(&self) -> Vec<(crate::domain::InstanceState, u64)>;

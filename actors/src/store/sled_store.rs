@@ -397,6 +397,18 @@ impl StateStore for SledStore {
             .collect()
     }
 
+    fn live_instances(&self) -> StoreResult<Vec<InstanceRecord>> {
+        let mut out = Vec::new();
+        for item in self.instances.iter() {
+            let (key, value) = item.map_err(io)?;
+            let record: InstanceRecord = decode("instances", &key, &value)?;
+            if record.state.is_live() {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
     fn instance_counts(&self) -> Vec<(InstanceState, u64)> {
         InstanceState::ALL
             .iter()
@@ -832,6 +844,15 @@ mod tests {
         let reopened = SledStore::open(dir.path()).unwrap();
         assert_eq!(counts(&reopened), scanned(&reopened));
         assert_eq!(counts(&reopened)["STOPPED"], 1);
+        // What boot rebuilds: every instance but the stopped one.
+        let mut live: Vec<String> = reopened
+            .live_instances()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.instance_id)
+            .collect();
+        live.sort();
+        assert_eq!(live, ["i0", "i2", "i3", "i4"]);
     }
 
     #[test]
