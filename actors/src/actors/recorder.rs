@@ -328,7 +328,8 @@ impl Recorder {
         tracing::warn!(instance_id = %self.instance_id, stream_id = %stream_id, admitted, "stream actor failed: rebuilding it from its record");
         // Nothing reaches the recorder until the replacement is in place: a stop meanwhile
         // would finish a dead stream.
-        ctx.wait(quiesced.into_actor(self).map(move |(), act, ctx| {
+        // Supervised like the handler's body: a panic while rebuilding crashes this recorder.
+        let rebuilding = quiesced.into_actor(self).map(move |(), act, ctx| {
             let record = act
                 .store
                 .get_instance(&act.instance_id)
@@ -367,7 +368,8 @@ impl Recorder {
             if !admitted {
                 act.stream_failed(&stream_id, exhausted, ctx);
             }
-        }));
+        });
+        ctx.wait(supervision::guard("StreamCrashed", Box::pin(rebuilding), ()));
     }
 
     /// The stream a publisher of (userId, type) continues: the connected one, or one that lost
@@ -829,9 +831,15 @@ impl Recorder {
         ending: Ending,
         _ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<InstanceRecord, EngineError>> {
+        let handler = match ending {
+            Ending::Stop => "StopRecorder",
+            Ending::Abort(_) => "AbortRecorder",
+        };
         if let Some(finalized) = self.finalized.clone() {
             let store = self.store.clone();
             let instance_id = self.instance_id.clone();
+            // If the finalization it waits for fails by a panic, this actor ends and the waiter
+            // with it: its caller gets an error (a closed mailbox), never a hang.
             return Box::pin(
                 async move {
                     let _ = finalized.await;
@@ -875,9 +883,40 @@ impl Recorder {
             crate::fault::point(crate::fault::FINALIZE).map_err(|e| EngineError::Unavailable(e.to_string()))?;
             Ok::<_, EngineError>(finished)
         };
-        Box::pin(finishing.into_actor(self).then(move |finished, _act, _ctx| {
+        let scope = supervision::fault_scope(|| format!("{} continuation {handler}", self.conversation_id));
+        // The continuation is supervised (`supervision::guard`): a panic anywhere in it crashes
+        // this recorder and answers `restarting()`. The conversation rebuilds the recorder from
+        // the record, whose `stop_requested` makes the new actor finish the stop from the files
+        // on disk (see `started`) — the path of a process killed during a stop — so the stop is
+        // committed once, by whichever actor gets through it.
+        let continuation = finishing.into_actor(self).then(move |finished, act, ctx| {
+            if let Err(e) = crate::fault::point_in(crate::fault::RECORDER_HANDLER, &scope) {
+                panic!("{e}");
+            }
+            // A stream whose finish failed (its actor crashed in its continuation) left its
+            // files complete on disk but its record does not name them: committing now would
+            // drop its tracks. The recorder crashes instead and its rebuild finishes the stop
+            // from the files, as after a restart.
+            let lost: Vec<String> = match &finished {
+                Ok(finished) => finished
+                    .iter()
+                    .filter_map(|f| match f {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if !lost.is_empty() {
+                act.crash(ctx, handler, format!("a stream could not finish: {}", lost.join("; ")));
+            }
+            let crashed = act.crashed;
             let result = (|| {
-                let finished: Vec<StreamRecord> = finished?.into_iter().filter_map(Result::ok).collect();
+                if crashed {
+                    return Err(restarting());
+                }
+                let finished: Vec<StreamRecord> = finished?.into_iter().flatten().flatten().collect();
                 let mut artefacts = Vec::new();
                 let mut ended_here = false;
                 let record = store.update_instance(&instance_id, &mut |r| {
@@ -965,7 +1004,7 @@ impl Recorder {
                 flush.await?;
                 Ok(record)
             }
-            .into_actor(_act)
+            .into_actor(act)
             .map(move |result: Result<InstanceRecord, EngineError>, act, ctx| {
                 match &result {
                     Ok(record) => {
@@ -991,7 +1030,8 @@ impl Recorder {
                 let _ = done_tx.send(());
                 result
             })
-        }))
+        });
+        Box::pin(supervision::guard(handler, Box::pin(continuation), Err(restarting())))
     }
 }
 
