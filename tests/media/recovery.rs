@@ -1237,3 +1237,61 @@ fn stop_continuation_panic_completes_the_stop_once(fault: &str) {
     let compositor = &snapshots_of(&tree, "Compositor")[0];
     assert_eq!(compositor["counters"]["num_composed"], 2, "{compositor:#}");
 }
+
+/// A stream that failed beyond its budget (its CAM; the MIC records on) is not lost by a
+/// recorder rebuilt during the stop: the rebuilt recorder restores it with the recording streams
+/// (as failed, binding no port) and the stop it finishes names its file too.
+#[test]
+fn a_stop_finished_by_a_rebuilt_recorder_keeps_the_files_of_a_failed_stream() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_with("[recovery]\nmax_restarts = 2\n");
+    let call = unique("call");
+    let faults = format!(
+        "stream_handler@crashy/CAM SupervisionTick=panic+20,recorder_handler@{call} continuation StopRecorder=panic*1"
+    );
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
+    let mixed = unique("room");
+    let c = app.start(&call, &mixed, true, true);
+    let seconds = 8;
+    let mut z = lavfi_av(seconds);
+    z.extend(rtp_out(
+        "0:v",
+        "vp8",
+        96,
+        publish_rtp(&app, &mixed, "crashy", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    z.extend(rtp_out(
+        "0:a",
+        "opus",
+        111,
+        publish_rtp(&app, &mixed, "crashy", "MIC", ("audio", 111, "opus/48000/2")),
+    ));
+    let sender = ffmpeg(&z);
+    assert_only_the_mixed_cam_failed(&app, &c, Duration::from_secs(30));
+    wait_ok(sender, "sender");
+    let stop = app.request(
+        "POST",
+        &app.api(&format!("{}/stop", instance_path(&c))),
+        &[("Authorization", KEY)],
+        Some(b""),
+    );
+    stop.assert_error(503);
+    let stopped = poll(Duration::from_secs(30), "the failed stop finished by itself", || {
+        let instance = app.instance(&c);
+        (instance["state"] == "STOPPED").then_some(instance)
+    });
+    let cam = stopped["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"] == "CAM")
+        .unwrap_or_else(|| panic!("{stopped:#}"));
+    assert_eq!(cam["state"], "FAILED", "{stopped:#}");
+    let all = tracks(&stopped);
+    // A crash never deletes media: what the CAM recorded before it failed is in its file.
+    let kept = probe(&track_file(find_track(&all, "crashy", "CAM", "VIDEO")));
+    assert_eq!(kept.codec, "vp8", "{kept:?}");
+    assert!(kept.num_frames > 0, "{kept:?}");
+    let audio = probe(&track_file(find_track(&all, "crashy", "MIC", "AUDIO")));
+    assert!(audio.duration >= f64::from(seconds) - 0.5, "{audio:?}");
+}

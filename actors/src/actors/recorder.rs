@@ -111,7 +111,9 @@ pub struct Recorder {
     last_error: Option<ErrorInfo>,
     num_publishes: u64,
     num_publishes_refused: u64,
-    /// Streams of the record still `RECORDING` when this actor was built (after a restart).
+    /// Streams of the record still `RECORDING` when this actor was built (after a restart), and
+    /// `FAILED` ones: their files are on disk and not yet named by the record (only a stop's
+    /// commit does that), so they are restored to be finished with the others.
     recovered: Vec<StreamRecord>,
     crashed_to: Option<Recipient<RecorderCrashed>>,
     /// A handler failed: the actor is stopping and takes no more work.
@@ -170,7 +172,7 @@ impl Recorder {
                 record
                     .streams
                     .iter()
-                    .filter(|s| s.state == StreamState::Recording)
+                    .filter(|s| matches!(s.state, StreamState::Recording | StreamState::Failed))
                     .cloned()
                     .collect()
             } else {
@@ -467,20 +469,31 @@ impl Actor for Recorder {
         ctx.set_mailbox_capacity(64);
         // Streams that were recording when the process ended: their files are on disk.
         for record in std::mem::take(&mut self.recovered) {
-            let stream = self.new_stream(record.clone(), true, ctx);
-            // A plain-RTP session is re-bound by the stream as it starts: it counts as connected
-            // (and its publisher's DELETE still finds it) unless the stream reports otherwise.
+            let failed = record.state == StreamState::Failed;
+            let mut stream = self.new_stream(record.clone(), true, ctx);
             let mut sessions = vec![RECOVERED_SESSION.to_string()];
-            sessions.extend(record.rtp_session.as_ref().map(|s| s.session_id.clone()));
+            if failed {
+                // It records no more (its budget ran out before this actor was built): restored
+                // only so that a stop or an abort finishes its files; no port is bound.
+                stream = stream.failed_with(ErrorInfo::new(
+                    "RESTART_BUDGET_EXHAUSTED",
+                    "the stream had failed before its recorder was rebuilt: only its files are finished",
+                ));
+            } else {
+                // A plain-RTP session is re-bound by the stream as it starts: it counts as
+                // connected (and its publisher's DELETE still finds it) unless the stream reports
+                // otherwise.
+                sessions.extend(record.rtp_session.as_ref().map(|s| s.session_id.clone()));
+            }
             self.streams.push(StreamEntry {
                 id: record.id.clone(),
                 user_id: record.user_id.clone(),
                 kind: record.kind,
                 mailbox: Mailbox::new(stream.start()),
                 sessions,
-                connected: record.rtp_session.is_some(),
+                connected: !failed && record.rtp_session.is_some(),
                 disconnected_at: Some(Instant::now()),
-                failed: false,
+                failed,
                 restarts: 0,
                 restart_times: VecDeque::new(),
             });
