@@ -17,11 +17,15 @@ pub const STATE_COMMIT: &str = "state_commit";
 pub const UPLOAD_PART: &str = "upload_part";
 pub const FINALIZE: &str = "finalize";
 /// At the start of every message handler of a Stream actor but `Snapshot` (among them its
-/// supervision tick, every 200 ms), scoped by `"<conversationId> <userId>/<TYPE> <Handler>"`.
+/// supervision tick, every 200 ms), scoped by `"<conversationId> <userId>/<TYPE> <Handler>"`, and
+/// in the continuation of its FinishStream handler (after its files are final, before its record
+/// names them), scoped by `"<conversationId> <userId>/<TYPE> continuation FinishStream"`.
 pub const STREAM_HANDLER: &str = "stream_handler";
 /// At the start of every message handler of a Recorder actor but `Snapshot`, scoped by
-/// `"<conversationId> <Handler>"`, and in the continuation of its Publish handler (after the
-/// stream answered), scoped by `"<conversationId> continuation Publish"`.
+/// `"<conversationId> <Handler>"`; in the continuation of its Publish handler (after the stream
+/// answered), scoped by `"<conversationId> continuation Publish"`; and at the start of the
+/// continuation of a stop or an abort (after the streams finished, before the terminal state is
+/// committed), scoped by `"<conversationId> continuation StopRecorder"` (or `AbortRecorder`).
 pub const RECORDER_HANDLER: &str = "recorder_handler";
 
 /// An injected failure, for points whose caller turns it into its own error.

@@ -645,16 +645,21 @@ pub fn poll<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<
 
 /// The Stream snapshots in the debug tree.
 pub fn stream_snapshots(tree: &Value) -> Vec<Value> {
+    snapshots_of(tree, "Stream")
+}
+
+/// The snapshots of the actors of `kind` (`Stream`, `Recorder`, `Uploader`, ...) in the debug tree.
+pub fn snapshots_of(tree: &Value, kind: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    fn walk(node: &Value, out: &mut Vec<Value>) {
-        if node["kind"] == "Stream" {
+    fn walk(node: &Value, kind: &str, out: &mut Vec<Value>) {
+        if node["kind"] == kind {
             out.push(node.clone());
         }
         for child in node["children"].as_array().into_iter().flatten() {
-            walk(child, out);
+            walk(child, kind, out);
         }
     }
-    walk(tree, &mut out);
+    walk(tree, kind, &mut out);
     out
 }
 

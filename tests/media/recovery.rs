@@ -684,17 +684,7 @@ fn a_whip_publisher_that_reconnects_after_a_kill_9_continues_its_stream() {
 
 /// The Recorder snapshots in the debug tree.
 fn recorder_snapshots(tree: &Value) -> Vec<Value> {
-    fn walk(node: &Value, out: &mut Vec<Value>) {
-        if node["kind"] == "Recorder" {
-            out.push(node.clone());
-        }
-        for child in node["children"].as_array().into_iter().flatten() {
-            walk(child, out);
-        }
-    }
-    let mut out = Vec::new();
-    walk(tree, &mut out);
-    out
+    snapshots_of(tree, "Recorder")
 }
 
 /// One series of `/metrics` (admin key); `None` when it is not exported.
@@ -1124,4 +1114,184 @@ fn a_recorder_failing_beyond_its_budget_aborts_its_instance_and_keeps_its_media(
         healthy_track.num_frames as f64 >= 0.95 * f64::from(seconds * 30),
         "{healthy_track:?}"
     );
+}
+
+/// A panic in the Recorder's stop continuation (after the streams finished their files, before
+/// STOPPED is committed): the stop is answered 503, the conversation rebuilds the recorder from
+/// the record, and the rebuilt recorder finishes the stop by itself (the record says a stop
+/// began), from the final files on disk — no second stop needed. A stop retried afterwards
+/// answers the stopped instance (200, the same stop time). Nothing is lost or done twice.
+#[test]
+fn a_panic_in_the_stop_continuation_still_stops_the_instance_once_with_its_media() {
+    stop_continuation_panic_completes_the_stop_once("recorder_handler@{call} continuation StopRecorder");
+}
+
+/// The same with the panic in a Stream's finish continuation (its files final, its record not
+/// yet told where they are): the recorder does not commit a stop without that stream's files; it
+/// crashes, and its rebuild finishes the stop from the files on disk.
+#[test]
+fn a_panic_in_a_streams_finish_continuation_still_stops_the_instance_once_with_its_media() {
+    stop_continuation_panic_completes_the_stop_once("stream_handler@{call} agent/CAM continuation FinishStream");
+}
+
+/// Stops one conversation's instance (3 s of VP8 recorded) with `fault` armed once for it
+/// (`{call}` is its conversation id) while another conversation records: checks the stop's 503,
+/// the instance STOPPED without another stop, its track complete, every artefact uploaded
+/// once, each conversation composed once, and the other conversation untouched.
+fn stop_continuation_panic_completes_the_stop_once(fault: &str) {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_uploading();
+    let (failing_call, healthy_call) = (unique("call"), unique("call"));
+    let faults = format!("{}=panic*1", fault.replace("{call}", &failing_call));
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
+    let restarts_before = metric(&app, "recorder_actor_restarts_total{kind=\"Recorder\"}").unwrap_or(0.0);
+    let (failing, healthy) = (unique("room"), unique("room"));
+    let a = app.start(&failing_call, &failing, false, true);
+    let b = app.start(&healthy_call, &healthy, false, true);
+    let (seconds, healthy_seconds) = (3, 10);
+    let y = send_vp8_cam(&app, &healthy, "agent", healthy_seconds);
+    wait_ok(
+        send_vp8_cam(&app, &failing, "agent", seconds),
+        "failing conversation's sender",
+    );
+
+    // The other conversation is still recording while this stop fails.
+    let stop = app.request(
+        "POST",
+        &app.api(&format!("{}/stop", instance_path(&a))),
+        &[("Authorization", KEY)],
+        Some(b""),
+    );
+    stop.assert_error(503);
+    let stopped = poll(Duration::from_secs(30), "the failed stop finished by itself", || {
+        let instance = app.instance(&a);
+        (instance["state"] == "STOPPED").then_some(instance)
+    });
+    assert!(stopped["error"].is_null(), "{stopped:#}");
+    assert_eq!(stopped["streams"].as_array().unwrap().len(), 1, "{stopped:#}");
+    assert_eq!(stopped["streams"][0]["state"], "STOPPED", "{stopped:#}");
+    let restarts_after = metric(&app, "recorder_actor_restarts_total{kind=\"Recorder\"}").expect("restart counter");
+    assert_eq!(restarts_after, restarts_before + 1.0, "one rebuild of the recorder");
+    // A retried stop answers the instance as it was stopped: not stopped a second time.
+    let retried = app.stop(&a);
+    assert_eq!(retried["state"], "STOPPED", "{retried:#}");
+    let after_retry = app.instance(&a);
+    assert_eq!(after_retry["stopped"], stopped["stopped"], "{after_retry:#}");
+
+    wait_ok(y, "healthy conversation's sender");
+    assert_eq!(app.stop(&b)["state"], "STOPPED");
+    let (a, b) = (app.instance(&a), app.instance(&b));
+    assert!(b["recovered"].is_null(), "{b:#}");
+
+    for (instance, call) in [(&a, &failing_call), (&b, &healthy_call)] {
+        let uploaded = poll(Duration::from_secs(60), "every track uploaded", || {
+            let instance = app.instance(instance);
+            let all = tracks(&instance);
+            let done = all.len() == 1
+                && all
+                    .iter()
+                    .all(|(_, _, _, t)| t["storage"]["objectStorage"]["uploaded"].is_string());
+            done.then_some(instance)
+        });
+        let p = probe(&stored_file(
+            &app,
+            find_track(&tracks(&uploaded), "agent", "CAM", "VIDEO"),
+        ));
+        assert_eq!(p.codec, "vp8", "{p:?}");
+        if call == &failing_call {
+            assert!((p.duration - (f64::from(seconds) - 1.0 / 30.0)).abs() <= 0.150, "{p:?}");
+        } else {
+            assert!(p.num_frames as f64 >= 0.95 * f64::from(healthy_seconds * 30), "{p:?}");
+        }
+        let manifest: Value = poll(Duration::from_secs(30), "recording.json written", || {
+            std::fs::read(manifest_path(&app, instance))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        });
+        assert_eq!(manifest["state"], "STOPPED", "{manifest:#}");
+        wait_composed(&app, call, &instance["instanceId"]);
+    }
+
+    // Exactly once: per conversation, its track file, its `recording.json`, its composition and
+    // the `recording.json` rewritten to list the composition — 4 uploads, 3 objects; a track
+    // uploaded again (or queued twice) would be a 5th upload.
+    let tree = poll(Duration::from_secs(30), "the uploader idle", || {
+        let tree = app.debug_tree();
+        snapshots_of(&tree, "Uploader")
+            .iter()
+            .all(|u| u["counters"]["num_queued"] == 0 && u["counters"]["num_running"] == 0)
+            .then_some(tree)
+    });
+    let stored = walk(&app.root.join("storage"));
+    let num_uploaded: u64 = snapshots_of(&tree, "Uploader")
+        .iter()
+        .map(|u| u["counters"]["num_uploaded"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(stored.len(), 6, "{stored:#?}");
+    assert_eq!(num_uploaded, 8, "{stored:#?}\n{tree:#}");
+    let media: Vec<_> = stored
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "webm" || e == "mkv"))
+        .collect();
+    assert_eq!(media.len(), 2, "{stored:#?}");
+    let compositor = &snapshots_of(&tree, "Compositor")[0];
+    assert_eq!(compositor["counters"]["num_composed"], 2, "{compositor:#}");
+}
+
+/// A stream that failed beyond its budget (its CAM; the MIC records on) is not lost by a
+/// recorder rebuilt during the stop: the rebuilt recorder restores it with the recording streams
+/// (as failed, binding no port) and the stop it finishes names its file too.
+#[test]
+fn a_stop_finished_by_a_rebuilt_recorder_keeps_the_files_of_a_failed_stream() {
+    let _media = media_lock();
+    let mut app = TestApp::spawn_with("[recovery]\nmax_restarts = 2\n");
+    let call = unique("call");
+    let faults = format!(
+        "stream_handler@crashy/CAM SupervisionTick=panic+20,recorder_handler@{call} continuation StopRecorder=panic*1"
+    );
+    app.restart_with_env(&[("RTC_RECORDER_FAULTS", &faults)]);
+    let mixed = unique("room");
+    let c = app.start(&call, &mixed, true, true);
+    let seconds = 8;
+    let mut z = lavfi_av(seconds);
+    z.extend(rtp_out(
+        "0:v",
+        "vp8",
+        96,
+        publish_rtp(&app, &mixed, "crashy", "CAM", ("video", 96, "VP8/90000")),
+    ));
+    z.extend(rtp_out(
+        "0:a",
+        "opus",
+        111,
+        publish_rtp(&app, &mixed, "crashy", "MIC", ("audio", 111, "opus/48000/2")),
+    ));
+    let sender = ffmpeg(&z);
+    assert_only_the_mixed_cam_failed(&app, &c, Duration::from_secs(30));
+    wait_ok(sender, "sender");
+    let stop = app.request(
+        "POST",
+        &app.api(&format!("{}/stop", instance_path(&c))),
+        &[("Authorization", KEY)],
+        Some(b""),
+    );
+    stop.assert_error(503);
+    let stopped = poll(Duration::from_secs(30), "the failed stop finished by itself", || {
+        let instance = app.instance(&c);
+        (instance["state"] == "STOPPED").then_some(instance)
+    });
+    let cam = stopped["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"] == "CAM")
+        .unwrap_or_else(|| panic!("{stopped:#}"));
+    assert_eq!(cam["state"], "FAILED", "{stopped:#}");
+    let all = tracks(&stopped);
+    // A crash never deletes media: what the CAM recorded before it failed is in its file.
+    let kept = probe(&track_file(find_track(&all, "crashy", "CAM", "VIDEO")));
+    assert_eq!(kept.codec, "vp8", "{kept:?}");
+    assert!(kept.num_frames > 0, "{kept:?}");
+    let audio = probe(&track_file(find_track(&all, "crashy", "MIC", "AUDIO")));
+    assert!(audio.duration >= f64::from(seconds) - 0.5, "{audio:?}");
 }

@@ -10,9 +10,12 @@ use actix::prelude::*;
 use chrono::Utc;
 use futures_util::FutureExt;
 
-use super::recorder::{retire_streams, AbortRecorder, Recorder, RecorderCrashed, RecorderLinks, StopRecorder};
+use super::recorder::{
+    retire_streams, AbortRecorder, InstanceEnded, Recorder, RecorderCrashed, RecorderLinks, StopRecorder,
+};
 use super::registry::{rejected, snapshot_of};
 use super::supervision::{self, SupervisedKind};
+use super::uploader::Kick;
 use crate::domain::{ErrorInfo, InstanceRecord, InstanceState};
 use crate::messages::{Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
@@ -81,8 +84,19 @@ impl Conversation {
         });
         let record = match updated {
             Ok(record) if !record.state.is_terminal() => record,
-            Ok(_) => {
-                // It ended before it failed (a stop had committed): nothing left to run.
+            Ok(record) => {
+                // It ended before it failed (a stop had committed, and the failure came after,
+                // before the recorder told anyone): nothing left to run but what it did not do.
+                if let Some(uploader) = &self.links.uploader {
+                    uploader.do_send(Kick);
+                }
+                if let Some(ended) = &self.links.ended {
+                    ended.do_send(InstanceEnded {
+                        organization_id: record.organization_id.clone(),
+                        conversation_id: record.conversation_id.clone(),
+                        instance_id: record.instance_id.clone(),
+                    });
+                }
                 ctx.stop();
                 return;
             }

@@ -111,7 +111,9 @@ pub struct Recorder {
     last_error: Option<ErrorInfo>,
     num_publishes: u64,
     num_publishes_refused: u64,
-    /// Streams of the record still `RECORDING` when this actor was built (after a restart).
+    /// Streams of the record still `RECORDING` when this actor was built (after a restart), and
+    /// `FAILED` ones: their files are on disk and not yet named by the record (only a stop's
+    /// commit does that), so they are restored to be finished with the others.
     recovered: Vec<StreamRecord>,
     crashed_to: Option<Recipient<RecorderCrashed>>,
     /// A handler failed: the actor is stopping and takes no more work.
@@ -170,7 +172,7 @@ impl Recorder {
                 record
                     .streams
                     .iter()
-                    .filter(|s| s.state == StreamState::Recording)
+                    .filter(|s| matches!(s.state, StreamState::Recording | StreamState::Failed))
                     .cloned()
                     .collect()
             } else {
@@ -328,7 +330,8 @@ impl Recorder {
         tracing::warn!(instance_id = %self.instance_id, stream_id = %stream_id, admitted, "stream actor failed: rebuilding it from its record");
         // Nothing reaches the recorder until the replacement is in place: a stop meanwhile
         // would finish a dead stream.
-        ctx.wait(quiesced.into_actor(self).map(move |(), act, ctx| {
+        // Supervised like the handler's body: a panic while rebuilding crashes this recorder.
+        let rebuilding = quiesced.into_actor(self).map(move |(), act, ctx| {
             let record = act
                 .store
                 .get_instance(&act.instance_id)
@@ -367,7 +370,8 @@ impl Recorder {
             if !admitted {
                 act.stream_failed(&stream_id, exhausted, ctx);
             }
-        }));
+        });
+        ctx.wait(supervision::guard("StreamCrashed", Box::pin(rebuilding), ()));
     }
 
     /// The stream a publisher of (userId, type) continues: the connected one, or one that lost
@@ -465,20 +469,31 @@ impl Actor for Recorder {
         ctx.set_mailbox_capacity(64);
         // Streams that were recording when the process ended: their files are on disk.
         for record in std::mem::take(&mut self.recovered) {
-            let stream = self.new_stream(record.clone(), true, ctx);
-            // A plain-RTP session is re-bound by the stream as it starts: it counts as connected
-            // (and its publisher's DELETE still finds it) unless the stream reports otherwise.
+            let failed = record.state == StreamState::Failed;
+            let mut stream = self.new_stream(record.clone(), true, ctx);
             let mut sessions = vec![RECOVERED_SESSION.to_string()];
-            sessions.extend(record.rtp_session.as_ref().map(|s| s.session_id.clone()));
+            if failed {
+                // It records no more (its budget ran out before this actor was built): restored
+                // only so that a stop or an abort finishes its files; no port is bound.
+                stream = stream.failed_with(ErrorInfo::new(
+                    "RESTART_BUDGET_EXHAUSTED",
+                    "the stream had failed before its recorder was rebuilt: only its files are finished",
+                ));
+            } else {
+                // A plain-RTP session is re-bound by the stream as it starts: it counts as
+                // connected (and its publisher's DELETE still finds it) unless the stream reports
+                // otherwise.
+                sessions.extend(record.rtp_session.as_ref().map(|s| s.session_id.clone()));
+            }
             self.streams.push(StreamEntry {
                 id: record.id.clone(),
                 user_id: record.user_id.clone(),
                 kind: record.kind,
                 mailbox: Mailbox::new(stream.start()),
                 sessions,
-                connected: record.rtp_session.is_some(),
+                connected: !failed && record.rtp_session.is_some(),
                 disconnected_at: Some(Instant::now()),
-                failed: false,
+                failed,
                 restarts: 0,
                 restart_times: VecDeque::new(),
             });
@@ -829,9 +844,15 @@ impl Recorder {
         ending: Ending,
         _ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<InstanceRecord, EngineError>> {
+        let handler = match ending {
+            Ending::Stop => "StopRecorder",
+            Ending::Abort(_) => "AbortRecorder",
+        };
         if let Some(finalized) = self.finalized.clone() {
             let store = self.store.clone();
             let instance_id = self.instance_id.clone();
+            // If the finalization it waits for fails by a panic, this actor ends and the waiter
+            // with it: its caller gets an error (a closed mailbox), never a hang.
             return Box::pin(
                 async move {
                     let _ = finalized.await;
@@ -875,9 +896,40 @@ impl Recorder {
             crate::fault::point(crate::fault::FINALIZE).map_err(|e| EngineError::Unavailable(e.to_string()))?;
             Ok::<_, EngineError>(finished)
         };
-        Box::pin(finishing.into_actor(self).then(move |finished, _act, _ctx| {
+        let scope = supervision::fault_scope(|| format!("{} continuation {handler}", self.conversation_id));
+        // The continuation is supervised (`supervision::guard`): a panic anywhere in it crashes
+        // this recorder and answers `restarting()`. The conversation rebuilds the recorder from
+        // the record, whose `stop_requested` makes the new actor finish the stop from the files
+        // on disk (see `started`) — the path of a process killed during a stop — so the stop is
+        // committed once, by whichever actor gets through it.
+        let continuation = finishing.into_actor(self).then(move |finished, act, ctx| {
+            if let Err(e) = crate::fault::point_in(crate::fault::RECORDER_HANDLER, &scope) {
+                panic!("{e}");
+            }
+            // A stream whose finish failed (its actor crashed in its continuation) left its
+            // files complete on disk but its record does not name them: committing now would
+            // drop its tracks. The recorder crashes instead and its rebuild finishes the stop
+            // from the files, as after a restart.
+            let lost: Vec<String> = match &finished {
+                Ok(finished) => finished
+                    .iter()
+                    .filter_map(|f| match f {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if !lost.is_empty() {
+                act.crash(ctx, handler, format!("a stream could not finish: {}", lost.join("; ")));
+            }
+            let crashed = act.crashed;
             let result = (|| {
-                let finished: Vec<StreamRecord> = finished?.into_iter().filter_map(Result::ok).collect();
+                if crashed {
+                    return Err(restarting());
+                }
+                let finished: Vec<StreamRecord> = finished?.into_iter().flatten().flatten().collect();
                 let mut artefacts = Vec::new();
                 let mut ended_here = false;
                 let record = store.update_instance(&instance_id, &mut |r| {
@@ -965,7 +1017,7 @@ impl Recorder {
                 flush.await?;
                 Ok(record)
             }
-            .into_actor(_act)
+            .into_actor(act)
             .map(move |result: Result<InstanceRecord, EngineError>, act, ctx| {
                 match &result {
                     Ok(record) => {
@@ -991,7 +1043,8 @@ impl Recorder {
                 let _ = done_tx.send(());
                 result
             })
-        }))
+        });
+        Box::pin(supervision::guard(handler, Box::pin(continuation), Err(restarting())))
     }
 }
 

@@ -677,7 +677,9 @@ impl Actor for Stream {
                 self.last_error = Some(ErrorInfo::new("MEDIA", "cannot start a restore thread"));
                 return;
             }
-            ctx.wait(rx.into_actor(self).map(|restored, act, ctx| {
+            // Supervised like a handler: a panic while re-binding crashes the actor (rebuilt by
+            // its recorder) instead of ending its task silently.
+            let restoring = rx.into_actor(self).map(|restored, act, ctx| {
                 act.tracks = restored.unwrap_or_default();
                 if let Some(session) = act.record.rtp_session.take() {
                     let session_id = session.session_id.clone();
@@ -694,7 +696,8 @@ impl Actor for Stream {
                         });
                     }
                 }
-            }));
+            });
+            ctx.wait(supervision::guard("Restore", Box::pin(restoring), ()));
         }
     }
 }
@@ -778,9 +781,10 @@ pub struct EndSession {
 }
 
 /// Ends ingest, finalizes every segment and joins each track's segments into its file. Answers
-/// the stream's final record.
+/// the stream's final record; an error when the finish's continuation failed (the actor is gone
+/// and the record does not say where its files are: the stop must not commit without them).
 #[derive(Message)]
-#[rtype(result = "StreamRecord")]
+#[rtype(result = "Result<StreamRecord, MediaError>")]
 pub struct FinishStream;
 
 #[derive(Message)]
@@ -1079,7 +1083,7 @@ struct TrackOutcome {
 }
 
 impl Handler<FinishStream> for Stream {
-    type Result = ResponseActFuture<Self, StreamRecord>;
+    type Result = ResponseActFuture<Self, Result<StreamRecord, MediaError>>;
 
     fn handle(&mut self, msg: FinishStream, ctx: &mut Self::Context) -> Self::Result {
         match self.guarded(ctx, "FinishStream", |act, _ctx| act.finish(msg)) {
@@ -1090,14 +1094,14 @@ impl Handler<FinishStream> for Stream {
                 let mut record = self.record.clone();
                 record.state = StreamState::Failed;
                 record.rtp_session = None;
-                Box::pin(fut::ready(record))
+                Box::pin(fut::ready(Ok(record)))
             }
         }
     }
 }
 
 impl Stream {
-    fn finish(&mut self, _msg: FinishStream) -> ResponseActFuture<Self, StreamRecord> {
+    fn finish(&mut self, _msg: FinishStream) -> ResponseActFuture<Self, Result<StreamRecord, MediaError>> {
         // Stop ingest first so no frame arrives after its writer finished.
         let live_session_id = self.session.as_ref().map(|s| s.id.clone());
         let ended = match self.session.take() {
@@ -1144,100 +1148,118 @@ impl Stream {
             ));
         }
         let stream_id = self.record.id.clone();
-        Box::pin(
-            async move {
-                // Summaries of the connection that was live (refined start times).
-                let mut live_summaries = Vec::new();
-                for rx in ended {
-                    if let Ok(Ok(summary)) = tokio::time::timeout(INGEST_STOP_TIMEOUT, rx).await {
-                        live_summaries.push(summary);
-                    }
+        let scope = supervision::fault_scope(|| {
+            format!(
+                "{} {}/{} continuation FinishStream",
+                self.conversation_id,
+                self.record.user_id,
+                self.record.kind.as_str()
+            )
+        });
+        // The whole finish after the handler's body is supervised: a panic there (joining the
+        // files, or recording where they are) crashes this actor and answers an error, so the
+        // recorder does not commit a stop without this stream's files (see `Recorder::finalize`).
+        let finishing = async move {
+            // Summaries of the connection that was live (refined start times).
+            let mut live_summaries = Vec::new();
+            for rx in ended {
+                if let Ok(Ok(summary)) = tokio::time::timeout(INGEST_STOP_TIMEOUT, rx).await {
+                    live_summaries.push(summary);
                 }
-                let mut outcomes = Vec::new();
-                for (track_id, final_path, muxer, segments) in jobs {
-                    let mut infos = Vec::new();
-                    let mut error = None;
-                    // A segment left by a crash has no trailer: rewriting it gives the final
-                    // file its duration and cues even when it is the only one.
-                    let mut remux = segments
-                        .iter()
-                        .any(|(_, session_id, _, _, _)| session_id == RECOVERED_SESSION);
-                    for (_index, session_id, summary, finishing, replaced) in segments {
-                        let mut report = finishing.await;
-                        if replaced {
-                            // Supervision replaced this segment; its failure is not the track's.
-                            // A panicked writer left no report: the file holds what it flushed,
-                            // read back like a segment left by a crash.
-                            if report.info.num_frames == 0 {
-                                if let Some(info) = probe_on_thread(report.info.path.clone()).await {
-                                    report.info = info;
-                                    remux = true;
-                                }
-                            }
-                        } else if report.error.is_some() {
-                            error = report.error.clone();
-                        }
-                        // The live session's summaries belong to its own segments only.
-                        let summary = summary.or_else(|| {
-                            (!replaced && live_session_id.as_deref() == Some(session_id.as_str()))
-                                .then(|| {
-                                    live_summaries
-                                        .iter()
-                                        .find(|(t, _)| *t == track_id)
-                                        .map(|(_, s)| s.clone())
-                                })
-                                .flatten()
-                        });
-                        let mut info = report.info;
-                        if let Some(started) = summary.and_then(|s| s.started_wall_micros) {
-                            info.started_wall_micros = Some(started);
-                        }
-                        infos.push(info);
-                    }
-                    outcomes.push(finish_track(track_id, final_path, muxer, infos, error, remux).await);
-                }
-                outcomes
             }
-            .into_actor(self)
-            .map(move |outcomes, act, ctx| {
-                let now = Utc::now();
-                let mut failed = false;
-                for outcome in outcomes {
-                    let created = act
-                        .tracks
-                        .iter()
-                        .find(|t| t.id == outcome.track_id)
-                        .and_then(|t| t.created);
-                    if let Some(record) = act.record.tracks.iter_mut().find(|t| t.id == outcome.track_id) {
-                        record.started = outcome.started.or(record.started);
-                        record.stopped = outcome.stopped.or(Some(now));
-                        record.local.location = outcome.location.map(|p| p.display().to_string());
-                        record.local.created = created;
-                        if let Some(error) = &outcome.error {
-                            failed = true;
-                            record.local.error = Some(ErrorInfo::new("MEDIA_WRITE", error.clone()));
+            let mut outcomes = Vec::new();
+            for (track_id, final_path, muxer, segments) in jobs {
+                let mut infos = Vec::new();
+                let mut error = None;
+                // A segment left by a crash has no trailer: rewriting it gives the final
+                // file its duration and cues even when it is the only one.
+                let mut remux = segments
+                    .iter()
+                    .any(|(_, session_id, _, _, _)| session_id == RECOVERED_SESSION);
+                for (_index, session_id, summary, finishing, replaced) in segments {
+                    let mut report = finishing.await;
+                    if replaced {
+                        // Supervision replaced this segment; its failure is not the track's.
+                        // A panicked writer left no report: the file holds what it flushed,
+                        // read back like a segment left by a crash.
+                        if report.info.num_frames == 0 {
+                            if let Some(info) = probe_on_thread(report.info.path.clone()).await {
+                                report.info = info;
+                                remux = true;
+                            }
                         }
+                    } else if report.error.is_some() {
+                        error = report.error.clone();
                     }
+                    // The live session's summaries belong to its own segments only.
+                    let summary = summary.or_else(|| {
+                        (!replaced && live_session_id.as_deref() == Some(session_id.as_str()))
+                            .then(|| {
+                                live_summaries
+                                    .iter()
+                                    .find(|(t, _)| *t == track_id)
+                                    .map(|(_, s)| s.clone())
+                            })
+                            .flatten()
+                    });
+                    let mut info = report.info;
+                    if let Some(started) = summary.and_then(|s| s.started_wall_micros) {
+                        info.started_wall_micros = Some(started);
+                    }
+                    infos.push(info);
                 }
-                act.record.started = act
-                    .record
+                outcomes.push(finish_track(track_id, final_path, muxer, infos, error, remux).await);
+            }
+            outcomes
+        }
+        .into_actor(self)
+        .map(move |outcomes, act, ctx| {
+            // After the files are final, before the record says where they are.
+            if let Err(e) = crate::fault::point_in(crate::fault::STREAM_HANDLER, &scope) {
+                panic!("{e}");
+            }
+            let now = Utc::now();
+            let mut failed = false;
+            for outcome in outcomes {
+                let created = act
                     .tracks
                     .iter()
-                    .filter_map(|t| t.started)
-                    .min()
-                    .or(act.record.started);
-                act.record.stopped = Some(act.record.tracks.iter().filter_map(|t| t.stopped).max().unwrap_or(now));
-                act.record.state = if failed || act.failed {
-                    StreamState::Failed
-                } else {
-                    StreamState::Stopped
-                };
-                act.record.rtp_session = None;
-                tracing::info!(stream_id = %stream_id, state = act.record.state.as_str(), "stream finished");
-                ctx.stop();
-                act.record.clone()
-            }),
-        )
+                    .find(|t| t.id == outcome.track_id)
+                    .and_then(|t| t.created);
+                if let Some(record) = act.record.tracks.iter_mut().find(|t| t.id == outcome.track_id) {
+                    record.started = outcome.started.or(record.started);
+                    record.stopped = outcome.stopped.or(Some(now));
+                    record.local.location = outcome.location.map(|p| p.display().to_string());
+                    record.local.created = created;
+                    if let Some(error) = &outcome.error {
+                        failed = true;
+                        record.local.error = Some(ErrorInfo::new("MEDIA_WRITE", error.clone()));
+                    }
+                }
+            }
+            act.record.started = act
+                .record
+                .tracks
+                .iter()
+                .filter_map(|t| t.started)
+                .min()
+                .or(act.record.started);
+            act.record.stopped = Some(act.record.tracks.iter().filter_map(|t| t.stopped).max().unwrap_or(now));
+            act.record.state = if failed || act.failed {
+                StreamState::Failed
+            } else {
+                StreamState::Stopped
+            };
+            act.record.rtp_session = None;
+            tracing::info!(stream_id = %stream_id, state = act.record.state.as_str(), "stream finished");
+            ctx.stop();
+            Ok(act.record.clone())
+        });
+        Box::pin(supervision::guard(
+            "FinishStream",
+            Box::pin(finishing),
+            Err(restarting()),
+        ))
     }
 }
 
@@ -1546,7 +1568,7 @@ mod tests {
         let snapshot = stream.send(Snapshot).await.unwrap();
         assert_eq!((snapshot.kind, snapshot.state.as_str()), ("Stream", "RECORDING"));
         assert!(snapshot.id.starts_with("s1 agent CAM"));
-        let finished = stream.send(FinishStream).await.unwrap();
+        let finished = stream.send(FinishStream).await.unwrap().unwrap();
         assert_eq!(finished.state, StreamState::Stopped);
     }
 }
