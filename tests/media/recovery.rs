@@ -1134,6 +1134,14 @@ fn a_panic_in_a_streams_finish_continuation_still_stops_the_instance_once_with_i
     stop_continuation_panic_completes_the_stop_once("stream_handler@{call} agent/CAM continuation FinishStream");
 }
 
+/// The same with the panic at the start of a Stream's FinishStream handler, before it asked its
+/// writers to finish: the stream's files are completed by the failed actor's quiesce, the
+/// recorder does not commit without them, and its rebuild finishes the stop from disk.
+#[test]
+fn a_panic_as_a_stream_begins_to_finish_still_stops_the_instance_once_with_its_media() {
+    stop_continuation_panic_completes_the_stop_once("stream_handler@{call} agent/CAM FinishStream");
+}
+
 /// Stops one conversation's instance (3 s of VP8 recorded) with `fault` armed once for it
 /// (`{call}` is its conversation id) while another conversation records: checks the stop's 503,
 /// the instance STOPPED without another stop, its track complete, every artefact uploaded

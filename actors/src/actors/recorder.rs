@@ -13,8 +13,8 @@ use futures_util::future::join_all;
 
 use super::registry::{enqueue_artefact, rejected, snapshot_of};
 use super::stream::{
-    EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, RetireStream, Stream, StreamCrashed, StreamNotice,
-    RECOVERED_SESSION,
+    EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, QuiesceSlot, RetireStream, Stream, StreamCrashed,
+    StreamNotice, RECOVERED_SESSION,
 };
 use super::supervision::{self, SupervisedKind};
 use super::uploader::Kick;
@@ -136,6 +136,8 @@ struct StreamEntry {
     /// kept here because a rebuilt stream actor starts from its record.
     restarts: u32,
     restart_times: VecDeque<Instant>,
+    /// Filled by the stream actor if it fails (see [`QuiesceSlot`]).
+    quiesce: QuiesceSlot,
 }
 
 impl Recorder {
@@ -191,16 +193,19 @@ impl Recorder {
         self
     }
 
-    fn new_stream(&self, record: StreamRecord, restore: bool, ctx: &mut Context<Self>) -> Stream {
+    fn new_stream(&self, record: StreamRecord, restore: bool, ctx: &mut Context<Self>) -> (Stream, QuiesceSlot) {
         let (instance_id, media, notices) = (self.instance_id.clone(), self.media.clone(), ctx.address().recipient());
         let stream = if restore {
             Stream::restore(record, instance_id, media, notices)
         } else {
             Stream::new(record, instance_id, media, notices)
         };
-        stream
+        let slot = QuiesceSlot::default();
+        let stream = stream
             .supervised(self.recovery)
             .watched_by(ctx.address().recipient(), &self.conversation_id)
+            .quiesce_into(slot.clone());
+        (stream, slot)
     }
 
     /// Runs a handler body under supervision: a panic (or a failing fault point) inside it ends
@@ -343,10 +348,11 @@ impl Recorder {
                 return;
             };
             let is_rtp = record.rtp_session.is_some();
-            let stream = act.new_stream(record, true, ctx);
+            let (stream, slot) = act.new_stream(record, true, ctx);
             let Some(entry) = act.streams.iter_mut().find(|s| s.id == stream_id) else {
                 return;
             };
+            entry.quiesce = slot;
             let stream = stream.after_restart(entry.restarts, entry.restart_times.clone(), error.clone());
             let exhausted = ErrorInfo::new(
                 "RESTART_BUDGET_EXHAUSTED",
@@ -398,7 +404,7 @@ impl Recorder {
             rtp_session: None,
             tracks: vec![],
         };
-        let stream = self.new_stream(record, false, ctx);
+        let (stream, quiesce) = self.new_stream(record, false, ctx);
         self.streams.push(StreamEntry {
             id,
             user_id: user_id.to_string(),
@@ -410,6 +416,7 @@ impl Recorder {
             failed: false,
             restarts: 0,
             restart_times: VecDeque::new(),
+            quiesce,
         });
         (self.streams.len() - 1, true)
     }
@@ -470,7 +477,7 @@ impl Actor for Recorder {
         // Streams that were recording when the process ended: their files are on disk.
         for record in std::mem::take(&mut self.recovered) {
             let failed = record.state == StreamState::Failed;
-            let mut stream = self.new_stream(record.clone(), true, ctx);
+            let (mut stream, quiesce) = self.new_stream(record.clone(), true, ctx);
             let mut sessions = vec![RECOVERED_SESSION.to_string()];
             if failed {
                 // It records no more (its budget ran out before this actor was built): restored
@@ -496,6 +503,7 @@ impl Actor for Recorder {
                 failed,
                 restarts: 0,
                 restart_times: VecDeque::new(),
+                quiesce,
             });
         }
         if self.stop_requested {
@@ -869,7 +877,11 @@ impl Recorder {
         let (done_tx, done_rx) = oneshot::channel();
         self.finalized = Some(done_rx.shared());
         self.stopping = true;
-        let streams: Vec<_> = self.streams.iter().map(|s| s.mailbox.clone()).collect();
+        let streams: Vec<_> = self
+            .streams
+            .iter()
+            .map(|s| (s.mailbox.clone(), s.quiesce.clone()))
+            .collect();
         let store = self.store.clone();
         let instance_id = self.instance_id.clone();
         let compose = self.compose;
@@ -891,7 +903,18 @@ impl Recorder {
         let finishing = async move {
             marked?;
             marker_flush.await?;
-            let finished = join_all(streams.iter().map(|s| s.send(FinishStream))).await;
+            let finished = join_all(streams.iter().map(|(s, _)| s.send(FinishStream))).await;
+            // A stream actor that failed (before or during its finish) is gone, but its writer
+            // threads are still completing its files: wait for that before this stop goes on —
+            // a failed finish makes this recorder crash and its rebuild read those files.
+            for ((_, slot), answer) in streams.iter().zip(&finished) {
+                if !matches!(answer, Ok(Ok(_))) {
+                    let quiescing = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(quiescing) = quiescing {
+                        quiescing.await;
+                    }
+                }
+            }
             // After the files, before the commit: the step a crash during stop interrupts.
             crate::fault::point(crate::fault::FINALIZE).map_err(|e| EngineError::Unavailable(e.to_string()))?;
             Ok::<_, EngineError>(finished)

@@ -45,6 +45,11 @@ const INGEST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// released) and its writers to finish their files, before its replacement is built anyway.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where a failed Stream actor leaves the future of its quiesce (ingest stopped, every writer's
+/// file complete). The actor's mailbox closes at once, so a stop that finds it gone waits on this
+/// before anything (its recorder's rebuild) reads the stream's files.
+pub type QuiesceSlot = Arc<std::sync::Mutex<Option<futures_util::future::Shared<BoxFuture<'static, ()>>>>>;
+
 pub struct Stream {
     record: StreamRecord,
     instance_id: String,
@@ -70,6 +75,7 @@ pub struct Stream {
     /// Told when a handler of this actor failed: the recorder rebuilds the stream from its
     /// record.
     watch: Option<Recipient<StreamCrashed>>,
+    quiesce_slot: Option<QuiesceSlot>,
     /// The conversation this stream belongs to, for the scope of its fault point.
     conversation_id: String,
     /// A handler failed: the actor quiesced and is stopping; it takes no more work.
@@ -136,6 +142,7 @@ impl Stream {
             restart_rtp: None,
             failed: false,
             watch: None,
+            quiesce_slot: None,
             conversation_id: String::new(),
             crashed: false,
             state_since: Instant::now(),
@@ -152,6 +159,12 @@ impl Stream {
     pub fn watched_by(mut self, watch: Recipient<StreamCrashed>, conversation_id: &str) -> Self {
         self.watch = Some(watch);
         self.conversation_id = conversation_id.to_string();
+        self
+    }
+
+    /// Where this actor leaves its quiesce if it fails (see [`QuiesceSlot`]).
+    pub fn quiesce_into(mut self, slot: QuiesceSlot) -> Self {
+        self.quiesce_slot = Some(slot);
         self
     }
 
@@ -212,12 +225,17 @@ impl Stream {
         tracing::error!(stream_id = %self.record.id, handler, error = %message, "stream actor failed: stopping it for a restart");
         self.crashed = true;
         self.last_error = Some(error.clone());
-        let quiesced = self.quiesce();
+        let quiesced = self.quiesce().shared();
+        // Before the mailbox closes: whoever sees this actor gone (a stop waiting on its finish)
+        // finds what to wait for before reading its files.
+        if let Some(slot) = &self.quiesce_slot {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(quiesced.clone());
+        }
         if let Some(watch) = &self.watch {
             watch.do_send(StreamCrashed {
                 stream_id: self.record.id.clone(),
                 error,
-                quiesced,
+                quiesced: quiesced.boxed(),
             });
         }
         ctx.stop();
