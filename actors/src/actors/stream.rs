@@ -45,6 +45,22 @@ const INGEST_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// released) and its writers to finish their files, before its replacement is built anyway.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A segment at a stop: its writer still running (asked to finish once ingest has ended), or
+/// already finishing.
+enum Finishing {
+    Writer(TrackWriter),
+    Started(BoxFuture<'static, SegmentReport>),
+}
+
+impl Finishing {
+    fn start(self) -> BoxFuture<'static, SegmentReport> {
+        match self {
+            Finishing::Writer(writer) => writer.begin_finish().boxed(),
+            Finishing::Started(finishing) => finishing,
+        }
+    }
+}
+
 /// Where a failed Stream actor leaves the future of its quiesce (ingest stopped, every writer's
 /// file complete). The actor's mailbox closes at once, so a stop that finds it gone waits on this
 /// before anything (its recorder's rebuild) reads the stream's files.
@@ -1138,8 +1154,10 @@ impl Stream {
             let mut segments = Vec::new();
             for segment in &mut track.segments {
                 let finishing = match (segment.writer.take(), segment.finishing.take()) {
-                    (Some(writer), _) => writer.begin_finish().boxed(),
-                    (None, Some(finishing)) => finishing,
+                    // Asked to finish once the ingest threads have ended (below): their last
+                    // frames still reach the writer.
+                    (Some(writer), _) => Finishing::Writer(writer),
+                    (None, Some(finishing)) => Finishing::Started(finishing),
                     (None, None) => continue,
                 };
                 let replaced = self.failed_segments.contains(&(track.id.clone(), segment.index));
@@ -1185,6 +1203,19 @@ impl Stream {
                     live_summaries.push(summary);
                 }
             }
+            // No frame comes any more: every writer is asked to finish now, all at once.
+            let jobs: Vec<_> = jobs
+                .into_iter()
+                .map(|(track_id, final_path, muxer, segments)| {
+                    let segments: Vec<_> = segments
+                        .into_iter()
+                        .map(|(index, session_id, summary, finishing, replaced)| {
+                            (index, session_id, summary, finishing.start(), replaced)
+                        })
+                        .collect();
+                    (track_id, final_path, muxer, segments)
+                })
+                .collect();
             let mut outcomes = Vec::new();
             for (track_id, final_path, muxer, segments) in jobs {
                 let mut infos = Vec::new();

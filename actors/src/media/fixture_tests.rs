@@ -377,12 +377,9 @@ fn a_segment_carries_its_start_for_recovery_to_read_back() {
     assert_eq!(started, Some(1_700_000_000_123_456));
 }
 
-/// A plain-RTP receive thread reads in batches while media flows and blocks while it does not:
-/// the Opus fixture sent over loopback in a fast burst (many datagrams queued per batch), then
-/// after a pause longer than the flowing period (the thread back on blocking reads), the rest.
-/// Every packet becomes a frame in the file, in order.
-#[test]
-fn a_plain_rtp_receive_thread_keeps_every_packet_across_batches_and_a_pause() {
+/// The Opus fixture's RTP packets, and a plain-RTP session of one track that records them into
+/// `path` (a receive thread on a loopback port, a writer); returns the port to send to.
+fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::plain_rtp::PlainRtpSession, TrackWriter) {
     use std::net::UdpSocket;
     use std::sync::Arc;
 
@@ -396,9 +393,7 @@ fn a_plain_rtp_receive_thread_keeps_every_packet_across_batches_and_a_pause() {
         .map(|(_, d)| d)
         .collect();
     let payload_type = RtpPacket::parse(&datagrams[0]).unwrap().payload_type;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.seg1.webm");
-    let writer = TrackWriter::spawn(path.clone(), Codec::Opus, WriterConfig::default()).unwrap();
+    let writer = TrackWriter::spawn(path.to_path_buf(), Codec::Opus, WriterConfig::default()).unwrap();
     let socket = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
     let port = socket.local_addr().unwrap().port();
     let bound = BoundMedia {
@@ -422,7 +417,43 @@ fn a_plain_rtp_receive_thread_keeps_every_packet_across_batches_and_a_pause() {
         now,
     );
     let session = plain_rtp::start(vec![(bound, pump)], Duration::from_secs(30)).unwrap();
-    let sender = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    (datagrams, port, session, writer)
+}
+
+/// Stops the session, waits for its receive thread to end, then finishes the writer (the order a
+/// stream's stop follows), and checks one Opus frame per packet sent, in the file.
+fn stop_and_check_every_packet(
+    path: &Path,
+    datagrams: &[Bytes],
+    session: super::plain_rtp::PlainRtpSession,
+    writer: TrackWriter,
+) {
+    for ended in session.stop_and_wait() {
+        futures_executor::block_on(ended).expect("the receive thread reports its end");
+    }
+    let report = futures_executor::block_on(writer.finish());
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(
+        report.info.num_frames,
+        datagrams.len() as u64,
+        "one Opus frame per packet sent"
+    );
+    assert_eq!(
+        ffprobe(path, "stream=codec_name,nb_read_frames"),
+        format!("opus,{}", datagrams.len())
+    );
+}
+
+/// A plain-RTP receive thread reads in batches while media flows and blocks while it does not:
+/// the Opus fixture sent over loopback in a fast burst (many datagrams queued per batch), then
+/// after a pause longer than the flowing period (the thread back on blocking reads), the rest.
+/// Every packet becomes a frame in the file, in order.
+#[test]
+fn a_plain_rtp_receive_thread_keeps_every_packet_across_batches_and_a_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.seg1.webm");
+    let (datagrams, port, session, writer) = opus_rtp_session(&path);
+    let sender = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
     let half = datagrams.len() / 2;
     for (i, d) in datagrams.iter().enumerate() {
         if i == half {
@@ -436,18 +467,25 @@ fn a_plain_rtp_receive_thread_keeps_every_packet_across_batches_and_a_pause() {
     }
     // The last batch is read and the reorder window passes before the stop.
     std::thread::sleep(Duration::from_millis(800));
-    for ended in session.stop_and_wait() {
-        futures_executor::block_on(ended).expect("the receive thread reports its end");
+    stop_and_check_every_packet(&path, &datagrams, session, writer);
+}
+
+/// A stop that comes while datagrams wait in the socket (the thread between two batches) takes
+/// them too: the last media before a stop is recorded.
+#[test]
+fn a_plain_rtp_receive_thread_stopped_with_datagrams_queued_takes_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.seg1.webm");
+    let (datagrams, port, session, writer) = opus_rtp_session(&path);
+    let sender = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    let half = datagrams.len() / 2;
+    // The first half paced, so the thread reads in batches; the rest at once, then the stop.
+    for d in &datagrams[..half] {
+        sender.send_to(d, ("127.0.0.1", port)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
     }
-    let report = futures_executor::block_on(writer.finish());
-    assert!(report.error.is_none(), "{:?}", report.error);
-    assert_eq!(
-        report.info.num_frames,
-        datagrams.len() as u64,
-        "one Opus frame per packet sent"
-    );
-    assert_eq!(
-        ffprobe(&path, "stream=codec_name,nb_read_frames"),
-        format!("opus,{}", datagrams.len())
-    );
+    for d in &datagrams[half..] {
+        sender.send_to(d, ("127.0.0.1", port)).unwrap();
+    }
+    stop_and_check_every_packet(&path, &datagrams, session, writer);
 }

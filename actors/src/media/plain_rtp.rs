@@ -279,11 +279,11 @@ fn receive(
     let mut flowing = false;
     let mut last_datagram = started;
     let reason = 'receive: loop {
-        if stop.load(Ordering::Acquire) {
-            break "stopped";
-        }
+        // Asked to stop: one last pass takes what the socket still holds (up to a batch of
+        // media that arrived before the stop), then the loop ends.
+        let stopping = stop.load(Ordering::Acquire);
         let now = Instant::now();
-        if now.saturating_duration_since(inbound.last_packet.unwrap_or(started)) >= idle_timeout {
+        if !stopping && now.saturating_duration_since(inbound.last_packet.unwrap_or(started)) >= idle_timeout {
             break "idle";
         }
         let until_deadline = inbound
@@ -291,7 +291,11 @@ fn receive(
             .receiver
             .next_deadline()
             .map(|at| at.saturating_duration_since(now));
-        if flowing {
+        if stopping {
+            if !flowing {
+                flowing = bound.rtp.set_nonblocking(true).is_ok();
+            }
+        } else if flowing {
             let nap = until_deadline.unwrap_or(RECEIVE_BATCH).min(RECEIVE_BATCH);
             if !nap.is_zero() {
                 std::thread::sleep(nap);
@@ -334,7 +338,7 @@ fn receive(
                     }
                 }
             }
-            if now.saturating_duration_since(last_datagram) >= FLOWING_FOR {
+            if !stopping && now.saturating_duration_since(last_datagram) >= FLOWING_FOR {
                 // Quiet: back to blocking reads, which cost nothing while nothing arrives.
                 flowing = bound.rtp.set_nonblocking(false).is_err();
             }
@@ -366,6 +370,9 @@ fn receive(
                 }
                 _ => {}
             }
+        }
+        if stopping {
+            break "stopped";
         }
     };
     let pump = inbound.pump;
