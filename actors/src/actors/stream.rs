@@ -257,11 +257,10 @@ impl Stream {
         ctx.stop();
     }
 
-    /// Stops ingest and finishes every writer; the future resolves when the ingest threads or
-    /// tasks have ended and the files are complete (or after [`QUIESCE_TIMEOUT`]).
-    fn quiesce(&mut self) -> BoxFuture<'static, ()> {
-        let mut waits: Vec<BoxFuture<'static, ()>> = Vec::new();
-        let ended = match self.session.take() {
+    /// Ends the live session's ingest; one receiver per ingest thread or task, resolved (with the
+    /// track's summary) when it has ended.
+    fn stop_ingest(&mut self) -> Vec<tokio::sync::oneshot::Receiver<(String, TrackSummary)>> {
+        match self.session.take() {
             Some(LiveSession {
                 ingest: Ingest::Rtp(rtp),
                 ..
@@ -271,7 +270,14 @@ impl Stream {
                 ..
             }) => whip.stop_and_wait(),
             None => Vec::new(),
-        };
+        }
+    }
+
+    /// Stops ingest and finishes every writer; the future resolves when the ingest threads or
+    /// tasks have ended and the files are complete (or after [`QUIESCE_TIMEOUT`]).
+    fn quiesce(&mut self) -> BoxFuture<'static, ()> {
+        let mut waits: Vec<BoxFuture<'static, ()>> = Vec::new();
+        let ended = self.stop_ingest();
         for rx in ended {
             waits.push(rx.map(|_| ()).boxed());
         }
@@ -1138,17 +1144,7 @@ impl Stream {
     fn finish(&mut self, _msg: FinishStream) -> ResponseActFuture<Self, Result<StreamRecord, MediaError>> {
         // Stop ingest first so no frame arrives after its writer finished.
         let live_session_id = self.session.as_ref().map(|s| s.id.clone());
-        let ended = match self.session.take() {
-            Some(LiveSession {
-                ingest: Ingest::Rtp(rtp),
-                ..
-            }) => rtp.stop_and_wait(),
-            Some(LiveSession {
-                ingest: Ingest::Whip(whip),
-                ..
-            }) => whip.stop_and_wait(),
-            None => Vec::new(),
-        };
+        let ended = self.stop_ingest();
         let mut jobs = Vec::new();
         for track in &mut self.tracks {
             let mut segments = Vec::new();
