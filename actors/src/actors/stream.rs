@@ -257,6 +257,26 @@ impl Stream {
         ctx.stop();
     }
 
+    /// Makes `ingest` the live session: the stream records, and the store learns the plain-RTP
+    /// session to re-bind after a restart (`None` for WHIP, whose publisher reconnects).
+    fn begin_session(
+        &mut self,
+        id: String,
+        ingest: Ingest,
+        track_ids: Vec<String>,
+        rtp_session: Option<RtpSessionRecord>,
+    ) {
+        self.session = Some(LiveSession {
+            id,
+            ingest,
+            track_ids,
+            num_tracks_ended: 0,
+        });
+        self.num_sessions += 1;
+        self.record.state = StreamState::Recording;
+        self.record.rtp_session = rtp_session;
+    }
+
     /// Ends the live session's ingest; one receiver per ingest thread or task, resolved (with the
     /// track's summary) when it has ended.
     fn stop_ingest(&mut self) -> Vec<tokio::sync::oneshot::Receiver<(String, TrackSummary)>> {
@@ -628,18 +648,16 @@ impl Stream {
             pumps.push((b, pump));
         }
         let session = plain_rtp::start(pumps, self.media.idle_timeout)?;
-        self.session = Some(LiveSession {
-            id: session_id.to_string(),
-            ingest: Ingest::Rtp(session),
-            track_ids,
-            num_tracks_ended: 0,
-        });
-        self.num_sessions += 1;
-        self.record.state = StreamState::Recording;
-        self.record.rtp_session = Some(RtpSessionRecord {
+        let rtp_session = RtpSessionRecord {
             session_id: session_id.to_string(),
             media: persisted,
-        });
+        };
+        self.begin_session(
+            session_id.to_string(),
+            Ingest::Rtp(session),
+            track_ids,
+            Some(rtp_session),
+        );
         Ok(())
     }
 
@@ -929,15 +947,7 @@ impl Stream {
                         let track_ids = tracks.iter().map(|t| t.1.clone()).collect();
                         let (answer_sdp, session) =
                             negotiated.start(session_id.clone(), tracks, act.media.receiver.clone(), events)?;
-                        act.session = Some(LiveSession {
-                            id: session_id.clone(),
-                            ingest: Ingest::Whip(session),
-                            track_ids,
-                            num_tracks_ended: 0,
-                        });
-                        act.num_sessions += 1;
-                        act.record.state = StreamState::Recording;
-                        act.record.rtp_session = None;
+                        act.begin_session(session_id.clone(), Ingest::Whip(session), track_ids, None);
                         tracing::info!(stream_id = %act.record.id, session_id = %session_id, "whip session opened");
                         Ok(OpenedSession {
                             answer_sdp,
