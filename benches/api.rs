@@ -142,7 +142,9 @@ fn main() {
         let started = post(
             &a,
             &format!("{api_s}/recordings/start"),
-            &format!(r#"{{"applicationId":"default","conferenceId":"room","conversationId":"bench-{client}-{n}"}}"#),
+            &format!(
+                r#"{{"applicationId":"default","conferenceId":"room-{client}-{n}","conversationId":"bench-{client}-{n}"}}"#
+            ),
         );
         let (r, i) = (
             started["recorderId"].as_str().unwrap(),

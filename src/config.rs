@@ -52,6 +52,30 @@ pub struct Limits {
     pub max_cobrowse_payload_bytes: usize,
     pub max_transcript_len: usize,
     pub max_transcript_entries: usize,
+    pub max_live_instances_per_organization: usize,
+    pub max_streams_per_instance: usize,
+    pub max_rtp_sessions_per_organization: usize,
+    pub max_whip_sessions_per_organization: usize,
+    pub max_transcript_entries_per_instance: usize,
+    pub max_cobrowse_events_per_instance: usize,
+    pub max_cobrowse_sessions_per_instance: usize,
+    pub max_verify_per_minute: usize,
+}
+
+impl Limits {
+    /// The engine's tenant bounds.
+    pub fn tenant(&self) -> recorder_actors::engine::TenantLimits {
+        recorder_actors::engine::TenantLimits {
+            max_live_instances_per_organization: self.max_live_instances_per_organization,
+            max_streams_per_instance: self.max_streams_per_instance,
+            max_rtp_sessions_per_organization: self.max_rtp_sessions_per_organization,
+            max_whip_sessions_per_organization: self.max_whip_sessions_per_organization,
+            max_transcript_entries_per_instance: self.max_transcript_entries_per_instance as u64,
+            max_cobrowse_events_per_instance: self.max_cobrowse_events_per_instance as u64,
+            max_cobrowse_sessions_per_instance: self.max_cobrowse_sessions_per_instance,
+            max_verify_per_minute: self.max_verify_per_minute.min(u32::MAX as usize) as u32,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +164,8 @@ pub struct Recovery {
 #[serde(deny_unknown_fields)]
 pub struct Ops {
     pub public_metrics: bool,
+    /// Seconds between background reachability checks of the storage profiles (`/ready`).
+    pub ready_check_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -447,8 +473,10 @@ fn all_applications() -> Vec<String> {
 pub enum Scope {
     /// The Recorder API.
     Global,
-    /// Ops endpoints: debug tree, metrics.
+    /// Ops endpoints of the key's own organization: its part of the debug tree, metrics.
     Admin,
+    /// The node's operators: the whole debug tree, every organization's actors.
+    Ops,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -597,6 +625,32 @@ impl RawConfig {
             ("limits.max_cobrowse_payload_bytes", limits.max_cobrowse_payload_bytes),
             ("limits.max_transcript_len", limits.max_transcript_len),
             ("limits.max_transcript_entries", limits.max_transcript_entries),
+            (
+                "limits.max_live_instances_per_organization",
+                limits.max_live_instances_per_organization,
+            ),
+            ("limits.max_streams_per_instance", limits.max_streams_per_instance),
+            (
+                "limits.max_rtp_sessions_per_organization",
+                limits.max_rtp_sessions_per_organization,
+            ),
+            (
+                "limits.max_whip_sessions_per_organization",
+                limits.max_whip_sessions_per_organization,
+            ),
+            (
+                "limits.max_transcript_entries_per_instance",
+                limits.max_transcript_entries_per_instance,
+            ),
+            (
+                "limits.max_cobrowse_events_per_instance",
+                limits.max_cobrowse_events_per_instance,
+            ),
+            (
+                "limits.max_cobrowse_sessions_per_instance",
+                limits.max_cobrowse_sessions_per_instance,
+            ),
+            ("limits.max_verify_per_minute", limits.max_verify_per_minute),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -615,6 +669,9 @@ impl RawConfig {
             s if s.len() < 16 => return Err(invalid("signing.secret", "must be at least 16 characters")),
             s => Some(s.as_bytes().to_vec()),
         };
+        if self.ops.ready_check_secs == 0 || self.ops.ready_check_secs > 3600 {
+            return Err(invalid("ops.ready_check_secs", "must be between 1 and 3600"));
+        }
         if self.signing.url_ttl_secs == 0 || self.signing.url_ttl_secs > 7 * 24 * 3600 {
             return Err(invalid("signing.url_ttl_secs", "must be between 1 and 604800 (7 days)"));
         }

@@ -134,6 +134,8 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             max_restarts: settings.recovery.max_restarts,
             restart_window: Duration::from_secs(settings.recovery.restart_window_secs),
         },
+        limits: settings.limits.tenant(),
+        ready_check_interval: Duration::from_secs(settings.ops.ready_check_secs),
     });
     let registry =
         Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;

@@ -244,7 +244,7 @@ fn jobs_queued_at_a_kill_9_finish_after_restart_and_the_manifest_comes_last() {
     let (status, started) = service.call(
         "POST",
         "/recordings/start",
-        Some(json!({"applicationId": "s3app", "conferenceId": "room", "conversationId": "call-1"})),
+        Some(json!({"applicationId": "s3app", "conferenceId": "room-1", "conversationId": "call-1"})),
     );
     assert_eq!(status, 200, "{started}");
     let (conv, rec, inst) = (
@@ -406,7 +406,7 @@ fn record_cobrowse_session(service: &Service, app: &str, conversation: &str) -> 
     let (status, started) = service.call(
         "POST",
         "/recordings/start",
-        Some(json!({"applicationId": app, "conferenceId": "room", "conversationId": conversation})),
+        Some(json!({"applicationId": app, "conferenceId": format!("room-{conversation}"), "conversationId": conversation})),
     );
     assert_eq!(status, 200, "{started}");
     let mut event = json!({
@@ -577,7 +577,7 @@ fn every_provider_is_configured_verified_and_shown_without_credentials() {
         let (status, started) = service.call(
             "POST",
             "/recordings/start",
-            Some(json!({"applicationId": app, "conferenceId": "room", "conversationId": format!("call-{app}")})),
+            Some(json!({"applicationId": app, "conferenceId": format!("room-{app}"), "conversationId": format!("call-{app}")})),
         );
         assert_eq!(status, 200, "{started}");
         let path = format!(

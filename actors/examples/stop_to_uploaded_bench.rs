@@ -57,6 +57,8 @@ async fn main() {
         )),
         composition: Default::default(),
         recovery: Default::default(),
+        limits: Default::default(),
+        ready_check_interval: std::time::Duration::from_secs(15),
     });
     let now = Utc::now();
     let tracks: Vec<(String, String)> = (0..files.len())

@@ -12,6 +12,39 @@ use serde::{Deserialize, Serialize};
 /// store refuses records from a newer build instead of misreading them.
 pub const RECORD_SCHEMA_VERSION: u32 = 1;
 
+/// Whether `id` is a valid id of the API (conversationId, applicationId, userId, ...): letters,
+/// digits and `. _ - : @ + = ~`, never `.` or `..`. Such an id is a safe file name as it is.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@+=~".contains(&b))
+}
+
+/// A path component made from an id: a valid id as it is (so two ids never share a folder), and
+/// anything else percent-escaped (`%` never occurs in a valid id, so the escape cannot collide
+/// with one), so even an id that skipped validation can neither climb out of its folder nor
+/// land in another id's.
+pub fn path_component(id: &str) -> String {
+    if is_valid_id(id) {
+        return id.to_string();
+    }
+    let mut out = String::with_capacity(id.len() * 3 + 1);
+    if id.is_empty() {
+        out.push('%');
+    }
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"_-:@+=~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// State of one recorder instance (the spec's `RecordingDataEvent.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -501,6 +534,27 @@ mod tests {
         rec.transition(InstanceState::Stopped, t3).unwrap();
         assert_eq!(rec.stopped, Some(t3));
         assert_eq!(rec.duration(Utc::now()), chrono::Duration::seconds(8));
+    }
+
+    #[test]
+    fn path_components_are_the_ids_and_never_collide_or_climb() {
+        for id in ["conv-1", "a.b", "a_b", "a:b", "a@b", "a+b", "a=b", "a~b", "x..y"] {
+            assert_eq!(path_component(id), id);
+        }
+        // The old mapping sent all of these to "a_b".
+        let ids = ["a_b", "a.b", "a:b", "a@b", "a+b", "a=b", "a~b"];
+        let set: std::collections::HashSet<_> = ids.iter().map(|i| path_component(i)).collect();
+        assert_eq!(set.len(), ids.len());
+        for bad in ["..", ".", "../etc", "a/b", "", "%2E%2E"] {
+            let c = path_component(bad);
+            assert!(
+                !c.contains('/') && c != ".." && c != "." && !c.is_empty(),
+                "{bad:?} -> {c:?}"
+            );
+            assert!(!is_valid_id(bad) || c == bad);
+        }
+        assert_ne!(path_component(".."), path_component("%2E%2E"));
+        assert_ne!(path_component(""), path_component("%"));
     }
 
     #[test]

@@ -39,6 +39,49 @@ pub struct EngineConfig {
     pub media: Arc<MediaConfig>,
     pub composition: CompositionConfig,
     pub recovery: RecoveryConfig,
+    pub limits: TenantLimits,
+    /// How often each storage profile's reachability is checked in the background for `/ready`
+    /// (which only reads the last result: a probe opens no connection).
+    pub ready_check_interval: Duration,
+}
+
+/// Bounds that keep one tenant from starving the others and keep what the node holds from
+/// growing without limit. A command beyond one is refused with [`EngineError::Limit`], which
+/// names the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantLimits {
+    /// Live (`INITIALISED`, `ACTIVE`, `PENDING_RECOVERY`) instances of one organization.
+    pub max_live_instances_per_organization: usize,
+    /// Streams (published user + type) of one instance, over its whole life.
+    pub max_streams_per_instance: usize,
+    /// Plain-RTP sessions (each holding UDP ports) open at once for one organization.
+    pub max_rtp_sessions_per_organization: usize,
+    /// WHIP sessions (peer connections) open at once for one organization.
+    pub max_whip_sessions_per_organization: usize,
+    /// Chat transcript lines of one instance, after stop too.
+    pub max_transcript_entries_per_instance: u64,
+    /// Co-browse events of one instance (all its sessions), after stop too.
+    pub max_cobrowse_events_per_instance: u64,
+    /// Co-browse sessions of one instance.
+    pub max_cobrowse_sessions_per_instance: usize,
+    /// Storage verifications (each writes, reads and deletes an object) per organization per
+    /// minute.
+    pub max_verify_per_minute: u32,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            max_live_instances_per_organization: 500,
+            max_streams_per_instance: 32,
+            max_rtp_sessions_per_organization: 1000,
+            max_whip_sessions_per_organization: 500,
+            max_transcript_entries_per_instance: 100_000,
+            max_cobrowse_events_per_instance: 100_000,
+            max_cobrowse_sessions_per_instance: 100,
+            max_verify_per_minute: 10,
+        }
+    }
 }
 
 /// Composition of a conversation into one MP4 when an instance of it stops.
@@ -151,6 +194,9 @@ pub enum EngineError {
     Storage(#[from] StorageError),
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// A tenant limit ([`TenantLimits`]) would be exceeded; `limit` is its configuration name.
+    #[error("{message}")]
+    Limit { limit: &'static str, message: String },
 }
 
 impl EngineError {
@@ -161,6 +207,12 @@ impl EngineError {
     }
     pub fn conflict(message: impl Into<String>) -> Self {
         EngineError::Conflict {
+            message: message.into(),
+        }
+    }
+    pub fn limit(limit: &'static str, message: impl Into<String>) -> Self {
+        EngineError::Limit {
+            limit,
             message: message.into(),
         }
     }

@@ -9,6 +9,17 @@ use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState};
 use crate::storage::VerificationReport;
 use crate::EngineError;
 
+/// The applications of its organization a caller may use: `None` for every one. A caller sees
+/// another application's live conference, instance or composition exactly as a missing one.
+pub type Applications = Option<Vec<String>>;
+
+/// Whether `applications` lets a caller use `application_id`.
+pub fn may_use(applications: &Applications, application_id: &str) -> bool {
+    applications
+        .as_ref()
+        .is_none_or(|apps| apps.iter().any(|a| a == application_id))
+}
+
 /// Addresses one instance as the API's paths do.
 #[derive(Debug, Clone)]
 pub struct InstanceRef {
@@ -124,6 +135,7 @@ pub struct ResolveTrackFile {
 #[rtype(result = "Result<TrackFile, EngineError>")]
 pub struct ResolveCompositionFile {
     pub organization_id: String,
+    pub application_id: String,
     pub conversation_id: String,
 }
 
@@ -153,6 +165,10 @@ pub struct ProviderCobrowseUrl {
 pub struct GetComposition {
     pub organization_id: String,
     pub conversation_id: String,
+    /// The caller's applications: another application's composition is missing.
+    pub applications: Applications,
+    /// One application's composition; without it, the newest queued one the caller may see.
+    pub application_id_opt: Option<String>,
     pub ttl: std::time::Duration,
 }
 
@@ -184,10 +200,26 @@ pub struct TrackUrl {
 #[rtype(result = "Result<Vec<(InstanceState, u64)>, EngineError>")]
 pub struct CountInstances;
 
-/// Readiness: the state store answers and every storage profile is reachable.
+/// Readiness from what the node already knows: the state store answers, and the last
+/// background check of each storage profile (a probe opens no connection).
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<(), EngineError>")]
+#[rtype(result = "Result<ReadyReport, EngineError>")]
 pub struct CheckReady;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyReport {
+    pub store_ok: bool,
+    pub num_profiles: usize,
+    pub num_reachable: usize,
+    /// Profiles whose last check failed; the others not reachable are not checked yet.
+    pub num_unreachable: usize,
+}
+
+impl ReadyReport {
+    pub fn is_ready(&self) -> bool {
+        self.store_ok && self.num_reachable == self.num_profiles
+    }
+}
 
 /// How a publisher's media comes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +238,8 @@ pub struct Publish {
     pub conference_id: String,
     /// Set when the caller holds a publish token: the token is good for this instance only.
     pub instance_id_opt: Option<String>,
+    /// The applications of the caller's key; a conference of another application is missing.
+    pub applications: Applications,
     pub user_id: String,
     pub kind: crate::domain::StreamType,
     pub transport: IngestTransport,
@@ -227,5 +261,14 @@ pub struct Unpublish {
     pub organization_id: String,
     pub conference_id: String,
     pub instance_id_opt: Option<String>,
+    pub applications: Applications,
     pub session_id: String,
+}
+
+/// The live actor tree for the debug endpoint: one organization's part of it, or with `None`
+/// (a key with the operators' scope) the whole node.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "crate::snapshot::ActorSnapshot")]
+pub struct DebugTree {
+    pub organization_id_opt: Option<String>,
 }

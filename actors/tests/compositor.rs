@@ -11,7 +11,7 @@ use chrono::Utc;
 use recorder_actors::actors::Registry;
 use recorder_actors::domain::*;
 use recorder_actors::storage::{LocalBackend, StorageBackend};
-use recorder_actors::store::{CompositionState, SledStore, StateStore};
+use recorder_actors::store::{CompositionId, CompositionState, SledStore, StateStore};
 use recorder_actors::{plain_manifest_renderer, ApplicationProfile, EngineConfig};
 
 const ORG: &str = "org";
@@ -97,10 +97,11 @@ async fn a_composition_cut_short_by_a_crash_runs_again_at_boot() {
         stop_requested: None,
     };
     store.insert_instance(&instance).unwrap();
-    store.queue_composition(ORG, "conv", APP, "i1", Utc::now()).unwrap();
+    let id = CompositionId::new(ORG, APP, "conv");
+    store.queue_composition(&id, "i1", Utc::now()).unwrap();
     // The previous process claimed the job and died.
     store
-        .update_composition(ORG, "conv", &mut |c| {
+        .update_composition(&id, &mut |c| {
             c.state = CompositionState::Composing;
             Ok(())
         })
@@ -125,12 +126,14 @@ async fn a_composition_cut_short_by_a_crash_runs_again_at_boot() {
         media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(media.clone())),
         composition: Default::default(),
         recovery: Default::default(),
+        limits: Default::default(),
+        ready_check_interval: std::time::Duration::from_secs(15),
     });
     let _registry = Registry::boot(store.clone(), config).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let composition = loop {
-        let c = store.get_composition(ORG, "conv").unwrap().unwrap();
+        let c = store.get_composition(&id).unwrap().unwrap();
         if c.uploaded.is_some() {
             break c;
         }

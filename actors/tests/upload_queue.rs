@@ -109,6 +109,8 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
         )),
         composition: Default::default(),
         recovery: Default::default(),
+        limits: Default::default(),
+        ready_check_interval: std::time::Duration::from_secs(15),
     });
     (profile, config)
 }

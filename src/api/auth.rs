@@ -21,9 +21,17 @@ pub struct Grant {
 
 impl Grant {
     pub fn may_use_application(&self, application_id: &str) -> bool {
-        self.applications
-            .as_ref()
-            .is_none_or(|apps| apps.iter().any(|a| a == application_id))
+        recorder_actors::messages::may_use(&self.applications, application_id)
+    }
+
+    /// The applications the key may use (`None`: every application of its organization), for
+    /// the engine's lookups that must not even find another application's data.
+    pub fn applications(&self) -> &recorder_actors::messages::Applications {
+        &self.applications
+    }
+
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
     }
 }
 
@@ -80,6 +88,7 @@ impl KeyRing {
             let name = match scope {
                 Scope::Global => "global",
                 Scope::Admin => "admin",
+                Scope::Ops => "ops",
             };
             return Err(ApiError::Forbidden(format!("this API key lacks the {name} scope")));
         }

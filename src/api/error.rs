@@ -36,6 +36,14 @@ pub enum ApiError {
     /// `allow` lists the methods the resource does take.
     #[error("{message}")]
     MethodNotAllowed { message: String, allow: &'static str },
+    /// A tenant limit was reached; `limit` is its configuration key (`limits.max_...`), also
+    /// given as the body's `field`. `retry_after_secs` becomes `Retry-After` when set.
+    #[error("{limit}: {message}")]
+    TooManyRequests {
+        limit: String,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
 }
 
 /// The spec's `Error` schema. `field` is this project's addition: the input that was refused.
@@ -68,12 +76,14 @@ impl ApiError {
             ApiError::Unavailable(_) => "UNAVAILABLE",
             ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            ApiError::TooManyRequests { .. } => "LIMIT_EXCEEDED",
         }
     }
 
     fn field(&self) -> Option<String> {
         match self {
             ApiError::BadRequest { field, .. } | ApiError::PayloadTooLarge { field, .. } => Some(field.clone()),
+            ApiError::TooManyRequests { limit, .. } => Some(limit.clone()),
             _ => None,
         }
     }
@@ -91,6 +101,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -101,6 +112,13 @@ impl ResponseError for ApiError {
         }
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             response.insert_header((header::ALLOW, *allow));
+        }
+        if let ApiError::TooManyRequests {
+            retry_after_secs: Some(secs),
+            ..
+        } = self
+        {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         let mut response = response.json(ErrorBody {
             code: self.code().into(),
@@ -121,15 +139,25 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid { field, message } => ApiError::bad_field(field, message),
             EngineError::Store(StoreError::Rejected { message, .. }) => ApiError::Conflict(message),
             EngineError::Store(StoreError::NotFound(id)) => ApiError::NotFound(format!("no recorder instance {id}")),
+            // Store and storage errors name paths, hosts and buckets: they go to the log, and the
+            // client (maybe unauthenticated, on a signed URL) gets only their kind.
             EngineError::Store(err) => {
                 tracing::error!(error = %err, "state store failure");
-                ApiError::Unavailable(format!("state store unavailable: {err}"))
+                ApiError::Unavailable("the state store is unavailable; the recorder's log has the details".into())
             }
             EngineError::Storage(err) => {
                 tracing::error!(error = %err, "storage failure");
-                ApiError::Unavailable(format!("storage unavailable: {err}"))
+                ApiError::Unavailable(format!(
+                    "the storage profile is unavailable ({}); the recorder's log has the details",
+                    err.code()
+                ))
             }
             EngineError::Unavailable(message) => ApiError::Unavailable(message),
+            EngineError::Limit { limit, message } => ApiError::TooManyRequests {
+                limit: format!("limits.{limit}"),
+                message,
+                retry_after_secs: None,
+            },
         }
     }
 }
@@ -197,4 +225,38 @@ pub fn render_foreign_error<B>(res: ServiceResponse<B>) -> actix_web::Result<Err
     res.headers_mut().remove(header::CONTENT_DISPOSITION);
     let res: ServiceResponse<EitherBody<B, BoxBody>> = ServiceResponse::new(req, res).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recorder_actors::storage::StorageError;
+
+    #[test]
+    fn store_and_storage_errors_reach_clients_without_hosts_paths_or_buckets() {
+        let secrets = ["sftp.internal.example", "10.1.2.3", "/var/lib/recorder", "acme-bucket"];
+        let detail = "sftp.internal.example:22 (10.1.2.3) /var/lib/recorder/x in acme-bucket";
+        let errors = [
+            EngineError::Storage(StorageError::Service(detail.into())),
+            EngineError::Storage(StorageError::Io(detail.into())),
+            EngineError::Storage(StorageError::Timeout(detail.into())),
+            EngineError::Store(StoreError::Io(detail.into())),
+        ];
+        for err in errors {
+            let api = ApiError::from(err);
+            assert_eq!(api.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            let text = api.to_string();
+            for secret in secrets {
+                assert!(!text.contains(secret), "{secret:?} leaks: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_reached_limit_is_429_naming_the_limit() {
+        let api = ApiError::from(EngineError::limit("max_streams_per_instance", "32 streams"));
+        assert_eq!(api.status_code(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(api.field().as_deref(), Some("limits.max_streams_per_instance"));
+        assert!(api.to_string().contains("limits.max_streams_per_instance"));
+    }
 }

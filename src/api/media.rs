@@ -14,13 +14,13 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use recorder_actors::domain::StreamType;
-use recorder_actors::messages::{GetInstance, IngestTransport, Publish, Unpublish};
+use recorder_actors::messages::{Applications, IngestTransport, Publish, Unpublish};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::dto::timestamp;
 use super::error::{ApiError, ErrorBody};
-use super::recordings::{instance_ref, InstancePath};
+use super::recordings::{instance_ref, visible_instance, InstancePath};
 use super::validate::{check_id, parse_body, Obj};
 use super::{AppState, BASE_PATH};
 use crate::config::Scope;
@@ -36,6 +36,8 @@ struct Publisher {
     instance_id_opt: Option<String>,
     user_id_opt: Option<String>,
     conference_id_opt: Option<String>,
+    /// The applications an API key may use; a token is pinned to its instance instead.
+    applications: Applications,
 }
 
 fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiError> {
@@ -60,10 +62,12 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiErr
             instance_id_opt: Some(grant.instance_id),
             user_id_opt: grant.user_id_opt,
             conference_id_opt: Some(grant.conference_id),
+            applications: None,
         });
     }
     let grant = state.keys.authorize(req, Scope::Global)?;
     Ok(Publisher {
+        applications: grant.applications().clone(),
         organization_id: grant.organization_id,
         instance_id_opt: None,
         user_id_opt: None,
@@ -166,6 +170,7 @@ async fn publish(
             organization_id: publisher.organization_id,
             conference_id: conference_id.clone(),
             instance_id_opt: publisher.instance_id_opt,
+            applications: publisher.applications,
             user_id,
             kind,
             transport,
@@ -302,6 +307,7 @@ pub async fn end_session(
             organization_id: publisher.organization_id,
             conference_id,
             instance_id_opt: publisher.instance_id_opt,
+            applications: publisher.applications,
             session_id,
         })
         .await??;
@@ -368,6 +374,8 @@ pub async fn publish_token(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
+    // Another application's instance is missing for a key limited to some applications.
+    let record = visible_instance(&state, &grant, at).await?;
     let max = state.settings.limits.max_id_len;
     let (user_id_opt, ttl) = if body.iter().all(u8::is_ascii_whitespace) {
         (None, DEFAULT_TOKEN_TTL_SECS)
@@ -387,7 +395,6 @@ pub async fn publish_token(
         };
         (user, ttl)
     };
-    let record = state.registry.send(GetInstance(at)).await??;
     if !record.state.is_live() {
         return Err(ApiError::Conflict(format!(
             "recorder instance {} is {}",

@@ -188,7 +188,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                     web::get().to(tracks::attachment),
                 )
                 .route(
-                    "/recordings/attachment/composition/{organizationId}/{conversationId}",
+                    "/recordings/attachment/composition/{organizationId}/{applicationId}/{conversationId}",
                     web::get().to(tracks::composition_attachment),
                 )
                 .route("/recordings/{conversationId}/active", web::get().to(recordings::active))

@@ -1,7 +1,7 @@
 //! Ops endpoints: liveness, readiness, Prometheus metrics, the live actor tree.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use recorder_actors::messages::{CheckReady, CountInstances};
+use recorder_actors::messages::{CheckReady, CountInstances, DebugTree};
 use recorder_actors::snapshot::Snapshot;
 use serde_json::json;
 
@@ -14,12 +14,34 @@ pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "UP"}))
 }
 
-/// The state store answers and every storage profile is reachable.
+/// The state store answers and every storage profile was reachable at its last background
+/// check. Unauthenticated, so the answer names no profile, host, bucket or path: only counts.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.registry.send(CheckReady).await? {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "READY"}))),
-        Err(err) => Err(ApiError::Unavailable(format!("not ready: {err}"))),
+    let report = state.registry.send(CheckReady).await??;
+    let body = json!({
+        "status": if report.is_ready() { "READY" } else { "NOT_READY" },
+        "store": if report.store_ok { "UP" } else { "DOWN" },
+        "storageProfiles": {
+            "total": report.num_profiles,
+            "reachable": report.num_reachable,
+            "unreachable": report.num_unreachable,
+            "unchecked": report.num_profiles - report.num_reachable - report.num_unreachable,
+        },
+    });
+    if report.is_ready() {
+        return Ok(HttpResponse::Ok().json(body));
     }
+    let mut message = Vec::new();
+    if !report.store_ok {
+        message.push("the state store does not answer".to_string());
+    }
+    if report.num_unreachable > 0 {
+        message.push(format!("{} storage profile(s) unreachable", report.num_unreachable));
+    }
+    if report.num_profiles > report.num_reachable + report.num_unreachable {
+        message.push("storage profiles not checked yet".to_string());
+    }
+    Err(ApiError::Unavailable(format!("not ready: {}", message.join("; "))))
 }
 
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -46,19 +68,24 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     path = "/auvious.video/rtc-recorder/api/debug/actors",
     tag = "Operations",
     operation_id = "debugActors",
-    summary = "The live actor tree (admin scope).",
-    description = "Every live actor: kind, id, state, mailbox depth (messages it has not answered yet), restarts, last error, counters, children.",
+    summary = "The live actor tree (admin or ops scope).",
+    description = "Every live actor: kind, id, state, mailbox depth (messages it has not answered yet), restarts, last error, counters, children. A key with the admin scope sees its own organization's conversations and uploaders; a key with the ops scope (the node's operators) sees the whole node, the compositor and node-wide counters included.",
     responses(
         (status = 200, description = "OK", content_type = "application/json"),
         (status = 401, description = "Unauthorized", body = super::error::ErrorBody),
         (status = 403, description = "Forbidden", body = super::error::ErrorBody),
     ),
-    security(("apiKey" = ["admin"]))
+    security(("apiKey" = ["admin"]), ("apiKey" = ["ops"]))
 )]
 pub async fn debug_actors(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.keys.authorize(&req, Scope::Admin)?;
+    // The operators' scope sees the whole node; an organization's admin key only its own part.
+    let grant = match state.keys.authorize(&req, Scope::Ops) {
+        Ok(grant) => grant,
+        Err(_) => state.keys.authorize(&req, Scope::Admin)?,
+    };
+    let organization_id_opt = (!grant.has_scope(Scope::Ops)).then(|| grant.organization_id.clone());
     let depth = state.registry.depth();
-    let mut tree = state.registry.send(Snapshot).await?;
+    let mut tree = state.registry.send(DebugTree { organization_id_opt }).await?;
     tree.mailbox_depth = depth.saturating_sub(1);
     Ok(HttpResponse::Ok().json(tree))
 }

@@ -59,8 +59,11 @@ pub async fn verify(
     tag = "Composition Controller",
     operation_id = "getComposition",
     summary = "Get recording information for a given conversationId.",
-    description = "One MP4 per conversation: every ended instance (stopped or aborted) in time order, the time between instances cut; cameras in a grid, a SCREEN stream in a large tile with the cameras in a strip, all audio mixed; H.264 + AAC (audio-only conversations: AAC only). Composed when an instance stops or is aborted, again when a later instance of the conversation ends. `state`: queued → INITIALISED, composing → ACTIVE, done → STOPPED, failed → FAILED (with `error`); a composition that had to leave a corrupt or empty track out is STOPPED with `error` code COMPOSITION_PARTIAL naming the track. `instanceId`, `recorderId`, `conferenceId` and `storageProfile` are the newest ended (stopped or aborted) instance's; `started`/`stopped` are the composition run's. One stream (`id` \"composition\", type VIDEO) with one track (VIDEO, or AUDIO when audio-only) carrying `storage` (local file, upload to `{organizationId}/{applicationId}/{conversationId}/composition.mp4`) and, once uploaded, `url`: the provider's signed URL (S3, Azure, GCS), or for local and SFTP profiles a recorder-served signed URL (`getCompositionAsAttachment`, no API key, `Range` supported). 404 while the conversation has no ended instance, and for another organization's conversation.",
-    params(("conversationId" = String, Path, description = "conversationId")),
+    description = "One MP4 per conversation: every ended instance (stopped or aborted) in time order, the time between instances cut; cameras in a grid, a SCREEN stream in a large tile with the cameras in a strip, all audio mixed; H.264 + AAC (audio-only conversations: AAC only). Composed when an instance stops or is aborted, again when a later instance of the conversation ends. `state`: queued → INITIALISED, composing → ACTIVE, done → STOPPED, failed → FAILED (with `error`); a composition that had to leave a corrupt or empty track out is STOPPED with `error` code COMPOSITION_PARTIAL naming the track. `instanceId`, `recorderId`, `conferenceId` and `storageProfile` are the newest ended (stopped or aborted) instance's; `started`/`stopped` are the composition run's. One stream (`id` \"composition\", type VIDEO) with one track (VIDEO, or AUDIO when audio-only) carrying `storage` (local file, upload to `{organizationId}/{applicationId}/{conversationId}/composition.mp4`; one composition per application of the conversation, of that application's instances only) and, once uploaded, `url`: the provider's signed URL (S3, Azure, GCS), or for local and SFTP profiles a recorder-served signed URL (`getCompositionAsAttachment`, no API key, `Range` supported). 404 while the conversation has no ended instance, and for another organization's conversation.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("applicationId" = Option<String>, Query, description = "Each application of an organization has its own composition of a conversation (of its own instances only). This one's; without it, the one queued last among the applications the key may use."),
+    ),
     responses(
         (status = 200, description = "OK", body = RecordingDataMessage),
         (status = 401, description = "Unauthorized", body = ErrorBody),
@@ -73,10 +76,16 @@ pub async fn composition(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<CompositionQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let conversation_id = path.into_inner();
-    check_id("conversationId", &conversation_id, state.settings.limits.max_id_len)?;
+    let max = state.settings.limits.max_id_len;
+    check_id("conversationId", &conversation_id, max)?;
+    let application_id_opt = query.into_inner().application_id;
+    if let Some(application_id) = &application_id_opt {
+        check_id("applicationId", application_id, max)?;
+    }
     // An unknown conversation, another organization's, one without a stopped instance and one
     // whose application the key may not use all read the same 404: nothing leaks.
     let missing = || ApiError::NotFound(format!("no composition for conversation {conversation_id}"));
@@ -86,21 +95,34 @@ pub async fn composition(
         .send(GetComposition {
             organization_id: grant.organization_id.clone(),
             conversation_id: conversation_id.clone(),
+            applications: grant.applications().clone(),
+            application_id_opt,
             ttl,
         })
         .await??
         .ok_or_else(missing)?;
-    if !grant.may_use_application(&view.instance.application_id) {
+    if !grant.may_use_application(&view.composition.application_id) {
         return Err(missing());
     }
     // Profiles without provider URLs (local, SFTP): the recorder serves the uploaded composition
     // itself behind its own signed URL.
     let url = view.url.or_else(|| {
         view.composition.uploaded.map(|_| {
-            let path = super::tracks::composition_attachment_path(&view.composition.organization_id, &conversation_id);
+            let path = super::tracks::composition_attachment_path(
+                &view.composition.organization_id,
+                &view.composition.application_id,
+                &conversation_id,
+            );
             let signed = state.signer.sign("GET", &path, chrono::Utc::now());
             format!("{}{path}?{}", state.public_url, signed.to_query())
         })
     });
     Ok(HttpResponse::Ok().json(composition_message(&view.composition, &view.instance, url)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CompositionQuery {
+    /// One application's composition of the conversation.
+    #[serde(rename = "applicationId")]
+    application_id: Option<String>,
 }

@@ -12,9 +12,10 @@ use super::error::{ApiError, ErrorBody};
 use super::validate::check_id;
 use super::{AppState, BASE_PATH};
 
-/// The canonical path a composition download URL is signed for.
-pub fn composition_attachment_path(organization: &str, conversation: &str) -> String {
-    format!("{BASE_PATH}/recordings/attachment/composition/{organization}/{conversation}")
+/// The canonical path a composition download URL is signed for: one composition per
+/// (organization, application, conversation).
+pub fn composition_attachment_path(organization: &str, application: &str, conversation: &str) -> String {
+    format!("{BASE_PATH}/recordings/attachment/composition/{organization}/{application}/{conversation}")
 }
 
 /// The canonical path a track download URL is signed for.
@@ -111,13 +112,14 @@ async fn serve(req: &HttpRequest, track: TrackFile) -> Result<HttpResponse, ApiE
 
 #[utoipa::path(
     get,
-    path = "/auvious.video/rtc-recorder/api/recordings/attachment/composition/{organizationId}/{conversationId}",
+    path = "/auvious.video/rtc-recorder/api/recordings/attachment/composition/{organizationId}/{applicationId}/{conversationId}",
     tag = "Composition Controller",
     operation_id = "getCompositionAsAttachment",
     summary = "getCompositionAsAttachment",
     description = "Downloads an uploaded composition (`composition.mp4`) through the signed `url` that the composition's track carries when its storage profile has no provider-signed URLs (local filesystem, SFTP; for SFTP the recorder fetches the object from the server). The signature is the authority: no API key is needed. Supports `Range` (206 with `Content-Range`; 416 for unsatisfiable ranges). A tampered, expired or foreign signature is 403; a composition that is not uploaded is 404.",
     params(
         ("organizationId" = String, Path, description = "organizationId"),
+        ("applicationId" = String, Path, description = "applicationId"),
         ("conversationId" = String, Path, description = "conversationId"),
         ("Date" = String, Query, description = "Date"),
         ("Expires" = String, Query, description = "Expires"),
@@ -137,19 +139,21 @@ async fn serve(req: &HttpRequest, track: TrackFile) -> Result<HttpResponse, ApiE
 pub async fn composition_attachment(
     req: HttpRequest,
     state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
+    path: web::Path<(String, String, String)>,
     query: web::Query<SignatureQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (organization_id, conversation_id) = path.into_inner();
+    let (organization_id, application_id, conversation_id) = path.into_inner();
     let max = state.settings.limits.max_id_len;
     check_id("organizationId", &organization_id, max)?;
+    check_id("applicationId", &application_id, max)?;
     check_id("conversationId", &conversation_id, max)?;
-    let signed_path = composition_attachment_path(&organization_id, &conversation_id);
+    let signed_path = composition_attachment_path(&organization_id, &application_id, &conversation_id);
     verify_signature(&state, &signed_path, &query)?;
     let file = state
         .registry
         .send(ResolveCompositionFile {
             organization_id,
+            application_id,
             conversation_id,
         })
         .await??;

@@ -8,14 +8,7 @@ use super::error::ApiError;
 
 /// Ids end up in object keys and URL paths: letters, digits and `. _ - : @ + = ~`, never `.` or
 /// `..` alone.
-pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-:@+=~".contains(&b))
-}
+pub use recorder_actors::domain::is_valid_id;
 
 pub fn check_id(field: &str, value: &str, max_len: usize) -> Result<(), ApiError> {
     if value.is_empty() {

@@ -76,7 +76,7 @@ pub fn protected_calls(ev: &Value, session: &str) -> Vec<Call> {
         ),
         Call::post(
             "/recordings/start".into(),
-            Some(json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c})),
+            Some(json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": c})),
         ),
         Call::get(format!("/recordings/{c}")),
         Call::get(format!("/recordings/{c}/active")),
@@ -139,7 +139,7 @@ fn raw_and_bearer_keys_are_both_accepted() {
     let resp = app.post_json(
         "/recordings/start",
         &format!("Bearer {KEY_A}"),
-        &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c}),
+        &json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": c}),
     );
     let ev = resp.ok_json("RecordingDataEvent");
     let raw = app.get(&instance_path(&ev), KEY_A).ok_json("RecordingDataMessage");

@@ -26,6 +26,8 @@ pub const KEY_ADMIN: &str = "key-a-admin";
 pub const KEY_NOSCOPE: &str = "key-a-noscope";
 /// org-a, scope `admin` only (ops, but not the Recorder API).
 pub const KEY_OPS_ONLY: &str = "key-a-ops-only";
+/// org-a, scope `ops` only: the node's operators (the whole debug tree).
+pub const KEY_OPS: &str = "key-node-ops";
 /// org-a, scope `global`, but only for application `app-a2`.
 pub const KEY_LIMITED: &str = "key-a-limited";
 /// org-b, every application, scope `global`.
@@ -229,6 +231,7 @@ path = "{root}/storage-b"
     toml.push_str(&key("a-admin", KEY_ADMIN, ORG_A, r#"["*"]"#, r#"["global", "admin"]"#));
     toml.push_str(&key("a-noscope", KEY_NOSCOPE, ORG_A, r#"["*"]"#, "[]"));
     toml.push_str(&key("a-ops-only", KEY_OPS_ONLY, ORG_A, r#"["*"]"#, r#"["admin"]"#));
+    toml.push_str(&key("node-ops", KEY_OPS, ORG_A, r#"["*"]"#, r#"["ops"]"#));
     toml.push_str(&key("a-limited", KEY_LIMITED, ORG_A, r#"["app-a2"]"#, r#"["global"]"#));
     toml.push_str(&key("b-global", KEY_B, ORG_B, r#"["*"]"#, r#"["global"]"#));
     if !extra_toml.contains("[signing]") {

@@ -5,6 +5,7 @@ mod helpers;
 mod spec;
 
 mod auth;
+mod isolation;
 mod openapi;
 mod ops;
 mod persistence;

@@ -9,7 +9,16 @@ use crate::helpers::*;
 fn health_and_ready_answer_200_without_a_key() {
     let app = TestApp::spawn();
     app.get_root("/health", NO_KEY).assert_status(200);
-    app.get_root("/ready", NO_KEY).assert_status(200);
+    // Ready once the background check has seen every storage profile (a probe polls).
+    let ready = poll(std::time::Duration::from_secs(10), "/ready to answer 200", || {
+        let resp = app.get_root("/ready", NO_KEY);
+        (resp.status == 200).then_some(resp)
+    });
+    let body = ready.json();
+    assert_eq!(body["status"], "READY", "{body}");
+    // org-a's two applications, org-b's and the embedded default's.
+    assert_eq!(body["storageProfiles"]["total"], 4, "{body}");
+    assert_eq!(body["storageProfiles"]["reachable"], 4, "{body}");
 }
 
 /// The value of the sample `name{labels}` in Prometheus text.
@@ -157,7 +166,8 @@ fn compositions_are_404_until_an_instance_stops_and_stay_in_their_organization()
     );
     assert_eq!(app.instance(KEY_A, &ev)["state"], "STOPPED");
     app.get(&format!("/compositions/{c}"), KEY_B).assert_error(404);
-    let tree = app.get("/debug/actors", KEY_ADMIN).json();
+    // The compositor is node-wide: the operators' scope sees it.
+    let tree = app.get("/debug/actors", KEY_OPS).json();
     let compositor = tree["children"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["kind"] == "Compositor"))
@@ -301,4 +311,77 @@ fn unknown_routes_and_methods_answer_the_error_body() {
     }
     // A GET of the stop path did not stop anything.
     assert_eq!(app.instance(KEY_A, &ev)["state"], "INITIALISED");
+}
+
+#[test]
+fn ready_reads_cached_profile_checks_opens_no_connection_and_names_no_host_or_bucket() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // A TCP server standing in for an S3 endpoint that is up but broken: it counts connections
+    // and closes each one at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let app = TestApp::spawn_with(
+        &format!(
+            r#"
+[ops]
+public_metrics = false
+ready_check_secs = 3600
+
+[organizations.org-c.applications.app-s3]
+allowed_origins = ["*"]
+[organizations.org-c.applications.app-s3.storage]
+provider = "AMAZON_S3"
+bucket = "very-secret-bucket-name"
+endpoint = "http://127.0.0.1:{port}"
+path_style = true
+access_key_id = {{ env = "READY_TEST_KEY_ID" }}
+secret_access_key = {{ env = "READY_TEST_SECRET" }}
+"#
+        ),
+        &[
+            ("READY_TEST_KEY_ID", "AKIDREADYTEST"),
+            ("READY_TEST_SECRET", "ready-test-secret"),
+        ],
+    );
+    // The background check finds the profile unreachable once.
+    let first = poll(std::time::Duration::from_secs(20), "the profile check to fail", || {
+        let resp = app.get_root("/ready", NO_KEY);
+        (resp.status == 503
+            && resp.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unreachable")))
+        .then_some(resp)
+    });
+    first.assert_error(503);
+    let before = accepted.load(Ordering::SeqCst);
+    assert!(before >= 1, "the background check reached the endpoint");
+    for _ in 0..25 {
+        let resp = app.get_root("/ready", NO_KEY);
+        resp.assert_error(503);
+        let text = resp.text();
+        for secret in [
+            "very-secret-bucket-name",
+            "127.0.0.1",
+            &port.to_string(),
+            "org-c",
+            "app-s3",
+            &app.root.display().to_string(),
+        ] {
+            assert!(!text.contains(secret), "/ready reveals {secret:?}: {text}");
+        }
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before,
+        "a /ready request opened a connection to the storage profile"
+    );
 }

@@ -166,7 +166,7 @@ fn everything_survives_sigkill() {
     app.post_json(
         "/recordings/start",
         KEY_A,
-        &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": w.live_conv}),
+        &json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": w.live_conv}),
     )
     .assert_error(409);
 

@@ -56,7 +56,7 @@ fn concurrent_starts_of_one_conversation_make_exactly_one_instance() {
                         app.post_json(
                             "/recordings/start",
                             KEY_A,
-                            &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c}),
+                            &json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": c}),
                         )
                     })
                 })

@@ -103,7 +103,7 @@ fn start_keeps_audio_and_video_flags() {
         let resp = app.post_json(
             "/recordings/start",
             KEY_A,
-            &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c, "audio": audio, "video": video}),
+            &json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": c, "audio": audio, "video": video}),
         );
         let ev = resp.ok_json("RecordingDataEvent");
         let msg = app.instance(KEY_A, &ev);
@@ -338,7 +338,7 @@ fn start_with_an_unknown_application_is_404() {
         let resp = app.post_json(
             "/recordings/start",
             KEY_A,
-            &json!({"applicationId": application, "conferenceId": "f", "conversationId": c}),
+            &json!({"applicationId": application, "conferenceId": conv("f"), "conversationId": c}),
         );
         resp.assert_error(404);
         app.get(&format!("/recordings/{c}"), KEY_A).assert_error(404);
@@ -352,7 +352,7 @@ fn a_key_limited_to_another_application_is_403_on_start() {
     let resp = app.post_json(
         "/recordings/start",
         KEY_LIMITED,
-        &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c}),
+        &json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": c}),
     );
     resp.assert_error(403);
     app.get(&format!("/recordings/{c}"), KEY_A).assert_error(404);

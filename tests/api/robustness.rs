@@ -254,7 +254,7 @@ fn malformed_bodies_never_cause_a_5xx_or_change_stored_data() {
         Target {
             path: "/recordings/start",
             // The live conversation: even a body that slipped through could not start anything.
-            body: json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": c, "audio": true, "video": true}),
+            body: json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": c, "audio": true, "video": true}),
             fields: vec![
                 ("applicationId", Kind::Str),
                 ("conferenceId", Kind::Str),

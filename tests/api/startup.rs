@@ -86,7 +86,7 @@ fn recorder_api_key_and_recorder_id_come_from_the_environment() {
     let resp = app.post_json(
         "/recordings/start",
         key,
-        &json!({"applicationId": "default", "conferenceId": "f", "conversationId": conv("env")}),
+        &json!({"applicationId": "default", "conferenceId": conv("f"), "conversationId": conv("env")}),
     );
     let ev = resp.ok_json("RecordingDataEvent");
     assert_eq!(ev["recorderId"], "node-7");

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 fn start_body(c: &str) -> Value {
-    json!({"applicationId": APP_A, "conferenceId": "conf", "conversationId": c, "audio": true, "video": false})
+    json!({"applicationId": APP_A, "conferenceId": conv("conf"), "conversationId": c, "audio": true, "video": false})
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn ids_must_be_plain_and_not_too_long() {
         let resp = app.post_json(
             "/recordings/start",
             KEY_A,
-            &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": bad}),
+            &json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": bad}),
         );
         assert_eq!(resp.status, 400, "conversationId {bad:?}: {}", resp.describe());
         resp.assert_error_naming(400, "conversationId");
@@ -76,7 +76,7 @@ fn ids_must_be_plain_and_not_too_long() {
     app.post_json(
         "/recordings/start",
         KEY_A,
-        &json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": long}),
+        &json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": long}),
     )
     .assert_error_naming(400, "conversationId");
     let max = format!("c{}", "x".repeat(254));
@@ -289,7 +289,7 @@ fn bodies_over_the_limit_are_413() {
     let ev = app.start(KEY_A, APP_A, &c);
     // Just under the limit: accepted.
     let mut body =
-        json!({"applicationId": APP_A, "conferenceId": "f", "conversationId": conv("limit-ok"), "padding": ""});
+        json!({"applicationId": APP_A, "conferenceId": conv("f"), "conversationId": conv("limit-ok"), "padding": ""});
     let size = serde_json::to_vec(&body).unwrap().len();
     body["padding"] = json!("p".repeat(4000 - size));
     app.post_json("/recordings/start", KEY_A, &body)

@@ -156,7 +156,7 @@ impl TestApp {
             root = root.display()
         );
         toml.push_str(&key("global", KEY, "org-a", "[\"global\"]"));
-        toml.push_str(&key("admin", KEY_ADMIN, "org-a", "[\"global\", \"admin\"]"));
+        toml.push_str(&key("admin", KEY_ADMIN, "org-a", "[\"global\", \"admin\", \"ops\"]"));
         toml.push_str(&key("other", KEY_OTHER_ORG, "org-b", "[\"global\"]"));
         let config = root.join("test.toml");
         std::fs::write(&config, toml).expect("write config");

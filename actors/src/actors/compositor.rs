@@ -13,24 +13,22 @@ use chrono::Utc;
 
 use super::registry::enqueue_artefact;
 use super::uploader::{delete_local, Kick};
-use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamType, TrackType};
+use crate::domain::{path_component, ErrorInfo, InstanceRecord, InstanceState, StreamType, TrackType};
 use crate::media::compose::{self, ComposeInput, ComposeMedia, ComposeReport, ComposeRole, InstanceSpan};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
-use crate::store::{ArtefactKind, CompositionRecord, CompositionState, StateStore, StoreError};
+use crate::store::{ArtefactKind, CompositionId, CompositionRecord, CompositionState, StateStore, StoreError};
 use crate::EngineConfig;
 
 /// Wait before looking at the queue again after the store could not be read.
 const STORE_RETRY: Duration = Duration::from_secs(5);
-
-type ConversationKey = (String, String);
 
 pub struct Compositor {
     store: Arc<dyn StateStore>,
     config: Arc<EngineConfig>,
     /// Uploaders by (organization, application), kicked when a composition is queued for upload.
     uploaders: HashMap<(String, String), Recipient<Kick>>,
-    running: HashSet<ConversationKey>,
+    running: HashSet<CompositionId>,
     num_composed: u64,
     num_failed: u64,
     last_error: Option<ErrorInfo>,
@@ -67,13 +65,13 @@ impl Compositor {
             if self.running.len() >= self.config.composition.concurrency.max(1) {
                 break;
             }
-            let key = (record.organization_id.clone(), record.conversation_id.clone());
+            let key = CompositionId::of(&record);
             // `Composing` and not running here: a crash cut it short.
             let runnable = matches!(record.state, CompositionState::Queued | CompositionState::Composing);
             if !runnable || self.running.contains(&key) {
                 continue;
             }
-            let claimed = match self.store.update_composition(&key.0, &key.1, &mut |c| {
+            let claimed = match self.store.update_composition(&key, &mut |c| {
                 c.state = CompositionState::Composing;
                 c.started = Some(Utc::now());
                 c.stopped = None;
@@ -83,7 +81,7 @@ impl Compositor {
             }) {
                 Ok(claimed) => claimed,
                 Err(err) => {
-                    tracing::error!(error = %err, conversation_id = %key.1, "cannot claim a composition");
+                    tracing::error!(error = %err, conversation_id = %key.conversation_id, "cannot claim a composition");
                     continue;
                 }
             };
@@ -119,7 +117,7 @@ impl Compositor {
                 match result {
                     Ok((claimed, outcome)) => act.finish(claimed, outcome, ctx),
                     Err(err) => {
-                        tracing::error!(error = %err, conversation_id = %key.1, "composition could not run");
+                        tracing::error!(error = %err, conversation_id = %key.conversation_id, "composition could not run");
                         act.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
                         ctx.run_later(STORE_RETRY, |act, ctx| act.pump(ctx));
                     }
@@ -139,31 +137,29 @@ impl Compositor {
     ) {
         let now = Utc::now();
         let mut current = true;
-        let updated = self
-            .store
-            .update_composition(&claimed.organization_id, &claimed.conversation_id, &mut |c| {
-                current = c.generation == claimed.generation;
-                if !current {
-                    return Ok(());
+        let updated = self.store.update_composition(&CompositionId::of(&claimed), &mut |c| {
+            current = c.generation == claimed.generation;
+            if !current {
+                return Ok(());
+            }
+            c.stopped = Some(now);
+            match &outcome {
+                Ok((path, report)) => {
+                    c.state = CompositionState::Done;
+                    c.has_video = report.has_video;
+                    c.problems = report.problems.clone();
+                    c.local_path = Some(path.to_string_lossy().into_owned());
+                    // A composition made from part of the tracks says so.
+                    c.error = (!report.problems.is_empty())
+                        .then(|| ErrorInfo::new("COMPOSITION_PARTIAL", report.problems.join("; ")));
                 }
-                c.stopped = Some(now);
-                match &outcome {
-                    Ok((path, report)) => {
-                        c.state = CompositionState::Done;
-                        c.has_video = report.has_video;
-                        c.problems = report.problems.clone();
-                        c.local_path = Some(path.to_string_lossy().into_owned());
-                        // A composition made from part of the tracks says so.
-                        c.error = (!report.problems.is_empty())
-                            .then(|| ErrorInfo::new("COMPOSITION_PARTIAL", report.problems.join("; ")));
-                    }
-                    Err(err) => {
-                        c.state = CompositionState::Failed;
-                        c.error = Some(ErrorInfo::new("COMPOSITION_FAILED", err.to_string()));
-                    }
+                Err(err) => {
+                    c.state = CompositionState::Failed;
+                    c.error = Some(ErrorInfo::new("COMPOSITION_FAILED", err.to_string()));
                 }
-                Ok(())
-            });
+            }
+            Ok(())
+        });
         let record = match updated {
             Ok(record) => record,
             Err(err) => {
@@ -195,11 +191,11 @@ impl Compositor {
         // The uploader kept the conversation's uploaded track files for us; release them.
         if self.config.delete_local_after_upload {
             let store = self.store.clone();
-            let (org, conv) = (record.organization_id.clone(), record.conversation_id.clone());
+            let id = CompositionId::of(&record);
             ctx.spawn(
                 async move {
-                    if let Err(err) = release_tracks(store, &org, &conv).await {
-                        tracing::warn!(error = %err, conversation_id = %conv, "kept track files could not be deleted");
+                    if let Err(err) = release_tracks(store, &id).await {
+                        tracing::warn!(error = %err, conversation_id = %id.conversation_id, "kept track files could not be deleted");
                     }
                 }
                 .into_actor(self),
@@ -238,23 +234,19 @@ impl Compositor {
     }
 }
 
-/// Deletes the local files of the conversation's tracks that are safely uploaded.
-async fn release_tracks(
-    store: Arc<dyn StateStore>,
-    organization_id: &str,
-    conversation_id: &str,
-) -> Result<(), String> {
+/// Deletes the local files of the composition's tracks that are safely uploaded.
+async fn release_tracks(store: Arc<dyn StateStore>, id: &CompositionId) -> Result<(), String> {
     if store
-        .get_composition(organization_id, conversation_id)
+        .get_composition(id)
         .map_err(|e| e.to_string())?
         .is_some_and(|c| matches!(c.state, CompositionState::Queued | CompositionState::Composing))
     {
         return Ok(()); // a newer run needs them
     }
     let instances = store
-        .conversation_instances(organization_id, conversation_id)
+        .conversation_instances(&id.organization_id, &id.conversation_id)
         .map_err(|e| e.to_string())?;
-    for instance in instances {
+    for instance in instances.into_iter().filter(|i| id.includes(i)) {
         for stream in &instance.streams {
             for track in &stream.tracks {
                 if let (Some(path), Some(_), None) =
@@ -284,7 +276,12 @@ async fn fetch_uploaded_tracks(
 ) -> Result<(FetchedTracks, Option<PathBuf>), StoreError> {
     let mut fetched = FetchedTracks::new();
     let mut dir_opt = None;
-    for instance in store.conversation_instances(&job.organization_id, &job.conversation_id)? {
+    let id = CompositionId::of(job);
+    for instance in store
+        .conversation_instances(&job.organization_id, &job.conversation_id)?
+        .into_iter()
+        .filter(|i| id.includes(i))
+    {
         let Some(profile) = config.application(&instance.organization_id, &instance.application_id) else {
             continue;
         };
@@ -303,7 +300,7 @@ async fn fetch_uploaded_tracks(
                     .get_or_insert_with(|| composition_dir(config, job).join("inputs"))
                     .clone();
                 let extension = key.rsplit('.').next().unwrap_or("bin");
-                let path = dir.join(format!("{}-{}.{extension}", fetched.len(), path_safe(&track.id)));
+                let path = dir.join(format!("{}-{}.{extension}", fetched.len(), path_component(&track.id)));
                 let bytes = match profile.backend.get(key).await {
                     Ok(bytes) => bytes,
                     Err(err) => {
@@ -334,8 +331,9 @@ fn composition_dir(config: &EngineConfig, job: &CompositionRecord) -> PathBuf {
         .media
         .media_dir
         .join("compositions")
-        .join(path_safe(&job.organization_id))
-        .join(path_safe(&job.conversation_id))
+        .join(path_component(&job.organization_id))
+        .join(path_component(&job.application_id))
+        .join(path_component(&job.conversation_id))
 }
 
 /// The conversation's ended instances (stopped, aborted, failed) as composition inputs: instances in time order, each
@@ -439,9 +437,13 @@ fn run_composition(
     job: &CompositionRecord,
     fetched: &FetchedTracks,
 ) -> Result<(PathBuf, ComposeReport), MediaError> {
-    let instances = store
+    let id = CompositionId::of(job);
+    let instances: Vec<_> = store
         .conversation_instances(&job.organization_id, &job.conversation_id)
-        .map_err(|e| MediaError::Io(e.to_string()))?;
+        .map_err(|e| MediaError::Io(e.to_string()))?
+        .into_iter()
+        .filter(|i| id.includes(i))
+        .collect();
     let (inputs, total, mut problems) = composition_inputs(&instances, fetched);
     let dir = composition_dir(config, job);
     std::fs::create_dir_all(&dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
@@ -474,19 +476,6 @@ fn lower_priority() {
     if result != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "composition thread keeps normal priority");
     }
-}
-
-/// Ids are checked by the API, but a path component must never be `..` or hold a separator.
-fn path_safe(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 impl Actor for Compositor {
@@ -565,11 +554,5 @@ mod tests {
         assert_eq!(nice, COMPOSITION_NICE.max(before));
         // Only the composition thread changed.
         assert_eq!(thread_nice(), before);
-    }
-
-    #[test]
-    fn path_components_cannot_escape() {
-        assert_eq!(path_safe("../etc"), "___etc");
-        assert_eq!(path_safe("conv-1_a"), "conv-1_a");
     }
 }

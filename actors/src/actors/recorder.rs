@@ -27,7 +27,7 @@ use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::MediaError;
 use crate::messages::{IngestTransport, Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
-use crate::store::{ArtefactKind, CompositionState, StateStore};
+use crate::store::{ArtefactKind, CompositionId, CompositionState, StateStore};
 use crate::EngineError;
 
 /// What a recorder is connected to besides the state store.
@@ -1007,17 +1007,12 @@ impl Recorder {
                 // instances alike: an aborted call's media is worth a composed file too.
                 if compose && ended_here {
                     let now = Utc::now();
-                    store.queue_composition(
-                        &record.organization_id,
-                        &record.conversation_id,
-                        &record.application_id,
-                        &record.instance_id,
-                        now,
-                    )?;
+                    let composition = CompositionId::of_instance(&record);
+                    store.queue_composition(&composition, &record.instance_id, now)?;
                     if !conversation_has_media(store.as_ref(), &record)? {
                         // Nothing to compose: the outcome is known now, so the compositor gets
                         // no job (a call that never published costs no composition run).
-                        store.update_composition(&record.organization_id, &record.conversation_id, &mut |c| {
+                        store.update_composition(&composition, &mut |c| {
                             c.state = CompositionState::Failed;
                             c.started = Some(now);
                             c.stopped = Some(now);
@@ -1112,12 +1107,14 @@ impl Handler<Snapshot> for Recorder {
     }
 }
 
-/// Whether any ended instance of `record`'s conversation (this one included) has a track file.
+/// Whether any ended instance of `record`'s composition (its application's instances of its
+/// conversation, this one included) has a track file.
 fn conversation_has_media(store: &dyn StateStore, record: &InstanceRecord) -> Result<bool, EngineError> {
+    let composition = CompositionId::of_instance(record);
     Ok(store
         .conversation_instances(&record.organization_id, &record.conversation_id)?
         .iter()
-        .filter(|i| i.state.is_terminal())
+        .filter(|i| i.state.is_terminal() && composition.includes(i))
         .flat_map(|i| i.streams.iter())
         .flat_map(|s| s.tracks.iter())
         .any(|t| t.local.location.is_some()))

@@ -17,7 +17,7 @@ use crate::domain::*;
 use crate::messages::*;
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::storage::{verify, StorageError, VerificationReport};
-use crate::store::{ArtefactKind, StateStore, StoreError, UploadJob};
+use crate::store::{ArtefactKind, CompositionId, StateStore, StoreError, UploadJob};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
 type ProfileKey = (String, String);
@@ -25,6 +25,8 @@ type ConversationKey = (String, String);
 
 struct LiveConversation {
     instance_id: String,
+    application_id: String,
+    conference_id: String,
     conversation: Mailbox<Conversation>,
 }
 
@@ -32,8 +34,10 @@ pub struct Registry {
     store: Arc<dyn StateStore>,
     config: Arc<EngineConfig>,
     live: HashMap<ConversationKey, LiveConversation>,
-    /// (organization, conferenceId) → the conversation whose live instance records it; the
-    /// newest start wins if two conversations name the same conference.
+    /// (organization, conferenceId) → the conversation whose live instance records it. One owner
+    /// per conference: a start naming a conference that is recorded already is refused (409), and
+    /// only the owner's end removes the entry, so no other instance can take a conference's
+    /// publishers.
     by_conference: HashMap<(String, String), ConversationKey>,
     uploaders: HashMap<ProfileKey, Mailbox<Uploader>>,
     compositor: Mailbox<Compositor>,
@@ -43,7 +47,16 @@ pub struct Registry {
     num_started: u64,
     num_stopped: u64,
     num_recovered_on_boot: u64,
+    /// Each profile's last background reachability check (`None`: not checked yet), what
+    /// `/ready` reports; a readiness probe itself opens no connection.
+    reachability: HashMap<ProfileKey, Option<bool>>,
+    checking_profiles: bool,
+    /// Storage verifications per organization in the current minute (see `TenantLimits`).
+    verify_window: HashMap<String, (std::time::Instant, u32)>,
 }
+
+/// Longest a background reachability check of one profile may take before it counts as down.
+const PROFILE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Registry {
     /// Builds the registry from the store: every live instance gets its conversation and
@@ -77,6 +90,9 @@ impl Registry {
             num_started: 0,
             num_stopped: 0,
             num_recovered_on_boot: 0,
+            reachability: config.applications.keys().map(|key| (key.clone(), None)).collect(),
+            checking_profiles: false,
+            verify_window: HashMap::new(),
         };
         for mut record in instances {
             if record.state == InstanceState::Active {
@@ -107,17 +123,41 @@ impl Registry {
         };
         let store = self.store.clone();
         let conversation = Conversation::create(|ctx| Conversation::new(store, record, links, ctx));
-        self.by_conference.insert(
-            (record.organization_id.clone(), record.conference_id.clone()),
-            (record.organization_id.clone(), record.conversation_id.clone()),
-        );
+        let conference = (record.organization_id.clone(), record.conference_id.clone());
+        let key = (record.organization_id.clone(), record.conversation_id.clone());
+        // Boot of a store written before conferences had one owner may find two live instances
+        // of one conference: the first keeps it.
+        if self
+            .by_conference
+            .get(&conference)
+            .is_none_or(|owner| !self.live.contains_key(owner))
+        {
+            self.by_conference.insert(conference, key.clone());
+        }
         self.live.insert(
-            (record.organization_id.clone(), record.conversation_id.clone()),
+            key,
             LiveConversation {
                 instance_id: record.instance_id.clone(),
+                application_id: record.application_id.clone(),
+                conference_id: record.conference_id.clone(),
                 conversation: Mailbox::new(conversation),
             },
         );
+    }
+
+    /// Takes the conversation `key` out of the live index if `instance_id` is its live instance,
+    /// and its conference out of the conference index if the conference is still its own.
+    /// Returns whether it was live.
+    fn end_live(&mut self, key: &ConversationKey, instance_id: &str) -> bool {
+        if !self.live.get(key).is_some_and(|l| l.instance_id == instance_id) {
+            return false;
+        }
+        let live = self.live.remove(key).expect("checked above");
+        let conference = (key.0.clone(), live.conference_id);
+        if self.by_conference.get(&conference) == Some(key) {
+            self.by_conference.remove(&conference);
+        }
+        true
     }
 
     /// Finds an instance the way the API addresses it; anything that does not match, including
@@ -259,6 +299,48 @@ impl Actor for Registry {
         // mailbox would make senders wait rather than fail.
         ctx.set_mailbox_capacity(1024);
         tracing::info!(num_live = self.live.len(), recorder_id = %self.config.recorder_id, "registry started");
+        self.check_profiles(ctx);
+        ctx.run_interval(self.config.ready_check_interval, |act, ctx| act.check_profiles(ctx));
+    }
+}
+
+impl Registry {
+    /// Checks every storage profile's reachability once, in the background (one round at a
+    /// time), and keeps the outcome for `/ready`.
+    fn check_profiles(&mut self, ctx: &mut Context<Self>) {
+        if self.checking_profiles {
+            return;
+        }
+        self.checking_profiles = true;
+        let checks: Vec<_> = self
+            .config
+            .applications
+            .iter()
+            .map(|(key, profile)| {
+                let key = key.clone();
+                let check = profile.backend.check_bucket();
+                async move {
+                    let outcome = match tokio::time::timeout(PROFILE_CHECK_TIMEOUT, check).await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(err)) => {
+                            tracing::warn!(organization_id = %key.0, application_id = %key.1, error = %err, "storage profile unreachable");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::warn!(organization_id = %key.0, application_id = %key.1, "storage profile check timed out");
+                            false
+                        }
+                    };
+                    (key, outcome)
+                }
+            })
+            .collect();
+        ctx.spawn(join_all(checks).into_actor(self).map(|outcomes, act, _ctx| {
+            for (key, reachable) in outcomes {
+                act.reachability.insert(key, Some(reachable));
+            }
+            act.checking_profiles = false;
+        }));
     }
 }
 
@@ -278,9 +360,26 @@ impl Handler<StartRecording> for Registry {
                 })?;
             let key = (msg.organization_id.clone(), msg.conversation_id.clone());
             if let Some(live) = self.live.get(&key) {
+                // Another application's instance id is not the caller's to know.
+                let id = if live.application_id == msg.application_id {
+                    format!(" {}", live.instance_id)
+                } else {
+                    String::new()
+                };
                 return Err(EngineError::conflict(format!(
-                    "conversation {} already has a live recorder instance {}",
-                    msg.conversation_id, live.instance_id
+                    "conversation {} already has a live recorder instance{id}",
+                    msg.conversation_id
+                )));
+            }
+            let conference = (msg.organization_id.clone(), msg.conference_id.clone());
+            if self
+                .by_conference
+                .get(&conference)
+                .is_some_and(|owner| self.live.contains_key(owner))
+            {
+                return Err(EngineError::conflict(format!(
+                    "conference {} is already recorded by a live recorder instance",
+                    msg.conference_id
                 )));
             }
             let now = Utc::now();
@@ -360,9 +459,7 @@ impl Handler<StopRecording> for Registry {
             .into_actor(self)
             .map(move |result, act, _ctx| {
                 if let Ok(stopped) = &result {
-                    if act.live.get(&key).is_some_and(|l| l.instance_id == stopped.instance_id) {
-                        act.live.remove(&key);
-                        act.by_conference.retain(|_, conversation| *conversation != key);
+                    if act.end_live(&key, &stopped.instance_id) {
                         act.num_stopped += 1;
                     }
                     act.kick_uploader(stopped);
@@ -376,12 +473,14 @@ impl Handler<StopRecording> for Registry {
 
 impl Registry {
     /// The live conversation recording `conference_id` for `organization_id`; with a publish
-    /// token, only if its live instance is the token's.
+    /// token, only if its live instance is the token's; with a key limited to some applications,
+    /// only if the instance is of one of them.
     fn conference(
         &self,
         organization_id: &str,
         conference_id: &str,
         instance_id_opt: Option<&str>,
+        applications: &Applications,
     ) -> Result<Mailbox<Conversation>, EngineError> {
         let missing = || EngineError::not_found(format!("no live recorder instance for conference {conference_id}"));
         let key = self
@@ -389,7 +488,7 @@ impl Registry {
             .get(&(organization_id.to_string(), conference_id.to_string()))
             .ok_or_else(missing)?;
         let live = self.live.get(key).ok_or_else(missing)?;
-        if instance_id_opt.is_some_and(|id| id != live.instance_id) {
+        if instance_id_opt.is_some_and(|id| id != live.instance_id) || !may_use(applications, &live.application_id) {
             return Err(missing());
         }
         Ok(live.conversation.clone())
@@ -401,9 +500,7 @@ impl Handler<InstanceEnded> for Registry {
 
     fn handle(&mut self, msg: InstanceEnded, _ctx: &mut Self::Context) {
         let key = (msg.organization_id, msg.conversation_id);
-        if self.live.get(&key).is_some_and(|l| l.instance_id == msg.instance_id) {
-            self.live.remove(&key);
-            self.by_conference.retain(|_, conversation| *conversation != key);
+        if self.end_live(&key, &msg.instance_id) {
             tracing::info!(instance_id = %msg.instance_id, "recorder instance ended by itself");
         }
         // An instance that ended by itself (aborted) queued its conversation's composition.
@@ -415,7 +512,12 @@ impl Handler<Publish> for Registry {
     type Result = ResponseFuture<Result<PublishAnswer, EngineError>>;
 
     fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
-        let conversation = self.conference(&msg.organization_id, &msg.conference_id, msg.instance_id_opt.as_deref());
+        let conversation = self.conference(
+            &msg.organization_id,
+            &msg.conference_id,
+            msg.instance_id_opt.as_deref(),
+            &msg.applications,
+        );
         async move { conversation?.send(msg).await? }.boxed_local()
     }
 }
@@ -424,7 +526,12 @@ impl Handler<Unpublish> for Registry {
     type Result = ResponseFuture<Result<(), EngineError>>;
 
     fn handle(&mut self, msg: Unpublish, _ctx: &mut Self::Context) -> Self::Result {
-        let conversation = self.conference(&msg.organization_id, &msg.conference_id, msg.instance_id_opt.as_deref());
+        let conversation = self.conference(
+            &msg.organization_id,
+            &msg.conference_id,
+            msg.instance_id_opt.as_deref(),
+            &msg.applications,
+        );
         async move { conversation?.send(msg).await? }.boxed_local()
     }
 }
@@ -696,10 +803,8 @@ impl Handler<ResolveCompositionFile> for Registry {
         let message = format!("no uploaded composition for conversation {}", msg.conversation_id);
         let missing = move || EngineError::not_found(message.clone());
         let resolved = (|| {
-            let composition = self
-                .store
-                .get_composition(&msg.organization_id, &msg.conversation_id)?
-                .ok_or_else(missing.clone())?;
+            let id = CompositionId::new(&msg.organization_id, &msg.application_id, &msg.conversation_id);
+            let composition = self.store.get_composition(&id)?.ok_or_else(missing.clone())?;
             // Only the key the recorder itself recorded is read.
             let key = composition
                 .key
@@ -755,7 +860,16 @@ impl Handler<GetComposition> for Registry {
 
     fn handle(&mut self, msg: GetComposition, _ctx: &mut Self::Context) -> Self::Result {
         let found = (|| {
-            let Some(composition) = self.store.get_composition(&msg.organization_id, &msg.conversation_id)? else {
+            // Each application has its own composition of the conversation; the caller sees only
+            // those of its applications, and without a choice the one queued last.
+            let Some(composition) = self
+                .store
+                .conversation_compositions(&msg.organization_id, &msg.conversation_id)?
+                .into_iter()
+                .filter(|c| may_use(&msg.applications, &c.application_id))
+                .filter(|c| msg.application_id_opt.as_ref().is_none_or(|a| *a == c.application_id))
+                .max_by_key(|c| c.queued)
+            else {
                 return Ok::<_, EngineError>(None);
             };
             let Some(instance) = self.store.get_instance(&composition.instance_id)? else {
@@ -842,24 +956,16 @@ impl Handler<CountInstances> for Registry {
 }
 
 impl Handler<CheckReady> for Registry {
-    type Result = ResponseFuture<Result<(), EngineError>>;
+    type Result = Result<ReadyReport, EngineError>;
 
     fn handle(&mut self, _msg: CheckReady, _ctx: &mut Self::Context) -> Self::Result {
-        let store_ok = self.store.check();
-        let checks: Vec<_> = self
-            .config
-            .applications
-            .values()
-            .map(|p| p.backend.check_bucket())
-            .collect();
-        async move {
-            store_ok?;
-            for check in join_all(checks).await {
-                check?;
-            }
-            Ok(())
-        }
-        .boxed_local()
+        let values = self.reachability.values();
+        Ok(ReadyReport {
+            store_ok: self.store.check().is_ok(),
+            num_profiles: self.reachability.len(),
+            num_reachable: values.clone().filter(|r| **r == Some(true)).count(),
+            num_unreachable: values.filter(|r| **r == Some(false)).count(),
+        })
     }
 }
 
@@ -867,14 +973,46 @@ impl Handler<Snapshot> for Registry {
     type Result = ResponseFuture<ActorSnapshot>;
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
-        let conversations: Vec<_> = self.live.values().map(|l| l.conversation.clone()).collect();
-        let uploaders: Vec<_> = self.uploaders.values().cloned().collect();
-        let compositor = self.compositor.clone();
+        self.tree(None)
+    }
+}
+
+impl Handler<DebugTree> for Registry {
+    type Result = ResponseFuture<ActorSnapshot>;
+
+    fn handle(&mut self, msg: DebugTree, _ctx: &mut Self::Context) -> Self::Result {
+        self.tree(msg.organization_id_opt)
+    }
+}
+
+impl Registry {
+    /// The actor tree; with an organization, only its conversations and uploaders (the
+    /// compositor and the node-wide counters are the operators').
+    fn tree(
+        &self,
+        organization_id_opt: Option<String>,
+    ) -> futures_util::future::LocalBoxFuture<'static, ActorSnapshot> {
+        let ours = |org: &String| organization_id_opt.as_ref().is_none_or(|o| o == org);
+        let conversations: Vec<_> = self
+            .live
+            .iter()
+            .filter(|(key, _)| ours(&key.0))
+            .map(|(_, l)| l.conversation.clone())
+            .collect();
+        let uploaders: Vec<_> = self
+            .uploaders
+            .iter()
+            .filter(|(key, _)| ours(&key.0))
+            .map(|(_, u)| u.clone())
+            .collect();
+        let compositor = organization_id_opt.is_none().then(|| self.compositor.clone());
         let mut counters = std::collections::BTreeMap::new();
-        counters.insert("num_live_conversations", self.live.len() as u64);
-        counters.insert("num_started", self.num_started);
-        counters.insert("num_stopped", self.num_stopped);
-        counters.insert("num_recovered_on_boot", self.num_recovered_on_boot);
+        counters.insert("num_live_conversations", conversations.len() as u64);
+        if organization_id_opt.is_none() {
+            counters.insert("num_started", self.num_started);
+            counters.insert("num_stopped", self.num_stopped);
+            counters.insert("num_recovered_on_boot", self.num_recovered_on_boot);
+        }
         let id = self.config.recorder_id.clone();
         async move {
             let mut children = Vec::new();
@@ -884,7 +1022,9 @@ impl Handler<Snapshot> for Registry {
             for child in join_all(uploaders.iter().map(snapshot_of)).await {
                 children.extend(child);
             }
-            children.extend(snapshot_of(&compositor).await);
+            if let Some(compositor) = compositor {
+                children.extend(snapshot_of(&compositor).await);
+            }
             ActorSnapshot {
                 kind: "Registry",
                 id,

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::domain::{ErrorInfo, InstanceRecord, TranscriptArtefact};
 use crate::snapshot::{ActorSnapshot, Snapshot};
 use crate::storage::{MultipartProgress, ObjectInfo, ProgressSink, PutReceipt, StorageError};
-use crate::store::{ArtefactKind, CompositionState, StateStore, StoreError, UploadJob};
+use crate::store::{ArtefactKind, CompositionId, CompositionState, StateStore, StoreError, UploadJob};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
 pub struct Uploader {
@@ -267,7 +267,8 @@ async fn run_job(
             let receipt = backend.put_file(&job.key, Path::new(local_path)).await?;
             let stored = backend.head(&job.key).await?;
             verify_upload(&receipt, &stored)?;
-            store.update_composition(&job.organization_id, conversation_id, &mut |c| {
+            let composition = CompositionId::new(&job.organization_id, &job.application_id, conversation_id);
+            store.update_composition(&composition, &mut |c| {
                 c.key = Some(job.key.clone());
                 c.location = Some(location.clone());
                 c.size = Some(receipt.size);
@@ -336,7 +337,7 @@ async fn run_job(
 }
 
 fn composition_pending(store: &dyn StateStore, record: &InstanceRecord) -> bool {
-    match store.get_composition(&record.organization_id, &record.conversation_id) {
+    match store.get_composition(&CompositionId::of_instance(record)) {
         Ok(Some(c)) => matches!(c.state, CompositionState::Queued | CompositionState::Composing),
         Ok(None) => false,
         // Unknown: keeping a file is the safe side.
@@ -429,7 +430,7 @@ fn render(
 /// Adds `composition {location, size, uploaded}` to a rendered manifest once the conversation's
 /// composition is uploaded; the rendered fields are left as they are.
 fn with_composition(store: &dyn StateStore, record: &InstanceRecord, manifest: Vec<u8>) -> Vec<u8> {
-    let composition = match store.get_composition(&record.organization_id, &record.conversation_id) {
+    let composition = match store.get_composition(&CompositionId::of_instance(record)) {
         Ok(Some(c)) if c.uploaded.is_some() && c.location.is_some() => c,
         _ => return manifest,
     };
@@ -548,6 +549,8 @@ mod tests {
             media: Arc::new(crate::engine::MediaConfig::for_tests(std::env::temp_dir())),
             composition: Default::default(),
             recovery: Default::default(),
+            limits: Default::default(),
+            ready_check_interval: std::time::Duration::from_secs(15),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);

@@ -96,7 +96,42 @@ pub enum CompositionState {
     Failed,
 }
 
-/// A durable composition job and its outcome, one per (organization, conversation). The
+/// Which composition: one per (organization, application, conversation). Applications of one
+/// organization may use the same conversationId; each gets its own composition of its own
+/// instances, stored under its own profile, and reads only that one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CompositionId {
+    pub organization_id: String,
+    pub application_id: String,
+    pub conversation_id: String,
+}
+
+impl CompositionId {
+    pub fn new(organization_id: &str, application_id: &str, conversation_id: &str) -> Self {
+        Self {
+            organization_id: organization_id.to_string(),
+            application_id: application_id.to_string(),
+            conversation_id: conversation_id.to_string(),
+        }
+    }
+
+    pub fn of_instance(record: &InstanceRecord) -> Self {
+        Self::new(&record.organization_id, &record.application_id, &record.conversation_id)
+    }
+
+    pub fn of(record: &CompositionRecord) -> Self {
+        Self::new(&record.organization_id, &record.application_id, &record.conversation_id)
+    }
+
+    /// Whether `instance` is one of this composition's inputs.
+    pub fn includes(&self, instance: &InstanceRecord) -> bool {
+        instance.organization_id == self.organization_id
+            && instance.application_id == self.application_id
+            && instance.conversation_id == self.conversation_id
+    }
+}
+
+/// A durable composition job and its outcome, one per [`CompositionId`]. The
 /// compositor holds nothing that must be recovered: a `Composing` record found at boot was cut
 /// short by a crash and is run again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,9 +139,9 @@ pub struct CompositionRecord {
     pub schema_version: u32,
     pub organization_id: String,
     pub conversation_id: String,
-    /// Application (storage profile) and instance of the newest stopped instance: the upload of
-    /// the composition goes through that instance's profile.
+    /// The application (storage profile) whose instances are composed and which stores the MP4.
     pub application_id: String,
+    /// The newest stopped instance of the application's conversation: the upload runs as its job.
     pub instance_id: String,
     pub state: CompositionState,
     /// Bumped by every queueing; a run that finds a newer generation at its end leaves the
@@ -171,22 +206,25 @@ pub trait StateStore: Send + Sync + 'static {
     /// Removes a finished job unless it was re-queued meanwhile; returns whether it was removed.
     fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool>;
 
-    /// Creates the conversation's composition record, or re-queues it (state `Queued`, next
-    /// generation, newest instance), whatever its state.
+    /// Creates the composition record, or re-queues it (state `Queued`, next generation, newest
+    /// instance), whatever its state.
     fn queue_composition(
         &self,
-        organization_id: &str,
-        conversation_id: &str,
-        application_id: &str,
+        id: &CompositionId,
         instance_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<CompositionRecord>;
-    fn get_composition(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Option<CompositionRecord>>;
-    /// Atomic read-modify-write of one composition record, like [`StateStore::update_instance`].
-    fn update_composition(
+    fn get_composition(&self, id: &CompositionId) -> StoreResult<Option<CompositionRecord>>;
+    /// The compositions of one conversation of one organization, one per application.
+    fn conversation_compositions(
         &self,
         organization_id: &str,
         conversation_id: &str,
+    ) -> StoreResult<Vec<CompositionRecord>>;
+    /// Atomic read-modify-write of one composition record, like [`StateStore::update_instance`].
+    fn update_composition(
+        &self,
+        id: &CompositionId,
         change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
     ) -> StoreResult<CompositionRecord>;
     fn compositions(&self) -> StoreResult<Vec<CompositionRecord>>;

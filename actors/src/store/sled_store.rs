@@ -9,7 +9,8 @@
 //! | `transcript_counts` | instanceId                           | entries (be u64) |
 //! | `cobrowse`    | instanceId \0 sessionId \0 sequence (be)   | `CobrowseEvent`  |
 //! | `jobs`        | object key                                 | `UploadJob`      |
-//! | `compositions`| org \0 conversation                        | `CompositionRecord` |
+//! | `compositions`| org \0 conversation \0 application          | `CompositionRecord` |
+//! | `compositions_pending` | the same keys                     | empty            |
 //!
 //! Ids never contain NUL (the API refuses them), so NUL separates key parts and prefix scans
 //! are exact.
@@ -25,12 +26,14 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{CompositionRecord, CompositionState, StateStore, StoreError, StoreResult, UploadJob};
+use super::{CompositionId, CompositionRecord, CompositionState, StateStore, StoreError, StoreResult, UploadJob};
 use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState, RECORD_SCHEMA_VERSION};
 
 const STORE_FORMAT_KEY: &str = "store_format";
 /// Layout version of the trees above; a store written by a newer layout is refused at open.
-const STORE_FORMAT: u32 = 1;
+/// 1: compositions keyed by org \0 conversation; 2: by org \0 conversation \0 application
+/// (migrated at open).
+const STORE_FORMAT: u32 = 2;
 
 #[derive(Clone)]
 pub struct SledStore {
@@ -88,6 +91,14 @@ impl SledStore {
                 supported: STORE_FORMAT,
             });
         }
+        if found < 2 {
+            store.migrate_compositions_to_applications()?;
+            store
+                .meta
+                .insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())
+                .map_err(io)?;
+            store.meta.flush().map_err(io)?;
+        }
         store.rebuild_pending_compositions()?;
         store.count_states()?;
         Ok(store)
@@ -111,6 +122,25 @@ impl SledStore {
             self.state_counts[state_slot(from)].fetch_sub(1, Ordering::Relaxed);
         }
         self.state_counts[state_slot(to)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Format 1 kept one composition per (organization, conversation): each is moved to the key
+    /// of the application it names. Idempotent: a crash in the middle leaves old keys that the
+    /// next open moves again (the format is bumped only after).
+    fn migrate_compositions_to_applications(&self) -> StoreResult<()> {
+        for item in self.compositions.iter() {
+            let (key, value) = item.map_err(io)?;
+            if key.iter().filter(|b| **b == 0).count() != 1 {
+                continue;
+            }
+            let record: CompositionRecord = decode("compositions", &key, &value)?;
+            self.compositions
+                .insert(composition_key(&CompositionId::of(&record)), value)
+                .map_err(io)?;
+            self.compositions.remove(&key).map_err(io)?;
+            self.compositions_pending.remove(&key).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Rebuilds the index of pending compositions from the records (see `compositions_pending`).
@@ -282,6 +312,13 @@ fn key2(a: &str, b: &str) -> Vec<u8> {
     key.extend_from_slice(a.as_bytes());
     key.push(0);
     key.extend_from_slice(b.as_bytes());
+    key
+}
+
+fn composition_key(id: &CompositionId) -> Vec<u8> {
+    let mut key = key2(&id.organization_id, &id.conversation_id);
+    key.push(0);
+    key.extend_from_slice(id.application_id.as_bytes());
     key
 }
 
@@ -561,13 +598,11 @@ impl StateStore for SledStore {
 
     fn queue_composition(
         &self,
-        organization_id: &str,
-        conversation_id: &str,
-        application_id: &str,
+        id: &CompositionId,
         instance_id: &str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<CompositionRecord> {
-        let key = key2(organization_id, conversation_id);
+        let key = composition_key(id);
         loop {
             let current = self.compositions.get(&key).map_err(io)?;
             let next = match &current {
@@ -575,16 +610,15 @@ impl StateStore for SledStore {
                     let mut record: CompositionRecord = decode("compositions", &key, bytes)?;
                     record.generation += 1;
                     record.state = CompositionState::Queued;
-                    record.application_id = application_id.to_string();
                     record.instance_id = instance_id.to_string();
                     record.queued = now;
                     record
                 }
                 None => CompositionRecord {
                     schema_version: RECORD_SCHEMA_VERSION,
-                    organization_id: organization_id.to_string(),
-                    conversation_id: conversation_id.to_string(),
-                    application_id: application_id.to_string(),
+                    organization_id: id.organization_id.clone(),
+                    conversation_id: id.conversation_id.clone(),
+                    application_id: id.application_id.clone(),
                     instance_id: instance_id.to_string(),
                     state: CompositionState::Queued,
                     generation: 1,
@@ -613,27 +647,42 @@ impl StateStore for SledStore {
         }
     }
 
-    fn get_composition(&self, organization_id: &str, conversation_id: &str) -> StoreResult<Option<CompositionRecord>> {
-        let key = key2(organization_id, conversation_id);
+    fn get_composition(&self, id: &CompositionId) -> StoreResult<Option<CompositionRecord>> {
+        let key = composition_key(id);
         match self.compositions.get(&key).map_err(io)? {
             Some(bytes) => Ok(Some(decode("compositions", &key, &bytes)?)),
             None => Ok(None),
         }
     }
 
-    fn update_composition(
+    fn conversation_compositions(
         &self,
         organization_id: &str,
         conversation_id: &str,
+    ) -> StoreResult<Vec<CompositionRecord>> {
+        let mut scan = key2(organization_id, conversation_id);
+        scan.push(0);
+        self.compositions
+            .scan_prefix(&scan)
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                decode("compositions", &key, &value)
+            })
+            .collect()
+    }
+
+    fn update_composition(
+        &self,
+        id: &CompositionId,
         change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
     ) -> StoreResult<CompositionRecord> {
-        let key = key2(organization_id, conversation_id);
+        let key = composition_key(id);
         loop {
             let current = self
                 .compositions
                 .get(&key)
                 .map_err(io)?
-                .ok_or_else(|| StoreError::NotFound(format!("composition of {conversation_id}")))?;
+                .ok_or_else(|| StoreError::NotFound(format!("composition of {}", id.conversation_id)))?;
             let mut record: CompositionRecord = decode("compositions", &key, &current)?;
             change(&mut record)?;
             if self
@@ -1026,10 +1075,11 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             let now = Utc::now();
-            store.queue_composition("o", "c1", "a", "i1", now).unwrap();
-            store.queue_composition("o", "c2", "a", "i2", now).unwrap();
+            let (c1, c2) = (CompositionId::new("o", "a", "c1"), CompositionId::new("o", "a", "c2"));
+            store.queue_composition(&c1, "i1", now).unwrap();
+            store.queue_composition(&c2, "i2", now).unwrap();
             store
-                .update_composition("o", "c1", &mut |c| {
+                .update_composition(&c1, &mut |c| {
                     c.state = CompositionState::Done;
                     Ok(())
                 })
@@ -1042,16 +1092,16 @@ mod tests {
                 .collect();
             assert_eq!(pending, vec!["c2"]);
             // A finished record queued again is pending again.
-            store.queue_composition("o", "c1", "a", "i3", now).unwrap();
+            store.queue_composition(&c1, "i3", now).unwrap();
             assert_eq!(store.pending_compositions().unwrap().len(), 2);
             // A key left behind (a crash between the two trees) is skipped by state.
             store
-                .update_composition("o", "c2", &mut |c| {
+                .update_composition(&c2, &mut |c| {
                     c.state = CompositionState::Failed;
                     Ok(())
                 })
                 .unwrap();
-            store.compositions_pending.insert(key2("o", "c2"), &[]).unwrap();
+            store.compositions_pending.insert(composition_key(&c2), &[]).unwrap();
             let pending: Vec<_> = store
                 .pending_compositions()
                 .unwrap()
@@ -1069,6 +1119,59 @@ mod tests {
             .collect();
         assert_eq!(pending, vec!["c1"], "the index is rebuilt from the records at open");
         assert_eq!(store.compositions().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn compositions_are_per_application_and_format_1_stores_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let (a, b) = (
+            CompositionId::new("o", "app-a", "c"),
+            CompositionId::new("o", "app-b", "c"),
+        );
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.queue_composition(&a, "ia", now).unwrap();
+            store.queue_composition(&b, "ib", now).unwrap();
+            store.queue_composition(&b, "ib2", now).unwrap();
+            assert_eq!(store.get_composition(&a).unwrap().unwrap().instance_id, "ia");
+            assert_eq!(store.get_composition(&a).unwrap().unwrap().generation, 1);
+            let b_record = store.get_composition(&b).unwrap().unwrap();
+            assert_eq!((b_record.instance_id.as_str(), b_record.generation), ("ib2", 2));
+            let listed: Vec<_> = store
+                .conversation_compositions("o", "c")
+                .unwrap()
+                .into_iter()
+                .map(|c| c.application_id)
+                .collect();
+            assert_eq!(listed, vec!["app-a", "app-b"]);
+            assert!(store.conversation_compositions("o", "c2").unwrap().is_empty());
+            // A format-1 store: one record under org \0 conversation, pending.
+            let mut old = store.get_composition(&a).unwrap().unwrap();
+            old.conversation_id = "old".into();
+            old.application_id = "app-x".into();
+            store.compositions.insert(key2("o", "old"), encode(&old)).unwrap();
+            store.compositions_pending.insert(key2("o", "old"), &[]).unwrap();
+            store.meta.insert(STORE_FORMAT_KEY, &1u32.to_be_bytes()).unwrap();
+            store.meta.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let moved = store
+            .get_composition(&CompositionId::new("o", "app-x", "old"))
+            .unwrap()
+            .expect("migrated to its application's key");
+        assert_eq!(moved.instance_id, "ia");
+        assert!(store.compositions.get(key2("o", "old")).unwrap().is_none());
+        let pending: Vec<_> = store
+            .pending_compositions()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.application_id, c.conversation_id))
+            .collect();
+        assert_eq!(pending.len(), 3, "{pending:?}");
+        assert!(pending.contains(&("app-x".to_string(), "old".to_string())));
+        let format = store.meta.get(STORE_FORMAT_KEY).unwrap().unwrap();
+        assert_eq!(format.as_ref(), &STORE_FORMAT.to_be_bytes());
     }
 
     #[test]
