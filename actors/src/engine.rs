@@ -196,7 +196,12 @@ pub enum EngineError {
     Unavailable(String),
     /// A tenant limit ([`TenantLimits`]) would be exceeded; `limit` is its configuration name.
     #[error("{message}")]
-    Limit { limit: &'static str, message: String },
+    Limit {
+        limit: &'static str,
+        message: String,
+        /// When the limit frees up by itself (a rate), in seconds.
+        retry_after_secs: Option<u64>,
+    },
 }
 
 impl EngineError {
@@ -214,6 +219,7 @@ impl EngineError {
         EngineError::Limit {
             limit,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 }

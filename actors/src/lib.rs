@@ -6,6 +6,7 @@ pub mod actors;
 pub mod domain;
 pub mod engine;
 pub mod fault;
+pub mod limits;
 pub mod media;
 pub mod messages;
 pub mod snapshot;

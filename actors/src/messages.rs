@@ -2,6 +2,7 @@
 //! organization of the caller's key: the engine never shows one organization another's data.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use actix::Message;
 
@@ -222,7 +223,7 @@ impl ReadyReport {
 }
 
 /// How a publisher's media comes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IngestTransport {
     /// Plain RTP over UDP, described by an SDP offer (SFU forwarders, FFmpeg `-f rtp`).
     Rtp,
@@ -240,6 +241,9 @@ pub struct Publish {
     pub instance_id_opt: Option<String>,
     /// The applications of the caller's key; a conference of another application is missing.
     pub applications: Applications,
+    /// Filled in by the registry: the session's place in its organization's session budget,
+    /// held by the session for as long as it lives.
+    pub permit: Option<Arc<crate::limits::SessionPermit>>,
     pub user_id: String,
     pub kind: crate::domain::StreamType,
     pub transport: IngestTransport,

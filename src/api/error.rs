@@ -153,10 +153,14 @@ impl From<EngineError> for ApiError {
                 ))
             }
             EngineError::Unavailable(message) => ApiError::Unavailable(message),
-            EngineError::Limit { limit, message } => ApiError::TooManyRequests {
+            EngineError::Limit {
+                limit,
+                message,
+                retry_after_secs,
+            } => ApiError::TooManyRequests {
                 limit: format!("limits.{limit}"),
                 message,
-                retry_after_secs: None,
+                retry_after_secs,
             },
         }
     }

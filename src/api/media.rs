@@ -171,6 +171,7 @@ async fn publish(
             conference_id: conference_id.clone(),
             instance_id_opt: publisher.instance_id_opt,
             applications: publisher.applications,
+            permit: None,
             user_id,
             kind,
             transport,

@@ -6,6 +6,7 @@ mod spec;
 
 mod auth;
 mod isolation;
+mod limits;
 mod openapi;
 mod ops;
 mod persistence;

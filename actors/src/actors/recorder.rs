@@ -44,6 +44,8 @@ pub struct RecorderLinks {
     /// Queue the conversation's composition when the instance ends (stopped or aborted), in the
     /// same durable update as its upload jobs (`composition.enabled`).
     pub compose: bool,
+    /// Most streams the instance may have (`TenantLimits::max_streams_per_instance`).
+    pub max_streams: usize,
 }
 
 /// A handler of a recorder failed and the actor stopped; its conversation retires `streams` and
@@ -93,6 +95,7 @@ pub struct Recorder {
     audio: bool,
     video: bool,
     media: Arc<MediaConfig>,
+    max_streams: usize,
     streams: Vec<StreamEntry>,
     uploader: Option<Recipient<Kick>>,
     ended: Option<Recipient<InstanceEnded>>,
@@ -149,6 +152,7 @@ impl Recorder {
             recovery,
             crashed,
             compose,
+            max_streams,
         } = links;
         Self {
             store,
@@ -159,6 +163,7 @@ impl Recorder {
             audio: record.audio,
             video: record.video,
             media,
+            max_streams,
             streams: Vec::new(),
             uploader,
             ended,
@@ -382,7 +387,12 @@ impl Recorder {
 
     /// The stream a publisher of (userId, type) continues: the connected one, or one that lost
     /// its connection within the grace period. Otherwise a new stream.
-    fn stream_for(&mut self, user_id: &str, kind: StreamType, ctx: &mut Context<Self>) -> (usize, bool) {
+    fn stream_for(
+        &mut self,
+        user_id: &str,
+        kind: StreamType,
+        ctx: &mut Context<Self>,
+    ) -> Result<(usize, bool), EngineError> {
         let grace = self.media.reconnect_grace;
         let found = self.streams.iter().rposition(|s| {
             s.user_id == user_id
@@ -391,7 +401,13 @@ impl Recorder {
                 && (s.connected || s.disconnected_at.is_some_and(|at| at.elapsed() <= grace) || s.sessions.is_empty())
         });
         if let Some(at) = found {
-            return (at, false);
+            return Ok((at, false));
+        }
+        if self.streams.len() >= self.max_streams {
+            return Err(EngineError::limit(
+                "max_streams_per_instance",
+                format!("the recorder instance has {} streams already", self.streams.len()),
+            ));
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let record = StreamRecord {
@@ -418,7 +434,7 @@ impl Recorder {
             restart_times: VecDeque::new(),
             quiesce,
         });
-        (self.streams.len() - 1, true)
+        Ok((self.streams.len() - 1, true))
     }
 }
 
@@ -585,7 +601,13 @@ impl Recorder {
             },
             IngestTransport::Whip => None,
         };
-        let (at, created) = self.stream_for(&msg.user_id, msg.kind, ctx);
+        let (at, created) = match self.stream_for(&msg.user_id, msg.kind, ctx) {
+            Ok(found) => found,
+            Err(err) => {
+                self.num_publishes_refused += 1;
+                return Box::pin(fut::ready(Err(err)));
+            }
+        };
         let entry = &self.streams[at];
         let stream = entry.mailbox.clone();
         let stream_id = entry.id.clone();
@@ -598,6 +620,7 @@ impl Recorder {
                     stream
                         .send(OpenRtp {
                             session_id: sid,
+                            permit: msg.permit,
                             offer,
                             audio,
                             video,
@@ -608,6 +631,7 @@ impl Recorder {
                     stream
                         .send(OpenWhip {
                             session_id: sid,
+                            permit: msg.permit,
                             offer_sdp: msg.offer_sdp,
                             audio,
                             video,

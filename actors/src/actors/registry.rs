@@ -51,6 +51,8 @@ pub struct Registry {
     /// `/ready` reports; a readiness probe itself opens no connection.
     reachability: HashMap<ProfileKey, Option<bool>>,
     checking_profiles: bool,
+    /// Open ingest sessions per organization (see `TenantLimits`).
+    sessions: Arc<crate::limits::SessionGauge>,
     /// Storage verifications per organization in the current minute (see `TenantLimits`).
     verify_window: HashMap<String, (std::time::Instant, u32)>,
 }
@@ -92,6 +94,7 @@ impl Registry {
             num_recovered_on_boot: 0,
             reachability: config.applications.keys().map(|key| (key.clone(), None)).collect(),
             checking_profiles: false,
+            sessions: Default::default(),
             verify_window: HashMap::new(),
         };
         for mut record in instances {
@@ -120,6 +123,7 @@ impl Registry {
             recovery: self.config.recovery,
             crashed: None,
             compose: self.config.composition.enabled,
+            max_streams: self.config.limits.max_streams_per_instance,
         };
         let store = self.store.clone();
         let conversation = Conversation::create(|ctx| Conversation::new(store, record, links, ctx));
@@ -371,6 +375,13 @@ impl Handler<StartRecording> for Registry {
                     msg.conversation_id
                 )));
             }
+            let max_live = self.config.limits.max_live_instances_per_organization;
+            if self.live.keys().filter(|(org, _)| *org == msg.organization_id).count() >= max_live {
+                return Err(EngineError::limit(
+                    "max_live_instances_per_organization",
+                    format!("the organization has {max_live} live recorder instances on this node; stop one first"),
+                ));
+            }
             let conference = (msg.organization_id.clone(), msg.conference_id.clone());
             if self
                 .by_conference
@@ -511,7 +522,28 @@ impl Handler<InstanceEnded> for Registry {
 impl Handler<Publish> for Registry {
     type Result = ResponseFuture<Result<PublishAnswer, EngineError>>;
 
-    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+        let (limit, max) = match msg.transport {
+            IngestTransport::Rtp => (
+                "max_rtp_sessions_per_organization",
+                self.config.limits.max_rtp_sessions_per_organization,
+            ),
+            IngestTransport::Whip => (
+                "max_whip_sessions_per_organization",
+                self.config.limits.max_whip_sessions_per_organization,
+            ),
+        };
+        let permit = self.sessions.try_acquire(&msg.organization_id, msg.transport, max);
+        let Some(permit) = permit else {
+            return async move {
+                Err(EngineError::limit(
+                    limit,
+                    format!("the organization has {max} sessions of this transport open on this node"),
+                ))
+            }
+            .boxed_local();
+        };
+        msg.permit = Some(Arc::new(permit));
         let conversation = self.conference(
             &msg.organization_id,
             &msg.conference_id,
@@ -589,6 +621,18 @@ impl Handler<AddTranscript> for Registry {
     fn handle(&mut self, msg: AddTranscript, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
+            // The registry handles one add at a time, so the check and the append cannot race.
+            let max = self.config.limits.max_transcript_entries_per_instance;
+            if record.num_transcript_entries.saturating_add(msg.entries.len() as u64) > max {
+                return Err(EngineError::limit(
+                    "max_transcript_entries_per_instance",
+                    format!(
+                        "the recorder instance has {} chat lines; {} more would pass {max}",
+                        record.num_transcript_entries,
+                        msg.entries.len()
+                    ),
+                ));
+            }
             let num_entries = self.store.append_transcript(&record.instance_id, &msg.entries)?;
             // Decided inside the atomic update: if a stop commits first this add sees it, and if
             // this add commits first the stop sees the entries; either way the artefact is queued.
@@ -629,6 +673,25 @@ impl Handler<AddCobrowseEvent> for Registry {
     fn handle(&mut self, msg: AddCobrowseEvent, _ctx: &mut Self::Context) -> Self::Result {
         let result = (|| {
             let record = self.find(&msg.instance)?;
+            let limits = &self.config.limits;
+            if !record.cobrowse_sessions.contains_key(&msg.event.session_id)
+                && record.cobrowse_sessions.len() >= limits.max_cobrowse_sessions_per_instance
+            {
+                return Err(EngineError::limit(
+                    "max_cobrowse_sessions_per_instance",
+                    format!(
+                        "the recorder instance has {} co-browse sessions",
+                        record.cobrowse_sessions.len()
+                    ),
+                ));
+            }
+            let num_events: u64 = record.cobrowse_sessions.values().map(|s| s.num_events).sum();
+            if num_events >= limits.max_cobrowse_events_per_instance {
+                return Err(EngineError::limit(
+                    "max_cobrowse_events_per_instance",
+                    format!("the recorder instance has {num_events} co-browse events"),
+                ));
+            }
             let was_new = self.store.put_cobrowse_event(&record.instance_id, &msg.event)?;
             let session_id = msg.event.session_id.clone();
             let mut needs_upload = false;
@@ -673,6 +736,27 @@ impl Handler<VerifyStorage> for Registry {
     type Result = ResponseFuture<Result<VerificationReport, EngineError>>;
 
     fn handle(&mut self, msg: VerifyStorage, _ctx: &mut Self::Context) -> Self::Result {
+        let max = self.config.limits.max_verify_per_minute;
+        let now = std::time::Instant::now();
+        let window = self
+            .verify_window
+            .entry(msg.organization_id.clone())
+            .or_insert((now, 0));
+        if now.duration_since(window.0) >= std::time::Duration::from_secs(60) {
+            *window = (now, 0);
+        }
+        if window.1 >= max {
+            let retry_after = 60u64.saturating_sub(now.duration_since(window.0).as_secs()).max(1);
+            return async move {
+                Err(EngineError::Limit {
+                    limit: "max_verify_per_minute",
+                    message: format!("at most {max} storage verifications a minute; try again in {retry_after} s"),
+                    retry_after_secs: Some(retry_after),
+                })
+            }
+            .boxed_local();
+        }
+        window.1 += 1;
         let profile = self
             .config
             .application(&msg.organization_id, &msg.application_id)

@@ -128,6 +128,8 @@ enum Ingest {
 struct LiveSession {
     id: String,
     ingest: Ingest,
+    /// The session's place in its organization's session budget, returned when it is dropped.
+    permit: Option<Arc<crate::limits::SessionPermit>>,
     track_ids: Vec<String>,
     num_tracks_ended: usize,
 }
@@ -269,6 +271,7 @@ impl Stream {
         self.session = Some(LiveSession {
             id,
             ingest,
+            permit: None,
             track_ids,
             num_tracks_ended: 0,
         });
@@ -600,6 +603,9 @@ impl Stream {
             .map(|b| (self.track_for(b.accepted.codec), b))
             .collect();
         self.start_rtp(&msg.session_id, bound, ctx)?;
+        if let Some(session) = self.session.as_mut() {
+            session.permit = msg.permit;
+        }
         let answer_sdp = build_answer(&msg.offer, &answers, self.media.announce_ip, rand_session_number());
         tracing::info!(stream_id = %self.record.id, session_id = %msg.session_id, "plain rtp session opened");
         Ok(OpenedSession {
@@ -810,6 +816,7 @@ struct SupervisionTick;
 #[rtype(result = "Result<OpenedSession, MediaError>")]
 pub struct OpenRtp {
     pub session_id: String,
+    pub permit: Option<Arc<crate::limits::SessionPermit>>,
     pub offer: SessionOffer,
     pub audio: bool,
     pub video: bool,
@@ -820,6 +827,7 @@ pub struct OpenRtp {
 #[rtype(result = "Result<OpenedSession, MediaError>")]
 pub struct OpenWhip {
     pub session_id: String,
+    pub permit: Option<Arc<crate::limits::SessionPermit>>,
     pub offer_sdp: String,
     pub audio: bool,
     pub video: bool,
@@ -920,6 +928,7 @@ impl Stream {
         let events = Self::events(ctx);
         let media = self.media.clone();
         let session_id = msg.session_id.clone();
+        let permit = msg.permit.clone();
         // Which kinds this stream already records with which codec: a reconnect keeps them.
         let existing: Vec<Codec> = self.tracks.iter().map(|t| t.codec).collect();
         let refused = || {
@@ -948,6 +957,9 @@ impl Stream {
                         let (answer_sdp, session) =
                             negotiated.start(session_id.clone(), tracks, act.media.receiver.clone(), events)?;
                         act.begin_session(session_id.clone(), Ingest::Whip(session), track_ids, None);
+                        if let Some(live) = act.session.as_mut() {
+                            live.permit = permit;
+                        }
                         tracing::info!(stream_id = %act.record.id, session_id = %session_id, "whip session opened");
                         Ok(OpenedSession {
                             answer_sdp,
@@ -1067,11 +1079,15 @@ impl Stream {
                     if session.id == session_id {
                         session.num_tracks_ended += 1;
                         if session.num_tracks_ended >= session.track_ids.len() {
+                            let permit = session.permit.take();
                             self.session = None;
                             if let Some(rtp) = self.restart_rtp.take() {
-                                // A supervised restart: same ports, same sender, new segments.
+                                // A supervised restart: same ports, same sender, new segments
+                                // (and the same place in the organization's session budget).
                                 if let Err(e) = self.resume_rtp(rtp, ctx) {
                                     self.fail(ErrorInfo::new("MEDIA", format!("restart failed: {e}")));
+                                } else if let Some(live) = self.session.as_mut() {
+                                    live.permit = permit;
                                 }
                                 return;
                             }
