@@ -462,6 +462,11 @@ struct RawApiKey {
     applications: Vec<String>,
     #[serde(default)]
     scopes: Vec<Scope>,
+    /// Plain RTP: whether this key's offers may leave out the sender's address (`c=`), so that
+    /// the first RTP packet from anywhere latches a port. Only for senders whose address is not
+    /// known in advance, on a trusted network.
+    #[serde(default)]
+    rtp_any_source: bool,
 }
 
 fn all_applications() -> Vec<String> {
@@ -502,6 +507,8 @@ pub struct ApiKey {
     /// `None`: every application of the organization.
     pub applications: Option<Vec<String>>,
     pub scopes: Vec<Scope>,
+    /// See `api_keys.<name>.rtp_any_source`.
+    pub rtp_any_source: bool,
 }
 
 /// Checked configuration.
@@ -756,6 +763,7 @@ impl RawConfig {
                 organization_id: key.organization.clone(),
                 applications,
                 scopes: key.scopes.clone(),
+                rtp_any_source: key.rtp_any_source,
             });
         }
 

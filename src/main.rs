@@ -225,6 +225,7 @@ fn add_plain_keys(settings: &mut Settings) -> anyhow::Result<String> {
         organization_id: DEFAULT_ORGANIZATION.into(),
         applications: None,
         scopes: vec![Scope::Global, Scope::Admin],
+        rtp_any_source: false,
     };
     if let Some(key) = settings.plain_api_key.clone() {
         settings.api_keys.push(default_key(&key, "RECORDER_API_KEY"));

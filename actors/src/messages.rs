@@ -244,6 +244,9 @@ pub struct Publish {
     /// Filled in by the registry: the session's place in its organization's session budget,
     /// held by the session for as long as it lives.
     pub permit: Option<Arc<crate::limits::SessionPermit>>,
+    /// Plain RTP: the offer may leave out the sender's address (`c=`); otherwise such an offer
+    /// is refused, since any datagram could then latch its ports.
+    pub rtp_any_source: bool,
     pub user_id: String,
     pub kind: crate::domain::StreamType,
     pub transport: IngestTransport,

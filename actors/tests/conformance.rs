@@ -124,6 +124,31 @@ async fn large_file_goes_up_in_parts(s: Subject) {
         b.get_to_file("org/app/missing.webm", &copy).await,
         Err(StorageError::NotFound(_))
     ));
+    // Ranges, and the bounded-memory download built on them: 20 MiB + a tail is five chunks of
+    // DOWNLOAD_CHUNK, the last one short.
+    let head = b.get_range(key, 0, 9).await.unwrap();
+    assert_eq!(head, back[..10].to_vec(), "the first ten bytes");
+    let at = (8u64 << 20) - 3;
+    assert_eq!(
+        b.get_range(key, at, at + 6).await.unwrap(),
+        back[at as usize..at as usize + 7].to_vec()
+    );
+    assert_eq!(
+        b.get_range(key, size - 5, size - 1).await.unwrap(),
+        back[size as usize - 5..].to_vec()
+    );
+    let streamed = dir.path().join("streamed.webm");
+    std::fs::write(&streamed, b"stale").unwrap();
+    assert_eq!(download_to_file(b.as_ref(), key, &streamed).await.unwrap(), size);
+    assert_eq!(
+        md5_hex(&std::fs::read(&streamed).unwrap()),
+        md5,
+        "the download is the object"
+    );
+    assert!(matches!(
+        download_to_file(b.as_ref(), "org/app/missing.webm", &streamed).await,
+        Err(StorageError::NotFound(_))
+    ));
     // Uploading again replaces the object in place.
     let md5_2 = write_pattern_file(&path, 3 << 20, 9);
     assert_eq!(b.put_file(key, &path).await.unwrap().md5_hex, md5_2);

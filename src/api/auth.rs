@@ -17,6 +17,8 @@ pub struct Grant {
     pub organization_id: String,
     applications: Option<Vec<String>>,
     scopes: Vec<Scope>,
+    /// Plain-RTP offers of this key may leave out the sender's address.
+    pub rtp_any_source: bool,
 }
 
 impl Grant {
@@ -54,6 +56,7 @@ impl KeyRing {
                     organization_id: k.organization_id.clone(),
                     applications: k.applications.clone(),
                     scopes: k.scopes.clone(),
+                    rtp_any_source: k.rtp_any_source,
                 };
                 (k.sha256, grant)
             })
@@ -109,6 +112,7 @@ mod tests {
             organization_id: "org".into(),
             applications: Some(vec!["app".into()]),
             scopes: vec![Scope::Global],
+            rtp_any_source: false,
         }])
     }
 

@@ -36,9 +36,10 @@ use crate::signing::SignatureError;
 pub async fn add_event(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
+    let body = super::body::read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let limits = &state.settings.limits;

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// `allow` lists the methods the resource does take.
     #[error("{message}")]
     MethodNotAllowed { message: String, allow: &'static str },
+    /// The client did not send its body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A tenant limit was reached; `limit` is its configuration key (`limits.max_...`), also
     /// given as the body's `field`. `retry_after_secs` becomes `Retry-After` when set.
     #[error("{limit}: {message}")]
@@ -77,6 +80,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::TooManyRequests { .. } => "LIMIT_EXCEEDED",
+            ApiError::RequestTimeout(_) => "REQUEST_TIMEOUT",
         }
     }
 
@@ -102,6 +106,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

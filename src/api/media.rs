@@ -38,6 +38,8 @@ struct Publisher {
     conference_id_opt: Option<String>,
     /// The applications an API key may use; a token is pinned to its instance instead.
     applications: Applications,
+    /// Plain RTP: offers may leave out the sender's address (`api_keys.<name>.rtp_any_source`).
+    rtp_any_source: bool,
 }
 
 fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiError> {
@@ -63,11 +65,13 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiErr
             user_id_opt: grant.user_id_opt,
             conference_id_opt: Some(grant.conference_id),
             applications: None,
+            rtp_any_source: false,
         });
     }
     let grant = state.keys.authorize(req, Scope::Global)?;
     Ok(Publisher {
         applications: grant.applications().clone(),
+        rtp_any_source: grant.rtp_any_source,
         organization_id: grant.organization_id,
         instance_id_opt: None,
         user_id_opt: None,
@@ -112,10 +116,11 @@ async fn publish(
     state: web::Data<AppState>,
     conference_id: String,
     query: PublishQuery,
-    body: web::Bytes,
+    payload: web::Payload,
     transport: IngestTransport,
 ) -> Result<HttpResponse, ApiError> {
     let publisher = authenticate(&req, &state)?;
+    let body = super::body::read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
     let max = state.settings.limits.max_id_len;
     check_id("conferenceId", &conference_id, max)?;
     let content_type = header_text(&req, "content-type").unwrap_or_default();
@@ -171,6 +176,7 @@ async fn publish(
             conference_id: conference_id.clone(),
             instance_id_opt: publisher.instance_id_opt,
             applications: publisher.applications,
+            rtp_any_source: publisher.rtp_any_source,
             permit: None,
             user_id,
             kind,
@@ -197,7 +203,7 @@ async fn publish(
     tag = "Media Ingest",
     operation_id = "publishRtp",
     summary = "Publish a stream over plain RTP.",
-    description = "The body is an SDP offer (Content-Type application/sdp) listing the sender's m-lines. The answer (201, application/sdp) gives each accepted m-line a UDP port on the recorder (RTP on an even port, RTCP on the next unless the offer has a=rtcp-mux); m-lines it will not record are answered with port 0 (unsupported codec, or audio/video off for the instance). The first datagram from the offer's connection address latches each port to its source; datagrams from elsewhere are dropped. Location names the session; DELETE it to end the publisher.",
+    description = "The body is an SDP offer (Content-Type application/sdp) listing the sender's m-lines. The answer (201, application/sdp) gives each accepted m-line a UDP port on the recorder (RTP on an even port, RTCP on the next unless the offer has a=rtcp-mux); m-lines it will not record are answered with port 0 (unsupported codec, or audio/video off for the instance). The offer must name the sender's address (c=), unless the key has rtp_any_source; the first RTP packet of the accepted payload type from that address latches each port to its source, and datagrams from elsewhere (or noise before it) are dropped. Ports are drawn at random from the range. Location names the session; DELETE it to end the publisher.",
     params(
         ("conferenceId" = String, Path, description = "conferenceId of a live recorder instance"),
         ("userId" = Option<String>, Query, description = "the publisher (or header X-User-Id)"),
@@ -220,14 +226,14 @@ pub async fn publish_rtp(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<PublishQuery>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     publish(
         req,
         state,
         path.into_inner(),
         query.into_inner(),
-        body,
+        payload,
         IngestTransport::Rtp,
     )
     .await
@@ -261,14 +267,14 @@ pub async fn publish_whip(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<PublishQuery>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     publish(
         req,
         state,
         path.into_inner(),
         query.into_inner(),
-        body,
+        payload,
         IngestTransport::Whip,
     )
     .await
@@ -371,9 +377,10 @@ pub async fn publish_token(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: InstancePath,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
+    let body = super::body::read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
     // Another application's instance is missing for a key limited to some applications.
     let record = visible_instance(&state, &grant, at).await?;

@@ -2,6 +2,7 @@
 //! the engine's registry and render the reply; the front keeps no state of its own.
 
 pub mod auth;
+pub mod body;
 mod cobrowse;
 pub mod dto;
 pub mod error;

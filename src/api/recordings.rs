@@ -8,6 +8,7 @@ use recorder_actors::messages::{
 };
 
 use super::auth::Grant;
+use super::body::read_body;
 use super::dto::*;
 use super::error::{ApiError, ErrorBody};
 use super::validate::{check_id, parse_body, Obj};
@@ -91,8 +92,13 @@ pub async fn visible_conversation(
     ),
     security(("apiKey" = ["global"]))
 )]
-pub async fn start(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn start(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
+    let body = read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let max = state.settings.limits.max_id_len;
@@ -368,9 +374,10 @@ pub async fn conversation(
 pub async fn add_transcript(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
+    let body = read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let limits = &state.settings.limits;

@@ -208,3 +208,51 @@ fn a_limit_of_zero_is_refused_at_start_up_naming_it() {
     assert!(status.is_some_and(|s| !s.success()), "{err}");
     assert!(err.contains("limits.max_streams_per_instance"), "{err}");
 }
+
+/// Sends only the head of a POST that announces `content_length` bytes, and reads the answer.
+fn post_head_only(app: &TestApp, path: &str, authorization: Option<&str>, content_length: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+    // Bounds the test if the server waited for the body (the behaviour this test rules out).
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let auth = authorization
+        .map(|k| format!("Authorization: {k}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {BASE_PATH}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {content_length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(b"{\"applicationId\":").unwrap();
+    let mut answer = [0u8; 4096];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[test]
+fn bodies_are_read_only_after_authentication_and_only_up_to_the_limit() {
+    let app = TestApp::spawn();
+    // No key: refused from the head alone, without waiting for (or buffering) the body.
+    for path in [
+        "/recordings/start",
+        "/recordings/chat/transcript/add",
+        "/recordings/cobrowse/event",
+    ] {
+        let answer = post_head_only(&app, path, None, 900_000);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer:?}");
+    }
+    let answer = post_head_only(
+        &app,
+        "/media/rtp/some-conference?userId=u1",
+        Some("Bearer nope"),
+        900_000,
+    );
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+    // A key, but a body announced beyond limits.max_body_bytes: 413 before it is read.
+    let answer = post_head_only(&app, "/recordings/start", Some(KEY_A), 5 << 20);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.contains("\"field\":\"body\""), "{answer:?}");
+    // The service goes on serving.
+    app.start(KEY_A, APP_A, &conv("after-heads"));
+}

@@ -17,6 +17,7 @@ use crate::domain::{path_component, ErrorInfo, InstanceRecord, InstanceState, St
 use crate::media::compose::{self, ComposeInput, ComposeMedia, ComposeReport, ComposeRole, InstanceSpan};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
+use crate::storage::download_to_file;
 use crate::store::{ArtefactKind, CompositionId, CompositionRecord, CompositionState, StateStore, StoreError};
 use crate::EngineConfig;
 
@@ -301,23 +302,18 @@ async fn fetch_uploaded_tracks(
                     .clone();
                 let extension = key.rsplit('.').next().unwrap_or("bin");
                 let path = dir.join(format!("{}-{}.{extension}", fetched.len(), path_component(&track.id)));
-                let bytes = match profile.backend.get(key).await {
-                    Ok(bytes) => bytes,
-                    Err(err) => {
-                        tracing::warn!(key = %key, error = %err, "track for composition could not be fetched");
-                        continue;
-                    }
-                };
-                let written = async {
-                    tokio::fs::create_dir_all(&dir).await?;
-                    tokio::fs::write(&path, bytes).await
-                };
-                match written.await {
-                    Ok(()) => {
+                // Streamed to the file a chunk at a time: a track is never whole in memory.
+                if let Err(err) = tokio::fs::create_dir_all(&dir).await {
+                    tracing::warn!(path = %dir.display(), error = %err, "composition inputs folder could not be made");
+                    continue;
+                }
+                match download_to_file(profile.backend.as_ref(), key, &path).await {
+                    Ok(_) => {
                         fetched.insert(id, path);
                     }
                     Err(err) => {
-                        tracing::warn!(path = %path.display(), error = %err, "fetched track could not be written")
+                        let _ = tokio::fs::remove_file(&path).await;
+                        tracing::warn!(key = %key, error = %err, "track for composition could not be fetched");
                     }
                 }
             }

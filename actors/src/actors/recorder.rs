@@ -621,6 +621,7 @@ impl Recorder {
                         .send(OpenRtp {
                             session_id: sid,
                             permit: msg.permit,
+                            any_source: msg.rtp_any_source,
                             offer,
                             audio,
                             video,

@@ -153,7 +153,7 @@ impl Registry {
     /// and its conference out of the conference index if the conference is still its own.
     /// Returns whether it was live.
     fn end_live(&mut self, key: &ConversationKey, instance_id: &str) -> bool {
-        if !self.live.get(key).is_some_and(|l| l.instance_id == instance_id) {
+        if self.live.get(key).is_none_or(|l| l.instance_id != instance_id) {
             return false;
         }
         let live = self.live.remove(key).expect("checked above");
@@ -865,7 +865,7 @@ async fn fetch_for_download(
         });
     }
     let temp = std::env::temp_dir().join(format!("rtc-recorder-download-{}", uuid::Uuid::new_v4().simple()));
-    match profile.backend.get_to_file(&key, &temp).await {
+    match crate::storage::download_to_file(profile.backend.as_ref(), &key, &temp).await {
         Ok(_) => Ok(TrackFile {
             source: ArtefactSource::Downloaded(temp),
             file_name,

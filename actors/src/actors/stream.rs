@@ -549,6 +549,17 @@ impl Stream {
     }
 
     fn open_rtp(&mut self, msg: OpenRtp, ctx: &mut Context<Self>) -> Result<OpenedSession, MediaError> {
+        if !msg.any_source
+            && msg
+                .offer
+                .media
+                .iter()
+                .any(|m| m.connection.or(msg.offer.connection).is_none())
+        {
+            return Err(MediaError::Refused(
+                "the offer names no sender address (c=IN IP4|IP6 <address>): without one any datagram could take its ports".into(),
+            ));
+        }
         let mut answers = Vec::new();
         let mut bound = Vec::new();
         let mut kinds_taken: Vec<TrackType> = Vec::new();
@@ -817,6 +828,8 @@ struct SupervisionTick;
 pub struct OpenRtp {
     pub session_id: String,
     pub permit: Option<Arc<crate::limits::SessionPermit>>,
+    /// The offer may leave out the sender's address (the key is trusted for any source).
+    pub any_source: bool,
     pub offer: SessionOffer,
     pub audio: bool,
     pub video: bool,

@@ -1,9 +1,12 @@
 //! Plain RTP ingest (SFU forwarders, FFmpeg's `-f rtp`): one UDP port per accepted m-line (and
 //! one for RTCP unless the offer asks for rtcp-mux), each served by its own receive thread.
 //!
-//! Source policy: RTP is unauthenticated, so the first datagram from an acceptable source latches
-//! the port to that source address and port; datagrams from anywhere else are dropped and
-//! counted. When the offer names a concrete connection address (`c=`), only that IP may latch.
+//! Source policy: RTP is unauthenticated, so the first acceptable datagram latches the port to its
+//! source address and port; datagrams from anywhere else are dropped and counted. Acceptable
+//! means: from the offer's connection address (`c=`; an offer without one is refused unless the
+//! publisher's key is trusted for any source), and an RTP packet (not RTCP, not noise) with the
+//! payload type the m-line was accepted with, so stray or hostile datagrams cannot take a port.
+//! Ports are drawn at random from the range, so a sender cannot guess the next session's port.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +18,8 @@ use super::rtp::{is_rtcp, picture_loss_indication, RtpPacket, MAX_RTP_PACKET};
 use super::sdp::{Accepted, MediaOffer};
 use super::MediaError;
 
-/// Hands out UDP ports from the configured range, round robin, checking each by binding it.
+/// Hands out UDP ports from the configured range, from a random place in it, checking each by
+/// binding it.
 pub struct PortAllocator {
     bind_ip: IpAddr,
     min: u16,
@@ -40,14 +44,15 @@ impl PortAllocator {
 
     /// Binds an even RTP port, and its odd neighbour for RTCP when `with_rtcp`.
     pub fn bind(&self, with_rtcp: bool) -> Result<(UdpSocket, Option<UdpSocket>), MediaError> {
-        let num_pairs = (u32::from(self.max) - u32::from(self.min)).div_ceil(2);
-        let mut next = self.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for _ in 0..num_pairs.max(1) {
-            let port = *next;
-            *next = if port + 2 > self.max.saturating_sub(1) {
-                self.min
-            } else {
-                port + 2
+        use rand::Rng;
+        // Pairs (even RTP port, odd RTCP port) that fit in min..=max.
+        let num_pairs = (u32::from(self.max) - u32::from(self.min)).div_ceil(2).max(1);
+        let _serial = self.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let first = rand::thread_rng().gen_range(0..num_pairs);
+        for step in 0..num_pairs {
+            let pair = (first + step) % num_pairs;
+            let Some(port) = u16::try_from(u32::from(self.min) + 2 * pair).ok() else {
+                continue;
             };
             let Ok(rtp) = bind_udp(self.bind_ip, port) else {
                 continue;
@@ -55,7 +60,10 @@ impl PortAllocator {
             if !with_rtcp {
                 return Ok((rtp, None));
             }
-            if let Ok(rtcp) = bind_udp(self.bind_ip, port + 1) {
+            let Some(rtcp_port) = port.checked_add(1) else {
+                continue;
+            };
+            if let Ok(rtcp) = bind_udp(self.bind_ip, rtcp_port) {
                 return Ok((rtp, Some(rtcp)));
             }
         }
@@ -185,10 +193,12 @@ struct Latch {
 }
 
 impl Latch {
-    fn admit(&mut self, from: SocketAddr) -> bool {
+    /// Whether a datagram from `from` is taken; an unlatched port latches to it when it comes
+    /// from the allowed IP and `may_latch` (it is an RTP packet of the accepted payload type).
+    fn admit(&mut self, from: SocketAddr, may_latch: bool) -> bool {
         match self.source {
             Some(source) => source == from,
-            None if self.allowed_ip.is_none_or(|ip| ip == from.ip()) => {
+            None if may_latch && self.allowed_ip.is_none_or(|ip| ip == from.ip()) => {
                 self.source = Some(from);
                 true
             }
@@ -218,7 +228,10 @@ struct Inbound {
 impl Inbound {
     fn datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
         let was_latched = self.rtp_latch.source.is_some();
-        if data.len() > MAX_RTP_PACKET || !self.rtp_latch.admit(from) {
+        // Only a packet that is RTP of the accepted payload type may latch the port.
+        let may_latch =
+            !was_latched && !is_rtcp(data) && RtpPacket::parse(data).is_ok_and(|p| p.payload_type == self.payload_type);
+        if data.len() > MAX_RTP_PACKET || !self.rtp_latch.admit(from, may_latch) {
             self.counters.num_refused.fetch_add(1, Ordering::Relaxed);
         } else if is_rtcp(data) {
             self.pump.receiver.push_rtcp(data);
@@ -345,7 +358,10 @@ fn receive(
         }
         if let Some(rtcp) = &bound.rtcp {
             while let Ok((len, from)) = rtcp.recv_from(&mut buf) {
-                if len <= MAX_RTP_PACKET && rtcp_latch.admit(from) {
+                // The RTCP port latches only to RTCP from the IP the RTP port latched to.
+                let may_latch =
+                    is_rtcp(&buf[..len]) && inbound.rtp_latch.source.is_some_and(|rtp| rtp.ip() == from.ip());
+                if len <= MAX_RTP_PACKET && rtcp_latch.admit(from, may_latch) {
                     inbound.pump.receiver.push_rtcp(&buf[..len]);
                 } else {
                     inbound.counters.num_refused.fetch_add(1, Ordering::Relaxed);
@@ -437,8 +453,8 @@ mod tests {
             allowed_ip: None,
             source: Some("127.0.0.1:5000".parse().unwrap()),
         };
-        assert!(!latch.admit("127.0.0.1:5002".parse().unwrap()));
-        assert!(latch.admit("127.0.0.1:5000".parse().unwrap()));
+        assert!(!latch.admit("127.0.0.1:5002".parse().unwrap(), true));
+        assert!(latch.admit("127.0.0.1:5000".parse().unwrap(), false));
     }
 
     #[test]
@@ -447,9 +463,101 @@ mod tests {
             allowed_ip: Some("127.0.0.1".parse().unwrap()),
             source: None,
         };
-        assert!(!latch.admit("127.0.0.2:5000".parse().unwrap()));
-        assert!(latch.admit("127.0.0.1:5000".parse().unwrap()));
-        assert!(!latch.admit("127.0.0.1:5001".parse().unwrap()));
-        assert!(latch.admit("127.0.0.1:5000".parse().unwrap()));
+        assert!(!latch.admit("127.0.0.2:5000".parse().unwrap(), true));
+        // Not a packet that may latch (noise, RTCP, another payload type): refused, unlatched.
+        assert!(!latch.admit("127.0.0.1:5009".parse().unwrap(), false));
+        assert!(latch.source.is_none());
+        assert!(latch.admit("127.0.0.1:5000".parse().unwrap(), true));
+        assert!(!latch.admit("127.0.0.1:5001".parse().unwrap(), true));
+        assert!(latch.admit("127.0.0.1:5000".parse().unwrap(), false));
+    }
+
+    #[test]
+    fn ports_are_drawn_at_random_from_the_range_in_pairs() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let alloc = PortAllocator::new(lo, 47_100, 47_199);
+        let mut held = Vec::new();
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let (rtp, rtcp) = alloc.bind(true).unwrap();
+            let port = rtp.local_addr().unwrap().port();
+            assert!((47_100..=47_198).contains(&port) && port % 2 == 0, "{port}");
+            assert_eq!(rtcp.as_ref().unwrap().local_addr().unwrap().port(), port + 1);
+            held.push((rtp, rtcp));
+        }
+        // Each draw released at once: 20 draws from 50 pairs land on many places, which a
+        // round robin from the start of the range would not (it would give 47100 every time).
+        for _ in 0..20 {
+            let (rtp, _rtcp) = alloc.bind(true).unwrap();
+            firsts.insert(rtp.local_addr().unwrap().port());
+        }
+        drop(held);
+        assert!(firsts.len() > 3, "{firsts:?}");
+    }
+
+    fn inbound(payload_type: u8, allowed_ip: &str) -> (Inbound, Arc<TrackCounters>, tempfile::TempDir) {
+        use crate::media::codec::Codec;
+        use crate::media::writer::{TrackWriter, WriterConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let writer = TrackWriter::spawn(dir.path().join("t.webm"), Codec::Opus, WriterConfig::default()).unwrap();
+        let counters = Arc::new(TrackCounters::default());
+        let receiver = crate::media::receiver::TrackReceiver::new(Codec::Opus, Default::default(), Instant::now(), 0);
+        let pump = TrackPump::new(
+            "s".into(),
+            "t".into(),
+            receiver,
+            writer.sink(),
+            counters.clone(),
+            Arc::new(|_| {}),
+            Instant::now(),
+        );
+        let inbound = Inbound {
+            pump,
+            counters: counters.clone(),
+            payload_type,
+            rtp_latch: Latch {
+                allowed_ip: Some(allowed_ip.parse().unwrap()),
+                source: None,
+            },
+            last_packet: None,
+        };
+        (inbound, counters, dir)
+    }
+
+    fn rtp(payload_type: u8, seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, payload_type & 0x7f];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&960u32.wrapping_mul(u32::from(seq)).to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(&[0xf8, 0xff, 0xfe]);
+        p
+    }
+
+    #[test]
+    fn only_rtp_of_the_offered_payload_type_from_the_offered_ip_latches_a_port() {
+        let (mut inbound, counters, _dir) = inbound(111, "127.0.0.1");
+        let attacker: SocketAddr = "127.0.0.1:6666".parse().unwrap();
+        let sender: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let now = Instant::now();
+        // Noise, RTCP and RTP of another payload type do not take the port.
+        inbound.datagram(b"hello, port", attacker, now);
+        inbound.datagram(
+            &[
+                0x81, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            attacker,
+            now,
+        );
+        inbound.datagram(&rtp(96, 1), attacker, now);
+        assert!(inbound.rtp_latch.source.is_none());
+        // Another IP cannot, even with good RTP.
+        inbound.datagram(&rtp(111, 1), "127.0.0.9:5000".parse().unwrap(), now);
+        assert!(inbound.rtp_latch.source.is_none());
+        assert_eq!(counters.num_refused.load(Ordering::Relaxed), 4);
+        // The sender's first packet does, and from then on only the sender is heard.
+        inbound.datagram(&rtp(111, 2), sender, now);
+        assert_eq!(inbound.rtp_latch.source, Some(sender));
+        inbound.datagram(&rtp(111, 3), attacker, now);
+        assert_eq!(counters.num_refused.load(Ordering::Relaxed), 5);
     }
 }

@@ -274,6 +274,28 @@ impl StorageBackend for GcsBackend {
         .boxed()
     }
 
+    fn get_range(&self, key: &str, start: u64, end: u64) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let name = self.object_name(key);
+        async move {
+            let request = GetObjectRequest {
+                bucket,
+                object: name?,
+                ..Default::default()
+            };
+            client
+                .download_object(&request, &Range(Some(start), Some(end)))
+                .await
+                .map_err(|e| map_err(e, "download object range", Missing::Object))
+        }
+        .boxed()
+    }
+
+    fn serves_ranges(&self) -> bool {
+        true
+    }
+
     fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>> {
         let client = self.client.clone();
         let bucket = self.settings.bucket.clone();

@@ -175,9 +175,26 @@ pub trait StorageBackend: Send + Sync + 'static {
     /// Writes an object whole and atomically: readers see the old object or the new one.
     fn put(&self, key: &str, bytes: Vec<u8>) -> BoxFuture<'static, StorageResult<u64>>;
     fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>>;
+    /// Bytes `start..=end` of an object. The default reads the whole object and cuts it; backends
+    /// that serve ranges (S3, Azure, GCS) override it and say so in `serves_ranges`.
+    fn get_range(&self, key: &str, start: u64, end: u64) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let get = self.get(key);
+        Box::pin(async move {
+            let bytes = get.await?;
+            let from = usize::try_from(start).unwrap_or(usize::MAX).min(bytes.len());
+            let to = usize::try_from(end.saturating_add(1))
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            Ok(bytes[from..to.max(from)].to_vec())
+        })
+    }
+    /// Whether `get_range` reads only the range (see [`download_to_file`]).
+    fn serves_ranges(&self) -> bool {
+        false
+    }
     /// Copies an object into the local file `dest` (created or truncated); returns its size.
-    /// For objects too large to hold in memory (track files). The default goes through `get`;
-    /// backends that can stream (SFTP) override it.
+    /// The default goes through `get`; backends that can stream (SFTP) override it. Callers use
+    /// [`download_to_file`], which reads range-serving backends a chunk at a time.
     fn get_to_file(&self, key: &str, dest: &Path) -> BoxFuture<'static, StorageResult<u64>> {
         let get = self.get(key);
         let dest = dest.to_path_buf();
@@ -397,6 +414,39 @@ pub fn validate_key(key: &str) -> StorageResult<()> {
         return Err(StorageError::InvalidKey(key.to_string()));
     }
     Ok(())
+}
+
+/// Largest piece of an object held in memory by [`download_to_file`].
+pub const DOWNLOAD_CHUNK: u64 = 4 << 20;
+
+/// Copies an object into the local file `dest` (created or truncated) with bounded memory:
+/// backends that serve ranges are read [`DOWNLOAD_CHUNK`] at a time, the others through their
+/// own `get_to_file` (SFTP streams; the local store is read in place by callers). Returns the
+/// object's size.
+pub async fn download_to_file(backend: &dyn StorageBackend, key: &str, dest: &Path) -> StorageResult<u64> {
+    use tokio::io::AsyncWriteExt;
+    if !backend.serves_ranges() {
+        return backend.get_to_file(key, dest).await;
+    }
+    let size = backend.head(key).await?.size;
+    let io = |err: std::io::Error| StorageError::Io(format!("{}: {err}", dest.display()));
+    let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+    let mut start = 0u64;
+    while start < size {
+        let end = start.saturating_add(DOWNLOAD_CHUNK).min(size) - 1;
+        let chunk = backend.get_range(key, start, end).await?;
+        if chunk.len() as u64 != end - start + 1 {
+            return Err(StorageError::Io(format!(
+                "range {start}-{end} of a {size}-byte object answered {} bytes",
+                chunk.len()
+            )));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+        start = end + 1;
+    }
+    file.flush().await.map_err(io)?;
+    file.sync_all().await.map_err(io)?;
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -221,6 +221,34 @@ impl StorageBackend for S3Backend {
         .boxed()
     }
 
+    fn get_range(&self, key: &str, start: u64, end: u64) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        async move {
+            let key = key?;
+            let output = client
+                .get_object()
+                .bucket(&bucket)
+                .key(&key)
+                .range(format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .map_err(|e| map_err(e, "get object range", Missing::Object))?;
+            let body = output
+                .body
+                .collect()
+                .await
+                .map_err(|e| StorageError::Io(format!("get object range: reading the body: {e}")))?;
+            Ok(body.into_bytes().to_vec())
+        }
+        .boxed()
+    }
+
+    fn serves_ranges(&self) -> bool {
+        true
+    }
+
     fn delete(&self, key: &str) -> BoxFuture<'static, StorageResult<()>> {
         let client = self.client.clone();
         let bucket = self.settings.bucket.clone();
