@@ -14,6 +14,12 @@
 /// The points the engine has.
 pub const MUXER_WRITE: &str = "muxer_write";
 pub const STATE_COMMIT: &str = "state_commit";
+/// Between two writes of one state-store transaction (`StoreTx::step`), scoped by
+/// `"<command> <step> <instanceId>"`. Armed with `error`, the point flushes the store
+/// (everything committed so far becomes durable, as it would be after a while) and then ends the
+/// process: a crash at exactly that step. The transaction's own writes so far are not committed,
+/// so none of them survive. (`abort` ends the process without the flush.)
+pub const COMMAND_STEP: &str = "command_step";
 pub const UPLOAD_PART: &str = "upload_part";
 pub const FINALIZE: &str = "finalize";
 /// At the start of every message handler of a Stream actor but `Snapshot` (among them its

@@ -1,5 +1,6 @@
-//! The composition queue across a crash: a composition the store shows as `Composing` (the
-//! process died mid-run) or `Queued` is composed when the engine boots, and uploaded.
+//! The engine's boot over a store left by a crash or an older build: a composition the store
+//! shows as `Composing` (the process died mid-run) or `Queued` is composed and uploaded; an
+//! ended instance without its upload jobs gets them back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -109,27 +110,7 @@ async fn a_composition_cut_short_by_a_crash_runs_again_at_boot() {
     store.flush().await.unwrap();
 
     let storage = dir.path().join("storage");
-    let backend: Arc<dyn StorageBackend> = Arc::new(LocalBackend::new(&storage).unwrap());
-    let profile = Arc::new(ApplicationProfile {
-        organization_id: ORG.into(),
-        application_id: APP.into(),
-        backend,
-    });
-    let config = Arc::new(EngineConfig {
-        recorder_id: "node-1".into(),
-        applications: HashMap::from([((ORG.to_string(), APP.to_string()), profile)]),
-        upload_concurrency: 1,
-        upload_retry_base: Duration::from_millis(100),
-        upload_retry_max: Duration::from_millis(500),
-        delete_local_after_upload: false,
-        render_manifest: plain_manifest_renderer(),
-        media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(media.clone())),
-        composition: Default::default(),
-        recovery: Default::default(),
-        limits: Default::default(),
-        ready_check_interval: std::time::Duration::from_secs(15),
-    });
-    let _registry = Registry::boot(store.clone(), config).unwrap();
+    let _registry = Registry::boot(store.clone(), config(&storage, &media, true)).unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let composition = loop {
@@ -154,4 +135,121 @@ async fn a_composition_cut_short_by_a_crash_runs_again_at_boot() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "h264\naac");
+}
+
+fn config(storage: &Path, media: &Path, compose: bool) -> Arc<EngineConfig> {
+    let backend: Arc<dyn StorageBackend> = Arc::new(LocalBackend::new(storage).unwrap());
+    let profile = Arc::new(ApplicationProfile {
+        organization_id: ORG.into(),
+        application_id: APP.into(),
+        backend,
+    });
+    Arc::new(EngineConfig {
+        recorder_id: "node-1".into(),
+        applications: HashMap::from([((ORG.to_string(), APP.to_string()), profile)]),
+        upload_concurrency: 1,
+        upload_retry_base: Duration::from_millis(100),
+        upload_retry_max: Duration::from_millis(500),
+        delete_local_after_upload: false,
+        render_manifest: plain_manifest_renderer(),
+        media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(media.to_path_buf())),
+        composition: recorder_actors::engine::CompositionConfig {
+            enabled: compose,
+            ..Default::default()
+        },
+        recovery: Default::default(),
+        limits: Default::default(),
+        ready_check_interval: Duration::from_secs(15),
+    })
+}
+
+/// A store written by a build whose stop was not one transaction: the instance is STOPPED, but
+/// its upload jobs never made it. Boot queues them again, and everything reaches storage.
+#[actix::test]
+async fn an_ended_instance_without_its_upload_jobs_gets_them_back_at_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let audio = media.join("a.webm");
+    track_file(&audio, "sine=frequency=440:sample_rate=48000", false);
+    let store: Arc<dyn StateStore> = Arc::new(SledStore::open(&dir.path().join("state")).unwrap());
+    let at = Utc::now() - chrono::Duration::seconds(60);
+    let mut instance = InstanceRecord {
+        schema_version: RECORD_SCHEMA_VERSION,
+        instance_id: "i2".into(),
+        recorder_id: "node-1".into(),
+        organization_id: ORG.into(),
+        application_id: APP.into(),
+        conversation_id: "conv2".into(),
+        conference_id: "room".into(),
+        audio: true,
+        video: false,
+        state: InstanceState::Stopped,
+        created: at,
+        started: Some(at),
+        stopped: Some(at + chrono::Duration::seconds(2)),
+        recovered: None,
+        error: None,
+        provider: Provider::Local,
+        storage_url: String::new(),
+        streams: vec![StreamRecord {
+            id: "s1".into(),
+            user_id: "alice".into(),
+            kind: StreamType::Mic,
+            state: StreamState::Stopped,
+            started: Some(at),
+            stopped: Some(at + chrono::Duration::seconds(2)),
+            tracks: vec![track("t1", TrackType::Audio, &audio, at)],
+            rtp_session: None,
+        }],
+        transcript: None,
+        num_transcript_entries: 0,
+        cobrowse_sessions: BTreeMap::new(),
+        history: vec![],
+        stop_requested: None,
+    };
+    let line = ChatEntry {
+        time_stamp: at,
+        transcript: "hello".into(),
+        user_display_name: Some("Alice".into()),
+        user_id: "alice".into(),
+    };
+    instance.num_transcript_entries = store.append_transcript("i2", &[line]).unwrap();
+    store.insert_instance(&instance).unwrap();
+    // An instance whose artefacts are all in storage is left alone.
+    let mut done = instance.clone();
+    done.instance_id = "i3".into();
+    done.conversation_id = "conv3".into();
+    done.streams.clear();
+    done.num_transcript_entries = 0;
+    store.insert_instance(&done).unwrap();
+    store.flush().await.unwrap();
+    assert!(store.jobs().unwrap().is_empty());
+
+    let storage = dir.path().join("storage");
+    let _registry = Registry::boot(store.clone(), config(&storage, &media, false)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let prefix = storage.join("org/app/conv2/node-1/i2");
+    loop {
+        let record = store.get_instance("i2").unwrap().unwrap();
+        let uploaded = record.transcript.is_some()
+            && record.streams[0].tracks[0].object.uploaded.is_some()
+            && prefix.join("recording.json").is_file()
+            && store.jobs().unwrap().is_empty();
+        if uploaded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not uploaded after boot: {record:?} {:?}",
+            store.jobs()
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(prefix.join("chat/transcript.json").is_file());
+    assert!(prefix.join("streams/s1/t1.webm").is_file());
+    assert!(
+        !storage.join("org/app/conv3").exists(),
+        "the complete instance was left alone"
+    );
 }

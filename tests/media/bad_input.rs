@@ -226,7 +226,11 @@ fn bad_offers_tokens_and_packets_are_refused_and_the_recording_goes_on() {
         .find(|s| s["id"].as_str().unwrap().contains(" y "))
         .expect("stream y");
     assert!(y["counters"]["num_refused"].as_u64().unwrap() >= 150, "{y}");
-    assert_eq!(y["counters"]["num_malformed"].as_u64(), Some(0), "garbage reached the depacketizer: {y}");
+    assert_eq!(
+        y["counters"]["num_malformed"].as_u64(),
+        Some(0),
+        "garbage reached the depacketizer: {y}"
+    );
 
     wait_ok(sender, "ffmpeg");
     app.stop(&event);

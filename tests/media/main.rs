@@ -4,6 +4,7 @@
 mod harness;
 
 mod bad_input;
+mod commit;
 mod compose;
 mod plain_rtp;
 mod recovery;

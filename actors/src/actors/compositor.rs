@@ -216,7 +216,10 @@ impl Compositor {
             conversation_id: record.conversation_id.clone(),
             local_path: path.to_string_lossy().into_owned(),
         };
-        if let Err(err) = enqueue_artefact(self.store.as_ref(), &instance, artefact) {
+        if let Err(err) = self
+            .store
+            .transaction(&mut |tx| enqueue_artefact(tx, &instance, artefact.clone()))
+        {
             tracing::error!(error = %err, conversation_id = %record.conversation_id, "cannot queue the composition upload");
             return;
         }

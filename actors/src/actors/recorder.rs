@@ -978,80 +978,76 @@ impl Recorder {
                     return Err(restarting());
                 }
                 let finished: Vec<StreamRecord> = finished?.into_iter().flatten().flatten().collect();
-                let mut artefacts = Vec::new();
-                let mut ended_here = false;
-                let record = store.update_instance(&instance_id, &mut |r| {
-                    artefacts.clear();
-                    ended_here = false;
-                    if r.state.is_terminal() {
-                        // A stop that queued behind another one: the first already did the work.
-                        return Ok(());
-                    }
-                    for stream in &finished {
-                        merge_stream(r, stream);
-                    }
-                    match &ending {
-                        Ending::Stop => r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?,
-                        Ending::Abort(error) => {
-                            // An instance aborted while ACTIVE (media of the last stream that
-                            // could record resumed meanwhile) passes through recovery first.
-                            if r.state != InstanceState::PendingRecovery {
-                                r.transition(InstanceState::PendingRecovery, Utc::now()).map_err(rejected)?;
-                            }
-                            r.transition(InstanceState::Aborted, Utc::now()).map_err(rejected)?;
-                            r.error = Some(error.clone());
+                // Read before the transaction: whether an earlier instance of the composition
+                // recorded media (this one's tracks are in the record the transaction reads).
+                let others_have_media = compose && conversation_has_media(store.as_ref(), &instance_id)?;
+                let mut committed = None;
+                // One transaction: the terminal state with the streams' final records, the
+                // composition job and every upload job. A crash anywhere before its commit leaves
+                // the instance live with `stop_requested`, and the next recorder stops it again.
+                store.transaction(&mut |tx| {
+                    let mut artefacts = Vec::new();
+                    let mut ended_here = false;
+                    let record = tx.update_instance(&instance_id, &mut |r| {
+                        artefacts.clear();
+                        ended_here = false;
+                        if r.state.is_terminal() {
+                            // A stop that queued behind another one: the first already did the work.
+                            return Ok(());
                         }
-                    }
-                    for stream in &r.streams {
-                        for track in &stream.tracks {
-                            if let (Some(location), None) = (&track.local.location, &track.object.uploaded) {
-                                artefacts.push(ArtefactKind::TrackFile {
-                                    stream_id: stream.id.clone(),
-                                    track_id: track.id.clone(),
-                                    local_path: location.clone(),
-                                });
+                        for stream in &finished {
+                            merge_stream(r, stream);
+                        }
+                        match &ending {
+                            Ending::Stop => r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?,
+                            Ending::Abort(error) => {
+                                // An instance aborted while ACTIVE (media of the last stream that
+                                // could record resumed meanwhile) passes through recovery first.
+                                if r.state != InstanceState::PendingRecovery {
+                                    r.transition(InstanceState::PendingRecovery, Utc::now()).map_err(rejected)?;
+                                }
+                                r.transition(InstanceState::Aborted, Utc::now()).map_err(rejected)?;
+                                r.error = Some(error.clone());
                             }
                         }
+                        artefacts = terminal_artefacts(r);
+                        ended_here = true;
+                        Ok(())
+                    })?;
+                    tx.step("stop", "terminal_state_written", &instance_id);
+                    // The composition job goes with the upload jobs: an uploader that sees it
+                    // pending keeps the local track files for the compositor. Stopped and aborted
+                    // instances alike: an aborted call's media is worth a composed file too.
+                    if compose && ended_here {
+                        let now = Utc::now();
+                        let composition = CompositionId::of_instance(&record);
+                        tx.queue_composition(&composition, &record.instance_id, now)?;
+                        if !others_have_media && !has_media(&record) {
+                            // Nothing to compose: the outcome is known now, so the compositor
+                            // gets no job (a call that never published costs no composition run).
+                            tx.update_composition(&composition, &mut |c| {
+                                c.state = CompositionState::Failed;
+                                c.started = Some(now);
+                                c.stopped = Some(now);
+                                c.error = Some(ErrorInfo::new(
+                                    "COMPOSITION_FAILED",
+                                    "the conversation recorded no media: nothing to compose",
+                                ));
+                                Ok(())
+                            })?;
+                        }
+                        tx.step("stop", "composition_queued", &instance_id);
                     }
-                    if r.num_transcript_entries > 0 {
-                        artefacts.push(ArtefactKind::ChatTranscript);
+                    for (n, artefact) in artefacts.into_iter().enumerate() {
+                        enqueue_artefact(tx, &record, artefact)?;
+                        if n == 0 {
+                            tx.step("stop", "first_job_queued", &instance_id);
+                        }
                     }
-                    for session_id in r.cobrowse_sessions.keys() {
-                        artefacts.push(ArtefactKind::CobrowseSession {
-                            session_id: session_id.clone(),
-                        });
-                    }
-                    // Queued with the others, run after them: the uploader holds a manifest back
-                    // while any other job of its instance is queued.
-                    artefacts.push(ArtefactKind::Manifest);
-                    ended_here = true;
+                    committed = Some(record);
                     Ok(())
                 })?;
-                // The composition job goes before the upload jobs: an uploader that sees it
-                // pending keeps the local track files for the compositor. Stopped and aborted
-                // instances alike: an aborted call's media is worth a composed file too.
-                if compose && ended_here {
-                    let now = Utc::now();
-                    let composition = CompositionId::of_instance(&record);
-                    store.queue_composition(&composition, &record.instance_id, now)?;
-                    if !conversation_has_media(store.as_ref(), &record)? {
-                        // Nothing to compose: the outcome is known now, so the compositor gets
-                        // no job (a call that never published costs no composition run).
-                        store.update_composition(&composition, &mut |c| {
-                            c.state = CompositionState::Failed;
-                            c.started = Some(now);
-                            c.stopped = Some(now);
-                            c.error = Some(ErrorInfo::new(
-                                "COMPOSITION_FAILED",
-                                "the conversation recorded no media: nothing to compose",
-                            ));
-                            Ok(())
-                        })?;
-                    }
-                }
-                for artefact in artefacts {
-                    enqueue_artefact(store.as_ref(), &record, artefact)?;
-                }
+                let record = committed.expect("a committed transaction set it");
                 Ok::<_, EngineError>(record)
             })();
             let flush = store.flush();
@@ -1132,17 +1128,54 @@ impl Handler<Snapshot> for Recorder {
     }
 }
 
-/// Whether any ended instance of `record`'s composition (its application's instances of its
-/// conversation, this one included) has a track file.
-fn conversation_has_media(store: &dyn StateStore, record: &InstanceRecord) -> Result<bool, EngineError> {
-    let composition = CompositionId::of_instance(record);
+/// Whether an ended instance of the composition of `instance_id` other than itself (its
+/// application's instances of its conversation) has a track file.
+fn conversation_has_media(store: &dyn StateStore, instance_id: &str) -> Result<bool, EngineError> {
+    let Some(record) = store.get_instance(instance_id)? else {
+        return Ok(false);
+    };
+    let composition = CompositionId::of_instance(&record);
     Ok(store
         .conversation_instances(&record.organization_id, &record.conversation_id)?
         .iter()
-        .filter(|i| i.state.is_terminal() && composition.includes(i))
-        .flat_map(|i| i.streams.iter())
+        .filter(|i| i.instance_id != instance_id && i.state.is_terminal() && composition.includes(i))
+        .any(has_media))
+}
+
+fn has_media(record: &InstanceRecord) -> bool {
+    record
+        .streams
+        .iter()
         .flat_map(|s| s.tracks.iter())
-        .any(|t| t.local.location.is_some()))
+        .any(|t| t.local.location.is_some())
+}
+
+/// What an instance that just ended uploads: every track file not uploaded yet, the transcript,
+/// each co-browse session and, last, `recording.json` (the uploader holds a manifest back while
+/// any other job of its instance is queued).
+fn terminal_artefacts(r: &InstanceRecord) -> Vec<ArtefactKind> {
+    let mut artefacts = Vec::new();
+    for stream in &r.streams {
+        for track in &stream.tracks {
+            if let (Some(location), None) = (&track.local.location, &track.object.uploaded) {
+                artefacts.push(ArtefactKind::TrackFile {
+                    stream_id: stream.id.clone(),
+                    track_id: track.id.clone(),
+                    local_path: location.clone(),
+                });
+            }
+        }
+    }
+    if r.num_transcript_entries > 0 {
+        artefacts.push(ArtefactKind::ChatTranscript);
+    }
+    for session_id in r.cobrowse_sessions.keys() {
+        artefacts.push(ArtefactKind::CobrowseSession {
+            session_id: session_id.clone(),
+        });
+    }
+    artefacts.push(ArtefactKind::Manifest);
+    artefacts
 }
 
 #[cfg(test)]

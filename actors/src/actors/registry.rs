@@ -17,7 +17,7 @@ use crate::domain::*;
 use crate::messages::*;
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::storage::{verify, StorageError, VerificationReport};
-use crate::store::{ArtefactKind, CompositionId, StateStore, StoreError, UploadJob};
+use crate::store::{ArtefactKind, CompositionId, StateStore, StoreError, StoreTx, UploadJob};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
 type ProfileKey = (String, String);
@@ -66,7 +66,25 @@ impl Registry {
     /// Instances that were `ACTIVE` had media flowing when the process ended, so they come back
     /// as `PENDING_RECOVERY`; `INITIALISED` ones had nothing to lose and stay as they were.
     pub fn boot(store: Arc<dyn StateStore>, config: Arc<EngineConfig>) -> Result<Addr<Registry>, EngineError> {
-        let instances = store.live_instances()?;
+        // One pass over the store: live instances are rebuilt below; ended ones get back any
+        // upload or composition job they lack (a store written by a build whose stop was not
+        // one transaction could hold a STOPPED instance without its jobs).
+        let mut instances = Vec::new();
+        let mut num_reconciled = 0u64;
+        store.for_each_instance(&mut |record| {
+            if record.state.is_live() {
+                instances.push(record);
+            } else if reconcile_ended(store.as_ref(), &record, config.composition.enabled)? {
+                num_reconciled += 1;
+            }
+            Ok(())
+        })?;
+        if num_reconciled > 0 {
+            tracing::warn!(
+                num_reconciled,
+                "ended instances without their upload jobs were queued again"
+            );
+        }
         let mut uploaders = HashMap::new();
         for profile in config.applications.values() {
             let key = (profile.organization_id.clone(), profile.application_id.clone());
@@ -230,13 +248,80 @@ pub fn composition_key(record: &InstanceRecord, conversation_id: &str) -> String
     )
 }
 
-/// Queues the upload of one artefact of `record`.
-pub(crate) fn enqueue_artefact(
+/// What an ended instance has neither uploaded nor queued, queued again in one transaction
+/// (with its manifest), and its composition if it has none. Returns whether anything was queued.
+/// A track whose local file is gone cannot be uploaded again and is only logged.
+pub(crate) fn reconcile_ended(
     store: &dyn StateStore,
+    record: &InstanceRecord,
+    compose: bool,
+) -> Result<bool, StoreError> {
+    let mut missing = Vec::new();
+    for stream in &record.streams {
+        for track in &stream.tracks {
+            let (Some(location), None) = (&track.local.location, &track.object.uploaded) else {
+                continue;
+            };
+            if track.local.deleted.is_some() || !std::path::Path::new(location).is_file() {
+                tracing::warn!(instance_id = %record.instance_id, path = %location, "an ended instance's track was never uploaded and its file is gone");
+                continue;
+            }
+            missing.push(ArtefactKind::TrackFile {
+                stream_id: stream.id.clone(),
+                track_id: track.id.clone(),
+                local_path: location.clone(),
+            });
+        }
+    }
+    if record.num_transcript_entries > 0
+        && record
+            .transcript
+            .as_ref()
+            .is_none_or(|t| t.num_entries < record.num_transcript_entries)
+    {
+        missing.push(ArtefactKind::ChatTranscript);
+    }
+    for (session_id, session) in &record.cobrowse_sessions {
+        if session.uploaded.is_none() {
+            missing.push(ArtefactKind::CobrowseSession {
+                session_id: session_id.clone(),
+            });
+        }
+    }
+    let mut queue = Vec::new();
+    for artefact in missing {
+        if store.job(&artefact_key(record, &artefact))?.is_none() {
+            queue.push(artefact);
+        }
+    }
+    if queue.is_empty() {
+        return Ok(false);
+    }
+    queue.push(ArtefactKind::Manifest);
+    // A stop cut in half lacks its composition job too. (Only then: instances that ended while
+    // composition was off are not composed after the fact.)
+    let composition = CompositionId::of_instance(record);
+    let needs_composition = compose && store.get_composition(&composition)?.is_none();
+    store.transaction(&mut |tx| {
+        for artefact in &queue {
+            enqueue_artefact(tx, record, artefact.clone())?;
+        }
+        if needs_composition {
+            tx.queue_composition(&composition, &record.instance_id, Utc::now())?;
+        }
+        Ok(())
+    })?;
+    tracing::warn!(instance_id = %record.instance_id, num_jobs = queue.len(), needs_composition, "ended instance reconciled");
+    Ok(true)
+}
+
+/// Queues the upload of one artefact of `record`, as part of the caller's transaction.
+pub(crate) fn enqueue_artefact(
+    tx: &dyn StoreTx,
     record: &InstanceRecord,
     artefact: ArtefactKind,
 ) -> Result<(), StoreError> {
-    store.enqueue_job(&UploadJob {
+    tx.enqueue_job(&UploadJob {
         schema_version: RECORD_SCHEMA_VERSION,
         key: artefact_key(record, &artefact),
         instance_id: record.instance_id.clone(),
@@ -254,13 +339,13 @@ pub(crate) fn enqueue_artefact(
 /// Queues an artefact that changed after stop, and the manifest after it, so `recording.json`
 /// is rewritten once the new content is stored.
 pub(crate) fn enqueue_with_manifest(
-    store: &dyn StateStore,
+    tx: &dyn StoreTx,
     record: &InstanceRecord,
     artefact: ArtefactKind,
 ) -> Result<(), StoreError> {
-    enqueue_artefact(store, record, artefact)?;
+    enqueue_artefact(tx, record, artefact)?;
     if record.state.is_terminal() {
-        enqueue_artefact(store, record, ArtefactKind::Manifest)?;
+        enqueue_artefact(tx, record, ArtefactKind::Manifest)?;
     }
     Ok(())
 }
@@ -292,7 +377,7 @@ pub fn queue_track_file(
         track_id: track_id.to_string(),
         local_path: local_path.to_string_lossy().into_owned(),
     };
-    enqueue_with_manifest(store, record, artefact)
+    store.transaction(&mut |tx| enqueue_with_manifest(tx, record, artefact.clone()))
 }
 
 impl Actor for Registry {
@@ -633,18 +718,27 @@ impl Handler<AddTranscript> for Registry {
                     ),
                 ));
             }
-            let num_entries = self.store.append_transcript(&record.instance_id, &msg.entries)?;
-            // Decided inside the atomic update: if a stop commits first this add sees it, and if
+            // One transaction: the lines, the instance's count and (after stop) the upload job
+            // land together. Decided inside it: if a stop commits first this add sees it, and if
             // this add commits first the stop sees the entries; either way the artefact is queued.
             let mut needs_upload = false;
-            let record = self.store.update_instance(&record.instance_id, &mut |r| {
-                r.num_transcript_entries = num_entries;
-                needs_upload = r.state.is_terminal();
+            let mut updated = None;
+            self.store.transaction(&mut |tx| {
+                let num_entries = tx.append_transcript(&record.instance_id, &msg.entries)?;
+                tx.step("transcript_add", "lines_written", &record.instance_id);
+                let record = tx.update_instance(&record.instance_id, &mut |r| {
+                    r.num_transcript_entries = num_entries;
+                    Ok(())
+                })?;
+                needs_upload = record.state.is_terminal();
+                if needs_upload {
+                    tx.step("transcript_add", "count_written", &record.instance_id);
+                    enqueue_with_manifest(tx, &record, ArtefactKind::ChatTranscript)?;
+                }
+                updated = Some(record);
                 Ok(())
             })?;
-            if needs_upload {
-                enqueue_with_manifest(self.store.as_ref(), &record, ArtefactKind::ChatTranscript)?;
-            }
+            let record = updated.expect("a committed transaction set it");
             Ok::<_, EngineError>((record, needs_upload))
         })();
         let flush = self.store.flush();
@@ -692,24 +786,34 @@ impl Handler<AddCobrowseEvent> for Registry {
                     format!("the recorder instance has {num_events} co-browse events"),
                 ));
             }
-            let was_new = self.store.put_cobrowse_event(&record.instance_id, &msg.event)?;
+            // One transaction: the event, the session's count and (after stop) the upload job.
             let session_id = msg.event.session_id.clone();
-            let mut needs_upload = false;
-            let record = self.store.update_instance(&record.instance_id, &mut |r| {
-                let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
-                if was_new {
-                    session.num_events += 1;
+            let (mut was_new, mut needs_upload, mut updated) = (false, false, None);
+            self.store.transaction(&mut |tx| {
+                was_new = tx.put_cobrowse_event(&record.instance_id, &msg.event)?;
+                tx.step("cobrowse_event", "event_written", &record.instance_id);
+                let record = tx.update_instance(&record.instance_id, &mut |r| {
+                    let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
+                    if was_new {
+                        session.num_events += 1;
+                    }
+                    Ok(())
+                })?;
+                needs_upload = was_new && record.state.is_terminal();
+                if needs_upload {
+                    tx.step("cobrowse_event", "count_written", &record.instance_id);
+                    enqueue_with_manifest(
+                        tx,
+                        &record,
+                        ArtefactKind::CobrowseSession {
+                            session_id: session_id.clone(),
+                        },
+                    )?;
                 }
-                needs_upload = was_new && r.state.is_terminal();
+                updated = Some(record);
                 Ok(())
             })?;
-            if needs_upload {
-                enqueue_with_manifest(
-                    self.store.as_ref(),
-                    &record,
-                    ArtefactKind::CobrowseSession { session_id },
-                )?;
-            }
+            let record = updated.expect("a committed transaction set it");
             Ok::<_, EngineError>((record, was_new, needs_upload))
         })();
         let flush = self.store.flush();

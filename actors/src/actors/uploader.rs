@@ -240,16 +240,22 @@ async fn run_job(
             let stored = backend.head(&job.key).await?;
             verify_upload(&receipt, &stored)?;
             let mut recorded = false;
-            store.update_instance(&record.instance_id, &mut |r| {
-                recorded = false;
-                if let Some(track) = r.track_mut(stream_id, track_id) {
-                    track.object.key = Some(job.key.clone());
-                    track.object.location = Some(location.clone());
-                    track.object.size = Some(receipt.size);
-                    track.object.uploaded = Some(now);
-                    track.object.error = None;
-                    recorded = true;
-                }
+            // Where the track went and the job's end, in one transaction.
+            store.transaction(&mut |tx| {
+                tx.update_instance(&record.instance_id, &mut |r| {
+                    recorded = false;
+                    if let Some(track) = r.track_mut(stream_id, track_id) {
+                        track.object.key = Some(job.key.clone());
+                        track.object.location = Some(location.clone());
+                        track.object.size = Some(receipt.size);
+                        track.object.uploaded = Some(now);
+                        track.object.error = None;
+                        recorded = true;
+                    }
+                    Ok(())
+                })?;
+                tx.step("upload_done", "track_recorded", &record.instance_id);
+                tx.finish_job(&job.key, job.generation)?;
                 Ok(())
             })?;
             if !recorded {
@@ -268,17 +274,22 @@ async fn run_job(
             let stored = backend.head(&job.key).await?;
             verify_upload(&receipt, &stored)?;
             let composition = CompositionId::new(&job.organization_id, &job.application_id, conversation_id);
-            store.update_composition(&composition, &mut |c| {
-                c.key = Some(job.key.clone());
-                c.location = Some(location.clone());
-                c.size = Some(receipt.size);
-                c.uploaded = Some(now);
+            // Where it went, the manifest that will list it and the job's end: one transaction.
+            store.transaction(&mut |tx| {
+                tx.update_composition(&composition, &mut |c| {
+                    c.key = Some(job.key.clone());
+                    c.location = Some(location.clone());
+                    c.size = Some(receipt.size);
+                    c.uploaded = Some(now);
+                    Ok(())
+                })?;
+                tx.step("upload_done", "composition_recorded", &record.instance_id);
+                // The newest stopped instance's `recording.json` is rewritten to list the
+                // composition (same profile, so this uploader runs it).
+                crate::actors::registry::enqueue_artefact(tx, &record, ArtefactKind::Manifest)?;
+                tx.finish_job(&job.key, job.generation)?;
                 Ok(())
             })?;
-            // The newest stopped instance's `recording.json` is rewritten to list the
-            // composition (same profile, so this uploader runs it).
-            crate::actors::registry::enqueue_artefact(store.as_ref(), &record, ArtefactKind::Manifest)?;
-            store.finish_job(&job.key, job.generation)?;
             store.flush().await?;
             if !keep_local {
                 // A re-composition writes a new file under the same path before queueing again,
@@ -292,34 +303,38 @@ async fn run_job(
         artefact => {
             let body = render(store.as_ref(), &config, &record, artefact)?;
             let size = backend.put(&job.key, body).await?;
-            store.update_instance(&record.instance_id, &mut |r| {
-                match artefact {
-                    ArtefactKind::ChatTranscript => {
-                        let id = r
-                            .transcript
-                            .as_ref()
-                            .map(|t| t.id.clone())
-                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                        r.transcript = Some(TranscriptArtefact {
-                            id,
-                            location: location.clone(),
-                            created: now,
-                            num_entries: r.num_transcript_entries,
-                        });
+            store.transaction(&mut |tx| {
+                tx.update_instance(&record.instance_id, &mut |r| {
+                    match artefact {
+                        ArtefactKind::ChatTranscript => {
+                            let id = r
+                                .transcript
+                                .as_ref()
+                                .map(|t| t.id.clone())
+                                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                            r.transcript = Some(TranscriptArtefact {
+                                id,
+                                location: location.clone(),
+                                created: now,
+                                num_entries: r.num_transcript_entries,
+                            });
+                        }
+                        ArtefactKind::CobrowseSession { session_id } => {
+                            let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
+                            session.location = Some(location.clone());
+                            session.uploaded = Some(now);
+                        }
+                        ArtefactKind::Manifest | ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } => {}
                     }
-                    ArtefactKind::CobrowseSession { session_id } => {
-                        let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
-                        session.location = Some(location.clone());
-                        session.uploaded = Some(now);
-                    }
-                    ArtefactKind::Manifest | ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } => {}
-                }
+                    Ok(())
+                })?;
+                tx.step("upload_done", "artefact_recorded", &record.instance_id);
+                tx.finish_job(&job.key, job.generation)?;
                 Ok(())
             })?;
             size
         }
     };
-    store.finish_job(&job.key, job.generation)?;
     store.flush().await?;
     if let ArtefactKind::TrackFile {
         stream_id,

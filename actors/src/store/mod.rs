@@ -34,6 +34,10 @@ pub enum StoreError {
     /// An update closure refused the change; carries its reason to the caller unchanged.
     #[error("{message}")]
     Rejected { code: &'static str, message: String },
+    /// Inside [`StateStore::transaction`] only: another writer touched what the transaction read;
+    /// the store runs the closure again. Never returned to callers of `transaction`.
+    #[error("transaction conflict")]
+    TxConflict,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -161,7 +165,54 @@ pub struct CompositionRecord {
     pub uploaded: Option<DateTime<Utc>>,
 }
 
+/// The writes of one command, applied all together or not at all (the model is garage's
+/// `db::Transaction`). A closure given to [`StateStore::transaction`] reads and writes through
+/// this; nothing it writes is visible to anyone, nor survives a crash, before the closure
+/// returns `Ok` and the store commits. The closure may run more than once (on a conflict with
+/// another writer), so it must not have effects outside the transaction, other than resetting
+/// what it collects.
+pub trait StoreTx {
+    fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>>;
+    /// Read-modify-write of one instance; `change` may refuse with [`StoreError::Rejected`].
+    fn update_instance(
+        &self,
+        instance_id: &str,
+        change: &mut dyn FnMut(&mut InstanceRecord) -> StoreResult<()>,
+    ) -> StoreResult<InstanceRecord>;
+    /// Like [`StateStore::enqueue_job`].
+    fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob>;
+    /// Like [`StateStore::finish_job`].
+    fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool>;
+    /// Like [`StateStore::queue_composition`].
+    fn queue_composition(
+        &self,
+        id: &CompositionId,
+        instance_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CompositionRecord>;
+    /// Like [`StateStore::update_composition`].
+    fn update_composition(
+        &self,
+        id: &CompositionId,
+        change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
+    ) -> StoreResult<CompositionRecord>;
+    /// Like [`StateStore::append_transcript`].
+    fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64>;
+    /// Like [`StateStore::put_cobrowse_event`].
+    fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool>;
+    /// A named point between two writes of the command, for fault injection
+    /// (`fault::COMMAND_STEP`, scoped by `"<command> <step> <instanceId>"`): armed with `error`,
+    /// it ends the process there after making everything committed before durable, which is what
+    /// a crash at that step leaves behind. A no-op in normal builds.
+    fn step(&self, command: &str, step: &str, instance_id: &str);
+}
+
 pub trait StateStore: Send + Sync + 'static {
+    /// Runs `command` as one transaction: all of its writes are committed together, or, when it
+    /// returns an error (or the process dies before the commit), none. The caller flushes
+    /// afterwards, as after any write.
+    fn transaction(&self, command: &mut dyn FnMut(&dyn StoreTx) -> StoreResult<()>) -> StoreResult<()>;
+
     /// Node-level settings that must stay the same across restarts (recorder id, signing secret).
     /// Returns the stored value: `value` if the key was absent, the earlier value otherwise.
     fn meta_get_or_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
@@ -183,6 +234,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// rebuilds. Reads the others without keeping them, so boot's memory does not grow with the
     /// store's history.
     fn live_instances(&self) -> StoreResult<Vec<InstanceRecord>>;
+    /// Calls `visit` with every instance, one at a time (boot's one pass over the store).
+    fn for_each_instance(&self, visit: &mut dyn FnMut(InstanceRecord) -> StoreResult<()>) -> StoreResult<()>;
     /// How many instances are in each state, every state listed (zeros included). Kept as the
     /// instances change, so asking costs nothing however many instances the store holds.
     fn instance_counts(&self) -> Vec<(crate::domain::InstanceState, u64)>;

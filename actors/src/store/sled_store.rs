@@ -23,10 +23,14 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
 use sled::Transactional;
 
-use super::{CompositionId, CompositionRecord, CompositionState, StateStore, StoreError, StoreResult, UploadJob};
+use super::{
+    CompositionId, CompositionRecord, CompositionState, StateStore, StoreError, StoreResult, StoreTx, UploadJob,
+};
 use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState, RECORD_SCHEMA_VERSION};
 
 const STORE_FORMAT_KEY: &str = "store_format";
@@ -37,6 +41,7 @@ const STORE_FORMAT: u32 = 2;
 
 #[derive(Clone)]
 pub struct SledStore {
+    db: sled::Db,
     committer: Arc<Committer>,
     meta: sled::Tree,
     instances: sled::Tree,
@@ -67,6 +72,7 @@ impl SledStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let db = open_db(path)?;
         let store = Self {
+            db: db.clone(),
             committer: Committer::start(db.clone())?,
             meta: db.open_tree("meta").map_err(io)?,
             instances: db.open_tree("instances").map_err(io)?,
@@ -343,7 +349,254 @@ fn sortable_sequence(sequence_id: i32) -> [u8; 4] {
     ((sequence_id as u32) ^ 0x8000_0000).to_be_bytes()
 }
 
+/// The view of one transaction (see [`StoreTx`]). State-count moves are collected and applied
+/// only once the transaction committed.
+struct SledTx<'a> {
+    db: &'a sled::Db,
+    instances: &'a TransactionalTree,
+    jobs: &'a TransactionalTree,
+    compositions: &'a TransactionalTree,
+    compositions_pending: &'a TransactionalTree,
+    transcripts: &'a TransactionalTree,
+    transcript_counts: &'a TransactionalTree,
+    cobrowse: &'a TransactionalTree,
+    moves: std::cell::RefCell<Vec<(Option<InstanceState>, InstanceState)>>,
+}
+
+fn txe(err: UnabortableTransactionError) -> StoreError {
+    match err {
+        UnabortableTransactionError::Conflict => StoreError::TxConflict,
+        UnabortableTransactionError::Storage(e) => io(e),
+    }
+}
+
+impl SledTx<'_> {
+    fn composition(&self, key: &[u8]) -> StoreResult<Option<CompositionRecord>> {
+        match self.compositions.get(key).map_err(txe)? {
+            Some(bytes) => Ok(Some(decode("compositions", key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_composition(&self, key: &[u8], record: &CompositionRecord) -> StoreResult<()> {
+        self.compositions.insert(key, encode(record)).map_err(txe)?;
+        if is_pending(record) {
+            self.compositions_pending.insert(key, &[]).map_err(txe)?;
+        } else {
+            self.compositions_pending.remove(key).map_err(txe)?;
+        }
+        Ok(())
+    }
+}
+
+impl StoreTx for SledTx<'_> {
+    fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceRecord>> {
+        match self.instances.get(instance_id.as_bytes()).map_err(txe)? {
+            Some(bytes) => Ok(Some(decode("instances", instance_id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn update_instance(
+        &self,
+        instance_id: &str,
+        change: &mut dyn FnMut(&mut InstanceRecord) -> StoreResult<()>,
+    ) -> StoreResult<InstanceRecord> {
+        let mut record = self
+            .get_instance(instance_id)?
+            .ok_or_else(|| StoreError::NotFound(instance_id.to_string()))?;
+        let before = record.state;
+        change(&mut record)?;
+        self.instances
+            .insert(instance_id.as_bytes(), encode(&record))
+            .map_err(txe)?;
+        self.moves.borrow_mut().push((Some(before), record.state));
+        Ok(record)
+    }
+
+    fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob> {
+        let next = match self.jobs.get(job.key.as_bytes()).map_err(txe)? {
+            Some(bytes) => {
+                let mut existing: UploadJob = decode("jobs", job.key.as_bytes(), &bytes)?;
+                existing.generation += 1;
+                existing
+            }
+            None => job.clone(),
+        };
+        self.jobs.insert(job.key.as_bytes(), encode(&next)).map_err(txe)?;
+        Ok(next)
+    }
+
+    fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool> {
+        let Some(bytes) = self.jobs.get(key.as_bytes()).map_err(txe)? else {
+            return Ok(false);
+        };
+        let job: UploadJob = decode("jobs", key.as_bytes(), &bytes)?;
+        if job.generation != generation {
+            return Ok(false);
+        }
+        self.jobs.remove(key.as_bytes()).map_err(txe)?;
+        Ok(true)
+    }
+
+    fn queue_composition(
+        &self,
+        id: &CompositionId,
+        instance_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<CompositionRecord> {
+        let key = composition_key(id);
+        let next = match self.composition(&key)? {
+            Some(mut record) => {
+                record.generation += 1;
+                record.state = CompositionState::Queued;
+                record.instance_id = instance_id.to_string();
+                record.queued = now;
+                record
+            }
+            None => new_composition(id, instance_id, now),
+        };
+        self.put_composition(&key, &next)?;
+        Ok(next)
+    }
+
+    fn update_composition(
+        &self,
+        id: &CompositionId,
+        change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
+    ) -> StoreResult<CompositionRecord> {
+        let key = composition_key(id);
+        let mut record = self
+            .composition(&key)?
+            .ok_or_else(|| StoreError::NotFound(format!("composition of {}", id.conversation_id)))?;
+        change(&mut record)?;
+        self.put_composition(&key, &record)?;
+        Ok(record)
+    }
+
+    fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64> {
+        let first = self
+            .transcript_counts
+            .get(instance_id.as_bytes())
+            .map_err(txe)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        for (i, entry) in entries.iter().enumerate() {
+            let mut key = prefix(instance_id);
+            key.extend_from_slice(&(first + i as u64).to_be_bytes());
+            self.transcripts.insert(key, encode(entry)).map_err(txe)?;
+        }
+        let total = first + entries.len() as u64;
+        self.transcript_counts
+            .insert(instance_id.as_bytes(), &total.to_be_bytes())
+            .map_err(txe)?;
+        Ok(total)
+    }
+
+    fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool> {
+        let key = cobrowse_key(instance_id, event);
+        if self.cobrowse.get(key.as_slice()).map_err(txe)?.is_some() {
+            return Ok(false);
+        }
+        self.cobrowse.insert(key, encode(event)).map_err(txe)?;
+        Ok(true)
+    }
+
+    fn step(&self, command: &str, step: &str, instance_id: &str) {
+        let scope = format!("{command} {step} {instance_id}");
+        if crate::fault::point_in(crate::fault::COMMAND_STEP, &scope).is_err() {
+            tracing::error!(
+                command,
+                step,
+                instance_id,
+                "injected crash between two writes of a command"
+            );
+            let _ = self.db.flush();
+            std::process::abort();
+        }
+    }
+}
+
+fn cobrowse_key(instance_id: &str, event: &CobrowseEvent) -> Vec<u8> {
+    let mut key = key2(instance_id, &event.session_id);
+    key.push(0);
+    key.extend_from_slice(&sortable_sequence(event.sequence_id));
+    key
+}
+
+fn new_composition(id: &CompositionId, instance_id: &str, now: chrono::DateTime<chrono::Utc>) -> CompositionRecord {
+    CompositionRecord {
+        schema_version: RECORD_SCHEMA_VERSION,
+        organization_id: id.organization_id.clone(),
+        conversation_id: id.conversation_id.clone(),
+        application_id: id.application_id.clone(),
+        instance_id: instance_id.to_string(),
+        state: CompositionState::Queued,
+        generation: 1,
+        queued: now,
+        started: None,
+        stopped: None,
+        error: None,
+        problems: Vec::new(),
+        has_video: false,
+        local_path: None,
+        key: None,
+        location: None,
+        size: None,
+        uploaded: None,
+    }
+}
+
 impl StateStore for SledStore {
+    fn transaction(&self, command: &mut dyn FnMut(&dyn StoreTx) -> StoreResult<()>) -> StoreResult<()> {
+        crate::fault::point(crate::fault::STATE_COMMIT).map_err(|e| StoreError::Io(e.to_string()))?;
+        let command = std::cell::RefCell::new(command);
+        let moves = std::cell::RefCell::new(Vec::new());
+        let result = (
+            &self.instances,
+            &self.jobs,
+            &self.compositions,
+            &self.compositions_pending,
+            &self.transcripts,
+            &self.transcript_counts,
+            &self.cobrowse,
+        )
+            .transaction(
+                |(instances, jobs, compositions, compositions_pending, transcripts, transcript_counts, cobrowse)| {
+                    let tx = SledTx {
+                        db: &self.db,
+                        instances,
+                        jobs,
+                        compositions,
+                        compositions_pending,
+                        transcripts,
+                        transcript_counts,
+                        cobrowse,
+                        moves: Default::default(),
+                    };
+                    let outcome = (command.borrow_mut())(&tx);
+                    match outcome {
+                        Ok(()) => {
+                            *moves.borrow_mut() = tx.moves.into_inner();
+                            Ok(())
+                        }
+                        Err(StoreError::TxConflict) => Err(ConflictableTransactionError::Conflict),
+                        Err(err) => Err(ConflictableTransactionError::Abort(err)),
+                    }
+                },
+            );
+        match result {
+            Ok(()) => {
+                for (from, to) in moves.into_inner() {
+                    self.count_move(from, to);
+                }
+                Ok(())
+            }
+            Err(TransactionError::Abort(err)) => Err(err),
+            Err(TransactionError::Storage(err)) => Err(io(err)),
+        }
+    }
     fn meta_get_or_insert(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
         match self
             .meta
@@ -432,6 +685,14 @@ impl StateStore for SledStore {
                 decode("instances", &key, &value)
             })
             .collect()
+    }
+
+    fn for_each_instance(&self, visit: &mut dyn FnMut(InstanceRecord) -> StoreResult<()>) -> StoreResult<()> {
+        for item in self.instances.iter() {
+            let (key, value) = item.map_err(io)?;
+            visit(decode("instances", &key, &value)?)?;
+        }
+        Ok(())
     }
 
     fn live_instances(&self) -> StoreResult<Vec<InstanceRecord>> {
@@ -1172,6 +1433,110 @@ mod tests {
         assert!(pending.contains(&("app-x".to_string(), "old".to_string())));
         let format = store.meta.get(STORE_FORMAT_KEY).unwrap().unwrap();
         assert_eq!(format.as_ref(), &STORE_FORMAT.to_be_bytes());
+    }
+
+    #[test]
+    fn a_transaction_commits_all_its_writes_or_none_and_counts_states_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.insert_instance(&instance("i1", "o", "c")).unwrap();
+        let job = |key: &str| UploadJob {
+            schema_version: RECORD_SCHEMA_VERSION,
+            key: key.into(),
+            instance_id: "i1".into(),
+            organization_id: "o".into(),
+            application_id: "a".into(),
+            artefact: crate::store::ArtefactKind::Manifest,
+            generation: 0,
+            num_attempts: 0,
+            last_error: None,
+            multipart_opt: None,
+        };
+        let id = CompositionId::new("o", "a", "c");
+        let entry = ChatEntry {
+            time_stamp: Utc::now(),
+            transcript: "x".into(),
+            user_display_name: None,
+            user_id: "u".into(),
+        };
+        let counts = |store: &SledStore| {
+            store
+                .instance_counts()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        // A command that fails after some writes leaves none of them.
+        let refused = store.transaction(&mut |tx| {
+            tx.update_instance("i1", &mut |r| {
+                r.transition(InstanceState::Stopped, Utc::now())
+                    .map_err(|e| StoreError::Rejected {
+                        code: "T",
+                        message: e.to_string(),
+                    })
+            })?;
+            tx.enqueue_job(&job("k1"))?;
+            tx.queue_composition(&id, "i1", Utc::now())?;
+            tx.append_transcript("i1", std::slice::from_ref(&entry))?;
+            Err(StoreError::Rejected {
+                code: "LATER_STEP",
+                message: "a later step refused".into(),
+            })
+        });
+        assert!(matches!(refused, Err(StoreError::Rejected { code: "LATER_STEP", .. })));
+        assert_eq!(
+            store.get_instance("i1").unwrap().unwrap().state,
+            InstanceState::Initialised
+        );
+        assert!(store.jobs().unwrap().is_empty());
+        assert!(store.get_composition(&id).unwrap().is_none());
+        assert!(store.pending_compositions().unwrap().is_empty());
+        assert!(store.transcript("i1").unwrap().is_empty());
+        assert_eq!(counts(&store)[&InstanceState::Stopped], 0);
+        assert_eq!(counts(&store)[&InstanceState::Initialised], 1);
+        // The same command succeeding lands whole, and the state counts move once.
+        store
+            .transaction(&mut |tx| {
+                tx.update_instance("i1", &mut |r| {
+                    r.transition(InstanceState::Stopped, Utc::now())
+                        .map_err(|e| StoreError::Rejected {
+                            code: "T",
+                            message: e.to_string(),
+                        })
+                })?;
+                tx.enqueue_job(&job("k1"))?;
+                tx.queue_composition(&id, "i1", Utc::now())?;
+                assert_eq!(tx.append_transcript("i1", std::slice::from_ref(&entry))?, 1);
+                assert!(tx.put_cobrowse_event("i1", &event("s", 1, "{}"))?);
+                assert!(!tx.put_cobrowse_event("i1", &event("s", 1, "{}"))?);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.get_instance("i1").unwrap().unwrap().state, InstanceState::Stopped);
+        assert_eq!(store.jobs().unwrap().len(), 1);
+        assert_eq!(store.pending_compositions().unwrap().len(), 1);
+        assert_eq!(store.transcript("i1").unwrap().len(), 1);
+        assert_eq!(store.cobrowse_events("i1", "s").unwrap().len(), 1);
+        assert_eq!(counts(&store)[&InstanceState::Stopped], 1);
+        assert_eq!(counts(&store)[&InstanceState::Initialised], 0);
+        // A finished job leaves within a transaction too, unless it was re-queued.
+        store
+            .transaction(&mut |tx| tx.enqueue_job(&job("k1")).map(|_| ()))
+            .unwrap();
+        let mut finished = true;
+        store
+            .transaction(&mut |tx| {
+                finished = tx.finish_job("k1", 0)?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!finished, "generation 1 is newer than the run that finished");
+        store
+            .transaction(&mut |tx| {
+                finished = tx.finish_job("k1", 1)?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(finished && store.jobs().unwrap().is_empty());
     }
 
     #[test]
