@@ -30,6 +30,10 @@ pub struct Uploader {
     num_uploaded: u64,
     num_bytes: u64,
     num_failures: u64,
+    /// Times the queue was looked at (a burst of kicks makes one).
+    num_pumps: u64,
+    /// A pump is scheduled; kicks until it runs add nothing.
+    pump_scheduled: bool,
     last_error: Option<ErrorInfo>,
 }
 
@@ -45,6 +49,8 @@ impl Uploader {
             num_uploaded: 0,
             num_bytes: 0,
             num_failures: 0,
+            num_pumps: 0,
+            pump_scheduled: false,
             last_error: None,
         }
     }
@@ -55,7 +61,12 @@ impl Uploader {
 
     /// Starts as many runnable jobs as the concurrency limit allows.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let jobs = match self.store.jobs() {
+        self.num_pumps += 1;
+        let profile = &self.profile;
+        let jobs = match self
+            .store
+            .profile_jobs(&profile.organization_id, &profile.application_id)
+        {
             Ok(jobs) => jobs,
             Err(err) => {
                 tracing::error!(error = %err, "upload queue unreadable");
@@ -477,7 +488,16 @@ impl Handler<Kick> for Uploader {
     type Result = ();
 
     fn handle(&mut self, _msg: Kick, ctx: &mut Self::Context) {
-        self.pump(ctx);
+        // A burst of kicks (every stop, add and upload sends one) schedules one pump, which
+        // runs once the mailbox has been read.
+        if self.pump_scheduled {
+            return;
+        }
+        self.pump_scheduled = true;
+        ctx.run_later(Duration::ZERO, |act, ctx| {
+            act.pump_scheduled = false;
+            act.pump(ctx);
+        });
     }
 }
 
@@ -492,8 +512,8 @@ impl Handler<Snapshot> for Uploader {
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         let num_queued = self
             .store
-            .jobs()
-            .map(|jobs| jobs.iter().filter(|j| self.owns(j)).count())
+            .profile_jobs(&self.profile.organization_id, &self.profile.application_id)
+            .map(|jobs| jobs.len())
             .unwrap_or(0);
         MessageResult(ActorSnapshot {
             kind: "Uploader",
@@ -509,6 +529,7 @@ impl Handler<Snapshot> for Uploader {
                 ("num_bytes", self.num_bytes),
                 ("num_failures", self.num_failures),
                 ("num_parked", self.parked.len() as u64),
+                ("num_pumps", self.num_pumps),
             ]),
             children: vec![],
         })
@@ -574,5 +595,63 @@ mod tests {
                 .min(Duration::from_secs(60));
             assert!(delay < ceiling && delay >= ceiling / 2, "attempt {attempt}: {delay:?}");
         }
+    }
+
+    #[actix::test]
+    async fn a_burst_of_kicks_makes_one_pump_that_reads_only_its_profiles_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StateStore> = Arc::new(crate::store::SledStore::open(&dir.path().join("state")).unwrap());
+        // Another profile's job: this uploader never touches it.
+        store
+            .enqueue_job(&UploadJob {
+                schema_version: 1,
+                key: "other/app/x/recording.json".into(),
+                instance_id: "missing".into(),
+                organization_id: "other".into(),
+                application_id: "app".into(),
+                artefact: ArtefactKind::Manifest,
+                generation: 0,
+                num_attempts: 0,
+                last_error: None,
+                multipart_opt: None,
+            })
+            .unwrap();
+        let backend: Arc<dyn crate::storage::StorageBackend> =
+            Arc::new(crate::storage::LocalBackend::new(dir.path().join("storage")).unwrap());
+        let profile = Arc::new(ApplicationProfile {
+            organization_id: "org".into(),
+            application_id: "app".into(),
+            backend,
+        });
+        let config = Arc::new(EngineConfig {
+            recorder_id: "n".into(),
+            applications: HashMap::new(),
+            upload_concurrency: 1,
+            upload_retry_base: Duration::from_millis(100),
+            upload_retry_max: Duration::from_millis(500),
+            delete_local_after_upload: true,
+            render_manifest: crate::plain_manifest_renderer(),
+            media: Arc::new(crate::engine::MediaConfig::for_tests(dir.path().join("media"))),
+            composition: Default::default(),
+            recovery: Default::default(),
+            limits: Default::default(),
+            ready_check_interval: Duration::from_secs(15),
+        });
+        let uploader = Uploader::new(store.clone(), profile, config).start();
+        for _ in 0..200 {
+            uploader.do_send(Kick);
+        }
+        let snapshot = loop {
+            let snapshot = uploader.send(Snapshot).await.unwrap();
+            if snapshot.counters["num_pumps"] >= 2 {
+                break snapshot;
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        };
+        // One pump at start, one for the whole burst (200 before the change).
+        assert_eq!(snapshot.counters["num_pumps"], 2, "{snapshot:?}");
+        assert_eq!(snapshot.counters["num_queued"], 0, "{snapshot:?}");
+        assert_eq!(snapshot.counters["num_running"], 0, "{snapshot:?}");
+        assert_eq!(store.jobs().unwrap().len(), 1, "the other profile's job stays");
     }
 }

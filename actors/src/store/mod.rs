@@ -255,6 +255,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// `job` has one); a no-op when the job is gone.
     fn update_job(&self, job: &UploadJob) -> StoreResult<()>;
     fn job(&self, key: &str) -> StoreResult<Option<UploadJob>>;
+    /// The queued jobs of one storage profile, from an index the store keeps (built at open,
+    /// moved by every enqueue and finish): an uploader never reads other profiles' jobs.
+    fn profile_jobs(&self, organization_id: &str, application_id: &str) -> StoreResult<Vec<UploadJob>>;
     fn jobs(&self) -> StoreResult<Vec<UploadJob>>;
     /// Removes a finished job unless it was re-queued meanwhile; returns whether it was removed.
     fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool>;

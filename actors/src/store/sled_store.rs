@@ -59,6 +59,21 @@ pub struct SledStore {
     /// by every insert and update that changes a state. This process holds the store's lock,
     /// so no write goes around them.
     state_counts: Arc<[AtomicU64; InstanceState::ALL.len()]>,
+    /// Keys of the queued jobs per storage profile (organization, application): built at open
+    /// from `jobs`, moved by every enqueue and finish (after a transaction's commit).
+    job_index: Arc<Mutex<JobIndex>>,
+}
+
+type JobIndex = std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>;
+
+/// One change to the job index, applied once its write is committed.
+enum JobIndexMove {
+    Queued { profile: (String, String), key: String },
+    Finished { profile: (String, String), key: String },
+}
+
+fn profile_of(job: &UploadJob) -> (String, String) {
+    (job.organization_id.clone(), job.application_id.clone())
 }
 
 fn state_slot(state: InstanceState) -> usize {
@@ -84,6 +99,7 @@ impl SledStore {
             compositions: db.open_tree("compositions").map_err(io)?,
             compositions_pending: db.open_tree("compositions_pending").map_err(io)?,
             state_counts: Arc::new(Default::default()),
+            job_index: Default::default(),
         };
         let format = store.meta_get_or_insert(STORE_FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
         let found = u32::from_be_bytes(format.as_slice().try_into().map_err(|_| StoreError::Corrupt {
@@ -106,8 +122,40 @@ impl SledStore {
             store.meta.flush().map_err(io)?;
         }
         store.rebuild_pending_compositions()?;
+        store.build_job_index()?;
         store.count_states()?;
         Ok(store)
+    }
+
+    /// Indexes the queued jobs per profile (see `job_index`).
+    fn build_job_index(&self) -> StoreResult<()> {
+        let mut index = JobIndex::new();
+        for item in self.jobs.iter() {
+            let (key, value) = item.map_err(io)?;
+            let job: UploadJob = decode("jobs", &key, &value)?;
+            index.entry(profile_of(&job)).or_default().insert(job.key);
+        }
+        *self.job_index.lock().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(())
+    }
+
+    fn move_jobs(&self, moves: Vec<JobIndexMove>) {
+        let mut index = self.job_index.lock().unwrap_or_else(|p| p.into_inner());
+        for m in moves {
+            match m {
+                JobIndexMove::Queued { profile, key } => {
+                    index.entry(profile).or_default().insert(key);
+                }
+                JobIndexMove::Finished { profile, key } => {
+                    if let Some(keys) = index.get_mut(&profile) {
+                        keys.remove(&key);
+                        if keys.is_empty() {
+                            index.remove(&profile);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Counts the instances per state (see `state_counts`).
@@ -361,6 +409,7 @@ struct SledTx<'a> {
     transcript_counts: &'a TransactionalTree,
     cobrowse: &'a TransactionalTree,
     moves: std::cell::RefCell<Vec<(Option<InstanceState>, InstanceState)>>,
+    job_moves: std::cell::RefCell<Vec<JobIndexMove>>,
 }
 
 fn txe(err: UnabortableTransactionError) -> StoreError {
@@ -424,6 +473,10 @@ impl StoreTx for SledTx<'_> {
             None => job.clone(),
         };
         self.jobs.insert(job.key.as_bytes(), encode(&next)).map_err(txe)?;
+        self.job_moves.borrow_mut().push(JobIndexMove::Queued {
+            profile: profile_of(&next),
+            key: next.key.clone(),
+        });
         Ok(next)
     }
 
@@ -436,6 +489,10 @@ impl StoreTx for SledTx<'_> {
             return Ok(false);
         }
         self.jobs.remove(key.as_bytes()).map_err(txe)?;
+        self.job_moves.borrow_mut().push(JobIndexMove::Finished {
+            profile: profile_of(&job),
+            key: job.key,
+        });
         Ok(true)
     }
 
@@ -552,7 +609,7 @@ impl StateStore for SledStore {
     fn transaction(&self, command: &mut dyn FnMut(&dyn StoreTx) -> StoreResult<()>) -> StoreResult<()> {
         crate::fault::point(crate::fault::STATE_COMMIT).map_err(|e| StoreError::Io(e.to_string()))?;
         let command = std::cell::RefCell::new(command);
-        let moves = std::cell::RefCell::new(Vec::new());
+        let moves = std::cell::RefCell::new((Vec::new(), Vec::new()));
         let result = (
             &self.instances,
             &self.jobs,
@@ -574,11 +631,12 @@ impl StateStore for SledStore {
                         transcript_counts,
                         cobrowse,
                         moves: Default::default(),
+                        job_moves: Default::default(),
                     };
                     let outcome = (command.borrow_mut())(&tx);
                     match outcome {
                         Ok(()) => {
-                            *moves.borrow_mut() = tx.moves.into_inner();
+                            *moves.borrow_mut() = (tx.moves.into_inner(), tx.job_moves.into_inner());
                             Ok(())
                         }
                         Err(StoreError::TxConflict) => Err(ConflictableTransactionError::Conflict),
@@ -588,9 +646,11 @@ impl StateStore for SledStore {
             );
         match result {
             Ok(()) => {
-                for (from, to) in moves.into_inner() {
+                let (state_moves, job_moves) = moves.into_inner();
+                for (from, to) in state_moves {
                     self.count_move(from, to);
                 }
+                self.move_jobs(job_moves);
                 Ok(())
             }
             Err(TransactionError::Abort(err)) => Err(err),
@@ -789,9 +849,31 @@ impl StateStore for SledStore {
                 .map_err(io)?
                 .is_ok()
             {
+                self.move_jobs(vec![JobIndexMove::Queued {
+                    profile: profile_of(&next),
+                    key: next.key.clone(),
+                }]);
                 return Ok(next);
             }
         }
+    }
+
+    fn profile_jobs(&self, organization_id: &str, application_id: &str) -> StoreResult<Vec<UploadJob>> {
+        let keys: Vec<String> = {
+            let index = self.job_index.lock().unwrap_or_else(|p| p.into_inner());
+            index
+                .get(&(organization_id.to_string(), application_id.to_string()))
+                .map(|keys| keys.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        let mut jobs = Vec::with_capacity(keys.len());
+        for key in keys {
+            // A key finished between the index read and this one is simply gone.
+            if let Some(job) = self.job(&key)? {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
     }
 
     fn update_job(&self, job: &UploadJob) -> StoreResult<()> {
@@ -852,6 +934,10 @@ impl StateStore for SledStore {
                 .map_err(io)?
                 .is_ok()
             {
+                self.move_jobs(vec![JobIndexMove::Finished {
+                    profile: profile_of(&stored),
+                    key: stored.key,
+                }]);
                 return Ok(true);
             }
         }
@@ -1537,6 +1623,56 @@ mod tests {
             })
             .unwrap();
         assert!(finished && store.jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_job_index_per_profile_follows_every_enqueue_and_finish_and_is_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |org: &str, app: &str, key: &str| UploadJob {
+            schema_version: RECORD_SCHEMA_VERSION,
+            key: key.into(),
+            instance_id: "i".into(),
+            organization_id: org.into(),
+            application_id: app.into(),
+            artefact: crate::store::ArtefactKind::Manifest,
+            generation: 0,
+            num_attempts: 0,
+            last_error: None,
+            multipart_opt: None,
+        };
+        let keys = |store: &SledStore, org: &str, app: &str| -> Vec<String> {
+            store
+                .profile_jobs(org, app)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.key)
+                .collect()
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.enqueue_job(&job("o", "a", "k1")).unwrap();
+            store.enqueue_job(&job("o", "b", "k2")).unwrap();
+            store
+                .transaction(&mut |tx| tx.enqueue_job(&job("o", "a", "k3")).map(|_| ()))
+                .unwrap();
+            // A refused transaction moves nothing.
+            let _ = store.transaction(&mut |tx| {
+                tx.enqueue_job(&job("o", "a", "k4"))?;
+                Err(StoreError::Rejected {
+                    code: "X",
+                    message: "no".into(),
+                })
+            });
+            assert_eq!(keys(&store, "o", "a"), vec!["k1", "k3"]);
+            assert_eq!(keys(&store, "o", "b"), vec!["k2"]);
+            assert!(store.finish_job("k1", 0).unwrap());
+            store.transaction(&mut |tx| tx.finish_job("k2", 0).map(|_| ())).unwrap();
+            assert_eq!(keys(&store, "o", "a"), vec!["k3"]);
+            assert!(keys(&store, "o", "b").is_empty());
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(keys(&store, "o", "a"), vec!["k3"]);
+        assert!(keys(&store, "o", "c").is_empty());
     }
 
     #[test]

@@ -147,8 +147,10 @@ pub fn sps_dimensions(nal: &[u8]) -> Option<(u32, u32)> {
     }
     r.ue()?; // max_num_ref_frames
     r.bits(1)?; // gaps_in_frame_num_value_allowed_flag
-    let width_mbs = r.ue()? + 1;
-    let height_units = r.ue()? + 1;
+                // Every value read from the packet is the sender's: the arithmetic below is checked, so a
+                // hostile SPS is refused (`None`) instead of wrapping into a plausible size or panicking.
+    let width_mbs = r.ue()?.checked_add(1)?;
+    let height_units = r.ue()?.checked_add(1)?;
     let frame_mbs_only = r.bits(1)?;
     if frame_mbs_only == 0 {
         r.bits(1)?;
@@ -166,13 +168,18 @@ pub fn sps_dimensions(nal: &[u8]) -> Option<(u32, u32)> {
         2 => (2, 1),
         _ => (1, 1),
     };
-    let (crop_x, crop_y) = if chroma_format_idc == 0 {
+    let (crop_x, crop_y): (u32, u32) = if chroma_format_idc == 0 {
         (1, 2 - frame_mbs_only)
     } else {
         (sub_w, sub_h * (2 - frame_mbs_only))
     };
-    let width = (width_mbs * 16).checked_sub(crop_x * (left + right))?;
-    let height = ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y * (top + bottom))?;
+    let width = width_mbs
+        .checked_mul(16)?
+        .checked_sub(crop_x.checked_mul(left.checked_add(right)?)?)?;
+    let height = (2 - frame_mbs_only)
+        .checked_mul(height_units)?
+        .checked_mul(16)?
+        .checked_sub(crop_y.checked_mul(top.checked_add(bottom)?)?)?;
     (width > 0 && height > 0 && width <= 16384 && height <= 16384).then_some((width, height))
 }
 
@@ -213,6 +220,84 @@ impl Bits<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes bits MSB first.
+    struct BitWriter {
+        bytes: Vec<u8>,
+        num_bits: usize,
+    }
+
+    impl BitWriter {
+        fn put(&mut self, value: u64, n: usize) {
+            for i in (0..n).rev() {
+                if self.num_bits % 8 == 0 {
+                    self.bytes.push(0);
+                }
+                if (value >> i) & 1 == 1 {
+                    *self.bytes.last_mut().unwrap() |= 0x80 >> (self.num_bits % 8);
+                }
+                self.num_bits += 1;
+            }
+        }
+
+        /// Exp-Golomb ue(v).
+        fn ue(&mut self, value: u64) {
+            let code = value + 1;
+            let len = 64 - code.leading_zeros() as usize;
+            self.put(0, len - 1);
+            self.put(code, len);
+        }
+    }
+
+    /// A baseline SPS with these macroblock counts and frame cropping offsets.
+    fn sps(width_mbs_minus1: u64, height_minus1: u64, crop: Option<[u64; 4]>) -> Vec<u8> {
+        let mut w = BitWriter {
+            bytes: vec![],
+            num_bits: 0,
+        };
+        w.put(66, 8); // profile_idc: baseline
+        w.put(0, 16); // constraints, level
+        w.ue(0); // seq_parameter_set_id
+        w.ue(0); // log2_max_frame_num_minus4
+        w.ue(2); // pic_order_cnt_type
+        w.ue(1); // max_num_ref_frames
+        w.put(0, 1); // gaps
+        w.ue(width_mbs_minus1);
+        w.ue(height_minus1);
+        w.put(1, 1); // frame_mbs_only
+        w.put(1, 1); // direct_8x8
+        match crop {
+            Some(c) => {
+                w.put(1, 1);
+                for v in c {
+                    w.ue(v);
+                }
+            }
+            None => w.put(0, 1),
+        }
+        w.put(0, 1); // vui
+        w.put(1, 1); // stop bit
+        let mut nal = vec![0x67];
+        nal.extend(w.bytes);
+        nal
+    }
+
+    #[test]
+    fn sps_sizes_are_read_and_hostile_ones_refused_without_overflow() {
+        assert_eq!(sps_dimensions(&sps(39, 29, None)), Some((640, 480)));
+        // 1920x1080: 120x68 macroblocks, 8 rows cropped (4 in 4:2:0 units).
+        assert_eq!(sps_dimensions(&sps(119, 67, Some([0, 0, 0, 4]))), Some((1920, 1080)));
+        // Values chosen to overflow u32 arithmetic: refused, never wrapped into a small size.
+        let huge = (1u64 << 32) - 2;
+        assert_eq!(sps_dimensions(&sps(huge, 29, None)), None);
+        assert_eq!(sps_dimensions(&sps(39, huge, None)), None);
+        assert_eq!(sps_dimensions(&sps(0x1000_0000, 29, None)), None);
+        assert_eq!(sps_dimensions(&sps(39, 29, Some([huge, huge, 0, 0]))), None);
+        assert_eq!(
+            sps_dimensions(&sps(39, 29, Some([0x8000_0000, 0x8000_0000, 0, 0]))),
+            None
+        );
+    }
 
     #[test]
     fn single_stap_a_and_fu_a_become_annex_b() {
