@@ -60,6 +60,8 @@ pub struct Limits {
     pub max_cobrowse_events_per_instance: usize,
     pub max_cobrowse_sessions_per_instance: usize,
     pub max_verify_per_minute: usize,
+    /// Seconds a client may take to send its request body once its headers are in (408 after).
+    pub body_timeout_secs: usize,
 }
 
 impl Limits {
@@ -94,6 +96,14 @@ pub struct Uploads {
     /// Delete a local artefact file once its upload is verified.
     #[serde(default = "yes")]
     pub delete_local_after_upload: bool,
+    /// A queued transcript or co-browse session waits this long before it is rendered, so that
+    /// the lines or events of a burst land in one upload.
+    #[serde(default = "render_settle_ms")]
+    pub render_settle_ms: u64,
+}
+
+fn render_settle_ms() -> u64 {
+    500
 }
 
 /// `[composition]`: one MP4 per conversation, composed when an instance of it stops.
@@ -658,6 +668,7 @@ impl RawConfig {
                 limits.max_cobrowse_sessions_per_instance,
             ),
             ("limits.max_verify_per_minute", limits.max_verify_per_minute),
+            ("limits.body_timeout_secs", limits.body_timeout_secs),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -681,6 +692,9 @@ impl RawConfig {
         }
         if self.signing.url_ttl_secs == 0 || self.signing.url_ttl_secs > 7 * 24 * 3600 {
             return Err(invalid("signing.url_ttl_secs", "must be between 1 and 604800 (7 days)"));
+        }
+        if self.uploads.render_settle_ms > 60_000 {
+            return Err(invalid("uploads.render_settle_ms", "must be at most 60000"));
         }
         if self.uploads.concurrency == 0 || self.uploads.concurrency > 256 {
             return Err(invalid("uploads.concurrency", "must be between 1 and 256"));

@@ -123,6 +123,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         upload_retry_base: Duration::from_millis(settings.uploads.retry_base_ms),
         upload_retry_max: Duration::from_millis(settings.uploads.retry_max_ms),
         delete_local_after_upload: settings.uploads.delete_local_after_upload,
+        render_settle: Duration::from_millis(settings.uploads.render_settle_ms),
         render_manifest: Arc::new(|record| {
             serde_json::to_vec_pretty(&api::dto::RecordingDataMessage::from(record))
                 .expect("API messages always serialize")

@@ -51,6 +51,7 @@ async fn main() {
         upload_retry_base: Duration::from_millis(500),
         upload_retry_max: Duration::from_secs(5),
         delete_local_after_upload: false,
+        render_settle: std::time::Duration::ZERO,
         render_manifest: plain_manifest_renderer(),
         media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(
             state.path().join("media"),

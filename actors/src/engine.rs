@@ -32,6 +32,8 @@ pub struct EngineConfig {
     pub upload_retry_max: Duration,
     /// Delete a local artefact file once its upload is verified.
     pub delete_local_after_upload: bool,
+    /// A queued transcript or co-browse session waits this long before it is rendered.
+    pub render_settle: Duration,
     /// Renders an instance as `recording.json`. The front passes the API's own
     /// `RecordingDataMessage` rendering, so the manifest has exactly the API's shape while the
     /// engine stays free of HTTP types.

@@ -151,6 +151,7 @@ fn config(storage: &Path, media: &Path, compose: bool) -> Arc<EngineConfig> {
         upload_retry_base: Duration::from_millis(100),
         upload_retry_max: Duration::from_millis(500),
         delete_local_after_upload: false,
+        render_settle: std::time::Duration::ZERO,
         render_manifest: plain_manifest_renderer(),
         media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(media.to_path_buf())),
         composition: recorder_actors::engine::CompositionConfig {

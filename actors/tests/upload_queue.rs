@@ -103,6 +103,7 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
         upload_retry_base: Duration::from_millis(100),
         upload_retry_max: Duration::from_millis(500),
         delete_local_after_upload: true,
+        render_settle: std::time::Duration::ZERO,
         render_manifest: plain_manifest_renderer(),
         media: Arc::new(recorder_actors::engine::MediaConfig::for_tests(
             std::env::temp_dir().join("upload-queue-media"),

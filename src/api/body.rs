@@ -7,14 +7,15 @@ use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
 use super::error::ApiError;
+use crate::config::Limits;
 
-/// How long a client may take to send its body once its headers are in (actix's own
-/// `client_request_timeout` covers the headers).
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Reads the body of `req` (at most `max` bytes: 413 beyond, before anything is read when
-/// `Content-Length` says so; 408 when it does not arrive within [`BODY_TIMEOUT`]).
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<web::Bytes, ApiError> {
+/// Reads the body of `req` (at most `limits.max_body_bytes`: 413 beyond, before anything is read
+/// when `Content-Length` says so; 408 when it does not arrive within `limits.body_timeout_secs`,
+/// counted from the moment the handler starts reading; actix's own `client_request_timeout`
+/// covers the headers).
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limits: &Limits) -> Result<web::Bytes, ApiError> {
+    let max = limits.max_body_bytes;
+    let timeout = Duration::from_secs(limits.body_timeout_secs as u64);
     let too_large = || ApiError::PayloadTooLarge {
         field: "body".into(),
         message: format!("the body is larger than {max} bytes"),
@@ -38,7 +39,10 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: usize)
         }
         Ok(body.freeze())
     };
-    tokio::time::timeout(BODY_TIMEOUT, read)
-        .await
-        .map_err(|_| ApiError::RequestTimeout(format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())))?
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the body did not arrive within {} s (limits.body_timeout_secs)",
+            timeout.as_secs()
+        ))
+    })?
 }

@@ -39,7 +39,7 @@ pub async fn add_event(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
-    let body = super::body::read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let body = super::body::read_body(&req, payload, &state.settings.limits).await?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let limits = &state.settings.limits;

@@ -120,7 +120,7 @@ async fn publish(
     transport: IngestTransport,
 ) -> Result<HttpResponse, ApiError> {
     let publisher = authenticate(&req, &state)?;
-    let body = super::body::read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let body = super::body::read_body(&req, payload, &state.settings.limits).await?;
     let max = state.settings.limits.max_id_len;
     check_id("conferenceId", &conference_id, max)?;
     let content_type = header_text(&req, "content-type").unwrap_or_default();
@@ -380,7 +380,7 @@ pub async fn publish_token(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
-    let body = super::body::read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let body = super::body::read_body(&req, payload, &state.settings.limits).await?;
     let at = instance_ref(&state, &grant.organization_id, &path)?;
     // Another application's instance is missing for a key limited to some applications.
     let record = visible_instance(&state, &grant, at).await?;

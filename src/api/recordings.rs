@@ -98,7 +98,7 @@ pub async fn start(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
-    let body = read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state.settings.limits).await?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let max = state.settings.limits.max_id_len;
@@ -377,7 +377,7 @@ pub async fn add_transcript(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
-    let body = read_body(&req, payload, state.settings.limits.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state.settings.limits).await?;
     let value = parse_body(&body)?;
     let obj = Obj::root(&value)?;
     let limits = &state.settings.limits;

@@ -256,3 +256,28 @@ fn bodies_are_read_only_after_authentication_and_only_up_to_the_limit() {
     // The service goes on serving.
     app.start(KEY_A, APP_A, &conv("after-heads"));
 }
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_is_408_and_the_connection_is_not_held() {
+    use std::io::{Read, Write};
+    let app = TestApp::spawn_with("[limits]\nbody_timeout_secs = 1\n", &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+    // Bounds the test if the server kept waiting (the behaviour this test rules out).
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "POST {BASE_PATH}/recordings/start HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAuthorization: {KEY_A}\r\nContent-Length: 200\r\n\r\n{{\"applicationId\":"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = [0u8; 4096];
+    let n = stream.read(&mut answer).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        answer.contains("REQUEST_TIMEOUT") && answer.contains("limits.body_timeout_secs"),
+        "{answer:?}"
+    );
+    // Nothing was created, and the service goes on.
+    app.start(KEY_A, APP_A, &conv("after-slow-body"));
+}

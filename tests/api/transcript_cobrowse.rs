@@ -349,3 +349,46 @@ fn oversized_cobrowse_payloads_are_refused_naming_event_payload() {
     let file = read_json(&app.cobrowse_file(&app.storage_a(), ORG_A, APP_A, &ev, "s-ok"));
     assert_eq!(file["events"][0]["payload"].as_str().map(str::len), Some(1024));
 }
+
+/// The uploader of app-a as the debug tree shows it.
+fn uploader_counters(app: &TestApp) -> serde_json::Value {
+    let tree = app.get("/debug/actors", KEY_ADMIN).json();
+    tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "Uploader" && c["id"] == "org-a/app-a")
+        .unwrap_or_else(|| panic!("no uploader of org-a/app-a: {tree}"))["counters"]
+        .clone()
+}
+
+#[test]
+fn a_burst_of_lines_after_stop_is_rendered_and_uploaded_once_not_once_per_line() {
+    // A settle long enough for the ten requests below on any machine.
+    let app = TestApp::spawn_with("[uploads]\nrender_settle_ms = 5000\n", &[]);
+    let ev = app.start(KEY_A, APP_A, &conv("burst-after-stop"));
+    app.add_transcript(KEY_A, &ev, json!([chat("2024-01-01T10:00:00Z", "first", "u1")]))
+        .ok_json("RecordingDataEvent");
+    app.stop(KEY_A, &ev);
+    app.wait_transcript_file(KEY_A, &ev, 1);
+    let idle = |app: &TestApp| {
+        poll(UPLOAD_TIMEOUT, "the uploader idle", || {
+            let c = uploader_counters(app);
+            (c["num_queued"] == 0 && c["num_running"] == 0).then_some(c)
+        })
+    };
+    let before = idle(&app)["num_uploaded"].as_u64().unwrap();
+    for n in 0..10 {
+        app.add_transcript(
+            KEY_A,
+            &ev,
+            json!([chat("2024-01-01T10:00:01Z", &format!("late {n}"), "u1")]),
+        )
+        .ok_json("RecordingDataEvent");
+    }
+    let (_, file) = app.wait_transcript_file(KEY_A, &ev, 11);
+    assert!(file.to_string().contains("late 9"), "{file}");
+    let after = idle(&app)["num_uploaded"].as_u64().unwrap();
+    // The transcript and the manifest that lists it, once each for the whole burst.
+    assert_eq!(after - before, 2, "uploads for a burst of 10 lines");
+}

@@ -166,3 +166,62 @@ fn a_crash_inside_a_transcript_add_after_stop_keeps_none_of_its_lines() {
         assert_not_reconciled(&app);
     }
 }
+
+fn cobrowse_body(event: &Value, sequence_id: i64, payload: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "conversationId": event["conversationId"],
+        "instanceId": event["instanceId"],
+        "recorderId": event["recorderId"],
+        "event": {"sessionId": "s1", "sequenceId": sequence_id, "payload": payload, "timestamp": sequence_id},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_crash_inside_a_cobrowse_event_after_stop_keeps_none_of_it() {
+    for step in ["event_written", "count_written"] {
+        let mut app = TestApp::spawn_uploading();
+        let event = app.start(&unique("call"), &unique("room"), true, true);
+        let add = |app: &TestApp, seq: i64, payload: &str| {
+            app.post_json(
+                "/recordings/cobrowse/event",
+                KEY,
+                &serde_json::from_slice(&cobrowse_body(&event, seq, payload)).unwrap(),
+            )
+        };
+        let first = add(&app, 1, "acknowledged-1");
+        assert_eq!(first.status, 200, "{}", first.text());
+        assert_eq!(app.stop(&event)["state"], "STOPPED");
+        let session = instance_dir(&app, &event)
+            .join("cobrowse")
+            .join("s1")
+            .join("events.json");
+        poll(Duration::from_secs(30), "the first session upload", || {
+            read_json(&session)
+        });
+
+        app.restart_with_env(&[(
+            "RTC_RECORDER_FAULTS",
+            &format!("command_step@cobrowse_event {step}=error*1"),
+        )]);
+        doomed(
+            &app,
+            "POST",
+            "/recordings/cobrowse/event",
+            &cobrowse_body(&event, 2, "never-acknowledged"),
+        );
+        restart_clean(&mut app);
+        let after = add(&app, 3, "acknowledged-2");
+        assert_eq!(after.status, 200, "{}", after.text());
+        let uploaded = poll(Duration::from_secs(30), "the session with the second event", || {
+            read_json(&session).filter(|t| t.to_string().contains("acknowledged-2"))
+        });
+        let text = uploaded.to_string();
+        assert!(text.contains("acknowledged-1"), "{step}: {text}");
+        assert!(
+            !text.contains("never-acknowledged"),
+            "{step}: an event of a request that never committed was uploaded: {text}"
+        );
+        assert_not_reconciled(&app);
+    }
+}

@@ -161,3 +161,56 @@ fn a_stop_while_a_whip_publisher_is_still_connected_finalizes_its_files() {
     assert!(audio.num_frames >= 140, "{audio:?}");
     assert!(video.duration > 2.5 && video.duration < 5.0, "{video:?}");
 }
+
+/// `limits.max_whip_sessions_per_organization`: a second WHIP publisher of the organization is
+/// 429 while the first is connected, and gets in once the first has ended its session.
+#[test]
+fn whip_sessions_per_organization_are_bounded_and_freed_when_a_session_ends() {
+    let _media = media_lock();
+    let app = TestApp::spawn_with("[limits]\nmax_whip_sessions_per_organization = 1\n");
+    let (c1, c2) = (unique("room"), unique("room"));
+    let one = app.start(&unique("call"), &c1, true, true);
+    app.start(&unique("call"), &c2, true, true);
+    let whip = |conference: &str, user: &str, seconds: &str| {
+        Command::new(env!("CARGO_BIN_EXE_whip-publish"))
+            .arg(app.api(&format!("/media/whip/{conference}?userId={user}&type=CAM")))
+            .args(["--token", KEY, "--seconds", seconds])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("whip-publish runs")
+    };
+    let first = whip(&c1, "agent", "6");
+    poll(
+        std::time::Duration::from_secs(15),
+        "the first publisher recording",
+        || (app.instance(&one)["state"] == "ACTIVE").then_some(()),
+    );
+    let second = whip(&c2, "customer", "1").wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(!second.status.success(), "a second WHIP session got in: {said}");
+    assert!(
+        said.contains("429") && said.contains("limits.max_whip_sessions_per_organization"),
+        "{said}"
+    );
+    // The first publisher ends its session (DELETE) when it is done; then there is room.
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    poll(std::time::Duration::from_secs(15), "a freed WHIP session place", || {
+        let out = whip(&c2, "customer", "1").wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            return Some(());
+        }
+        assert!(said.contains("429"), "failed otherwise than by the limit: {said}");
+        None
+    });
+}

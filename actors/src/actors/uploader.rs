@@ -27,6 +27,10 @@ pub struct Uploader {
     backoff: HashMap<String, Instant>,
     /// Jobs that failed for good (credentials, missing bucket); retried after a restart.
     parked: HashSet<String>,
+    /// Rendered artefacts (transcripts, co-browse sessions) first seen queued: each waits
+    /// `render_settle` so that a burst of adds after stop is rendered and uploaded once (the
+    /// whole document is uploaded each time: a render per add would cost the square of the adds).
+    settling: HashMap<String, Instant>,
     num_uploaded: u64,
     num_bytes: u64,
     num_failures: u64,
@@ -46,6 +50,7 @@ impl Uploader {
             running: HashSet::new(),
             backoff: HashMap::new(),
             parked: HashSet::new(),
+            settling: HashMap::new(),
             num_uploaded: 0,
             num_bytes: 0,
             num_failures: 0,
@@ -96,6 +101,17 @@ impl Uploader {
             if job.artefact == ArtefactKind::Manifest && pending.contains(&job.instance_id) {
                 continue;
             }
+            if matches!(
+                job.artefact,
+                ArtefactKind::ChatTranscript | ArtefactKind::CobrowseSession { .. }
+            ) {
+                let since = *self.settling.entry(job.key.clone()).or_insert(now);
+                let settled_at = since + self.config.render_settle;
+                if settled_at > now {
+                    ctx.run_later(settled_at - now, |act, ctx| act.pump(ctx));
+                    continue;
+                }
+            }
             self.backoff.remove(&job.key);
             self.running.insert(job.key.clone());
             let store = self.store.clone();
@@ -106,6 +122,7 @@ impl Uploader {
                     .into_actor(self)
                     .map(move |result, act, ctx| {
                         act.running.remove(&job.key);
+                        act.settling.remove(&job.key);
                         act.finish(job, result, ctx);
                         act.pump(ctx);
                     }),
@@ -312,8 +329,15 @@ async fn run_job(
             return Ok(receipt.size);
         }
         artefact => {
-            let body = render(store.as_ref(), &config, &record, artefact)?;
-            let size = backend.put(&job.key, body).await?;
+            let size = match artefact {
+                ArtefactKind::ChatTranscript | ArtefactKind::CobrowseSession { .. } => {
+                    upload_rendered(&store, &config, &record, artefact, backend.as_ref(), &job.key).await?
+                }
+                _ => {
+                    let body = render(store.as_ref(), &config, &record, artefact)?;
+                    backend.put(&job.key, body).await?
+                }
+            };
             store.transaction(&mut |tx| {
                 tx.update_instance(&record.instance_id, &mut |r| {
                     match artefact {
@@ -425,32 +449,117 @@ pub(crate) async fn delete_local(
     Ok(())
 }
 
+/// Renders a transcript or co-browse session into a file on this node, one stored entry at a
+/// time (on a blocking thread), uploads the file in parts and removes it: neither the document
+/// nor its entries are ever whole in memory.
+async fn upload_rendered(
+    store: &Arc<dyn StateStore>,
+    config: &EngineConfig,
+    record: &InstanceRecord,
+    artefact: &ArtefactKind,
+    backend: &dyn crate::storage::StorageBackend,
+    key: &str,
+) -> Result<u64, JobError> {
+    let dir = config.media.media_dir.join(".render");
+    let path = dir.join(format!("{}.json", uuid::Uuid::new_v4().simple()));
+    let rendering = {
+        let (store, record, artefact, path) = (store.clone(), record.clone(), artefact.clone(), path.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), JobError> {
+            let io = |e: std::io::Error| StorageError::Io(format!("{}: {e}", path.display()));
+            std::fs::create_dir_all(path.parent().expect("a file in a folder")).map_err(io)?;
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+            write_artefact(store.as_ref(), &record, &artefact, &mut out)?;
+            use std::io::Write;
+            out.flush().map_err(io)?;
+            Ok(())
+        })
+    };
+    let uploaded = async {
+        rendering
+            .await
+            .map_err(|e| StorageError::Io(format!("rendering {key}: {e}")))??;
+        let receipt = backend.put_file(key, &path).await?;
+        let stored = backend.head(key).await?;
+        verify_upload(&receipt, &stored)?;
+        Ok::<_, JobError>(receipt.size)
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    uploaded
+}
+
+/// Writes a transcript (`{conversationId, recorderId, instanceId, chatTranscriptList}`) or a
+/// co-browse session (`{..., sessionId, events}`) as JSON, reading the store one entry at a time.
+fn write_artefact(
+    store: &dyn StateStore,
+    record: &InstanceRecord,
+    artefact: &ArtefactKind,
+    out: &mut dyn std::io::Write,
+) -> Result<(), JobError> {
+    let io = |e: std::io::Error| JobError::Storage(StorageError::Io(format!("rendering an artefact: {e}")));
+    let json = |e: serde_json::Error| JobError::Storage(StorageError::Io(format!("rendering an artefact: {e}")));
+    let head = |out: &mut dyn std::io::Write| -> Result<(), JobError> {
+        write!(out, "{{\"conversationId\":").map_err(io)?;
+        serde_json::to_writer(&mut *out, &record.conversation_id).map_err(json)?;
+        write!(out, ",\"recorderId\":").map_err(io)?;
+        serde_json::to_writer(&mut *out, &record.recorder_id).map_err(json)?;
+        write!(out, ",\"instanceId\":").map_err(io)?;
+        serde_json::to_writer(&mut *out, &record.instance_id).map_err(json)?;
+        Ok(())
+    };
+    head(out)?;
+    let mut first = true;
+    let mut item = |out: &mut dyn std::io::Write, value: &dyn erased::Json| -> Result<(), StoreError> {
+        let sep = if std::mem::take(&mut first) { "" } else { "," };
+        out.write_all(sep.as_bytes())
+            .and_then(|_| value.write_to(out))
+            .map_err(|e| StoreError::Io(format!("rendering an artefact: {e}")))
+    };
+    match artefact {
+        ArtefactKind::ChatTranscript => {
+            write!(out, ",\"chatTranscriptList\":[").map_err(io)?;
+            store.for_each_transcript_entry(&record.instance_id, &mut |entry| item(out, &entry))?;
+        }
+        ArtefactKind::CobrowseSession { session_id } => {
+            write!(out, ",\"sessionId\":").map_err(io)?;
+            serde_json::to_writer(&mut *out, session_id).map_err(json)?;
+            write!(out, ",\"events\":[").map_err(io)?;
+            store.for_each_cobrowse_event(&record.instance_id, session_id, &mut |event| item(out, &event))?;
+        }
+        _ => unreachable!("only transcripts and co-browse sessions are streamed"),
+    }
+    write!(out, "]}}").map_err(io)?;
+    Ok(())
+}
+
+/// Serialization of one entry behind a trait object (the entries are of two types).
+mod erased {
+    pub trait Json {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            serde_json::to_writer(out, self).map_err(std::io::Error::other)
+        }
+    }
+}
+
 fn render(
     store: &dyn StateStore,
     config: &EngineConfig,
     record: &InstanceRecord,
     artefact: &ArtefactKind,
 ) -> Result<Vec<u8>, StoreError> {
-    let value = match artefact {
-        ArtefactKind::ChatTranscript => json!({
-            "conversationId": record.conversation_id,
-            "recorderId": record.recorder_id,
-            "instanceId": record.instance_id,
-            "chatTranscriptList": store.transcript(&record.instance_id)?,
-        }),
-        ArtefactKind::CobrowseSession { session_id } => json!({
-            "conversationId": record.conversation_id,
-            "recorderId": record.recorder_id,
-            "instanceId": record.instance_id,
-            "sessionId": session_id,
-            "events": store.cobrowse_events(&record.instance_id, session_id)?,
-        }),
-        ArtefactKind::Manifest => return Ok(with_composition(store, record, (config.render_manifest)(record))),
-        ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } => {
-            unreachable!("files are uploaded from disk, not rendered")
+    match artefact {
+        ArtefactKind::Manifest => Ok(with_composition(store, record, (config.render_manifest)(record))),
+        ArtefactKind::ChatTranscript
+        | ArtefactKind::CobrowseSession { .. }
+        | ArtefactKind::TrackFile { .. }
+        | ArtefactKind::Composition { .. } => {
+            unreachable!("files are uploaded from disk, and transcripts and sessions streamed (upload_rendered)")
         }
-    };
-    Ok(serde_json::to_vec_pretty(&value).expect("json values always serialize"))
+    }
 }
 
 /// Adds `composition {location, size, uploaded}` to a rendered manifest once the conversation's
@@ -581,6 +690,7 @@ mod tests {
             upload_retry_base: Duration::from_secs(1),
             upload_retry_max: Duration::from_secs(60),
             delete_local_after_upload: true,
+            render_settle: std::time::Duration::ZERO,
             render_manifest: crate::plain_manifest_renderer(),
             media: Arc::new(crate::engine::MediaConfig::for_tests(std::env::temp_dir())),
             composition: Default::default(),
@@ -630,6 +740,7 @@ mod tests {
             upload_retry_base: Duration::from_millis(100),
             upload_retry_max: Duration::from_millis(500),
             delete_local_after_upload: true,
+            render_settle: std::time::Duration::ZERO,
             render_manifest: crate::plain_manifest_renderer(),
             media: Arc::new(crate::engine::MediaConfig::for_tests(dir.path().join("media"))),
             composition: Default::default(),
@@ -653,5 +764,95 @@ mod tests {
         assert_eq!(snapshot.counters["num_queued"], 0, "{snapshot:?}");
         assert_eq!(snapshot.counters["num_running"], 0, "{snapshot:?}");
         assert_eq!(store.jobs().unwrap().len(), 1, "the other profile's job stays");
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+    use crate::domain::{ChatEntry, CobrowseEvent};
+
+    #[test]
+    fn transcripts_and_sessions_are_written_entry_by_entry_as_the_documented_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let record = InstanceRecord {
+            schema_version: 1,
+            instance_id: "i\"1".into(),
+            recorder_id: "r".into(),
+            organization_id: "o".into(),
+            application_id: "a".into(),
+            conversation_id: "c".into(),
+            conference_id: "f".into(),
+            audio: true,
+            video: true,
+            state: crate::domain::InstanceState::Stopped,
+            created: Utc::now(),
+            started: None,
+            stopped: None,
+            recovered: None,
+            error: None,
+            provider: crate::domain::Provider::Local,
+            storage_url: String::new(),
+            streams: vec![],
+            transcript: None,
+            num_transcript_entries: 0,
+            cobrowse_sessions: Default::default(),
+            history: vec![],
+            stop_requested: None,
+        };
+        let entries: Vec<ChatEntry> = (0..3)
+            .map(|n| ChatEntry {
+                time_stamp: Utc::now(),
+                transcript: format!("line {n} with \"quotes\" and ünïcode"),
+                user_display_name: None,
+                user_id: "u".into(),
+            })
+            .collect();
+        store.append_transcript(&record.instance_id, &entries).unwrap();
+        let mut out = Vec::new();
+        write_artefact(&store, &record, &ArtefactKind::ChatTranscript, &mut out).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["instanceId"], "i\"1");
+        assert_eq!(value["conversationId"], "c");
+        assert_eq!(value["chatTranscriptList"], serde_json::to_value(&entries).unwrap());
+        for seq in [3, 1, 2] {
+            store
+                .put_cobrowse_event(
+                    &record.instance_id,
+                    &CobrowseEvent {
+                        session_id: "s".into(),
+                        sequence_id: seq,
+                        payload: format!("{{\"n\":{seq}}}"),
+                        timestamp: i64::from(seq),
+                    },
+                )
+                .unwrap();
+        }
+        let mut out = Vec::new();
+        let session = ArtefactKind::CobrowseSession { session_id: "s".into() };
+        write_artefact(&store, &record, &session, &mut out).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["sessionId"], "s");
+        let seqs: Vec<_> = value["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["sequenceId"].clone())
+            .collect();
+        assert_eq!(seqs, vec![json!(1), json!(2), json!(3)]);
+        // An empty session is an empty list.
+        let mut out = Vec::new();
+        write_artefact(
+            &store,
+            &record,
+            &ArtefactKind::CobrowseSession {
+                session_id: "none".into(),
+            },
+            &mut out,
+        )
+        .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["events"], json!([]));
     }
 }

@@ -243,11 +243,25 @@ pub trait StateStore: Send + Sync + 'static {
     /// Appends chat entries in order; returns how many entries the instance has now.
     fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64>;
     fn transcript(&self, instance_id: &str) -> StoreResult<Vec<ChatEntry>>;
+    /// Calls `visit` with each chat line of an instance, in order, one at a time (artefacts are
+    /// rendered from this, never from the whole transcript in memory).
+    fn for_each_transcript_entry(
+        &self,
+        instance_id: &str,
+        visit: &mut dyn FnMut(ChatEntry) -> StoreResult<()>,
+    ) -> StoreResult<()>;
 
     /// Stores an event unless one with its session and `sequenceId` is there already; returns
     /// whether it was new. Iteration is in `sequenceId` order whatever the arrival order.
     fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool>;
     fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>>;
+    /// Calls `visit` with each event of a co-browse session, in `sequenceId` order, one at a time.
+    fn for_each_cobrowse_event(
+        &self,
+        instance_id: &str,
+        session_id: &str,
+        visit: &mut dyn FnMut(CobrowseEvent) -> StoreResult<()>,
+    ) -> StoreResult<()>;
 
     /// Queues (or re-queues, bumping its generation) the job for `job.key`.
     fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob>;

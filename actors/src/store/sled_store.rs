@@ -808,6 +808,33 @@ impl StateStore for SledStore {
             .collect()
     }
 
+    fn for_each_transcript_entry(
+        &self,
+        instance_id: &str,
+        visit: &mut dyn FnMut(ChatEntry) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        for item in self.transcripts.scan_prefix(prefix(instance_id)) {
+            let (key, value) = item.map_err(io)?;
+            visit(decode("transcripts", &key, &value)?)?;
+        }
+        Ok(())
+    }
+
+    fn for_each_cobrowse_event(
+        &self,
+        instance_id: &str,
+        session_id: &str,
+        visit: &mut dyn FnMut(CobrowseEvent) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let mut scan = key2(instance_id, session_id);
+        scan.push(0);
+        for item in self.cobrowse.scan_prefix(scan) {
+            let (key, value) = item.map_err(io)?;
+            visit(decode("cobrowse", &key, &value)?)?;
+        }
+        Ok(())
+    }
+
     fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool> {
         let mut key = key2(instance_id, &event.session_id);
         key.push(0);
