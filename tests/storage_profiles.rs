@@ -476,14 +476,16 @@ fn cobrowse_urls_are_the_providers_own_or_served_by_the_recorder() {
         "{url}"
     );
     let body = ureq::get(&url).call().unwrap().into_string().unwrap();
-    assert!(body.contains("\"sessionId\": \"cb-1\""), "{body}");
+    let session: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(session["sessionId"], "cb-1", "{body}");
 
     // SFTP: the recorder's own signed URL; it fetches the object over SFTP and honours Range.
     let sftp_instance = record_cobrowse_session(&service, "sftpapp", "call-sftp");
     let url = signed_url_of(&service, &sftp_instance);
     assert!(url.starts_with(&service.base) && url.contains("Signature="), "{url}");
     let full = ureq::get(&url).call().unwrap().into_string().unwrap();
-    assert!(full.contains("\"sessionId\": \"cb-1\""), "{full}");
+    let session: serde_json::Value = serde_json::from_str(&full).unwrap_or_else(|e| panic!("{e}: {full}"));
+    assert_eq!(session["sessionId"], "cb-1", "{full}");
     let part = ureq::get(&url).set("Range", "bytes=0-9").call().unwrap();
     assert_eq!(part.status(), 206);
     assert_eq!(part.into_string().unwrap(), full[..10]);
