@@ -222,3 +222,39 @@ fn each_application_has_its_own_composition_of_a_conversation() {
     app.get(&format!("/compositions/{c}?applicationId=bad%2Fid"), KEY_A)
         .assert_error_naming(400, "applicationId");
 }
+
+#[test]
+fn a_plain_rtp_offer_without_a_sender_address_is_refused_unless_the_key_is_trusted_for_any_source() {
+    const KEY_ANY: &str = "key-a-any-rtp-source";
+    let app = TestApp::spawn_with(
+        &format!(
+            "[api_keys.any-source]\nhash = \"sha256:{}\"\norganization = \"org-a\"\nscopes = [\"global\"]\nrtp_any_source = true\n",
+            sha256_hex(KEY_ANY)
+        ),
+        &[],
+    );
+    let c = conv("no-c-line");
+    app.start(KEY_A, APP_A, &c);
+    let conference = format!("conf-{c}");
+    let without_c = "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=test\r\nt=0 0\r\n\
+                     m=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+    let unspecified = opus_offer().replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
+    for offer in [without_c.to_string(), unspecified] {
+        let refused = app.post_raw(
+            &format!("/media/rtp/{}?userId=u1", enc(&conference)),
+            KEY_A,
+            "application/sdp",
+            offer.as_bytes(),
+        );
+        refused.assert_error_naming(400, "sdp");
+        assert!(refused.text().contains("c="), "{}", refused.describe());
+        // A key trusted for any source may publish it (e.g. from behind a NAT it cannot name).
+        app.post_raw(
+            &format!("/media/rtp/{}?userId=u-any-{}", enc(&conference), offer.len()),
+            KEY_ANY,
+            "application/sdp",
+            offer.as_bytes(),
+        )
+        .assert_status(201);
+    }
+}
