@@ -51,9 +51,9 @@ pub struct SledStore {
     cobrowse: sled::Tree,
     jobs: sled::Tree,
     compositions: sled::Tree,
-    /// Keys of compositions that may still need to run. Kept beside `compositions` (not in one
-    /// transaction with it) and rebuilt from it at open, so a crash between the two writes can
-    /// only leave a stale key, which readers skip by the record's state.
+    /// Keys of compositions that may still need to run, written in the same transaction as the
+    /// record; rebuilt from `compositions` at open all the same, and readers skip a key whose
+    /// record is not pending.
     compositions_pending: sled::Tree,
     /// Instances per state (in `InstanceState::ALL` order): counted once at open, then moved
     /// by every insert and update that changes a state. This process holds the store's lock,
@@ -775,27 +775,15 @@ impl StateStore for SledStore {
     }
 
     fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64> {
-        let values: Vec<Vec<u8>> = entries.iter().map(encode).collect();
         // One transaction reads the instance's entry count, writes the entries under the next
         // numbers and stores the new count: order is arrival order, and a crash keeps all of a
         // request's lines or none.
-        (&self.transcripts, &self.transcript_counts)
-            .transaction(|(transcripts, counts)| {
-                let first = counts
-                    .get(instance_id.as_bytes())?
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                for (i, value) in values.iter().enumerate() {
-                    let mut key = prefix(instance_id);
-                    key.extend_from_slice(&(first + i as u64).to_be_bytes());
-                    transcripts.insert(key, value.as_slice())?;
-                }
-                let total = first + values.len() as u64;
-                counts.insert(instance_id.as_bytes(), &total.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(total)
-            })
-            .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))
+        let mut total = 0;
+        self.transaction(&mut |tx| {
+            total = tx.append_transcript(instance_id, entries)?;
+            Ok(())
+        })?;
+        Ok(total)
     }
 
     fn transcript(&self, instance_id: &str) -> StoreResult<Vec<ChatEntry>> {
@@ -836,14 +824,11 @@ impl StateStore for SledStore {
     }
 
     fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool> {
-        let mut key = key2(instance_id, &event.session_id);
-        key.push(0);
-        key.extend_from_slice(&sortable_sequence(event.sequence_id));
-        let inserted = self
-            .cobrowse
-            .compare_and_swap(key, None as Option<&[u8]>, Some(encode(event)))
-            .map_err(io)?
-            .is_ok();
+        let mut inserted = false;
+        self.transaction(&mut |tx| {
+            inserted = tx.put_cobrowse_event(instance_id, event)?;
+            Ok(())
+        })?;
         Ok(inserted)
     }
 
@@ -860,29 +845,12 @@ impl StateStore for SledStore {
     }
 
     fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob> {
-        loop {
-            let current = self.jobs.get(&job.key).map_err(io)?;
-            let next = match &current {
-                Some(bytes) => {
-                    let mut existing: UploadJob = decode("jobs", job.key.as_bytes(), bytes)?;
-                    existing.generation += 1;
-                    existing
-                }
-                None => job.clone(),
-            };
-            if self
-                .jobs
-                .compare_and_swap(&job.key, current, Some(encode(&next)))
-                .map_err(io)?
-                .is_ok()
-            {
-                self.move_jobs(vec![JobIndexMove::Queued {
-                    profile: profile_of(&next),
-                    key: next.key.clone(),
-                }]);
-                return Ok(next);
-            }
-        }
+        let mut queued = None;
+        self.transaction(&mut |tx| {
+            queued = Some(tx.enqueue_job(job)?);
+            Ok(())
+        })?;
+        Ok(queued.expect("a committed transaction set it"))
     }
 
     fn profile_jobs(&self, organization_id: &str, application_id: &str) -> StoreResult<Vec<UploadJob>> {
@@ -947,27 +915,12 @@ impl StateStore for SledStore {
     }
 
     fn finish_job(&self, key: &str, generation: u64) -> StoreResult<bool> {
-        loop {
-            let Some(current) = self.jobs.get(key).map_err(io)? else {
-                return Ok(false);
-            };
-            let stored: UploadJob = decode("jobs", key.as_bytes(), &current)?;
-            if stored.generation != generation {
-                return Ok(false);
-            }
-            if self
-                .jobs
-                .compare_and_swap(key, Some(current), None as Option<&[u8]>)
-                .map_err(io)?
-                .is_ok()
-            {
-                self.move_jobs(vec![JobIndexMove::Finished {
-                    profile: profile_of(&stored),
-                    key: stored.key,
-                }]);
-                return Ok(true);
-            }
-        }
+        let mut finished = false;
+        self.transaction(&mut |tx| {
+            finished = tx.finish_job(key, generation)?;
+            Ok(())
+        })?;
+        Ok(finished)
     }
 
     fn queue_composition(
@@ -976,49 +929,12 @@ impl StateStore for SledStore {
         instance_id: &str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<CompositionRecord> {
-        let key = composition_key(id);
-        loop {
-            let current = self.compositions.get(&key).map_err(io)?;
-            let next = match &current {
-                Some(bytes) => {
-                    let mut record: CompositionRecord = decode("compositions", &key, bytes)?;
-                    record.generation += 1;
-                    record.state = CompositionState::Queued;
-                    record.instance_id = instance_id.to_string();
-                    record.queued = now;
-                    record
-                }
-                None => CompositionRecord {
-                    schema_version: RECORD_SCHEMA_VERSION,
-                    organization_id: id.organization_id.clone(),
-                    conversation_id: id.conversation_id.clone(),
-                    application_id: id.application_id.clone(),
-                    instance_id: instance_id.to_string(),
-                    state: CompositionState::Queued,
-                    generation: 1,
-                    queued: now,
-                    started: None,
-                    stopped: None,
-                    error: None,
-                    problems: Vec::new(),
-                    has_video: false,
-                    local_path: None,
-                    key: None,
-                    location: None,
-                    size: None,
-                    uploaded: None,
-                },
-            };
-            if self
-                .compositions
-                .compare_and_swap(&key, current, Some(encode(&next)))
-                .map_err(io)?
-                .is_ok()
-            {
-                self.compositions_pending.insert(&key, &[]).map_err(io)?;
-                return Ok(next);
-            }
-        }
+        let mut queued = None;
+        self.transaction(&mut |tx| {
+            queued = Some(tx.queue_composition(id, instance_id, now)?);
+            Ok(())
+        })?;
+        Ok(queued.expect("a committed transaction set it"))
     }
 
     fn get_composition(&self, id: &CompositionId) -> StoreResult<Option<CompositionRecord>> {
@@ -1050,29 +966,12 @@ impl StateStore for SledStore {
         id: &CompositionId,
         change: &mut dyn FnMut(&mut CompositionRecord) -> StoreResult<()>,
     ) -> StoreResult<CompositionRecord> {
-        let key = composition_key(id);
-        loop {
-            let current = self
-                .compositions
-                .get(&key)
-                .map_err(io)?
-                .ok_or_else(|| StoreError::NotFound(format!("composition of {}", id.conversation_id)))?;
-            let mut record: CompositionRecord = decode("compositions", &key, &current)?;
-            change(&mut record)?;
-            if self
-                .compositions
-                .compare_and_swap(&key, Some(current), Some(encode(&record)))
-                .map_err(io)?
-                .is_ok()
-            {
-                if is_pending(&record) {
-                    self.compositions_pending.insert(&key, &[]).map_err(io)?;
-                } else {
-                    self.compositions_pending.remove(&key).map_err(io)?;
-                }
-                return Ok(record);
-            }
-        }
+        let mut updated = None;
+        self.transaction(&mut |tx| {
+            updated = Some(tx.update_composition(id, change)?);
+            Ok(())
+        })?;
+        Ok(updated.expect("a committed transaction set it"))
     }
 
     fn pending_compositions(&self) -> StoreResult<Vec<CompositionRecord>> {
