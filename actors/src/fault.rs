@@ -15,10 +15,10 @@
 pub const MUXER_WRITE: &str = "muxer_write";
 pub const STATE_COMMIT: &str = "state_commit";
 /// Between two writes of one state-store transaction (`StoreTx::step`), scoped by
-/// `"<command> <step> <instanceId>"`. Armed with `error`, the point flushes the store
-/// (everything committed so far becomes durable, as it would be after a while) and then ends the
-/// process: a crash at exactly that step. The transaction's own writes so far are not committed,
-/// so none of them survive. (`abort` ends the process without the flush.)
+/// `"<command> <step> <instanceId>"`. Armed with `error`, the point makes whatever was written
+/// outside the transaction durable (a flush, given up after a second if it waits on the
+/// transaction) and ends the process at once (`_exit`, as a kill would): a crash at exactly that
+/// step. The transaction's own writes so far are not committed, so none of them survive.
 pub const COMMAND_STEP: &str = "command_step";
 pub const UPLOAD_PART: &str = "upload_part";
 pub const FINALIZE: &str = "finalize";

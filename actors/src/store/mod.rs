@@ -202,8 +202,8 @@ pub trait StoreTx {
     fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool>;
     /// A named point between two writes of the command, for fault injection
     /// (`fault::COMMAND_STEP`, scoped by `"<command> <step> <instanceId>"`): armed with `error`,
-    /// it ends the process there after making everything committed before durable, which is what
-    /// a crash at that step leaves behind. A no-op in normal builds.
+    /// it ends the process there, which is what a crash at that step leaves behind. A no-op in
+    /// normal builds.
     fn step(&self, command: &str, step: &str, instance_id: &str);
 }
 
