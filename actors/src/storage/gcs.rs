@@ -79,6 +79,25 @@ impl URLStyle for EndpointStyle {
 }
 
 impl GcsBackend {
+    /// The object, or the part of it `range` names.
+    fn download(&self, key: &str, range: Range, what: &'static str) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let name = self.object_name(key);
+        async move {
+            let request = GetObjectRequest {
+                bucket,
+                object: name?,
+                ..Default::default()
+            };
+            client
+                .download_object(&request, &range)
+                .await
+                .map_err(|e| map_err(e, what, Missing::Object))
+        }
+        .boxed()
+    }
+
     pub async fn new(settings: GcsSettings) -> Result<Self, StorageError> {
         let endpoint_text = settings.endpoint.clone().unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         let endpoint = url::Url::parse(&endpoint_text)
@@ -257,39 +276,11 @@ impl StorageBackend for GcsBackend {
     }
 
     fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
-        let client = self.client.clone();
-        let bucket = self.settings.bucket.clone();
-        let name = self.object_name(key);
-        async move {
-            let request = GetObjectRequest {
-                bucket,
-                object: name?,
-                ..Default::default()
-            };
-            client
-                .download_object(&request, &Range::default())
-                .await
-                .map_err(|e| map_err(e, "download object", Missing::Object))
-        }
-        .boxed()
+        self.download(key, Range::default(), "download object")
     }
 
     fn get_range(&self, key: &str, start: u64, end: u64) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
-        let client = self.client.clone();
-        let bucket = self.settings.bucket.clone();
-        let name = self.object_name(key);
-        async move {
-            let request = GetObjectRequest {
-                bucket,
-                object: name?,
-                ..Default::default()
-            };
-            client
-                .download_object(&request, &Range(Some(start), Some(end)))
-                .await
-                .map_err(|e| map_err(e, "download object range", Missing::Object))
-        }
-        .boxed()
+        self.download(key, Range(Some(start), Some(end)), "download object range")
     }
 
     fn serves_ranges(&self) -> bool {

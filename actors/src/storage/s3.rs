@@ -54,6 +54,36 @@ pub struct S3Backend {
 }
 
 impl S3Backend {
+    /// The object, or the part of it `range` (an HTTP `Range` value) names.
+    fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
+        what: &'static str,
+    ) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
+        let client = self.client.clone();
+        let bucket = self.settings.bucket.clone();
+        let key = self.object_key(key);
+        async move {
+            let key = key?;
+            let output = client
+                .get_object()
+                .bucket(&bucket)
+                .key(&key)
+                .set_range(range)
+                .send()
+                .await
+                .map_err(|e| map_err(e, what, Missing::Object))?;
+            let body = output
+                .body
+                .collect()
+                .await
+                .map_err(|e| StorageError::Io(format!("{what}: reading the body: {e}")))?;
+            Ok(body.into_bytes().to_vec())
+        }
+        .boxed()
+    }
+
     pub fn new(settings: S3Settings) -> Self {
         let credentials = Credentials::new(
             settings.access_key_id.expose(),
@@ -199,50 +229,11 @@ impl StorageBackend for S3Backend {
     }
 
     fn get(&self, key: &str) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
-        let client = self.client.clone();
-        let bucket = self.settings.bucket.clone();
-        let key = self.object_key(key);
-        async move {
-            let key = key?;
-            let output = client
-                .get_object()
-                .bucket(&bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| map_err(e, "get object", Missing::Object))?;
-            let body = output
-                .body
-                .collect()
-                .await
-                .map_err(|e| StorageError::Io(format!("get object: reading the body: {e}")))?;
-            Ok(body.into_bytes().to_vec())
-        }
-        .boxed()
+        self.get_object(key, None, "get object")
     }
 
     fn get_range(&self, key: &str, start: u64, end: u64) -> BoxFuture<'static, StorageResult<Vec<u8>>> {
-        let client = self.client.clone();
-        let bucket = self.settings.bucket.clone();
-        let key = self.object_key(key);
-        async move {
-            let key = key?;
-            let output = client
-                .get_object()
-                .bucket(&bucket)
-                .key(&key)
-                .range(format!("bytes={start}-{end}"))
-                .send()
-                .await
-                .map_err(|e| map_err(e, "get object range", Missing::Object))?;
-            let body = output
-                .body
-                .collect()
-                .await
-                .map_err(|e| StorageError::Io(format!("get object range: reading the body: {e}")))?;
-            Ok(body.into_bytes().to_vec())
-        }
-        .boxed()
+        self.get_object(key, Some(format!("bytes={start}-{end}")), "get object range")
     }
 
     fn serves_ranges(&self) -> bool {

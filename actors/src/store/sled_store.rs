@@ -798,13 +798,12 @@ impl StateStore for SledStore {
     }
 
     fn transcript(&self, instance_id: &str) -> StoreResult<Vec<ChatEntry>> {
-        self.transcripts
-            .scan_prefix(prefix(instance_id))
-            .map(|item| {
-                let (key, value) = item.map_err(io)?;
-                decode("transcripts", &key, &value)
-            })
-            .collect()
+        let mut entries = Vec::new();
+        self.for_each_transcript_entry(instance_id, &mut |entry| {
+            entries.push(entry);
+            Ok(())
+        })?;
+        Ok(entries)
     }
 
     fn for_each_transcript_entry(
@@ -844,15 +843,12 @@ impl StateStore for SledStore {
     }
 
     fn cobrowse_events(&self, instance_id: &str, session_id: &str) -> StoreResult<Vec<CobrowseEvent>> {
-        let mut scan = key2(instance_id, session_id);
-        scan.push(0);
-        self.cobrowse
-            .scan_prefix(scan)
-            .map(|item| {
-                let (key, value) = item.map_err(io)?;
-                decode("cobrowse", &key, &value)
-            })
-            .collect()
+        let mut events = Vec::new();
+        self.for_each_cobrowse_event(instance_id, session_id, &mut |event| {
+            events.push(event);
+            Ok(())
+        })?;
+        Ok(events)
     }
 
     fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob> {
