@@ -90,3 +90,15 @@ impl<A: Actor> Mailbox<A> {
         self.addr.do_send(msg)
     }
 }
+
+/// Snapshot of a child with its mailbox depth filled in; `None` if the child has stopped.
+pub async fn snapshot_of<A>(mailbox: &Mailbox<A>) -> Option<ActorSnapshot>
+where
+    A: Actor + Handler<Snapshot>,
+    A::Context: actix::dev::ToEnvelope<A, Snapshot>,
+{
+    let depth = mailbox.depth();
+    let mut snapshot = mailbox.send(Snapshot).await.ok()?;
+    snapshot.mailbox_depth = depth;
+    Some(snapshot)
+}

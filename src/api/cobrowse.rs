@@ -8,12 +8,12 @@ use recorder_actors::messages::{AddCobrowseEvent, ArtefactSource, ProviderCobrow
 use serde::Deserialize;
 
 use super::dto::*;
-use super::error::{ApiError, ErrorBody};
-use super::recordings::{instance_ref, visible_conversation, visible_instance};
+use super::error::{timestamp, ApiError, ErrorBody};
+use super::lookup::{instance_ref, visible_conversation, visible_instance};
+use super::signed::{attachment_path, unlinked_file, verify_signature, SignatureQuery};
 use super::validate::{check_id, parse_body, Obj};
-use super::{AppState, BASE_PATH};
+use super::AppState;
 use crate::config::Scope;
-use crate::signing::SignatureError;
 
 #[utoipa::path(
     post,
@@ -126,10 +126,6 @@ fn referer_allowed(referer: &str, allowed: &[String]) -> Result<bool, ApiError> 
     Ok(allowed.iter().any(|a| a == "*" || *a == origin))
 }
 
-pub fn attachment_path(conversation: &str, recorder: &str, instance: &str, session: &str, file: &str) -> String {
-    format!("{BASE_PATH}/recordings/attachment/cobrowse/{conversation}/{recorder}/{instance}/{session}/{file}")
-}
-
 #[utoipa::path(
     get,
     path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}/cobrowse/{sessionId}/url/attachment",
@@ -229,48 +225,6 @@ pub async fn signed_url(
         url: format!("{}{path}?{}", state.public_url, signed.to_query()),
         valid_until: timestamp(signed.valid_until),
     }))
-}
-
-/// Checks a recorder-signed URL's query against the canonical path it was signed for: anything
-/// wrong with the signature or its times is 403, a missing parameter 400.
-pub(super) fn verify_signature(state: &AppState, signed_path: &str, query: &SignatureQuery) -> Result<(), ApiError> {
-    let need = |v: &Option<String>, name: &str| {
-        v.clone()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ApiError::bad_field(name, "query parameter is required"))
-    };
-    let (date, expires, signature) = (
-        need(&query.date, "Date")?,
-        need(&query.expires, "Expires")?,
-        need(&query.signature, "Signature")?,
-    );
-    state
-        .signer
-        .verify("GET", signed_path, &date, &expires, &signature, chrono::Utc::now())
-        .map_err(|e| match e {
-            SignatureError::Malformed(field) => ApiError::Forbidden(format!("{field} is malformed")),
-            other => ApiError::Forbidden(other.to_string()),
-        })
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SignatureQuery {
-    #[serde(rename = "Date")]
-    date: Option<String>,
-    #[serde(rename = "Expires")]
-    expires: Option<String>,
-    #[serde(rename = "Signature")]
-    signature: Option<String>,
-}
-
-/// Writes `bytes` to a temp file, opens it, and removes its name: the open file lives as long as
-/// the response reads it and leaves nothing behind.
-pub(super) fn unlinked_file(bytes: &[u8]) -> std::io::Result<NamedFile> {
-    let path = std::env::temp_dir().join(format!("rtc-recorder-{}.json", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, bytes)?;
-    let file = NamedFile::open(&path);
-    let _ = std::fs::remove_file(&path);
-    file
 }
 
 /// A file name inside one artefact folder: no separators, no dot segments, nothing encoded.

@@ -2,7 +2,7 @@
 //! into them. Dates are RFC 3339 in UTC with milliseconds; optional values are left out rather
 //! than sent as null; sizes are decimal byte counts; `duration` is ISO 8601 (`PT12.345S`).
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use recorder_actors::domain::{
     self, ErrorInfo, InstanceRecord, LocalFileRecord, ObjectRecord, Provider, StreamRecord, TrackRecord,
 };
@@ -10,11 +10,7 @@ use recorder_actors::storage::{CheckResult, VerificationReport};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::ErrorBody;
-
-pub fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+use super::error::{timestamp, ErrorBody};
 
 fn opt_ts(at: Option<DateTime<Utc>>) -> Option<String> {
     at.map(timestamp)

@@ -13,7 +13,11 @@ use recorder_actors::EngineError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::dto::timestamp;
+/// The API's one date format: RFC 3339 in UTC with milliseconds (`occurred`, and every date of
+/// the spec's messages).
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

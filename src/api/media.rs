@@ -18,9 +18,8 @@ use recorder_actors::messages::{Applications, IngestTransport, Publish, Unpublis
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::dto::timestamp;
-use super::error::{ApiError, ErrorBody};
-use super::recordings::{instance_ref, visible_instance, InstancePath};
+use super::error::{timestamp, ApiError, ErrorBody};
+use super::lookup::{instance_ref, visible_instance, InstancePath};
 use super::validate::{check_id, parse_body, Obj};
 use super::{AppState, BASE_PATH};
 use crate::config::Scope;

@@ -108,7 +108,7 @@ pub async fn composition(
     // itself behind its own signed URL.
     let url = view.url.or_else(|| {
         view.composition.uploaded.map(|_| {
-            let path = super::tracks::composition_attachment_path(
+            let path = super::signed::composition_attachment_path(
                 &view.composition.organization_id,
                 &view.composition.application_id,
                 &conversation_id,

@@ -6,22 +6,13 @@ use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionT
 use actix_web::{web, HttpRequest, HttpResponse};
 use recorder_actors::messages::{ArtefactSource, ResolveCompositionFile, ResolveTrackFile, TrackFile};
 
-use super::cobrowse::{unlinked_file, verify_signature, SignatureQuery};
 use super::dto::Resource;
 use super::error::{ApiError, ErrorBody};
+use super::signed::{
+    composition_attachment_path, track_attachment_path, unlinked_file, verify_signature, SignatureQuery,
+};
 use super::validate::check_id;
-use super::{AppState, BASE_PATH};
-
-/// The canonical path a composition download URL is signed for: one composition per
-/// (organization, application, conversation).
-pub fn composition_attachment_path(organization: &str, application: &str, conversation: &str) -> String {
-    format!("{BASE_PATH}/recordings/attachment/composition/{organization}/{application}/{conversation}")
-}
-
-/// The canonical path a track download URL is signed for.
-pub fn track_attachment_path(conversation: &str, recorder: &str, instance: &str, stream: &str, track: &str) -> String {
-    format!("{BASE_PATH}/recordings/attachment/track/{conversation}/{recorder}/{instance}/{stream}/{track}")
-}
+use super::AppState;
 
 #[utoipa::path(
     get,

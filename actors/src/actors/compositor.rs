@@ -11,13 +11,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 
-use super::registry::enqueue_artefact;
 use super::uploader::{delete_local, Kick};
 use crate::domain::{path_component, ErrorInfo, InstanceRecord, InstanceState, StreamType, TrackType};
 use crate::media::compose::{self, ComposeInput, ComposeMedia, ComposeReport, ComposeRole, InstanceSpan};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
 use crate::storage::download_to_file;
+use crate::store::artefacts::enqueue_artefact;
 use crate::store::{ArtefactKind, CompositionId, CompositionRecord, CompositionState, StateStore, StoreError};
 use crate::EngineConfig;
 

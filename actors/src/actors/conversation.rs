@@ -13,11 +13,11 @@ use futures_util::FutureExt;
 use super::recorder::{
     retire_streams, AbortRecorder, InstanceEnded, Recorder, RecorderCrashed, RecorderLinks, StopRecorder,
 };
-use super::registry::{rejected, snapshot_of};
 use super::supervision::{self, SupervisedKind};
 use super::uploader::Kick;
 use crate::domain::{ErrorInfo, InstanceRecord, InstanceState};
 use crate::messages::{Publish, PublishAnswer, Unpublish};
+use crate::snapshot::snapshot_of;
 use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
 use crate::store::StateStore;
 use crate::EngineError;
@@ -77,8 +77,7 @@ impl Conversation {
         self.last_error = Some(error.clone());
         let updated = self.store.update_instance(instance_id, &mut |r| {
             if r.state == InstanceState::Active {
-                r.transition(InstanceState::PendingRecovery, Utc::now())
-                    .map_err(rejected)?;
+                r.transition(InstanceState::PendingRecovery, Utc::now())?;
             }
             Ok(())
         });

@@ -17,9 +17,10 @@ mod stream;
 pub mod supervision;
 mod uploader;
 
+pub use crate::store::artefacts::{composition_key, queue_track_file};
 pub use compositor::{composition_inputs, CompositionQueued, Compositor, FetchedTracks};
 pub use conversation::Conversation;
 pub use recorder::Recorder;
-pub use registry::{composition_key, queue_track_file, Registry};
+pub use registry::Registry;
 pub use stream::Stream;
 pub use uploader::{Kick, Uploader};

@@ -11,13 +11,14 @@ use actix::prelude::*;
 use chrono::Utc;
 use futures_util::future::join_all;
 
-use super::registry::{enqueue_artefact, rejected, snapshot_of};
 use super::stream::{
     EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, QuiesceSlot, RetireStream, Stream, StreamCrashed,
     StreamNotice, RECOVERED_SESSION,
 };
 use super::supervision::{self, SupervisedKind};
 use super::uploader::Kick;
+use crate::snapshot::snapshot_of;
+use crate::store::artefacts::enqueue_artefact;
 use futures_util::future::Shared;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
@@ -261,8 +262,7 @@ impl Recorder {
     fn enter_recovery(&mut self) {
         let result = self.store.update_instance(&self.instance_id, &mut |r| {
             if r.state == InstanceState::Active {
-                r.transition(InstanceState::PendingRecovery, Utc::now())
-                    .map_err(rejected)?;
+                r.transition(InstanceState::PendingRecovery, Utc::now())?;
             }
             Ok(())
         });
@@ -774,11 +774,11 @@ impl Recorder {
                     became_active = false;
                     match r.state {
                         InstanceState::Initialised => {
-                            r.transition(InstanceState::Active, Utc::now()).map_err(rejected)?;
+                            r.transition(InstanceState::Active, Utc::now())?;
                             became_active = true;
                         }
                         InstanceState::PendingRecovery => {
-                            r.transition(InstanceState::Active, Utc::now()).map_err(rejected)?;
+                            r.transition(InstanceState::Active, Utc::now())?;
                             r.recovered = Some(Utc::now());
                             became_active = true;
                         }
@@ -999,14 +999,14 @@ impl Recorder {
                             merge_stream(r, stream);
                         }
                         match &ending {
-                            Ending::Stop => r.transition(InstanceState::Stopped, Utc::now()).map_err(rejected)?,
+                            Ending::Stop => r.transition(InstanceState::Stopped, Utc::now())?,
                             Ending::Abort(error) => {
                                 // An instance aborted while ACTIVE (media of the last stream that
                                 // could record resumed meanwhile) passes through recovery first.
                                 if r.state != InstanceState::PendingRecovery {
-                                    r.transition(InstanceState::PendingRecovery, Utc::now()).map_err(rejected)?;
+                                    r.transition(InstanceState::PendingRecovery, Utc::now())?;
                                 }
-                                r.transition(InstanceState::Aborted, Utc::now()).map_err(rejected)?;
+                                r.transition(InstanceState::Aborted, Utc::now())?;
                                 r.error = Some(error.clone());
                             }
                         }

@@ -15,9 +15,10 @@ use super::recorder::{InstanceEnded, RecorderLinks};
 use super::uploader::{Kick, Uploader};
 use crate::domain::*;
 use crate::messages::*;
-use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
+use crate::snapshot::{snapshot_of, ActorSnapshot, Mailbox, Snapshot};
 use crate::storage::{verify, StorageError, VerificationReport};
-use crate::store::{ArtefactKind, CompositionId, StateStore, StoreError, StoreTx, UploadJob};
+use crate::store::artefacts::{enqueue_with_manifest, reconcile_ended};
+use crate::store::{ArtefactKind, CompositionId, StateStore, StoreError};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
 type ProfileKey = (String, String);
@@ -119,7 +120,7 @@ impl Registry {
             if record.state == InstanceState::Active {
                 record = store.update_instance(&record.instance_id, &mut |r| {
                     r.transition(InstanceState::PendingRecovery, Utc::now())
-                        .map_err(rejected)
+                        .map_err(StoreError::from)
                 })?;
             }
             registry.spawn_conversation(&record);
@@ -209,175 +210,6 @@ impl Registry {
             uploader.do_send(Kick);
         }
     }
-}
-
-pub(crate) fn rejected(err: IllegalTransition) -> StoreError {
-    StoreError::Rejected {
-        code: "ILLEGAL_TRANSITION",
-        message: err.to_string(),
-    }
-}
-
-/// Object key of an artefact of `record`.
-pub(crate) fn artefact_key(record: &InstanceRecord, artefact: &ArtefactKind) -> String {
-    match artefact {
-        ArtefactKind::ChatTranscript => record.transcript_key(),
-        ArtefactKind::CobrowseSession { session_id } => record.cobrowse_key(session_id),
-        ArtefactKind::TrackFile {
-            stream_id,
-            track_id,
-            local_path,
-        } => {
-            let extension = std::path::Path::new(local_path)
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("bin");
-            record.track_key(stream_id, track_id, extension)
-        }
-        ArtefactKind::Manifest => record.manifest_key(),
-        ArtefactKind::Composition { conversation_id, .. } => composition_key(record, conversation_id),
-    }
-}
-
-/// `{organizationId}/{applicationId}/{conversationId}/composition.mp4`: one composition per
-/// conversation, beside its instances' folders, overwritten by a re-composition.
-pub fn composition_key(record: &InstanceRecord, conversation_id: &str) -> String {
-    format!(
-        "{}/{}/{}/composition.mp4",
-        record.organization_id, record.application_id, conversation_id
-    )
-}
-
-/// What an ended instance has neither uploaded nor queued, queued again in one transaction
-/// (with its manifest), and its composition if it has none. Returns whether anything was queued.
-/// A track whose local file is gone cannot be uploaded again and is only logged.
-pub(crate) fn reconcile_ended(
-    store: &dyn StateStore,
-    record: &InstanceRecord,
-    compose: bool,
-) -> Result<bool, StoreError> {
-    let mut missing = Vec::new();
-    for stream in &record.streams {
-        for track in &stream.tracks {
-            let (Some(location), None) = (&track.local.location, &track.object.uploaded) else {
-                continue;
-            };
-            if track.local.deleted.is_some() || !std::path::Path::new(location).is_file() {
-                tracing::warn!(instance_id = %record.instance_id, path = %location, "an ended instance's track was never uploaded and its file is gone");
-                continue;
-            }
-            missing.push(ArtefactKind::TrackFile {
-                stream_id: stream.id.clone(),
-                track_id: track.id.clone(),
-                local_path: location.clone(),
-            });
-        }
-    }
-    if record.num_transcript_entries > 0
-        && record
-            .transcript
-            .as_ref()
-            .is_none_or(|t| t.num_entries < record.num_transcript_entries)
-    {
-        missing.push(ArtefactKind::ChatTranscript);
-    }
-    for (session_id, session) in &record.cobrowse_sessions {
-        if session.uploaded.is_none() {
-            missing.push(ArtefactKind::CobrowseSession {
-                session_id: session_id.clone(),
-            });
-        }
-    }
-    let mut queue = Vec::new();
-    for artefact in missing {
-        if store.job(&artefact_key(record, &artefact))?.is_none() {
-            queue.push(artefact);
-        }
-    }
-    if queue.is_empty() {
-        return Ok(false);
-    }
-    queue.push(ArtefactKind::Manifest);
-    // A stop cut in half lacks its composition job too. (Only then: instances that ended while
-    // composition was off are not composed after the fact.)
-    let composition = CompositionId::of_instance(record);
-    let needs_composition = compose && store.get_composition(&composition)?.is_none();
-    store.transaction(&mut |tx| {
-        for artefact in &queue {
-            enqueue_artefact(tx, record, artefact.clone())?;
-        }
-        if needs_composition {
-            tx.queue_composition(&composition, &record.instance_id, Utc::now())?;
-        }
-        Ok(())
-    })?;
-    tracing::warn!(instance_id = %record.instance_id, num_jobs = queue.len(), needs_composition, "ended instance reconciled");
-    Ok(true)
-}
-
-/// Queues the upload of one artefact of `record`, as part of the caller's transaction.
-pub(crate) fn enqueue_artefact(
-    tx: &dyn StoreTx,
-    record: &InstanceRecord,
-    artefact: ArtefactKind,
-) -> Result<(), StoreError> {
-    tx.enqueue_job(&UploadJob {
-        schema_version: RECORD_SCHEMA_VERSION,
-        key: artefact_key(record, &artefact),
-        instance_id: record.instance_id.clone(),
-        organization_id: record.organization_id.clone(),
-        application_id: record.application_id.clone(),
-        artefact,
-        generation: 0,
-        num_attempts: 0,
-        last_error: None,
-        multipart_opt: None,
-    })?;
-    Ok(())
-}
-
-/// Queues an artefact that changed after stop, and the manifest after it, so `recording.json`
-/// is rewritten once the new content is stored.
-pub(crate) fn enqueue_with_manifest(
-    tx: &dyn StoreTx,
-    record: &InstanceRecord,
-    artefact: ArtefactKind,
-) -> Result<(), StoreError> {
-    enqueue_artefact(tx, record, artefact)?;
-    if record.state.is_terminal() {
-        enqueue_artefact(tx, record, ArtefactKind::Manifest)?;
-    }
-    Ok(())
-}
-
-/// Queues the upload of a finished track file of `record` (for media ingest, which owns the
-/// file until then). The caller flushes the store and kicks the profile's uploader. After a
-/// verified upload the file is deleted when `uploads.delete_local_after_upload` says so.
-pub fn queue_track_file(
-    store: &dyn StateStore,
-    record: &InstanceRecord,
-    stream_id: &str,
-    track_id: &str,
-    local_path: &std::path::Path,
-) -> Result<(), StoreError> {
-    // The upload is recorded on the track: without one the file would go up and be deleted
-    // with no record of where it went.
-    let has_track = record
-        .streams
-        .iter()
-        .any(|s| s.id == stream_id && s.tracks.iter().any(|t| t.id == track_id));
-    if !has_track {
-        return Err(StoreError::NotFound(format!(
-            "instance {} has no track {stream_id}/{track_id}",
-            record.instance_id
-        )));
-    }
-    let artefact = ArtefactKind::TrackFile {
-        stream_id: stream_id.to_string(),
-        track_id: track_id.to_string(),
-        local_path: local_path.to_string_lossy().into_owned(),
-    };
-    store.transaction(&mut |tx| enqueue_with_manifest(tx, record, artefact.clone()))
 }
 
 impl Actor for Registry {
@@ -1226,16 +1058,4 @@ impl Registry {
         }
         .boxed_local()
     }
-}
-
-/// Snapshot of a child with its mailbox depth filled in; `None` if the child has stopped.
-pub(crate) async fn snapshot_of<A>(mailbox: &Mailbox<A>) -> Option<ActorSnapshot>
-where
-    A: Actor + Handler<Snapshot>,
-    A::Context: actix::dev::ToEnvelope<A, Snapshot>,
-{
-    let depth = mailbox.depth();
-    let mut snapshot = mailbox.send(Snapshot).await.ok()?;
-    snapshot.mailbox_depth = depth;
-    Some(snapshot)
 }

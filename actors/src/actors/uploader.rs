@@ -314,7 +314,7 @@ async fn run_job(
                 tx.step("upload_done", "composition_recorded", &record.instance_id);
                 // The newest stopped instance's `recording.json` is rewritten to list the
                 // composition (same profile, so this uploader runs it).
-                crate::actors::registry::enqueue_artefact(tx, &record, ArtefactKind::Manifest)?;
+                crate::store::artefacts::enqueue_artefact(tx, &record, ArtefactKind::Manifest)?;
                 tx.finish_job(&job.key, job.generation)?;
                 Ok(())
             })?;

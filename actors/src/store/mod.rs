@@ -6,13 +6,14 @@
 //! Writes go to the database's memory first; [`StateStore::flush`] makes them durable. Callers
 //! acknowledge a command to a client only after the flush that follows their writes resolved.
 
+pub mod artefacts;
 mod sled_store;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ChatEntry, CobrowseEvent, ErrorInfo, InstanceRecord};
+use crate::domain::{ChatEntry, CobrowseEvent, ErrorInfo, IllegalTransition, InstanceRecord};
 use crate::storage::MultipartProgress;
 
 pub use sled_store::SledStore;
@@ -38,6 +39,16 @@ pub enum StoreError {
     /// the store runs the closure again. Never returned to callers of `transaction`.
     #[error("transaction conflict")]
     TxConflict,
+}
+
+/// A state machine's refusal, carried out of an update closure as the caller's 409.
+impl From<IllegalTransition> for StoreError {
+    fn from(err: IllegalTransition) -> Self {
+        StoreError::Rejected {
+            code: "ILLEGAL_TRANSITION",
+            message: err.to_string(),
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,0 +1,267 @@
+//! A stream's track writers: one segment per connection and track, supervision of the writer
+//! threads (a failed writer restarts into a new segment within the restart budget, beyond it the
+//! stream is FAILED), and the quiesce that completes every file.
+
+use super::*;
+
+impl Stream {
+    /// Stops ingest and finishes every writer; the future resolves when the ingest threads or
+    /// tasks have ended and the files are complete (or after [`QUIESCE_TIMEOUT`]).
+    pub(super) fn quiesce(&mut self) -> BoxFuture<'static, ()> {
+        let mut waits: Vec<BoxFuture<'static, ()>> = Vec::new();
+        let ended = self.stop_ingest();
+        for rx in ended {
+            waits.push(rx.map(|_| ()).boxed());
+        }
+        for track in &mut self.tracks {
+            for segment in &mut track.segments {
+                if let Some(writer) = segment.writer.take() {
+                    waits.push(writer.begin_finish().map(|_| ()).boxed());
+                } else if let Some(finishing) = segment.finishing.take() {
+                    waits.push(finishing.map(|_| ()).boxed());
+                }
+            }
+        }
+        let stream_id = self.record.id.clone();
+        async move {
+            if tokio::time::timeout(QUIESCE_TIMEOUT, futures_util::future::join_all(waits))
+                .await
+                .is_err()
+            {
+                tracing::warn!(stream_id = %stream_id, "stream ingest or writers did not end in time");
+            }
+        }
+        .boxed()
+    }
+
+    /// Supervision: a live segment whose writer failed (muxer error, panicked thread) restarts
+    /// within the restart budget — plain RTP: the session into new segments on the same ports,
+    /// latched to the same sender; WHIP: the failed track into a new segment on the same peer
+    /// connection (the pump switches writer and asks the publisher for a keyframe). Beyond the
+    /// budget the stream is FAILED.
+    pub(super) fn check_writers(&mut self, ctx: &mut Context<Self>) {
+        if self.failed || self.restart_rtp.is_some() {
+            return;
+        }
+        let failed: Vec<(String, usize)> = self
+            .tracks
+            .iter()
+            .flat_map(|t| {
+                t.segments
+                    .iter()
+                    .filter(|s| s.writer.is_some() && s.stats.failed.load(Ordering::Acquire))
+                    .map(|s| (t.id.clone(), s.index))
+            })
+            .filter(|key| !self.failed_segments.contains(key))
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        self.failed_segments.extend(failed.iter().cloned());
+        let window = self.recovery.restart_window;
+        let admitted = supervision::admit_restart(&mut self.restart_times, Instant::now(), &self.recovery);
+        let whip = matches!(
+            &self.session,
+            Some(LiveSession {
+                ingest: Ingest::Whip(_),
+                ..
+            })
+        );
+        if admitted && whip {
+            match self.restart_whip_writers(&failed, ctx) {
+                Ok(()) => {
+                    self.restarts += 1;
+                    supervision::count_restart(SupervisedKind::Stream);
+                    self.last_error = Some(ErrorInfo::new(
+                        "MEDIA_WRITE",
+                        "a track writer failed: recording on into a new segment",
+                    ));
+                    tracing::warn!(stream_id = %self.record.id, num_restarts = self.restarts, "track writer failed: new segment on the same whip connection");
+                    self.recorder.do_send(StreamNotice::Restarting {
+                        stream_id: self.record.id.clone(),
+                    });
+                }
+                Err(e) => self.fail(ErrorInfo::new("MEDIA", format!("restart failed: {e}"))),
+            }
+            return;
+        }
+        let rtp = match &self.session {
+            Some(LiveSession {
+                ingest: Ingest::Rtp(_), ..
+            }) => self.record.rtp_session.clone(),
+            _ => None,
+        };
+        let Some(rtp) = rtp.filter(|_| admitted) else {
+            let error = ErrorInfo::new(
+                "RESTART_BUDGET_EXHAUSTED",
+                format!(
+                    "track writer failed {} times within {} s; the stream is not restarted again",
+                    self.restart_times.len(),
+                    window.as_secs()
+                ),
+            );
+            self.fail(error);
+            return;
+        };
+        self.restarts += 1;
+        supervision::count_restart(SupervisedKind::Stream);
+        self.last_error = Some(ErrorInfo::new(
+            "MEDIA_WRITE",
+            "a track writer failed: restarting the stream",
+        ));
+        tracing::warn!(stream_id = %self.record.id, num_restarts = self.restarts, "track writer failed: restarting the stream");
+        self.restart_rtp = Some(rtp);
+        self.end_session();
+        self.recorder.do_send(StreamNotice::Restarting {
+            stream_id: self.record.id.clone(),
+        });
+    }
+
+    /// Finishes each failed WHIP segment and hands its track's running pump a new writer.
+    pub(super) fn restart_whip_writers(
+        &mut self,
+        failed: &[(String, usize)],
+        ctx: &mut Context<Self>,
+    ) -> Result<(), MediaError> {
+        let Some(LiveSession {
+            id: session_id,
+            ingest: Ingest::Whip(whip),
+            ..
+        }) = &self.session
+        else {
+            return Err(MediaError::Io("no live whip session".into()));
+        };
+        let session_id = session_id.clone();
+        let swaps: Vec<(String, usize, SinkSwap)> = failed
+            .iter()
+            .filter_map(|(track_id, index)| Some((track_id.clone(), *index, whip.swap_for(track_id)?)))
+            .collect();
+        for (track_id, index, swap) in swaps {
+            let Some(at) = self.tracks.iter().position(|t| t.id == track_id) else {
+                continue;
+            };
+            if let Some(segment) = self.tracks[at].segments.iter_mut().find(|s| s.index == index) {
+                if let Some(writer) = segment.writer.take() {
+                    let finishing = writer.begin_finish().shared();
+                    segment.finishing = Some(finishing.clone().boxed());
+                    let addr = ctx.address();
+                    let track_id = track_id.clone();
+                    ctx.spawn(
+                        async move {
+                            let report = finishing.await;
+                            addr.do_send(SegmentFinished {
+                                track_id,
+                                index,
+                                report,
+                            });
+                        }
+                        .into_actor(self),
+                    );
+                }
+            }
+            let (sink, _counters) = self.new_segment(at, &session_id)?;
+            if let Some(segment) = self.tracks[at].segments.last_mut() {
+                segment.continues = true;
+            }
+            swap.put(sink);
+        }
+        Ok(())
+    }
+
+    pub(super) fn fail(&mut self, error: ErrorInfo) {
+        tracing::error!(stream_id = %self.record.id, code = %error.code, message = %error.message, "stream failed");
+        self.failed = true;
+        self.restart_rtp = None;
+        self.record.state = StreamState::Failed;
+        self.state_since = Instant::now();
+        self.last_error = Some(error.clone());
+        self.end_session();
+        self.recorder.do_send(StreamNotice::Failed {
+            stream_id: self.record.id.clone(),
+            error,
+        });
+    }
+
+    /// The track of `codec`'s kind that the new session continues, or a new one. A stream has
+    /// at most one track per kind.
+    pub(super) fn track_for(&mut self, codec: Codec) -> usize {
+        if let Some(at) = self.tracks.iter().position(|t| t.codec.kind() == codec.kind()) {
+            return at;
+        }
+        self.tracks.push(TrackState {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            codec,
+            counters: Arc::new(TrackCounters::default()),
+            segments: Vec::new(),
+            created: None,
+        });
+        self.record.tracks.push(TrackRecord {
+            id: self.tracks.last().expect("pushed just above").id.clone(),
+            kind: codec.kind(),
+            started: None,
+            stopped: None,
+            local: LocalFileRecord::default(),
+            object: ObjectRecord::default(),
+        });
+        self.tracks.len() - 1
+    }
+
+    /// Starts a new segment writer for a track; returns its sink and counters.
+    pub(super) fn new_segment(
+        &mut self,
+        at: usize,
+        session_id: &str,
+    ) -> Result<(crate::media::writer::FrameSink, Arc<TrackCounters>), MediaError> {
+        let track = &mut self.tracks[at];
+        // After recovered segments the numbering goes on where the files left off.
+        let index = track.segments.last().map_or(0, |s| s.index + 1);
+        let path = segment_path(&self.dir, &track.id, index, track.codec.container());
+        let writer = TrackWriter::spawn(path, track.codec, self.media.writer.clone())?;
+        let sink = writer.sink();
+        track.segments.push(Segment {
+            index,
+            session_id: session_id.to_string(),
+            stats: writer.stats(),
+            writer: Some(writer),
+            finishing: None,
+            summary: None,
+            continues: false,
+        });
+        Ok((sink, track.counters.clone()))
+    }
+}
+
+impl Handler<SupervisionTick> for Stream {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SupervisionTick, ctx: &mut Self::Context) {
+        // A failed stream only waits for its finish: nothing left to supervise.
+        if self.failed {
+            return;
+        }
+        self.guarded(ctx, "SupervisionTick", |act, ctx| act.check_writers(ctx));
+    }
+}
+
+impl Handler<SegmentFinished> for Stream {
+    type Result = ();
+
+    fn handle(&mut self, msg: SegmentFinished, ctx: &mut Self::Context) {
+        self.guarded(ctx, "SegmentFinished", |act, _ctx| act.segment_finished(msg));
+    }
+}
+
+impl Stream {
+    pub(super) fn segment_finished(&mut self, msg: SegmentFinished) {
+        let replaced = self.failed_segments.contains(&(msg.track_id.clone(), msg.index));
+        if let (Some(error), false) = (&msg.report.error, replaced) {
+            tracing::error!(track_id = %msg.track_id, segment = msg.index, error = %error, "segment failed");
+            self.last_error = Some(ErrorInfo::new("MEDIA_WRITE", error.clone()));
+        }
+        if let Some(track) = self.tracks.iter_mut().find(|t| t.id == msg.track_id) {
+            if let Some(segment) = track.segments.iter_mut().find(|s| s.index == msg.index) {
+                segment.finishing = Some(futures_util::future::ready(msg.report).boxed());
+            }
+        }
+    }
+}

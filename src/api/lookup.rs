@@ -1,0 +1,69 @@
+//! Finding what a request names, as the key may see it: the instance of a path (ids checked) and a
+//! conversation's instances, another application's exactly as missing ones.
+
+use actix_web::web;
+use recorder_actors::domain::InstanceRecord;
+use recorder_actors::messages::{GetInstance, InstanceRef, ListConversation};
+
+use super::auth::Grant;
+use super::error::ApiError;
+use super::validate::check_id;
+use super::AppState;
+
+/// Path of one instance: `{conversationId}/{recorderId}/{instanceId}`.
+pub type InstancePath = web::Path<(String, String, String)>;
+
+pub fn instance_ref(
+    state: &AppState,
+    organization_id: &str,
+    path: &(String, String, String),
+) -> Result<InstanceRef, ApiError> {
+    let max = state.settings.limits.max_id_len;
+    check_id("conversationId", &path.0, max)?;
+    check_id("recorderId", &path.1, max)?;
+    check_id("instanceId", &path.2, max)?;
+    Ok(InstanceRef {
+        organization_id: organization_id.to_string(),
+        conversation_id: path.0.clone(),
+        recorder_id: path.1.clone(),
+        instance_id: path.2.clone(),
+    })
+}
+
+/// The instance `at` if the key may see it. A key limited to some applications sees another
+/// application's instance exactly as a missing one, like another organization's.
+pub async fn visible_instance(state: &AppState, grant: &Grant, at: InstanceRef) -> Result<InstanceRecord, ApiError> {
+    let record = state.registry.send(GetInstance(at.clone())).await??;
+    if !grant.may_use_application(&record.application_id) {
+        return Err(ApiError::NotFound(format!(
+            "no recorder instance {} in conversation {}",
+            at.instance_id, at.conversation_id
+        )));
+    }
+    Ok(record)
+}
+
+/// The conversation's instances the key may see; `NotFound` when none.
+pub async fn visible_conversation(
+    state: &AppState,
+    grant: &Grant,
+    conversation_id: String,
+) -> Result<Vec<InstanceRecord>, ApiError> {
+    let msg = ListConversation {
+        organization_id: grant.organization_id.clone(),
+        conversation_id: conversation_id.clone(),
+    };
+    let instances: Vec<_> = state
+        .registry
+        .send(msg)
+        .await??
+        .into_iter()
+        .filter(|r| grant.may_use_application(&r.application_id))
+        .collect();
+    if instances.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no recordings for conversation {conversation_id}"
+        )));
+    }
+    Ok(instances)
+}
