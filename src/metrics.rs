@@ -1,6 +1,7 @@
 //! Prometheus metrics of the service.
 
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use recorder_actors::actors::supervision::SupervisionTotals;
 use recorder_actors::domain::InstanceState;
 
 /// Stream counters exported as `recorder_media_live{counter=...}`: sums over the streams of
@@ -33,6 +34,9 @@ pub struct Metrics {
     state_seconds: GaugeVec,
     restarts: IntGaugeVec,
     restarts_total: IntCounterVec,
+    failures_total: IntCounterVec,
+    stalls_total: IntCounterVec,
+    stalled: IntGaugeVec,
     errors: IntGaugeVec,
 }
 
@@ -90,17 +94,41 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric definitions are valid");
+        let failures_total = IntCounterVec::new(
+            Opts::new(
+                "recorder_actor_failures_total",
+                "Supervised handler bodies or continuations that panicked or whose fault point failed, since the process started",
+            ),
+            &["kind"],
+        )
+        .expect("metric definitions are valid");
+        let stalls_total = IntCounterVec::new(
+            Opts::new(
+                "recorder_actor_stalls_total",
+                "Handler bodies the supervision watchdog found running longer than its stall limit (10 s), since the process started",
+            ),
+            &["kind"],
+        )
+        .expect("metric definitions are valid");
+        let stalled = IntGaugeVec::new(
+            Opts::new(
+                "recorder_actors_stalled",
+                "Supervised actors inside one handler body for longer than the stall limit right now",
+            ),
+            &["kind"],
+        )
+        .expect("metric definitions are valid");
         let errors = IntGaugeVec::new(
             Opts::new("recorder_actors_with_last_error", "Live actors whose last error is set"),
             &["kind"],
         )
         .expect("metric definitions are valid");
-        for metric in [restarts.clone(), errors.clone()] {
+        for metric in [restarts.clone(), errors.clone(), stalled.clone()] {
             registry.register(Box::new(metric)).expect("metrics register once");
         }
-        registry
-            .register(Box::new(restarts_total.clone()))
-            .expect("metrics register once");
+        for metric in [restarts_total.clone(), failures_total.clone(), stalls_total.clone()] {
+            registry.register(Box::new(metric)).expect("metrics register once");
+        }
         registry
             .register(Box::new(state_seconds.clone()))
             .expect("metrics register once");
@@ -120,7 +148,10 @@ impl Metrics {
         for kind in SUPERVISED_KINDS {
             restarts.with_label_values(&[kind]).set(0);
             errors.with_label_values(&[kind]).set(0);
-            restarts_total.with_label_values(&[kind]).reset();
+            stalled.with_label_values(&[kind]).set(0);
+            for counter in [&restarts_total, &failures_total, &stalls_total] {
+                counter.with_label_values(&[kind]).reset();
+            }
         }
         Self {
             registry,
@@ -130,15 +161,26 @@ impl Metrics {
             state_seconds,
             restarts,
             restarts_total,
+            failures_total,
+            stalls_total,
+            stalled,
             errors,
         }
     }
 
-    /// Brings `recorder_actor_restarts_total` up to the engine's counts (which only grow).
-    pub fn set_restarts_total(&self, counts: &[(&str, u64)]) {
-        for (kind, count) in counts {
-            let counter = self.restarts_total.with_label_values(&[kind]);
-            counter.inc_by(count.saturating_sub(counter.get()));
+    /// Brings the supervision counters (`recorder_actor_{restarts,failures,stalls}_total`) up to
+    /// the engine's counts, which only grow, and sets the stalled-now gauge.
+    pub fn set_supervision_totals(&self, totals: &[(&str, SupervisionTotals)]) {
+        for (kind, totals) in totals {
+            for (counter, count) in [
+                (&self.restarts_total, totals.restarts),
+                (&self.failures_total, totals.failures),
+                (&self.stalls_total, totals.stalls),
+            ] {
+                let counter = counter.with_label_values(&[kind]);
+                counter.inc_by(count.saturating_sub(counter.get()));
+            }
+            self.stalled.with_label_values(&[kind]).set(totals.stalled_now as i64);
         }
     }
 
@@ -315,9 +357,24 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("recorder_actor_restarts{kind=\"Stream\"} 0"), "{text}");
         // The counter keeps what it counted.
-        metrics.set_restarts_total(&[("Stream", 3), ("Recorder", 1)]);
-        metrics.set_restarts_total(&[("Stream", 3)]);
+        let totals = |restarts, failures, stalls, stalled_now| SupervisionTotals {
+            restarts,
+            failures,
+            stalls,
+            stalled_now,
+        };
+        metrics.set_supervision_totals(&[("Stream", totals(3, 2, 1, 1)), ("Recorder", totals(1, 1, 0, 0))]);
+        metrics.set_supervision_totals(&[("Stream", totals(3, 2, 1, 0))]);
         let text = metrics.render();
+        for line in [
+            "recorder_actor_failures_total{kind=\"Stream\"} 2",
+            "recorder_actor_failures_total{kind=\"Recorder\"} 1",
+            "recorder_actor_stalls_total{kind=\"Stream\"} 1",
+            "recorder_actor_stalls_total{kind=\"Recorder\"} 0",
+            "recorder_actors_stalled{kind=\"Stream\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(
             text.contains("recorder_actor_restarts_total{kind=\"Stream\"} 3"),
             "{text}"

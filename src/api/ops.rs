@@ -53,11 +53,12 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     let tree = state.registry.send(Snapshot).await?;
     state.metrics.set_media(&tree);
     state.metrics.set_supervision(&tree);
-    let restarts: Vec<_> = recorder_actors::actors::supervision::SupervisedKind::ALL
+    use recorder_actors::actors::supervision::{totals, SupervisedKind};
+    let totals: Vec<_> = SupervisedKind::ALL
         .iter()
-        .map(|kind| (kind.as_str(), recorder_actors::actors::supervision::num_restarts(*kind)))
+        .map(|kind| (kind.as_str(), totals(*kind)))
         .collect();
-    state.metrics.set_restarts_total(&restarts);
+    state.metrics.set_supervision_totals(&totals);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))

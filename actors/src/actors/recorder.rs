@@ -15,7 +15,7 @@ use super::stream::{
     EndSession, FinishStream, OpenRtp, OpenWhip, OpenedSession, QuiesceSlot, RetireStream, Stream, StreamCrashed,
     StreamNotice, RECOVERED_SESSION,
 };
-use super::supervision::{self, SupervisedKind};
+use super::supervision::{self, SupervisedActor, SupervisedKind, Supervision};
 use super::uploader::Kick;
 use crate::snapshot::snapshot_of;
 use crate::store::artefacts::enqueue_artefact;
@@ -101,14 +101,7 @@ pub struct Recorder {
     uploader: Option<Recipient<Kick>>,
     ended: Option<Recipient<InstanceEnded>>,
     recovery: RecoveryConfig,
-    /// Set once a stop (or an abort) began: no new publisher is accepted while files are
-    /// finalized.
-    stopping: bool,
-    /// Resolves when the finalization that `stopping` announced is over; a second stop waits
-    /// for it instead of finishing the streams again (they are gone by then).
-    finalized: Option<Shared<oneshot::Receiver<()>>>,
-    /// The record says a stop began before a restart.
-    stop_requested: bool,
+    phase: Phase,
     /// Restarts by supervision, each of which passes the instance through PENDING_RECOVERY: the
     /// streams' (writer restarts, rebuilt stream actors) and this recorder's own rebuilds.
     restarts: u32,
@@ -120,9 +113,21 @@ pub struct Recorder {
     /// commit does that), so they are restored to be finished with the others.
     recovered: Vec<StreamRecord>,
     crashed_to: Option<Recipient<RecorderCrashed>>,
-    /// A handler failed: the actor is stopping and takes no more work.
-    crashed: bool,
+    /// Whether a handler failed (the actor then takes no more work), and its progress probe.
+    supervision: Supervision,
     compose: bool,
+}
+
+/// Where a recorder is in its life. One value, so a stop cannot be both running and finished;
+/// a failed handler ends the actor in any phase (see [`Supervision`]).
+enum Phase {
+    /// Taking publishers. `resume_stop`: the record says a stop began before a restart; this
+    /// actor finishes it once started.
+    Running { resume_stop: bool },
+    /// A stop (or an abort) began: no new publisher is accepted while the files are finalized.
+    /// Resolves when that is over; a second stop waits for it instead of finishing the streams
+    /// again (they are gone by then). A stop that fails returns the recorder to `Running`.
+    Stopping(Shared<oneshot::Receiver<()>>),
 }
 
 struct StreamEntry {
@@ -169,9 +174,9 @@ impl Recorder {
             uploader,
             ended,
             recovery,
-            stopping: false,
-            finalized: None,
-            stop_requested: record.stop_requested.is_some() && record.state.is_live(),
+            phase: Phase::Running {
+                resume_stop: record.stop_requested.is_some() && record.state.is_live(),
+            },
             restarts: 0,
             last_error: None,
             num_publishes: 0,
@@ -187,7 +192,7 @@ impl Recorder {
                 Vec::new()
             },
             crashed_to: crashed,
-            crashed: false,
+            supervision: Supervision::new(SupervisedKind::Recorder),
             compose,
         }
     }
@@ -214,48 +219,9 @@ impl Recorder {
         (stream, slot)
     }
 
-    /// Runs a handler body under supervision: a panic (or a failing fault point) inside it ends
-    /// this actor (see [`Recorder::crash`]) and answers `None`.
-    fn guarded<R>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        handler: &'static str,
-        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
-    ) -> Option<R> {
-        if self.crashed {
-            return None;
-        }
-        let scope = supervision::fault_scope(|| format!("{} {handler}", self.conversation_id));
-        match supervision::run_guarded(crate::fault::RECORDER_HANDLER, &scope, || body(self, ctx)) {
-            Ok(result) => Some(result),
-            Err(message) => {
-                self.crash(ctx, handler, message);
-                None
-            }
-        }
-    }
-
-    /// A handler failed: the actor's fields may be half-changed, so it does not go on. The
-    /// instance's truth is in the store; the conversation retires the streams and rebuilds the
-    /// recorder from the record (the instance passes through `PENDING_RECOVERY`).
-    fn crash(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
-        let error = ErrorInfo::new("ACTOR_FAILED", format!("recorder handler {handler} failed: {message}"));
-        tracing::error!(instance_id = %self.instance_id, handler, error = %message, "recorder actor failed: stopping it for a restart");
-        self.crashed = true;
-        self.last_error = Some(error.clone());
-        let streams = self.streams.iter().map(|s| s.mailbox.addr().clone()).collect();
-        match &self.crashed_to {
-            Some(watch) => watch.do_send(RecorderCrashed {
-                instance_id: self.instance_id.clone(),
-                error,
-                streams,
-            }),
-            // Nobody rebuilds it: at least stop its streams' ingest.
-            None => {
-                actix::spawn(retire_streams(streams));
-            }
-        }
-        ctx.stop();
+    /// A stop or an abort began.
+    fn is_stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping(_))
     }
 
     /// Until a restarted stream writes again, the instance is recovering.
@@ -297,7 +263,7 @@ impl Recorder {
         if let Err(e) = result {
             tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a failed stream");
         }
-        if !self.stopping && self.streams.iter().all(|s| s.failed) {
+        if !self.is_stopping() && self.streams.iter().all(|s| s.failed) {
             let aborting = self.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
                 if let Err(e) = result {
                     tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
@@ -322,7 +288,7 @@ impl Recorder {
             error,
             quiesced,
         } = msg;
-        if self.stopping || self.state.is_terminal() {
+        if self.is_stopping() || self.state.is_terminal() {
             return;
         }
         let recovery = self.recovery;
@@ -522,7 +488,7 @@ impl Actor for Recorder {
                 quiesce,
             });
         }
-        if self.stop_requested {
+        if matches!(self.phase, Phase::Running { resume_stop: true }) {
             // The process ended while this instance was being stopped: finish the stop now.
             // The streams restore their files before they take the finish message.
             tracing::info!(instance_id = %self.instance_id, "finishing a stop interrupted by a restart");
@@ -535,7 +501,7 @@ impl Actor for Recorder {
         } else if self.state == InstanceState::PendingRecovery {
             let window = self.recovery.window;
             ctx.run_later(window, move |act, ctx| {
-                if act.state != InstanceState::PendingRecovery || act.stopping {
+                if act.state != InstanceState::PendingRecovery || act.is_stopping() {
                     return;
                 }
                 tracing::warn!(
@@ -585,7 +551,7 @@ impl Recorder {
         msg: Publish,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, Result<PublishAnswer, EngineError>> {
-        if self.stopping || self.state.is_terminal() {
+        if self.is_stopping() || self.state.is_terminal() {
             self.num_publishes_refused += 1;
             return Box::pin(fut::ready(Err(EngineError::conflict(
                 "the recorder instance is stopping",
@@ -644,15 +610,11 @@ impl Recorder {
         };
         let store = self.store.clone();
         let instance_id = self.instance_id.clone();
-        let conversation_id = self.conversation_id.clone();
         let continuation = opening.into_actor(self).then(move |opened, act, _ctx| {
             // The handler's continuation is supervised too (see `supervision::Guarded`).
-            let scope = supervision::fault_scope(|| format!("{conversation_id} continuation Publish"));
-            if let Err(e) = crate::fault::point_in(crate::fault::RECORDER_HANDLER, &scope) {
-                panic!("{e}");
-            }
+            act.continuation_point("Publish");
             let result = opened.and_then(|opened| {
-                if act.stopping {
+                if act.is_stopping() {
                     // The stop began while this publisher was being answered: the stop owns
                     // the record now (its stream was finished with the others).
                     return Err(EngineError::conflict("the recorder instance is stopping"));
@@ -698,10 +660,34 @@ impl Recorder {
     }
 }
 
-impl supervision::SupervisedActor for Recorder {
-    fn continuation_failed(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
-        if !self.crashed {
-            self.crash(ctx, handler, message);
+impl SupervisedActor for Recorder {
+    const KIND: SupervisedKind = SupervisedKind::Recorder;
+    const FAULT_POINT: &'static str = crate::fault::RECORDER_HANDLER;
+
+    fn supervision(&mut self) -> &mut Supervision {
+        &mut self.supervision
+    }
+
+    fn scope_prefix(&self) -> String {
+        self.conversation_id.clone()
+    }
+
+    /// The actor's fields may be half-changed, so it does not go on. The instance's truth is in
+    /// the store; the conversation retires the streams and rebuilds the recorder from the record
+    /// (the instance passes through `PENDING_RECOVERY`).
+    fn on_crash(&mut self, _ctx: &mut Context<Self>, error: ErrorInfo) {
+        self.last_error = Some(error.clone());
+        let streams = self.streams.iter().map(|s| s.mailbox.addr().clone()).collect();
+        match &self.crashed_to {
+            Some(watch) => watch.do_send(RecorderCrashed {
+                instance_id: self.instance_id.clone(),
+                error,
+                streams,
+            }),
+            // Nobody rebuilds it: at least stop its streams' ingest.
+            None => {
+                actix::spawn(retire_streams(streams));
+            }
         }
     }
 }
@@ -881,7 +867,8 @@ impl Recorder {
             Ending::Stop => "StopRecorder",
             Ending::Abort(_) => "AbortRecorder",
         };
-        if let Some(finalized) = self.finalized.clone() {
+        if let Phase::Stopping(finalized) = &self.phase {
+            let finalized = finalized.clone();
             let store = self.store.clone();
             let instance_id = self.instance_id.clone();
             // If the finalization it waits for fails by a panic, this actor ends and the waiter
@@ -900,8 +887,7 @@ impl Recorder {
             );
         }
         let (done_tx, done_rx) = oneshot::channel();
-        self.finalized = Some(done_rx.shared());
-        self.stopping = true;
+        self.phase = Phase::Stopping(done_rx.shared());
         let streams: Vec<_> = self
             .streams
             .iter()
@@ -944,16 +930,13 @@ impl Recorder {
             crate::fault::point(crate::fault::FINALIZE).map_err(|e| EngineError::Unavailable(e.to_string()))?;
             Ok::<_, EngineError>(finished)
         };
-        let scope = supervision::fault_scope(|| format!("{} continuation {handler}", self.conversation_id));
         // The continuation is supervised (`supervision::guard`): a panic anywhere in it crashes
         // this recorder and answers `restarting()`. The conversation rebuilds the recorder from
         // the record, whose `stop_requested` makes the new actor finish the stop from the files
         // on disk (see `started`) — the path of a process killed during a stop — so the stop is
         // committed once, by whichever actor gets through it.
         let continuation = finishing.into_actor(self).then(move |finished, act, ctx| {
-            if let Err(e) = crate::fault::point_in(crate::fault::RECORDER_HANDLER, &scope) {
-                panic!("{e}");
-            }
+            act.continuation_point(handler);
             // A stream whose finish failed (its actor crashed in its continuation) left its
             // files complete on disk but its record does not name them: committing now would
             // drop its tracks. The recorder crashes instead and its rebuild finishes the stop
@@ -972,7 +955,7 @@ impl Recorder {
             if !lost.is_empty() {
                 act.crash(ctx, handler, format!("a stream could not finish: {}", lost.join("; ")));
             }
-            let crashed = act.crashed;
+            let crashed = act.supervision.has_crashed();
             let result = (|| {
                 if crashed {
                     return Err(restarting());
@@ -1075,8 +1058,7 @@ impl Recorder {
                         ctx.stop();
                     }
                     Err(_) => {
-                        act.stopping = false;
-                        act.finalized = None;
+                        act.phase = Phase::Running { resume_stop: false };
                     }
                 }
                 let _ = done_tx.send(());

@@ -86,14 +86,6 @@ impl Stream {
             ));
         }
         let stream_id = self.record.id.clone();
-        let scope = supervision::fault_scope(|| {
-            format!(
-                "{} {}/{} continuation FinishStream",
-                self.conversation_id,
-                self.record.user_id,
-                self.record.kind.as_str()
-            )
-        });
         // The whole finish after the handler's body is supervised: a panic there (joining the
         // files, or recording where they are) crashes this actor and answers an error, so the
         // recorder does not commit a stop without this stream's files (see `Recorder::finalize`).
@@ -166,9 +158,7 @@ impl Stream {
         .into_actor(self)
         .map(move |outcomes, act, ctx| {
             // After the files are final, before the record says where they are.
-            if let Err(e) = crate::fault::point_in(crate::fault::STREAM_HANDLER, &scope) {
-                panic!("{e}");
-            }
+            act.continuation_point("FinishStream");
             let now = Utc::now();
             let mut failed = false;
             for outcome in outcomes {
@@ -196,7 +186,7 @@ impl Stream {
                 .min()
                 .or(act.record.started);
             act.record.stopped = Some(act.record.tracks.iter().filter_map(|t| t.stopped).max().unwrap_or(now));
-            act.record.state = if failed || act.failed {
+            act.record.state = if failed || act.has_failed() {
                 StreamState::Failed
             } else {
                 StreamState::Stopped

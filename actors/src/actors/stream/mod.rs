@@ -31,7 +31,7 @@ use crate::media::writer::{SegmentReport, TrackWriter, WriterStats};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, Snapshot};
 
-use super::supervision::{self, SupervisedKind};
+use super::supervision::{self, SupervisedActor, SupervisedKind, Supervision};
 
 mod finish;
 mod restore;
@@ -69,7 +69,8 @@ pub struct Stream {
     session: Option<LiveSession>,
     num_sessions: u64,
     last_error: Option<ErrorInfo>,
-    /// Set for a stream recovered after a restart: its segment files are read when it starts.
+    /// Set for a stream recovered after a restart: its segment files are read when it starts
+    /// (read once, in `started`; not a phase: a restored stream may be live or failed).
     needs_restore: bool,
     recovery: RecoveryConfig,
     /// Supervision: writer failures handled so far, and when (for the restart budget).
@@ -77,20 +78,31 @@ pub struct Stream {
     restart_times: VecDeque<Instant>,
     /// Segments whose writer failed and were replaced: their error is not the stream's.
     failed_segments: HashSet<(String, usize)>,
-    /// The plain-RTP session to re-bind once the failed one has ended.
-    restart_rtp: Option<RtpSessionRecord>,
-    /// The restart budget ran out (or the session could not be restarted): no more media.
-    failed: bool,
+    phase: StreamPhase,
     /// Told when a handler of this actor failed: the recorder rebuilds the stream from its
     /// record.
     watch: Option<Recipient<StreamCrashed>>,
     quiesce_slot: Option<QuiesceSlot>,
     /// The conversation this stream belongs to, for the scope of its fault point.
     conversation_id: String,
-    /// A handler failed: the actor quiesced and is stopping; it takes no more work.
-    crashed: bool,
+    /// Whether a handler failed (the actor quiesced and takes no more work), and its progress.
+    supervision: Supervision,
     /// When the stream entered its current state (for the debug tree's `millis_in_state`).
     state_since: Instant,
+}
+
+/// Where a stream is in its life. One value, so a failed stream cannot also be waiting to re-bind
+/// its session; a failed handler ends the actor in any phase (see [`Supervision`]).
+#[derive(Debug, Clone, PartialEq)]
+enum StreamPhase {
+    /// Recording, or waiting for a publisher.
+    Live,
+    /// A writer failed: the plain-RTP session is ending, and this one is bound in its place (same
+    /// ports, same sender, new segments) once it has.
+    RestartingRtp(RtpSessionRecord),
+    /// The restart budget ran out (or the session could not be restarted): no more media; the
+    /// stream waits for its finish and ends `FAILED`.
+    Failed,
 }
 
 struct TrackState {
@@ -136,12 +148,11 @@ impl Stream {
             restarts: 0,
             restart_times: VecDeque::new(),
             failed_segments: HashSet::new(),
-            restart_rtp: None,
-            failed: false,
+            phase: StreamPhase::Live,
             watch: None,
             quiesce_slot: None,
             conversation_id: String::new(),
-            crashed: false,
+            supervision: Supervision::new(SupervisedKind::Stream),
             state_since: Instant::now(),
         }
     }
@@ -177,7 +188,7 @@ impl Stream {
     /// A stream rebuilt only to finish what it recorded: its restart budget ran out, it binds no
     /// port and ends `FAILED`.
     pub fn failed_with(mut self, error: ErrorInfo) -> Self {
-        self.failed = true;
+        self.phase = StreamPhase::Failed;
         self.record.state = StreamState::Failed;
         self.record.rtp_session = None;
         self.last_error = Some(error);
@@ -185,57 +196,9 @@ impl Stream {
         self
     }
 
-    /// Runs a handler body under supervision: a panic (or a failing fault point) inside it ends
-    /// this actor (see [`Stream::crash`]) and answers `None`.
-    fn guarded<R>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        handler: &'static str,
-        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
-    ) -> Option<R> {
-        if self.crashed {
-            return None;
-        }
-        let scope = supervision::fault_scope(|| {
-            format!(
-                "{} {}/{} {handler}",
-                self.conversation_id,
-                self.record.user_id,
-                self.record.kind.as_str()
-            )
-        });
-        match supervision::run_guarded(crate::fault::STREAM_HANDLER, &scope, || body(self, ctx)) {
-            Ok(result) => Some(result),
-            Err(message) => {
-                self.crash(ctx, handler, message);
-                None
-            }
-        }
-    }
-
-    /// A handler failed: what the actor holds may be half-changed, so it does not go on. Its
-    /// ingest is stopped and its writers finish their files; the recorder hears of it with a
-    /// future that resolves once that is done (ports released, files complete) and rebuilds the
-    /// stream from its record, as after a restart of the process.
-    fn crash(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
-        let error = ErrorInfo::new("ACTOR_FAILED", format!("stream handler {handler} failed: {message}"));
-        tracing::error!(stream_id = %self.record.id, handler, error = %message, "stream actor failed: stopping it for a restart");
-        self.crashed = true;
-        self.last_error = Some(error.clone());
-        let quiesced = self.quiesce().shared();
-        // Before the mailbox closes: whoever sees this actor gone (a stop waiting on its finish)
-        // finds what to wait for before reading its files.
-        if let Some(slot) = &self.quiesce_slot {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(quiesced.clone());
-        }
-        if let Some(watch) = &self.watch {
-            watch.do_send(StreamCrashed {
-                stream_id: self.record.id.clone(),
-                error,
-                quiesced: quiesced.boxed(),
-            });
-        }
-        ctx.stop();
+    /// The restart budget ran out: no more media.
+    fn has_failed(&self) -> bool {
+        self.phase == StreamPhase::Failed
     }
 }
 
@@ -404,17 +367,48 @@ impl Handler<RetireStream> for Stream {
 
     fn handle(&mut self, _msg: RetireStream, ctx: &mut Self::Context) -> Self::Result {
         // Whoever rebuilds the stream reads its files: they are complete before the answer.
-        self.crashed = true;
+        self.supervision.retire();
         let quiesced = self.quiesce();
         ctx.stop();
         quiesced
     }
 }
 
-impl supervision::SupervisedActor for Stream {
-    fn continuation_failed(&mut self, ctx: &mut Context<Self>, handler: &'static str, message: String) {
-        if !self.crashed {
-            self.crash(ctx, handler, message);
+impl SupervisedActor for Stream {
+    const KIND: SupervisedKind = SupervisedKind::Stream;
+    const FAULT_POINT: &'static str = crate::fault::STREAM_HANDLER;
+
+    fn supervision(&mut self) -> &mut Supervision {
+        &mut self.supervision
+    }
+
+    fn scope_prefix(&self) -> String {
+        format!(
+            "{} {}/{}",
+            self.conversation_id,
+            self.record.user_id,
+            self.record.kind.as_str()
+        )
+    }
+
+    /// What the actor holds may be half-changed, so it does not go on. Its ingest is stopped and
+    /// its writers finish their files; the recorder hears of it with a future that resolves once
+    /// that is done (ports released, files complete) and rebuilds the stream from its record, as
+    /// after a restart of the process.
+    fn on_crash(&mut self, _ctx: &mut Context<Self>, error: ErrorInfo) {
+        self.last_error = Some(error.clone());
+        let quiesced = self.quiesce().shared();
+        // Before the mailbox closes: whoever sees this actor gone (a stop waiting on its finish)
+        // finds what to wait for before reading its files.
+        if let Some(slot) = &self.quiesce_slot {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(quiesced.clone());
+        }
+        if let Some(watch) = &self.watch {
+            watch.do_send(StreamCrashed {
+                stream_id: self.record.id.clone(),
+                error,
+                quiesced: quiesced.boxed(),
+            });
         }
     }
 }

@@ -71,7 +71,7 @@ impl Handler<Snapshot> for Stream {
         totals.insert("num_sessions", self.num_sessions);
         totals.insert("connected", u64::from(self.session.is_some()));
         totals.insert("num_restarts", u64::from(self.restarts));
-        totals.insert("num_failed", u64::from(self.failed));
+        totals.insert("num_failed", u64::from(self.has_failed()));
         totals.insert("millis_in_state", self.state_since.elapsed().as_millis() as u64);
         MessageResult(ActorSnapshot {
             kind: "Stream",

@@ -40,7 +40,7 @@ impl Stream {
     /// connection (the pump switches writer and asks the publisher for a keyframe). Beyond the
     /// budget the stream is FAILED.
     pub(super) fn check_writers(&mut self, ctx: &mut Context<Self>) {
-        if self.failed || self.restart_rtp.is_some() {
+        if self.phase != StreamPhase::Live {
             return;
         }
         let failed: Vec<(String, usize)> = self
@@ -110,7 +110,7 @@ impl Stream {
             "a track writer failed: restarting the stream",
         ));
         tracing::warn!(stream_id = %self.record.id, num_restarts = self.restarts, "track writer failed: restarting the stream");
-        self.restart_rtp = Some(rtp);
+        self.phase = StreamPhase::RestartingRtp(rtp);
         self.end_session();
         self.recorder.do_send(StreamNotice::Restarting {
             stream_id: self.record.id.clone(),
@@ -170,8 +170,7 @@ impl Stream {
 
     pub(super) fn fail(&mut self, error: ErrorInfo) {
         tracing::error!(stream_id = %self.record.id, code = %error.code, message = %error.message, "stream failed");
-        self.failed = true;
-        self.restart_rtp = None;
+        self.phase = StreamPhase::Failed;
         self.record.state = StreamState::Failed;
         self.state_since = Instant::now();
         self.last_error = Some(error.clone());
@@ -236,7 +235,7 @@ impl Handler<SupervisionTick> for Stream {
 
     fn handle(&mut self, _msg: SupervisionTick, ctx: &mut Self::Context) {
         // A failed stream only waits for its finish: nothing left to supervise.
-        if self.failed {
+        if self.has_failed() {
             return;
         }
         self.guarded(ctx, "SupervisionTick", |act, ctx| act.check_writers(ctx));
