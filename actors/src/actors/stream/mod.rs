@@ -200,6 +200,19 @@ impl Stream {
     fn has_failed(&self) -> bool {
         self.phase == StreamPhase::Failed
     }
+
+    /// The session to bind in place of the one that just ended, if a restart waits for it; the
+    /// stream is live again from then on. Any other phase is kept: a failed stream whose
+    /// session ends stays failed.
+    fn take_rtp_restart(&mut self) -> Option<RtpSessionRecord> {
+        match std::mem::replace(&mut self.phase, StreamPhase::Live) {
+            StreamPhase::RestartingRtp(rtp) => Some(rtp),
+            other => {
+                self.phase = other;
+                None
+            }
+        }
+    }
 }
 
 fn to_datetime(micros: i64) -> Option<DateTime<Utc>> {

@@ -427,9 +427,7 @@ impl Stream {
                         if session.num_tracks_ended >= session.track_ids.len() {
                             let permit = session.permit.take();
                             self.session = None;
-                            if let StreamPhase::RestartingRtp(rtp) =
-                                std::mem::replace(&mut self.phase, StreamPhase::Live)
-                            {
+                            if let Some(rtp) = self.take_rtp_restart() {
                                 // A supervised restart: same ports, same sender, new segments
                                 // (and the same place in the organization's session budget).
                                 if let Err(e) = self.resume_rtp(rtp, ctx) {

@@ -1,0 +1,224 @@
+//! What a recorder hears from its streams: first media, disconnects, writer restarts, failures,
+//! and the rebuild of a stream actor that crashed (within the restart budget).
+
+use super::*;
+
+impl Recorder {
+    /// A stream that cannot record any more: `FAILED` in the record; an instance left without a
+    /// stream that can record is aborted, and what it recorded is finalized and uploaded.
+    pub(super) fn stream_failed(&mut self, stream_id: &str, error: ErrorInfo, ctx: &mut Context<Self>) {
+        self.last_error = Some(error.clone());
+        if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
+            entry.failed = true;
+            entry.connected = false;
+        }
+        let result = self.store.update_instance(&self.instance_id, &mut |r| {
+            if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                stream.state = StreamState::Failed;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a failed stream");
+        }
+        if !self.is_stopping() && self.streams.iter().all(|s| s.failed) {
+            let aborting = self.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
+                }
+            });
+            ctx.spawn(aborting);
+        } else {
+            let flush = self.store.flush();
+            actix::spawn(async move {
+                let _ = flush.await;
+            });
+        }
+    }
+
+    /// Rebuilds a stream whose actor failed from its record in the store, once the failed actor
+    /// released its ports and completed its files. Within the budget it records on (plain RTP
+    /// re-binds its ports; a WHIP publisher must connect again, its connection ended with the
+    /// actor); beyond it the stream is rebuilt only to finish its files and is `FAILED`.
+    pub(super) fn restart_stream(&mut self, msg: StreamCrashed, ctx: &mut Context<Self>) {
+        let StreamCrashed {
+            stream_id,
+            error,
+            quiesced,
+        } = msg;
+        if self.is_stopping() || self.state.is_terminal() {
+            return;
+        }
+        let recovery = self.recovery;
+        let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) else {
+            return;
+        };
+        let admitted = supervision::admit_restart(&mut entry.restart_times, Instant::now(), &recovery);
+        self.last_error = Some(error.clone());
+        if admitted {
+            entry.restarts += 1;
+            self.restarts += 1;
+            supervision::count_restart(SupervisedKind::Stream);
+            self.enter_recovery();
+        }
+        tracing::warn!(instance_id = %self.instance_id, stream_id = %stream_id, admitted, "stream actor failed: rebuilding it from its record");
+        // Nothing reaches the recorder until the replacement is in place: a stop meanwhile
+        // would finish a dead stream.
+        // Supervised like the handler's body: a panic while rebuilding crashes this recorder.
+        let rebuilding = quiesced.into_actor(self).map(move |(), act, ctx| {
+            let record = act
+                .store
+                .get_instance(&act.instance_id)
+                .ok()
+                .flatten()
+                .and_then(|r| r.streams.into_iter().find(|s| s.id == stream_id));
+            let Some(record) = record else {
+                tracing::error!(instance_id = %act.instance_id, stream_id = %stream_id, "failed stream not in the record");
+                return;
+            };
+            let is_rtp = record.rtp_session.is_some();
+            let (stream, slot) = act.new_stream(record, true, ctx);
+            let Some(entry) = act.streams.iter_mut().find(|s| s.id == stream_id) else {
+                return;
+            };
+            entry.quiesce = slot;
+            let stream = stream.after_restart(entry.restarts, entry.restart_times.clone(), error.clone());
+            let exhausted = ErrorInfo::new(
+                "RESTART_BUDGET_EXHAUSTED",
+                format!(
+                    "stream failed {} times within {} s; it is not restarted again (last: {})",
+                    entry.restart_times.len(),
+                    recovery.restart_window.as_secs(),
+                    error.message
+                ),
+            );
+            let stream = if admitted {
+                stream
+            } else {
+                stream.failed_with(exhausted.clone())
+            };
+            entry.mailbox = Mailbox::new(stream.start());
+            if !is_rtp || !admitted {
+                entry.connected = false;
+                entry.disconnected_at = Some(Instant::now());
+            }
+            if !admitted {
+                act.stream_failed(&stream_id, exhausted, ctx);
+            }
+        });
+        ctx.wait(supervision::guard("StreamCrashed", Box::pin(rebuilding), ()));
+    }
+}
+
+impl Handler<StreamNotice> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamNotice, ctx: &mut Self::Context) {
+        self.guarded(ctx, "StreamNotice", |act, ctx| act.stream_notice(msg, ctx));
+    }
+}
+
+impl Handler<StreamCrashed> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamCrashed, ctx: &mut Self::Context) {
+        self.guarded(ctx, "StreamCrashed", |act, ctx| act.restart_stream(msg, ctx));
+    }
+}
+impl Recorder {
+    pub(super) fn stream_notice(&mut self, msg: StreamNotice, ctx: &mut Context<Self>) {
+        match msg {
+            StreamNotice::MediaStarted {
+                stream_id,
+                track_id,
+                at,
+            } => {
+                let mut became_active = false;
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    became_active = false;
+                    match r.state {
+                        InstanceState::Initialised => {
+                            r.transition(InstanceState::Active, Utc::now())?;
+                            became_active = true;
+                        }
+                        InstanceState::PendingRecovery => {
+                            r.transition(InstanceState::Active, Utc::now())?;
+                            r.recovered = Some(Utc::now());
+                            became_active = true;
+                        }
+                        _ => {}
+                    }
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.started.get_or_insert(at);
+                        if let Some(track) = stream.tracks.iter_mut().find(|t| t.id == track_id) {
+                            track.started.get_or_insert(at);
+                            track.local.created.get_or_insert(Utc::now());
+                        }
+                    }
+                    Ok(())
+                });
+                match result {
+                    Ok(record) => {
+                        self.state = record.state;
+                        if became_active {
+                            tracing::info!(instance_id = %self.instance_id, "recorder instance active: first media");
+                        }
+                        let flush = self.store.flush();
+                        let instance_id = self.instance_id.clone();
+                        actix::spawn(async move {
+                            if let Err(e) = flush.await {
+                                tracing::error!(instance_id = %instance_id, error = %e, "state store flush failed");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record first media"),
+                }
+            }
+            StreamNotice::SessionChanged { stream_id, rtp_session } => {
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.rtp_session = rtp_session.clone();
+                    }
+                    Ok(())
+                });
+                match result {
+                    // Not acknowledged to anyone: written with the next flush (at most one group
+                    // commit later); a crash before that re-binds with what was known.
+                    Ok(_) => {
+                        let flush = self.store.flush();
+                        actix::spawn(async move {
+                            let _ = flush.await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record the rtp session")
+                    }
+                }
+            }
+            StreamNotice::Restarting { stream_id } => {
+                self.restarts += 1;
+                self.last_error = Some(ErrorInfo::new(
+                    "STREAM_RESTARTED",
+                    format!("stream {stream_id} restarted after a writer failure"),
+                ));
+                let recovery = self.recovery;
+                if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
+                    // The stream judged its budget itself; the entry keeps the history for a
+                    // rebuilt actor.
+                    entry.restarts += 1;
+                    supervision::admit_restart(&mut entry.restart_times, Instant::now(), &recovery);
+                }
+                self.enter_recovery();
+            }
+            StreamNotice::Failed { stream_id, error } => self.stream_failed(&stream_id, error, ctx),
+            StreamNotice::Disconnected { stream_id, session_id } => {
+                if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
+                    if entry.sessions.last() == Some(&session_id) {
+                        entry.connected = false;
+                        entry.disconnected_at = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
