@@ -9,8 +9,6 @@
 //! Run: `cargo bench --bench api --profile dev -- [seconds] [clients]` (defaults 5 s, 8 clients).
 //! Prints a Markdown table for BENCHMARKS.md, with ratios against the floors of the same run.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,42 +19,22 @@ use recorder_actors::store::{SledStore, StateStore};
 const KEY: &str = "bench-key-0123456789abcdef";
 
 struct Server {
-    child: Child,
+    _service: testkit::Service,
     base: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"))
-        .env("RECORDER_BIND", "127.0.0.1:0")
-        .env("RECORDER_DATA_DIR", dir.path().join("data"))
+    let service = testkit::Launch::new(env!("CARGO_BIN_EXE_rtc-recorder"), dir.path())
         .env("RECORDER_API_KEY", KEY)
-        .env("RECORDER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start rtc-recorder");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read stdout");
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base, _dir: dir }
+        .start();
+    let base = service.base_url().to_string();
+    Server {
+        _service: service,
+        base,
+        _dir: dir,
+    }
 }
 
 struct Outcome {

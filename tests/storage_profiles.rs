@@ -6,10 +6,8 @@
 //! - verify names the failing check for wrong credentials, a missing bucket and an unreachable
 //!   host, and no credential ever appears in an answer or in the logs.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -104,9 +102,8 @@ impl Drop for S3Server {
 }
 
 struct Service {
-    child: Child,
+    service: testkit::Service,
     base: String,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Service {
@@ -114,19 +111,11 @@ impl Service {
         let env = services();
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("RECORDER_") {
-                cmd.env_remove(name);
-            }
-        }
-        let mut child = cmd
-            .env("RECORDER_BIND", "127.0.0.1:0")
-            .env("RECORDER_DATA_DIR", dir.join("data"))
-            .env("RECORDER_CONFIG", &config_path)
+        let service = testkit::Launch::new(env!("CARGO_BIN_EXE_rtc-recorder"), dir)
+            .config(&config_path)
+            .log("debug")
             .env("RECORDER_API_KEY", API_KEY)
-            .env("RECORDER_LOG", "debug")
-            .env(SECRET_VAR, &env["RTC_S3_SECRET_KEY"])
+            .env(SECRET_VAR, env["RTC_S3_SECRET_KEY"].as_str())
             .env(WRONG_SECRET_VAR, WRONG_SECRET)
             .env(
                 AZURE_CONNECTION_VAR,
@@ -135,44 +124,15 @@ impl Service {
                     env["RTC_AZURE_ACCOUNT"], env["RTC_AZURE_KEY"], env["RTC_AZURE_ENDPOINT"]
                 ),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rtc-recorder");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err_pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let base = loop {
-            line.clear();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
-                let _ = child.kill();
-                std::thread::sleep(Duration::from_millis(200));
-                panic!("rtc-recorder did not start; stderr:\n{}", stderr.lock().unwrap());
-            }
-            if let Some(addr) = line.trim().strip_prefix("listening on ") {
-                break addr.to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in stdout.lines() {});
-        Service { child, base, stderr }
+            .start();
+        let base = service.base_url().to_string();
+        Service { service, base }
     }
 
+    /// SIGKILL; answers what the process logged (its output read to the end).
     fn kill9(mut self) -> String {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let logs = self.stderr.lock().unwrap().clone();
-        logs
+        self.service.kill9();
+        self.service.stderr()
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -187,18 +147,11 @@ impl Service {
         let resp = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {url}: {e}\nstderr:\n{}", self.stderr.lock().unwrap()),
+            Err(e) => panic!("{method} {url}: {e}\nstderr:\n{}", self.service.stderr()),
         };
         let status = resp.status();
         let text = resp.into_string().unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -276,11 +229,10 @@ fn jobs_queued_at_a_kill_9_finish_after_restart_and_the_manifest_comes_last() {
         "{info}"
     );
     // Let the uploads fail at least once, so they are in flight or backing off at the kill.
-    let stderr = service.stderr.clone();
     poll("a failed upload attempt", Duration::from_secs(30), || {
-        stderr
-            .lock()
-            .unwrap()
+        service
+            .service
+            .stderr()
             .contains("upload failed, will retry")
             .then_some(())
     });

@@ -1,14 +1,11 @@
 //! The harness: starts the real `rtc-recorder` binary on a fresh data directory and talks HTTP to
 //! it over loopback. Every test owns its own [`TestApp`] (own port, own temp dir).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
@@ -43,7 +40,6 @@ pub const ORG_B: &str = "org-b";
 /// The only origin `app-a` accepts in `referer`.
 pub const ALLOWED_ORIGIN: &str = "https://agent.example.com";
 
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Characters left alone in a path segment; everything else is percent-encoded.
@@ -158,29 +154,10 @@ impl Resp {
 }
 
 /// Runs `probe` until it returns `Some`, at most until `timeout`; panics with `what` otherwise.
-pub fn poll<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use testkit::poll;
 
 /// How long asynchronous uploads get before a test gives up on them.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Running {
-    child: Child,
-    port: u16,
-    stderr: Arc<Mutex<String>>,
-    stdout: Arc<Mutex<String>>,
-    threads: Vec<JoinHandle<()>>,
-}
 
 pub struct TestApp {
     pub base_url: String,
@@ -193,7 +170,7 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
     env: Vec<(String, String)>,
-    running: Option<Running>,
+    running: Option<testkit::Service>,
     agent: ureq::Agent,
 }
 
@@ -280,154 +257,41 @@ impl TestApp {
         app
     }
 
+    fn launch(&self) -> testkit::Launch {
+        testkit::Launch::new(env!("CARGO_BIN_EXE_rtc-recorder"), &self.root)
+            .data_dir(&self.data_dir)
+            .config(&self.config_path)
+            .envs(self.env.iter().cloned())
+    }
+
     fn start_process(&mut self) {
         assert!(self.running.is_none(), "the previous process is still attached");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("RECORDER_") {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.env("RECORDER_BIND", "127.0.0.1:0")
-            .env("RECORDER_DATA_DIR", &self.data_dir)
-            .env("RECORDER_CONFIG", &self.config_path)
-            .env("RECORDER_LOG", "warn")
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn rtc-recorder");
-        let stdout_pipe = child.stdout.take().unwrap();
-        let stderr_pipe = child.stderr.take().unwrap();
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let out_buf = stdout.clone();
-        let t_out = std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout_pipe);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line).into_owned();
-                        out_buf.lock().unwrap().push_str(&text);
-                        let _ = tx.send(text);
-                    }
-                }
-            }
-        });
-        let err_buf = stderr.clone();
-        let t_err = std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr_pipe);
-            let mut chunk = [0u8; 4096];
-            loop {
-                match reader.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => err_buf.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n])),
-                }
-            }
-        });
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(at) = line.find("listening on http://") {
-                        let rest = &line[at + "listening on http://".len()..];
-                        let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                        let port = addr
-                            .rsplit(':')
-                            .next()
-                            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-                            .unwrap_or_else(|| panic!("cannot read the port from {line:?}"));
-                        assert!(
-                            addr.starts_with("127.0.0.1:"),
-                            "service listens on {addr}, not loopback"
-                        );
-                        break port;
-                    }
-                }
-                Err(err) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    let _ = t_out.join();
-                    let _ = t_err.join();
-                    panic!(
-                        "rtc-recorder did not print `listening on http://127.0.0.1:PORT` ({err:?}; exit {status:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                        stdout.lock().unwrap(),
-                        stderr.lock().unwrap()
-                    );
-                }
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in rx {});
-        self.port = port;
-        self.base_url = format!("http://127.0.0.1:{port}");
-        self.running = Some(Running {
-            child,
-            port,
-            stderr,
-            stdout,
-            threads: vec![t_out, t_err],
-        });
+        let service = self.launch().start();
+        self.port = service.port();
+        self.base_url = service.base_url().to_string();
+        self.running = Some(service);
     }
 
     /// What the process wrote to stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
-        self.running
-            .as_ref()
-            .map(|r| r.stderr.lock().unwrap().clone())
-            .unwrap_or_default()
+        self.running.as_ref().map(|r| r.stderr()).unwrap_or_default()
     }
 
     pub fn stdout(&self) -> String {
-        self.running
-            .as_ref()
-            .map(|r| r.stdout.lock().unwrap().clone())
-            .unwrap_or_default()
+        self.running.as_ref().map(|r| r.stdout()).unwrap_or_default()
     }
 
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         let mut running = self.running.take().expect("process running");
-        running.child.kill().expect("SIGKILL");
-        running.child.wait().expect("reap");
-        for t in running.threads.drain(..) {
-            let _ = t.join();
-        }
-        let _ = running.port;
+        running.kill9();
     }
 
     /// SIGTERM, then waits up to `timeout` for the exit; returns the exit status (panics on
     /// timeout, after killing the process).
     pub fn sigterm(&mut self, timeout: Duration) -> ExitStatus {
         let mut running = self.running.take().expect("process running");
-        let rc = unsafe { libc::kill(running.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = running.child.try_wait().expect("try_wait") {
-                for t in running.threads.drain(..) {
-                    let _ = t.join();
-                }
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = running.child.kill();
-                let _ = running.child.wait();
-                panic!(
-                    "process did not exit within {timeout:?} of SIGTERM; stderr:\n{}",
-                    running.stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        running.sigterm(timeout)
     }
 
     /// Starts a new process on the same data dir and config (a new port). Kills the old one
@@ -443,9 +307,9 @@ impl TestApp {
     /// waits up to `timeout` for it to exit. Returns (exit status, stdout, stderr); the status is
     /// `None` if it was still running (it is killed then).
     pub fn run_another(&self, env: &[(&str, &str)], timeout: Duration) -> (Option<ExitStatus>, String, String) {
-        let mut all_env: Vec<(String, String)> = self.env.clone();
-        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        run_to_exit(&self.root, &self.data_dir, &self.config_path, &all_env, timeout)
+        self.launch()
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .run_to_exit(timeout)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -678,15 +542,6 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(mut running) = self.running.take() {
-            let _ = running.child.kill();
-            let _ = running.child.wait();
-        }
-    }
-}
-
 /// Writes `config` (where `{tmp}` is a fresh temp dir) and runs the binary on it, expecting it to
 /// exit within `timeout`. Returns (exit status or `None` if it kept running, stdout, stderr).
 pub fn run_config_to_exit(
@@ -701,64 +556,10 @@ pub fn run_config_to_exit(
     let root = dir.path().canonicalize().expect("canonical temp dir");
     let config_path = root.join("test.toml");
     std::fs::write(&config_path, config.replace("{tmp}", &root.display().to_string())).unwrap();
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    run_to_exit(&root, &root.join("data"), &config_path, &env, timeout)
-}
-
-fn run_to_exit(
-    root: &Path,
-    data_dir: &Path,
-    config: &Path,
-    env: &[(String, String)],
-    timeout: Duration,
-) -> (Option<ExitStatus>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("RECORDER_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("RECORDER_BIND", "127.0.0.1:0")
-        .env("RECORDER_DATA_DIR", data_dir)
-        .env("RECORDER_CONFIG", config)
-        .env("RECORDER_LOG", "warn")
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn rtc-recorder");
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out_pipe.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err_pipe.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status,
-        t_out.join().unwrap_or_default(),
-        t_err.join().unwrap_or_default(),
-    )
+    testkit::Launch::new(env!("CARGO_BIN_EXE_rtc-recorder"), &root)
+        .config(&config_path)
+        .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .run_to_exit(timeout)
 }
 
 /// `/recordings/{conversationId}/{recorderId}/{instanceId}` of a `RecordingDataEvent`.

@@ -3,12 +3,12 @@
 //! project's `whip-publish`), and `ffprobe` to check what was written. Adapted from
 //! `tests/api/helpers.rs`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -42,8 +42,7 @@ pub struct TestApp {
     pub rtp_ports: (u16, u16),
     /// Extra environment of the process (fault injection: `RTC_RECORDER_FAULTS`).
     env: Vec<(String, String)>,
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+    service: testkit::Service,
     agent: ureq::Agent,
 }
 
@@ -161,38 +160,34 @@ impl TestApp {
         let config = root.join("test.toml");
         std::fs::write(&config, toml).expect("write config");
         let env: Vec<(String, String)> = env.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-        let (child, stderr, base_url) = start_process(&root, &env);
+        let service = start_process(&root, &env);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(60))
             .redirects(0)
             .build();
         TestApp {
-            base_url,
+            base_url: service.base_url().to_string(),
             root,
             rtp_ports,
             env,
-            child,
-            stderr,
+            service,
             agent,
         }
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.service.stderr()
     }
 
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.service.kill9();
     }
 
     /// Kills the process (if running) and starts a new one on the same data dir and config.
     pub fn restart(&mut self) {
         self.kill9();
-        let (child, stderr, base_url) = start_process(&self.root, &self.env);
-        self.child = child;
-        self.stderr = stderr;
-        self.base_url = base_url;
+        self.service = start_process(&self.root, &self.env);
+        self.base_url = self.service.base_url().to_string();
     }
 
     /// Restarts the process with this extra environment (kept for later restarts).
@@ -299,64 +294,16 @@ impl TestApp {
 }
 
 /// Starts the binary on `root`'s data dir and config; returns it once it listens.
-fn start_process(root: &Path, env: &[(String, String)]) -> (Child, Arc<Mutex<String>>, String) {
-    let config = root.join("test.toml");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc-recorder"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("RECORDER_") {
-            cmd.env_remove(name);
-        }
-    }
-    let mut child = cmd
-        .env("RECORDER_BIND", "127.0.0.1:0")
-        .env("RECORDER_DATA_DIR", root.join("data"))
-        .env("RECORDER_CONFIG", &config)
-        .env("RECORDER_LOG", "warn")
-        .env_remove("RTC_RECORDER_FAULTS")
-        .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rtc-recorder");
-    let stdout = child.stdout.take().expect("piped");
-    let stderr_pipe = child.stderr.take().expect("piped");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let buf = stderr.clone();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stderr_pipe);
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            buf.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let base_url = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no `listening on` line; stderr:\n{}", stderr.lock().unwrap()));
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..].trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in rx {});
-    (child, stderr, base_url)
+fn start_process(root: &Path, env: &[(String, String)]) -> testkit::Service {
+    testkit::Launch::new(env!("CARGO_BIN_EXE_rtc-recorder"), root)
+        .config(root.join("test.toml"))
+        .envs(env.iter().cloned())
+        .start()
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.service.kill9();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.root);
         }
@@ -632,16 +579,7 @@ pub fn args(list: &[&str]) -> Vec<String> {
 }
 
 /// Polls until `probe` returns Some, at most `timeout`.
-pub fn poll<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use testkit::poll;
 
 /// The Stream snapshots in the debug tree.
 pub fn stream_snapshots(tree: &Value) -> Vec<Value> {

@@ -51,14 +51,79 @@ pub fn plan_join(segments: &[SegmentInfo]) -> Vec<JoinPart> {
     parts
 }
 
+/// The name of a file a track writes in its stream's folder: `<track>.seg<N>.<ext>`, one
+/// segment per publisher connection, or `<track>.<ext>`, the final file the segments are joined
+/// into. Names are written and read back (after a crash) through this type only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackFileName<'a> {
+    Segment {
+        track_id: &'a str,
+        index: usize,
+        container: Container,
+    },
+    Final {
+        track_id: &'a str,
+        container: Container,
+    },
+}
+
+impl<'a> TrackFileName<'a> {
+    pub fn file_name(&self) -> String {
+        match self {
+            TrackFileName::Segment {
+                track_id,
+                index,
+                container,
+            } => format!("{track_id}.seg{index}.{}", container.extension()),
+            TrackFileName::Final { track_id, container } => format!("{track_id}.{}", container.extension()),
+        }
+    }
+
+    /// Reads a file name written for `track_id`; `None` for any other file (another track's,
+    /// a temporary file, an unknown extension).
+    pub fn parse(name: &'a str, track_id: &'a str) -> Option<Self> {
+        let rest = name.strip_prefix(track_id)?.strip_prefix('.')?;
+        let (stem, extension) = rest.rsplit_once('.').unwrap_or(("", rest));
+        let container = [Container::WebM, Container::Matroska]
+            .into_iter()
+            .find(|c| c.extension() == extension)?;
+        if stem.is_empty() && !rest.contains('.') {
+            return Some(TrackFileName::Final { track_id, container });
+        }
+        let digits = stem.strip_prefix("seg")?;
+        // Only the digits this type writes: no sign, no leading zeros but "0".
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
+            return None;
+        }
+        let index = digits.parse().ok()?;
+        Some(TrackFileName::Segment {
+            track_id,
+            index,
+            container,
+        })
+    }
+
+    pub fn path_in(&self, dir: &Path) -> PathBuf {
+        dir.join(self.file_name())
+    }
+}
+
 /// `<dir>/<track>.seg<N>.<ext>`: one file per connection.
 pub fn segment_path(dir: &Path, track_id: &str, index: usize, container: Container) -> PathBuf {
-    dir.join(format!("{track_id}.seg{index}.{}", container.extension()))
+    TrackFileName::Segment {
+        track_id,
+        index,
+        container,
+    }
+    .path_in(dir)
 }
 
 /// `<dir>/<track>.<ext>`: the track's final file.
 pub fn track_path(dir: &Path, track_id: &str, container: Container) -> PathBuf {
-    dir.join(format!("{track_id}.{}", container.extension()))
+    TrackFileName::Final { track_id, container }.path_in(dir)
 }
 
 #[cfg(test)]
@@ -110,5 +175,52 @@ mod tests {
             Path::new("/d/t1.seg2.webm")
         );
         assert_eq!(track_path(dir, "t1", Container::Matroska), Path::new("/d/t1.mkv"));
+    }
+
+    #[test]
+    fn track_file_names_read_back_exactly_what_was_written() {
+        let written = [
+            TrackFileName::Segment {
+                track_id: "t1",
+                index: 0,
+                container: Container::WebM,
+            },
+            TrackFileName::Segment {
+                track_id: "t1",
+                index: 12,
+                container: Container::Matroska,
+            },
+            TrackFileName::Final {
+                track_id: "t1",
+                container: Container::Matroska,
+            },
+        ];
+        for name in written {
+            assert_eq!(TrackFileName::parse(&name.file_name(), "t1"), Some(name));
+        }
+        // Another track's files, near misses and temporary files are not this track's.
+        for other in [
+            "t1.seg1.webm.tmp",
+            "t10.seg1.webm",
+            "t1x.webm",
+            "t1.seg.webm",
+            "t1.seg01.webm",
+            "t1.seg-1.webm",
+            "t1.seg1.mp4",
+            "t1.webm.part",
+            "t1",
+            "t1.",
+            "t1.segment1.webm",
+        ] {
+            assert_eq!(TrackFileName::parse(other, "t1"), None, "{other}");
+        }
+        // A track id with dots in it still reads back.
+        let dotted = TrackFileName::Segment {
+            track_id: "a.b",
+            index: 3,
+            container: Container::WebM,
+        };
+        assert_eq!(TrackFileName::parse(&dotted.file_name(), "a.b"), Some(dotted));
+        assert_eq!(TrackFileName::parse("a.b.seg3.webm", "a"), None);
     }
 }

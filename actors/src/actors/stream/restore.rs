@@ -2,6 +2,7 @@
 //! disk (blocking, on a thread of its own) before the actor takes a message.
 
 use super::*;
+use crate::media::segment::TrackFileName;
 
 impl Stream {
     /// A stream the store knew from before a restart: its tracks and the segment files they left
@@ -31,12 +32,12 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
     for track in records {
         let mut segments: Vec<(usize, PathBuf)> = files
             .iter()
-            .filter_map(|path| {
-                let name = path.file_name()?.to_str()?;
-                let rest = name.strip_prefix(&format!("{}.seg", track.id))?;
-                let index = rest.split('.').next()?.parse::<usize>().ok()?;
-                Some((index, path.clone()))
-            })
+            .filter_map(
+                |path| match TrackFileName::parse(path.file_name()?.to_str()?, &track.id)? {
+                    TrackFileName::Segment { index, .. } => Some((index, path.clone())),
+                    TrackFileName::Final { .. } => None,
+                },
+            )
             .collect();
         segments.sort();
         // A final file is only ever renamed into place complete (joined and fsynced): a stop
@@ -45,7 +46,7 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
             .iter()
             .filter(|path| {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                name == format!("{}.webm", track.id) || name == format!("{}.mkv", track.id)
+                matches!(TrackFileName::parse(name, &track.id), Some(TrackFileName::Final { .. }))
             })
             .collect();
         let mut session_id = RECOVERED_SESSION;
