@@ -1,6 +1,9 @@
 //! Configuration: `config.toml` compiled in as defaults, then the file named by
 //! `RECORDER_CONFIG`, then `RECORDER_*` environment variables. Raw values are checked once here
 //! and turned into [`Settings`]; an invalid value stops start-up with an error naming its key.
+//!
+//! Why one file (~900 lines of code): every setting, its default and the check of its raw value sit
+//! together, so a key's name, its validation message and its documentation cannot drift apart.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

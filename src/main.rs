@@ -138,6 +138,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         limits: settings.limits.tenant(),
         ready_check_interval: Duration::from_secs(settings.ops.ready_check_secs),
     });
+    let queries = recorder_actors::queries::Queries::new(store.clone(), engine.clone());
     let registry =
         Registry::boot(store.clone(), engine).context("cannot rebuild the actor tree from the state store")?;
 
@@ -153,6 +154,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let signer = UrlSigner::new(secret, settings.url_ttl_secs);
     let state = web::Data::new(AppState {
         registry: Mailbox::new(registry),
+        queries,
         keys,
         settings,
         signer,

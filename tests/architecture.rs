@@ -228,3 +228,50 @@ fn no_import_circle_between_api_modules() {
     );
     assert_acyclic(&graph, "src/api");
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Lines of code above a file's unit tests (its `#[cfg(test)]` module, if any).
+fn code_lines(text: &str) -> usize {
+    text.lines().take_while(|l| l.trim() != "#[cfg(test)]").count()
+}
+
+/// A file longer than ~600 lines of code says at its top why it is one file.
+#[test]
+fn a_long_file_states_why_it_is_one_file() {
+    const LIMIT: usize = 620;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "actors/src", "testkit/src"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 50, "{} files found: is the path right?", files.len());
+    let unexplained: Vec<String> = files
+        .iter()
+        .filter_map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            let header: String = text.lines().take_while(|l| l.starts_with("//!")).collect();
+            (code_lines(&text) > LIMIT && !header.contains("Why one file")).then(|| {
+                format!(
+                    "{} ({} lines)",
+                    file.strip_prefix(root).unwrap().display(),
+                    code_lines(&text)
+                )
+            })
+        })
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "split these files by concern, or say at their top (`//! Why one file ...`) why not: {unexplained:?}"
+    );
+}

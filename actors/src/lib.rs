@@ -9,6 +9,7 @@ pub mod fault;
 pub mod limits;
 pub mod media;
 pub mod messages;
+pub mod queries;
 pub mod snapshot;
 pub mod storage;
 pub mod store;

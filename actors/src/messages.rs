@@ -1,12 +1,14 @@
-//! The messages the HTTP front sends to the [`crate::actors::Registry`]. Every one carries the
-//! organization of the caller's key: the engine never shows one organization another's data.
+//! What the HTTP front may ask the engine: commands sent to the [`crate::actors::Registry`]
+//! (`Message`s), and the requests of the read-only questions answered by [`crate::queries`]
+//! (plain structs). Every one carries the organization of the caller's key: the engine never
+//! shows one organization another's data.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::Message;
 
-use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState};
+use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord};
 use crate::storage::VerificationReport;
 use crate::EngineError;
 
@@ -45,10 +47,6 @@ pub struct StartRecording {
 #[rtype(result = "Result<InstanceRecord, EngineError>")]
 pub struct StopRecording(pub InstanceRef);
 
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<InstanceRecord, EngineError>")]
-pub struct GetInstance(pub InstanceRef);
-
 /// The live instance of a conversation, if it has one.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<InstanceRecord, EngineError>")]
@@ -58,8 +56,7 @@ pub struct GetActive {
 }
 
 /// Every instance of a conversation, oldest first; `NotFound` when it has none.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Vec<InstanceRecord>, EngineError>")]
+#[derive(Debug, Clone)]
 pub struct ListConversation {
     pub organization_id: String,
     pub conversation_id: String,
@@ -108,8 +105,7 @@ pub enum ArtefactSource {
 
 /// Resolves a co-browse artefact for a signed download. Carries no organization: the URL's
 /// signature, checked by the front, is the authority.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<ArtefactSource, EngineError>")]
+#[derive(Debug, Clone)]
 pub struct ResolveCobrowseFile {
     pub conversation_id: String,
     pub recorder_id: String,
@@ -120,8 +116,7 @@ pub struct ResolveCobrowseFile {
 
 /// Resolves an uploaded track file for a signed download by the recorder (profiles without
 /// provider URLs: local, SFTP). Like [`ResolveCobrowseFile`], the URL's signature is the authority.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<TrackFile, EngineError>")]
+#[derive(Debug, Clone)]
 pub struct ResolveTrackFile {
     pub conversation_id: String,
     pub recorder_id: String,
@@ -132,8 +127,7 @@ pub struct ResolveTrackFile {
 
 /// Resolves an uploaded composition for a signed download by the recorder (profiles without
 /// provider URLs: local, SFTP). Like [`ResolveTrackFile`], the URL's signature is the authority.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<TrackFile, EngineError>")]
+#[derive(Debug, Clone)]
 pub struct ResolveCompositionFile {
     pub organization_id: String,
     pub application_id: String,
@@ -150,8 +144,7 @@ pub struct TrackFile {
 /// The storage provider's own signed URL (S3 presign, Azure SAS, GCS V4) for an uploaded
 /// co-browse session file; `None` when the session is not uploaded yet or the provider has no
 /// such URLs (local, SFTP), and the recorder signs its own.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Option<String>, EngineError>")]
+#[derive(Debug, Clone)]
 pub struct ProviderCobrowseUrl {
     pub instance: InstanceRef,
     pub session_id: String,
@@ -161,8 +154,7 @@ pub struct ProviderCobrowseUrl {
 /// A conversation's composition with the instance it is uploaded under (its newest stopped
 /// one) and, once uploaded, the provider's signed URL (`None` for local and SFTP profiles).
 /// `None` when the conversation of that organization has no composition (no stopped instance).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Option<CompositionView>, EngineError>")]
+#[derive(Debug, Clone)]
 pub struct GetComposition {
     pub organization_id: String,
     pub conversation_id: String,
@@ -182,8 +174,7 @@ pub struct CompositionView {
 
 /// The storage provider's signed download URL of every uploaded track of an instance; tracks of
 /// profiles without provider URLs (local, SFTP) are left out.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Vec<TrackUrl>, EngineError>")]
+#[derive(Debug, Clone)]
 pub struct TrackUrls {
     pub instance: InstanceRef,
     pub ttl: std::time::Duration,
@@ -195,11 +186,6 @@ pub struct TrackUrl {
     pub track_id: String,
     pub url: String,
 }
-
-/// Number of instances in each state, for metrics.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Vec<(InstanceState, u64)>, EngineError>")]
-pub struct CountInstances;
 
 /// Readiness from what the node already knows: the state store answers, and the last
 /// background check of each storage profile (a probe opens no connection).

@@ -233,9 +233,9 @@ async fn a_track_file_is_uploaded_verified_recorded_then_deleted() {
         serde_json::json!(rig.backend.location(&key))
     );
     // The track's download URL is the provider's own, and reads the object.
-    let registry = recorder_actors::actors::Registry::boot(rig.store.clone(), rig.config.clone()).unwrap();
-    let urls = registry
-        .send(recorder_actors::messages::TrackUrls {
+    let queries = recorder_actors::queries::Queries::new(rig.store.clone(), rig.config.clone());
+    let urls = queries
+        .track_urls(recorder_actors::messages::TrackUrls {
             instance: recorder_actors::messages::InstanceRef {
                 organization_id: ORG.into(),
                 conversation_id: record.conversation_id.clone(),
@@ -245,7 +245,6 @@ async fn a_track_file_is_uploaded_verified_recorded_then_deleted() {
             ttl: Duration::from_secs(60),
         })
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(urls.len(), 1, "{urls:?}");
     assert!(urls[0].url.contains("X-Amz-Signature="), "{urls:?}");

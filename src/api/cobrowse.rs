@@ -200,13 +200,13 @@ pub async fn signed_url(
     let ttl = std::time::Duration::from_secs(state.settings.url_ttl_secs);
     let now = chrono::Utc::now();
     let provider_url = state
-        .registry
-        .send(ProviderCobrowseUrl {
+        .queries
+        .cobrowse_url(ProviderCobrowseUrl {
             instance: at,
             session_id: session_id.clone(),
             ttl,
         })
-        .await??;
+        .await?;
     if let Some(url) = provider_url {
         return Ok(HttpResponse::Ok().json(URLResourceMessage {
             url,
@@ -291,15 +291,15 @@ pub async fn attachment(
     let signed_path = attachment_path(&conversation_id, &recorder_id, &instance_id, &session_id, &file_name);
     verify_signature(&state, &signed_path, &query)?;
     let source = state
-        .registry
-        .send(ResolveCobrowseFile {
+        .queries
+        .cobrowse_file(ResolveCobrowseFile {
             conversation_id,
             recorder_id,
             instance_id,
             session_id,
             file_name: file_name.clone(),
         })
-        .await??;
+        .await?;
     let named = match source {
         ArtefactSource::File(path) => NamedFile::open_async(&path).await,
         // The open file stays readable after its name is gone; nothing is left behind.

@@ -1,6 +1,10 @@
 //! The Recorder API's messages, with the spec's names and fields, and how engine records render
 //! into them. Dates are RFC 3339 in UTC with milliseconds; optional values are left out rather
 //! than sent as null; sizes are decimal byte counts; `duration` is ISO 8601 (`PT12.345S`).
+//!
+//! Why one file (~700 lines): every message of the spec in one place, so a field's name and its
+//! rendering are read and checked together against the Swagger text; splitting by endpoint would
+//! scatter the shared ones (Error, RecordingDataEvent).
 
 use chrono::{DateTime, Utc};
 use recorder_actors::domain::{

@@ -3,7 +3,7 @@
 
 use actix_web::web;
 use recorder_actors::domain::InstanceRecord;
-use recorder_actors::messages::{GetInstance, InstanceRef, ListConversation};
+use recorder_actors::messages::{InstanceRef, ListConversation};
 
 use super::auth::Grant;
 use super::error::ApiError;
@@ -33,7 +33,7 @@ pub fn instance_ref(
 /// The instance `at` if the key may see it. A key limited to some applications sees another
 /// application's instance exactly as a missing one, like another organization's.
 pub async fn visible_instance(state: &AppState, grant: &Grant, at: InstanceRef) -> Result<InstanceRecord, ApiError> {
-    let record = state.registry.send(GetInstance(at.clone())).await??;
+    let record = state.queries.instance(&at)?;
     if !grant.may_use_application(&record.application_id) {
         return Err(ApiError::NotFound(format!(
             "no recorder instance {} in conversation {}",
@@ -54,9 +54,8 @@ pub async fn visible_conversation(
         conversation_id: conversation_id.clone(),
     };
     let instances: Vec<_> = state
-        .registry
-        .send(msg)
-        .await??
+        .queries
+        .conversation(&msg)?
         .into_iter()
         .filter(|r| grant.may_use_application(&r.application_id))
         .collect();

@@ -35,6 +35,8 @@ pub const BASE_PATH: &str = "/auvious.video/rtc-recorder/api";
 /// What every handler needs: the engine's address and read-only configuration.
 pub struct AppState {
     pub registry: Mailbox<Registry>,
+    /// Read-only questions answered from the store, without a mailbox hop.
+    pub queries: recorder_actors::queries::Queries,
     pub keys: auth::KeyRing,
     pub settings: Settings,
     pub signer: UrlSigner,

@@ -1,7 +1,7 @@
 //! Ops endpoints: liveness, readiness, Prometheus metrics, the live actor tree.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use recorder_actors::messages::{CheckReady, CountInstances, DebugTree};
+use recorder_actors::messages::{CheckReady, DebugTree};
 use recorder_actors::snapshot::Snapshot;
 use serde_json::json;
 
@@ -48,7 +48,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     if !state.settings.ops.public_metrics {
         state.keys.authorize(&req, Scope::Admin)?;
     }
-    let counts = state.registry.send(CountInstances).await??;
+    let counts = state.queries.instance_counts();
     state.metrics.set_instances(&counts);
     let tree = state.registry.send(Snapshot).await?;
     state.metrics.set_media(&tree);

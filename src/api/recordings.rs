@@ -159,7 +159,7 @@ pub async fn instance(
     if any_uploaded {
         // Each stored track gets the provider's signed URL, valid for signing.url_ttl_secs.
         let ttl = std::time::Duration::from_secs(state.settings.url_ttl_secs);
-        for track_url in state.registry.send(TrackUrls { instance: at, ttl }).await?? {
+        for track_url in state.queries.track_urls(TrackUrls { instance: at, ttl }).await? {
             let track = message
                 .streams
                 .iter_mut()

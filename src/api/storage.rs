@@ -91,15 +91,15 @@ pub async fn composition(
     let missing = || ApiError::NotFound(format!("no composition for conversation {conversation_id}"));
     let ttl = std::time::Duration::from_secs(state.settings.url_ttl_secs);
     let view = state
-        .registry
-        .send(GetComposition {
+        .queries
+        .composition(GetComposition {
             organization_id: grant.organization_id.clone(),
             conversation_id: conversation_id.clone(),
             applications: grant.applications().clone(),
             application_id_opt,
             ttl,
         })
-        .await??
+        .await?
         .ok_or_else(missing)?;
     if !grant.may_use_application(&view.composition.application_id) {
         return Err(missing());

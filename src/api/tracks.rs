@@ -62,15 +62,15 @@ pub async fn attachment(
     let signed_path = track_attachment_path(&conversation_id, &recorder_id, &instance_id, &stream_id, &track_id);
     verify_signature(&state, &signed_path, &query)?;
     let track = state
-        .registry
-        .send(ResolveTrackFile {
+        .queries
+        .track_file(ResolveTrackFile {
             conversation_id,
             recorder_id,
             instance_id,
             stream_id,
             track_id,
         })
-        .await??;
+        .await?;
     serve(&req, track).await
 }
 
@@ -141,12 +141,12 @@ pub async fn composition_attachment(
     let signed_path = composition_attachment_path(&organization_id, &application_id, &conversation_id);
     verify_signature(&state, &signed_path, &query)?;
     let file = state
-        .registry
-        .send(ResolveCompositionFile {
+        .queries
+        .composition_file(ResolveCompositionFile {
             organization_id,
             application_id,
             conversation_id,
         })
-        .await??;
+        .await?;
     serve(&req, file).await
 }

@@ -1,6 +1,10 @@
 //! Drains the durable upload queue of one storage profile. Jobs are rows in the state store, so
 //! the uploader holds nothing that must survive a crash: on start it picks up every job of its
 //! profile, including those that were in flight when the process died.
+//!
+//! Why one file (~650 lines of code): one actor and its retry/verify loop; the per-provider work is
+//! in `storage/`, the queue rules in `store/artefacts.rs`. What is left is the job's life (pick,
+//! upload, verify, finish, back off) and reads best in one piece.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

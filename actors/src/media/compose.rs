@@ -12,6 +12,10 @@
 //! the cameras move to a strip (each camera is split into both positions and `enable` picks one).
 //! Audio tracks are resampled with `first_pts=0` (silence before a late start and across gaps),
 //! mixed with `amix` normalization (no clipping), padded/trimmed to the call's duration.
+//!
+//! Why one file (~850 lines of code): the pure layout functions and the FFmpeg graph that carries
+//! them out are one contract (tile positions, enable windows, pad labels); the FFmpeg-facing part
+//! is the only one that needs the libraries.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;

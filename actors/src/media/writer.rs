@@ -7,6 +7,9 @@
 //! `flush_interval`, so a process crash loses at most that much and the file stays readable up to
 //! the last flush; every `fsync_interval` a flush also fsyncs, bounding what a power loss costs.
 //! `finish` writes the trailer (cues, duration).
+//!
+//! Why one file (~600 lines of code): the writer thread, its channel and its flush/fsync clock are
+//! one unit; the FFmpeg muxer calls are only here.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,6 +4,9 @@
 //! Integrity: every PUT and UploadPart carries `Content-MD5`, so the service refuses a body that
 //! was damaged on the way; after the upload the uploader compares `HEAD`'s size (and the ETag when
 //! it is a plain MD5) with what was read from the local file.
+//!
+//! Why one file (~600 lines): the only module that imports the AWS SDK; multipart resume,
+//! presigning and error mapping share its client.
 
 use std::path::Path;
 use std::time::Duration;

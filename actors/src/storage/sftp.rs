@@ -13,6 +13,9 @@
 //! and the temp file's size: the writes are sequential and the server applies them in order, so
 //! the first `offset` bytes are the file's own; anything past them (the tail of a write the crash
 //! cut) is written over. A temp file that is gone, or larger than the local file, starts afresh.
+//!
+//! Why one file (~600 lines of code): the only module that speaks SSH; connection, host-key
+//! pinning, resume and rename share one session type.
 
 use std::path::Path;
 use std::sync::Arc;

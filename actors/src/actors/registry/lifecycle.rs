@@ -1,0 +1,247 @@
+//! The life of a recording as the Registry routes it: start (one live instance per
+//! conversation, one owner per conference), stop, the end of an instance, and publishers routed
+//! to the conversation that records their conference.
+
+use super::*;
+
+impl Handler<StartRecording> for Registry {
+    type Result = ResponseFuture<Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: StartRecording, _ctx: &mut Self::Context) -> Self::Result {
+        let result = (|| {
+            let profile = self
+                .config
+                .application(&msg.organization_id, &msg.application_id)
+                .ok_or_else(|| {
+                    EngineError::not_found(format!(
+                        "applicationId {} is not configured for this organization",
+                        msg.application_id
+                    ))
+                })?;
+            let key = (msg.organization_id.clone(), msg.conversation_id.clone());
+            if let Some(live) = self.live.get(&key) {
+                // Another application's instance id is not the caller's to know.
+                let id = if live.application_id == msg.application_id {
+                    format!(" {}", live.instance_id)
+                } else {
+                    String::new()
+                };
+                return Err(EngineError::conflict(format!(
+                    "conversation {} already has a live recorder instance{id}",
+                    msg.conversation_id
+                )));
+            }
+            let max_live = self.config.limits.max_live_instances_per_organization;
+            if self.live.keys().filter(|(org, _)| *org == msg.organization_id).count() >= max_live {
+                return Err(EngineError::limit(
+                    "max_live_instances_per_organization",
+                    format!("the organization has {max_live} live recorder instances on this node; stop one first"),
+                ));
+            }
+            let conference = (msg.organization_id.clone(), msg.conference_id.clone());
+            if self
+                .by_conference
+                .get(&conference)
+                .is_some_and(|owner| self.live.contains_key(owner))
+            {
+                return Err(EngineError::conflict(format!(
+                    "conference {} is already recorded by a live recorder instance",
+                    msg.conference_id
+                )));
+            }
+            let now = Utc::now();
+            let record = InstanceRecord {
+                schema_version: RECORD_SCHEMA_VERSION,
+                instance_id: uuid::Uuid::new_v4().to_string(),
+                recorder_id: self.config.recorder_id.clone(),
+                organization_id: msg.organization_id,
+                application_id: msg.application_id,
+                conversation_id: msg.conversation_id,
+                conference_id: msg.conference_id,
+                audio: msg.audio,
+                video: msg.video,
+                state: InstanceState::Initialised,
+                created: now,
+                started: None,
+                stopped: None,
+                recovered: None,
+                error: None,
+                provider: profile.backend.provider(),
+                storage_url: profile.backend.url(),
+                streams: vec![],
+                transcript: None,
+                num_transcript_entries: 0,
+                cobrowse_sessions: Default::default(),
+                history: vec![(InstanceState::Initialised, now)],
+                stop_requested: None,
+            };
+            self.store.insert_instance(&record)?;
+            self.spawn_conversation(&record);
+            self.num_started += 1;
+            tracing::info!(instance_id = %record.instance_id, conversation_id = %record.conversation_id, "recorder instance created");
+            Ok(record)
+        })();
+        let flush = self.store.flush();
+        async move {
+            let record = result?;
+            flush.await?;
+            Ok(record)
+        }
+        .boxed_local()
+    }
+}
+
+impl Handler<StopRecording> for Registry {
+    type Result = ResponseActFuture<Self, Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: StopRecording, _ctx: &mut Self::Context) -> Self::Result {
+        let record = match self.find(&msg.0) {
+            Ok(record) => record,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        let key = (record.organization_id.clone(), record.conversation_id.clone());
+        let conversation = match self.live.get(&key) {
+            Some(live) if live.instance_id == record.instance_id => live.conversation.clone(),
+            // Not live: stopping again is idempotent and answers the state it ended in.
+            _ => return Box::pin(fut::ready(Ok(record))),
+        };
+        let instance_id = record.instance_id.clone();
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                match conversation.send(StopInstance).await {
+                    // The recorder committed STOPPED, the upload jobs and the composition job in
+                    // one durable update before answering.
+                    Ok(result) => result,
+                    // The conversation ended between our lookup and this send: a concurrent
+                    // stop won, and its result is in the store.
+                    Err(_) => match store.get_instance(&instance_id)? {
+                        Some(record) if record.state.is_terminal() => Ok(record),
+                        _ => Err(EngineError::Unavailable(
+                            "the recorder instance is not answering".into(),
+                        )),
+                    },
+                }
+            }
+            .into_actor(self)
+            .map(move |result, act, _ctx| {
+                if let Ok(stopped) = &result {
+                    if act.end_live(&key, &stopped.instance_id) {
+                        act.num_stopped += 1;
+                    }
+                    act.kick_uploader(stopped);
+                    act.compositor.do_send(CompositionQueued);
+                }
+                result
+            }),
+        )
+    }
+}
+
+impl Registry {
+    /// The live conversation recording `conference_id` for `organization_id`; with a publish
+    /// token, only if its live instance is the token's; with a key limited to some applications,
+    /// only if the instance is of one of them.
+    fn conference(
+        &self,
+        organization_id: &str,
+        conference_id: &str,
+        instance_id_opt: Option<&str>,
+        applications: &Applications,
+    ) -> Result<Mailbox<Conversation>, EngineError> {
+        let missing = || EngineError::not_found(format!("no live recorder instance for conference {conference_id}"));
+        let key = self
+            .by_conference
+            .get(&(organization_id.to_string(), conference_id.to_string()))
+            .ok_or_else(missing)?;
+        let live = self.live.get(key).ok_or_else(missing)?;
+        if instance_id_opt.is_some_and(|id| id != live.instance_id) || !may_use(applications, &live.application_id) {
+            return Err(missing());
+        }
+        Ok(live.conversation.clone())
+    }
+}
+
+impl Handler<InstanceEnded> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: InstanceEnded, _ctx: &mut Self::Context) {
+        let key = (msg.organization_id, msg.conversation_id);
+        if self.end_live(&key, &msg.instance_id) {
+            tracing::info!(instance_id = %msg.instance_id, "recorder instance ended by itself");
+        }
+        // An instance that ended by itself (aborted) queued its conversation's composition.
+        self.compositor.do_send(CompositionQueued);
+    }
+}
+
+impl Handler<Publish> for Registry {
+    type Result = ResponseFuture<Result<PublishAnswer, EngineError>>;
+
+    fn handle(&mut self, mut msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+        let (limit, max) = match msg.transport {
+            IngestTransport::Rtp => (
+                "max_rtp_sessions_per_organization",
+                self.config.limits.max_rtp_sessions_per_organization,
+            ),
+            IngestTransport::Whip => (
+                "max_whip_sessions_per_organization",
+                self.config.limits.max_whip_sessions_per_organization,
+            ),
+        };
+        let permit = self.sessions.try_acquire(&msg.organization_id, msg.transport, max);
+        let Some(permit) = permit else {
+            return async move {
+                Err(EngineError::limit(
+                    limit,
+                    format!("the organization has {max} sessions of this transport open on this node"),
+                ))
+            }
+            .boxed_local();
+        };
+        msg.permit = Some(Arc::new(permit));
+        let conversation = self.conference(
+            &msg.organization_id,
+            &msg.conference_id,
+            msg.instance_id_opt.as_deref(),
+            &msg.applications,
+        );
+        async move { conversation?.send(msg).await? }.boxed_local()
+    }
+}
+
+impl Handler<Unpublish> for Registry {
+    type Result = ResponseFuture<Result<(), EngineError>>;
+
+    fn handle(&mut self, msg: Unpublish, _ctx: &mut Self::Context) -> Self::Result {
+        let conversation = self.conference(
+            &msg.organization_id,
+            &msg.conference_id,
+            msg.instance_id_opt.as_deref(),
+            &msg.applications,
+        );
+        async move { conversation?.send(msg).await? }.boxed_local()
+    }
+}
+
+impl Handler<GetActive> for Registry {
+    type Result = Result<InstanceRecord, EngineError>;
+
+    fn handle(&mut self, msg: GetActive, _ctx: &mut Self::Context) -> Self::Result {
+        let live = self
+            .live
+            .get(&(msg.organization_id.clone(), msg.conversation_id.clone()))
+            .ok_or_else(|| {
+                EngineError::not_found(format!(
+                    "conversation {} has no live recorder instance",
+                    msg.conversation_id
+                ))
+            })?;
+        self.store.get_instance(&live.instance_id)?.ok_or_else(|| {
+            EngineError::not_found(format!(
+                "conversation {} has no live recorder instance",
+                msg.conversation_id
+            ))
+        })
+    }
+}
