@@ -72,6 +72,22 @@ impl Queries {
         self.store.instance_counts()
     }
 
+    /// The instance a recorder-signed download names (the URL's signature is the authority, so
+    /// no organization is checked here), if its path ids match; else `missing()`.
+    fn signed_instance(
+        &self,
+        instance_id: &str,
+        conversation_id: &str,
+        recorder_id: &str,
+        missing: impl Fn() -> EngineError,
+    ) -> Result<InstanceRecord, EngineError> {
+        let record = self.store.get_instance(instance_id)?.ok_or_else(&missing)?;
+        if record.conversation_id != conversation_id || record.recorder_id != recorder_id {
+            return Err(missing());
+        }
+        Ok(record)
+    }
+
     fn profile_of(&self, organization_id: &str, application_id: &str) -> Option<Arc<ApplicationProfile>> {
         self.config.application(organization_id, application_id).cloned()
     }
@@ -84,10 +100,7 @@ impl Queries {
                 msg.file_name, msg.session_id
             ))
         };
-        let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing)?;
-        if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
-            return Err(missing());
-        }
+        let record = self.signed_instance(&msg.instance_id, &msg.conversation_id, &msg.recorder_id, missing)?;
         let session = record.cobrowse_sessions.get(&msg.session_id).ok_or_else(missing)?;
         if msg.file_name != "events.json" || session.uploaded.is_none() {
             return Err(missing());
@@ -114,10 +127,7 @@ impl Queries {
                 msg.track_id, msg.stream_id
             ))
         };
-        let record = self.store.get_instance(&msg.instance_id)?.ok_or_else(missing)?;
-        if record.conversation_id != msg.conversation_id || record.recorder_id != msg.recorder_id {
-            return Err(missing());
-        }
+        let record = self.signed_instance(&msg.instance_id, &msg.conversation_id, &msg.recorder_id, missing)?;
         let key = record
             .streams
             .iter()
