@@ -13,7 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-use crate::api::validate::is_valid_id;
+use recorder_actors::domain::is_valid_id;
 
 const EMBEDDED_DEFAULTS: &str = include_str!("../config.toml");
 

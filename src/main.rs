@@ -216,6 +216,8 @@ fn media_config(settings: &Settings) -> MediaConfig {
             queue_capacity: m.writer_queue_frames,
             ..WriterConfig::default()
         },
+        clock: recorder_actors::clock::Clock::system(),
+        work: Default::default(),
     }
 }
 

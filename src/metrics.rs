@@ -3,28 +3,7 @@
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use recorder_actors::actors::supervision::SupervisionTotals;
 use recorder_actors::domain::InstanceState;
-
-/// Stream counters exported as `recorder_media_live{counter=...}`: sums over the streams of
-/// live instances at scrape time (a stopped instance's streams leave the sum).
-pub const MEDIA_COUNTERS: [&str; 16] = [
-    "connected",
-    "num_packets",
-    "num_bytes",
-    "num_frames",
-    "num_lost",
-    "num_keyframe_requests",
-    "num_refused",
-    "num_malformed",
-    "bitrate_bps",
-    "num_frames_written",
-    "num_frames_dropped",
-    "num_slow_writes",
-    "writer_queue_depth",
-    "num_tracks",
-    // Supervision: writer failures restarted, and streams whose restart budget ran out.
-    "num_restarts",
-    "num_failed",
-];
+use recorder_actors::snapshot::{ActorSnapshot, Counters, MediaCounters, StreamCounters};
 
 pub struct Metrics {
     registry: Registry,
@@ -198,21 +177,24 @@ impl Metrics {
         }
     }
 
-    /// Sums the counters of every `Stream` in the actor tree.
-    pub fn set_media(&self, tree: &recorder_actors::snapshot::ActorSnapshot) {
-        fn walk(node: &recorder_actors::snapshot::ActorSnapshot, sums: &mut [u64; MEDIA_COUNTERS.len()]) {
-            if node.kind == "Stream" {
-                for (i, name) in MEDIA_COUNTERS.iter().enumerate() {
-                    sums[i] += node.counters.get(name).copied().unwrap_or(0);
-                }
+    /// Sums the counters of every `Stream` in the actor tree into `recorder_media_live`, one
+    /// label per counter of [`MediaCounters`] and [`StreamCounters`] (their field names).
+    pub fn set_media(&self, tree: &ActorSnapshot) {
+        fn walk(node: &ActorSnapshot, media: &mut MediaCounters, streams: &mut StreamCounters) {
+            if let Counters::Stream {
+                media: m, stream: s, ..
+            } = &node.counters
+            {
+                media.add(m);
+                streams.add(s);
             }
             for child in &node.children {
-                walk(child, sums);
+                walk(child, media, streams);
             }
         }
-        let mut sums = [0u64; MEDIA_COUNTERS.len()];
-        walk(tree, &mut sums);
-        for (name, value) in MEDIA_COUNTERS.iter().zip(sums) {
+        let (mut media, mut streams) = (MediaCounters::default(), StreamCounters::default());
+        walk(tree, &mut media, &mut streams);
+        for (name, value) in media.values().into_iter().chain(streams.values()) {
             self.media.with_label_values(&[name]).set(value as i64);
         }
     }
@@ -220,7 +202,7 @@ impl Metrics {
     /// Supervision figures from the actor tree: time in state summed per state over the live
     /// Recorders (`millis_in_state`, from the record's history), restarts summed per actor kind,
     /// and the live actors per kind whose last error is set.
-    pub fn set_supervision(&self, tree: &recorder_actors::snapshot::ActorSnapshot) {
+    pub fn set_supervision(&self, tree: &ActorSnapshot) {
         use std::collections::BTreeMap;
         #[derive(Default)]
         struct Sums {
@@ -228,10 +210,9 @@ impl Metrics {
             restarts: BTreeMap<&'static str, u64>,
             errors: BTreeMap<&'static str, u64>,
         }
-        fn walk(node: &recorder_actors::snapshot::ActorSnapshot, sums: &mut Sums) {
-            if node.kind == "Recorder" {
-                *sums.millis.entry(node.state.clone()).or_default() +=
-                    node.counters.get("millis_in_state").copied().unwrap_or(0);
+        fn walk(node: &ActorSnapshot, sums: &mut Sums) {
+            if let Counters::Recorder(recorder) = &node.counters {
+                *sums.millis.entry(node.state.clone()).or_default() += recorder.millis_in_state;
             }
             *sums.restarts.entry(node.kind).or_default() += u64::from(node.restarts);
             *sums.errors.entry(node.kind).or_default() += u64::from(node.last_error.is_some());
@@ -298,8 +279,7 @@ mod tests {
     #[test]
     fn renders_time_in_state_restarts_and_errors_from_the_tree() {
         use recorder_actors::domain::ErrorInfo;
-        use recorder_actors::snapshot::ActorSnapshot;
-        use std::collections::BTreeMap;
+        use recorder_actors::snapshot::RecorderCounters;
         let node = |kind, state: &str, restarts, error: bool, millis: Option<u64>, children| ActorSnapshot {
             kind,
             id: "x".into(),
@@ -308,7 +288,12 @@ mod tests {
             restarts,
             last_error: error.then(|| ErrorInfo::new("MEDIA_WRITE", "boom")),
             counters: millis
-                .map(|m| BTreeMap::from([("millis_in_state", m)]))
+                .map(|millis_in_state| {
+                    Counters::Recorder(RecorderCounters {
+                        millis_in_state,
+                        ..Default::default()
+                    })
+                })
                 .unwrap_or_default(),
             children,
         };

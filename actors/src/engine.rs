@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::domain::InstanceRecord;
 use crate::media::plain_rtp::PortAllocator;
 use crate::media::receiver::ReceiverConfig;
 use crate::media::writer::WriterConfig;
 use crate::storage::{StorageBackend, StorageError};
 use crate::store::StoreError;
+use crate::work::WorkGroup;
 
 /// One application of one organization: where its artefacts are stored.
 pub struct ApplicationProfile {
@@ -154,6 +156,11 @@ pub struct MediaConfig {
     pub idle_timeout: Duration,
     pub receiver: ReceiverConfig,
     pub writer: WriterConfig,
+    /// The engine's clock (real time on a node; moved by the test in the engine harness). Every
+    /// actor's timers and time stamps read it; it lives here because every actor reaches this.
+    pub clock: Clock,
+    /// The engine's threads for blocking work, counted (see [`WorkGroup`]).
+    pub work: WorkGroup,
 }
 
 impl MediaConfig {
@@ -170,11 +177,18 @@ impl MediaConfig {
             idle_timeout: Duration::from_secs(10),
             receiver: ReceiverConfig::default(),
             writer: WriterConfig::default(),
+            clock: Clock::system(),
+            work: WorkGroup::default(),
         }
     }
 }
 
 impl EngineConfig {
+    /// The engine's clock (see [`MediaConfig::clock`]).
+    pub fn clock(&self) -> &Clock {
+        &self.media.clock
+    }
+
     pub fn application(&self, organization_id: &str, application_id: &str) -> Option<&Arc<ApplicationProfile>> {
         self.applications
             .get(&(organization_id.to_string(), application_id.to_string()))

@@ -55,47 +55,79 @@ pub fn point_in(_name: &'static str, _scope: &str) -> Result<(), InjectedFault> 
 }
 
 #[cfg(feature = "fault-injection")]
-pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
+mod armed {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
 
     #[derive(Clone, Copy)]
-    enum Action {
+    pub(super) enum Action {
         Abort,
         Stall,
         Panic,
         Error,
     }
-    type Armed = (Action, Option<u64>, u64);
-    static ARMED: OnceLock<Mutex<HashMap<String, Armed>>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| {
-        let spec = std::env::var("RTC_RECORDER_FAULTS").unwrap_or_default();
-        let mut points = HashMap::new();
-        for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
-            let Some((point, action)) = item.trim().split_once('=') else {
-                continue;
-            };
-            let (action, skip) = match action.split_once('+') {
-                Some((a, n)) => (a, n.parse::<u64>().unwrap_or(0)),
-                None => (action, 0),
-            };
-            let (action, count) = match action.split_once('*') {
-                Some((a, n)) => (a, n.parse::<u64>().ok()),
-                None => (action, None),
-            };
-            let action = match action {
-                "abort" => Action::Abort,
-                "stall" => Action::Stall,
-                "panic" => Action::Panic,
-                "error" => Action::Error,
-                _ => continue,
-            };
-            points.insert(point.to_string(), (action, count, skip));
+
+    /// (action, times it may still fire (`None`: always), hits to let pass first).
+    pub(super) type Armed = (Action, Option<u64>, u64);
+
+    /// `name[@scope]=action[*count][+skip]` → (key, what is armed).
+    fn parse(item: &str) -> Option<(String, Armed)> {
+        let (point, action) = item.trim().split_once('=')?;
+        let (action, skip) = match action.split_once('+') {
+            Some((a, n)) => (a, n.parse::<u64>().unwrap_or(0)),
+            None => (action, 0),
+        };
+        let (action, count) = match action.split_once('*') {
+            Some((a, n)) => (a, n.parse::<u64>().ok()),
+            None => (action, None),
+        };
+        let action = match action {
+            "abort" => Action::Abort,
+            "stall" => Action::Stall,
+            "panic" => Action::Panic,
+            "error" => Action::Error,
+            _ => return None,
+        };
+        Some((point.to_string(), (action, count, skip)))
+    }
+
+    pub(super) fn points() -> &'static Mutex<HashMap<String, Armed>> {
+        static ARMED: OnceLock<Mutex<HashMap<String, Armed>>> = OnceLock::new();
+        ARMED.get_or_init(|| {
+            let spec = std::env::var("RTC_RECORDER_FAULTS").unwrap_or_default();
+            Mutex::new(
+                spec.split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .filter_map(parse)
+                    .collect(),
+            )
+        })
+    }
+
+    pub(super) fn arm(item: &str) -> bool {
+        match parse(item) {
+            Some((key, armed)) => {
+                points().lock().unwrap_or_else(|p| p.into_inner()).insert(key, armed);
+                true
+            }
+            None => false,
         }
-        Mutex::new(points)
-    });
+    }
+}
+
+/// Arms a point from inside the process, in the syntax of one item of `RTC_RECORDER_FAULTS`
+/// (for the in-process engine harness, whose tests share one process: scope each item by an id of
+/// the test's own, `name@<conversationId>=...`). `false` when the item does not parse.
+#[cfg(feature = "fault-injection")]
+pub fn arm(item: &str) -> bool {
+    armed::arm(item)
+}
+
+#[cfg(feature = "fault-injection")]
+pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
+    use armed::Action;
     let action = {
-        let mut points = armed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut points = armed::points().lock().unwrap_or_else(|p| p.into_inner());
         let armed = points.iter_mut().find(|(key, _)| match key.split_once('@') {
             Some((point, filter)) => point == name && scope.contains(filter),
             None => key.as_str() == name,

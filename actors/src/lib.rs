@@ -3,6 +3,7 @@
 //! sends the messages in [`messages`] to the [`actors::Registry`] and renders the replies.
 
 pub mod actors;
+pub mod clock;
 pub mod domain;
 pub mod engine;
 pub mod fault;
@@ -13,5 +14,6 @@ pub mod queries;
 pub mod snapshot;
 pub mod storage;
 pub mod store;
+pub mod work;
 
 pub use engine::{plain_manifest_renderer, ApplicationProfile, EngineConfig, EngineError, ManifestRenderer};

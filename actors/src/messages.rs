@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use actix::Message;
 
-use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord};
+use crate::domain::{
+    ApplicationId, ChatEntry, CobrowseEvent, ConferenceId, ConversationId, IdError, InstanceId, InstanceRecord,
+    OrganizationId, RecorderId,
+};
 use crate::storage::VerificationReport;
 use crate::EngineError;
 
@@ -23,22 +26,34 @@ pub fn may_use(applications: &Applications, application_id: &str) -> bool {
         .is_none_or(|apps| apps.iter().any(|a| a == application_id))
 }
 
-/// Addresses one instance as the API's paths do.
+/// Addresses one instance as the API's paths do; every id parsed at the edge.
 #[derive(Debug, Clone)]
 pub struct InstanceRef {
-    pub organization_id: String,
-    pub conversation_id: String,
-    pub recorder_id: String,
-    pub instance_id: String,
+    pub organization_id: OrganizationId,
+    pub conversation_id: ConversationId,
+    pub recorder_id: RecorderId,
+    pub instance_id: InstanceId,
+}
+
+impl InstanceRef {
+    /// The address of a stored instance.
+    pub fn of(record: &InstanceRecord) -> Result<Self, IdError> {
+        Ok(Self {
+            organization_id: OrganizationId::parse(record.organization_id.as_str())?,
+            conversation_id: ConversationId::parse(record.conversation_id.as_str())?,
+            recorder_id: RecorderId::parse(record.recorder_id.as_str())?,
+            instance_id: InstanceId::parse(record.instance_id.as_str())?,
+        })
+    }
 }
 
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<InstanceRecord, EngineError>")]
 pub struct StartRecording {
-    pub organization_id: String,
-    pub application_id: String,
-    pub conversation_id: String,
-    pub conference_id: String,
+    pub organization_id: OrganizationId,
+    pub application_id: ApplicationId,
+    pub conversation_id: ConversationId,
+    pub conference_id: ConferenceId,
     pub audio: bool,
     pub video: bool,
 }
@@ -51,14 +66,14 @@ pub struct StopRecording(pub InstanceRef);
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<InstanceRecord, EngineError>")]
 pub struct GetActive {
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     pub conversation_id: String,
 }
 
 /// Every instance of a conversation, oldest first; `NotFound` when it has none.
 #[derive(Debug, Clone)]
 pub struct ListConversation {
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     pub conversation_id: String,
 }
 
@@ -87,7 +102,7 @@ pub struct AddCobrowseEvent {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<VerificationReport, EngineError>")]
 pub struct VerifyStorage {
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     pub application_id: String,
 }
 
@@ -129,7 +144,7 @@ pub struct ResolveTrackFile {
 /// provider URLs: local, SFTP). Like [`ResolveTrackFile`], the URL's signature is the authority.
 #[derive(Debug, Clone)]
 pub struct ResolveCompositionFile {
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     pub application_id: String,
     pub conversation_id: String,
 }
@@ -156,7 +171,7 @@ pub struct ProviderCobrowseUrl {
 /// `None` when the conversation of that organization has no composition (no stopped instance).
 #[derive(Debug, Clone)]
 pub struct GetComposition {
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     pub conversation_id: String,
     /// The caller's applications: another application's composition is missing.
     pub applications: Applications,
@@ -221,7 +236,7 @@ pub enum IngestTransport {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<PublishAnswer, EngineError>")]
 pub struct Publish {
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     pub conference_id: String,
     /// Set when the caller holds a publish token: the token is good for this instance only.
     pub instance_id_opt: Option<String>,
@@ -251,7 +266,7 @@ pub struct PublishAnswer {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(), EngineError>")]
 pub struct Unpublish {
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     pub conference_id: String,
     pub instance_id_opt: Option<String>,
     pub applications: Applications,
@@ -263,5 +278,5 @@ pub struct Unpublish {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "crate::snapshot::ActorSnapshot")]
 pub struct DebugTree {
-    pub organization_id_opt: Option<String>,
+    pub organization_id_opt: Option<OrganizationId>,
 }

@@ -1,6 +1,5 @@
 //! Cheap, serializable pictures of live actors, for the debug endpoint and for tests.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -21,8 +20,207 @@ pub struct ActorSnapshot {
     pub restarts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ErrorInfo>,
-    pub counters: BTreeMap<&'static str, u64>,
+    /// The actor's own counters, typed per kind: the debug endpoint shows them by name and
+    /// `/metrics` reads the same fields (see [`Counters`]).
+    pub counters: Counters,
     pub children: Vec<ActorSnapshot>,
+}
+
+/// Declares a set of named `u64` counters: a struct whose field names are the names the debug
+/// tree and `/metrics` show (typed once, here), with `values()` listing them and `add` summing two.
+#[macro_export]
+macro_rules! counter_set {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$field_meta:meta])* $field:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: u64,)*
+        }
+
+        impl $name {
+            /// Every counter with its name, in declaration order.
+            pub fn values(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field),)*]
+            }
+
+            /// Sums `other` into `self`, counter by counter.
+            pub fn add(&mut self, other: &Self) {
+                $(self.$field += other.$field;)*
+            }
+        }
+    };
+}
+
+counter_set! {
+    /// The registry's node-wide counters (operators only).
+    pub struct RegistryCounters {
+        num_live_conversations,
+        num_started,
+        num_stopped,
+        num_recovered_on_boot,
+    }
+}
+
+counter_set! {
+    /// What an organization's own key sees of the registry.
+    pub struct TenantRegistryCounters {
+        num_live_conversations,
+    }
+}
+
+counter_set! {
+    pub struct ConversationCounters {
+        num_instances,
+    }
+}
+
+counter_set! {
+    pub struct RecorderCounters {
+        num_streams,
+        num_publishes,
+        num_publishes_refused,
+        /// Time in the current state, from the record's history.
+        millis_in_state,
+    }
+}
+
+counter_set! {
+    /// One track's media path, from packets to the file; a stream's are the sums over its tracks,
+    /// and `/metrics` sums them over the streams of live instances (`recorder_media_live`).
+    pub struct MediaCounters {
+        num_packets,
+        num_bytes,
+        num_frames,
+        num_lost,
+        num_keyframe_requests,
+        num_malformed,
+        num_refused,
+        bitrate_bps,
+        num_frames_written,
+        num_bytes_written,
+        num_frames_dropped,
+        num_slow_writes,
+        num_flushes,
+        writer_queue_depth,
+    }
+}
+
+counter_set! {
+    /// A stream beside its tracks' sums (summed over live streams by `/metrics` too).
+    pub struct StreamCounters {
+        num_tracks,
+        num_sessions,
+        /// 1 while a publisher is connected.
+        connected,
+        /// Writer failures restarted, and rebuilt stream actors.
+        num_restarts,
+        /// 1 once its restart budget ran out.
+        num_failed,
+    }
+}
+
+counter_set! {
+    /// A track beside its media counters: its files and how soon they began.
+    pub struct TrackFileCounters {
+        num_segments,
+        /// The slowest single write or flush of its writers.
+        max_write_micros,
+        /// Wall time (µs since the Unix epoch, on the engine's clock) the first frame went into a
+        /// file; 0 before. Against the publisher's first packet: how soon recording starts.
+        first_write_at_micros,
+        /// When the first packet of the track arrived (µs since the Unix epoch); 0 before.
+        first_packet_at_micros,
+    }
+}
+
+counter_set! {
+    pub struct UploaderCounters {
+        num_queued,
+        num_running,
+        num_uploaded,
+        num_bytes,
+        num_failures,
+        num_parked,
+        num_pumps,
+    }
+}
+
+counter_set! {
+    pub struct CompositorCounters {
+        num_running,
+        num_queued,
+        num_composed,
+        num_failed,
+    }
+}
+
+/// The counters of one actor, by kind. Serialized as one flat object of name → value.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Counters {
+    #[default]
+    None,
+    Registry(RegistryCounters),
+    TenantRegistry(TenantRegistryCounters),
+    Conversation(ConversationCounters),
+    Recorder(RecorderCounters),
+    Stream {
+        media: MediaCounters,
+        stream: StreamCounters,
+        millis_in_state: u64,
+    },
+    Track {
+        media: MediaCounters,
+        track: TrackFileCounters,
+    },
+    Uploader(UploaderCounters),
+    Compositor(CompositorCounters),
+}
+
+impl Counters {
+    /// Every counter with its name.
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Counters::None => Vec::new(),
+            Counters::Registry(c) => c.values(),
+            Counters::TenantRegistry(c) => c.values(),
+            Counters::Conversation(c) => c.values(),
+            Counters::Recorder(c) => c.values(),
+            Counters::Stream {
+                media,
+                stream,
+                millis_in_state,
+            } => {
+                let mut values = media.values();
+                values.extend(stream.values());
+                values.push(("millis_in_state", *millis_in_state));
+                values
+            }
+            Counters::Track { media, track } => {
+                let mut values = media.values();
+                values.extend(track.values());
+                values
+            }
+            Counters::Uploader(c) => c.values(),
+            Counters::Compositor(c) => c.values(),
+        }
+    }
+
+    /// One counter by name (tests and tools that read the tree generically).
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.values().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl Serialize for Counters {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let values = self.values();
+        let mut map = serializer.serialize_map(Some(values.len()))?;
+        for (name, value) in values {
+            map.serialize_entry(name, &value)?;
+        }
+        map.end()
+    }
 }
 
 /// Asks an actor for its snapshot.

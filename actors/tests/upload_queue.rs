@@ -16,7 +16,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use recorder_actors::actors::{queue_track_file, Kick, Uploader};
 use recorder_actors::domain::*;
-use recorder_actors::snapshot::{ActorSnapshot, Snapshot};
+use recorder_actors::snapshot::{ActorSnapshot, Counters, Snapshot, UploaderCounters};
 use recorder_actors::storage::*;
 use recorder_actors::store::{ArtefactKind, SledStore, StateStore, UploadJob};
 use recorder_actors::{plain_manifest_renderer, ApplicationProfile, EngineConfig};
@@ -166,7 +166,7 @@ impl Rig {
         let deadline = Instant::now() + timeout;
         loop {
             let snapshot = self.snapshot().await;
-            if snapshot.state == "IDLE" && snapshot.counters["num_queued"] == 0 {
+            if snapshot.state == "IDLE" && uploader_counters(&snapshot).num_queued == 0 {
                 return snapshot;
             }
             assert!(
@@ -236,12 +236,7 @@ async fn a_track_file_is_uploaded_verified_recorded_then_deleted() {
     let queries = recorder_actors::queries::Queries::new(rig.store.clone(), rig.config.clone());
     let urls = queries
         .track_urls(recorder_actors::messages::TrackUrls {
-            instance: recorder_actors::messages::InstanceRef {
-                organization_id: ORG.into(),
-                conversation_id: record.conversation_id.clone(),
-                recorder_id: record.recorder_id.clone(),
-                instance_id: record.instance_id.clone(),
-            },
+            instance: recorder_actors::messages::InstanceRef::of(&record).unwrap(),
             ttl: Duration::from_secs(60),
         })
         .await
@@ -333,8 +328,8 @@ async fn outage_mid_upload(dir: &Path, server: &mut dyn PrivateServer, bytes_per
     })
     .await;
     let snapshot = rig.snapshot().await;
-    assert_eq!(snapshot.counters["num_parked"], 0, "{snapshot:?}");
-    assert_eq!(snapshot.counters["num_uploaded"], 0, "{snapshot:?}");
+    assert_eq!(uploader_counters(&snapshot).num_parked, 0, "{snapshot:?}");
+    assert_eq!(uploader_counters(&snapshot).num_uploaded, 0, "{snapshot:?}");
     assert!(file.exists() && rig.track(&record.instance_id, "cam-1", "v1").object.error.is_some());
 
     let num_bytes_up = proxy.count_new_connections();
@@ -360,7 +355,7 @@ async fn outage_mid_upload(dir: &Path, server: &mut dyn PrivateServer, bytes_per
         .await;
     let num_bytes_up = num_bytes_up.load(std::sync::atomic::Ordering::Relaxed);
     // Exactly once: one track and one manifest went up, and nothing went up twice.
-    assert_eq!(snapshot.counters["num_uploaded"], 2, "{snapshot:?}");
+    assert_eq!(uploader_counters(&snapshot).num_uploaded, 2, "{snapshot:?}");
     assert_eq!(rig.backend.head(&key).await.unwrap().size, size);
     assert_eq!(
         md5_hex(&rig.backend.get(&key).await.unwrap()),
@@ -454,7 +449,8 @@ async fn wrong_credentials_fail_the_artefact_and_keep_the_file() {
     );
     let snapshot = rig.snapshot().await;
     assert_eq!(
-        snapshot.counters["num_parked"], 1,
+        uploader_counters(&snapshot).num_parked,
+        1,
         "not retried in a loop: {snapshot:?}"
     );
     assert!(file.exists(), "the local file stays");
@@ -728,5 +724,17 @@ async fn a_multipart_upload_cut_by_kill_9_resumes_with_the_parts_already_sent() 
         "{num_bytes_up} bytes sent after the restart, {missing} were missing ({} parts reused)",
         saved.parts.len()
     );
-    assert_eq!(snapshot.counters["num_uploaded"], 2, "exactly once: {snapshot:?}");
+    assert_eq!(
+        uploader_counters(&snapshot).num_uploaded,
+        2,
+        "exactly once: {snapshot:?}"
+    );
+}
+
+/// The typed counters of an uploader's snapshot.
+fn uploader_counters(snapshot: &ActorSnapshot) -> UploaderCounters {
+    match snapshot.counters {
+        Counters::Uploader(counters) => counters,
+        ref other => panic!("not an uploader's counters: {other:?}"),
+    }
 }

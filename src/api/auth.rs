@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
+use recorder_actors::domain::OrganizationId;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
@@ -14,7 +15,7 @@ use crate::config::{ApiKey, Scope};
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub key_name: String,
-    pub organization_id: String,
+    pub organization_id: OrganizationId,
     applications: Option<Vec<String>>,
     scopes: Vec<Scope>,
     /// Plain-RTP offers of this key may leave out the sender's address.
@@ -53,7 +54,8 @@ impl KeyRing {
             .map(|k| {
                 let grant = Grant {
                     key_name: k.name.clone(),
-                    organization_id: k.organization_id.clone(),
+                    organization_id: OrganizationId::parse(k.organization_id.as_str())
+                        .expect("a key's organization is a configured one, whose id the configuration checked"),
                     applications: k.applications.clone(),
                     scopes: k.scopes.clone(),
                     rtp_any_source: k.rtp_any_source,

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use super::dto::*;
 use super::error::{timestamp, ApiError, ErrorBody};
 use super::lookup::{instance_ref, visible_conversation, visible_instance};
+use super::requests::{self, check_id};
 use super::signed::{attachment_path, unlinked_file, verify_signature, SignatureQuery};
-use super::validate::{check_id, parse_body, Obj};
 use super::AppState;
 use crate::config::Scope;
 
@@ -22,7 +22,7 @@ use crate::config::Scope;
     operation_id = "addCobrowseEvent",
     summary = "Send a cobrowse session event to an existing recorder instance.",
     description = "Events are kept per session in sequenceId order whatever their arrival order; a repeated sequenceId is accepted and changes nothing. A payload over the configured size is 413. On stop each session is written to storage as `cobrowse/{sessionId}/events.json`.",
-    request_body = AddCobrowseEventCmd,
+    request_body = requests::AddCobrowseEventCmd,
     responses(
         (status = 200, description = "OK", body = RecordingDataEvent),
         (status = 400, description = "Bad Request: a field is missing or invalid", body = ErrorBody),
@@ -40,27 +40,18 @@ pub async fn add_event(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let body = super::body::read_body(&req, payload, &state.settings.limits).await?;
-    let value = parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let limits = &state.settings.limits;
+    let request: requests::AddCobrowseEventCmd = requests::parse(&body)?;
+    request.check(&state.settings.limits)?;
     let path = (
-        obj.req_id("conversationId", limits.max_id_len)?,
-        obj.req_id("recorderId", limits.max_id_len)?,
-        obj.req_id("instanceId", limits.max_id_len)?,
+        request.conversation_id.into_string(),
+        request.recorder_id.into_string(),
+        request.instance_id.into_string(),
     );
-    let event = obj.req_obj("event")?;
-    let payload = event.req_str("payload", usize::MAX)?;
-    if payload.len() > limits.max_cobrowse_payload_bytes {
-        return Err(ApiError::PayloadTooLarge {
-            field: event.field("payload"),
-            message: format!("is larger than {} bytes", limits.max_cobrowse_payload_bytes),
-        });
-    }
     let event = EngineCobrowseEvent {
-        payload,
-        sequence_id: event.req_i32("sequenceId")?,
-        session_id: event.req_id("sessionId", limits.max_id_len)?,
-        timestamp: event.req_i64("timestamp")?,
+        payload: request.event.payload,
+        sequence_id: request.event.sequence_id,
+        session_id: request.event.session_id.into_string(),
+        timestamp: request.event.timestamp,
     };
     let instance = instance_ref(&state, &grant.organization_id, &path)?;
     visible_instance(&state, &grant, instance.clone()).await?;

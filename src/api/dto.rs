@@ -125,58 +125,6 @@ fn track_type(t: domain::TrackType) -> TrackType {
     }
 }
 
-// ---- requests (documented; parsed by `validate`) -------------------------------------------
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StartRecording {
-    pub application_id: String,
-    /// Record audio tracks (default true).
-    pub audio: Option<bool>,
-    pub conference_id: String,
-    pub conversation_id: String,
-    /// Record video tracks (default true).
-    pub video: Option<bool>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ChatTranscriptEntry {
-    pub time_stamp: DateTime<Utc>,
-    pub transcript: String,
-    pub user_display_name: Option<String>,
-    pub user_id: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AddChatTranscriptCmd {
-    pub chat_transcript_list: Vec<ChatTranscriptEntry>,
-    pub conversation_id: String,
-    pub instance_id: String,
-    pub recorder_id: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CobrowseEvent {
-    pub payload: String,
-    #[schema(format = Int32)]
-    pub sequence_id: i32,
-    pub session_id: String,
-    #[schema(format = Int64)]
-    pub timestamp: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AddCobrowseEventCmd {
-    pub conversation_id: String,
-    pub event: CobrowseEvent,
-    pub instance_id: String,
-    pub recorder_id: String,
-}
-
 // ---- responses -----------------------------------------------------------------------------
 
 fn error(e: &Option<ErrorInfo>) -> Option<ErrorBody> {

@@ -2,31 +2,29 @@
 //! conversation's instances, another application's exactly as missing ones.
 
 use actix_web::web;
-use recorder_actors::domain::InstanceRecord;
+use recorder_actors::domain::{InstanceRecord, OrganizationId};
 use recorder_actors::messages::{InstanceRef, ListConversation};
 
 use super::auth::Grant;
 use super::error::ApiError;
-use super::validate::check_id;
+use super::requests::path_id;
 use super::AppState;
 
 /// Path of one instance: `{conversationId}/{recorderId}/{instanceId}`.
 pub type InstancePath = web::Path<(String, String, String)>;
 
+/// The instance a path names, its ids parsed (a 400 names the one that is not an id).
 pub fn instance_ref(
     state: &AppState,
-    organization_id: &str,
+    organization_id: &OrganizationId,
     path: &(String, String, String),
 ) -> Result<InstanceRef, ApiError> {
     let max = state.settings.limits.max_id_len;
-    check_id("conversationId", &path.0, max)?;
-    check_id("recorderId", &path.1, max)?;
-    check_id("instanceId", &path.2, max)?;
     Ok(InstanceRef {
-        organization_id: organization_id.to_string(),
-        conversation_id: path.0.clone(),
-        recorder_id: path.1.clone(),
-        instance_id: path.2.clone(),
+        organization_id: organization_id.clone(),
+        conversation_id: path_id("conversationId", &path.0, max)?,
+        recorder_id: path_id("recorderId", &path.1, max)?,
+        instance_id: path_id("instanceId", &path.2, max)?,
     })
 }
 

@@ -13,6 +13,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
+use recorder_actors::domain::OrganizationId;
 use recorder_actors::domain::StreamType;
 use recorder_actors::messages::{Applications, IngestTransport, Publish, Unpublish};
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,7 @@ use utoipa::ToSchema;
 
 use super::error::{timestamp, ApiError, ErrorBody};
 use super::lookup::{instance_ref, visible_instance, InstancePath};
-use super::validate::{check_id, parse_body, Obj};
+use super::requests::{self, check_id};
 use super::{AppState, BASE_PATH};
 use crate::config::Scope;
 use crate::publish_token::{PublishGrant, PublishTokens, TokenError, MAX_TOKEN_TTL_SECS};
@@ -30,7 +31,7 @@ const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 
 /// Who is publishing, after authentication.
 struct Publisher {
-    organization_id: String,
+    organization_id: OrganizationId,
     /// A publish token pins the instance (and maybe the user).
     instance_id_opt: Option<String>,
     user_id_opt: Option<String>,
@@ -58,8 +59,11 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiErr
                 ApiError::Unauthorized(e.to_string())
             }
         })?;
+        // A token the recorder signed names a valid organization; anything else is not one.
+        let organization_id = OrganizationId::parse(grant.organization_id)
+            .map_err(|_| ApiError::Unauthorized("the publish token names no organization".into()))?;
         return Ok(Publisher {
-            organization_id: grant.organization_id,
+            organization_id,
             instance_id_opt: Some(grant.instance_id),
             user_id_opt: grant.user_id_opt,
             conference_id_opt: Some(grant.conference_id),
@@ -331,15 +335,6 @@ pub async fn patch_whip() -> Result<HttpResponse, ApiError> {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PublishTokenRequest {
-    /// Restrict the token to this publisher.
-    pub user_id: Option<String>,
-    /// Lifetime in seconds (default 3600, at most 86400).
-    pub ttl_secs: Option<u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
 pub struct PublishTokenMessage {
     /// Send as `Authorization: Bearer <token>` to the WHIP / RTP endpoints.
     pub token: String,
@@ -362,7 +357,7 @@ pub struct PublishTokenMessage {
         ("recorderId" = String, Path, description = "recorderId"),
         ("instanceId" = String, Path, description = "instanceId"),
     ),
-    request_body(content = PublishTokenRequest, content_type = "application/json"),
+    request_body(content = requests::PublishTokenRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "OK", body = PublishTokenMessage),
         (status = 400, description = "Bad Request", body = ErrorBody),
@@ -383,25 +378,14 @@ pub async fn publish_token(
     let at = instance_ref(&state, &grant.organization_id, &path)?;
     // Another application's instance is missing for a key limited to some applications.
     let record = visible_instance(&state, &grant, at).await?;
-    let max = state.settings.limits.max_id_len;
-    let (user_id_opt, ttl) = if body.iter().all(u8::is_ascii_whitespace) {
-        (None, DEFAULT_TOKEN_TTL_SECS)
+    let request: requests::PublishTokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        requests::PublishTokenRequest::default()
     } else {
-        let value = parse_body(&body)?;
-        let obj = Obj::root(&value)?;
-        let user = obj.opt_str("userId", max)?;
-        if let Some(user) = &user {
-            check_id("userId", user, max)?;
-        }
-        let ttl = match value.get("ttlSecs") {
-            None | Some(serde_json::Value::Null) => DEFAULT_TOKEN_TTL_SECS,
-            Some(v) => v
-                .as_u64()
-                .filter(|t| (1..=MAX_TOKEN_TTL_SECS).contains(t))
-                .ok_or_else(|| ApiError::bad_field("ttlSecs", format!("must be between 1 and {MAX_TOKEN_TTL_SECS}")))?,
-        };
-        (user, ttl)
+        requests::parse(&body)?
     };
+    request.check(&state.settings.limits, MAX_TOKEN_TTL_SECS)?;
+    let user_id_opt = request.user_id.map(|u| u.into_string());
+    let ttl = request.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     if !record.state.is_live() {
         return Err(ApiError::Conflict(format!(
             "recorder instance {} is {}",

@@ -10,10 +10,10 @@ mod lookup;
 mod media;
 mod ops;
 mod recordings;
+pub mod requests;
 mod signed;
 mod storage;
 mod tracks;
-pub mod validate;
 
 use actix_web::dev::Service;
 use actix_web::middleware::{ErrorHandlers, Logger};
@@ -74,11 +74,11 @@ pub struct AppState {
     ),
     components(schemas(
         error::ErrorBody,
-        dto::AddChatTranscriptCmd,
-        dto::AddCobrowseEventCmd,
+        requests::AddChatTranscriptCmd,
+        requests::AddCobrowseEventCmd,
         dto::ChatTranscriptData,
-        dto::ChatTranscriptEntry,
-        dto::CobrowseEvent,
+        requests::ChatTranscriptEntry,
+        requests::CobrowseEvent,
         dto::CobrowseSessionDataMessage,
         dto::ConversationCobrowseSessionDataMessage,
         dto::ConversationMessage,
@@ -91,7 +91,7 @@ pub struct AppState {
         dto::RecordingDataEvent,
         dto::RecordingDataMessage,
         dto::Resource,
-        dto::StartRecording,
+        requests::StartRecording,
         dto::StorageProfileDataMessage,
         dto::StorageTestResult,
         dto::StorageVerificationStatusMessage,
@@ -100,7 +100,7 @@ pub struct AppState {
         dto::TrackStorageDataMessage,
         dto::URLResourceMessage,
         dto::UploadDataMessage,
-        media::PublishTokenRequest,
+        requests::PublishTokenRequest,
         media::PublishTokenMessage,
     )),
     modifiers(&ApiKeyAuth),

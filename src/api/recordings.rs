@@ -8,8 +8,8 @@ use super::body::read_body;
 use super::dto::*;
 use super::error::{ApiError, ErrorBody};
 use super::lookup::{instance_ref, visible_conversation, visible_instance, InstancePath};
+use super::requests::{self, check_id};
 use super::signed::track_attachment_path;
-use super::validate::{check_id, parse_body, Obj};
 use super::AppState;
 use crate::config::Scope;
 
@@ -20,7 +20,7 @@ use crate::config::Scope;
     operation_id = "startRecording",
     summary = "Start a new recorder instance.",
     description = "Creates a recorder instance in state INITIALISED. An applicationId that is not configured for the key's organization is 404; a key not allowed to use the application is 403; a conversation that already has a live instance is 409.",
-    request_body = StartRecording,
+    request_body = requests::StartRecording,
     responses(
         (status = 200, description = "OK", body = RecordingDataEvent),
         (status = 400, description = "Bad Request: a field is missing or invalid", body = ErrorBody),
@@ -39,16 +39,15 @@ pub async fn start(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let body = read_body(&req, payload, &state.settings.limits).await?;
-    let value = parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let max = state.settings.limits.max_id_len;
+    let request: requests::StartRecording = requests::parse(&body)?;
+    request.check(&state.settings.limits)?;
     let msg = StartMessage {
         organization_id: grant.organization_id.clone(),
-        application_id: obj.req_id("applicationId", max)?,
-        conversation_id: obj.req_id("conversationId", max)?,
-        conference_id: obj.req_id("conferenceId", max)?,
-        audio: obj.opt_bool("audio", true)?,
-        video: obj.opt_bool("video", true)?,
+        application_id: request.application_id,
+        conversation_id: request.conversation_id,
+        conference_id: request.conference_id,
+        audio: request.audio.unwrap_or(true),
+        video: request.video.unwrap_or(true),
     };
     if state
         .settings
@@ -300,7 +299,7 @@ pub async fn conversation(
     operation_id = "addChatTranscript",
     summary = "Upload a conversation chat transcript to an existing recorder instance.",
     description = "Appends the entries in order. Accepted while the instance is live and after it stopped; the transcript is written to storage as `chat/transcript.json` on stop and again on every later add.",
-    request_body = AddChatTranscriptCmd,
+    request_body = requests::AddChatTranscriptCmd,
     responses(
         (status = 200, description = "OK", body = RecordingDataEvent),
         (status = 400, description = "Bad Request: a field is missing or invalid", body = ErrorBody),
@@ -318,26 +317,23 @@ pub async fn add_transcript(
 ) -> Result<HttpResponse, ApiError> {
     let grant = state.keys.authorize(&req, Scope::Global)?;
     let body = read_body(&req, payload, &state.settings.limits).await?;
-    let value = parse_body(&body)?;
-    let obj = Obj::root(&value)?;
-    let limits = &state.settings.limits;
+    let request: requests::AddChatTranscriptCmd = requests::parse(&body)?;
+    request.check(&state.settings.limits)?;
     let path = (
-        obj.req_id("conversationId", limits.max_id_len)?,
-        obj.req_id("recorderId", limits.max_id_len)?,
-        obj.req_id("instanceId", limits.max_id_len)?,
+        request.conversation_id.into_string(),
+        request.recorder_id.into_string(),
+        request.instance_id.into_string(),
     );
-    let entries = obj
-        .req_obj_array("chatTranscriptList", limits.max_transcript_entries)?
-        .iter()
-        .map(|entry| {
-            Ok(ChatEntry {
-                time_stamp: entry.req_datetime("timeStamp")?,
-                transcript: entry.req_str("transcript", limits.max_transcript_len)?,
-                user_display_name: entry.opt_str("userDisplayName", limits.max_id_len)?,
-                user_id: entry.req_id("userId", limits.max_id_len)?,
-            })
+    let entries = request
+        .chat_transcript_list
+        .into_iter()
+        .map(|entry| ChatEntry {
+            time_stamp: entry.time_stamp,
+            transcript: entry.transcript,
+            user_display_name: entry.user_display_name,
+            user_id: entry.user_id.into_string(),
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect();
     let instance = instance_ref(&state, &grant.organization_id, &path)?;
     visible_instance(&state, &grant, instance.clone()).await?;
     let record = state.registry.send(AddTranscript { instance, entries }).await??;

@@ -5,7 +5,7 @@ use recorder_actors::messages::{GetComposition, VerifyStorage};
 
 use super::dto::*;
 use super::error::{ApiError, ErrorBody};
-use super::validate::check_id;
+use super::requests::check_id;
 use super::AppState;
 use crate::config::Scope;
 

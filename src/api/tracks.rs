@@ -4,14 +4,15 @@
 use actix_files::NamedFile;
 use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{web, HttpRequest, HttpResponse};
+use recorder_actors::domain::OrganizationId;
 use recorder_actors::messages::{ArtefactSource, ResolveCompositionFile, ResolveTrackFile, TrackFile};
 
 use super::dto::Resource;
 use super::error::{ApiError, ErrorBody};
+use super::requests::{check_id, path_id};
 use super::signed::{
     composition_attachment_path, track_attachment_path, unlinked_file, verify_signature, SignatureQuery,
 };
-use super::validate::check_id;
 use super::AppState;
 
 #[utoipa::path(
@@ -135,7 +136,7 @@ pub async fn composition_attachment(
 ) -> Result<HttpResponse, ApiError> {
     let (organization_id, application_id, conversation_id) = path.into_inner();
     let max = state.settings.limits.max_id_len;
-    check_id("organizationId", &organization_id, max)?;
+    let organization_id: OrganizationId = path_id("organizationId", &organization_id, max)?;
     check_id("applicationId", &application_id, max)?;
     check_id("conversationId", &conversation_id, max)?;
     let signed_path = composition_attachment_path(&organization_id, &application_id, &conversation_id);

@@ -7,6 +7,11 @@
 //! The binary's path comes from the caller (`env!("CARGO_BIN_EXE_rtc-recorder")`, which Cargo
 //! sets for the root package's tests and benchmarks only).
 
+#[cfg(feature = "engine")]
+pub mod engine;
+pub mod probe;
+pub mod rtp;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -319,7 +319,16 @@ path = "{tmp}/storage-flaky"
     std::fs::remove_dir_all(&storage).unwrap();
     std::fs::write(&storage, "outage").unwrap();
     app.stop(KEY_A, &ev);
-    std::thread::sleep(Duration::from_millis(600));
+    // The profile's uploader has tried and failed (its counter says so) before we look.
+    poll(UPLOAD_TIMEOUT, "an upload failed during the outage", || {
+        let tree = app.get("/debug/actors", KEY_ADMIN).json();
+        tree["children"]
+            .as_array()?
+            .iter()
+            .find(|c| c["kind"] == "Uploader" && c["id"] == "org-a/app-flaky")
+            .filter(|u| u["counters"]["num_failures"].as_u64() >= Some(1))
+            .map(|_| ())
+    });
     let during = app.instance(KEY_A, &ev);
     assert!(
         during.get("chatTranscript").is_none(),

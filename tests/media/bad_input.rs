@@ -194,8 +194,15 @@ fn bad_offers_tokens_and_packets_are_refused_and_the_recording_goes_on() {
     // UDP: garbage, oversized datagrams and a second source aimed at the recording's port.
     let intruder = UdpSocket::bind("127.0.0.1:0").unwrap();
     let target = ("127.0.0.1", port);
-    std::thread::sleep(Duration::from_millis(500)); // the real sender has latched by now
-                                                    // Paced: a burst would overflow the socket buffer and be dropped by the kernel, uncounted.
+    // The real sender has latched the port once its frames are written.
+    poll(Duration::from_secs(15), "the agent's frames written", || {
+        stream_snapshots(&app.debug_tree())
+            .iter()
+            .find(|s| s["id"].as_str().unwrap().contains(" agent "))
+            .filter(|s| s["counters"]["num_frames_written"].as_u64() > Some(0))
+            .map(|_| ())
+    });
+    // Paced: a burst would overflow the socket buffer and be dropped by the kernel, uncounted.
     for i in 0..200u32 {
         std::thread::sleep(Duration::from_millis(2));
         let _ = intruder.send_to(&i.to_be_bytes(), target);
@@ -213,19 +220,22 @@ fn bad_offers_tokens_and_packets_are_refused_and_the_recording_goes_on() {
         let _ = intruder.send_to(&[0xff; 40], ("127.0.0.1", ports[1]));
         let _ = intruder.send_to(&(i as u64).to_be_bytes(), ("127.0.0.1", ports[1]));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let streams = stream_snapshots(&app.debug_tree());
-    let agent = streams
-        .iter()
-        .find(|s| s["id"].as_str().unwrap().contains(" agent "))
-        .expect("agent stream");
-    // 600 datagrams from a second source: (nearly) all counted as refused, none recorded.
-    assert!(agent["counters"]["num_refused"].as_u64().unwrap() >= 500, "{agent}");
+    // Counters are published every 250 ms: wait until the refusals show.
+    let streams = poll(Duration::from_secs(10), "the intruder's datagrams refused", || {
+        let streams = stream_snapshots(&app.debug_tree());
+        let refused = |name: &str, at_least: u64| {
+            streams
+                .iter()
+                .find(|s| s["id"].as_str().unwrap().contains(name))
+                .is_some_and(|s| s["counters"]["num_refused"].as_u64() >= Some(at_least))
+        };
+        // 600 datagrams from a second source: (nearly) all counted as refused, none recorded.
+        (refused(" agent ", 500) && refused(" y ", 150)).then_some(streams)
+    });
     let y = streams
         .iter()
         .find(|s| s["id"].as_str().unwrap().contains(" y "))
         .expect("stream y");
-    assert!(y["counters"]["num_refused"].as_u64().unwrap() >= 150, "{y}");
     assert_eq!(
         y["counters"]["num_malformed"].as_u64(),
         Some(0),

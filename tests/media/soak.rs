@@ -21,11 +21,17 @@ impl Lcg {
     }
 }
 
-const NUM_KILLS: usize = 20;
+const NUM_KILLS: usize = 50;
+
+/// Seconds each round's publisher sends (30 fps, a keyframe every 10 frames so that a restarted
+/// recorder, which starts its new segment at a keyframe, waits at most a third of a second).
+const SEND_SECS: u32 = 4;
 
 /// Recordings with `kill -9` at random points (while recording, right after an acknowledged
 /// stop, in the middle of a stop), then a consistency check: every acknowledged start and stop
-/// is there, no instance is left live, every track recorded is uploaded and plays.
+/// is there, no instance is left live, every track recorded is uploaded and plays. A kill while
+/// recording is measured: the publisher goes on sending through the restart, and the media the
+/// track lost is at most the downtime (kill to ports re-bound) + 1 s, for every such crash.
 #[test]
 fn soak_kill_9_at_random_points() {
     let _media = media_lock();
@@ -37,6 +43,8 @@ fn soak_kill_9_at_random_points() {
     let mut started: Vec<Value> = Vec::new();
     let mut acknowledged_stops: Vec<String> = Vec::new();
     let mut restart_secs = Vec::new();
+    // (instance id, downtime) of the crashes while recording, whose loss is measured.
+    let mut measured: Vec<(String, f64)> = Vec::new();
     for round in 0..NUM_KILLS {
         let conference = unique("room");
         let event = app.start(&unique("soak"), &conference, false, true);
@@ -50,10 +58,17 @@ fn soak_kill_9_at_random_points() {
             &rtp_offer(&[("video", 96, "VP8/90000")]),
         );
         assert_eq!(resp.status, 201, "{}", resp.text());
-        let mut a = lavfi_video(4);
-        a.extend(rtp_out("0", "vp8", 96, answer_ports(&resp.text())[0]));
+        let mut a = lavfi_video(SEND_SECS);
+        let mut out = rtp_out("0", "vp8", 96, answer_ports(&resp.text())[0]);
+        let g = out.iter().position(|arg| arg == "-g").expect("the vp8 output sets -g");
+        out[g + 1] = "10".into();
+        a.extend(out);
         let mut sender = ffmpeg(&a);
-        std::thread::sleep(Duration::from_millis(300 + rng.next(2500)));
+        poll(Duration::from_secs(10), "instance ACTIVE", || {
+            (app.instance(&event)["state"] == "ACTIVE").then_some(())
+        });
+        // Where in the recording the crash falls (a random point, not a wait for something).
+        std::thread::sleep(Duration::from_millis(200 + rng.next(1000)));
         let how = rng.next(3);
         match how {
             0 => {}
@@ -72,8 +87,24 @@ fn soak_kill_9_at_random_points() {
         let killed = Instant::now();
         app.restart();
         restart_secs.push(killed.elapsed().as_secs_f64());
-        let _ = sender.kill();
-        let _ = sender.wait();
+        if how == 0 {
+            // The recorder re-binds the session's ports and records on from the next keyframe.
+            poll(Duration::from_secs(10), "the session re-bound", || {
+                stream_snapshots(&app.debug_tree())
+                    .iter()
+                    .any(|s| s["counters"]["connected"] == 1)
+                    .then_some(())
+            });
+            let downtime = killed.elapsed().as_secs_f64();
+            wait_ok(sender, "the soak's publisher");
+            let stopped = app.stop(&event);
+            assert_eq!(stopped["state"], "STOPPED", "{stopped:#}");
+            acknowledged_stops.push(stopped["instanceId"].as_str().unwrap().to_string());
+            measured.push((stopped["instanceId"].as_str().unwrap().to_string(), downtime));
+        } else {
+            let _ = sender.kill();
+            let _ = sender.wait();
+        }
         eprintln!(
             "soak round {round}: kill after {how}, back in {:.2} s",
             restart_secs.last().unwrap()
@@ -106,6 +137,7 @@ fn soak_kill_9_at_random_points() {
     });
     let mut num_files = 0;
     let mut seconds_kept = 0.0;
+    let mut losses = Vec::new();
     for instance in &uploaded {
         for (_, _, _, track) in tracks(instance) {
             let Some(location) = track["storage"]["objectStorage"]["location"].as_str() else {
@@ -116,18 +148,37 @@ fn soak_kill_9_at_random_points() {
             assert!(p.num_frames > 0, "{track}");
             num_files += 1;
             seconds_kept += p.duration;
+            if let Some((_, downtime)) = measured.iter().find(|(id, _)| instance["instanceId"] == id.as_str()) {
+                let sent = f64::from(SEND_SECS * 30);
+                let lost = (sent - p.num_frames as f64) / 30.0;
+                assert!(p.num_frames as f64 <= sent, "more frames than sent: {p:?}, {track}");
+                assert!(
+                    lost <= downtime + 1.0,
+                    "a crash while recording lost {lost:.2} s of media with {downtime:.2} s of downtime: {track}"
+                );
+                losses.push((lost, *downtime));
+            }
         }
     }
+    assert_eq!(losses.len(), measured.len(), "every measured crash has its track");
     let num_stopped = finals.iter().filter(|i| i["state"] == "STOPPED").count();
     restart_secs.sort_by(f64::total_cmp);
+    let worst = losses
+        .iter()
+        .map(|(lost, downtime)| lost - downtime)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mean_lost = losses.iter().map(|(l, _)| l).sum::<f64>() / losses.len().max(1) as f64;
+    let mean_down = losses.iter().map(|(_, d)| d).sum::<f64>() / losses.len().max(1) as f64;
     eprintln!(
-        "soak: {NUM_KILLS} kills survived; {} instances ({num_stopped} STOPPED, {} ABORTED); {num_files} track files uploaded and playing, {seconds_kept:.1} s of media; restart median {:.2} s, max {:.2} s",
+        "soak: {NUM_KILLS} kills survived; {} instances ({num_stopped} STOPPED, {} ABORTED); {num_files} track files uploaded and playing, {seconds_kept:.1} s of media; restart median {:.2} s, max {:.2} s; {} crashes while recording: mean loss {mean_lost:.2} s for mean downtime {mean_down:.2} s, worst loss - downtime {worst:.2} s",
         started.len(),
         started.len() - num_stopped,
         restart_secs[restart_secs.len() / 2],
-        restart_secs.last().unwrap()
+        restart_secs.last().unwrap(),
+        losses.len(),
     );
     assert!(num_files > 0);
+    assert!(!losses.is_empty(), "the seed measured no crash while recording");
 }
 
 /// Recovery time for 100 live instances, each with a plain-RTP session whose ports must be

@@ -3,19 +3,19 @@
 //! MP4 is queued for upload like any other artefact. The actor holds nothing that must survive
 //! a crash: at start every `Queued` or `Composing` record is (re)run.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use actix::prelude::*;
-use chrono::Utc;
 
 use super::uploader::{delete_local, Kick};
 use crate::domain::{path_component, ErrorInfo, InstanceRecord, InstanceState, StreamType, TrackType};
 use crate::media::compose::{self, ComposeInput, ComposeMedia, ComposeReport, ComposeRole, InstanceSpan};
 use crate::media::MediaError;
-use crate::snapshot::{ActorSnapshot, Snapshot};
+use crate::snapshot::{ActorSnapshot, CompositorCounters, Counters, Snapshot};
 use crate::storage::download_to_file;
 use crate::store::artefacts::enqueue_artefact;
 use crate::store::{ArtefactKind, CompositionId, CompositionRecord, CompositionState, StateStore, StoreError};
@@ -58,7 +58,7 @@ impl Compositor {
             Err(err) => {
                 tracing::error!(error = %err, "composition queue unreadable");
                 self.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
-                ctx.run_later(STORE_RETRY, |act, ctx| act.pump(ctx));
+                crate::clock::run_later(&self.config.clock().clone(), ctx, STORE_RETRY, |act, ctx| act.pump(ctx));
                 return;
             }
         };
@@ -74,7 +74,7 @@ impl Compositor {
             }
             let claimed = match self.store.update_composition(&key, &mut |c| {
                 c.state = CompositionState::Composing;
-                c.started = Some(Utc::now());
+                c.started = Some(self.config.clock().utc());
                 c.stopped = None;
                 c.error = None;
                 c.problems.clear();
@@ -98,13 +98,12 @@ impl Compositor {
                 // A thread of its own rather than the blocking pool: its lower priority (inherited
                 // by x264's worker threads) must not stick to a pool thread used for other work.
                 let (done, outcome) = tokio::sync::oneshot::channel();
-                std::thread::Builder::new()
-                    .name("compositor".into())
-                    .spawn(move || {
-                        lower_priority();
-                        let _ = done.send(run_composition(store2.as_ref(), &config, &job, &fetched));
-                    })
-                    .map_err(|e| StoreError::Io(format!("cannot start a composition thread: {e}")))?;
+                let work = config.media.work.clone();
+                work.spawn("compositor", move || {
+                    lower_priority();
+                    let _ = done.send(run_composition(store2.as_ref(), &config, &job, &fetched));
+                })
+                .map_err(|e| StoreError::Io(format!("cannot start a composition thread: {e}")))?;
                 let outcome = outcome
                     .await
                     .map_err(|_| StoreError::Io("the composition thread ended without an outcome".into()))?;
@@ -120,7 +119,7 @@ impl Compositor {
                     Err(err) => {
                         tracing::error!(error = %err, conversation_id = %key.conversation_id, "composition could not run");
                         act.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
-                        ctx.run_later(STORE_RETRY, |act, ctx| act.pump(ctx));
+                        crate::clock::run_later(&act.config.clock().clone(), ctx, STORE_RETRY, |act, ctx| act.pump(ctx));
                     }
                 }
                 act.pump(ctx);
@@ -136,7 +135,7 @@ impl Compositor {
         outcome: Result<(PathBuf, ComposeReport), MediaError>,
         ctx: &mut Context<Self>,
     ) {
-        let now = Utc::now();
+        let now = self.config.clock().utc();
         let mut current = true;
         let updated = self.store.update_composition(&CompositionId::of(&claimed), &mut |c| {
             current = c.generation == claimed.generation;
@@ -193,9 +192,10 @@ impl Compositor {
         if self.config.delete_local_after_upload {
             let store = self.store.clone();
             let id = CompositionId::of(&record);
+            let clock = self.config.clock().clone();
             ctx.spawn(
                 async move {
-                    if let Err(err) = release_tracks(store, &id).await {
+                    if let Err(err) = release_tracks(store, &id, clock).await {
                         tracing::warn!(error = %err, conversation_id = %id.conversation_id, "kept track files could not be deleted");
                     }
                 }
@@ -239,7 +239,7 @@ impl Compositor {
 }
 
 /// Deletes the local files of the composition's tracks that are safely uploaded.
-async fn release_tracks(store: Arc<dyn StateStore>, id: &CompositionId) -> Result<(), String> {
+async fn release_tracks(store: Arc<dyn StateStore>, id: &CompositionId, clock: Clock) -> Result<(), String> {
     if store
         .get_composition(id)
         .map_err(|e| e.to_string())?
@@ -256,9 +256,16 @@ async fn release_tracks(store: Arc<dyn StateStore>, id: &CompositionId) -> Resul
                 if let (Some(path), Some(_), None) =
                     (&track.local.location, &track.object.uploaded, &track.local.deleted)
                 {
-                    delete_local(store.as_ref(), &instance.instance_id, &stream.id, &track.id, path)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    delete_local(
+                        store.as_ref(),
+                        &instance.instance_id,
+                        &stream.id,
+                        &track.id,
+                        path,
+                        clock.utc(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -520,12 +527,12 @@ impl Handler<Snapshot> for Compositor {
             mailbox_depth: 0,
             restarts: 0,
             last_error: self.last_error.clone(),
-            counters: BTreeMap::from([
-                ("num_running", self.running.len() as u64),
-                ("num_queued", num_queued as u64),
-                ("num_composed", self.num_composed),
-                ("num_failed", self.num_failed),
-            ]),
+            counters: Counters::Compositor(CompositorCounters {
+                num_running: self.running.len() as u64,
+                num_queued: num_queued as u64,
+                num_composed: self.num_composed,
+                num_failed: self.num_failed,
+            }),
             children: Vec::new(),
         })
     }

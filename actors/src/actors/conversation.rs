@@ -2,12 +2,11 @@
 //! conference and composition triggers hang off this actor as they arrive. Supervises the
 //! recorder: a recorder whose handler failed is rebuilt from the instance record.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use chrono::Utc;
 use futures_util::FutureExt;
 
 use super::recorder::{
@@ -18,7 +17,7 @@ use super::uploader::Kick;
 use crate::domain::{ErrorInfo, InstanceRecord, InstanceState};
 use crate::messages::{Publish, PublishAnswer, Unpublish};
 use crate::snapshot::snapshot_of;
-use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
+use crate::snapshot::{ActorSnapshot, ConversationCounters, Counters, Mailbox, Snapshot};
 use crate::store::StateStore;
 use crate::EngineError;
 
@@ -73,11 +72,16 @@ impl Conversation {
     /// the new recorder restores the streams that were recording, as on boot. Beyond the
     /// restart budget the rebuilt recorder aborts the instance.
     fn restart_recorder(&mut self, instance_id: &str, error: ErrorInfo, ctx: &mut Context<Self>) {
-        let admitted = supervision::admit_restart(&mut self.restart_times, Instant::now(), &self.links.recovery);
+        let admitted = supervision::admit_restart(
+            &mut self.restart_times,
+            self.links.media.clock.now(),
+            &self.links.recovery,
+        );
         self.last_error = Some(error.clone());
+        let clock = self.links.media.clock.clone();
         let updated = self.store.update_instance(instance_id, &mut |r| {
             if r.state == InstanceState::Active {
-                r.transition(InstanceState::PendingRecovery, Utc::now())?;
+                r.transition(InstanceState::PendingRecovery, clock.utc())?;
             }
             Ok(())
         });
@@ -217,8 +221,9 @@ impl Handler<Snapshot> for Conversation {
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
         let recorder = self.recorder.clone();
         let id = format!("{}/{}", self.organization_id, self.conversation_id);
-        let mut counters = BTreeMap::new();
-        counters.insert("num_instances", self.num_instances);
+        let counters = Counters::Conversation(ConversationCounters {
+            num_instances: self.num_instances,
+        });
         let (restarts, last_error) = (self.restarts, self.last_error.clone());
         async move {
             let children: Vec<_> = snapshot_of(&recorder).await.into_iter().collect();

@@ -6,18 +6,18 @@
 //! in `storage/`, the queue rules in `store/artefacts.rs`. What is left is the job's life (pick,
 //! upload, verify, finish, back off) and reads best in one piece.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::json;
 
 use crate::domain::{ErrorInfo, InstanceRecord, TranscriptArtefact};
-use crate::snapshot::{ActorSnapshot, Snapshot};
+use crate::snapshot::{ActorSnapshot, Counters, Snapshot, UploaderCounters};
 use crate::storage::{MultipartProgress, ObjectInfo, ProgressSink, PutReceipt, StorageError};
 use crate::store::{ArtefactKind, CompositionId, CompositionState, StateStore, StoreError, UploadJob};
 use crate::{ApplicationProfile, EngineConfig, EngineError};
@@ -80,11 +80,16 @@ impl Uploader {
             Err(err) => {
                 tracing::error!(error = %err, "upload queue unreadable");
                 self.last_error = Some(ErrorInfo::new("STATE_STORE", err.to_string()));
-                ctx.run_later(self.config.upload_retry_max, |act, ctx| act.pump(ctx));
+                crate::clock::run_later(
+                    &self.config.clock().clone(),
+                    ctx,
+                    self.config.upload_retry_max,
+                    |act, ctx| act.pump(ctx),
+                );
                 return;
             }
         };
-        let now = Instant::now();
+        let now = self.config.clock().now();
         // Instances with artefacts still to upload: their manifest waits.
         let pending: HashSet<String> = jobs
             .iter()
@@ -112,7 +117,9 @@ impl Uploader {
                 let since = *self.settling.entry(job.key.clone()).or_insert(now);
                 let settled_at = since + self.config.render_settle;
                 if settled_at > now {
-                    ctx.run_later(settled_at - now, |act, ctx| act.pump(ctx));
+                    crate::clock::run_later(&self.config.clock().clone(), ctx, settled_at - now, |act, ctx| {
+                        act.pump(ctx)
+                    });
                     continue;
                 }
             }
@@ -154,8 +161,8 @@ impl Uploader {
                 if err.is_retryable() {
                     let delay = retry_delay(&self.config, job.num_attempts);
                     tracing::warn!(key = %job.key, error = %err, attempt = job.num_attempts, retry_in_ms = delay.as_millis() as u64, "upload failed, will retry");
-                    self.backoff.insert(job.key.clone(), Instant::now() + delay);
-                    ctx.run_later(delay, |act, ctx| act.pump(ctx));
+                    self.backoff.insert(job.key.clone(), self.config.clock().now() + delay);
+                    crate::clock::run_later(&self.config.clock().clone(), ctx, delay, |act, ctx| act.pump(ctx));
                 } else {
                     tracing::error!(key = %job.key, error = %err, "upload failed and will not be retried until restart");
                     self.parked.insert(job.key);
@@ -242,7 +249,7 @@ async fn run_job(
     let backend = profile.backend.clone();
     let location = backend.location(&job.key);
     let mut keep_local = !config.delete_local_after_upload;
-    let now = Utc::now();
+    let now = config.clock().utc();
     let size = match &job.artefact {
         ArtefactKind::TrackFile {
             stream_id,
@@ -384,7 +391,15 @@ async fn run_job(
         // The compositor reads the local track files: while the conversation's composition is
         // queued or running the file stays, and the compositor deletes it after its run.
         if !keep_local && !composition_pending(store.as_ref(), &record) {
-            delete_local(store.as_ref(), &record.instance_id, stream_id, track_id, local_path).await?;
+            delete_local(
+                store.as_ref(),
+                &record.instance_id,
+                stream_id,
+                track_id,
+                local_path,
+                config.clock().utc(),
+            )
+            .await?;
         }
     }
     Ok(size)
@@ -427,6 +442,7 @@ pub(crate) async fn delete_local(
     stream_id: &str,
     track_id: &str,
     local_path: &str,
+    now: DateTime<Utc>,
 ) -> Result<(), JobError> {
     let outcome = match tokio::fs::remove_file(local_path).await {
         Ok(()) => Ok(()),
@@ -436,7 +452,6 @@ pub(crate) async fn delete_local(
             format!("cannot delete {local_path}: {err}"),
         )),
     };
-    let now = Utc::now();
     store.update_instance(instance_id, &mut |r| {
         if let Some(track) = r.track_mut(stream_id, track_id) {
             match &outcome {
@@ -635,15 +650,15 @@ impl Handler<Snapshot> for Uploader {
             mailbox_depth: 0,
             restarts: 0,
             last_error: self.last_error.clone(),
-            counters: BTreeMap::from([
-                ("num_queued", num_queued as u64),
-                ("num_running", self.running.len() as u64),
-                ("num_uploaded", self.num_uploaded),
-                ("num_bytes", self.num_bytes),
-                ("num_failures", self.num_failures),
-                ("num_parked", self.parked.len() as u64),
-                ("num_pumps", self.num_pumps),
-            ]),
+            counters: Counters::Uploader(UploaderCounters {
+                num_queued: num_queued as u64,
+                num_running: self.running.len() as u64,
+                num_uploaded: self.num_uploaded,
+                num_bytes: self.num_bytes,
+                num_failures: self.num_failures,
+                num_parked: self.parked.len() as u64,
+                num_pumps: self.num_pumps,
+            }),
             children: vec![],
         })
     }
@@ -662,6 +677,14 @@ impl From<JobError> for EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The typed counters of an uploader's snapshot.
+    fn uploader_counters(snapshot: &ActorSnapshot) -> UploaderCounters {
+        match snapshot.counters {
+            Counters::Uploader(counters) => counters,
+            ref other => panic!("not an uploader's counters: {other:?}"),
+        }
+    }
 
     #[test]
     fn uploads_verify_size_and_reported_checksum() {
@@ -758,15 +781,15 @@ mod tests {
         }
         let snapshot = loop {
             let snapshot = uploader.send(Snapshot).await.unwrap();
-            if snapshot.counters["num_pumps"] >= 2 {
+            if uploader_counters(&snapshot).num_pumps >= 2 {
                 break snapshot;
             }
             actix_rt::time::sleep(Duration::from_millis(10)).await;
         };
         // One pump at start, one for the whole burst (200 before the change).
-        assert_eq!(snapshot.counters["num_pumps"], 2, "{snapshot:?}");
-        assert_eq!(snapshot.counters["num_queued"], 0, "{snapshot:?}");
-        assert_eq!(snapshot.counters["num_running"], 0, "{snapshot:?}");
+        assert_eq!(uploader_counters(&snapshot).num_pumps, 2, "{snapshot:?}");
+        assert_eq!(uploader_counters(&snapshot).num_queued, 0, "{snapshot:?}");
+        assert_eq!(uploader_counters(&snapshot).num_running, 0, "{snapshot:?}");
         assert_eq!(store.jobs().unwrap().len(), 1, "the other profile's job stays");
     }
 }

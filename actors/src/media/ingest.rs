@@ -21,6 +21,8 @@ pub struct TrackCounters {
     pub num_refused: AtomicU64,
     pub num_frames_dropped: AtomicU64,
     pub bitrate_bps: AtomicU64,
+    /// Wall time (µs since the Unix epoch) the track's first packet was handled; 0 before.
+    pub first_packet_at_micros: AtomicU64,
 }
 
 impl TrackCounters {
@@ -159,6 +161,10 @@ impl TrackPump {
 
     /// Handles what the receiver produced; returns the SSRCs to send a keyframe request for.
     pub fn drain(&mut self, now: Instant) -> Vec<u32> {
+        if self.counters.first_packet_at_micros.load(Ordering::Relaxed) == 0 && self.receiver.stats().num_packets > 0 {
+            let wall = u64::try_from(self.receiver.wall_at(now)).unwrap_or(0);
+            self.counters.first_packet_at_micros.store(wall, Ordering::Relaxed);
+        }
         if let Some(sink) = self.swap.take() {
             // A new segment: it starts at a keyframe and announces its first frame.
             self.sink = sink;
@@ -228,11 +234,6 @@ impl TrackPump {
         });
         summary
     }
-}
-
-/// Wall-clock microseconds since the Unix epoch: the one place ingest reads the wall clock.
-pub fn wall_micros_now() -> i64 {
-    chrono::Utc::now().timestamp_micros()
 }
 
 #[cfg(test)]

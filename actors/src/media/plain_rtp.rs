@@ -168,20 +168,22 @@ impl Drop for PlainRtpSession {
 }
 
 /// Starts one receive thread per m-line.
-pub fn start(media: Vec<(BoundMedia, TrackPump)>, idle_timeout: Duration) -> Result<PlainRtpSession, MediaError> {
+pub fn start(
+    media: Vec<(BoundMedia, TrackPump)>,
+    idle_timeout: Duration,
+    work: &crate::work::WorkGroup,
+) -> Result<PlainRtpSession, MediaError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut ended = Vec::new();
     for (bound, pump) in media {
         let stop = stop.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         ended.push(rx);
-        std::thread::Builder::new()
-            .name("rtp-receive".into())
-            .spawn(move || {
-                let result = receive(bound, pump, stop, idle_timeout);
-                let _ = tx.send(result);
-            })
-            .map_err(|e| MediaError::Io(format!("cannot start a receive thread: {e}")))?;
+        work.spawn("rtp-receive", move || {
+            let result = receive(bound, pump, stop, idle_timeout);
+            let _ = tx.send(result);
+        })
+        .map_err(|e| MediaError::Io(format!("cannot start a receive thread: {e}")))?;
     }
     Ok(PlainRtpSession { stop, ended })
 }

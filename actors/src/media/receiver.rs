@@ -141,7 +141,8 @@ impl TrackReceiver {
         self.assembler.dimensions(frame)
     }
 
-    fn wall_at(&self, at: Instant) -> i64 {
+    /// The wall time (µs since the Unix epoch) of a moment on the receiver's monotonic clock.
+    pub fn wall_at(&self, at: Instant) -> i64 {
         let (reference, wall) = self.wall_reference;
         match at.checked_duration_since(reference) {
             Some(after) => wall + after.as_micros() as i64,

@@ -29,7 +29,7 @@ use webrtc::peer_connection::{
 };
 
 use super::codec::Codec;
-use super::ingest::{wall_micros_now, EventSink, SinkSwap, TrackCounters, TrackPump, TrackSummary};
+use super::ingest::{EventSink, SinkSwap, TrackCounters, TrackPump, TrackSummary};
 use super::receiver::{ReceiverConfig, TrackReceiver};
 use super::rtp::{RtpPacket, SenderReport};
 use super::sdp::parse_offer;
@@ -302,13 +302,15 @@ impl Negotiated {
         self.codecs.clone()
     }
 
-    /// Wires each accepted track to its writer and returns the answer to send.
+    /// Wires each accepted track to its writer and returns the answer to send. `wall_micros`:
+    /// the wall time now, the reference media times are mapped to.
     pub fn start(
         mut self,
         session_id: String,
         tracks: Vec<(Codec, String, FrameSink, Arc<TrackCounters>)>,
         receiver: ReceiverConfig,
         events: EventSink,
+        wall_micros: i64,
     ) -> Result<(String, WhipSession), MediaError> {
         let now = Instant::now();
         let mut ended = Vec::new();
@@ -316,7 +318,7 @@ impl Negotiated {
         {
             let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
             for (codec, track_id, sink, counters) in tracks {
-                let rx = TrackReceiver::new(codec, receiver.clone(), now, wall_micros_now());
+                let rx = TrackReceiver::new(codec, receiver.clone(), now, wall_micros);
                 let pump = TrackPump::new(session_id.clone(), track_id, rx, sink, counters, events.clone(), now);
                 swaps.push((pump.track_id.clone(), pump.swap.clone()));
                 let (tx, wait) = tokio::sync::oneshot::channel();

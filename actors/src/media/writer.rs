@@ -41,6 +41,11 @@ pub struct WriterConfig {
     pub batch_interval: Duration,
     /// A write + flush slower than this counts as a slow write.
     pub slow_write: Duration,
+    /// What the flush and fsync intervals are measured on (the engine's clock: a test can move it
+    /// on to make a flush due).
+    pub clock: crate::clock::Clock,
+    /// The group the writer's thread is counted in.
+    pub work: crate::work::WorkGroup,
 }
 
 impl Default for WriterConfig {
@@ -51,6 +56,8 @@ impl Default for WriterConfig {
             queue_capacity: 256,
             batch_interval: Duration::from_millis(40),
             slow_write: Duration::from_millis(200),
+            clock: crate::clock::Clock::system(),
+            work: crate::work::WorkGroup::default(),
         }
     }
 }
@@ -67,6 +74,9 @@ pub struct WriterStats {
     pub num_slow_writes: AtomicU64,
     pub max_write_micros: AtomicU64,
     pub num_errors: AtomicU64,
+    /// Wall time (µs since the Unix epoch, on the writer's clock) the first frame went into the
+    /// file; 0 before.
+    pub first_write_at_micros: AtomicU64,
     /// The writer can write no more (a muxer error, or its thread panicked): its stream's
     /// supervision restarts the track into a new segment.
     pub failed: std::sync::atomic::AtomicBool,
@@ -139,23 +149,22 @@ impl TrackWriter {
         let thread_path = path.clone();
         let thread_stats = stats.clone();
         let thread_finish = finish.clone();
-        std::thread::Builder::new()
-            .name("track-writer".into())
-            .spawn(move || {
-                // Marks the writer failed if the thread unwinds: a panic leaves no report.
-                struct PanicGuard(Arc<WriterStats>);
-                impl Drop for PanicGuard {
-                    fn drop(&mut self) {
-                        if std::thread::panicking() {
-                            self.0.failed.store(true, Ordering::Release);
-                        }
+        let work = config.work.clone();
+        work.spawn("track-writer", move || {
+            // Marks the writer failed if the thread unwinds: a panic leaves no report.
+            struct PanicGuard(Arc<WriterStats>);
+            impl Drop for PanicGuard {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.failed.store(true, Ordering::Release);
                     }
                 }
-                let _guard = PanicGuard(thread_stats.clone());
-                let report = run(thread_path, codec, config, rx, thread_stats, thread_finish);
-                let _ = done_tx.send(report);
-            })
-            .map_err(|e| MediaError::Io(format!("cannot start a writer thread: {e}")))?;
+            }
+            let _guard = PanicGuard(thread_stats.clone());
+            let report = run(thread_path, codec, config, rx, thread_stats, thread_finish);
+            let _ = done_tx.send(report);
+        })
+        .map_err(|e| MediaError::Io(format!("cannot start a writer thread: {e}")))?;
         Ok(TrackWriter {
             sink: FrameSink { tx, stats },
             finish,
@@ -229,8 +238,9 @@ fn run(
     let mut muxer: Option<Muxer> = None;
     let mut error: Option<String> = None;
     let mut first_wall: Option<i64> = None;
-    let mut next_flush = Instant::now() + config.flush_interval;
-    let mut next_sync = Instant::now() + config.fsync_interval;
+    let clock = config.clock.clone();
+    let mut next_flush = clock.now() + config.flush_interval;
+    let mut next_sync = clock.now() + config.fsync_interval;
     let tick = config.flush_interval.min(Duration::from_millis(100));
     // The muxer_write fault point's scope (the path); not built where the point compiles away.
     let fault_scope = if cfg!(feature = "fault-injection") {
@@ -273,6 +283,10 @@ fn run(
             *error = Some(e.to_string());
         } else {
             stats.num_bytes_written.fetch_add(size, Ordering::Relaxed);
+            if stats.first_write_at_micros.load(Ordering::Relaxed) == 0 {
+                let at = u64::try_from(config.clock.utc_micros()).unwrap_or(0);
+                stats.first_write_at_micros.store(at, Ordering::Relaxed);
+            }
         }
         stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
         note_duration(&stats, &config, started.elapsed());
@@ -303,12 +317,12 @@ fn run(
             }
             break;
         }
-        if Instant::now() >= next_flush {
+        if clock.now() >= next_flush {
             if let (Some(m), None) = (muxer.as_mut(), &error) {
                 let started = Instant::now();
-                let sync = started >= next_sync;
+                let sync = clock.now() >= next_sync;
                 if sync {
-                    next_sync = started + config.fsync_interval;
+                    next_sync = clock.now() + config.fsync_interval;
                 }
                 if let Err(e) = m.flush(sync) {
                     tracing::error!(path = %path.display(), error = %e, "track flush failed");
@@ -318,12 +332,12 @@ fn run(
                 stats.num_flushes.fetch_add(1, Ordering::Relaxed);
                 note_duration(&stats, &config, started.elapsed());
             }
-            next_flush = Instant::now() + config.flush_interval;
+            next_flush = clock.now() + config.flush_interval;
         }
         // Media is flowing: let the next frames gather instead of waking for each. Idle, the
         // writer blocks in `recv_timeout` above and wakes at the first frame.
         if wrote && !batch.is_zero() && !finish.load(Ordering::Acquire) {
-            std::thread::sleep(batch.min(next_flush.saturating_duration_since(Instant::now())));
+            std::thread::sleep(batch.min(next_flush.saturating_duration_since(clock.now())));
         }
     }
     let (duration_micros, num_frames, num_bytes) = match muxer.take() {

@@ -46,7 +46,8 @@ pub(super) enum EndPlan {
     /// Write `record` (terminal, its streams' final records merged), queue `artefacts` for
     /// upload and the composition as `composition` says, in one transaction.
     Commit {
-        record: InstanceRecord,
+        /// Boxed: a record is large and the other variant is empty.
+        record: Box<InstanceRecord>,
         artefacts: Vec<ArtefactKind>,
         composition: CompositionPlan,
     },
@@ -103,7 +104,7 @@ pub(super) fn plan_end(
         ))
     };
     Ok(EndPlan::Commit {
-        record,
+        record: Box::new(record),
         artefacts,
         composition,
     })

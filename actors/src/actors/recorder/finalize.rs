@@ -60,13 +60,14 @@ impl Recorder {
         let store = self.store.clone();
         let instance_id = self.instance_id.clone();
         let compose = self.compose;
+        let clock = self.media.clock.clone();
         // A stop is marked durably before any file is touched: if the process ends while the
         // files are finalized, boot finishes this stop (see `started`) instead of waiting for
         // media that will not come.
         let marked = match ending {
             Ending::Stop => store
                 .update_instance(&instance_id, &mut |r| {
-                    r.stop_requested.get_or_insert_with(Utc::now);
+                    r.stop_requested.get_or_insert_with(|| clock.utc());
                     Ok(())
                 })
                 .map(|_| ()),
@@ -120,72 +121,14 @@ impl Recorder {
                 act.crash(ctx, handler, format!("a stream could not finish: {}", lost.join("; ")));
             }
             let crashed = act.supervision.has_crashed();
-            let result = (|| {
-                if crashed {
-                    return Err(restarting());
-                }
-                let finished: Vec<StreamRecord> = finished?.into_iter().flatten().flatten().collect();
-                // Read before the transaction: whether an earlier instance of the composition
-                // recorded media (this one's tracks are in the record the transaction reads).
-                let others_have_media = compose && conversation_has_media(store.as_ref(), &instance_id)?;
-                let mut committed = None;
-                // One transaction: the terminal state with the streams' final records, the
-                // composition job and every upload job. A crash anywhere before its commit leaves
-                // the instance live with `stop_requested`, and the next recorder stops it again.
-                let context = EndContext {
-                    compose,
-                    others_have_media,
-                };
-                store.transaction(&mut |tx| {
-                    // The plan is made from the record the transaction reads (a retried
-                    // transaction plans again) and carried out here in full.
-                    let mut plan = EndPlan::AlreadyEnded;
-                    let record = tx.update_instance(&instance_id, &mut |r| {
-                        plan = plan_end(r, &finished, &ending, context, Utc::now())?;
-                        if let EndPlan::Commit { record, .. } = &plan {
-                            *r = record.clone();
-                        }
-                        Ok(())
-                    })?;
-                    tx.step("stop", "terminal_state_written", &instance_id);
-                    let EndPlan::Commit {
-                        artefacts, composition, ..
-                    } = std::mem::replace(&mut plan, EndPlan::AlreadyEnded)
-                    else {
-                        // A stop that queued behind another one: the first already did the work.
-                        committed = Some(record);
-                        return Ok(());
-                    };
-                    // The composition job goes with the upload jobs: an uploader that sees it
-                    // pending keeps the local track files for the compositor.
-                    if composition != CompositionPlan::None {
-                        let now = Utc::now();
-                        let id = CompositionId::of_instance(&record);
-                        tx.queue_composition(&id, &record.instance_id, now)?;
-                        if let CompositionPlan::QueueFailed(error) = &composition {
-                            // The outcome is known now: the compositor gets no job.
-                            tx.update_composition(&id, &mut |c| {
-                                c.state = CompositionState::Failed;
-                                c.started = Some(now);
-                                c.stopped = Some(now);
-                                c.error = Some(error.clone());
-                                Ok(())
-                            })?;
-                        }
-                        tx.step("stop", "composition_queued", &instance_id);
-                    }
-                    for (n, artefact) in artefacts.into_iter().enumerate() {
-                        enqueue_artefact(tx, &record, artefact)?;
-                        if n == 0 {
-                            tx.step("stop", "first_job_queued", &instance_id);
-                        }
-                    }
-                    committed = Some(record);
-                    Ok(())
-                })?;
-                let record = committed.expect("a committed transaction set it");
-                Ok::<_, EngineError>(record)
-            })();
+            let result = if crashed {
+                Err(restarting())
+            } else {
+                finished.and_then(|finished| {
+                    let finished: Vec<StreamRecord> = finished.into_iter().flatten().flatten().collect();
+                    commit_end(store.as_ref(), &instance_id, &finished, &ending, compose, &clock)
+                })
+            };
             let flush = store.flush();
             async move {
                 let record = result?;
@@ -221,6 +164,79 @@ impl Recorder {
         Box::pin(supervision::guard(handler, Box::pin(continuation), Err(restarting())))
     }
 }
+/// Commits the end of an instance in one transaction: the terminal state with the streams' final
+/// records, the composition job and every upload job, as `plan_end` decides from the record the
+/// transaction reads (a retried transaction plans again). A crash anywhere before its commit
+/// leaves the instance live with `stop_requested`, and the next recorder stops it again.
+fn commit_end(
+    store: &dyn StateStore,
+    instance_id: &str,
+    finished: &[StreamRecord],
+    ending: &Ending,
+    compose: bool,
+    clock: &crate::clock::Clock,
+) -> Result<InstanceRecord, EngineError> {
+    // Read before the transaction: whether an earlier instance of the composition
+    // recorded media (this one's tracks are in the record the transaction reads).
+    let others_have_media = compose && conversation_has_media(store, instance_id)?;
+    let mut committed = None;
+    // One transaction: the terminal state with the streams' final records, the
+    // composition job and every upload job. A crash anywhere before its commit leaves
+    // the instance live with `stop_requested`, and the next recorder stops it again.
+    let context = EndContext {
+        compose,
+        others_have_media,
+    };
+    store.transaction(&mut |tx| {
+        // The plan is made from the record the transaction reads (a retried
+        // transaction plans again) and carried out here in full.
+        let mut plan = EndPlan::AlreadyEnded;
+        let record = tx.update_instance(instance_id, &mut |r| {
+            plan = plan_end(r, finished, ending, context, clock.utc())?;
+            if let EndPlan::Commit { record, .. } = &plan {
+                *r = (**record).clone();
+            }
+            Ok(())
+        })?;
+        tx.step("stop", "terminal_state_written", instance_id);
+        let EndPlan::Commit {
+            artefacts, composition, ..
+        } = std::mem::replace(&mut plan, EndPlan::AlreadyEnded)
+        else {
+            // A stop that queued behind another one: the first already did the work.
+            committed = Some(record);
+            return Ok(());
+        };
+        // The composition job goes with the upload jobs: an uploader that sees it
+        // pending keeps the local track files for the compositor.
+        if composition != CompositionPlan::None {
+            let now = clock.utc();
+            let id = CompositionId::of_instance(&record);
+            tx.queue_composition(&id, &record.instance_id, now)?;
+            if let CompositionPlan::QueueFailed(error) = &composition {
+                // The outcome is known now: the compositor gets no job.
+                tx.update_composition(&id, &mut |c| {
+                    c.state = CompositionState::Failed;
+                    c.started = Some(now);
+                    c.stopped = Some(now);
+                    c.error = Some(error.clone());
+                    Ok(())
+                })?;
+            }
+            tx.step("stop", "composition_queued", instance_id);
+        }
+        for (n, artefact) in artefacts.into_iter().enumerate() {
+            enqueue_artefact(tx, &record, artefact)?;
+            if n == 0 {
+                tx.step("stop", "first_job_queued", instance_id);
+            }
+        }
+        committed = Some(record);
+        Ok(())
+    })?;
+    Ok(committed.expect("a committed transaction set it"))
+}
+
 /// Whether an ended instance of the composition of `instance_id` other than itself (its
 /// application's instances of its conversation) has a track file.
 pub(super) fn conversation_has_media(store: &dyn StateStore, instance_id: &str) -> Result<bool, EngineError> {

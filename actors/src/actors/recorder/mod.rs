@@ -3,12 +3,11 @@
 //! is answered. Owns the instance's streams: publishers are routed here by conference, each
 //! (userId, type) gets one `Stream`, and the first frame written makes the instance `ACTIVE`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use chrono::Utc;
 use futures_util::future::join_all;
 
 use super::stream::{
@@ -27,14 +26,17 @@ use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamRecord, Stre
 use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::MediaError;
 use crate::messages::{IngestTransport, Publish, PublishAnswer, Unpublish};
-use crate::snapshot::{ActorSnapshot, Mailbox, Snapshot};
+use crate::snapshot::{ActorSnapshot, Counters, Mailbox, RecorderCounters, Snapshot};
 use crate::store::{CompositionId, CompositionState, StateStore};
 use crate::EngineError;
 
 mod end;
 mod finalize;
 mod publish;
+mod route;
 mod streams;
+
+use route::{route_publisher, Route, StreamLink};
 
 use end::{has_media, merge_stream, plan_end, CompositionPlan, EndContext, EndPlan, Ending};
 
@@ -135,12 +137,9 @@ struct StreamEntry {
     user_id: String,
     kind: StreamType,
     mailbox: Mailbox<Stream>,
-    /// Sessions this stream has had; the live one is the last while `connected`.
+    /// Sessions this stream has had; the live one is the last while it is connected.
     sessions: Vec<String>,
-    connected: bool,
-    disconnected_at: Option<Instant>,
-    /// Its restart budget ran out: it records no more.
-    failed: bool,
+    link: StreamLink,
     /// Restarts of this stream (writer restarts and rebuilt actors), and when, for the budget;
     /// kept here because a rebuilt stream actor starts from its record.
     restarts: u32,
@@ -226,9 +225,10 @@ impl Recorder {
 
     /// Until a restarted stream writes again, the instance is recovering.
     fn enter_recovery(&mut self) {
+        let clock = self.media.clock.clone();
         let result = self.store.update_instance(&self.instance_id, &mut |r| {
             if r.state == InstanceState::Active {
-                r.transition(InstanceState::PendingRecovery, Utc::now())?;
+                r.transition(InstanceState::PendingRecovery, clock.utc())?;
             }
             Ok(())
         });
@@ -293,9 +293,15 @@ impl Actor for Recorder {
                 kind: record.kind,
                 mailbox: Mailbox::new(stream.start()),
                 sessions,
-                connected: !failed && record.rtp_session.is_some(),
-                disconnected_at: Some(Instant::now()),
-                failed,
+                link: if failed {
+                    StreamLink::Failed
+                } else if record.rtp_session.is_some() {
+                    StreamLink::Connected
+                } else {
+                    StreamLink::Disconnected {
+                        at: self.media.clock.now(),
+                    }
+                },
                 restarts: 0,
                 restart_times: VecDeque::new(),
                 quiesce,
@@ -313,7 +319,7 @@ impl Actor for Recorder {
             ctx.spawn(stopping);
         } else if self.state == InstanceState::PendingRecovery {
             let window = self.recovery.window;
-            ctx.run_later(window, move |act, ctx| {
+            crate::clock::run_later(&self.media.clock.clone(), ctx, window, move |act, ctx| {
                 if act.state != InstanceState::PendingRecovery || act.is_stopping() {
                     return;
                 }
@@ -391,7 +397,7 @@ impl Handler<Snapshot> for Recorder {
             .and_then(|r| {
                 r.history
                     .last()
-                    .map(|(_, at)| (Utc::now() - *at).num_milliseconds().max(0) as u64)
+                    .map(|(_, at)| (self.media.clock.utc() - *at).num_milliseconds().max(0) as u64)
             })
             .unwrap_or(0);
         let mut snapshot = ActorSnapshot {
@@ -401,12 +407,12 @@ impl Handler<Snapshot> for Recorder {
             mailbox_depth: 0,
             restarts: self.restarts,
             last_error: self.last_error.clone(),
-            counters: BTreeMap::from([
-                ("num_streams", self.streams.len() as u64),
-                ("num_publishes", self.num_publishes),
-                ("num_publishes_refused", self.num_publishes_refused),
-                ("millis_in_state", millis_in_state),
-            ]),
+            counters: Counters::Recorder(RecorderCounters {
+                num_streams: self.streams.len() as u64,
+                num_publishes: self.num_publishes,
+                num_publishes_refused: self.num_publishes_refused,
+                millis_in_state,
+            }),
             children: vec![],
         };
         Box::pin(async move {

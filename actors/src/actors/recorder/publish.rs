@@ -97,8 +97,7 @@ impl Recorder {
                 Ok(_) => {
                     act.num_publishes += 1;
                     if let Some(entry) = act.streams.iter_mut().find(|s| s.id == stream_id) {
-                        entry.connected = true;
-                        entry.disconnected_at = None;
+                        entry.link = entry.link.connected();
                         entry.sessions.push(session_id.clone());
                     }
                 }
@@ -166,13 +165,9 @@ impl Recorder {
         ctx: &mut Context<Self>,
     ) -> Result<(usize, bool), EngineError> {
         let grace = self.media.reconnect_grace;
-        let found = self.streams.iter().rposition(|s| {
-            s.user_id == user_id
-                && s.kind == kind
-                && !s.failed
-                && (s.connected || s.disconnected_at.is_some_and(|at| at.elapsed() <= grace) || s.sessions.is_empty())
-        });
-        if let Some(at) = found {
+        let now = self.media.clock.now();
+        let streams = self.streams.iter().map(|s| (s.user_id.as_str(), s.kind, s.link));
+        if let Route::Continue(at) = route_publisher(streams, user_id, kind, now, grace) {
             return Ok((at, false));
         }
         if self.streams.len() >= self.max_streams {
@@ -182,16 +177,7 @@ impl Recorder {
             ));
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let record = StreamRecord {
-            id: id.clone(),
-            user_id: user_id.to_string(),
-            kind,
-            state: StreamState::Recording,
-            started: None,
-            stopped: None,
-            rtp_session: None,
-            tracks: vec![],
-        };
+        let record = StreamRecord::new(id.clone(), user_id, kind);
         let (stream, quiesce) = self.new_stream(record, false, ctx);
         self.streams.push(StreamEntry {
             id,
@@ -199,9 +185,7 @@ impl Recorder {
             kind,
             mailbox: Mailbox::new(stream.start()),
             sessions: Vec::new(),
-            connected: false,
-            disconnected_at: None,
-            failed: false,
+            link: StreamLink::Opening,
             restarts: 0,
             restart_times: VecDeque::new(),
             quiesce,

@@ -9,8 +9,7 @@ impl Recorder {
     pub(super) fn stream_failed(&mut self, stream_id: &str, error: ErrorInfo, ctx: &mut Context<Self>) {
         self.last_error = Some(error.clone());
         if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
-            entry.failed = true;
-            entry.connected = false;
+            entry.link = StreamLink::Failed;
         }
         let result = self.store.update_instance(&self.instance_id, &mut |r| {
             if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
@@ -21,7 +20,7 @@ impl Recorder {
         if let Err(e) = result {
             tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a failed stream");
         }
-        if !self.is_stopping() && self.streams.iter().all(|s| s.failed) {
+        if !self.is_stopping() && self.streams.iter().all(|s| s.link.is_failed()) {
             let aborting = self.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
                 if let Err(e) = result {
                     tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
@@ -50,10 +49,11 @@ impl Recorder {
             return;
         }
         let recovery = self.recovery;
+        let clock = self.media.clock.clone();
         let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) else {
             return;
         };
-        let admitted = supervision::admit_restart(&mut entry.restart_times, Instant::now(), &recovery);
+        let admitted = supervision::admit_restart(&mut entry.restart_times, clock.now(), &recovery);
         self.last_error = Some(error.clone());
         if admitted {
             entry.restarts += 1;
@@ -99,8 +99,7 @@ impl Recorder {
             };
             entry.mailbox = Mailbox::new(stream.start());
             if !is_rtp || !admitted {
-                entry.connected = false;
-                entry.disconnected_at = Some(Instant::now());
+                entry.link = entry.link.disconnected(act.media.clock.now());
             }
             if !admitted {
                 act.stream_failed(&stream_id, exhausted, ctx);
@@ -134,16 +133,17 @@ impl Recorder {
                 at,
             } => {
                 let mut became_active = false;
+                let now = self.media.clock.utc();
                 let result = self.store.update_instance(&self.instance_id, &mut |r| {
                     became_active = false;
                     match r.state {
                         InstanceState::Initialised => {
-                            r.transition(InstanceState::Active, Utc::now())?;
+                            r.transition(InstanceState::Active, now)?;
                             became_active = true;
                         }
                         InstanceState::PendingRecovery => {
-                            r.transition(InstanceState::Active, Utc::now())?;
-                            r.recovered = Some(Utc::now());
+                            r.transition(InstanceState::Active, now)?;
+                            r.recovered = Some(now);
                             became_active = true;
                         }
                         _ => {}
@@ -152,7 +152,7 @@ impl Recorder {
                         stream.started.get_or_insert(at);
                         if let Some(track) = stream.tracks.iter_mut().find(|t| t.id == track_id) {
                             track.started.get_or_insert(at);
-                            track.local.created.get_or_insert(Utc::now());
+                            track.local.created.get_or_insert(now);
                         }
                     }
                     Ok(())
@@ -202,11 +202,12 @@ impl Recorder {
                     format!("stream {stream_id} restarted after a writer failure"),
                 ));
                 let recovery = self.recovery;
+                let clock = self.media.clock.clone();
                 if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
                     // The stream judged its budget itself; the entry keeps the history for a
                     // rebuilt actor.
                     entry.restarts += 1;
-                    supervision::admit_restart(&mut entry.restart_times, Instant::now(), &recovery);
+                    supervision::admit_restart(&mut entry.restart_times, clock.now(), &recovery);
                 }
                 self.enter_recovery();
             }
@@ -214,8 +215,7 @@ impl Recorder {
             StreamNotice::Disconnected { stream_id, session_id } => {
                 if let Some(entry) = self.streams.iter_mut().find(|s| s.id == stream_id) {
                     if entry.sessions.last() == Some(&session_id) {
-                        entry.connected = false;
-                        entry.disconnected_at = Some(Instant::now());
+                        entry.link = entry.link.disconnected(self.media.clock.now());
                     }
                 }
             }

@@ -8,79 +8,7 @@ impl Handler<StartRecording> for Registry {
     type Result = ResponseFuture<Result<InstanceRecord, EngineError>>;
 
     fn handle(&mut self, msg: StartRecording, _ctx: &mut Self::Context) -> Self::Result {
-        let result = (|| {
-            let profile = self
-                .config
-                .application(&msg.organization_id, &msg.application_id)
-                .ok_or_else(|| {
-                    EngineError::not_found(format!(
-                        "applicationId {} is not configured for this organization",
-                        msg.application_id
-                    ))
-                })?;
-            let key = (msg.organization_id.clone(), msg.conversation_id.clone());
-            if let Some(live) = self.live.get(&key) {
-                // Another application's instance id is not the caller's to know.
-                let id = if live.application_id == msg.application_id {
-                    format!(" {}", live.instance_id)
-                } else {
-                    String::new()
-                };
-                return Err(EngineError::conflict(format!(
-                    "conversation {} already has a live recorder instance{id}",
-                    msg.conversation_id
-                )));
-            }
-            let max_live = self.config.limits.max_live_instances_per_organization;
-            if self.live.keys().filter(|(org, _)| *org == msg.organization_id).count() >= max_live {
-                return Err(EngineError::limit(
-                    "max_live_instances_per_organization",
-                    format!("the organization has {max_live} live recorder instances on this node; stop one first"),
-                ));
-            }
-            let conference = (msg.organization_id.clone(), msg.conference_id.clone());
-            if self
-                .by_conference
-                .get(&conference)
-                .is_some_and(|owner| self.live.contains_key(owner))
-            {
-                return Err(EngineError::conflict(format!(
-                    "conference {} is already recorded by a live recorder instance",
-                    msg.conference_id
-                )));
-            }
-            let now = Utc::now();
-            let record = InstanceRecord {
-                schema_version: RECORD_SCHEMA_VERSION,
-                instance_id: uuid::Uuid::new_v4().to_string(),
-                recorder_id: self.config.recorder_id.clone(),
-                organization_id: msg.organization_id,
-                application_id: msg.application_id,
-                conversation_id: msg.conversation_id,
-                conference_id: msg.conference_id,
-                audio: msg.audio,
-                video: msg.video,
-                state: InstanceState::Initialised,
-                created: now,
-                started: None,
-                stopped: None,
-                recovered: None,
-                error: None,
-                provider: profile.backend.provider(),
-                storage_url: profile.backend.url(),
-                streams: vec![],
-                transcript: None,
-                num_transcript_entries: 0,
-                cobrowse_sessions: Default::default(),
-                history: vec![(InstanceState::Initialised, now)],
-                stop_requested: None,
-            };
-            self.store.insert_instance(&record)?;
-            self.spawn_conversation(&record);
-            self.num_started += 1;
-            tracing::info!(instance_id = %record.instance_id, conversation_id = %record.conversation_id, "recorder instance created");
-            Ok(record)
-        })();
+        let result = self.start(msg);
         let flush = self.store.flush();
         async move {
             let record = result?;
@@ -88,6 +16,85 @@ impl Handler<StartRecording> for Registry {
             Ok(record)
         }
         .boxed_local()
+    }
+}
+
+impl Registry {
+    /// Creates the instance (one live instance per conversation, one owner per conference,
+    /// within the organization's live-instance limit) and its actors; durable once the caller
+    /// has awaited the store's flush.
+    fn start(&mut self, msg: StartRecording) -> Result<InstanceRecord, EngineError> {
+        let profile = self
+            .config
+            .application(&msg.organization_id, &msg.application_id)
+            .ok_or_else(|| {
+                EngineError::not_found(format!(
+                    "applicationId {} is not configured for this organization",
+                    msg.application_id
+                ))
+            })?;
+        let key = (msg.organization_id.to_string(), msg.conversation_id.to_string());
+        if let Some(live) = self.live.get(&key) {
+            // Another application's instance id is not the caller's to know.
+            let id = if live.application_id == msg.application_id {
+                format!(" {}", live.instance_id)
+            } else {
+                String::new()
+            };
+            return Err(EngineError::conflict(format!(
+                "conversation {} already has a live recorder instance{id}",
+                msg.conversation_id
+            )));
+        }
+        let max_live = self.config.limits.max_live_instances_per_organization;
+        if self.live.keys().filter(|(org, _)| *org == msg.organization_id).count() >= max_live {
+            return Err(EngineError::limit(
+                "max_live_instances_per_organization",
+                format!("the organization has {max_live} live recorder instances on this node; stop one first"),
+            ));
+        }
+        let conference = (msg.organization_id.to_string(), msg.conference_id.to_string());
+        if self
+            .by_conference
+            .get(&conference)
+            .is_some_and(|owner| self.live.contains_key(owner))
+        {
+            return Err(EngineError::conflict(format!(
+                "conference {} is already recorded by a live recorder instance",
+                msg.conference_id
+            )));
+        }
+        let now = self.config.clock().utc();
+        let record = InstanceRecord {
+            schema_version: RECORD_SCHEMA_VERSION,
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            recorder_id: self.config.recorder_id.clone(),
+            organization_id: msg.organization_id.into_string(),
+            application_id: msg.application_id.into_string(),
+            conversation_id: msg.conversation_id.into_string(),
+            conference_id: msg.conference_id.into_string(),
+            audio: msg.audio,
+            video: msg.video,
+            state: InstanceState::Initialised,
+            created: now,
+            started: None,
+            stopped: None,
+            recovered: None,
+            error: None,
+            provider: profile.backend.provider(),
+            storage_url: profile.backend.url(),
+            streams: vec![],
+            transcript: None,
+            num_transcript_entries: 0,
+            cobrowse_sessions: Default::default(),
+            history: vec![(InstanceState::Initialised, now)],
+            stop_requested: None,
+        };
+        self.store.insert_instance(&record)?;
+        self.spawn_conversation(&record);
+        self.num_started += 1;
+        tracing::info!(instance_id = %record.instance_id, conversation_id = %record.conversation_id, "recorder instance created");
+        Ok(record)
     }
 }
 
@@ -230,7 +237,7 @@ impl Handler<GetActive> for Registry {
     fn handle(&mut self, msg: GetActive, _ctx: &mut Self::Context) -> Self::Result {
         let live = self
             .live
-            .get(&(msg.organization_id.clone(), msg.conversation_id.clone()))
+            .get(&(msg.organization_id.to_string(), msg.conversation_id.clone()))
             .ok_or_else(|| {
                 EngineError::not_found(format!(
                     "conversation {} has no live recorder instance",

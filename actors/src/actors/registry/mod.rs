@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use chrono::Utc;
 use futures_util::future::join_all;
 use futures_util::FutureExt;
 
@@ -17,7 +16,9 @@ use super::recorder::{InstanceEnded, RecorderLinks};
 use super::uploader::{Kick, Uploader};
 use crate::domain::*;
 use crate::messages::*;
-use crate::snapshot::{snapshot_of, ActorSnapshot, Mailbox, Snapshot};
+use crate::snapshot::{
+    snapshot_of, ActorSnapshot, Counters, Mailbox, RegistryCounters, Snapshot, TenantRegistryCounters,
+};
 use crate::storage::{verify, VerificationReport};
 use crate::store::artefacts::{enqueue_with_manifest, reconcile_ended};
 use crate::store::{ArtefactKind, StateStore, StoreError};
@@ -125,7 +126,7 @@ impl Registry {
         for mut record in instances {
             if record.state == InstanceState::Active {
                 record = store.update_instance(&record.instance_id, &mut |r| {
-                    r.transition(InstanceState::PendingRecovery, Utc::now())
+                    r.transition(InstanceState::PendingRecovery, config.clock().utc())
                         .map_err(StoreError::from)
                 })?;
             }
@@ -284,7 +285,7 @@ impl Handler<DebugTree> for Registry {
     type Result = ResponseFuture<ActorSnapshot>;
 
     fn handle(&mut self, msg: DebugTree, _ctx: &mut Self::Context) -> Self::Result {
-        self.tree(msg.organization_id_opt)
+        self.tree(msg.organization_id_opt.map(OrganizationId::into_string))
     }
 }
 
@@ -309,13 +310,16 @@ impl Registry {
             .map(|(_, u)| u.clone())
             .collect();
         let compositor = organization_id_opt.is_none().then(|| self.compositor.clone());
-        let mut counters = std::collections::BTreeMap::new();
-        counters.insert("num_live_conversations", conversations.len() as u64);
-        if organization_id_opt.is_none() {
-            counters.insert("num_started", self.num_started);
-            counters.insert("num_stopped", self.num_stopped);
-            counters.insert("num_recovered_on_boot", self.num_recovered_on_boot);
-        }
+        let num_live_conversations = conversations.len() as u64;
+        let counters = match organization_id_opt {
+            Some(_) => Counters::TenantRegistry(TenantRegistryCounters { num_live_conversations }),
+            None => Counters::Registry(RegistryCounters {
+                num_live_conversations,
+                num_started: self.num_started,
+                num_stopped: self.num_stopped,
+                num_recovered_on_boot: self.num_recovered_on_boot,
+            }),
+        };
         let id = self.config.recorder_id.clone();
         async move {
             let mut children = Vec::new();

@@ -7,10 +7,10 @@ impl Handler<VerifyStorage> for Registry {
 
     fn handle(&mut self, msg: VerifyStorage, _ctx: &mut Self::Context) -> Self::Result {
         let max = self.config.limits.max_verify_per_minute;
-        let now = std::time::Instant::now();
+        let now = self.config.clock().now();
         let window = self
             .verify_window
-            .entry(msg.organization_id.clone())
+            .entry(msg.organization_id.to_string())
             .or_insert((now, 0));
         if now.duration_since(window.0) >= std::time::Duration::from_secs(60) {
             *window = (now, 0);

@@ -3,7 +3,7 @@
 //! stream finishes. Ingest threads (plain RTP) or tasks (WHIP) report to it with [`IngestNotice`];
 //! frames never pass through this actor.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,13 +14,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::domain::{
-    ErrorInfo, LocalFileRecord, ObjectRecord, RtpMediaRecord, RtpSessionRecord, StreamRecord, StreamState, TrackRecord,
-    TrackType,
-};
+use crate::domain::{ErrorInfo, RtpMediaRecord, RtpSessionRecord, StreamRecord, StreamState, TrackRecord};
 use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::codec::Codec;
-use crate::media::ingest::{wall_micros_now, EventSink, IngestEvent, SinkSwap, TrackCounters, TrackPump, TrackSummary};
+use crate::media::ingest::{EventSink, IngestEvent, SinkSwap, TrackCounters, TrackPump, TrackSummary};
 use crate::media::join::join_segments;
 use crate::media::plain_rtp::{self, BoundMedia, PlainRtpSession};
 use crate::media::receiver::TrackReceiver;
@@ -34,6 +31,7 @@ use crate::snapshot::{ActorSnapshot, Snapshot};
 use super::supervision::{self, SupervisedActor, SupervisedKind, Supervision};
 
 mod finish;
+mod negotiate;
 mod restore;
 mod session;
 mod snapshot;
@@ -116,13 +114,54 @@ struct TrackState {
 struct Segment {
     index: usize,
     session_id: String,
-    writer: Option<TrackWriter>,
-    finishing: Option<BoxFuture<'static, SegmentReport>>,
+    state: SegmentState,
     summary: Option<TrackSummary>,
     stats: Arc<WriterStats>,
     /// Started by supervision on a connection that stayed up (WHIP): the connection's summary
     /// (its start time) belongs to the session's first segment, not to this one.
     continues: bool,
+}
+
+/// Where a segment's file is in its life. One value, so a segment cannot be both written and
+/// finished.
+enum SegmentState {
+    /// Its writer takes frames.
+    Writing(TrackWriter),
+    /// Its writer was asked to finish (its connection ended, or supervision replaced it); the
+    /// report comes once the file is complete.
+    Finishing(futures_util::future::Shared<BoxFuture<'static, SegmentReport>>),
+    /// Its file is complete (finished, or read back after a restart).
+    Done(SegmentReport),
+    /// Given to a stop's finish or a quiesce, which await it.
+    HandedOver,
+}
+
+impl Segment {
+    fn is_writing(&self) -> bool {
+        matches!(self.state, SegmentState::Writing(_))
+    }
+
+    /// Asks a writing segment's writer to finish; the shared report, which whoever needs the
+    /// file complete awaits. `None` once handed over.
+    fn begin_finish(&mut self) -> Option<futures_util::future::Shared<BoxFuture<'static, SegmentReport>>> {
+        match std::mem::replace(&mut self.state, SegmentState::HandedOver) {
+            SegmentState::Writing(writer) => {
+                let finishing = writer.begin_finish().boxed().shared();
+                self.state = SegmentState::Finishing(finishing.clone());
+                Some(finishing)
+            }
+            SegmentState::Finishing(finishing) => {
+                self.state = SegmentState::Finishing(finishing.clone());
+                Some(finishing)
+            }
+            SegmentState::Done(report) => {
+                let ready = futures_util::future::ready(report.clone()).boxed().shared();
+                self.state = SegmentState::Done(report);
+                Some(ready)
+            }
+            SegmentState::HandedOver => None,
+        }
+    }
 }
 
 impl Stream {
@@ -133,6 +172,7 @@ impl Stream {
         recorder: Recipient<StreamNotice>,
     ) -> Self {
         let dir = media.media_dir.join(&instance_id).join(&record.id);
+        let state_since = media.clock.now();
         Self {
             record,
             instance_id,
@@ -153,7 +193,7 @@ impl Stream {
             quiesce_slot: None,
             conversation_id: String::new(),
             supervision: Supervision::new(SupervisedKind::Stream),
-            state_since: Instant::now(),
+            state_since,
         }
     }
 
@@ -192,7 +232,7 @@ impl Stream {
         self.record.state = StreamState::Failed;
         self.record.rtp_session = None;
         self.last_error = Some(error);
-        self.state_since = Instant::now();
+        self.state_since = self.media.clock.now();
         self
     }
 
@@ -234,11 +274,9 @@ impl Actor for Stream {
             // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
             let (tx, rx) = tokio::sync::oneshot::channel();
             let (dir, tracks) = (self.dir.clone(), self.record.tracks.clone());
-            let spawned = std::thread::Builder::new()
-                .name("stream-restore".into())
-                .spawn(move || {
-                    let _ = tx.send(restore_tracks(&dir, &tracks));
-                });
+            let spawned = self.media.work.spawn("stream-restore", move || {
+                let _ = tx.send(restore_tracks(&dir, &tracks));
+            });
             if spawned.is_err() {
                 self.last_error = Some(ErrorInfo::new("MEDIA", "cannot start a restore thread"));
                 return;
@@ -450,16 +488,7 @@ mod tests {
     async fn a_stream_reports_its_state() {
         let dir = tempfile::tempdir().unwrap();
         let stream = Stream::new(
-            StreamRecord {
-                id: "s1".into(),
-                user_id: "agent".into(),
-                kind: StreamType::Cam,
-                state: StreamState::Recording,
-                started: None,
-                stopped: None,
-                rtp_session: None,
-                tracks: vec![],
-            },
+            StreamRecord::new("s1", "agent", StreamType::Cam),
             "i1".into(),
             Arc::new(MediaConfig::for_tests(dir.path().into())),
             Sink.start().recipient(),

@@ -20,43 +20,79 @@ impl Stream {
     }
 }
 
+/// Pure: what a recovered track is rebuilt from, given the names of the files in its stream's
+/// folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TrackRestore {
+    pub(super) track_id: String,
+    /// The files to read back, as (segment index, file name), in order.
+    pub(super) files: Vec<(usize, String)>,
+    /// The session id they are restored under: [`RECOVERED_SESSION`] for segments, or
+    /// [`FINALIZED_SESSION`] for a track's final file.
+    pub(super) session_id: &'static str,
+    /// Segments a final file already holds: removed.
+    pub(super) remove: Vec<String>,
+}
+
+/// Plans the restore of each of `tracks` from the file names `names` of its stream's folder:
+/// its segments in index order; or, when its final file is there (only ever renamed into place
+/// complete: a stop was interrupted after that point), the final file alone and every segment
+/// beside it removed. Names that are neither (a `.tmp` of a segment being written, another
+/// track's files) are left alone.
+pub(super) fn plan_restore(names: &[String], tracks: &[TrackRecord]) -> Vec<TrackRestore> {
+    let mut plans = Vec::new();
+    for track in tracks {
+        let mut segments: Vec<(usize, String)> = Vec::new();
+        let mut finals: Vec<String> = Vec::new();
+        for name in names {
+            match TrackFileName::parse(name, &track.id) {
+                Some(TrackFileName::Segment { index, .. }) => segments.push((index, name.clone())),
+                Some(TrackFileName::Final { .. }) => finals.push(name.clone()),
+                None => {}
+            }
+        }
+        segments.sort();
+        finals.sort();
+        let plan = match finals.into_iter().next() {
+            Some(final_file) => TrackRestore {
+                track_id: track.id.clone(),
+                files: vec![(0, final_file)],
+                session_id: FINALIZED_SESSION,
+                remove: segments.into_iter().map(|(_, name)| name).collect(),
+            },
+            None => TrackRestore {
+                track_id: track.id.clone(),
+                files: segments,
+                session_id: RECOVERED_SESSION,
+                remove: Vec::new(),
+            },
+        };
+        if !plan.files.is_empty() {
+            plans.push(plan);
+        }
+    }
+    plans
+}
+
 /// Rebuilds the tracks of a recovered stream from its segment files. Blocking (reads them all).
 pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackState> {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+    let names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .collect();
     let mut out = Vec::new();
-    for track in records {
-        let mut segments: Vec<(usize, PathBuf)> = files
+    for plan in plan_restore(&names, records) {
+        let track = records
             .iter()
-            .filter_map(
-                |path| match TrackFileName::parse(path.file_name()?.to_str()?, &track.id)? {
-                    TrackFileName::Segment { index, .. } => Some((index, path.clone())),
-                    TrackFileName::Final { .. } => None,
-                },
-            )
-            .collect();
-        segments.sort();
-        // A final file is only ever renamed into place complete (joined and fsynced): a stop
-        // interrupted after that point left it, and any segment beside it is already inside it.
-        let finals: Vec<&PathBuf> = files
-            .iter()
-            .filter(|path| {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                matches!(TrackFileName::parse(name, &track.id), Some(TrackFileName::Final { .. }))
-            })
-            .collect();
-        let mut session_id = RECOVERED_SESSION;
-        if let Some(final_file) = finals.first() {
-            for (_, leftover) in &segments {
-                let _ = std::fs::remove_file(leftover);
-            }
-            segments = vec![(0, (*final_file).clone())];
-            session_id = FINALIZED_SESSION;
+            .find(|t| t.id == plan.track_id)
+            .expect("a plan is made for one of the records");
+        for leftover in &plan.remove {
+            let _ = std::fs::remove_file(dir.join(leftover));
         }
+        let session_id = plan.session_id;
+        let segments: Vec<(usize, PathBuf)> = plan.files.into_iter().map(|(i, name)| (i, dir.join(name))).collect();
         let mut state: Option<TrackState> = None;
         for (index, path) in segments {
             let (codec, num_frames, duration_micros, stamped) = match crate::media::join::probe_segment(&path) {
@@ -94,8 +130,7 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
             t.segments.push(Segment {
                 index,
                 session_id: session_id.into(),
-                writer: None,
-                finishing: Some(futures_util::future::ready(report).boxed()),
+                state: SegmentState::Done(report),
                 summary: None,
                 stats: Arc::new(WriterStats::default()),
                 continues: false,
@@ -107,4 +142,64 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TrackType;
+
+    fn track(id: &str) -> TrackRecord {
+        TrackRecord::new(id, TrackType::Video)
+    }
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_track_is_restored_from_its_segments_in_index_order() {
+        let plans = plan_restore(
+            &names(&[
+                "t1.seg10.webm",
+                "t1.seg2.webm",
+                "t1.seg2.webm.tmp",
+                "t2.seg0.webm",
+                "notes.txt",
+            ]),
+            &[track("t1")],
+        );
+        assert_eq!(
+            plans,
+            vec![TrackRestore {
+                track_id: "t1".into(),
+                files: vec![(2, "t1.seg2.webm".into()), (10, "t1.seg10.webm".into())],
+                session_id: RECOVERED_SESSION,
+                remove: vec![],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_final_file_wins_over_the_segments_it_already_holds() {
+        let plans = plan_restore(&names(&["t1.seg0.webm", "t1.webm", "t1.seg1.webm"]), &[track("t1")]);
+        assert_eq!(
+            plans,
+            vec![TrackRestore {
+                track_id: "t1".into(),
+                files: vec![(0, "t1.webm".into())],
+                session_id: FINALIZED_SESSION,
+                remove: vec!["t1.seg0.webm".into(), "t1.seg1.webm".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_track_without_files_is_not_restored_and_others_are_kept_apart() {
+        let plans = plan_restore(&names(&["t2.seg0.mkv", "t10.seg0.webm"]), &[track("t1"), track("t2")]);
+        assert_eq!(plans.len(), 1, "{plans:?}");
+        assert_eq!(plans[0].track_id, "t2");
+        assert_eq!(plans[0].files, vec![(0, "t2.seg0.mkv".to_string())]);
+        assert!(plan_restore(&[], &[track("t1")]).is_empty());
+    }
 }

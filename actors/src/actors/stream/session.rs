@@ -2,6 +2,7 @@
 //! receive threads or tasks), re-binding a plain-RTP session after a restart, ending it, and what
 //! ingest reports about it (first frame, latched source, a track that ended).
 
+use super::negotiate::{plan_rtp_answer, MediaPlan};
 use super::*;
 
 pub(super) enum Ingest {
@@ -74,64 +75,23 @@ impl Stream {
     }
 
     pub(super) fn open_rtp(&mut self, msg: OpenRtp, ctx: &mut Context<Self>) -> Result<OpenedSession, MediaError> {
-        if !msg.any_source
-            && msg
-                .offer
-                .media
-                .iter()
-                .any(|m| m.connection.or(msg.offer.connection).is_none())
-        {
-            return Err(MediaError::Refused(
-                "the offer names no sender address (c=IN IP4|IP6 <address>): without one any datagram could take its ports".into(),
-            ));
-        }
+        let recorded: Vec<Codec> = self.tracks.iter().map(|t| t.codec).collect();
+        let plans = plan_rtp_answer(&msg.offer, msg.audio, msg.video, msg.any_source, &recorded)?;
         let mut answers = Vec::new();
         let mut bound = Vec::new();
-        let mut kinds_taken: Vec<TrackType> = Vec::new();
-        for media in &msg.offer.media {
-            let choice = media.choose(msg.audio, msg.video).and_then(|accepted| {
-                if kinds_taken.contains(&accepted.codec.kind()) {
-                    Err(crate::media::sdp::Refusal::Duplicate)
-                } else {
-                    Ok(accepted)
-                }
-            });
-            match choice {
-                Ok(accepted) => {
-                    // A track keeps one codec across reconnects (one file per track): a new
-                    // codec of a kind already recorded is refused rather than mixed in.
-                    if self
-                        .tracks
-                        .iter()
-                        .any(|t| t.codec.kind() == accepted.codec.kind() && t.codec != accepted.codec)
-                    {
-                        answers.push(MediaAnswer::Refused(crate::media::sdp::Refusal::UnsupportedCodec));
-                        continue;
-                    }
+        for (media, plan) in msg.offer.media.iter().zip(plans) {
+            match plan {
+                MediaPlan::Record(accepted) => {
                     let b = BoundMedia::bind(&self.media.ports, media, msg.offer.connection, accepted)?;
                     answers.push(MediaAnswer::Accepted {
                         accepted,
                         rtp_port: b.rtp_port(),
                         rtcp_port: b.rtcp_port(),
                     });
-                    kinds_taken.push(accepted.codec.kind());
                     bound.push(b);
                 }
-                Err(refusal) => answers.push(MediaAnswer::Refused(refusal)),
+                MediaPlan::Refuse(refusal) => answers.push(MediaAnswer::Refused(refusal)),
             }
-        }
-        if bound.is_empty() {
-            let reasons: Vec<_> = answers
-                .iter()
-                .filter_map(|a| match a {
-                    MediaAnswer::Refused(r) => Some(r.as_str()),
-                    _ => None,
-                })
-                .collect();
-            return Err(MediaError::Refused(format!(
-                "no m-line can be recorded ({})",
-                reasons.join(", ")
-            )));
         }
         self.end_session();
         let bound = bound
@@ -160,6 +120,7 @@ impl Stream {
     ) -> Result<(), MediaError> {
         let events = Self::events(ctx);
         let now = Instant::now();
+        // Media wall times follow the engine's clock as it reads when the session opens.
         let mut pumps = Vec::new();
         let mut track_ids = Vec::new();
         let mut persisted = Vec::new();
@@ -177,7 +138,12 @@ impl Stream {
                 allowed_source: b.allowed_source,
                 latched_source: b.latched_source,
             });
-            let receiver = TrackReceiver::new(b.accepted.codec, self.media.receiver.clone(), now, wall_micros_now());
+            let receiver = TrackReceiver::new(
+                b.accepted.codec,
+                self.media.receiver.clone(),
+                now,
+                self.media.clock.utc_micros(),
+            );
             let pump = TrackPump::new(
                 session_id.to_string(),
                 track_id,
@@ -189,7 +155,7 @@ impl Stream {
             );
             pumps.push((b, pump));
         }
-        let session = plain_rtp::start(pumps, self.media.idle_timeout)?;
+        let session = plain_rtp::start(pumps, self.media.idle_timeout, &self.media.work)?;
         let rtp_session = RtpSessionRecord {
             session_id: session_id.to_string(),
             media: persisted,
@@ -308,8 +274,13 @@ impl Stream {
                             tracks.push((codec, act.tracks[at].id.clone(), sink, counters));
                         }
                         let track_ids = tracks.iter().map(|t| t.1.clone()).collect();
-                        let (answer_sdp, session) =
-                            negotiated.start(session_id.clone(), tracks, act.media.receiver.clone(), events)?;
+                        let (answer_sdp, session) = negotiated.start(
+                            session_id.clone(),
+                            tracks,
+                            act.media.receiver.clone(),
+                            events,
+                            act.media.clock.utc_micros(),
+                        )?;
                         act.begin_session(session_id.clone(), Ingest::Whip(session), track_ids, None);
                         if let Some(live) = act.session.as_mut() {
                             live.permit = permit;
@@ -363,9 +334,10 @@ impl Stream {
             IngestEvent::FirstFrame {
                 track_id, wall_micros, ..
             } => {
-                let at = to_datetime(wall_micros).unwrap_or_else(Utc::now);
+                let now = self.media.clock.utc();
+                let at = to_datetime(wall_micros).unwrap_or(now);
                 if let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) {
-                    track.created.get_or_insert(Utc::now());
+                    track.created.get_or_insert(now);
                 }
                 self.recorder.do_send(StreamNotice::MediaStarted {
                     stream_id: self.record.id.clone(),
@@ -394,33 +366,21 @@ impl Stream {
                 track_id,
                 summary,
             } => {
-                let Some(track) = self.tracks.iter_mut().find(|t| t.id == track_id) else {
+                let Some(at) = self.tracks.iter().position(|t| t.id == track_id) else {
                     return;
                 };
-                let Some(segment) = track.segments.iter_mut().rev().find(|s| s.session_id == session_id) else {
+                let Some(segment) = self.tracks[at]
+                    .segments
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.session_id == session_id)
+                else {
                     return;
                 };
                 segment.summary = Some(summary);
-                if let Some(writer) = segment.writer.take() {
-                    // Finish now (the file is complete the moment its connection ends); the
-                    // report comes back as a message, or is awaited by FinishStream.
-                    let index = segment.index;
-                    let finishing = writer.begin_finish().shared();
-                    segment.finishing = Some(finishing.clone().boxed());
-                    let addr = ctx.address();
-                    let track_id = track.id.clone();
-                    ctx.spawn(
-                        async move {
-                            let report = finishing.await;
-                            addr.do_send(SegmentFinished {
-                                track_id,
-                                index,
-                                report,
-                            });
-                        }
-                        .into_actor(self),
-                    );
-                }
+                let index = segment.index;
+                // The file is complete the moment its connection ends.
+                self.finish_segment(at, index, ctx);
                 if let Some(session) = &mut self.session {
                     if session.id == session_id {
                         session.num_tracks_ended += 1;

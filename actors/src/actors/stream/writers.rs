@@ -15,11 +15,10 @@ impl Stream {
         }
         for track in &mut self.tracks {
             for segment in &mut track.segments {
-                if let Some(writer) = segment.writer.take() {
-                    waits.push(writer.begin_finish().map(|_| ()).boxed());
-                } else if let Some(finishing) = segment.finishing.take() {
+                if let Some(finishing) = segment.begin_finish() {
                     waits.push(finishing.map(|_| ()).boxed());
                 }
+                segment.state = SegmentState::HandedOver;
             }
         }
         let stream_id = self.record.id.clone();
@@ -49,7 +48,7 @@ impl Stream {
             .flat_map(|t| {
                 t.segments
                     .iter()
-                    .filter(|s| s.writer.is_some() && s.stats.failed.load(Ordering::Acquire))
+                    .filter(|s| s.is_writing() && s.stats.failed.load(Ordering::Acquire))
                     .map(|s| (t.id.clone(), s.index))
             })
             .filter(|key| !self.failed_segments.contains(key))
@@ -59,7 +58,7 @@ impl Stream {
         }
         self.failed_segments.extend(failed.iter().cloned());
         let window = self.recovery.restart_window;
-        let admitted = supervision::admit_restart(&mut self.restart_times, Instant::now(), &self.recovery);
+        let admitted = supervision::admit_restart(&mut self.restart_times, self.media.clock.now(), &self.recovery);
         let whip = matches!(
             &self.session,
             Some(LiveSession {
@@ -140,25 +139,7 @@ impl Stream {
             let Some(at) = self.tracks.iter().position(|t| t.id == track_id) else {
                 continue;
             };
-            if let Some(segment) = self.tracks[at].segments.iter_mut().find(|s| s.index == index) {
-                if let Some(writer) = segment.writer.take() {
-                    let finishing = writer.begin_finish().shared();
-                    segment.finishing = Some(finishing.clone().boxed());
-                    let addr = ctx.address();
-                    let track_id = track_id.clone();
-                    ctx.spawn(
-                        async move {
-                            let report = finishing.await;
-                            addr.do_send(SegmentFinished {
-                                track_id,
-                                index,
-                                report,
-                            });
-                        }
-                        .into_actor(self),
-                    );
-                }
-            }
+            self.finish_segment(at, index, ctx);
             let (sink, _counters) = self.new_segment(at, &session_id)?;
             if let Some(segment) = self.tracks[at].segments.last_mut() {
                 segment.continues = true;
@@ -168,11 +149,40 @@ impl Stream {
         Ok(())
     }
 
+    /// Asks a writing segment to finish now (its connection ended, or supervision replaced its
+    /// writer): the file is complete the moment it can be; the report comes back as a
+    /// [`SegmentFinished`] message, or is awaited by a stop's finish.
+    pub(super) fn finish_segment(&mut self, at: usize, index: usize, ctx: &mut Context<Self>) {
+        let track = &mut self.tracks[at];
+        let Some(segment) = track.segments.iter_mut().find(|s| s.index == index) else {
+            return;
+        };
+        if !segment.is_writing() {
+            return;
+        }
+        let Some(finishing) = segment.begin_finish() else {
+            return;
+        };
+        let addr = ctx.address();
+        let track_id = track.id.clone();
+        ctx.spawn(
+            async move {
+                let report = finishing.await;
+                addr.do_send(SegmentFinished {
+                    track_id,
+                    index,
+                    report,
+                });
+            }
+            .into_actor(self),
+        );
+    }
+
     pub(super) fn fail(&mut self, error: ErrorInfo) {
         tracing::error!(stream_id = %self.record.id, code = %error.code, message = %error.message, "stream failed");
         self.phase = StreamPhase::Failed;
         self.record.state = StreamState::Failed;
-        self.state_since = Instant::now();
+        self.state_since = self.media.clock.now();
         self.last_error = Some(error.clone());
         self.end_session();
         self.recorder.do_send(StreamNotice::Failed {
@@ -194,14 +204,8 @@ impl Stream {
             segments: Vec::new(),
             created: None,
         });
-        self.record.tracks.push(TrackRecord {
-            id: self.tracks.last().expect("pushed just above").id.clone(),
-            kind: codec.kind(),
-            started: None,
-            stopped: None,
-            local: LocalFileRecord::default(),
-            object: ObjectRecord::default(),
-        });
+        let id = self.tracks.last().expect("pushed just above").id.clone();
+        self.record.tracks.push(TrackRecord::new(id, codec.kind()));
         self.tracks.len() - 1
     }
 
@@ -215,14 +219,18 @@ impl Stream {
         // After recovered segments the numbering goes on where the files left off.
         let index = track.segments.last().map_or(0, |s| s.index + 1);
         let path = segment_path(&self.dir, &track.id, index, track.codec.container());
-        let writer = TrackWriter::spawn(path, track.codec, self.media.writer.clone())?;
+        let config = crate::media::writer::WriterConfig {
+            clock: self.media.clock.clone(),
+            work: self.media.work.clone(),
+            ..self.media.writer.clone()
+        };
+        let writer = TrackWriter::spawn(path, track.codec, config)?;
         let sink = writer.sink();
         track.segments.push(Segment {
             index,
             session_id: session_id.to_string(),
             stats: writer.stats(),
-            writer: Some(writer),
-            finishing: None,
+            state: SegmentState::Writing(writer),
             summary: None,
             continues: false,
         });
@@ -259,7 +267,9 @@ impl Stream {
         }
         if let Some(track) = self.tracks.iter_mut().find(|t| t.id == msg.track_id) {
             if let Some(segment) = track.segments.iter_mut().find(|s| s.index == msg.index) {
-                segment.finishing = Some(futures_util::future::ready(msg.report).boxed());
+                if !matches!(segment.state, SegmentState::HandedOver) {
+                    segment.state = SegmentState::Done(msg.report);
+                }
             }
         }
     }

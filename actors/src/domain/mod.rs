@@ -5,6 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod ids;
+pub use ids::*;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -263,6 +266,36 @@ pub struct StreamRecord {
     /// kept sending is recorded again without a new offer. `None` for WHIP and once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_session: Option<RtpSessionRecord>,
+}
+
+impl TrackRecord {
+    /// A track as it begins: nothing recorded, nothing stored yet.
+    pub fn new(id: impl Into<String>, kind: TrackType) -> Self {
+        Self {
+            id: id.into(),
+            kind,
+            started: None,
+            stopped: None,
+            local: LocalFileRecord::default(),
+            object: ObjectRecord::default(),
+        }
+    }
+}
+
+impl StreamRecord {
+    /// A stream as it begins: recording, no track and no session yet.
+    pub fn new(id: impl Into<String>, user_id: impl Into<String>, kind: StreamType) -> Self {
+        Self {
+            id: id.into(),
+            user_id: user_id.into(),
+            kind,
+            state: StreamState::Recording,
+            started: None,
+            stopped: None,
+            tracks: Vec::new(),
+            rtp_session: None,
+        }
+    }
 }
 
 /// A plain-RTP session as the store keeps it for a restart.

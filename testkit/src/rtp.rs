@@ -1,0 +1,285 @@
+//! A plain-RTP publisher for tests: replays RTP that FFmpeg really sent (the recorded fixtures of
+//! `actors/src/media/fixtures/`, made by `scripts/capture-rtp-fixture.py`) to a recorder's ports on
+//! loopback, paced in real time as it was captured, looped as long as asked (sequence numbers and
+//! timestamps carried on, so the stream is one continuous one). It says exactly what it sent:
+//! packets, frames, the media time they span and when the first left, which is what the fidelity
+//! tests hold the files to.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// A recorded fixture: (arrival µs since the first datagram, datagram), RTCP included.
+#[derive(Clone)]
+pub struct Fixture {
+    pub name: &'static str,
+    pub datagrams: Vec<(u64, Vec<u8>)>,
+    /// RTP clock rate of the payload.
+    pub clock_rate: u32,
+    /// How an SDP offer names the payload (`VP8/90000`, `opus/48000/2`, ...).
+    pub rtpmap: &'static str,
+    pub media: &'static str,
+}
+
+impl Fixture {
+    /// `vp8`, `vp9`, `h264` (2 s of 30 fps video) or `opus` (2 s of 20 ms frames).
+    pub fn load(name: &str) -> Fixture {
+        let (name, bytes, clock_rate, rtpmap, media): (&'static str, &[u8], u32, &'static str, &'static str) =
+            match name {
+                "vp8" => (
+                    "vp8",
+                    include_bytes!("../../actors/src/media/fixtures/vp8.rtp"),
+                    90_000,
+                    "VP8/90000",
+                    "video",
+                ),
+                "vp9" => (
+                    "vp9",
+                    include_bytes!("../../actors/src/media/fixtures/vp9.rtp"),
+                    90_000,
+                    "VP9/90000",
+                    "video",
+                ),
+                "h264" => (
+                    "h264",
+                    include_bytes!("../../actors/src/media/fixtures/h264.rtp"),
+                    90_000,
+                    "H264/90000",
+                    "video",
+                ),
+                "opus" => (
+                    "opus",
+                    include_bytes!("../../actors/src/media/fixtures/opus.rtp"),
+                    48_000,
+                    "opus/48000/2",
+                    "audio",
+                ),
+                other => panic!("no fixture {other}"),
+            };
+        let mut datagrams = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 6 {
+            let at = u64::from(u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]));
+            let len = usize::from(u16::from_be_bytes([rest[4], rest[5]]));
+            datagrams.push((at, rest[6..6 + len].to_vec()));
+            rest = &rest[6 + len..];
+        }
+        Fixture {
+            name,
+            datagrams,
+            clock_rate,
+            rtpmap,
+            media,
+        }
+    }
+
+    fn rtp(&self) -> impl Iterator<Item = &(u64, Vec<u8>)> {
+        self.datagrams.iter().filter(|(_, d)| !is_rtcp(d))
+    }
+
+    /// The payload type the fixture's RTP carries.
+    pub fn payload_type(&self) -> u8 {
+        self.rtp()
+            .next()
+            .map(|(_, d)| d[1] & 0x7f)
+            .expect("a fixture holds RTP")
+    }
+
+    /// The m-line of an SDP offer for this fixture (`port` is the sender's, informative).
+    pub fn offer_lines(&self) -> (&'static str, u8, &'static str) {
+        (self.media, self.payload_type(), self.rtpmap)
+    }
+
+    /// Frames in one pass: distinct RTP timestamps.
+    pub fn num_frames(&self) -> u64 {
+        let mut ts: Vec<u32> = self.rtp().map(|(_, d)| timestamp(d)).collect();
+        ts.sort_unstable();
+        ts.dedup();
+        ts.len() as u64
+    }
+
+    /// RTP ticks from one pass's first frame to the next pass's first frame: the span of a pass
+    /// plus one frame interval (the most common step between frames).
+    fn pass_ticks(&self) -> u32 {
+        let mut ts: Vec<u32> = self.rtp().map(|(_, d)| timestamp(d)).collect();
+        ts.dedup();
+        let mut steps: Vec<u32> = ts
+            .windows(2)
+            .map(|w| w[1].wrapping_sub(w[0]))
+            .filter(|s| *s > 0)
+            .collect();
+        steps.sort_unstable();
+        let step = steps.get(steps.len() / 2).copied().unwrap_or(0);
+        ts.last().unwrap().wrapping_sub(ts[0]).wrapping_add(step)
+    }
+
+    fn pass_packets(&self) -> u16 {
+        self.rtp().count() as u16
+    }
+
+    /// Real time of one pass, at the pace of the frames' timestamps.
+    fn pass_duration(&self) -> Duration {
+        Duration::from_micros(u64::from(self.pass_ticks()) * 1_000_000 / u64::from(self.clock_rate))
+    }
+}
+
+fn is_rtcp(datagram: &[u8]) -> bool {
+    datagram.len() >= 2 && (192..=223).contains(&datagram[1])
+}
+
+fn timestamp(datagram: &[u8]) -> u32 {
+    u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]])
+}
+
+/// What a replay sent.
+#[derive(Debug, Clone, Default)]
+pub struct Sent {
+    pub num_packets: u64,
+    pub num_frames: u64,
+    /// Media time from the first frame to the last (what a file of every frame spans).
+    pub span: Duration,
+    /// Wall time (µs since the Unix epoch, by `wall_micros`) the first datagram left.
+    pub first_sent_wall_micros: i64,
+    /// When the last datagram left.
+    pub last_sent: Option<Instant>,
+}
+
+/// Sends `passes` passes of `fixture` to `rtp` (and its RTCP, first pass only, to `rtcp`) in
+/// real time, from a socket bound to 127.0.0.1 (the address the offer names). `wall_micros`
+/// reads the wall clock the test compares with (the engine's clock in the harness). Blocking:
+/// run it on a thread of its own.
+pub fn replay(
+    fixture: &Fixture,
+    rtp: SocketAddr,
+    rtcp: Option<SocketAddr>,
+    passes: u32,
+    wall_micros: impl Fn() -> i64,
+) -> Sent {
+    replay_until(fixture, rtp, rtcp, passes, wall_micros, || false)
+}
+
+/// [`replay`], ending early (at a packet boundary) once `stop` says so.
+pub fn replay_until(
+    fixture: &Fixture,
+    rtp: SocketAddr,
+    rtcp: Option<SocketAddr>,
+    passes: u32,
+    wall_micros: impl Fn() -> i64,
+    stop: impl Fn() -> bool,
+) -> Sent {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("a loopback UDP socket");
+    let pass_ticks = fixture.pass_ticks();
+    let pass_packets = fixture.pass_packets();
+    let pass_duration = fixture.pass_duration();
+    let first_at = fixture.datagrams.first().map_or(0, |(at, _)| *at);
+    let mut sent = Sent::default();
+    let mut first_ts: Option<u32> = None;
+    let mut last_ts = 0u32;
+    let start = Instant::now();
+    'passes: for pass in 0..passes {
+        for (at, datagram) in &fixture.datagrams {
+            if stop() {
+                break 'passes;
+            }
+            let due = start + pass_duration * pass + Duration::from_micros(at - first_at);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if is_rtcp(datagram) {
+                // Sender reports describe the first pass's clock; later passes go without.
+                if let (0, Some(rtcp)) = (pass, rtcp) {
+                    let _ = socket.send_to(datagram, rtcp);
+                }
+                continue;
+            }
+            let mut packet = datagram.clone();
+            let seq = u16::from_be_bytes([packet[2], packet[3]]).wrapping_add(pass_packets.wrapping_mul(pass as u16));
+            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            let ts = timestamp(&packet).wrapping_add(pass_ticks.wrapping_mul(pass));
+            packet[4..8].copy_from_slice(&ts.to_be_bytes());
+            if sent.num_packets == 0 {
+                sent.first_sent_wall_micros = wall_micros();
+            }
+            socket.send_to(&packet, rtp).expect("send to loopback");
+            sent.num_packets += 1;
+            if sent.num_packets == 1 || ts != last_ts {
+                sent.num_frames += 1;
+            }
+            first_ts.get_or_insert(ts);
+            last_ts = ts;
+            sent.last_sent = Some(Instant::now());
+        }
+    }
+    if let Some(first) = first_ts {
+        sent.span =
+            Duration::from_micros(u64::from(last_ts.wrapping_sub(first)) * 1_000_000 / u64::from(fixture.clock_rate));
+    }
+    sent
+}
+
+/// A plain-RTP SDP offer from 127.0.0.1 with one m-line per `(media, payload type, rtpmap)`.
+pub fn offer(lines: &[(&str, u8, &str)]) -> String {
+    let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n");
+    for (i, (media, pt, rtpmap)) in lines.iter().enumerate() {
+        sdp.push_str(&format!(
+            "m={media} {} RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n",
+            40_000 + 2 * i
+        ));
+    }
+    sdp
+}
+
+/// The RTP and RTCP ports of each accepted m-line of an SDP answer (port 0: refused).
+pub fn answer_ports(answer: &str) -> Vec<(u16, Option<u16>)> {
+    let mut out: Vec<(u16, Option<u16>)> = Vec::new();
+    for line in answer.lines() {
+        if let Some(rest) = line.strip_prefix("m=") {
+            let port = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            out.push((port, None));
+        } else if let Some(rest) = line.strip_prefix("a=rtcp:") {
+            if let Some(last) = out.last_mut() {
+                last.1 = rest.split_whitespace().next().and_then(|p| p.parse().ok());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures_count_their_frames() {
+        assert_eq!(Fixture::load("vp8").num_frames(), 60);
+        assert_eq!(Fixture::load("opus").num_frames(), 101);
+        assert_eq!(Fixture::load("vp8").payload_type(), 96);
+    }
+
+    #[test]
+    fn a_looped_replay_counts_every_frame_and_spans_them_all() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let target = receiver.local_addr().unwrap();
+        let fixture = Fixture::load("opus");
+        let reader = std::thread::spawn(move || {
+            let mut seqs = Vec::new();
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = receiver.recv(&mut buf) {
+                if !is_rtcp(&buf[..n]) {
+                    seqs.push(u16::from_be_bytes([buf[2], buf[3]]));
+                }
+                if seqs.len() == 202 {
+                    break;
+                }
+            }
+            seqs
+        });
+        let sent = replay(&fixture, target, None, 2, || 0);
+        assert_eq!(sent.num_packets, 202);
+        assert_eq!(sent.num_frames, 202);
+        // 202 frames of 20 ms: 201 intervals.
+        assert_eq!(sent.span, Duration::from_millis(201 * 20));
+        let seqs = reader.join().unwrap();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{seqs:?}");
+    }
+}
