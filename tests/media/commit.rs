@@ -29,11 +29,7 @@ fn doomed(app: &TestApp, method: &str, path: &str, body: &[u8]) {
             r.into_string().unwrap_or_default()
         ),
     }
-    assert!(
-        app.stderr().contains("injected crash between two writes"),
-        "{}",
-        app.stderr()
-    );
+    assert!(app.wait_stderr("injected crash between two writes"), "{}", app.stderr());
 }
 
 fn instance_dir(app: &TestApp, event: &Value) -> PathBuf {

@@ -175,6 +175,20 @@ impl TestApp {
         }
     }
 
+    /// Waits (at most 10 s) until the service's log holds `needle`: its output is read by a
+    /// thread of the test, so a line the service wrote just before answering may not be in
+    /// [`TestApp::stderr`] yet.
+    pub fn wait_stderr(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.stderr().contains(needle) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     pub fn stderr(&self) -> String {
         self.service.stderr()
     }

@@ -586,7 +586,7 @@ fn a_failed_state_commit_is_an_error_and_leaves_nothing_half_written() {
     // is in the log, not in the answer.
     assert!(error["message"].as_str().unwrap().contains("state store"), "{error}");
     assert!(!error["message"].as_str().unwrap().contains("injected"), "{error}");
-    assert!(app.stderr().contains("injected"), "the log names the cause");
+    assert!(app.wait_stderr("injected"), "the log names the cause: {}", app.stderr());
     assert_eq!(
         app.get(&format!("/recordings/{conversation}"), KEY).status,
         404,
@@ -633,7 +633,7 @@ fn failed_track_uploads_are_retried_until_stored() {
     let track = find_track(&tracks(&instance), "agent", "CAM", "VIDEO").clone();
     assert!(track["storage"]["objectStorage"].get("error").is_none(), "{track}");
     assert_eq!(probe(&stored_file(&app, &track)).codec, "vp8");
-    assert!(app.stderr().contains("fault injected"), "the fault never fired");
+    assert!(app.wait_stderr("fault injected"), "the fault never fired");
 }
 
 /// `kill -9` while the project's WHIP publisher (webrtc-rs) streams; after the restart it

@@ -730,7 +730,7 @@ fn a_kill_9_during_a_multipart_upload_is_completed_after_restart_and_uploaded_on
          {num_bytes_up} bytes sent after the restart"
     );
     assert!(
-        app.stderr().contains("resuming multipart upload"),
+        app.wait_stderr("resuming multipart upload"),
         "the upload was not resumed:\n{}",
         app.stderr()
     );
