@@ -217,5 +217,9 @@ fn sample_record() -> InstanceRecord {
         cobrowse_sessions: Default::default(),
         history: vec![(InstanceState::Initialised, now)],
         stop_requested: None,
+        pauses: Vec::new(),
+        num_discarded_while_paused: 0,
+        stop_reason: None,
+        erasure: None,
     }
 }

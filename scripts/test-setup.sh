@@ -26,3 +26,12 @@ if ! command -v aws >/dev/null 2>&1; then
   "$PYTHON" -m pip install --quiet --disable-pip-version-check awscli 2>/dev/null \
     || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages awscli
 fi
+# The encryption tests (tests/media/encryption.rs) decrypt what the recorder stored with the
+# standard age CLI (Debian's `age`), as a customer holding the private key would.
+if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1; then
+  echo "test-setup: installing age (apt)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends age >/dev/null
+fi

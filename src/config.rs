@@ -36,6 +36,8 @@ struct RawConfig {
     limits: Limits,
     signing: RawSigning,
     uploads: Uploads,
+    #[serde(default)]
+    webhooks: Webhooks,
     ops: Ops,
     media: RawMedia,
     recovery: Recovery,
@@ -65,6 +67,11 @@ pub struct Limits {
     pub max_verify_per_minute: usize,
     /// Seconds a client may take to send its request body once its headers are in (408 after).
     pub body_timeout_secs: usize,
+    /// An instance live this long stops by itself (stop reason `MAX_DURATION_REACHED`); 0: no
+    /// limit. Applications may set their own (`max_instance_duration_secs`).
+    pub max_instance_duration_secs: u64,
+    /// How long before its maximum duration an instance warns.
+    pub duration_warning_secs: u64,
 }
 
 impl Limits {
@@ -88,6 +95,27 @@ impl Limits {
 struct RawSigning {
     secret: String,
     url_ttl_secs: u64,
+}
+
+/// How events reach the applications' webhooks.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub timeout_secs: u64,
+    pub poll_interval_ms: u64,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Self {
+            retry_base_ms: 1000,
+            retry_max_ms: 300_000,
+            timeout_secs: 10,
+            poll_interval_ms: 250,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,6 +256,46 @@ struct RawApplication {
     #[serde(default)]
     allowed_origins: Vec<String>,
     storage: StorageConfig,
+    /// What happens to chat lines and co-browse events sent while recording is paused.
+    #[serde(default)]
+    pause_capture: PauseCaptureSetting,
+    /// This application's maximum instance duration (0: none); default `limits.`'s.
+    #[serde(default)]
+    max_instance_duration_secs: Option<u64>,
+    /// Where the application's events go.
+    #[serde(default)]
+    webhook: Option<WebhookConfig>,
+    /// Artefacts encrypted to the customer's public key.
+    #[serde(default)]
+    encryption: Option<EncryptionConfig>,
+}
+
+/// An application's encryption: the customer's `age` public key (`age1...`); the recorder never
+/// holds the private one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    pub public_key: String,
+    /// Encrypt `recording.json` too (default: it stays readable; it lists, it holds no media).
+    #[serde(default)]
+    pub encrypt_manifest: bool,
+}
+
+/// An application's webhook: an http(s) URL and the secret its requests are signed with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: SecretRef,
+}
+
+/// `pause_capture` of an application: `"keep"` (default) or `"drop"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseCaptureSetting {
+    #[default]
+    Keep,
+    Drop,
 }
 
 /// Where an application's artefacts go. Credentials are never written here: a profile names the
@@ -509,6 +577,11 @@ pub struct Application {
     pub application_id: String,
     pub allowed_origins: Vec<String>,
     pub storage: StorageConfig,
+    pub pause_capture: PauseCaptureSetting,
+    /// 0: no limit.
+    pub max_instance_duration_secs: u64,
+    pub webhook: Option<WebhookConfig>,
+    pub encryption: Option<EncryptionConfig>,
 }
 
 /// An API key as configured: only its SHA-256 is known.
@@ -538,6 +611,7 @@ pub struct Settings {
     pub signing_secret: Option<Vec<u8>>,
     pub url_ttl_secs: u64,
     pub uploads: Uploads,
+    pub webhooks: Webhooks,
     pub ops: Ops,
     pub media: Media,
     pub composition: Composition,
@@ -696,6 +770,19 @@ impl RawConfig {
         if self.signing.url_ttl_secs == 0 || self.signing.url_ttl_secs > 7 * 24 * 3600 {
             return Err(invalid("signing.url_ttl_secs", "must be between 1 and 604800 (7 days)"));
         }
+        let hooks = &self.webhooks;
+        if hooks.retry_base_ms == 0 || hooks.retry_max_ms < hooks.retry_base_ms {
+            return Err(invalid(
+                "webhooks.retry_max_ms",
+                "retry_base_ms must be greater than 0 and retry_max_ms at least retry_base_ms",
+            ));
+        }
+        if hooks.timeout_secs == 0 || hooks.poll_interval_ms == 0 {
+            return Err(invalid(
+                "webhooks",
+                "timeout_secs and poll_interval_ms must be greater than 0",
+            ));
+        }
         if self.uploads.render_settle_ms > 60_000 {
             return Err(invalid("uploads.render_settle_ms", "must be at most 60000"));
         }
@@ -731,6 +818,22 @@ impl RawConfig {
                     return Err(invalid(key, "application id must use letters, digits, . _ - : @"));
                 }
                 app.storage.check(&format!("{key}.storage"))?;
+                if let Some(webhook) = &app.webhook {
+                    let parsed = url::Url::parse(&webhook.url)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https"));
+                    if parsed.is_none() {
+                        return Err(invalid(format!("{key}.webhook.url"), "must be an http or https URL"));
+                    }
+                    webhook.secret.check(&format!("{key}.webhook.secret"))?;
+                }
+                if let Some(encryption) = &app.encryption {
+                    recorder_actors::storage::encryption::Encryption::new(
+                        std::slice::from_ref(&encryption.public_key),
+                        encryption.encrypt_manifest,
+                    )
+                    .map_err(|e| invalid(format!("{key}.encryption.public_key"), e))?;
+                }
                 for origin in &app.allowed_origins {
                     if origin != "*" && url::Url::parse(origin).is_err() {
                         return Err(invalid(
@@ -748,6 +851,12 @@ impl RawConfig {
                         .map(|o| o.trim_end_matches('/').to_string())
                         .collect(),
                     storage: app.storage.clone(),
+                    pause_capture: app.pause_capture,
+                    max_instance_duration_secs: app
+                        .max_instance_duration_secs
+                        .unwrap_or(limits.max_instance_duration_secs),
+                    webhook: app.webhook.clone(),
+                    encryption: app.encryption.clone(),
                 });
             }
         }
@@ -798,6 +907,10 @@ impl RawConfig {
                     application_id: DEFAULT_APPLICATION.into(),
                     allowed_origins: vec!["*".into()],
                     storage: StorageConfig::Local { path: String::new() },
+                    pause_capture: PauseCaptureSetting::Keep,
+                    max_instance_duration_secs: limits.max_instance_duration_secs,
+                    webhook: None,
+                    encryption: None,
                 });
             }
         }
@@ -815,6 +928,7 @@ impl RawConfig {
             signing_secret,
             url_ttl_secs: self.signing.url_ttl_secs,
             uploads: self.uploads,
+            webhooks: self.webhooks,
             ops: self.ops,
             media,
             composition: self.composition,

@@ -18,12 +18,15 @@ use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
-use recorder_actors::engine::{CompositionConfig, MediaConfig, RecoveryConfig};
+use recorder_actors::engine::{
+    ApplicationPolicy, CompositionConfig, MediaConfig, PauseCapture, RecoveryConfig, Webhook, WebhookDelivery,
+};
 use recorder_actors::media::compose::ComposeConfig;
 use recorder_actors::media::plain_rtp::PortAllocator;
 use recorder_actors::media::receiver::ReceiverConfig;
 use recorder_actors::media::writer::WriterConfig;
 use recorder_actors::snapshot::Mailbox;
+use recorder_actors::storage::encryption::Encryption;
 use recorder_actors::store::{SledStore, StateStore};
 use recorder_actors::{ApplicationProfile, EngineConfig};
 
@@ -113,6 +116,32 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
                 organization_id: app.organization_id.clone(),
                 application_id: app.application_id.clone(),
                 backend,
+                policy: ApplicationPolicy {
+                    pause_capture: match app.pause_capture {
+                        config::PauseCaptureSetting::Keep => PauseCapture::Keep,
+                        config::PauseCaptureSetting::Drop => PauseCapture::Drop,
+                    },
+                    max_instance_duration: (app.max_instance_duration_secs > 0)
+                        .then(|| Duration::from_secs(app.max_instance_duration_secs)),
+                    duration_warning: Duration::from_secs(settings.limits.duration_warning_secs),
+                    webhook: match &app.webhook {
+                        Some(hook) => Some(Webhook {
+                            url: hook.url.clone(),
+                            secret: hook.secret.resolve(&format!(
+                                "organizations.{}.applications.{}.webhook.secret",
+                                app.organization_id, app.application_id
+                            ))?,
+                        }),
+                        None => None,
+                    },
+                    encryption: match &app.encryption {
+                        Some(e) => Some(Arc::new(
+                            Encryption::new(std::slice::from_ref(&e.public_key), e.encrypt_manifest)
+                                .map_err(|message| anyhow::anyhow!("encryption.public_key: {message}"))?,
+                        )),
+                        None => None,
+                    },
+                },
             }),
         );
     }
@@ -137,6 +166,12 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         },
         limits: settings.limits.tenant(),
         ready_check_interval: Duration::from_secs(settings.ops.ready_check_secs),
+        webhooks: WebhookDelivery {
+            retry_base: Duration::from_millis(settings.webhooks.retry_base_ms),
+            retry_max: Duration::from_millis(settings.webhooks.retry_max_ms),
+            timeout: Duration::from_secs(settings.webhooks.timeout_secs),
+            poll_interval: Duration::from_millis(settings.webhooks.poll_interval_ms),
+        },
     });
     let queries = recorder_actors::queries::Queries::new(store.clone(), engine.clone());
     let registry =

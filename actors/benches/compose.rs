@@ -153,7 +153,7 @@ fn main() {
     let graph = format!(
         "{};{}",
         labels.join(";"),
-        compose::filter_description(&video, &audio, total, &config)
+        compose::filter_description(&video, &audio, total, &[], &config)
     );
     let cli_out = d.join("cli.mp4");
     cli.extend([
@@ -181,7 +181,7 @@ fn main() {
     let out = d.join("recorder.mp4");
     let (cpu0, _) = cpu();
     let t0 = Instant::now();
-    compose::compose(&inputs, total, &out, &config).expect("compose");
+    compose::compose(&inputs, total, &[], &out, &config).expect("compose");
     let recorder_wall = t0.elapsed().as_secs_f64();
     let (cpu1, child0) = cpu();
 

@@ -42,6 +42,7 @@ async fn main() {
         organization_id: "org".into(),
         application_id: "app".into(),
         backend,
+        policy: Default::default(),
     });
     let config = Arc::new(EngineConfig {
         recorder_id: "node-1".into(),
@@ -60,6 +61,7 @@ async fn main() {
         recovery: Default::default(),
         limits: Default::default(),
         ready_check_interval: std::time::Duration::from_secs(15),
+        webhooks: Default::default(),
     });
     let now = Utc::now();
     let tracks: Vec<(String, String)> = (0..files.len())
@@ -118,6 +120,10 @@ async fn main() {
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
         stop_requested: None,
+        pauses: Vec::new(),
+        num_discarded_while_paused: 0,
+        stop_reason: None,
+        erasure: None,
     };
     store.insert_instance(&record).unwrap();
     let uploader = Uploader::new(store.clone(), profile, config).start();

@@ -15,11 +15,72 @@ use crate::storage::{StorageBackend, StorageError};
 use crate::store::StoreError;
 use crate::work::WorkGroup;
 
-/// One application of one organization: where its artefacts are stored.
+/// One application of one organization: where its artefacts are stored, and how it wants them
+/// kept.
 pub struct ApplicationProfile {
     pub organization_id: String,
     pub application_id: String,
     pub backend: Arc<dyn StorageBackend>,
+    pub policy: ApplicationPolicy,
+}
+
+/// What an application decides about its recordings (its compliance settings).
+#[derive(Debug, Clone, Default)]
+pub struct ApplicationPolicy {
+    /// Chat lines and co-browse events that arrive while the instance is paused.
+    pub pause_capture: PauseCapture,
+    /// An instance live this long (from its start) stops by itself, with the stop reason
+    /// `MAX_DURATION_REACHED`; `None`: no limit.
+    pub max_instance_duration: Option<std::time::Duration>,
+    /// How long before that the instance warns (a log line and an `instance.duration_warning`
+    /// event).
+    pub duration_warning: std::time::Duration,
+    /// Where the application's events go; `None`: nowhere (they are discarded).
+    pub webhook: Option<Webhook>,
+    /// Artefacts encrypted to the customer's key before they leave the node; `None`: stored as
+    /// they are.
+    pub encryption: Option<Arc<crate::storage::encryption::Encryption>>,
+}
+
+/// An application's webhook: events are POSTed to `url` as JSON, signed with `secret`.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: crate::storage::Secret,
+}
+
+/// How events are delivered to webhooks (every application's).
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookDelivery {
+    /// First retry delay of a failed delivery; doubles per attempt up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long a receiver may take to answer.
+    pub timeout: Duration,
+    /// How often an idle notifier looks for new events.
+    pub poll_interval: Duration,
+}
+
+impl Default for WebhookDelivery {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What happens to chat lines and co-browse events sent while recording is paused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PauseCapture {
+    /// Kept like any other (the pause covers the media).
+    #[default]
+    Keep,
+    /// Acknowledged and discarded (counted on the instance): a card number typed in the chat
+    /// during a payment is not kept either.
+    Drop,
 }
 
 pub struct EngineConfig {
@@ -47,6 +108,7 @@ pub struct EngineConfig {
     /// How often each storage profile's reachability is checked in the background for `/ready`
     /// (which only reads the last result: a probe opens no connection).
     pub ready_check_interval: Duration,
+    pub webhooks: WebhookDelivery,
 }
 
 /// Bounds that keep one tenant from starving the others and keep what the node holds from

@@ -21,6 +21,8 @@ pub const STATE_COMMIT: &str = "state_commit";
 /// step. The transaction's own writes so far are not committed, so none of them survive.
 pub const COMMAND_STEP: &str = "command_step";
 pub const UPLOAD_PART: &str = "upload_part";
+/// After each object an erasure deleted, scoped by the instance id.
+pub const ERASE_STEP: &str = "erase_step";
 pub const FINALIZE: &str = "finalize";
 /// At the start of every message handler of a Stream actor but `Snapshot` (among them its
 /// supervision tick, every 200 ms), scoped by `"<conversationId> <userId>/<TYPE> <Handler>"`, and

@@ -62,6 +62,30 @@ pub struct StartRecording {
 #[rtype(result = "Result<InstanceRecord, EngineError>")]
 pub struct StopRecording(pub InstanceRef);
 
+/// Pauses (`paused: true`) or resumes a live instance; idempotent, durable before answered.
+/// While paused, no media is recorded (dropped at ingest) and chat and co-browse follow the
+/// application's pause capture setting.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct SetPaused {
+    pub instance: InstanceRef,
+    pub paused: bool,
+}
+
+/// Erases a conversation's ended instances (GDPR), or one of them: durable before answered, run
+/// as a job (resumed after a crash), leaving a tombstone of each. Refused (409) while an instance
+/// of the conversation the caller may see is live.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Vec<InstanceRecord>, EngineError>")]
+pub struct EraseRecordings {
+    pub organization_id: OrganizationId,
+    pub conversation_id: ConversationId,
+    /// One instance (its recorderId and instanceId); `None`: every one of the conversation.
+    pub instance_opt: Option<(RecorderId, InstanceId)>,
+    /// The caller's applications: another application's instances are neither erased nor seen.
+    pub applications: Applications,
+}
+
 /// The live instance of a conversation, if it has one.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<InstanceRecord, EngineError>")]

@@ -82,7 +82,8 @@ impl Queries {
         missing: impl Fn() -> EngineError,
     ) -> Result<InstanceRecord, EngineError> {
         let record = self.store.get_instance(instance_id)?.ok_or_else(&missing)?;
-        if record.conversation_id != conversation_id || record.recorder_id != recorder_id {
+        // An instance being erased serves nothing any more.
+        if record.conversation_id != conversation_id || record.recorder_id != recorder_id || record.erasure.is_some() {
             return Err(missing());
         }
         Ok(record)
@@ -166,6 +167,9 @@ impl Queries {
     /// uploaded or its provider has no such URLs (local, SFTP: the recorder signs its own).
     pub async fn cobrowse_url(&self, msg: ProviderCobrowseUrl) -> Result<Option<String>, EngineError> {
         let record = self.instance(&msg.instance)?;
+        if record.erasure.is_some() {
+            return Ok(None);
+        }
         let uploaded = record
             .cobrowse_sessions
             .get(&msg.session_id)
@@ -215,6 +219,9 @@ impl Queries {
     /// is shown without its `url`, not a failed answer for the whole instance).
     pub async fn track_urls(&self, msg: TrackUrls) -> Result<Vec<TrackUrl>, EngineError> {
         let record = self.instance(&msg.instance)?;
+        if record.erasure.is_some() {
+            return Ok(vec![]);
+        }
         let Some(profile) = self.profile_of(&record.organization_id, &record.application_id) else {
             return Ok(vec![]);
         };

@@ -102,6 +102,8 @@ counter_set! {
         num_slow_writes,
         num_flushes,
         writer_queue_depth,
+        /// Frames not recorded because recording was paused at their time.
+        num_frames_paused,
     }
 }
 
@@ -146,6 +148,18 @@ counter_set! {
 }
 
 counter_set! {
+    pub struct NotifierCounters {
+        /// Events in the outbox, not delivered yet.
+        num_pending,
+        num_delivered,
+        /// Failed delivery attempts (each retried).
+        num_failures,
+        /// Events of an application without a webhook.
+        num_discarded,
+    }
+}
+
+counter_set! {
     pub struct CompositorCounters {
         num_running,
         num_queued,
@@ -173,6 +187,7 @@ pub enum Counters {
         track: TrackFileCounters,
     },
     Uploader(UploaderCounters),
+    Notifier(NotifierCounters),
     Compositor(CompositorCounters),
 }
 
@@ -201,6 +216,7 @@ impl Counters {
                 values
             }
             Counters::Uploader(c) => c.values(),
+            Counters::Notifier(c) => c.values(),
             Counters::Compositor(c) => c.values(),
         }
     }

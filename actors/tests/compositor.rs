@@ -96,6 +96,10 @@ async fn a_composition_cut_short_by_a_crash_runs_again_at_boot() {
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
         stop_requested: None,
+        pauses: Vec::new(),
+        num_discarded_while_paused: 0,
+        stop_reason: None,
+        erasure: None,
     };
     store.insert_instance(&instance).unwrap();
     let id = CompositionId::new(ORG, APP, "conv");
@@ -143,6 +147,7 @@ fn config(storage: &Path, media: &Path, compose: bool) -> Arc<EngineConfig> {
         organization_id: ORG.into(),
         application_id: APP.into(),
         backend,
+        policy: Default::default(),
     });
     Arc::new(EngineConfig {
         recorder_id: "node-1".into(),
@@ -161,6 +166,7 @@ fn config(storage: &Path, media: &Path, compose: bool) -> Arc<EngineConfig> {
         recovery: Default::default(),
         limits: Default::default(),
         ready_check_interval: Duration::from_secs(15),
+        webhooks: Default::default(),
     })
 }
 
@@ -208,6 +214,10 @@ async fn an_ended_instance_without_its_upload_jobs_gets_them_back_at_boot() {
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
         stop_requested: None,
+        pauses: Vec::new(),
+        num_discarded_while_paused: 0,
+        stop_reason: None,
+        erasure: None,
     };
     let line = ChatEntry {
         time_stamp: at,

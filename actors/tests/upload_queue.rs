@@ -80,6 +80,10 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
         cobrowse_sessions: BTreeMap::new(),
         history: vec![],
         stop_requested: None,
+        pauses: Vec::new(),
+        num_discarded_while_paused: 0,
+        stop_reason: None,
+        erasure: None,
     }
 }
 
@@ -95,6 +99,7 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
         organization_id: ORG.into(),
         application_id: APP.into(),
         backend,
+        policy: Default::default(),
     });
     let config = Arc::new(EngineConfig {
         recorder_id: "node-1".into(),
@@ -112,6 +117,7 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
         recovery: Default::default(),
         limits: Default::default(),
         ready_check_interval: std::time::Duration::from_secs(15),
+        webhooks: Default::default(),
     });
     (profile, config)
 }

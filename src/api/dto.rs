@@ -145,6 +145,54 @@ pub struct RecordingDataEvent {
     pub instance_id: String,
     pub recorder_id: String,
     pub state: RecordingState,
+    /// Addition: recording is paused now (no media is recorded; see `pauseIntervals`).
+    pub paused: bool,
+    /// Addition: every pause of the instance, oldest first; the last is open while paused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pause_intervals: Vec<PauseIntervalMessage>,
+    /// Addition: why the instance stopped by itself (`MAX_DURATION_REACHED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Addition: the instance's erasure; an erased instance is a tombstone (no media).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureMessage>,
+}
+
+/// Addition: one pause of an instance.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseIntervalMessage {
+    pub paused: String,
+    /// Absent while the instance is still paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<String>,
+}
+
+/// Addition: the erasure of an instance (GDPR): asked for at `requested`, done at `erased`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureMessage {
+    pub requested: String,
+    /// Absent while the erasure runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erased: Option<String>,
+}
+
+fn erasure(r: &InstanceRecord) -> Option<ErasureMessage> {
+    r.erasure.map(|e| ErasureMessage {
+        requested: timestamp(e.requested),
+        erased: opt_ts(e.erased),
+    })
+}
+
+fn pause_intervals(r: &InstanceRecord) -> Vec<PauseIntervalMessage> {
+    r.pauses
+        .iter()
+        .map(|p| PauseIntervalMessage {
+            paused: timestamp(p.paused),
+            resumed: opt_ts(p.resumed),
+        })
+        .collect()
 }
 
 impl From<&InstanceRecord> for RecordingDataEvent {
@@ -155,6 +203,10 @@ impl From<&InstanceRecord> for RecordingDataEvent {
             instance_id: r.instance_id.clone(),
             recorder_id: r.recorder_id.clone(),
             state: r.state.into(),
+            paused: r.is_paused(),
+            pause_intervals: pause_intervals(r),
+            stop_reason: r.stop_reason.clone(),
+            erasure: erasure(r),
         }
     }
 }
@@ -327,6 +379,25 @@ pub struct RecordingDataMessage {
     pub storage_profile: StorageProfileDataMessage,
     pub streams: Vec<StreamDataMessage>,
     pub video: bool,
+    /// Addition: recording is paused now.
+    pub paused: bool,
+    /// Addition: every pause of the instance (a span the files keep as a gap).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pause_intervals: Vec<PauseIntervalMessage>,
+    /// Addition: chat lines and co-browse events discarded because they came while paused
+    /// (applications with `pause_capture = "drop"`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub num_discarded_while_paused: u64,
+    /// Addition: why the instance stopped by itself (`MAX_DURATION_REACHED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Addition: the instance's erasure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureMessage>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl From<&InstanceRecord> for RecordingDataMessage {
@@ -347,6 +418,11 @@ impl From<&InstanceRecord> for RecordingDataMessage {
             storage_profile: r.into(),
             streams: r.streams.iter().map(Into::into).collect(),
             video: r.video,
+            paused: r.is_paused(),
+            pause_intervals: pause_intervals(r),
+            num_discarded_while_paused: r.num_discarded_while_paused,
+            stop_reason: r.stop_reason.clone(),
+            erasure: erasure(r),
         }
     }
 }
@@ -414,6 +490,11 @@ pub fn composition_message(
             user_id: String::new(),
         }],
         video,
+        paused: false,
+        pause_intervals: Vec::new(),
+        num_discarded_while_paused: 0,
+        stop_reason: None,
+        erasure: None,
     }
 }
 
@@ -471,6 +552,9 @@ pub struct ConversationRecordingData {
     pub stopped: Option<String>,
     pub streams: Vec<ConversationStreamData>,
     pub video: bool,
+    /// Addition: the instance's erasure; an erased instance is listed without media.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureMessage>,
 }
 
 impl From<&InstanceRecord> for ConversationRecordingData {
@@ -509,6 +593,7 @@ impl From<&InstanceRecord> for ConversationRecordingData {
                 })
                 .collect(),
             video: r.video,
+            erasure: erasure(r),
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct AppState {
         cobrowse::signed_url,
         recordings::instance_state,
         recordings::stop,
+        recordings::pause,
+        recordings::resume,
+        recordings::erase_conversation,
+        recordings::erase_instance,
         recordings::storage_info,
         storage::verify,
         ops::debug_actors,
@@ -90,6 +94,9 @@ pub struct AppState {
         dto::LocalFileDataMessage,
         dto::RecordingDataEvent,
         dto::RecordingDataMessage,
+        dto::PauseIntervalMessage,
+        dto::ErasureMessage,
+        recordings::ErasureAccepted,
         dto::Resource,
         requests::StartRecording,
         dto::StorageProfileDataMessage,
@@ -203,12 +210,24 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 )
                 .route("/recordings/{conversationId}", web::get().to(recordings::conversation))
                 .route(
+                    "/recordings/{conversationId}",
+                    web::delete().to(recordings::erase_conversation),
+                )
+                .route(
                     "/recordings/{conversationId}/{recorderId}/{instanceId}/state",
                     web::get().to(recordings::instance_state),
                 )
                 .route(
                     "/recordings/{conversationId}/{recorderId}/{instanceId}/stop",
                     web::post().to(recordings::stop),
+                )
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}/pause",
+                    web::post().to(recordings::pause),
+                )
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}/resume",
+                    web::post().to(recordings::resume),
                 )
                 .route(
                     "/recordings/{conversationId}/{recorderId}/{instanceId}/storage/info",
@@ -225,6 +244,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route(
                     "/recordings/{conversationId}/{recorderId}/{instanceId}",
                     web::get().to(recordings::instance),
+                )
+                .route(
+                    "/recordings/{conversationId}/{recorderId}/{instanceId}",
+                    web::delete().to(recordings::erase_instance),
                 ),
         )
         .default_service(web::to(unknown_route));

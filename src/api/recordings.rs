@@ -2,8 +2,12 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use recorder_actors::domain::ChatEntry;
-use recorder_actors::messages::{AddTranscript, GetActive, StartRecording as StartMessage, StopRecording, TrackUrls};
+use recorder_actors::domain::{ConversationId, InstanceId, RecorderId};
+use recorder_actors::messages::{
+    AddTranscript, EraseRecordings, GetActive, SetPaused, StartRecording as StartMessage, StopRecording, TrackUrls,
+};
 
+use super::auth::Grant;
 use super::body::read_body;
 use super::dto::*;
 use super::error::{ApiError, ErrorBody};
@@ -89,6 +93,73 @@ pub async fn stop(req: HttpRequest, state: web::Data<AppState>, path: InstancePa
     let at = instance_ref(&state, &grant.organization_id, &path)?;
     visible_instance(&state, &grant, at.clone()).await?;
     let record = state.registry.send(StopRecording(at)).await??;
+    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}/pause",
+    tag = "Recorder Controller",
+    operation_id = "pauseRecording",
+    summary = "Addition: pause recording (e.g. while a card payment is taken).",
+    description = "From now until the resume nothing of the instance's media is recorded: frames whose time falls inside the pause are dropped at ingest, the track files keep the span as a gap in time and the composition shows a \"recording paused\" slate over it. Chat lines and co-browse events follow the application's `pause_capture` (`keep`, the default, or `drop`). Idempotent (pausing a paused instance changes nothing), durable before answered (a pause survives a crash), 409 for an instance that is no longer live.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+    ),
+    responses(
+        (status = 200, description = "OK: the instance, `paused` true, with its `pauseIntervals`", body = RecordingDataEvent),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 409, description = "Conflict: the instance is no longer live (or is stopping)", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn pause(req: HttpRequest, state: web::Data<AppState>, path: InstancePath) -> Result<HttpResponse, ApiError> {
+    set_paused(req, state, path, true).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}/resume",
+    tag = "Recorder Controller",
+    operation_id = "resumeRecording",
+    summary = "Addition: resume a paused recording.",
+    description = "Media whose time is after the resume is recorded again (video asks the publisher for a keyframe). Idempotent, durable before answered, 409 for an instance that is no longer live.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+    ),
+    responses(
+        (status = 200, description = "OK: the instance, `paused` false", body = RecordingDataEvent),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 409, description = "Conflict: the instance is no longer live (or is stopping)", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn resume(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: InstancePath,
+) -> Result<HttpResponse, ApiError> {
+    set_paused(req, state, path, false).await
+}
+
+async fn set_paused(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: InstancePath,
+    paused: bool,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let at = instance_ref(&state, &grant.organization_id, &path)?;
+    visible_instance(&state, &grant, at.clone()).await?;
+    let record = state.registry.send(SetPaused { instance: at, paused }).await??;
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
 }
 
@@ -263,6 +334,101 @@ pub async fn active(
         )));
     }
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+}
+
+/// Addition: the instances an erasure was asked for.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureAccepted {
+    pub conversation_id: String,
+    /// Each instance, with its `erasure`.
+    pub instances: Vec<RecordingDataEvent>,
+}
+
+#[utoipa::path(
+    delete,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}",
+    tag = "Recorder Controller",
+    operation_id = "eraseConversationRecordings",
+    summary = "Addition: erase every recording of a conversation (GDPR).",
+    description = "Deletes every artefact of each ended instance the key may see — track files, transcript, co-browse sessions, `recording.json`, the conversation's composition — from the storage profile and from this node, and its captured chat and co-browse entries. Durable before answered and run as a job (resumed after a crash); `erasure.erased` is set when done, and an `erasure.done` event goes to the webhook. Each instance stays listed as a tombstone: ids, states and times with `erasure`, never media. 409 while an instance of the conversation is live.",
+    params(("conversationId" = String, Path, description = "conversationId")),
+    responses(
+        (status = 202, description = "Accepted: the instances, `erasure.requested` set", body = ErasureAccepted),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 409, description = "Conflict: an instance of the conversation is live", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn erase_conversation(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let conversation_id = requests::path_id("conversationId", &path, state.settings.limits.max_id_len)?;
+    erase(&state, &grant, conversation_id, None).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/auvious.video/rtc-recorder/api/recordings/{conversationId}/{recorderId}/{instanceId}",
+    tag = "Recorder Controller",
+    operation_id = "eraseRecording",
+    summary = "Addition: erase one recording (GDPR).",
+    description = "As the conversation's erasure, for one ended instance (the conversation's composition, which holds its media, goes too). 409 while the instance is live.",
+    params(
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("recorderId" = String, Path, description = "recorderId"),
+        ("instanceId" = String, Path, description = "instanceId"),
+    ),
+    responses(
+        (status = 202, description = "Accepted: the instance, `erasure.requested` set", body = ErasureAccepted),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 409, description = "Conflict: the instance is live", body = ErrorBody),
+    ),
+    security(("apiKey" = ["global"]))
+)]
+pub async fn erase_instance(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: InstancePath,
+) -> Result<HttpResponse, ApiError> {
+    let grant = state.keys.authorize(&req, Scope::Global)?;
+    let at = instance_ref(&state, &grant.organization_id, &path)?;
+    visible_instance(&state, &grant, at.clone()).await?;
+    erase(
+        &state,
+        &grant,
+        at.conversation_id,
+        Some((at.recorder_id, at.instance_id)),
+    )
+    .await
+}
+
+async fn erase(
+    state: &AppState,
+    grant: &Grant,
+    conversation_id: ConversationId,
+    instance_opt: Option<(RecorderId, InstanceId)>,
+) -> Result<HttpResponse, ApiError> {
+    let records = state
+        .registry
+        .send(EraseRecordings {
+            organization_id: grant.organization_id.clone(),
+            conversation_id: conversation_id.clone(),
+            instance_opt,
+            applications: grant.applications().clone(),
+        })
+        .await??;
+    Ok(HttpResponse::Accepted().json(ErasureAccepted {
+        conversation_id: conversation_id.into_string(),
+        instances: records.iter().map(RecordingDataEvent::from).collect(),
+    }))
 }
 
 #[utoipa::path(

@@ -54,6 +54,9 @@ pub struct HarnessSettings {
     pub storage: Option<Arc<dyn StorageBackend>>,
     /// UDP ports of plain-RTP ingest (loopback).
     pub rtp_ports: (u16, u16),
+    /// The application's compliance settings (pause capture, maximum duration, ...).
+    pub policy: recorder_actors::engine::ApplicationPolicy,
+    pub webhooks: recorder_actors::engine::WebhookDelivery,
 }
 
 impl Default for HarnessSettings {
@@ -72,6 +75,8 @@ impl Default for HarnessSettings {
             limits: TenantLimits::default(),
             storage: None,
             rtp_ports: next_port_range(),
+            policy: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -402,6 +407,7 @@ fn engine_config(root: &Path, settings: &HarnessSettings, clock: &Clock) -> Arc<
         organization_id: ORGANIZATION.into(),
         application_id: APPLICATION.into(),
         backend: storage,
+        policy: settings.policy.clone(),
     });
     let lo: IpAddr = Ipv4Addr::LOCALHOST.into();
     Arc::new(EngineConfig {
@@ -433,5 +439,6 @@ fn engine_config(root: &Path, settings: &HarnessSettings, clock: &Clock) -> Arc<
         recovery: settings.recovery,
         limits: settings.limits,
         ready_check_interval: Duration::from_secs(3600),
+        webhooks: settings.webhooks,
     })
 }

@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod probe;
 pub mod rtp;
+pub mod webhook;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -266,6 +267,11 @@ impl Service {
     /// What the process wrote to stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
         lock(&self.stderr).clone()
+    }
+
+    /// Whether the process has ended (by itself: a crash, an injected abort).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// SIGKILL: no chance to flush or clean up. Returns once the process is reaped and its

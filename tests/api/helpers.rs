@@ -294,6 +294,17 @@ impl TestApp {
         running.sigterm(timeout)
     }
 
+    /// Whether the process ended by itself.
+    pub fn has_exited(&mut self) -> bool {
+        self.running.as_mut().is_none_or(|r| r.has_exited())
+    }
+
+    /// Restarts the process with this environment (kept for later restarts).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        self.restart();
+    }
+
     /// Starts a new process on the same data dir and config (a new port). Kills the old one
     /// first if it still runs.
     pub fn restart(&mut self) {

@@ -5,6 +5,7 @@ mod helpers;
 mod spec;
 
 mod auth;
+mod erasure;
 mod isolation;
 mod limits;
 mod openapi;
@@ -17,3 +18,4 @@ mod signed_urls;
 mod startup;
 mod transcript_cobrowse;
 mod validation;
+mod webhooks;

@@ -300,7 +300,7 @@ fn unknown_routes_and_methods_answer_the_error_body() {
     let ev = app.start(KEY_A, APP_A, &conv("methods"));
     for (method, path) in [
         ("GET", "/recordings/start".to_string()),
-        ("DELETE", instance_path(&ev)),
+        ("PUT", instance_path(&ev)),
         ("GET", format!("{}/stop", instance_path(&ev))),
         ("PUT", "/recordings/chat/transcript/add".to_string()),
         ("GET", "/storageproviders/app-a/verify".to_string()),

@@ -39,7 +39,25 @@ const ALLOWED_EXTRA: &[(&str, &[&str])] = &[
     ("StorageVerificationStatusMessage", &["writeThroughputMibPerSec"]),
     // The conversation listing names each recording's instance and state, so a client can go
     // from the listing to the instance's own routes (the spec's listing has no id at all).
-    ("ConversationRecordingData", &["instanceId", "state"]),
+    // ... and, with erasure (GDPR, an addition), when an instance was erased.
+    ("ConversationRecordingData", &["instanceId", "state", "erasure"]),
+    // Pause/resume (an addition for contact centers: card payments): whether the instance is
+    // paused, its pauses, and what chat or co-browse a pause discarded.
+    // ... and why an instance stopped by itself (its maximum duration).
+    (
+        "RecordingDataEvent",
+        &["paused", "pauseIntervals", "stopReason", "erasure"],
+    ),
+    (
+        "RecordingDataMessage",
+        &[
+            "paused",
+            "pauseIntervals",
+            "numDiscardedWhilePaused",
+            "stopReason",
+            "erasure",
+        ],
+    ),
 ];
 
 const STATES: [&str; 6] = [

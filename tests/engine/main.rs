@@ -10,3 +10,4 @@
 mod fidelity;
 mod support;
 mod timers;
+mod webhooks;

@@ -283,3 +283,40 @@ async fn a_failed_upload_is_retried_once_the_clock_passes_its_backoff() {
     let stored = engine.instance(&instance);
     assert!(stored.streams[0].tracks[0].object.uploaded.is_some(), "{stored:#?}");
 }
+
+/// An instance reaching the application's maximum duration stops by itself with the stop reason
+/// `MAX_DURATION_REACHED`; the duration counts from its creation on the clock, across a restart.
+#[tokio::test]
+async fn an_instance_stops_by_itself_at_its_maximum_duration_counted_across_a_restart() {
+    let mut engine = EngineHarness::with(HarnessSettings {
+        policy: recorder_actors::engine::ApplicationPolicy {
+            max_instance_duration: Some(Duration::from_secs(4 * 3600)),
+            duration_warning: Duration::from_secs(60),
+            ..Default::default()
+        },
+        ..HarnessSettings::default()
+    });
+    let instance = engine.start_recording(&unique("call"), &unique("room")).await;
+    // Armed before the clock moves (a round trip through the recorder).
+    engine.tree().await;
+    engine.advance(Duration::from_secs(3 * 3600));
+    engine.restart();
+    engine.tree().await;
+    engine.advance(Duration::from_secs(3600 - 2));
+    engine.tree().await;
+    let live = engine.instance(&instance);
+    assert_eq!(live.state, InstanceState::Initialised, "{live:#?}");
+    engine.advance(Duration::from_secs(3));
+    let stopped = wait_state(&engine, &instance, InstanceState::Stopped).await;
+    assert_eq!(
+        stopped.stop_reason.as_deref(),
+        Some("MAX_DURATION_REACHED"),
+        "{stopped:#?}"
+    );
+    assert!(stopped.error.is_none(), "{stopped:#?}");
+    // The conversation may start again: the stop ended its live instance.
+    let again = engine
+        .try_start(&instance.conversation_id, &unique("room"), true, true)
+        .await;
+    assert!(again.is_ok(), "{again:?}");
+}

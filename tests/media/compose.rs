@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-const WIDTH: u32 = 1280;
+pub(crate) const WIDTH: u32 = 1280;
 
 /// One FFmpeg sending a solid-colour camera (VP8) and a tone (Opus) for `seconds`.
 fn send_participant(app: &TestApp, conference: &str, user: &str, colour: &str, hz: u32, seconds: f64) -> Child {
@@ -44,7 +44,7 @@ fn send_screen(app: &TestApp, conference: &str, user: &str, colour: &str, second
     ffmpeg(&a)
 }
 
-fn publish(app: &TestApp, conference: &str, user: &str, kind: &str, lines: &[(&str, u8, &str)]) -> Vec<u16> {
+pub(crate) fn publish(app: &TestApp, conference: &str, user: &str, kind: &str, lines: &[(&str, u8, &str)]) -> Vec<u16> {
     let resp = app.publish(
         "rtp",
         conference,
@@ -57,7 +57,7 @@ fn publish(app: &TestApp, conference: &str, user: &str, kind: &str, lines: &[(&s
     answer_ports(&resp.text())
 }
 
-fn stored_composition(app: &TestApp, conversation: &str) -> PathBuf {
+pub(crate) fn stored_composition(app: &TestApp, conversation: &str) -> PathBuf {
     app.root
         .join("storage/org-a/app-a")
         .join(conversation)
@@ -107,7 +107,7 @@ fn ffprobe(path: &Path, entries: &str) -> String {
 }
 
 /// RGB of pixel (x, y) of the frame shown at `secs`.
-fn pixel(path: &Path, secs: f64, x: u32, y: u32) -> [u8; 3] {
+pub(crate) fn pixel(path: &Path, secs: f64, x: u32, y: u32) -> [u8; 3] {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-ss", &format!("{secs:.3}"), "-i"])
         .arg(path)

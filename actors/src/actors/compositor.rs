@@ -18,7 +18,9 @@ use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, CompositorCounters, Counters, Snapshot};
 use crate::storage::download_to_file;
 use crate::store::artefacts::enqueue_artefact;
-use crate::store::{ArtefactKind, CompositionId, CompositionRecord, CompositionState, StateStore, StoreError};
+use crate::store::{
+    ArtefactKind, CompositionId, CompositionRecord, CompositionState, EventKind, OutboxEvent, StateStore, StoreError,
+};
 use crate::EngineConfig;
 
 /// Wait before looking at the queue again after the store could not be read.
@@ -137,7 +139,8 @@ impl Compositor {
     ) {
         let now = self.config.clock().utc();
         let mut current = true;
-        let updated = self.store.update_composition(&CompositionId::of(&claimed), &mut |c| {
+        let mut updated = None;
+        let mut change = |c: &mut CompositionRecord| -> Result<(), StoreError> {
             current = c.generation == claimed.generation;
             if !current {
                 return Ok(());
@@ -159,7 +162,29 @@ impl Compositor {
                 }
             }
             Ok(())
-        });
+        };
+        // The outcome and, for a failure, its event: one commit (a done composition's event
+        // comes with its upload).
+        let updated = self
+            .store
+            .transaction(&mut |tx| {
+                let record = tx.update_composition(&CompositionId::of(&claimed), &mut change)?;
+                if record.generation == claimed.generation && record.state == CompositionState::Failed {
+                    if let Some(instance) = tx.get_instance(&record.instance_id)? {
+                        tx.put_event(&OutboxEvent::of(
+                            &instance,
+                            EventKind::CompositionFailed,
+                            now,
+                            serde_json::json!({
+                                "error": record.error.as_ref().map(|e| serde_json::json!({"code": e.code, "message": e.message})),
+                            }),
+                        ))?;
+                    }
+                }
+                updated = Some(record);
+                Ok(())
+            })
+            .map(|()| updated.take().expect("a committed transaction set it"));
         let record = match updated {
             Ok(record) => record,
             Err(err) => {
@@ -345,10 +370,7 @@ fn composition_dir(config: &EngineConfig, job: &CompositionRecord) -> PathBuf {
 /// The conversation's ended instances (stopped, aborted, failed) as composition inputs: instances in time order, each
 /// track placed by its `started` time, the time between instances cut. A track deleted locally
 /// is read from `fetched` when it is there.
-pub fn composition_inputs(
-    instances: &[InstanceRecord],
-    fetched: &FetchedTracks,
-) -> (Vec<ComposeInput>, Duration, Vec<String>) {
+pub fn composition_inputs(instances: &[InstanceRecord], fetched: &FetchedTracks) -> ComposeJob {
     let mut problems = Vec::new();
     let mut spans = Vec::new();
     // Aborted (and failed) instances are composed too: what they recorded before the crash is
@@ -360,6 +382,8 @@ pub fn composition_inputs(
                 i.state,
                 InstanceState::Stopped | InstanceState::Aborted | InstanceState::Failed
             ) && i.stopped.is_some()
+                // An erased instance's media is gone, and stays out of any composition.
+                && i.erasure.is_none()
         })
         .collect();
     stopped.sort_by_key(|i| i.started.unwrap_or(i.created));
@@ -416,9 +440,20 @@ pub fn composition_inputs(
                 ));
             }
         }
+        let pauses = instance
+            .pauses
+            .iter()
+            .map(|p| {
+                (
+                    p.paused.timestamp_micros(),
+                    p.resumed.unwrap_or(stopped_at).timestamp_micros(),
+                )
+            })
+            .collect();
         spans.push(InstanceSpan {
             started_micros: started.timestamp_micros(),
             stopped_micros: stopped_at.timestamp_micros(),
+            pauses,
             tracks,
         });
     }
@@ -431,7 +466,22 @@ pub fn composition_inputs(
             input
         })
         .collect();
-    (inputs, total, problems)
+    ComposeJob {
+        inputs,
+        total,
+        slates: compose::place_pauses(&spans),
+        problems,
+    }
+}
+
+/// What a composition composes: its inputs placed on the timeline, its length, the paused spans
+/// (a slate over each), and the tracks left out and why.
+#[derive(Debug)]
+pub struct ComposeJob {
+    pub inputs: Vec<ComposeInput>,
+    pub total: Duration,
+    pub slates: Vec<(Duration, Duration)>,
+    pub problems: Vec<String>,
 }
 
 /// Blocking: composes the conversation of `job` into `<media_dir>/compositions/...`. The file is
@@ -450,13 +500,18 @@ fn run_composition(
         .into_iter()
         .filter(|i| id.includes(i))
         .collect();
-    let (inputs, total, mut problems) = composition_inputs(&instances, fetched);
+    let ComposeJob {
+        inputs,
+        total,
+        slates,
+        mut problems,
+    } = composition_inputs(&instances, fetched);
     let dir = composition_dir(config, job);
     std::fs::create_dir_all(&dir).map_err(|e| MediaError::Io(format!("{}: {e}", dir.display())))?;
     let partial = dir.join("composition.mp4.part");
     let path = dir.join("composition.mp4");
     tracing::info!(conversation_id = %job.conversation_id, num_inputs = inputs.len(), total_ms = total.as_millis() as u64, "composing conversation");
-    let mut report = compose::compose(&inputs, total, &partial, &config.composition.output)?;
+    let mut report = compose::compose(&inputs, total, &slates, &partial, &config.composition.output)?;
     std::fs::rename(&partial, &path).map_err(|e| MediaError::Io(format!("{}: {e}", path.display())))?;
     problems.append(&mut report.problems);
     report.problems = problems;

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use futures_util::FutureExt;
 
 use super::recorder::{
-    retire_streams, AbortRecorder, InstanceEnded, Recorder, RecorderCrashed, RecorderLinks, StopRecorder,
+    retire_streams, AbortRecorder, InstanceEnded, PauseRecorder, Recorder, RecorderCrashed, RecorderLinks, StopRecorder,
 };
 use super::supervision::{self, SupervisedKind};
 use super::uploader::Kick;
@@ -194,6 +194,15 @@ impl Handler<StopInstance> for Conversation {
                     result
                 }),
         )
+    }
+}
+
+impl Handler<PauseRecorder> for Conversation {
+    type Result = ResponseFuture<Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: PauseRecorder, _ctx: &mut Self::Context) -> Self::Result {
+        let recorder = self.recorder.clone();
+        async move { recorder.send(msg).await? }.boxed_local()
     }
 }
 

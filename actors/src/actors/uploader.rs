@@ -6,8 +6,9 @@
 //! in `storage/`, the queue rules in `store/artefacts.rs`. What is left is the job's life (pick,
 //! upload, verify, finish, back off) and reads best in one piece.
 
+use super::job::JobError;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,10 @@ use serde_json::json;
 use crate::domain::{ErrorInfo, InstanceRecord, TranscriptArtefact};
 use crate::snapshot::{ActorSnapshot, Counters, Snapshot, UploaderCounters};
 use crate::storage::{MultipartProgress, ObjectInfo, ProgressSink, PutReceipt, StorageError};
-use crate::store::{ArtefactKind, CompositionId, CompositionState, StateStore, StoreError, UploadJob};
-use crate::{ApplicationProfile, EngineConfig, EngineError};
+use crate::store::{
+    ArtefactKind, CompositionId, CompositionState, EventKind, OutboxEvent, StateStore, StoreError, UploadJob,
+};
+use crate::{ApplicationProfile, EngineConfig};
 
 pub struct Uploader {
     store: Arc<dyn StateStore>,
@@ -201,37 +204,6 @@ fn retry_delay(config: &EngineConfig, num_attempts: u32) -> Duration {
     capped.mul_f64(rand::thread_rng().gen_range(0.5..1.0))
 }
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum JobError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The store accepted the upload but holds something else than what was read locally.
-    #[error("upload verification failed: {0}")]
-    Verification(String),
-}
-
-impl JobError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            JobError::Storage(err) => err.is_retryable(),
-            JobError::Store(StoreError::Io(_)) => true,
-            JobError::Store(_) => false,
-            // Uploading again replaces the object; a persistent mismatch keeps backing off.
-            JobError::Verification(_) => true,
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            JobError::Storage(err) => err.code(),
-            JobError::Store(_) => "STATE_STORE",
-            JobError::Verification(_) => "UPLOAD_VERIFICATION",
-        }
-    }
-}
-
 /// Uploads one artefact, records where it went, and only then removes the job. A track file is
 /// verified against what the store reports before it counts as uploaded, and deleted locally
 /// (when configured) only after that.
@@ -246,8 +218,26 @@ async fn run_job(
         store.finish_job(&job.key, job.generation)?;
         return Ok(0);
     };
+    if job.artefact == ArtefactKind::Erasure {
+        return super::erasure::run_erasure(store, profile, config, record, job).await;
+    }
+    if record.erasure.is_some() {
+        // An instance being erased uploads nothing more.
+        store.finish_job(&job.key, job.generation)?;
+        return Ok(0);
+    }
     let backend = profile.backend.clone();
-    let location = backend.location(&job.key);
+    let encryption = profile.policy.encryption.clone();
+    // Encrypted artefacts are stored as `<key>.age` (the manifest only when asked for).
+    let encrypted = encryption
+        .as_ref()
+        .is_some_and(|e| job.artefact != ArtefactKind::Manifest || e.encrypt_manifest);
+    let object_key = if encrypted {
+        format!("{}{}", job.key, crate::storage::encryption::SUFFIX)
+    } else {
+        job.key.clone()
+    };
+    let location = backend.location(&object_key);
     let mut keep_local = !config.delete_local_after_upload;
     let now = config.clock().utc();
     let size = match &job.artefact {
@@ -262,6 +252,11 @@ async fn run_job(
             // The progress of an upload an earlier attempt or process left unfinished, and
             // every new part recorded in the job's row as it completes.
             let resume_opt = store.job(&job.key)?.and_then(|j| j.multipart_opt);
+            // What goes to storage: the file, or its ciphertext (made once, beside it).
+            let upload_path = match encryption.as_ref().filter(|_| encrypted) {
+                Some(encryption) => encrypt_on_thread(encryption.clone(), PathBuf::from(local_path)).await?,
+                None => PathBuf::from(local_path),
+            };
             let on_progress: ProgressSink = {
                 let (store, job) = (store.clone(), job.clone());
                 Arc::new(move |progress: &MultipartProgress| {
@@ -274,17 +269,21 @@ async fn run_job(
                 })
             };
             let receipt = backend
-                .put_file_resumable(&job.key, Path::new(local_path), resume_opt, on_progress)
+                .put_file_resumable(&object_key, &upload_path, resume_opt, on_progress)
                 .await?;
-            let stored = backend.head(&job.key).await?;
+            let stored = backend.head(&object_key).await?;
             verify_upload(&receipt, &stored)?;
             let mut recorded = false;
             // Where the track went and the job's end, in one transaction.
             store.transaction(&mut |tx| {
                 tx.update_instance(&record.instance_id, &mut |r| {
                     recorded = false;
+                    if r.erasure.is_some() {
+                        // Erased while it uploaded: the object goes below.
+                        return Ok(());
+                    }
                     if let Some(track) = r.track_mut(stream_id, track_id) {
-                        track.object.key = Some(job.key.clone());
+                        track.object.key = Some(object_key.clone());
                         track.object.location = Some(location.clone());
                         track.object.size = Some(receipt.size);
                         track.object.uploaded = Some(now);
@@ -294,9 +293,30 @@ async fn run_job(
                     Ok(())
                 })?;
                 tx.step("upload_done", "track_recorded", &record.instance_id);
+                if recorded {
+                    tx.put_event(&OutboxEvent::of(
+                        &record,
+                        EventKind::ArtefactUploaded,
+                        now,
+                        serde_json::json!({
+                            "artefact": "track",
+                            "streamId": stream_id,
+                            "trackId": track_id,
+                            "location": location,
+                            "size": receipt.size,
+                        }),
+                    ))?;
+                }
                 tx.finish_job(&job.key, job.generation)?;
                 Ok(())
             })?;
+            if upload_path.as_path() != Path::new(local_path) {
+                let _ = tokio::fs::remove_file(&upload_path).await;
+            }
+            if erased_meanwhile(store.as_ref(), &record.instance_id) {
+                delete_erased(backend.as_ref(), &object_key).await?;
+                return Ok(0);
+            }
             if !recorded {
                 // Queued for a track the record does not have (queue_track_file refuses that):
                 // keep the file, since nothing says where its copy went.
@@ -309,20 +329,42 @@ async fn run_job(
             conversation_id,
             local_path,
         } => {
-            let receipt = backend.put_file(&job.key, Path::new(local_path)).await?;
-            let stored = backend.head(&job.key).await?;
+            let upload_path = match encryption.as_ref().filter(|_| encrypted) {
+                Some(encryption) => encrypt_on_thread(encryption.clone(), PathBuf::from(local_path)).await?,
+                None => PathBuf::from(local_path),
+            };
+            let receipt = backend.put_file(&object_key, &upload_path).await?;
+            let stored = backend.head(&object_key).await?;
             verify_upload(&receipt, &stored)?;
+            if upload_path.as_path() != Path::new(local_path) {
+                let _ = tokio::fs::remove_file(&upload_path).await;
+            }
             let composition = CompositionId::new(&job.organization_id, &job.application_id, conversation_id);
             // Where it went, the manifest that will list it and the job's end: one transaction.
+            let mut erased = false;
             store.transaction(&mut |tx| {
+                erased = tx
+                    .get_instance(&record.instance_id)?
+                    .is_some_and(|r| r.erasure.is_some());
+                if erased {
+                    tx.finish_job(&job.key, job.generation)?;
+                    return Ok(());
+                }
                 tx.update_composition(&composition, &mut |c| {
-                    c.key = Some(job.key.clone());
+                    c.key = Some(object_key.clone());
                     c.location = Some(location.clone());
                     c.size = Some(receipt.size);
                     c.uploaded = Some(now);
                     Ok(())
                 })?;
                 tx.step("upload_done", "composition_recorded", &record.instance_id);
+                // The composition is done once it is in storage.
+                tx.put_event(&OutboxEvent::of(
+                    &record,
+                    EventKind::CompositionDone,
+                    now,
+                    serde_json::json!({ "location": location, "size": receipt.size }),
+                ))?;
                 // The newest stopped instance's `recording.json` is rewritten to list the
                 // composition (same profile, so this uploader runs it).
                 crate::store::artefacts::enqueue_artefact(tx, &record, ArtefactKind::Manifest)?;
@@ -330,6 +372,10 @@ async fn run_job(
                 Ok(())
             })?;
             store.flush().await?;
+            if erased {
+                delete_erased(backend.as_ref(), &object_key).await?;
+                return Ok(0);
+            }
             if !keep_local {
                 // A re-composition writes a new file under the same path before queueing again,
                 // so only a finished job (generation unchanged) may remove it.
@@ -342,14 +388,37 @@ async fn run_job(
         artefact => {
             let size = match artefact {
                 ArtefactKind::ChatTranscript | ArtefactKind::CobrowseSession { .. } => {
-                    upload_rendered(&store, &config, &record, artefact, backend.as_ref(), &job.key).await?
+                    let encryption = encryption.clone().filter(|_| encrypted);
+                    upload_rendered(
+                        &store,
+                        &config,
+                        &record,
+                        artefact,
+                        backend.as_ref(),
+                        &object_key,
+                        encryption,
+                    )
+                    .await?
                 }
                 _ => {
-                    let body = render(store.as_ref(), &config, &record, artefact)?;
-                    backend.put(&job.key, body).await?
+                    let mut body = render(store.as_ref(), &config, &record, artefact)?;
+                    if let Some(encryption) = encryption.as_ref().filter(|_| encrypted) {
+                        body = encryption
+                            .encrypt_bytes(&body)
+                            .map_err(|e| StorageError::Io(format!("encrypting {object_key}: {e}")))?;
+                    }
+                    backend.put(&object_key, body).await?
                 }
             };
+            let mut erased = false;
             store.transaction(&mut |tx| {
+                erased = tx
+                    .get_instance(&record.instance_id)?
+                    .is_some_and(|r| r.erasure.is_some());
+                if erased {
+                    tx.finish_job(&job.key, job.generation)?;
+                    return Ok(());
+                }
                 tx.update_instance(&record.instance_id, &mut |r| {
                     match artefact {
                         ArtefactKind::ChatTranscript => {
@@ -370,14 +439,38 @@ async fn run_job(
                             session.location = Some(location.clone());
                             session.uploaded = Some(now);
                         }
-                        ArtefactKind::Manifest | ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } => {}
+                        ArtefactKind::Manifest
+                        | ArtefactKind::TrackFile { .. }
+                        | ArtefactKind::Composition { .. }
+                        | ArtefactKind::Erasure => {}
                     }
                     Ok(())
                 })?;
                 tx.step("upload_done", "artefact_recorded", &record.instance_id);
+                let (kind, mut data) = match artefact {
+                    ArtefactKind::Manifest => (EventKind::RecordingComplete, serde_json::json!({})),
+                    ArtefactKind::ChatTranscript => (
+                        EventKind::ArtefactUploaded,
+                        serde_json::json!({ "artefact": "chatTranscript" }),
+                    ),
+                    ArtefactKind::CobrowseSession { session_id } => (
+                        EventKind::ArtefactUploaded,
+                        serde_json::json!({ "artefact": "cobrowseSession", "sessionId": session_id }),
+                    ),
+                    ArtefactKind::TrackFile { .. } | ArtefactKind::Composition { .. } | ArtefactKind::Erasure => {
+                        unreachable!("run above")
+                    }
+                };
+                data["location"] = location.clone().into();
+                data["size"] = size.into();
+                tx.put_event(&OutboxEvent::of(&record, kind, now, data))?;
                 tx.finish_job(&job.key, job.generation)?;
                 Ok(())
             })?;
+            if erased {
+                delete_erased(backend.as_ref(), &object_key).await?;
+                return Ok(0);
+            }
             size
         }
     };
@@ -403,6 +496,36 @@ async fn run_job(
         }
     }
     Ok(size)
+}
+
+/// The ciphertext of a file, made on a blocking thread (see `Encryption::encrypted_file`).
+async fn encrypt_on_thread(
+    encryption: Arc<crate::storage::encryption::Encryption>,
+    path: PathBuf,
+) -> Result<PathBuf, JobError> {
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || encryption.encrypted_file(&path))
+        .await
+        .map_err(|e| StorageError::Io(format!("encrypting {shown}: {e}")))?
+        .map_err(|e| StorageError::Io(format!("encrypting {shown}: {e}")).into())
+}
+
+/// Whether the instance was erased (or its erasure asked for) while an artefact of it uploaded.
+fn erased_meanwhile(store: &dyn StateStore, instance_id: &str) -> bool {
+    store
+        .get_instance(instance_id)
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.erasure.is_some())
+}
+
+/// Deletes an object uploaded for an instance erased meanwhile (the erasure may have run before
+/// the object was there).
+async fn delete_erased(backend: &dyn crate::storage::StorageBackend, key: &str) -> Result<(), JobError> {
+    match backend.delete(key).await {
+        Ok(()) | Err(StorageError::NotFound(_)) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 fn composition_pending(store: &dyn StateStore, record: &InstanceRecord) -> bool {
@@ -478,6 +601,7 @@ async fn upload_rendered(
     artefact: &ArtefactKind,
     backend: &dyn crate::storage::StorageBackend,
     key: &str,
+    encryption: Option<Arc<crate::storage::encryption::Encryption>>,
 ) -> Result<u64, JobError> {
     let dir = config.media.media_dir.join(".render");
     let path = dir.join(format!("{}.json", uuid::Uuid::new_v4().simple()));
@@ -497,7 +621,15 @@ async fn upload_rendered(
         rendering
             .await
             .map_err(|e| StorageError::Io(format!("rendering {key}: {e}")))??;
-        let receipt = backend.put_file(key, &path).await?;
+        let upload_path = match encryption {
+            Some(encryption) => encrypt_on_thread(encryption, path.clone()).await?,
+            None => path.clone(),
+        };
+        let receipt = backend.put_file(key, &upload_path).await;
+        if upload_path != path {
+            let _ = tokio::fs::remove_file(&upload_path).await;
+        }
+        let receipt = receipt?;
         let stored = backend.head(key).await?;
         verify_upload(&receipt, &stored)?;
         Ok::<_, JobError>(receipt.size)
@@ -575,8 +707,11 @@ fn render(
         ArtefactKind::ChatTranscript
         | ArtefactKind::CobrowseSession { .. }
         | ArtefactKind::TrackFile { .. }
-        | ArtefactKind::Composition { .. } => {
-            unreachable!("files are uploaded from disk, and transcripts and sessions streamed (upload_rendered)")
+        | ArtefactKind::Composition { .. }
+        | ArtefactKind::Erasure => {
+            unreachable!(
+                "files are uploaded from disk, transcripts and sessions streamed (upload_rendered), erasures run apart"
+            )
         }
     }
 }
@@ -664,16 +799,6 @@ impl Handler<Snapshot> for Uploader {
     }
 }
 
-impl From<JobError> for EngineError {
-    fn from(err: JobError) -> Self {
-        match err {
-            JobError::Storage(e) => EngineError::Storage(e),
-            JobError::Store(e) => EngineError::Store(e),
-            JobError::Verification(m) => EngineError::Unavailable(m),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,6 +849,7 @@ mod tests {
             recovery: Default::default(),
             limits: Default::default(),
             ready_check_interval: std::time::Duration::from_secs(15),
+            webhooks: Default::default(),
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);
@@ -759,6 +885,7 @@ mod tests {
             organization_id: "org".into(),
             application_id: "app".into(),
             backend,
+            policy: Default::default(),
         });
         let config = Arc::new(EngineConfig {
             recorder_id: "n".into(),
@@ -774,6 +901,7 @@ mod tests {
             recovery: Default::default(),
             limits: Default::default(),
             ready_check_interval: Duration::from_secs(15),
+            webhooks: Default::default(),
         });
         let uploader = Uploader::new(store.clone(), profile, config).start();
         for _ in 0..200 {
@@ -827,6 +955,10 @@ mod render_tests {
             cobrowse_sessions: Default::default(),
             history: vec![],
             stop_requested: None,
+            pauses: Vec::new(),
+            num_discarded_while_paused: 0,
+            stop_reason: None,
+            erasure: None,
         };
         let entries: Vec<ChatEntry> = (0..3)
             .map(|n| ChatEntry {

@@ -370,9 +370,88 @@ pub struct InstanceRecord {
     /// was being stopped when the process ended: boot finishes that stop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_requested: Option<DateTime<Utc>>,
+    /// When recording was paused and resumed (a card payment, say), oldest first; the last one
+    /// is open while the instance is paused. Nothing is recorded inside an interval: media is
+    /// dropped at ingest (the files keep the span as a gap), and chat and co-browse follow the
+    /// application's `pause_capture`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pauses: Vec<PauseInterval>,
+    /// Chat lines and co-browse events discarded because they came while paused (an
+    /// application with `pause_capture = "drop"`).
+    #[serde(default)]
+    pub num_discarded_while_paused: u64,
+    /// Why a stop that no client asked for happened ([`STOP_REASON_MAX_DURATION`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// An erasure was asked for (GDPR): every artefact is being deleted, or is (`erased`); what
+    /// stays is this tombstone — ids, states and times, never the media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureRecord>,
+}
+
+/// The erasure of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureRecord {
+    pub requested: DateTime<Utc>,
+    /// When every artefact was gone; `None` while the erasure runs.
+    pub erased: Option<DateTime<Utc>>,
+}
+
+/// The stop reason of an instance that reached its maximum duration
+/// (`limits.max_instance_duration_secs`) and stopped by itself.
+pub const STOP_REASON_MAX_DURATION: &str = "MAX_DURATION_REACHED";
+
+/// One pause of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseInterval {
+    pub paused: DateTime<Utc>,
+    /// `None` while the instance is still paused.
+    pub resumed: Option<DateTime<Utc>>,
 }
 
 impl InstanceRecord {
+    /// Makes the instance a tombstone: every place an artefact was (local files, objects,
+    /// the transcript, co-browse sessions) forgotten; ids, states and times kept.
+    pub fn erase(&mut self, now: DateTime<Utc>) {
+        for stream in &mut self.streams {
+            stream.rtp_session = None;
+            for track in &mut stream.tracks {
+                track.local = LocalFileRecord::default();
+                track.object = ObjectRecord::default();
+            }
+        }
+        self.transcript = None;
+        self.num_transcript_entries = 0;
+        self.cobrowse_sessions.clear();
+        let requested = self.erasure.map_or(now, |e| e.requested);
+        self.erasure = Some(ErasureRecord {
+            requested,
+            erased: Some(now),
+        });
+    }
+
+    /// Whether recording is paused now (the last pause is open).
+    pub fn is_paused(&self) -> bool {
+        self.pauses.last().is_some_and(|p| p.resumed.is_none())
+    }
+
+    /// Pauses (`true`) or resumes (`false`) at `now`; `false` when that changes nothing (already
+    /// so). A terminal instance is neither paused nor resumed.
+    pub fn set_paused(&mut self, paused: bool, now: DateTime<Utc>) -> bool {
+        if self.state.is_terminal() || paused == self.is_paused() {
+            return false;
+        }
+        if paused {
+            self.pauses.push(PauseInterval {
+                paused: now,
+                resumed: None,
+            });
+        } else if let Some(open) = self.pauses.last_mut() {
+            open.resumed = Some(now.max(open.paused));
+        }
+        true
+    }
+
     /// Applies a transition of the state machine, recording when it happened.
     pub fn transition(&mut self, next: InstanceState, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         if !self.state.can_transition_to(next) {
@@ -391,6 +470,10 @@ impl InstanceRecord {
             }
             InstanceState::Stopped | InstanceState::Failed | InstanceState::Aborted => {
                 self.stopped = Some(now);
+                // An instance that ends paused: its last pause ends with it.
+                if let Some(open) = self.pauses.last_mut().filter(|p| p.resumed.is_none()) {
+                    open.resumed = Some(now.max(open.paused));
+                }
             }
             InstanceState::Initialised | InstanceState::PendingRecovery => {}
         }
@@ -502,6 +585,10 @@ mod tests {
             cobrowse_sessions: BTreeMap::new(),
             history: vec![],
             stop_requested: None,
+            pauses: Vec::new(),
+            num_discarded_while_paused: 0,
+            stop_reason: None,
+            erasure: None,
         }
     }
 

@@ -180,6 +180,8 @@ pub fn screen_layout(n: usize, width: u32, height: u32) -> (Tile, Vec<Tile>) {
 pub struct InstanceSpan<T> {
     pub started_micros: i64,
     pub stopped_micros: i64,
+    /// Pauses of the instance, (start, end) in wall-clock microseconds.
+    pub pauses: Vec<(i64, i64)>,
     /// (track, started, stopped) in wall-clock microseconds; `None` = the instance's bounds.
     pub tracks: Vec<(T, Option<i64>, Option<i64>)>,
 }
@@ -208,6 +210,29 @@ pub fn place_instances<T: Clone>(instances: &[InstanceSpan<T>]) -> (Vec<(T, Dura
     (out, Duration::from_micros(base as u64))
 }
 
+/// Where the instances' pauses fall on the composed timeline (placed as [`place_instances`]
+/// places their tracks, clamped to their instance): the spans the composition shows its
+/// "recording paused" slate over.
+pub fn place_pauses<T>(instances: &[InstanceSpan<T>]) -> Vec<(Duration, Duration)> {
+    let mut base: i64 = 0;
+    let mut out = Vec::new();
+    for instance in instances {
+        let length = (instance.stopped_micros - instance.started_micros).max(0);
+        for (paused, resumed) in &instance.pauses {
+            let clamp = |t: i64| (t - instance.started_micros).clamp(0, length);
+            let (start, end) = (clamp(*paused), clamp(*resumed));
+            if end > start {
+                out.push((
+                    Duration::from_micros((base + start) as u64),
+                    Duration::from_micros((base + end) as u64),
+                ));
+            }
+        }
+        base += length;
+    }
+    out
+}
+
 /// Merges intervals (in seconds) that overlap or touch.
 fn merge_intervals(mut spans: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
     spans.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -227,6 +252,7 @@ pub fn filter_description(
     video: &[&ComposeInput],
     audio: &[&ComposeInput],
     total: Duration,
+    slates: &[(Duration, Duration)],
     config: &ComposeConfig,
 ) -> String {
     let secs = total.as_secs_f64();
@@ -320,7 +346,26 @@ pub fn filter_description(
                 }
             }
         }
-        parts.push(format!("[base{canvas}]format=yuv420p[vout]"));
+        // Over the paused spans: a dark slate, and (where drawtext is available) its words.
+        let paused = slates
+            .iter()
+            .map(|(a, b)| format!("between(t,{:.3},{:.3})", a.as_secs_f64(), b.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join("+");
+        let slate = if paused.is_empty() {
+            String::new()
+        } else {
+            let text = if config.label_placeholders {
+                format!(
+                    ",drawtext=text='recording paused':x=(w-text_w)/2:y=(h-text_h)/2:fontsize={}:fontcolor=white:enable='{paused}'",
+                    (h / 12).max(16)
+                )
+            } else {
+                String::new()
+            };
+            format!(",drawbox=x=0:y=0:w=iw:h=ih:color=0x202020:t=fill:enable='{paused}'{text}")
+        };
+        parts.push(format!("[base{canvas}]format=yuv420p{slate}[vout]"));
     }
     if !audio.is_empty() {
         let mut mix = String::new();
@@ -562,6 +607,7 @@ impl Output {
 pub fn compose(
     inputs: &[ComposeInput],
     total: Duration,
+    slates: &[(Duration, Duration)],
     out: &Path,
     config: &ComposeConfig,
 ) -> Result<ComposeReport, MediaError> {
@@ -664,7 +710,7 @@ pub fn compose(
     }
     let build = |config: &ComposeConfig| -> Result<ffmpeg::filter::Graph, MediaError> {
         let mut parts = spec_parts.clone();
-        parts.push(filter_description(&video, &audio, total, config));
+        parts.push(filter_description(&video, &audio, total, slates, config));
         parts.extend(sinks.iter().cloned());
         let spec = parts.join(";");
         let mut graph = ffmpeg::filter::Graph::new();
@@ -932,12 +978,14 @@ mod tests {
             InstanceSpan {
                 started_micros: 100 * s,
                 stopped_micros: 110 * s,
+                pauses: vec![],
                 tracks: vec![("a", Some(100 * s), None), ("late", Some(104 * s), Some(108 * s))],
             },
             // 50 s later: the gap is cut.
             InstanceSpan {
                 started_micros: 160 * s,
                 stopped_micros: 165 * s,
+                pauses: vec![],
                 tracks: vec![("b", Some(161 * s), None), ("early", Some(150 * s), Some(170 * s))],
             },
         ];
@@ -950,6 +998,57 @@ mod tests {
         assert_eq!((secs(find("b").1), secs(find("b").2)), (11.0, 15.0));
         // Clamped into its instance.
         assert_eq!((secs(find("early").1), secs(find("early").2)), (10.0, 15.0));
+    }
+
+    #[test]
+    fn pauses_are_placed_like_their_instances_and_slated() {
+        let s = 1_000_000i64;
+        let instances: Vec<InstanceSpan<&str>> = vec![
+            InstanceSpan {
+                started_micros: 100 * s,
+                stopped_micros: 110 * s,
+                // one inside, one running past the stop (clamped)
+                pauses: vec![(102 * s, 104 * s), (108 * s, 120 * s)],
+                tracks: vec![],
+            },
+            InstanceSpan {
+                started_micros: 160 * s,
+                stopped_micros: 165 * s,
+                // before the start: nothing of it is on the timeline
+                pauses: vec![(150 * s, 155 * s), (161 * s, 162 * s)],
+                tracks: vec![],
+            },
+        ];
+        let secs = |d: &Duration| d.as_secs_f64();
+        let placed: Vec<(f64, f64)> = place_pauses(&instances)
+            .iter()
+            .map(|(a, b)| (secs(a), secs(b)))
+            .collect();
+        assert_eq!(placed, vec![(2.0, 4.0), (8.0, 10.0), (11.0, 12.0)]);
+
+        let camera = ComposeInput {
+            path: PathBuf::from("x"),
+            media: ComposeMedia::Video,
+            role: ComposeRole::Camera,
+            participant: "u".into(),
+            start: Duration::ZERO,
+            end: Duration::from_secs(12),
+        };
+        let slates = [(Duration::from_secs(2), Duration::from_secs(4))];
+        let spec = filter_description(
+            &[&camera],
+            &[],
+            Duration::from_secs(12),
+            &slates,
+            &ComposeConfig::default(),
+        );
+        assert!(
+            spec.contains("drawbox=x=0:y=0:w=iw:h=ih:color=0x202020:t=fill:enable='between(t,2.000,4.000)'"),
+            "{spec}"
+        );
+        assert!(spec.contains("text='recording paused'"), "{spec}");
+        let without = filter_description(&[&camera], &[], Duration::from_secs(12), &[], &ComposeConfig::default());
+        assert!(!without.contains("drawbox"), "{without}");
     }
 
     #[test]
@@ -966,7 +1065,13 @@ mod tests {
         let b = input(ComposeMedia::Video, ComposeRole::Camera, "u2", 2, 10);
         let s = input(ComposeMedia::Video, ComposeRole::Screen, "u1", 5, 10);
         let m = input(ComposeMedia::Audio, ComposeRole::Camera, "u1", 0, 10);
-        let spec = filter_description(&[&a, &b, &s], &[&m], Duration::from_secs(10), &ComposeConfig::default());
+        let spec = filter_description(
+            &[&a, &b, &s],
+            &[&m],
+            Duration::from_secs(10),
+            &[],
+            &ComposeConfig::default(),
+        );
         assert!(spec.contains("color=c=0x404040:s=1280x720:r=25:d=10.000"), "{spec}");
         assert!(spec.contains("enable='eq(between(t,5.000,10.000),0)'"), "{spec}");
         assert!(spec.contains("[v2]scale=1280:540"), "{spec}");
@@ -981,10 +1086,10 @@ mod tests {
             label_placeholders: false,
             ..ComposeConfig::default()
         };
-        let plain = filter_description(&[&a, &b, &s], &[&m], Duration::from_secs(10), &unlabelled);
+        let plain = filter_description(&[&a, &b, &s], &[&m], Duration::from_secs(10), &[], &unlabelled);
         assert!(!plain.contains("drawtext"), "{plain}");
         assert!(spec.ends_with("[aout]"), "{spec}");
-        let audio_only = filter_description(&[], &[&m], Duration::from_secs(10), &ComposeConfig::default());
+        let audio_only = filter_description(&[], &[&m], Duration::from_secs(10), &[], &ComposeConfig::default());
         assert!(!audio_only.contains("vout"));
     }
 
@@ -1083,7 +1188,7 @@ mod tests {
             input(empty, ComposeMedia::Audio, ComposeRole::Camera, "carol", 0.0, 6.0),
         ];
         let out = d.join("out.mp4");
-        let report = compose(&inputs, Duration::from_secs(6), &out, &ComposeConfig::default()).unwrap();
+        let report = compose(&inputs, Duration::from_secs(6), &[], &out, &ComposeConfig::default()).unwrap();
         assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
         assert!(report.problems[0].contains("empty.webm"));
         assert_eq!(probe(&out, "stream=codec_name"), "h264\naac");
@@ -1138,7 +1243,7 @@ mod tests {
         assert!(status.success());
         let out = dir.path().join("out.mp4");
         let inputs = [input(path, ComposeMedia::Video, ComposeRole::Camera, "u", 0.0, 4.0)];
-        compose(&inputs, Duration::from_secs(4), &out, &ComposeConfig::default()).unwrap();
+        compose(&inputs, Duration::from_secs(4), &[], &out, &ComposeConfig::default()).unwrap();
         let red = |p: [u8; 3]| p[0] > 180 && p[1] < 80 && p[2] < 80;
         assert!(red(pixel(&out, 0.5, 640, 360, 1280)));
         let during = pixel(&out, 2.0, 640, 360, 1280);
@@ -1152,7 +1257,7 @@ mod tests {
         let a = track(dir.path(), "a.webm", "sine=frequency=440:sample_rate=48000", 2.0, false);
         let out = dir.path().join("out.mp4");
         let inputs = [input(a, ComposeMedia::Audio, ComposeRole::Camera, "u", 0.5, 2.5)];
-        let report = compose(&inputs, Duration::from_secs(3), &out, &ComposeConfig::default()).unwrap();
+        let report = compose(&inputs, Duration::from_secs(3), &[], &out, &ComposeConfig::default()).unwrap();
         assert!(!report.has_video && report.has_audio);
         assert_eq!(probe(&out, "stream=codec_name"), "aac");
         let duration: f64 = probe(&out, "format=duration").parse().unwrap();
@@ -1173,7 +1278,7 @@ mod tests {
             end: Duration::from_secs(1),
         };
         let out = dir.path().join("out.mp4");
-        let err = compose(&[input], Duration::from_secs(1), &out, &ComposeConfig::default()).unwrap_err();
+        let err = compose(&[input], Duration::from_secs(1), &[], &out, &ComposeConfig::default()).unwrap_err();
         assert!(matches!(err, MediaError::Refused(_)), "{err}");
     }
 }

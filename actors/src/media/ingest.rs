@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::pause::PauseGate;
 use super::receiver::{ReceiverOutput, ReceiverStats, TrackReceiver};
 use super::writer::FrameSink;
 
@@ -23,6 +24,8 @@ pub struct TrackCounters {
     pub bitrate_bps: AtomicU64,
     /// Wall time (µs since the Unix epoch) the track's first packet was handled; 0 before.
     pub first_packet_at_micros: AtomicU64,
+    /// Frames not recorded because recording was paused at their time.
+    pub num_frames_paused: AtomicU64,
 }
 
 impl TrackCounters {
@@ -66,6 +69,9 @@ pub enum IngestEvent {
         track_id: String,
         wall_micros: i64,
     },
+    /// Media arrives but the instance is paused, so none is written yet: the publisher is there
+    /// (a recovering instance is not aborted for want of media).
+    MediaWhilePaused { session_id: String, track_id: String },
     /// A plain-RTP port latched to its sender: kept in the store, so a restart latches the
     /// re-bound port to the same sender.
     Latched {
@@ -125,6 +131,12 @@ pub struct TrackPump {
     pub counters: Arc<TrackCounters>,
     pub events: EventSink,
     pub swap: SinkSwap,
+    /// The instance's pause intervals: a frame whose time falls inside one is dropped.
+    pub pause: Arc<PauseGate>,
+    /// The last frame was dropped by a pause: the next one kept asks for a keyframe.
+    after_pause: bool,
+    /// `MediaWhilePaused` was sent (once per pump).
+    flow_reported: bool,
     base: ReceiverStats,
     first_frame_sent: bool,
     last_publish: Option<Instant>,
@@ -151,6 +163,9 @@ impl TrackPump {
             counters,
             events,
             swap: SinkSwap::default(),
+            pause: Arc::default(),
+            after_pause: false,
+            flow_reported: false,
             base,
             first_frame_sent: false,
             last_publish: None,
@@ -176,6 +191,24 @@ impl TrackPump {
             match output {
                 ReceiverOutput::Frame(frame) => {
                     let wall = frame.wall_micros;
+                    if self.pause.covers(wall.unwrap_or_else(|| self.receiver.wall_at(now))) {
+                        self.counters.num_frames_paused.fetch_add(1, Ordering::Relaxed);
+                        self.after_pause = true;
+                        if !self.flow_reported && !self.first_frame_sent {
+                            self.flow_reported = true;
+                            (self.events)(IngestEvent::MediaWhilePaused {
+                                session_id: self.session_id.clone(),
+                                track_id: self.track_id.clone(),
+                            });
+                        }
+                        continue;
+                    }
+                    if std::mem::take(&mut self.after_pause) && self.receiver.codec().is_video() {
+                        // The picture goes on from frames that were not recorded: ask the
+                        // publisher for a keyframe (the file keeps the frames meanwhile; a
+                        // decoder shows them as after any loss).
+                        requests.extend(self.receiver.ssrc());
+                    }
                     if !self.sink.offer(frame) {
                         self.counters.num_frames_dropped.fetch_add(1, Ordering::Relaxed);
                         // A dropped video frame breaks the decoder's chain: wait for (and ask

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod compose;
 pub mod depacketize;
 pub mod join;
+pub mod pause;
 pub mod receiver;
 pub mod reorder;
 pub mod rtp;

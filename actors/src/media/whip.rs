@@ -311,6 +311,7 @@ impl Negotiated {
         receiver: ReceiverConfig,
         events: EventSink,
         wall_micros: i64,
+        pause: Arc<super::pause::PauseGate>,
     ) -> Result<(String, WhipSession), MediaError> {
         let now = Instant::now();
         let mut ended = Vec::new();
@@ -319,7 +320,8 @@ impl Negotiated {
             let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
             for (codec, track_id, sink, counters) in tracks {
                 let rx = TrackReceiver::new(codec, receiver.clone(), now, wall_micros);
-                let pump = TrackPump::new(session_id.clone(), track_id, rx, sink, counters, events.clone(), now);
+                let mut pump = TrackPump::new(session_id.clone(), track_id, rx, sink, counters, events.clone(), now);
+                pump.pause = pause.clone();
                 swaps.push((pump.track_id.clone(), pump.swap.clone()));
                 let (tx, wait) = tokio::sync::oneshot::channel();
                 ended.push(wait);

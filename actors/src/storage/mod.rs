@@ -3,6 +3,7 @@
 //! Errors are a small closed set of kinds that decide whether an upload is retried.
 
 mod azure;
+pub mod encryption;
 mod gcs;
 mod local;
 mod s3;

@@ -26,6 +26,7 @@ pub fn artefact_key(record: &InstanceRecord, artefact: &ArtefactKind) -> String 
         }
         ArtefactKind::Manifest => record.manifest_key(),
         ArtefactKind::Composition { conversation_id, .. } => composition_key(record, conversation_id),
+        ArtefactKind::Erasure => crate::actors::erasure_job_key(record),
     }
 }
 
@@ -42,6 +43,10 @@ pub fn composition_key(record: &InstanceRecord, conversation_id: &str) -> String
 /// (with its manifest), and its composition if it has none. Returns whether anything was queued.
 /// A track whose local file is gone cannot be uploaded again and is only logged.
 pub fn reconcile_ended(store: &dyn StateStore, record: &InstanceRecord, compose: bool) -> Result<bool, StoreError> {
+    if record.erasure.is_some() {
+        // Erased, or being erased (its erasure job is queued with the request).
+        return Ok(false);
+    }
     let mut missing = Vec::new();
     for stream in &record.streams {
         for track in &stream.tracks {

@@ -78,6 +78,10 @@ pub enum ArtefactKind {
     /// `recording.json`: runs only when no other job of its instance is queued, so a complete
     /// manifest in storage means every artefact it lists is there.
     Manifest,
+    /// Not an upload: the erasure of the instance — every object it may have in storage, its
+    /// local files and its captured entries deleted (each step idempotent, so a crash only makes
+    /// it run again), then the record made a tombstone.
+    Erasure,
 }
 
 /// A durable upload job: a row in the store from the moment an artefact is final until the
@@ -98,6 +102,99 @@ pub struct UploadJob {
     /// an upload interrupted by a restart continues where it stopped.
     #[serde(default)]
     pub multipart_opt: Option<MultipartProgress>,
+}
+
+/// What an event reports (its `type` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The instance moved to another state (created included).
+    #[serde(rename = "instance.state_changed")]
+    InstanceStateChanged,
+    /// The instance stops by itself soon: it reaches its maximum duration.
+    #[serde(rename = "instance.duration_warning")]
+    DurationWarning,
+    /// An artefact (track, transcript, co-browse session, composition) is in storage.
+    #[serde(rename = "artefact.uploaded")]
+    ArtefactUploaded,
+    /// `recording.json` is in storage: every artefact it lists is there too.
+    #[serde(rename = "recording.complete")]
+    RecordingComplete,
+    #[serde(rename = "composition.done")]
+    CompositionDone,
+    #[serde(rename = "composition.failed")]
+    CompositionFailed,
+    /// Every artefact of the instance is deleted; the instance is a tombstone.
+    #[serde(rename = "erasure.done")]
+    ErasureDone,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::InstanceStateChanged => "instance.state_changed",
+            EventKind::DurationWarning => "instance.duration_warning",
+            EventKind::ArtefactUploaded => "artefact.uploaded",
+            EventKind::RecordingComplete => "recording.complete",
+            EventKind::CompositionDone => "composition.done",
+            EventKind::CompositionFailed => "composition.failed",
+            EventKind::ErasureDone => "erasure.done",
+        }
+    }
+}
+
+/// An event for the application's webhook, in the durable outbox: written in the transaction of
+/// the change it reports (a state change, an upload's end), delivered in order per application,
+/// at least once, and removed once its receiver acknowledged it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// The idempotency id a receiver deduplicates by.
+    pub id: String,
+    pub kind: EventKind,
+    pub occurred: DateTime<Utc>,
+    pub organization_id: String,
+    pub application_id: String,
+    pub conversation_id: String,
+    pub recorder_id: String,
+    pub instance_id: String,
+    /// What the kind says more (the states of a change, the artefact and where it is, ...).
+    pub data: serde_json::Value,
+}
+
+impl OutboxEvent {
+    /// An event about `instance`.
+    pub fn of(instance: &InstanceRecord, kind: EventKind, occurred: DateTime<Utc>, data: serde_json::Value) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            occurred,
+            organization_id: instance.organization_id.clone(),
+            application_id: instance.application_id.clone(),
+            conversation_id: instance.conversation_id.clone(),
+            recorder_id: instance.recorder_id.clone(),
+            instance_id: instance.instance_id.clone(),
+            data,
+        }
+    }
+
+    /// The state change from `before` to `after` (each store write that changes an instance's
+    /// state adds one in the same commit).
+    pub fn state_changed(before: Option<crate::domain::InstanceState>, after: &InstanceRecord) -> Option<Self> {
+        if before == Some(after.state) {
+            return None;
+        }
+        let occurred = after.history.last().map(|(_, at)| *at).unwrap_or(after.created);
+        let mut data = serde_json::json!({ "state": after.state.as_str() });
+        if let Some(before) = before {
+            data["previousState"] = before.as_str().into();
+        }
+        if let Some(error) = &after.error {
+            data["error"] = serde_json::json!({ "code": error.code, "message": error.message });
+        }
+        if let Some(reason) = &after.stop_reason {
+            data["stopReason"] = reason.as_str().into();
+        }
+        Some(Self::of(after, EventKind::InstanceStateChanged, occurred, data))
+    }
 }
 
 /// Progress of a conversation's composition. `Queued` again when a later instance of the
@@ -211,6 +308,8 @@ pub trait StoreTx {
     fn append_transcript(&self, instance_id: &str, entries: &[ChatEntry]) -> StoreResult<u64>;
     /// Like [`StateStore::put_cobrowse_event`].
     fn put_cobrowse_event(&self, instance_id: &str, event: &CobrowseEvent) -> StoreResult<bool>;
+    /// Adds an event to the outbox, committed with the rest of the transaction.
+    fn put_event(&self, event: &OutboxEvent) -> StoreResult<()>;
     /// A named point between two writes of the command, for fault injection
     /// (`fault::COMMAND_STEP`, scoped by `"<command> <step> <instanceId>"`): armed with `error`,
     /// it ends the process there, which is what a crash at that step leaves behind. A no-op in
@@ -315,6 +414,21 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Makes every earlier write durable (fsync).
     fn flush(&self) -> BoxFuture<'static, StoreResult<()>>;
+
+    /// Adds an event to the outbox on its own (an event no other write goes with).
+    fn put_event(&self, event: &OutboxEvent) -> StoreResult<()>;
+    /// The oldest events of an application's outbox, at most `limit`, as (sequence, event).
+    fn outbox(
+        &self,
+        organization_id: &str,
+        application_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(u128, OutboxEvent)>>;
+    /// Deletes an instance's chat lines, their count and its co-browse events (an erasure);
+    /// what is already gone is not an error.
+    fn delete_captures(&self, instance_id: &str) -> StoreResult<()>;
+    /// Removes a delivered event.
+    fn remove_event(&self, organization_id: &str, application_id: &str, sequence: u128) -> StoreResult<()>;
     /// Cheap liveness probe for readiness checks.
     fn check(&self) -> StoreResult<()>;
 }

@@ -11,6 +11,7 @@
 //! | `jobs`        | object key                                 | `UploadJob`      |
 //! | `compositions`| org \0 conversation \0 application          | `CompositionRecord` |
 //! | `compositions_pending` | the same keys                     | empty            |
+//! | `outbox`      | org \0 application \0 sequence (be u128)   | `OutboxEvent`    |
 //!
 //! Ids never contain NUL (the API refuses them), so NUL separates key parts and prefix scans
 //! are exact.
@@ -33,7 +34,8 @@ use sled::transaction::{
 use sled::Transactional;
 
 use super::{
-    CompositionId, CompositionRecord, CompositionState, StateStore, StoreError, StoreResult, StoreTx, UploadJob,
+    CompositionId, CompositionRecord, CompositionState, OutboxEvent, StateStore, StoreError, StoreResult, StoreTx,
+    UploadJob,
 };
 use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState, RECORD_SCHEMA_VERSION};
 
@@ -59,6 +61,12 @@ pub struct SledStore {
     /// record; rebuilt from `compositions` at open all the same, and readers skip a key whose
     /// record is not pending.
     compositions_pending: sled::Tree,
+    /// Events for the applications' webhooks, in order per application.
+    outbox: sled::Tree,
+    /// Sequences of outbox events: `Db::generate_id` once at open (it only grows, across
+    /// restarts too) in the high 64 bits, a counter in the low ones — `generate_id` itself must
+    /// not run inside a transaction (it may write, and wait on the transaction).
+    sequences: Arc<Sequences>,
     /// Instances per state (in `InstanceState::ALL` order): counted once at open, then moved
     /// by every insert and update that changes a state. This process holds the store's lock,
     /// so no write goes around them.
@@ -66,6 +74,17 @@ pub struct SledStore {
     /// Keys of the queued jobs per storage profile (organization, application): built at open
     /// from `jobs`, moved by every enqueue and finish (after a transaction's commit).
     job_index: Arc<Mutex<JobIndex>>,
+}
+
+struct Sequences {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl Sequences {
+    fn next(&self) -> u128 {
+        (u128::from(self.base) << 64) | u128::from(self.next.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 type JobIndex = std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>;
@@ -102,6 +121,11 @@ impl SledStore {
             jobs: db.open_tree("jobs").map_err(io)?,
             compositions: db.open_tree("compositions").map_err(io)?,
             compositions_pending: db.open_tree("compositions_pending").map_err(io)?,
+            outbox: db.open_tree("outbox").map_err(io)?,
+            sequences: Arc::new(Sequences {
+                base: db.generate_id().map_err(io)?,
+                next: AtomicU64::new(0),
+            }),
             state_counts: Arc::new(Default::default()),
             job_index: Default::default(),
         };
@@ -397,6 +421,14 @@ fn conv_index_key(record: &InstanceRecord) -> Vec<u8> {
 }
 
 /// Maps an i32 to a u32 whose big-endian bytes sort like the signed numbers.
+/// `org \0 application \0 sequence (be u128)`: an application's events in order.
+fn outbox_key(organization_id: &str, application_id: &str, sequence: u128) -> Vec<u8> {
+    let mut key = key2(organization_id, application_id);
+    key.push(0);
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
 fn sortable_sequence(sequence_id: i32) -> [u8; 4] {
     ((sequence_id as u32) ^ 0x8000_0000).to_be_bytes()
 }
@@ -412,6 +444,8 @@ struct SledTx<'a> {
     transcripts: &'a TransactionalTree,
     transcript_counts: &'a TransactionalTree,
     cobrowse: &'a TransactionalTree,
+    outbox: &'a TransactionalTree,
+    sequences: &'a Sequences,
     moves: std::cell::RefCell<Vec<(Option<InstanceState>, InstanceState)>>,
     job_moves: std::cell::RefCell<Vec<JobIndexMove>>,
 }
@@ -463,8 +497,22 @@ impl StoreTx for SledTx<'_> {
         self.instances
             .insert(instance_id.as_bytes(), encode(&record))
             .map_err(txe)?;
+        if let Some(event) = OutboxEvent::state_changed(Some(before), &record) {
+            self.put_event(&event)?;
+        }
         self.moves.borrow_mut().push((Some(before), record.state));
         Ok(record)
+    }
+
+    fn put_event(&self, event: &OutboxEvent) -> StoreResult<()> {
+        let sequence = self.sequences.next();
+        self.outbox
+            .insert(
+                outbox_key(&event.organization_id, &event.application_id, sequence),
+                encode(event),
+            )
+            .map_err(txe)?;
+        Ok(())
     }
 
     fn enqueue_job(&self, job: &UploadJob) -> StoreResult<UploadJob> {
@@ -633,9 +681,19 @@ impl StateStore for SledStore {
             &self.transcripts,
             &self.transcript_counts,
             &self.cobrowse,
+            &self.outbox,
         )
             .transaction(
-                |(instances, jobs, compositions, compositions_pending, transcripts, transcript_counts, cobrowse)| {
+                |(
+                    instances,
+                    jobs,
+                    compositions,
+                    compositions_pending,
+                    transcripts,
+                    transcript_counts,
+                    cobrowse,
+                    outbox,
+                )| {
                     let tx = SledTx {
                         db: &self.db,
                         instances,
@@ -645,6 +703,8 @@ impl StateStore for SledStore {
                         transcripts,
                         transcript_counts,
                         cobrowse,
+                        outbox,
+                        sequences: &self.sequences,
                         moves: Default::default(),
                         job_moves: Default::default(),
                     };
@@ -694,10 +754,16 @@ impl StateStore for SledStore {
         crate::fault::point(crate::fault::STATE_COMMIT).map_err(|e| StoreError::Io(e.to_string()))?;
         let value = encode(record);
         let index_key = conv_index_key(record);
-        let replaced = (&self.instances, &self.conv_index)
-            .transaction(|(instances, conv_index)| {
+        let created = OutboxEvent::state_changed(None, record).map(|event| encode(&event));
+        let sequence = self.sequences.next();
+        let event_key = outbox_key(&record.organization_id, &record.application_id, sequence);
+        let replaced = (&self.instances, &self.conv_index, &self.outbox)
+            .transaction(|(instances, conv_index, outbox)| {
                 let replaced = instances.insert(record.instance_id.as_bytes(), value.as_slice())?;
                 conv_index.insert(index_key.as_slice(), record.instance_id.as_bytes())?;
+                if let Some(event) = &created {
+                    outbox.insert(event_key.as_slice(), event.as_slice())?;
+                }
                 Ok::<_, ConflictableTransactionError<()>>(replaced)
             })
             .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))?;
@@ -724,17 +790,34 @@ impl StateStore for SledStore {
             let before = record.state;
             change(&mut record)?;
             let next = encode(&record);
-            match self
-                .instances
-                .compare_and_swap(instance_id, Some(&current), Some(next))
-                .map_err(io)?
-            {
-                Ok(()) => {
-                    self.count_move(Some(before), record.state);
-                    return Ok(record);
+            let swapped = match OutboxEvent::state_changed(Some(before), &record) {
+                // Most updates change no state: one compare-and-swap.
+                None => self
+                    .instances
+                    .compare_and_swap(instance_id, Some(&current), Some(next))
+                    .map_err(io)?
+                    .is_ok(),
+                // A state change and its event commit together.
+                Some(event) => {
+                    let event = encode(&event);
+                    let event_key = outbox_key(&record.organization_id, &record.application_id, self.sequences.next());
+                    (&self.instances, &self.outbox)
+                        .transaction(|(instances, outbox)| {
+                            if instances.get(instance_id)?.as_deref() != Some(&current[..]) {
+                                return Ok(false);
+                            }
+                            instances.insert(instance_id, next.as_slice())?;
+                            outbox.insert(event_key.as_slice(), event.as_slice())?;
+                            Ok::<_, ConflictableTransactionError<()>>(true)
+                        })
+                        .map_err(|err: TransactionError<()>| StoreError::Io(format!("{err:?}")))?
                 }
-                Err(_) => continue, // another writer won the race; re-read and re-apply
+            };
+            if swapped {
+                self.count_move(Some(before), record.state);
+                return Ok(record);
             }
+            // Another writer won the race: re-read and re-apply.
         }
     }
 
@@ -1009,6 +1092,62 @@ impl StateStore for SledStore {
             .collect()
     }
 
+    fn delete_captures(&self, instance_id: &str) -> StoreResult<()> {
+        for tree in [&self.transcripts, &self.cobrowse] {
+            for item in tree.scan_prefix(prefix(instance_id)) {
+                let (key, _) = item.map_err(io)?;
+                tree.remove(key).map_err(io)?;
+            }
+        }
+        self.transcript_counts.remove(instance_id).map_err(io)?;
+        Ok(())
+    }
+
+    fn put_event(&self, event: &OutboxEvent) -> StoreResult<()> {
+        let sequence = self.sequences.next();
+        self.outbox
+            .insert(
+                outbox_key(&event.organization_id, &event.application_id, sequence),
+                encode(event),
+            )
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn outbox(
+        &self,
+        organization_id: &str,
+        application_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<(u128, OutboxEvent)>> {
+        let mut prefix = key2(organization_id, application_id);
+        prefix.push(0);
+        self.outbox
+            .scan_prefix(&prefix)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item.map_err(io)?;
+                let sequence =
+                    key[prefix.len()..]
+                        .try_into()
+                        .map(u128::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt {
+                            tree: "outbox",
+                            key: String::from_utf8_lossy(&key).into_owned(),
+                            message: "not a sequence".into(),
+                        })?;
+                Ok((sequence, decode("outbox", &key, &value)?))
+            })
+            .collect()
+    }
+
+    fn remove_event(&self, organization_id: &str, application_id: &str, sequence: u128) -> StoreResult<()> {
+        self.outbox
+            .remove(outbox_key(organization_id, application_id, sequence))
+            .map_err(io)?;
+        Ok(())
+    }
+
     fn flush(&self) -> BoxFuture<'static, StoreResult<()>> {
         self.committer.flush()
     }
@@ -1052,6 +1191,10 @@ mod tests {
             cobrowse_sessions: BTreeMap::new(),
             history: vec![],
             stop_requested: None,
+            pauses: Vec::new(),
+            num_discarded_while_paused: 0,
+            stop_reason: None,
+            erasure: None,
         }
     }
 

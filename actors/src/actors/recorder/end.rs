@@ -12,6 +12,8 @@ use crate::store::ArtefactKind;
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Ending {
     Stop,
+    /// A stop nobody asked for: the instance reached its maximum duration.
+    Expire,
     Abort(ErrorInfo),
 }
 
@@ -19,7 +21,7 @@ impl Ending {
     /// The handler that carries this ending out (for supervision and fault scopes).
     pub(super) fn handler(&self) -> &'static str {
         match self {
-            Ending::Stop => "StopRecorder",
+            Ending::Stop | Ending::Expire => "StopRecorder",
             Ending::Abort(_) => "AbortRecorder",
         }
     }
@@ -84,6 +86,10 @@ pub(super) fn plan_end(
     }
     match ending {
         Ending::Stop => record.transition(InstanceState::Stopped, now)?,
+        Ending::Expire => {
+            record.transition(InstanceState::Stopped, now)?;
+            record.stop_reason = Some(crate::domain::STOP_REASON_MAX_DURATION.into());
+        }
         Ending::Abort(error) => {
             if record.state != InstanceState::PendingRecovery {
                 record.transition(InstanceState::PendingRecovery, now)?;
@@ -234,6 +240,10 @@ mod tests {
             cobrowse_sessions: Default::default(),
             history: vec![],
             stop_requested: None,
+            pauses: Vec::new(),
+            num_discarded_while_paused: 0,
+            stop_reason: None,
+            erasure: None,
         }
     }
 
@@ -332,6 +342,17 @@ mod tests {
             (Active, true, Ending::Stop, false, false, Stopped, &[Stopped], |c| {
                 *c == C::None
             }),
+            // The maximum duration: a stop of its own, with its reason.
+            (
+                Initialised,
+                true,
+                Ending::Expire,
+                true,
+                false,
+                Stopped,
+                &[Stopped],
+                |c| *c == C::Queue,
+            ),
             (
                 PendingRecovery,
                 true,
@@ -391,7 +412,13 @@ mod tests {
                 Ending::Abort(error) => {
                     assert_eq!(record.error.as_ref().map(|e| &e.code), Some(&error.code), "row {n}")
                 }
-                Ending::Stop => assert!(record.error.is_none(), "row {n}"),
+                Ending::Stop => {
+                    assert!(record.error.is_none() && record.stop_reason.is_none(), "row {n}")
+                }
+                Ending::Expire => {
+                    assert!(record.error.is_none(), "row {n}");
+                    assert_eq!(record.stop_reason.as_deref(), Some("MAX_DURATION_REACHED"), "row {n}");
+                }
             }
             assert!(composition(&planned), "row {n}: {planned:?}");
             // The manifest is queued last, after every file not uploaded yet.

@@ -65,12 +65,19 @@ impl Recorder {
         // files are finalized, boot finishes this stop (see `started`) instead of waiting for
         // media that will not come.
         let marked = match ending {
-            Ending::Stop => store
-                .update_instance(&instance_id, &mut |r| {
-                    r.stop_requested.get_or_insert_with(|| clock.utc());
-                    Ok(())
-                })
-                .map(|_| ()),
+            Ending::Stop | Ending::Expire => {
+                let expired = ending == Ending::Expire;
+                store
+                    .update_instance(&instance_id, &mut |r| {
+                        r.stop_requested.get_or_insert_with(|| clock.utc());
+                        // Durable with the marker: a stop finished after a restart keeps it.
+                        if expired {
+                            r.stop_reason = Some(crate::domain::STOP_REASON_MAX_DURATION.into());
+                        }
+                        Ok(())
+                    })
+                    .map(|_| ())
+            }
             Ending::Abort(_) => Ok(()),
         };
         let marker_flush = store.flush();
@@ -222,6 +229,12 @@ fn commit_end(
                     c.error = Some(error.clone());
                     Ok(())
                 })?;
+                tx.put_event(&OutboxEvent::of(
+                    &record,
+                    EventKind::CompositionFailed,
+                    now,
+                    serde_json::json!({ "error": { "code": error.code, "message": error.message } }),
+                ))?;
             }
             tx.step("stop", "composition_queued", instance_id);
         }

@@ -24,10 +24,11 @@ use tokio::sync::oneshot;
 
 use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamRecord, StreamState, StreamType};
 use crate::engine::{MediaConfig, RecoveryConfig};
+use crate::media::pause::PauseGate;
 use crate::media::MediaError;
 use crate::messages::{IngestTransport, Publish, PublishAnswer, Unpublish};
 use crate::snapshot::{ActorSnapshot, Counters, Mailbox, RecorderCounters, Snapshot};
-use crate::store::{CompositionId, CompositionState, StateStore};
+use crate::store::{CompositionId, CompositionState, EventKind, OutboxEvent, StateStore};
 use crate::EngineError;
 
 mod end;
@@ -56,6 +57,9 @@ pub struct RecorderLinks {
     pub compose: bool,
     /// Most streams the instance may have (`TenantLimits::max_streams_per_instance`).
     pub max_streams: usize,
+    /// The instance's maximum duration and how long before it to warn (the application's
+    /// policy); `None`: no limit.
+    pub max_duration: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 /// A handler of a recorder failed and the actor stopped; its conversation retires `streams` and
@@ -118,6 +122,11 @@ pub struct Recorder {
     /// Whether a handler failed (the actor then takes no more work), and its progress probe.
     supervision: Supervision,
     compose: bool,
+    /// The instance's pause intervals, shared with every stream's pumps.
+    pause: Arc<PauseGate>,
+    /// When the instance was created: its maximum duration counts from there.
+    created: chrono::DateTime<chrono::Utc>,
+    max_duration: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 /// Where a recorder is in its life. One value, so a stop cannot be both running and finished;
@@ -158,6 +167,7 @@ impl Recorder {
             crashed,
             compose,
             max_streams,
+            max_duration,
         } = links;
         Self {
             store,
@@ -193,6 +203,9 @@ impl Recorder {
             crashed_to: crashed,
             supervision: Supervision::new(SupervisedKind::Recorder),
             compose,
+            pause: Arc::new(PauseGate::new(&record.pauses)),
+            created: record.created,
+            max_duration,
         }
     }
 
@@ -212,6 +225,7 @@ impl Recorder {
         };
         let slot = QuiesceSlot::default();
         let stream = stream
+            .paused_by(self.pause.clone())
             .supervised(self.recovery)
             .watched_by(ctx.address().recipient(), &self.conversation_id)
             .quiesce_into(slot.clone());
@@ -317,29 +331,90 @@ impl Actor for Recorder {
                 }
             });
             ctx.spawn(stopping);
-        } else if self.state == InstanceState::PendingRecovery {
-            let window = self.recovery.window;
-            crate::clock::run_later(&self.media.clock.clone(), ctx, window, move |act, ctx| {
-                if act.state != InstanceState::PendingRecovery || act.is_stopping() {
-                    return;
-                }
-                tracing::warn!(
-                    instance_id = %act.instance_id,
-                    window_secs = window.as_secs(),
-                    "no media resumed within the recovery window: aborting"
-                );
-                let error = ErrorInfo::new(
-                    "RECOVERY_WINDOW_EXPIRED",
-                    format!("no media resumed within {} s of the restart", window.as_secs()),
-                );
-                let aborting = act.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
-                    if let Err(e) = result {
-                        tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
-                    }
-                });
-                ctx.spawn(aborting);
-            });
+        } else {
+            self.arm_duration_limit(ctx);
+            if self.state == InstanceState::PendingRecovery {
+                self.arm_recovery_window(ctx);
+            }
         }
+    }
+}
+
+impl Recorder {
+    /// A recorder rebuilt `PENDING_RECOVERY` waits `recovery.window` for media; without any it
+    /// aborts the instance (what was recorded before is finalized all the same).
+    fn arm_recovery_window(&mut self, ctx: &mut Context<Self>) {
+        let window = self.recovery.window;
+        crate::clock::run_later(&self.media.clock.clone(), ctx, window, move |act, ctx| {
+            if act.state != InstanceState::PendingRecovery || act.is_stopping() {
+                return;
+            }
+            tracing::warn!(
+                instance_id = %act.instance_id,
+                window_secs = window.as_secs(),
+                "no media resumed within the recovery window: aborting"
+            );
+            let error = ErrorInfo::new(
+                "RECOVERY_WINDOW_EXPIRED",
+                format!("no media resumed within {} s of the restart", window.as_secs()),
+            );
+            let aborting = act.finalize(Ending::Abort(error), ctx).map(|result, act, _ctx| {
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %act.instance_id, error = %e, "abort failed");
+                }
+            });
+            ctx.spawn(aborting);
+        });
+    }
+}
+
+/// Pauses or resumes the instance (see [`crate::messages::SetPaused`]).
+#[derive(Message)]
+#[rtype(result = "Result<InstanceRecord, EngineError>")]
+pub struct PauseRecorder {
+    pub paused: bool,
+}
+
+impl Handler<PauseRecorder> for Recorder {
+    type Result = ResponseFuture<Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: PauseRecorder, ctx: &mut Self::Context) -> Self::Result {
+        let result = self
+            .guarded(ctx, "PauseRecorder", |act, _ctx| act.set_paused(msg.paused))
+            .unwrap_or_else(|| Err(restarting()));
+        let flush = self.store.flush();
+        Box::pin(async move {
+            let record = result?;
+            flush.await?;
+            Ok(record)
+        })
+    }
+}
+
+impl Recorder {
+    /// Commits the pause (or the resume) and applies it to every pump at once: a frame of a time
+    /// after the pause began is not recorded from now on. The reply waits for the store's flush.
+    fn set_paused(&mut self, paused: bool) -> Result<InstanceRecord, EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::conflict("the recorder instance is stopping"));
+        }
+        let now = self.media.clock.utc();
+        let mut changed = false;
+        let record = self.store.update_instance(&self.instance_id, &mut |r| {
+            changed = r.set_paused(paused, now);
+            Ok(())
+        })?;
+        if record.state.is_terminal() {
+            return Err(EngineError::conflict(format!(
+                "recorder instance {} is {}",
+                record.instance_id, record.state
+            )));
+        }
+        self.pause.set(&record.pauses);
+        if changed {
+            tracing::info!(instance_id = %self.instance_id, paused, "recording {}", if paused { "paused" } else { "resumed" });
+        }
+        Ok(record)
     }
 }
 
@@ -352,6 +427,62 @@ pub struct StopRecorder;
 fn restarting() -> EngineError {
     EngineError::Unavailable("the recorder instance failed and is being restarted; try again".into())
 }
+impl Recorder {
+    /// The instance's maximum duration, counted from its creation on the engine's clock (so a
+    /// restart does not reset it): a warning `duration_warning` before, then a stop of its own
+    /// with the stop reason `MAX_DURATION_REACHED`.
+    fn arm_duration_limit(&mut self, ctx: &mut Context<Self>) {
+        let Some((max, warning)) = self.max_duration else {
+            return;
+        };
+        let clock = self.media.clock.clone();
+        let age = (clock.utc() - self.created).to_std().unwrap_or_default();
+        let left = max.saturating_sub(age);
+        crate::clock::run_later(&clock, ctx, left.saturating_sub(warning), move |act, _ctx| {
+            if act.is_stopping() || act.state.is_terminal() {
+                return;
+            }
+            tracing::warn!(
+                instance_id = %act.instance_id,
+                max_secs = max.as_secs(),
+                "recorder instance reaches its maximum duration soon: it will stop by itself"
+            );
+            let now = act.media.clock.utc();
+            let stops_at = act.created + chrono::Duration::from_std(max).unwrap_or(chrono::Duration::MAX);
+            let warned = act
+                .store
+                .get_instance(&act.instance_id)
+                .and_then(|record| match record {
+                    Some(record) => act.store.put_event(&crate::store::OutboxEvent::of(
+                        &record,
+                        crate::store::EventKind::DurationWarning,
+                        now,
+                        serde_json::json!({
+                            "maxDurationSecs": max.as_secs(),
+                            "stopsAt": stops_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        }),
+                    )),
+                    None => Ok(()),
+                });
+            if let Err(e) = warned {
+                tracing::error!(instance_id = %act.instance_id, error = %e, "cannot queue the duration warning");
+            }
+        });
+        crate::clock::run_later(&clock, ctx, left, move |act, ctx| {
+            if act.is_stopping() || act.state.is_terminal() {
+                return;
+            }
+            tracing::warn!(instance_id = %act.instance_id, max_secs = max.as_secs(), "maximum duration reached: stopping");
+            let stopping = act.finalize(Ending::Expire, ctx).map(|result, act, _ctx| {
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %act.instance_id, error = %e, "stop at the maximum duration failed");
+                }
+            });
+            ctx.spawn(stopping);
+        });
+    }
+}
+
 impl SupervisedActor for Recorder {
     const KIND: SupervisedKind = SupervisedKind::Recorder;
     const FAULT_POINT: &'static str = crate::fault::RECORDER_HANDLER;

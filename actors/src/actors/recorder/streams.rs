@@ -131,49 +131,10 @@ impl Recorder {
                 stream_id,
                 track_id,
                 at,
-            } => {
-                let mut became_active = false;
-                let now = self.media.clock.utc();
-                let result = self.store.update_instance(&self.instance_id, &mut |r| {
-                    became_active = false;
-                    match r.state {
-                        InstanceState::Initialised => {
-                            r.transition(InstanceState::Active, now)?;
-                            became_active = true;
-                        }
-                        InstanceState::PendingRecovery => {
-                            r.transition(InstanceState::Active, now)?;
-                            r.recovered = Some(now);
-                            became_active = true;
-                        }
-                        _ => {}
-                    }
-                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
-                        stream.started.get_or_insert(at);
-                        if let Some(track) = stream.tracks.iter_mut().find(|t| t.id == track_id) {
-                            track.started.get_or_insert(at);
-                            track.local.created.get_or_insert(now);
-                        }
-                    }
-                    Ok(())
-                });
-                match result {
-                    Ok(record) => {
-                        self.state = record.state;
-                        if became_active {
-                            tracing::info!(instance_id = %self.instance_id, "recorder instance active: first media");
-                        }
-                        let flush = self.store.flush();
-                        let instance_id = self.instance_id.clone();
-                        actix::spawn(async move {
-                            if let Err(e) = flush.await {
-                                tracing::error!(instance_id = %instance_id, error = %e, "state store flush failed");
-                            }
-                        });
-                    }
-                    Err(e) => tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record first media"),
-                }
-            }
+            } => self.media_arrived(Some((&stream_id, &track_id, at))),
+            // Recording is paused, yet the publisher is there: the instance is live (a recovering
+            // one is recovered), though nothing is written.
+            StreamNotice::MediaWhilePaused { .. } => self.media_arrived(None),
             StreamNotice::SessionChanged { stream_id, rtp_session } => {
                 let result = self.store.update_instance(&self.instance_id, &mut |r| {
                     if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
@@ -219,6 +180,57 @@ impl Recorder {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Recorder {
+    /// Media arrived: the instance is `ACTIVE` (from `INITIALISED`, or from `PENDING_RECOVERY`
+    /// with `recovered`); `written` names the track whose first frame went into its file (its
+    /// and its stream's start), `None` when the media is dropped by a pause.
+    fn media_arrived(&mut self, written: Option<(&str, &str, chrono::DateTime<chrono::Utc>)>) {
+        let mut became_active = false;
+        let now = self.media.clock.utc();
+        let result = self.store.update_instance(&self.instance_id, &mut |r| {
+            became_active = false;
+            match r.state {
+                InstanceState::Initialised => {
+                    r.transition(InstanceState::Active, now)?;
+                    became_active = true;
+                }
+                InstanceState::PendingRecovery => {
+                    r.transition(InstanceState::Active, now)?;
+                    r.recovered = Some(now);
+                    became_active = true;
+                }
+                _ => {}
+            }
+            if let Some((stream_id, track_id, at)) = written {
+                if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                    stream.started.get_or_insert(at);
+                    if let Some(track) = stream.tracks.iter_mut().find(|t| t.id == track_id) {
+                        track.started.get_or_insert(at);
+                        track.local.created.get_or_insert(now);
+                    }
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(record) => {
+                self.state = record.state;
+                if became_active {
+                    tracing::info!(instance_id = %self.instance_id, "recorder instance active: first media");
+                }
+                let flush = self.store.flush();
+                let instance_id = self.instance_id.clone();
+                actix::spawn(async move {
+                    if let Err(e) = flush.await {
+                        tracing::error!(instance_id = %instance_id, error = %e, "state store flush failed");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record first media"),
         }
     }
 }

@@ -58,6 +58,9 @@ impl Registry {
     /// must be uploaded (again).
     fn add_transcript(&mut self, msg: &AddTranscript) -> Result<(InstanceRecord, bool), EngineError> {
         let record = self.find(&msg.instance)?;
+        if self.discards_while_paused(&record) {
+            return Ok((self.discard(&record, msg.entries.len() as u64)?, false));
+        }
         // The registry handles one add at a time, so the check and the append cannot race.
         let max = self.config.limits.max_transcript_entries_per_instance;
         if record.num_transcript_entries.saturating_add(msg.entries.len() as u64) > max {
@@ -98,6 +101,9 @@ impl Registry {
     /// after it, whether the event was new, and whether its session must be uploaded (again).
     fn add_cobrowse_event(&mut self, msg: &AddCobrowseEvent) -> Result<(InstanceRecord, bool, bool), EngineError> {
         let record = self.find(&msg.instance)?;
+        if self.discards_while_paused(&record) {
+            return Ok((self.discard(&record, 1)?, false, false));
+        }
         let limits = &self.config.limits;
         if !record.cobrowse_sessions.contains_key(&msg.event.session_id)
             && record.cobrowse_sessions.len() >= limits.max_cobrowse_sessions_per_instance
@@ -146,5 +152,23 @@ impl Registry {
         })?;
         let record = updated.expect("a committed transaction set it");
         Ok((record, was_new, needs_upload))
+    }
+
+    /// Whether what is captured now is discarded: the instance is paused and its application
+    /// keeps no chat or co-browse while paused.
+    fn discards_while_paused(&self, record: &InstanceRecord) -> bool {
+        record.is_paused()
+            && self
+                .config
+                .application(&record.organization_id, &record.application_id)
+                .is_some_and(|p| p.policy.pause_capture == PauseCapture::Drop)
+    }
+
+    /// Counts `n` discarded items on the instance (durable with the caller's flush).
+    fn discard(&self, record: &InstanceRecord, n: u64) -> Result<InstanceRecord, EngineError> {
+        Ok(self.store.update_instance(&record.instance_id, &mut |r| {
+            r.num_discarded_while_paused += n;
+            Ok(())
+        })?)
     }
 }

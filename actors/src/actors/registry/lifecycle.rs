@@ -89,6 +89,10 @@ impl Registry {
             cobrowse_sessions: Default::default(),
             history: vec![(InstanceState::Initialised, now)],
             stop_requested: None,
+            pauses: Vec::new(),
+            num_discarded_while_paused: 0,
+            stop_reason: None,
+            erasure: None,
         };
         self.store.insert_instance(&record)?;
         self.spawn_conversation(&record);
@@ -142,6 +146,137 @@ impl Handler<StopRecording> for Registry {
                 result
             }),
         )
+    }
+}
+
+impl Handler<EraseRecordings> for Registry {
+    type Result = ResponseFuture<Result<Vec<InstanceRecord>, EngineError>>;
+
+    fn handle(&mut self, msg: EraseRecordings, _ctx: &mut Self::Context) -> Self::Result {
+        let result = self.erase(&msg);
+        let flush = self.store.flush();
+        let uploaders: Vec<_> = match &result {
+            Ok(records) => records
+                .iter()
+                .filter_map(|r| {
+                    self.uploaders
+                        .get(&(r.organization_id.clone(), r.application_id.clone()))
+                        .cloned()
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        Box::pin(async move {
+            let records = result?;
+            flush.await?;
+            for uploader in uploaders {
+                uploader.do_send(Kick);
+            }
+            Ok(records)
+        })
+    }
+}
+
+impl Registry {
+    /// Marks the instances erased (asked for) and queues their erasure jobs, cancelling their
+    /// uploads, in one transaction.
+    fn erase(&mut self, msg: &EraseRecordings) -> Result<Vec<InstanceRecord>, EngineError> {
+        let instances: Vec<InstanceRecord> = self
+            .store
+            .conversation_instances(&msg.organization_id, &msg.conversation_id)?
+            .into_iter()
+            .filter(|r| may_use(&msg.applications, &r.application_id))
+            .filter(|r| {
+                msg.instance_opt
+                    .as_ref()
+                    .is_none_or(|(recorder, instance)| r.recorder_id == *recorder && r.instance_id == *instance)
+            })
+            .collect();
+        if instances.is_empty() {
+            return Err(EngineError::not_found(match &msg.instance_opt {
+                Some((_, instance)) => format!(
+                    "no recorder instance {instance} in conversation {}",
+                    msg.conversation_id
+                ),
+                None => format!("no recordings for conversation {}", msg.conversation_id),
+            }));
+        }
+        if let Some(live) = instances.iter().find(|r| r.state.is_live()) {
+            return Err(EngineError::conflict(format!(
+                "recorder instance {} is {}: stop it before erasing its recordings",
+                live.instance_id, live.state
+            )));
+        }
+        let now = self.config.clock().utc();
+        // The uploads still queued for these instances are cancelled with the request.
+        let mut queued = Vec::new();
+        for record in &instances {
+            queued.extend(
+                self.store
+                    .profile_jobs(&record.organization_id, &record.application_id)?
+                    .into_iter()
+                    .filter(|j| j.instance_id == record.instance_id && j.artefact != ArtefactKind::Erasure),
+            );
+        }
+        let mut erased = Vec::new();
+        self.store.transaction(&mut |tx| {
+            erased.clear();
+            for record in &instances {
+                let updated = tx.update_instance(&record.instance_id, &mut |r| {
+                    if r.state.is_live() {
+                        return Err(StoreError::Rejected {
+                            code: "LIVE",
+                            message: format!("recorder instance {} is live", r.instance_id),
+                        });
+                    }
+                    if r.erasure.is_none() {
+                        r.erasure = Some(ErasureRecord {
+                            requested: now,
+                            erased: None,
+                        });
+                    }
+                    Ok(())
+                })?;
+                if updated.erasure.is_some_and(|e| e.erased.is_none()) {
+                    for job in queued.iter().filter(|j| j.instance_id == updated.instance_id) {
+                        tx.finish_job(&job.key, job.generation)?;
+                    }
+                    tx.step("erase", "jobs_cancelled", &updated.instance_id);
+                    crate::store::artefacts::enqueue_artefact(tx, &updated, ArtefactKind::Erasure)?;
+                }
+                erased.push(updated);
+            }
+            Ok(())
+        })?;
+        tracing::info!(conversation_id = %msg.conversation_id, num_instances = erased.len(), "erasure requested");
+        Ok(erased)
+    }
+}
+
+impl Handler<SetPaused> for Registry {
+    type Result = ResponseFuture<Result<InstanceRecord, EngineError>>;
+
+    fn handle(&mut self, msg: SetPaused, _ctx: &mut Self::Context) -> Self::Result {
+        let record = match self.find(&msg.instance) {
+            Ok(record) => record,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        let key = (record.organization_id.clone(), record.conversation_id.clone());
+        let conversation = match self.live.get(&key) {
+            Some(live) if live.instance_id == record.instance_id => live.conversation.clone(),
+            _ => {
+                return Box::pin(fut::ready(Err(EngineError::conflict(format!(
+                    "recorder instance {} is {}: only a live instance is paused or resumed",
+                    record.instance_id, record.state
+                )))))
+            }
+        };
+        Box::pin(async move {
+            conversation
+                .send(PauseRecorder { paused: msg.paused })
+                .await
+                .map_err(|_| EngineError::conflict("the recorder instance ended meanwhile"))?
+        })
     }
 }
 

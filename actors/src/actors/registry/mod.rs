@@ -12,9 +12,11 @@ use futures_util::FutureExt;
 
 use super::compositor::{CompositionQueued, Compositor};
 use super::conversation::{Conversation, StopInstance};
-use super::recorder::{InstanceEnded, RecorderLinks};
+use super::notifier::Notifier;
+use super::recorder::{InstanceEnded, PauseRecorder, RecorderLinks};
 use super::uploader::{Kick, Uploader};
 use crate::domain::*;
+use crate::engine::PauseCapture;
 use crate::messages::*;
 use crate::snapshot::{
     snapshot_of, ActorSnapshot, Counters, Mailbox, RegistryCounters, Snapshot, TenantRegistryCounters,
@@ -48,6 +50,7 @@ pub struct Registry {
     /// publishers.
     by_conference: HashMap<(String, String), ConversationKey>,
     uploaders: HashMap<ProfileKey, Mailbox<Uploader>>,
+    notifiers: HashMap<ProfileKey, Mailbox<Notifier>>,
     compositor: Mailbox<Compositor>,
     /// This actor's own address, handed to recorders so an instance that ends by itself (a
     /// recovery window that expired) leaves the live index.
@@ -94,10 +97,13 @@ impl Registry {
             );
         }
         let mut uploaders = HashMap::new();
+        let mut notifiers = HashMap::new();
         for profile in config.applications.values() {
             let key = (profile.organization_id.clone(), profile.application_id.clone());
             let uploader = Uploader::new(store.clone(), profile.clone(), config.clone()).start();
-            uploaders.insert(key, Mailbox::new(uploader));
+            uploaders.insert(key.clone(), Mailbox::new(uploader));
+            let notifier = Notifier::new(store.clone(), profile.clone(), config.clone()).start();
+            notifiers.insert(key, Mailbox::new(notifier));
         }
         let kicks = uploaders
             .iter()
@@ -113,6 +119,7 @@ impl Registry {
             live: HashMap::new(),
             by_conference: HashMap::new(),
             uploaders,
+            notifiers,
             compositor,
             ended: ctx.address().recipient(),
             num_started: 0,
@@ -150,6 +157,10 @@ impl Registry {
             crashed: None,
             compose: self.config.composition.enabled,
             max_streams: self.config.limits.max_streams_per_instance,
+            max_duration: self
+                .config
+                .application(&record.organization_id, &record.application_id)
+                .and_then(|p| Some((p.policy.max_instance_duration?, p.policy.duration_warning))),
         };
         let store = self.store.clone();
         let conversation = Conversation::create(|ctx| Conversation::new(store, record, links, ctx));
@@ -309,6 +320,12 @@ impl Registry {
             .filter(|(key, _)| ours(&key.0))
             .map(|(_, u)| u.clone())
             .collect();
+        let notifiers: Vec<_> = self
+            .notifiers
+            .iter()
+            .filter(|(key, _)| ours(&key.0))
+            .map(|(_, n)| n.clone())
+            .collect();
         let compositor = organization_id_opt.is_none().then(|| self.compositor.clone());
         let num_live_conversations = conversations.len() as u64;
         let counters = match organization_id_opt {
@@ -327,6 +344,9 @@ impl Registry {
                 children.extend(child);
             }
             for child in join_all(uploaders.iter().map(snapshot_of)).await {
+                children.extend(child);
+            }
+            for child in join_all(notifiers.iter().map(snapshot_of)).await {
                 children.extend(child);
             }
             if let Some(compositor) = compositor {

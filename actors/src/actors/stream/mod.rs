@@ -19,6 +19,7 @@ use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::codec::Codec;
 use crate::media::ingest::{EventSink, IngestEvent, SinkSwap, TrackCounters, TrackPump, TrackSummary};
 use crate::media::join::join_segments;
+use crate::media::pause::PauseGate;
 use crate::media::plain_rtp::{self, BoundMedia, PlainRtpSession};
 use crate::media::receiver::TrackReceiver;
 use crate::media::sdp::{build_answer, Accepted, MediaAnswer, SessionOffer};
@@ -87,6 +88,9 @@ pub struct Stream {
     supervision: Supervision,
     /// When the stream entered its current state (for the debug tree's `millis_in_state`).
     state_since: Instant,
+    /// The instance's pause intervals, shared with the recorder; every pump drops the frames
+    /// inside them.
+    pause: Arc<PauseGate>,
 }
 
 /// Where a stream is in its life. One value, so a failed stream cannot also be waiting to re-bind
@@ -194,7 +198,14 @@ impl Stream {
             conversation_id: String::new(),
             supervision: Supervision::new(SupervisedKind::Stream),
             state_since,
+            pause: Arc::default(),
         }
+    }
+
+    /// Drops the frames the instance's pauses cover (the recorder's gate).
+    pub fn paused_by(mut self, pause: Arc<PauseGate>) -> Self {
+        self.pause = pause;
+        self
     }
 
     /// Sets the restart budget of this stream's supervision.
@@ -316,6 +327,8 @@ pub enum StreamNotice {
         track_id: String,
         at: DateTime<Utc>,
     },
+    /// Media arrives while the instance is paused (none of it written).
+    MediaWhilePaused { stream_id: String },
     /// The publisher's connection is gone (it may come back within the grace period).
     Disconnected { stream_id: String, session_id: String },
     /// A writer failed and the stream restarts into new segments.

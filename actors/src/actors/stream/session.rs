@@ -144,7 +144,7 @@ impl Stream {
                 now,
                 self.media.clock.utc_micros(),
             );
-            let pump = TrackPump::new(
+            let mut pump = TrackPump::new(
                 session_id.to_string(),
                 track_id,
                 receiver,
@@ -153,6 +153,7 @@ impl Stream {
                 events.clone(),
                 now,
             );
+            pump.pause = self.pause.clone();
             pumps.push((b, pump));
         }
         let session = plain_rtp::start(pumps, self.media.idle_timeout, &self.media.work)?;
@@ -280,6 +281,7 @@ impl Stream {
                             act.media.receiver.clone(),
                             events,
                             act.media.clock.utc_micros(),
+                            act.pause.clone(),
                         )?;
                         act.begin_session(session_id.clone(), Ingest::Whip(session), track_ids, None);
                         if let Some(live) = act.session.as_mut() {
@@ -343,6 +345,11 @@ impl Stream {
                     stream_id: self.record.id.clone(),
                     track_id,
                     at,
+                });
+            }
+            IngestEvent::MediaWhilePaused { .. } => {
+                self.recorder.do_send(StreamNotice::MediaWhilePaused {
+                    stream_id: self.record.id.clone(),
                 });
             }
             IngestEvent::Latched {

@@ -24,6 +24,7 @@ impl TrackState {
             num_slow_writes: sum(&|s| s.num_slow_writes.load(Ordering::Relaxed)),
             num_flushes: sum(&|s| s.num_flushes.load(Ordering::Relaxed)),
             writer_queue_depth: self.segments.iter().map(|s| s.stats.queue_depth()).sum(),
+            num_frames_paused: get(&c.num_frames_paused),
         }
     }
 
