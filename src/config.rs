@@ -268,6 +268,23 @@ struct RawApplication {
     /// Artefacts encrypted to the customer's public key.
     #[serde(default)]
     encryption: Option<EncryptionConfig>,
+    /// Where an artefact goes when the primary store keeps failing.
+    #[serde(default)]
+    backup: Option<BackupConfig>,
+}
+
+/// An application's backup store: an artefact whose upload has kept failing for `after_secs`
+/// goes to `storage` instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    #[serde(default = "default_backup_after_secs")]
+    pub after_secs: u64,
+    pub storage: StorageConfig,
+}
+
+fn default_backup_after_secs() -> u64 {
+    300
 }
 
 /// An application's encryption: the customer's `age` public key (`age1...`); the recorder never
@@ -582,6 +599,7 @@ pub struct Application {
     pub max_instance_duration_secs: u64,
     pub webhook: Option<WebhookConfig>,
     pub encryption: Option<EncryptionConfig>,
+    pub backup: Option<BackupConfig>,
 }
 
 /// An API key as configured: only its SHA-256 is known.
@@ -827,6 +845,9 @@ impl RawConfig {
                     }
                     webhook.secret.check(&format!("{key}.webhook.secret"))?;
                 }
+                if let Some(backup) = &app.backup {
+                    backup.storage.check(&format!("{key}.backup.storage"))?;
+                }
                 if let Some(encryption) = &app.encryption {
                     recorder_actors::storage::encryption::Encryption::new(
                         std::slice::from_ref(&encryption.public_key),
@@ -857,6 +878,7 @@ impl RawConfig {
                         .unwrap_or(limits.max_instance_duration_secs),
                     webhook: app.webhook.clone(),
                     encryption: app.encryption.clone(),
+                    backup: app.backup.clone(),
                 });
             }
         }
@@ -911,6 +933,7 @@ impl RawConfig {
                     max_instance_duration_secs: limits.max_instance_duration_secs,
                     webhook: None,
                     encryption: None,
+                    backup: None,
                 });
             }
         }

@@ -19,7 +19,8 @@ use anyhow::Context as _;
 use rand::RngCore;
 use recorder_actors::actors::Registry;
 use recorder_actors::engine::{
-    ApplicationPolicy, CompositionConfig, MediaConfig, PauseCapture, RecoveryConfig, Webhook, WebhookDelivery,
+    ApplicationPolicy, BackupStore, CompositionConfig, MediaConfig, PauseCapture, RecoveryConfig, Webhook,
+    WebhookDelivery,
 };
 use recorder_actors::media::compose::ComposeConfig;
 use recorder_actors::media::plain_rtp::PortAllocator;
@@ -131,6 +132,20 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
                                 "organizations.{}.applications.{}.webhook.secret",
                                 app.organization_id, app.application_id
                             ))?,
+                        }),
+                        None => None,
+                    },
+                    backup: match &app.backup {
+                        Some(backup) => Some(BackupStore {
+                            backend: profiles::build_backend(
+                                &config::Application {
+                                    storage: backup.storage.clone(),
+                                    ..app.clone()
+                                },
+                                &settings.data_dir,
+                            )
+                            .await?,
+                            after: Duration::from_secs(backup.after_secs),
                         }),
                         None => None,
                     },

@@ -145,6 +145,7 @@ async fn main() {
             num_attempts: 0,
             last_error: None,
             multipart_opt: None,
+            first_failure: None,
         })
         .unwrap();
     store.flush().await.unwrap();

@@ -40,6 +40,37 @@ pub struct ApplicationPolicy {
     /// Artefacts encrypted to the customer's key before they leave the node; `None`: stored as
     /// they are.
     pub encryption: Option<Arc<crate::storage::encryption::Encryption>>,
+    /// Where an artefact goes when the primary store keeps failing.
+    pub backup: Option<BackupStore>,
+}
+
+/// The backup store of an application: an artefact whose upload has kept failing for `after`
+/// goes there instead (the record and the API say which store holds it).
+#[derive(Clone)]
+pub struct BackupStore {
+    pub backend: Arc<dyn StorageBackend>,
+    pub after: Duration,
+}
+
+impl std::fmt::Debug for BackupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BackupStore({}, after {:?})",
+            self.backend.provider().as_str(),
+            self.after
+        )
+    }
+}
+
+impl ApplicationProfile {
+    /// The store an artefact is in: the backup one when `backup`.
+    pub fn store_of(&self, backup: bool) -> &Arc<dyn StorageBackend> {
+        match (&self.policy.backup, backup) {
+            (Some(store), true) => &store.backend,
+            _ => &self.backend,
+        }
+    }
 }
 
 /// An application's webhook: events are POSTed to `url` as JSON, signed with `secret`.

@@ -110,10 +110,11 @@ impl Queries {
             .profile_of(&record.organization_id, &record.application_id)
             .ok_or_else(missing)?;
         let key = record.cobrowse_key(&msg.session_id);
-        if let Some(path) = profile.backend.local_path(&key) {
+        let backend = profile.store_of(session.backup);
+        if let Some(path) = backend.local_path(&key) {
             return Ok(ArtefactSource::File(path));
         }
-        match profile.backend.get(&key).await {
+        match backend.get(&key).await {
             Ok(bytes) => Ok(ArtefactSource::Bytes(bytes)),
             Err(StorageError::NotFound(_)) => Err(missing()),
             Err(err) => Err(err.into()),
@@ -129,17 +130,23 @@ impl Queries {
             ))
         };
         let record = self.signed_instance(&msg.instance_id, &msg.conversation_id, &msg.recorder_id, missing)?;
-        let key = record
+        let (key, backup) = record
             .streams
             .iter()
             .find(|s| s.id == msg.stream_id)
             .and_then(|s| s.tracks.iter().find(|t| t.id == msg.track_id))
-            .and_then(|t| t.object.key.clone().filter(|_| t.object.uploaded.is_some()))
+            .and_then(|t| {
+                t.object
+                    .key
+                    .clone()
+                    .filter(|_| t.object.uploaded.is_some())
+                    .map(|k| (k, t.object.backup))
+            })
             .ok_or_else(missing)?;
         let profile = self
             .profile_of(&record.organization_id, &record.application_id)
             .ok_or_else(missing)?;
-        fetch_for_download(profile, key, missing).await
+        fetch_for_download(profile, backup, key, missing).await
     }
 
     /// The uploaded composition of a conversation, for a recorder-signed download.
@@ -160,7 +167,7 @@ impl Queries {
         let profile = self
             .profile_of(&composition.organization_id, &composition.application_id)
             .ok_or_else(missing)?;
-        fetch_for_download(profile, key, missing).await
+        fetch_for_download(profile, composition.backup, key, missing).await
     }
 
     /// The provider's own signed URL of an uploaded co-browse session; `None` when it is not
@@ -170,18 +177,19 @@ impl Queries {
         if record.erasure.is_some() {
             return Ok(None);
         }
-        let uploaded = record
+        let Some(session) = record
             .cobrowse_sessions
             .get(&msg.session_id)
-            .is_some_and(|s| s.uploaded.is_some());
-        if !uploaded {
+            .filter(|s| s.uploaded.is_some())
+        else {
             return Ok(None);
-        }
+        };
+        let backup = session.backup;
         let Some(profile) = self.profile_of(&record.organization_id, &record.application_id) else {
             return Ok(None);
         };
         Ok(profile
-            .backend
+            .store_of(backup)
             .signed_url(&record.cobrowse_key(&msg.session_id), msg.ttl)
             .await?)
     }
@@ -204,7 +212,9 @@ impl Queries {
         };
         let profile = self.profile_of(&instance.organization_id, &instance.application_id);
         let url = match (&composition.key, &composition.uploaded, profile) {
-            (Some(key), Some(_), Some(profile)) => profile.backend.signed_url(key, msg.ttl).await?,
+            (Some(key), Some(_), Some(profile)) => {
+                profile.store_of(composition.backup).signed_url(key, msg.ttl).await?
+            }
             _ => None,
         };
         Ok(Some(CompositionView {
@@ -231,7 +241,7 @@ impl Queries {
                 let Some(key) = track.object.key.as_ref().filter(|_| track.object.uploaded.is_some()) else {
                     continue;
                 };
-                match profile.backend.signed_url(key, msg.ttl).await {
+                match profile.store_of(track.object.backup).signed_url(key, msg.ttl).await {
                     Ok(Some(url)) => urls.push(TrackUrl {
                         stream_id: stream.id.clone(),
                         track_id: track.id.clone(),
@@ -250,18 +260,20 @@ impl Queries {
 /// streamed to a temp file (never into memory: tracks and compositions can be large).
 async fn fetch_for_download(
     profile: Arc<ApplicationProfile>,
+    backup: bool,
     key: String,
     missing: impl Fn() -> EngineError,
 ) -> Result<TrackFile, EngineError> {
     let file_name = key.rsplit('/').next().unwrap_or(&key).to_string();
-    if let Some(path) = profile.backend.local_path(&key) {
+    let backend = profile.store_of(backup);
+    if let Some(path) = backend.local_path(&key) {
         return Ok(TrackFile {
             source: ArtefactSource::File(path),
             file_name,
         });
     }
     let temp = std::env::temp_dir().join(format!("rtc-recorder-download-{}", uuid::Uuid::new_v4().simple()));
-    match crate::storage::download_to_file(profile.backend.as_ref(), &key, &temp).await {
+    match crate::storage::download_to_file(backend.as_ref(), &key, &temp).await {
         Ok(_) => Ok(TrackFile {
             source: ArtefactSource::Downloaded(temp),
             file_name,

@@ -484,6 +484,7 @@ async fn the_manifest_goes_last_and_lists_every_artefact() {
             num_attempts: 0,
             last_error: None,
             multipart_opt: None,
+            first_failure: None,
         })
         .unwrap();
     let mut files: Vec<PathBuf> = Vec::new();

@@ -217,6 +217,14 @@ pub struct ChatTranscriptData {
     pub created: String,
     pub id: String,
     pub location: String,
+    /// Addition: `BACKUP` when the application's backup store holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+}
+
+/// `BACKUP` for an artefact in the backup store; nothing for the primary one.
+fn store(backup: bool) -> Option<String> {
+    backup.then(|| "BACKUP".to_string())
 }
 
 fn transcript(r: &InstanceRecord) -> Option<ChatTranscriptData> {
@@ -224,6 +232,7 @@ fn transcript(r: &InstanceRecord) -> Option<ChatTranscriptData> {
         created: timestamp(t.created),
         id: t.id.clone(),
         location: t.location.clone(),
+        store: store(t.backup),
     })
 }
 
@@ -281,6 +290,9 @@ pub struct UploadDataMessage {
     pub size: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uploaded: Option<String>,
+    /// Addition: `BACKUP` when the application's backup store holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 impl From<&ObjectRecord> for UploadDataMessage {
@@ -290,6 +302,7 @@ impl From<&ObjectRecord> for UploadDataMessage {
             location: o.location.clone(),
             size: o.size.map(|s| s.to_string()),
             uploaded: opt_ts(o.uploaded),
+            store: store(o.backup),
         }
     }
 }
@@ -463,6 +476,7 @@ pub fn composition_message(
                 location: c.location.clone(),
                 size: c.size.map(|s| s.to_string()),
                 uploaded: opt_ts(c.uploaded),
+                store: store(c.backup),
             },
         },
         kind: if video { TrackType::Video } else { TrackType::Audio },

@@ -5,11 +5,13 @@ mod helpers;
 mod spec;
 
 mod auth;
+mod backup;
 mod erasure;
 mod isolation;
 mod limits;
 mod openapi;
 mod ops;
+mod pause;
 mod persistence;
 mod races;
 mod recordings;

@@ -39,6 +39,9 @@ const ALLOWED_EXTRA: &[(&str, &[&str])] = &[
     ("StorageVerificationStatusMessage", &["writeThroughputMibPerSec"]),
     // The conversation listing names each recording's instance and state, so a client can go
     // from the listing to the instance's own routes (the spec's listing has no id at all).
+    // Backup storage (an addition): which store holds an artefact, when it is the backup one.
+    ("UploadDataMessage", &["store"]),
+    ("ChatTranscriptData", &["store"]),
     // ... and, with erasure (GDPR, an addition), when an instance was erased.
     ("ConversationRecordingData", &["instanceId", "state", "erasure"]),
     // Pause/resume (an addition for contact centers: card payments): whether the instance is

@@ -54,26 +54,33 @@ pub(super) async fn run_erasure(
     record: InstanceRecord,
     job: UploadJob,
 ) -> Result<u64, JobError> {
-    let backend = profile.backend.clone();
+    // The primary store, and the backup store where one is configured (an artefact may be in
+    // either).
+    let mut backends = vec![profile.backend.clone()];
+    backends.extend(profile.policy.backup.as_ref().map(|b| b.backend.clone()));
     let mut num_deleted = 0u64;
-    for key in object_keys(&record) {
-        match backend.delete(&key).await {
-            Ok(()) => num_deleted += 1,
-            Err(StorageError::NotFound(_)) => {}
-            Err(err) => return Err(err.into()),
+    for backend in &backends {
+        for key in object_keys(&record) {
+            match backend.delete(&key).await {
+                Ok(()) => num_deleted += 1,
+                Err(StorageError::NotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
+            crate::fault::point_in(crate::fault::ERASE_STEP, &record.instance_id)
+                .map_err(|e| StorageError::Io(e.to_string()))?;
         }
-        crate::fault::point_in(crate::fault::ERASE_STEP, &record.instance_id)
-            .map_err(|e| StorageError::Io(e.to_string()))?;
     }
     // The composition holds this instance's media: it goes too (a later stop of the
     // conversation composes again, without erased instances).
     let composition = CompositionId::of_instance(&record);
     let composition_record = store.get_composition(&composition)?;
     let key = composition_key(&record, &record.conversation_id);
-    for key in [key.clone(), format!("{key}{}", crate::storage::encryption::SUFFIX)] {
-        match backend.delete(&key).await {
-            Ok(()) | Err(StorageError::NotFound(_)) => {}
-            Err(err) => return Err(err.into()),
+    for backend in &backends {
+        for key in [key.clone(), format!("{key}{}", crate::storage::encryption::SUFFIX)] {
+            match backend.delete(&key).await {
+                Ok(()) | Err(StorageError::NotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
     }
     // Files on this node: the instance's media folder (segments, tracks), renamed track files,

@@ -154,6 +154,7 @@ impl Uploader {
             Err(err) => {
                 self.num_failures += 1;
                 job.num_attempts += 1;
+                job.first_failure.get_or_insert(self.config.clock().utc());
                 let info = ErrorInfo::new(err.code(), err.to_string());
                 job.last_error = Some(info.clone());
                 self.last_error = Some(info.clone());
@@ -161,7 +162,8 @@ impl Uploader {
                     tracing::error!(error = %store_err, key = %job.key, "could not record upload failure");
                 }
                 record_failure(self.store.as_ref(), &job, &info);
-                if err.is_retryable() {
+                // With a backup store even a refusal (revoked credentials) is tried again: there.
+                if err.is_retryable() || self.profile.policy.backup.is_some() {
                     let delay = retry_delay(&self.config, job.num_attempts);
                     tracing::warn!(key = %job.key, error = %err, attempt = job.num_attempts, retry_in_ms = delay.as_millis() as u64, "upload failed, will retry");
                     self.backoff.insert(job.key.clone(), self.config.clock().now() + delay);
@@ -226,7 +228,14 @@ async fn run_job(
         store.finish_job(&job.key, job.generation)?;
         return Ok(0);
     }
-    let backend = profile.backend.clone();
+    let now = config.clock().utc();
+    // An artefact whose upload has kept failing past the application's backup delay goes to
+    // its backup store.
+    let to_backup = profile.policy.backup.as_ref().is_some_and(|backup| {
+        job.first_failure
+            .is_some_and(|first| (now - first).to_std().unwrap_or_default() >= backup.after)
+    });
+    let backend = profile.store_of(to_backup).clone();
     let encryption = profile.policy.encryption.clone();
     // Encrypted artefacts are stored as `<key>.age` (the manifest only when asked for).
     let encrypted = encryption
@@ -239,7 +248,6 @@ async fn run_job(
     };
     let location = backend.location(&object_key);
     let mut keep_local = !config.delete_local_after_upload;
-    let now = config.clock().utc();
     let size = match &job.artefact {
         ArtefactKind::TrackFile {
             stream_id,
@@ -251,7 +259,11 @@ async fn run_job(
             crate::fault::point_in(crate::fault::UPLOAD_PART, &job.key).map_err(|e| StorageError::Io(e.to_string()))?;
             // The progress of an upload an earlier attempt or process left unfinished, and
             // every new part recorded in the job's row as it completes.
-            let resume_opt = store.job(&job.key)?.and_then(|j| j.multipart_opt);
+            // (A multipart upload left unfinished belongs to the primary: the backup starts over.)
+            let resume_opt = store
+                .job(&job.key)?
+                .and_then(|j| j.multipart_opt)
+                .filter(|_| !to_backup);
             // What goes to storage: the file, or its ciphertext (made once, beside it).
             let upload_path = match encryption.as_ref().filter(|_| encrypted) {
                 Some(encryption) => encrypt_on_thread(encryption.clone(), PathBuf::from(local_path)).await?,
@@ -288,6 +300,7 @@ async fn run_job(
                         track.object.size = Some(receipt.size);
                         track.object.uploaded = Some(now);
                         track.object.error = None;
+                        track.object.backup = to_backup;
                         recorded = true;
                     }
                     Ok(())
@@ -304,6 +317,7 @@ async fn run_job(
                             "trackId": track_id,
                             "location": location,
                             "size": receipt.size,
+                            "store": store_name(to_backup),
                         }),
                     ))?;
                 }
@@ -355,6 +369,7 @@ async fn run_job(
                     c.location = Some(location.clone());
                     c.size = Some(receipt.size);
                     c.uploaded = Some(now);
+                    c.backup = to_backup;
                     Ok(())
                 })?;
                 tx.step("upload_done", "composition_recorded", &record.instance_id);
@@ -363,7 +378,7 @@ async fn run_job(
                     &record,
                     EventKind::CompositionDone,
                     now,
-                    serde_json::json!({ "location": location, "size": receipt.size }),
+                    serde_json::json!({ "location": location, "size": receipt.size, "store": store_name(to_backup) }),
                 ))?;
                 // The newest stopped instance's `recording.json` is rewritten to list the
                 // composition (same profile, so this uploader runs it).
@@ -432,12 +447,14 @@ async fn run_job(
                                 location: location.clone(),
                                 created: now,
                                 num_entries: r.num_transcript_entries,
+                                backup: to_backup,
                             });
                         }
                         ArtefactKind::CobrowseSession { session_id } => {
                             let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
                             session.location = Some(location.clone());
                             session.uploaded = Some(now);
+                            session.backup = to_backup;
                         }
                         ArtefactKind::Manifest
                         | ArtefactKind::TrackFile { .. }
@@ -463,6 +480,7 @@ async fn run_job(
                 };
                 data["location"] = location.clone().into();
                 data["size"] = size.into();
+                data["store"] = store_name(to_backup).into();
                 tx.put_event(&OutboxEvent::of(&record, kind, now, data))?;
                 tx.finish_job(&job.key, job.generation)?;
                 Ok(())
@@ -496,6 +514,15 @@ async fn run_job(
         }
     }
     Ok(size)
+}
+
+/// How the API and events name the store an artefact is in.
+fn store_name(backup: bool) -> &'static str {
+    if backup {
+        "BACKUP"
+    } else {
+        "PRIMARY"
+    }
 }
 
 /// The ciphertext of a file, made on a blocking thread (see `Encryption::encrypted_file`).
@@ -877,6 +904,7 @@ mod tests {
                 num_attempts: 0,
                 last_error: None,
                 multipart_opt: None,
+                first_failure: None,
             })
             .unwrap();
         let backend: Arc<dyn crate::storage::StorageBackend> =

@@ -241,6 +241,9 @@ pub struct ObjectRecord {
     pub size: Option<u64>,
     pub uploaded: Option<DateTime<Utc>>,
     pub error: Option<ErrorInfo>,
+    /// Stored in the application's backup store (its primary kept failing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +332,9 @@ pub struct TranscriptArtefact {
     pub location: String,
     pub created: DateTime<Utc>,
     pub num_entries: u64,
+    /// Stored in the application's backup store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 /// One co-browse session seen by an instance.
@@ -337,6 +343,9 @@ pub struct CobrowseSessionRecord {
     pub num_events: u64,
     pub location: Option<String>,
     pub uploaded: Option<DateTime<Utc>>,
+    /// Stored in the application's backup store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 /// One recorder instance: one start..stop of one conversation. This is the durable record; every

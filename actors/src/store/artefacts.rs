@@ -119,6 +119,7 @@ pub fn enqueue_artefact(tx: &dyn StoreTx, record: &InstanceRecord, artefact: Art
         num_attempts: 0,
         last_error: None,
         multipart_opt: None,
+        first_failure: None,
     })?;
     Ok(())
 }

@@ -102,6 +102,10 @@ pub struct UploadJob {
     /// an upload interrupted by a restart continues where it stopped.
     #[serde(default)]
     pub multipart_opt: Option<MultipartProgress>,
+    /// When the job first failed: past the application's backup delay, it goes to the backup
+    /// store.
+    #[serde(default)]
+    pub first_failure: Option<DateTime<Utc>>,
 }
 
 /// What an event reports (its `type` on the wire).
@@ -271,6 +275,9 @@ pub struct CompositionRecord {
     pub location: Option<String>,
     pub size: Option<u64>,
     pub uploaded: Option<DateTime<Utc>>,
+    /// Stored in the application's backup store.
+    #[serde(default)]
+    pub backup: bool,
 }
 
 /// The writes of one command, applied all together or not at all (the model is garage's

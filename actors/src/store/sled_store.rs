@@ -665,6 +665,7 @@ fn new_composition(id: &CompositionId, instance_id: &str, now: chrono::DateTime<
         location: None,
         size: None,
         uploaded: None,
+        backup: false,
     }
 }
 
@@ -974,6 +975,7 @@ impl StateStore for SledStore {
             let mut stored: UploadJob = decode("jobs", job.key.as_bytes(), &current)?;
             stored.num_attempts = job.num_attempts;
             stored.last_error = job.last_error.clone();
+            stored.first_failure = stored.first_failure.or(job.first_failure);
             // Progress only moves forward: a caller holding an older copy of the job (the
             // uploader recording an attempt) leaves the recorded parts alone.
             if job.multipart_opt.is_some() {
@@ -1385,6 +1387,7 @@ mod tests {
             num_attempts: 0,
             last_error: None,
             multipart_opt: None,
+            first_failure: None,
         };
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 0);
         assert_eq!(store.enqueue_job(&job).unwrap().generation, 1);
@@ -1437,6 +1440,7 @@ mod tests {
                     num_attempts: 0,
                     last_error: None,
                     multipart_opt: None,
+                    first_failure: None,
                 })
                 .unwrap();
             let mut with_progress = job.clone();
@@ -1617,6 +1621,7 @@ mod tests {
             num_attempts: 0,
             last_error: None,
             multipart_opt: None,
+            first_failure: None,
         };
         let id = CompositionId::new("o", "a", "c");
         let entry = ChatEntry {
@@ -1719,6 +1724,7 @@ mod tests {
             num_attempts: 0,
             last_error: None,
             multipart_opt: None,
+            first_failure: None,
         };
         let keys = |store: &SledStore, org: &str, app: &str| -> Vec<String> {
             store
