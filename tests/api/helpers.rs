@@ -343,6 +343,23 @@ impl TestApp {
 
     /// Sends any request through ureq and returns the response whatever its status.
     pub fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        self.try_request(method, url, headers, body).unwrap_or_else(|t| {
+            panic!(
+                "{method} {url}: transport error: {t}\nservice stdout:\n{}\nservice stderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            )
+        })
+    }
+
+    /// [`Self::request`], with a transport error (no answer at all) returned instead of a panic.
+    pub fn try_request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Resp, String> {
         let mut req = self.agent.request(method, url);
         for (name, value) in headers {
             req = req.set(name, value);
@@ -354,13 +371,7 @@ impl TestApp {
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => {
-                panic!(
-                    "{method} {url}: transport error: {t}\nservice stdout:\n{}\nservice stderr:\n{}",
-                    self.stdout(),
-                    self.stderr()
-                )
-            }
+            Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
         };
         let status = response.status();
         let headers = response
@@ -378,14 +389,14 @@ impl TestApp {
         response
             .into_reader()
             .read_to_end(&mut bytes)
-            .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
-        Resp {
+            .map_err(|e| format!("reading the body: {e}"))?;
+        Ok(Resp {
             method: method.into(),
             url: url.into(),
             status,
             headers,
             body: bytes,
-        }
+        })
     }
 
     fn auth(key: &str) -> Vec<(&'static str, String)> {
