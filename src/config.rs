@@ -147,6 +147,9 @@ pub struct Composition {
     pub height: u32,
     pub fps: u32,
     pub preset: String,
+    /// The conversation's stereo audio beside the composition: `opus` (stereo.opus), `m4a`
+    /// (stereo.m4a) or `off`.
+    pub stereo: String,
 }
 
 impl Default for Composition {
@@ -158,11 +161,17 @@ impl Default for Composition {
             height: 720,
             fps: 25,
             preset: "veryfast".into(),
+            stereo: "opus".into(),
         }
     }
 }
 
 impl Composition {
+    /// The stereo format, `None` for `off` (checked at load).
+    pub fn stereo_format(&self) -> Option<recorder_actors::media::stereo::StereoFormat> {
+        self.stereo.parse().ok()
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if !(1..=16).contains(&self.concurrency) {
             return Err(invalid("composition.concurrency", "must be between 1 and 16"));
@@ -181,6 +190,9 @@ impl Composition {
                 "composition.preset",
                 "must be an x264 preset name like veryfast",
             ));
+        }
+        if self.stereo != "off" && self.stereo_format().is_none() {
+            return Err(invalid("composition.stereo", "must be opus, m4a or off"));
         }
         Ok(())
     }

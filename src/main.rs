@@ -243,6 +243,7 @@ fn composition_config(settings: &Settings) -> CompositionConfig {
             preset: c.preset.clone(),
             label_placeholders: true,
         },
+        stereo: c.stereo_format(),
     }
 }
 

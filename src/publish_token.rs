@@ -31,6 +31,9 @@ pub struct PublishGrant {
     /// When set, the token may publish only as this userId.
     #[serde(rename = "user", default, skip_serializing_if = "Option::is_none")]
     pub user_id_opt: Option<String>,
+    /// When set, the publisher's role (its stereo channel); a publish declaring another is refused.
+    #[serde(rename = "role", default, skip_serializing_if = "Option::is_none")]
+    pub role_opt: Option<recorder_actors::domain::ParticipantRole>,
     /// Unix seconds after which the token is refused.
     #[serde(rename = "exp")]
     pub expires: i64,
@@ -113,6 +116,7 @@ mod tests {
             instance_id: "i".into(),
             conference_id: "c".into(),
             user_id_opt: Some("u".into()),
+            role_opt: None,
             expires,
         }
     }

@@ -92,6 +92,7 @@ async fn main() {
                 started: Some(now),
                 stopped: Some(now),
                 tracks: vec![track],
+                role: None,
                 rtp_session: None,
             }),
         }

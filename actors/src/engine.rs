@@ -189,6 +189,9 @@ pub struct CompositionConfig {
     /// core or more; the default 1 leaves the others to live recording.
     pub concurrency: usize,
     pub output: crate::media::compose::ComposeConfig,
+    /// The conversation's stereo audio (agents left, customers right) made with each
+    /// composition; `None` makes none.
+    pub stereo: Option<crate::media::stereo::StereoFormat>,
 }
 
 impl Default for CompositionConfig {
@@ -197,6 +200,7 @@ impl Default for CompositionConfig {
             enabled: true,
             concurrency: 1,
             output: Default::default(),
+            stereo: Some(crate::media::stereo::StereoFormat::Opus),
         }
     }
 }

@@ -171,6 +171,8 @@ pub struct ResolveCompositionFile {
     pub organization_id: OrganizationId,
     pub application_id: String,
     pub conversation_id: String,
+    /// The MP4, or the stereo audio beside it.
+    pub stereo: bool,
 }
 
 /// Where to read a track for download, and the name to download it as (`{trackId}.{ext}`).
@@ -209,6 +211,8 @@ pub struct CompositionView {
     pub composition: crate::store::CompositionRecord,
     pub instance: InstanceRecord,
     pub url: Option<String>,
+    /// The provider's signed URL of the uploaded stereo audio.
+    pub stereo_url: Option<String>,
 }
 
 /// The storage provider's signed download URL of every uploaded track of an instance; tracks of
@@ -274,6 +278,8 @@ pub struct Publish {
     pub rtp_any_source: bool,
     pub user_id: String,
     pub kind: crate::domain::StreamType,
+    /// `role=agent|customer`: the publisher's channel in the stereo audio.
+    pub role: Option<crate::domain::ParticipantRole>,
     pub transport: IngestTransport,
     pub offer_sdp: String,
 }

@@ -159,15 +159,16 @@ impl Queries {
         };
         let id = CompositionId::new(&msg.organization_id, &msg.application_id, &msg.conversation_id);
         let composition = self.store.get_composition(&id)?.ok_or_else(missing)?;
-        let key = composition
-            .key
-            .clone()
-            .filter(|_| composition.uploaded.is_some())
-            .ok_or_else(missing)?;
+        let (key, uploaded, backup) = match (&composition.stereo, msg.stereo) {
+            (_, false) => (composition.key.clone(), composition.uploaded, composition.backup),
+            (Some(stereo), true) => (stereo.key.clone(), stereo.uploaded, stereo.backup),
+            (None, true) => (None, None, false),
+        };
+        let key = key.filter(|_| uploaded.is_some()).ok_or_else(missing)?;
         let profile = self
             .profile_of(&composition.organization_id, &composition.application_id)
             .ok_or_else(missing)?;
-        fetch_for_download(profile, composition.backup, key, missing).await
+        fetch_for_download(profile, backup, key, missing).await
     }
 
     /// The provider's own signed URL of an uploaded co-browse session; `None` when it is not
@@ -211,16 +212,24 @@ impl Queries {
             return Ok(None);
         };
         let profile = self.profile_of(&instance.organization_id, &instance.application_id);
-        let url = match (&composition.key, &composition.uploaded, profile) {
+        let url = match (&composition.key, &composition.uploaded, profile.clone()) {
             (Some(key), Some(_), Some(profile)) => {
                 profile.store_of(composition.backup).signed_url(key, msg.ttl).await?
             }
+            _ => None,
+        };
+        let stereo_url = match (&composition.stereo, profile) {
+            (Some(stereo), Some(profile)) if stereo.uploaded.is_some() => match &stereo.key {
+                Some(key) => profile.store_of(stereo.backup).signed_url(key, msg.ttl).await?,
+                None => None,
+            },
             _ => None,
         };
         Ok(Some(CompositionView {
             composition,
             instance,
             url,
+            stereo_url,
         }))
     }
 

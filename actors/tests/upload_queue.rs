@@ -51,6 +51,7 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
                 state: StreamState::Stopped,
                 started: Some(now),
                 stopped: Some(now),
+                role: None,
                 rtp_session: None,
                 tracks: vec![track],
             }),

@@ -355,6 +355,10 @@ pub struct StreamDataMessage {
     #[serde(rename = "type")]
     pub kind: StreamType,
     pub user_id: String,
+    /// The publisher's declared role, AGENT or CUSTOMER (an addition to the spec).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "AGENT")]
+    pub role: Option<&'static str>,
 }
 
 impl From<&StreamRecord> for StreamDataMessage {
@@ -365,6 +369,7 @@ impl From<&StreamRecord> for StreamDataMessage {
             tracks: s.tracks.iter().map(Into::into).collect(),
             kind: stream_type(s.kind),
             user_id: s.user_id.clone(),
+            role: s.role.map(|r| r.as_str()),
         }
     }
 }
@@ -445,11 +450,13 @@ impl From<&InstanceRecord> for RecordingDataMessage {
 /// `recorderId`, `conferenceId` and `storageProfile` are those of the newest ended (stopped or aborted) instance
 /// (the composition is uploaded through its profile); `started`/`stopped` are the composition
 /// run's. One stream (`id` "composition", type VIDEO) holds one track: VIDEO, or AUDIO for an
-/// audio-only conversation, with its local file, its upload and the provider's signed `url`.
+/// audio-only conversation, with its local file, its upload and the provider's signed `url`;
+/// a second track (`id` "stereo", AUDIO) is the stereo audio when one was made.
 pub fn composition_message(
     c: &recorder_actors::store::CompositionRecord,
     instance: &InstanceRecord,
     url: Option<String>,
+    stereo_url: Option<String>,
 ) -> RecordingDataMessage {
     use recorder_actors::store::CompositionState as C;
     let (state, stream_state) = match c.state {
@@ -482,6 +489,31 @@ pub fn composition_message(
         kind: if video { TrackType::Video } else { TrackType::Audio },
         url,
     };
+    let mut tracks = vec![track];
+    if let Some(stereo) = c.stereo.as_ref().filter(|_| done) {
+        tracks.push(TrackDataMessage {
+            id: "stereo".into(),
+            started: opt_ts(c.started),
+            stopped: opt_ts(c.stopped),
+            storage: TrackStorageDataMessage {
+                local_storage: LocalFileDataMessage {
+                    created: opt_ts(c.stopped),
+                    deleted: None,
+                    error: None,
+                    location: Some(stereo.local_path.clone()),
+                },
+                object_storage: UploadDataMessage {
+                    error: None,
+                    location: stereo.location.clone(),
+                    size: stereo.size.map(|s| s.to_string()),
+                    uploaded: opt_ts(stereo.uploaded),
+                    store: store(stereo.backup),
+                },
+            },
+            kind: TrackType::Audio,
+            url: stereo_url,
+        });
+    }
     RecordingDataMessage {
         audio: instance.audio,
         chat_transcript: None,
@@ -499,9 +531,10 @@ pub fn composition_message(
         streams: vec![StreamDataMessage {
             id: "composition".into(),
             state: stream_state,
-            tracks: vec![track],
+            tracks,
             kind: StreamType::Video,
             user_id: String::new(),
+            role: None,
         }],
         video,
         paused: false,

@@ -6,7 +6,9 @@
 //!   answer gives each accepted one a UDP port (port 0 = refused).
 //!
 //! The publisher names itself with the query parameters `userId` and `type` (CAM, MIC, SCREEN,
-//! HOLD, VIDEO, UNKNOWN; default UNKNOWN), or the headers `X-User-Id` and `X-Stream-Type`. It
+//! HOLD, VIDEO, UNKNOWN; default UNKNOWN), or the headers `X-User-Id` and `X-Stream-Type`, and
+//! may declare its `role` (`agent` or `customer`, header `X-Participant-Role`): its channel in
+//! the conversation's stereo audio. It
 //! authenticates with `Authorization: Bearer` and either an API key of the instance's
 //! organization or a publish token issued by `POST .../{instanceId}/publish-token`.
 
@@ -14,7 +16,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use recorder_actors::domain::OrganizationId;
-use recorder_actors::domain::StreamType;
+use recorder_actors::domain::{ParticipantRole, StreamType};
 use recorder_actors::messages::{Applications, IngestTransport, Publish, Unpublish};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -35,6 +37,8 @@ struct Publisher {
     /// A publish token pins the instance (and maybe the user).
     instance_id_opt: Option<String>,
     user_id_opt: Option<String>,
+    /// A publish token may fix the publisher's role.
+    role_opt: Option<ParticipantRole>,
     conference_id_opt: Option<String>,
     /// The applications an API key may use; a token is pinned to its instance instead.
     applications: Applications,
@@ -66,6 +70,7 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiErr
             organization_id,
             instance_id_opt: Some(grant.instance_id),
             user_id_opt: grant.user_id_opt,
+            role_opt: grant.role_opt,
             conference_id_opt: Some(grant.conference_id),
             applications: None,
             rtp_any_source: false,
@@ -78,6 +83,7 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiErr
         organization_id: grant.organization_id,
         instance_id_opt: None,
         user_id_opt: None,
+        role_opt: None,
         conference_id_opt: None,
     })
 }
@@ -88,6 +94,8 @@ pub struct PublishQuery {
     user_id: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// `agent` or `customer`: the publisher's stereo channel.
+    role: Option<String>,
 }
 
 fn parse_stream_type(text: &str) -> Result<StreamType, ApiError> {
@@ -166,6 +174,17 @@ async fn publish(
         Some(text) => parse_stream_type(&text)?,
         None => StreamType::Unknown,
     };
+    let role = match query.role.or_else(|| header_text(&req, "x-participant-role")) {
+        Some(text) => Some(
+            ParticipantRole::parse(&text).ok_or_else(|| ApiError::bad_field("role", "must be agent or customer"))?,
+        ),
+        None => publisher.role_opt,
+    };
+    if publisher.role_opt.is_some_and(|allowed| Some(allowed) != role) {
+        return Err(ApiError::Forbidden(
+            "this publish token is for a publisher of another role".into(),
+        ));
+    }
     let offer_sdp = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_field("sdp", "the offer is not UTF-8 text"))?
         .to_string();
@@ -183,6 +202,7 @@ async fn publish(
             permit: None,
             user_id,
             kind,
+            role,
             transport,
             offer_sdp,
         })
@@ -211,6 +231,7 @@ async fn publish(
         ("conferenceId" = String, Path, description = "conferenceId of a live recorder instance"),
         ("userId" = Option<String>, Query, description = "the publisher (or header X-User-Id)"),
         ("type" = Option<String>, Query, description = "CAM, MIC, SCREEN, HOLD, VIDEO or UNKNOWN (or header X-Stream-Type)"),
+        ("role" = Option<String>, Query, description = "agent or customer (or header X-Participant-Role; a token may fix it): the publisher's channel in the conversation's stereo audio, agents left, customers right"),
     ),
     request_body(content = String, content_type = "application/sdp"),
     responses(
@@ -253,6 +274,7 @@ pub async fn publish_rtp(
         ("conferenceId" = String, Path, description = "conferenceId of a live recorder instance"),
         ("userId" = Option<String>, Query, description = "the publisher (or header X-User-Id; a token may fix it)"),
         ("type" = Option<String>, Query, description = "CAM, MIC, SCREEN, HOLD, VIDEO or UNKNOWN (or header X-Stream-Type)"),
+        ("role" = Option<String>, Query, description = "agent or customer (or header X-Participant-Role; a token may fix it): the publisher's channel in the conversation's stereo audio, agents left, customers right"),
     ),
     request_body(content = String, content_type = "application/sdp"),
     responses(
@@ -398,6 +420,7 @@ pub async fn publish_token(
         instance_id: record.instance_id.clone(),
         conference_id: record.conference_id.clone(),
         user_id_opt: user_id_opt.clone(),
+        role_opt: request.role.map(|r| r.0),
         expires: valid_until.timestamp(),
     });
     Ok(HttpResponse::Ok().json(PublishTokenMessage {

@@ -54,6 +54,7 @@ pub struct AppState {
         cobrowse::attachment,
         tracks::attachment,
         tracks::composition_attachment,
+        tracks::stereo_attachment,
         recordings::add_transcript,
         cobrowse::add_event,
         recordings::start,
@@ -202,6 +203,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route(
                     "/recordings/attachment/composition/{organizationId}/{applicationId}/{conversationId}",
                     web::get().to(tracks::composition_attachment),
+                )
+                .route(
+                    "/recordings/attachment/composition/{organizationId}/{applicationId}/{conversationId}/stereo",
+                    web::get().to(tracks::stereo_attachment),
                 )
                 .route("/recordings/{conversationId}/active", web::get().to(recordings::active))
                 .route(

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use recorder_actors::domain::{
-    ApplicationId, ConferenceId, ConversationId, IdError, InstanceId, RecorderId, SessionId, UserId,
+    ApplicationId, ConferenceId, ConversationId, IdError, InstanceId, ParticipantRole, RecorderId, SessionId, UserId,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -210,6 +210,23 @@ pub struct PublishTokenRequest {
     pub user_id: Option<UserId>,
     /// Lifetime in seconds (default 3600, at most 86400).
     pub ttl_secs: Option<u64>,
+    /// The publisher's role, `agent` or `customer`: its channel in the stereo audio. A publish
+    /// with this token declaring another role is refused (403).
+    #[schema(value_type = Option<String>, example = "agent")]
+    pub role: Option<RoleParam>,
+}
+
+/// `agent` or `customer` (any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleParam(pub ParticipantRole);
+
+impl<'de> Deserialize<'de> for RoleParam {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ParticipantRole::parse(&text)
+            .map(RoleParam)
+            .ok_or_else(|| serde::de::Error::custom("must be agent or customer"))
+    }
 }
 
 impl PublishTokenRequest {

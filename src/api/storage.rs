@@ -106,18 +106,30 @@ pub async fn composition(
     }
     // Profiles without provider URLs (local, SFTP): the recorder serves the uploaded composition
     // itself behind its own signed URL.
-    let url = view.url.or_else(|| {
-        view.composition.uploaded.map(|_| {
-            let path = super::signed::composition_attachment_path(
+    let recorder_url = |suffix: &str| {
+        let path = format!(
+            "{}{suffix}",
+            super::signed::composition_attachment_path(
                 &view.composition.organization_id,
                 &view.composition.application_id,
                 &conversation_id,
-            );
-            let signed = state.signer.sign("GET", &path, chrono::Utc::now());
-            format!("{}{path}?{}", state.public_url, signed.to_query())
-        })
+            )
+        );
+        let signed = state.signer.sign("GET", &path, chrono::Utc::now());
+        format!("{}{path}?{}", state.public_url, signed.to_query())
+    };
+    let url = view
+        .url
+        .clone()
+        .or_else(|| view.composition.uploaded.map(|_| recorder_url("")));
+    let stereo_url = view.stereo_url.clone().or_else(|| {
+        view.composition
+            .stereo
+            .as_ref()
+            .and_then(|s| s.uploaded)
+            .map(|_| recorder_url("/stereo"))
     });
-    Ok(HttpResponse::Ok().json(composition_message(&view.composition, &view.instance, url)))
+    Ok(HttpResponse::Ok().json(composition_message(&view.composition, &view.instance, url, stereo_url)))
 }
 
 #[derive(Debug, serde::Deserialize)]

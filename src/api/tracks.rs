@@ -134,12 +134,59 @@ pub async fn composition_attachment(
     path: web::Path<(String, String, String)>,
     query: web::Query<SignatureQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (organization_id, application_id, conversation_id) = path.into_inner();
+    serve_composition(req, state, path.into_inner(), query.into_inner(), false).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/auvious.video/rtc-recorder/api/recordings/attachment/composition/{organizationId}/{applicationId}/{conversationId}/stereo",
+    tag = "Composition Controller",
+    operation_id = "getStereoAudioAsAttachment",
+    summary = "getStereoAudioAsAttachment",
+    description = "Downloads the conversation's uploaded stereo audio (`stereo.opus` or `stereo.m4a`: agents on the left channel, customers on the right) through the signed `url` of the composition's `stereo` track, for storage profiles without provider-signed URLs. No API key; `Range` supported; 403 for a bad signature, 404 while there is none uploaded.",
+    params(
+        ("organizationId" = String, Path, description = "organizationId"),
+        ("applicationId" = String, Path, description = "applicationId"),
+        ("conversationId" = String, Path, description = "conversationId"),
+        ("Date" = String, Query, description = "Date"),
+        ("Expires" = String, Query, description = "Expires"),
+        ("Signature" = String, Query, description = "Signature"),
+        ("Range" = Option<String>, Header, description = "Range"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = Resource, content_type = "audio/ogg"),
+        (status = 206, description = "Partial Content"),
+        (status = 400, description = "Bad Request", body = ErrorBody),
+        (status = 403, description = "Forbidden", body = ErrorBody),
+        (status = 404, description = "Not Found", body = ErrorBody),
+        (status = 416, description = "Range Not Satisfiable", body = ErrorBody),
+    ),
+    security(())
+)]
+pub async fn stereo_attachment(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+    query: web::Query<SignatureQuery>,
+) -> Result<HttpResponse, ApiError> {
+    serve_composition(req, state, path.into_inner(), query.into_inner(), true).await
+}
+
+async fn serve_composition(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    (organization_id, application_id, conversation_id): (String, String, String),
+    query: SignatureQuery,
+    stereo: bool,
+) -> Result<HttpResponse, ApiError> {
     let max = state.settings.limits.max_id_len;
     let organization_id: OrganizationId = path_id("organizationId", &organization_id, max)?;
     check_id("applicationId", &application_id, max)?;
     check_id("conversationId", &conversation_id, max)?;
-    let signed_path = composition_attachment_path(&organization_id, &application_id, &conversation_id);
+    let mut signed_path = composition_attachment_path(&organization_id, &application_id, &conversation_id);
+    if stereo {
+        signed_path.push_str("/stereo");
+    }
     verify_signature(&state, &signed_path, &query)?;
     let file = state
         .queries
@@ -147,6 +194,7 @@ pub async fn composition_attachment(
             organization_id,
             application_id,
             conversation_id,
+            stereo,
         })
         .await?;
     serve(&req, file).await

@@ -293,6 +293,7 @@ impl EngineHarness {
                 rtp_any_source: false,
                 user_id: user_id.into(),
                 kind,
+                role: None,
                 transport: IngestTransport::Rtp,
                 offer_sdp: offer_sdp.into(),
             })

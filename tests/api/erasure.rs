@@ -169,7 +169,12 @@ fn an_erasure_cut_by_a_crash_finishes_after_the_restart() {
     app.restart_with_env(&[("RTC_RECORDER_FAULTS", &format!("erase_step@{instance_id}=abort*1"))]);
     // The erasure job may reach the fault (and end the process) before the 202 is written: then
     // there is no answer, and the restart below shows the request had been committed.
-    match app.try_request("DELETE", &app.api(&format!("/recordings/{c}")), &[("Authorization", KEY_A)], None) {
+    match app.try_request(
+        "DELETE",
+        &app.api(&format!("/recordings/{c}")),
+        &[("Authorization", KEY_A)],
+        None,
+    ) {
         Ok(resp) => assert_eq!(resp.status, 202, "{}", resp.describe()),
         Err(error) => poll(
             Duration::from_secs(10),

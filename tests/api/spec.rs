@@ -61,6 +61,8 @@ const ALLOWED_EXTRA: &[(&str, &[&str])] = &[
             "erasure",
         ],
     ),
+    // A publisher's declared role (agent / customer: its channel in the stereo audio).
+    ("StreamDataMessage", &["role"]),
 ];
 
 const STATES: [&str; 6] = [

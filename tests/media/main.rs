@@ -13,5 +13,6 @@ mod plain_rtp;
 mod recovery;
 mod s3_profile;
 mod soak;
+mod stereo;
 mod track_urls;
 mod whip;

@@ -12,14 +12,16 @@ use crate::clock::Clock;
 use actix::prelude::*;
 
 use super::uploader::{delete_local, Kick};
-use crate::domain::{path_component, ErrorInfo, InstanceRecord, InstanceState, StreamType, TrackType};
+use crate::domain::{path_component, ErrorInfo, InstanceRecord, InstanceState, ParticipantRole, StreamType, TrackType};
 use crate::media::compose::{self, ComposeInput, ComposeMedia, ComposeReport, ComposeRole, InstanceSpan};
+use crate::media::stereo::{compose_stereo, Side, StereoFormat};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, CompositorCounters, Counters, Snapshot};
 use crate::storage::download_to_file;
 use crate::store::artefacts::enqueue_artefact;
 use crate::store::{
-    ArtefactKind, CompositionId, CompositionRecord, CompositionState, EventKind, OutboxEvent, StateStore, StoreError,
+    ArtefactKind, CompositionId, CompositionRecord, CompositionState, EventKind, OutboxEvent, StateStore, StereoRecord,
+    StoreError,
 };
 use crate::EngineConfig;
 
@@ -131,12 +133,7 @@ impl Compositor {
 
     /// Records the outcome unless the conversation was queued again meanwhile (a newer instance
     /// stopped): then the record stays `Queued` and the next pump composes it with everything.
-    fn finish(
-        &mut self,
-        claimed: CompositionRecord,
-        outcome: Result<(PathBuf, ComposeReport), MediaError>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn finish(&mut self, claimed: CompositionRecord, outcome: Result<Composed, MediaError>, ctx: &mut Context<Self>) {
         let now = self.config.clock().utc();
         let mut current = true;
         let mut updated = None;
@@ -147,11 +144,22 @@ impl Compositor {
             }
             c.stopped = Some(now);
             match &outcome {
-                Ok((path, report)) => {
+                Ok(Composed { path, report, stereo }) => {
                     c.state = CompositionState::Done;
                     c.has_video = report.has_video;
                     c.problems = report.problems.clone();
                     c.local_path = Some(path.to_string_lossy().into_owned());
+                    c.stereo = stereo.as_ref().map(|made| StereoRecord {
+                        format: made.format,
+                        left: made.left.clone(),
+                        right: made.right.clone(),
+                        local_path: made.path.to_string_lossy().into_owned(),
+                        key: None,
+                        location: None,
+                        size: None,
+                        uploaded: None,
+                        backup: false,
+                    });
                     // A composition made from part of the tracks says so.
                     c.error = (!report.problems.is_empty())
                         .then(|| ErrorInfo::new("COMPOSITION_PARTIAL", report.problems.join("; ")));
@@ -197,7 +205,7 @@ impl Compositor {
             return;
         }
         match &outcome {
-            Ok((path, report)) => {
+            Ok(Composed { path, report, .. }) => {
                 self.num_composed += 1;
                 tracing::info!(
                     conversation_id = %record.conversation_id,
@@ -205,7 +213,7 @@ impl Compositor {
                     num_problems = report.problems.len(),
                     "conversation composed"
                 );
-                self.queue_upload(&record, path);
+                self.queue_upload(&record, path, record.stereo.as_ref().map(|s| s.local_path.clone()));
             }
             Err(err) => {
                 self.num_failed += 1;
@@ -229,7 +237,7 @@ impl Compositor {
         }
     }
 
-    fn queue_upload(&mut self, record: &CompositionRecord, path: &std::path::Path) {
+    fn queue_upload(&mut self, record: &CompositionRecord, path: &std::path::Path, stereo_path: Option<String>) {
         let instance = match self.store.get_instance(&record.instance_id) {
             Ok(Some(instance)) => instance,
             other => {
@@ -240,6 +248,7 @@ impl Compositor {
         let artefact = ArtefactKind::Composition {
             conversation_id: record.conversation_id.clone(),
             local_path: path.to_string_lossy().into_owned(),
+            stereo_path,
         };
         if let Err(err) = self
             .store
@@ -387,6 +396,8 @@ pub fn composition_inputs(instances: &[InstanceRecord], fetched: &FetchedTracks)
         })
         .collect();
     stopped.sort_by_key(|i| i.started.unwrap_or(i.created));
+    let first_speaker = first_speaker(&stopped);
+    let mut sides = Vec::new();
     for instance in stopped {
         let started = instance.started.unwrap_or(instance.created);
         let mut stopped_at = instance.stopped.expect("filtered on stopped above");
@@ -433,6 +444,7 @@ pub fn composition_inputs(instances: &[InstanceRecord], fetched: &FetchedTracks)
                     start: Duration::ZERO,
                     end: Duration::ZERO,
                 };
+                sides.push(stereo_side(stream.role, &stream.user_id, first_speaker.as_deref()));
                 tracks.push((
                     input,
                     track.started.or(stream.started).map(|t| t.timestamp_micros()),
@@ -458,7 +470,7 @@ pub fn composition_inputs(instances: &[InstanceRecord], fetched: &FetchedTracks)
         });
     }
     let (placed, total) = compose::place_instances(&spans);
-    let inputs = placed
+    let inputs: Vec<ComposeInput> = placed
         .into_iter()
         .map(|(mut input, start, end)| {
             input.start = start;
@@ -466,11 +478,46 @@ pub fn composition_inputs(instances: &[InstanceRecord], fetched: &FetchedTracks)
             input
         })
         .collect();
+    // place_instances keeps the tracks in the order they were given, as `sides` is.
+    let stereo = inputs
+        .iter()
+        .zip(sides)
+        .filter(|(input, _)| input.media == ComposeMedia::Audio)
+        .map(|(input, side)| (input.clone(), side))
+        .collect();
     ComposeJob {
         inputs,
         total,
         slates: compose::place_pauses(&spans),
+        stereo,
         problems,
+    }
+}
+
+/// The userId of the conversation's first publisher with audio (earliest audio track start):
+/// the left channel of the stereo audio when publishers declare no role.
+fn first_speaker(instances: &[&InstanceRecord]) -> Option<String> {
+    instances
+        .iter()
+        .flat_map(|i| &i.streams)
+        .flat_map(|s| {
+            s.tracks
+                .iter()
+                .filter(|t| t.kind == TrackType::Audio)
+                .filter_map(move |t| t.started.or(s.started).map(|at| (at, &s.user_id)))
+        })
+        .min_by_key(|(at, _)| *at)
+        .map(|(_, user)| user.clone())
+}
+
+/// A publisher's stereo channel: agents left, customers right; without a role, the
+/// conversation's first speaker left and everyone else right.
+pub fn stereo_side(role: Option<ParticipantRole>, user_id: &str, first_speaker: Option<&str>) -> Side {
+    match role {
+        Some(ParticipantRole::Agent) => Side::Left,
+        Some(ParticipantRole::Customer) => Side::Right,
+        None if first_speaker == Some(user_id) => Side::Left,
+        None => Side::Right,
     }
 }
 
@@ -481,7 +528,26 @@ pub struct ComposeJob {
     pub inputs: Vec<ComposeInput>,
     pub total: Duration,
     pub slates: Vec<(Duration, Duration)>,
+    /// The audio inputs (placed as in `inputs`) with their stereo channel.
+    pub stereo: Vec<(ComposeInput, Side)>,
     pub problems: Vec<String>,
+}
+
+/// The stereo audio a composition run made.
+#[derive(Debug, Clone)]
+pub struct StereoMade {
+    pub path: PathBuf,
+    pub format: StereoFormat,
+    pub left: Vec<String>,
+    pub right: Vec<String>,
+}
+
+/// What a composition run made: the MP4, how it went, and the stereo audio if any.
+#[derive(Debug)]
+pub struct Composed {
+    pub path: PathBuf,
+    pub report: ComposeReport,
+    pub stereo: Option<StereoMade>,
 }
 
 /// Blocking: composes the conversation of `job` into `<media_dir>/compositions/...`. The file is
@@ -492,7 +558,7 @@ fn run_composition(
     config: &EngineConfig,
     job: &CompositionRecord,
     fetched: &FetchedTracks,
-) -> Result<(PathBuf, ComposeReport), MediaError> {
+) -> Result<Composed, MediaError> {
     let id = CompositionId::of(job);
     let instances: Vec<_> = store
         .conversation_instances(&job.organization_id, &job.conversation_id)
@@ -504,6 +570,7 @@ fn run_composition(
         inputs,
         total,
         slates,
+        stereo,
         mut problems,
     } = composition_inputs(&instances, fetched);
     let dir = composition_dir(config, job);
@@ -514,8 +581,40 @@ fn run_composition(
     let mut report = compose::compose(&inputs, total, &slates, &partial, &config.composition.output)?;
     std::fs::rename(&partial, &path).map_err(|e| MediaError::Io(format!("{}: {e}", path.display())))?;
     problems.append(&mut report.problems);
+    // The stereo audio is an extra: its failure is reported, the composition stands.
+    let stereo = match config.composition.stereo.filter(|_| report.has_audio) {
+        Some(format) => match make_stereo(&dir, &stereo, total, format) {
+            Ok(made) => Some(made),
+            Err(err) => {
+                tracing::warn!(conversation_id = %job.conversation_id, error = %err, "stereo audio could not be made");
+                problems.push(format!("stereo audio: {err}"));
+                None
+            }
+        },
+        None => None,
+    };
     report.problems = problems;
-    Ok((path, report))
+    Ok(Composed { path, report, stereo })
+}
+
+/// Writes `stereo.<format>` beside the composition (through a `.part` file, as the MP4).
+fn make_stereo(
+    dir: &std::path::Path,
+    inputs: &[(ComposeInput, Side)],
+    total: Duration,
+    format: StereoFormat,
+) -> Result<StereoMade, MediaError> {
+    let name = format!("stereo.{}", format.extension());
+    let partial = dir.join(format!("{name}.part"));
+    let path = dir.join(name);
+    let made = compose_stereo(inputs, total, &partial, format)?;
+    std::fs::rename(&partial, &path).map_err(|e| MediaError::Io(format!("{}: {e}", path.display())))?;
+    Ok(StereoMade {
+        path,
+        format,
+        left: made.left,
+        right: made.right,
+    })
 }
 
 /// Nice value of composition threads: live recording (ingest, writers, the API) keeps the CPU
@@ -596,6 +695,21 @@ impl Handler<Snapshot> for Compositor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_pick_the_stereo_channel_and_without_one_the_first_speaker_is_left() {
+        use ParticipantRole::{Agent, Customer};
+        let table = [
+            (Some(Agent), "a", Some("c"), Side::Left),
+            (Some(Customer), "c", Some("c"), Side::Right),
+            (None, "c", Some("c"), Side::Left),
+            (None, "b", Some("c"), Side::Right),
+            (None, "b", None, Side::Right),
+        ];
+        for (role, user, first, side) in table {
+            assert_eq!(stereo_side(role, user, first), side, "{role:?} {user} {first:?}");
+        }
+    }
 
     #[test]
     fn composition_threads_run_below_normal_priority() {

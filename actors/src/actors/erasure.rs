@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use crate::domain::{ErrorInfo, InstanceRecord, InstanceState};
 use crate::engine::{ApplicationProfile, EngineConfig};
+use crate::media::stereo::StereoFormat;
 use crate::storage::StorageError;
-use crate::store::artefacts::composition_key;
+use crate::store::artefacts::{composition_key, stereo_key};
 use crate::store::{CompositionId, CompositionState, EventKind, OutboxEvent, StateStore, UploadJob};
 
 use super::job::JobError;
@@ -74,9 +75,16 @@ pub(super) async fn run_erasure(
     // conversation composes again, without erased instances).
     let composition = CompositionId::of_instance(&record);
     let composition_record = store.get_composition(&composition)?;
-    let key = composition_key(&record, &record.conversation_id);
+    // With it, its stereo audio (in whichever format it was made).
+    let mut keys = vec![composition_key(&record, &record.conversation_id)];
+    for format in [StereoFormat::Opus, StereoFormat::M4a] {
+        keys.push(stereo_key(&record, &record.conversation_id, format.extension()));
+    }
     for backend in &backends {
-        for key in [key.clone(), format!("{key}{}", crate::storage::encryption::SUFFIX)] {
+        for key in keys
+            .iter()
+            .flat_map(|key| [key.clone(), format!("{key}{}", crate::storage::encryption::SUFFIX)])
+        {
             match backend.delete(&key).await {
                 Ok(()) | Err(StorageError::NotFound(_)) => {}
                 Err(err) => return Err(err.into()),
@@ -97,8 +105,10 @@ pub(super) async fn run_erasure(
     {
         remove_file(std::path::Path::new(&location)).await?;
     }
-    if let Some(path) = composition_record.as_ref().and_then(|c| c.local_path.clone()) {
-        remove_file(std::path::Path::new(&path)).await?;
+    if let Some(c) = &composition_record {
+        for path in c.local_path.iter().chain(c.stereo.as_ref().map(|s| &s.local_path)) {
+            remove_file(std::path::Path::new(path)).await?;
+        }
     }
     store.delete_captures(&record.instance_id)?;
     let now = config.clock().utc();
@@ -115,6 +125,7 @@ pub(super) async fn run_erasure(
                 c.size = None;
                 c.uploaded = None;
                 c.local_path = None;
+                c.stereo = None;
                 c.error = Some(ErrorInfo::new(
                     "ERASED",
                     format!("instance {} of the conversation was erased", record.instance_id),

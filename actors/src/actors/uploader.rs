@@ -342,17 +342,31 @@ async fn run_job(
         ArtefactKind::Composition {
             conversation_id,
             local_path,
+            stereo_path,
         } => {
-            let upload_path = match encryption.as_ref().filter(|_| encrypted) {
-                Some(encryption) => encrypt_on_thread(encryption.clone(), PathBuf::from(local_path)).await?,
-                None => PathBuf::from(local_path),
+            let encryption = encryption.as_ref().filter(|_| encrypted);
+            let receipt = put_file_verified(backend.as_ref(), &object_key, Path::new(local_path), encryption).await?;
+            // The stereo audio beside it, under the same rules (encrypted alike).
+            let stereo = match stereo_path.as_deref().filter(|p| Path::new(p).is_file()) {
+                Some(stereo_path) => {
+                    let extension = Path::new(stereo_path)
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .unwrap_or("opus");
+                    let key = format!(
+                        "{}{}",
+                        crate::store::artefacts::stereo_key(&record, conversation_id, extension),
+                        if encrypted {
+                            crate::storage::encryption::SUFFIX
+                        } else {
+                            ""
+                        }
+                    );
+                    let receipt = put_file_verified(backend.as_ref(), &key, Path::new(stereo_path), encryption).await?;
+                    Some((backend.location(&key), key, receipt.size))
+                }
+                None => None,
             };
-            let receipt = backend.put_file(&object_key, &upload_path).await?;
-            let stored = backend.head(&object_key).await?;
-            verify_upload(&receipt, &stored)?;
-            if upload_path.as_path() != Path::new(local_path) {
-                let _ = tokio::fs::remove_file(&upload_path).await;
-            }
             let composition = CompositionId::new(&job.organization_id, &job.application_id, conversation_id);
             // Where it went, the manifest that will list it and the job's end: one transaction.
             let mut erased = false;
@@ -370,6 +384,13 @@ async fn run_job(
                     c.size = Some(receipt.size);
                     c.uploaded = Some(now);
                     c.backup = to_backup;
+                    if let (Some(made), Some((location, key, size))) = (c.stereo.as_mut(), &stereo) {
+                        made.key = Some(key.clone());
+                        made.location = Some(location.clone());
+                        made.size = Some(*size);
+                        made.uploaded = Some(now);
+                        made.backup = to_backup;
+                    }
                     Ok(())
                 })?;
                 tx.step("upload_done", "composition_recorded", &record.instance_id);
@@ -378,7 +399,12 @@ async fn run_job(
                     &record,
                     EventKind::CompositionDone,
                     now,
-                    serde_json::json!({ "location": location, "size": receipt.size, "store": store_name(to_backup) }),
+                    serde_json::json!({
+                        "location": location,
+                        "size": receipt.size,
+                        "store": store_name(to_backup),
+                        "stereo": stereo.as_ref().map(|(location, _, size)| serde_json::json!({"location": location, "size": size})),
+                    }),
                 ))?;
                 // The newest stopped instance's `recording.json` is rewritten to list the
                 // composition (same profile, so this uploader runs it).
@@ -389,13 +415,18 @@ async fn run_job(
             store.flush().await?;
             if erased {
                 delete_erased(backend.as_ref(), &object_key).await?;
+                if let Some((_, key, _)) = &stereo {
+                    delete_erased(backend.as_ref(), key).await?;
+                }
                 return Ok(0);
             }
             if !keep_local {
                 // A re-composition writes a new file under the same path before queueing again,
                 // so only a finished job (generation unchanged) may remove it.
-                if let Err(err) = tokio::fs::remove_file(local_path).await {
-                    tracing::warn!(path = %local_path, error = %err, "uploaded composition could not be deleted locally");
+                for path in std::iter::once(local_path.as_str()).chain(stereo_path.as_deref()) {
+                    if let Err(err) = tokio::fs::remove_file(path).await {
+                        tracing::warn!(path = %path, error = %err, "uploaded composition could not be deleted locally");
+                    }
                 }
             }
             return Ok(receipt.size);
@@ -548,6 +579,28 @@ fn erased_meanwhile(store: &dyn StateStore, instance_id: &str) -> bool {
 
 /// Deletes an object uploaded for an instance erased meanwhile (the erasure may have run before
 /// the object was there).
+/// Uploads the file at `path` (through an age-encrypted copy when `encryption` is given) under
+/// `key`, and checks that storage holds what was sent.
+async fn put_file_verified(
+    backend: &dyn crate::storage::StorageBackend,
+    key: &str,
+    path: &Path,
+    encryption: Option<&Arc<crate::storage::encryption::Encryption>>,
+) -> Result<crate::storage::PutReceipt, JobError> {
+    let upload_path = match encryption {
+        Some(encryption) => encrypt_on_thread(encryption.clone(), path.to_path_buf()).await?,
+        None => path.to_path_buf(),
+    };
+    let receipt = backend.put_file(key, &upload_path).await;
+    if upload_path.as_path() != path {
+        let _ = tokio::fs::remove_file(&upload_path).await;
+    }
+    let receipt = receipt?;
+    let stored = backend.head(key).await?;
+    verify_upload(&receipt, &stored)?;
+    Ok(receipt)
+}
+
 async fn delete_erased(backend: &dyn crate::storage::StorageBackend, key: &str) -> Result<(), JobError> {
     match backend.delete(key).await {
         Ok(()) | Err(StorageError::NotFound(_)) => Ok(()),
@@ -743,8 +796,9 @@ fn render(
     }
 }
 
-/// Adds `composition {location, size, uploaded}` to a rendered manifest once the conversation's
-/// composition is uploaded; the rendered fields are left as they are.
+/// Adds `composition {location, size, uploaded}` (and `stereo {location, size, uploaded, format,
+/// channels}`) to a rendered manifest once the conversation's composition is uploaded; the
+/// rendered fields are left as they are.
 fn with_composition(store: &dyn StateStore, record: &InstanceRecord, manifest: Vec<u8>) -> Vec<u8> {
     let composition = match store.get_composition(&CompositionId::of_instance(record)) {
         Ok(Some(c)) if c.uploaded.is_some() && c.location.is_some() => c,
@@ -761,6 +815,19 @@ fn with_composition(store: &dyn StateStore, record: &InstanceRecord, manifest: V
             "uploaded": composition.uploaded,
         }),
     );
+    // The stereo audio: agents on the left channel, customers on the right.
+    if let Some(stereo) = composition.stereo.as_ref().filter(|s| s.uploaded.is_some()) {
+        fields.insert(
+            "stereo".to_string(),
+            json!({
+                "location": stereo.location,
+                "size": stereo.size,
+                "uploaded": stereo.uploaded,
+                "format": stereo.format,
+                "channels": { "left": stereo.left, "right": stereo.right },
+            }),
+        );
+    }
     serde_json::to_vec_pretty(&serde_json::Value::Object(fields)).expect("json values always serialize")
 }
 

@@ -150,6 +150,33 @@ pub enum StreamType {
     Video,
 }
 
+/// What a publisher is in a contact-center call: the stereo audio puts agents on the left
+/// channel and customers on the right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ParticipantRole {
+    Agent,
+    Customer,
+}
+
+impl ParticipantRole {
+    /// `agent` / `customer`, in any case; anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "agent" => Some(Self::Agent),
+            "customer" => Some(Self::Customer),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "AGENT",
+            Self::Customer => "CUSTOMER",
+        }
+    }
+}
+
 impl StreamType {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -265,6 +292,10 @@ pub struct StreamRecord {
     pub started: Option<DateTime<Utc>>,
     pub stopped: Option<DateTime<Utc>>,
     pub tracks: Vec<TrackRecord>,
+    /// The publisher's declared role (`role=agent|customer` on publish or in its token): the
+    /// stereo audio's channel. `None` when it declared none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<ParticipantRole>,
     /// The stream's live plain-RTP session, so a restart re-binds its ports and a sender that
     /// kept sending is recorded again without a new offer. `None` for WHIP and once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,6 +327,7 @@ impl StreamRecord {
             started: None,
             stopped: None,
             tracks: Vec::new(),
+            role: None,
             rtp_session: None,
         }
     }

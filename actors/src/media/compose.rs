@@ -385,7 +385,7 @@ pub fn filter_description(
 }
 
 /// A decoder reading one track file.
-struct Source {
+pub(super) struct Source {
     input: ffmpeg::format::context::Input,
     stream_index: usize,
     decoder: ffmpeg::decoder::Opened,
@@ -556,11 +556,11 @@ fn rescale(value: i64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
     unsafe { ffi::av_rescale_q(value, from.into(), to.into()) }
 }
 
-fn ffmpeg_err(step: &str, err: ffmpeg::Error) -> MediaError {
+pub(super) fn ffmpeg_err(step: &str, err: ffmpeg::Error) -> MediaError {
     MediaError::Ffmpeg(format!("{step}: {err}"))
 }
 
-fn init() {
+pub(super) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let _ = ffmpeg::init();
@@ -568,10 +568,10 @@ fn init() {
     });
 }
 
-struct Output {
-    ctx: ffmpeg::format::context::Output,
-    video: Option<(ffmpeg::encoder::Video, usize, ffmpeg::Rational)>,
-    audio: Option<(ffmpeg::encoder::Audio, usize, ffmpeg::Rational)>,
+pub(super) struct Output {
+    pub(super) ctx: ffmpeg::format::context::Output,
+    pub(super) video: Option<(ffmpeg::encoder::Video, usize, ffmpeg::Rational)>,
+    pub(super) audio: Option<(ffmpeg::encoder::Audio, usize, ffmpeg::Rational)>,
 }
 
 impl Output {
@@ -616,21 +616,7 @@ pub fn compose(
     if total.is_zero() {
         return Err(MediaError::Refused("the conversation has no recorded time".into()));
     }
-    let mut used: Vec<(&ComposeInput, Source)> = Vec::new();
-    for input in inputs {
-        match Source::open(input) {
-            Ok(mut source) => match source.next() {
-                Some(frame) => {
-                    source.peeked = Some(frame);
-                    used.push((input, source));
-                }
-                None => report
-                    .problems
-                    .push(format!("{}: no decodable frame", input.path.display())),
-            },
-            Err(err) => report.problems.push(format!("{}: {err}", input.path.display())),
-        }
-    }
+    let mut used = open_sources(inputs.iter(), &mut report);
     // Videos first, then audios: the order of the labels in the description.
     used.sort_by_key(|(i, _)| i.media == ComposeMedia::Audio);
     let video: Vec<&ComposeInput> = used
@@ -653,54 +639,7 @@ pub fn compose(
             report.problems.join("; ")
         )));
     }
-    // Sources and sinks are named in the description itself (`buffer@v0`): ffmpeg-next's
-    // `Parser` links at most two named outputs, and a call has more tracks than that.
-    let mut spec_parts = Vec::new();
-    let mut source_names = Vec::new();
-    let (mut nv, mut na) = (0, 0);
-    for (_, source) in &used {
-        let frame = source.peeked.as_ref().expect("every used source holds its first frame");
-        let (label, filter, args) = match source.media {
-            ComposeMedia::Video => {
-                // SAFETY: reading plain fields of a frame produced by a video decoder.
-                let (w, h, format) = unsafe {
-                    let f = &*frame.as_ptr();
-                    (f.width, f.height, f.format)
-                };
-                nv += 1;
-                (
-                    format!("v{}", nv - 1),
-                    "buffer",
-                    format!("video_size={w}x{h}:pix_fmt={format}:time_base=1/1000000:pixel_aspect=1/1"),
-                )
-            }
-            ComposeMedia::Audio => {
-                // SAFETY: reading plain fields of a frame produced by an audio decoder.
-                let (rate, format, channels, mask) = unsafe {
-                    let f = &*frame.as_ptr();
-                    let native = f.ch_layout.order == ffi::AVChannelOrder::AV_CHANNEL_ORDER_NATIVE;
-                    (
-                        f.sample_rate,
-                        f.format,
-                        f.ch_layout.nb_channels,
-                        native.then_some(f.ch_layout.u.mask),
-                    )
-                };
-                let layout = match mask {
-                    Some(mask) if mask != 0 => format!("channel_layout=0x{mask:x}"),
-                    _ => format!("channels={channels}"),
-                };
-                na += 1;
-                (
-                    format!("a{}", na - 1),
-                    "abuffer",
-                    format!("time_base=1/1000000:sample_rate={rate}:sample_fmt={format}:{layout}"),
-                )
-            }
-        };
-        spec_parts.push(format!("{filter}@{label}={args}[{label}]"));
-        source_names.push(format!("{filter}@{label}"));
-    }
+    let (spec_parts, source_names) = source_specs(&used);
     let mut sinks = Vec::new();
     if report.has_video {
         sinks.push("[vout]buffersink@vout".to_string());
@@ -771,29 +710,13 @@ pub fn compose(
     if report.has_audio {
         let codec =
             ffmpeg::encoder::find(ffmpeg::codec::Id::AAC).ok_or_else(|| MediaError::Ffmpeg("no aac encoder".into()))?;
-        let mut stream = octx.add_stream(codec).map_err(|e| ffmpeg_err("add audio stream", e))?;
-        let index = stream.index();
-        let mut enc = ffmpeg::codec::context::Context::new_with_codec(codec)
-            .encoder()
-            .audio()
-            .map_err(|e| ffmpeg_err("audio encoder", e))?;
-        let tb = ffmpeg::Rational(1, 48_000);
-        enc.set_rate(48_000);
-        enc.set_channel_layout(ffmpeg::ChannelLayout::STEREO);
-        enc.set_format(ffmpeg::format::Sample::F32(ffmpeg::format::sample::Type::Planar));
-        enc.set_bit_rate(128_000);
-        enc.set_time_base(tb);
-        if global_header {
-            enc.set_flags(ffmpeg::codec::flag::Flags::GLOBAL_HEADER);
-        }
-        let enc = enc.open().map_err(|e| ffmpeg_err("open audio encoder", e))?;
-        stream.set_parameters(&enc);
-        stream.set_time_base(tb);
-        let frame_size = enc.frame_size();
-        if let Some(mut sink) = graph.get("abuffersink@aout") {
-            sink.sink().set_frame_size(frame_size);
-        }
-        output_audio = Some((enc, index, tb));
+        output_audio = Some(add_audio_encoder(
+            &mut octx,
+            &mut graph,
+            codec,
+            ffmpeg::format::Sample::F32(ffmpeg::format::sample::Type::Planar),
+            128_000,
+        )?);
     }
     let mut header = ffmpeg::Dictionary::new();
     header.set("movflags", "+faststart");
@@ -805,12 +728,142 @@ pub fn compose(
         audio: output_audio,
     };
 
+    run_graph(&mut graph, &mut used, &source_names, &mut output, &mut report)?;
+    Ok(report)
+}
+
+/// Opens each input and decodes its first frame (kept in the source); an input that cannot be
+/// read or holds no frame is left out and named in `report`.
+pub(super) fn open_sources<'a>(
+    inputs: impl Iterator<Item = &'a ComposeInput>,
+    report: &mut ComposeReport,
+) -> Vec<(&'a ComposeInput, Source)> {
+    let mut used = Vec::new();
+    for input in inputs {
+        match Source::open(input) {
+            Ok(mut source) => match source.next() {
+                Some(frame) => {
+                    source.peeked = Some(frame);
+                    used.push((input, source));
+                }
+                None => report
+                    .problems
+                    .push(format!("{}: no decodable frame", input.path.display())),
+            },
+            Err(err) => report.problems.push(format!("{}: {err}", input.path.display())),
+        }
+    }
+    used
+}
+
+/// The graph's buffer sources, described from each source's first frame: their description
+/// parts (`buffer@v0=...[v0]`, `abuffer@a0=...[a0]`, videos and audios numbered apart, in
+/// `used` order) and their filter names.
+pub(super) fn source_specs(used: &[(&ComposeInput, Source)]) -> (Vec<String>, Vec<String>) {
+    // Sources and sinks are named in the description itself (`buffer@v0`): ffmpeg-next's
+    // `Parser` links at most two named outputs, and a call has more tracks than that.
+    let mut spec_parts = Vec::new();
+    let mut source_names = Vec::new();
+    let (mut nv, mut na) = (0, 0);
+    for (_, source) in used {
+        let frame = source.peeked.as_ref().expect("every used source holds its first frame");
+        let (label, filter, args) = match source.media {
+            ComposeMedia::Video => {
+                // SAFETY: reading plain fields of a frame produced by a video decoder.
+                let (w, h, format) = unsafe {
+                    let f = &*frame.as_ptr();
+                    (f.width, f.height, f.format)
+                };
+                nv += 1;
+                (
+                    format!("v{}", nv - 1),
+                    "buffer",
+                    format!("video_size={w}x{h}:pix_fmt={format}:time_base=1/1000000:pixel_aspect=1/1"),
+                )
+            }
+            ComposeMedia::Audio => {
+                // SAFETY: reading plain fields of a frame produced by an audio decoder.
+                let (rate, format, channels, mask) = unsafe {
+                    let f = &*frame.as_ptr();
+                    let native = f.ch_layout.order == ffi::AVChannelOrder::AV_CHANNEL_ORDER_NATIVE;
+                    (
+                        f.sample_rate,
+                        f.format,
+                        f.ch_layout.nb_channels,
+                        native.then_some(f.ch_layout.u.mask),
+                    )
+                };
+                let layout = match mask {
+                    Some(mask) if mask != 0 => format!("channel_layout=0x{mask:x}"),
+                    _ => format!("channels={channels}"),
+                };
+                na += 1;
+                (
+                    format!("a{}", na - 1),
+                    "abuffer",
+                    format!("time_base=1/1000000:sample_rate={rate}:sample_fmt={format}:{layout}"),
+                )
+            }
+        };
+        spec_parts.push(format!("{filter}@{label}={args}[{label}]"));
+        source_names.push(format!("{filter}@{label}"));
+    }
+    (spec_parts, source_names)
+}
+
+/// Adds an audio stream to `octx` with an opened 48 kHz stereo encoder of `codec`, and sizes
+/// the graph's `abuffersink@aout` frames to the encoder's frame size.
+pub(super) fn add_audio_encoder(
+    octx: &mut ffmpeg::format::context::Output,
+    graph: &mut ffmpeg::filter::Graph,
+    codec: ffmpeg::Codec,
+    format: ffmpeg::format::Sample,
+    bit_rate: usize,
+) -> Result<(ffmpeg::encoder::Audio, usize, ffmpeg::Rational), MediaError> {
+    let global_header = octx
+        .format()
+        .flags()
+        .contains(ffmpeg::format::flag::Flags::GLOBAL_HEADER);
+    let mut stream = octx.add_stream(codec).map_err(|e| ffmpeg_err("add audio stream", e))?;
+    let index = stream.index();
+    let mut enc = ffmpeg::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .audio()
+        .map_err(|e| ffmpeg_err("audio encoder", e))?;
+    let tb = ffmpeg::Rational(1, 48_000);
+    enc.set_rate(48_000);
+    enc.set_channel_layout(ffmpeg::ChannelLayout::STEREO);
+    enc.set_format(format);
+    enc.set_bit_rate(bit_rate);
+    enc.set_time_base(tb);
+    if global_header {
+        enc.set_flags(ffmpeg::codec::flag::Flags::GLOBAL_HEADER);
+    }
+    let enc = enc.open().map_err(|e| ffmpeg_err("open audio encoder", e))?;
+    stream.set_parameters(&enc);
+    stream.set_time_base(tb);
+    let frame_size = enc.frame_size();
+    if let Some(mut sink) = graph.get("abuffersink@aout") {
+        sink.sink().set_frame_size(frame_size);
+    }
+    Ok((enc, index, tb))
+}
+
+/// Runs the graph to its end: feeds the sources, encodes what the sinks give, writes the
+/// trailer. A source whose frame the graph refuses is closed and named in `report`.
+pub(super) fn run_graph(
+    graph: &mut ffmpeg::filter::Graph,
+    used: &mut [(&ComposeInput, Source)],
+    source_names: &[String],
+    output: &mut Output,
+    report: &mut ComposeReport,
+) -> Result<(), MediaError> {
     // Demand-driven, like the FFmpeg CLI: after draining the sinks, feed the source the graph
     // asked for most (a buffered overlay waits on it); feeding by timestamp instead would make
     // a late joiner's tile hold every earlier frame of the others in memory.
     let mut open: Vec<bool> = vec![true; used.len()];
     loop {
-        drain(&mut graph, &mut output, false)?;
+        drain(graph, output, false)?;
         let pick = (0..used.len()).filter(|i| open[*i]).max_by_key(|i| {
             graph
                 .get(&source_names[*i])
@@ -848,9 +901,9 @@ pub fn compose(
             }
         }
     }
-    drain(&mut graph, &mut output, true)?;
+    drain(graph, output, true)?;
     output.ctx.write_trailer().map_err(|e| ffmpeg_err("write trailer", e))?;
-    Ok(report)
+    Ok(())
 }
 
 /// Moves every frame the sinks hold into the encoders, and the encoders' packets into the file;

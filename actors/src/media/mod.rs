@@ -17,6 +17,7 @@ pub mod reorder;
 pub mod rtp;
 pub mod sdp;
 pub mod segment;
+pub mod stereo;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod writer;

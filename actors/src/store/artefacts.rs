@@ -39,6 +39,15 @@ pub fn composition_key(record: &InstanceRecord, conversation_id: &str) -> String
     )
 }
 
+/// `{organizationId}/{applicationId}/{conversationId}/stereo.{extension}`: the conversation's
+/// stereo audio, beside its composition.
+pub fn stereo_key(record: &InstanceRecord, conversation_id: &str, extension: &str) -> String {
+    format!(
+        "{}/{}/{}/stereo.{extension}",
+        record.organization_id, record.application_id, conversation_id
+    )
+}
+
 /// What an ended instance has neither uploaded nor queued, queued again in one transaction
 /// (with its manifest), and its composition if it has none. Returns whether anything was queued.
 /// A track whose local file is gone cannot be uploaded again and is only logged.

@@ -74,6 +74,9 @@ pub enum ArtefactKind {
     Composition {
         conversation_id: String,
         local_path: String,
+        /// The conversation's stereo audio, uploaded with the MP4 by the same job.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stereo_path: Option<String>,
     },
     /// `recording.json`: runs only when no other job of its instance is queued, so a complete
     /// manifest in storage means every artefact it lists is there.
@@ -276,6 +279,27 @@ pub struct CompositionRecord {
     pub size: Option<u64>,
     pub uploaded: Option<DateTime<Utc>>,
     /// Stored in the application's backup store.
+    #[serde(default)]
+    pub backup: bool,
+    /// The conversation's stereo audio made with this composition, when configured and the
+    /// conversation has audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stereo: Option<StereoRecord>,
+}
+
+/// The stereo audio of a composition: which publishers are on which channel, its local file
+/// and its upload (`{org}/{app}/{conversation}/stereo.{opus|m4a}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StereoRecord {
+    pub format: crate::media::stereo::StereoFormat,
+    /// userIds mixed into the left channel (agents) and the right one (customers).
+    pub left: Vec<String>,
+    pub right: Vec<String>,
+    pub local_path: String,
+    pub key: Option<String>,
+    pub location: Option<String>,
+    pub size: Option<u64>,
+    pub uploaded: Option<DateTime<Utc>>,
     #[serde(default)]
     pub backup: bool,
 }

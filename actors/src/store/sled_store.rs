@@ -666,6 +666,7 @@ fn new_composition(id: &CompositionId, instance_id: &str, now: chrono::DateTime<
         size: None,
         uploaded: None,
         backup: false,
+        stereo: None,
     }
 }
 

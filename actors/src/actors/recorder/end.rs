@@ -126,6 +126,7 @@ pub(super) fn merge_stream(record: &mut InstanceRecord, stream: &StreamRecord) {
             existing.started = stream.started.or(existing.started);
             existing.stopped = stream.stopped.or(existing.stopped);
             existing.rtp_session = stream.rtp_session.clone();
+            existing.role = stream.role.or(existing.role);
             for track in &stream.tracks {
                 match existing.tracks.iter_mut().find(|t| t.id == track.id) {
                     None => existing.tracks.push(track.clone()),
@@ -211,6 +212,7 @@ mod tests {
             started: None,
             stopped: None,
             tracks,
+            role: None,
             rtp_session: None,
         }
     }

@@ -22,7 +22,7 @@ use futures_util::future::Shared;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, StreamRecord, StreamState, StreamType};
+use crate::domain::{ErrorInfo, InstanceRecord, InstanceState, ParticipantRole, StreamRecord, StreamState, StreamType};
 use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::pause::PauseGate;
 use crate::media::MediaError;

@@ -35,7 +35,8 @@ impl Recorder {
             },
             IngestTransport::Whip => None,
         };
-        let (at, created) = match self.stream_for(&msg.user_id, msg.kind, ctx) {
+        let role = msg.role;
+        let (at, created) = match self.stream_for(&msg.user_id, msg.kind, role, ctx) {
             Ok(found) => found,
             Err(err) => {
                 self.num_publishes_refused += 1;
@@ -89,6 +90,10 @@ impl Recorder {
                 }
                 store.update_instance(&instance_id, &mut |r| {
                     merge_stream(r, &opened.record);
+                    // A role declared by a publisher that continues a stream opened without one.
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.role = stream.role.or(role);
+                    }
                     Ok(())
                 })?;
                 Ok(opened)
@@ -162,6 +167,7 @@ impl Recorder {
         &mut self,
         user_id: &str,
         kind: StreamType,
+        role: Option<ParticipantRole>,
         ctx: &mut Context<Self>,
     ) -> Result<(usize, bool), EngineError> {
         let grace = self.media.reconnect_grace;
@@ -177,7 +183,10 @@ impl Recorder {
             ));
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let record = StreamRecord::new(id.clone(), user_id, kind);
+        let record = StreamRecord {
+            role,
+            ..StreamRecord::new(id.clone(), user_id, kind)
+        };
         let (stream, quiesce) = self.new_stream(record, false, ctx);
         self.streams.push(StreamEntry {
             id,
