@@ -54,6 +54,16 @@ impl UrlSigner {
         Self { secret, ttl_secs }
     }
 
+    /// The longest lifetime a signed URL may have.
+    pub const fn max_lifetime_secs() -> u64 {
+        MAX_LIFETIME_SECS
+    }
+
+    /// The configured lifetime of signed URLs.
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
     fn mac(&self, method: &str, path: &str, date: &str, expires: &str) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length");
         for part in [method, path, date, expires] {
@@ -64,8 +74,14 @@ impl UrlSigner {
     }
 
     pub fn sign(&self, method: &str, path: &str, now: DateTime<Utc>) -> SignedQuery {
+        self.sign_for(method, path, now, self.ttl_secs)
+    }
+
+    /// Signs for `ttl_secs` rather than the configured lifetime (at most
+    /// [`max_lifetime_secs`](Self::max_lifetime_secs), which is what `verify` accepts).
+    pub fn sign_for(&self, method: &str, path: &str, now: DateTime<Utc>, ttl_secs: u64) -> SignedQuery {
         let date = now.format(DATE_FORMAT).to_string();
-        let expires = self.ttl_secs;
+        let expires = ttl_secs.min(MAX_LIFETIME_SECS);
         let signature = hex::encode(
             self.mac(method, path, &date, &expires.to_string())
                 .finalize()

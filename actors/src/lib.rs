@@ -14,6 +14,7 @@ pub mod queries;
 pub mod snapshot;
 pub mod storage;
 pub mod store;
+pub mod timeline;
 pub mod work;
 
 pub use engine::{plain_manifest_renderer, ApplicationProfile, EngineConfig, EngineError, ManifestRenderer};

@@ -10,13 +10,14 @@
 
 use std::sync::Arc;
 
-use crate::domain::{InstanceRecord, InstanceState};
+use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState, OrganizationId};
 use crate::messages::{
     may_use, ArtefactSource, CompositionView, GetComposition, InstanceRef, ListConversation, ProviderCobrowseUrl,
     ResolveCobrowseFile, ResolveCompositionFile, ResolveTrackFile, TrackFile, TrackUrl, TrackUrls,
 };
 use crate::storage::StorageError;
 use crate::store::{CompositionId, StateStore};
+use crate::timeline::Timeline;
 use crate::{ApplicationProfile, EngineConfig, EngineError};
 
 /// The instance `at` names, if its organization and path ids match.
@@ -262,6 +263,191 @@ impl Queries {
             }
         }
         Ok(urls)
+    }
+}
+
+/// What the review page shows of one conversation of one application: its instances placed on
+/// the composed timeline, every chat line, every co-browse session, the composition and the
+/// provider URLs of the uploaded tracks.
+#[derive(Debug, Clone)]
+pub struct ReviewView {
+    /// The application's instances of the conversation, in timeline order.
+    pub instances: Vec<InstanceRecord>,
+    pub timeline: Timeline,
+    /// Chat lines by instance, each instance's in arrival order.
+    pub chat: Vec<(String, ChatEntry)>,
+    pub cobrowse: Vec<CobrowseSummary>,
+    pub composition: Option<CompositionView>,
+    /// Provider-signed URLs of uploaded tracks by instance (local and SFTP profiles have none:
+    /// the front signs its own).
+    pub track_urls: Vec<(String, TrackUrl)>,
+    /// The application encrypts its artefacts to the customer's key: the page must not show
+    /// their content (the recorder cannot read what it stored, and must not serve the plain
+    /// copies it still holds).
+    pub encrypted: bool,
+}
+
+/// One co-browse session of an instance, as the review page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CobrowseSummary {
+    pub instance_id: String,
+    pub session_id: String,
+    pub num_events: u64,
+    /// The first and last event `timestamp` (milliseconds since the epoch).
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+    /// Every payload is an rrweb event (JSON with `type`, `data` and `timestamp`): the page
+    /// replays the session instead of listing it.
+    pub rrweb: bool,
+}
+
+/// Whether a co-browse payload is an rrweb event.
+pub fn is_rrweb_event(payload: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(map)) => {
+            map.get("type").is_some_and(|t| t.is_u64())
+                && map.contains_key("data")
+                && map.get("timestamp").is_some_and(|t| t.is_number())
+        }
+        _ => false,
+    }
+}
+
+impl Queries {
+    /// The review of `conversation_id` for one application, as of `now`. `NotFound` when the
+    /// application has no instance of it.
+    pub async fn review(
+        &self,
+        organization_id: &OrganizationId,
+        application_id: &str,
+        conversation_id: &str,
+        ttl: std::time::Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ReviewView, EngineError> {
+        let mut instances: Vec<InstanceRecord> = self
+            .store
+            .conversation_instances(organization_id, conversation_id)?
+            .into_iter()
+            .filter(|i| i.application_id == application_id)
+            .collect();
+        if instances.is_empty() {
+            return Err(EngineError::not_found(format!(
+                "no recordings for conversation {conversation_id}"
+            )));
+        }
+        let timeline = Timeline::place(&instances, now);
+        let order: Vec<&str> = timeline.instances.iter().map(|p| p.instance_id.as_str()).collect();
+        instances.sort_by_key(|i| order.iter().position(|id| *id == i.instance_id));
+        let encrypted = self
+            .profile_of(organization_id, application_id)
+            .is_some_and(|p| p.policy.encryption.is_some());
+        let mut chat = Vec::new();
+        let mut cobrowse = Vec::new();
+        let mut track_urls = Vec::new();
+        for instance in instances.iter().filter(|i| i.erasure.is_none()) {
+            if encrypted {
+                continue;
+            }
+            let id = &instance.instance_id;
+            self.store.for_each_transcript_entry(id, &mut |entry| {
+                chat.push((id.clone(), entry));
+                Ok(())
+            })?;
+            for session_id in instance.cobrowse_sessions.keys() {
+                let mut summary = CobrowseSummary {
+                    instance_id: id.clone(),
+                    session_id: session_id.clone(),
+                    num_events: 0,
+                    first: None,
+                    last: None,
+                    rrweb: true,
+                };
+                self.store.for_each_cobrowse_event(id, session_id, &mut |event| {
+                    summary.num_events += 1;
+                    summary.first = Some(summary.first.map_or(event.timestamp, |f| f.min(event.timestamp)));
+                    summary.last = Some(summary.last.map_or(event.timestamp, |l| l.max(event.timestamp)));
+                    summary.rrweb = summary.rrweb && is_rrweb_event(&event.payload);
+                    Ok(())
+                })?;
+                summary.rrweb = summary.rrweb && summary.num_events > 0;
+                cobrowse.push(summary);
+            }
+            // Stored records hold checked ids; one that does not parse has no URLs to give.
+            if let Ok(at) = InstanceRef::of(instance) {
+                for url in self.track_urls(TrackUrls { instance: at, ttl }).await? {
+                    track_urls.push((id.clone(), url));
+                }
+            }
+        }
+        let composition = if encrypted {
+            None
+        } else {
+            self.composition(GetComposition {
+                organization_id: organization_id.clone(),
+                conversation_id: conversation_id.to_string(),
+                applications: Some(vec![application_id.to_string()]),
+                application_id_opt: Some(application_id.to_string()),
+                ttl,
+            })
+            .await?
+        };
+        Ok(ReviewView {
+            instances,
+            timeline,
+            chat,
+            cobrowse,
+            composition,
+            track_urls,
+            encrypted,
+        })
+    }
+
+    /// Every event of a co-browse session of an instance of (`organization_id`,
+    /// `application_id`, `conversation_id`), in `sequenceId` order, for the review page; an
+    /// instance of anything else, erased or encrypted is `NotFound`.
+    pub fn review_cobrowse_events(
+        &self,
+        organization_id: &OrganizationId,
+        application_id: &str,
+        conversation_id: &str,
+        instance_id: &str,
+        session_id: &str,
+    ) -> Result<Vec<CobrowseEvent>, EngineError> {
+        let missing = || EngineError::not_found(format!("no co-browse session {session_id}"));
+        let record = self.store.get_instance(instance_id)?.ok_or_else(missing)?;
+        let encrypted = self
+            .profile_of(organization_id, application_id)
+            .is_some_and(|p| p.policy.encryption.is_some());
+        if record.organization_id != organization_id.as_str()
+            || record.application_id != application_id
+            || record.conversation_id != conversation_id
+            || record.erasure.is_some()
+            || encrypted
+            || !record.cobrowse_sessions.contains_key(session_id)
+        {
+            return Err(missing());
+        }
+        Ok(self.store.cobrowse_events(instance_id, session_id)?)
+    }
+
+    /// The instance of a review link's (`organization_id`, `application_id`,
+    /// `conversation_id`), for serving its files; `NotFound` for anything else.
+    pub fn review_instance(
+        &self,
+        organization_id: &OrganizationId,
+        application_id: &str,
+        conversation_id: &str,
+        instance_id: &str,
+    ) -> Result<InstanceRecord, EngineError> {
+        let missing = || EngineError::not_found(format!("no recorder instance {instance_id}"));
+        let record = self.store.get_instance(instance_id)?.ok_or_else(missing)?;
+        if record.organization_id != organization_id.as_str()
+            || record.application_id != application_id
+            || record.conversation_id != conversation_id
+        {
+            return Err(missing());
+        }
+        Ok(record)
     }
 }
 

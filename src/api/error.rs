@@ -181,9 +181,9 @@ impl From<actix::MailboxError> for ApiError {
     }
 }
 
-/// Marks a response whose body already is an `ErrorBody`.
+/// Marks a response whose body already is an `ErrorBody` (or a page rendered for a browser).
 #[derive(Clone, Copy)]
-struct Rendered;
+pub struct Rendered;
 
 /// Rewrites error responses that did not come from [`ApiError`] (actix's own 404, 405, 413,
 /// payload and range errors) into the `Error` body, keeping their status and headers.

@@ -11,6 +11,7 @@ mod media;
 mod ops;
 mod recordings;
 pub mod requests;
+mod review;
 mod signed;
 mod storage;
 mod tracks;
@@ -63,6 +64,7 @@ pub struct AppState {
         cobrowse::sessions,
         recordings::instance,
         cobrowse::signed_url,
+        review::review_url,
         recordings::instance_state,
         recordings::stop,
         recordings::pause,
@@ -207,6 +209,26 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route(
                     "/recordings/attachment/composition/{organizationId}/{applicationId}/{conversationId}/stereo",
                     web::get().to(tracks::stereo_attachment),
+                )
+                .route("/review-assets/{file}", web::get().to(review::asset))
+                .route("/review/{conversationId}", web::get().to(review::page))
+                .route("/review/{conversationId}/data", web::get().to(review::data))
+                .route(
+                    "/review/{conversationId}/composition",
+                    web::get().to(review::composition),
+                )
+                .route("/review/{conversationId}/stereo", web::get().to(review::stereo))
+                .route(
+                    "/review/{conversationId}/track/{recorderId}/{instanceId}/{streamId}/{trackId}",
+                    web::get().to(review::track),
+                )
+                .route(
+                    "/review/{conversationId}/cobrowse/{instanceId}/{sessionId}",
+                    web::get().to(review::cobrowse_events),
+                )
+                .route(
+                    "/recordings/{conversationId}/url/review",
+                    web::get().to(review::review_url),
                 )
                 .route("/recordings/{conversationId}/active", web::get().to(recordings::active))
                 .route(

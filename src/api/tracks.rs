@@ -72,11 +72,11 @@ pub async fn attachment(
             track_id,
         })
         .await?;
-    serve(&req, track).await
+    serve_file(&req, track).await
 }
 
 /// Serves a resolved file as an attachment; `Range` is handled by `NamedFile`.
-async fn serve(req: &HttpRequest, track: TrackFile) -> Result<HttpResponse, ApiError> {
+pub(super) async fn serve_file(req: &HttpRequest, track: TrackFile) -> Result<HttpResponse, ApiError> {
     let named = match track.source {
         ArtefactSource::File(path) => NamedFile::open_async(&path).await,
         // The open file stays readable after its name is gone; nothing is left behind.
@@ -197,5 +197,5 @@ async fn serve_composition(
             stereo,
         })
         .await?;
-    serve(&req, file).await
+    serve_file(&req, file).await
 }

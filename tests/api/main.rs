@@ -15,6 +15,7 @@ mod pause;
 mod persistence;
 mod races;
 mod recordings;
+mod review;
 mod robustness;
 mod signed_urls;
 mod startup;

@@ -11,6 +11,7 @@ mod erasure;
 mod pause;
 mod plain_rtp;
 mod recovery;
+mod review;
 mod s3_profile;
 mod soak;
 mod stereo;

@@ -420,6 +420,8 @@ fn assert_every_artefact_in_the_bucket(app: &TestApp, s3: &S3sFs, endpoint: &str
         format!("{prefix}/chat/transcript.json"),
         format!("{prefix}/cobrowse/cb-1/events.json"),
         format!("org-a/app-a/{CONVERSATION}/composition.mp4"),
+        // The call has audio: the stereo agent/customer file goes beside the composition.
+        format!("org-a/app-a/{CONVERSATION}/stereo.opus"),
     ]
     .into();
     let all = tracks(&instance);
@@ -463,6 +465,17 @@ fn assert_every_artefact_in_the_bucket(app: &TestApp, s3: &S3sFs, endpoint: &str
     assert_eq!(
         manifest["composition"]["size"].as_u64(),
         objects.get(&composition_key).copied(),
+        "{manifest:#}"
+    );
+    let stereo_key = format!("org-a/app-a/{CONVERSATION}/stereo.opus");
+    assert_eq!(
+        manifest["stereo"]["location"],
+        format!("s3://{BUCKET}/{stereo_key}"),
+        "{manifest:#}"
+    );
+    assert_eq!(
+        manifest["stereo"]["size"].as_u64(),
+        objects.get(&stereo_key).copied(),
         "{manifest:#}"
     );
     let manifest_text = serde_json::to_string(&manifest).unwrap();
