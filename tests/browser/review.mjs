@@ -8,6 +8,7 @@
 //   full     the recorded call: plays, seeks from chat lines, screenshots, rrweb replay
 //   live     a live instance: the live banner, then waits for the chat to grow (refresh)
 //   audio    an audio-only call: the audio player and its waveform
+//   tracks   no composition: the per-track files played in step by the page's clock
 //   refused  a link that must be refused: the status and the page's message
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -58,6 +59,7 @@ try {
     out.chatLines = await page.locator('#chat li.line').count();
     if (mode === 'live') await live(page);
     if (mode === 'audio') await audio(page);
+    if (mode === 'tracks') await tracks(page);
     if (mode === 'full') await full(page);
     out.html = await page.content();
   }
@@ -156,4 +158,20 @@ async function full(page) {
   }
   await page.click('#play');
   out.stereoLink = await page.$eval('#stereo', (a) => !a.hidden && !!a.href);
+}
+
+async function tracks(page) {
+  out.trackVideos = await page.locator('#player .track video').count();
+  out.trackAudios = await page.locator('#player .track audio').count();
+  out.mainVideo = await page.locator('video#main').count();
+  await page.waitForFunction(() => [...document.querySelectorAll('#player .track video')].every((v) => v.readyState >= 2), null, { timeout: 30_000 });
+  await page.click('#play');
+  await sleep(2000);
+  out.inStep = await page.evaluate(() => {
+    const clock = window.review.clock.now();
+    const track = window.review.data.instances[0].tracks.find((t) => t.kind === 'VIDEO');
+    const video = document.querySelector('#player .track video');
+    return { clock, start: track.start, end: track.end, videoTime: video.currentTime, paused: video.paused };
+  });
+  await page.click('#play');
 }

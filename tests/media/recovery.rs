@@ -133,6 +133,23 @@ fn with_no_publisher_back_within_the_window_the_instance_is_aborted_and_its_medi
         p.duration >= 1.5 && p.duration < 5.0,
         "the composition spans the ~3 s recorded before the kill, not the {window_secs} s window: {p:?}"
     );
+    // The review page says the instance was aborted and why, on the composition's timeline.
+    let link = app.get(&format!("/recordings/{conversation}/url/review"), KEY);
+    assert_eq!(link.status, 200, "{}", link.text());
+    let url = link.json()["url"].as_str().unwrap().replacen('?', "/data?", 1);
+    let review = app.request("GET", &url, &[], None);
+    assert_eq!(review.status, 200, "{}", review.text());
+    let review = review.json();
+    let shown = &review["instances"][0];
+    assert_eq!(shown["state"], "ABORTED", "{review:#}");
+    assert_eq!(shown["error"]["code"], "RECOVERY_WINDOW_EXPIRED", "{review:#}");
+    assert_eq!(shown["placement"], "composed", "{review:#}");
+    let length = review["duration"].as_f64().unwrap();
+    assert!(
+        (length - p.duration).abs() < 0.2,
+        "the page's timeline ({length} s) is the composition's ({} s)",
+        p.duration
+    );
 
     // The conversation can record again.
     let next = app.start(&conversation, &conference, true, true);
@@ -215,6 +232,26 @@ fn senders_that_keep_sending_across_a_kill_9_are_recorded_again_on_the_same_port
     let back_after = killed_at.elapsed().as_secs_f64() - downtime;
     eprintln!("recording again {back_after:.2} s after the restart");
     assert_eq!(recovered["streams"].as_array().unwrap().len(), 2, "{recovered:#}");
+    // The review page of the live, recovered instance says both.
+    let link = app.get(
+        &format!("/recordings/{}/url/review", event["conversationId"].as_str().unwrap()),
+        KEY,
+    );
+    assert_eq!(link.status, 200, "{}", link.text());
+    let review = app.request(
+        "GET",
+        &link.json()["url"].as_str().unwrap().replacen('?', "/data?", 1),
+        &[],
+        None,
+    );
+    assert_eq!(review.status, 200, "{}", review.text());
+    let review = review.json();
+    assert_eq!(review["live"], true, "{review:#}");
+    assert_eq!(review["instances"][0]["placement"], "live", "{review:#}");
+    assert_eq!(
+        review["instances"][0]["recovered"], recovered["recovered"],
+        "{review:#}"
+    );
     // The debug tree shows the re-bound sessions connected.
     let streams = stream_snapshots(&app.debug_tree());
     assert!(streams.iter().all(|s| s["counters"]["connected"] == 1), "{streams:#?}");

@@ -489,3 +489,53 @@ fn an_audio_only_call_shows_its_waveform_and_an_erased_one_says_so() {
         erased["data"]["composition"]
     );
 }
+
+#[test]
+fn before_a_composition_the_track_files_play_in_step_on_the_timeline() {
+    let _media = media_lock();
+    let app = TestApp::spawn_uploading_with("\n[composition]\nenabled = false\n");
+    let conversation = unique("review-tracks");
+    let conference = unique("room");
+    let event = app.start(&conversation, &conference, true, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent-1&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let ports = answer_ports(&resp.text());
+    let mut a = lavfi_av(5);
+    a.extend(rtp_out("0:v", "vp8", 96, ports[0]));
+    a.extend(rtp_out("0:a", "opus", 111, ports[1]));
+    wait_ok(ffmpeg(&a), "ffmpeg");
+    app.stop(&event);
+    poll(Duration::from_secs(60), "both tracks uploaded", || {
+        let all = tracks(&app.instance(&event));
+        (all.len() == 2
+            && all
+                .iter()
+                .all(|(_, _, _, t)| t["storage"]["objectStorage"]["uploaded"].is_string()))
+        .then_some(())
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = review_url(&app, &conversation, "")["url"].as_str().unwrap().to_string();
+    let run = report(run_browser("tracks", &url, dir.path(), 0));
+    assert!(run["data"]["composition"].is_null(), "{}", run["data"]);
+    assert_eq!(run["mainVideo"], 0);
+    assert_eq!(run["trackVideos"], 1, "{run}");
+    assert_eq!(run["trackAudios"], 1, "{run}");
+    let step = &run["inStep"];
+    let f = |k: &str| step[k].as_f64().unwrap_or_else(|| panic!("{k}: {step}"));
+    assert!(f("clock") > 1.5, "the page's clock runs: {step}");
+    assert_eq!(step["paused"], false, "the file inside its span plays: {step}");
+    let want = f("clock") - f("start");
+    assert!(
+        (f("videoTime") - want).abs() < 0.35,
+        "the file plays at the clock's time in its span: {step}"
+    );
+    assert_no_key(&run);
+}
