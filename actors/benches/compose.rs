@@ -5,12 +5,17 @@
 //! Inputs (made with the FFmpeg CLI, VP8/Opus WebM like the recorder's tracks): participant A
 //! (red camera, 440 Hz) for the whole call, participant B (blue, 880 Hz) from 20% of it, and A's
 //! screen (green, 640x360) from the middle.
+//!
+//! Then the stereo agent/customer file of the same call (A left, B right, Opus 64 kb/s in Ogg):
+//! `media::stereo::compose_stereo` against the CLI running `stereo_description` on the same
+//! microphone files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use recorder_actors::media::compose::{self, ComposeConfig, ComposeInput, ComposeMedia, ComposeRole};
+use recorder_actors::media::stereo::{self, Side, StereoFormat};
 
 fn make(dir: &Path, name: &str, source: &str, secs: f64, video: bool) -> PathBuf {
     let path = dir.join(name);
@@ -202,6 +207,72 @@ fn main() {
     );
     println!(
         "| rtc-recorder media::compose | {secs:.0} | {recorder_wall:.2} | {:.2} | {recorder_cpu:.2} | {:.2} | {:.2} |",
+        secs / recorder_wall,
+        recorder_cpu / secs,
+        recorder_wall / cli_wall
+    );
+
+    stereo_bench(&audio, total, d, secs);
+}
+
+/// The stereo pass (the compositor runs it after each composition) against the CLI doing the
+/// same mix and encode.
+fn stereo_bench(audio: &[&ComposeInput], total: Duration, d: &Path, secs: f64) {
+    let sides: Vec<(ComposeInput, Side)> = audio
+        .iter()
+        .enumerate()
+        .map(|(n, i)| ((*i).clone(), if n == 0 { Side::Left } else { Side::Right }))
+        .collect();
+    let mut cli = vec!["-v".to_string(), "error".into(), "-y".into()];
+    let mut labels = Vec::new();
+    for (n, (i, _)) in sides.iter().enumerate() {
+        cli.extend([
+            "-itsoffset".into(),
+            format!("{:.3}", i.start.as_secs_f64()),
+            "-i".into(),
+            i.path.to_string_lossy().into_owned(),
+        ]);
+        labels.push(format!("[{n}:a]anull[a{n}]"));
+    }
+    let graph = format!(
+        "{};{}",
+        labels.join(";"),
+        stereo::stereo_description(1, sides.len() - 1, total, StereoFormat::Opus)
+    );
+    let cli_out = d.join("cli-stereo.opus");
+    cli.extend([
+        "-filter_complex".into(),
+        graph,
+        "-map".into(),
+        "[aout]".into(),
+        "-c:a".into(),
+        "libopus".into(),
+        "-b:a".into(),
+        "64k".into(),
+        cli_out.to_string_lossy().into_owned(),
+    ]);
+    let out = d.join("recorder-stereo.opus");
+    let (cpu0, _) = cpu();
+    let t0 = Instant::now();
+    stereo::compose_stereo(&sides, total, &out, StereoFormat::Opus).expect("stereo");
+    let recorder_wall = t0.elapsed().as_secs_f64();
+    let (cpu1, child0) = cpu();
+    let t1 = Instant::now();
+    let status = Command::new("ffmpeg").args(&cli).status().expect("ffmpeg CLI");
+    assert!(status.success(), "ffmpeg CLI failed on the stereo mix");
+    let cli_wall = t1.elapsed().as_secs_f64();
+    let (_, child1) = cpu();
+    let (recorder_cpu, cli_cpu) = (cpu1 - cpu0, child1 - child0);
+    println!();
+    println!("| stereo mixer | call s | wall s | x realtime | CPU s | CPU s per call s | ratio (wall) |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| ffmpeg CLI, same filter graph | {secs:.0} | {cli_wall:.2} | {:.1} | {cli_cpu:.2} | {:.3} | 1.00 |",
+        secs / cli_wall,
+        cli_cpu / secs
+    );
+    println!(
+        "| rtc-recorder media::stereo | {secs:.0} | {recorder_wall:.2} | {:.1} | {recorder_cpu:.2} | {:.3} | {:.2} |",
         secs / recorder_wall,
         recorder_cpu / secs,
         recorder_wall / cli_wall
