@@ -37,12 +37,18 @@ if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1; 
 fi
 # The review page's browser test (tests/media/review.rs) drives Debian's chromium headless with
 # playwright-core (npm, pinned in tests/browser/package-lock.json; no browser download).
-if ! command -v chromium >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  echo "test-setup: installing chromium and node (apt)"
+BROWSER_PKGS=()
+command -v chromium >/dev/null 2>&1 || BROWSER_PKGS+=(chromium fonts-dejavu-core)
+# Only when missing: a machine whose node comes from elsewhere (NodeSource) has npm inside it,
+# and Debian's npm package would conflict with it.
+command -v node >/dev/null 2>&1 || BROWSER_PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || BROWSER_PKGS+=(npm)
+if [ ${#BROWSER_PKGS[@]} -gt 0 ]; then
+  echo "test-setup: installing ${BROWSER_PKGS[*]} (apt)"
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium nodejs npm fonts-dejavu-core >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${BROWSER_PKGS[@]}" >/dev/null
 fi
 if [ ! -f tests/browser/node_modules/playwright-core/package.json ] \
   || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
