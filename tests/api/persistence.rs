@@ -273,7 +273,11 @@ fn repeated_restarts_bring_the_live_conversation_back_once() {
     app.restart();
     let again = app.instance(KEY_A, &first);
     assert_eq!(again["state"], "INITIALISED");
-    app.get_root("/ready", NO_KEY).assert_status(200);
+    // Ready once the background check has seen every storage profile after the restart (a
+    // probe polls, as in ops.rs; CI once asked in the instant before the check ran).
+    poll(std::time::Duration::from_secs(10), "/ready to answer 200", || {
+        (app.get_root("/ready", NO_KEY).status == 200).then_some(())
+    });
     let tree = app.get("/debug/actors", KEY_ADMIN).json();
     let live: Vec<&Value> = tree["children"]
         .as_array()
