@@ -338,9 +338,7 @@ impl Queries {
         let timeline = Timeline::place(&instances, now);
         let order: Vec<&str> = timeline.instances.iter().map(|p| p.instance_id.as_str()).collect();
         instances.sort_by_key(|i| order.iter().position(|id| *id == i.instance_id));
-        let encrypted = self
-            .profile_of(organization_id, application_id)
-            .is_some_and(|p| p.policy.encryption.is_some());
+        let encrypted = self.encrypts(organization_id, application_id);
         let mut chat = Vec::new();
         let mut cobrowse = Vec::new();
         let mut track_urls = Vec::new();
@@ -414,20 +412,22 @@ impl Queries {
         session_id: &str,
     ) -> Result<Vec<CobrowseEvent>, EngineError> {
         let missing = || EngineError::not_found(format!("no co-browse session {session_id}"));
-        let record = self.store.get_instance(instance_id)?.ok_or_else(missing)?;
-        let encrypted = self
-            .profile_of(organization_id, application_id)
-            .is_some_and(|p| p.policy.encryption.is_some());
-        if record.organization_id != organization_id.as_str()
-            || record.application_id != application_id
-            || record.conversation_id != conversation_id
-            || record.erasure.is_some()
-            || encrypted
+        let record = self
+            .review_instance(organization_id, application_id, conversation_id, instance_id)
+            .map_err(|_| missing())?;
+        if record.erasure.is_some()
+            || self.encrypts(organization_id, application_id)
             || !record.cobrowse_sessions.contains_key(session_id)
         {
             return Err(missing());
         }
         Ok(self.store.cobrowse_events(instance_id, session_id)?)
+    }
+
+    /// Whether the application encrypts its artefacts to the customer's key.
+    fn encrypts(&self, organization_id: &str, application_id: &str) -> bool {
+        self.profile_of(organization_id, application_id)
+            .is_some_and(|p| p.policy.encryption.is_some())
     }
 
     /// The instance of a review link's (`organization_id`, `application_id`,
