@@ -12,31 +12,28 @@ With --whip, the same run then has N `whip-publish` processes (the project's own
 replaying the same clips) publish to the recorder for S seconds, and reports the recorder's CPU
 per WHIP stream against its CPU per plain-RTP stream: what ICE, DTLS and SRTP cost.
 
+The packets are sent by `rtp-load` (src/bin/rtp-load.rs, batched sendmmsg, one process for
+every destination), so the generator drives thousands of streams; the recorder's port range and
+the FFmpeg receivers' ports are sized to N.
+
+With --find-max, the script ramps N (--start, --step) with the recorder alone until the first
+stream with a lost frame, a refused publish or a generator that falls behind, then ramps FFmpeg
+receivers alone the same way, and reports each side's largest N with every frame written, with
+CPU per stream (recorder and generator separately), RSS per stream and the writers' slowest
+write (max and p99 over streams), and the CPU ratio at the largest N both sustained. Admission
+control is lifted for the ramp (RECORDER_CAPACITY__BUDGET), so the ramp finds what the machine
+does; the default budget is then set from it.
+
 usage: scripts/bench-media.py [--streams N] [--seconds S] [--whip] [--binary PATH]
-(build first: cargo build --bins; the binary defaults to $CARGO_TARGET_DIR/debug/rtc-recorder)
+       scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--seconds S] [--binary PATH]
+(build first: cargo build --release --bins; the binary defaults to $CARGO_TARGET_DIR/release/rtc-recorder
+when it exists, else debug)
 """
-import argparse, json, os, re, signal, socket, struct, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "actors/src/media/fixtures")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def clip(name, clock, frame_ticks):
-    """RTP packets of a fixture (RTCP dropped), paced by their media time."""
-    data = open(os.path.join(FIXTURES, name), "rb").read()
-    out, i, first = [], 0, None
-    while i + 6 <= len(data):
-        length = struct.unpack(">H", data[i + 4:i + 6])[0]
-        pkt = data[i + 6:i + 6 + length]
-        i += 6 + length
-        if 192 <= pkt[1] <= 223:
-            continue
-        ts = struct.unpack(">I", pkt[4:8])[0]
-        first = ts if first is None else first
-        out.append(((ts - first) % 2**32 / clock, pkt))
-    ticks = (struct.unpack(">I", out[-1][1][4:8])[0] - first) % 2**32 + frame_ticks
-    return out, ticks / clock, ticks
 
 
 def cpu_seconds(pid):
@@ -65,148 +62,202 @@ def ffprobe_frames(path):
     return {line.split(",")[0]: int(line.split(",")[1]) for line in out if "," in line}
 
 
+def ports_of(answer):
+    return [int(l.split()[1]) for l in answer.splitlines() if l.startswith("m=")]
+
+
+def frames_ratio(counts, sent_v, sent_a):
+    return min(counts.get("vp8", 0) / sent_v, counts.get("opus", 0) / sent_a)
+
+
+def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False):
+    """One run: N plain-RTP streams to a fresh recorder and/or N ffmpeg -c copy receivers."""
+    work = tempfile.mkdtemp(prefix="bench-media-")
+    key = "bench-key-0123456789"
+    result = {"streams": n}
+    recorder = base = start = None
+    targets = []
+    if with_recorder:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
+        env.update(RECORDER_BIND="127.0.0.1:0", RECORDER_DATA_DIR=os.path.join(work, "data"), RECORDER_API_KEY=key, RECORDER_LOG="warn",
+                   # Two ports per m-line (RTP on an even port; rtcp-mux), two m-lines per stream.
+                   RECORDER_MEDIA__RTP_PORT_MIN="20000", RECORDER_MEDIA__RTP_PORT_MAX=str(20000 + 4 * n + 200),
+                   # The ramp measures the machine, not the configured budget.
+                   RECORDER_CAPACITY__BUDGET="100000000", RECORDER_CAPACITY__MAX_CPU_PERCENT="0",
+                   RECORDER_LIMITS__MAX_RTP_SESSIONS_PER_ORGANIZATION=str(n + 10), RECORDER_LIMITS__MAX_WHIP_SESSIONS_PER_ORGANIZATION=str(n + 10),
+                   RECORDER_LIMITS__MAX_STREAMS_PER_INSTANCE=str(n + 10),
+                   # The track files are counted where they were written: keep them there, and keep
+                   # the compositor (which would release them after its run) out of the measurement.
+                   RECORDER_UPLOADS__DELETE_LOCAL_AFTER_UPLOAD="false", RECORDER_COMPOSITION__ENABLED="false")
+        recorder = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in recorder.stdout:
+            if "listening on http://" in line:
+                base = line.split("listening on ")[1].strip() + "/auvious.video/rtc-recorder/api"
+                break
+        start = json.loads(http("POST", base + "/recordings/start", key,
+                                json.dumps({"applicationId": "default", "conferenceId": "bench", "conversationId": "bench"}).encode(), "application/json"))
+        offer = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                 "m=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-mux\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-mux\r\n")
+        rss_rec_base = rss_kib(recorder.pid)
+        refused = 0
+        for k in range(n):
+            try:
+                ports = ports_of(http("POST", f"{base}/media/rtp/bench?userId=user-{k}&type=CAM", key, offer.encode(), "application/sdp"))
+            except urllib.error.HTTPError as e:
+                refused += 1
+                continue
+            targets.append((ports[0], ports[1]))
+        result["recorder_refused"] = refused
+    receivers = []
+    if with_ffmpeg:
+        for k in range(n):
+            vport, aport = 40000 + 4 * k, 40002 + 4 * k
+            sdp = os.path.join(work, f"in-{k}.sdp")
+            with open(sdp, "w") as f:
+                f.write("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                        f"m=video {vport} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\nm=audio {aport} RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n")
+            out = os.path.join(work, f"ffmpeg-{k}.webm")
+            receivers.append((subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-protocol_whitelist", "file,udp,rtp",
+                                                "-i", sdp, "-map", "0:v", "-map", "0:a", "-c", "copy", "-f", "webm", out],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
+            targets.append((vport, aport))
+        time.sleep(1.5 + n / 200)  # let every ffmpeg open its sockets
+    targets_file = os.path.join(work, "targets.txt")
+    with open(targets_file, "w") as f:
+        f.write("".join(f"{v} {a}\n" for v, a in targets))
+    loader = os.path.join(os.path.dirname(binary), "rtp-load")
+    cpu_rec0 = cpu_seconds(recorder.pid) if recorder else 0
+    cpu_ff0 = sum(cpu_seconds(p.pid) for p, _ in receivers)
+    sent = json.loads(subprocess.run([loader, "--fixtures", FIXTURES, "--seconds", str(seconds), "--targets", targets_file],
+                                     capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    time.sleep(0.5)
+    sent_v, sent_a = sent["sent_video_frames"], sent["sent_audio_frames"]
+    result.update(seconds=sent["seconds"], sent_video_frames=sent_v, sent_audio_frames=sent_a,
+                  generator_cpu_s_per_stream=round(sent["generator_cpu_s"] / max(1, len(targets)), 4),
+                  generator_max_late_ms=sent["max_late_ms"])
+    if recorder:
+        cpu_rec = cpu_seconds(recorder.pid) - cpu_rec0
+        rss_rec = rss_kib(recorder.pid)
+        tree = json.loads(http("GET", f"{base}/debug/actors", key))
+        writes = []
+        def walk(node):
+            # Each track's slowest single write or flush (the debug tree's Track nodes).
+            if node.get("kind") == "Track" and "max_write_micros" in node.get("counters", {}):
+                writes.append(node["counters"]["max_write_micros"])
+            for child in node.get("children", []):
+                walk(child)
+        walk(tree)
+        stop = json.loads(http("POST", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}/stop", key, b""))
+        instance = json.loads(http("GET", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}", key))
+        rec_ok, rec_min = 0, 1.0
+        for s in instance["streams"]:
+            counts = {}
+            for t in s["tracks"]:
+                counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
+            got = frames_ratio(counts, sent_v, sent_a)
+            rec_min, rec_ok = min(rec_min, got), rec_ok + (got >= 1.0)
+        writes.sort()
+        result.update(state=stop["state"], recorder_cpu_s_per_stream=round(cpu_rec / n, 4),
+                      recorder_cpu_share_of_2_cores=round(cpu_rec / sent["seconds"] / 2, 3),
+                      recorder_streams_every_frame=f"{rec_ok}/{n}", recorder_worst_frame_ratio=round(rec_min, 5),
+                      recorder_rss_kib_per_stream=(rss_rec - rss_rec_base) // n,
+                      recorder_threads=int(re.search(r"Threads:\s+(\d+)", open(f"/proc/{recorder.pid}/status").read()).group(1)),
+                      writer_max_write_ms=round(writes[-1] / 1000, 1) if writes else None,
+                      writer_p99_max_write_ms=round(writes[int(0.99 * (len(writes) - 1))] / 1000, 1) if writes else None)
+        result["recorder_ok"] = rec_ok == n and result["recorder_refused"] == 0
+        if whip:
+            result.update(whip_phase(base, key, binary, n, seconds, cpu_rec, recorder))
+        recorder.send_signal(signal.SIGTERM)
+        recorder.wait(timeout=60)
+    if receivers:
+        cpu_ff = sum(cpu_seconds(p.pid) for p, _ in receivers) - cpu_ff0
+        rss_ff = sum(rss_kib(p.pid) for p, _ in receivers)
+        for p, _ in receivers:
+            p.send_signal(signal.SIGINT)
+        for p, _ in receivers:
+            p.wait(timeout=60)
+        ff_ok, ff_min = 0, 1.0
+        for _, out in receivers:
+            got = frames_ratio(ffprobe_frames(out), sent_v, sent_a)
+            ff_min, ff_ok = min(ff_min, got), ff_ok + (got >= 1.0)
+        result.update(ffmpeg_cpu_s_per_stream=round(cpu_ff / n, 4), ffmpeg_streams_every_frame=f"{ff_ok}/{n}",
+                      ffmpeg_worst_frame_ratio=round(ff_min, 5), ffmpeg_rss_kib_per_stream=rss_ff // n)
+        result["ffmpeg_ok"] = ff_ok == n
+    if recorder and receivers:
+        result["cpu_ratio_recorder_to_ffmpeg"] = round(result["recorder_cpu_s_per_stream"] / result["ffmpeg_cpu_s_per_stream"], 3) if cpu_ff else None
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def whip_phase(base, key, binary, n, seconds, cpu_rec, recorder):
+    publisher = os.path.join(os.path.dirname(binary), "whip-publish")
+    wstart = json.loads(http("POST", base + "/recordings/start", key,
+                             json.dumps({"applicationId": "default", "conferenceId": "bench-whip", "conversationId": "bench-whip"}).encode(), "application/json"))
+    cpu0 = cpu_seconds(recorder.pid)
+    w0 = time.monotonic()
+    procs = [subprocess.Popen([publisher, f"{base}/media/whip/bench-whip?userId=w-{k}&type=CAM", "--token", key, "--seconds", str(seconds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for k in range(n)]
+    sent = [json.loads(p.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1]) for p in procs]
+    whip_cpu = cpu_seconds(recorder.pid) - cpu0
+    path = f"{base}/recordings/bench-whip/{wstart['recorderId']}/{wstart['instanceId']}"
+    http("POST", path + "/stop", key, b"")
+    complete = 0
+    for s_ in json.loads(http("GET", path, key))["streams"]:
+        counts = {}
+        for t in s_["tracks"]:
+            counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
+        complete += counts.get("vp8", 0) >= 0.999 * sent[0]["videoFrames"] and counts.get("opus", 0) >= 0.999 * sent[0]["audioFrames"]
+    return {"whip_seconds_wall": round(time.monotonic() - w0, 1),
+            "whip_frames_sent_min": min(s["videoFrames"] for s in sent),
+            "whip_streams_complete": f"{complete}/{n}",
+            "recorder_whip_cpu_s_per_stream": round(whip_cpu / n, 3),
+            "cpu_ratio_whip_to_plain_rtp": round(whip_cpu / cpu_rec, 2) if cpu_rec else None}
+
+
+def find_max(args):
+    """Ramps N for each side alone until the first failure; the largest N each sustained."""
+    best = {}
+    for side in ("recorder", "ffmpeg"):
+        n = args.start
+        while n <= args.limit:
+            r = run(n, args.seconds, args.binary, with_recorder=side == "recorder", with_ffmpeg=side == "ffmpeg")
+            late = r["generator_max_late_ms"] > 200
+            ok = r[f"{side}_ok"] and not late
+            print(json.dumps({"side": side, "ok": ok, "generator_late": late, **r}), flush=True)
+            if not ok:
+                break
+            best[side] = r
+            n += args.step
+    summary = {"recorder_max_streams": best.get("recorder", {}).get("streams"),
+               "ffmpeg_max_streams": best.get("ffmpeg", {}).get("streams")}
+    if "recorder" in best and "ffmpeg" in best:
+        common = min(best["recorder"]["streams"], best["ffmpeg"]["streams"])
+        # The recorder at the largest N FFmpeg sustained, in a run of its own for a like-for-like ratio.
+        rec = best["recorder"] if best["recorder"]["streams"] == common else run(common, args.seconds, args.binary, with_ffmpeg=False)
+        ff = best["ffmpeg"] if best["ffmpeg"]["streams"] == common else run(common, args.seconds, args.binary, with_recorder=False)
+        summary.update(at_streams=common, recorder_cpu_s_per_stream=rec["recorder_cpu_s_per_stream"],
+                       ffmpeg_cpu_s_per_stream=ff["ffmpeg_cpu_s_per_stream"],
+                       cpu_ratio_recorder_to_ffmpeg=round(rec["recorder_cpu_s_per_stream"] / ff["ffmpeg_cpu_s_per_stream"], 3))
+    print(json.dumps({"summary": summary}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--whip", action="store_true")
-    ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug/rtc-recorder"))
+    ap.add_argument("--find-max", action="store_true")
+    ap.add_argument("--start", type=int, default=100)
+    ap.add_argument("--step", type=int, default=100)
+    ap.add_argument("--limit", type=int, default=3000)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    release = os.path.join(target, "release/rtc-recorder")
+    ap.add_argument("--binary", default=release if os.path.exists(release) else os.path.join(target, "debug/rtc-recorder"))
     args = ap.parse_args()
-    n, seconds = args.streams, args.seconds
-    work = tempfile.mkdtemp(prefix="bench-media-")
-    key = "bench-key-0123456789"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
-    env.update(RECORDER_BIND="127.0.0.1:0", RECORDER_DATA_DIR=os.path.join(work, "data"), RECORDER_API_KEY=key, RECORDER_LOG="warn",
-               RECORDER_MEDIA__RTP_PORT_MIN="24000", RECORDER_MEDIA__RTP_PORT_MAX="24999",
-               # The track files are counted where they were written: keep them there, and keep
-               # the compositor (which would release them after its run) out of the measurement.
-               RECORDER_UPLOADS__DELETE_LOCAL_AFTER_UPLOAD="false", RECORDER_COMPOSITION__ENABLED="false")
-    recorder = subprocess.Popen([args.binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    base = None
-    for line in recorder.stdout:
-        if "listening on http://" in line:
-            base = line.split("listening on ")[1].strip() + "/auvious.video/rtc-recorder/api"
-            break
-    start = json.loads(http("POST", base + "/recordings/start", key,
-                            json.dumps({"applicationId": "default", "conferenceId": "bench", "conversationId": "bench"}).encode(), "application/json"))
-    offer = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-             "m=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-mux\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-mux\r\n")
-    rss_rec_base = rss_kib(recorder.pid)
-    targets = []  # (video addr, audio addr) per destination
-    for k in range(n):
-        answer = http("POST", f"{base}/media/rtp/bench?userId=user-{k}&type=CAM", key, offer.encode(), "application/sdp")
-        ports = [int(l.split()[1]) for l in answer.splitlines() if l.startswith("m=")]
-        targets.append(("rec", ports[0], ports[1]))
-    receivers = []
-    for k in range(n):
-        vport, aport = 26000 + 4 * k, 26002 + 4 * k
-        sdp = os.path.join(work, f"in-{k}.sdp")
-        with open(sdp, "w") as f:
-            f.write("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-                    f"m=video {vport} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\nm=audio {aport} RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n")
-        out = os.path.join(work, f"ffmpeg-{k}.webm")
-        receivers.append((subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-protocol_whitelist", "file,udp,rtp",
-                                            "-i", sdp, "-map", "0:v", "-map", "0:a", "-c", "copy", "-f", "webm", out],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
-        targets.append(("ffmpeg", vport, aport))
-    time.sleep(1.5)  # let every ffmpeg open its sockets
-
-    video, video_len, video_ticks = clip("vp8.rtp", 90000, 3000)
-    audio, audio_len, audio_ticks = clip("opus.rtp", 48000, 960)
-    schedule = []
-    for kind, pkts, length, ticks in (("v", video, video_len, video_ticks), ("a", audio, audio_len, audio_ticks)):
-        loops = int(seconds / length) + 1
-        for loop in range(loops):
-            for at, pkt in pkts:
-                t = loop * length + at
-                if t < seconds:
-                    schedule.append((t, kind, loop, ticks, pkt))
-    schedule.sort(key=lambda s: s[0])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    seq = {}
-    sent_frames = {"v": set(), "a": set()}
-    cpu_rec0 = cpu_seconds(recorder.pid)
-    cpu_ff0 = sum(cpu_seconds(p.pid) for p, _ in receivers)
-    t0 = time.monotonic()
-    for t, kind, loop, ticks, pkt in schedule:
-        wait = t0 + t - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        ts = (struct.unpack(">I", pkt[4:8])[0] + loop * ticks) % 2**32
-        sent_frames[kind].add(ts)
-        for d, (_, vport, aport) in enumerate(targets):
-            s = seq.get((d, kind), 0)
-            seq[(d, kind)] = s + 1
-            ssrc = 1000 + 2 * d + (kind == "a")
-            header = pkt[:2] + struct.pack(">HII", s & 0xFFFF, ts, ssrc)
-            sock.sendto(header + pkt[12:], ("127.0.0.1", vport if kind == "v" else aport))
-    elapsed = time.monotonic() - t0
-    time.sleep(0.5)
-    cpu_rec = cpu_seconds(recorder.pid) - cpu_rec0
-    cpu_ff = sum(cpu_seconds(p.pid) for p, _ in receivers) - cpu_ff0
-    rss_rec = rss_kib(recorder.pid)
-    rss_ff = sum(rss_kib(p.pid) for p, _ in receivers)
-    stop = json.loads(http("POST", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}/stop", key, b""))
-    instance = json.loads(http("GET", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}", key))
-    whip = None
-    if args.whip:
-        publisher = os.path.join(os.path.dirname(args.binary), "whip-publish")
-        wstart = json.loads(http("POST", base + "/recordings/start", key,
-                                 json.dumps({"applicationId": "default", "conferenceId": "bench-whip", "conversationId": "bench-whip"}).encode(), "application/json"))
-        cpu0 = cpu_seconds(recorder.pid)
-        w0 = time.monotonic()
-        procs = [subprocess.Popen([publisher, f"{base}/media/whip/bench-whip?userId=w-{k}&type=CAM", "--token", key, "--seconds", str(seconds)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for k in range(n)]
-        sent = [json.loads(p.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1]) for p in procs]
-        whip_cpu = cpu_seconds(recorder.pid) - cpu0
-        path = f"{base}/recordings/bench-whip/{wstart['recorderId']}/{wstart['instanceId']}"
-        http("POST", path + "/stop", key, b"")
-        complete = 0
-        for s_ in json.loads(http("GET", path, key))["streams"]:
-            counts = {}
-            for t in s_["tracks"]:
-                counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
-            complete += counts.get("vp8", 0) >= 0.999 * sent[0]["videoFrames"] and counts.get("opus", 0) >= 0.999 * sent[0]["audioFrames"]
-        whip = {"whip_seconds_wall": round(time.monotonic() - w0, 1),
-                "whip_frames_sent_min": min(s["videoFrames"] for s in sent),
-                "whip_streams_complete": f"{complete}/{n}",
-                "recorder_whip_cpu_s_per_stream": round(whip_cpu / n, 3),
-                "cpu_ratio_whip_to_plain_rtp": round(whip_cpu / cpu_rec, 2) if cpu_rec else None}
-    for p, _ in receivers:
-        p.send_signal(signal.SIGINT)
-    for p, _ in receivers:
-        p.wait(timeout=30)
-    recorder.send_signal(signal.SIGTERM)
-    recorder.wait(timeout=30)
-
-    sent_v, sent_a = len(sent_frames["v"]), len(sent_frames["a"])
-    rec_ok = ff_ok = 0
-    rec_min = ff_min = 1.0
-    for s in instance["streams"]:
-        counts = {}
-        for t in s["tracks"]:
-            counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
-        got = min(counts.get("vp8", 0) / sent_v, counts.get("opus", 0) / sent_a)
-        rec_min = min(rec_min, got)
-        rec_ok += got >= 0.999
-    for _, out in receivers:
-        counts = ffprobe_frames(out)
-        got = min(counts.get("vp8", 0) / sent_v, counts.get("opus", 0) / sent_a)
-        ff_min = min(ff_min, got)
-        ff_ok += got >= 0.999
-    result = {
-        "streams": n, "seconds": round(elapsed, 1), "state": stop["state"],
-        "sent_video_frames": sent_v, "sent_audio_frames": sent_a,
-        "recorder_cpu_s_per_stream": round(cpu_rec / n, 3), "ffmpeg_cpu_s_per_stream": round(cpu_ff / n, 3),
-        "cpu_ratio_recorder_to_ffmpeg": round(cpu_rec / cpu_ff, 2) if cpu_ff else None,
-        "recorder_streams_complete": f"{rec_ok}/{n}", "ffmpeg_streams_complete": f"{ff_ok}/{n}",
-        "recorder_worst_frame_ratio": round(rec_min, 4), "ffmpeg_worst_frame_ratio": round(ff_min, 4),
-        "recorder_rss_kib_per_track": (rss_rec - rss_rec_base) // (2 * n), "ffmpeg_rss_kib_per_track": rss_ff // (2 * n),
-    }
-    if whip:
-        result.update(whip)
-    print(json.dumps(result))
+    if args.find_max:
+        find_max(args)
+    else:
+        print(json.dumps(run(args.streams, args.seconds, args.binary, whip=args.whip)))
 
 
 if __name__ == "__main__":

@@ -43,10 +43,51 @@ struct RawConfig {
     recovery: Recovery,
     #[serde(default)]
     composition: Composition,
+    capacity: RawCapacity,
     #[serde(default)]
     organizations: BTreeMap<String, RawOrganization>,
     #[serde(default)]
     api_keys: BTreeMap<String, RawApiKey>,
+}
+
+/// `[capacity]`: admission control (see `recorder_actors::capacity`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapacity {
+    budget: u64,
+    rtp_session: u64,
+    whip_session: u64,
+    composition: u64,
+    max_cpu_percent: u64,
+    retry_after_secs: u64,
+}
+
+impl RawCapacity {
+    fn check(&self) -> Result<recorder_actors::capacity::CapacityConfig, ConfigError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let defaults = recorder_actors::capacity::CapacityConfig::for_cores(cores);
+        if self.max_cpu_percent > 100 {
+            return Err(invalid("capacity.max_cpu_percent", "must be at most 100 (0: no CPU ceiling)"));
+        }
+        for (key, value) in [
+            ("capacity.rtp_session", self.rtp_session),
+            ("capacity.whip_session", self.whip_session),
+            ("capacity.composition", self.composition),
+            ("capacity.retry_after_secs", self.retry_after_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        Ok(recorder_actors::capacity::CapacityConfig {
+            budget: if self.budget == 0 { defaults.budget } else { self.budget },
+            rtp_session: self.rtp_session,
+            whip_session: self.whip_session,
+            composition: self.composition,
+            max_cpu_percent: self.max_cpu_percent,
+            retry_after_secs: self.retry_after_secs,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +277,8 @@ struct RawMedia {
     writer_queue_frames: usize,
     reorder_window_ms: u64,
     mdns: bool,
+    writer_threads: usize,
+    receive_threads: usize,
 }
 
 /// Checked `[media]` settings.
@@ -253,6 +296,10 @@ pub struct Media {
     pub writer_queue_frames: usize,
     pub reorder_window_ms: u64,
     pub mdns: bool,
+    /// Threads that write every track file (0: one per core).
+    pub writer_threads: usize,
+    /// Threads that receive every plain-RTP socket (0: one per core).
+    pub receive_threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,6 +693,8 @@ pub struct Settings {
     pub media: Media,
     pub composition: Composition,
     pub recovery: Recovery,
+    /// Admission control: the node's budget and what each kind of work costs.
+    pub capacity: recorder_actors::capacity::CapacityConfig,
     pub applications: Vec<Application>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -951,6 +1000,7 @@ impl RawConfig {
         }
 
         self.composition.check()?;
+        let capacity = self.capacity.check()?;
         Ok(Settings {
             bind,
             data_dir: self.data_dir,
@@ -968,6 +1018,7 @@ impl RawConfig {
             media,
             composition: self.composition,
             recovery: self.recovery,
+            capacity,
             applications,
             api_keys,
         })
@@ -1017,6 +1068,14 @@ impl RawMedia {
         if self.reorder_window_ms > 5_000 {
             return Err(invalid("media.reorder_window_ms", "must be at most 5000"));
         }
+        for (key, value) in [
+            ("media.writer_threads", self.writer_threads),
+            ("media.receive_threads", self.receive_threads),
+        ] {
+            if value > 256 {
+                return Err(invalid(key, "must be at most 256 (0: one per core)"));
+            }
+        }
         let dir = match self.dir.trim() {
             "" => data_dir.join("media"),
             path => PathBuf::from(path),
@@ -1034,6 +1093,8 @@ impl RawMedia {
             writer_queue_frames: self.writer_queue_frames,
             reorder_window_ms: self.reorder_window_ms,
             mdns: self.mdns,
+            writer_threads: self.writer_threads,
+            receive_threads: self.receive_threads,
         })
     }
 }

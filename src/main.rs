@@ -172,7 +172,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             serde_json::to_vec_pretty(&api::dto::RecordingDataMessage::from(record))
                 .expect("API messages always serialize")
         }),
-        media: Arc::new(media_config(&settings)),
+        media: Arc::new(media_config(&settings)?),
         composition: composition_config(&settings),
         recovery: RecoveryConfig {
             window: Duration::from_secs(settings.recovery.window_secs),
@@ -247,11 +247,14 @@ fn composition_config(settings: &Settings) -> CompositionConfig {
     }
 }
 
-fn media_config(settings: &Settings) -> MediaConfig {
+fn media_config(settings: &Settings) -> anyhow::Result<MediaConfig> {
     let m = &settings.media;
-    MediaConfig {
+    Ok(MediaConfig {
         media_dir: m.dir.clone(),
         ports: PortAllocator::new(m.bind_ip, m.rtp_port_min, m.rtp_port_max),
+        receive: recorder_actors::media::plain_rtp::ReceivePool::new(m.receive_threads)
+            .map_err(|e| anyhow::anyhow!("cannot start the plain-RTP receive threads: {e}"))?,
+        capacity: recorder_actors::capacity::Capacity::new(settings.capacity),
         announce_ip: m.announce_ip,
         webrtc_bind_ip: m.bind_ip,
         mdns: m.mdns,
@@ -265,11 +268,12 @@ fn media_config(settings: &Settings) -> MediaConfig {
             flush_interval: Duration::from_millis(m.flush_interval_ms),
             fsync_interval: Duration::from_millis(m.fsync_interval_ms),
             queue_capacity: m.writer_queue_frames,
+            pool: recorder_actors::media::writer::WriterPool::new(m.writer_threads),
             ..WriterConfig::default()
         },
         clock: recorder_actors::clock::Clock::system(),
         work: Default::default(),
-    }
+    })
 }
 
 /// Adds `RECORDER_API_KEY`, or with no key configured at all a development key kept in

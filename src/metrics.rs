@@ -17,6 +17,9 @@ pub struct Metrics {
     stalls_total: IntCounterVec,
     stalled: IntGaugeVec,
     errors: IntGaugeVec,
+    capacity: IntGaugeVec,
+    capacity_refused_total: prometheus::IntCounter,
+    cpu: prometheus::Gauge,
 }
 
 /// Actor kinds whose restart and error gauges are always exported (0 when none is live).
@@ -132,7 +135,36 @@ impl Metrics {
                 counter.with_label_values(&[kind]).reset();
             }
         }
+        // Admission control: what an autoscaler and a cluster's placement read.
+        let capacity = IntGaugeVec::new(
+            Opts::new(
+                "recorder_capacity_units",
+                "Admission control, in thousandths of a core: budget, used_live, used_composition, available_live, available_composition",
+            ),
+            &["what"],
+        )
+        .expect("metric definitions are valid");
+        let capacity_refused_total = prometheus::IntCounter::new(
+            "recorder_capacity_refused_total",
+            "Starts and publishes refused with 503 because the node was at its capacity",
+        )
+        .expect("metric definitions are valid");
+        let cpu = prometheus::Gauge::new(
+            "recorder_process_cpu_ratio",
+            "CPU the recorder process used over the last seconds, as a share of the node's cores (0-1)",
+        )
+        .expect("metric definitions are valid");
+        registry
+            .register(Box::new(capacity.clone()))
+            .expect("metrics register once");
+        registry
+            .register(Box::new(capacity_refused_total.clone()))
+            .expect("metrics register once");
+        registry.register(Box::new(cpu.clone())).expect("metrics register once");
         Self {
+            capacity,
+            capacity_refused_total,
+            cpu,
             registry,
             instances,
             media,
@@ -169,6 +201,22 @@ impl Metrics {
             _ => "OTHER",
         };
         self.requests.with_label_values(&[method, &status.to_string()]).inc();
+    }
+
+    /// The node's admission control (see `recorder_actors::capacity`).
+    pub fn set_capacity(&self, usage: &recorder_actors::capacity::CapacityUse) {
+        for (what, value) in [
+            ("budget", usage.budget),
+            ("used_live", usage.live),
+            ("used_composition", usage.composition),
+            ("available_live", usage.available_live()),
+            ("available_composition", usage.available_composition()),
+        ] {
+            self.capacity.with_label_values(&[what]).set(value as i64);
+        }
+        self.capacity_refused_total
+            .inc_by(usage.num_refused.saturating_sub(self.capacity_refused_total.get()));
+        self.cpu.set(usage.cpu_permille as f64 / 1000.0);
     }
 
     pub fn set_instances(&self, counts: &[(InstanceState, u64)]) {

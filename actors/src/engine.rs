@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::domain::InstanceRecord;
-use crate::media::plain_rtp::PortAllocator;
+use crate::media::plain_rtp::{PortAllocator, ReceivePool};
 use crate::media::receiver::ReceiverConfig;
 use crate::media::writer::WriterConfig;
 use crate::storage::{StorageBackend, StorageError};
@@ -240,6 +240,10 @@ pub struct MediaConfig {
     pub media_dir: PathBuf,
     /// UDP ports for plain RTP (and the address they bind).
     pub ports: PortAllocator,
+    /// The threads that read every plain-RTP socket.
+    pub receive: ReceivePool,
+    /// What this node takes on: live sessions and compositions against its budget.
+    pub capacity: Arc<crate::capacity::Capacity>,
     /// The address written into SDP answers (what senders send to).
     pub announce_ip: IpAddr,
     /// UDP address WebRTC (WHIP) sessions bind, port 0 = ephemeral.
@@ -267,6 +271,8 @@ impl MediaConfig {
         Self {
             media_dir,
             ports: PortAllocator::new(lo, 46_000, 46_999),
+            receive: ReceivePool::default(),
+            capacity: Default::default(),
             announce_ip: lo,
             webrtc_bind_ip: lo,
             mdns: false,
@@ -315,6 +321,24 @@ pub enum EngineError {
         /// When the limit frees up by itself (a rate), in seconds.
         retry_after_secs: Option<u64>,
     },
+    /// This node is at its capacity (admission control, [`crate::capacity`]); `limit` is the
+    /// configuration key that refused.
+    #[error("{message}")]
+    AtCapacity {
+        limit: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
+}
+
+impl From<crate::capacity::Refused> for EngineError {
+    fn from(refused: crate::capacity::Refused) -> Self {
+        EngineError::AtCapacity {
+            limit: refused.limit,
+            message: refused.message,
+            retry_after_secs: refused.retry_after_secs,
+        }
+    }
 }
 
 impl EngineError {

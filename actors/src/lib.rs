@@ -3,6 +3,7 @@
 //! sends the messages in [`messages`] to the [`actors::Registry`] and renders the replies.
 
 pub mod actors;
+pub mod capacity;
 pub mod clock;
 pub mod domain;
 pub mod engine;

@@ -16,11 +16,21 @@ pub struct SessionGauge {
     open: Mutex<HashMap<GaugeKey, usize>>,
 }
 
-/// One open session of an organization; counted until dropped.
+/// One open session of an organization; counted until dropped, with the node capacity it was
+/// admitted with.
 #[derive(Debug)]
 pub struct SessionPermit {
     gauge: Arc<SessionGauge>,
     key: GaugeKey,
+    capacity: Option<crate::capacity::CapacityPermit>,
+}
+
+impl SessionPermit {
+    /// The session also holds `capacity` until it ends.
+    pub fn with_capacity(mut self, capacity: crate::capacity::CapacityPermit) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
 }
 
 impl SessionGauge {
@@ -45,6 +55,7 @@ impl SessionGauge {
         Some(SessionPermit {
             gauge: self.clone(),
             key,
+            capacity: None,
         })
     }
 

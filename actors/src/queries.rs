@@ -68,6 +68,11 @@ impl Queries {
         Ok(instances)
     }
 
+    /// What the node's admission control holds now (live sessions, compositions, CPU).
+    pub fn capacity(&self) -> crate::capacity::CapacityUse {
+        self.config.media.capacity.usage()
+    }
+
     /// Instances per state, kept by the store as instances change: a scrape reads no instance.
     pub fn instance_counts(&self) -> Vec<(InstanceState, u64)> {
         self.store.instance_counts()

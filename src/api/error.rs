@@ -51,6 +51,14 @@ pub enum ApiError {
         message: String,
         retry_after_secs: Option<u64>,
     },
+    /// The node is at its capacity (503 with `Retry-After`); `limit` is the configuration key
+    /// that refused (`capacity.budget`, `capacity.max_cpu_percent`), given as the body's `field`.
+    #[error("{limit}: {message}")]
+    AtCapacity {
+        limit: String,
+        message: String,
+        retry_after_secs: u64,
+    },
 }
 
 /// The spec's `Error` schema. `field` is this project's addition: the input that was refused.
@@ -85,13 +93,14 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::TooManyRequests { .. } => "LIMIT_EXCEEDED",
             ApiError::RequestTimeout(_) => "REQUEST_TIMEOUT",
+            ApiError::AtCapacity { .. } => "AT_CAPACITY",
         }
     }
 
     fn field(&self) -> Option<String> {
         match self {
             ApiError::BadRequest { field, .. } | ApiError::PayloadTooLarge { field, .. } => Some(field.clone()),
-            ApiError::TooManyRequests { limit, .. } => Some(limit.clone()),
+            ApiError::TooManyRequests { limit, .. } | ApiError::AtCapacity { limit, .. } => Some(limit.clone()),
             _ => None,
         }
     }
@@ -111,6 +120,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -128,6 +138,9 @@ impl ResponseError for ApiError {
         } = self
         {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let ApiError::AtCapacity { retry_after_secs, .. } = self {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         let mut response = response.json(ErrorBody {
             code: self.code().into(),
@@ -168,6 +181,15 @@ impl From<EngineError> for ApiError {
                 retry_after_secs,
             } => ApiError::TooManyRequests {
                 limit: format!("limits.{limit}"),
+                message,
+                retry_after_secs,
+            },
+            EngineError::AtCapacity {
+                limit,
+                message,
+                retry_after_secs,
+            } => ApiError::AtCapacity {
+                limit: limit.to_string(),
                 message,
                 retry_after_secs,
             },

@@ -50,6 +50,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     }
     let counts = state.queries.instance_counts();
     state.metrics.set_instances(&counts);
+    state.metrics.set_capacity(&state.queries.capacity());
     let tree = state.registry.send(Snapshot).await?;
     state.metrics.set_media(&tree);
     state.metrics.set_supervision(&tree);

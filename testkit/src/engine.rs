@@ -57,6 +57,8 @@ pub struct HarnessSettings {
     /// The application's compliance settings (pause capture, maximum duration, ...).
     pub policy: recorder_actors::engine::ApplicationPolicy,
     pub webhooks: recorder_actors::engine::WebhookDelivery,
+    /// The engine's admission control (shared: a test can read what it holds).
+    pub capacity: std::sync::Arc<recorder_actors::capacity::Capacity>,
 }
 
 impl Default for HarnessSettings {
@@ -77,6 +79,7 @@ impl Default for HarnessSettings {
             rtp_ports: next_port_range(),
             policy: Default::default(),
             webhooks: Default::default(),
+            capacity: Default::default(),
         }
     }
 }
@@ -423,6 +426,8 @@ fn engine_config(root: &Path, settings: &HarnessSettings, clock: &Clock) -> Arc<
         media: Arc::new(MediaConfig {
             media_dir: root.join("media"),
             ports: PortAllocator::new(lo, settings.rtp_ports.0, settings.rtp_ports.1),
+            receive: Default::default(),
+            capacity: settings.capacity.clone(),
             announce_ip: lo,
             webrtc_bind_ip: lo,
             mdns: false,

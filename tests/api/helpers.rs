@@ -624,6 +624,13 @@ pub fn chat(ts: &str, text: &str, user: &str) -> Value {
 }
 
 /// A unique id for one test's conversation.
+/// A plain-RTP offer of one Opus m-line from 127.0.0.1.
+pub fn opus_offer() -> Vec<u8> {
+    b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        .to_vec()
+}
+
 pub fn conv(tag: &str) -> String {
     format!("conv-{tag}-{}", uuid::Uuid::new_v4().simple())
 }

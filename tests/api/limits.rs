@@ -22,12 +22,6 @@ fn start_with(app: &TestApp, key: &str, application: &str, c: &str) -> Resp {
     )
 }
 
-fn opus_offer() -> Vec<u8> {
-    b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-m=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
-        .to_vec()
-}
-
 fn publish(app: &TestApp, key: &str, event: &serde_json::Value, user: &str) -> Resp {
     let conference = format!("conf-{}", event["conversationId"].as_str().unwrap());
     app.post_raw(

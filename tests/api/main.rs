@@ -6,6 +6,7 @@ mod spec;
 
 mod auth;
 mod backup;
+mod capacity;
 mod erasure;
 mod isolation;
 mod limits;

@@ -416,7 +416,7 @@ fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::plain_rtp::PlainRtp
         Arc::new(|_| {}),
         now,
     );
-    let session = plain_rtp::start(vec![(bound, pump)], Duration::from_secs(30), &Default::default()).unwrap();
+    let session = plain_rtp::start(vec![(bound, pump)], Duration::from_secs(30), &Default::default(), &Default::default()).unwrap();
     (datagrams, port, session, writer)
 }
 

@@ -1,20 +1,22 @@
 //! Track writers: encoded frames → a WebM/Matroska file through FFmpeg's muxers, without
-//! transcoding. Each writer owns one segment file and runs on its own thread (never on an async
-//! executor), fed by a bounded channel: a slow disk fills the channel, frames are then dropped and
-//! counted, and the receiving side is told to wait for the next keyframe — it never blocks.
+//! transcoding. Each writer owns one segment file, fed by a bounded channel: a slow disk fills the
+//! channel, frames are then dropped and counted, and the receiving side is told to wait for the
+//! next keyframe — it never blocks. Writers run on a [`WriterPool`]: a fixed set of threads
+//! (never an async executor), each serving many writers in rounds, so hundreds of tracks cost a
+//! few threads, not one each.
 //!
 //! The file is flushed (muxer cluster closed, buffers written to the kernel) at least every
 //! `flush_interval`, so a process crash loses at most that much and the file stays readable up to
-//! the last flush; every `fsync_interval` a flush also fsyncs, bounding what a power loss costs.
-//! `finish` writes the trailer (cues, duration).
+//! the last flush; every `fsync_interval` the pool's sync thread also fsyncs it, bounding what a
+//! power loss costs. `finish` writes the trailer (cues, duration).
 //!
-//! Why one file (~600 lines of code): the writer thread, its channel and its flush/fsync clock are
-//! one unit; the FFmpeg muxer calls are only here.
+//! Why one file (~750 lines of code): the pool, its writers' channels and their flush/fsync
+//! clocks are one unit; the FFmpeg muxer calls are only here.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Once};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use ffmpeg_next as ffmpeg;
@@ -44,8 +46,10 @@ pub struct WriterConfig {
     /// What the flush and fsync intervals are measured on (the engine's clock: a test can move it
     /// on to make a flush due).
     pub clock: crate::clock::Clock,
-    /// The group the writer's thread is counted in.
+    /// The group the writer is counted in until its file is final.
     pub work: crate::work::WorkGroup,
+    /// The threads that serve the writer.
+    pub pool: WriterPool,
 }
 
 impl Default for WriterConfig {
@@ -58,6 +62,7 @@ impl Default for WriterConfig {
             slow_write: Duration::from_millis(200),
             clock: crate::clock::Clock::system(),
             work: crate::work::WorkGroup::default(),
+            pool: WriterPool::default(),
         }
     }
 }
@@ -130,13 +135,15 @@ impl FrameSink {
 pub struct TrackWriter {
     sink: FrameSink,
     finish: Arc<AtomicBool>,
+    /// Wakes the pool thread that serves this writer (asked to finish: no need to wait a round).
+    wake: mpsc::Sender<Control>,
     done: tokio::sync::oneshot::Receiver<SegmentReport>,
     path: PathBuf,
 }
 
 impl TrackWriter {
-    /// Starts the writer thread. The file is created at the first frame (a keyframe for video),
-    /// which also gives the picture size and, for H.264, the parameter sets.
+    /// Hands the writer to one of its pool's threads. The file is created at the first frame (a
+    /// keyframe for video), which also gives the picture size and, for H.264, the parameter sets.
     pub fn spawn(path: PathBuf, codec: Codec, config: WriterConfig) -> Result<TrackWriter, MediaError> {
         init_ffmpeg();
         if let Some(dir) = path.parent() {
@@ -146,28 +153,19 @@ impl TrackWriter {
         let stats = Arc::new(WriterStats::default());
         let finish = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = tokio::sync::oneshot::channel();
-        let thread_path = path.clone();
-        let thread_stats = stats.clone();
-        let thread_finish = finish.clone();
-        let work = config.work.clone();
-        work.spawn("track-writer", move || {
-            // Marks the writer failed if the thread unwinds: a panic leaves no report.
-            struct PanicGuard(Arc<WriterStats>);
-            impl Drop for PanicGuard {
-                fn drop(&mut self) {
-                    if std::thread::panicking() {
-                        self.0.failed.store(true, Ordering::Release);
-                    }
-                }
-            }
-            let _guard = PanicGuard(thread_stats.clone());
-            let report = run(thread_path, codec, config, rx, thread_stats, thread_finish);
-            let _ = done_tx.send(report);
-        })
-        .map_err(|e| MediaError::Io(format!("cannot start a writer thread: {e}")))?;
+        let pool = config.pool.clone();
+        let slot = Slot {
+            guard: config.work.enter(),
+            state: WriterState::new(path.clone(), codec, config, stats.clone()),
+            rx,
+            finish: finish.clone(),
+            done: Some(done_tx),
+        };
+        let wake = pool.assign(slot)?;
         Ok(TrackWriter {
             sink: FrameSink { tx, stats },
             finish,
+            wake,
             done,
             path,
         })
@@ -194,6 +192,7 @@ impl TrackWriter {
     /// Asks the writer to finish and returns at once; the future resolves with the report.
     pub fn begin_finish(self) -> impl std::future::Future<Output = SegmentReport> + Send + 'static {
         self.finish.store(true, Ordering::Release);
+        let _ = self.wake.send(Control::Wake);
         let path = self.path.clone();
         drop(self.sink);
         let done = self.done;
@@ -206,7 +205,7 @@ impl TrackWriter {
                     num_frames: 0,
                 },
                 num_bytes: 0,
-                error: Some("the writer thread ended without a report".into()),
+                error: Some("the writer ended without a report (it panicked)".into()),
             })
         }
     }
@@ -223,143 +222,229 @@ pub(crate) fn init_ffmpeg() {
 }
 
 /// The smallest queue the writer sleeps between batches with: 32 frames is half a second of
-/// 60 fps video, many times what arrives in one `batch_interval`.
-const MIN_QUEUE_FOR_BATCHING: usize = 32;
 
-/// The writer thread's loop.
-fn run(
+/// The threads that write every track of an engine: a fixed set, each serving many writers in
+/// rounds (every writer's queued frames, then its flush when due), instead of a thread per
+/// track. A round comes every `batch_interval` while any writer is open, so a pool thread wakes
+/// ~25 times a second whatever the number of tracks; fsyncs go to one more thread of the pool, so
+/// a slow disk sync never holds a round back.
+#[derive(Clone)]
+pub struct WriterPool(Arc<PoolInner>);
+
+struct PoolInner {
+    threads: Vec<PoolThread>,
+}
+
+struct PoolThread {
+    control: Mutex<mpsc::Sender<Control>>,
+    /// Writers this thread serves now.
+    load: Arc<AtomicUsize>,
+}
+
+enum Control {
+    Add(Box<Slot>),
+    Wake,
+}
+
+/// A file whose fsync is due, and the counters to charge a failure to.
+struct SyncRequest {
     path: PathBuf,
-    codec: Codec,
-    config: WriterConfig,
-    rx: mpsc::Receiver<Command>,
     stats: Arc<WriterStats>,
-    finish: Arc<AtomicBool>,
-) -> SegmentReport {
-    let mut muxer: Option<Muxer> = None;
-    let mut error: Option<String> = None;
-    let mut first_wall: Option<i64> = None;
-    let clock = config.clock.clone();
-    let mut next_flush = clock.now() + config.flush_interval;
-    let mut next_sync = clock.now() + config.fsync_interval;
-    let tick = config.flush_interval.min(Duration::from_millis(100));
-    // The muxer_write fault point's scope (the path); not built where the point compiles away.
-    let fault_scope = if cfg!(feature = "fault-injection") {
-        path.to_string_lossy().into_owned()
-    } else {
-        String::new()
-    };
-    let mut handle = |frame: TimedFrame, muxer: &mut Option<Muxer>, error: &mut Option<String>| {
-        if error.is_some() {
-            stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let started = Instant::now();
-        if muxer.is_none() {
-            if codec.is_video() && !frame.frame.keyframe {
-                stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            match Muxer::open(&path, codec, &frame.frame.data, frame.wall_micros) {
-                Ok(m) => *muxer = Some(m),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot create track file");
-                    stats.num_errors.fetch_add(1, Ordering::Relaxed);
-                    *error = Some(e.to_string());
-                    stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-            first_wall = frame.wall_micros;
-        }
-        let m = muxer.as_mut().expect("opened just above when absent");
-        let size = frame.frame.data.len() as u64;
-        let written = crate::fault::point_in(crate::fault::MUXER_WRITE, &fault_scope)
-            .map_err(|e| MediaError::Ffmpeg(e.to_string()))
-            .and_then(|_| m.write(&frame));
-        if let Err(e) = written {
-            tracing::error!(path = %path.display(), error = %e, "track write failed");
-            stats.num_errors.fetch_add(1, Ordering::Relaxed);
-            stats.failed.store(true, Ordering::Release);
-            *error = Some(e.to_string());
-        } else {
-            stats.num_bytes_written.fetch_add(size, Ordering::Relaxed);
-            if stats.first_write_at_micros.load(Ordering::Relaxed) == 0 {
-                let at = u64::try_from(config.clock.utc_micros()).unwrap_or(0);
-                stats.first_write_at_micros.store(at, Ordering::Relaxed);
-            }
-        }
-        stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
-        note_duration(&stats, &config, started.elapsed());
-    };
-    // A queue too small to hold a batch's frames (a few at 60 fps) gets no batching.
-    let batch = if config.queue_capacity >= MIN_QUEUE_FOR_BATCHING {
-        config.batch_interval.min(tick)
-    } else {
-        Duration::ZERO
-    };
-    loop {
-        let mut wrote = false;
-        match rx.recv_timeout(tick) {
-            Ok(Command::Frame(frame)) => {
-                handle(frame, &mut muxer, &mut error);
-                wrote = true;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        // Everything else already queued, in the same wake-up.
-        while let Ok(Command::Frame(frame)) = rx.try_recv() {
-            handle(frame, &mut muxer, &mut error);
-        }
-        if finish.load(Ordering::Acquire) {
-            while let Ok(Command::Frame(frame)) = rx.try_recv() {
-                handle(frame, &mut muxer, &mut error);
-            }
-            break;
-        }
-        if clock.now() >= next_flush {
-            if let (Some(m), None) = (muxer.as_mut(), &error) {
-                let started = Instant::now();
-                let sync = clock.now() >= next_sync;
-                if sync {
-                    next_sync = clock.now() + config.fsync_interval;
-                }
-                if let Err(e) = m.flush(sync) {
-                    tracing::error!(path = %path.display(), error = %e, "track flush failed");
-                    stats.num_errors.fetch_add(1, Ordering::Relaxed);
-                    error = Some(e.to_string());
-                }
-                stats.num_flushes.fetch_add(1, Ordering::Relaxed);
-                note_duration(&stats, &config, started.elapsed());
-            }
-            next_flush = clock.now() + config.flush_interval;
-        }
-        // Media is flowing: let the next frames gather instead of waking for each. Idle, the
-        // writer blocks in `recv_timeout` above and wakes at the first frame.
-        if wrote && !batch.is_zero() && !finish.load(Ordering::Acquire) {
-            std::thread::sleep(batch.min(next_flush.saturating_duration_since(clock.now())));
-        }
+}
+
+impl std::fmt::Debug for WriterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriterPool({} threads, {} writers)", self.0.threads.len(), self.num_writers())
     }
-    let (duration_micros, num_frames, num_bytes) = match muxer.take() {
-        Some(m) => {
-            let summary = (m.duration_micros(), m.num_frames, m.num_bytes);
-            if let Err(e) = m.finish() {
-                tracing::error!(path = %path.display(), error = %e, "track finalize failed");
-                error.get_or_insert(e.to_string());
-            }
-            summary
+}
+
+impl Default for WriterPool {
+    /// The process-wide pool, one thread per core (tests and tools; the service sizes its own).
+    fn default() -> Self {
+        static SHARED: std::sync::OnceLock<WriterPool> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| WriterPool::new(0)).clone()
+    }
+}
+
+impl WriterPool {
+    /// A pool of `threads` writer threads (0: one per core), started now.
+    pub fn new(threads: usize) -> WriterPool {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            threads
+        };
+        let (sync, sync_rx) = mpsc::channel();
+        let _ = std::thread::Builder::new()
+            .name("track-sync".into())
+            .spawn(move || sync_thread(sync_rx));
+        let threads = (0..threads)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel();
+                let load = Arc::new(AtomicUsize::new(0));
+                let thread_load = load.clone();
+                let thread_sync = sync.clone();
+                let _ = std::thread::Builder::new()
+                    .name(format!("track-writer-{i}"))
+                    .spawn(move || pool_thread(rx, thread_load, thread_sync));
+                PoolThread {
+                    control: Mutex::new(tx),
+                    load,
+                }
+            })
+            .collect();
+        WriterPool(Arc::new(PoolInner { threads }))
+    }
+
+    pub fn num_threads(&self) -> usize {
+        self.0.threads.len()
+    }
+
+    /// Writers open on the pool's threads.
+    pub fn num_writers(&self) -> usize {
+        self.0.threads.iter().map(|t| t.load.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Gives the writer to the least loaded thread; the sender wakes that thread.
+    fn assign(&self, slot: Slot) -> Result<mpsc::Sender<Control>, MediaError> {
+        let thread = self
+            .0
+            .threads
+            .iter()
+            .min_by_key(|t| t.load.load(Ordering::Relaxed))
+            .ok_or_else(|| MediaError::Io("the writer pool has no thread".into()))?;
+        let control = thread.control.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        thread.load.fetch_add(1, Ordering::Relaxed);
+        if control.send(Control::Add(Box::new(slot))).is_err() {
+            thread.load.fetch_sub(1, Ordering::Relaxed);
+            return Err(MediaError::Io("the writer thread is gone".into()));
         }
-        None => (0, 0, 0),
-    };
-    SegmentReport {
-        info: SegmentInfo {
-            path,
-            started_wall_micros: first_wall,
-            duration_micros,
-            num_frames,
-        },
-        num_bytes,
-        error,
+        Ok(control)
+    }
+}
+
+/// One writer on a pool thread: its state, its queue and how it reports its end.
+struct Slot {
+    state: WriterState,
+    rx: mpsc::Receiver<Command>,
+    finish: Arc<AtomicBool>,
+    done: Option<tokio::sync::oneshot::Sender<SegmentReport>>,
+    /// Counted in the engine's work group until the file is final.
+    #[allow(dead_code)]
+    guard: crate::work::WorkGuard,
+}
+
+impl Slot {
+    /// One round: every queued frame, then a flush when due. `false` once the writer is done
+    /// (asked to finish, or every sink dropped) and its report sent.
+    fn serve(&mut self, sync: &mpsc::Sender<SyncRequest>) -> bool {
+        let mut open = true;
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Frame(frame)) => self.state.handle(frame),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if self.finish.load(Ordering::Acquire) {
+            // Frames queued before the finish was asked for are in the file.
+            while let Ok(Command::Frame(frame)) = self.rx.try_recv() {
+                self.state.handle(frame);
+            }
+            open = false;
+        }
+        if !open {
+            let report = self.state.finish();
+            if let Some(done) = self.done.take() {
+                let _ = done.send(report);
+            }
+            return false;
+        }
+        if self.state.flush_if_due() {
+            let _ = sync.send(SyncRequest {
+                path: self.state.path.clone(),
+                stats: self.state.stats.clone(),
+            });
+        }
+        true
+    }
+}
+
+/// A pool thread: rounds over its writers, new writers and wake-ups from its control channel.
+fn pool_thread(control: mpsc::Receiver<Control>, load: Arc<AtomicUsize>, sync: mpsc::Sender<SyncRequest>) {
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut next_round = Instant::now();
+    loop {
+        // Idle, the thread blocks until a writer arrives; otherwise it waits for the next round
+        // (or a wake-up: a writer asked to finish).
+        let message = if slots.is_empty() {
+            control.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            control.recv_timeout(next_round.saturating_duration_since(Instant::now()))
+        };
+        match message {
+            Ok(Control::Add(slot)) => slots.push(*slot),
+            Ok(Control::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) if slots.is_empty() => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        while let Ok(message) = control.try_recv() {
+            if let Control::Add(slot) = message {
+                slots.push(*slot);
+            }
+        }
+        let before = slots.len();
+        slots.retain_mut(|slot| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| slot.serve(&sync))) {
+                Ok(open) => open,
+                Err(_) => {
+                    // Only this writer is lost: marked failed (its stream's supervision
+                    // restarts the track into a new segment); its report channel is dropped.
+                    tracing::error!(path = %slot.state.path.display(), "track writer panicked");
+                    slot.state.stats.failed.store(true, Ordering::Release);
+                    false
+                }
+            }
+        });
+        load.fetch_sub(before - slots.len(), Ordering::Relaxed);
+        let round = slots
+            .iter()
+            .map(|s| s.state.round_interval())
+            .min()
+            .unwrap_or(Duration::from_millis(40));
+        next_round = Instant::now() + round;
+    }
+}
+
+/// fsyncs what the pool threads flushed, one file after another, off their rounds.
+fn sync_thread(requests: mpsc::Receiver<SyncRequest>) {
+    while let Ok(first) = requests.recv() {
+        // Several requests for one file queued meanwhile need one fsync.
+        let mut batch = vec![first];
+        batch.extend(requests.try_iter());
+        let mut seen = std::collections::HashSet::new();
+        for request in batch {
+            if !seen.insert(request.path.clone()) {
+                continue;
+            }
+            // A second descriptor syncs the same inode; the file may be gone (finished and
+            // moved) by now, which is not an error.
+            match std::fs::File::open(&request.path) {
+                Ok(file) => {
+                    if let Err(e) = file.sync_data() {
+                        tracing::error!(path = %request.path.display(), error = %e, "track fsync failed");
+                        request.stats.num_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %request.path.display(), error = %e, "cannot open a track to fsync");
+                }
+            }
+        }
     }
 }
 
@@ -368,6 +453,148 @@ fn note_duration(stats: &WriterStats, config: &WriterConfig, took: Duration) {
     stats.max_write_micros.fetch_max(micros, Ordering::Relaxed);
     if took >= config.slow_write {
         stats.num_slow_writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One writer's file and clocks, served by a pool thread.
+struct WriterState {
+    path: PathBuf,
+    codec: Codec,
+    config: WriterConfig,
+    stats: Arc<WriterStats>,
+    muxer: Option<Muxer>,
+    error: Option<String>,
+    first_wall: Option<i64>,
+    next_flush: Instant,
+    next_sync: Instant,
+    /// The muxer_write fault point's scope (the path); empty where the point compiles away.
+    fault_scope: String,
+}
+
+impl WriterState {
+    fn new(path: PathBuf, codec: Codec, config: WriterConfig, stats: Arc<WriterStats>) -> Self {
+        let now = config.clock.now();
+        let fault_scope = if cfg!(feature = "fault-injection") {
+            path.to_string_lossy().into_owned()
+        } else {
+            String::new()
+        };
+        Self {
+            next_flush: now + config.flush_interval,
+            next_sync: now + config.fsync_interval,
+            path,
+            codec,
+            config,
+            stats,
+            muxer: None,
+            error: None,
+            first_wall: None,
+            fault_scope,
+        }
+    }
+
+    /// How often this writer wants a round: its batch interval, never longer than a flush
+    /// tick (so flushes are on time).
+    fn round_interval(&self) -> Duration {
+        let tick = self.config.flush_interval.min(Duration::from_millis(100));
+        self.config.batch_interval.min(tick).max(Duration::from_millis(1))
+    }
+
+    fn handle(&mut self, frame: TimedFrame) {
+        let stats = self.stats.clone();
+        if self.error.is_some() {
+            stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let started = Instant::now();
+        if self.muxer.is_none() {
+            if self.codec.is_video() && !frame.frame.keyframe {
+                stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            match Muxer::open(&self.path, self.codec, &frame.frame.data, frame.wall_micros) {
+                Ok(m) => self.muxer = Some(m),
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot create track file");
+                    stats.num_errors.fetch_add(1, Ordering::Relaxed);
+                    self.error = Some(e.to_string());
+                    stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            self.first_wall = frame.wall_micros;
+        }
+        let m = self.muxer.as_mut().expect("opened just above when absent");
+        let size = frame.frame.data.len() as u64;
+        let written = crate::fault::point_in(crate::fault::MUXER_WRITE, &self.fault_scope)
+            .map_err(|e| MediaError::Ffmpeg(e.to_string()))
+            .and_then(|_| m.write(&frame));
+        if let Err(e) = written {
+            tracing::error!(path = %self.path.display(), error = %e, "track write failed");
+            stats.num_errors.fetch_add(1, Ordering::Relaxed);
+            stats.failed.store(true, Ordering::Release);
+            self.error = Some(e.to_string());
+        } else {
+            stats.num_bytes_written.fetch_add(size, Ordering::Relaxed);
+            if stats.first_write_at_micros.load(Ordering::Relaxed) == 0 {
+                let at = u64::try_from(self.config.clock.utc_micros()).unwrap_or(0);
+                stats.first_write_at_micros.store(at, Ordering::Relaxed);
+            }
+        }
+        stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
+        note_duration(&stats, &self.config, started.elapsed());
+    }
+
+    /// Flushes the muxer when a flush is due; whether an fsync is due too.
+    fn flush_if_due(&mut self) -> bool {
+        let now = self.config.clock.now();
+        if now < self.next_flush {
+            return false;
+        }
+        self.next_flush = now + self.config.flush_interval;
+        let (Some(m), None) = (self.muxer.as_mut(), &self.error) else {
+            return false;
+        };
+        let started = Instant::now();
+        if let Err(e) = m.flush() {
+            tracing::error!(path = %self.path.display(), error = %e, "track flush failed");
+            self.stats.num_errors.fetch_add(1, Ordering::Relaxed);
+            self.error = Some(e.to_string());
+            return false;
+        }
+        self.stats.num_flushes.fetch_add(1, Ordering::Relaxed);
+        note_duration(&self.stats, &self.config, started.elapsed());
+        let sync = now >= self.next_sync;
+        if sync {
+            self.next_sync = now + self.config.fsync_interval;
+        }
+        sync
+    }
+
+    /// The trailer (cues, duration) and an fsync; the segment's report.
+    fn finish(&mut self) -> SegmentReport {
+        let mut error = self.error.take();
+        let (duration_micros, num_frames, num_bytes) = match self.muxer.take() {
+            Some(m) => {
+                let summary = (m.duration_micros(), m.num_frames, m.num_bytes);
+                if let Err(e) = m.finish() {
+                    tracing::error!(path = %self.path.display(), error = %e, "track finalize failed");
+                    error.get_or_insert(e.to_string());
+                }
+                summary
+            }
+            None => (0, 0, 0),
+        };
+        SegmentReport {
+            info: SegmentInfo {
+                path: self.path.clone(),
+                started_wall_micros: self.first_wall,
+                duration_micros,
+                num_frames,
+            },
+            num_bytes,
+            error,
+        }
     }
 }
 
@@ -521,9 +748,9 @@ impl Muxer {
         ticks * 1_000_000 / i64::from(self.codec.clock_rate())
     }
 
-    /// Closes the current cluster and writes FFmpeg's buffers to the file; with `sync`, also
-    /// fsyncs it.
-    fn flush(&mut self, sync: bool) -> Result<(), MediaError> {
+    /// Closes the current cluster and writes FFmpeg's buffers to the file (the pool's sync
+    /// thread fsyncs it when due).
+    fn flush(&mut self) -> Result<(), MediaError> {
         // SAFETY: the context is valid and its header was written; a NULL packet asks a muxer
         // with AVFMT_ALLOW_FLUSH (Matroska) to flush its buffered cluster; pb is the open file.
         unsafe {
@@ -536,13 +763,7 @@ impl Muxer {
                 ffi::avio_flush((*ctx).pb);
             }
         }
-        if !sync {
-            return Ok(());
-        }
-        // fsync through a second descriptor: it syncs the same inode.
-        std::fs::File::open(&self.path)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| MediaError::Io(format!("fsync {}: {e}", self.path.display())))
+        Ok(())
     }
 
     fn finish(mut self) -> Result<(), MediaError> {

@@ -32,6 +32,8 @@ use crate::EngineConfig;
 
 /// Wait before looking at the queue again after the store could not be read.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// How often a composition waiting for capacity looks again.
+const CAPACITY_RETRY: Duration = Duration::from_secs(2);
 
 pub struct Compositor {
     store: Arc<dyn StateStore>,
@@ -39,6 +41,8 @@ pub struct Compositor {
     /// Uploaders by (organization, application), kicked when a composition is queued for upload.
     uploaders: HashMap<(String, String), Recipient<Kick>>,
     running: HashSet<CompositionId>,
+    /// A pump is scheduled for when live media may have left room for a composition.
+    waiting_for_capacity: bool,
     num_composed: u64,
     num_failed: u64,
     last_error: Option<ErrorInfo>,
@@ -55,6 +59,7 @@ impl Compositor {
             config,
             uploaders,
             running: HashSet::new(),
+            waiting_for_capacity: false,
             num_composed: 0,
             num_failed: 0,
             last_error: None,
@@ -81,6 +86,19 @@ impl Compositor {
             if !runnable || self.running.contains(&key) {
                 continue;
             }
+            // Only what live media leaves of the node's budget: a composition waits (queued,
+            // durable) while live recording needs the capacity.
+            let Some(capacity) = self.config.media.capacity.admit_composition() else {
+                if !self.waiting_for_capacity {
+                    self.waiting_for_capacity = true;
+                    tracing::info!(conversation_id = %key.conversation_id, "composition waits for capacity left by live media");
+                    crate::clock::run_later(&self.config.clock().clone(), ctx, CAPACITY_RETRY, |act, ctx| {
+                        act.waiting_for_capacity = false;
+                        act.pump(ctx);
+                    });
+                }
+                break;
+            };
             let claimed = match self.store.update_composition(&key, &mut |c| {
                 c.state = CompositionState::Composing;
                 c.started = Some(self.config.clock().utc());
@@ -99,6 +117,8 @@ impl Compositor {
             let store = self.store.clone();
             let config = self.config.clone();
             let work = async move {
+                // Held until the composition is done.
+                let _capacity = capacity;
                 let flush = store.flush();
                 flush.await?;
                 let (fetched, fetch_dir) = fetch_uploaded_tracks(store.as_ref(), &config, &claimed).await?;

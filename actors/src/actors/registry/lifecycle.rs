@@ -64,6 +64,8 @@ impl Registry {
                 msg.conference_id
             )));
         }
+        // A node at its capacity takes no new instance (nothing is created or stored).
+        self.config.media.capacity.check_start()?;
         let now = self.config.clock().utc();
         let record = InstanceRecord {
             schema_version: RECORD_SCHEMA_VERSION,
@@ -340,6 +342,11 @@ impl Handler<Publish> for Registry {
                 ))
             }
             .boxed_local();
+        };
+        // Admission: the session's cost against the node's budget, held as long as the session.
+        let permit = match self.config.media.capacity.admit(msg.transport) {
+            Ok(capacity) => permit.with_capacity(capacity),
+            Err(refused) => return async move { Err(refused.into()) }.boxed_local(),
         };
         msg.permit = Some(Arc::new(permit));
         let conversation = self.conference(

@@ -298,7 +298,11 @@ impl Actor for Stream {
                 act.tracks = restored.unwrap_or_default();
                 if let Some(session) = act.record.rtp_session.take() {
                     let session_id = session.session_id.clone();
-                    if let Err(e) = act.resume_rtp(session, ctx) {
+                    let resumed = act.resume_rtp(session, ctx);
+                    if let (Ok(()), Some(live)) = (&resumed, act.session.as_mut()) {
+                        live.restored = Some(act.media.capacity.restored(crate::messages::IngestTransport::Rtp));
+                    }
+                    if let Err(e) = resumed {
                         tracing::warn!(stream_id = %act.record.id, error = %e, "plain rtp ports not re-bound: the sender must offer again");
                         act.last_error = Some(ErrorInfo::new("MEDIA", e.to_string()));
                         act.recorder.do_send(StreamNotice::SessionChanged {

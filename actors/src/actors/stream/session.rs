@@ -15,6 +15,9 @@ pub(super) struct LiveSession {
     pub(super) ingest: Ingest,
     /// The session's place in its organization's session budget, returned when it is dropped.
     pub(super) permit: Option<Arc<crate::limits::SessionPermit>>,
+    /// A session re-bound after a process restart: the node capacity it holds (admitted before
+    /// the crash; counted again whatever the budget says).
+    pub(super) restored: Option<crate::capacity::CapacityPermit>,
     pub(super) track_ids: Vec<String>,
     pub(super) num_tracks_ended: usize,
 }
@@ -33,6 +36,7 @@ impl Stream {
             id,
             ingest,
             permit: None,
+            restored: None,
             track_ids,
             num_tracks_ended: 0,
         });
@@ -156,7 +160,7 @@ impl Stream {
             pump.pause = self.pause.clone();
             pumps.push((b, pump));
         }
-        let session = plain_rtp::start(pumps, self.media.idle_timeout, &self.media.work)?;
+        let session = plain_rtp::start(pumps, self.media.idle_timeout, &self.media.work, &self.media.receive)?;
         let rtp_session = RtpSessionRecord {
             session_id: session_id.to_string(),
             media: persisted,
@@ -393,6 +397,7 @@ impl Stream {
                         session.num_tracks_ended += 1;
                         if session.num_tracks_ended >= session.track_ids.len() {
                             let permit = session.permit.take();
+                            let restored = session.restored.take();
                             self.session = None;
                             if let Some(rtp) = self.take_rtp_restart() {
                                 // A supervised restart: same ports, same sender, new segments
@@ -401,6 +406,7 @@ impl Stream {
                                     self.fail(ErrorInfo::new("MEDIA", format!("restart failed: {e}")));
                                 } else if let Some(live) = self.session.as_mut() {
                                     live.permit = permit;
+                                    live.restored = restored;
                                 }
                                 return;
                             }
