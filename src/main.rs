@@ -252,7 +252,7 @@ fn media_config(settings: &Settings) -> anyhow::Result<MediaConfig> {
     Ok(MediaConfig {
         media_dir: m.dir.clone(),
         ports: PortAllocator::new(m.bind_ip, m.rtp_port_min, m.rtp_port_max),
-        receive: recorder_actors::media::plain_rtp::ReceivePool::new(m.receive_threads)
+        receive: recorder_actors::media::receive::ReceivePool::new(m.receive_threads)
             .map_err(|e| anyhow::anyhow!("cannot start the plain-RTP receive threads: {e}"))?,
         capacity: recorder_actors::capacity::Capacity::new(settings.capacity),
         announce_ip: m.announce_ip,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::domain::InstanceRecord;
-use crate::media::plain_rtp::{PortAllocator, ReceivePool};
+use crate::media::plain_rtp::PortAllocator;
+use crate::media::receive::ReceivePool;
 use crate::media::receiver::ReceiverConfig;
 use crate::media::writer::WriterConfig;
 use crate::storage::{StorageBackend, StorageError};

@@ -379,12 +379,13 @@ fn a_segment_carries_its_start_for_recovery_to_read_back() {
 
 /// The Opus fixture's RTP packets, and a plain-RTP session of one track that records them into
 /// `path` (a receive thread on a loopback port, a writer); returns the port to send to.
-fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::plain_rtp::PlainRtpSession, TrackWriter) {
+fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::receive::PlainRtpSession, TrackWriter) {
     use std::net::UdpSocket;
     use std::sync::Arc;
 
     use super::ingest::{TrackCounters, TrackPump};
-    use super::plain_rtp::{self, BoundMedia};
+    use super::plain_rtp::BoundMedia;
+    use super::receive;
     use super::sdp::Accepted;
 
     let datagrams: Vec<Bytes> = fixture("opus")
@@ -416,7 +417,7 @@ fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::plain_rtp::PlainRtp
         Arc::new(|_| {}),
         now,
     );
-    let session = plain_rtp::start(vec![(bound, pump)], Duration::from_secs(30), &Default::default(), &Default::default()).unwrap();
+    let session = receive::start(vec![(bound, pump)], Duration::from_secs(30), &Default::default(), &Default::default()).unwrap();
     (datagrams, port, session, writer)
 }
 
@@ -425,7 +426,7 @@ fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::plain_rtp::PlainRtp
 fn stop_and_check_every_packet(
     path: &Path,
     datagrams: &[Bytes],
-    session: super::plain_rtp::PlainRtpSession,
+    session: super::receive::PlainRtpSession,
     writer: TrackWriter,
 ) {
     for ended in session.stop_and_wait() {

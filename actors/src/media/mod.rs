@@ -42,4 +42,5 @@ pub enum MediaError {
 mod fixture_tests;
 pub mod ingest;
 pub mod plain_rtp;
+pub mod receive;
 pub mod whip;

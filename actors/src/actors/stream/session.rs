@@ -160,7 +160,7 @@ impl Stream {
             pump.pause = self.pause.clone();
             pumps.push((b, pump));
         }
-        let session = plain_rtp::start(pumps, self.media.idle_timeout, &self.media.work, &self.media.receive)?;
+        let session = receive::start(pumps, self.media.idle_timeout, &self.media.work, &self.media.receive)?;
         let rtp_session = RtpSessionRecord {
             session_id: session_id.to_string(),
             media: persisted,
