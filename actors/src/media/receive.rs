@@ -173,6 +173,92 @@ pub const RECEIVE_BATCH: Duration = Duration::from_millis(40);
 /// The longest an idle receive thread sleeps in epoll before it looks at stop flags and timers.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
+/// Asks the kernel to stamp every datagram with its arrival time (`SO_TIMESTAMPNS`).
+fn enable_arrival_stamps(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One datagram with its source and its arrival: the kernel's stamp when the socket has them
+/// (on the monotonic clock: now minus how long ago the stamp was), else the read time.
+fn recv_stamped(socket: &mio::net::UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, std::net::SocketAddr, Instant)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: every pointer in `msg` points into locals that outlive the call; the control
+    // buffer is u64-aligned as cmsghdr needs; CMSG_* walk only within msg_controllen.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let len = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
+        if len < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let now = Instant::now();
+        let mut arrived = now;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let stamp = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
+                let stamp = std::time::UNIX_EPOCH
+                    + Duration::new(stamp.tv_sec.max(0) as u64, stamp.tv_nsec.clamp(0, 999_999_999) as u32);
+                if let Ok(age) = std::time::SystemTime::now().duration_since(stamp) {
+                    // A stamp from the future (the wall clock stepped) is no better than now.
+                    arrived = now.checked_sub(age.min(Duration::from_secs(5))).unwrap_or(now);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        let from: std::net::SocketAddr = match i32::from(addr.ss_family) {
+            libc::AF_INET => {
+                let v4 = &*(&addr as *const _ as *const libc::sockaddr_in);
+                std::net::SocketAddrV4::new(u32::from_be(v4.sin_addr.s_addr).into(), u16::from_be(v4.sin_port)).into()
+            }
+            libc::AF_INET6 => {
+                let v6 = &*(&addr as *const _ as *const libc::sockaddr_in6);
+                std::net::SocketAddrV6::new(
+                    v6.sin6_addr.s6_addr.into(),
+                    u16::from_be(v6.sin6_port),
+                    v6.sin6_flowinfo,
+                    v6.sin6_scope_id,
+                )
+                .into()
+            }
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a datagram from a non-IP address",
+                ))
+            }
+        };
+        Ok((len as usize, from, arrived))
+    }
+}
+
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
@@ -206,6 +292,12 @@ impl MediaIngest {
     ) -> Result<MediaIngest, MediaError> {
         let io = |e: std::io::Error| MediaError::Io(format!("cannot make a media socket non-blocking: {e}"));
         bound.rtp.set_nonblocking(true).map_err(io)?;
+        // The kernel stamps each datagram as it arrives: a round reads up to 40 ms later, and the
+        // receiver's arrival clock (the wall time of frames before a sender report) must not
+        // carry that delay.
+        if let Err(e) = enable_arrival_stamps(&bound.rtp) {
+            tracing::debug!(error = %e, "no kernel receive timestamps: arrival is the read time");
+        }
         if let Some(rtcp) = &bound.rtcp {
             rtcp.set_nonblocking(true).map_err(io)?;
         }
@@ -256,10 +348,10 @@ impl MediaIngest {
         // Asked to stop: one last pass takes what the sockets still hold.
         if self.rtp_readable || stopping {
             loop {
-                match self.rtp.recv_from(buf) {
-                    Ok((len, from)) => {
+                match recv_stamped(&self.rtp, buf) {
+                    Ok((len, from, arrived)) => {
                         read_any = true;
-                        self.inbound.datagram(&buf[..len], from, Instant::now());
+                        self.inbound.datagram(&buf[..len], from, arrived);
                     }
                     Err(e) if is_timeout(&e) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -481,3 +573,32 @@ impl ReceiveLoop {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_read_late_keeps_the_time_it_arrived() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_arrival_stamps(&receiver).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let receiver = mio::net::UdpSocket::from_std(receiver);
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent_at = Instant::now();
+        sender.send_to(b"rtp", receiver.local_addr().unwrap()).unwrap();
+        // A round reads it 120 ms later.
+        std::thread::sleep(Duration::from_millis(120));
+        let mut buf = [0u8; 16];
+        let read_at = Instant::now();
+        let (len, from, arrived) = recv_stamped(&receiver, &mut buf).unwrap();
+        assert_eq!((&buf[..len], from), (&b"rtp"[..], sender.local_addr().unwrap()));
+        assert!(
+            arrived < sent_at + Duration::from_millis(50),
+            "arrived {:?} after sending, read {:?} after",
+            arrived - sent_at,
+            read_at - sent_at
+        );
+        assert!(arrived + Duration::from_millis(5) >= sent_at, "not before it was sent");
+    }
+}
