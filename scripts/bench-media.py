@@ -43,8 +43,10 @@ def cpu_seconds(pid):
 
 
 def rss_kib(pid):
+    """Resident memory of a live process; 0 for one that already exited (a zombie has none)."""
     with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        found = re.search(r"VmRSS:\s+(\d+)", f.read())
+    return int(found.group(1)) if found else 0
 
 
 def http(method, url, key, body=None, content_type=None):
@@ -171,6 +173,7 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False):
         recorder.wait(timeout=60)
     if receivers:
         cpu_ff = sum(cpu_seconds(p.pid) for p, _ in receivers) - cpu_ff0
+        result["ffmpeg_exited_early"] = sum(p.poll() is not None for p, _ in receivers)
         rss_ff = sum(rss_kib(p.pid) for p, _ in receivers)
         for p, _ in receivers:
             p.send_signal(signal.SIGINT)
