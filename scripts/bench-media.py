@@ -72,7 +72,7 @@ def frames_ratio(counts, sent_v, sent_a):
     return min(counts.get("vp8", 0) / sent_v, counts.get("opus", 0) / sent_a)
 
 
-def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False):
+def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, extra_env=()):
     """One run: N plain-RTP streams to a fresh recorder and/or N ffmpeg -c copy receivers."""
     work = tempfile.mkdtemp(prefix="bench-media-")
     key = "bench-key-0123456789"
@@ -91,6 +91,7 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False):
                    # The track files are counted where they were written: keep them there, and keep
                    # the compositor (which would release them after its run) out of the measurement.
                    RECORDER_UPLOADS__DELETE_LOCAL_AFTER_UPLOAD="false", RECORDER_COMPOSITION__ENABLED="false")
+        env.update(kv.split("=", 1) for kv in extra_env)
         recorder = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in recorder.stdout:
             if "listening on http://" in line:
@@ -223,7 +224,8 @@ def find_max(args):
     for side in ("recorder", "ffmpeg"):
         n = args.start
         while n <= args.limit:
-            r = run(n, args.seconds, args.binary, with_recorder=side == "recorder", with_ffmpeg=side == "ffmpeg")
+            r = run(n, args.seconds, args.binary, with_recorder=side == "recorder", with_ffmpeg=side == "ffmpeg",
+                    extra_env=args.recorder_env)
             late = r["generator_max_late_ms"] > 200
             ok = r[f"{side}_ok"] and not late
             print(json.dumps({"side": side, "ok": ok, "generator_late": late, **r}), flush=True)
@@ -253,6 +255,9 @@ def main():
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--step", type=int, default=100)
     ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--recorder-only", action="store_true", help="no FFmpeg receivers (one run)")
+    ap.add_argument("--recorder-env", action="append", default=[], metavar="RECORDER_X=V",
+                    help="extra settings for the recorder, e.g. RECORDER_MEDIA__FSYNC_INTERVAL_MS=600000")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     release = os.path.join(target, "release/rtc-recorder")
     ap.add_argument("--binary", default=release if os.path.exists(release) else os.path.join(target, "debug/rtc-recorder"))
@@ -260,7 +265,8 @@ def main():
     if args.find_max:
         find_max(args)
     else:
-        print(json.dumps(run(args.streams, args.seconds, args.binary, whip=args.whip)))
+        print(json.dumps(run(args.streams, args.seconds, args.binary, with_ffmpeg=not args.recorder_only, whip=args.whip,
+                             extra_env=args.recorder_env)))
 
 
 if __name__ == "__main__":

@@ -490,3 +490,41 @@ fn a_plain_rtp_receive_thread_stopped_with_datagrams_queued_takes_them_all() {
     }
     stop_and_check_every_packet(&path, &datagrams, session, writer);
 }
+
+#[test]
+fn every_writer_of_a_pool_is_fsynced_alone_or_by_one_syncfs_when_many_are_due() {
+    // 3 writers (each its own fdatasync) and then 12 (one syncfs for their filesystem), on a
+    // pool of their own: every file is covered by a sync within a few fsync intervals.
+    for num_writers in [3usize, 12] {
+        let dir = tempfile::tempdir().unwrap();
+        let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));
+        let config = WriterConfig {
+            flush_interval: Duration::from_millis(20),
+            fsync_interval: Duration::from_millis(50),
+            pool: super::writer::WriterPool::new(2),
+            ..WriterConfig::default()
+        };
+        let writers: Vec<TrackWriter> = (0..num_writers)
+            .map(|k| TrackWriter::spawn(dir.path().join(format!("t{k}.webm")), Codec::Vp8, config.clone()).unwrap())
+            .collect();
+        for writer in &writers {
+            for f in &frames[..10] {
+                assert!(writer.sink().offer(f.clone()));
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while writers
+            .iter()
+            .any(|w| w.stats().num_syncs.load(std::sync::atomic::Ordering::Relaxed) == 0)
+        {
+            assert!(std::time::Instant::now() < deadline, "{num_writers} writers: not all synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for writer in writers {
+            let stats = writer.stats();
+            let report = futures_executor::block_on(writer.finish());
+            assert!(report.error.is_none(), "{report:?}");
+            assert_eq!(stats.num_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+        }
+    }
+}

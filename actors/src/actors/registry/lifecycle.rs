@@ -270,12 +270,6 @@ impl Handler<SetPaused> for Registry {
             Err(err) => return Box::pin(fut::ready(Err(err))),
         };
         let key = (record.organization_id.clone(), record.conversation_id.clone());
-        if record.state.is_terminal() {
-            // Already ended (a stop that finished by itself after a failure, or a stop before
-            // this one), even if its actors have not told this registry yet: stopping again is
-            // idempotent and answers the state it ended in, without asking actors on their way out.
-            return Box::pin(fut::ready(Ok(record)));
-        }
         let conversation = match self.live.get(&key) {
             Some(live) if live.instance_id == record.instance_id => live.conversation.clone(),
             _ => {
