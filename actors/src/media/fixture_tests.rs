@@ -492,9 +492,9 @@ fn a_plain_rtp_receive_thread_stopped_with_datagrams_queued_takes_them_all() {
 }
 
 #[test]
-fn every_writer_of_a_pool_is_fsynced_alone_or_by_one_syncfs_when_many_are_due() {
-    // 3 writers (each its own fdatasync) and then 12 (one syncfs for their filesystem), on a
-    // pool of their own: every file is covered by a sync within a few fsync intervals.
+fn every_writer_of_a_pool_is_fsynced_by_its_sync_thread() {
+    // 3 and then 12 writers on a pool of their own (fewer threads than writers): every file is
+    // fsynced within a few fsync intervals.
     for num_writers in [3usize, 12] {
         let dir = tempfile::tempdir().unwrap();
         let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));

@@ -76,7 +76,7 @@ pub struct WriterStats {
     /// Dropped because the channel was full (the disk did not keep up).
     pub num_frames_dropped: AtomicU64,
     pub num_flushes: AtomicU64,
-    /// fsyncs that covered the file (its own fdatasync, or a `syncfs` of its filesystem).
+    /// fsyncs of the file done by the pool's sync thread.
     pub num_syncs: AtomicU64,
     pub num_slow_writes: AtomicU64,
     pub max_write_micros: AtomicU64,
@@ -423,67 +423,30 @@ fn pool_thread(control: mpsc::Receiver<Control>, load: Arc<AtomicUsize>, sync: m
 
 /// fsyncs what the pool threads flushed, one file after another, off their rounds.
 fn sync_thread(requests: mpsc::Receiver<SyncRequest>) {
-    use std::os::unix::fs::MetadataExt;
+    // One fdatasync per file due. (One `syncfs` for many files was measured at 600 streams: no
+    // less CPU, and the writers' slowest write went from ~20 ms to ~100 ms: BENCHMARKS.md.)
     while let Ok(first) = requests.recv() {
-        // Requests gather for a moment (the fsync interval is a second), so that under load one
-        // `syncfs` serves many files instead of one fdatasync each.
-        std::thread::sleep(SYNC_GATHER);
+        // Several requests for one file queued meanwhile need one fsync.
         let mut batch = vec![first];
         batch.extend(requests.try_iter());
-        // Several requests for one file need one sync; files grouped by their filesystem.
         let mut seen = std::collections::HashSet::new();
-        let mut by_device: std::collections::HashMap<u64, Vec<(std::fs::File, SyncRequest)>> = Default::default();
         for request in batch {
             if !seen.insert(request.path.clone()) {
                 continue;
             }
             // A second descriptor syncs the same inode; the file may be gone (finished and
             // moved) by now, which is not an error.
-            match std::fs::File::open(&request.path).and_then(|f| Ok((f.metadata()?.dev(), f))) {
-                Ok((device, file)) => by_device.entry(device).or_default().push((file, request)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %request.path.display(), error = %e, "cannot open a track to fsync");
-                }
-            }
-        }
-        for (_, files) in by_device {
-            if files.len() >= SYNCFS_FILES && syncfs(&files[0].0).is_ok() {
-                for (_, request) in &files {
+            match std::fs::File::open(&request.path).and_then(|file| file.sync_data()) {
+                Ok(()) => {
                     request.stats.num_syncs.fetch_add(1, Ordering::Relaxed);
                 }
-                continue;
-            }
-            for (file, request) in files {
-                match file.sync_data() {
-                    Ok(()) => {
-                        request.stats.num_syncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %request.path.display(), error = %e, "track fsync failed");
-                        request.stats.num_errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %request.path.display(), error = %e, "track fsync failed");
+                    request.stats.num_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-    }
-}
-
-/// How long fsync requests gather before the sync thread serves them.
-const SYNC_GATHER: Duration = Duration::from_millis(100);
-
-/// From this many files due on one filesystem, one `syncfs` replaces their fdatasyncs (hundreds
-/// of tracks would otherwise cost hundreds of journal commits a second).
-const SYNCFS_FILES: usize = 8;
-
-/// Flushes every dirty page of the filesystem `file` is on.
-fn syncfs(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid, open descriptor.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
