@@ -67,7 +67,10 @@ impl RawCapacity {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let defaults = recorder_actors::capacity::CapacityConfig::for_cores(cores);
         if self.max_cpu_percent > 100 {
-            return Err(invalid("capacity.max_cpu_percent", "must be at most 100 (0: no CPU ceiling)"));
+            return Err(invalid(
+                "capacity.max_cpu_percent",
+                "must be at most 100 (0: no CPU ceiling)",
+            ));
         }
         for (key, value) in [
             ("capacity.rtp_session", self.rtp_session),

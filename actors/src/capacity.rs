@@ -315,10 +315,17 @@ impl CpuMeter {
             return 0;
         };
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.back().is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1)) {
+        if samples
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1))
+        {
             samples.push_back((now, cpu));
         }
-        while samples.len() > 1 && samples.front().is_some_and(|(at, _)| now.duration_since(*at) > CPU_WINDOW * 2) {
+        while samples.len() > 1
+            && samples
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > CPU_WINDOW * 2)
+        {
             samples.pop_front();
         }
         // The oldest sample within the window (or the oldest at all), against now.
@@ -394,7 +401,10 @@ mod tests {
     fn compositions_run_only_on_what_live_media_leaves_and_never_refuse_live_media() {
         let capacity = Capacity::new(config(100));
         let live: Vec<_> = (0..6).map(|_| capacity.admit(IngestTransport::Rtp).unwrap()).collect();
-        assert!(capacity.admit_composition().is_none(), "40 left, a composition costs 50");
+        assert!(
+            capacity.admit_composition().is_none(),
+            "40 left, a composition costs 50"
+        );
         drop(live);
         let composing = capacity.admit_composition().expect("the node is idle");
         let second = capacity.admit_composition().expect("50 left");
@@ -427,7 +437,7 @@ mod tests {
             ..config(1000)
         });
         let _ = capacity.usage(); // first sample
-        // Burn ~60 % of one core of the node for 400 ms (loops the optimizer cannot drop).
+                                  // Burn ~60 % of one core of the node for 400 ms (loops the optimizer cannot drop).
         let until = Instant::now() + Duration::from_millis(400);
         let mut x = 0u64;
         while Instant::now() < until {

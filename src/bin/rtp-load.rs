@@ -29,7 +29,9 @@ fn clip(path: &std::path::Path, clock: u32, frame_ticks: u32) -> std::io::Result
     let mut i = 0usize;
     while i + 6 <= data.len() {
         let length = u16::from_be_bytes([data[i + 4], data[i + 5]]) as usize;
-        let Some(pkt) = data.get(i + 6..i + 6 + length) else { break };
+        let Some(pkt) = data.get(i + 6..i + 6 + length) else {
+            break;
+        };
         i += 6 + length;
         if pkt.len() < 12 || (192..=223).contains(&pkt[1]) {
             continue;
@@ -47,7 +49,10 @@ fn clip(path: &std::path::Path, clock: u32, frame_ticks: u32) -> std::io::Result
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn cpu_seconds() -> f64 {

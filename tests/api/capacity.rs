@@ -11,7 +11,8 @@ use crate::helpers::*;
 
 /// A budget of 25 units and sessions of 10: two sessions fit, a third does not, and with two
 /// open the 5 units left are below the cheapest session, so a start is refused too.
-const SMALL_NODE: &str = "[capacity]\nbudget = 25\nrtp_session = 10\nwhip_session = 10\nmax_cpu_percent = 0\nretry_after_secs = 3\n";
+const SMALL_NODE: &str =
+    "[capacity]\nbudget = 25\nrtp_session = 10\nwhip_session = 10\nmax_cpu_percent = 0\nretry_after_secs = 3\n";
 
 fn publish(app: &TestApp, transport: &str, event: &serde_json::Value, user: &str) -> Resp {
     let conference = format!("conf-{}", event["conversationId"].as_str().unwrap());

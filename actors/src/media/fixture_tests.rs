@@ -417,7 +417,13 @@ fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::receive::PlainRtpSe
         Arc::new(|_| {}),
         now,
     );
-    let session = receive::start(vec![(bound, pump)], Duration::from_secs(30), &Default::default(), &Default::default()).unwrap();
+    let session = receive::start(
+        vec![(bound, pump)],
+        Duration::from_secs(30),
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
     (datagrams, port, session, writer)
 }
 
@@ -517,7 +523,10 @@ fn every_writer_of_a_pool_is_fsynced_by_its_sync_thread() {
             .iter()
             .any(|w| w.stats().num_syncs.load(std::sync::atomic::Ordering::Relaxed) == 0)
         {
-            assert!(std::time::Instant::now() < deadline, "{num_writers} writers: not all synced");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{num_writers} writers: not all synced"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         for writer in writers {

@@ -163,8 +163,6 @@ impl Latch {
     }
 }
 
-
-
 /// The per-datagram state of a receive thread.
 pub(super) struct Inbound {
     pub(super) pump: TrackPump,
@@ -204,7 +202,6 @@ impl Inbound {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -163,7 +163,6 @@ impl ReceivePool {
     }
 }
 
-
 /// While media flows, a receive thread works in rounds this long: it reads everything that
 /// arrived meanwhile (the socket buffers hold seconds of it), then sleeps the rest of the round,
 /// so it wakes ~25 times a second whatever the packet rate and the number of sockets. 40 ms is
@@ -196,7 +195,10 @@ fn enable_arrival_stamps(socket: &std::net::UdpSocket) -> std::io::Result<()> {
 
 /// One datagram with its source and its arrival: the kernel's stamp when the socket has them
 /// (on the monotonic clock: now minus how long ago the stamp was), else the read time.
-fn recv_stamped(socket: &mio::net::UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, std::net::SocketAddr, Instant)> {
+fn recv_stamped(
+    socket: &mio::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddr, Instant)> {
     use std::os::fd::AsRawFd;
     // SAFETY: every pointer in `msg` points into locals that outlive the call; the control
     // buffer is u64-aligned as cmsghdr needs; CMSG_* walk only within msg_controllen.
@@ -523,7 +525,9 @@ impl ReceiveLoop {
             }
             let mut read_any = false;
             for at in 0..self.slots.len() {
-                let Some(ingest) = self.slots[at].as_mut() else { continue };
+                let Some(ingest) = self.slots[at].as_mut() else {
+                    continue;
+                };
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ingest.round(&mut buf)));
                 let ended = match outcome {
                     Ok((ended, read)) => {
@@ -572,7 +576,6 @@ impl ReceiveLoop {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -223,8 +223,6 @@ pub(crate) fn init_ffmpeg() {
     });
 }
 
-/// The smallest queue the writer sleeps between batches with: 32 frames is half a second of
-
 /// The threads that write every track of an engine: a fixed set, each serving many writers in
 /// rounds (every writer's queued frames, then its flush when due), instead of a thread per
 /// track. A round comes every `batch_interval` while any writer is open, so a pool thread wakes
@@ -256,7 +254,12 @@ struct SyncRequest {
 
 impl std::fmt::Debug for WriterPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WriterPool({} threads, {} writers)", self.0.threads.len(), self.num_writers())
+        write!(
+            f,
+            "WriterPool({} threads, {} writers)",
+            self.0.threads.len(),
+            self.num_writers()
+        )
     }
 }
 
