@@ -15,13 +15,7 @@ const SMALL_NODE: &str =
     "[capacity]\nbudget = 25\nrtp_session = 10\nwhip_session = 10\nmax_cpu_percent = 0\nretry_after_secs = 3\n";
 
 fn publish(app: &TestApp, transport: &str, event: &serde_json::Value, user: &str) -> Resp {
-    let conference = format!("conf-{}", event["conversationId"].as_str().unwrap());
-    app.post_raw(
-        &format!("/media/{transport}/{}?userId={user}&type=MIC", enc(&conference)),
-        KEY_A,
-        "application/sdp",
-        &opus_offer(),
-    )
+    publish_opus(app, KEY_A, transport, event, user)
 }
 
 fn assert_at_capacity(resp: &Resp, limit: &str) {

@@ -631,6 +631,18 @@ m=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
         .to_vec()
 }
 
+/// Publishes [`opus_offer`] as `user`'s MIC over `transport` (`rtp` or `whip`) to the conference
+/// `conf-<conversationId>` of `event` (the tests' naming).
+pub fn publish_opus(app: &TestApp, key: &str, transport: &str, event: &Value, user: &str) -> Resp {
+    let conference = format!("conf-{}", event["conversationId"].as_str().unwrap());
+    app.post_raw(
+        &format!("/media/{transport}/{}?userId={user}&type=MIC", enc(&conference)),
+        key,
+        "application/sdp",
+        &opus_offer(),
+    )
+}
+
 pub fn conv(tag: &str) -> String {
     format!("conv-{tag}-{}", uuid::Uuid::new_v4().simple())
 }

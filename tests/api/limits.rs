@@ -23,13 +23,7 @@ fn start_with(app: &TestApp, key: &str, application: &str, c: &str) -> Resp {
 }
 
 fn publish(app: &TestApp, key: &str, event: &serde_json::Value, user: &str) -> Resp {
-    let conference = format!("conf-{}", event["conversationId"].as_str().unwrap());
-    app.post_raw(
-        &format!("/media/rtp/{}?userId={user}&type=MIC", enc(&conference)),
-        key,
-        "application/sdp",
-        &opus_offer(),
-    )
+    publish_opus(app, key, "rtp", event, user)
 }
 
 #[test]
