@@ -103,7 +103,10 @@ fn artefacts_are_stored_encrypted_to_the_customers_key_and_decrypt_with_the_age_
         || {
             let files = files_under(&conversation_dir);
             let has = |suffix: &str| files.iter().any(|f| f.to_string_lossy().ends_with(suffix));
-            (has("composition.mp4.age") && has("recording.json")).then_some(files)
+            // A rewrite of the manifest in flight leaves a `.recording.json.*.tmp` for a moment:
+            // the set is read once no write is under way.
+            let in_flight = files.iter().any(|f| f.to_string_lossy().ends_with(".tmp"));
+            (has("composition.mp4.age") && has("recording.json") && !in_flight).then_some(files)
         },
     );
     // Nothing but ciphertext (and the manifest, which lists) is in storage.
