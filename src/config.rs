@@ -263,6 +263,10 @@ pub struct Ops {
     pub public_metrics: bool,
     /// Seconds between background reachability checks of the storage profiles (`/ready`).
     pub ready_check_secs: u64,
+    /// After SIGTERM, how long live instances may go on recording (the node draining: not
+    /// ready, taking no new starts or publishes) before the node completes their files and
+    /// exits; what is still live then resumes at the next start.
+    pub drain_timeout_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -848,6 +852,9 @@ impl RawConfig {
         };
         if self.ops.ready_check_secs == 0 || self.ops.ready_check_secs > 3600 {
             return Err(invalid("ops.ready_check_secs", "must be between 1 and 3600"));
+        }
+        if self.ops.drain_timeout_secs > 24 * 3600 {
+            return Err(invalid("ops.drain_timeout_secs", "must be at most 86400 (a day)"));
         }
         if self.signing.url_ttl_secs == 0 || self.signing.url_ttl_secs > 7 * 24 * 3600 {
             return Err(invalid("signing.url_ttl_secs", "must be between 1 and 604800 (7 days)"));

@@ -41,6 +41,9 @@ use crate::signing::UrlSigner;
 /// How long in-flight requests get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How often a drain looks whether live instances are left.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
+
 fn main() -> ExitCode {
     let settings = match Settings::load() {
         Ok(settings) => settings,
@@ -160,6 +163,8 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             }),
         );
     }
+    let media = Arc::new(media_config(&settings)?);
+    let capacity = media.capacity.clone();
     let engine = Arc::new(EngineConfig {
         recorder_id: recorder_id.clone(),
         applications,
@@ -172,7 +177,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             serde_json::to_vec_pretty(&api::dto::RecordingDataMessage::from(record))
                 .expect("API messages always serialize")
         }),
-        media: Arc::new(media_config(&settings)?),
+        media: media.clone(),
         composition: composition_config(&settings),
         recovery: RecoveryConfig {
             window: Duration::from_secs(settings.recovery.window_secs),
@@ -213,10 +218,15 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         metrics: Metrics::new(),
     });
     let server_state = state.clone();
+    // Signals are this function's: the API keeps serving through a drain (stops of live
+    // instances, reads), and only then stops.
     let server = HttpServer::new(move || api::app(server_state.clone()))
         .listen(listener)?
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .disable_signals()
         .run();
+    let http = server.handle();
+    let serving = actix_web::rt::spawn(server);
 
     tracing::info!(address = %bound, recorder_id = %recorder_id, "listening");
     println!("listening on http://{bound}");
@@ -224,11 +234,79 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     println!("api base:    {public_url}{}", api::BASE_PATH);
     println!("api key:     {key_notice}");
 
-    // actix-web stops accepting on SIGTERM/SIGINT and lets in-flight requests finish.
-    server.await?;
-    tracing::info!("shutting down: flushing the state store");
+    let mut signals = Signals::new()?;
+    tokio::select! {
+        signal = signals.next() => tracing::info!(signal, "draining before the node stops"),
+        ended = serving => {
+            // The HTTP server ends by itself only on an error.
+            ended.context("the HTTP server task failed")??;
+            anyhow::bail!("the HTTP server stopped by itself");
+        }
+    }
+    let drain = Duration::from_secs(state.settings.ops.drain_timeout_secs);
+    let registry = state.registry.clone();
+    drain_live(&registry, &capacity, drain, &mut signals).await;
+    // In-flight requests finish (a stop's finalization among them); nothing new is accepted.
+    http.stop(true).await;
+    tracing::info!("shutting down: completing the files of what is still live");
+    registry.send(recorder_actors::messages::ShutdownNode).await?;
     store.flush().await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM and SIGINT, as one stream of names.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The drain: the node refuses new work and reports itself not ready, and its live instances go
+/// on recording until they have all stopped, `timeout` has passed or another signal came.
+async fn drain_live(
+    registry: &Mailbox<Registry>,
+    capacity: &recorder_actors::capacity::Capacity,
+    timeout: Duration,
+    signals: &mut Signals,
+) {
+    capacity.set_draining();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let num_live = registry.send(recorder_actors::messages::CountLive).await.unwrap_or(0);
+        if num_live == 0 {
+            tracing::info!("drained: no live instance left");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(num_live, "drain timeout: what is still live resumes at the next start");
+            return;
+        }
+        tracing::info!(num_live, "draining: live instances still recording");
+        tokio::select! {
+            _ = tokio::time::sleep(DRAIN_POLL.min(deadline - tokio::time::Instant::now())) => {}
+            signal = signals.next() => {
+                tracing::warn!(signal, num_live, "drain cut short: what is still live resumes at the next start");
+                return;
+            }
+        }
+    }
 }
 
 fn composition_config(settings: &Settings) -> CompositionConfig {

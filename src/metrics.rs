@@ -20,6 +20,7 @@ pub struct Metrics {
     capacity: IntGaugeVec,
     capacity_refused_total: prometheus::IntCounter,
     cpu: prometheus::Gauge,
+    draining: prometheus::IntGauge,
 }
 
 /// Actor kinds whose restart and error gauges are always exported (0 when none is live).
@@ -161,10 +162,19 @@ impl Metrics {
             .register(Box::new(capacity_refused_total.clone()))
             .expect("metrics register once");
         registry.register(Box::new(cpu.clone())).expect("metrics register once");
+        let draining = prometheus::IntGauge::new(
+            "recorder_draining",
+            "1 while the node drains before it stops (SIGTERM): it takes no new starts or publishes",
+        )
+        .expect("metric definitions are valid");
+        registry
+            .register(Box::new(draining.clone()))
+            .expect("metrics register once");
         Self {
             capacity,
             capacity_refused_total,
             cpu,
+            draining,
             registry,
             instances,
             media,
@@ -217,6 +227,7 @@ impl Metrics {
         self.capacity_refused_total
             .inc_by(usage.num_refused.saturating_sub(self.capacity_refused_total.get()));
         self.cpu.set(usage.cpu_permille as f64 / 1000.0);
+        self.draining.set(i64::from(usage.draining));
     }
 
     pub fn set_instances(&self, counts: &[(InstanceState, u64)]) {

@@ -77,16 +77,24 @@ pub struct CapacityUse {
     pub num_refused: u64,
     /// The process's CPU use, permille of the node's cores.
     pub cpu_permille: u64,
+    /// The node is draining: it has nothing available for new work.
+    pub draining: bool,
 }
 
 impl CapacityUse {
     /// What live media may still take.
     pub fn available_live(&self) -> u64 {
+        if self.draining {
+            return 0;
+        }
         self.budget.saturating_sub(self.live)
     }
 
     /// What a composition may take: what live media and the other compositions leave.
     pub fn available_composition(&self) -> u64 {
+        if self.draining {
+            return 0;
+        }
         self.budget.saturating_sub(self.live + self.composition)
     }
 }
@@ -106,6 +114,8 @@ pub struct Capacity {
     config: CapacityConfig,
     used: Mutex<CapacityUse>,
     cpu: CpuMeter,
+    /// The node is going down (a SIGTERM drain): it takes no new work at all.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Capacity {
@@ -124,6 +134,7 @@ impl Default for Capacity {
             }),
             config,
             cpu: CpuMeter::default(),
+            draining: Default::default(),
         }
     }
 }
@@ -137,6 +148,7 @@ impl Capacity {
             }),
             config,
             cpu: CpuMeter::default(),
+            draining: Default::default(),
         })
     }
 
@@ -147,7 +159,26 @@ impl Capacity {
     pub fn usage(&self) -> CapacityUse {
         let mut usage = *self.lock();
         usage.cpu_permille = self.cpu.permille();
+        usage.draining = self.is_draining();
         usage
+    }
+
+    /// From now on every start and publish is refused (`draining`): the node is going down and
+    /// new work belongs on another node. What is live keeps recording.
+    pub fn set_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check_draining(&self, used: &mut CapacityUse) -> Result<(), Refused> {
+        if !self.is_draining() {
+            return Ok(());
+        }
+        let message = "this recorder node is shutting down (draining); try again later or another node".to_string();
+        Err(self.refuse(used, "draining", message))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CapacityUse> {
@@ -189,6 +220,7 @@ impl Capacity {
     /// Room for a new instance: at least the cheapest publish fits.
     pub fn check_start(&self) -> Result<(), Refused> {
         let mut used = self.lock();
+        self.check_draining(&mut used)?;
         let cheapest = self.config.rtp_session.min(self.config.whip_session);
         if used.available_live() < cheapest {
             let message = format!(
@@ -205,6 +237,7 @@ impl Capacity {
     pub fn admit(self: &Arc<Self>, transport: IngestTransport) -> Result<CapacityPermit, Refused> {
         let cost = self.cost(transport);
         let mut used = self.lock();
+        self.check_draining(&mut used)?;
         if used.available_live() < cost {
             let message = format!(
                 "this recorder node is at its capacity: a {} session costs {cost} units and {} of {} are free; try again later or another node",
@@ -229,6 +262,11 @@ impl Capacity {
     /// leave of the budget; `None` means wait.
     pub fn admit_composition(self: &Arc<Self>) -> Option<CapacityPermit> {
         let cost = self.config.composition;
+        if self.is_draining() {
+            // A composition claimed now could outlast the drain; it waits, durable, for the
+            // node's restart (or another node).
+            return None;
+        }
         let mut used = self.lock();
         // One composition may always run on an idle node whose budget is below its cost.
         let fits = used.available_composition() >= cost || (used.live == 0 && used.composition == 0);
@@ -416,6 +454,28 @@ mod tests {
         drop(live);
         assert_eq!(capacity.usage().composition, 50);
         assert_eq!(second.work(), Work::Composition);
+    }
+
+    #[test]
+    fn a_draining_node_takes_no_new_work_and_keeps_what_it_has() {
+        let capacity = Capacity::new(config(100));
+        let live = capacity.admit(IngestTransport::Rtp).unwrap();
+        capacity.set_draining();
+        let refused = capacity.admit(IngestTransport::Whip).unwrap_err();
+        assert_eq!(refused.limit, "draining");
+        assert!(refused.message.contains("shutting down"), "{}", refused.message);
+        assert_eq!(capacity.check_start().unwrap_err().limit, "draining");
+        assert!(capacity.admit_composition().is_none());
+        let usage = capacity.usage();
+        assert!(usage.draining);
+        assert_eq!(
+            (usage.live, usage.available_live(), usage.available_composition()),
+            (10, 0, 0)
+        );
+        // A session re-bound at boot still counts (a drain never refuses what was live).
+        let _restored = capacity.restored(IngestTransport::Rtp);
+        drop(live);
+        assert_eq!(capacity.usage().live, 10);
     }
 
     #[test]

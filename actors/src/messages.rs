@@ -243,11 +243,13 @@ pub struct ReadyReport {
     pub num_reachable: usize,
     /// Profiles whose last check failed; the others not reachable are not checked yet.
     pub num_unreachable: usize,
+    /// The node is going down (SIGTERM): not ready for new work, whatever else says.
+    pub draining: bool,
 }
 
 impl ReadyReport {
     pub fn is_ready(&self) -> bool {
-        self.store_ok && self.num_reachable == self.num_profiles
+        self.store_ok && self.num_reachable == self.num_profiles && !self.draining
     }
 }
 
@@ -310,3 +312,24 @@ pub struct Unpublish {
 pub struct DebugTree {
     pub organization_id_opt: Option<OrganizationId>,
 }
+
+/// The node is going down (SIGTERM, once its drain is over): every live instance's streams end
+/// their ingest and complete their files without committing anything, so the instances resume
+/// at the next start as after a crash, with no media lost beyond the downtime; uploads and
+/// webhook deliveries in flight are cancelled (their jobs stay queued in the store) and a
+/// composition running is left to the next start (it is `COMPOSING` in the store, which a
+/// start runs again). Answered once all of that is done; the registry takes no command after.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ShutdownNode;
+
+/// Ends an actor at a node's shutdown: its work in flight is dropped; what is durable stays in
+/// the store for the next start.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Halt;
+
+/// How many conversations have a live instance on this node (what a drain waits on).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "usize")]
+pub struct CountLive;

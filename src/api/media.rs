@@ -242,7 +242,7 @@ async fn publish(
         (status = 404, description = "Not Found: no live instance for the conference", body = ErrorBody),
         (status = 409, description = "Conflict: the instance is stopping", body = ErrorBody),
         (status = 415, description = "Unsupported Media Type", body = ErrorBody),
-        (status = 503, description = "Service Unavailable: this node is at its capacity (code AT_CAPACITY, `field` the limit); Retry-After says when to try again", body = ErrorBody),
+        (status = 503, description = "Service Unavailable: this node is at its capacity or draining before it stops (code AT_CAPACITY, `field` the limit or `draining`); Retry-After says when to try again", body = ErrorBody),
     ),
     security(("apiKey" = ["global"]))
 )]
@@ -285,7 +285,7 @@ pub async fn publish_rtp(
         (status = 403, description = "Forbidden", body = ErrorBody),
         (status = 404, description = "Not Found: no live instance for the conference", body = ErrorBody),
         (status = 415, description = "Unsupported Media Type", body = ErrorBody),
-        (status = 503, description = "Service Unavailable: this node is at its capacity (code AT_CAPACITY, `field` the limit); Retry-After says when to try again", body = ErrorBody),
+        (status = 503, description = "Service Unavailable: this node is at its capacity or draining before it stops (code AT_CAPACITY, `field` the limit or `draining`); Retry-After says when to try again", body = ErrorBody),
     ),
     security(("apiKey" = ["global"]))
 )]

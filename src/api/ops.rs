@@ -21,6 +21,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     let body = json!({
         "status": if report.is_ready() { "READY" } else { "NOT_READY" },
         "store": if report.store_ok { "UP" } else { "DOWN" },
+        "draining": report.draining,
         "storageProfiles": {
             "total": report.num_profiles,
             "reachable": report.num_reachable,
@@ -32,6 +33,9 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         return Ok(HttpResponse::Ok().json(body));
     }
     let mut message = Vec::new();
+    if report.draining {
+        message.push("the node is draining before it stops".to_string());
+    }
     if !report.store_ok {
         message.push("the state store does not answer".to_string());
     }

@@ -33,7 +33,7 @@ use crate::config::Scope;
         (status = 404, description = "Not Found: unknown applicationId", body = ErrorBody),
         (status = 409, description = "Conflict: the conversation already has a live instance", body = ErrorBody),
         (status = 413, description = "Payload Too Large", body = ErrorBody),
-        (status = 503, description = "Service Unavailable: this node is at its capacity (code AT_CAPACITY, `field` the limit); Retry-After says when to try again", body = ErrorBody),
+        (status = 503, description = "Service Unavailable: this node is at its capacity or draining before it stops (code AT_CAPACITY, `field` the limit or `draining`); Retry-After says when to try again", body = ErrorBody),
     ),
     security(("apiKey" = ["global"]))
 )]

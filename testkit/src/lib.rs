@@ -287,9 +287,20 @@ impl Service {
     /// SIGTERM, then waits up to `timeout` for the exit; returns the exit status (panics on
     /// timeout, after killing the process).
     pub fn sigterm(&mut self, timeout: Duration) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// SIGTERM, without waiting (the process drains; see [`Service::wait_exit`]).
+    pub fn send_sigterm(&self) {
         // SAFETY: kill(2) on our own child's pid; no memory is shared.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns the exit status (panics on
+    /// timeout, after killing the process).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -300,10 +311,7 @@ impl Service {
             }
             if Instant::now() >= deadline {
                 self.kill9();
-                panic!(
-                    "process did not exit within {timeout:?} of SIGTERM; stderr:\n{}",
-                    self.stderr()
-                );
+                panic!("process did not exit within {timeout:?}; stderr:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

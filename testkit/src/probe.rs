@@ -87,3 +87,11 @@ pub fn packet_times(path: &Path) -> Vec<f64> {
     .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
     .collect()
 }
+
+/// The duration the container itself states (`None`: it states none, as a Matroska or WebM
+/// file whose muxer never wrote its trailer).
+pub fn container_duration(path: &Path) -> Option<f64> {
+    ffprobe(path, &["-show_entries", "format=duration", "-of", "csv=p=0"])
+        .parse()
+        .ok()
+}

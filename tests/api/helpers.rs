@@ -290,8 +290,19 @@ impl TestApp {
     /// SIGTERM, then waits up to `timeout` for the exit; returns the exit status (panics on
     /// timeout, after killing the process).
     pub fn sigterm(&mut self, timeout: Duration) -> ExitStatus {
-        let mut running = self.running.take().expect("process running");
-        running.sigterm(timeout)
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// SIGTERM without waiting: the node drains (see [`TestApp::wait_exit`]).
+    pub fn send_sigterm(&self) {
+        self.running.as_ref().expect("process running").send_sigterm();
+    }
+
+    /// Waits up to `timeout` for the process to exit (panics past it).
+    /// The ended process stays attached (its output readable) until the next start.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.running.as_mut().expect("process running").wait_exit(timeout)
     }
 
     /// Whether the process ended by itself.

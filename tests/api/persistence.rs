@@ -208,7 +208,8 @@ fn everything_survives_sigkill() {
 
 #[test]
 fn sigterm_shuts_down_cleanly_and_keeps_the_data() {
-    let mut app = TestApp::spawn();
+    // The world has live instances: the drain ends at its timeout.
+    let mut app = TestApp::spawn_with("", &[("RECORDER_OPS__DRAIN_TIMEOUT_SECS", "1")]);
     let w = build_world(&app);
     let before = views(&app, &w);
     check_views_are_meaningful(&before);

@@ -11,19 +11,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// `age-keygen`: (identity file, public key).
 fn keypair(dir: &Path) -> (PathBuf, String) {
     let identity = dir.join("customer.key");

@@ -1,25 +1,11 @@
 //! Erasure of a recorded call: its track files, its composition, its manifest leave the storage
 //! profile, its media folder leaves the node, and the instance stays a tombstone.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::*;
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
 
 #[test]
 fn an_erased_call_leaves_no_track_composition_or_manifest_in_storage_nor_media_on_the_node() {

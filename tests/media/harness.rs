@@ -115,6 +115,11 @@ impl TestApp {
         Self::spawn_inner(extra_toml, true, Some(Box::new(storage_toml)), env)
     }
 
+    /// [`TestApp::spawn`] with extra environment (`RECORDER_*` settings; kept for restarts).
+    pub fn spawn_with_env(env: &[(&str, &str)]) -> TestApp {
+        Self::spawn_inner("", false, None, env)
+    }
+
     /// [`TestApp::spawn_uploading`] with extra configuration (TOML after the `[media]` table).
     pub fn spawn_uploading_with(extra_toml: &str) -> TestApp {
         Self::spawn_inner(extra_toml, true, None, &[])
@@ -195,6 +200,16 @@ impl TestApp {
 
     pub fn kill9(&mut self) {
         self.service.kill9();
+    }
+
+    /// SIGTERM without waiting: the node drains (see [`TestApp::wait_exit`]).
+    pub fn send_sigterm(&self) {
+        self.service.send_sigterm();
+    }
+
+    /// Waits up to `timeout` for the process to exit (panics past it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.service.wait_exit(timeout)
     }
 
     /// Kills the process (if running) and starts a new one on the same data dir and config.
@@ -397,7 +412,7 @@ pub fn offset(instance: &Value, at: &Value) -> f64 {
     (millis(at) - millis(&instance["started"])) as f64 / 1000.0
 }
 
-pub use testkit::probe::{probe, Probe};
+pub use testkit::probe::{container_duration, probe, Probe};
 
 /// The local file of a track record.
 pub fn track_file(track: &Value) -> PathBuf {
@@ -624,4 +639,18 @@ pub fn services_env() -> std::collections::HashMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
+}
+
+/// Every file under `dir`, at any depth (none if it is missing).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

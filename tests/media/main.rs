@@ -6,6 +6,7 @@ mod harness;
 mod bad_input;
 mod commit;
 mod compose;
+mod drain;
 mod encryption;
 mod erasure;
 mod pause;

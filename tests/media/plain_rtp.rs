@@ -303,7 +303,7 @@ fn after_a_kill_9_the_files_hold_all_but_the_last_flush_and_recovery_joins_them(
     let _ = sender.kill();
     let _ = sender.wait();
     let media = app.root.join("data/media");
-    let file = walk(&media)
+    let file = files_under(&media)
         .into_iter()
         .find(|p| p.to_string_lossy().ends_with(".seg0.webm"))
         .expect("a segment file");
@@ -359,19 +359,6 @@ fn after_a_kill_9_the_files_hold_all_but_the_last_flush_and_recovery_joins_them(
         joined.duration > gap_floor && joined.duration < 30.0,
         "{joined:?} vs at least {gap_floor} s"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// End to end with the default configuration: after stop every track file goes to the storage

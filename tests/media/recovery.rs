@@ -327,7 +327,7 @@ fn a_stop_interrupted_by_a_kill_9_is_finished_on_boot_and_uploaded_once() {
         || app.stderr().contains("fault injected").then_some(()),
     );
     // The files are final (joined, renamed into place) and STOPPED is not committed.
-    let files = walk(&app.root.join("data"));
+    let files = files_under(&app.root.join("data"));
     let joined = files
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "webm") && !p.to_string_lossy().contains(".seg"))
@@ -364,7 +364,7 @@ fn a_stop_interrupted_by_a_kill_9_is_finished_on_boot_and_uploaded_once() {
         assert!((p.duration - expected).abs() <= 0.150, "{p:?}: {track}");
     }
     // One object per track in the profile: nothing uploaded twice under another name.
-    let stored = walk(&app.root.join("storage"));
+    let stored = files_under(&app.root.join("storage"));
     let media: Vec<_> = stored
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "webm" || e == "mkv"))
@@ -378,19 +378,6 @@ fn a_stop_interrupted_by_a_kill_9_is_finished_on_boot_and_uploaded_once() {
     assert_eq!(manifest["state"], "STOPPED", "{manifest:#}");
     // The conversation is free again, and a second stop answers the same final state.
     assert_eq!(app.stop(&event)["state"], "STOPPED");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Supervision: a track writer that panics (injected at the muxer write of H.264 tracks, the
@@ -1279,7 +1266,7 @@ fn stop_continuation_panic_completes_the_stop_once(fault: &str) {
             .all(|u| u["counters"]["num_queued"] == 0 && u["counters"]["num_running"] == 0)
             .then_some(tree)
     });
-    let stored = walk(&app.root.join("storage"));
+    let stored = files_under(&app.root.join("storage"));
     let num_uploaded: u64 = snapshots_of(&tree, "Uploader")
         .iter()
         .map(|u| u["counters"]["num_uploaded"].as_u64().unwrap_or(0))

@@ -10,7 +10,8 @@ use actix::prelude::*;
 use futures_util::FutureExt;
 
 use super::recorder::{
-    retire_streams, AbortRecorder, InstanceEnded, PauseRecorder, Recorder, RecorderCrashed, RecorderLinks, StopRecorder,
+    retire_streams, AbortRecorder, InstanceEnded, PauseRecorder, Recorder, RecorderCrashed, RecorderLinks,
+    ShutdownRecorder, StopRecorder,
 };
 use super::supervision::{self, SupervisedKind};
 use super::uploader::Kick;
@@ -171,6 +172,28 @@ impl Handler<RecorderCrashed> for Conversation {
                 .into_actor(self)
                 .map(move |(), act, ctx| act.restart_recorder(&instance_id, error, ctx)),
         );
+    }
+}
+
+/// The node is going down: the recorder completes its files and ends without committing
+/// anything (see [`crate::messages::ShutdownNode`]), and the conversation ends with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutdownConversation;
+
+impl Handler<ShutdownConversation> for Conversation {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: ShutdownConversation, _ctx: &mut Self::Context) -> Self::Result {
+        let recorder = self.recorder.clone();
+        Box::pin(
+            async move {
+                // A recorder already gone (its instance just stopped) has nothing to complete.
+                let _ = recorder.send(ShutdownRecorder).await;
+            }
+            .into_actor(self)
+            .map(|(), _act, ctx| ctx.stop()),
+        )
     }
 }
 

@@ -241,6 +241,15 @@ impl Handler<Snapshot> for Notifier {
     }
 }
 
+impl Handler<crate::messages::Halt> for Notifier {
+    type Result = ();
+
+    /// The node's shutdown: work in flight is dropped, its job stays queued in the store.
+    fn handle(&mut self, _msg: crate::messages::Halt, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

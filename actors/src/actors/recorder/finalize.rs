@@ -263,3 +263,44 @@ pub(super) fn conversation_has_media(store: &dyn StateStore, instance_id: &str) 
         .filter(|i| i.instance_id != instance_id && i.state.is_terminal() && composition.includes(i))
         .any(has_media))
 }
+
+/// The process is going down (a SIGTERM drain): ingest ends and every stream completes its
+/// files and ends, and nothing is committed. The instance stays live in the store, so the next
+/// start of the node resumes it as after a crash (plain-RTP sessions re-bound on their ports,
+/// WHIP publishers reconnecting), from files that are now complete. A stop under way is let
+/// finish first: it commits as one transaction either way.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutdownRecorder;
+
+impl Handler<ShutdownRecorder> for Recorder {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: ShutdownRecorder, _ctx: &mut Self::Context) -> Self::Result {
+        let stopping = match &self.phase {
+            Phase::Stopping(finalized) => Some(finalized.clone()),
+            Phase::Running { .. } => None,
+        };
+        // From here the recorder takes no publisher and its own timers (recovery window,
+        // maximum duration) end nothing: a stop they begin waits for this and finds the
+        // instance still live.
+        let (shut_tx, shut_rx) = oneshot::channel();
+        self.phase = Phase::Stopping(shut_rx.shared());
+        Box::pin(
+            async move {
+                if let Some(finalized) = stopping {
+                    let _ = finalized.await;
+                }
+            }
+            .into_actor(self)
+            .then(|(), act, _ctx| {
+                let streams: Vec<_> = act.streams.iter().map(|s| s.mailbox.addr().clone()).collect();
+                retire_streams(streams).into_actor(act)
+            })
+            .map(move |(), _act, ctx| {
+                drop(shut_tx);
+                ctx.stop();
+            }),
+        )
+    }
+}

@@ -33,6 +33,7 @@ use crate::EngineError;
 
 mod end;
 mod finalize;
+pub use finalize::ShutdownRecorder;
 mod publish;
 mod route;
 mod streams;

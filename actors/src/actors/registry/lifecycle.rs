@@ -400,3 +400,40 @@ impl Handler<GetActive> for Registry {
         })
     }
 }
+
+impl Handler<CountLive> for Registry {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: CountLive, _ctx: &mut Self::Context) -> usize {
+        self.live.len()
+    }
+}
+
+impl Handler<ShutdownNode> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: ShutdownNode, _ctx: &mut Self::Context) -> Self::Result {
+        // Nothing new from here, whoever asks.
+        self.config.media.capacity.set_draining();
+        let conversations: Vec<_> = self.live.values().map(|l| l.conversation.clone()).collect();
+        let mut others: Vec<Recipient<Halt>> = Vec::new();
+        others.extend(self.uploaders.values().map(|u| u.addr().clone().recipient()));
+        others.extend(self.notifiers.values().map(|n| n.addr().clone().recipient()));
+        others.push(self.compositor.addr().clone().recipient());
+        tracing::info!(
+            num_live = conversations.len(),
+            "shutting down: live instances complete their files and resume at the next start"
+        );
+        Box::pin(
+            async move {
+                join_all(conversations.iter().map(|c| c.send(ShutdownConversation))).await;
+                join_all(others.iter().map(|o| o.send(Halt))).await;
+            }
+            .into_actor(self)
+            .map(|(), act, _ctx| {
+                act.live.clear();
+                act.by_conference.clear();
+            }),
+        )
+    }
+}

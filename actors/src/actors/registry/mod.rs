@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use futures_util::FutureExt;
 
 use super::compositor::{CompositionQueued, Compositor};
-use super::conversation::{Conversation, StopInstance};
+use super::conversation::{Conversation, ShutdownConversation, StopInstance};
 use super::notifier::Notifier;
 use super::recorder::{InstanceEnded, PauseRecorder, RecorderLinks};
 use super::uploader::{Kick, Uploader};
@@ -280,6 +280,7 @@ impl Handler<CheckReady> for Registry {
             num_profiles: self.reachability.len(),
             num_reachable: values.clone().filter(|r| **r == Some(true)).count(),
             num_unreachable: values.filter(|r| **r == Some(false)).count(),
+            draining: self.config.media.capacity.is_draining(),
         })
     }
 }
