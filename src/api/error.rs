@@ -197,6 +197,23 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// Cluster mode: NATS away is 503, a lease held elsewhere 409, no capacity anywhere 503
+/// `AT_CAPACITY` (field `cluster`).
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(err: crate::cluster::ClusterError) -> Self {
+        use crate::cluster::ClusterError;
+        match err {
+            ClusterError::Unavailable(message) => ApiError::Unavailable(message),
+            ClusterError::Conflict(message) => ApiError::Conflict(message),
+            ClusterError::NoCapacity => ApiError::AtCapacity {
+                limit: "cluster".into(),
+                message: err.to_string(),
+                retry_after_secs: 5,
+            },
+        }
+    }
+}
+
 impl From<actix::MailboxError> for ApiError {
     fn from(err: actix::MailboxError) -> Self {
         ApiError::Unavailable(format!("engine unavailable: {err}"))

@@ -31,7 +31,22 @@ pub fn instance_ref(
 /// The instance `at` if the key may see it. A key limited to some applications sees another
 /// application's instance exactly as a missing one, like another organization's.
 pub async fn visible_instance(state: &AppState, grant: &Grant, at: InstanceRef) -> Result<InstanceRecord, ApiError> {
-    let record = state.queries.instance(&at)?;
+    let record = match (state.queries.instance(&at), &state.cluster) {
+        // Another node's instance (its owner down, or the request not forwarded): the
+        // catalogue's copy, as the owner last wrote it.
+        (Err(err), Some(cluster)) if at.recorder_id.as_str() != cluster.node_id => cluster
+            .catalogue_record(
+                at.organization_id.as_str(),
+                at.conversation_id.as_str(),
+                at.instance_id.as_str(),
+            )
+            .await
+            .map_err(ApiError::from)?
+            .filter(|r| r.recorder_id == at.recorder_id.as_str())
+            .map(|r| cluster.as_seen(r))
+            .ok_or_else(|| ApiError::from(err))?,
+        (found, _) => found?,
+    };
     if !grant.may_use_application(&record.application_id) {
         return Err(ApiError::NotFound(format!(
             "no recorder instance {} in conversation {}",
@@ -51,9 +66,26 @@ pub async fn visible_conversation(
         organization_id: grant.organization_id.clone(),
         conversation_id: conversation_id.clone(),
     };
-    let instances: Vec<_> = state
-        .queries
-        .conversation(&msg)?
+    let mut instances = match (state.queries.conversation(&msg), &state.cluster) {
+        // None here: the other nodes may have some.
+        (Err(_), Some(_)) => Vec::new(),
+        (found, _) => found?,
+    };
+    if let Some(cluster) = &state.cluster {
+        // The other nodes' instances of the conversation, from the catalogue.
+        let others = cluster
+            .catalogue_conversation(msg.organization_id.as_str(), &msg.conversation_id)
+            .await
+            .map_err(ApiError::from)?;
+        instances.extend(
+            others
+                .into_iter()
+                .filter(|r| r.recorder_id != cluster.node_id)
+                .map(|r| cluster.as_seen(r)),
+        );
+        instances.sort_by(|a, b| (a.created, &a.instance_id).cmp(&(b.created, &b.instance_id)));
+    }
+    let instances: Vec<_> = instances
         .into_iter()
         .filter(|r| grant.may_use_application(&r.application_id))
         .collect();

@@ -88,6 +88,12 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Publisher, ApiErr
     })
 }
 
+/// The organization a publish request is made for (its API key's or its publish token's), if
+/// its credentials are good: what cluster routing needs to find the conference's owner.
+pub(super) fn organization_of(req: &HttpRequest, state: &AppState) -> Option<String> {
+    authenticate(req, state).ok().map(|p| p.organization_id.into_string())
+}
+
 #[derive(Debug, Deserialize)]
 pub struct PublishQuery {
     #[serde(rename = "userId")]

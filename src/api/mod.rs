@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+mod cluster;
 mod cobrowse;
 pub mod dto;
 pub mod error;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Absolute base URL (no trailing slash) used in signed URLs.
     pub public_url: String,
     pub metrics: Metrics,
+    /// Cluster mode (`None`: a single node).
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 #[derive(OpenApi)]
@@ -309,5 +312,6 @@ pub fn app(
                 res
             })
         })
+        .wrap(actix_web::middleware::from_fn(cluster::route))
         .wrap(Logger::new("%a \"%m %U\" %s %b %Dms").log_target("rtc_recorder::access"))
 }

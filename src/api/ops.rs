@@ -18,7 +18,7 @@ pub async fn health() -> HttpResponse {
 /// check. Unauthenticated, so the answer names no profile, host, bucket or path: only counts.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let report = state.registry.send(CheckReady).await??;
-    let body = json!({
+    let mut body = json!({
         "status": if report.is_ready() { "READY" } else { "NOT_READY" },
         "store": if report.store_ok { "UP" } else { "DOWN" },
         "draining": report.draining,
@@ -29,6 +29,13 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             "unchecked": report.num_profiles - report.num_reachable - report.num_unreachable,
         },
     });
+    if let Some(cluster) = &state.cluster {
+        // Said, not required: a node without NATS still records what it has.
+        body["cluster"] = json!({
+            "connected": cluster.is_connected(),
+            "nodes": cluster.alive_nodes().len(),
+        });
+    }
     if report.is_ready() {
         return Ok(HttpResponse::Ok().json(body));
     }

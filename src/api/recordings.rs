@@ -65,8 +65,35 @@ pub async fn start(
             msg.application_id
         )));
     }
-    let record = state.registry.send(msg).await??;
-    Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+    // In a cluster, the conversation and its conference are leased cluster-wide first: a live
+    // instance on any node makes this a 409.
+    let leases = match &state.cluster {
+        Some(cluster) => Some(
+            cluster
+                .take_start_leases(grant.organization_id.as_str(), &msg.conversation_id, &msg.conference_id)
+                .await
+                .map_err(ApiError::from)?,
+        ),
+        None => None,
+    };
+    let started = match state.registry.send(msg).await {
+        Ok(Ok(record)) => Ok(record),
+        Ok(Err(err)) => Err(ApiError::from(err)),
+        Err(err) => Err(ApiError::from(err)),
+    };
+    match (started, leases) {
+        (Ok(record), Some(leases)) => {
+            leases.bind(&record.instance_id).await;
+            Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
+        }
+        (Ok(record), None) => Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record))),
+        (Err(err), leases) => {
+            if let Some(mut leases) = leases {
+                leases.release().await;
+            }
+            Err(err)
+        }
+    }
 }
 
 #[utoipa::path(
@@ -328,7 +355,19 @@ pub async fn active(
         organization_id: grant.organization_id.clone(),
         conversation_id: conversation_id.clone(),
     };
-    let record = state.registry.send(msg).await??;
+    let record = match (state.registry.send(msg).await?, &state.cluster) {
+        // Live on another node: the catalogue knows.
+        (Err(err), Some(cluster)) => cluster
+            .catalogue_conversation(grant.organization_id.as_str(), &conversation_id)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|r| r.recorder_id != cluster.node_id)
+            .map(|r| cluster.as_seen(r))
+            .rfind(|r| r.state.is_live())
+            .ok_or_else(|| ApiError::from(err))?,
+        (found, _) => found?,
+    };
     if !grant.may_use_application(&record.application_id) {
         return Err(ApiError::NotFound(format!(
             "conversation {conversation_id} has no live recorder instance"

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "engine")]
 pub mod engine;
+pub mod nats;
 pub mod probe;
 pub mod rtp;
 pub mod webhook;
@@ -323,6 +324,29 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// KEY=VALUE lines written by `scripts/test-services.sh start` (server binaries, ports,
+/// credentials); a missing file fails the test with the command that fixes it.
+pub fn services_env() -> std::collections::HashMap<String, String> {
+    let path = std::env::var("RTC_SERVICES_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let dir = std::env::var("RTC_SERVICES_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rtc-recorder/services"));
+            dir.join("env")
+        });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "test servers not set up ({}: {e}); run `scripts/test-services.sh start`",
+            path.display()
+        )
+    });
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// Polls `probe` until it answers `Some` (every 50 ms), up to `timeout`; panics naming `what`.

@@ -7,6 +7,7 @@ mod spec;
 mod auth;
 mod backup;
 mod capacity;
+mod cluster;
 mod drain;
 mod erasure;
 mod isolation;

@@ -618,28 +618,7 @@ pub fn wait_composed(app: &TestApp, conversation: &str, instance_id: &Value) -> 
     })
 }
 
-/// KEY=VALUE lines written by `scripts/test-services.sh start` (server binaries, ports,
-/// credentials); a missing file fails the test with the command that fixes it.
-pub fn services_env() -> std::collections::HashMap<String, String> {
-    let path = std::env::var("RTC_SERVICES_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let dir = std::env::var("RTC_SERVICES_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rtc-recorder/services"));
-            dir.join("env")
-        });
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "storage test servers not set up ({}: {e}); run `scripts/test-services.sh start`",
-            path.display()
-        )
-    });
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
-}
+pub use testkit::services_env;
 
 /// Every file under `dir`, at any depth (none if it is missing).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {

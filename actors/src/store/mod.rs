@@ -462,4 +462,11 @@ pub trait StateStore: Send + Sync + 'static {
     fn remove_event(&self, organization_id: &str, application_id: &str, sequence: u128) -> StoreResult<()>;
     /// Cheap liveness probe for readiness checks.
     fn check(&self) -> StoreResult<()>;
+
+    /// The ids of instances as they are written (inserted or updated, transactions included),
+    /// from now on: a blocking iterator that ends when the store is dropped. What a cluster's
+    /// catalogue follows. `None`: this store cannot tell.
+    fn watch_instances(&self) -> Option<Box<dyn Iterator<Item = String> + Send>> {
+        None
+    }
 }

@@ -671,6 +671,16 @@ fn new_composition(id: &CompositionId, instance_id: &str, now: chrono::DateTime<
 }
 
 impl StateStore for SledStore {
+    fn watch_instances(&self) -> Option<Box<dyn Iterator<Item = String> + Send>> {
+        let subscriber = self.instances.watch_prefix(Vec::new());
+        Some(Box::new(subscriber.filter_map(|event| {
+            let key = match event {
+                sled::Event::Insert { key, .. } | sled::Event::Remove { key } => key,
+            };
+            String::from_utf8(key.to_vec()).ok()
+        })))
+    }
+
     fn transaction(&self, command: &mut dyn FnMut(&dyn StoreTx) -> StoreResult<()>) -> StoreResult<()> {
         crate::fault::point(crate::fault::STATE_COMMIT).map_err(|e| StoreError::Io(e.to_string()))?;
         let command = std::cell::RefCell::new(command);
