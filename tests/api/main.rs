@@ -8,6 +8,7 @@ mod auth;
 mod backup;
 mod capacity;
 mod cluster;
+mod deploy;
 mod drain;
 mod erasure;
 mod isolation;
