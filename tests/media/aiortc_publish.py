@@ -5,7 +5,7 @@ DELETE. Prints one JSON line with the number of video and audio frames it produc
 
 usage: aiortc_publish.py URL TOKEN SECONDS [vp8|h264]
 """
-import asyncio, fractions, json, math, struct, sys, time, urllib.request
+import asyncio, fractions, json, math, struct, sys, time, urllib.error, urllib.parse, urllib.request
 
 import aioice.ice
 from av import AudioFrame, VideoFrame
@@ -68,13 +68,28 @@ class Audio(MediaStreamTrack):
         return frame
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
 def http(method, url, body=None, content_type=None):
-    req = urllib.request.Request(url, data=body, method=method)
-    req.add_header("Authorization", f"Bearer {TOKEN}")
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return resp.status, dict(resp.headers), resp.read()
+    """(status, headers, body, the URL that answered): a 307/308 is followed with the same
+    method and body, as a WHIP client must (RFC 9725 4.5; urllib only follows GETs)."""
+    opener = urllib.request.build_opener(NoRedirect)
+    for _ in range(3):
+        req = urllib.request.Request(url, data=body, method=method)
+        req.add_header("Authorization", f"Bearer {TOKEN}")
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        try:
+            with opener.open(req, timeout=30) as resp:
+                return resp.status, dict(resp.headers), resp.read(), url
+        except urllib.error.HTTPError as e:
+            if e.code not in (307, 308):
+                raise
+            url = urllib.parse.urljoin(url, e.headers["Location"])
+    raise RuntimeError("too many redirects")
 
 
 async def main():
@@ -86,18 +101,19 @@ async def main():
     mime = {"vp8": "video/VP8", "h264": "video/H264"}[CODEC]
     video_tx.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == mime])
     await pc.setLocalDescription(await pc.createOffer())
-    status, headers, answer = await asyncio.get_running_loop().run_in_executor(
+    status, headers, answer, answered_by = await asyncio.get_running_loop().run_in_executor(
         None, http, "POST", URL, pc.localDescription.sdp.encode(), "application/sdp")
     assert status == 201, status
     location = headers.get("Location") or headers.get("location")
+    # The session lives where the offer was answered (after any redirect).
+    session = urllib.parse.urljoin(answered_by, location)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.decode(), type="answer"))
     # Frames are produced from `start` on; wait until the wanted duration has been produced.
     await asyncio.sleep(max(0, start + SECONDS - time.monotonic()) + 0.5)
     sent_video, sent_audio = video.count, audio.count
-    base = URL.split("/auvious.video")[0]
-    await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", base + location)
+    await asyncio.get_running_loop().run_in_executor(None, http, "DELETE", session)
     await pc.close()
-    print(json.dumps({"location": location, "videoFrames": sent_video, "audioFrames": sent_audio}))
+    print(json.dumps({"location": location, "answeredBy": answered_by, "videoFrames": sent_video, "audioFrames": sent_audio}))
 
 
 asyncio.run(main())

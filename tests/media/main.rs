@@ -4,6 +4,7 @@
 mod harness;
 
 mod bad_input;
+mod cluster;
 mod commit;
 mod compose;
 mod drain;

@@ -25,7 +25,7 @@ fn run_json(mut cmd: Command, what: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{what} printed {line:?}: {e}"))
 }
 
-fn aiortc(app: &TestApp, conference: &str, user: &str, token: &str, seconds: u32, codec: &str) -> Value {
+pub fn aiortc(app: &TestApp, conference: &str, user: &str, token: &str, seconds: u32, codec: &str) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/media/aiortc_publish.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script)
