@@ -66,7 +66,7 @@ impl Cluster {
             .map(|(name, budget, ports)| {
                 TestApp::spawn_with(
                     &node_config(&nats, *budget, *ports, &bucket_name),
-                    &[("RECORDER_RECORDER_ID", name)],
+                    &[("RECORDER_RECORDER_ID", name), ("RECORDER_OPS__DRAIN_TIMEOUT_SECS", "2")],
                 )
             })
             .collect();
@@ -212,7 +212,22 @@ fn three_nodes_serve_as_one_with_leases_a_catalogue_placement_and_forwarding() {
         other.get(&format!("{second_path}/state"), KEY_A).json()["state"],
         "INITIALISED"
     );
-    drop(cluster);
+
+    // SIGTERM to node-c: it drains, placement skips it at once (starts land on node-b, the
+    // next most capacity), and it exits 0 after its drain; restarted, it takes work again.
+    let mut cluster = cluster;
+    cluster.nodes[2].send_sigterm();
+    let elsewhere = poll(Duration::from_secs(10), "a start placed beside the draining node", || {
+        let resp = cluster.nodes[0].post_json("/recordings/start", KEY_A, &start_body(&conv("drain"), &conv("room")));
+        (resp.status == 200).then(|| resp.json())
+    });
+    assert_eq!(elsewhere["recorderId"], "node-b", "{elsewhere:#}");
+    let status = cluster.nodes[2].wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "node-c after its drain: {status:?}");
+    cluster.nodes[2].restart();
+    cluster.wait_all_see(3);
+    let back = cluster.nodes[0].start(KEY_A, APP_A, &conv("back"));
+    assert_eq!(back["recorderId"], "node-c", "{back:#}");
 }
 
 #[test]
