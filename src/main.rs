@@ -174,6 +174,14 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             }),
         );
     }
+    let cluster = match settings.cluster.clone() {
+        Some(cluster_settings) => Some(
+            cluster::Cluster::connect(cluster_settings, recorder_id.clone())
+                .await
+                .context("cluster: cannot set up the NATS client")?,
+        ),
+        None => None,
+    };
     let media = Arc::new(media_config(&settings)?);
     let capacity = media.capacity.clone();
     let engine = Arc::new(EngineConfig {
@@ -203,6 +211,9 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             timeout: Duration::from_secs(settings.webhooks.timeout_secs),
             poll_interval: Duration::from_millis(settings.webhooks.poll_interval_ms),
         },
+        peers: cluster
+            .clone()
+            .map(|c| Arc::new(cluster::PeerCatalogue(c)) as Arc<dyn recorder_actors::engine::PeerInstances>),
     });
     let queries = recorder_actors::queries::Queries::new(store.clone(), engine.clone());
     let registry =
@@ -216,22 +227,15 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         Some(url) => url.as_str().trim_end_matches('/').to_string(),
         None => format!("http://{bound}"),
     };
-    let cluster = match settings.cluster.clone() {
-        Some(cluster_settings) => {
-            let cluster = cluster::Cluster::connect(cluster_settings, recorder_id.clone())
-                .await
-                .context("cluster: cannot set up the NATS client")?;
-            cluster.start(
-                capacity.clone(),
-                store.clone(),
-                public_url.clone(),
-                format!("http://{bound}"),
-            );
-            tracing::info!(recorder_id = %recorder_id, "cluster mode: on NATS JetStream");
-            Some(cluster)
-        }
-        None => None,
-    };
+    if let Some(cluster) = &cluster {
+        cluster.start(
+            capacity.clone(),
+            store.clone(),
+            public_url.clone(),
+            format!("http://{bound}"),
+        );
+        tracing::info!(recorder_id = %recorder_id, "cluster mode: on NATS JetStream");
+    }
     let publish_tokens = PublishTokens::new(&secret);
     let signer = UrlSigner::new(secret, settings.url_ttl_secs);
     let state = web::Data::new(AppState {

@@ -62,6 +62,7 @@ async fn main() {
         limits: Default::default(),
         ready_check_interval: std::time::Duration::from_secs(15),
         webhooks: Default::default(),
+        peers: None,
     });
     let now = Utc::now();
     let tracks: Vec<(String, String)> = (0..files.len())

@@ -141,6 +141,19 @@ pub struct EngineConfig {
     /// (which only reads the last result: a probe opens no connection).
     pub ready_check_interval: Duration,
     pub webhooks: WebhookDelivery,
+    /// Cluster mode: where the instances other nodes recorded are known, so a composition
+    /// covers the whole conversation (`None`: a single node).
+    pub peers: Option<Arc<dyn PeerInstances>>,
+}
+
+/// The instances of a conversation that other nodes recorded, as their owners last wrote them
+/// (the cluster's catalogue). Their tracks are read from object storage.
+pub trait PeerInstances: Send + Sync {
+    fn conversation_instances(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<InstanceRecord>, String>>;
 }
 
 /// Bounds that keep one tenant from starving the others and keep what the node holds from

@@ -168,6 +168,7 @@ fn config(storage: &Path, media: &Path, compose: bool) -> Arc<EngineConfig> {
         limits: Default::default(),
         ready_check_interval: Duration::from_secs(15),
         webhooks: Default::default(),
+        peers: None,
     })
 }
 

@@ -119,6 +119,7 @@ fn config(backend: Arc<dyn StorageBackend>) -> (Arc<ApplicationProfile>, Arc<Eng
         limits: Default::default(),
         ready_check_interval: std::time::Duration::from_secs(15),
         webhooks: Default::default(),
+        peers: None,
     });
     (profile, config)
 }

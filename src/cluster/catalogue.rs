@@ -179,3 +179,25 @@ async fn latest_under(cluster: &Cluster, store: &kv::Store, prefix: &str) -> Res
     }
     Ok(values)
 }
+
+/// What the engine reads of the catalogue: a composition on this node covers the conversation's
+/// instances on the other nodes too.
+pub struct PeerCatalogue(pub Arc<Cluster>);
+
+impl recorder_actors::engine::PeerInstances for PeerCatalogue {
+    fn conversation_instances(
+        &self,
+        organization_id: &str,
+        conversation_id: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<InstanceRecord>, String>> {
+        let (organization_id, conversation_id) = (organization_id.to_string(), conversation_id.to_string());
+        let this = self.0.clone();
+        Box::pin(async move {
+            let records = this
+                .catalogue_conversation(&organization_id, &conversation_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(records.into_iter().filter(|r| r.recorder_id != this.node_id).collect())
+        })
+    }
+}

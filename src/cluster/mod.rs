@@ -19,6 +19,7 @@
 //! commands that need it answer 503; live recordings go on, and the catalogue catches up.
 
 mod catalogue;
+pub use catalogue::PeerCatalogue;
 pub mod forward;
 mod leases;
 

@@ -446,5 +446,6 @@ fn engine_config(root: &Path, settings: &HarnessSettings, clock: &Clock) -> Arc<
         limits: settings.limits,
         ready_check_interval: Duration::from_secs(3600),
         webhooks: settings.webhooks,
+        peers: None,
     })
 }

@@ -66,7 +66,10 @@ impl Cluster {
             .map(|(name, budget, ports)| {
                 TestApp::spawn_with(
                     &node_config(&nats, *budget, *ports, &bucket_name),
-                    &[("RECORDER_RECORDER_ID", name), ("RECORDER_OPS__DRAIN_TIMEOUT_SECS", "2")],
+                    &[
+                        ("RECORDER_RECORDER_ID", name),
+                        ("RECORDER_OPS__DRAIN_TIMEOUT_SECS", "2"),
+                    ],
                 )
             })
             .collect();
@@ -217,10 +220,15 @@ fn three_nodes_serve_as_one_with_leases_a_catalogue_placement_and_forwarding() {
     // next most capacity), and it exits 0 after its drain; restarted, it takes work again.
     let mut cluster = cluster;
     cluster.nodes[2].send_sigterm();
-    let elsewhere = poll(Duration::from_secs(10), "a start placed beside the draining node", || {
-        let resp = cluster.nodes[0].post_json("/recordings/start", KEY_A, &start_body(&conv("drain"), &conv("room")));
-        (resp.status == 200).then(|| resp.json())
-    });
+    let elsewhere = poll(
+        Duration::from_secs(10),
+        "a start placed beside the draining node",
+        || {
+            let resp =
+                cluster.nodes[0].post_json("/recordings/start", KEY_A, &start_body(&conv("drain"), &conv("room")));
+            (resp.status == 200).then(|| resp.json())
+        },
+    );
     assert_eq!(elsewhere["recorderId"], "node-b", "{elsewhere:#}");
     let status = cluster.nodes[2].wait_exit(Duration::from_secs(30));
     assert!(status.success(), "node-c after its drain: {status:?}");

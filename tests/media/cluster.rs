@@ -3,7 +3,9 @@
 //! on node B: FFmpeg's plain RTP to the ports of B's answer (forwarded), aiortc's WHIP after a
 //! 307 to B. B is killed with `kill -9` while FFmpeg sends: A shows the instance
 //! PENDING_RECOVERY; B restarts, re-binds the ports and records on (ACTIVE with `recovered`);
-//! the stop through A leaves one file per track holding both halves.
+//! the stop through A leaves one file per track holding both halves. The conversation then goes
+//! on on A (B down) and again on B: B's composition covers all three instances, A's read from the
+//! shared store.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,7 @@ fn connected(app: &TestApp, num_nodes: u64) -> bool {
 }
 
 #[test]
-fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9() {
+fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_composed_once_whole() {
     let _media = media_lock();
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsCluster::start(dir.path(), 3);
@@ -135,4 +137,74 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9() {
             "{kind}: {lost:.2} s lost, downtime {downtime:.2} s: {p:?}"
         );
     }
+
+    // The conversation goes on: on A while B is down, then on B again.
+    let conversation = event["conversationId"].as_str().unwrap().to_string();
+    b.kill9();
+    poll(Duration::from_secs(10), "A alone", || connected(&a, 1).then_some(()));
+    let second = record_a_little(&a, &conversation);
+    assert_eq!(second["recorderId"], "node-a", "{second}");
+    b.restart();
+    for app in [&a, &b] {
+        poll(Duration::from_secs(60), "both nodes back", || {
+            connected(app, 2).then_some(())
+        });
+    }
+    let third = record_a_little(&a, &conversation);
+    assert_eq!(third["recorderId"], "node-b", "{third}");
+    // B composes the whole conversation: its two instances and A's, the time between cut.
+    wait_composed(&b, &conversation, &third["instanceId"]);
+    let listing = a.get(&format!("/recordings/{conversation}"), KEY).json();
+    let spans: Vec<f64> = listing["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (millis(&r["stopped"]) - millis(&r["started"])) as f64 / 1000.0)
+        .collect();
+    assert_eq!(spans.len(), 3, "{listing:#}");
+    let stored: Vec<_> = files_under(std::path::Path::new(&*shared))
+        .into_iter()
+        .filter(|p| p.ends_with("composition.mp4"))
+        .collect();
+    assert_eq!(stored.len(), 1, "one composition: {stored:?}");
+    let composed = container_duration(&stored[0]).expect("a composition with a duration");
+    let total: f64 = spans.iter().sum();
+    assert!(
+        (composed - total).abs() < 1.0,
+        "the composition ({composed:.2} s) covers the three instances ({spans:?})"
+    );
+}
+
+/// A new instance of `conversation` started through `app`, 3 s of plain RTP through it, stopped.
+fn record_a_little(app: &TestApp, conversation: &str) -> Value {
+    let conference = unique("room");
+    let event = poll(Duration::from_secs(10), "a start", || {
+        let resp = app.post_json(
+            "/recordings/start",
+            KEY,
+            &serde_json::json!({"applicationId": "app-a", "conversationId": conversation, "conferenceId": conference}),
+        );
+        (resp.status == 200).then(|| resp.json())
+    });
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=agent&type=MIC",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let port = answer_ports(&resp.text())[0];
+    let mut args = args(&[
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000:duration=3",
+    ]);
+    args.extend(rtp_out("0", "opus", 111, port));
+    wait_ok(ffmpeg(&args), "ffmpeg");
+    assert_eq!(app.stop(&event)["state"], "STOPPED");
+    event
 }

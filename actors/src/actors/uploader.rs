@@ -953,6 +953,7 @@ mod tests {
             limits: Default::default(),
             ready_check_interval: std::time::Duration::from_secs(15),
             webhooks: Default::default(),
+            peers: None,
         };
         for attempt in 1..40 {
             let delay = retry_delay(&config, attempt);
@@ -1006,6 +1007,7 @@ mod tests {
             limits: Default::default(),
             ready_check_interval: Duration::from_secs(15),
             webhooks: Default::default(),
+            peers: None,
         });
         let uploader = Uploader::new(store.clone(), profile, config).start();
         for _ in 0..200 {

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use actix::prelude::*;
 
 use super::uploader::{delete_local, Kick};
-use crate::domain::{path_component, ErrorInfo};
+use crate::domain::{path_component, ErrorInfo, InstanceRecord};
 use crate::media::compose::{self, ComposeInput, ComposeReport};
 use crate::media::stereo::{compose_stereo, Side, StereoFormat};
 use crate::media::MediaError;
@@ -121,7 +121,8 @@ impl Compositor {
                 let _capacity = capacity;
                 let flush = store.flush();
                 flush.await?;
-                let (fetched, fetch_dir) = fetch_uploaded_tracks(store.as_ref(), &config, &claimed).await?;
+                let peers = peer_instances(&config, &claimed).await;
+                let (fetched, fetch_dir) = fetch_uploaded_tracks(store.as_ref(), &config, &claimed, &peers).await?;
                 let store2 = store.clone();
                 let job = claimed.clone();
                 // A thread of its own rather than the blocking pool: its lower priority (inherited
@@ -130,7 +131,7 @@ impl Compositor {
                 let work = config.media.work.clone();
                 work.spawn("compositor", move || {
                     lower_priority();
-                    let _ = done.send(run_composition(store2.as_ref(), &config, &job, &fetched));
+                    let _ = done.send(run_composition(store2.as_ref(), &config, &job, &fetched, peers));
                 })
                 .map_err(|e| StoreError::Io(format!("cannot start a composition thread: {e}")))?;
                 let outcome = outcome
@@ -336,10 +337,43 @@ async fn release_tracks(store: Arc<dyn StateStore>, id: &CompositionId, clock: C
 /// released them) are read back from the storage profile: the profile's own file when it is
 /// local, else a download into `<media.dir>/compositions/.../inputs/`, removed after the run.
 /// A track that cannot be fetched is left out and reported by `composition_inputs`.
+/// Cluster mode: the conversation's ended instances that other nodes recorded (composed from
+/// their uploaded tracks, which this node reads from storage as it does tracks deleted here).
+/// The catalogue unreachable: composed without them, and said so.
+async fn peer_instances(config: &EngineConfig, job: &CompositionRecord) -> Vec<InstanceRecord> {
+    let Some(peers) = &config.peers else {
+        return Vec::new();
+    };
+    let id = CompositionId::of(job);
+    match peers
+        .conversation_instances(&job.organization_id, &job.conversation_id)
+        .await
+    {
+        Ok(records) => records
+            .into_iter()
+            .filter(|i| i.recorder_id != config.recorder_id && id.includes(i))
+            .map(|mut instance| {
+                // Their files are on another machine: only the uploaded copies can be read.
+                for track in instance.streams.iter_mut().flat_map(|s| s.tracks.iter_mut()) {
+                    if track.local.deleted.is_none() {
+                        track.local.deleted = track.object.uploaded.or(Some(config.clock().utc()));
+                    }
+                }
+                instance
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(conversation_id = %job.conversation_id, error = %err, "the other nodes' instances are left out of this composition");
+            Vec::new()
+        }
+    }
+}
+
 async fn fetch_uploaded_tracks(
     store: &dyn StateStore,
     config: &EngineConfig,
     job: &CompositionRecord,
+    peers: &[InstanceRecord],
 ) -> Result<(FetchedTracks, Option<PathBuf>), StoreError> {
     let mut fetched = FetchedTracks::new();
     let mut dir_opt = None;
@@ -348,6 +382,7 @@ async fn fetch_uploaded_tracks(
         .conversation_instances(&job.organization_id, &job.conversation_id)?
         .into_iter()
         .filter(|i| id.includes(i))
+        .chain(peers.iter().cloned())
     {
         let Some(profile) = config.application(&instance.organization_id, &instance.application_id) else {
             continue;
@@ -423,6 +458,7 @@ fn run_composition(
     config: &EngineConfig,
     job: &CompositionRecord,
     fetched: &FetchedTracks,
+    peers: Vec<InstanceRecord>,
 ) -> Result<Composed, MediaError> {
     let id = CompositionId::of(job);
     let instances: Vec<_> = store
@@ -430,6 +466,7 @@ fn run_composition(
         .map_err(|e| MediaError::Io(e.to_string()))?
         .into_iter()
         .filter(|i| id.includes(i))
+        .chain(peers)
         .collect();
     let ComposeJob {
         inputs,
