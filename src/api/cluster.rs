@@ -191,6 +191,7 @@ async fn read_payload(req: &mut ServiceRequest, max: usize) -> Result<web::Bytes
 
 fn forwarded_request(req: &ServiceRequest, body: &[u8]) -> ForwardedRequest {
     ForwardedRequest {
+        id: uuid::Uuid::new_v4().simple().to_string(),
         method: req.method().to_string(),
         uri: req
             .uri()

@@ -121,6 +121,13 @@ pub async fn stop(req: HttpRequest, state: web::Data<AppState>, path: InstancePa
     let at = instance_ref(&state, &grant.organization_id, &path)?;
     visible_instance(&state, &grant, at.clone()).await?;
     let record = state.registry.send(StopRecording(at)).await??;
+    if let Some(cluster) = &state.cluster {
+        // At once, so a new start of the conversation right after this answer, through any
+        // node, finds them free (the catalogue's feed releases them too, a moment later).
+        if let Err(err) = cluster.release_ended(&record).await {
+            tracing::debug!(error = %err, "cluster: the stop's leases are released later");
+        }
+    }
     Ok(HttpResponse::Ok().json(RecordingDataEvent::from(&record)))
 }
 

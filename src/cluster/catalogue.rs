@@ -84,13 +84,19 @@ pub(super) async fn publish(cluster: Arc<Cluster>, store: Arc<dyn StateStore>) {
 }
 
 async fn write(cluster: &Cluster, store: &dyn StateStore, instance_id: &str) -> Result<(), ClusterError> {
-    let buckets = cluster.buckets()?;
     let Some(record) = store
         .get_instance(instance_id)
         .map_err(|e| ClusterError::Unavailable(format!("state store: {e}")))?
     else {
         return Ok(());
     };
+    write_record(cluster, &record).await
+}
+
+/// Only the feed writes records (each put reads the store's newest), so an older copy can never
+/// land after a newer one.
+async fn write_record(cluster: &Cluster, record: &InstanceRecord) -> Result<(), ClusterError> {
+    let buckets = cluster.buckets()?;
     let key = instance_key(&record.organization_id, &record.conversation_id, &record.instance_id);
     let value = serde_json::to_vec(&record).expect("records always serialize");
     buckets

@@ -3,12 +3,22 @@
 //! subject; the owner replays it against its own API listener (marked forwarded, so it is
 //! answered there and never sent on) and replies with the response as it went out. Auth,
 //! validation and every answer are the owner's own, exactly as if the client had called it.
+//!
+//! A request or its reply can be lost on the way (a NATS server dies with it in flight), so the
+//! sender asks again, each attempt bounded by `cluster.request_timeout_ms`, until
+//! [`FORWARD_TIMEOUT`]; every attempt carries the same id, and the owner runs a request once:
+//! an attempt that finds its id running waits for that run, one that finds it done gets its
+//! answer again (kept [`ANSWERS_KEPT`]). So a retried stop or transcript add is applied once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use base64::Engine as _;
-use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::{Cluster, ClusterError};
@@ -18,6 +28,9 @@ pub const FORWARDED_HEADER: &str = "x-recorder-forwarded";
 
 /// A forwarded command may take as long as a stop's finalization of its files.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an owner keeps the answer of a forwarded request for a retry of it.
+const ANSWERS_KEPT: Duration = Duration::from_secs(120);
 
 /// Headers that belong to one hop and are not carried over.
 const HOP_HEADERS: [&str; 5] = [
@@ -30,6 +43,8 @@ const HOP_HEADERS: [&str; 5] = [
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardedRequest {
+    /// The same for every attempt of one request: the owner runs it once.
+    pub id: String,
     pub method: String,
     /// Path and query.
     pub uri: String,
@@ -64,19 +79,36 @@ impl Cluster {
     /// Sends `request` to node `to` and returns its answer; `Unavailable` when the node does not
     /// answer (down, or NATS away).
     pub async fn forward(&self, to: &str, request: &ForwardedRequest) -> Result<ForwardedResponse, ClusterError> {
-        let payload = serde_json::to_vec(request).expect("plain data");
-        let message = self
-            .client()
-            .send_request(
-                self.forward_subject(to),
-                async_nats::Request::new()
-                    .payload(payload.into())
-                    .timeout(Some(FORWARD_TIMEOUT)),
-            )
-            .await
-            .map_err(|e| ClusterError::Unavailable(format!("recorder node {to} does not answer: {e}")))?;
-        serde_json::from_slice(&message.payload)
-            .map_err(|e| ClusterError::Unavailable(format!("recorder node {to} answered garbage: {e}")))
+        let payload = bytes::Bytes::from(serde_json::to_vec(request).expect("plain data"));
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        loop {
+            let attempt = self
+                .client()
+                .send_request(
+                    self.forward_subject(to),
+                    async_nats::Request::new()
+                        .payload(payload.clone())
+                        .timeout(Some(self.settings.request_timeout)),
+                )
+                .await;
+            let err = match attempt {
+                Ok(message) => {
+                    return serde_json::from_slice(&message.payload)
+                        .map_err(|e| ClusterError::Unavailable(format!("recorder node {to} answered garbage: {e}")))
+                }
+                Err(err) => err,
+            };
+            if tokio::time::Instant::now() >= deadline || self.alive(to).is_none() {
+                return Err(ClusterError::Unavailable(format!(
+                    "recorder node {to} does not answer: {err}"
+                )));
+            }
+            tracing::debug!(to, id = %request.id, error = %err, "cluster: a forwarded request is sent again");
+            // Nobody listening yet (a reconnecting node resubscribes): a moment before the retry.
+            if err.kind() == async_nats::client::RequestErrorKind::NoResponders {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 
@@ -88,15 +120,22 @@ pub(super) async fn serve(cluster: Arc<Cluster>, local_base: String) {
         .build()
         .expect("an HTTP client");
     let subject = cluster.forward_subject(&cluster.node_id);
+    let runs: Runs = Arc::new(Mutex::new(HashMap::new()));
     loop {
         match cluster.client().subscribe(subject.clone()).await {
             Ok(mut requests) => {
                 while let Some(message) = requests.next().await {
-                    let (cluster, http, base) = (cluster.clone(), http.clone(), local_base.clone());
+                    let (cluster, http, base, runs) = (cluster.clone(), http.clone(), local_base.clone(), runs.clone());
                     tokio::spawn(async move {
                         let Some(reply) = message.reply.clone() else { return };
                         let response = match serde_json::from_slice::<ForwardedRequest>(&message.payload) {
-                            Ok(request) => replay(&http, &base, &cluster.node_id, request).await,
+                            Ok(request) => {
+                                let node_id = cluster.node_id.clone();
+                                run_once(&runs, request, move |request| async move {
+                                    replay(&http, &base, &node_id, request).await
+                                })
+                                .await
+                            }
                             Err(e) => error_response(400, &format!("malformed forwarded request: {e}")),
                         };
                         let payload = serde_json::to_vec(&response).expect("plain data");
@@ -110,6 +149,44 @@ pub(super) async fn serve(cluster: Arc<Cluster>, local_base: String) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Each forwarded request's run by id: running or done, shared by every attempt of it.
+type Runs = Arc<Mutex<HashMap<String, Shared<BoxFuture<'static, ForwardedResponse>>>>>;
+
+/// Runs `request` with `run` unless an attempt of it ran or runs already: then that run's answer.
+async fn run_once<F, Fut>(runs: &Runs, request: ForwardedRequest, run: F) -> ForwardedResponse
+where
+    F: FnOnce(ForwardedRequest) -> Fut,
+    Fut: std::future::Future<Output = ForwardedResponse> + Send + 'static,
+{
+    let id = request.id.clone();
+    let cleanup = runs.clone();
+    let shared = {
+        // One lock for the look-up and the insert: two attempts arriving together run it once.
+        let mut runs = runs.lock().unwrap_or_else(|p| p.into_inner());
+        match runs.get(&id) {
+            Some(running) => running.clone(),
+            None => {
+                // Spawned: the run completes even if every waiting attempt goes away.
+                let handle = tokio::spawn(run(request));
+                let shared = async move {
+                    handle
+                        .await
+                        .unwrap_or_else(|e| error_response(503, &format!("the request's run failed: {e}")))
+                }
+                .boxed()
+                .shared();
+                runs.insert(id.clone(), shared.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(ANSWERS_KEPT).await;
+                    cleanup.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                });
+                shared
+            }
+        }
+    };
+    shared.await
 }
 
 async fn replay(http: &reqwest::Client, base: &str, node_id: &str, request: ForwardedRequest) -> ForwardedResponse {
@@ -152,5 +229,50 @@ fn error_response(status: u16, message: &str) -> ForwardedResponse {
         status,
         headers: vec![("content-type".into(), "application/json".into())],
         body: encode_body(body.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn request(id: &str) -> ForwardedRequest {
+        ForwardedRequest {
+            id: id.into(),
+            method: "POST".into(),
+            uri: "/x".into(),
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_attempt_of_one_request_gets_the_answer_of_its_one_run() {
+        let runs: Runs = Arc::new(Mutex::new(HashMap::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let run = |count: Arc<AtomicUsize>| {
+            move |_request: ForwardedRequest| async move {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                ForwardedResponse {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: encode_body(format!("run {n}").as_bytes()),
+                }
+            }
+        };
+        let (first, second) = tokio::join!(
+            run_once(&runs, request("a"), run(count.clone())),
+            run_once(&runs, request("a"), run(count.clone())),
+        );
+        let late = run_once(&runs, request("a"), run(count.clone())).await;
+        for answer in [&first, &second, &late] {
+            assert_eq!(decode_body(&answer.body), b"run 1");
+        }
+        let other = run_once(&runs, request("b"), run(count.clone())).await;
+        assert_eq!(decode_body(&other.body), b"run 2");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 }

@@ -140,7 +140,7 @@ impl Cluster {
     }
 
     /// Releases the leases that name `record`'s instance, once it has ended.
-    pub(super) async fn release_ended(&self, record: &InstanceRecord) -> Result<(), ClusterError> {
+    pub async fn release_ended(&self, record: &InstanceRecord) -> Result<(), ClusterError> {
         let buckets = self.buckets()?;
         for key in [
             conversation_key(&record.organization_id, &record.conversation_id),
