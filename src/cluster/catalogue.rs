@@ -105,7 +105,7 @@ async fn write_record(cluster: &Cluster, record: &InstanceRecord) -> Result<(), 
         .await
         .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
     if record.state.is_terminal() {
-        cluster.release_ended(&record).await?;
+        cluster.release_ended(record).await?;
     }
     Ok(())
 }
