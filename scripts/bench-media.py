@@ -4,7 +4,8 @@
 
 A load generator replays a pre-encoded VP8 + Opus RTP stream (the clips recorded from FFmpeg in
 actors/src/media/fixtures, looped with continuous sequence numbers and timestamps) in real time to
-N plain-RTP ingests of one recorder instance and to N `ffmpeg -c copy` processes (one per
+N plain-RTP ingests of the recorder, in calls of 2 streams (--streams-per-call; an agent and a
+customer, one recorder instance each) and to N `ffmpeg -c copy` processes (one per
 stream, WebM output, like the recorder). It reports CPU seconds per stream for each side and
 their ratio, frames written against frames sent, and memory per track.
 
@@ -72,8 +73,15 @@ def frames_ratio(counts, sent_v, sent_a):
     return min(counts.get("vp8", 0) / sent_v, counts.get("opus", 0) / sent_a)
 
 
+# Streams per recorded call (instance): a contact-center call has an agent and a customer.
+# --streams-per-call 0 puts every stream in one instance (this benchmark's first shape, which also
+# measures rewriting one ever larger instance record at every stream's first packets).
+STREAMS_PER_CALL = 2
+
+
 def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, extra_env=()):
-    """One run: N plain-RTP streams to a fresh recorder and/or N ffmpeg -c copy receivers."""
+    """One run: N plain-RTP streams to a fresh recorder (in calls of STREAMS_PER_CALL streams)
+    and/or N ffmpeg -c copy receivers."""
     work = tempfile.mkdtemp(prefix="bench-media-")
     key = "bench-key-0123456789"
     result = {"streams": n}
@@ -87,7 +95,7 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
                    # The ramp measures the machine, not the configured budget.
                    RECORDER_CAPACITY__BUDGET="100000000", RECORDER_CAPACITY__MAX_CPU_PERCENT="0",
                    RECORDER_LIMITS__MAX_RTP_SESSIONS_PER_ORGANIZATION=str(n + 10), RECORDER_LIMITS__MAX_WHIP_SESSIONS_PER_ORGANIZATION=str(n + 10),
-                   RECORDER_LIMITS__MAX_STREAMS_PER_INSTANCE=str(n + 10),
+                   RECORDER_LIMITS__MAX_STREAMS_PER_INSTANCE=str(n + 10), RECORDER_LIMITS__MAX_LIVE_INSTANCES_PER_ORGANIZATION=str(n + 10),
                    # The track files are counted where they were written: keep them there, and keep
                    # the compositor (which would release them after its run) out of the measurement.
                    RECORDER_UPLOADS__DELETE_LOCAL_AFTER_UPLOAD="false", RECORDER_COMPOSITION__ENABLED="false")
@@ -97,15 +105,18 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
             if "listening on http://" in line:
                 base = line.split("listening on ")[1].strip() + "/auvious.video/rtc-recorder/api"
                 break
-        start = json.loads(http("POST", base + "/recordings/start", key,
-                                json.dumps({"applicationId": "default", "conferenceId": "bench", "conversationId": "bench"}).encode(), "application/json"))
+        per_call = STREAMS_PER_CALL or n
+        calls = []
+        for c in range((n + per_call - 1) // per_call):
+            calls.append(json.loads(http("POST", base + "/recordings/start", key, json.dumps(
+                {"applicationId": "default", "conferenceId": f"bench-{c}", "conversationId": f"bench-{c}"}).encode(), "application/json")))
         offer = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
                  "m=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-mux\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-mux\r\n")
         rss_rec_base = rss_kib(recorder.pid)
         refused = 0
         for k in range(n):
             try:
-                ports = ports_of(http("POST", f"{base}/media/rtp/bench?userId=user-{k}&type=CAM", key, offer.encode(), "application/sdp"))
+                ports = ports_of(http("POST", f"{base}/media/rtp/bench-{k // per_call}?userId=user-{k}&type=CAM", key, offer.encode(), "application/sdp"))
             except urllib.error.HTTPError as e:
                 refused += 1
                 continue
@@ -150,17 +161,18 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
             for child in node.get("children", []):
                 walk(child)
         walk(tree)
-        stop = json.loads(http("POST", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}/stop", key, b""))
-        instance = json.loads(http("GET", f"{base}/recordings/bench/{start['recorderId']}/{start['instanceId']}", key))
-        rec_ok, rec_min = 0, 1.0
-        for s in instance["streams"]:
-            counts = {}
-            for t in s["tracks"]:
-                counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
-            got = frames_ratio(counts, sent_v, sent_a)
-            rec_min, rec_ok = min(rec_min, got), rec_ok + (got >= 1.0)
+        rec_ok, rec_min, states = 0, 1.0, set()
+        for c, start in enumerate(calls):
+            path = f"{base}/recordings/bench-{c}/{start['recorderId']}/{start['instanceId']}"
+            states.add(json.loads(http("POST", path + "/stop", key, b""))["state"])
+            for s in json.loads(http("GET", path, key))["streams"]:
+                counts = {}
+                for t in s["tracks"]:
+                    counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
+                got = frames_ratio(counts, sent_v, sent_a)
+                rec_min, rec_ok = min(rec_min, got), rec_ok + (got >= 1.0)
         writes.sort()
-        result.update(state=stop["state"], recorder_cpu_s_per_stream=round(cpu_rec / n, 4),
+        result.update(state="/".join(sorted(states)), calls=len(calls), recorder_cpu_s_per_stream=round(cpu_rec / n, 4),
                       recorder_cpu_share_of_2_cores=round(cpu_rec / sent["seconds"] / 2, 3),
                       recorder_streams_every_frame=f"{rec_ok}/{n}", recorder_worst_frame_ratio=round(rec_min, 5),
                       recorder_rss_kib_per_stream=(rss_rec - rss_rec_base) // n,
@@ -256,12 +268,16 @@ def main():
     ap.add_argument("--step", type=int, default=100)
     ap.add_argument("--limit", type=int, default=3000)
     ap.add_argument("--recorder-only", action="store_true", help="no FFmpeg receivers (one run)")
+    ap.add_argument("--streams-per-call", type=int, default=STREAMS_PER_CALL,
+                    help="streams per recorder instance (0: all streams in one instance)")
     ap.add_argument("--recorder-env", action="append", default=[], metavar="RECORDER_X=V",
                     help="extra settings for the recorder, e.g. RECORDER_MEDIA__FSYNC_INTERVAL_MS=600000")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     release = os.path.join(target, "release/rtc-recorder")
     ap.add_argument("--binary", default=release if os.path.exists(release) else os.path.join(target, "debug/rtc-recorder"))
     args = ap.parse_args()
+    global STREAMS_PER_CALL
+    STREAMS_PER_CALL = args.streams_per_call
     if args.find_max:
         find_max(args)
     else:
