@@ -45,8 +45,11 @@ def cpu_seconds(pid):
 
 def rss_kib(pid):
     """Resident memory of a live process; 0 for one that already exited (a zombie has none)."""
-    with open(f"/proc/{pid}/status") as f:
-        found = re.search(r"VmRSS:\s+(\d+)", f.read())
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            found = re.search(r"VmRSS:\s+(\d+)", f.read())
+    except FileNotFoundError:  # exited and reaped
+        return 0
     return int(found.group(1)) if found else 0
 
 
@@ -259,6 +262,7 @@ def find_max(args):
 
 
 def main():
+    global STREAMS_PER_CALL
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=20)
@@ -276,7 +280,6 @@ def main():
     release = os.path.join(target, "release/rtc-recorder")
     ap.add_argument("--binary", default=release if os.path.exists(release) else os.path.join(target, "debug/rtc-recorder"))
     args = ap.parse_args()
-    global STREAMS_PER_CALL
     STREAMS_PER_CALL = args.streams_per_call
     if args.find_max:
         find_max(args)
