@@ -42,6 +42,10 @@ pub enum Target {
         conference_id: String,
         whip_publish: bool,
     },
+    /// The node that composed this conversation last: the owner of its newest ended instance.
+    Composer {
+        conversation_id: String,
+    },
 }
 
 /// Pure: the target of a request.
@@ -65,6 +69,9 @@ pub fn target_of(method: &Method, path: &str) -> Target {
         {
             Target::Recorder(recorder.to_string())
         }
+        ["compositions", conversation] if method == Method::GET => Target::Composer {
+            conversation_id: conversation.to_string(),
+        },
         ["media", transport @ ("rtp" | "whip"), conference, rest @ ..] => Target::Conference {
             conference_id: conference.to_string(),
             whip_publish: *transport == "whip" && rest.is_empty() && method == Method::POST,
@@ -98,6 +105,22 @@ pub async fn route(
             Err(err) => return Ok(answer(req, ApiError::from(err).error_response())),
         },
         Target::Recorder(recorder_id) => Some(recorder_id),
+        Target::Composer { conversation_id } => match state.keys.authorize(req.request(), crate::config::Scope::Global)
+        {
+            // The composition is where the conversation's newest ended instance was recorded.
+            Ok(grant) => cluster
+                .catalogue_conversation(grant.organization_id.as_str(), &conversation_id)
+                .await
+                .ok()
+                .and_then(|records| {
+                    records
+                        .into_iter()
+                        .filter(|r| r.state.is_terminal())
+                        .max_by_key(|r| r.stopped)
+                        .map(|r| r.recorder_id)
+                }),
+            Err(_) => None,
+        },
         Target::BodyRecorder => {
             let bytes = match read_payload(&mut req, state.settings.limits.max_body_bytes).await {
                 Ok(bytes) => bytes,
@@ -288,6 +311,12 @@ mod tests {
             Target::Conference {
                 conference_id: "room-1".into(),
                 whip_publish: false
+            }
+        );
+        assert_eq!(
+            t(Method::GET, "/compositions/c1"),
+            Target::Composer {
+                conversation_id: "c1".into()
             }
         );
         assert_eq!(target_of(&Method::GET, "/health"), Target::Here);

@@ -154,6 +154,15 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
     assert_eq!(third["recorderId"], "node-b", "{third}");
     // B composes the whole conversation: its two instances and A's, the time between cut.
     wait_composed(&b, &conversation, &third["instanceId"]);
+    // Asked through A, the composition's status comes from B, which made it.
+    let through_a = a.get(&format!("/compositions/{conversation}"), KEY);
+    assert_eq!(through_a.status, 200, "{}", through_a.text());
+    assert_eq!(
+        through_a.json()["instanceId"],
+        third["instanceId"],
+        "{}",
+        through_a.text()
+    );
     let listing = a.get(&format!("/recordings/{conversation}"), KEY).json();
     let spans: Vec<f64> = listing["recordings"]
         .as_array()
