@@ -261,7 +261,10 @@ pub async fn instance(
         .iter()
         .flat_map(|s| &s.tracks)
         .any(|t| t.object.uploaded.is_some());
-    if any_uploaded {
+    // Another node's instance read from the catalogue (its owner down): shown without track
+    // URLs, which are made from the owner's own store.
+    let ours = state.cluster.as_ref().is_none_or(|c| record.recorder_id == c.node_id);
+    if any_uploaded && ours {
         // Each stored track gets the provider's signed URL, valid for signing.url_ttl_secs.
         let ttl = std::time::Duration::from_secs(state.settings.url_ttl_secs);
         for track_url in state.queries.track_urls(TrackUrls { instance: at, ttl }).await? {

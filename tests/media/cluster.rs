@@ -182,6 +182,14 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
         (composed - total).abs() < 1.0,
         "the composition ({composed:.2} s) covers the three instances ({spans:?})"
     );
+    // B down: A answers for B's stopped, uploaded instance from the catalogue.
+    b.kill9();
+    poll(Duration::from_secs(10), "A alone again", || {
+        connected(&a, 1).then_some(())
+    });
+    let seen = a.get(&instance_path(&third), KEY);
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    assert_eq!(seen.json()["state"], "STOPPED", "{}", seen.text());
 }
 
 /// A new instance of `conversation` started through `app`, 3 s of plain RTP through it, stopped.
