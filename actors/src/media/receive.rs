@@ -108,6 +108,7 @@ const WAKER: mio::Token = mio::Token(usize::MAX);
 impl ReceivePool {
     /// A pool of `threads` receive threads (0: one per core), started now.
     pub fn new(threads: usize) -> std::io::Result<ReceivePool> {
+        keep_arrival_stamps_on();
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -173,6 +174,26 @@ pub const RECEIVE_BATCH: Duration = Duration::from_millis(40);
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 /// Asks the kernel to stamp every datagram with its arrival time (`SO_TIMESTAMPNS`).
+/// Linux turns receive timestamps on machine-wide from a deferred work item when the first
+/// socket of the machine asks for them, and off again (deferred too) when the last one closes:
+/// a datagram that arrives in between is stamped when it is read, up to a round late. One
+/// socket with the option, held for the life of the process from the pool's creation, keeps
+/// them on, so the first session of a node and every one after it get arrival times.
+fn keep_arrival_stamps_on() {
+    static KEEPER: std::sync::OnceLock<Option<std::net::UdpSocket>> = std::sync::OnceLock::new();
+    KEEPER.get_or_init(|| {
+        let kept = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|socket| enable_arrival_stamps(&socket).map(|()| socket));
+        match kept {
+            Ok(socket) => Some(socket),
+            Err(err) => {
+                tracing::warn!(error = %err, "receive timestamps not held on; early datagrams may be stamped when read");
+                None
+            }
+        }
+    });
+}
+
 fn enable_arrival_stamps(socket: &std::net::UdpSocket) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
@@ -583,16 +604,35 @@ mod tests {
 
     #[test]
     fn a_datagram_read_late_keeps_the_time_it_arrived() {
+        keep_arrival_stamps_on();
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         enable_arrival_stamps(&receiver).unwrap();
         receiver.set_nonblocking(true).unwrap();
         let receiver = mio::net::UdpSocket::from_std(receiver);
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The kernel turns receive timestamps on for the whole machine from a deferred work item
+        // the first time a socket asks; until it has run, a datagram is stamped when it is read.
+        // Wait for that (a datagram read 30 ms late must keep its earlier time), as a long-lived
+        // node does once at its first session.
+        let mut buf = [0u8; 16];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let probe_at = Instant::now();
+            sender.send_to(b"probe", receiver.local_addr().unwrap()).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            let (_, _, arrived) = recv_stamped(&receiver, &mut buf).unwrap();
+            if arrived < probe_at + Duration::from_millis(20) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the kernel never stamped a datagram on arrival"
+            );
+        }
         let sent_at = Instant::now();
         sender.send_to(b"rtp", receiver.local_addr().unwrap()).unwrap();
         // A round reads it 120 ms later.
         std::thread::sleep(Duration::from_millis(120));
-        let mut buf = [0u8; 16];
         let read_at = Instant::now();
         let (len, from, arrived) = recv_stamped(&receiver, &mut buf).unwrap();
         assert_eq!((&buf[..len], from), (&b"rtp"[..], sender.local_addr().unwrap()));
