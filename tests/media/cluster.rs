@@ -59,16 +59,7 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
     );
 
     // Plain RTP through A: the answer is B's, with B's ports.
-    let resp = a.publish(
-        "rtp",
-        &conference,
-        "userId=agent&type=CAM",
-        &format!("Bearer {KEY}"),
-        "application/sdp",
-        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
-    );
-    assert_eq!(resp.status, 201, "{}", resp.text());
-    let ports = answer_ports(&resp.text());
+    let ports = publish_av_rtp(&a, &conference, "agent");
     assert!(
         ports.iter().all(|p| (b.rtp_ports.0..=b.rtp_ports.1).contains(p)),
         "{ports:?} are B's ports {:?}",

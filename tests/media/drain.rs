@@ -18,16 +18,7 @@ fn a_sigterm_drains_completes_the_files_and_the_next_start_records_on() {
     let mut app = TestApp::spawn_with_env(&[("RECORDER_OPS__DRAIN_TIMEOUT_SECS", &drain)]);
     let conference = unique("room");
     let event = app.start(&unique("call"), &conference, true, true);
-    let resp = app.publish(
-        "rtp",
-        &conference,
-        "userId=agent&type=CAM",
-        &format!("Bearer {KEY}"),
-        "application/sdp",
-        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
-    );
-    assert_eq!(resp.status, 201, "{}", resp.text());
-    let ports = answer_ports(&resp.text());
+    let ports = publish_av_rtp(&app, &conference, "agent");
     let seconds = 14;
     let mut a = lavfi_av(seconds);
     a.extend(rtp_out("0:v", "vp8", 96, ports[0]));

@@ -633,3 +633,18 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// `user`'s CAM published over plain RTP to `conference` through `app`, VP8 and Opus: the ports
+/// of the answer (video, audio).
+pub fn publish_av_rtp(app: &TestApp, conference: &str, user: &str) -> Vec<u16> {
+    let resp = app.publish(
+        "rtp",
+        conference,
+        &format!("userId={user}&type=CAM"),
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    answer_ports(&resp.text())
+}

@@ -370,16 +370,7 @@ fn uploaded_tracks_play_from_the_storage_profile() {
     let app = TestApp::spawn_uploading();
     let conference = unique("room");
     let event = app.start(&unique("call"), &conference, true, true);
-    let resp = app.publish(
-        "rtp",
-        &conference,
-        "userId=agent&type=CAM",
-        &format!("Bearer {KEY}"),
-        "application/sdp",
-        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
-    );
-    assert_eq!(resp.status, 201, "{}", resp.text());
-    let ports = answer_ports(&resp.text());
+    let ports = publish_av_rtp(&app, &conference, "agent");
     let seconds = 3;
     let mut sender = lavfi_av(seconds);
     sender.extend(rtp_out("0:v", "vp8", 96, ports[0]));

@@ -42,16 +42,7 @@ fn with_no_publisher_back_within_the_window_the_instance_is_aborted_and_its_medi
     let conference = unique("room");
     let conversation = unique("call");
     let event = app.start(&conversation, &conference, true, true);
-    let resp = app.publish(
-        "rtp",
-        &conference,
-        "userId=agent&type=CAM",
-        &format!("Bearer {KEY}"),
-        "application/sdp",
-        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
-    );
-    assert_eq!(resp.status, 201, "{}", resp.text());
-    let ports = answer_ports(&resp.text());
+    let ports = publish_av_rtp(&app, &conference, "agent");
     let mut a = lavfi_av(10);
     a.extend(rtp_out("0:v", "vp8", 96, ports[0]));
     a.extend(rtp_out("0:a", "opus", 111, ports[1]));
@@ -301,16 +292,7 @@ fn a_stop_interrupted_by_a_kill_9_is_finished_on_boot_and_uploaded_once() {
     app.restart_with_env(&[("RTC_RECORDER_FAULTS", "finalize=stall")]);
     let conference = unique("room");
     let event = app.start(&unique("call"), &conference, true, true);
-    let resp = app.publish(
-        "rtp",
-        &conference,
-        "userId=agent&type=CAM",
-        &format!("Bearer {KEY}"),
-        "application/sdp",
-        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
-    );
-    assert_eq!(resp.status, 201, "{}", resp.text());
-    let ports = answer_ports(&resp.text());
+    let ports = publish_av_rtp(&app, &conference, "agent");
     let mut a = lavfi_av(3);
     a.extend(rtp_out("0:v", "vp8", 96, ports[0]));
     a.extend(rtp_out("0:a", "opus", 111, ports[1]));

@@ -353,16 +353,7 @@ fn record_call(app: &TestApp) -> Value {
         "recorderId": event["recorderId"],
         "instanceId": event["instanceId"],
     });
-    let resp = app.publish(
-        "rtp",
-        &conference,
-        "userId=agent&type=CAM",
-        &format!("Bearer {KEY}"),
-        "application/sdp",
-        &rtp_offer(&[("video", 96, "VP8/90000"), ("audio", 111, "opus/48000/2")]),
-    );
-    assert_eq!(resp.status, 201, "{}", resp.text());
-    let ports = answer_ports(&resp.text());
+    let ports = publish_av_rtp(app, &conference, "agent");
     let mut sender = lavfi_av(3);
     sender.extend(rtp_out("0:v", "vp8", 96, ports[0]));
     sender.extend(rtp_out("0:a", "opus", 111, ports[1]));
