@@ -146,14 +146,45 @@ pub struct EngineConfig {
     pub peers: Option<Arc<dyn PeerInstances>>,
 }
 
-/// The instances of a conversation that other nodes recorded, as their owners last wrote them
-/// (the cluster's catalogue). Their tracks are read from object storage.
+/// What the other nodes of a cluster share with the engine: the instances of a conversation
+/// they recorded, as their owners last wrote them (the cluster's catalogue; their tracks are
+/// read from object storage), and the lease that lets one node at a time compose a
+/// conversation.
 pub trait PeerInstances: Send + Sync {
     fn conversation_instances(
         &self,
         organization_id: &str,
         conversation_id: &str,
     ) -> futures_util::future::BoxFuture<'static, Result<Vec<InstanceRecord>, String>>;
+
+    /// Takes (or keeps) the cluster-wide lease on composing this application's conversation.
+    /// A composition runs only under it, from its claim until its MP4 is uploaded (or it
+    /// failed), so two nodes never compose one conversation at once nor upload over each
+    /// other: each run covers every instance ended when it starts, and the last upload is the
+    /// fullest. `Err`: the cluster cannot be asked (the composition waits, queued).
+    fn take_composition_lease(
+        &self,
+        organization_id: &str,
+        application_id: &str,
+        conversation_id: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<CompositionLease, String>>;
+
+    /// Gives the lease back if this node holds it.
+    fn release_composition_lease(
+        &self,
+        organization_id: &str,
+        application_id: &str,
+        conversation_id: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>>;
+}
+
+/// The answer of [`PeerInstances::take_composition_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompositionLease {
+    /// This node holds it.
+    Held,
+    /// Another node, alive, holds it (its composition or its upload is under way).
+    HeldBy(String),
 }
 
 /// Bounds that keep one tenant from starving the others and keep what the node holds from

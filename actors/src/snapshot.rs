@@ -165,6 +165,8 @@ counter_set! {
         num_queued,
         num_composed,
         num_failed,
+        num_waiting_for_lease,
+        num_leases_held,
     }
 }
 

@@ -139,6 +139,10 @@ impl ResponseError for ApiError {
         {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
+        // Unavailable is transient (the state store, the cluster): say when to ask again.
+        if let ApiError::Unavailable(_) = self {
+            response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS.to_string()));
+        }
         if let ApiError::AtCapacity { retry_after_secs, .. } = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
@@ -199,6 +203,9 @@ impl From<EngineError> for ApiError {
 
 /// Cluster mode: NATS away is 503, a lease held elsewhere 409, no capacity anywhere 503
 /// `AT_CAPACITY` (field `cluster`).
+/// `Retry-After` of a 503 `UNAVAILABLE`.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 impl From<crate::cluster::ClusterError> for ApiError {
     fn from(err: crate::cluster::ClusterError) -> Self {
         use crate::cluster::ClusterError;

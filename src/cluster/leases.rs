@@ -193,6 +193,108 @@ impl StartLeases {
     }
 }
 
+/// A composition lease held for this long is stale even if its holder still heartbeats (a
+/// composition whose upload can never finish must not stop the others for good).
+const COMPOSITION_MAX_HOLD_MS: i64 = 6 * 3600 * 1000;
+
+/// The composition lease of one application's conversation: one node at a time composes it
+/// and uploads the result (see `PeerInstances::take_composition_lease`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CompositionHold {
+    recorder_id: String,
+    /// Milliseconds since the epoch.
+    taken: i64,
+}
+
+fn composition_key(organization_id: &str, application_id: &str, conversation_id: &str) -> String {
+    format!(
+        "composition.{}.{}.{}",
+        key_part(organization_id),
+        key_part(application_id),
+        key_part(conversation_id)
+    )
+}
+
+/// Pure: whether a composition lease held by `holder` keeps `me` from taking it: held by
+/// another node whose heartbeat is recent, for less than the longest hold.
+fn composition_lease_blocks(holder: &CompositionHold, me: &str, holder_alive: bool, now: i64) -> bool {
+    holder.recorder_id != me && holder_alive && now - holder.taken < COMPOSITION_MAX_HOLD_MS
+}
+
+impl Cluster {
+    /// Takes the composition lease of a conversation for this node, keeps it if this node holds
+    /// it already (from before a restart, say), or takes it over from a node whose heartbeat
+    /// has lapsed; `HeldBy` names the live node holding it.
+    pub async fn take_composition_lease(
+        &self,
+        organization_id: &str,
+        application_id: &str,
+        conversation_id: &str,
+    ) -> Result<recorder_actors::engine::CompositionLease, ClusterError> {
+        use recorder_actors::engine::CompositionLease;
+        let buckets = self.buckets()?;
+        let key = composition_key(organization_id, application_id, conversation_id);
+        let mine = CompositionHold {
+            recorder_id: self.node_id.clone(),
+            taken: now_millis(),
+        };
+        let value = bytes::Bytes::from(serde_json::to_vec(&mine).expect("plain data"));
+        for _ in 0..3 {
+            match buckets.leases.create(&key, value.clone()).await {
+                Ok(_) => return Ok(CompositionLease::Held),
+                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(err) => return Err(unavailable(err)),
+            }
+            let Some(entry) = buckets.leases.entry(&key).await.map_err(unavailable)? else {
+                continue;
+            };
+            if entry.operation == kv::Operation::Put {
+                if let Ok(held) = serde_json::from_slice::<CompositionHold>(&entry.value) {
+                    if held.recorder_id == self.node_id {
+                        return Ok(CompositionLease::Held);
+                    }
+                    let alive = self.alive(&held.recorder_id).is_some();
+                    if composition_lease_blocks(&held, &self.node_id, alive, now_millis()) {
+                        return Ok(CompositionLease::HeldBy(held.recorder_id));
+                    }
+                    tracing::info!(key, holder = %held.recorder_id, "cluster: taking over a stale composition lease");
+                }
+            }
+            if buckets.leases.update(&key, value.clone(), entry.revision).await.is_ok() {
+                return Ok(CompositionLease::Held);
+            }
+        }
+        Err(ClusterError::Unavailable(
+            "the composition lease kept changing; try again".into(),
+        ))
+    }
+
+    /// Gives the composition lease of a conversation back if this node holds it.
+    pub async fn release_composition_lease(
+        &self,
+        organization_id: &str,
+        application_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), ClusterError> {
+        let buckets = self.buckets()?;
+        let key = composition_key(organization_id, application_id, conversation_id);
+        let Some(entry) = buckets.leases.entry(&key).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let mine = entry.operation == kv::Operation::Put
+            && serde_json::from_slice::<CompositionHold>(&entry.value).is_ok_and(|h| h.recorder_id == self.node_id);
+        if mine {
+            buckets
+                .leases
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
 impl Cluster {
     /// The node whose live instance records `conference_id`, as its lease says (`None`: no
     /// live instance holds it).
@@ -211,5 +313,29 @@ impl Cluster {
             .filter(|e| e.operation == kv::Operation::Put)
             .and_then(|e| serde_json::from_slice::<Lease>(&e.value).ok())
             .map(|lease| lease.recorder_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_composition_lease_blocks_only_while_another_live_node_holds_it_not_too_long() {
+        let now = 10 * COMPOSITION_MAX_HOLD_MS;
+        let hold = |node: &str, age: i64| CompositionHold {
+            recorder_id: node.into(),
+            taken: now - age,
+        };
+        assert!(composition_lease_blocks(&hold("b", 1_000), "a", true, now));
+        // This node's own lease (from before its restart) never blocks it.
+        assert!(!composition_lease_blocks(&hold("a", 1_000), "a", true, now));
+        // The holder's heartbeat lapsed: taken over.
+        assert!(!composition_lease_blocks(&hold("b", 1_000), "a", false, now));
+        // Held too long: taken over.
+        assert!(!composition_lease_blocks(&hold("b", COMPOSITION_MAX_HOLD_MS), "a", true, now));
+        // Keys of different applications or conversations differ.
+        assert_ne!(composition_key("o", "a1", "c"), composition_key("o", "a2", "c"));
+        assert_ne!(composition_key("o", "a", "c.1"), composition_key("o", "a.c", "1"));
     }
 }

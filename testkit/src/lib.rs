@@ -7,6 +7,7 @@
 //! The binary's path comes from the caller (`env!("CARGO_BIN_EXE_rtc-recorder")`, which Cargo
 //! sets for the root package's tests and benchmarks only).
 
+pub mod azurite;
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod nats;

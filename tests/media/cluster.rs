@@ -1,20 +1,91 @@
 //! Cluster mode with real media: two recorder nodes, a three-server NATS JetStream cluster and one
-//! shared store. Everything goes through node A, the one with little capacity, and is recorded
-//! on node B: FFmpeg's plain RTP to the ports of B's answer (forwarded), aiortc's WHIP after a
-//! 307 to B. B is killed with `kill -9` while FFmpeg sends: A shows the instance
-//! PENDING_RECOVERY; B restarts, re-binds the ports and records on (ACTIVE with `recovered`);
-//! the stop through A leaves one file per track holding both halves. The conversation then goes
-//! on on A (B down) and again on B: B's composition covers all three instances, A's read from the
-//! shared store.
+//! object store they share (an Azure Blob container on Azurite: real object keys).
+//!
+//! 1. Everything goes through node A, the one with little capacity, and is recorded on node B:
+//!    FFmpeg's plain RTP to the ports of B's answer (forwarded), aiortc's WHIP after a 307 to B.
+//!    B is killed with `kill -9` while FFmpeg sends: A shows the instance PENDING_RECOVERY; B
+//!    restarts, re-binds the ports and records on (ACTIVE with `recovered`); the stop through A
+//!    leaves one file per track holding both halves. The conversation then goes on on A (B down)
+//!    and again on B: B's composition covers all three instances, A's read from the store.
+//! 2. With every NATS server down, a node's live instance records on (every frame) while cluster
+//!    commands answer 503, and the catalogue catches up once NATS is back. One node composes a
+//!    conversation at a time: while B's composition of it is not uploaded (its store frozen), A's
+//!    composition of the same conversation waits, queued, for the composition lease; once B's
+//!    upload is through, A composes everything.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::azurite::Azurite;
 use testkit::nats::NatsCluster;
 
 use crate::harness::*;
 
-fn node(nats: &NatsCluster, name: &str, budget: u64, shared: &str, bucket_name: &str) -> TestApp {
+/// The environment variable the nodes read the Azure connection string from.
+const AZURE_CONNECTION_VAR: &str = "RTC_TEST_AZURE_CONNECTION";
+
+/// An Azure Blob container the nodes of one test share: its name and connection string.
+struct SharedStore {
+    container: String,
+    connection: String,
+}
+
+impl SharedStore {
+    /// A container of its own on the Azurite at `endpoint`, made through the engine's backend.
+    fn new(account: &str, key: &str, endpoint: &str) -> SharedStore {
+        use recorder_actors::storage::{AzureBackend, AzureCredentials, AzureSettings, Secret};
+        let container = format!("cluster{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let backend = AzureBackend::new(AzureSettings {
+            container: container.clone(),
+            endpoint: Some(endpoint.to_string()),
+            key_prefix: String::new(),
+            credentials: AzureCredentials::SharedKey {
+                account: account.to_string(),
+                key: Secret::new(key.to_string()),
+            },
+        })
+        .expect("an Azure backend");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(backend.create_container())
+            .unwrap_or_else(|e| panic!("create container {container} on {endpoint}: {e}"));
+        SharedStore {
+            container,
+            connection: format!(
+                "DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};"
+            ),
+        }
+    }
+
+    /// On the Azurite `scripts/test-services.sh` runs.
+    fn on_services() -> SharedStore {
+        let env = services_env();
+        let get = |name: &str| {
+            env.get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} missing from the services env; run scripts/test-services.sh start"))
+        };
+        SharedStore::new(&get("RTC_AZURE_ACCOUNT"), &get("RTC_AZURE_KEY"), &get("RTC_AZURE_ENDPOINT"))
+    }
+
+    fn on(azurite: &Azurite) -> SharedStore {
+        SharedStore::new(azurite.account(), azurite.key(), &azurite.endpoint())
+    }
+}
+
+/// Fetches `url` (a provider's signed URL) into `path`.
+fn download(url: &str, path: &std::path::Path) {
+    let resp = ureq::get(url)
+        .timeout(Duration::from_secs(60))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let mut file = std::fs::File::create(path).unwrap();
+    std::io::copy(&mut resp.into_reader(), &mut file).unwrap();
+}
+
+fn node(nats: &NatsCluster, name: &str, budget: u64, store: &SharedStore, bucket_name: &str) -> TestApp {
     let urls: Vec<String> = nats.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let extra = format!(
         "[cluster]\nenabled = true\nnats_urls = [{}]\nreplicas = 3\nname = \"{bucket_name}\"\n\
@@ -23,10 +94,14 @@ fn node(nats: &NatsCluster, name: &str, budget: u64, shared: &str, bucket_name: 
          [signing]\nsecret = \"one-secret-shared-by-every-node-of-the-cluster\"\n",
         urls.join(", ")
     );
-    let shared = shared.to_string();
-    TestApp::spawn_with_profile_and(&extra, &[("RECORDER_RECORDER_ID", name)], move |_| {
-        format!("provider = \"LOCAL\"\npath = \"{shared}\"")
-    })
+    let container = store.container.clone();
+    TestApp::spawn_with_profile_and(
+        &extra,
+        &[("RECORDER_RECORDER_ID", name), (AZURE_CONNECTION_VAR, &store.connection)],
+        move |_| {
+            format!("provider = \"AZURE_BLOB\"\ncontainer = \"{container}\"\nconnection_string = {{ env = \"{AZURE_CONNECTION_VAR}\" }}")
+        },
+    )
 }
 
 fn connected(app: &TestApp, num_nodes: u64) -> bool {
@@ -40,11 +115,10 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
     let _media = media_lock();
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsCluster::start(dir.path(), 3);
-    let shared = dir.path().join("store");
-    let shared = shared.to_string_lossy();
+    let store = SharedStore::on_services();
     let bucket_name = format!("rtc_media_{}", uuid::Uuid::new_v4().simple());
-    let a = node(&nats, "node-a", 100, &shared, &bucket_name);
-    let mut b = node(&nats, "node-b", 900, &shared, &bucket_name);
+    let a = node(&nats, "node-a", 100, &store, &bucket_name);
+    let mut b = node(&nats, "node-b", 900, &store, &bucket_name);
     for app in [&a, &b] {
         poll(Duration::from_secs(60), "both nodes in the cluster", || {
             connected(app, 2).then_some(())
@@ -148,12 +222,8 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
     // Asked through A, the composition's status comes from B, which made it.
     let through_a = a.get(&format!("/compositions/{conversation}"), KEY);
     assert_eq!(through_a.status, 200, "{}", through_a.text());
-    assert_eq!(
-        through_a.json()["instanceId"],
-        third["instanceId"],
-        "{}",
-        through_a.text()
-    );
+    let composition = through_a.json();
+    assert_eq!(composition["instanceId"], third["instanceId"], "{composition:#}");
     let listing = a.get(&format!("/recordings/{conversation}"), KEY).json();
     let spans: Vec<f64> = listing["recordings"]
         .as_array()
@@ -162,12 +232,7 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
         .map(|r| (millis(&r["stopped"]) - millis(&r["started"])) as f64 / 1000.0)
         .collect();
     assert_eq!(spans.len(), 3, "{listing:#}");
-    let stored: Vec<_> = files_under(std::path::Path::new(&*shared))
-        .into_iter()
-        .filter(|p| p.ends_with("composition.mp4"))
-        .collect();
-    assert_eq!(stored.len(), 1, "one composition: {stored:?}");
-    let composed = container_duration(&stored[0]).expect("a composition with a duration");
+    let composed = stored_duration(&composition, dir.path());
     let total: f64 = spans.iter().sum();
     assert!(
         (composed - total).abs() < 1.0,
@@ -183,8 +248,24 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
     assert_eq!(seen.json()["state"], "STOPPED", "{}", seen.text());
 }
 
+/// The duration of a composition as stored: fetched through its signed URL (the store's own).
+fn stored_duration(composition: &Value, dir: &std::path::Path) -> f64 {
+    let url = composition["streams"][0]["tracks"][0]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a composition without a URL: {composition:#}"));
+    assert!(url.contains("/cluster"), "the container's signed URL: {url}");
+    let path = dir.join(format!("composition-{}.mp4", uuid::Uuid::new_v4().simple()));
+    download(url, &path);
+    container_duration(&path).expect("a composition with a duration")
+}
+
 /// A new instance of `conversation` started through `app`, 3 s of plain RTP through it, stopped.
 fn record_a_little(app: &TestApp, conversation: &str) -> Value {
+    record_a_little_then(app, conversation, || {})
+}
+
+/// [`record_a_little`], with `before_stop` run between the media and the stop.
+fn record_a_little_then(app: &TestApp, conversation: &str, before_stop: impl FnOnce()) -> Value {
     let conference = unique("room");
     let event = poll(Duration::from_secs(10), "a start", || {
         let resp = app.post_json(
@@ -213,6 +294,155 @@ fn record_a_little(app: &TestApp, conversation: &str) -> Value {
     ]);
     args.extend(rtp_out("0", "opus", 111, port));
     wait_ok(ffmpeg(&args), "ffmpeg");
+    before_stop();
     assert_eq!(app.stop(&event)["state"], "STOPPED");
     event
+}
+
+fn compositor(app: &TestApp) -> Value {
+    snapshots_of(&app.debug_tree(), "Compositor")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no compositor in {}", app.debug_tree()))
+}
+
+#[test]
+fn media_records_on_with_nats_down_and_one_node_at_a_time_composes_a_conversation() {
+    let _media = media_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsCluster::start(dir.path(), 3);
+    // A store of this test's own: it is frozen below.
+    let azurite = Azurite::start(dir.path());
+    let store = SharedStore::on(&azurite);
+    let bucket_name = format!("rtc_media_{}", uuid::Uuid::new_v4().simple());
+    // B has a little more capacity: the first start goes there.
+    let a = node(&nats, "node-a", 100, &store, &bucket_name);
+    let b = node(&nats, "node-b", 101, &store, &bucket_name);
+    for app in [&a, &b] {
+        poll(Duration::from_secs(60), "both nodes in the cluster", || {
+            connected(app, 2).then_some(())
+        });
+    }
+
+    // The conversation's first instance on B; the store freezes before its stop, so B's
+    // composition of it is made but cannot be uploaded: B holds the composition lease.
+    let conversation = unique("call");
+    let first = record_a_little_then(&a, &conversation, || azurite.pause());
+    assert_eq!(first["recorderId"], "node-b", "{first}");
+    poll(Duration::from_secs(60), "B composed under the lease", || {
+        let counters = compositor(&b)["counters"].clone();
+        (counters["num_leases_held"] == 1 && counters["num_composed"] == 1).then_some(())
+    });
+    // Its composition capacity is back in B's heartbeat.
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Another call on B takes some of B's capacity, so the conversation's next instance goes to A.
+    let other_room = unique("room");
+    let other = a.start(&unique("other"), &other_room, true, true);
+    assert_eq!(other["recorderId"], "node-b", "{other}");
+    publish_av_rtp(&a, &other_room, "agent");
+    std::thread::sleep(Duration::from_secs(1)); // a few heartbeats
+    let conference = unique("room");
+    let second = poll(Duration::from_secs(10), "the second instance", || {
+        let resp = b.post_json(
+            "/recordings/start",
+            KEY,
+            &serde_json::json!({"applicationId": "app-a", "conversationId": conversation, "conferenceId": conference}),
+        );
+        (resp.status == 200).then(|| resp.json())
+    });
+    assert_eq!(second["recorderId"], "node-a", "placed on A: {second}");
+    let ports = publish_av_rtp(&b, &conference, "agent");
+    assert!(
+        ports.iter().all(|p| (a.rtp_ports.0..=a.rtp_ports.1).contains(p)),
+        "{ports:?} are A's ports {:?}",
+        a.rtp_ports
+    );
+    let seconds = 8;
+    let mut args = lavfi_av(seconds);
+    args.extend(rtp_out("0:v", "vp8", 96, ports[0]));
+    args.extend(rtp_out("0:a", "opus", 111, ports[1]));
+    let sender = ffmpeg(&args);
+    wait_written(&a, 15);
+
+    // Every NATS server down while A records: cluster commands answer 503, media goes on.
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    poll(Duration::from_secs(10), "A disconnected", || {
+        let ready = a.request("GET", &format!("{}/ready", a.base_url), &[], None);
+        let cluster = serde_json::from_slice::<Value>(&ready.body).unwrap_or_default()["cluster"].clone();
+        (cluster["connected"] == false).then_some(())
+    });
+    let refused = b.post_json(
+        "/recordings/start",
+        KEY,
+        &serde_json::json!({"applicationId": "app-a", "conversationId": unique("call"), "conferenceId": unique("room")}),
+    );
+    refused.assert_error(503);
+    assert!(refused.header("Retry-After").is_some(), "{:?}", refused.headers);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..3 {
+        nats.start_server(i);
+    }
+    for app in [&a, &b] {
+        poll(Duration::from_secs(60), "both nodes back in the cluster", || {
+            connected(app, 2).then_some(())
+        });
+    }
+    wait_ok(sender, "sender");
+    let stopped = b.stop(&second);
+    assert_eq!(stopped["state"], "STOPPED", "{stopped:#}");
+    let instance = a.instance(&second);
+    let all = tracks(&instance);
+    let secs = f64::from(seconds);
+    assert_track(find_track(&all, "agent", "CAM", "VIDEO"), "vp8", 30 * u64::from(seconds), secs - 1.0 / 30.0);
+    assert_track(find_track(&all, "agent", "CAM", "AUDIO"), "opus", ffmpeg_opus_frames(seconds), secs);
+    // B's catalogue caught up with what A did while NATS was down.
+    poll(Duration::from_secs(20), "B lists both instances STOPPED", || {
+        let listing = b.get(&format!("/recordings/{conversation}"), KEY).json();
+        let states: Vec<_> = listing["recordings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["state"].clone())
+            .collect();
+        (states.len() == 2 && states.iter().all(|s| s == "STOPPED")).then_some(())
+    });
+
+    // A's composition of the conversation waits, queued, while B's is not uploaded.
+    let waiting = Instant::now();
+    while waiting.elapsed() < Duration::from_secs(4) {
+        let resp = a.get(&format!("/compositions/{conversation}"), KEY);
+        if resp.status == 200 {
+            let composition = resp.json();
+            assert_eq!(composition["instanceId"], second["instanceId"], "{composition:#}");
+            assert_eq!(composition["state"], "INITIALISED", "queued behind B's: {composition:#}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(compositor(&a)["counters"]["num_waiting_for_lease"], 1, "{}", compositor(&a));
+    assert_eq!(compositor(&b)["counters"]["num_leases_held"], 1, "{}", compositor(&b));
+
+    // The store back: B's upload goes through and gives the lease back; A composes everything.
+    azurite.resume();
+    let composition = wait_composed(&a, &conversation, &second["instanceId"]);
+    assert_eq!(composition["recorderId"], "node-a", "{composition:#}");
+    poll(Duration::from_secs(10), "every lease given back", || {
+        (compositor(&a)["counters"]["num_leases_held"] == 0 && compositor(&b)["counters"]["num_leases_held"] == 0)
+            .then_some(())
+    });
+    let listing = b.get(&format!("/recordings/{conversation}"), KEY).json();
+    let total: f64 = listing["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (millis(&r["stopped"]) - millis(&r["started"])) as f64 / 1000.0)
+        .sum();
+    let composed = stored_duration(&composition, dir.path());
+    assert!(
+        (composed - total).abs() < 1.0,
+        "the composition ({composed:.2} s) covers both instances ({total:.2} s): {listing:#}"
+    );
+    assert_eq!(a.stop(&other)["state"], "STOPPED");
 }

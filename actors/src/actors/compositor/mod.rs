@@ -28,12 +28,19 @@ use crate::store::{
     ArtefactKind, CompositionId, CompositionRecord, CompositionState, EventKind, OutboxEvent, StateStore, StereoRecord,
     StoreError,
 };
+use crate::engine::CompositionLease;
 use crate::EngineConfig;
 
 /// Wait before looking at the queue again after the store could not be read.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 /// How often a composition waiting for capacity looks again.
 const CAPACITY_RETRY: Duration = Duration::from_secs(2);
+/// Cluster mode: how often a composition waiting for the conversation's composition lease
+/// (another node composes it, or the cluster is unreachable) asks again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+/// Cluster mode: how often the leases this node holds are looked at, to give back those whose
+/// composition is uploaded (or failed).
+const LEASE_CHECK: Duration = Duration::from_millis(500);
 
 pub struct Compositor {
     store: Arc<dyn StateStore>,
@@ -43,6 +50,16 @@ pub struct Compositor {
     running: HashSet<CompositionId>,
     /// A pump is scheduled for when live media may have left room for a composition.
     waiting_for_capacity: bool,
+    /// Cluster mode: the composition leases this node holds (see `PeerInstances`), each until
+    /// its composition is uploaded or failed; those being taken; those being given back.
+    leases: HashSet<CompositionId>,
+    acquiring: HashSet<CompositionId>,
+    releasing: HashSet<CompositionId>,
+    /// Compositions queued here that wait for a lease: why (the node holding it, or the
+    /// cluster unreachable).
+    waiting_for_lease: HashMap<CompositionId, String>,
+    lease_retry_scheduled: bool,
+    lease_check_scheduled: bool,
     num_composed: u64,
     num_failed: u64,
     last_error: Option<ErrorInfo>,
@@ -60,6 +77,12 @@ impl Compositor {
             uploaders,
             running: HashSet::new(),
             waiting_for_capacity: false,
+            leases: HashSet::new(),
+            acquiring: HashSet::new(),
+            releasing: HashSet::new(),
+            waiting_for_lease: HashMap::new(),
+            lease_retry_scheduled: false,
+            lease_check_scheduled: false,
             num_composed: 0,
             num_failed: 0,
             last_error: None,
@@ -83,7 +106,12 @@ impl Compositor {
             let key = CompositionId::of(&record);
             // `Composing` and not running here: a crash cut it short.
             let runnable = matches!(record.state, CompositionState::Queued | CompositionState::Composing);
-            if !runnable || self.running.contains(&key) {
+            if !runnable || self.running.contains(&key) || self.releasing.contains(&key) {
+                continue;
+            }
+            // Cluster mode: one node at a time composes a conversation (and uploads it).
+            if self.config.peers.is_some() && !self.leases.contains(&key) {
+                self.take_lease(key, ctx);
                 continue;
             }
             // Only what live media leaves of the node's budget: a composition waits (queued,
@@ -155,6 +183,90 @@ impl Compositor {
                 act.pump(ctx);
             }));
         }
+    }
+
+    /// Asks the cluster for the composition lease of `key`; the pump runs the composition once
+    /// it is held, and asks again later while another node holds it or the cluster is out of
+    /// reach (the composition stays queued, durable, meanwhile).
+    fn take_lease(&mut self, key: CompositionId, ctx: &mut Context<Self>) {
+        let Some(peers) = self.config.peers.clone() else { return };
+        if !self.acquiring.insert(key.clone()) {
+            return;
+        }
+        let asked = peers.take_composition_lease(&key.organization_id, &key.application_id, &key.conversation_id);
+        ctx.spawn(asked.into_actor(self).map(move |answer, act, ctx| {
+            act.acquiring.remove(&key);
+            let why = match answer {
+                Ok(CompositionLease::Held) => {
+                    if act.waiting_for_lease.remove(&key).is_some() {
+                        tracing::info!(conversation_id = %key.conversation_id, "composition lease taken");
+                    }
+                    act.leases.insert(key);
+                    act.schedule_lease_check(ctx);
+                    act.pump(ctx);
+                    return;
+                }
+                Ok(CompositionLease::HeldBy(node)) => format!("node {node} is composing the conversation"),
+                Err(err) => format!("the cluster is unreachable ({err})"),
+            };
+            if act.waiting_for_lease.get(&key) != Some(&why) {
+                tracing::info!(conversation_id = %key.conversation_id, why = %why, "composition waits for the conversation's composition lease");
+            }
+            act.waiting_for_lease.insert(key, why);
+            if !act.lease_retry_scheduled {
+                act.lease_retry_scheduled = true;
+                crate::clock::run_later(&act.config.clock().clone(), ctx, LEASE_RETRY, |act, ctx| {
+                    act.lease_retry_scheduled = false;
+                    act.pump(ctx);
+                });
+            }
+        }));
+    }
+
+    fn schedule_lease_check(&mut self, ctx: &mut Context<Self>) {
+        if self.lease_check_scheduled || self.leases.is_empty() {
+            return;
+        }
+        self.lease_check_scheduled = true;
+        crate::clock::run_later(&self.config.clock().clone(), ctx, LEASE_CHECK, |act, ctx| {
+            act.lease_check_scheduled = false;
+            act.release_settled_leases(ctx);
+        });
+    }
+
+    /// Gives back the leases whose composition is settled: uploaded, failed or gone. One queued
+    /// again meanwhile keeps its lease and runs under it.
+    fn release_settled_leases(&mut self, ctx: &mut Context<Self>) {
+        let Some(peers) = self.config.peers.clone() else { return };
+        for key in self.leases.clone() {
+            if self.running.contains(&key) || self.releasing.contains(&key) {
+                continue;
+            }
+            let settled = match self.store.get_composition(&key) {
+                Ok(record) => record.as_ref().is_none_or(is_settled),
+                Err(_) => false,
+            };
+            if !settled {
+                continue;
+            }
+            self.releasing.insert(key.clone());
+            let released =
+                peers.release_composition_lease(&key.organization_id, &key.application_id, &key.conversation_id);
+            ctx.spawn(released.into_actor(self).map(move |result, act, ctx| {
+                act.releasing.remove(&key);
+                match result {
+                    Ok(()) => {
+                        act.leases.remove(&key);
+                    }
+                    Err(err) => {
+                        tracing::warn!(conversation_id = %key.conversation_id, error = %err, "composition lease not given back yet")
+                    }
+                }
+                // A composition queued again while the lease was being given back takes it again.
+                act.pump(ctx);
+            }));
+        }
+        self.schedule_lease_check(ctx);
     }
 
     /// Records the outcome unless the conversation was queued again meanwhile (a newer instance
@@ -547,8 +659,28 @@ impl Actor for Compositor {
         // Wake-ups only; a burst collapses into one pump.
         ctx.set_mailbox_capacity(64);
         if self.config.composition.enabled {
+            // Cluster mode: compositions made before a restart and not uploaded yet still hold
+            // their lease, given back once uploaded.
+            if self.config.peers.is_some() {
+                if let Ok(records) = self.store.compositions() {
+                    let unsettled = records
+                        .iter()
+                        .filter(|c| c.state == CompositionState::Done && !is_settled(c));
+                    self.leases.extend(unsettled.map(CompositionId::of));
+                }
+                self.schedule_lease_check(ctx);
+            }
             self.pump(ctx);
         }
+    }
+}
+
+/// A composition whose lease may go: uploaded (with its stereo audio), or failed.
+fn is_settled(c: &CompositionRecord) -> bool {
+    match c.state {
+        CompositionState::Queued | CompositionState::Composing => false,
+        CompositionState::Failed => true,
+        CompositionState::Done => c.uploaded.is_some() && c.stereo.as_ref().is_none_or(|s| s.uploaded.is_some()),
     }
 }
 
@@ -588,6 +720,8 @@ impl Handler<Snapshot> for Compositor {
                 num_queued: num_queued as u64,
                 num_composed: self.num_composed,
                 num_failed: self.num_failed,
+                num_waiting_for_lease: self.waiting_for_lease.len() as u64,
+                num_leases_held: self.leases.len() as u64,
             }),
             children: Vec::new(),
         })
