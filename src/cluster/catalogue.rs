@@ -213,7 +213,11 @@ impl recorder_actors::engine::PeerInstances for PeerCatalogue {
         application_id: &str,
         conversation_id: &str,
     ) -> futures_util::future::BoxFuture<'static, Result<recorder_actors::engine::CompositionLease, String>> {
-        let ids = (organization_id.to_string(), application_id.to_string(), conversation_id.to_string());
+        let ids = (
+            organization_id.to_string(),
+            application_id.to_string(),
+            conversation_id.to_string(),
+        );
         let this = self.0.clone();
         Box::pin(async move {
             this.take_composition_lease(&ids.0, &ids.1, &ids.2)
@@ -228,7 +232,11 @@ impl recorder_actors::engine::PeerInstances for PeerCatalogue {
         application_id: &str,
         conversation_id: &str,
     ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
-        let ids = (organization_id.to_string(), application_id.to_string(), conversation_id.to_string());
+        let ids = (
+            organization_id.to_string(),
+            application_id.to_string(),
+            conversation_id.to_string(),
+        );
         let this = self.0.clone();
         Box::pin(async move {
             this.release_composition_lease(&ids.0, &ids.1, &ids.2)

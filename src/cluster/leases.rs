@@ -333,7 +333,12 @@ mod tests {
         // The holder's heartbeat lapsed: taken over.
         assert!(!composition_lease_blocks(&hold("b", 1_000), "a", false, now));
         // Held too long: taken over.
-        assert!(!composition_lease_blocks(&hold("b", COMPOSITION_MAX_HOLD_MS), "a", true, now));
+        assert!(!composition_lease_blocks(
+            &hold("b", COMPOSITION_MAX_HOLD_MS),
+            "a",
+            true,
+            now
+        ));
         // Keys of different applications or conversations differ.
         assert_ne!(composition_key("o", "a1", "c"), composition_key("o", "a2", "c"));
         assert_ne!(composition_key("o", "a", "c.1"), composition_key("o", "a.c", "1"));

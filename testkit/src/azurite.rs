@@ -2,7 +2,8 @@
 //! a test that must stop its object store: one `azurite-blob` process on a free loopback port
 //! with its own data folder. [`Azurite::pause`] freezes it (SIGSTOP: connections are still
 //! accepted by the kernel, no request is answered, as a store that hangs) and
-//! [`Azurite::resume`] lets it go on (SIGCONT). Killed when dropped.
+//! [`Azurite::resume`] lets it go on (SIGCONT). Killed when dropped. [`Container`] is a
+//! container of a test's own, on it or on the Azurite `scripts/test-services.sh` runs.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,9 @@ impl Azurite {
         let env = crate::services_env();
         let bin = env
             .get("RTC_AZURITE_BIN")
-            .unwrap_or_else(|| panic!("RTC_AZURITE_BIN missing from the services env; run scripts/test-services.sh start"))
+            .unwrap_or_else(|| {
+                panic!("RTC_AZURITE_BIN missing from the services env; run scripts/test-services.sh start")
+            })
             .clone();
         let data = dir.join("azurite");
         std::fs::create_dir_all(&data).expect("an Azurite data dir");
@@ -93,7 +96,12 @@ impl Azurite {
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: a plain syscall on our own child's pid.
         let result = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(result, 0, "signal {signal} to Azurite: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            result,
+            0,
+            "signal {signal} to Azurite: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -107,4 +115,87 @@ impl Drop for Azurite {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An Azure Blob container of one test's own (the nodes of a cluster test share it): its name
+/// and a connection string for it.
+#[cfg(feature = "azure")]
+pub struct Container {
+    pub name: String,
+    pub connection_string: String,
+}
+
+#[cfg(feature = "azure")]
+impl Container {
+    /// A new container on the Azurite at `endpoint`, made through the engine's own backend.
+    pub fn create(account: &str, key: &str, endpoint: &str) -> Container {
+        use recorder_actors::storage::{AzureBackend, AzureCredentials, AzureSettings, Secret};
+        let name = format!("test{:016x}", rand_u64());
+        let backend = AzureBackend::new(AzureSettings {
+            container: name.clone(),
+            endpoint: Some(endpoint.to_string()),
+            key_prefix: String::new(),
+            credentials: AzureCredentials::SharedKey {
+                account: account.to_string(),
+                key: Secret::new(key.to_string()),
+            },
+        })
+        .expect("an Azure backend");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(backend.create_container())
+            .unwrap_or_else(|e| panic!("create container {name} on {endpoint}: {e}"));
+        Container {
+            name,
+            connection_string: format!(
+                "DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};"
+            ),
+        }
+    }
+
+    /// A new container on the Azurite `scripts/test-services.sh` runs.
+    pub fn on_services() -> Container {
+        let env = crate::services_env();
+        let get = |name: &str| {
+            env.get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} missing from the services env; run scripts/test-services.sh start"))
+        };
+        Container::create(
+            &get("RTC_AZURE_ACCOUNT"),
+            &get("RTC_AZURE_KEY"),
+            &get("RTC_AZURE_ENDPOINT"),
+        )
+    }
+
+    /// A new container on `azurite`.
+    pub fn on(azurite: &Azurite) -> Container {
+        Container::create(azurite.account(), azurite.key(), &azurite.endpoint())
+    }
+
+    /// The lines of a storage profile on this container, its connection string read from the
+    /// environment variable `var`.
+    pub fn profile(&self, var: &str) -> String {
+        format!(
+            "provider = \"AZURE_BLOB\"\ncontainer = \"{}\"\nconnection_string = {{ env = \"{var}\" }}",
+            self.name
+        )
+    }
+}
+
+/// Unique enough for container names: the clock and the process id, mixed.
+#[cfg(feature = "azure")]
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }

@@ -5,11 +5,13 @@
 //! owner (stop, transcript add, plain-RTP publish) or redirect it (WHIP). A node that dies shows
 //! its live instances PENDING_RECOVERY on the others; NATS losing one server loses nothing, and
 //! losing all of them makes cluster commands 503 while each node goes on, its catalogue caught
-//! up when NATS is back.
+//! up when NATS is back. The nodes share one object store (an Azure Blob container on Azurite,
+//! which takes the real object keys).
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use testkit::azurite::Container;
 use testkit::nats::NatsCluster;
 
 use crate::helpers::*;
@@ -17,8 +19,12 @@ use crate::helpers::*;
 /// Node name, admission budget (the placement's "capacity available"), plain-RTP port range.
 const NODES: [(&str, u64, u16); 3] = [("node-a", 200, 47000), ("node-b", 300, 47200), ("node-c", 900, 47400)];
 
+/// The environment variable the nodes read the Azure connection string from.
+const AZURE_CONNECTION_VAR: &str = "RTC_TEST_AZURE_CONNECTION";
+
 struct Cluster {
     nats: NatsCluster,
+    store: Container,
     nodes: Vec<TestApp>,
     _dir: tempfile::TempDir,
 }
@@ -61,19 +67,33 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsCluster::start(dir.path(), 3);
         let bucket_name = format!("rtc_test_{}", uuid::Uuid::new_v4().simple());
+        let store = Container::on_services();
         let nodes = NODES
             .iter()
             .map(|(name, budget, ports)| {
-                TestApp::spawn_with(
-                    &node_config(&nats, *budget, *ports, &bucket_name),
+                let extra = node_config(&nats, *budget, *ports, &bucket_name);
+                let profile = store.profile(AZURE_CONNECTION_VAR);
+                TestApp::spawn_config(
+                    |root| {
+                        let local = format!("provider = \"LOCAL\"\npath = \"{}/storage-a\"\n", root.display());
+                        let config = base_config(root, &extra);
+                        assert!(config.contains(&local), "app-a's storage in {config}");
+                        config.replacen(&local, &format!("{profile}\n"), 1)
+                    },
                     &[
                         ("RECORDER_RECORDER_ID", name),
                         ("RECORDER_OPS__DRAIN_TIMEOUT_SECS", "2"),
+                        (AZURE_CONNECTION_VAR, &store.connection_string),
                     ],
                 )
             })
             .collect();
-        let cluster = Cluster { nats, nodes, _dir: dir };
+        let cluster = Cluster {
+            nats,
+            store,
+            nodes,
+            _dir: dir,
+        };
         cluster.wait_all_see(3);
         cluster
     }
@@ -187,6 +207,22 @@ fn three_nodes_serve_as_one_with_leases_a_catalogue_placement_and_forwarding() {
     // A stop through B; every node sees it, and the conversation can start again anywhere.
     let stopped = b.stop(KEY_A, &event);
     assert_eq!(stopped["state"], "STOPPED");
+    // The transcript added through A is in the store the nodes share, as every node says.
+    let container_url = format!(
+        "{}/{}/",
+        testkit::services_env()["RTC_AZURE_ENDPOINT"],
+        cluster.store.name
+    );
+    for node in [a, b, c] {
+        poll(Duration::from_secs(20), "the transcript in the shared store", || {
+            let instance = node.get(&path, KEY_A).json();
+            let location = instance["chatTranscript"]["location"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            location.starts_with(&container_url).then_some(())
+        });
+    }
     // The stop's answer came after its leases were released: a new start right away is taken.
     let again = a
         .post_json(

@@ -174,7 +174,8 @@ pub struct TestApp {
     agent: ureq::Agent,
 }
 
-fn base_config(root: &Path, extra_toml: &str) -> String {
+/// The standard test configuration on `root`, plus `extra_toml` (see [`TestApp::spawn_with`]).
+pub fn base_config(root: &Path, extra_toml: &str) -> String {
     let root = root.display().to_string();
     let key = |name: &str, key: &str, org: &str, apps: &str, scopes: &str| {
         format!(

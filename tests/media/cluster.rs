@@ -16,64 +16,13 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::azurite::Azurite;
+use testkit::azurite::{Azurite, Container};
 use testkit::nats::NatsCluster;
 
 use crate::harness::*;
 
 /// The environment variable the nodes read the Azure connection string from.
 const AZURE_CONNECTION_VAR: &str = "RTC_TEST_AZURE_CONNECTION";
-
-/// An Azure Blob container the nodes of one test share: its name and connection string.
-struct SharedStore {
-    container: String,
-    connection: String,
-}
-
-impl SharedStore {
-    /// A container of its own on the Azurite at `endpoint`, made through the engine's backend.
-    fn new(account: &str, key: &str, endpoint: &str) -> SharedStore {
-        use recorder_actors::storage::{AzureBackend, AzureCredentials, AzureSettings, Secret};
-        let container = format!("cluster{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let backend = AzureBackend::new(AzureSettings {
-            container: container.clone(),
-            endpoint: Some(endpoint.to_string()),
-            key_prefix: String::new(),
-            credentials: AzureCredentials::SharedKey {
-                account: account.to_string(),
-                key: Secret::new(key.to_string()),
-            },
-        })
-        .expect("an Azure backend");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(backend.create_container())
-            .unwrap_or_else(|e| panic!("create container {container} on {endpoint}: {e}"));
-        SharedStore {
-            container,
-            connection: format!(
-                "DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};"
-            ),
-        }
-    }
-
-    /// On the Azurite `scripts/test-services.sh` runs.
-    fn on_services() -> SharedStore {
-        let env = services_env();
-        let get = |name: &str| {
-            env.get(name)
-                .cloned()
-                .unwrap_or_else(|| panic!("{name} missing from the services env; run scripts/test-services.sh start"))
-        };
-        SharedStore::new(&get("RTC_AZURE_ACCOUNT"), &get("RTC_AZURE_KEY"), &get("RTC_AZURE_ENDPOINT"))
-    }
-
-    fn on(azurite: &Azurite) -> SharedStore {
-        SharedStore::new(azurite.account(), azurite.key(), &azurite.endpoint())
-    }
-}
 
 /// Fetches `url` (a provider's signed URL) into `path`.
 fn download(url: &str, path: &std::path::Path) {
@@ -85,7 +34,7 @@ fn download(url: &str, path: &std::path::Path) {
     std::io::copy(&mut resp.into_reader(), &mut file).unwrap();
 }
 
-fn node(nats: &NatsCluster, name: &str, budget: u64, store: &SharedStore, bucket_name: &str) -> TestApp {
+fn node(nats: &NatsCluster, name: &str, budget: u64, store: &Container, bucket_name: &str) -> TestApp {
     let urls: Vec<String> = nats.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let extra = format!(
         "[cluster]\nenabled = true\nnats_urls = [{}]\nreplicas = 3\nname = \"{bucket_name}\"\n\
@@ -94,13 +43,14 @@ fn node(nats: &NatsCluster, name: &str, budget: u64, store: &SharedStore, bucket
          [signing]\nsecret = \"one-secret-shared-by-every-node-of-the-cluster\"\n",
         urls.join(", ")
     );
-    let container = store.container.clone();
+    let profile = store.profile(AZURE_CONNECTION_VAR);
     TestApp::spawn_with_profile_and(
         &extra,
-        &[("RECORDER_RECORDER_ID", name), (AZURE_CONNECTION_VAR, &store.connection)],
-        move |_| {
-            format!("provider = \"AZURE_BLOB\"\ncontainer = \"{container}\"\nconnection_string = {{ env = \"{AZURE_CONNECTION_VAR}\" }}")
-        },
+        &[
+            ("RECORDER_RECORDER_ID", name),
+            (AZURE_CONNECTION_VAR, &store.connection_string),
+        ],
+        move |_| profile,
     )
 }
 
@@ -115,7 +65,7 @@ fn media_through_any_node_is_recorded_by_the_owner_across_its_kill_9_and_compose
     let _media = media_lock();
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsCluster::start(dir.path(), 3);
-    let store = SharedStore::on_services();
+    let store = Container::on_services();
     let bucket_name = format!("rtc_media_{}", uuid::Uuid::new_v4().simple());
     let a = node(&nats, "node-a", 100, &store, &bucket_name);
     let mut b = node(&nats, "node-b", 900, &store, &bucket_name);
@@ -253,7 +203,6 @@ fn stored_duration(composition: &Value, dir: &std::path::Path) -> f64 {
     let url = composition["streams"][0]["tracks"][0]["url"]
         .as_str()
         .unwrap_or_else(|| panic!("a composition without a URL: {composition:#}"));
-    assert!(url.contains("/cluster"), "the container's signed URL: {url}");
     let path = dir.join(format!("composition-{}.mp4", uuid::Uuid::new_v4().simple()));
     download(url, &path);
     container_duration(&path).expect("a composition with a duration")
@@ -313,7 +262,7 @@ fn media_records_on_with_nats_down_and_one_node_at_a_time_composes_a_conversatio
     let mut nats = NatsCluster::start(dir.path(), 3);
     // A store of this test's own: it is frozen below.
     let azurite = Azurite::start(dir.path());
-    let store = SharedStore::on(&azurite);
+    let store = Container::on(&azurite);
     let bucket_name = format!("rtc_media_{}", uuid::Uuid::new_v4().simple());
     // B has a little more capacity: the first start goes there.
     let a = node(&nats, "node-a", 100, &store, &bucket_name);
@@ -396,8 +345,18 @@ fn media_records_on_with_nats_down_and_one_node_at_a_time_composes_a_conversatio
     let instance = a.instance(&second);
     let all = tracks(&instance);
     let secs = f64::from(seconds);
-    assert_track(find_track(&all, "agent", "CAM", "VIDEO"), "vp8", 30 * u64::from(seconds), secs - 1.0 / 30.0);
-    assert_track(find_track(&all, "agent", "CAM", "AUDIO"), "opus", ffmpeg_opus_frames(seconds), secs);
+    assert_track(
+        find_track(&all, "agent", "CAM", "VIDEO"),
+        "vp8",
+        30 * u64::from(seconds),
+        secs - 1.0 / 30.0,
+    );
+    assert_track(
+        find_track(&all, "agent", "CAM", "AUDIO"),
+        "opus",
+        ffmpeg_opus_frames(seconds),
+        secs,
+    );
     // B's catalogue caught up with what A did while NATS was down.
     poll(Duration::from_secs(20), "B lists both instances STOPPED", || {
         let listing = b.get(&format!("/recordings/{conversation}"), KEY).json();
@@ -417,11 +376,19 @@ fn media_records_on_with_nats_down_and_one_node_at_a_time_composes_a_conversatio
         if resp.status == 200 {
             let composition = resp.json();
             assert_eq!(composition["instanceId"], second["instanceId"], "{composition:#}");
-            assert_eq!(composition["state"], "INITIALISED", "queued behind B's: {composition:#}");
+            assert_eq!(
+                composition["state"], "INITIALISED",
+                "queued behind B's: {composition:#}"
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(compositor(&a)["counters"]["num_waiting_for_lease"], 1, "{}", compositor(&a));
+    assert_eq!(
+        compositor(&a)["counters"]["num_waiting_for_lease"],
+        1,
+        "{}",
+        compositor(&a)
+    );
     assert_eq!(compositor(&b)["counters"]["num_leases_held"], 1, "{}", compositor(&b));
 
     // The store back: B's upload goes through and gives the lease back; A composes everything.

@@ -18,6 +18,7 @@ use actix::prelude::*;
 
 use super::uploader::{delete_local, Kick};
 use crate::domain::{path_component, ErrorInfo, InstanceRecord};
+use crate::engine::CompositionLease;
 use crate::media::compose::{self, ComposeInput, ComposeReport};
 use crate::media::stereo::{compose_stereo, Side, StereoFormat};
 use crate::media::MediaError;
@@ -28,7 +29,6 @@ use crate::store::{
     ArtefactKind, CompositionId, CompositionRecord, CompositionState, EventKind, OutboxEvent, StateStore, StereoRecord,
     StoreError,
 };
-use crate::engine::CompositionLease;
 use crate::EngineConfig;
 
 /// Wait before looking at the queue again after the store could not be read.
