@@ -252,8 +252,10 @@ fn three_nodes_serve_as_one_with_leases_a_catalogue_placement_and_forwarding() {
         "INITIALISED"
     );
 
-    // SIGTERM to node-c: it drains, placement skips it at once (starts land on node-b, the
-    // next most capacity), and it exits 0 after its drain; restarted, it takes work again.
+    // SIGTERM to node-c, which records `again`: it drains, placement skips it at once (starts
+    // land on node-b, the next most capacity), and it exits 0 after its drain (2 s: `again`
+    // stays live); restarted, it resumes `again` and takes work again.
+    assert_eq!(again["recorderId"], "node-c", "{again:#}");
     let mut cluster = cluster;
     cluster.nodes[2].send_sigterm();
     let elsewhere = poll(
@@ -268,8 +270,26 @@ fn three_nodes_serve_as_one_with_leases_a_catalogue_placement_and_forwarding() {
     assert_eq!(elsewhere["recorderId"], "node-b", "{elsewhere:#}");
     let status = cluster.nodes[2].wait_exit(Duration::from_secs(30));
     assert!(status.success(), "node-c after its drain: {status:?}");
+    poll(
+        Duration::from_secs(10),
+        "the drained node's instance PENDING_RECOVERY on A",
+        || {
+            let state = cluster.nodes[0].get(&format!("{second_path}/state"), KEY_A).json();
+            (state["state"] == "PENDING_RECOVERY").then_some(())
+        },
+    );
     cluster.nodes[2].restart();
     cluster.wait_all_see(3);
+    poll(
+        Duration::from_secs(20),
+        "the drained node's instance live again on A",
+        || {
+            let state = cluster.nodes[0].get(&format!("{second_path}/state"), KEY_A).json();
+            (state["state"] == "INITIALISED").then_some(())
+        },
+    );
+    let resumed = cluster.nodes[0].stop(KEY_A, &again);
+    assert_eq!(resumed["state"], "STOPPED", "{resumed:#}");
     let back = cluster.nodes[0].start(KEY_A, APP_A, &conv("back"));
     assert_eq!(back["recorderId"], "node-c", "{back:#}");
 }
