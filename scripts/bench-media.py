@@ -208,28 +208,62 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
     return result
 
 
+WHIP_PER_PROCESS = 25  # publishers per whip-publish process (one tokio runtime each)
+
+
 def whip_phase(base, key, binary, n, seconds, cpu_rec, recorder):
+    """N WHIP publishers (in calls of STREAMS_PER_CALL, one instance each) for S seconds, after
+    the plain-RTP phase, on the same recorder: its CPU per WHIP stream against per plain-RTP
+    stream, the publishers' own CPU, and the streams whose files hold every frame sent."""
     publisher = os.path.join(os.path.dirname(binary), "whip-publish")
-    wstart = json.loads(http("POST", base + "/recordings/start", key,
-                             json.dumps({"applicationId": "default", "conferenceId": "bench-whip", "conversationId": "bench-whip"}).encode(), "application/json"))
+    per_call = STREAMS_PER_CALL or n
+    calls = []
+    for c in range((n + per_call - 1) // per_call):
+        calls.append(json.loads(http("POST", base + "/recordings/start", key, json.dumps(
+            {"applicationId": "default", "conferenceId": f"bench-whip-{c}", "conversationId": f"bench-whip-{c}"}).encode(),
+            "application/json")))
+    urls = [f"{base}/media/whip/bench-whip-{k // per_call}?userId=w-{k}&type=CAM" for k in range(n)]
     cpu0 = cpu_seconds(recorder.pid)
+    children0 = sum(os.times()[2:4])  # CPU of the waited-for children so far
     w0 = time.monotonic()
-    procs = [subprocess.Popen([publisher, f"{base}/media/whip/bench-whip?userId=w-{k}&type=CAM", "--token", key, "--seconds", str(seconds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for k in range(n)]
-    sent = [json.loads(p.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1]) for p in procs]
+    procs = [subprocess.Popen([publisher, *urls[i:i + WHIP_PER_PROCESS], "--token", key, "--seconds", str(seconds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for i in range(0, n, WHIP_PER_PROCESS)]
+    peak_rss = 0
+    while any(p.poll() is None for p in procs):
+        peak_rss = max(peak_rss, rss_kib(recorder.pid))
+        time.sleep(0.5)
     whip_cpu = cpu_seconds(recorder.pid) - cpu0
-    path = f"{base}/recordings/bench-whip/{wstart['recorderId']}/{wstart['instanceId']}"
-    http("POST", path + "/stop", key, b"")
+    wall = time.monotonic() - w0
+    # The publishers' CPU: they were waited for (poll) above, so their times are in our children's.
+    gen_cpu = sum(os.times()[2:4]) - children0
+    sent, errors = [], 0
+    for p in procs:
+        out = p.stdout.read()
+        for line in out.strip().splitlines():
+            line = json.loads(line)
+            if "error" in line:
+                errors += 1
+            else:
+                sent.append(line)
     complete = 0
-    for s_ in json.loads(http("GET", path, key))["streams"]:
-        counts = {}
-        for t in s_["tracks"]:
-            counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
-        complete += counts.get("vp8", 0) >= 0.999 * sent[0]["videoFrames"] and counts.get("opus", 0) >= 0.999 * sent[0]["audioFrames"]
-    return {"whip_seconds_wall": round(time.monotonic() - w0, 1),
-            "whip_frames_sent_min": min(s["videoFrames"] for s in sent),
+    for call in calls:
+        path = f"{base}/recordings/{call['conversationId']}/{call['recorderId']}/{call['instanceId']}"
+        http("POST", path + "/stop", key, b"")
+        for s_ in json.loads(http("GET", path, key))["streams"]:
+            counts = {}
+            for t in s_["tracks"]:
+                counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
+            complete += counts.get("vp8", 0) >= 0.999 * sent[0]["videoFrames"] and counts.get("opus", 0) >= 0.999 * sent[0]["audioFrames"]
+    return {"whip_streams": n,
+            "whip_seconds_wall": round(wall, 1),
+            "whip_publish_errors": errors,
+            "whip_frames_sent_min": min((s["videoFrames"] for s in sent), default=0),
             "whip_streams_complete": f"{complete}/{n}",
             "recorder_whip_cpu_s_per_stream": round(whip_cpu / n, 3),
+            "recorder_whip_cpu_share_of_machine": round(whip_cpu / wall / os.cpu_count(), 2),
+            "recorder_whip_rss_kib_per_stream": round(peak_rss / n),
+            "generator_whip_cpu_s_per_stream": round(gen_cpu / n, 3),
             "cpu_ratio_whip_to_plain_rtp": round(whip_cpu / cpu_rec, 2) if cpu_rec else None}
 
 

@@ -3,11 +3,14 @@
 //! from FFmpeg, looped with continuous sequence numbers and timestamps) in real time.
 //!
 //! ```text
-//! whip-publish URL [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep]
+//! whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS]
 //! ```
 //!
-//! Prints one JSON line: the session location and how many video/audio frames it sent. Without
-//! `--keep` it ends the session with DELETE; with it, it just disconnects.
+//! Each URL is one publisher (one peer connection); several run at once in this process (the
+//! load generator of `scripts/bench-media.py --whip`), the k-th starting k × `--ramp-ms` (default
+//! 20) after the first. Prints one JSON line per publisher, in the URLs' order: the session
+//! location and how many video/audio frames it sent, or its error (the exit status is then 1).
+//! Without `--keep` each ends its session with DELETE; with it, it just disconnects.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -188,7 +191,8 @@ fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Resul
 }
 
 struct Args {
-    url: String,
+    urls: Vec<String>,
+    ramp: Duration,
     token: Option<String>,
     seconds: f64,
     audio: bool,
@@ -198,7 +202,8 @@ struct Args {
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
-        url: String::new(),
+        urls: Vec::new(),
+        ramp: Duration::from_millis(20),
         token: None,
         seconds: 5.0,
         audio: true,
@@ -218,26 +223,63 @@ fn args() -> Result<Args, String> {
             "--no-audio" => args.audio = false,
             "--no-video" => args.video = false,
             "--keep" => args.keep = true,
-            url if !url.starts_with("--") => args.url = url.to_string(),
+            "--ramp-ms" => {
+                args.ramp = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .map(Duration::from_millis)
+                    .ok_or("--ramp-ms takes a number")?
+            }
+            url if !url.starts_with("--") => args.urls.push(url.to_string()),
             other => return Err(format!("unknown option {other}")),
         }
     }
-    if args.url.is_empty() {
-        return Err("usage: whip-publish URL [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep]".into());
+    if args.urls.is_empty() {
+        return Err(
+            "usage: whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS]"
+                .into(),
+        );
     }
     Ok(args)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if let Err(e) = run().await {
-        eprintln!("whip-publish: {e}");
+    let args = match args() {
+        Ok(args) => Arc::new(args),
+        Err(e) => {
+            eprintln!("whip-publish: {e}");
+            std::process::exit(2);
+        }
+    };
+    let publishers: Vec<_> = (0..args.urls.len())
+        .map(|k| {
+            let args = args.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(args.ramp * k as u32).await;
+                publish(&args, &args.urls[k]).await
+            })
+        })
+        .collect();
+    let mut failed = false;
+    for (k, publisher) in publishers.into_iter().enumerate() {
+        let outcome = publisher.await.unwrap_or_else(|e| Err(format!("publisher task: {e}")));
+        match outcome {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                failed = true;
+                eprintln!("whip-publish {}: {e}", args.urls[k]);
+                println!("{}", serde_json::json!({"url": args.urls[k], "error": e}));
+            }
+        }
+    }
+    if failed {
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), String> {
-    let args = args()?;
+/// One publisher on `url`: its JSON line.
+async fn publish(args: &Args, url: &str) -> Result<String, String> {
     let e = |e: webrtc::error::Error| e.to_string();
     let vp8 = RTCRtpCodec {
         mime_type: MIME_TYPE_VP8.into(),
@@ -314,7 +356,7 @@ async fn run() -> Result<(), String> {
     let _ = tokio::time::timeout(Duration::from_secs(5), gathered).await;
     let offer = pc.local_description().await.ok_or("no local description")?;
     let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
-    let url = args.url.clone();
+    let post_url = url.to_string();
     let body = offer.sdp.clone();
     let post_auth = auth.clone();
     let (status, resp_headers, answer) = tokio::task::spawn_blocking(move || {
@@ -322,7 +364,7 @@ async fn run() -> Result<(), String> {
         if let Some(auth) = &post_auth {
             headers.push(("Authorization", auth.as_str()));
         }
-        http("POST", &url, &headers, body.as_bytes())
+        http("POST", &post_url, &headers, body.as_bytes())
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -358,7 +400,7 @@ async fn run() -> Result<(), String> {
     // Let the last packets (and any retransmissions) get through before leaving.
     tokio::time::sleep(Duration::from_millis(300)).await;
     if !args.keep {
-        let base = args.url.split('/').take(3).collect::<Vec<_>>().join("/");
+        let base = url.split('/').take(3).collect::<Vec<_>>().join("/");
         let delete_url = format!("{base}{location}");
         let auth = auth.clone();
         let (status, _, body) = tokio::task::spawn_blocking(move || {
@@ -372,9 +414,11 @@ async fn run() -> Result<(), String> {
         }
     }
     let _ = pc.close().await;
-    println!(
-        "{{\"location\":\"{location}\",\"videoFrames\":{video_frames},\"audioFrames\":{audio_frames},\"seconds\":{}}}",
-        args.seconds
-    );
-    Ok(())
+    Ok(serde_json::json!({
+        "location": location,
+        "videoFrames": video_frames,
+        "audioFrames": audio_frames,
+        "seconds": args.seconds,
+    })
+    .to_string())
 }

@@ -38,6 +38,7 @@ pub enum MediaError {
     #[error("{0}")]
     Refused(String),
 }
+mod datagram;
 #[cfg(test)]
 mod fixture_tests;
 pub mod ingest;

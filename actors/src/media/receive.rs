@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::datagram::{enable_arrival_stamps, keep_arrival_stamps_on, RecvBatch, RECV_BATCH, SLOT};
 use super::ingest::{TrackPump, TrackSummary};
 use super::plain_rtp::{BoundMedia, Inbound, Latch};
 use super::rtp::{is_rtcp, picture_loss_indication, MAX_RTP_PACKET};
@@ -173,115 +174,6 @@ pub const RECEIVE_BATCH: Duration = Duration::from_millis(40);
 /// The longest an idle receive thread sleeps in epoll before it looks at stop flags and timers.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-/// Asks the kernel to stamp every datagram with its arrival time (`SO_TIMESTAMPNS`).
-/// Linux turns receive timestamps on machine-wide from a deferred work item when the first
-/// socket of the machine asks for them, and off again (deferred too) when the last one closes:
-/// a datagram that arrives in between is stamped when it is read, up to a round late. One
-/// socket with the option, held for the life of the process from the pool's creation, keeps
-/// them on, so the first session of a node and every one after it get arrival times.
-fn keep_arrival_stamps_on() {
-    static KEEPER: std::sync::OnceLock<Option<std::net::UdpSocket>> = std::sync::OnceLock::new();
-    KEEPER.get_or_init(|| {
-        let kept = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-            .and_then(|socket| enable_arrival_stamps(&socket).map(|()| socket));
-        match kept {
-            Ok(socket) => Some(socket),
-            Err(err) => {
-                tracing::warn!(error = %err, "receive timestamps not held on; early datagrams may be stamped when read");
-                None
-            }
-        }
-    });
-}
-
-fn enable_arrival_stamps(socket: &std::net::UdpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor and a c_int option value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// One datagram with its source and its arrival: the kernel's stamp when the socket has them
-/// (on the monotonic clock: now minus how long ago the stamp was), else the read time.
-fn recv_stamped(
-    socket: &mio::net::UdpSocket,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, std::net::SocketAddr, Instant)> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: every pointer in `msg` points into locals that outlive the call; the control
-    // buffer is u64-aligned as cmsghdr needs; CMSG_* walk only within msg_controllen.
-    unsafe {
-        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        let mut control = [0u64; 8];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let len = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
-        if len < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let now = Instant::now();
-        let mut arrived = now;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let stamp = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
-                let stamp = std::time::UNIX_EPOCH
-                    + Duration::new(stamp.tv_sec.max(0) as u64, stamp.tv_nsec.clamp(0, 999_999_999) as u32);
-                if let Ok(age) = std::time::SystemTime::now().duration_since(stamp) {
-                    // A stamp from the future (the wall clock stepped) is no better than now.
-                    arrived = now.checked_sub(age.min(Duration::from_secs(5))).unwrap_or(now);
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        let from: std::net::SocketAddr = match i32::from(addr.ss_family) {
-            libc::AF_INET => {
-                let v4 = &*(&addr as *const _ as *const libc::sockaddr_in);
-                std::net::SocketAddrV4::new(u32::from_be(v4.sin_addr.s_addr).into(), u16::from_be(v4.sin_port)).into()
-            }
-            libc::AF_INET6 => {
-                let v6 = &*(&addr as *const _ as *const libc::sockaddr_in6);
-                std::net::SocketAddrV6::new(
-                    v6.sin6_addr.s6_addr.into(),
-                    u16::from_be(v6.sin6_port),
-                    v6.sin6_flowinfo,
-                    v6.sin6_scope_id,
-                )
-                .into()
-            }
-            _ => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "a datagram from a non-IP address",
-                ))
-            }
-        };
-        Ok((len as usize, from, arrived))
-    }
-}
-
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
@@ -365,16 +257,22 @@ impl MediaIngest {
 
     /// One round: reads what arrived, runs the timers, hands frames on. `Some(reason)` when the
     /// ingest ended (stopped, idle, or a socket failed); whether any datagram was read.
-    fn round(&mut self, buf: &mut [u8]) -> (Option<&'static str>, bool) {
+    fn round(&mut self, batch: &mut RecvBatch) -> (Option<&'static str>, bool) {
         let stopping = self.stop.load(Ordering::Acquire);
         let mut read_any = false;
-        // Asked to stop: one last pass takes what the sockets still hold.
+        // Asked to stop: one last pass takes what the sockets still hold. A batch that comes
+        // back short emptied the socket: a datagram arriving later is a new epoll edge.
         if self.rtp_readable || stopping {
             loop {
-                match recv_stamped(&self.rtp, buf) {
-                    Ok((len, from, arrived)) => {
-                        read_any = true;
-                        self.inbound.datagram(&buf[..len], from, arrived);
+                match batch.recv(&self.rtp) {
+                    Ok(n) => {
+                        read_any |= n > 0;
+                        for (datagram, from, arrived) in batch.datagrams() {
+                            self.inbound.datagram(datagram, from, arrived);
+                        }
+                        if n < RECV_BATCH {
+                            break;
+                        }
                     }
                     Err(e) if is_timeout(&e) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -387,6 +285,7 @@ impl MediaIngest {
             self.rtp_readable = false;
         }
         if let (Some(rtcp), true) = (&self.rtcp, self.rtcp_readable || stopping) {
+            let buf = &mut batch.bufs[..SLOT];
             while let Ok((len, from)) = rtcp.recv_from(buf) {
                 read_any = true;
                 // The RTCP port latches only to RTCP from the IP the RTP port latched to.
@@ -501,8 +400,7 @@ impl ReceiveLoop {
 
     fn run(mut self) {
         let mut events = mio::Events::with_capacity(1024);
-        // One byte more than the limit, to tell an oversized datagram from one exactly at it.
-        let mut buf = vec![0u8; MAX_RTP_PACKET + 1];
+        let mut batch = RecvBatch::new();
         let mut flowing_until: Option<Instant> = None;
         loop {
             let round_start = Instant::now();
@@ -549,7 +447,7 @@ impl ReceiveLoop {
                 let Some(ingest) = self.slots[at].as_mut() else {
                     continue;
                 };
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ingest.round(&mut buf)));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ingest.round(&mut batch)));
                 let ended = match outcome {
                     Ok((ended, read)) => {
                         read_any |= read;
@@ -595,53 +493,5 @@ impl ReceiveLoop {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_datagram_read_late_keeps_the_time_it_arrived() {
-        keep_arrival_stamps_on();
-        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        enable_arrival_stamps(&receiver).unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        let receiver = mio::net::UdpSocket::from_std(receiver);
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // The kernel turns receive timestamps on for the whole machine from a deferred work item
-        // the first time a socket asks; until it has run, a datagram is stamped when it is read.
-        // Wait for that (a datagram read 30 ms late must keep its earlier time), as a long-lived
-        // node does once at its first session.
-        let mut buf = [0u8; 16];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let probe_at = Instant::now();
-            sender.send_to(b"probe", receiver.local_addr().unwrap()).unwrap();
-            std::thread::sleep(Duration::from_millis(30));
-            let (_, _, arrived) = recv_stamped(&receiver, &mut buf).unwrap();
-            if arrived < probe_at + Duration::from_millis(20) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the kernel never stamped a datagram on arrival"
-            );
-        }
-        let sent_at = Instant::now();
-        sender.send_to(b"rtp", receiver.local_addr().unwrap()).unwrap();
-        // A round reads it 120 ms later.
-        std::thread::sleep(Duration::from_millis(120));
-        let read_at = Instant::now();
-        let (len, from, arrived) = recv_stamped(&receiver, &mut buf).unwrap();
-        assert_eq!((&buf[..len], from), (&b"rtp"[..], sender.local_addr().unwrap()));
-        assert!(
-            arrived < sent_at + Duration::from_millis(50),
-            "arrived {:?} after sending, read {:?} after",
-            arrived - sent_at,
-            read_at - sent_at
-        );
-        assert!(arrived + Duration::from_millis(5) >= sent_at, "not before it was sent");
     }
 }

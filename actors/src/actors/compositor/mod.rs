@@ -4,6 +4,8 @@
 //! a crash: at start every `Queued` or `Composing` record is (re)run. What a run composes (its
 //! inputs on the timeline, the stereo channels) is decided by the pure functions of [`plan`].
 
+mod inputs;
+mod lease;
 mod plan;
 
 pub use plan::{composition_inputs, ComposeJob, FetchedTracks};
@@ -18,12 +20,10 @@ use actix::prelude::*;
 
 use super::uploader::{delete_local, Kick};
 use crate::domain::{path_component, ErrorInfo, InstanceRecord};
-use crate::engine::CompositionLease;
 use crate::media::compose::{self, ComposeInput, ComposeReport};
 use crate::media::stereo::{compose_stereo, Side, StereoFormat};
 use crate::media::MediaError;
 use crate::snapshot::{ActorSnapshot, CompositorCounters, Counters, Snapshot};
-use crate::storage::download_to_file;
 use crate::store::artefacts::enqueue_artefact;
 use crate::store::{
     ArtefactKind, CompositionId, CompositionRecord, CompositionState, EventKind, OutboxEvent, StateStore, StereoRecord,
@@ -35,13 +35,6 @@ use crate::EngineConfig;
 const STORE_RETRY: Duration = Duration::from_secs(5);
 /// How often a composition waiting for capacity looks again.
 const CAPACITY_RETRY: Duration = Duration::from_secs(2);
-/// Cluster mode: how often a composition waiting for the conversation's composition lease
-/// (another node composes it, or the cluster is unreachable) asks again.
-const LEASE_RETRY: Duration = Duration::from_secs(1);
-/// Cluster mode: how often the leases this node holds are looked at, to give back those whose
-/// composition is uploaded (or failed).
-const LEASE_CHECK: Duration = Duration::from_millis(500);
-
 pub struct Compositor {
     store: Arc<dyn StateStore>,
     config: Arc<EngineConfig>,
@@ -149,8 +142,9 @@ impl Compositor {
                 let _capacity = capacity;
                 let flush = store.flush();
                 flush.await?;
-                let peers = peer_instances(&config, &claimed).await;
-                let (fetched, fetch_dir) = fetch_uploaded_tracks(store.as_ref(), &config, &claimed, &peers).await?;
+                let peers = inputs::peer_instances(&config, &claimed).await;
+                let (fetched, fetch_dir) =
+                    inputs::fetch_uploaded_tracks(store.as_ref(), &config, &claimed, &peers).await?;
                 let store2 = store.clone();
                 let job = claimed.clone();
                 // A thread of its own rather than the blocking pool: its lower priority (inherited
@@ -183,90 +177,6 @@ impl Compositor {
                 act.pump(ctx);
             }));
         }
-    }
-
-    /// Asks the cluster for the composition lease of `key`; the pump runs the composition once
-    /// it is held, and asks again later while another node holds it or the cluster is out of
-    /// reach (the composition stays queued, durable, meanwhile).
-    fn take_lease(&mut self, key: CompositionId, ctx: &mut Context<Self>) {
-        let Some(peers) = self.config.peers.clone() else { return };
-        if !self.acquiring.insert(key.clone()) {
-            return;
-        }
-        let asked = peers.take_composition_lease(&key.organization_id, &key.application_id, &key.conversation_id);
-        ctx.spawn(asked.into_actor(self).map(move |answer, act, ctx| {
-            act.acquiring.remove(&key);
-            let why = match answer {
-                Ok(CompositionLease::Held) => {
-                    if act.waiting_for_lease.remove(&key).is_some() {
-                        tracing::info!(conversation_id = %key.conversation_id, "composition lease taken");
-                    }
-                    act.leases.insert(key);
-                    act.schedule_lease_check(ctx);
-                    act.pump(ctx);
-                    return;
-                }
-                Ok(CompositionLease::HeldBy(node)) => format!("node {node} is composing the conversation"),
-                Err(err) => format!("the cluster is unreachable ({err})"),
-            };
-            if act.waiting_for_lease.get(&key) != Some(&why) {
-                tracing::info!(conversation_id = %key.conversation_id, why = %why, "composition waits for the conversation's composition lease");
-            }
-            act.waiting_for_lease.insert(key, why);
-            if !act.lease_retry_scheduled {
-                act.lease_retry_scheduled = true;
-                crate::clock::run_later(&act.config.clock().clone(), ctx, LEASE_RETRY, |act, ctx| {
-                    act.lease_retry_scheduled = false;
-                    act.pump(ctx);
-                });
-            }
-        }));
-    }
-
-    fn schedule_lease_check(&mut self, ctx: &mut Context<Self>) {
-        if self.lease_check_scheduled || self.leases.is_empty() {
-            return;
-        }
-        self.lease_check_scheduled = true;
-        crate::clock::run_later(&self.config.clock().clone(), ctx, LEASE_CHECK, |act, ctx| {
-            act.lease_check_scheduled = false;
-            act.release_settled_leases(ctx);
-        });
-    }
-
-    /// Gives back the leases whose composition is settled: uploaded, failed or gone. One queued
-    /// again meanwhile keeps its lease and runs under it.
-    fn release_settled_leases(&mut self, ctx: &mut Context<Self>) {
-        let Some(peers) = self.config.peers.clone() else { return };
-        for key in self.leases.clone() {
-            if self.running.contains(&key) || self.releasing.contains(&key) {
-                continue;
-            }
-            let settled = match self.store.get_composition(&key) {
-                Ok(record) => record.as_ref().is_none_or(is_settled),
-                Err(_) => false,
-            };
-            if !settled {
-                continue;
-            }
-            self.releasing.insert(key.clone());
-            let released =
-                peers.release_composition_lease(&key.organization_id, &key.application_id, &key.conversation_id);
-            ctx.spawn(released.into_actor(self).map(move |result, act, ctx| {
-                act.releasing.remove(&key);
-                match result {
-                    Ok(()) => {
-                        act.leases.remove(&key);
-                    }
-                    Err(err) => {
-                        tracing::warn!(conversation_id = %key.conversation_id, error = %err, "composition lease not given back yet")
-                    }
-                }
-                // A composition queued again while the lease was being given back takes it again.
-                act.pump(ctx);
-            }));
-        }
-        self.schedule_lease_check(ctx);
     }
 
     /// Records the outcome unless the conversation was queued again meanwhile (a newer instance
@@ -445,96 +355,6 @@ async fn release_tracks(store: Arc<dyn StateStore>, id: &CompositionId, clock: C
     Ok(())
 }
 
-/// Track files deleted locally after their upload (an earlier composition of the conversation
-/// released them) are read back from the storage profile: the profile's own file when it is
-/// local, else a download into `<media.dir>/compositions/.../inputs/`, removed after the run.
-/// A track that cannot be fetched is left out and reported by `composition_inputs`.
-/// Cluster mode: the conversation's ended instances that other nodes recorded (composed from
-/// their uploaded tracks, which this node reads from storage as it does tracks deleted here).
-/// The catalogue unreachable: composed without them, and said so.
-async fn peer_instances(config: &EngineConfig, job: &CompositionRecord) -> Vec<InstanceRecord> {
-    let Some(peers) = &config.peers else {
-        return Vec::new();
-    };
-    let id = CompositionId::of(job);
-    match peers
-        .conversation_instances(&job.organization_id, &job.conversation_id)
-        .await
-    {
-        Ok(records) => records
-            .into_iter()
-            .filter(|i| i.recorder_id != config.recorder_id && id.includes(i))
-            .map(|mut instance| {
-                // Their files are on another machine: only the uploaded copies can be read.
-                for track in instance.streams.iter_mut().flat_map(|s| s.tracks.iter_mut()) {
-                    if track.local.deleted.is_none() {
-                        track.local.deleted = track.object.uploaded.or(Some(config.clock().utc()));
-                    }
-                }
-                instance
-            })
-            .collect(),
-        Err(err) => {
-            tracing::warn!(conversation_id = %job.conversation_id, error = %err, "the other nodes' instances are left out of this composition");
-            Vec::new()
-        }
-    }
-}
-
-async fn fetch_uploaded_tracks(
-    store: &dyn StateStore,
-    config: &EngineConfig,
-    job: &CompositionRecord,
-    peers: &[InstanceRecord],
-) -> Result<(FetchedTracks, Option<PathBuf>), StoreError> {
-    let mut fetched = FetchedTracks::new();
-    let mut dir_opt = None;
-    let id = CompositionId::of(job);
-    for instance in store
-        .conversation_instances(&job.organization_id, &job.conversation_id)?
-        .into_iter()
-        .filter(|i| id.includes(i))
-        .chain(peers.iter().cloned())
-    {
-        let Some(profile) = config.application(&instance.organization_id, &instance.application_id) else {
-            continue;
-        };
-        for stream in &instance.streams {
-            for track in &stream.tracks {
-                let (Some(_), Some(key), Some(_)) = (&track.local.deleted, &track.object.key, &track.object.uploaded)
-                else {
-                    continue;
-                };
-                let id = (instance.instance_id.clone(), stream.id.clone(), track.id.clone());
-                if let Some(path) = profile.backend.local_path(key).filter(|p| p.is_file()) {
-                    fetched.insert(id, path);
-                    continue;
-                }
-                let dir = dir_opt
-                    .get_or_insert_with(|| composition_dir(config, job).join("inputs"))
-                    .clone();
-                let extension = key.rsplit('.').next().unwrap_or("bin");
-                let path = dir.join(format!("{}-{}.{extension}", fetched.len(), path_component(&track.id)));
-                // Streamed to the file a chunk at a time: a track is never whole in memory.
-                if let Err(err) = tokio::fs::create_dir_all(&dir).await {
-                    tracing::warn!(path = %dir.display(), error = %err, "composition inputs folder could not be made");
-                    continue;
-                }
-                match download_to_file(profile.backend.as_ref(), key, &path).await {
-                    Ok(_) => {
-                        fetched.insert(id, path);
-                    }
-                    Err(err) => {
-                        let _ = tokio::fs::remove_file(&path).await;
-                        tracing::warn!(key = %key, error = %err, "track for composition could not be fetched");
-                    }
-                }
-            }
-        }
-    }
-    Ok((fetched, dir_opt))
-}
-
 fn composition_dir(config: &EngineConfig, job: &CompositionRecord) -> PathBuf {
     config
         .media
@@ -665,22 +485,13 @@ impl Actor for Compositor {
                 if let Ok(records) = self.store.compositions() {
                     let unsettled = records
                         .iter()
-                        .filter(|c| c.state == CompositionState::Done && !is_settled(c));
+                        .filter(|c| c.state == CompositionState::Done && !lease::is_settled(c));
                     self.leases.extend(unsettled.map(CompositionId::of));
                 }
                 self.schedule_lease_check(ctx);
             }
             self.pump(ctx);
         }
-    }
-}
-
-/// A composition whose lease may go: uploaded (with its stereo audio), or failed.
-fn is_settled(c: &CompositionRecord) -> bool {
-    match c.state {
-        CompositionState::Queued | CompositionState::Composing => false,
-        CompositionState::Failed => true,
-        CompositionState::Done => c.uploaded.is_some() && c.stereo.as_ref().is_none_or(|s| s.uploaded.is_some()),
     }
 }
 
