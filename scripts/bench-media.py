@@ -2,8 +2,8 @@
 """Media ingest benchmark: CPU per stream of rtc-recorder's plain-RTP ingest against FFmpeg
 `-c copy` receivers, measured in the same run on the same packets.
 
-A load generator replays a pre-encoded VP8 + Opus RTP stream (the clips recorded from FFmpeg in
-actors/src/media/fixtures, looped with continuous sequence numbers and timestamps) in real time to
+A load generator replays a pre-encoded VP8 + Opus RTP stream, looped with continuous sequence
+numbers and timestamps, in real time to
 N plain-RTP ingests of the recorder, in calls of 2 streams (--streams-per-call; an agent and a
 customer, one recorder instance each) and to N `ffmpeg -c copy` processes (one per
 stream, WebM output, like the recorder). It reports CPU seconds per stream for each side and
@@ -25,6 +25,11 @@ write (max and p99 over streams), and the CPU ratio at the largest N both sustai
 control is lifted for the ramp (RECORDER_CAPACITY__BUDGET), so the ramp finds what the machine
 does; the default budget is then set from it.
 
+The stream (--fixture): "hd" (the default) is VP8 640x360 at 30 fps and ~1 Mbit/s with Opus at
+48 kbit/s, about 150 packets/s, captured once from FFmpeg with scripts/capture-rtp-fixture.py into
+~/.cache/rtc-recorder/bench-fixtures/hd; "small" is the unit tests' clips in
+actors/src/media/fixtures (VP8 320x240 ~300 kbit/s, Opus 32 kbit/s, about 90 packets/s).
+
 usage: scripts/bench-media.py [--streams N] [--seconds S] [--whip] [--binary PATH]
        scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--seconds S] [--binary PATH]
 (build first: cargo build --release --bins; the binary defaults to $CARGO_TARGET_DIR/release/rtc-recorder
@@ -34,6 +39,27 @@ import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, time, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "actors/src/media/fixtures")
+HD_FIXTURES = os.path.join(os.path.expanduser("~"), ".cache/rtc-recorder/bench-fixtures/hd")
+
+
+def hd_fixtures():
+    """The issue's stream: VP8 640x360@30 ~1 Mbit/s and Opus 48 kbit/s, 10 s, captured once."""
+    if all(os.path.exists(os.path.join(HD_FIXTURES, f)) for f in ("vp8.rtp", "opus.rtp")):
+        return HD_FIXTURES
+    os.makedirs(HD_FIXTURES, exist_ok=True)
+    capture = os.path.join(ROOT, "scripts/capture-rtp-fixture.py")
+    tmp = {f: os.path.join(HD_FIXTURES, f + ".part") for f in ("vp8.rtp", "opus.rtp")}
+    procs = [subprocess.Popen([sys.executable, capture, tmp["vp8.rtp"], "--", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30", "-t", "10",
+                               "-c:v", "libvpx", "-b:v", "1M", "-minrate", "1M", "-maxrate", "1M", "-deadline", "realtime", "-cpu-used", "8",
+                               "-g", "90", "-an"], stdout=subprocess.DEVNULL),
+             subprocess.Popen([sys.executable, capture, tmp["opus.rtp"], "--", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+                               "-t", "10", "-c:a", "libopus", "-b:a", "48k", "-vn"], stdout=subprocess.DEVNULL)]
+    for p in procs:
+        if p.wait() != 0:
+            sys.exit("cannot capture the hd fixture")
+    for f, part in tmp.items():
+        os.replace(part, os.path.join(HD_FIXTURES, f))
+    return HD_FIXTURES
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,6 +106,7 @@ def frames_ratio(counts, sent_v, sent_a):
 # --streams-per-call 0 puts every stream in one instance (this benchmark's first shape, which also
 # measures rewriting one ever larger instance record at every stream's first packets).
 STREAMS_PER_CALL = 2
+FIXTURE_DIR = FIXTURES  # set by main (--fixture)
 
 
 def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, extra_env=()):
@@ -145,7 +172,7 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
     loader = os.path.join(os.path.dirname(binary), "rtp-load")
     cpu_rec0 = cpu_seconds(recorder.pid) if recorder else 0
     cpu_ff0 = sum(cpu_seconds(p.pid) for p, _ in receivers)
-    sent = json.loads(subprocess.run([loader, "--fixtures", FIXTURES, "--seconds", str(seconds), "--targets", targets_file],
+    sent = json.loads(subprocess.run([loader, "--fixtures", FIXTURE_DIR, "--seconds", str(seconds), "--targets", targets_file],
                                      capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     time.sleep(0.5)
     sent_v, sent_a = sent["sent_video_frames"], sent["sent_audio_frames"]
@@ -226,7 +253,7 @@ def whip_phase(base, key, binary, n, seconds, cpu_rec, recorder):
     cpu0 = cpu_seconds(recorder.pid)
     children0 = sum(os.times()[2:4])  # CPU of the waited-for children so far
     w0 = time.monotonic()
-    procs = [subprocess.Popen([publisher, *urls[i:i + WHIP_PER_PROCESS], "--token", key, "--seconds", str(seconds)],
+    procs = [subprocess.Popen([publisher, *urls[i:i + WHIP_PER_PROCESS], "--token", key, "--seconds", str(seconds), "--fixtures", FIXTURE_DIR],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for i in range(0, n, WHIP_PER_PROCESS)]
     peak_rss = 0
@@ -296,7 +323,7 @@ def find_max(args):
 
 
 def main():
-    global STREAMS_PER_CALL
+    global STREAMS_PER_CALL, FIXTURE_DIR
     ap = argparse.ArgumentParser()
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=20)
@@ -308,6 +335,8 @@ def main():
     ap.add_argument("--recorder-only", action="store_true", help="no FFmpeg receivers (one run)")
     ap.add_argument("--streams-per-call", type=int, default=STREAMS_PER_CALL,
                     help="streams per recorder instance (0: all streams in one instance)")
+    ap.add_argument("--fixture", choices=["hd", "small"], default="hd",
+                    help="hd: VP8 640x360@30 ~1 Mbit/s + Opus 48 kbit/s; small: VP8 320x240 ~300 kbit/s + Opus 32 kbit/s")
     ap.add_argument("--recorder-env", action="append", default=[], metavar="RECORDER_X=V",
                     help="extra settings for the recorder, e.g. RECORDER_MEDIA__FSYNC_INTERVAL_MS=600000")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -315,6 +344,7 @@ def main():
     ap.add_argument("--binary", default=release if os.path.exists(release) else os.path.join(target, "debug/rtc-recorder"))
     args = ap.parse_args()
     STREAMS_PER_CALL = args.streams_per_call
+    FIXTURE_DIR = hd_fixtures() if args.fixture == "hd" else FIXTURES
     if args.find_max:
         find_max(args)
     else:

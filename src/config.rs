@@ -252,6 +252,8 @@ pub struct Composition {
     pub height: u32,
     pub fps: u32,
     pub preset: String,
+    /// Threads of each composition's video decoders and H.264 encoder; 0: one per core.
+    pub threads: usize,
     /// The conversation's stereo audio beside the composition: `opus` (stereo.opus), `m4a`
     /// (stereo.m4a) or `off`.
     pub stereo: String,
@@ -266,6 +268,7 @@ impl Default for Composition {
             height: 720,
             fps: 25,
             preset: "veryfast".into(),
+            threads: 0,
             stereo: "opus".into(),
         }
     }
@@ -294,6 +297,12 @@ impl Composition {
             return Err(invalid(
                 "composition.preset",
                 "must be an x264 preset name like veryfast",
+            ));
+        }
+        if self.threads > 64 {
+            return Err(invalid(
+                "composition.threads",
+                "must be between 0 (one per core) and 64",
             ));
         }
         if self.stereo != "off" && self.stereo_format().is_none() {
@@ -1222,6 +1231,7 @@ mod tests {
             ("[media]\nfsync_interval_ms = 0", "media.fsync_interval_ms"),
             ("[composition]\nconcurrency = 0", "composition.concurrency"),
             ("[composition]\nfps = 0", "composition.fps"),
+            ("[composition]\nthreads = 65", "composition.threads"),
             ("[composition]\nwidth = 10", "composition.width"),
             ("[composition]\npreset = \"very fast; rm\"", "composition.preset"),
             ("[composition]\nsurprise = 1", "surprise"),

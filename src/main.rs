@@ -352,6 +352,7 @@ fn composition_config(settings: &Settings) -> CompositionConfig {
             fps: c.fps,
             preset: c.preset.clone(),
             label_placeholders: true,
+            threads: c.threads,
         },
         stereo: c.stereo_format(),
     }

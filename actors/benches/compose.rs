@@ -6,6 +6,10 @@
 //! (red camera, 440 Hz) for the whole call, participant B (blue, 880 Hz) from 20% of it, and A's
 //! screen (green, 640x360) from the middle.
 //!
+//! Each composition is also made of the simplest case first: one participant, a 640x360
+//! camera at 30 fps and ~1 Mbit/s with a microphone. The speed column is the CLI's wall time
+//! over ours (above 1: faster than the CLI).
+//!
 //! Then the stereo agent/customer file of the same call (A left, B right, Opus 64 kb/s in Ogg):
 //! `media::stereo::compose_stereo` against the CLI running `stereo_description` on the same
 //! microphone files.
@@ -17,9 +21,10 @@ use std::time::{Duration, Instant};
 use recorder_actors::media::compose::{self, ComposeConfig, ComposeInput, ComposeMedia, ComposeRole};
 use recorder_actors::media::stereo::{self, Side, StereoFormat};
 
-fn make(dir: &Path, name: &str, source: &str, secs: f64, video: bool) -> PathBuf {
+/// A VP8 (at `video_rate`, e.g. "300k") or Opus WebM of `source`; `None` makes audio.
+fn make(dir: &Path, name: &str, source: &str, secs: f64, video_rate: Option<&str>) -> PathBuf {
     let path = dir.join(name);
-    let codec: &[&str] = if video {
+    let codec: &[&str] = if let Some(rate) = video_rate {
         &[
             "-c:v",
             "libvpx",
@@ -28,7 +33,7 @@ fn make(dir: &Path, name: &str, source: &str, secs: f64, video: bool) -> PathBuf
             "-cpu-used",
             "8",
             "-b:v",
-            "300k",
+            rate,
         ]
     } else {
         &["-c:a", "libopus", "-b:a", "32k"]
@@ -85,28 +90,28 @@ fn main() {
     eprintln!("making {secs} s of inputs");
     let inputs = vec![
         input(
-            make(d, "a.webm", "color=c=red:s=640x480:r=25", secs, true),
+            make(d, "a.webm", "color=c=red:s=640x480:r=25", secs, Some("300k")),
             ComposeMedia::Video,
             ComposeRole::Camera,
             "a",
             0.0,
         ),
         input(
-            make(d, "b.webm", "color=c=blue:s=640x480:r=25", secs - late, true),
+            make(d, "b.webm", "color=c=blue:s=640x480:r=25", secs - late, Some("300k")),
             ComposeMedia::Video,
             ComposeRole::Camera,
             "b",
             late,
         ),
         input(
-            make(d, "s.webm", "testsrc2=s=1280x720:r=25", secs - half, true),
+            make(d, "s.webm", "testsrc2=s=1280x720:r=25", secs - half, Some("300k")),
             ComposeMedia::Video,
             ComposeRole::Screen,
             "a",
             half,
         ),
         input(
-            make(d, "a_mic.webm", "sine=frequency=440:sample_rate=48000", secs, false),
+            make(d, "a_mic.webm", "sine=frequency=440:sample_rate=48000", secs, None),
             ComposeMedia::Audio,
             ComposeRole::Camera,
             "a",
@@ -118,7 +123,7 @@ fn main() {
                 "b_mic.webm",
                 "sine=frequency=880:sample_rate=48000",
                 secs - late,
-                false,
+                None,
             ),
             ComposeMedia::Audio,
             ComposeRole::Camera,
@@ -128,6 +133,34 @@ fn main() {
     ];
     let config = ComposeConfig::default();
     let total = Duration::from_secs_f64(secs);
+    println!("| composer | call | call s | wall s | x realtime | CPU s | CPU s per call s | speed against the CLI (its wall / ours) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    // The case: one participant, a 640x360 camera at ~1 Mbit/s and a microphone.
+    let one = vec![
+        input(
+            make(d, "one.webm", "testsrc2=s=640x360:r=30", secs, Some("1M")),
+            ComposeMedia::Video,
+            ComposeRole::Camera,
+            "one",
+            0.0,
+        ),
+        input(
+            make(d, "one_mic.webm", "sine=frequency=440:sample_rate=48000", secs, None),
+            ComposeMedia::Audio,
+            ComposeRole::Camera,
+            "one",
+            0.0,
+        ),
+    ];
+    compose_bench("one participant", &one, total, &config, d);
+    compose_bench("two and a screen", &inputs, total, &config, d);
+    let audio: Vec<&ComposeInput> = inputs.iter().filter(|i| i.media == ComposeMedia::Audio).collect();
+    stereo_bench(&audio, total, d, secs);
+}
+
+/// One composition by `media::compose` and by the CLI on the same graph and inputs.
+fn compose_bench(name: &str, inputs: &[ComposeInput], total: Duration, config: &ComposeConfig, d: &Path) {
+    let secs = total.as_secs_f64();
 
     // The CLI gets the same description; its inputs are placed with -itsoffset and labelled
     // like the recorder's buffer sources.
@@ -158,7 +191,7 @@ fn main() {
     let graph = format!(
         "{};{}",
         labels.join(";"),
-        compose::filter_description(&video, &audio, total, &[], &config)
+        compose::filter_description(&video, &audio, total, &[], config)
     );
     let cli_out = d.join("cli.mp4");
     cli.extend([
@@ -186,7 +219,7 @@ fn main() {
     let out = d.join("recorder.mp4");
     let (cpu0, _) = cpu();
     let t0 = Instant::now();
-    compose::compose(&inputs, total, &[], &out, &config).expect("compose");
+    compose::compose(inputs, total, &[], &out, config).expect("compose");
     let recorder_wall = t0.elapsed().as_secs_f64();
     let (cpu1, child0) = cpu();
 
@@ -198,21 +231,17 @@ fn main() {
 
     let recorder_cpu = cpu1 - cpu0;
     let cli_cpu = child1 - child0;
-    println!("| composer | call s | wall s | x realtime | CPU s | CPU s per call s | ratio (wall) |");
-    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| ffmpeg CLI, same filter graph | {secs:.0} | {cli_wall:.2} | {:.2} | {cli_cpu:.2} | {:.2} | 1.00 |",
+        "| ffmpeg CLI, same filter graph | {name} | {secs:.0} | {cli_wall:.2} | {:.2} | {cli_cpu:.2} | {:.2} | 1.00 |",
         secs / cli_wall,
         cli_cpu / secs
     );
     println!(
-        "| rtc-recorder media::compose | {secs:.0} | {recorder_wall:.2} | {:.2} | {recorder_cpu:.2} | {:.2} | {:.2} |",
+        "| rtc-recorder media::compose | {name} | {secs:.0} | {recorder_wall:.2} | {:.2} | {recorder_cpu:.2} | {:.2} | {:.2} |",
         secs / recorder_wall,
         recorder_cpu / secs,
-        recorder_wall / cli_wall
+        cli_wall / recorder_wall
     );
-
-    stereo_bench(&audio, total, d, secs);
 }
 
 /// The stereo pass (the compositor runs it after each composition) against the CLI doing the

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS]
+//!              [--fixtures DIR]
 //! ```
 //!
 //! Each URL is one publisher (one peer connection); several run at once in this process (the
@@ -11,6 +12,8 @@
 //! 20) after the first. Prints one JSON line per publisher, in the URLs' order: the session
 //! location and how many video/audio frames it sent, or its error (the exit status is then 1).
 //! Without `--keep` each ends its session with DELETE; with it, it just disconnects.
+//! `--fixtures DIR` replays `DIR/vp8.rtp` and `DIR/opus.rtp` (the format of
+//! `scripts/capture-rtp-fixture.py`) instead of the built-in clips.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -198,6 +201,9 @@ struct Args {
     audio: bool,
     video: bool,
     keep: bool,
+    /// The VP8 and Opus clips (the built-in ones unless `--fixtures`).
+    vp8: Vec<u8>,
+    opus: Vec<u8>,
 }
 
 fn args() -> Result<Args, String> {
@@ -209,6 +215,8 @@ fn args() -> Result<Args, String> {
         audio: true,
         video: true,
         keep: false,
+        vp8: VP8_CLIP.to_vec(),
+        opus: OPUS_CLIP.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -230,13 +238,21 @@ fn args() -> Result<Args, String> {
                     .map(Duration::from_millis)
                     .ok_or("--ramp-ms takes a number")?
             }
+            "--fixtures" => {
+                let dir = std::path::PathBuf::from(it.next().ok_or("--fixtures takes a directory")?);
+                let read = |name: &str| {
+                    std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+                };
+                args.vp8 = read("vp8.rtp")?;
+                args.opus = read("opus.rtp")?;
+            }
             url if !url.starts_with("--") => args.urls.push(url.to_string()),
             other => return Err(format!("unknown option {other}")),
         }
     }
     if args.urls.is_empty() {
         return Err(
-            "usage: whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS]"
+            "usage: whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS] [--fixtures DIR]"
                 .into(),
         );
     }
@@ -383,12 +399,24 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         .await
         .map_err(|_| "not connected within 10 s")?;
     let start = Instant::now() + Duration::from_millis(20);
-    let video = args
-        .video
-        .then(|| tokio::spawn(play(video_track, clip(VP8_CLIP, 3000), video_ssrc, start, args.seconds)));
-    let audio = args
-        .audio
-        .then(|| tokio::spawn(play(audio_track, clip(OPUS_CLIP, 960), audio_ssrc, start, args.seconds)));
+    let video = args.video.then(|| {
+        tokio::spawn(play(
+            video_track,
+            clip(&args.vp8, 3000),
+            video_ssrc,
+            start,
+            args.seconds,
+        ))
+    });
+    let audio = args.audio.then(|| {
+        tokio::spawn(play(
+            audio_track,
+            clip(&args.opus, 960),
+            audio_ssrc,
+            start,
+            args.seconds,
+        ))
+    });
     let video_frames = match video {
         Some(h) => h.await.unwrap_or(0),
         None => 0,

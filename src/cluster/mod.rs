@@ -209,24 +209,34 @@ impl Cluster {
         }
     }
 
-    /// Keeps `nodes` as the registry says, re-watching after any error.
+    /// Keeps `nodes` as the registry says, re-watching after any error, and after a silence:
+    /// this node's own heartbeat comes through a working watch every `heartbeat`, so a watch
+    /// quiet for three of them (its consumer lost in a NATS outage, not re-created) is dropped
+    /// and opened again.
     async fn watch_nodes(self: Arc<Self>) {
+        let silence = (self.settings.heartbeat * 3).max(Duration::from_secs(3));
         loop {
             let Ok(buckets) = self.buckets() else { return };
             match buckets.nodes.watch_all().await {
-                Ok(mut watch) => {
-                    while let Some(entry) = watch.next().await {
-                        let Ok(entry) = entry else { break };
-                        if entry.operation != kv::Operation::Put {
-                            continue;
+                Ok(mut watch) => loop {
+                    let entry = match tokio::time::timeout(silence, watch.next()).await {
+                        Ok(Some(entry)) => entry,
+                        Ok(None) => break,
+                        Err(_) => {
+                            tracing::warn!("cluster: the node registry's watch went quiet; watching again");
+                            break;
                         }
-                        if let Ok(info) = serde_json::from_slice::<NodeInfo>(&entry.value) {
-                            if info.recorder_id != self.node_id {
-                                self.lock_nodes().insert(info.recorder_id.clone(), info);
-                            }
+                    };
+                    let Ok(entry) = entry else { break };
+                    if entry.operation != kv::Operation::Put {
+                        continue;
+                    }
+                    if let Ok(info) = serde_json::from_slice::<NodeInfo>(&entry.value) {
+                        if info.recorder_id != self.node_id {
+                            self.lock_nodes().insert(info.recorder_id.clone(), info);
                         }
                     }
-                }
+                },
                 Err(err) => tracing::warn!(error = %err, "cluster: cannot watch the node registry"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;

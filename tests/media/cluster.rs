@@ -335,9 +335,21 @@ fn media_records_on_with_nats_down_and_one_node_at_a_time_composes_a_conversatio
         nats.start_server(i);
     }
     for app in [&a, &b] {
-        poll(Duration::from_secs(60), "both nodes back in the cluster", || {
-            connected(app, 2).then_some(())
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !connected(app, 2) {
+            if std::time::Instant::now() > deadline {
+                let ready = app.request("GET", &format!("{}/ready", app.base_url), &[], None);
+                let log = app.stderr();
+                let nats_log = nats.logs();
+                panic!(
+                    "both nodes not back in the cluster within 60 s; /ready: {}\nlog tail: {}\nNATS log tail: {}",
+                    ready.text(),
+                    log.get(log.len().saturating_sub(6000)..).unwrap_or(&log),
+                    nats_log.get(nats_log.len().saturating_sub(6000)..).unwrap_or(&nats_log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     wait_ok(sender, "sender");
     let stopped = b.stop(&second);

@@ -533,3 +533,66 @@ fn a_local_profile_composition_is_served_by_the_recorder_behind_a_signed_url() {
     // The instance's recording.json is rewritten to list the composition.
     manifest_lists_composition(&app, &event, &message);
 }
+
+/// The compositor's node in the debug tree.
+fn compositor(app: &TestApp) -> Value {
+    let tree = app.debug_tree();
+    tree["children"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["kind"] == "Compositor").cloned())
+        .unwrap_or_else(|| panic!("no Compositor: {tree:#}"))
+}
+
+/// Admission control, black-box: a composition takes only what live media leaves of the node's
+/// budget. With a budget of 1,005 units, compositions of 1,000 and sessions of 10, one live
+/// session on another call leaves too little: the stopped call's composition stays queued
+/// (INITIALISED, the compositor "waiting for capacity", nothing composed or uploaded) for as
+/// long as that session is open, and is composed, whole, once it ends.
+#[test]
+fn a_composition_waits_while_live_media_holds_the_capacity_and_runs_once_it_is_given_back() {
+    let _media = media_lock();
+    let app = TestApp::spawn_with(
+        "[capacity]\nbudget = 1005\nrtp_session = 10\nwhip_session = 10\ncomposition = 1000\nmax_cpu_percent = 0\n",
+    );
+    let conversation = unique("compose-cap");
+    let conference = unique("room");
+    let event = app.start(&conversation, &conference, true, true);
+    wait_ok(send_participant(&app, &conference, "alice", "red", 440, 3.0), "alice");
+
+    // Another call goes on: its open session holds 10 of the 1,005 units.
+    let other = unique("compose-cap-live");
+    let other_conference = unique("room");
+    let live = app.start(&other, &other_conference, true, false);
+    publish(&app, &other_conference, "bob", "MIC", &[("audio", 111, "opus/48000/2")]);
+
+    app.stop(&event);
+    let waiting = poll(Duration::from_secs(20), "the composition waits for capacity", || {
+        let c = compositor(&app);
+        (c["state"] == "waiting for capacity").then_some(c)
+    });
+    // It stays queued while the other call is live, and nothing is written for it.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        let message = app.get(&format!("/compositions/{conversation}"), KEY).json();
+        assert_eq!(message["state"], "INITIALISED", "{message:#}");
+        let c = compositor(&app);
+        assert_eq!(c["state"], "waiting for capacity", "{c:#}\n{waiting:#}");
+        assert_eq!(c["counters"]["num_running"], 0, "{c:#}");
+        assert_eq!(c["counters"]["num_queued"], 1, "{c:#}");
+        assert_eq!(c["counters"]["num_composed"], 0, "{c:#}");
+    }
+    assert!(!stored_composition(&app, &conversation).exists());
+
+    // The live call ends: its capacity comes back and the composition runs.
+    app.stop(&live);
+    let message = wait_composed(&app, &conversation, &event["instanceId"]);
+    assert!(message["error"].is_null(), "{message:#}");
+    let path = stored_composition(&app, &conversation);
+    assert_eq!(ffprobe(&path, "stream=codec_name"), "h264\naac");
+    let duration: f64 = ffprobe(&path, "format=duration").parse().unwrap();
+    let instance = app.instance(&event);
+    let call = offset(&instance, &instance["stopped"]);
+    assert!((duration - call).abs() <= 0.2, "composition {duration}s, call {call}s");
+    assert!(is_red(pixel(&path, 1.5, 640, 360)), "{:?}", pixel(&path, 1.5, 640, 360));
+    assert_eq!(compositor(&app)["counters"]["num_composed"], 1);
+}

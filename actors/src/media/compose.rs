@@ -65,6 +65,11 @@ pub struct ComposeConfig {
     /// placeholder. Needs FFmpeg's drawtext (libfreetype, a font); without it the composition
     /// is made unlabelled.
     pub label_placeholders: bool,
+    /// Threads for each video decoder and for the H.264 encoder: 0 sizes them to the machine's
+    /// cores, as the FFmpeg CLI does (`-threads auto`). libavcodec's own default is one thread,
+    /// which left x264 encoding single-threaded. The composition thread runs niced and every
+    /// codec thread inherits it, so live media keeps the CPU it needs.
+    pub threads: usize,
 }
 
 impl Default for ComposeConfig {
@@ -75,6 +80,7 @@ impl Default for ComposeConfig {
             fps: 25,
             preset: "veryfast".into(),
             label_placeholders: true,
+            threads: 0,
         }
     }
 }
@@ -448,7 +454,7 @@ fn black_like(like: &ffmpeg::Frame, pts: i64) -> Option<ffmpeg::Frame> {
 }
 
 impl Source {
-    fn open(input: &ComposeInput) -> Result<Self, MediaError> {
+    fn open(input: &ComposeInput, threads: usize) -> Result<Self, MediaError> {
         let ctx = ffmpeg::format::input(&input.path).map_err(|e| ffmpeg_err("open", e))?;
         let kind = match input.media {
             ComposeMedia::Audio => ffmpeg::media::Type::Audio,
@@ -462,8 +468,14 @@ impl Source {
         let time_base = stream.time_base();
         let codec = ffmpeg::decoder::find(stream.parameters().id())
             .ok_or_else(|| MediaError::Ffmpeg(format!("no decoder for {:?}", stream.parameters().id())))?;
-        let decoder = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
-            .map_err(|e| ffmpeg_err("decoder parameters", e))?
+        let mut context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+            .map_err(|e| ffmpeg_err("decoder parameters", e))?;
+        if input.media == ComposeMedia::Video {
+            // SAFETY: a plain field of a context not opened yet; 0 lets libavcodec use a thread
+            // per core (frame threads for VP8/H.264), as the CLI does.
+            unsafe { (*context.as_mut_ptr()).thread_count = threads as i32 };
+        }
+        let decoder = context
             .decoder()
             .open_as(codec)
             .map_err(|e| ffmpeg_err("open decoder", e))?;
@@ -616,7 +628,7 @@ pub fn compose(
     if total.is_zero() {
         return Err(MediaError::Refused("the conversation has no recorded time".into()));
     }
-    let mut used = open_sources(inputs.iter(), &mut report);
+    let mut used = open_sources(inputs.iter(), config.threads, &mut report);
     // Videos first, then audios: the order of the labels in the description.
     used.sort_by_key(|(i, _)| i.media == ComposeMedia::Audio);
     let video: Vec<&ComposeInput> = used
@@ -700,6 +712,7 @@ pub fn compose(
         }
         let mut options = ffmpeg::Dictionary::new();
         options.set("preset", &config.preset);
+        options.set("threads", &threads_option(config.threads));
         let enc = enc
             .open_with(options)
             .map_err(|e| ffmpeg_err("open video encoder", e))?;
@@ -732,15 +745,26 @@ pub fn compose(
     Ok(report)
 }
 
+/// The libavcodec `threads` option for `threads` (0: one per core).
+fn threads_option(threads: usize) -> String {
+    if threads == 0 {
+        "auto".into()
+    } else {
+        threads.to_string()
+    }
+}
+
 /// Opens each input and decodes its first frame (kept in the source); an input that cannot be
-/// read or holds no frame is left out and named in `report`.
+/// read or holds no frame is left out and named in `report`. Video decoders get `threads`
+/// threads (0: one per core).
 pub(super) fn open_sources<'a>(
     inputs: impl Iterator<Item = &'a ComposeInput>,
+    threads: usize,
     report: &mut ComposeReport,
 ) -> Vec<(&'a ComposeInput, Source)> {
     let mut used = Vec::new();
     for input in inputs {
-        match Source::open(input) {
+        match Source::open(input, threads) {
             Ok(mut source) => match source.next() {
                 Some(frame) => {
                     source.peeked = Some(frame);

@@ -140,9 +140,9 @@ pub fn compose_stereo(
             .filter(move |(i, s)| *s == side && i.media == ComposeMedia::Audio)
             .map(|(i, _)| i)
     };
-    let mut used = open_sources(audio(Side::Left), &mut report);
+    let mut used = open_sources(audio(Side::Left), 1, &mut report);
     let num_left = used.len();
-    used.extend(open_sources(audio(Side::Right), &mut report));
+    used.extend(open_sources(audio(Side::Right), 1, &mut report));
     let num_right = used.len() - num_left;
     let left = participants(used[..num_left].iter().map(|(i, _)| *i));
     let right = participants(used[num_left..].iter().map(|(i, _)| *i));

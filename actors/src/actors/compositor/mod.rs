@@ -522,7 +522,14 @@ impl Handler<Snapshot> for Compositor {
         MessageResult(ActorSnapshot {
             kind: "Compositor",
             id: "compositor".into(),
-            state: if self.running.is_empty() { "idle" } else { "composing" }.into(),
+            state: if !self.running.is_empty() {
+                "composing"
+            } else if self.waiting_for_capacity {
+                "waiting for capacity"
+            } else {
+                "idle"
+            }
+            .into(),
             mailbox_depth: 0,
             restarts: 0,
             last_error: self.last_error.clone(),
