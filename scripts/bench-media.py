@@ -51,9 +51,9 @@ def hd_fixtures():
     tmp = {f: os.path.join(HD_FIXTURES, f + ".part") for f in ("vp8.rtp", "opus.rtp")}
     procs = [subprocess.Popen([sys.executable, capture, tmp["vp8.rtp"], "--", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30", "-t", "10",
                                "-c:v", "libvpx", "-b:v", "1M", "-minrate", "1M", "-maxrate", "1M", "-deadline", "realtime", "-cpu-used", "8",
-                               "-g", "90", "-an"], stdout=subprocess.DEVNULL),
+                               "-g", "90", "-an", "-payload_type", "96"], stdout=subprocess.DEVNULL),
              subprocess.Popen([sys.executable, capture, tmp["opus.rtp"], "--", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-                               "-t", "10", "-c:a", "libopus", "-b:a", "48k", "-vn"], stdout=subprocess.DEVNULL)]
+                               "-t", "10", "-c:a", "libopus", "-b:a", "48k", "-vn", "-payload_type", "111"], stdout=subprocess.DEVNULL)]
     for p in procs:
         if p.wait() != 0:
             sys.exit("cannot capture the hd fixture")
@@ -77,6 +77,12 @@ def rss_kib(pid):
     except FileNotFoundError:  # exited and reaped
         return 0
     return int(found.group(1)) if found else 0
+
+
+def udp_rcvbuf_errors():
+    """The machine's UDP datagrams dropped for a full socket receive buffer (/proc/net/snmp)."""
+    lines = [l.split() for l in open("/proc/net/snmp") if l.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
 
 
 def http(method, url, key, body=None, content_type=None):
@@ -250,6 +256,7 @@ def whip_phase(base, key, binary, n, seconds, cpu_rec, recorder):
             {"applicationId": "default", "conferenceId": f"bench-whip-{c}", "conversationId": f"bench-whip-{c}"}).encode(),
             "application/json")))
     urls = [f"{base}/media/whip/bench-whip-{k // per_call}?userId=w-{k}&type=CAM" for k in range(n)]
+    rcvbuf0 = udp_rcvbuf_errors()
     cpu0 = cpu_seconds(recorder.pid)
     children0 = sum(os.times()[2:4])  # CPU of the waited-for children so far
     w0 = time.monotonic()
@@ -273,7 +280,7 @@ def whip_phase(base, key, binary, n, seconds, cpu_rec, recorder):
                 errors += 1
             else:
                 sent.append(line)
-    complete = 0
+    complete, shortfalls = 0, []
     for call in calls:
         path = f"{base}/recordings/{call['conversationId']}/{call['recorderId']}/{call['instanceId']}"
         http("POST", path + "/stop", key, b"")
@@ -281,12 +288,19 @@ def whip_phase(base, key, binary, n, seconds, cpu_rec, recorder):
             counts = {}
             for t in s_["tracks"]:
                 counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
-            complete += counts.get("vp8", 0) >= 0.999 * sent[0]["videoFrames"] and counts.get("opus", 0) >= 0.999 * sent[0]["audioFrames"]
+            ok = counts.get("vp8", 0) >= 0.999 * sent[0]["videoFrames"] and counts.get("opus", 0) >= 0.999 * sent[0]["audioFrames"]
+            complete += ok
+            if not ok:
+                shortfalls.append((sent[0]["videoFrames"] - counts.get("vp8", 0), sent[0]["audioFrames"] - counts.get("opus", 0)))
     return {"whip_streams": n,
             "whip_seconds_wall": round(wall, 1),
             "whip_publish_errors": errors,
             "whip_frames_sent_min": min((s["videoFrames"] for s in sent), default=0),
             "whip_streams_complete": f"{complete}/{n}",
+            # (video, audio) frames missing from each incomplete stream, and the machine's UDP
+            # datagrams dropped for a full receive buffer during the phase.
+            "whip_frames_missing": sorted(shortfalls, reverse=True)[:10],
+            "udp_rcvbuf_errors": udp_rcvbuf_errors() - rcvbuf0,
             "recorder_whip_cpu_s_per_stream": round(whip_cpu / n, 3),
             "recorder_whip_cpu_share_of_machine": round(whip_cpu / wall / os.cpu_count(), 2),
             "recorder_whip_rss_kib_per_stream": round(peak_rss / n),

@@ -10,7 +10,7 @@
 //! Each URL is one publisher (one peer connection); several run at once in this process (the
 //! load generator of `scripts/bench-media.py --whip`), the k-th starting k × `--ramp-ms` (default
 //! 20) after the first. Prints one JSON line per publisher, in the URLs' order: the session
-//! location and how many video/audio frames it sent, or its error (the exit status is then 1).
+//! location, how many video/audio frames it sent and the answer's DTLS role, or its error (the exit status is then 1).
 //! Without `--keep` each ends its session with DELETE; with it, it just disconnects.
 //! `--fixtures DIR` replays `DIR/vp8.rtp` and `DIR/opus.rtp` (the format of
 //! `scripts/capture-rtp-fixture.py`) instead of the built-in clips.
@@ -392,7 +392,14 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         .find(|(n, _)| n == "location")
         .map(|(_, v)| v.clone())
         .ok_or("no Location")?;
-    let answer = RTCSessionDescription::answer(String::from_utf8_lossy(&answer).into_owned()).map_err(e)?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    // The answerer's DTLS role (`a=setup:`), reported with the result.
+    let dtls_setup = answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=setup:"))
+        .unwrap_or("")
+        .to_string();
+    let answer = RTCSessionDescription::answer(answer).map_err(e)?;
     let connected = handler.connected.notified();
     pc.set_remote_description(answer).await.map_err(e)?;
     tokio::time::timeout(Duration::from_secs(10), connected)
@@ -447,6 +454,7 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         "videoFrames": video_frames,
         "audioFrames": audio_frames,
         "seconds": args.seconds,
+        "dtlsSetup": dtls_setup,
     })
     .to_string())
 }

@@ -453,7 +453,14 @@ pub async fn negotiate(
             Some(Duration::from_secs(5)),
             Some(Duration::from_secs(10)),
             Some(Duration::from_secs(2)),
-        );
+        )
+        // DTLS server (`a=setup:passive`): the publisher, as client, sends the first Finished
+        // and completes only after ours, so our SRTP keys are in place before its first media
+        // packet. As client (the library's default for an answer) we finished last, and under
+        // load a publisher's first packets, its first keyframe among them, came before our keys
+        // and were dropped ("remote_srtp_context is not set yet"): a GOP lost per stream with
+        // 150 publishers (BENCHMARKS.md, WHIP at scale).
+        .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Server);
     if !media.mdns {
         settings = settings.with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
     }
