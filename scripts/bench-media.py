@@ -23,7 +23,13 @@ receivers alone the same way, and reports each side's largest N with every frame
 CPU per stream (recorder and generator separately), RSS per stream and the writers' slowest
 write (max and p99 over streams), and the CPU ratio at the largest N both sustained. Admission
 control is lifted for the ramp (RECORDER_CAPACITY__BUDGET), so the ramp finds what the machine
-does; the default budget is then set from it.
+does; the default budget is then set from it. Every step also reports how soon recording started
+(each track's first frame in its file after its first packet, max and p99; a step fails above
+300 ms). With --whip, find-max then ramps WHIP publishers from --whip-start.
+
+With --kill-after S, the recorder is killed with SIGKILL S seconds into the load and started again
+on the same data directory while the generator keeps sending; the run reports the downtime and
+each track's loss against the promise (loss <= downtime + 1 s).
 
 The stream (--fixture): "hd" (the default) is VP8 640x360 at 30 fps and ~1 Mbit/s with Opus at
 48 kbit/s, about 150 packets/s, captured once from FFmpeg with scripts/capture-rtp-fixture.py into
@@ -31,7 +37,8 @@ The stream (--fixture): "hd" (the default) is VP8 640x360 at 30 fps and ~1 Mbit/
 actors/src/media/fixtures (VP8 320x240 ~300 kbit/s, Opus 32 kbit/s, about 90 packets/s).
 
 usage: scripts/bench-media.py [--streams N] [--seconds S] [--whip] [--binary PATH]
-       scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--seconds S] [--binary PATH]
+       scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--seconds S] [--whip [--whip-start N]] [--binary PATH]
+       scripts/bench-media.py --streams N --recorder-only --kill-after S
 (build first: cargo build --release --bins; the binary defaults to $CARGO_TARGET_DIR/release/rtc-recorder
 when it exists, else debug)
 """
@@ -115,9 +122,25 @@ STREAMS_PER_CALL = 2
 FIXTURE_DIR = FIXTURES  # set by main (--fixture)
 
 
-def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, extra_env=()):
+def start_recorder(binary, env):
+    """Starts the recorder; its API base URL once it listens."""
+    recorder = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in recorder.stdout:
+        if "listening on http://" in line:
+            return recorder, line.split("listening on ")[1].strip() + "/auvious.video/rtc-recorder/api"
+    sys.exit(f"the recorder exited before listening (code {recorder.wait()})")
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[int(q * (len(values) - 1))] if values else None
+
+
+def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, extra_env=(), kill_after=None):
     """One run: N plain-RTP streams to a fresh recorder (in calls of STREAMS_PER_CALL streams)
-    and/or N ffmpeg -c copy receivers."""
+    and/or N ffmpeg -c copy receivers. With kill_after, the recorder is killed with SIGKILL that
+    many seconds into the load and started again on the same data directory, while the
+    generator keeps sending; each track's loss is then set against the downtime."""
     work = tempfile.mkdtemp(prefix="bench-media-")
     key = "bench-key-0123456789"
     result = {"streams": n}
@@ -136,11 +159,7 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
                    # the compositor (which would release them after its run) out of the measurement.
                    RECORDER_UPLOADS__DELETE_LOCAL_AFTER_UPLOAD="false", RECORDER_COMPOSITION__ENABLED="false")
         env.update(kv.split("=", 1) for kv in extra_env)
-        recorder = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        for line in recorder.stdout:
-            if "listening on http://" in line:
-                base = line.split("listening on ")[1].strip() + "/auvious.video/rtc-recorder/api"
-                break
+        recorder, base = start_recorder(binary, env)
         per_call = STREAMS_PER_CALL or n
         calls = []
         for c in range((n + per_call - 1) // per_call):
@@ -178,8 +197,22 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
     loader = os.path.join(os.path.dirname(binary), "rtp-load")
     cpu_rec0 = cpu_seconds(recorder.pid) if recorder else 0
     cpu_ff0 = sum(cpu_seconds(p.pid) for p, _ in receivers)
-    sent = json.loads(subprocess.run([loader, "--fixtures", FIXTURE_DIR, "--seconds", str(seconds), "--targets", targets_file],
-                                     capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    load = subprocess.Popen([loader, "--fixtures", FIXTURE_DIR, "--seconds", str(seconds), "--targets", targets_file],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    downtime = None
+    if kill_after is not None and recorder:
+        time.sleep(kill_after)
+        killed = time.monotonic()
+        recorder.kill()
+        recorder.wait()
+        recorder, base = start_recorder(binary, env)
+        downtime = time.monotonic() - killed
+        cpu_rec0 = cpu_seconds(recorder.pid)
+        rss_rec_base = 0  # a new process: its whole RSS is the streams'
+    out, err = load.communicate()
+    if load.returncode != 0:
+        sys.exit(f"rtp-load failed: {err}")
+    sent = json.loads(out.strip().splitlines()[-1])
     time.sleep(0.5)
     sent_v, sent_a = sent["sent_video_frames"], sent["sent_audio_frames"]
     result.update(seconds=sent["seconds"], sent_video_frames=sent_v, sent_audio_frames=sent_a,
@@ -189,15 +222,19 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
         cpu_rec = cpu_seconds(recorder.pid) - cpu_rec0
         rss_rec = rss_kib(recorder.pid)
         tree = json.loads(http("GET", f"{base}/debug/actors", key))
-        writes = []
+        writes, first_frame_ms = [], []
         def walk(node):
-            # Each track's slowest single write or flush (the debug tree's Track nodes).
-            if node.get("kind") == "Track" and "max_write_micros" in node.get("counters", {}):
-                writes.append(node["counters"]["max_write_micros"])
+            # Each track's slowest single write or flush (the debug tree's Track nodes), and how
+            # long after its first packet its first frame (for video, a keyframe) was in the file.
+            counters = node.get("counters", {})
+            if node.get("kind") == "Track" and "max_write_micros" in counters:
+                writes.append(counters["max_write_micros"])
+                if counters.get("first_write_at_micros") and counters.get("first_packet_at_micros"):
+                    first_frame_ms.append((counters["first_write_at_micros"] - counters["first_packet_at_micros"]) / 1000)
             for child in node.get("children", []):
                 walk(child)
         walk(tree)
-        rec_ok, rec_min, states = 0, 1.0, set()
+        rec_ok, rec_min, states, lost_v, lost_a = 0, 1.0, set(), [], []
         for c, start in enumerate(calls):
             path = f"{base}/recordings/bench-{c}/{start['recorderId']}/{start['instanceId']}"
             states.add(json.loads(http("POST", path + "/stop", key, b""))["state"])
@@ -207,6 +244,9 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
                     counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
                 got = frames_ratio(counts, sent_v, sent_a)
                 rec_min, rec_ok = min(rec_min, got), rec_ok + (got >= 1.0)
+                # Media seconds missing from each track: 30 fps video, 20 ms Opus frames.
+                lost_v.append((sent_v - counts.get("vp8", 0)) / 30)
+                lost_a.append((sent_a - counts.get("opus", 0)) * 0.020)
         writes.sort()
         result.update(state="/".join(sorted(states)), calls=len(calls), recorder_cpu_s_per_stream=round(cpu_rec / n, 4),
                       recorder_cpu_share_of_2_cores=round(cpu_rec / sent["seconds"] / 2, 3),
@@ -214,8 +254,22 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
                       recorder_rss_kib_per_stream=(rss_rec - rss_rec_base) // n,
                       recorder_threads=int(re.search(r"Threads:\s+(\d+)", open(f"/proc/{recorder.pid}/status").read()).group(1)),
                       writer_max_write_ms=round(writes[-1] / 1000, 1) if writes else None,
-                      writer_p99_max_write_ms=round(writes[int(0.99 * (len(writes) - 1))] / 1000, 1) if writes else None)
+                      writer_p99_max_write_ms=round(writes[int(0.99 * (len(writes) - 1))] / 1000, 1) if writes else None,
+                      first_frame_ms_max=round(max(first_frame_ms), 1) if first_frame_ms else None,
+                      first_frame_ms_p99=round(percentile(first_frame_ms, 0.99), 1) if first_frame_ms else None)
         result["recorder_ok"] = rec_ok == n and result["recorder_refused"] == 0
+        if downtime is not None:
+            # The promise: loss per track <= downtime + 1 s. Audio is the clean measure. Video
+            # also waits after the restart for the clip's next keyframe: a replayed clip cannot
+            # answer the recorder's PLI (a live sender would), and the hd clip has one every 3 s.
+            result.update(killed_after_s=kill_after, downtime_s=round(downtime, 2),
+                          audio_lost_s_max=round(max(lost_a), 2), video_lost_s_max=round(max(lost_v), 2),
+                          audio_loss_within_downtime_plus_1s=f"{sum(l <= downtime + 1 for l in lost_a)}/{len(lost_a)}")
+            result["recorder_ok"] = result["recorder_refused"] == 0 and all(l <= downtime + 1 for l in lost_a)
+            # Two processes: CPU and memory per stream are not comparable; the restarted process's
+            # first frames wait for the clip's next keyframe too.
+            for k in ("recorder_cpu_s_per_stream", "recorder_cpu_share_of_2_cores", "recorder_rss_kib_per_stream"):
+                del result[k]
         if whip:
             result.update(whip_phase(base, key, binary, n, seconds, cpu_rec, recorder))
         recorder.send_signal(signal.SIGTERM)
@@ -311,20 +365,28 @@ def whip_phase(base, key, binary, n, seconds, cpu_rec, recorder):
 def find_max(args):
     """Ramps N for each side alone until the first failure; the largest N each sustained."""
     best = {}
-    for side in ("recorder", "ffmpeg"):
-        n = args.start
+    sides = ["recorder", "ffmpeg"] + (["whip"] if args.whip else [])
+    for side in sides:
+        n = args.start if side != "whip" else args.whip_start
         while n <= args.limit:
-            r = run(n, args.seconds, args.binary, with_recorder=side == "recorder", with_ffmpeg=side == "ffmpeg",
-                    extra_env=args.recorder_env)
+            r = run(n, args.seconds, args.binary, with_recorder=side in ("recorder", "whip"), with_ffmpeg=side == "ffmpeg",
+                    whip=side == "whip", extra_env=args.recorder_env)
             late = r["generator_max_late_ms"] > 200
-            ok = r[f"{side}_ok"] and not late
-            print(json.dumps({"side": side, "ok": ok, "generator_late": late, **r}), flush=True)
+            # Recording must start on time at every N: the first frame in the file <= 300 ms after
+            # the first packet.
+            slow_start = side != "ffmpeg" and (r.get("first_frame_ms_max") or 0) > 300
+            if side == "whip":
+                ok = r["whip_streams_complete"] == f"{n}/{n}" and r["whip_publish_errors"] == 0 and not slow_start
+            else:
+                ok = r[f"{side}_ok"] and not late and not slow_start
+            print(json.dumps({"side": side, "ok": ok, "generator_late": late, "slow_start": slow_start, **r}), flush=True)
             if not ok:
                 break
             best[side] = r
             n += args.step
     summary = {"recorder_max_streams": best.get("recorder", {}).get("streams"),
-               "ffmpeg_max_streams": best.get("ffmpeg", {}).get("streams")}
+               "ffmpeg_max_streams": best.get("ffmpeg", {}).get("streams"),
+               "whip_max_publishers": best.get("whip", {}).get("streams")}
     if "recorder" in best and "ffmpeg" in best:
         common = min(best["recorder"]["streams"], best["ffmpeg"]["streams"])
         # The recorder at the largest N FFmpeg sustained, in a run of its own for a like-for-like ratio.
@@ -346,6 +408,9 @@ def main():
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--step", type=int, default=100)
     ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--whip-start", type=int, default=150, help="--find-max --whip: the first N of the WHIP ramp")
+    ap.add_argument("--kill-after", type=float, metavar="S",
+                    help="kill -9 the recorder S seconds into the load and start it again; report each track's loss against the downtime")
     ap.add_argument("--recorder-only", action="store_true", help="no FFmpeg receivers (one run)")
     ap.add_argument("--streams-per-call", type=int, default=STREAMS_PER_CALL,
                     help="streams per recorder instance (0: all streams in one instance)")
@@ -362,8 +427,8 @@ def main():
     if args.find_max:
         find_max(args)
     else:
-        print(json.dumps(run(args.streams, args.seconds, args.binary, with_ffmpeg=not args.recorder_only, whip=args.whip,
-                             extra_env=args.recorder_env)))
+        print(json.dumps(run(args.streams, args.seconds, args.binary, with_ffmpeg=not args.recorder_only and args.kill_after is None,
+                             whip=args.whip, extra_env=args.recorder_env, kill_after=args.kill_after)))
 
 
 if __name__ == "__main__":

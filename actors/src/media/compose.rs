@@ -24,6 +24,7 @@ use std::time::Duration;
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::ffi;
 
+use super::graph::{run_graph, Output};
 use super::MediaError;
 
 /// What a track carries.
@@ -497,7 +498,7 @@ impl Source {
 
     /// The next decoded frame with its pts in timeline microseconds, or `None` at the end.
     /// A read or decode error ends the track early (what was decoded stays in).
-    fn next(&mut self) -> Option<ffmpeg::Frame> {
+    pub(super) fn next(&mut self) -> Option<ffmpeg::Frame> {
         if let Some(frame) = self.peeked.take() {
             return Some(frame);
         }
@@ -563,7 +564,7 @@ impl Source {
 
 const MICROS: ffmpeg::Rational = ffmpeg::Rational(1, 1_000_000);
 
-fn rescale(value: i64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
+pub(super) fn rescale(value: i64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
     // SAFETY: pure arithmetic on plain values.
     unsafe { ffi::av_rescale_q(value, from.into(), to.into()) }
 }
@@ -578,39 +579,6 @@ pub(super) fn init() {
         let _ = ffmpeg::init();
         ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
     });
-}
-
-pub(super) struct Output {
-    pub(super) ctx: ffmpeg::format::context::Output,
-    pub(super) video: Option<(ffmpeg::encoder::Video, usize, ffmpeg::Rational)>,
-    pub(super) audio: Option<(ffmpeg::encoder::Audio, usize, ffmpeg::Rational)>,
-}
-
-impl Output {
-    fn write_packets(&mut self, video: bool) -> Result<(), MediaError> {
-        let Output {
-            ctx,
-            video: v,
-            audio: a,
-        } = self;
-        let (encoder, index, enc_tb): (&mut ffmpeg::encoder::Encoder, usize, ffmpeg::Rational) = if video {
-            let (e, i, tb) = v.as_mut().expect("video packets only when there is a video encoder");
-            (e, *i, *tb)
-        } else {
-            let (e, i, tb) = a.as_mut().expect("audio packets only when there is an audio encoder");
-            (e, *i, *tb)
-        };
-        let stream_tb = ctx.stream(index).expect("the stream was added at setup").time_base();
-        let mut packet = ffmpeg::Packet::empty();
-        while encoder.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(index);
-            packet.rescale_ts(enc_tb, stream_tb);
-            packet
-                .write_interleaved(ctx)
-                .map_err(|e| ffmpeg_err("write packet", e))?;
-        }
-        Ok(())
-    }
 }
 
 /// Composes `inputs` into an MP4 at `out` of duration `total`. Inputs that cannot be read or
@@ -735,13 +703,13 @@ pub fn compose(
     header.set("movflags", "+faststart");
     octx.write_header_with(header)
         .map_err(|e| ffmpeg_err("write header", e))?;
-    let mut output = Output {
+    let output = Output {
         ctx: octx,
         video: output_video,
         audio: output_audio,
     };
 
-    run_graph(&mut graph, &mut used, &source_names, &mut output, &mut report)?;
+    run_graph(&mut graph, &mut used, &source_names, output, &mut report)?;
     Ok(report)
 }
 
@@ -875,104 +843,6 @@ pub(super) fn add_audio_encoder(
 
 /// Runs the graph to its end: feeds the sources, encodes what the sinks give, writes the
 /// trailer. A source whose frame the graph refuses is closed and named in `report`.
-pub(super) fn run_graph(
-    graph: &mut ffmpeg::filter::Graph,
-    used: &mut [(&ComposeInput, Source)],
-    source_names: &[String],
-    output: &mut Output,
-    report: &mut ComposeReport,
-) -> Result<(), MediaError> {
-    // Demand-driven, like the FFmpeg CLI: after draining the sinks, feed the source the graph
-    // asked for most (a buffered overlay waits on it); feeding by timestamp instead would make
-    // a late joiner's tile hold every earlier frame of the others in memory.
-    let mut open: Vec<bool> = vec![true; used.len()];
-    loop {
-        drain(graph, output, false)?;
-        let pick = (0..used.len()).filter(|i| open[*i]).max_by_key(|i| {
-            graph
-                .get(&source_names[*i])
-                .map(|mut c| c.source().failed_requests())
-                .unwrap_or(0)
-        });
-        let Some(i) = pick else { break };
-        let mut ctx = graph
-            .get(&source_names[i])
-            .expect("every source was added to the graph");
-        match used[i].1.next() {
-            Some(mut frame) => {
-                // SAFETY: ctx is a buffer source of this graph and frame a valid decoded frame.
-                // NO_CHECK_FORMAT: a publisher may change resolution mid-call; scale adapts.
-                let ret = unsafe {
-                    ffi::av_buffersrc_add_frame_flags(
-                        ctx.as_mut_ptr(),
-                        frame.as_mut_ptr(),
-                        ffi::AV_BUFFERSRC_FLAG_NO_CHECK_FORMAT as i32,
-                    )
-                };
-                if ret < 0 {
-                    report.problems.push(format!(
-                        "{}: frame refused by the filter graph ({})",
-                        used[i].0.path.display(),
-                        ffmpeg::Error::from(ret)
-                    ));
-                    let _ = ctx.source().flush();
-                    open[i] = false;
-                }
-            }
-            None => {
-                let _ = ctx.source().flush();
-                open[i] = false;
-            }
-        }
-    }
-    drain(graph, output, true)?;
-    output.ctx.write_trailer().map_err(|e| ffmpeg_err("write trailer", e))?;
-    Ok(())
-}
-
-/// Moves every frame the sinks hold into the encoders, and the encoders' packets into the file;
-/// at the end also flushes the encoders.
-fn drain(graph: &mut ffmpeg::filter::Graph, output: &mut Output, end: bool) -> Result<(), MediaError> {
-    for video in [true, false] {
-        let name = if video { "buffersink@vout" } else { "abuffersink@aout" };
-        let Some(mut sink) = graph.get(name) else { continue };
-        let sink_tb = sink.sink().time_base();
-        loop {
-            // SAFETY: an empty frame is a valid target for av_buffersink_get_frame.
-            let mut frame = unsafe { ffmpeg::Frame::empty() };
-            if sink.sink().frame(&mut frame).is_err() {
-                break;
-            }
-            let (encoder, enc_tb): (&mut ffmpeg::encoder::Encoder, ffmpeg::Rational) = if video {
-                let (e, _, tb) = output.video.as_mut().expect("a video sink implies a video encoder");
-                (e, *tb)
-            } else {
-                let (e, _, tb) = output.audio.as_mut().expect("an audio sink implies an audio encoder");
-                (e, *tb)
-            };
-            if let Some(pts) = frame.pts() {
-                frame.set_pts(Some(rescale(pts, sink_tb, enc_tb)));
-            }
-            if video {
-                // SAFETY: plain field write on a frame we own; lets the encoder pick frame types.
-                unsafe { (*frame.as_mut_ptr()).pict_type = ffi::AVPictureType::AV_PICTURE_TYPE_NONE };
-            }
-            encoder.send_frame(&frame).map_err(|e| ffmpeg_err("encode", e))?;
-            output.write_packets(video)?;
-        }
-        if end {
-            let encoder: &mut ffmpeg::encoder::Encoder = if video {
-                &mut output.video.as_mut().expect("a video sink implies a video encoder").0
-            } else {
-                &mut output.audio.as_mut().expect("an audio sink implies an audio encoder").0
-            };
-            let _ = encoder.send_eof();
-            output.write_packets(video)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

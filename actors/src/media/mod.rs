@@ -10,6 +10,7 @@ pub mod clock;
 pub mod codec;
 pub mod compose;
 pub mod depacketize;
+mod graph;
 pub mod join;
 pub mod pause;
 pub mod receiver;

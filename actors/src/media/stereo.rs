@@ -12,9 +12,9 @@ use ffmpeg_next as ffmpeg;
 use serde::{Deserialize, Serialize};
 
 use super::compose::{
-    add_audio_encoder, ffmpeg_err, init, open_sources, run_graph, source_specs, ComposeInput, ComposeMedia,
-    ComposeReport, Output,
+    add_audio_encoder, ffmpeg_err, init, open_sources, source_specs, ComposeInput, ComposeMedia, ComposeReport,
 };
+use super::graph::{run_graph, Output};
 use super::MediaError;
 
 /// The stereo file's container and codec.
@@ -186,12 +186,12 @@ pub fn compose_stereo(
     }
     octx.write_header_with(header)
         .map_err(|e| ffmpeg_err("write header", e))?;
-    let mut output = Output {
+    let output = Output {
         ctx: octx,
         video: None,
         audio: Some(audio),
     };
-    run_graph(&mut graph, &mut used, &source_names, &mut output, &mut report)?;
+    run_graph(&mut graph, &mut used, &source_names, output, &mut report)?;
     Ok(StereoReport { report, left, right })
 }
 
