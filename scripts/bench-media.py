@@ -37,7 +37,7 @@ The stream (--fixture): "hd" (the default) is VP8 640x360 at 30 fps and ~1 Mbit/
 actors/src/media/fixtures (VP8 320x240 ~300 kbit/s, Opus 32 kbit/s, about 90 packets/s).
 
 usage: scripts/bench-media.py [--streams N] [--seconds S] [--whip] [--binary PATH]
-       scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--seconds S] [--whip [--whip-start N]] [--binary PATH]
+       scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--seconds S] [--whip [--whip-start N] [--whip-step N]] [--binary PATH]
        scripts/bench-media.py --streams N --recorder-only --kill-after S
 (build first: cargo build --release --bins; the binary defaults to $CARGO_TARGET_DIR/release/rtc-recorder
 when it exists, else debug)
@@ -383,7 +383,7 @@ def find_max(args):
             if not ok:
                 break
             best[side] = r
-            n += args.step
+            n += args.step if side != "whip" else args.whip_step
     summary = {"recorder_max_streams": best.get("recorder", {}).get("streams"),
                "ffmpeg_max_streams": best.get("ffmpeg", {}).get("streams"),
                "whip_max_publishers": best.get("whip", {}).get("streams")}
@@ -409,6 +409,7 @@ def main():
     ap.add_argument("--step", type=int, default=100)
     ap.add_argument("--limit", type=int, default=3000)
     ap.add_argument("--whip-start", type=int, default=150, help="--find-max --whip: the first N of the WHIP ramp")
+    ap.add_argument("--whip-step", type=int, default=50, help="--find-max --whip: the WHIP ramp's step")
     ap.add_argument("--kill-after", type=float, metavar="S",
                     help="kill -9 the recorder S seconds into the load and start it again; report each track's loss against the downtime")
     ap.add_argument("--recorder-only", action="store_true", help="no FFmpeg receivers (one run)")
