@@ -320,6 +320,42 @@ fn a_file_is_readable_up_to_the_last_flush_while_still_being_written() {
     assert!(writer_stats_flushed(&report));
 }
 
+#[test]
+fn a_writer_creates_its_file_before_the_first_frame_and_leaves_none_without_frames() {
+    // Creating the file is most of what opening a muxer costs; done when the writer joins its
+    // pool thread, a first frame finds it there (hundreds of tracks starting at once do not
+    // queue behind each other's file creation).
+    let dir = tempfile::tempdir().unwrap();
+    let (frames, _, _) = replay(Codec::Vp8, &fixture("vp8"));
+    let wait_for_file = |path: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "{} not created ahead of its first frame", path.display());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let path = dir.path().join("t.seg0.webm");
+    let writer = TrackWriter::spawn(path.clone(), Codec::Vp8, WriterConfig::default()).unwrap();
+    wait_for_file(&path);
+    let sink = writer.sink();
+    for f in &frames {
+        assert!(sink.offer(f.clone()));
+    }
+    let report = futures_executor::block_on(writer.finish());
+    assert!(report.error.is_none(), "{report:?}");
+    let count: usize = ffprobe(&path, "stream=nb_read_frames").parse().unwrap();
+    assert_eq!(count, frames.len(), "every frame in the file created ahead");
+    assert_eq!(ffprobe(&path, "stream=width,height"), "320,240");
+
+    // No frame: the file created ahead is removed at the finish.
+    let empty = dir.path().join("t.seg1.webm");
+    let writer = TrackWriter::spawn(empty.clone(), Codec::Vp8, WriterConfig::default()).unwrap();
+    wait_for_file(&empty);
+    let report = futures_executor::block_on(writer.finish());
+    assert_eq!(report.info.num_frames, 0);
+    assert!(!empty.exists(), "a writer without frames leaves no file");
+}
+
 fn writer_stats_flushed(report: &super::writer::SegmentReport) -> bool {
     report.info.num_frames == 45
 }

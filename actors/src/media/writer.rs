@@ -144,8 +144,10 @@ pub struct TrackWriter {
 }
 
 impl TrackWriter {
-    /// Hands the writer to one of its pool's threads. The file is created at the first frame (a
-    /// keyframe for video), which also gives the picture size and, for H.264, the parameter sets.
+    /// Hands the writer to one of its pool's threads, which creates the file at once (before any
+    /// media: a first frame then costs no file creation). The header is written at the first frame
+    /// (a keyframe for video), which gives the picture size and, for H.264, the parameter sets; a
+    /// writer finished without a frame removes its empty file.
     pub fn spawn(path: PathBuf, codec: Codec, config: WriterConfig) -> Result<TrackWriter, MediaError> {
         init_ffmpeg();
         if let Some(dir) = path.parent() {
@@ -391,13 +393,17 @@ fn pool_thread(control: mpsc::Receiver<Control>, load: Arc<AtomicUsize>, sync: m
             control.recv_timeout(next_round.saturating_duration_since(Instant::now()))
         };
         match message {
-            Ok(Control::Add(slot)) => slots.push(*slot),
+            Ok(Control::Add(mut slot)) => {
+                slot.state.prepare();
+                slots.push(*slot);
+            }
             Ok(Control::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) if slots.is_empty() => return,
             Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
         while let Ok(message) = control.try_recv() {
-            if let Control::Add(slot) = message {
+            if let Control::Add(mut slot) = message {
+                slot.state.prepare();
                 slots.push(*slot);
             }
         }
@@ -468,6 +474,10 @@ struct WriterState {
     config: WriterConfig,
     stats: Arc<WriterStats>,
     muxer: Option<Muxer>,
+    /// The file, created and opened when the writer joined its pool thread (before its first
+    /// frame, which only adds the stream and writes the header); `None` once the muxer has it,
+    /// or when it could not be created then (the first frame tries again and reports).
+    prepared: Option<ffmpeg::format::context::Output>,
     error: Option<String>,
     first_wall: Option<i64>,
     next_flush: Instant,
@@ -492,9 +502,24 @@ impl WriterState {
             config,
             stats,
             muxer: None,
+            prepared: None,
             error: None,
             first_wall: None,
             fault_scope,
+        }
+    }
+
+    /// Creates and opens the file ahead of the first frame: creating a file is most of what
+    /// opening a muxer costs (~0.2 ms on a virtio disk), and when hundreds of tracks start at
+    /// once their first frames would otherwise wait behind each other's file creation on the
+    /// pool thread. A failure here is not reported: the first frame tries again and reports.
+    fn prepare(&mut self) {
+        if self.muxer.is_some() || self.prepared.is_some() {
+            return;
+        }
+        match ffmpeg::format::output_as(&self.path, self.codec.container().muxer()) {
+            Ok(output) => self.prepared = Some(output),
+            Err(e) => tracing::debug!(path = %self.path.display(), error = %e, "track file not created ahead"),
         }
     }
 
@@ -517,7 +542,7 @@ impl WriterState {
                 stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            match Muxer::open(&self.path, self.codec, &frame.frame.data, frame.wall_micros) {
+            match Muxer::open(&self.path, self.prepared.take(), self.codec, &frame.frame.data, frame.wall_micros) {
                 Ok(m) => self.muxer = Some(m),
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "cannot create track file");
@@ -588,7 +613,14 @@ impl WriterState {
                 }
                 summary
             }
-            None => (0, 0, 0),
+            None => {
+                // Created ahead and never written: no frame, no file (a crash leaves it empty,
+                // and restore removes empty segment files).
+                if self.prepared.take().is_some() {
+                    let _ = std::fs::remove_file(&self.path);
+                }
+                (0, 0, 0)
+            }
         };
         SegmentReport {
             info: SegmentInfo {
@@ -623,9 +655,18 @@ struct Muxer {
 }
 
 impl Muxer {
-    fn open(path: &Path, codec: Codec, first_frame: &[u8], wall_micros: Option<i64>) -> Result<Muxer, MediaError> {
-        let container = codec.container();
-        let mut output = ffmpeg::format::output_as(path, container.muxer()).map_err(|e| ff("open output", e))?;
+    /// The stream and the header, in `prepared` (the file created ahead) or in a file created now.
+    fn open(
+        path: &Path,
+        prepared: Option<ffmpeg::format::context::Output>,
+        codec: Codec,
+        first_frame: &[u8],
+        wall_micros: Option<i64>,
+    ) -> Result<Muxer, MediaError> {
+        let mut output = match prepared {
+            Some(output) => output,
+            None => ffmpeg::format::output_as(path, codec.container().muxer()).map_err(|e| ff("open output", e))?,
+        };
         let clock = ffmpeg::Rational::new(1, codec.clock_rate() as i32);
         // SAFETY: `output` owns a valid AVFormatContext; the new stream's codecpar is allocated by
         // avformat_new_stream and owned by the context; extradata is allocated with av_mallocz as

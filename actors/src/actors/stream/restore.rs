@@ -95,6 +95,13 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
         let segments: Vec<(usize, PathBuf)> = plan.files.into_iter().map(|(i, name)| (i, dir.join(name))).collect();
         let mut state: Option<TrackState> = None;
         for (index, path) in segments {
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                // Created ahead of its first frame (or killed before its first flush): it holds
+                // nothing, and left behind it would only be a file no probe can read.
+                tracing::info!(path = %path.display(), "empty segment removed");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             let (codec, num_frames, duration_micros, stamped) = match crate::media::join::probe_segment(&path) {
                 Ok(probe) => probe,
                 Err(e) => {
@@ -155,6 +162,19 @@ mod tests {
 
     fn names(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn an_empty_segment_file_is_removed_and_restores_nothing() {
+        // A writer creates its file before the first frame: a crash before any frame was flushed
+        // leaves it empty. It is removed; a non-empty unreadable file is kept (left out, not lost).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t1.seg0.webm"), b"").unwrap();
+        std::fs::write(dir.path().join("t2.seg0.webm"), b"not a webm").unwrap();
+        let tracks = restore_tracks(dir.path(), &[track("t1"), track("t2")]);
+        assert!(tracks.is_empty(), "{} tracks restored", tracks.len());
+        assert!(!dir.path().join("t1.seg0.webm").exists(), "the empty segment is removed");
+        assert!(dir.path().join("t2.seg0.webm").exists(), "an unreadable segment with bytes is kept");
     }
 
     #[test]
