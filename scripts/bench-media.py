@@ -34,10 +34,14 @@ each track's loss against the promise (loss <= downtime + 1 s).
 The stream (--fixture): "hd" (the default) is VP8 640x360 at 30 fps and ~1 Mbit/s with Opus at
 48 kbit/s, about 150 packets/s, captured once from FFmpeg with scripts/capture-rtp-fixture.py into
 ~/.cache/rtc-recorder/bench-fixtures/hd; "small" is the unit tests' clips in
-actors/src/media/fixtures (VP8 320x240 ~300 kbit/s, Opus 32 kbit/s, about 90 packets/s).
+actors/src/media/fixtures (VP8 320x240 ~300 kbit/s, Opus 32 kbit/s, about 90 packets/s);
+"hd-gop15" is the hd stream with a keyframe every 15 frames (0.5 s) instead of 90 (3 s). A
+replayed clip cannot answer the recorder's keyframe request (PLI) after a restart, as a browser
+does within a round trip, so a video track's loss after --kill-after includes the wait for the
+clip's next keyframe; hd-gop15 bounds that wait as a publisher answering the PLI would.
 
 usage: scripts/bench-media.py [--streams N] [--seconds S] [--whip] [--binary PATH]
-       scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--seconds S] [--whip [--whip-start N] [--whip-step N]] [--binary PATH]
+       scripts/bench-media.py --find-max [--start N] [--step N] [--limit N] [--ffmpeg-start N] [--ffmpeg-step N] [--seconds S] [--whip [--whip-start N] [--whip-step N]] [--binary PATH]
        scripts/bench-media.py --streams N --recorder-only --kill-after S
 (build first: cargo build --release --bins; the binary defaults to $CARGO_TARGET_DIR/release/rtc-recorder
 when it exists, else debug)
@@ -49,24 +53,26 @@ FIXTURES = os.path.join(ROOT, "actors/src/media/fixtures")
 HD_FIXTURES = os.path.join(os.path.expanduser("~"), ".cache/rtc-recorder/bench-fixtures/hd")
 
 
-def hd_fixtures():
-    """The issue's stream: VP8 640x360@30 ~1 Mbit/s and Opus 48 kbit/s, 10 s, captured once."""
-    if all(os.path.exists(os.path.join(HD_FIXTURES, f)) for f in ("vp8.rtp", "opus.rtp")):
-        return HD_FIXTURES
-    os.makedirs(HD_FIXTURES, exist_ok=True)
+def hd_fixtures(gop=90):
+    """The issue's stream: VP8 640x360@30 ~1 Mbit/s and Opus 48 kbit/s, 10 s, captured once;
+    a keyframe every `gop` frames."""
+    out = HD_FIXTURES if gop == 90 else f"{HD_FIXTURES}-gop{gop}"
+    if all(os.path.exists(os.path.join(out, f)) for f in ("vp8.rtp", "opus.rtp")):
+        return out
+    os.makedirs(out, exist_ok=True)
     capture = os.path.join(ROOT, "scripts/capture-rtp-fixture.py")
-    tmp = {f: os.path.join(HD_FIXTURES, f + ".part") for f in ("vp8.rtp", "opus.rtp")}
+    tmp = {f: os.path.join(out, f + ".part") for f in ("vp8.rtp", "opus.rtp")}
     procs = [subprocess.Popen([sys.executable, capture, tmp["vp8.rtp"], "--", "-f", "lavfi", "-i", "testsrc2=s=640x360:r=30", "-t", "10",
                                "-c:v", "libvpx", "-b:v", "1M", "-minrate", "1M", "-maxrate", "1M", "-deadline", "realtime", "-cpu-used", "8",
-                               "-g", "90", "-an", "-payload_type", "96"], stdout=subprocess.DEVNULL),
+                               "-g", str(gop), "-an", "-payload_type", "96"], stdout=subprocess.DEVNULL),
              subprocess.Popen([sys.executable, capture, tmp["opus.rtp"], "--", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
                                "-t", "10", "-c:a", "libopus", "-b:a", "48k", "-vn", "-payload_type", "111"], stdout=subprocess.DEVNULL)]
     for p in procs:
         if p.wait() != 0:
             sys.exit("cannot capture the hd fixture")
     for f, part in tmp.items():
-        os.replace(part, os.path.join(HD_FIXTURES, f))
-    return HD_FIXTURES
+        os.replace(part, os.path.join(out, f))
+    return out
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -367,7 +373,9 @@ def find_max(args):
     best = {}
     sides = ["recorder", "ffmpeg"] + (["whip"] if args.whip else [])
     for side in sides:
-        n = args.start if side != "whip" else args.whip_start
+        start, step = {"recorder": (args.start, args.step), "ffmpeg": (args.ffmpeg_start or args.start, args.ffmpeg_step or args.step),
+                       "whip": (args.whip_start, args.whip_step)}[side]
+        n = start
         while n <= args.limit:
             r = run(n, args.seconds, args.binary, with_recorder=side in ("recorder", "whip"), with_ffmpeg=side == "ffmpeg",
                     whip=side == "whip", extra_env=args.recorder_env)
@@ -383,7 +391,7 @@ def find_max(args):
             if not ok:
                 break
             best[side] = r
-            n += args.step if side != "whip" else args.whip_step
+            n += step
     summary = {"recorder_max_streams": best.get("recorder", {}).get("streams"),
                "ffmpeg_max_streams": best.get("ffmpeg", {}).get("streams"),
                "whip_max_publishers": best.get("whip", {}).get("streams")}
@@ -408,6 +416,8 @@ def main():
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--step", type=int, default=100)
     ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--ffmpeg-start", type=int, default=0, help="--find-max: the first N of the FFmpeg ramp (0: --start)")
+    ap.add_argument("--ffmpeg-step", type=int, default=0, help="--find-max: the FFmpeg ramp's step (0: --step)")
     ap.add_argument("--whip-start", type=int, default=150, help="--find-max --whip: the first N of the WHIP ramp")
     ap.add_argument("--whip-step", type=int, default=50, help="--find-max --whip: the WHIP ramp's step")
     ap.add_argument("--kill-after", type=float, metavar="S",
@@ -415,7 +425,7 @@ def main():
     ap.add_argument("--recorder-only", action="store_true", help="no FFmpeg receivers (one run)")
     ap.add_argument("--streams-per-call", type=int, default=STREAMS_PER_CALL,
                     help="streams per recorder instance (0: all streams in one instance)")
-    ap.add_argument("--fixture", choices=["hd", "small"], default="hd",
+    ap.add_argument("--fixture", choices=["hd", "hd-gop15", "small"], default="hd",
                     help="hd: VP8 640x360@30 ~1 Mbit/s + Opus 48 kbit/s; small: VP8 320x240 ~300 kbit/s + Opus 32 kbit/s")
     ap.add_argument("--recorder-env", action="append", default=[], metavar="RECORDER_X=V",
                     help="extra settings for the recorder, e.g. RECORDER_MEDIA__FSYNC_INTERVAL_MS=600000")
@@ -424,7 +434,7 @@ def main():
     ap.add_argument("--binary", default=release if os.path.exists(release) else os.path.join(target, "debug/rtc-recorder"))
     args = ap.parse_args()
     STREAMS_PER_CALL = args.streams_per_call
-    FIXTURE_DIR = hd_fixtures() if args.fixture == "hd" else FIXTURES
+    FIXTURE_DIR = {"hd": hd_fixtures, "hd-gop15": lambda: hd_fixtures(15), "small": lambda: FIXTURES}[args.fixture]()
     if args.find_max:
         find_max(args)
     else:
