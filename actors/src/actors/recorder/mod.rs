@@ -399,18 +399,28 @@ impl Recorder {
         if self.is_stopping() {
             return Err(EngineError::conflict("the recorder instance is stopping"));
         }
-        let now = self.media.clock.utc();
+        // The gate switches first and picks the time; the record takes that time.
+        let switched = self.pause.switch(paused, self.media.clock.utc());
+        let now = switched.as_ref().map_or_else(|| self.media.clock.utc(), |s| s.at);
         let mut changed = false;
-        let record = self.store.update_instance(&self.instance_id, &mut |r| {
+        let committed = self.store.update_instance(&self.instance_id, &mut |r| {
             changed = r.set_paused(paused, now);
             Ok(())
-        })?;
-        if record.state.is_terminal() {
-            return Err(EngineError::conflict(format!(
-                "recorder instance {} is {}",
-                record.instance_id, record.state
-            )));
-        }
+        });
+        let record = match committed {
+            Ok(record) if !record.state.is_terminal() => record,
+            other => {
+                if let Some(switched) = switched {
+                    self.pause.undo(switched);
+                }
+                let record = other?;
+                return Err(EngineError::conflict(format!(
+                    "recorder instance {} is {}",
+                    record.instance_id, record.state
+                )));
+            }
+        };
+        // The record is the truth (the gate only ran ahead of it).
         self.pause.set(&record.pauses);
         if changed {
             tracing::info!(instance_id = %self.instance_id, paused, "recording {}", if paused { "paused" } else { "resumed" });
