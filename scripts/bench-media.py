@@ -152,6 +152,22 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
     result = {"streams": n}
     recorder = base = start = None
     targets = []
+    # FFmpeg's receivers first: the recorder's sessions are opened last, just before the load,
+    # so none is ended as an idle publisher while hundreds of ffmpeg processes start.
+    receivers = []
+    if with_ffmpeg:
+        for k in range(n):
+            vport, aport = 40000 + 4 * k, 40002 + 4 * k
+            sdp = os.path.join(work, f"in-{k}.sdp")
+            with open(sdp, "w") as f:
+                f.write("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                        f"m=video {vport} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\nm=audio {aport} RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n")
+            out = os.path.join(work, f"ffmpeg-{k}.webm")
+            receivers.append((subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-protocol_whitelist", "file,udp,rtp",
+                                                "-i", sdp, "-map", "0:v", "-map", "0:a", "-c", "copy", "-f", "webm", out],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
+            targets.append((vport, aport))
+        time.sleep(1.5 + n / 200)  # let every ffmpeg open its sockets
     if with_recorder:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
         env.update(RECORDER_BIND="127.0.0.1:0", RECORDER_DATA_DIR=os.path.join(work, "data"), RECORDER_API_KEY=key, RECORDER_LOG="warn",
@@ -183,20 +199,6 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
                 continue
             targets.append((ports[0], ports[1]))
         result["recorder_refused"] = refused
-    receivers = []
-    if with_ffmpeg:
-        for k in range(n):
-            vport, aport = 40000 + 4 * k, 40002 + 4 * k
-            sdp = os.path.join(work, f"in-{k}.sdp")
-            with open(sdp, "w") as f:
-                f.write("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=bench\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-                        f"m=video {vport} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\nm=audio {aport} RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n")
-            out = os.path.join(work, f"ffmpeg-{k}.webm")
-            receivers.append((subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-protocol_whitelist", "file,udp,rtp",
-                                                "-i", sdp, "-map", "0:v", "-map", "0:a", "-c", "copy", "-f", "webm", out],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
-            targets.append((vport, aport))
-        time.sleep(1.5 + n / 200)  # let every ffmpeg open its sockets
     targets_file = os.path.join(work, "targets.txt")
     with open(targets_file, "w") as f:
         f.write("".join(f"{v} {a}\n" for v, a in targets))
@@ -247,7 +249,11 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
             for s in json.loads(http("GET", path, key))["streams"]:
                 counts = {}
                 for t in s["tracks"]:
-                    counts.update(ffprobe_frames(t["storage"]["localStorage"]["location"]))
+                    location = t.get("storage", {}).get("localStorage", {}).get("location")
+                    if location:
+                        counts.update(ffprobe_frames(location))
+                    else:  # no file: the track lost every frame (counted as such below)
+                        print(f"no file for a track of bench-{c}: {json.dumps(t)}", file=sys.stderr)
                 got = frames_ratio(counts, sent_v, sent_a)
                 rec_min, rec_ok = min(rec_min, got), rec_ok + (got >= 1.0)
                 # Media seconds missing from each track: 30 fps video, 20 ms Opus frames.
