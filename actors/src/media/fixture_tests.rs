@@ -330,7 +330,11 @@ fn a_writer_creates_its_file_before_the_first_frame_and_leaves_none_without_fram
     let wait_for_file = |path: &Path| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !path.exists() {
-            assert!(Instant::now() < deadline, "{} not created ahead of its first frame", path.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} not created ahead of its first frame",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     };

@@ -3,8 +3,8 @@
 //! next frames are decoded while the last ones are encoded. Used by [`super::compose`] (video and
 //! audio) and [`super::stereo`] (audio only).
 
-use ffmpeg_next as ffmpeg;
 use ffmpeg::ffi;
+use ffmpeg_next as ffmpeg;
 
 use super::compose::{ffmpeg_err, rescale, ComposeInput, ComposeReport, Source};
 use super::MediaError;
@@ -156,8 +156,12 @@ fn drain(graph: &mut ffmpeg::filter::Graph, tx: &std::sync::mpsc::SyncSender<ToE
             if sink.sink().frame(&mut frame).is_err() {
                 break;
             }
-            tx.send(ToEncoder::Frame { video, frame, time_base })
-                .map_err(|_| MediaError::Ffmpeg("the encoder stopped".into()))?;
+            tx.send(ToEncoder::Frame {
+                video,
+                frame,
+                time_base,
+            })
+            .map_err(|_| MediaError::Ffmpeg("the encoder stopped".into()))?;
         }
     }
     Ok(())
@@ -194,9 +198,15 @@ fn encode_loop(mut output: Output, rx: std::sync::mpsc::Receiver<ToEncoder>) -> 
             ToEncoder::End => {
                 for video in [true, false] {
                     let encoder: Option<&mut ffmpeg::encoder::Encoder> = if video {
-                        output.video.as_mut().map(|t| -> &mut ffmpeg::encoder::Encoder { &mut t.0 })
+                        output
+                            .video
+                            .as_mut()
+                            .map(|t| -> &mut ffmpeg::encoder::Encoder { &mut t.0 })
                     } else {
-                        output.audio.as_mut().map(|t| -> &mut ffmpeg::encoder::Encoder { &mut t.0 })
+                        output
+                            .audio
+                            .as_mut()
+                            .map(|t| -> &mut ffmpeg::encoder::Encoder { &mut t.0 })
                     };
                     if let Some(encoder) = encoder {
                         let _ = encoder.send_eof();
@@ -209,4 +219,3 @@ fn encode_loop(mut output: Output, rx: std::sync::mpsc::Receiver<ToEncoder>) -> 
     }
     Err(MediaError::Ffmpeg("the composition ended before its last frame".into()))
 }
-

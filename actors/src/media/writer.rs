@@ -542,7 +542,13 @@ impl WriterState {
                 stats.num_frames_written.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            match Muxer::open(&self.path, self.prepared.take(), self.codec, &frame.frame.data, frame.wall_micros) {
+            match Muxer::open(
+                &self.path,
+                self.prepared.take(),
+                self.codec,
+                &frame.frame.data,
+                frame.wall_micros,
+            ) {
                 Ok(m) => self.muxer = Some(m),
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "cannot create track file");

@@ -173,8 +173,14 @@ mod tests {
         std::fs::write(dir.path().join("t2.seg0.webm"), b"not a webm").unwrap();
         let tracks = restore_tracks(dir.path(), &[track("t1"), track("t2")]);
         assert!(tracks.is_empty(), "{} tracks restored", tracks.len());
-        assert!(!dir.path().join("t1.seg0.webm").exists(), "the empty segment is removed");
-        assert!(dir.path().join("t2.seg0.webm").exists(), "an unreadable segment with bytes is kept");
+        assert!(
+            !dir.path().join("t1.seg0.webm").exists(),
+            "the empty segment is removed"
+        );
+        assert!(
+            dir.path().join("t2.seg0.webm").exists(),
+            "an unreadable segment with bytes is kept"
+        );
     }
 
     #[test]
