@@ -47,15 +47,23 @@ pub(super) async fn publish(cluster: Arc<Cluster>, store: Arc<dyn StateStore>) {
         }
         None => tracing::error!("cluster: this state store has no change feed; the catalogue stays empty"),
     }
-    // Everything once, then what changes.
+    // Everything once, then what changes; everything again when the catalogue was re-created.
     let mut dirty: BTreeSet<String> = BTreeSet::new();
-    let _ = store.for_each_instance(&mut |record| {
-        dirty.insert(record.instance_id);
-        Ok(())
-    });
+    let everything = |dirty: &mut BTreeSet<String>| {
+        let _ = store.for_each_instance(&mut |record| {
+            dirty.insert(record.instance_id);
+            Ok(())
+        });
+    };
+    everything(&mut dirty);
+    let mut recreated = cluster.recreated.subscribe();
     loop {
         while let Ok(id) = rx.try_recv() {
             dirty.insert(id);
+        }
+        if recreated.has_changed().unwrap_or(false) {
+            recreated.borrow_and_update();
+            everything(&mut dirty);
         }
         let mut failed = false;
         while let Some(id) = dirty.first().cloned() {
@@ -74,11 +82,14 @@ pub(super) async fn publish(cluster: Arc<Cluster>, store: Arc<dyn StateStore>) {
             tokio::time::sleep(RETRY).await;
             continue;
         }
-        match rx.recv().await {
-            Some(id) => {
-                dirty.insert(id);
-            }
-            None => return,
+        tokio::select! {
+            id = rx.recv() => match id {
+                Some(id) => {
+                    dirty.insert(id);
+                }
+                None => return,
+            },
+            _ = recreated.changed() => {}
         }
     }
 }

@@ -80,6 +80,10 @@ pub struct Cluster {
     pub node_id: String,
     client: async_nats::Client,
     buckets: tokio::sync::OnceCell<Buckets>,
+    /// Bumped each time a bucket had to be created again (its stream lost from JetStream, as
+    /// after every server of a cluster lost its store): the catalogue then writes every record
+    /// again.
+    recreated: tokio::sync::watch::Sender<u64>,
     /// The registry as last seen by the watcher: recorderId → its last heartbeat.
     nodes: Mutex<HashMap<String, NodeInfo>>,
 }
@@ -109,6 +113,7 @@ impl Cluster {
             node_id,
             client,
             buckets: tokio::sync::OnceCell::new(),
+            recreated: tokio::sync::watch::Sender::new(0),
             nodes: Mutex::new(HashMap::new()),
         }))
     }
@@ -122,13 +127,15 @@ impl Cluster {
         format!("{}.forward.{}", self.settings.name, key_part(node_id))
     }
 
-    async fn open_bucket(&self, what: &str, max_age: Duration) -> anyhow::Result<kv::Store> {
+    /// The bucket `what`, created when JetStream has no such stream; `true` with it when it
+    /// had to be created.
+    async fn open_bucket(&self, what: &str, max_age: Duration) -> anyhow::Result<(kv::Store, bool)> {
         let js = jetstream::new(self.client.clone());
         let bucket = self.bucket_name(what);
         if let Ok(store) = js.get_key_value(&bucket).await {
-            return Ok(store);
+            return Ok((store, false));
         }
-        Ok(js
+        let store = js
             .create_key_value(kv::Config {
                 bucket,
                 history: 1,
@@ -137,7 +144,46 @@ impl Cluster {
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
             })
-            .await?)
+            .await?;
+        Ok((store, true))
+    }
+
+    /// The three buckets and their lifetimes.
+    fn bucket_specs(&self) -> [(&'static str, Duration); 3] {
+        [
+            ("nodes", self.settings.node_ttl * 3),
+            ("leases", Duration::ZERO),
+            ("catalogue", Duration::ZERO),
+        ]
+    }
+
+    async fn open_buckets(&self) -> anyhow::Result<Buckets> {
+        let [nodes, leases, catalogue] = self.bucket_specs();
+        Ok(Buckets {
+            nodes: self.open_bucket(nodes.0, nodes.1).await?.0,
+            leases: self.open_bucket(leases.0, leases.1).await?.0,
+            catalogue: self.open_bucket(catalogue.0, catalogue.1).await?.0,
+        })
+    }
+
+    /// Creates again any bucket whose stream JetStream no longer has (the handles in `buckets`
+    /// name the bucket, so they work again once it exists). Returns how many were created.
+    async fn recreate_missing_buckets(&self) -> usize {
+        let mut created = 0;
+        for (what, max_age) in self.bucket_specs() {
+            match self.open_bucket(what, max_age).await {
+                Ok((_, true)) => {
+                    tracing::warn!(bucket = %self.bucket_name(what), "cluster: a bucket was gone from JetStream; created it again");
+                    created += 1;
+                }
+                Ok((_, false)) => {}
+                Err(err) => tracing::debug!(error = %err, bucket = what, "cluster: cannot check a bucket yet"),
+            }
+        }
+        if created > 0 {
+            self.recreated.send_modify(|n| *n += 1);
+        }
+        created
     }
 
     fn buckets(&self) -> Result<&Buckets, ClusterError> {
@@ -159,14 +205,7 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move {
             loop {
-                let opened = async {
-                    Ok::<_, anyhow::Error>(Buckets {
-                        nodes: cluster.open_bucket("nodes", cluster.settings.node_ttl * 3).await?,
-                        leases: cluster.open_bucket("leases", Duration::ZERO).await?,
-                        catalogue: cluster.open_bucket("catalogue", Duration::ZERO).await?,
-                    })
-                };
-                match opened.await {
+                match cluster.open_buckets().await {
                     Ok(buckets) => {
                         let _ = cluster.buckets.set(buckets);
                         tracing::info!(node_id = %cluster.node_id, "cluster buckets open");
@@ -188,6 +227,9 @@ impl Cluster {
 
     async fn heartbeat(self: Arc<Self>, capacity: Arc<Capacity>, public_url: String) {
         let mut tick = tokio::time::interval(self.settings.heartbeat);
+        // After a stall (NATS away, a busy runtime) one heartbeat, not a burst of them.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
         loop {
             tick.tick().await;
             let usage = capacity.usage();
@@ -202,8 +244,17 @@ impl Cluster {
             // Seen at once by this node, whatever NATS does.
             self.lock_nodes().insert(info.recorder_id.clone(), info);
             if let Ok(buckets) = self.buckets() {
-                if let Err(err) = buckets.nodes.put(key_part(&self.node_id), value.into()).await {
-                    tracing::warn!(error = %err, "cluster: heartbeat not written");
+                match buckets.nodes.put(key_part(&self.node_id), value.into()).await {
+                    Ok(_) => failures = 0,
+                    Err(err) => {
+                        failures += 1;
+                        tracing::warn!(error = %err, failures, "cluster: heartbeat not written");
+                        // Connected, yet no stream takes the put: the buckets may be gone (every
+                        // server lost its store); a few heartbeats of it, and they are made again.
+                        if failures >= 3 && self.client.connection_state() == async_nats::connection::State::Connected {
+                            self.recreate_missing_buckets().await;
+                        }
+                    }
                 }
             }
         }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 struct Server {
     client_port: u16,
+    store: PathBuf,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -22,11 +23,16 @@ pub struct NatsCluster {
     binary: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// `n` distinct free loopback ports: each listener is held until all are chosen (dropping one
+/// before asking for the next could hand the same port out twice: a duplicate route, seen in CI).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
 }
 
 fn binary() -> PathBuf {
@@ -43,7 +49,8 @@ impl NatsCluster {
     /// Starts `n` servers under `dir` and waits until each takes connections.
     pub fn start(dir: &Path, n: usize) -> NatsCluster {
         let binary = binary();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let free = free_ports(2 * n);
+        let ports: Vec<(u16, u16)> = free.chunks(2).map(|p| (p[0], p[1])).collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, route)| format!("\"nats-route://127.0.0.1:{route}\""))
@@ -71,6 +78,7 @@ impl NatsCluster {
             .expect("write a nats-server config");
             servers.push(Server {
                 client_port: *client_port,
+                store: store.clone(),
                 config,
                 log: dir.join(format!("nats-{i}.log")),
                 child: None,
@@ -120,6 +128,14 @@ impl NatsCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Empties the JetStream store of server `i`, which must be stopped (a disk lost).
+    pub fn wipe_store(&mut self, i: usize) {
+        let server = &self.servers[i];
+        assert!(server.child.is_none(), "nats server {i} still runs");
+        std::fs::remove_dir_all(&server.store).expect("remove a JetStream store");
+        std::fs::create_dir_all(&server.store).expect("a JetStream store dir");
     }
 
     /// `nats://127.0.0.1:PORT` of every server.

@@ -364,4 +364,29 @@ fn a_dead_node_shows_pending_recovery_and_nats_outages_lose_nothing() {
         let resp = other.get(&format!("/recordings/{conversation}"), KEY_A);
         (resp.status == 200 && ids(&resp.json()).first().map(|(_, s)| s.as_str()) == Some("STOPPED")).then_some(())
     });
+
+    // Every NATS server loses its store: the nodes make the buckets again, see each other again,
+    // and write their whole catalogue again.
+    for i in 0..3 {
+        cluster.nats.kill(i);
+        cluster.nats.wipe_store(i);
+    }
+    for i in 0..3 {
+        cluster.nats.start_server(i);
+    }
+    cluster.wait_all_see(3);
+    poll(Duration::from_secs(60), "the catalogue written again", || {
+        let resp = other.get(&format!("/recordings/{conversation}"), KEY_A);
+        (resp.status == 200 && ids(&resp.json()).first().map(|(_, s)| s.as_str()) == Some("STOPPED")).then_some(())
+    });
+    let after = poll(Duration::from_secs(20), "a start once the buckets are back", || {
+        let resp = other.post_json("/recordings/start", KEY_A, &start_body(&conv("wiped"), &conv("room")));
+        (resp.status == 200).then(|| resp.json())
+    });
+    let conflict = cluster.nodes[witness].post_json(
+        "/recordings/start",
+        KEY_A,
+        &start_body(after["conversationId"].as_str().unwrap(), &conv("room")),
+    );
+    conflict.assert_error(409);
 }
