@@ -6,7 +6,7 @@
 //! `abort` ends the process at once (SIGABRT: no unwinding, no flush — as a crash at exactly that
 //! step), `stall` blocks the calling thread for good (the process hangs there, so a test can
 //! `kill -9` it in the middle of that step), `panic` panics on the calling thread, `error` makes
-//! the point return an error. `*count` limits how many times the
+//! the point return an error, `sleepN` holds the calling thread N milliseconds (a slow disk, say). `*count` limits how many times the
 //! point fires (default: every time); `+skip` lets that many hits pass first. `name@text=...` arms the point only where its scope (e.g.
 //! the file a writer writes, which names the instance) contains `text`. The variable is read
 //! once, at the first point reached.
@@ -24,6 +24,9 @@ pub const UPLOAD_PART: &str = "upload_part";
 /// After each object an erasure deleted, scoped by the instance id.
 pub const ERASE_STEP: &str = "erase_step";
 pub const FINALIZE: &str = "finalize";
+/// As a recovered stream begins to read its files back (on its restore thread), scoped by the
+/// stream's folder.
+pub const STREAM_RESTORE: &str = "stream_restore";
 /// At the start of every message handler of a Stream actor but `Snapshot` (among them its
 /// supervision tick, every 200 ms), scoped by `"<conversationId> <userId>/<TYPE> <Handler>"`, and
 /// in the continuation of its FinishStream handler (after its files are final, before its record
@@ -67,6 +70,7 @@ mod armed {
         Stall,
         Panic,
         Error,
+        Sleep(u64),
     }
 
     /// (action, times it may still fire (`None`: always), hits to let pass first).
@@ -88,7 +92,7 @@ mod armed {
             "stall" => Action::Stall,
             "panic" => Action::Panic,
             "error" => Action::Error,
-            _ => return None,
+            other => Action::Sleep(other.strip_prefix("sleep")?.parse().ok()?),
         };
         Some((point.to_string(), (action, count, skip)))
     }
@@ -157,5 +161,9 @@ pub fn point_in(name: &'static str, scope: &str) -> Result<(), InjectedFault> {
         },
         Action::Panic => panic!("injected panic at {name}"),
         Action::Error => Err(InjectedFault(name)),
+        Action::Sleep(millis) => {
+            std::thread::sleep(std::time::Duration::from_millis(millis));
+            Ok(())
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! stream finishes. Ingest threads (plain RTP) or tasks (WHIP) report to it with [`IngestNotice`];
 //! frames never pass through this actor.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -72,6 +72,10 @@ pub struct Stream {
     /// Set for a stream recovered after a restart: its segment files are read when it starts
     /// (read once, in `started`; not a phase: a restored stream may be live or failed).
     needs_restore: bool,
+    /// A recovered plain-RTP session's sockets, bound the moment the actor starts (before its
+    /// files are read back): the kernel keeps what the sender goes on sending, stamped with its
+    /// arrival, until the session is resumed on them. Keyed by RTP port.
+    prebound: HashMap<u16, (std::net::UdpSocket, Option<std::net::UdpSocket>)>,
     recovery: RecoveryConfig,
     /// Supervision: writer failures handled so far, and when (for the restart budget).
     restarts: u32,
@@ -189,6 +193,7 @@ impl Stream {
             num_sessions: 0,
             last_error: None,
             needs_restore: false,
+            prebound: HashMap::new(),
             recovery: RecoveryConfig::default(),
             restarts: 0,
             restart_times: VecDeque::new(),
@@ -282,6 +287,19 @@ impl Actor for Stream {
         // stats, looked at this often (a restart within the loss a crash would cause).
         ctx.run_interval(Duration::from_millis(200), |_act, ctx| ctx.notify(SupervisionTick));
         if self.needs_restore {
+            // The ports first: a sender that kept sending through the crash loses only the
+            // downtime, however long the files below take to read back.
+            if let Some(session) = &self.record.rtp_session {
+                for media in &session.media {
+                    match self.media.ports.bind_exact(media.rtp_port, media.rtcp_port) {
+                        Ok(sockets) => {
+                            self.prebound.insert(media.rtp_port, sockets);
+                        }
+                        // Tried again (and reported) when the session resumes.
+                        Err(e) => tracing::debug!(port = media.rtp_port, error = %e, "port not pre-bound"),
+                    }
+                }
+            }
             // Reading the files is blocking work: a thread of its own. Until it is done the
             // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -300,6 +318,7 @@ impl Actor for Stream {
                 if let Some(session) = act.record.rtp_session.take() {
                     let session_id = session.session_id.clone();
                     let resumed = act.resume_rtp(session, ctx);
+                    act.prebound.clear();
                     if let (Ok(()), Some(live)) = (&resumed, act.session.as_mut()) {
                         live.restored = Some(act.media.capacity.restored(crate::messages::IngestTransport::Rtp));
                     }

@@ -76,6 +76,7 @@ pub(super) fn plan_restore(names: &[String], tracks: &[TrackRecord]) -> Vec<Trac
 
 /// Rebuilds the tracks of a recovered stream from its segment files. Blocking (reads them all).
 pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackState> {
+    let _ = crate::fault::point_in(crate::fault::STREAM_RESTORE, &dir.to_string_lossy());
     let names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

@@ -195,7 +195,10 @@ impl Stream {
                     self.tracks.len() - 1
                 }
             };
-            let (rtp, rtcp) = self.media.ports.bind_exact(media.rtp_port, media.rtcp_port)?;
+            let (rtp, rtcp) = match self.prebound.remove(&media.rtp_port) {
+                Some(sockets) => sockets,
+                None => self.media.ports.bind_exact(media.rtp_port, media.rtcp_port)?,
+            };
             bound.push((
                 at,
                 BoundMedia {
@@ -210,6 +213,8 @@ impl Stream {
                 },
             ));
         }
+        // Sockets pre-bound for media the session no longer has are let go.
+        self.prebound.clear();
         self.start_rtp(&session.session_id, bound, ctx)?;
         tracing::info!(stream_id = %self.record.id, session_id = %session.session_id, "plain rtp session re-bound after a restart");
         Ok(())
