@@ -130,7 +130,10 @@ FIXTURE_DIR = FIXTURES  # set by main (--fixture)
 
 def start_recorder(binary, env):
     """Starts the recorder; its API base URL once it listens."""
-    recorder = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # BENCH_RECORDER_LOG=FILE keeps the recorder's log (appended: a --kill-after run has two processes).
+    log = os.environ.get("BENCH_RECORDER_LOG")
+    stderr = open(log, "a") if log else subprocess.DEVNULL
+    recorder = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     for line in recorder.stdout:
         if "listening on http://" in line:
             return recorder, line.split("listening on ")[1].strip() + "/auvious.video/rtc-recorder/api"
@@ -276,7 +279,9 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
             # answer the recorder's PLI (a live sender would), and the hd clip has one every 3 s.
             result.update(killed_after_s=kill_after, downtime_s=round(downtime, 2),
                           audio_lost_s_max=round(max(lost_a), 2), video_lost_s_max=round(max(lost_v), 2),
-                          audio_loss_within_downtime_plus_1s=f"{sum(l <= downtime + 1 for l in lost_a)}/{len(lost_a)}")
+                          audio_loss_within_downtime_plus_1s=f"{sum(l <= downtime + 1 for l in lost_a)}/{len(lost_a)}",
+                          video_loss_within_downtime_plus_1s=f"{sum(l <= downtime + 1 for l in lost_v)}/{len(lost_v)}",
+                          audio_lost_s_p99=round(percentile(lost_a, 0.99), 2), video_lost_s_p99=round(percentile(lost_v, 0.99), 2))
             result["recorder_ok"] = result["recorder_refused"] == 0 and all(l <= downtime + 1 for l in lost_a)
             # Two processes: CPU and memory per stream are not comparable; the restarted process's
             # first frames wait for the clip's next keyframe too.
