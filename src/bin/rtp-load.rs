@@ -4,11 +4,17 @@
 //! at one moment into `sendmmsg` calls, so one core drives thousands of streams (the Python
 //! sender it replaces stopped near 250).
 //!
-//! usage: rtp-load --fixtures DIR --seconds S --targets FILE
+//! usage: rtp-load --fixtures DIR --seconds S --targets FILE [--no-pli]
 //! FILE holds one destination per line: `<video port> <audio port>` on 127.0.0.1. Each
 //! destination gets its own SSRCs and sequence numbers; every destination gets the same frames.
 //! Prints one JSON line: frames sent per destination, packets, how late the worst batch left,
-//! and the generator's own CPU seconds.
+//! the keyframe requests answered, and the generator's own CPU seconds.
+//!
+//! Like a live encoder, each destination answers the recorder's keyframe requests (RTCP PLI,
+//! sent back to the generator's socket, naming the destination's video SSRC): its next video
+//! frame is the clip's next keyframe, and it goes on from there. The frame takes the place of
+//! the one due, so the frames sent per destination do not change. `--no-pli` ignores requests
+//! (a replayed file: after a restart the recorder then waits for the clip's own next keyframe).
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -46,6 +52,97 @@ fn clip(path: &std::path::Path, clock: u32, frame_ticks: u32) -> std::io::Result
     }
     let ticks = last.wrapping_sub(first.unwrap_or(0)).wrapping_add(frame_ticks);
     Ok((out, f64::from(ticks) / f64::from(clock), ticks))
+}
+
+/// One video frame of the clip: its packets (a range of the clip's) and whether it is a keyframe.
+struct Frame {
+    packets: std::ops::Range<usize>,
+    key: bool,
+}
+
+fn rtp_ts(packet: &[u8]) -> u32 {
+    u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]])
+}
+
+/// The RTP payload of `packet` (after CSRCs and a header extension).
+fn rtp_payload(packet: &[u8]) -> &[u8] {
+    let mut at = 12 + 4 * usize::from(packet[0] & 0x0f);
+    if packet[0] & 0x10 != 0 && packet.len() >= at + 4 {
+        at += 4 + 4 * usize::from(u16::from_be_bytes([packet[at + 2], packet[at + 3]]));
+    }
+    packet.get(at..).unwrap_or(&[])
+}
+
+/// Whether a VP8 RTP payload starts a keyframe (RFC 7741: the start of partition 0, P bit clear).
+fn vp8_starts_keyframe(payload: &[u8]) -> bool {
+    let Some(&first) = payload.first() else { return false };
+    if first & 0x10 == 0 || first & 0x0f != 0 {
+        return false; // not the start of partition 0
+    }
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        let Some(&ext) = payload.get(1) else { return false };
+        at = 2;
+        if ext & 0x80 != 0 {
+            at += if payload.get(at).is_some_and(|b| b & 0x80 != 0) {
+                2
+            } else {
+                1
+            };
+        }
+        if ext & 0x40 != 0 {
+            at += 1;
+        }
+        if ext & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    payload.get(at).is_some_and(|b| b & 0x01 == 0)
+}
+
+/// The clip's video packets grouped into frames (one RTP timestamp each).
+fn video_frames(video: &[Packet]) -> Vec<Frame> {
+    let mut frames: Vec<Frame> = Vec::new();
+    for (k, packet) in video.iter().enumerate() {
+        let same = frames
+            .last()
+            .is_some_and(|f| rtp_ts(&video[f.packets.start].data) == rtp_ts(&packet.data));
+        if same {
+            frames.last_mut().expect("checked").packets.end = k + 1;
+        } else {
+            frames.push(Frame {
+                packets: k..k + 1,
+                key: false,
+            });
+        }
+        let last = frames.last_mut().expect("pushed");
+        last.key |= vp8_starts_keyframe(rtp_payload(&packet.data));
+    }
+    frames
+}
+
+/// A clip packet for one destination: its sequence number, the timeline's timestamp, its SSRC.
+fn restamp(packet: &[u8], seq: &mut u16, ts: u32, ssrc: u32) -> Vec<u8> {
+    let mut data = packet.to_vec();
+    data[2..4].copy_from_slice(&seq.to_be_bytes());
+    data[4..8].copy_from_slice(&ts.to_be_bytes());
+    data[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    *seq = seq.wrapping_add(1);
+    data
+}
+
+/// The media SSRCs that the PLIs (RTCP PSFB, FMT 1) of a compound RTCP packet ask a keyframe of.
+fn pli_media_ssrcs(mut rtcp: &[u8]) -> Vec<u32> {
+    let mut out = Vec::new();
+    while rtcp.len() >= 4 {
+        let length = 4 * (usize::from(u16::from_be_bytes([rtcp[2], rtcp[3]])) + 1);
+        let Some(packet) = rtcp.get(..length) else { break };
+        if packet[1] == 206 && packet[0] & 0x1f == 1 && packet.len() >= 12 {
+            out.push(u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]));
+        }
+        rtcp = &rtcp[length..];
+    }
+    out
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -141,32 +238,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
     }
+    let answer_pli = !args.iter().any(|a| a == "--no-pli");
     let (video, video_len, video_ticks) = clip(&fixtures.join("vp8.rtp"), 90_000, 3000)?;
     let (audio, audio_len, audio_ticks) = clip(&fixtures.join("opus.rtp"), 48_000, 960)?;
-    // (time, is audio, loop, packet index), in time order.
+    let frames_of_video = video_frames(&video);
+    if !frames_of_video.iter().any(|f| f.key) {
+        return Err("the video clip has no keyframe".into());
+    }
+    // (time, is audio, loop, packet index for audio / frame index for video), in time order.
     let mut schedule: Vec<(f64, bool, u32, usize)> = Vec::new();
-    for (is_audio, packets, length) in [(false, &video, video_len), (true, &audio, audio_len)] {
-        let loops = (seconds / length) as u32 + 1;
-        for loop_ in 0..loops {
-            for (k, p) in packets.iter().enumerate() {
-                let t = f64::from(loop_) * length + p.at;
-                if t < seconds {
-                    schedule.push((t, is_audio, loop_, k));
-                }
+    let loops = |length: f64| (seconds / length) as u32 + 1;
+    for loop_ in 0..loops(audio_len) {
+        for (k, p) in audio.iter().enumerate() {
+            let t = f64::from(loop_) * audio_len + p.at;
+            if t < seconds {
+                schedule.push((t, true, loop_, k));
+            }
+        }
+    }
+    for loop_ in 0..loops(video_len) {
+        for (k, f) in frames_of_video.iter().enumerate() {
+            let t = f64::from(loop_) * video_len + video[f.packets.start].at;
+            if t < seconds {
+                schedule.push((t, false, loop_, k));
             }
         }
     }
     schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
     let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_nonblocking(true)?;
     let _ = socket2::SockRef::from(&socket).set_send_buffer_size(16 << 20);
     let mut sequence = vec![[0u16; 2]; targets.len()];
-    let mut frames = [std::collections::HashSet::new(), std::collections::HashSet::new()];
+    // Per destination: how far its video runs ahead in the clip (frames), moved on a PLI.
+    let mut clip_offset = vec![0usize; targets.len()];
+    let mut wants_keyframe = vec![false; targets.len()];
+    let mut num_pli = 0usize;
+    let mut sent_frames = [std::collections::HashSet::new(), std::collections::HashSet::new()];
     let mut num_packets = 0usize;
     let mut max_late = Duration::ZERO;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut i = 0;
     let mut batch: Vec<(Vec<u8>, SocketAddrV4)> = Vec::with_capacity(targets.len() * 8);
+    let mut rtcp = [0u8; 1500];
     while i < schedule.len() {
         let due = t0 + Duration::from_secs_f64(schedule[i].0);
         let now = Instant::now();
@@ -175,28 +289,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             max_late = max_late.max(now - due);
         }
+        if answer_pli {
+            while let Ok((len, _)) = socket.recv_from(&mut rtcp) {
+                for ssrc in pli_media_ssrcs(&rtcp[..len]) {
+                    let d = ssrc.wrapping_sub(1000) as usize / 2;
+                    if ssrc >= 1000 && ssrc % 2 == 0 && d < targets.len() {
+                        wants_keyframe[d] = true;
+                        num_pli += 1;
+                    }
+                }
+            }
+        }
         // Everything due by now goes out in one batch.
         let now = t0.elapsed().as_secs_f64();
         batch.clear();
         while i < schedule.len() && schedule[i].0 <= now + 0.001 {
             let (_, is_audio, loop_, k) = schedule[i];
-            let (packet, ticks) = if is_audio {
-                (&audio[k], audio_ticks)
+            if is_audio {
+                let packet = &audio[k];
+                let ts = rtp_ts(&packet.data).wrapping_add(loop_.wrapping_mul(audio_ticks));
+                sent_frames[1].insert(ts);
+                for (d, (_, audio_to)) in targets.iter().enumerate() {
+                    let ssrc = 1000 + 2 * d as u32 + 1;
+                    batch.push((restamp(&packet.data, &mut sequence[d][1], ts, ssrc), *audio_to));
+                }
             } else {
-                (&video[k], video_ticks)
-            };
-            let ts = u32::from_be_bytes([packet.data[4], packet.data[5], packet.data[6], packet.data[7]])
-                .wrapping_add(loop_.wrapping_mul(ticks));
-            frames[usize::from(is_audio)].insert(ts);
-            for (d, (video_to, audio_to)) in targets.iter().enumerate() {
-                let seq = &mut sequence[d][usize::from(is_audio)];
-                let ssrc = 1000 + 2 * d as u32 + u32::from(is_audio);
-                let mut data = packet.data.clone();
-                data[2..4].copy_from_slice(&seq.to_be_bytes());
-                data[4..8].copy_from_slice(&ts.to_be_bytes());
-                data[8..12].copy_from_slice(&ssrc.to_be_bytes());
-                *seq = seq.wrapping_add(1);
-                batch.push((data, if is_audio { *audio_to } else { *video_to }));
+                // The frame due carries the timeline's timestamp whatever clip frame fills it.
+                let ts =
+                    rtp_ts(&video[frames_of_video[k].packets.start].data).wrapping_add(loop_.wrapping_mul(video_ticks));
+                sent_frames[0].insert(ts);
+                let n = frames_of_video.len();
+                for (d, (video_to, _)) in targets.iter().enumerate() {
+                    let mut at = (k + clip_offset[d]) % n;
+                    if wants_keyframe[d] {
+                        wants_keyframe[d] = false;
+                        let next_key = (0..n).map(|j| (at + j) % n).find(|&j| frames_of_video[j].key);
+                        if let Some(key) = next_key {
+                            clip_offset[d] = (clip_offset[d] + (key + n - at)) % n;
+                            at = key;
+                        }
+                    }
+                    let ssrc = 1000 + 2 * d as u32;
+                    for packet in &video[frames_of_video[at].packets.clone()] {
+                        batch.push((restamp(&packet.data, &mut sequence[d][0], ts, ssrc), *video_to));
+                    }
+                }
             }
             i += 1;
         }
@@ -204,14 +341,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     println!(
-        "{{\"destinations\": {}, \"seconds\": {:.2}, \"sent_video_frames\": {}, \"sent_audio_frames\": {}, \"packets\": {}, \"max_late_ms\": {:.1}, \"generator_cpu_s\": {:.3}}}",
+        "{{\"destinations\": {}, \"seconds\": {:.2}, \"sent_video_frames\": {}, \"sent_audio_frames\": {}, \"packets\": {}, \"pli_answered\": {}, \"max_late_ms\": {:.1}, \"generator_cpu_s\": {:.3}}}",
         targets.len(),
         elapsed,
-        frames[0].len(),
-        frames[1].len(),
+        sent_frames[0].len(),
+        sent_frames[1].len(),
         num_packets,
+        num_pli,
         max_late.as_secs_f64() * 1000.0,
         cpu_seconds() - cpu0
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(ts: u32, payload: &[u8]) -> Packet {
+        let mut data = vec![0x80, 96, 0, 0];
+        data.extend_from_slice(&ts.to_be_bytes());
+        data.extend_from_slice(&[0, 0, 0, 1]);
+        data.extend_from_slice(payload);
+        Packet { at: 0.0, data }
+    }
+
+    #[test]
+    fn frames_are_grouped_by_timestamp_and_keyframes_found_behind_a_long_picture_id() {
+        // X=1, S=1, PID 0; I=1 with a 15-bit picture id; then the VP8 header's P bit.
+        let key = [0x90, 0x80, 0x80, 0x01, 0x10];
+        let delta = [0x90, 0x80, 0x80, 0x02, 0x11];
+        let continuation = [0x80, 0x80, 0x80, 0x01, 0xff];
+        let video = [
+            rtp(0, &key),
+            rtp(0, &continuation),
+            rtp(3000, &delta),
+            rtp(6000, &[0x10, 0x10]), // no extension, S=1, a keyframe
+        ];
+        let frames = video_frames(&video);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].packets, 0..2);
+        assert!(frames[0].key);
+        assert!(!frames[1].key);
+        assert!(frames[2].key);
+    }
+
+    #[test]
+    fn plis_name_their_media_ssrc_and_other_rtcp_is_skipped() {
+        let mut compound = vec![0x80, 200, 0, 1, 0, 0, 0, 9]; // a short sender report
+        compound.extend_from_slice(&recorder_actors::media::rtp::picture_loss_indication(7, 1004));
+        assert_eq!(pli_media_ssrcs(&compound), vec![1004]);
+        assert!(pli_media_ssrcs(&compound[..10]).is_empty());
+    }
 }

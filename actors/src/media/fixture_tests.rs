@@ -409,6 +409,7 @@ fn a_segment_carries_its_start_for_recovery_to_read_back() {
     let report = write(&path, Codec::Opus, &frames);
     let (codec, num_frames, duration_micros, started) = super::join::probe_segment(&path).expect("probe");
     assert_eq!(codec, Codec::Opus);
+    assert_eq!(super::join::probe_codec(&path).expect("header"), Codec::Opus);
     assert_eq!(num_frames, report.info.num_frames);
     assert!(
         (duration_micros - report.info.duration_micros).abs() <= 1_000,

@@ -110,11 +110,34 @@ fn sync_dir(file: &Path) {
     }
 }
 
+fn codec_of(stream: &ffmpeg::format::stream::Stream, path: &Path) -> Result<super::codec::Codec, MediaError> {
+    use super::codec::Codec;
+    match stream.parameters().id() {
+        ffmpeg::codec::Id::VP8 => Ok(Codec::Vp8),
+        ffmpeg::codec::Id::VP9 => Ok(Codec::Vp9),
+        ffmpeg::codec::Id::H264 => Ok(Codec::H264),
+        ffmpeg::codec::Id::OPUS => Ok(Codec::Opus),
+        other => Err(MediaError::Ffmpeg(format!(
+            "{}: unexpected codec {other:?}",
+            path.display()
+        ))),
+    }
+}
+
+/// The codec of a segment file, from its header alone (no packet read). Blocking.
+pub fn probe_codec(path: &Path) -> Result<super::codec::Codec, MediaError> {
+    init_ffmpeg();
+    let input = ffmpeg::format::input(&path).map_err(|e| ff("open", path, e))?;
+    let stream = input
+        .stream(0)
+        .ok_or_else(|| MediaError::Ffmpeg(format!("{} has no stream", path.display())))?;
+    codec_of(&stream, path)
+}
+
 /// What a segment file left behind by a crash holds: its codec, frames, duration and the wall
 /// time of its first frame (µs, from the header the writer stamped). Reads the whole file (a
 /// recovery-time cost, once per segment). Blocking.
 pub fn probe_segment(path: &Path) -> Result<(super::codec::Codec, u64, i64, Option<i64>), MediaError> {
-    use super::codec::Codec;
     init_ffmpeg();
     let mut input = ffmpeg::format::input(&path).map_err(|e| ff("open", path, e))?;
     let started = input
@@ -125,18 +148,7 @@ pub fn probe_segment(path: &Path) -> Result<(super::codec::Codec, u64, i64, Opti
     let stream = input
         .stream(0)
         .ok_or_else(|| MediaError::Ffmpeg(format!("{} has no stream", path.display())))?;
-    let codec = match stream.parameters().id() {
-        ffmpeg::codec::Id::VP8 => Codec::Vp8,
-        ffmpeg::codec::Id::VP9 => Codec::Vp9,
-        ffmpeg::codec::Id::H264 => Codec::H264,
-        ffmpeg::codec::Id::OPUS => Codec::Opus,
-        other => {
-            return Err(MediaError::Ffmpeg(format!(
-                "{}: unexpected codec {other:?}",
-                path.display()
-            )))
-        }
-    };
+    let codec = codec_of(&stream, path)?;
     let time_base = stream.time_base();
     let micros = ffmpeg::Rational::new(1, 1_000_000);
     let (mut num_frames, mut first, mut last, mut last_duration) = (0u64, None, 0i64, 0i64);

@@ -303,9 +303,17 @@ impl Actor for Stream {
             // Reading the files is blocking work: a thread of its own. Until it is done the
             // actor takes no message (ctx.wait), so nothing sees a half-restored stream.
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let (dir, tracks) = (self.dir.clone(), self.record.tracks.clone());
+            let (dir, tracks, work) = (self.dir.clone(), self.record.tracks.clone(), self.media.work.clone());
+            // The codecs the live session recorded: no file needs reading to know them.
+            let known: Vec<(String, Codec)> = self
+                .record
+                .rtp_session
+                .iter()
+                .flat_map(|s| &s.media)
+                .filter_map(|m| Some((m.track_id.clone(), Codec::from_rtpmap(&m.codec, m.clock_rate)?)))
+                .collect();
             let spawned = self.media.work.spawn("stream-restore", move || {
-                let _ = tx.send(restore_tracks(&dir, &tracks));
+                let _ = tx.send(restore_tracks(&dir, &tracks, &known, &work));
             });
             if spawned.is_err() {
                 self.last_error = Some(ErrorInfo::new("MEDIA", "cannot start a restore thread"));

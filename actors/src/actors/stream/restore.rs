@@ -1,5 +1,6 @@
-//! A stream rebuilt after a crash: its tracks and the segment files they left, read back from
-//! disk (blocking, on a thread of its own) before the actor takes a message.
+//! A stream rebuilt after a crash: its tracks and the segment files they left, found by name
+//! (on a thread of its own) before the actor takes a message; what each file holds is read
+//! afterwards, while the stream records again.
 
 use super::*;
 use crate::media::segment::TrackFileName;
@@ -74,8 +75,19 @@ pub(super) fn plan_restore(names: &[String], tracks: &[TrackRecord]) -> Vec<Trac
     plans
 }
 
-/// Rebuilds the tracks of a recovered stream from its segment files. Blocking (reads them all).
-pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> Vec<TrackState> {
+/// Rebuilds the tracks of a recovered stream from the names of its segment files, at once:
+/// each segment comes back `Finishing`, its report (frames, duration, start) resolved by a probe
+/// that reads the file on a thread of its own afterwards. So a recovered stream resumes its
+/// session without reading hundreds of files first (a stop awaits the probes, as it awaits a
+/// writer). A track's codec is the one its live session recorded (`known`), else read from its
+/// first file's header; a track whose codec cannot be read is not restored. Blocking (a
+/// directory listing, and a header read for a track without a session).
+pub(super) fn restore_tracks(
+    dir: &std::path::Path,
+    records: &[TrackRecord],
+    known: &[(String, Codec)],
+    work: &crate::work::WorkGroup,
+) -> Vec<TrackState> {
     let _ = crate::fault::point_in(crate::fault::STREAM_RESTORE, &dir.to_string_lossy());
     let names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
@@ -84,6 +96,7 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .collect();
     let mut out = Vec::new();
+    let mut probes: Vec<(PathBuf, Option<i64>, tokio::sync::oneshot::Sender<SegmentReport>)> = Vec::new();
     for plan in plan_restore(&names, records) {
         let track = records
             .iter()
@@ -93,9 +106,9 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
             let _ = std::fs::remove_file(dir.join(leftover));
         }
         let session_id = plan.session_id;
-        let segments: Vec<(usize, PathBuf)> = plan.files.into_iter().map(|(i, name)| (i, dir.join(name))).collect();
-        let mut state: Option<TrackState> = None;
-        for (index, path) in segments {
+        let mut segments: Vec<(usize, PathBuf)> = Vec::new();
+        for (index, name) in plan.files {
+            let path = dir.join(name);
             if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
                 // Created ahead of its first frame (or killed before its first flush): it holds
                 // nothing, and left behind it would only be a file no probe can read.
@@ -103,53 +116,102 @@ pub(super) fn restore_tracks(dir: &std::path::Path, records: &[TrackRecord]) -> 
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let (codec, num_frames, duration_micros, stamped) = match crate::media::join::probe_segment(&path) {
-                Ok(probe) => probe,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "unreadable segment left out");
-                    continue;
-                }
+            segments.push((index, path));
+        }
+        let codec = match known.iter().find(|(id, _)| *id == track.id) {
+            Some((_, codec)) => Some(*codec),
+            None => segments
+                .iter()
+                .find_map(|(_, path)| crate::media::join::probe_codec(path).ok()),
+        };
+        let Some(codec) = codec else {
+            if !segments.is_empty() {
+                tracing::warn!(track_id = %track.id, "no readable segment: the track is not restored");
+            }
+            continue;
+        };
+        if segments.is_empty() {
+            continue;
+        }
+        let mut state = TrackState {
+            id: track.id.clone(),
+            codec,
+            counters: Arc::new(TrackCounters::default()),
+            segments: Vec::new(),
+            created: track.local.created,
+        };
+        for (index, path) in segments {
+            // The first segment's start is in the record too, for a file without its stamp.
+            let started = if index == 0 {
+                track.started.map(|t| t.timestamp_micros())
+            } else {
+                None
             };
-            // Each segment's start is stamped in its header; the first one's is in the record too.
-            let started = stamped.or_else(|| {
-                if index == 0 {
-                    track.started.map(|t| t.timestamp_micros())
-                } else {
-                    None
-                }
-            });
-            let report = SegmentReport {
-                info: SegmentInfo {
-                    path,
-                    started_wall_micros: started,
-                    duration_micros,
-                    num_frames,
-                },
-                num_bytes: 0,
-                error: None,
-            };
-            let t = state.get_or_insert_with(|| TrackState {
-                id: track.id.clone(),
-                codec,
-                counters: Arc::new(TrackCounters::default()),
-                segments: Vec::new(),
-                created: track.local.created,
-            });
-            t.segments.push(Segment {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            probes.push((path, started, tx));
+            let report = async move { rx.await.unwrap_or_else(|_| unreadable()) }
+                .boxed()
+                .shared();
+            state.segments.push(Segment {
                 index,
                 session_id: session_id.into(),
-                state: SegmentState::Done(report),
+                state: SegmentState::Finishing(report),
                 summary: None,
                 stats: Arc::new(WriterStats::default()),
                 continues: false,
             });
         }
-        if let Some(state) = state {
-            tracing::info!(track_id = %state.id, num_segments = state.segments.len(), "track recovered");
-            out.push(state);
+        tracing::info!(track_id = %state.id, num_segments = state.segments.len(), "track recovered");
+        out.push(state);
+    }
+    if !probes.is_empty() {
+        let spawned = work.spawn("segment-probe", move || {
+            for (path, started, tx) in probes {
+                let _ = tx.send(read_back(path, started));
+            }
+        });
+        if let Err(e) = spawned {
+            // The senders are dropped with the closure: every segment reads as unreadable.
+            tracing::error!(error = %e, "cannot start a thread to read recovered segments");
         }
     }
     out
+}
+
+/// A recovered segment's report, read from its file.
+fn read_back(path: PathBuf, recorded_start: Option<i64>) -> SegmentReport {
+    match crate::media::join::probe_segment(&path) {
+        Ok((_codec, num_frames, duration_micros, stamped)) => SegmentReport {
+            info: SegmentInfo {
+                path,
+                // Each segment's start is stamped in its header.
+                started_wall_micros: stamped.or(recorded_start),
+                duration_micros,
+                num_frames,
+            },
+            num_bytes: 0,
+            error: None,
+        },
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable segment left out");
+            unreadable()
+        }
+    }
+}
+
+/// The report of a segment that cannot be read: no frame, and no path, so the stop leaves the
+/// file where it is (it removes the files of segments without frames) and joins the others.
+fn unreadable() -> SegmentReport {
+    SegmentReport {
+        info: SegmentInfo {
+            path: PathBuf::new(),
+            started_wall_micros: None,
+            duration_micros: 0,
+            num_frames: 0,
+        },
+        num_bytes: 0,
+        error: None,
+    }
 }
 
 #[cfg(test)]
@@ -172,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t1.seg0.webm"), b"").unwrap();
         std::fs::write(dir.path().join("t2.seg0.webm"), b"not a webm").unwrap();
-        let tracks = restore_tracks(dir.path(), &[track("t1"), track("t2")]);
+        let tracks = restore_tracks(dir.path(), &[track("t1"), track("t2")], &[], &Default::default());
         assert!(tracks.is_empty(), "{} tracks restored", tracks.len());
         assert!(
             !dir.path().join("t1.seg0.webm").exists(),
@@ -182,6 +244,32 @@ mod tests {
             dir.path().join("t2.seg0.webm").exists(),
             "an unreadable segment with bytes is kept"
         );
+    }
+
+    #[test]
+    fn segments_come_back_at_once_and_their_reports_follow_from_a_probe() {
+        // The live session said the codec: the track is restored without reading its files,
+        // each segment finishing once its probe ran; an unreadable one reports no frame and no
+        // path (the stop leaves its file alone).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t1.seg0.webm"), b"not a webm").unwrap();
+        std::fs::write(dir.path().join("t1.seg1.webm"), b"nor this").unwrap();
+        let work = crate::work::WorkGroup::default();
+        let tracks = restore_tracks(dir.path(), &[track("t1")], &[("t1".into(), Codec::Vp8)], &work);
+        assert_eq!(tracks.len(), 1);
+        assert_eq!(tracks[0].codec, Codec::Vp8);
+        let indexes: Vec<usize> = tracks[0].segments.iter().map(|s| s.index).collect();
+        assert_eq!(indexes, [0, 1]);
+        for segment in &tracks[0].segments {
+            let SegmentState::Finishing(report) = &segment.state else {
+                panic!("a restored segment is finishing until its probe ran");
+            };
+            let report = futures_executor::block_on(report.clone());
+            assert_eq!(report.info.num_frames, 0);
+            assert_eq!(report.info.path, PathBuf::new());
+        }
+        assert!(work.wait_idle(Duration::from_secs(5)), "the probe thread ends");
+        assert!(dir.path().join("t1.seg0.webm").exists());
     }
 
     #[test]
