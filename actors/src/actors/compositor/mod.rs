@@ -457,7 +457,7 @@ const COMPOSITION_NICE: libc::c_int = 10;
 
 /// Lowers the calling thread's scheduling priority (Linux: per thread; threads it starts, such
 /// as x264's, inherit it). Failure only costs priority, so it is logged, not fatal.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     // SAFETY: plain syscalls on the calling thread's own id.
     let result = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;

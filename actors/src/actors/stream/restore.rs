@@ -79,7 +79,7 @@ pub(super) fn plan_restore(names: &[String], tracks: &[TrackRecord]) -> Vec<Trac
 /// each segment comes back `Finishing`, its report (frames, duration, start) resolved by a probe
 /// that reads the file on a thread of its own afterwards. So a recovered stream resumes its
 /// session without reading hundreds of files first (a stop awaits the probes, as it awaits a
-/// writer). A track's codec is the one its live session recorded (`known`), else read from its
+/// writer; the reads run on one low-priority thread for the whole process). A track's codec is the one its live session recorded (`known`), else read from its
 /// first file's header; a track whose codec cannot be read is not restored. Blocking (a
 /// directory listing, and a header read for a track without a session).
 pub(super) fn restore_tracks(
@@ -164,18 +164,59 @@ pub(super) fn restore_tracks(
         tracing::info!(track_id = %state.id, num_segments = state.segments.len(), "track recovered");
         out.push(state);
     }
-    if !probes.is_empty() {
-        let spawned = work.spawn("segment-probe", move || {
-            for (path, started, tx) in probes {
-                let _ = tx.send(read_back(path, started));
-            }
+    for (path, started, tx) in probes {
+        read_back_later(ProbeJob {
+            path,
+            started,
+            report: tx,
+            _guard: work.enter(),
         });
-        if let Err(e) = spawned {
-            // The senders are dropped with the closure: every segment reads as unreadable.
-            tracing::error!(error = %e, "cannot start a thread to read recovered segments");
-        }
     }
     out
+}
+
+/// A recovered segment to read back, and where its report goes.
+struct ProbeJob {
+    path: PathBuf,
+    started: Option<i64>,
+    report: tokio::sync::oneshot::Sender<SegmentReport>,
+    /// Counted in the engine's work until read.
+    _guard: crate::work::WorkGuard,
+}
+
+/// Queues a recovered segment for the process's one read-back thread, which runs at the
+/// compositions' lower priority: after a restart with hundreds of streams, reading every file
+/// back must not take the cores from the sessions being resumed (only a stop needs the reports).
+fn read_back_later(job: ProbeJob) {
+    static QUEUE: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<ProbeJob>>>> =
+        std::sync::OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<ProbeJob>();
+        let spawned = std::thread::Builder::new()
+            .name("segment-read-back".into())
+            .spawn(move || {
+                crate::actors::compositor::lower_priority();
+                for job in rx {
+                    let _ = job.report.send(read_back(job.path, job.started));
+                }
+            });
+        match spawned {
+            Ok(_) => Some(std::sync::Mutex::new(tx)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the thread that reads recovered segments back");
+                None
+            }
+        }
+    });
+    let job = match queue {
+        Some(tx) => match tx.lock().unwrap_or_else(|p| p.into_inner()).send(job) {
+            Ok(()) => return,
+            Err(std::sync::mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    // No read-back thread: read it here, on the restore thread.
+    let _ = job.report.send(read_back(job.path, job.started));
 }
 
 /// A recovered segment's report, read from its file.
