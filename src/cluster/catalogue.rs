@@ -89,7 +89,8 @@ pub(super) async fn publish(cluster: Arc<Cluster>, store: Arc<dyn StateStore>) {
                 }
                 None => return,
             },
-            _ = recreated.changed() => {}
+            // `changed` marks the new value seen: everything is queued here, not at the top.
+            _ = recreated.changed() => everything(&mut dirty),
         }
     }
 }

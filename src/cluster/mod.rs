@@ -81,9 +81,11 @@ pub struct Cluster {
     client: async_nats::Client,
     buckets: tokio::sync::OnceCell<Buckets>,
     /// Bumped each time a bucket had to be created again (its stream lost from JetStream, as
-    /// after every server of a cluster lost its store): the catalogue then writes every record
-    /// again.
+    /// after every server of a cluster lost its store), by this node or another (seen when the
+    /// heartbeat works again): the catalogue then writes every record again.
     recreated: tokio::sync::watch::Sender<u64>,
+    /// When the catalogue's stream was created, as last seen (see `check_catalogue_identity`).
+    catalogue_created: Mutex<Option<i128>>,
     /// The registry as last seen by the watcher: recorderId → its last heartbeat.
     nodes: Mutex<HashMap<String, NodeInfo>>,
 }
@@ -114,6 +116,7 @@ impl Cluster {
             client,
             buckets: tokio::sync::OnceCell::new(),
             recreated: tokio::sync::watch::Sender::new(0),
+            catalogue_created: Mutex::new(None),
             nodes: Mutex::new(HashMap::new()),
         }))
     }
@@ -166,6 +169,30 @@ impl Cluster {
         })
     }
 
+    /// When the catalogue's stream is another one than the one this node last wrote to (its
+    /// creation time differs: it was lost and made again), bumps `recreated`.
+    async fn check_catalogue_identity(&self) {
+        let js = jetstream::new(self.client.clone());
+        let name = format!("KV_{}", self.bucket_name("catalogue"));
+        let created = match js.get_stream(&name).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) => info.created.unix_timestamp_nanos(),
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let changed = {
+            let mut seen = self.catalogue_created.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = seen.is_some_and(|before| before != created);
+            *seen = Some(created);
+            changed
+        };
+        if changed {
+            tracing::warn!("cluster: the catalogue was made again; writing every record again");
+            self.recreated.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Creates again any bucket whose stream JetStream no longer has (the handles in `buckets`
     /// name the bucket, so they work again once it exists). Returns how many were created.
     async fn recreate_missing_buckets(&self) -> usize {
@@ -208,6 +235,7 @@ impl Cluster {
                 match cluster.open_buckets().await {
                     Ok(buckets) => {
                         let _ = cluster.buckets.set(buckets);
+                        cluster.check_catalogue_identity().await;
                         tracing::info!(node_id = %cluster.node_id, "cluster buckets open");
                         break;
                     }
@@ -245,7 +273,14 @@ impl Cluster {
             self.lock_nodes().insert(info.recorder_id.clone(), info);
             if let Ok(buckets) = self.buckets() {
                 match buckets.nodes.put(key_part(&self.node_id), value.into()).await {
-                    Ok(_) => failures = 0,
+                    Ok(_) => {
+                        if failures > 0 {
+                            // Back after an outage: the catalogue may be a new one (made again
+                            // by another node), and then this node's records are written again.
+                            self.check_catalogue_identity().await;
+                        }
+                        failures = 0;
+                    }
                     Err(err) => {
                         failures += 1;
                         tracing::warn!(error = %err, failures, "cluster: heartbeat not written");

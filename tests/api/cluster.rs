@@ -305,6 +305,21 @@ fn a_dead_node_shows_pending_recovery_and_nats_outages_lose_nothing() {
     let witness = (owner + 1) % 3;
     let path = instance_path(&event);
 
+    // The witness has the instance in its catalogue (the owner writes it just after the start
+    // answers; a kill before that would leave nothing to show).
+    let conversation_path = format!("/recordings/{}", event["conversationId"].as_str().unwrap());
+    poll(
+        Duration::from_secs(10),
+        "the instance in the witness's catalogue",
+        || {
+            let resp = cluster.nodes[witness].get(&conversation_path, KEY_A);
+            (resp.status == 200
+                && ids(&resp.json())
+                    .iter()
+                    .any(|(id, _)| event["instanceId"] == *id.as_str()))
+            .then_some(())
+        },
+    );
     // The owner dies: the others show its live instance PENDING_RECOVERY and refuse its commands.
     cluster.nodes[owner].kill9();
     poll(Duration::from_secs(10), "PENDING_RECOVERY on the other nodes", || {
