@@ -78,6 +78,27 @@ impl WorkGroup {
     }
 }
 
+/// Nice value of background threads (compositions, reading recovered segments back): live
+/// recording (ingest, writers, the API) keeps the CPU when both want it; they take what is left.
+pub const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`] (Linux: per thread;
+/// threads it starts, such as x264's, inherit it). Failure only costs priority, so it is logged, not fatal.
+pub fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // Already as low or lower (the whole service runs niced): raising it needs privileges.
+        if libc::getpriority(libc::PRIO_PROCESS, tid) >= BACKGROUND_NICE {
+            return;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "background thread keeps normal priority");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +116,25 @@ mod tests {
         assert!(group.wait_idle(Duration::from_secs(10)));
         assert!(waiting.join().unwrap());
         assert_eq!(group.num_running(), 0);
+    }
+
+    #[test]
+    fn composition_threads_run_below_normal_priority() {
+        let thread_nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) };
+        let before = thread_nice();
+        let nice = std::thread::spawn(|| {
+            lower_priority();
+            // SAFETY: plain syscalls on the calling thread's own id.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::getpriority(libc::PRIO_PROCESS, tid)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(nice, BACKGROUND_NICE.max(before));
+        // Only the composition thread changed.
+        assert_eq!(thread_nice(), before);
     }
 }

@@ -64,40 +64,13 @@ fn rtp_ts(packet: &[u8]) -> u32 {
     u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]])
 }
 
-/// The RTP payload of `packet` (after CSRCs and a header extension).
-fn rtp_payload(packet: &[u8]) -> &[u8] {
-    let mut at = 12 + 4 * usize::from(packet[0] & 0x0f);
-    if packet[0] & 0x10 != 0 && packet.len() >= at + 4 {
-        at += 4 + 4 * usize::from(u16::from_be_bytes([packet[at + 2], packet[at + 3]]));
-    }
-    packet.get(at..).unwrap_or(&[])
-}
-
-/// Whether a VP8 RTP payload starts a keyframe (RFC 7741: the start of partition 0, P bit clear).
-fn vp8_starts_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else { return false };
-    if first & 0x10 == 0 || first & 0x0f != 0 {
-        return false; // not the start of partition 0
-    }
-    let mut at = 1;
-    if first & 0x80 != 0 {
-        let Some(&ext) = payload.get(1) else { return false };
-        at = 2;
-        if ext & 0x80 != 0 {
-            at += if payload.get(at).is_some_and(|b| b & 0x80 != 0) {
-                2
-            } else {
-                1
-            };
-        }
-        if ext & 0x40 != 0 {
-            at += 1;
-        }
-        if ext & 0x30 != 0 {
-            at += 1;
-        }
-    }
-    payload.get(at).is_some_and(|b| b & 0x01 == 0)
+/// Whether an RTP packet of the clip starts a VP8 keyframe (the recorder's own parsers).
+fn starts_keyframe(packet: &[u8]) -> bool {
+    use recorder_actors::media::depacketize::{PayloadFormat, Vp8Depacketizer};
+    recorder_actors::media::rtp::RtpPacket::parse(packet)
+        .ok()
+        .and_then(|p| Vp8Depacketizer.parse(&p.payload).ok())
+        .is_some_and(|part| part.keyframe)
 }
 
 /// The clip's video packets grouped into frames (one RTP timestamp each).
@@ -116,7 +89,7 @@ fn video_frames(video: &[Packet]) -> Vec<Frame> {
             });
         }
         let last = frames.last_mut().expect("pushed");
-        last.key |= vp8_starts_keyframe(rtp_payload(&packet.data));
+        last.key |= starts_keyframe(&packet.data);
     }
     frames
 }
@@ -129,20 +102,6 @@ fn restamp(packet: &[u8], seq: &mut u16, ts: u32, ssrc: u32) -> Vec<u8> {
     data[8..12].copy_from_slice(&ssrc.to_be_bytes());
     *seq = seq.wrapping_add(1);
     data
-}
-
-/// The media SSRCs that the PLIs (RTCP PSFB, FMT 1) of a compound RTCP packet ask a keyframe of.
-fn pli_media_ssrcs(mut rtcp: &[u8]) -> Vec<u32> {
-    let mut out = Vec::new();
-    while rtcp.len() >= 4 {
-        let length = 4 * (usize::from(u16::from_be_bytes([rtcp[2], rtcp[3]])) + 1);
-        let Some(packet) = rtcp.get(..length) else { break };
-        if packet[1] == 206 && packet[0] & 0x1f == 1 && packet.len() >= 12 {
-            out.push(u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]));
-        }
-        rtcp = &rtcp[length..];
-    }
-    out
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -291,7 +250,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if answer_pli {
             while let Ok((len, _)) = socket.recv_from(&mut rtcp) {
-                for ssrc in pli_media_ssrcs(&rtcp[..len]) {
+                for ssrc in recorder_actors::media::rtp::picture_loss_media_ssrcs(&rtcp[..len]) {
                     let d = ssrc.wrapping_sub(1000) as usize / 2;
                     if ssrc >= 1000 && ssrc % 2 == 0 && d < targets.len() {
                         wants_keyframe[d] = true;
@@ -384,13 +343,5 @@ mod tests {
         assert!(frames[0].key);
         assert!(!frames[1].key);
         assert!(frames[2].key);
-    }
-
-    #[test]
-    fn plis_name_their_media_ssrc_and_other_rtcp_is_skipped() {
-        let mut compound = vec![0x80, 200, 0, 1, 0, 0, 0, 9]; // a short sender report
-        compound.extend_from_slice(&recorder_actors::media::rtp::picture_loss_indication(7, 1004));
-        assert_eq!(pli_media_ssrcs(&compound), vec![1004]);
-        assert!(pli_media_ssrcs(&compound[..10]).is_empty());
     }
 }

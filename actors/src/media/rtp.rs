@@ -172,6 +172,22 @@ pub fn picture_loss_indication(sender_ssrc: u32, media_ssrc: u32) -> [u8; 12] {
     out
 }
 
+/// The media SSRCs the PLIs of a compound RTCP packet ask a keyframe of (the load generator
+/// answers them as a live encoder would); malformed parts end the walk.
+pub fn picture_loss_media_ssrcs(buf: &[u8]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 4 {
+        let len = (u16::from_be_bytes([rest[2], rest[3]]) as usize + 1) * 4;
+        let Some(body) = rest.get(..len) else { break };
+        if body[1] == 206 && body[0] & 0x1f == 1 && body.len() >= 12 {
+            out.push(u32::from_be_bytes([body[8], body[9], body[10], body[11]]));
+        }
+        rest = &rest[len..];
+    }
+    out
+}
+
 /// Builds a sender report (for tests and the load generator).
 pub fn sender_report_bytes(sr: &SenderReport) -> Vec<u8> {
     let mut out = vec![0x80, 200, 0, 6];
@@ -185,6 +201,18 @@ pub fn sender_report_bytes(sr: &SenderReport) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plis_name_their_media_ssrc_and_other_rtcp_is_skipped() {
+        let mut compound = sender_report_bytes(&SenderReport {
+            ssrc: 9,
+            ntp: 0,
+            rtp_timestamp: 0,
+        });
+        compound.extend_from_slice(&picture_loss_indication(7, 1004));
+        assert_eq!(picture_loss_media_ssrcs(&compound), vec![1004]);
+        assert!(picture_loss_media_ssrcs(&compound[..30]).is_empty());
+    }
 
     fn packet() -> RtpPacket {
         RtpPacket {

@@ -152,7 +152,7 @@ impl Compositor {
                 let (done, outcome) = tokio::sync::oneshot::channel();
                 let work = config.media.work.clone();
                 work.spawn("compositor", move || {
-                    lower_priority();
+                    crate::work::lower_priority();
                     let _ = done.send(run_composition(store2.as_ref(), &config, &job, &fetched, peers));
                 })
                 .map_err(|e| StoreError::Io(format!("cannot start a composition thread: {e}")))?;
@@ -451,27 +451,6 @@ fn make_stereo(
     })
 }
 
-/// Nice value of composition threads: live recording (ingest, writers, the API) keeps the CPU
-/// when both want it; a composition only takes what is left.
-const COMPOSITION_NICE: libc::c_int = 10;
-
-/// Lowers the calling thread's scheduling priority (Linux: per thread; threads it starts, such
-/// as x264's, inherit it). Failure only costs priority, so it is logged, not fatal.
-pub(crate) fn lower_priority() {
-    // SAFETY: plain syscalls on the calling thread's own id.
-    let result = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        // Already as low or lower (the whole service runs niced): raising it needs privileges.
-        if libc::getpriority(libc::PRIO_PROCESS, tid) >= COMPOSITION_NICE {
-            return;
-        }
-        libc::setpriority(libc::PRIO_PROCESS, tid, COMPOSITION_NICE)
-    };
-    if result != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "composition thread keeps normal priority");
-    }
-}
-
 impl Actor for Compositor {
     type Context = Context<Self>;
 
@@ -552,30 +531,5 @@ impl Handler<crate::messages::Halt> for Compositor {
     /// The node's shutdown: work in flight is dropped, its job stays queued in the store.
     fn handle(&mut self, _msg: crate::messages::Halt, ctx: &mut Self::Context) {
         ctx.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn composition_threads_run_below_normal_priority() {
-        let thread_nice =
-            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) };
-        let before = thread_nice();
-        let nice = std::thread::spawn(|| {
-            lower_priority();
-            // SAFETY: plain syscalls on the calling thread's own id.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::getpriority(libc::PRIO_PROCESS, tid)
-            }
-        })
-        .join()
-        .unwrap();
-        assert_eq!(nice, COMPOSITION_NICE.max(before));
-        // Only the composition thread changed.
-        assert_eq!(thread_nice(), before);
     }
 }

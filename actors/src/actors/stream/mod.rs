@@ -326,6 +326,7 @@ impl Actor for Stream {
                 if let Some(session) = act.record.rtp_session.take() {
                     let session_id = session.session_id.clone();
                     let resumed = act.resume_rtp(session, ctx);
+                    // What the session did not take back (or all, when it failed) is let go.
                     act.prebound.clear();
                     if let (Ok(()), Some(live)) = (&resumed, act.session.as_mut()) {
                         live.restored = Some(act.media.capacity.restored(crate::messages::IngestTransport::Rtp));

@@ -195,7 +195,7 @@ fn read_back_later(job: ProbeJob) {
         let spawned = std::thread::Builder::new()
             .name("segment-read-back".into())
             .spawn(move || {
-                crate::actors::compositor::lower_priority();
+                crate::work::lower_priority();
                 for job in rx {
                     let _ = job.report.send(read_back(job.path, job.started));
                 }

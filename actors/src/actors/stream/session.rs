@@ -213,8 +213,6 @@ impl Stream {
                 },
             ));
         }
-        // Sockets pre-bound for media the session no longer has are let go.
-        self.prebound.clear();
         self.start_rtp(&session.session_id, bound, ctx)?;
         tracing::info!(stream_id = %self.record.id, session_id = %session.session_id, "plain rtp session re-bound after a restart");
         Ok(())
