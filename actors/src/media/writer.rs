@@ -773,7 +773,19 @@ impl Muxer {
             // Two frames in one tick of the container's clock: the muxer would refuse the second.
             return Ok(());
         }
-        let mut packet = ffmpeg::Packet::copy(&frame.frame.data);
+        // The muxer reads the frame where it is: a packet without a buffer of its own borrows
+        // its data, which `av_write_frame` never frees or changes (it copies only what it keeps,
+        // e.g. for a bitstream filter), so no copy and no allocation per frame.
+        let data = &frame.frame.data;
+        let size = i32::try_from(data.len()).map_err(|_| MediaError::Ffmpeg("frame too large".into()))?;
+        let mut packet = ffmpeg::Packet::empty();
+        // SAFETY: `data` outlives the packet, which is written below and dropped in this
+        // function; with `buf` left NULL, dropping it (av_packet_unref) does not touch the data.
+        unsafe {
+            let raw = ffmpeg::codec::packet::Mut::as_mut_ptr(&mut packet);
+            (*raw).data = data.as_ptr().cast_mut();
+            (*raw).size = size;
+        }
         packet.set_stream(0);
         packet.set_pts(Some(pts));
         packet.set_dts(Some(pts));
