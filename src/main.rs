@@ -386,7 +386,8 @@ fn media_config(settings: &Settings) -> anyhow::Result<MediaConfig> {
             flush_interval: Duration::from_millis(m.flush_interval_ms),
             fsync_interval: Duration::from_millis(m.fsync_interval_ms),
             queue_capacity: m.writer_queue_frames,
-            pool: recorder_actors::media::writer::WriterPool::new(m.writer_threads),
+            pool: recorder_actors::media::writer::WriterPool::new(m.writer_threads)
+                .map_err(|e| anyhow::anyhow!("cannot start the track writer threads: {e}"))?,
             ..WriterConfig::default()
         },
         clock: recorder_actors::clock::Clock::system(),

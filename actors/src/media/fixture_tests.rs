@@ -548,7 +548,7 @@ fn every_writer_of_a_pool_is_fsynced_by_its_sync_thread() {
         let config = WriterConfig {
             flush_interval: Duration::from_millis(20),
             fsync_interval: Duration::from_millis(50),
-            pool: super::writer::WriterPool::new(2),
+            pool: super::writer::WriterPool::new(2).expect("the writer pool starts"),
             ..WriterConfig::default()
         };
         let writers: Vec<TrackWriter> = (0..num_writers)

@@ -269,38 +269,41 @@ impl Default for WriterPool {
     /// The process-wide pool, one thread per core (tests and tools; the service sizes its own).
     fn default() -> Self {
         static SHARED: std::sync::OnceLock<WriterPool> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| WriterPool::new(0)).clone()
+        SHARED
+            .get_or_init(|| WriterPool::new(0).expect("the writer pool starts"))
+            .clone()
     }
 }
 
 impl WriterPool {
-    /// A pool of `threads` writer threads (0: one per core), started now.
-    pub fn new(threads: usize) -> WriterPool {
+    /// A pool of `threads` writer threads (0: one per core), started now; an error when a
+    /// thread cannot be started (a pool short of a thread would take writers it never serves).
+    pub fn new(threads: usize) -> std::io::Result<WriterPool> {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             threads
         };
         let (sync, sync_rx) = mpsc::channel();
-        let _ = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("track-sync".into())
-            .spawn(move || sync_thread(sync_rx));
+            .spawn(move || sync_thread(sync_rx))?;
         let threads = (0..threads)
             .map(|i| {
                 let (tx, rx) = mpsc::channel();
                 let load = Arc::new(AtomicUsize::new(0));
                 let thread_load = load.clone();
                 let thread_sync = sync.clone();
-                let _ = std::thread::Builder::new()
+                std::thread::Builder::new()
                     .name(format!("track-writer-{i}"))
-                    .spawn(move || pool_thread(rx, thread_load, thread_sync));
-                PoolThread {
+                    .spawn(move || pool_thread(rx, thread_load, thread_sync))?;
+                Ok(PoolThread {
                     control: Mutex::new(tx),
                     load,
-                }
+                })
             })
-            .collect();
-        WriterPool(Arc::new(PoolInner { threads }))
+            .collect::<std::io::Result<_>>()?;
+        Ok(WriterPool(Arc::new(PoolInner { threads })))
     }
 
     pub fn num_threads(&self) -> usize {
