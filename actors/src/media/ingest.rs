@@ -176,9 +176,12 @@ impl TrackPump {
 
     /// Handles what the receiver produced; returns the SSRCs to send a keyframe request for.
     pub fn drain(&mut self, now: Instant) -> Vec<u32> {
-        if self.counters.first_packet_at_micros.load(Ordering::Relaxed) == 0 && self.receiver.stats().num_packets > 0 {
-            let wall = u64::try_from(self.receiver.wall_at(now)).unwrap_or(0);
-            self.counters.first_packet_at_micros.store(wall, Ordering::Relaxed);
+        if self.counters.first_packet_at_micros.load(Ordering::Relaxed) == 0 {
+            // The packet's arrival, not this drain (up to a receive round later).
+            if let Some(arrived) = self.receiver.first_arrival() {
+                let wall = u64::try_from(self.receiver.wall_at(arrived)).unwrap_or(0);
+                self.counters.first_packet_at_micros.store(wall, Ordering::Relaxed);
+            }
         }
         if let Some(sink) = self.swap.take() {
             // A new segment: it starts at a keyframe and announces its first frame.
@@ -285,6 +288,42 @@ mod tests {
         let clone = swap.clone();
         assert!(clone.take().is_some(), "the pump's copy sees the new sink");
         assert!(swap.take().is_none(), "and only once");
+        futures_executor::block_on(writer.finish());
+    }
+
+    #[test]
+    fn the_first_packet_is_stamped_at_its_arrival_not_at_the_drain() {
+        use crate::media::receiver::ReceiverConfig;
+        use crate::media::rtp::RtpPacket;
+        let dir = tempfile::tempdir().unwrap();
+        let writer = TrackWriter::spawn(dir.path().join("t.seg1.webm"), Codec::Opus, WriterConfig::default()).unwrap();
+        let t0 = Instant::now();
+        let receiver = TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), t0, 1_000_000_000);
+        let counters = Arc::new(TrackCounters::default());
+        let events: EventSink = Arc::new(|_| {});
+        let mut pump = TrackPump::new(
+            "s".into(),
+            "t".into(),
+            receiver,
+            writer.sink(),
+            counters.clone(),
+            events,
+            t0,
+        );
+        let packet = RtpPacket {
+            payload_type: 111,
+            marker: false,
+            sequence: 1,
+            timestamp: 960,
+            ssrc: 7,
+            payload: bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+        };
+        // Arrived 10 ms in (the kernel's stamp); drained by a receive round 40 ms later.
+        let mut out = std::mem::take(pump.outputs());
+        pump.receiver.push_rtp(packet, t0 + Duration::from_millis(10), &mut out);
+        *pump.outputs() = out;
+        pump.drain(t0 + Duration::from_millis(50));
+        assert_eq!(counters.first_packet_at_micros.load(Ordering::Relaxed), 1_000_010_000);
         futures_executor::block_on(writer.finish());
     }
 }

@@ -79,6 +79,8 @@ pub struct TrackReceiver {
     ssrc: Option<u32>,
     /// A sender report that came before the first RTP packet (FFmpeg sends one first).
     early_report: Option<SenderReport>,
+    /// When the first RTP packet arrived (the kernel's stamp on plain RTP).
+    first_arrival: Option<Instant>,
     last_arrival: Option<Instant>,
     waiting_for_keyframe: bool,
     last_keyframe_request: Option<Instant>,
@@ -99,6 +101,7 @@ impl TrackReceiver {
             wall_reference: (now, wall_micros_now),
             ssrc: None,
             early_report: None,
+            first_arrival: None,
             last_arrival: None,
             waiting_for_keyframe: codec.is_video(),
             last_keyframe_request: None,
@@ -161,6 +164,11 @@ impl TrackReceiver {
         self.clock.wall_micros(self.last_frame_timestamp?)
     }
 
+    /// When the first RTP packet arrived: what "how soon recording started" is measured from.
+    pub fn first_arrival(&self) -> Option<Instant> {
+        self.first_arrival
+    }
+
     pub fn first_frame_timestamp(&self) -> Option<i64> {
         self.first_frame_timestamp
     }
@@ -179,6 +187,7 @@ impl TrackReceiver {
             Some(ssrc) if ssrc != packet.ssrc => self.switch_source(&packet, now, out),
             Some(_) => {}
         }
+        self.first_arrival.get_or_insert(now);
         self.last_arrival = Some(now);
         let mut released = Vec::new();
         self.reorder.push(packet, now, &mut released);
