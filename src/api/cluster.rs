@@ -182,6 +182,7 @@ pub async fn route(
             req.set_payload(bytes_payload(bytes));
             Ok(next.call(req).await?.map_into_boxed_body())
         }
+        Err(err @ ClusterError::TooLarge { .. }) => Ok(answer(req, ApiError::from(err).error_response())),
         Err(err) => {
             let mut response = ApiError::from(err).error_response();
             response

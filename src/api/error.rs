@@ -217,6 +217,10 @@ impl From<crate::cluster::ClusterError> for ApiError {
                 message: err.to_string(),
                 retry_after_secs: 5,
             },
+            ClusterError::TooLarge { .. } => ApiError::PayloadTooLarge {
+                field: "body".into(),
+                message: err.to_string(),
+            },
         }
     }
 }

@@ -80,6 +80,15 @@ impl Cluster {
     /// answer (down, or NATS away).
     pub async fn forward(&self, to: &str, request: &ForwardedRequest) -> Result<ForwardedResponse, ClusterError> {
         let payload = bytes::Bytes::from(serde_json::to_vec(request).expect("plain data"));
+        // One NATS message carries the request: a larger one would be refused at every attempt.
+        let max_payload = self.client().server_info().max_payload;
+        if payload.len() > max_payload {
+            let overhead = payload.len() - request.body.len();
+            return Err(ClusterError::TooLarge {
+                node: to.to_string(),
+                body_limit: max_payload.saturating_sub(overhead) / 4 * 3,
+            });
+        }
         let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
         loop {
             let attempt = self
@@ -138,7 +147,17 @@ pub(super) async fn serve(cluster: Arc<Cluster>, local_base: String) {
                             }
                             Err(e) => error_response(400, &format!("malformed forwarded request: {e}")),
                         };
-                        let payload = serde_json::to_vec(&response).expect("plain data");
+                        let mut payload = serde_json::to_vec(&response).expect("plain data");
+                        let max_payload = cluster.client().server_info().max_payload;
+                        if payload.len() > max_payload {
+                            // Said at once, not left to the asking node's timeout.
+                            let message = format!(
+                                "the answer of recorder node {} is larger than one NATS message ({} > {max_payload} bytes); ask that node directly",
+                                cluster.node_id,
+                                payload.len()
+                            );
+                            payload = serde_json::to_vec(&error_response(503, &message)).expect("plain data");
+                        }
                         if let Err(err) = cluster.client().publish(reply, payload.into()).await {
                             tracing::warn!(error = %err, "cluster: a forwarded request's answer was not sent");
                         }

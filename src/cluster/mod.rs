@@ -67,6 +67,10 @@ pub enum ClusterError {
     Conflict(String),
     #[error("no recorder node has capacity for a new instance; try again later")]
     NoCapacity,
+    /// A request too large for one NATS message (the server's `max_payload`) to reach the node
+    /// that must run it; `body_limit` is the largest body that would.
+    #[error("the body is too large to forward to recorder node {node}, which records this: at most {body_limit} bytes go through the cluster (NATS max_payload)")]
+    TooLarge { node: String, body_limit: usize },
 }
 
 struct Buckets {

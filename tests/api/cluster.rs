@@ -183,6 +183,21 @@ fn three_nodes_serve_as_one_with_leases_a_catalogue_placement_and_forwarding() {
         "conversationId": conversation, "instanceId": event["instanceId"], "recorderId": event["recorderId"]});
     a.post_json("/recordings/chat/transcript/add", KEY_A, &line)
         .ok_json("RecordingDataEvent");
+    // A body under the node's limit (1 MiB) but too large for one NATS message (base64 in
+    // JSON) cannot reach the owner: 413 naming the body at once, not a 503 after the forward's
+    // minute of retries.
+    let lines: Vec<Value> = (0..90)
+        .map(|i| chat("2024-06-01T10:00:01Z", &format!("{i} {}", "x".repeat(10_000)), "u1"))
+        .collect();
+    let big = json!({"chatTranscriptList": lines, "conversationId": conversation,
+        "instanceId": event["instanceId"], "recorderId": event["recorderId"]});
+    let refused = a.post_json("/recordings/chat/transcript/add", KEY_A, &big);
+    let error = refused.assert_error_naming(413, "body");
+    assert!(
+        error["message"].as_str().unwrap_or_default().contains("node-c"),
+        "the refusal names the owner: {}",
+        refused.describe()
+    );
     // ... a plain-RTP publish through A gets the owner's ports ...
     let published = publish_opus(a, KEY_A, "rtp", &event, "agent");
     assert_eq!(published.status, 201, "{}", published.describe());
