@@ -81,8 +81,7 @@ impl Cluster {
     pub async fn forward(&self, to: &str, request: &ForwardedRequest) -> Result<ForwardedResponse, ClusterError> {
         let payload = bytes::Bytes::from(serde_json::to_vec(request).expect("plain data"));
         // One NATS message carries the request: a larger one would be refused at every attempt.
-        let max_payload = self.client().server_info().max_payload;
-        if payload.len() > max_payload {
+        if let Some(max_payload) = self.max_payload().filter(|max| payload.len() > *max) {
             let overhead = payload.len() - request.body.len();
             return Err(ClusterError::TooLarge {
                 node: to.to_string(),
@@ -148,8 +147,7 @@ pub(super) async fn serve(cluster: Arc<Cluster>, local_base: String) {
                             Err(e) => error_response(400, &format!("malformed forwarded request: {e}")),
                         };
                         let mut payload = serde_json::to_vec(&response).expect("plain data");
-                        let max_payload = cluster.client().server_info().max_payload;
-                        if payload.len() > max_payload {
+                        if let Some(max_payload) = cluster.max_payload().filter(|max| payload.len() > *max) {
                             // Said at once, not left to the asking node's timeout.
                             let message = format!(
                                 "the answer of recorder node {} is larger than one NATS message ({} > {max_payload} bytes); ask that node directly",

@@ -385,6 +385,11 @@ impl Cluster {
     pub(crate) fn client(&self) -> &async_nats::Client {
         &self.client
     }
+
+    /// The largest message the NATS server takes (its `max_payload`), once it said it.
+    pub(crate) fn max_payload(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload).filter(|max| *max > 0)
+    }
 }
 
 /// Pure: the node with the most capacity available among `nodes` (`me` on a tie), skipping the
