@@ -27,6 +27,14 @@ does; the default budget is then set from it. Every step also reports how soon r
 (each track's first frame in its file after its first packet, max and p99; a step fails above
 300 ms). With --whip, find-max then ramps WHIP publishers from --whip-start.
 
+Every run also reports what the machine spent beyond the measured processes: the kernel threads'
+CPU over the load (kernel_threads_cpu_s_per_stream: page-cache writeback, softirq) and the whole
+machine's busy time (machine_busy_cpu_s_per_stream), per stream. With one side alone (find-max,
+--recorder-only) it then syncs the work directory's filesystem and reports what that cost
+(sync_at_end_cpu_s_per_stream): FFmpeg never fsyncs, so its bytes are still in the page cache
+when the window ends, while the recorder has synced all but its last second in its own CPU.
+find-max's summary adds the ratio with each side's data on disk (..._on_disk).
+
 With --kill-after S, the recorder is killed with SIGKILL S seconds into the load and started again
 on the same data directory while the generator keeps sending; the run reports the downtime and
 each track's loss against the promise (loss <= downtime + 1 s).
@@ -91,6 +99,48 @@ def rss_kib(pid):
     except FileNotFoundError:  # exited and reaped
         return 0
     return int(found.group(1)) if found else 0
+
+
+def kernel_threads_cpu():
+    """CPU seconds of every kernel thread (children of kthreadd, pid 2) by pid: the page-cache
+    writeback (kworker flush), the journal (jbd2) and softirq threads. They write a process's
+    dirty pages when it does not sync them itself, so a receiver that never fsyncs (FFmpeg) has
+    its writeback here rather than in its own CPU."""
+    found = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[1] == "2":  # ppid: kthreadd
+            found[pid] = (int(fields[11]) + int(fields[12])) / TICK
+    return found
+
+
+def kernel_threads_cpu_since(before):
+    """Kernel threads' CPU since `before` (kernel_threads_cpu()); a thread started since counts whole."""
+    return sum(cpu - before.get(pid, 0) for pid, cpu in kernel_threads_cpu().items())
+
+
+def machine_busy_seconds():
+    """CPU seconds the whole machine spent busy (not idle, not waiting for I/O), from /proc/stat."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / TICK
+
+
+def sync_cost(path):
+    """CPU seconds to write back and sync everything dirty on path's filesystem now: the `sync -f`
+    process's own and the kernel threads' meanwhile."""
+    kthreads0 = kernel_threads_cpu()
+    proc = subprocess.Popen(["sync", "-f", path])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"sync -f {path} failed")
+    return usage.ru_utime + usage.ru_stime + kernel_threads_cpu_since(kthreads0)
 
 
 def udp_rcvbuf_errors():
@@ -210,6 +260,7 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
     loader = os.path.join(os.path.dirname(binary), "rtp-load")
     cpu_rec0 = cpu_seconds(recorder.pid) if recorder else 0
     cpu_ff0 = sum(cpu_seconds(p.pid) for p, _ in receivers)
+    kthreads0, busy0 = kernel_threads_cpu(), machine_busy_seconds()
     load = subprocess.Popen([loader, "--fixtures", FIXTURE_DIR, "--seconds", str(seconds), "--targets", targets_file, *LOADER_FLAGS],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     downtime = None
@@ -227,6 +278,16 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
         sys.exit(f"rtp-load failed: {err}")
     sent = json.loads(out.strip().splitlines()[-1])
     time.sleep(0.5)
+    # The kernel's share (writeback, journal, softirq threads) and the whole machine's over the
+    # load, per stream: with one side alone, what that side costs the machine beyond its own CPU.
+    result.update(kernel_threads_cpu_s_per_stream=round(kernel_threads_cpu_since(kthreads0) / max(1, len(targets)), 4),
+                  machine_busy_cpu_s_per_stream=round((machine_busy_seconds() - busy0) / max(1, len(targets)), 4))
+    if bool(recorder) != bool(receivers):
+        # One side alone: what it still costs to put the bytes it wrote on disk. FFmpeg never
+        # syncs, so its data waits in the page cache for the kernel's writeback (30 s by
+        # default: after the window); the recorder syncs every media.fsync_interval_ms in its
+        # own CPU. Both sides' "CPU with the data on disk" counts this too.
+        result["sync_at_end_cpu_s_per_stream"] = round(sync_cost(work) / max(1, len(targets)), 4)
     sent_v, sent_a = sent["sent_video_frames"], sent["sent_audio_frames"]
     result.update(seconds=sent["seconds"], sent_video_frames=sent_v, sent_audio_frames=sent_a,
                   generator_cpu_s_per_stream=round(sent["generator_cpu_s"] / max(1, len(targets)), 4),
@@ -416,6 +477,13 @@ def find_max(args):
         summary.update(at_streams=common, recorder_cpu_s_per_stream=rec["recorder_cpu_s_per_stream"],
                        ffmpeg_cpu_s_per_stream=ff["ffmpeg_cpu_s_per_stream"],
                        cpu_ratio_recorder_to_ffmpeg=round(rec["recorder_cpu_s_per_stream"] / ff["ffmpeg_cpu_s_per_stream"], 3))
+        if "sync_at_end_cpu_s_per_stream" in rec and "sync_at_end_cpu_s_per_stream" in ff:
+            # With each side's data on disk: the recorder synced most of it itself (in its CPU);
+            # FFmpeg's was still in the page cache.
+            rec_disk = rec["recorder_cpu_s_per_stream"] + rec["sync_at_end_cpu_s_per_stream"]
+            ff_disk = ff["ffmpeg_cpu_s_per_stream"] + ff["sync_at_end_cpu_s_per_stream"]
+            summary.update(recorder_cpu_s_per_stream_on_disk=round(rec_disk, 4), ffmpeg_cpu_s_per_stream_on_disk=round(ff_disk, 4),
+                           cpu_ratio_recorder_to_ffmpeg_on_disk=round(rec_disk / ff_disk, 3))
     print(json.dumps({"summary": summary}))
 
 
