@@ -201,11 +201,36 @@ impl Capacity {
         }
     }
 
+    /// The CPU ceiling is on and the process is above it.
+    fn over_cpu_ceiling(&self, permille: u64) -> bool {
+        let ceiling = self.config.max_cpu_percent * 10;
+        ceiling != 0 && permille > ceiling
+    }
+
+    /// What would refuse a new instance now (the limit `check_start` would name), without
+    /// counting a refusal: what `/ready` says, so a balancer or an autoscaler sees a full node
+    /// before a client is refused.
+    pub fn start_refused_by(&self) -> Option<&'static str> {
+        let used = self.usage();
+        if used.draining {
+            Some("draining")
+        } else if used.available_live() < self.cheapest_session() {
+            Some("capacity.budget")
+        } else if self.over_cpu_ceiling(used.cpu_permille) {
+            Some("capacity.max_cpu_percent")
+        } else {
+            None
+        }
+    }
+
+    fn cheapest_session(&self) -> u64 {
+        self.config.rtp_session.min(self.config.whip_session)
+    }
+
     /// Refused while the CPU ceiling is on and the process is above it.
     fn check_cpu(&self, used: &mut CapacityUse) -> Result<(), Refused> {
-        let ceiling = self.config.max_cpu_percent * 10;
         let permille = self.cpu.permille();
-        if ceiling == 0 || permille <= ceiling {
+        if !self.over_cpu_ceiling(permille) {
             return Ok(());
         }
         let message = format!(
@@ -221,8 +246,7 @@ impl Capacity {
     pub fn check_start(&self) -> Result<(), Refused> {
         let mut used = self.lock();
         self.check_draining(&mut used)?;
-        let cheapest = self.config.rtp_session.min(self.config.whip_session);
-        if used.available_live() < cheapest {
+        if used.available_live() < self.cheapest_session() {
             let message = format!(
                 "this recorder node is at its capacity ({} of {} units used by live media); try again later or another node",
                 used.live, used.budget
@@ -503,8 +527,26 @@ mod tests {
         while Instant::now() < until {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
+        assert_eq!(capacity.start_refused_by(), Some("capacity.max_cpu_percent"));
+        assert_eq!(capacity.usage().num_refused, 0, "saying it is no refusal");
         let refused = capacity.admit(IngestTransport::Rtp).unwrap_err();
         assert_eq!(refused.limit, "capacity.max_cpu_percent");
         assert!(capacity.usage().cpu_permille > 10);
+    }
+
+    #[test]
+    fn what_would_refuse_a_start_is_said_without_counting_a_refusal() {
+        let capacity = Capacity::new(config(25));
+        assert_eq!(capacity.start_refused_by(), None);
+        let _one = capacity.admit(IngestTransport::Rtp).unwrap();
+        let two = capacity.admit(IngestTransport::Rtp).unwrap();
+        // 5 units left, below the cheapest session.
+        assert_eq!(capacity.start_refused_by(), Some("capacity.budget"));
+        assert_eq!(capacity.usage().num_refused, 0);
+        assert_eq!(capacity.check_start().unwrap_err().limit, "capacity.budget");
+        drop(two);
+        assert_eq!(capacity.start_refused_by(), None);
+        capacity.set_draining();
+        assert_eq!(capacity.start_refused_by(), Some("draining"));
     }
 }

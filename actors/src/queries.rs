@@ -73,6 +73,11 @@ impl Queries {
         self.config.media.capacity.usage()
     }
 
+    /// What would refuse a new instance now (`Capacity::start_refused_by`).
+    pub fn start_refused_by(&self) -> Option<&'static str> {
+        self.config.media.capacity.start_refused_by()
+    }
+
     /// Instances per state, kept by the store as instances change: a scrape reads no instance.
     pub fn instance_counts(&self) -> Vec<(InstanceState, u64)> {
         self.store.instance_counts()

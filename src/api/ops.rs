@@ -29,6 +29,18 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             "unchecked": report.num_profiles - report.num_reachable - report.num_unreachable,
         },
     });
+    // Said, not required: a node at its budget still serves what it holds (downloads, WHIP
+    // PATCH/DELETE of its sessions), so it stays READY; a balancer or autoscaler reads
+    // `accepting` to send new recordings elsewhere.
+    let usage = state.queries.capacity();
+    let refused_by = state.queries.start_refused_by();
+    body["capacity"] = json!({
+        "accepting": refused_by.is_none(),
+        "refusedBy": refused_by,
+        "budgetUnits": usage.budget,
+        "availableLiveUnits": usage.available_live(),
+        "cpuPercent": usage.cpu_permille as f64 / 10.0,
+    });
     if let Some(cluster) = &state.cluster {
         // Said, not required: a node without NATS still records what it has.
         body["cluster"] = json!({

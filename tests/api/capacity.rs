@@ -54,6 +54,14 @@ fn a_node_at_its_budget_refuses_with_503_and_retry_after_and_creates_nothing_for
     let app = TestApp::spawn_with(SMALL_NODE, &[]);
     assert_eq!(capacity(&app, "budget"), 25.0);
     assert_eq!(capacity(&app, "available_live"), 25.0);
+    let ready = app.get_root("/ready", NO_KEY);
+    assert_eq!(ready.json()["capacity"]["accepting"], true, "{}", ready.describe());
+    assert_eq!(
+        ready.json()["capacity"]["refusedBy"],
+        serde_json::Value::Null,
+        "{}",
+        ready.describe()
+    );
     let one = app.start(KEY_A, APP_A, &conv("cap-1"));
     let two = app.start(KEY_A, APP_A, &conv("cap-2"));
     let first = publish(&app, "rtp", &one, "u1");
@@ -75,6 +83,16 @@ fn a_node_at_its_budget_refuses_with_503_and_retry_after_and_creates_nothing_for
         ),
         "capacity.budget",
     );
+    assert_eq!(capacity(&app, "refused"), 3.0);
+    // /ready says the node takes no new recording (and why) while it stays READY for what it
+    // holds; asking is no refusal.
+    let ready = app.get_root("/ready", NO_KEY);
+    ready.assert_status(200);
+    let said = &ready.json()["capacity"];
+    assert_eq!(said["accepting"], false, "{}", ready.describe());
+    assert_eq!(said["refusedBy"], "capacity.budget", "{}", ready.describe());
+    assert_eq!(said["budgetUnits"], 25, "{}", ready.describe());
+    assert_eq!(said["availableLiveUnits"], 5, "{}", ready.describe());
     assert_eq!(capacity(&app, "refused"), 3.0);
 
     // Nothing half-way: no instance for the refused start, no stream for the refused
