@@ -207,11 +207,11 @@ impl Capacity {
         ceiling != 0 && permille > ceiling
     }
 
-    /// What would refuse a new instance now (the limit `check_start` would name), without
-    /// counting a refusal: what `/ready` says, so a balancer or an autoscaler sees a full node
-    /// before a client is refused.
-    pub fn start_refused_by(&self) -> Option<&'static str> {
-        let used = self.usage();
+    /// What would refuse a new instance with `used` (a `usage()` snapshot): the limit
+    /// `check_start` would name, without counting a refusal. What `/ready` says, beside the
+    /// same snapshot's figures, so a balancer or an autoscaler sees a full node before a client
+    /// is refused.
+    pub fn start_refused_by(&self, used: &CapacityUse) -> Option<&'static str> {
         if used.draining {
             Some("draining")
         } else if used.available_live() < self.cheapest_session() {
@@ -527,7 +527,10 @@ mod tests {
         while Instant::now() < until {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
-        assert_eq!(capacity.start_refused_by(), Some("capacity.max_cpu_percent"));
+        assert_eq!(
+            capacity.start_refused_by(&capacity.usage()),
+            Some("capacity.max_cpu_percent")
+        );
         assert_eq!(capacity.usage().num_refused, 0, "saying it is no refusal");
         let refused = capacity.admit(IngestTransport::Rtp).unwrap_err();
         assert_eq!(refused.limit, "capacity.max_cpu_percent");
@@ -537,16 +540,16 @@ mod tests {
     #[test]
     fn what_would_refuse_a_start_is_said_without_counting_a_refusal() {
         let capacity = Capacity::new(config(25));
-        assert_eq!(capacity.start_refused_by(), None);
+        assert_eq!(capacity.start_refused_by(&capacity.usage()), None);
         let _one = capacity.admit(IngestTransport::Rtp).unwrap();
         let two = capacity.admit(IngestTransport::Rtp).unwrap();
         // 5 units left, below the cheapest session.
-        assert_eq!(capacity.start_refused_by(), Some("capacity.budget"));
+        assert_eq!(capacity.start_refused_by(&capacity.usage()), Some("capacity.budget"));
         assert_eq!(capacity.usage().num_refused, 0);
         assert_eq!(capacity.check_start().unwrap_err().limit, "capacity.budget");
         drop(two);
-        assert_eq!(capacity.start_refused_by(), None);
+        assert_eq!(capacity.start_refused_by(&capacity.usage()), None);
         capacity.set_draining();
-        assert_eq!(capacity.start_refused_by(), Some("draining"));
+        assert_eq!(capacity.start_refused_by(&capacity.usage()), Some("draining"));
     }
 }

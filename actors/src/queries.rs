@@ -73,9 +73,9 @@ impl Queries {
         self.config.media.capacity.usage()
     }
 
-    /// What would refuse a new instance now (`Capacity::start_refused_by`).
-    pub fn start_refused_by(&self) -> Option<&'static str> {
-        self.config.media.capacity.start_refused_by()
+    /// What would refuse a new instance with `used` (a `capacity()` snapshot).
+    pub fn start_refused_by(&self, used: &crate::capacity::CapacityUse) -> Option<&'static str> {
+        self.config.media.capacity.start_refused_by(used)
     }
 
     /// Instances per state, kept by the store as instances change: a scrape reads no instance.

@@ -33,7 +33,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     // PATCH/DELETE of its sessions), so it stays READY; a balancer or autoscaler reads
     // `accepting` to send new recordings elsewhere.
     let usage = state.queries.capacity();
-    let refused_by = state.queries.start_refused_by();
+    let refused_by = state.queries.start_refused_by(&usage);
     body["capacity"] = json!({
         "accepting": refused_by.is_none(),
         "refusedBy": refused_by,
