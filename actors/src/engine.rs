@@ -65,6 +65,25 @@ impl std::fmt::Debug for BackupStore {
 }
 
 impl ApplicationProfile {
+    /// Whether an artefact is stored encrypted: every one when the application encrypts, but
+    /// the manifest (`recording.json`) only when it asks for that too.
+    pub fn encrypts(&self, artefact: &crate::store::ArtefactKind) -> bool {
+        self.policy
+            .encryption
+            .as_ref()
+            .is_some_and(|e| *artefact != crate::store::ArtefactKind::Manifest || e.encrypt_manifest)
+    }
+
+    /// The object key an artefact whose plain key is `key` is stored under (`<key>.age` when
+    /// encrypted).
+    pub fn stored_key(&self, key: &str, artefact: &crate::store::ArtefactKind) -> String {
+        if self.encrypts(artefact) {
+            format!("{key}{}", crate::storage::encryption::SUFFIX)
+        } else {
+            key.to_string()
+        }
+    }
+
     /// The store an artefact is in: the backup one when `backup`.
     pub fn store_of(&self, backup: bool) -> &Arc<dyn StorageBackend> {
         match (&self.policy.backup, backup) {
@@ -298,7 +317,7 @@ pub struct MediaConfig {
     /// A publisher that comes back (same conference, userId and type) within this time continues
     /// its stream in a new segment; later it starts a new stream.
     pub reconnect_grace: Duration,
-    /// Plain RTP: no packet for this long and the publisher counts as gone.
+    /// Plain RTP: a session none of whose m-lines received anything for this long ends by itself.
     pub idle_timeout: Duration,
     pub receiver: ReceiverConfig,
     pub writer: WriterConfig,
@@ -322,7 +341,7 @@ impl MediaConfig {
             webrtc_bind_ip: lo,
             mdns: false,
             reconnect_grace: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(1800),
             receiver: ReceiverConfig::default(),
             writer: WriterConfig::default(),
             clock: Clock::system(),

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::{ChatEntry, CobrowseEvent, InstanceRecord, InstanceState, OrganizationId};
+use crate::domain::{ChatEntry, CobrowseEvent, CobrowseSessionRecord, InstanceRecord, InstanceState, OrganizationId};
 use crate::messages::{
     may_use, ArtefactSource, CompositionView, GetComposition, InstanceRef, ListConversation, ProviderCobrowseUrl,
     ResolveCobrowseFile, ResolveCompositionFile, ResolveTrackFile, TrackFile, TrackUrl, TrackUrls,
@@ -104,7 +104,12 @@ impl Queries {
         self.config.application(organization_id, application_id).cloned()
     }
 
-    /// The events file of an uploaded co-browse session, for a recorder-signed download.
+    /// The events file of a co-browse session, for a recorder-signed download. Once stored it is
+    /// read from storage; before (a live instance, or the moments after a stop while the upload
+    /// waits out `uploads.render_settle_ms`) it is rendered from the state store by the same
+    /// writer the uploader uses, so the link works from the moment it is handed out and serves
+    /// the bytes that will be stored. An application that encrypts gets no render: its file is
+    /// served once stored, as the ciphertext it stored (see `Queries::cobrowse_stored`).
     pub async fn cobrowse_file(&self, msg: ResolveCobrowseFile) -> Result<ArtefactSource, EngineError> {
         let missing = || {
             EngineError::not_found(format!(
@@ -114,13 +119,19 @@ impl Queries {
         };
         let record = self.signed_instance(&msg.instance_id, &msg.conversation_id, &msg.recorder_id, missing)?;
         let session = record.cobrowse_sessions.get(&msg.session_id).ok_or_else(missing)?;
-        if msg.file_name != "events.json" || session.uploaded.is_none() {
+        if msg.file_name != "events.json" {
             return Err(missing());
         }
         let profile = self
             .profile_of(&record.organization_id, &record.application_id)
             .ok_or_else(missing)?;
-        let key = record.cobrowse_key(&msg.session_id);
+        if session.uploaded.is_none() {
+            if profile.policy.encryption.is_some() {
+                return Err(missing());
+            }
+            return self.render_cobrowse(record, msg.session_id.clone()).await;
+        }
+        let key = stored_cobrowse_key(&record, &msg.session_id, session);
         let backend = profile.store_of(session.backup);
         if let Some(path) = backend.local_path(&key) {
             return Ok(ArtefactSource::File(path));
@@ -129,6 +140,31 @@ impl Queries {
             Ok(bytes) => Ok(ArtefactSource::Bytes(bytes)),
             Err(StorageError::NotFound(_)) => Err(missing()),
             Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A co-browse session rendered from the store into a temp file (removed once opened), on a
+    /// blocking thread, one event at a time.
+    async fn render_cobrowse(&self, record: InstanceRecord, session_id: String) -> Result<ArtefactSource, EngineError> {
+        let store = self.store.clone();
+        let temp = std::env::temp_dir().join(format!("rtc-recorder-render-{}", uuid::Uuid::new_v4().simple()));
+        let path = temp.clone();
+        let rendered = tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+            let io = |e: std::io::Error| crate::store::StoreError::Io(format!("{}: {e}", path.display()));
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+            let artefact = crate::store::ArtefactKind::CobrowseSession { session_id };
+            crate::store::artefacts::write_capture(store.as_ref(), &record, &artefact, &mut out)?;
+            std::io::Write::flush(&mut out).map_err(io)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Io(format!("rendering a co-browse session: {e}")));
+        match rendered {
+            Ok(Ok(())) => Ok(ArtefactSource::Downloaded(temp)),
+            Ok(Err(err)) | Err(err) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                Err(err.into())
+            }
         }
     }
 
@@ -202,7 +238,7 @@ impl Queries {
         };
         Ok(profile
             .store_of(backup)
-            .signed_url(&record.cobrowse_key(&msg.session_id), msg.ttl)
+            .signed_url(&stored_cobrowse_key(&record, &msg.session_id, session), msg.ttl)
             .await?)
     }
 
@@ -458,6 +494,18 @@ impl Queries {
             return Err(missing());
         }
         Ok(record)
+    }
+}
+
+/// The object key a stored co-browse session is under: `events.json`, or `events.json.age` when
+/// its application encrypted it (the location it was stored at says which).
+fn stored_cobrowse_key(record: &InstanceRecord, session_id: &str, session: &CobrowseSessionRecord) -> String {
+    let key = record.cobrowse_key(session_id);
+    let suffix = crate::storage::encryption::SUFFIX;
+    if session.location.as_deref().is_some_and(|l| l.ends_with(suffix)) {
+        format!("{key}{suffix}")
+    } else {
+        key
     }
 }
 

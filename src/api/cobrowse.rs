@@ -180,11 +180,23 @@ pub async fn signed_url(
             "referer: origin not allowed for this application".into(),
         ));
     }
-    if !record.cobrowse_sessions.contains_key(&session_id) {
+    let Some(session) = record.cobrowse_sessions.get(&session_id) else {
         return Err(ApiError::NotFound(format!(
             "no co-browse session {session_id} in instance {}",
             record.instance_id
         )));
+    };
+    // A session not stored yet is rendered from the state store when its URL is fetched, so
+    // the URL works at once. An encrypting application's file is the ciphertext it stores
+    // (a render would differ on every fetch, and Range with it): after a stop its URL waits,
+    // bounded, for that upload; before the stop there is nothing to serve yet.
+    if application.encryption.is_some() && session.uploaded.is_none() {
+        if !record.state.is_terminal() {
+            return Err(ApiError::NotFound(format!(
+                "co-browse session {session_id} is stored, encrypted, when the recording stops"
+            )));
+        }
+        wait_stored(&state, &grant, &at, &session_id).await?;
     }
     // Cloud profiles answer with the provider's own signed URL once the file is stored there;
     // local and SFTP profiles (and files not uploaded yet) with the recorder's.
@@ -216,6 +228,35 @@ pub async fn signed_url(
         url: format!("{}{path}?{}", state.public_url, signed.to_query()),
         valid_until: timestamp(signed.valid_until),
     }))
+}
+
+/// Waits until the session's upload is recorded (the settle time and an upload), at most
+/// `uploads.render_settle_ms` + 10 s; a 404 saying so after that.
+async fn wait_stored(
+    state: &AppState,
+    grant: &crate::api::auth::Grant,
+    at: &recorder_actors::messages::InstanceRef,
+    session_id: &str,
+) -> Result<(), ApiError> {
+    let patience =
+        std::time::Duration::from_millis(state.settings.uploads.render_settle_ms) + std::time::Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let record = visible_instance(state, grant, at.clone()).await?;
+        if record
+            .cobrowse_sessions
+            .get(session_id)
+            .is_some_and(|s| s.uploaded.is_some())
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::NotFound(format!(
+                "co-browse session {session_id} is not stored yet; ask again later"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// A file name inside one artefact folder: no separators, no dot segments, nothing encoded.

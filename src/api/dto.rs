@@ -216,6 +216,7 @@ impl From<&InstanceRecord> for RecordingDataEvent {
 pub struct ChatTranscriptData {
     pub created: String,
     pub id: String,
+    /// Where the transcript is stored; from its first line on, where it will be stored.
     pub location: String,
     /// Addition: `BACKUP` when the application's backup store holds it.
     #[serde(skip_serializing_if = "Option::is_none")]

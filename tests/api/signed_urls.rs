@@ -538,30 +538,177 @@ fn ids_with_every_allowed_punctuation_work_end_to_end() {
 }
 
 #[test]
-fn a_session_is_only_served_once_it_is_uploaded() {
+fn a_session_is_served_from_the_state_store_until_it_is_stored_then_from_storage() {
     let app = TestApp::spawn();
     let c = conv("not-yet");
     let ev = app.start(KEY_A, APP_A, &c);
     app.add_event(KEY_A, &ev, "s1", 1, "early", 1)
         .ok_json("RecordingDataEvent");
-    let resp = app.get_with_headers(
+    let url = signed_url(&app, KEY_A, &ev, "s1")["url"].as_str().unwrap().to_string();
+    // While live: the events so far, rendered as they will be stored.
+    let early = app.request("GET", &url, &[], None);
+    early.assert_status(200);
+    let file: Value = serde_json::from_slice(&early.body).unwrap();
+    assert_eq!(file["events"].as_array().map(Vec::len), Some(1), "{file}");
+    app.add_event(KEY_A, &ev, "s1", 2, "later", 2)
+        .ok_json("RecordingDataEvent");
+    app.stop(KEY_A, &ev);
+    app.wait_session_uploaded(KEY_A, &c, "s1");
+    // The same URL now serves the stored file.
+    let stored = std::fs::read(app.cobrowse_file(&app.storage_a(), ORG_A, APP_A, &ev, "s1")).unwrap();
+    let late = app.request("GET", &url, &[], None);
+    late.assert_status(200);
+    assert_eq!(late.body, stored);
+    let file: Value = serde_json::from_slice(&late.body).unwrap();
+    assert_eq!(file["events"].as_array().map(Vec::len), Some(2), "{file}");
+}
+
+/// Right after a stop, before the settle time has let the session be rendered and uploaded,
+/// what the API hands out must already exist: the co-browse URL serves the session's file (whole
+/// and by Range, without a key) and the instance shows its `chatTranscript`. Fifty times, so a
+/// window of a few milliseconds would be seen.
+#[test]
+fn right_after_stop_the_cobrowse_url_serves_the_file_and_the_instance_shows_its_transcript() {
+    let app = TestApp::spawn();
+    let mut served = Vec::new();
+    for round in 0..50 {
+        let c = conv(&format!("at-once-{round}"));
+        let ev = app.start(KEY_A, APP_A, &c);
+        for seq in [2, 1, 3] {
+            app.add_event(
+                KEY_A,
+                &ev,
+                "s1",
+                seq,
+                &format!("{{\"round\":{round},\"step\":{seq}}}"),
+                1000 + seq,
+            )
+            .ok_json("RecordingDataEvent");
+        }
+        app.add_transcript(
+            KEY_A,
+            &ev,
+            serde_json::json!([chat("2024-03-01T10:00:00Z", "hello", "agent-1")]),
+        )
+        .ok_json("RecordingDataEvent");
+        app.stop(KEY_A, &ev);
+
+        let instance = app.instance(KEY_A, &ev);
+        assert_eq!(instance["state"], "STOPPED", "{instance}");
+        let transcript = &instance["chatTranscript"];
+        assert!(
+            transcript["id"].as_str().is_some_and(|s| !s.is_empty()),
+            "round {round}: a stopped instance with chat lines shows no chatTranscript id: {instance}"
+        );
+        assert_rfc3339(&transcript["created"], "chatTranscript.created");
+
+        let url = signed_url(&app, KEY_A, &ev, "s1")["url"].as_str().unwrap().to_string();
+        let whole = app.request("GET", &url, &[], None);
+        assert_eq!(
+            whole.status,
+            200,
+            "round {round}: a dead link right after stop: {}",
+            whole.describe()
+        );
+        let file: Value = serde_json::from_slice(&whole.body)
+            .unwrap_or_else(|e| panic!("round {round}: the served file is not JSON ({e}): {}", whole.text()));
+        let seqs: Vec<i64> = file["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["sequenceId"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3], "round {round}: {file}");
+        let part = app.request("GET", &url, &[("Range", "bytes=0-9")], None);
+        assert_eq!(
+            part.status,
+            206,
+            "round {round}: Range right after stop: {}",
+            part.describe()
+        );
+        assert_eq!(
+            part.body,
+            &whole.body[..10],
+            "round {round}: the range is not the file's first bytes"
+        );
+        served.push((c, ev, whole.body, transcript["id"].clone()));
+    }
+    // What was served at once is what the uploader stored (same bytes, same transcript id).
+    for (c, ev, body, transcript_id) in served {
+        app.wait_session_uploaded(KEY_A, &c, "s1");
+        let stored = std::fs::read(app.cobrowse_file(&app.storage_a(), ORG_A, APP_A, &ev, "s1")).unwrap();
+        assert_eq!(
+            body, stored,
+            "{c}: the file served before the upload differs from the stored one"
+        );
+        let (instance, _) = app.wait_transcript_file(KEY_A, &ev, 1);
+        assert!(
+            instance["chatTranscript"]["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("chat/transcript.json")),
+            "{instance}"
+        );
+        assert_eq!(
+            instance["chatTranscript"]["id"], transcript_id,
+            "the transcript's id changed when it was stored"
+        );
+    }
+}
+
+/// An application that encrypts: its co-browse session is served as the ciphertext it stores
+/// (`events.json.age`), never rendered in the clear; asked for right after the stop, the URL
+/// request waits for that upload and its URL works at once, whole and by Range, and the `age`
+/// CLI with the customer's key gives back the events.
+#[test]
+fn an_encrypting_applications_session_url_serves_the_stored_ciphertext_right_after_stop() {
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("customer.key");
+    let keygen = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen runs (scripts/test-setup.sh installs age)");
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    let public = std::fs::read_to_string(&identity)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
+        .expect("the key file names its public key");
+    let app = TestApp::spawn_with(
+        &format!("[organizations.org-a.applications.app-a.encryption]\npublic_key = \"{public}\"\n"),
+        &[],
+    );
+    let c = conv("sealed-cobrowse");
+    let ev = app.start(KEY_A, APP_A, &c);
+    app.add_event(KEY_A, &ev, "s1", 1, "{\"card\":\"4111\"}", 1)
+        .ok_json("RecordingDataEvent");
+    // Live: nothing is stored yet and nothing is rendered in the clear.
+    let live = app.get_with_headers(
         &url_path(&ev, "s1"),
         &[("Authorization", KEY_A), ("referer", "https://agent.example.com/")],
     );
-    if resp.status == 404 {
-        // Refusing to sign a session that is not stored yet is fine too.
-        resp.assert_error(404);
-    } else {
-        let url = resp.ok_json("URLResourceMessage")["url"].as_str().unwrap().to_string();
-        let early = app.request("GET", &url, &[], None);
-        early.assert_error(404);
-        app.stop(KEY_A, &ev);
-        app.wait_session_uploaded(KEY_A, &c, "s1");
-        let late = app.request("GET", &url, &[], None);
-        late.assert_status(200);
-        assert_eq!(
-            late.body,
-            std::fs::read(app.cobrowse_file(&app.storage_a(), ORG_A, APP_A, &ev, "s1")).unwrap()
-        );
-    }
+    live.assert_error(404);
+    app.stop(KEY_A, &ev);
+    let url = signed_url(&app, KEY_A, &ev, "s1")["url"].as_str().unwrap().to_string();
+    let whole = app.request("GET", &url, &[], None);
+    assert_eq!(whole.status, 200, "{}", whole.describe());
+    assert!(whole.body.starts_with(b"age-encryption.org/v1"), "served in the clear");
+    let part = app.request("GET", &url, &[("Range", "bytes=0-9")], None);
+    assert_eq!(part.status, 206, "{}", part.describe());
+    assert_eq!(part.body, &whole.body[..10]);
+    let sealed = keys.path().join("events.json.age");
+    std::fs::write(&sealed, &whole.body).unwrap();
+    let plain = keys.path().join("events.json");
+    let status = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity)
+        .arg("-o")
+        .arg(&plain)
+        .arg(&sealed)
+        .status()
+        .expect("age runs");
+    assert!(status.success(), "age could not decrypt the served file");
+    let file: Value = serde_json::from_slice(&std::fs::read(&plain).unwrap()).unwrap();
+    assert_eq!(file["events"][0]["payload"], "{\"card\":\"4111\"}", "{file}");
 }

@@ -238,14 +238,8 @@ async fn run_job(
     let backend = profile.store_of(to_backup).clone();
     let encryption = profile.policy.encryption.clone();
     // Encrypted artefacts are stored as `<key>.age` (the manifest only when asked for).
-    let encrypted = encryption
-        .as_ref()
-        .is_some_and(|e| job.artefact != ArtefactKind::Manifest || e.encrypt_manifest);
-    let object_key = if encrypted {
-        format!("{}{}", job.key, crate::storage::encryption::SUFFIX)
-    } else {
-        job.key.clone()
-    };
+    let encrypted = profile.encrypts(&job.artefact);
+    let object_key = profile.stored_key(&job.key, &job.artefact);
     let location = backend.location(&object_key);
     let mut keep_local = !config.delete_local_after_upload;
     let size = match &job.artefact {
@@ -468,18 +462,16 @@ async fn run_job(
                 tx.update_instance(&record.instance_id, &mut |r| {
                     match artefact {
                         ArtefactKind::ChatTranscript => {
-                            let id = r
+                            // Made with the first line; a store written by an older build has
+                            // none until its first upload.
+                            let num_entries = r.num_transcript_entries;
+                            let transcript = r
                                 .transcript
-                                .as_ref()
-                                .map(|t| t.id.clone())
-                                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                            r.transcript = Some(TranscriptArtefact {
-                                id,
-                                location: location.clone(),
-                                created: now,
-                                num_entries: r.num_transcript_entries,
-                                backup: to_backup,
-                            });
+                                .get_or_insert_with(|| TranscriptArtefact::new(now, location.clone()));
+                            transcript.location = location.clone();
+                            transcript.pending = false;
+                            transcript.num_entries = num_entries;
+                            transcript.backup = to_backup;
                         }
                         ArtefactKind::CobrowseSession { session_id } => {
                             let session = r.cobrowse_sessions.entry(session_id.clone()).or_default();
@@ -691,7 +683,7 @@ async fn upload_rendered(
             let io = |e: std::io::Error| StorageError::Io(format!("{}: {e}", path.display()));
             std::fs::create_dir_all(path.parent().expect("a file in a folder")).map_err(io)?;
             let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
-            write_artefact(store.as_ref(), &record, &artefact, &mut out)?;
+            crate::store::artefacts::write_capture(store.as_ref(), &record, &artefact, &mut out)?;
             use std::io::Write;
             out.flush().map_err(io)?;
             Ok(())
@@ -717,63 +709,6 @@ async fn upload_rendered(
     .await;
     let _ = tokio::fs::remove_file(&path).await;
     uploaded
-}
-
-/// Writes a transcript (`{conversationId, recorderId, instanceId, chatTranscriptList}`) or a
-/// co-browse session (`{..., sessionId, events}`) as JSON, reading the store one entry at a time.
-fn write_artefact(
-    store: &dyn StateStore,
-    record: &InstanceRecord,
-    artefact: &ArtefactKind,
-    out: &mut dyn std::io::Write,
-) -> Result<(), JobError> {
-    let io = |e: std::io::Error| JobError::Storage(StorageError::Io(format!("rendering an artefact: {e}")));
-    let json = |e: serde_json::Error| JobError::Storage(StorageError::Io(format!("rendering an artefact: {e}")));
-    let head = |out: &mut dyn std::io::Write| -> Result<(), JobError> {
-        write!(out, "{{\"conversationId\":").map_err(io)?;
-        serde_json::to_writer(&mut *out, &record.conversation_id).map_err(json)?;
-        write!(out, ",\"recorderId\":").map_err(io)?;
-        serde_json::to_writer(&mut *out, &record.recorder_id).map_err(json)?;
-        write!(out, ",\"instanceId\":").map_err(io)?;
-        serde_json::to_writer(&mut *out, &record.instance_id).map_err(json)?;
-        Ok(())
-    };
-    head(out)?;
-    let mut first = true;
-    let mut item = |out: &mut dyn std::io::Write, value: &dyn erased::Json| -> Result<(), StoreError> {
-        let sep = if std::mem::take(&mut first) { "" } else { "," };
-        out.write_all(sep.as_bytes())
-            .and_then(|_| value.write_to(out))
-            .map_err(|e| StoreError::Io(format!("rendering an artefact: {e}")))
-    };
-    match artefact {
-        ArtefactKind::ChatTranscript => {
-            write!(out, ",\"chatTranscriptList\":[").map_err(io)?;
-            store.for_each_transcript_entry(&record.instance_id, &mut |entry| item(out, &entry))?;
-        }
-        ArtefactKind::CobrowseSession { session_id } => {
-            write!(out, ",\"sessionId\":").map_err(io)?;
-            serde_json::to_writer(&mut *out, session_id).map_err(json)?;
-            write!(out, ",\"events\":[").map_err(io)?;
-            store.for_each_cobrowse_event(&record.instance_id, session_id, &mut |event| item(out, &event))?;
-        }
-        _ => unreachable!("only transcripts and co-browse sessions are streamed"),
-    }
-    write!(out, "]}}").map_err(io)?;
-    Ok(())
-}
-
-/// Serialization of one entry behind a trait object (the entries are of two types).
-mod erased {
-    pub trait Json {
-        fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-            serde_json::to_writer(out, self).map_err(std::io::Error::other)
-        }
-    }
 }
 
 fn render(
@@ -1076,7 +1011,7 @@ mod render_tests {
             .collect();
         store.append_transcript(&record.instance_id, &entries).unwrap();
         let mut out = Vec::new();
-        write_artefact(&store, &record, &ArtefactKind::ChatTranscript, &mut out).unwrap();
+        crate::store::artefacts::write_capture(&store, &record, &ArtefactKind::ChatTranscript, &mut out).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["instanceId"], "i\"1");
         assert_eq!(value["conversationId"], "c");
@@ -1096,7 +1031,7 @@ mod render_tests {
         }
         let mut out = Vec::new();
         let session = ArtefactKind::CobrowseSession { session_id: "s".into() };
-        write_artefact(&store, &record, &session, &mut out).unwrap();
+        crate::store::artefacts::write_capture(&store, &record, &session, &mut out).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["sessionId"], "s");
         let seqs: Vec<_> = value["events"]
@@ -1108,7 +1043,7 @@ mod render_tests {
         assert_eq!(seqs, vec![json!(1), json!(2), json!(3)]);
         // An empty session is an empty list.
         let mut out = Vec::new();
-        write_artefact(
+        crate::store::artefacts::write_capture(
             &store,
             &record,
             &ArtefactKind::CobrowseSession {

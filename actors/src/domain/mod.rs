@@ -357,16 +357,37 @@ pub struct RtpMediaRecord {
     pub latched_source: Option<std::net::SocketAddr>,
 }
 
-/// The chat transcript artefact of an instance once written to storage.
+/// The chat transcript artefact of an instance: made with its first line, so a stopped instance
+/// never looks as if it had no chat while its transcript waits out the settle time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TranscriptArtefact {
     pub id: String,
+    /// Where the transcript is stored; before its first upload, where it will be (the primary
+    /// store's location of its key: the spec makes `location` required).
     pub location: String,
     pub created: DateTime<Utc>,
+    /// Not stored yet (a record written before this field existed was made by its upload).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// Lines in the stored copy (0 before the first upload).
     pub num_entries: u64,
     /// Stored in the application's backup store.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backup: bool,
+}
+
+impl TranscriptArtefact {
+    /// A transcript whose first line came at `now`, to be stored at `location`.
+    pub fn new(now: DateTime<Utc>, location: String) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            location,
+            created: now,
+            pending: true,
+            num_entries: 0,
+            backup: false,
+        }
+    }
 }
 
 /// One co-browse session seen by an instance.

@@ -176,3 +176,60 @@ pub fn queue_track_file(
     };
     store.transaction(&mut |tx| enqueue_with_manifest(tx, record, artefact.clone()))
 }
+
+/// Writes a transcript (`{conversationId, recorderId, instanceId, chatTranscriptList}`) or a
+/// co-browse session (`{..., sessionId, events}`) as JSON, reading the store one entry at a time.
+pub fn write_capture(
+    store: &dyn StateStore,
+    record: &InstanceRecord,
+    artefact: &ArtefactKind,
+    out: &mut dyn std::io::Write,
+) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Io(format!("rendering an artefact: {e}"));
+    let json = |e: serde_json::Error| StoreError::Io(format!("rendering an artefact: {e}"));
+    let head = |out: &mut dyn std::io::Write| -> Result<(), StoreError> {
+        write!(out, "{{\"conversationId\":").map_err(io)?;
+        serde_json::to_writer(&mut *out, &record.conversation_id).map_err(json)?;
+        write!(out, ",\"recorderId\":").map_err(io)?;
+        serde_json::to_writer(&mut *out, &record.recorder_id).map_err(json)?;
+        write!(out, ",\"instanceId\":").map_err(io)?;
+        serde_json::to_writer(&mut *out, &record.instance_id).map_err(json)?;
+        Ok(())
+    };
+    head(out)?;
+    let mut first = true;
+    let mut item = |out: &mut dyn std::io::Write, value: &dyn erased::Json| -> Result<(), StoreError> {
+        let sep = if std::mem::take(&mut first) { "" } else { "," };
+        out.write_all(sep.as_bytes())
+            .and_then(|_| value.write_to(out))
+            .map_err(|e| StoreError::Io(format!("rendering an artefact: {e}")))
+    };
+    match artefact {
+        ArtefactKind::ChatTranscript => {
+            write!(out, ",\"chatTranscriptList\":[").map_err(io)?;
+            store.for_each_transcript_entry(&record.instance_id, &mut |entry| item(out, &entry))?;
+        }
+        ArtefactKind::CobrowseSession { session_id } => {
+            write!(out, ",\"sessionId\":").map_err(io)?;
+            serde_json::to_writer(&mut *out, session_id).map_err(json)?;
+            write!(out, ",\"events\":[").map_err(io)?;
+            store.for_each_cobrowse_event(&record.instance_id, session_id, &mut |event| item(out, &event))?;
+        }
+        _ => unreachable!("only transcripts and co-browse sessions are streamed"),
+    }
+    write!(out, "]}}").map_err(io)?;
+    Ok(())
+}
+
+/// Serialization of one entry behind a trait object (the entries are of two types).
+mod erased {
+    pub trait Json {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            serde_json::to_writer(out, self).map_err(std::io::Error::other)
+        }
+    }
+}

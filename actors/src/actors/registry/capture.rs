@@ -78,11 +78,23 @@ impl Registry {
         // this add commits first the stop sees the entries; either way the artefact is queued.
         let mut needs_upload = false;
         let mut updated = None;
+        // Where the transcript will be stored (the API shows it from the first line on).
+        let location = self
+            .config
+            .application(&record.organization_id, &record.application_id)
+            .map(|p| {
+                let key = p.stored_key(&record.transcript_key(), &ArtefactKind::ChatTranscript);
+                p.store_of(false).location(&key)
+            })
+            .unwrap_or_default();
         self.store.transaction(&mut |tx| {
             let num_entries = tx.append_transcript(&record.instance_id, &msg.entries)?;
             tx.step("transcript_add", "lines_written", &record.instance_id);
+            let now = self.config.clock().utc();
             let record = tx.update_instance(&record.instance_id, &mut |r| {
                 r.num_transcript_entries = num_entries;
+                r.transcript
+                    .get_or_insert_with(|| TranscriptArtefact::new(now, location.clone()));
                 Ok(())
             })?;
             needs_upload = record.state.is_terminal();
