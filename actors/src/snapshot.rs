@@ -170,6 +170,13 @@ counter_set! {
     }
 }
 
+/// How long a stream's live session has been silent, and when it would end as idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionSilence {
+    pub silent_ms: u64,
+    pub idle_limit_ms: u64,
+}
+
 /// The counters of one actor, by kind. Serialized as one flat object of name → value.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Counters {
@@ -183,6 +190,9 @@ pub enum Counters {
         media: MediaCounters,
         stream: StreamCounters,
         millis_in_state: u64,
+        /// The live plain-RTP session: ms since any of its m-lines received anything (a hold,
+        /// a mute), and the idle limit at which it ends by itself (0: no such session).
+        session: SessionSilence,
     },
     Track {
         media: MediaCounters,
@@ -206,10 +216,13 @@ impl Counters {
                 media,
                 stream,
                 millis_in_state,
+                session,
             } => {
                 let mut values = media.values();
                 values.extend(stream.values());
                 values.push(("millis_in_state", *millis_in_state));
+                values.push(("session_silent_ms", session.silent_ms));
+                values.push(("session_idle_limit_ms", session.idle_limit_ms));
                 values
             }
             Counters::Track { media, track } => {

@@ -66,7 +66,7 @@ impl Default for HarnessSettings {
         Self {
             recovery: RecoveryConfig::default(),
             reconnect_grace: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(1800),
             writer: WriterConfig::default(),
             receiver: ReceiverConfig::default(),
             compose: false,

@@ -216,6 +216,154 @@ pub fn replay_until(
     sent
 }
 
+/// An audio sender driven by a script, one packet per frame, paced in real time from one socket
+/// (so the recorder's latch holds across the script): the payloads of a fixture whose packets are
+/// one frame each (Opus as FFmpeg sent it) or raw frames (G.711), under the header fields the test
+/// controls: a hold (nothing sent), a new SSRC, a jump of the RTP clock on the same SSRC, RTCP
+/// BYE, RFC 4733 DTMF events between the audio packets. Says what it sent, as [`replay`] does.
+pub struct ScriptedAudio {
+    socket: UdpSocket,
+    rtp: SocketAddr,
+    rtcp: Option<SocketAddr>,
+    payloads: Vec<Vec<u8>>,
+    next_payload: usize,
+    payload_type: u8,
+    /// RTP ticks per frame.
+    frame_ticks: u32,
+    clock_rate: u32,
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+    /// Frames and media time of every burst, in order (for the gaps the file must keep).
+    bursts: Vec<Burst>,
+}
+
+/// One run of frames sent without a pause.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    pub num_frames: u64,
+    pub first_sent: Instant,
+    pub last_sent: Instant,
+}
+
+impl ScriptedAudio {
+    /// Frames from a fixture of one-packet frames (`opus`), `frame_ticks` apart.
+    pub fn from_fixture(fixture: &Fixture, frame_ticks: u32, rtp: SocketAddr, rtcp: Option<SocketAddr>) -> Self {
+        let payloads = fixture.rtp().map(|(_, d)| d[12..].to_vec()).collect::<Vec<_>>();
+        Self::new(
+            payloads,
+            fixture.payload_type(),
+            frame_ticks,
+            fixture.clock_rate,
+            rtp,
+            rtcp,
+        )
+    }
+
+    pub fn new(
+        payloads: Vec<Vec<u8>>,
+        payload_type: u8,
+        frame_ticks: u32,
+        clock_rate: u32,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+    ) -> Self {
+        assert!(!payloads.is_empty());
+        Self {
+            socket: UdpSocket::bind("127.0.0.1:0").expect("a loopback UDP socket"),
+            rtp,
+            rtcp,
+            payloads,
+            next_payload: 0,
+            payload_type,
+            frame_ticks,
+            clock_rate,
+            ssrc: 0x5eed_0001,
+            sequence: 4_000,
+            timestamp: 1_000_000,
+            bursts: Vec::new(),
+        }
+    }
+
+    /// Sends `num_frames` frames, one every frame interval; with `dtmf` (digit, every n-th
+    /// frame), a telephone-event packet for the digit follows every n-th audio packet.
+    pub fn send(&mut self, num_frames: u64, dtmf: Option<(u8, u64)>) -> &Burst {
+        let interval = Duration::from_micros(u64::from(self.frame_ticks) * 1_000_000 / u64::from(self.clock_rate));
+        let start = Instant::now();
+        for n in 0..num_frames {
+            let due = start + interval * n as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let payload = self.payloads[self.next_payload % self.payloads.len()].clone();
+            self.next_payload += 1;
+            self.packet(self.payload_type, &payload);
+            if let Some((digit, _)) = dtmf.filter(|(_, every)| n % every == every - 1) {
+                // RFC 4733: event, E|volume, duration; same SSRC and sequence space.
+                let event = [digit, 0x8a, 0x03, 0x20];
+                self.packet(101, &event);
+            }
+            self.timestamp = self.timestamp.wrapping_add(self.frame_ticks);
+        }
+        let last = Instant::now();
+        self.bursts.push(Burst {
+            num_frames,
+            first_sent: start,
+            last_sent: last,
+        });
+        self.bursts.last().expect("just pushed")
+    }
+
+    fn packet(&mut self, payload_type: u8, payload: &[u8]) {
+        let mut p = Vec::with_capacity(12 + payload.len());
+        p.push(0x80);
+        p.push(payload_type & 0x7f);
+        p.extend_from_slice(&self.sequence.to_be_bytes());
+        p.extend_from_slice(&self.timestamp.to_be_bytes());
+        p.extend_from_slice(&self.ssrc.to_be_bytes());
+        p.extend_from_slice(payload);
+        self.socket.send_to(&p, self.rtp).expect("send to loopback");
+        self.sequence = self.sequence.wrapping_add(1);
+    }
+
+    /// Sends nothing for `d`. With `clock_runs` the RTP clock advances meanwhile (a sender that
+    /// keeps time through a hold); without, it stays where it was (one that froze it).
+    pub fn hold(&mut self, d: Duration, clock_runs: bool) {
+        std::thread::sleep(d);
+        if clock_runs {
+            let ticks = d.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000;
+            self.timestamp = self.timestamp.wrapping_add(ticks as u32);
+        }
+    }
+
+    /// A new source: new SSRC, sequence and timestamp base (an encoder restarted after a hold).
+    pub fn new_source(&mut self) {
+        self.ssrc = self.ssrc.wrapping_mul(2_654_435_761).wrapping_add(7);
+        self.sequence = self.sequence.wrapping_add(20_000);
+        self.timestamp = self.timestamp.wrapping_add(0x4000_0000);
+    }
+
+    /// Moves the RTP clock by `ticks` on the same SSRC and sequence (a SIP re-INVITE, a transfer).
+    pub fn jump_clock(&mut self, ticks: i64) {
+        self.timestamp = (i64::from(self.timestamp) + ticks).rem_euclid(1 << 32) as u32;
+    }
+
+    /// RTCP BYE for the current SSRC, to the RTCP port (or the RTP port with rtcp-mux).
+    pub fn bye(&self) {
+        let mut p = vec![0x81, 203, 0, 1];
+        p.extend_from_slice(&self.ssrc.to_be_bytes());
+        let _ = self.socket.send_to(&p, self.rtcp.unwrap_or(self.rtp));
+    }
+
+    pub fn bursts(&self) -> &[Burst] {
+        &self.bursts
+    }
+
+    pub fn num_frames(&self) -> u64 {
+        self.bursts.iter().map(|b| b.num_frames).sum()
+    }
+}
+
 /// A plain-RTP SDP offer from 127.0.0.1 with one m-line per `(media, payload type, rtpmap)`.
 pub fn offer(lines: &[(&str, u8, &str)]) -> String {
     let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n");

@@ -17,5 +17,6 @@ mod review;
 mod s3_profile;
 mod soak;
 mod stereo;
+mod telephony;
 mod track_urls;
 mod whip;

@@ -49,7 +49,7 @@ fn send_tone(
 }
 
 /// Channel `index` of `path` (`None`: all channels mixed to mono) as samples at 48 kHz.
-fn samples(path: &Path, index: Option<usize>) -> Vec<f64> {
+pub fn samples(path: &Path, index: Option<usize>) -> Vec<f64> {
     let filter = match index {
         Some(i) => format!("pan=mono|c0=c{i}"),
         None => "aformat=channel_layouts=mono".into(),
@@ -73,7 +73,7 @@ fn samples(path: &Path, index: Option<usize>) -> Vec<f64> {
 }
 
 /// Power of `hz` in `samples` (Goertzel), normalized by the length.
-fn goertzel(samples: &[f64], hz: f64) -> f64 {
+pub fn goertzel(samples: &[f64], hz: f64) -> f64 {
     let w = 2.0 * std::f64::consts::PI * hz / 48_000.0;
     let coeff = 2.0 * w.cos();
     let (mut s1, mut s2) = (0.0, 0.0);
@@ -87,7 +87,7 @@ fn goertzel(samples: &[f64], hz: f64) -> f64 {
 
 /// Seconds at which `hz` starts in `samples`: the first 10 ms window (1 ms steps) whose power
 /// of `hz` reaches a quarter of the strongest window's.
-fn onset(samples: &[f64], hz: f64) -> f64 {
+pub fn onset(samples: &[f64], hz: f64) -> f64 {
     const WINDOW: usize = 480;
     const HOP: usize = 48;
     let powers: Vec<f64> = (0..samples.len().saturating_sub(WINDOW))
@@ -104,7 +104,7 @@ fn onset(samples: &[f64], hz: f64) -> f64 {
 }
 
 /// The stereo track of the composition message; its signed URL downloaded into `dir`.
-fn download_stereo(app: &TestApp, message: &Value, dir: &Path) -> PathBuf {
+pub fn download_stereo(app: &TestApp, message: &Value, dir: &Path) -> PathBuf {
     let tracks = message["streams"][0]["tracks"].as_array().expect("tracks");
     let stereo = tracks
         .iter()

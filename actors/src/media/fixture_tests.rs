@@ -439,10 +439,7 @@ fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::receive::PlainRtpSe
     let socket = UdpSocket::bind(("127.0.0.1", 0)).unwrap();
     let port = socket.local_addr().unwrap().port();
     let bound = BoundMedia {
-        accepted: Accepted {
-            codec: Codec::Opus,
-            payload_type,
-        },
+        accepted: Accepted::new(Codec::Opus, payload_type),
         rtp: socket,
         rtcp: None,
         allowed_source: None,

@@ -117,6 +117,9 @@ fn codec_of(stream: &ffmpeg::format::stream::Stream, path: &Path) -> Result<supe
         ffmpeg::codec::Id::VP9 => Ok(Codec::Vp9),
         ffmpeg::codec::Id::H264 => Ok(Codec::H264),
         ffmpeg::codec::Id::OPUS => Ok(Codec::Opus),
+        ffmpeg::codec::Id::PCM_MULAW => Ok(Codec::Pcmu),
+        ffmpeg::codec::Id::PCM_ALAW => Ok(Codec::Pcma),
+        ffmpeg::codec::Id::ADPCM_G722 => Ok(Codec::G722),
         other => Err(MediaError::Ffmpeg(format!(
             "{}: unexpected codec {other:?}",
             path.display()

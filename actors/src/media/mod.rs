@@ -14,6 +14,7 @@ mod graph;
 pub mod join;
 pub mod pause;
 pub mod receiver;
+pub mod red;
 pub mod reorder;
 pub mod rtp;
 pub mod sdp;

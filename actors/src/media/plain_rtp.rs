@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use super::ingest::{IngestEvent, TrackCounters, TrackPump};
 use super::rtp::{is_rtcp, RtpPacket, MAX_RTP_PACKET};
-use super::sdp::{Accepted, MediaOffer};
+use super::sdp::{Accepted, AuxPayloads, MediaOffer};
 use super::MediaError;
 
 /// Hands out UDP ports from the configured range, from a random place in it, checking each by
@@ -168,23 +168,30 @@ pub(super) struct Inbound {
     pub(super) pump: TrackPump,
     pub(super) counters: Arc<TrackCounters>,
     pub(super) payload_type: u8,
+    /// DTMF, comfort noise and RED beside the media (the receiver sorts them out).
+    pub(super) aux: AuxPayloads,
     pub(super) rtp_latch: Latch,
     pub(super) last_packet: Option<Instant>,
 }
 
 impl Inbound {
+    /// Whether RTP of `payload_type` belongs to this m-line.
+    fn takes(&self, payload_type: u8) -> bool {
+        payload_type == self.payload_type || self.aux.payload_types().any(|p| p == payload_type)
+    }
+
     pub(super) fn datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
         let was_latched = self.rtp_latch.source.is_some();
-        // Only a packet that is RTP of the accepted payload type may latch the port.
+        // Only a packet that is RTP of an accepted payload type may latch the port.
         let may_latch =
-            !was_latched && !is_rtcp(data) && RtpPacket::parse(data).is_ok_and(|p| p.payload_type == self.payload_type);
+            !was_latched && !is_rtcp(data) && RtpPacket::parse(data).is_ok_and(|p| self.takes(p.payload_type));
         if data.len() > MAX_RTP_PACKET || !self.rtp_latch.admit(from, may_latch) {
             self.counters.num_refused.fetch_add(1, Ordering::Relaxed);
         } else if is_rtcp(data) {
             self.pump.receiver.push_rtcp(data);
         } else {
             match RtpPacket::parse(data) {
-                Ok(packet) if packet.payload_type == self.payload_type => {
+                Ok(packet) if self.takes(packet.payload_type) => {
                     self.last_packet = Some(now);
                     let mut out = std::mem::take(self.pump.outputs());
                     self.pump.receiver.push_rtp(packet, now, &mut out);
@@ -319,6 +326,7 @@ mod tests {
             pump,
             counters: counters.clone(),
             payload_type,
+            aux: AuxPayloads::default(),
             rtp_latch: Latch {
                 allowed_ip: Some(allowed_ip.parse().unwrap()),
                 source: None,

@@ -13,17 +13,67 @@ use super::plain_rtp::{BoundMedia, Inbound, Latch};
 use super::rtp::{is_rtcp, picture_loss_indication, MAX_RTP_PACKET};
 use super::MediaError;
 
+/// When any m-line of a session last received a datagram: a session ends as idle only once
+/// all of its m-lines have been silent for the idle limit, never one m-line alone (a customer
+/// on hold sends no audio while the agent's video goes on; a muted agent sends nothing at all
+/// for minutes). Shared by the session's ingests, read by its stream's snapshot.
+#[derive(Debug)]
+pub struct SessionActivity {
+    base: Instant,
+    /// Micros after `base` of the newest datagram (0: none yet).
+    last_micros: std::sync::atomic::AtomicU64,
+    idle_limit: Duration,
+}
+
+impl SessionActivity {
+    fn new(idle_limit: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            last_micros: std::sync::atomic::AtomicU64::new(0),
+            idle_limit,
+        }
+    }
+
+    fn touch(&self, at: Instant) {
+        let micros = at.saturating_duration_since(self.base).as_micros() as u64;
+        self.last_micros.fetch_max(micros.max(1), Ordering::Relaxed);
+    }
+
+    /// The newest datagram of the session, or its start.
+    fn last(&self) -> Instant {
+        self.base + Duration::from_micros(self.last_micros.load(Ordering::Relaxed))
+    }
+
+    /// How long the session has received nothing (since its start when nothing came yet).
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last())
+    }
+
+    pub fn idle_limit(&self) -> Duration {
+        self.idle_limit
+    }
+
+    fn is_idle(&self, now: Instant) -> bool {
+        self.silent_for(now) >= self.idle_limit
+    }
+}
+
 /// The receive work of one plain-RTP session, running on the pool's threads; stopping is
 /// cooperative (a flag, and a wake-up of the threads that serve it), so no socket is ever closed
 /// under a read.
 pub struct PlainRtpSession {
     stop: Arc<AtomicBool>,
+    activity: Arc<SessionActivity>,
     wakers: Vec<Arc<mio::Waker>>,
     /// One per m-line: its track id and summary once its ingest ended.
     ended: Vec<tokio::sync::oneshot::Receiver<(String, TrackSummary)>>,
 }
 
 impl PlainRtpSession {
+    pub fn activity(&self) -> &SessionActivity {
+        &self.activity
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         for waker in &self.wakers {
@@ -45,7 +95,8 @@ impl Drop for PlainRtpSession {
     }
 }
 
-/// Hands each m-line of a session to the receive pool.
+/// Hands each m-line of a session to the receive pool. The session ends by itself only when
+/// none of its m-lines received anything for `idle_timeout`.
 pub fn start(
     media: Vec<(BoundMedia, TrackPump)>,
     idle_timeout: Duration,
@@ -53,14 +104,16 @@ pub fn start(
     pool: &ReceivePool,
 ) -> Result<PlainRtpSession, MediaError> {
     let stop = Arc::new(AtomicBool::new(false));
+    let activity = Arc::new(SessionActivity::new(idle_timeout));
     let mut session = PlainRtpSession {
         stop: stop.clone(),
+        activity: activity.clone(),
         wakers: Vec::new(),
         ended: Vec::new(),
     };
     for (bound, pump) in media {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let ingest = MediaIngest::new(bound, pump, stop.clone(), idle_timeout, tx, work.enter())?;
+        let ingest = MediaIngest::new(bound, pump, stop.clone(), activity.clone(), tx, work.enter())?;
         let waker = pool.assign(ingest)?;
         session.ended.push(rx);
         if !session.wakers.iter().any(|w| Arc::ptr_eq(w, &waker)) {
@@ -185,8 +238,8 @@ pub(super) struct MediaIngest {
     inbound: Inbound,
     rtcp_latch: Latch,
     stop: Arc<AtomicBool>,
-    idle_timeout: Duration,
-    started: Instant,
+    /// The session's last datagram on any of its m-lines, and its idle limit.
+    activity: Arc<SessionActivity>,
     /// Readiness seen since the last read (epoll is edge-triggered: a socket is read until empty).
     rtp_readable: bool,
     rtcp_readable: bool,
@@ -201,7 +254,7 @@ impl MediaIngest {
         bound: BoundMedia,
         pump: TrackPump,
         stop: Arc<AtomicBool>,
-        idle_timeout: Duration,
+        activity: Arc<SessionActivity>,
         done: tokio::sync::oneshot::Sender<(String, TrackSummary)>,
         guard: crate::work::WorkGuard,
     ) -> Result<MediaIngest, MediaError> {
@@ -226,6 +279,7 @@ impl MediaIngest {
             inbound: Inbound {
                 counters: pump.counters.clone(),
                 payload_type: bound.accepted.payload_type,
+                aux: bound.accepted.aux,
                 rtp_latch: Latch {
                     allowed_ip: bound.allowed_source,
                     source: bound.latched_source,
@@ -234,8 +288,7 @@ impl MediaIngest {
                 pump,
             },
             stop,
-            idle_timeout,
-            started: Instant::now(),
+            activity,
             // Datagrams may have arrived before the sockets were registered.
             rtp_readable: true,
             rtcp_readable: true,
@@ -247,7 +300,7 @@ impl MediaIngest {
     /// The next moment this ingest needs a round without any datagram: a receiver timer or its
     /// idle timeout.
     fn next_deadline(&self) -> Instant {
-        let idle = self.inbound.last_packet.unwrap_or(self.started) + self.idle_timeout;
+        let idle = self.activity.last() + self.activity.idle_limit();
         self.inbound
             .pump
             .receiver
@@ -293,6 +346,8 @@ impl MediaIngest {
                     is_rtcp(&buf[..len]) && self.inbound.rtp_latch.source.is_some_and(|rtp| rtp.ip() == from.ip());
                 if len <= MAX_RTP_PACKET && self.rtcp_latch.admit(from, may_latch) {
                     self.inbound.pump.receiver.push_rtcp(&buf[..len]);
+                    // A sender on hold that goes on sending reports is still there.
+                    self.activity.touch(Instant::now());
                 } else {
                     self.inbound.counters.num_refused.fetch_add(1, Ordering::Relaxed);
                 }
@@ -321,8 +376,10 @@ impl MediaIngest {
         if stopping {
             return (Some("stopped"), read_any);
         }
-        let last = self.inbound.last_packet.unwrap_or(self.started);
-        if now.saturating_duration_since(last) >= self.idle_timeout {
+        if let Some(last) = self.inbound.last_packet {
+            self.activity.touch(last);
+        }
+        if self.activity.is_idle(now) {
             return (Some("idle"), read_any);
         }
         (None, read_any)

@@ -9,6 +9,13 @@ use super::codec::Codec;
 use super::depacketize::{Frame, FrameAssembler};
 use super::reorder::{Released, ReorderBuffer, ReorderStats};
 use super::rtp::{parse_rtcp, RtcpPacket, RtpPacket, SenderReport};
+use super::sdp::AuxPayloads;
+
+/// How far the media time between two frames may stray from the time between their arrivals
+/// before the track is re-anchored at the arrival: a sender that froze its RTP clock through a
+/// hold, or jumped it (a SIP re-INVITE, a transfer, a gateway's restart on the same SSRC).
+/// Network jitter, a jitter buffer's wait and a stall of the path stay well below it.
+const MAX_TIMESTAMP_DEVIATION: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
@@ -63,11 +70,19 @@ pub struct ReceiverStats {
     pub num_malformed: u64,
     pub num_sender_reports: u64,
     pub num_ssrc_changes: u64,
+    /// Times the RTP clock jumped on one SSRC and the track was re-anchored at the arrival.
+    pub num_timestamp_jumps: u64,
+    /// Packets beside the media that are never recorded: DTMF events (RFC 4733, counted as
+    /// packets, never as digits) and comfort noise.
+    pub num_aux_dropped: u64,
     pub reorder: ReorderStats,
 }
 
 pub struct TrackReceiver {
     codec: Codec,
+    /// The media's payload type and those beside it; `None`: every packet is media (WHIP,
+    /// whose stack routes packets by payload type).
+    payloads: Option<(u8, AuxPayloads)>,
     config: ReceiverConfig,
     reorder: ReorderBuffer,
     assembler: FrameAssembler,
@@ -86,6 +101,8 @@ pub struct TrackReceiver {
     last_keyframe_request: Option<Instant>,
     first_frame_timestamp: Option<i64>,
     last_frame_timestamp: Option<i64>,
+    /// When the packet that completed the last frame arrived.
+    last_frame_arrival: Option<Instant>,
     stats: ReceiverStats,
 }
 
@@ -93,6 +110,7 @@ impl TrackReceiver {
     pub fn new(codec: Codec, config: ReceiverConfig, now: Instant, wall_micros_now: i64) -> Self {
         Self {
             codec,
+            payloads: None,
             reorder: ReorderBuffer::new(config.reorder_delay, config.reorder_max_packets),
             assembler: FrameAssembler::new(codec),
             timestamps: TimestampUnwrapper::default(),
@@ -107,8 +125,15 @@ impl TrackReceiver {
             last_keyframe_request: None,
             first_frame_timestamp: None,
             last_frame_timestamp: None,
+            last_frame_arrival: None,
             stats: ReceiverStats::default(),
         }
+    }
+
+    /// Plain RTP: the media is `payload_type`; `aux` are taken beside it (see [`AuxPayloads`]).
+    pub fn with_payloads(mut self, payload_type: u8, aux: AuxPayloads) -> Self {
+        self.payloads = Some((payload_type, aux));
+        self
     }
 
     /// A datagram for this track that was not RTP of its payload type.
@@ -190,7 +215,24 @@ impl TrackReceiver {
         self.first_arrival.get_or_insert(now);
         self.last_arrival = Some(now);
         let mut released = Vec::new();
-        self.reorder.push(packet, now, &mut released);
+        match self.payloads {
+            Some((media, aux)) if aux.red == Some(packet.payload_type) => match super::red::split(&packet, media) {
+                Ok(red) => {
+                    self.reorder.push(red.primary, now, &mut released);
+                    for copy in red.redundant {
+                        self.reorder.fill(copy, now, &mut released);
+                    }
+                }
+                Err(_) => {
+                    self.stats.num_malformed += 1;
+                    // Its place in the sequence is taken, so it is counted lost, not waited for.
+                    self.reorder.push(packet, now, &mut released);
+                }
+            },
+            // DTMF and comfort noise share the media's sequence numbers: they go through the
+            // window (so no gap is seen) and are dropped when released.
+            _ => self.reorder.push(packet, now, &mut released),
+        }
         self.handle_released(released, now, out);
         self.request_keyframe_if_due(now, out);
     }
@@ -255,21 +297,48 @@ impl TrackReceiver {
                         self.waiting_for_keyframe = true;
                     }
                 }
-                Released::Packet(packet) => {
+                Released::Packet(packet, _) if self.payloads.is_some_and(|(pt, _)| packet.payload_type != pt) => {
+                    // DTMF, comfort noise, or a RED packet that could not be read: never recorded.
+                    self.stats.num_aux_dropped += 1;
+                }
+                Released::Packet(packet, arrived) => {
                     let incomplete_before = self.assembler.num_incomplete();
                     let frames = self.assembler.push(&packet);
                     if self.assembler.num_incomplete() > incomplete_before && self.codec.is_video() {
                         self.waiting_for_keyframe = true;
                     }
                     for frame in frames {
-                        self.emit(frame, now, out);
+                        self.emit(frame, arrived, now, out);
                     }
                 }
             }
         }
     }
 
-    fn emit(&mut self, frame: Frame, now: Instant, out: &mut Vec<ReceiverOutput>) {
+    /// Re-anchors the timeline when the RTP clock jumped on this SSRC: the frame is placed
+    /// where its arrival says, after the last one, so the file keeps the real gap (a hold whose
+    /// sender froze its clock) and no jump (forward or back) of the sender's own.
+    fn reanchor_if_jumped(&mut self, rtp_timestamp: u32, arrived: Instant) {
+        let (Some(last), Some(last_arrival)) = (self.last_frame_timestamp, self.last_frame_arrival) else {
+            return;
+        };
+        let rate = i64::from(self.codec.clock_rate());
+        let media_ticks = self.timestamps.peek(rtp_timestamp) - last;
+        let wall_ticks = arrived.saturating_duration_since(last_arrival).as_micros() as i64 * rate / 1_000_000;
+        let limit = MAX_TIMESTAMP_DEVIATION.as_micros() as i64 * rate / 1_000_000;
+        if (media_ticks - wall_ticks).abs() <= limit {
+            return;
+        }
+        self.stats.num_timestamp_jumps += 1;
+        let next = last + wall_ticks.max(1);
+        self.timestamps.rebase(rtp_timestamp, next);
+        // The sender reports described the clock before the jump.
+        self.clock = MediaClock::new(self.codec.clock_rate());
+        self.clock.on_arrival(self.wall_at(arrived), next);
+    }
+
+    fn emit(&mut self, frame: Frame, arrived: Instant, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        self.reanchor_if_jumped(frame.rtp_timestamp, arrived);
         let timestamp = self.timestamps.unwrap(frame.rtp_timestamp);
         if self
             .last_frame_timestamp
@@ -294,6 +363,7 @@ impl TrackReceiver {
         self.clock.on_arrival(wall, timestamp);
         self.first_frame_timestamp.get_or_insert(timestamp);
         self.last_frame_timestamp = Some(timestamp);
+        self.last_frame_arrival = Some(arrived);
         self.stats.num_frames += 1;
         self.stats.num_keyframes += u64::from(frame.keyframe && self.codec.is_video());
         out.push(ReceiverOutput::Frame(TimedFrame {
@@ -509,6 +579,145 @@ pub(crate) mod tests {
         assert_eq!(frames(&out).len(), 48);
         assert_eq!(num_requests(&out), 0);
         assert_eq!(rx.stats().reorder.num_lost, 2);
+    }
+
+    fn pcmu(seq: u16, ts: u32, ssrc: u32) -> RtpPacket {
+        RtpPacket {
+            payload_type: 0,
+            marker: false,
+            sequence: seq,
+            timestamp: ts,
+            ssrc,
+            payload: bytes::Bytes::from(vec![0xffu8; 160]),
+        }
+    }
+
+    fn frame_times(out: &[ReceiverOutput]) -> Vec<i64> {
+        frames(out).iter().map(|f| f.timestamp).collect()
+    }
+
+    #[test]
+    fn dtmf_and_comfort_noise_take_their_place_in_the_sequence_and_are_never_recorded() {
+        let t0 = Instant::now();
+        let aux = AuxPayloads {
+            telephone_event: Some(101),
+            comfort_noise: Some(13),
+            red: None,
+        };
+        let mut rx = TrackReceiver::new(Codec::Pcmu, ReceiverConfig::default(), t0, 0).with_payloads(0, aux);
+        let mut out = Vec::new();
+        for i in 0..50u16 {
+            let at = t0 + Duration::from_millis(u64::from(i) * 20);
+            let mut p = pcmu(i, u32::from(i) * 160, 5);
+            // Packets 10..15 are a DTMF digit's events, 30 a comfort-noise packet.
+            if (10..15).contains(&i) {
+                p.payload_type = 101;
+                p.payload = bytes::Bytes::from_static(&[5, 0x80, 0, 160]);
+            } else if i == 30 {
+                p.payload_type = 13;
+                p.payload = bytes::Bytes::from_static(&[40]);
+            }
+            rx.push_rtp(p, at, &mut out);
+        }
+        rx.poll(t0 + Duration::from_secs(2), &mut out);
+        let got = frames(&out);
+        assert_eq!(got.len(), 44, "only the audio packets are frames");
+        assert!(got.iter().all(|f| f.frame.data.len() == 160 && f.frame.data[0] == 0xff));
+        let stats = rx.stats();
+        assert_eq!(stats.num_aux_dropped, 6);
+        assert_eq!(stats.reorder.num_lost, 0, "their sequence numbers are no loss");
+    }
+
+    #[test]
+    fn red_copies_fill_a_lost_packet_with_the_frame_it_lost() {
+        let t0 = Instant::now();
+        let aux = AuxPayloads {
+            red: Some(63),
+            ..Default::default()
+        };
+        let mut rx = TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), t0, 0).with_payloads(111, aux);
+        let mut out = Vec::new();
+        let frame = |i: u16| vec![0xfc, i as u8, (i >> 8) as u8];
+        for i in 0..50u16 {
+            if i == 20 || i == 21 {
+                continue; // lost; 22 carries 20 and 21 as redundancy, 23 carries 21 and 22
+            }
+            let blocks: Vec<(u32, Vec<u8>)> = [2u16, 1]
+                .iter()
+                .filter(|back| i >= **back)
+                .map(|back| (u32::from(*back) * 960, frame(i - back)))
+                .collect();
+            let refs: Vec<(u32, &[u8])> = blocks.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            let p = RtpPacket {
+                payload_type: 63,
+                marker: false,
+                sequence: 1000 + i,
+                timestamp: u32::from(i) * 960,
+                ssrc: 9,
+                payload: bytes::Bytes::from(crate::media::red::build(111, &refs, &frame(i))),
+            };
+            rx.push_rtp(p, t0 + Duration::from_millis(u64::from(i) * 20), &mut out);
+        }
+        rx.poll(t0 + Duration::from_secs(2), &mut out);
+        let got = frames(&out);
+        assert_eq!(got.len(), 50, "every frame, the lost two from their copies");
+        for (i, f) in got.iter().enumerate() {
+            assert_eq!(f.frame.data.as_ref(), frame(i as u16).as_slice(), "frame {i}");
+            assert_eq!(f.timestamp - got[0].timestamp, i as i64 * 960);
+        }
+        let stats = rx.stats();
+        assert_eq!((stats.reorder.num_recovered, stats.reorder.num_lost), (2, 0));
+    }
+
+    #[test]
+    fn a_jump_of_the_rtp_clock_on_one_ssrc_is_re_anchored_at_the_arrival() {
+        // 3 s of audio, 15 s of silence, then 5 s more whose timestamps jumped by `jump` (as a
+        // SIP re-INVITE or a transfer may do) on the same SSRC and sequence.
+        for jump_secs in [600i64, -5, 0] {
+            let t0 = Instant::now();
+            let mut rx = TrackReceiver::new(Codec::Pcmu, ReceiverConfig::default(), t0, 0)
+                .with_payloads(0, AuxPayloads::default());
+            let mut out = Vec::new();
+            let mut seq = 7u16;
+            for i in 0..150u32 {
+                rx.push_rtp(
+                    pcmu(seq, i * 160, 3),
+                    t0 + Duration::from_millis(u64::from(i) * 20),
+                    &mut out,
+                );
+                seq += 1;
+            }
+            let resume = t0 + Duration::from_secs(18);
+            // With no jump the sender's clock ran on through the silence (18 s from the start).
+            let base = (18 * 8000 + jump_secs * 8000).rem_euclid(1 << 32) as u32;
+            for i in 0..250u32 {
+                let ts = base.wrapping_add(i * 160);
+                rx.push_rtp(
+                    pcmu(seq, ts, 3),
+                    resume + Duration::from_millis(u64::from(i) * 20),
+                    &mut out,
+                );
+                seq += 1;
+            }
+            rx.poll(resume + Duration::from_secs(6), &mut out);
+            let times = frame_times(&out);
+            assert_eq!(times.len(), 400, "jump {jump_secs} s: every frame kept");
+            let gap = times[150] - times[149];
+            assert!(
+                (gap - (15 * 8000 + 160)).abs() <= 160,
+                "jump {jump_secs} s: the silence is a 15 s gap, got {} ticks",
+                gap
+            );
+            assert!(
+                times.windows(2).all(|w| w[1] > w[0]),
+                "jump {jump_secs} s: in time order"
+            );
+            assert_eq!(
+                rx.stats().num_timestamp_jumps,
+                u64::from(jump_secs != 0),
+                "jump {jump_secs} s"
+            );
+        }
     }
 
     #[test]

@@ -18,23 +18,29 @@ pub struct SequenceUnwrapper {
 
 impl SequenceUnwrapper {
     pub fn unwrap(&mut self, seq: u16) -> i64 {
-        let ext = match self.last {
-            None => i64::from(seq) + (1 << 16),
-            Some(last) => {
-                let delta = i64::from(seq.wrapping_sub(last as u16) as i16);
-                last + delta
-            }
-        };
+        let ext = self.peek(seq);
         if self.last.is_none_or(|last| ext > last) {
             self.last = Some(ext);
         }
         ext
     }
+
+    /// What `seq` unwraps to, without moving the reference.
+    pub fn peek(&self, seq: u16) -> i64 {
+        match self.last {
+            None => i64::from(seq) + (1 << 16),
+            Some(last) => {
+                let delta = i64::from(seq.wrapping_sub(last as u16) as i16);
+                last + delta
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Released {
-    Packet(RtpPacket),
+    /// A packet, with its arrival.
+    Packet(RtpPacket, Instant),
     /// This many packets will never come; the next `Packet` follows the gap.
     Lost(u64),
 }
@@ -47,6 +53,8 @@ pub struct ReorderStats {
     pub num_lost: u64,
     pub num_reordered: u64,
     pub num_restarts: u64,
+    /// Missing packets filled from a copy carried by a later one (RED).
+    pub num_recovered: u64,
 }
 
 pub struct ReorderBuffer {
@@ -112,6 +120,21 @@ impl ReorderBuffer {
         self.release(now, out);
     }
 
+    /// A copy of a packet carried by a later one (RFC 2198 redundancy): taken only if it fills
+    /// a place still open (not released, not waiting, not given up on), so a copy never
+    /// duplicates or reorders anything; `now` is the arrival of the packet that carried it.
+    pub fn fill(&mut self, packet: RtpPacket, now: Instant, out: &mut Vec<Released>) {
+        let Some(next) = self.next else { return };
+        let seq = self.unwrapper.peek(packet.sequence);
+        let open = seq >= next && seq - next <= MAX_SEQUENCE_JUMP && !self.waiting.contains_key(&seq);
+        if !open {
+            return;
+        }
+        self.stats.num_recovered += 1;
+        self.waiting.insert(seq, (packet, now));
+        self.release(now, out);
+    }
+
     /// Releases what timed out; call when no packet arrived for a while.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<Released>) {
         self.release(now, out);
@@ -125,8 +148,8 @@ impl ReorderBuffer {
     fn release(&mut self, now: Instant, out: &mut Vec<Released>) {
         loop {
             let Some(next) = self.next else { return };
-            if let Some((packet, _)) = self.waiting.remove(&next) {
-                out.push(Released::Packet(packet));
+            if let Some((packet, arrived)) = self.waiting.remove(&next) {
+                out.push(Released::Packet(packet, arrived));
                 self.next = Some(next + 1);
                 continue;
             }
@@ -158,12 +181,12 @@ impl ReorderBuffer {
     fn restart(&mut self, seq: u16, out: &mut Vec<Released>) -> i64 {
         self.stats.num_restarts += 1;
         let mut expected = self.next.unwrap_or(0);
-        for (s, (packet, _)) in std::mem::take(&mut self.waiting) {
+        for (s, (packet, arrived)) in std::mem::take(&mut self.waiting) {
             if s > expected {
                 self.stats.num_lost += (s - expected) as u64;
                 out.push(Released::Lost((s - expected) as u64));
             }
-            out.push(Released::Packet(packet));
+            out.push(Released::Packet(packet, arrived));
             expected = s + 1;
         }
         self.unwrapper = SequenceUnwrapper::default();
@@ -193,7 +216,7 @@ mod tests {
     fn seqs(out: &[Released]) -> Vec<i64> {
         out.iter()
             .map(|r| match r {
-                Released::Packet(p) => i64::from(p.sequence),
+                Released::Packet(p, _) => i64::from(p.sequence),
                 Released::Lost(n) => -(*n as i64),
             })
             .collect()
@@ -249,6 +272,30 @@ mod tests {
             rb.push(pkt(seq), t0, &mut out);
         }
         assert_eq!(seqs(&out), vec![1, -1, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_copy_fills_only_a_place_still_open() {
+        let t0 = Instant::now();
+        let mut rb = ReorderBuffer::new(Duration::from_millis(50), 100);
+        let mut out = Vec::new();
+        rb.push(pkt(1), t0, &mut out);
+        rb.push(pkt(3), t0, &mut out);
+        // 2 is missing: its copy (carried by 3) fills it, and 3 follows at once.
+        rb.fill(pkt(2), t0, &mut out);
+        assert_eq!(seqs(&out), vec![1, 2, 3]);
+        // Copies of what was released, or of what waits, change nothing.
+        rb.fill(pkt(1), t0, &mut out);
+        rb.push(pkt(5), t0, &mut out);
+        rb.fill(pkt(5), t0, &mut out);
+        assert_eq!(seqs(&out), vec![1, 2, 3]);
+        let stats = rb.stats();
+        assert_eq!((stats.num_recovered, stats.num_duplicates, stats.num_lost), (1, 0, 0));
+        // A place given up on stays given up on.
+        rb.poll(t0 + Duration::from_millis(60), &mut out);
+        assert_eq!(seqs(&out), vec![1, 2, 3, -1, 5]);
+        rb.fill(pkt(4), t0 + Duration::from_millis(70), &mut out);
+        assert_eq!(seqs(&out), vec![1, 2, 3, -1, 5]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use super::codec::Codec;
+pub use crate::domain::AuxPayloads;
 use crate::domain::TrackType;
 
 /// More m-lines than any publisher needs; bounds the ports one offer can take.
@@ -53,7 +54,7 @@ pub struct SessionOffer {
 /// Why an m-line is not recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// None of its payload formats is VP8, VP9, H.264 or Opus.
+    /// None of its payload formats is VP8, VP9, H.264, Opus, G.711 (PCMU, PCMA) or G.722.
     UnsupportedCodec,
     /// Not RTP/AVP(F) over UDP.
     UnsupportedProtocol,
@@ -81,6 +82,19 @@ impl Refusal {
 pub struct Accepted {
     pub codec: Codec,
     pub payload_type: u8,
+    /// Payload types the m-line also takes besides the media's own (answered, so the sender may
+    /// use them, and handled by the receiver: see [`AuxPayloads`]).
+    pub aux: AuxPayloads,
+}
+
+impl Accepted {
+    pub fn new(codec: Codec, payload_type: u8) -> Accepted {
+        Accepted {
+            codec,
+            payload_type,
+            aux: AuxPayloads::default(),
+        }
+    }
 }
 
 impl MediaOffer {
@@ -101,26 +115,55 @@ impl MediaOffer {
         if (kind == TrackType::Audio && !audio) || (kind == TrackType::Video && !video) {
             return Err(Refusal::NotRecorded);
         }
-        for format in &self.formats {
-            let Ok(pt) = format.parse::<u8>() else { continue };
-            let Some(map) = self.rtpmaps.iter().find(|m| m.payload_type == pt) else {
-                continue;
+        for pt in self.payload_types() {
+            let codec = match self.rtpmaps.iter().find(|m| m.payload_type == pt) {
+                Some(map) => Codec::from_rtpmap(&map.encoding, map.clock_rate),
+                // A static payload type needs no rtpmap (RFC 3551: PCMU 0, PCMA 8, G722 9).
+                None => Codec::from_static_payload_type(pt),
             };
-            let Some(codec) = Codec::from_rtpmap(&map.encoding, map.clock_rate) else {
-                continue;
-            };
+            let Some(codec) = codec else { continue };
             if codec.kind() != kind {
                 continue;
             }
             if codec == Codec::H264 && !self.h264_mode_supported(pt) {
                 continue;
             }
-            return Ok(Accepted {
-                codec,
-                payload_type: pt,
-            });
+            let mut accepted = Accepted::new(codec, pt);
+            if kind == TrackType::Audio {
+                accepted.aux = AuxPayloads {
+                    telephone_event: self.named_payload_type("telephone-event", codec.clock_rate()),
+                    comfort_noise: self
+                        .named_payload_type("CN", 8_000)
+                        .or_else(|| self.payload_types().find(|p| *p == 13)),
+                    red: self.red_carrying(pt, codec.clock_rate()),
+                };
+            }
+            return Ok(accepted);
         }
         Err(Refusal::UnsupportedCodec)
+    }
+
+    /// The m-line's payload types, in the sender's order.
+    fn payload_types(&self) -> impl Iterator<Item = u8> + '_ {
+        self.formats.iter().filter_map(|f| f.parse::<u8>().ok())
+    }
+
+    /// The payload type an `rtpmap` names `encoding` at `clock_rate`, if the m-line lists it.
+    fn named_payload_type(&self, encoding: &str, clock_rate: u32) -> Option<u8> {
+        self.rtpmaps
+            .iter()
+            .find(|m| m.encoding.eq_ignore_ascii_case(encoding) && m.clock_rate == clock_rate)
+            .map(|m| m.payload_type)
+            .filter(|pt| self.payload_types().any(|p| p == *pt))
+    }
+
+    /// A `red` payload type whose blocks are all `primary` (`a=fmtp:<red> <primary>/<primary>`).
+    fn red_carrying(&self, primary: u8, clock_rate: u32) -> Option<u8> {
+        let red = self.named_payload_type("red", clock_rate)?;
+        let (_, fmtp) = self.fmtps.iter().find(|(pt, _)| *pt == red)?;
+        let blocks: Vec<&str> = fmtp.split('/').map(str::trim).collect();
+        let all_primary = !blocks.is_empty() && blocks.iter().all(|b| b.parse::<u8>() == Ok(primary));
+        all_primary.then_some(red)
     }
 
     /// packetization-mode 0 (single NAL units) and 1 (plus STAP-A, FU-A) are depacketized; 2
@@ -301,15 +344,36 @@ pub fn build_answer(offer: &SessionOffer, answers: &[MediaAnswer], address: IpAd
             } => {
                 let codec = accepted.codec;
                 let pt = accepted.payload_type;
-                sdp.push_str(&format!("m={} {rtp_port} {} {pt}\r\n", media.media, media.protocol));
-                let channels = if codec == Codec::Opus { "/2" } else { "" };
+                // The media's payload type and the ones beside it, in the offer's order.
+                let taken: Vec<u8> = media
+                    .payload_types()
+                    .filter(|p| *p == pt || accepted.aux.payload_types().any(|a| a == *p))
+                    .collect();
+                let list: Vec<String> = taken.iter().map(u8::to_string).collect();
                 sdp.push_str(&format!(
-                    "a=rtpmap:{pt} {}/{}{channels}\r\n",
-                    codec.name(),
-                    codec.clock_rate()
+                    "m={} {rtp_port} {} {}\r\n",
+                    media.media,
+                    media.protocol,
+                    list.join(" ")
                 ));
-                if let Some((_, fmtp)) = media.fmtps.iter().find(|(p, _)| *p == pt) {
-                    sdp.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+                for p in taken {
+                    if p == pt {
+                        let channels = if codec == Codec::Opus { "/2" } else { "" };
+                        sdp.push_str(&format!(
+                            "a=rtpmap:{pt} {}/{}{channels}\r\n",
+                            codec.name(),
+                            codec.clock_rate()
+                        ));
+                    } else if let Some(map) = media.rtpmaps.iter().find(|m| m.payload_type == p) {
+                        let channels = map.channels.map(|c| format!("/{c}")).unwrap_or_default();
+                        sdp.push_str(&format!(
+                            "a=rtpmap:{p} {}/{}{channels}\r\n",
+                            map.encoding, map.clock_rate
+                        ));
+                    }
+                    if let Some((_, fmtp)) = media.fmtps.iter().find(|(f, _)| *f == p) {
+                        sdp.push_str(&format!("a=fmtp:{p} {fmtp}\r\n"));
+                    }
                 }
                 if media.rtcp_mux {
                     sdp.push_str("a=rtcp-mux\r\n");
@@ -355,22 +419,93 @@ mod tests {
         assert_eq!(offer.media.len(), 3);
         assert_eq!(
             offer.media[0].choose(true, true),
-            Ok(Accepted {
-                codec: Codec::Vp8,
-                payload_type: 97
-            }),
+            Ok(Accepted::new(Codec::Vp8, 97)),
             "H.264 mode 2 skipped"
         );
-        assert_eq!(
-            offer.media[1].choose(true, true),
-            Ok(Accepted {
-                codec: Codec::Opus,
-                payload_type: 111
-            })
-        );
+        assert_eq!(offer.media[1].choose(true, true), Ok(Accepted::new(Codec::Opus, 111)));
         assert!(offer.media[1].rtcp_mux);
-        assert_eq!(offer.media[2].choose(true, true), Err(Refusal::UnsupportedCodec));
+        assert_eq!(offer.media[2].choose(true, true), Ok(Accepted::new(Codec::Pcmu, 0)));
         assert_eq!(offer.media[1].choose(false, true), Err(Refusal::NotRecorded));
+    }
+
+    #[test]
+    fn a_phone_leg_is_taken_by_its_static_payload_types_with_dtmf_and_comfort_noise_beside_it() {
+        let offer = parse_offer(
+            "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+             m=audio 9 RTP/AVP 0 8 9 13 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n",
+        )
+        .unwrap();
+        let accepted = offer.media[0].choose(true, true).unwrap();
+        assert_eq!(
+            (accepted.codec, accepted.payload_type),
+            (Codec::Pcmu, 0),
+            "no rtpmap needed"
+        );
+        assert_eq!(accepted.aux.telephone_event, Some(101));
+        assert_eq!(accepted.aux.comfort_noise, Some(13));
+        assert_eq!(accepted.aux.red, None);
+        let answer = build_answer(
+            &offer,
+            &[MediaAnswer::Accepted {
+                accepted,
+                rtp_port: 40_000,
+                rtcp_port: 40_001,
+            }],
+            "127.0.0.1".parse().unwrap(),
+            1,
+        );
+        assert!(
+            answer.contains(
+                "m=audio 40000 RTP/AVP 0 13 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"
+            ),
+            "{answer}"
+        );
+        // A-law or G.722 first: taken as offered; G.722's RTP clock is 8 kHz.
+        let g722 =
+            parse_offer("v=0\r\nc=IN IP4 10.0.0.5\r\nm=audio 9 RTP/AVP 9 0\r\na=rtpmap:9 G722/8000\r\n").unwrap();
+        assert_eq!(g722.media[0].choose(true, true).map(|a| a.codec), Ok(Codec::G722));
+        let pcma = parse_offer("v=0\r\nc=IN IP4 10.0.0.5\r\nm=audio 9 RTP/AVP 8\r\n").unwrap();
+        assert_eq!(pcma.media[0].choose(true, true).map(|a| a.codec), Ok(Codec::Pcma));
+        // telephone-event alone is nothing to record.
+        let dtmf_only =
+            parse_offer("v=0\r\nc=IN IP4 10.0.0.5\r\nm=audio 9 RTP/AVP 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+                .unwrap();
+        assert_eq!(dtmf_only.media[0].choose(true, true), Err(Refusal::UnsupportedCodec));
+    }
+
+    #[test]
+    fn red_audio_is_taken_beside_the_codec_it_carries() {
+        let offer = parse_offer(
+            "v=0\r\nc=IN IP4 10.0.0.5\r\nm=audio 9 RTP/AVP 63 111\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n\
+             a=rtpmap:111 opus/48000/2\r\na=rtcp-mux\r\n",
+        )
+        .unwrap();
+        let accepted = offer.media[0].choose(true, true).unwrap();
+        assert_eq!(
+            (accepted.codec, accepted.payload_type, accepted.aux.red),
+            (Codec::Opus, 111, Some(63))
+        );
+        let answer = build_answer(
+            &offer,
+            &[MediaAnswer::Accepted {
+                accepted,
+                rtp_port: 40_000,
+                rtcp_port: 40_000,
+            }],
+            "127.0.0.1".parse().unwrap(),
+            1,
+        );
+        assert!(
+            answer.contains("m=audio 40000 RTP/AVP 63 111\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\na=rtpmap:111 opus/48000/2\r\n"),
+            "{answer}"
+        );
+        // RED of another codec is not taken.
+        let other = parse_offer(
+            "v=0\r\nc=IN IP4 10.0.0.5\r\nm=audio 9 RTP/AVP 111 63\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 0/111\r\n\
+             a=rtpmap:111 opus/48000/2\r\n",
+        )
+        .unwrap();
+        assert_eq!(other.media[0].choose(true, true).unwrap().aux.red, None);
     }
 
     #[test]
@@ -378,18 +513,12 @@ mod tests {
         let offer = parse_offer(OFFER).unwrap();
         let answers = vec![
             MediaAnswer::Accepted {
-                accepted: Accepted {
-                    codec: Codec::Vp8,
-                    payload_type: 97,
-                },
+                accepted: Accepted::new(Codec::Vp8, 97),
                 rtp_port: 40000,
                 rtcp_port: 40001,
             },
             MediaAnswer::Accepted {
-                accepted: Accepted {
-                    codec: Codec::Opus,
-                    payload_type: 111,
-                },
+                accepted: Accepted::new(Codec::Opus, 111),
                 rtp_port: 40002,
                 rtcp_port: 40002,
             },

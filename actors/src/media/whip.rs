@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
+    MediaEngine, MIME_TYPE_G722, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
+    MIME_TYPE_VP9,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -371,6 +372,10 @@ fn codec_parameters(codec: Codec) -> (RTCRtpCodecParameters, RtpCodecKind) {
             111,
             RtpCodecKind::Audio,
         ),
+        // A softphone's WebRTC leg (SIP over WebSocket clients) may offer only G.711 or G.722.
+        Codec::Pcmu => (MIME_TYPE_PCMU, 8_000, 1, "", 0, RtpCodecKind::Audio),
+        Codec::Pcma => (MIME_TYPE_PCMA, 8_000, 1, "", 8, RtpCodecKind::Audio),
+        Codec::G722 => (MIME_TYPE_G722, 8_000, 1, "", 9, RtpCodecKind::Audio),
     };
     (
         RTCRtpCodecParameters {
@@ -422,7 +427,16 @@ pub async fn negotiate(
     }
     let mut engine = MediaEngine::default();
     let mut num_codecs = 0;
-    for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Opus] {
+    // In the answerer's order of preference: Opus before the telephony codecs.
+    for codec in [
+        Codec::Vp8,
+        Codec::Vp9,
+        Codec::H264,
+        Codec::Opus,
+        Codec::G722,
+        Codec::Pcmu,
+        Codec::Pcma,
+    ] {
         let wanted = match codec.kind() {
             TrackType::Audio => audio,
             TrackType::Video => video,

@@ -725,6 +725,22 @@ impl Muxer {
                     ffi::av_channel_layout_default(&mut (*par).ch_layout, 2);
                     opus_head(2).to_vec()
                 }
+                Codec::Pcmu | Codec::Pcma | Codec::G722 => {
+                    // Matroska stores them as A_MS/ACM (a WAVEFORMATEX: format tag 7 μ-law, 6
+                    // A-law, 0x028F G.722), which needs the bits per coded sample and the block.
+                    (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_AUDIO;
+                    let (id, bits) = match codec {
+                        Codec::Pcmu => (ffi::AVCodecID::AV_CODEC_ID_PCM_MULAW, 8),
+                        Codec::Pcma => (ffi::AVCodecID::AV_CODEC_ID_PCM_ALAW, 8),
+                        _ => (ffi::AVCodecID::AV_CODEC_ID_ADPCM_G722, 4),
+                    };
+                    (*par).codec_id = id;
+                    (*par).sample_rate = codec.sample_rate() as i32;
+                    (*par).bits_per_coded_sample = bits;
+                    (*par).block_align = 1;
+                    ffi::av_channel_layout_default(&mut (*par).ch_layout, 1);
+                    Vec::new()
+                }
             };
             if !extradata.is_empty() {
                 let padding = ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
@@ -794,7 +810,9 @@ impl Muxer {
         packet.set_dts(Some(pts));
         let duration = match self.codec {
             Codec::Opus => opus_packet_samples(&frame.frame.data).unwrap_or(960),
-            _ => 0,
+            // One byte per tick of the 8 kHz RTP clock (see `Codec::is_telephony`).
+            Codec::Pcmu | Codec::Pcma | Codec::G722 => frame.frame.data.len() as i64,
+            Codec::Vp8 | Codec::Vp9 | Codec::H264 => 0,
         };
         packet.set_duration(rescale(duration, self.clock, self.stream_time_base));
         if frame.frame.keyframe || !self.codec.is_video() {

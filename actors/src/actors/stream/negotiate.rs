@@ -91,17 +91,16 @@ mod tests {
     const OPUS: &str = "m=audio 5006 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
     const PCMU: &str = "m=audio 5010 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
 
+    const G729: &str = "m=audio 5012 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+
     fn vp8() -> MediaPlan {
-        Record(Accepted {
-            codec: Codec::Vp8,
-            payload_type: 96,
-        })
+        Record(Accepted::new(Codec::Vp8, 96))
     }
     fn opus() -> MediaPlan {
-        Record(Accepted {
-            codec: Codec::Opus,
-            payload_type: 111,
-        })
+        Record(Accepted::new(Codec::Opus, 111))
+    }
+    fn pcmu() -> MediaPlan {
+        Record(Accepted::new(Codec::Pcmu, 0))
     }
 
     /// (m-lines, audio, video, already recorded) → plan
@@ -133,12 +132,21 @@ mod tests {
                 vec![],
                 vec![vp8(), Refuse(Refusal::Duplicate)],
             ),
+            (vec![PCMU, VP8], true, true, vec![], vec![pcmu(), vp8()]),
             (
-                vec![PCMU, VP8],
+                vec![G729, VP8],
                 true,
                 true,
                 vec![],
                 vec![Refuse(Refusal::UnsupportedCodec), vp8()],
+            ),
+            // one audio track per stream: the phone leg's second codec is refused
+            (
+                vec![PCMU, OPUS],
+                true,
+                true,
+                vec![],
+                vec![pcmu(), Refuse(Refusal::Duplicate)],
             ),
             // a reconnect keeps the track's codec: H.264 on a VP8 track is refused
             (
@@ -161,7 +169,7 @@ mod tests {
 
     #[test]
     fn an_offer_nothing_of_which_is_recorded_is_refused_with_its_reasons() {
-        let err = plan_rtp_answer(&offer(true, &[PCMU, VP8]), true, false, false, &[]).unwrap_err();
+        let err = plan_rtp_answer(&offer(true, &[G729, VP8]), true, false, false, &[]).unwrap_err();
         assert_eq!(
             err,
             MediaError::Refused("no m-line can be recorded (unsupported codec, not recorded by this instance)".into())

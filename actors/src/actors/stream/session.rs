@@ -137,6 +137,7 @@ impl Stream {
                 codec: b.accepted.codec.name().to_string(),
                 clock_rate: b.accepted.codec.clock_rate(),
                 payload_type: b.accepted.payload_type,
+                aux: b.accepted.aux,
                 rtp_port: b.rtp_port(),
                 rtcp_port: b.rtcp.as_ref().map(|_| b.rtcp_port()),
                 allowed_source: b.allowed_source,
@@ -147,7 +148,8 @@ impl Stream {
                 self.media.receiver.clone(),
                 now,
                 self.media.clock.utc_micros(),
-            );
+            )
+            .with_payloads(b.accepted.payload_type, b.accepted.aux);
             let mut pump = TrackPump::new(
                 session_id.to_string(),
                 track_id,
@@ -205,6 +207,7 @@ impl Stream {
                     accepted: Accepted {
                         codec,
                         payload_type: media.payload_type,
+                        aux: media.aux,
                     },
                     rtp,
                     rtcp,

@@ -1,7 +1,7 @@
 //! The stream's state snapshot for the debug tree, `/metrics` and the tests.
 
 use super::*;
-use crate::snapshot::{Counters, MediaCounters, StreamCounters, TrackFileCounters};
+use crate::snapshot::{Counters, MediaCounters, SessionSilence, StreamCounters, TrackFileCounters};
 
 impl TrackState {
     /// The track's media counters: what ingest counted and what its writers wrote.
@@ -44,6 +44,22 @@ impl TrackState {
                 .find(|at| *at > 0)
                 .unwrap_or(0),
             first_packet_at_micros: self.counters.first_packet_at_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Stream {
+    /// The live plain-RTP session's silence (a WHIP session ends with its peer connection).
+    fn session_silence(&self) -> SessionSilence {
+        match self.session.as_ref().map(|s| &s.ingest) {
+            Some(super::session::Ingest::Rtp(rtp)) => {
+                let activity = rtp.activity();
+                SessionSilence {
+                    silent_ms: activity.silent_for(std::time::Instant::now()).as_millis() as u64,
+                    idle_limit_ms: activity.idle_limit().as_millis() as u64,
+                }
+            }
+            _ => SessionSilence::default(),
         }
     }
 }
@@ -100,6 +116,7 @@ impl Handler<Snapshot> for Stream {
                 media: totals,
                 stream,
                 millis_in_state,
+                session: self.session_silence(),
             },
             children,
         })

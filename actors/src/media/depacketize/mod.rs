@@ -5,8 +5,8 @@
 //! Input must be in sequence order with losses signalled ([`FrameAssembler::lost`]): the reorder
 //! buffer guarantees that. A frame with a packet missing is dropped, never emitted damaged.
 
+mod audio;
 mod h264;
-mod opus;
 mod vp8;
 mod vp9;
 
@@ -15,8 +15,8 @@ use bytes::Bytes;
 use super::codec::Codec;
 use super::rtp::RtpPacket;
 
+pub use audio::AudioDepacketizer;
 pub use h264::H264Depacketizer;
-pub use opus::OpusDepacketizer;
 pub use vp8::Vp8Depacketizer;
 pub use vp9::Vp9Depacketizer;
 
@@ -71,7 +71,7 @@ pub fn payload_format(codec: Codec) -> Box<dyn PayloadFormat> {
         Codec::Vp8 => Box::new(Vp8Depacketizer),
         Codec::Vp9 => Box::new(Vp9Depacketizer),
         Codec::H264 => Box::new(H264Depacketizer),
-        Codec::Opus => Box::new(OpusDepacketizer),
+        Codec::Opus | Codec::Pcmu | Codec::Pcma | Codec::G722 => Box::new(AudioDepacketizer),
     }
 }
 

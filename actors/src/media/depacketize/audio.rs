@@ -1,10 +1,11 @@
-//! Opus payload format (RFC 7587): the payload is one Opus packet.
+//! Audio payload formats where one RTP payload is one frame, sent whole: Opus (RFC 7587), G.711
+//! μ-law and A-law and G.722 (RFC 3551).
 
 use super::{DepacketizeError, PayloadFormat, PayloadPart};
 
-pub struct OpusDepacketizer;
+pub struct AudioDepacketizer;
 
-impl PayloadFormat for OpusDepacketizer {
+impl PayloadFormat for AudioDepacketizer {
     fn parse(&mut self, payload: &[u8]) -> Result<PayloadPart, DepacketizeError> {
         if payload.is_empty() {
             return Err(DepacketizeError::Empty);
