@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond scripts/setup.sh: aiortc (PyPI), an independent WebRTC
-# publisher for the WHIP tests, and the aws CLI (PyPI) for the S3 recording tests. Idempotent and
+# publisher for the WHIP tests, the aws CLI (PyPI) for the S3 recording tests, Janus for the SFU
+# forwarder test, age, and Chromium for the browser tests. Idempotent and
 # quiet when already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,22 @@ if ! command -v age >/dev/null 2>&1 || ! command -v age-keygen >/dev/null 2>&1; 
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends age >/dev/null
+fi
+# The SFU-forwarder test (tests/media/janus.rs) runs a real Janus (Debian's 1.1.2) with a browser
+# publisher that loads Janus' own JavaScript API (Debian's libjs-janus-gateway and the WebRTC
+# adapter it needs).
+JANUS_PKGS=()
+for pkg in janus libjs-janus-gateway libjs-webrtc-adapter; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || JANUS_PKGS+=("$pkg")
+done
+if [ ${#JANUS_PKGS[@]} -gt 0 ]; then
+  echo "test-setup: installing ${JANUS_PKGS[*]} (apt)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${JANUS_PKGS[@]}" >/dev/null
+  # The package enables a system service; the test starts its own server.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now janus >/dev/null 2>&1 || true; fi
 fi
 # The review page's browser test (tests/media/review.rs) drives Debian's chromium headless with
 # playwright-core (npm, pinned in tests/browser/package-lock.json; no browser download).

@@ -367,11 +367,10 @@ impl ScriptedAudio {
 /// A plain-RTP SDP offer from 127.0.0.1 with one m-line per `(media, payload type, rtpmap)`.
 pub fn offer(lines: &[(&str, u8, &str)]) -> String {
     let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=test\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n");
-    for (i, (media, pt, rtpmap)) in lines.iter().enumerate() {
-        sdp.push_str(&format!(
-            "m={media} {} RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n",
-            40_000 + 2 * i
-        ));
+    // Port 9 (discard): the sender's own port is not known ahead, and the recorder greets a real
+    // one (see the comedia handling in the receive pool).
+    for (media, pt, rtpmap) in lines {
+        sdp.push_str(&format!("m={media} 9 RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\n"));
     }
     sdp
 }

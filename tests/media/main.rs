@@ -3,6 +3,8 @@
 
 mod harness;
 
+mod janus;
+
 mod bad_input;
 mod cluster;
 mod commit;

@@ -444,6 +444,7 @@ fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::receive::PlainRtpSe
         rtcp: None,
         allowed_source: None,
         latched_source: None,
+        greet: None,
     };
     let now = Instant::now();
     let pump = TrackPump::new(

@@ -110,6 +110,9 @@ pub struct BoundMedia {
     /// The source the RTP port is latched to from the start (a session re-bound after a
     /// restart keeps its sender).
     pub latched_source: Option<SocketAddr>,
+    /// Where the offer says the sender receives (RTP, RTCP): greeted until the port latches,
+    /// for a sender that sends only once it heard from its peer.
+    pub greet: Option<(SocketAddr, Option<SocketAddr>)>,
 }
 
 impl BoundMedia {
@@ -126,6 +129,7 @@ impl BoundMedia {
             rtcp,
             allowed_source: media.connection.or(session_ip),
             latched_source: None,
+            greet: media.sender_addresses(session_ip),
         })
     }
 

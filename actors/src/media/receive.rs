@@ -231,6 +231,25 @@ fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
+/// A sender that learns where to send from the first packet it receives (mediasoup's
+/// PlainTransport with `comedia`, a NAT'd gateway with symmetric RTP) waits for the recorder to
+/// speak first: until its port latches, the recorder sends an empty RTCP receiver report from its
+/// RTP port (and from its RTCP port) to where the offer says the sender listens.
+struct Greeting {
+    rtp: std::net::SocketAddr,
+    rtcp: Option<std::net::SocketAddr>,
+    left: u8,
+    next: Instant,
+}
+
+/// Greetings sent at most, one a second: a sender that has not started after 10 s is not
+/// waiting for us.
+const GREETINGS: u8 = 10;
+const GREETING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// RTCP RR with no report block (RFC 3550 §6.4.2): V=2, RC=0, PT=201, length 1, SSRC.
+const EMPTY_RECEIVER_REPORT: [u8; 8] = [0x80, 201, 0, 1, 0x72, 0x65, 0x63, 0x31];
+
 /// One m-line on a receive thread: its sockets, latches, receiver and writer.
 pub(super) struct MediaIngest {
     rtp: mio::net::UdpSocket,
@@ -240,6 +259,8 @@ pub(super) struct MediaIngest {
     stop: Arc<AtomicBool>,
     /// The session's last datagram on any of its m-lines, and its idle limit.
     activity: Arc<SessionActivity>,
+    /// Greetings left for a sender that waits to hear from us (see [`Greeting`]).
+    greeting: Option<Greeting>,
     /// Readiness seen since the last read (epoll is edge-triggered: a socket is read until empty).
     rtp_readable: bool,
     rtcp_readable: bool,
@@ -269,7 +290,17 @@ impl MediaIngest {
         if let Some(rtcp) = &bound.rtcp {
             rtcp.set_nonblocking(true).map_err(io)?;
         }
+        let greeting = bound
+            .greet
+            .filter(|_| bound.latched_source.is_none())
+            .map(|(rtp, rtcp)| Greeting {
+                rtp,
+                rtcp,
+                left: GREETINGS,
+                next: Instant::now(),
+            });
         Ok(MediaIngest {
+            greeting,
             rtp: mio::net::UdpSocket::from_std(bound.rtp),
             rtcp: bound.rtcp.map(mio::net::UdpSocket::from_std),
             rtcp_latch: Latch {
@@ -301,11 +332,32 @@ impl MediaIngest {
     /// idle timeout.
     fn next_deadline(&self) -> Instant {
         let idle = self.activity.last() + self.activity.idle_limit();
+        let idle = self.greeting.as_ref().map_or(idle, |g| g.next.min(idle));
         self.inbound
             .pump
             .receiver
             .next_deadline()
             .map_or(idle, |at| at.min(idle))
+    }
+
+    /// Greets a sender that waits to hear from its peer, until the RTP port latched.
+    fn greet(&mut self, now: Instant) {
+        if self.inbound.rtp_latch.source.is_some() {
+            self.greeting = None;
+            return;
+        }
+        let Some(greeting) = self.greeting.as_mut().filter(|g| now >= g.next) else {
+            return;
+        };
+        let _ = self.rtp.send_to(&EMPTY_RECEIVER_REPORT, greeting.rtp);
+        if let (Some(sock), Some(to)) = (&self.rtcp, greeting.rtcp) {
+            let _ = sock.send_to(&EMPTY_RECEIVER_REPORT, to);
+        }
+        greeting.left -= 1;
+        greeting.next = now + GREETING_INTERVAL;
+        if greeting.left == 0 {
+            self.greeting = None;
+        }
     }
 
     /// One round: reads what arrived, runs the timers, hands frames on. `Some(reason)` when the
@@ -341,9 +393,12 @@ impl MediaIngest {
             let buf = &mut batch.bufs[..SLOT];
             while let Ok((len, from)) = rtcp.recv_from(buf) {
                 read_any = true;
-                // The RTCP port latches only to RTCP from the IP the RTP port latched to.
-                let may_latch =
-                    is_rtcp(&buf[..len]) && self.inbound.rtp_latch.source.is_some_and(|rtp| rtp.ip() == from.ip());
+                let may_latch = rtcp_may_latch(
+                    &buf[..len],
+                    from,
+                    self.inbound.rtp_latch.source,
+                    self.rtcp_latch.allowed_ip,
+                );
                 if len <= MAX_RTP_PACKET && self.rtcp_latch.admit(from, may_latch) {
                     self.inbound.pump.receiver.push_rtcp(&buf[..len]);
                     // A sender on hold that goes on sending reports is still there.
@@ -355,6 +410,7 @@ impl MediaIngest {
             self.rtcp_readable = false;
         }
         let now = Instant::now();
+        self.greet(now);
         let pump = &mut self.inbound.pump;
         let mut out = std::mem::take(pump.outputs());
         pump.receiver.poll(now, &mut out);
@@ -409,6 +465,27 @@ impl MediaIngest {
         }
         drop(guard);
     }
+}
+
+/// Whether a datagram on an unlatched RTCP port may latch it, so that keyframe requests go to
+/// where the sender reads RTCP. RTCP does; so does the probe an SFU forwarder sends from its RTCP
+/// socket before any media to open that path (Janus' `rtp_forward` with `rtcp_port`: two empty
+/// 12-byte RTP headers, payload type 0, from a socket other than the one its RTP leaves from,
+/// which Janus never reads). Either must come from the IP the RTP port latched to, or, before
+/// RTP came, from the offer's address (an offer without one needs a key trusted for any source).
+fn rtcp_may_latch(
+    datagram: &[u8],
+    from: std::net::SocketAddr,
+    rtp_source: Option<std::net::SocketAddr>,
+    allowed_ip: Option<std::net::IpAddr>,
+) -> bool {
+    let is_probe = datagram.len() == 12 && datagram[0] >> 6 == 2;
+    let shape = is_rtcp(datagram) || is_probe;
+    let ip_ok = match rtp_source {
+        Some(rtp) => rtp.ip() == from.ip(),
+        None => allowed_ip.is_none_or(|ip| ip == from.ip()),
+    };
+    shape && ip_ok
 }
 
 /// A receive thread: its epoll, its m-lines (a slab indexed by token / 2).
@@ -550,5 +627,34 @@ impl ReceiveLoop {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod rtcp_latch_tests {
+    use super::rtcp_may_latch;
+
+    #[test]
+    fn the_rtcp_port_latches_to_rtcp_or_a_forwarders_probe_from_the_senders_ip() {
+        let janus_rtcp: std::net::SocketAddr = "10.0.0.5:51234".parse().unwrap();
+        let janus_rtp: std::net::SocketAddr = "10.0.0.5:40000".parse().unwrap();
+        let probe = [0x80u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
+        let offer_ip = Some("10.0.0.5".parse().unwrap());
+        // Janus' probes come before any media: the offer's address allows them.
+        assert!(rtcp_may_latch(&probe, janus_rtcp, None, offer_ip));
+        assert!(rtcp_may_latch(&rr, janus_rtcp, Some(janus_rtp), offer_ip));
+        // From elsewhere, or noise, or a media packet: never.
+        assert!(!rtcp_may_latch(&probe, "10.0.0.6:1".parse().unwrap(), None, offer_ip));
+        assert!(!rtcp_may_latch(
+            &probe,
+            "10.0.0.6:1".parse().unwrap(),
+            Some(janus_rtp),
+            None
+        ));
+        assert!(!rtcp_may_latch(b"hello, port!", janus_rtcp, None, offer_ip));
+        let mut media = vec![0x80u8, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
+        media.extend_from_slice(&[1, 2, 3]);
+        assert!(!rtcp_may_latch(&media, janus_rtcp, None, offer_ip));
     }
 }

@@ -2,7 +2,7 @@
 //! accepted m-line a UDP port and refuses the rest with port 0 (RFC 3264 §6), so a sender learns
 //! at once that a codec will not be recorded instead of streaming into nothing.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::codec::Codec;
 pub use crate::domain::AuxPayloads;
@@ -41,6 +41,8 @@ pub struct MediaOffer {
     pub rtpmaps: Vec<RtpMap>,
     pub fmtps: Vec<(u8, String)>,
     pub rtcp_mux: bool,
+    /// `a=rtcp:<port>`: where the sender takes RTCP when not on the RTP port + 1 (RFC 3605).
+    pub rtcp_port: Option<u16>,
     pub connection: Option<IpAddr>,
     pub mid: Option<String>,
 }
@@ -98,6 +100,23 @@ impl Accepted {
 }
 
 impl MediaOffer {
+    /// Where the sender itself receives RTP and RTCP, if the offer says (a port other than the
+    /// placeholders 0 and 9, on a known address): what the recorder talks to first for a sender
+    /// that learns its peer from the first packet it receives (mediasoup's `comedia`).
+    pub fn sender_addresses(&self, session_ip: Option<IpAddr>) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        let ip = self.connection.or(session_ip)?;
+        if matches!(self.port, 0 | 9) {
+            return None;
+        }
+        let rtcp = if self.rtcp_mux {
+            None
+        } else {
+            let port = self.rtcp_port.or_else(|| self.port.checked_add(1))?;
+            Some(SocketAddr::new(ip, port))
+        };
+        Some((SocketAddr::new(ip, self.port), rtcp))
+    }
+
     pub fn kind(&self) -> Option<TrackType> {
         match self.media.as_str() {
             "audio" => Some(TrackType::Audio),
@@ -250,6 +269,7 @@ pub fn parse_offer(text: &str) -> Result<SessionOffer, SdpError> {
                     rtpmaps: Vec::new(),
                     fmtps: Vec::new(),
                     rtcp_mux: false,
+                    rtcp_port: None,
                     connection: None,
                     mid: None,
                 });
@@ -302,6 +322,7 @@ pub fn parse_offer(text: &str) -> Result<SessionOffer, SdpError> {
                         }
                     }
                     "rtcp-mux" => media.rtcp_mux = true,
+                    "rtcp" => media.rtcp_port = arg.split_whitespace().next().and_then(|p| p.parse().ok()),
                     "mid" => media.mid = Some(arg.trim().to_string()),
                     _ => {}
                 }

@@ -213,6 +213,7 @@ impl Stream {
                     rtcp,
                     allowed_source: media.allowed_source,
                     latched_source: media.latched_source,
+                    greet: None,
                 },
             ));
         }
