@@ -104,6 +104,9 @@ counter_set! {
         writer_queue_depth,
         /// Frames not recorded because recording was paused at their time.
         num_frames_paused,
+        /// 1 while the track receives packets and has written no frame for a while (see
+        /// `NO_FRAME_GRACE`): its error says why; `/metrics` sums it over live tracks.
+        num_tracks_not_writing,
     }
 }
 

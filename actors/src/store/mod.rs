@@ -133,6 +133,12 @@ pub enum EventKind {
     /// Every artefact of the instance is deleted; the instance is a tombstone.
     #[serde(rename = "erasure.done")]
     ErasureDone,
+    /// A track receives packets and cannot write a frame (its error says why).
+    #[serde(rename = "track.error")]
+    TrackError,
+    /// A track that could not write writes frames again.
+    #[serde(rename = "track.recovered")]
+    TrackRecovered,
 }
 
 impl EventKind {
@@ -145,6 +151,8 @@ impl EventKind {
             EventKind::CompositionDone => "composition.done",
             EventKind::CompositionFailed => "composition.failed",
             EventKind::ErasureDone => "erasure.done",
+            EventKind::TrackError => "track.error",
+            EventKind::TrackRecovered => "track.recovered",
         }
     }
 }

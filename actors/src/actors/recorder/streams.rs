@@ -2,6 +2,10 @@
 //! and the rebuild of a stream actor that crashed (within the restart budget).
 
 use super::*;
+use crate::store::{EventKind, OutboxEvent};
+
+/// The error of a track that receives packets and writes no frame.
+const NO_DECODABLE_MEDIA: &str = "NO_DECODABLE_MEDIA";
 
 impl Recorder {
     /// A stream that cannot record any more: `FAILED` in the record; an instance left without a
@@ -127,6 +131,11 @@ impl Handler<StreamCrashed> for Recorder {
 impl Recorder {
     pub(super) fn stream_notice(&mut self, msg: StreamNotice, ctx: &mut Context<Self>) {
         match msg {
+            StreamNotice::TrackWriting {
+                stream_id,
+                track_id,
+                error,
+            } => self.track_writing(&stream_id, &track_id, error),
             StreamNotice::MediaStarted {
                 stream_id,
                 track_id,
@@ -185,6 +194,60 @@ impl Recorder {
 }
 
 impl Recorder {
+    /// A track that cannot write (or writes again): its `localStorage.error`, the instance's
+    /// `error` while one of its tracks has this one, and the webhook's event, in one commit.
+    fn track_writing(&mut self, stream_id: &str, track_id: &str, error: Option<ErrorInfo>) {
+        let now = self.media.clock.utc();
+        if let Some(e) = &error {
+            self.last_error = Some(e.clone());
+        }
+        let result = self.store.transaction(&mut |tx| {
+            let record = tx.update_instance(&self.instance_id, &mut |r| {
+                let Some(track) = r
+                    .streams
+                    .iter_mut()
+                    .find(|s| s.id == stream_id)
+                    .and_then(|s| s.tracks.iter_mut().find(|t| t.id == track_id))
+                else {
+                    return Ok(());
+                };
+                track.local.error = error.clone();
+                let still_failing = r
+                    .streams
+                    .iter()
+                    .flat_map(|s| s.tracks.iter())
+                    .find_map(|t| t.local.error.clone().filter(|e| e.code == NO_DECODABLE_MEDIA));
+                let owned = r.error.as_ref().is_none_or(|e| e.code == NO_DECODABLE_MEDIA);
+                if owned && !r.state.is_terminal() {
+                    r.error = still_failing;
+                }
+                Ok(())
+            })?;
+            let (kind, mut data) = match &error {
+                Some(e) => (
+                    EventKind::TrackError,
+                    serde_json::json!({"code": e.code, "message": e.message}),
+                ),
+                None => (EventKind::TrackRecovered, serde_json::json!({})),
+            };
+            data["streamId"] = stream_id.into();
+            data["trackId"] = track_id.into();
+            tx.put_event(&OutboxEvent::of(&record, kind, now, data))?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                let flush = self.store.flush();
+                actix::spawn(async move {
+                    let _ = flush.await;
+                });
+            }
+            Err(e) => {
+                tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a track that cannot write")
+            }
+        }
+    }
+
     /// Media arrived: the instance is `ACTIVE` (from `INITIALISED`, or from `PENDING_RECOVERY`
     /// with `recovered`); `written` names the track whose first frame went into its file (its
     /// and its stream's start), `None` when the media is dropped by a pause.

@@ -118,6 +118,8 @@ struct TrackState {
     counters: Arc<TrackCounters>,
     segments: Vec<Segment>,
     created: Option<DateTime<Utc>>,
+    /// Said to the recorder (and the log): packets arrive and no frame can be written.
+    not_writing: bool,
 }
 
 struct Segment {
@@ -354,6 +356,12 @@ impl Actor for Stream {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub enum StreamNotice {
+    /// A track receives packets and writes no frame (`Some`: why), or writes again (`None`).
+    TrackWriting {
+        stream_id: String,
+        track_id: String,
+        error: Option<ErrorInfo>,
+    },
     /// A track wrote its first frame.
     MediaStarted {
         stream_id: String,

@@ -139,6 +139,7 @@ pub(super) fn restore_tracks(
             counters: Arc::new(TrackCounters::default()),
             segments: Vec::new(),
             created: track.local.created,
+            not_writing: false,
         };
         for (index, path) in segments {
             // The first segment's start is in the record too, for a file without its stamp.

@@ -193,6 +193,7 @@ impl Stream {
                         counters: Arc::new(TrackCounters::default()),
                         segments: Vec::new(),
                         created: None,
+                        not_writing: false,
                     });
                     self.tracks.len() - 1
                 }

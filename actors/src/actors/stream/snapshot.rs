@@ -25,6 +25,7 @@ impl TrackState {
             num_flushes: sum(&|s| s.num_flushes.load(Ordering::Relaxed)),
             writer_queue_depth: self.segments.iter().map(|s| s.stats.queue_depth()).sum(),
             num_frames_paused: get(&c.num_frames_paused),
+            num_tracks_not_writing: u64::from(self.not_writing),
         }
     }
 

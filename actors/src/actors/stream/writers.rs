@@ -203,6 +203,7 @@ impl Stream {
             counters: Arc::new(TrackCounters::default()),
             segments: Vec::new(),
             created: None,
+            not_writing: false,
         });
         let id = self.tracks.last().expect("pushed just above").id.clone();
         self.record.tracks.push(TrackRecord::new(id, codec.kind()));
@@ -238,6 +239,73 @@ impl Stream {
     }
 }
 
+/// A track that has received packets for this long and written no frame says so: on the API
+/// (its `localStorage.error` and the instance's `error`), in the log, in `/metrics` and to the
+/// application's webhook. Longer than any sender's wait for a first keyframe that answers PLI.
+pub(super) const NO_FRAME_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Stream {
+    /// Tracks that receive and cannot write (the decoder state never started: no keyframe
+    /// came, or every frame was malformed) are reported once, and again when they write.
+    pub(super) fn check_tracks_writing(&mut self) {
+        if self.phase != StreamPhase::Live {
+            return;
+        }
+        let now_micros = self.media.clock.utc_micros();
+        for at in 0..self.tracks.len() {
+            let track = &self.tracks[at];
+            let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            let written: u64 = track
+                .segments
+                .iter()
+                .map(|s| s.stats.num_frames_written.load(Ordering::Relaxed))
+                .sum();
+            let first_packet = get(&track.counters.first_packet_at_micros) as i64;
+            let silent_for = now_micros.saturating_sub(first_packet);
+            let error = if written > 0 || first_packet == 0 || get(&track.counters.num_frames_paused) > 0 {
+                None
+            } else if silent_for >= NO_FRAME_GRACE.as_micros() as i64 {
+                let packets = get(&track.counters.num_packets);
+                let requests = get(&track.counters.num_keyframe_requests);
+                let why = if track.codec.is_video() {
+                    format!("no keyframe came ({requests} keyframe requests sent, still asking)")
+                } else {
+                    format!("{} malformed", get(&track.counters.num_malformed))
+                };
+                Some(ErrorInfo::new(
+                    "NO_DECODABLE_MEDIA",
+                    format!(
+                        "{packets} {} packets received in {} s and no frame written: {why}",
+                        track.codec.name(),
+                        silent_for / 1_000_000
+                    ),
+                ))
+            } else {
+                continue;
+            };
+            if error.is_some() == track.not_writing {
+                continue;
+            }
+            let track_id = track.id.clone();
+            match &error {
+                Some(e) => {
+                    tracing::warn!(stream_id = %self.record.id, track_id = %track_id, error = %e.message, "track receives packets and writes no frame")
+                }
+                None => tracing::info!(stream_id = %self.record.id, track_id = %track_id, "track writes frames again"),
+            }
+            self.tracks[at].not_writing = error.is_some();
+            if let Some(record) = self.record.tracks.iter_mut().find(|t| t.id == track_id) {
+                record.local.error = error.clone();
+            }
+            self.recorder.do_send(StreamNotice::TrackWriting {
+                stream_id: self.record.id.clone(),
+                track_id,
+                error,
+            });
+        }
+    }
+}
+
 impl Handler<SupervisionTick> for Stream {
     type Result = ();
 
@@ -246,7 +314,10 @@ impl Handler<SupervisionTick> for Stream {
         if self.has_failed() {
             return;
         }
-        self.guarded(ctx, "SupervisionTick", |act, ctx| act.check_writers(ctx));
+        self.guarded(ctx, "SupervisionTick", |act, ctx| {
+            act.check_tracks_writing();
+            act.check_writers(ctx)
+        });
     }
 }
 
