@@ -236,6 +236,12 @@ pub struct ScriptedAudio {
     timestamp: u32,
     /// Frames and media time of every burst, in order (for the gaps the file must keep).
     bursts: Vec<Burst>,
+    /// RFC 2198: every packet as RED of this payload type, carrying the previous frame too.
+    red: Option<u8>,
+    previous: Option<Vec<u8>>,
+    /// Every n-th packet is not sent (lost on the way).
+    drop_every: Option<u64>,
+    num_dropped: u64,
 }
 
 /// One run of frames sent without a pause.
@@ -282,7 +288,51 @@ impl ScriptedAudio {
             sequence: 4_000,
             timestamp: 1_000_000,
             bursts: Vec::new(),
+            red: None,
+            previous: None,
+            drop_every: None,
+            num_dropped: 0,
         }
+    }
+
+    /// Sends from `socket` (a sender that must receive on the port it sends from).
+    pub fn with_socket(mut self, socket: UdpSocket) -> Self {
+        self.socket = socket;
+        self
+    }
+
+    /// Sends every frame as RED (`payload_type`), with the previous frame as its redundancy.
+    pub fn with_red(mut self, payload_type: u8) -> Self {
+        self.red = Some(payload_type);
+        self
+    }
+
+    /// Leaves out every `n`-th packet, as a lossy path would.
+    pub fn dropping_every(mut self, n: u64) -> Self {
+        self.drop_every = Some(n.max(2));
+        self
+    }
+
+    pub fn num_dropped(&self) -> u64 {
+        self.num_dropped
+    }
+
+    /// The RED payload of `primary` with the previous frame as its one redundant block.
+    fn red_payload(&self, media_payload_type: u8, primary: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(previous) = &self.previous {
+            let offset = self.frame_ticks;
+            out.push(0x80 | media_payload_type);
+            out.push((offset >> 6) as u8);
+            out.push((((offset & 0x3f) << 2) as u8) | ((previous.len() >> 8) as u8 & 0x03));
+            out.push(previous.len() as u8);
+        }
+        out.push(media_payload_type);
+        if let Some(previous) = &self.previous {
+            out.extend_from_slice(previous);
+        }
+        out.extend_from_slice(primary);
+        out
     }
 
     /// Sends `num_frames` frames, one every frame interval; with `dtmf` (digit, every n-th
@@ -297,7 +347,18 @@ impl ScriptedAudio {
             }
             let payload = self.payloads[self.next_payload % self.payloads.len()].clone();
             self.next_payload += 1;
-            self.packet(self.payload_type, &payload);
+            let (payload_type, body) = match self.red {
+                Some(red) => (red, self.red_payload(self.payload_type, &payload)),
+                None => (self.payload_type, payload.clone()),
+            };
+            self.previous = Some(payload);
+            let sequence = self.sequence;
+            if self.drop_every.is_some_and(|n| u64::from(sequence) % n == n - 1) {
+                self.sequence = self.sequence.wrapping_add(1);
+                self.num_dropped += 1;
+            } else {
+                self.packet(payload_type, &body);
+            }
             if let Some((digit, _)) = dtmf.filter(|(_, every)| n % every == every - 1) {
                 // RFC 4733: event, E|volume, duration; same SSRC and sequence space.
                 let event = [digit, 0x8a, 0x03, 0x20];

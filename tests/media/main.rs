@@ -15,6 +15,7 @@ mod encryption;
 mod erasure;
 mod pause;
 mod plain_rtp;
+mod plain_transport;
 mod recovery;
 mod review;
 mod s3_profile;
