@@ -353,6 +353,7 @@ struct RawMedia {
     fsync_interval_ms: u64,
     writer_queue_frames: usize,
     reorder_window_ms: u64,
+    jitter_buffer_max_ms: u64,
     mdns: bool,
     writer_threads: usize,
     receive_threads: usize,
@@ -372,6 +373,8 @@ pub struct Media {
     pub fsync_interval_ms: u64,
     pub writer_queue_frames: usize,
     pub reorder_window_ms: u64,
+    /// The most the jitter buffer waits for a gap once the path showed later packets.
+    pub jitter_buffer_max_ms: u64,
     pub mdns: bool,
     /// Threads that write every track file (0: one per core).
     pub writer_threads: usize,
@@ -1152,6 +1155,15 @@ impl RawMedia {
         if self.reorder_window_ms > 5_000 {
             return Err(invalid("media.reorder_window_ms", "must be at most 5000"));
         }
+        if self.jitter_buffer_max_ms > 10_000 {
+            return Err(invalid("media.jitter_buffer_max_ms", "must be at most 10000"));
+        }
+        if self.jitter_buffer_max_ms < self.reorder_window_ms {
+            return Err(invalid(
+                "media.jitter_buffer_max_ms",
+                "must be at least media.reorder_window_ms",
+            ));
+        }
         for (key, value) in [
             ("media.writer_threads", self.writer_threads),
             ("media.receive_threads", self.receive_threads),
@@ -1176,6 +1188,7 @@ impl RawMedia {
             fsync_interval_ms: self.fsync_interval_ms,
             writer_queue_frames: self.writer_queue_frames,
             reorder_window_ms: self.reorder_window_ms,
+            jitter_buffer_max_ms: self.jitter_buffer_max_ms,
             mdns: self.mdns,
             writer_threads: self.writer_threads,
             receive_threads: self.receive_threads,

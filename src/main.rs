@@ -380,6 +380,7 @@ fn media_config(settings: &Settings) -> anyhow::Result<MediaConfig> {
         idle_timeout: Duration::from_secs(m.idle_timeout_secs),
         receiver: ReceiverConfig {
             reorder_delay: Duration::from_millis(m.reorder_window_ms),
+            jitter_buffer_max: Duration::from_millis(m.jitter_buffer_max_ms),
             ..ReceiverConfig::default()
         },
         writer: WriterConfig {

@@ -12,6 +12,7 @@ pub mod azurite;
 pub mod engine;
 pub mod nats;
 pub mod probe;
+pub mod relay;
 pub mod rtp;
 pub mod webhook;
 

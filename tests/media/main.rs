@@ -4,6 +4,7 @@
 mod harness;
 
 mod janus;
+mod network;
 mod not_writing;
 
 mod bad_input;

@@ -444,3 +444,73 @@ fn uploaded_tracks_play_from_the_storage_profile() {
         assert!(t["storage"]["objectStorage"]["uploaded"].is_string(), "{t}");
     }
 }
+
+/// H.264 High with B-frames (what x264, hardware encoders and some SFUs' transcoders send) comes
+/// in decode order with presentation times that go back: every frame is written, in
+/// presentation order, and the file decodes without an error.
+#[test]
+fn h264_high_with_b_frames_keeps_every_frame() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("bframes");
+    let event = app.start(&unique("bframes-call"), &conference, false, true);
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=encoder&type=SCREEN",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &rtp_offer(&[("video", 97, "H264/90000")]),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let port = answer_ports(&resp.text())[0];
+    let seconds = 10;
+    let mut a = lavfi_video(seconds);
+    a.extend(args(&[
+        "-c:v",
+        "libx264",
+        "-profile:v",
+        "high",
+        "-bf",
+        "2",
+        "-g",
+        "60",
+        "-preset",
+        "veryfast",
+        "-b:v",
+        "500k",
+        "-payload_type",
+        "97",
+        "-f",
+        "rtp",
+        &format!("rtp://127.0.0.1:{port}"),
+    ]));
+    wait_ok(ffmpeg(&a), "x264 sender");
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    let track = find_track(&all, "encoder", "SCREEN", "VIDEO");
+    let path = track_file(track);
+    // 30 fps for 10 s; the file from the first frame shown to the last.
+    assert_track(track, "h264", 30 * u64::from(seconds), f64::from(seconds) - 1.0 / 30.0);
+    // Shown in order: the presentation times, sorted, are one frame apart.
+    let mut times = testkit::probe::packet_times(&path);
+    let decode_order = times.clone();
+    times.sort_by(f64::total_cmp);
+    assert_ne!(times, decode_order, "the file keeps B-frames in decode order");
+    assert!(
+        times.windows(2).all(|w| ((w[1] - w[0]) - 1.0 / 30.0).abs() < 0.002),
+        "frames one interval apart in presentation order: {times:?}"
+    );
+    let decoded = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}

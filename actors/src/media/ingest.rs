@@ -254,6 +254,13 @@ impl TrackPump {
 
     /// Final counters and the ended event; returns the summary too.
     pub fn end(mut self, reason: &str) -> TrackSummary {
+        // What still waits in the jitter buffer goes to the file: everything that arrived is
+        // written, a gap still open is lost only now.
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.out);
+        self.receiver.flush(now, &mut out);
+        self.out = out;
+        self.drain(now);
         let stats = self.receiver.stats();
         self.counters.publish(&self.base, &stats);
         self.counters.bitrate_bps.store(0, Ordering::Relaxed);

@@ -17,10 +17,16 @@ use super::sdp::AuxPayloads;
 /// Network jitter, a jitter buffer's wait and a stall of the path stay well below it.
 const MAX_TIMESTAMP_DEVIATION: Duration = Duration::from_secs(2);
 
+/// How far before the newest frame an H.264 frame may be shown (B-frames): beyond any encoder's
+/// reorder depth (x264's is at most 16 frames), short of a clock that jumped back.
+const MAX_PRESENTATION_REORDER_MS: i64 = 1000;
+
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
-    /// How long a gap in sequence numbers may hold later packets back.
+    /// How long a gap in sequence numbers holds later packets back at least.
     pub reorder_delay: Duration,
+    /// How long at most, once the path showed packets later than `reorder_delay`.
+    pub jitter_buffer_max: Duration,
     pub reorder_max_packets: usize,
     /// Least time between two keyframe requests while one is awaited.
     pub keyframe_request_interval: Duration,
@@ -29,7 +35,8 @@ pub struct ReceiverConfig {
 impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
-            reorder_delay: Duration::from_millis(100),
+            reorder_delay: Duration::from_millis(200),
+            jitter_buffer_max: Duration::from_millis(1500),
             reorder_max_packets: 512,
             keyframe_request_interval: Duration::from_millis(500),
         }
@@ -111,7 +118,11 @@ impl TrackReceiver {
         Self {
             codec,
             payloads: None,
-            reorder: ReorderBuffer::new(config.reorder_delay, config.reorder_max_packets),
+            reorder: ReorderBuffer::adaptive(
+                config.reorder_delay,
+                config.jitter_buffer_max,
+                config.reorder_max_packets,
+            ),
             assembler: FrameAssembler::new(codec),
             timestamps: TimestampUnwrapper::default(),
             clock: MediaClock::new(codec.clock_rate()),
@@ -274,6 +285,13 @@ impl TrackReceiver {
         self.request_keyframe_if_due(now, out);
     }
 
+    /// The ingest ends: everything the jitter buffer holds is released (open gaps lost).
+    pub fn flush(&mut self, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        let mut released = Vec::new();
+        self.reorder.flush(&mut released);
+        self.handle_released(released, now, out);
+    }
+
     /// When [`Self::poll`] has something to do next.
     pub fn next_deadline(&self) -> Option<Instant> {
         let keyframe = (self.waiting_for_keyframe && self.ssrc.is_some())
@@ -340,17 +358,24 @@ impl TrackReceiver {
     fn emit(&mut self, frame: Frame, arrived: Instant, now: Instant, out: &mut Vec<ReceiverOutput>) {
         self.reanchor_if_jumped(frame.rtp_timestamp, arrived);
         let timestamp = self.timestamps.unwrap(frame.rtp_timestamp);
-        if self
-            .last_frame_timestamp
-            .is_some_and(|last| timestamp <= last && self.codec.is_video())
-        {
-            // Video frames are strictly increasing in time; an older one is a sender's glitch.
-            self.stats.num_frames_skipped += 1;
-            return;
-        }
-        if self.last_frame_timestamp.is_some_and(|last| timestamp < last) {
-            self.stats.num_frames_skipped += 1;
-            return;
+        if let Some(last) = self.last_frame_timestamp {
+            let in_order = match self.codec {
+                // H.264 with B-frames sends in decode order: a frame may be shown before the
+                // newest one sent, but not before the file's first, nor long before the newest.
+                Codec::H264 => {
+                    let limit = i64::from(self.codec.clock_rate()) * MAX_PRESENTATION_REORDER_MS / 1000;
+                    timestamp != last
+                        && self.first_frame_timestamp.is_none_or(|first| timestamp > first)
+                        && last - timestamp < limit
+                }
+                // Other video is strictly increasing; audio never goes back.
+                _ if self.codec.is_video() => timestamp > last,
+                _ => timestamp >= last,
+            };
+            if !in_order {
+                self.stats.num_frames_skipped += 1;
+                return;
+            }
         }
         if self.waiting_for_keyframe {
             if !frame.keyframe {
@@ -359,10 +384,13 @@ impl TrackReceiver {
             }
             self.waiting_for_keyframe = false;
         }
-        let wall = self.wall_at(now);
+        // Anchored at the frame's arrival, not at its release from the jitter buffer (which
+        // waits): without sender reports, tracks of one sender line up by arrival.
+        let wall = self.wall_at(arrived);
         self.clock.on_arrival(wall, timestamp);
         self.first_frame_timestamp.get_or_insert(timestamp);
-        self.last_frame_timestamp = Some(timestamp);
+        // The newest frame shown (B-frames come after the frame they precede).
+        self.last_frame_timestamp = Some(self.last_frame_timestamp.map_or(timestamp, |last| last.max(timestamp)));
         self.last_frame_arrival = Some(arrived);
         self.stats.num_frames += 1;
         self.stats.num_keyframes += u64::from(frame.keyframe && self.codec.is_video());
@@ -394,9 +422,11 @@ impl TrackReceiver {
     fn switch_source(&mut self, packet: &RtpPacket, now: Instant, out: &mut Vec<ReceiverOutput>) {
         self.stats.num_ssrc_changes += 1;
         let mut released = Vec::new();
-        self.reorder.poll(now + self.config.reorder_delay * 1000, &mut released);
+        self.reorder.flush(&mut released);
         self.handle_released(released, now, out);
-        self.reorder = ReorderBuffer::new(self.config.reorder_delay, self.config.reorder_max_packets);
+        // The new source's numbering starts afresh; what the path taught about waiting (and
+        // the counts) carry on.
+        self.reorder = self.reorder.for_new_source();
         self.assembler = FrameAssembler::new(self.codec);
         let elapsed = self
             .last_arrival
@@ -734,10 +764,11 @@ pub(crate) mod tests {
             payload: bytes::Bytes::from_static(&[0xfc]),
         };
         rx.push_rtp(p(1, 48_000), t0 + Duration::from_millis(30), &mut out);
+        rx.poll(t0 + Duration::from_millis(500), &mut out);
         assert_eq!(
             rx.started_wall_micros(),
             Some(7_030_000),
-            "arrival until a report comes"
+            "arrival (not the jitter buffer's release) until a report comes"
         );
         let ntp = (1_700_000_000u64 + 2_208_988_800) << 32;
         rx.push_rtcp(&crate::media::rtp::sender_report_bytes(

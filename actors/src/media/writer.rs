@@ -658,6 +658,7 @@ struct Muxer {
     first_timestamp: Option<i64>,
     last_timestamp: i64,
     last_pts: Option<i64>,
+    last_dts: Option<i64>,
     last_duration: i64,
     num_frames: u64,
     num_bytes: u64,
@@ -764,6 +765,11 @@ impl Muxer {
             output.set_metadata(metadata);
         }
         let mut options = ffmpeg::Dictionary::new();
+        // An H.264 track's first decode times are before 0 (see `H264_DTS_LAG_TICKS`): they must
+        // not shift the presentation times, which are the track's timeline.
+        if codec == Codec::H264 {
+            options.set("avoid_negative_ts", "disabled");
+        }
         // Close a cluster at least every second so flushes have whole clusters to write.
         options.set("cluster_time_limit", "1000");
         output.write_header_with(options).map_err(|e| ff("write header", e))?;
@@ -777,6 +783,7 @@ impl Muxer {
             first_timestamp: None,
             last_timestamp: 0,
             last_pts: None,
+            last_dts: None,
             last_duration: 0,
             num_frames: 0,
             num_bytes: 0,
@@ -788,8 +795,18 @@ impl Muxer {
         // Gaps stay gaps: the file's clock is the sender's RTP clock, shifted to start at 0.
         let ticks = frame.timestamp - first;
         let pts = rescale(ticks, self.clock, self.stream_time_base);
-        if self.last_pts.is_some_and(|last| pts <= last) {
-            // Two frames in one tick of the container's clock: the muxer would refuse the second.
+        // Decode order: the same as presentation order, except H.264 with B-frames, whose
+        // frames come in decode order with their presentation times. Matroska stores only the
+        // presentation time; the muxer wants a decode time that grows and is no later than it.
+        let dts = if self.codec == Codec::H264 {
+            let lagged = pts - rescale(H264_DTS_LAG_TICKS, self.clock, self.stream_time_base);
+            self.last_dts.map_or(lagged, |last| lagged.max(last + 1))
+        } else {
+            pts
+        };
+        if ticks < 0 || dts > pts || self.last_dts.is_some_and(|last| dts <= last) || self.last_pts == Some(pts) {
+            // Before the file's first frame, or two frames in one tick of the container's
+            // clock: the muxer would refuse it.
             return Ok(());
         }
         // The muxer reads the frame where it is: a packet without a buffer of its own borrows
@@ -807,7 +824,7 @@ impl Muxer {
         }
         packet.set_stream(0);
         packet.set_pts(Some(pts));
-        packet.set_dts(Some(pts));
+        packet.set_dts(Some(dts));
         let duration = match self.codec {
             Codec::Opus => opus_packet_samples(&frame.frame.data).unwrap_or(960),
             // One byte per tick of the 8 kHz RTP clock (see `Codec::is_telephony`).
@@ -820,7 +837,12 @@ impl Muxer {
         }
         packet.write(&mut self.output).map_err(|e| ff("write frame", e))?;
         self.last_pts = Some(pts);
-        self.last_timestamp = frame.timestamp;
+        self.last_dts = Some(dts);
+        self.last_timestamp = if self.num_frames == 0 {
+            frame.timestamp
+        } else {
+            self.last_timestamp.max(frame.timestamp)
+        };
         self.last_duration = duration;
         self.num_frames += 1;
         self.num_bytes += frame.frame.data.len() as u64;
@@ -859,6 +881,11 @@ impl Muxer {
             .map_err(|e| MediaError::Io(format!("fsync {}: {e}", self.path.display())))
     }
 }
+
+/// How far an H.264 frame's decode time is put before its presentation time: more than any
+/// encoder's B-frame delay (90 kHz ticks: one second), so a B-frame, shown before the frames
+/// decoded ahead of it, still gets a decode time after theirs and no later than its own.
+const H264_DTS_LAG_TICKS: i64 = 90_000;
 
 fn rescale(value: i64, from: ffmpeg::Rational, to: ffmpeg::Rational) -> i64 {
     // SAFETY: pure arithmetic on plain values.
