@@ -221,7 +221,7 @@ fn jobs_queued_at_a_kill_9_finish_after_restart_and_the_manifest_comes_last() {
     });
     let (_, instance) = service.call("GET", &instance_path, None);
     assert!(
-        instance.get("chatTranscript").is_none(),
+        instance["chatTranscript"].get("uploaded").is_none(),
         "nothing can be uploaded yet: {instance}"
     );
     service.kill9();
@@ -230,7 +230,7 @@ fn jobs_queued_at_a_kill_9_finish_after_restart_and_the_manifest_comes_last() {
     let service = Service::start(dir.path(), &config);
     let instance = poll("the transcript and co-browse uploads", Duration::from_secs(60), || {
         let (_, instance) = service.call("GET", &instance_path, None);
-        instance.get("chatTranscript")?;
+        instance["chatTranscript"].get("uploaded")?;
         Some(instance)
     });
     let prefix = format!("rec/default/s3app/{conv}/{rec}/{inst}");

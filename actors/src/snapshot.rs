@@ -93,6 +93,12 @@ counter_set! {
         num_frames,
         num_lost,
         num_keyframe_requests,
+        /// Packets asked for again (generic NACK, plain RTP whose sender retransmits).
+        num_nacks,
+        /// Packets that came after the jitter buffer had given up on them.
+        num_late,
+        /// The jitter buffer's wait now (summed over tracks by `/metrics`: read it per track).
+        jitter_buffer_ms,
         num_malformed,
         num_refused,
         bitrate_bps,

@@ -218,6 +218,9 @@ pub struct ChatTranscriptData {
     pub id: String,
     /// Where the transcript is stored; from its first line on, where it will be stored.
     pub location: String,
+    /// Addition: when it was last stored; absent until its first upload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<String>,
     /// Addition: `BACKUP` when the application's backup store holds it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
@@ -233,6 +236,7 @@ fn transcript(r: &InstanceRecord) -> Option<ChatTranscriptData> {
         created: timestamp(t.created),
         id: t.id.clone(),
         location: t.location.clone(),
+        uploaded: (!t.pending).then(|| timestamp(t.uploaded.unwrap_or(t.created))),
         store: store(t.backup),
     })
 }

@@ -540,7 +540,7 @@ impl TestApp {
             &format!("transcript artefact with {num_entries} entries at {}", path.display()),
             || {
                 let instance = self.instance(key, event);
-                instance.get("chatTranscript")?;
+                instance["chatTranscript"].get("uploaded")?;
                 let file: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
                 (file["chatTranscriptList"].as_array()?.len() == num_entries).then_some((instance, file))
             },

@@ -41,7 +41,8 @@ const ALLOWED_EXTRA: &[(&str, &[&str])] = &[
     // from the listing to the instance's own routes (the spec's listing has no id at all).
     // Backup storage (an addition): which store holds an artefact, when it is the backup one.
     ("UploadDataMessage", &["store"]),
-    ("ChatTranscriptData", &["store"]),
+    // ... and when a transcript, shown from its first line on, was last stored.
+    ("ChatTranscriptData", &["store", "uploaded"]),
     // ... and, with erasure (GDPR, an addition), when an instance was erased.
     ("ConversationRecordingData", &["instanceId", "state", "erasure"]),
     // Pause/resume (an addition for contact centers: card payments): whether the instance is

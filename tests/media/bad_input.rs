@@ -122,7 +122,7 @@ fn bad_offers_tokens_and_packets_are_refused_and_the_recording_goes_on() {
             q,
             &bearer,
             "application/sdp",
-            &rtp_offer(&[("audio", 0, "PCMU/8000")]),
+            &rtp_offer(&[("audio", 18, "G729/8000")]),
         )
         .assert_error(400);
     assert!(
@@ -145,7 +145,7 @@ fn bad_offers_tokens_and_packets_are_refused_and_the_recording_goes_on() {
         "userId=y&type=CAM",
         &bearer,
         "application/sdp",
-        &rtp_offer(&[("audio", 0, "PCMU/8000"), ("audio", 111, "opus/48000/2")]),
+        &rtp_offer(&[("audio", 18, "G729/8000"), ("audio", 111, "opus/48000/2")]),
     );
     assert_eq!(mixed.status, 201, "{}", mixed.text());
     let ports = answer_ports(&mixed.text());

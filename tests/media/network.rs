@@ -71,3 +71,122 @@ fn jitter_up_to_150_ms_without_loss_loses_no_frame() {
         );
     }
 }
+
+fn dropped_so_far(relay: &Relay) -> u64 {
+    relay.counts.dropped.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A forwarder that retransmits (its offer says `a=rtcp-fb:96 nack`) over a path that loses 5 %
+/// of the datagrams (retransmissions included): the recorder asks for every missing packet
+/// while its jitter buffer waits, and every frame is recorded.
+#[test]
+fn a_retransmitting_forwarder_over_a_lossy_path_loses_no_frame() {
+    use std::collections::HashMap;
+    use std::net::UdpSocket;
+    use std::sync::{Arc, Mutex};
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("nack");
+    let event = app.start(&unique("nack-call"), &conference, true, true);
+    let offer = "v=0\r\no=sfu 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                 m=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-mux\r\n";
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=sfu&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        offer,
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let answer = resp.text();
+    assert!(
+        answer.contains("a=rtcp-fb:96 nack\r\n"),
+        "the answer takes NACK: {answer}"
+    );
+    let relay = Relay::start(
+        format!("127.0.0.1:{}", answer_ports(&answer)[0]).parse().unwrap(),
+        Impairment {
+            seed: 5,
+            loss: 0.05,
+            delay: (Duration::from_millis(5), Duration::from_millis(25)),
+            ..Default::default()
+        },
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let history: Arc<Mutex<HashMap<u16, Vec<u8>>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let retransmitter = {
+        let (socket, history, done, to) = (socket.try_clone().unwrap(), history.clone(), done.clone(), relay.addr());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            let mut num = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(n) = socket.recv(&mut buf) else { continue };
+                for seq in recorder_actors::media::rtp::nacked_sequences(&buf[..n]) {
+                    if let Some(p) = history.lock().unwrap().get(&seq) {
+                        let _ = socket.send_to(p, to);
+                        num += 1;
+                    }
+                }
+            }
+            num
+        })
+    };
+    let fixture = testkit::rtp::Fixture::load("vp8");
+    let rtp: Vec<&(u64, Vec<u8>)> = fixture
+        .datagrams
+        .iter()
+        .filter(|(_, d)| !(192..=223).contains(&d[1]))
+        .collect();
+    let start = std::time::Instant::now();
+    let (mut seq, mut frames) = (1000u16, 0u64);
+    let first_at = rtp[0].0;
+    let passes = 5u32;
+    for pass in 0..passes {
+        let mut last_ts = None;
+        for (at, d) in &rtp {
+            let due = start + Duration::from_secs(2) * pass + Duration::from_micros(at - first_at);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let mut p = d.clone();
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            let ts = u32::from_be_bytes([d[4], d[5], d[6], d[7]]).wrapping_add(pass * 60 * 3000);
+            p[4..8].copy_from_slice(&ts.to_be_bytes());
+            if last_ts != Some(ts) {
+                frames += 1;
+                last_ts = Some(ts);
+            }
+            history.lock().unwrap().insert(seq, p.clone());
+            socket.send_to(&p, relay.addr()).unwrap();
+            seq = seq.wrapping_add(1);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let track = snapshots_of(&app.debug_tree(), "Track").remove(0);
+    assert_eq!(track["counters"]["num_lost"], 0, "every gap was filled: {track}");
+    assert!(
+        track["counters"]["num_nacks"].as_u64() >= Some(dropped_so_far(&relay)),
+        "{track}"
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let retransmitted = retransmitter.join().unwrap();
+    let dropped = relay.counts.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped > 20, "the path dropped {dropped}");
+    assert!(
+        retransmitted >= dropped / 2,
+        "{retransmitted} retransmitted for {dropped} dropped"
+    );
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    let p = assert_track(
+        find_track(&all, "sfu", "CAM", "VIDEO"),
+        "vp8",
+        frames,
+        f64::from(passes) * 2.0 - 1.0 / 30.0,
+    );
+    eprintln!("{p:?}: {frames} sent, {dropped} datagrams dropped, {retransmitted} retransmitted");
+}

@@ -470,6 +470,7 @@ async fn run_job(
                                 .get_or_insert_with(|| TranscriptArtefact::new(now, location.clone()));
                             transcript.location = location.clone();
                             transcript.pending = false;
+                            transcript.uploaded = Some(now);
                             transcript.num_entries = num_entries;
                             transcript.backup = to_backup;
                         }

@@ -451,6 +451,7 @@ fn opus_rtp_session(path: &Path) -> (Vec<Bytes>, u16, super::receive::PlainRtpSe
         allowed_source: None,
         latched_source: None,
         greet: None,
+        parameter_sets: Vec::new(),
     };
     let now = Instant::now();
     let pump = TrackPump::new(

@@ -17,6 +17,12 @@ pub struct TrackCounters {
     pub num_frames: AtomicU64,
     pub num_lost: AtomicU64,
     pub num_keyframe_requests: AtomicU64,
+    /// Packets asked for again (generic NACK).
+    pub num_nacks: AtomicU64,
+    /// Packets that came after the jitter buffer gave up on them.
+    pub num_late: AtomicU64,
+    /// How long the jitter buffer waits for a gap now, in ms.
+    pub jitter_buffer_ms: AtomicU64,
     pub num_malformed: AtomicU64,
     /// Datagrams refused: from a source other than the latched one, or oversized.
     pub num_refused: AtomicU64,
@@ -42,6 +48,8 @@ impl TrackCounters {
             0,
         );
         set(&self.num_malformed, base.num_malformed + stats.num_malformed, 0);
+        set(&self.num_nacks, base.num_nacks + stats.num_nacks, 0);
+        set(&self.num_late, base.reorder.num_late + stats.reorder.num_late, 0);
     }
 
     /// What the counters hold now, as a base for the next segment.
@@ -53,8 +61,10 @@ impl TrackCounters {
             num_frames: get(&self.num_frames),
             num_keyframe_requests: get(&self.num_keyframe_requests),
             num_malformed: get(&self.num_malformed),
+            num_nacks: get(&self.num_nacks),
             ..Default::default()
         };
+        stats.reorder.num_late = get(&self.num_late);
         stats.reorder.num_lost = get(&self.num_lost);
         stats
     }
@@ -142,6 +152,8 @@ pub struct TrackPump {
     last_publish: Option<Instant>,
     bitrate_window: (Instant, u64),
     out: Vec<ReceiverOutput>,
+    /// Packets to ask for again, per SSRC, since the last `take_nacks`.
+    nacks: Vec<(u32, Vec<u16>)>,
 }
 
 impl TrackPump {
@@ -171,6 +183,7 @@ impl TrackPump {
             last_publish: None,
             bitrate_window: (now, 0),
             out: Vec::new(),
+            nacks: Vec::new(),
         }
     }
 
@@ -227,6 +240,7 @@ impl TrackPump {
                     }
                 }
                 ReceiverOutput::RequestKeyframe { ssrc } => requests.push(ssrc),
+                ReceiverOutput::Nack { ssrc, sequences } => self.nacks.push((ssrc, sequences)),
             }
         }
         if self
@@ -236,6 +250,10 @@ impl TrackPump {
             self.last_publish = Some(now);
             let stats = self.receiver.stats();
             self.counters.publish(&self.base, &stats);
+            self.counters.jitter_buffer_ms.store(
+                self.receiver.jitter_buffer_delay().as_millis() as u64,
+                Ordering::Relaxed,
+            );
             let (since, bytes) = self.bitrate_window;
             let elapsed = now.saturating_duration_since(since);
             if elapsed >= Duration::from_secs(1) {
@@ -246,6 +264,11 @@ impl TrackPump {
             }
         }
         requests
+    }
+
+    /// The NACKs the last drains produced.
+    pub fn take_nacks(&mut self) -> Vec<(u32, Vec<u16>)> {
+        std::mem::take(&mut self.nacks)
     }
 
     pub fn outputs(&mut self) -> &mut Vec<ReceiverOutput> {

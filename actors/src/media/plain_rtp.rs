@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ingest::{IngestEvent, TrackCounters, TrackPump};
 use super::rtp::{is_rtcp, RtpPacket, MAX_RTP_PACKET};
@@ -113,6 +113,8 @@ pub struct BoundMedia {
     /// Where the offer says the sender receives (RTP, RTCP): greeted until the port latches,
     /// for a sender that sends only once it heard from its peer.
     pub greet: Option<(SocketAddr, Option<SocketAddr>)>,
+    /// H.264 parameter sets the offer carried.
+    pub parameter_sets: Vec<Vec<u8>>,
 }
 
 impl BoundMedia {
@@ -130,6 +132,7 @@ impl BoundMedia {
             allowed_source: media.connection.or(session_ip),
             latched_source: None,
             greet: media.sender_addresses(session_ip),
+            parameter_sets: media.h264_parameter_sets(accepted.payload_type),
         })
     }
 
@@ -212,6 +215,91 @@ impl Inbound {
             });
         }
     }
+}
+
+/// When any m-line of a session last received a datagram: a session ends as idle only once
+/// all of its m-lines have been silent for the idle limit, never one m-line alone (a customer
+/// on hold sends no audio while the agent's video goes on; a muted agent sends nothing at all
+/// for minutes). Shared by the session's ingests, read by its stream's snapshot.
+#[derive(Debug)]
+pub struct SessionActivity {
+    base: Instant,
+    /// Micros after `base` of the newest datagram (0: none yet).
+    last_micros: std::sync::atomic::AtomicU64,
+    idle_limit: Duration,
+}
+
+impl SessionActivity {
+    pub(super) fn new(idle_limit: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            last_micros: std::sync::atomic::AtomicU64::new(0),
+            idle_limit,
+        }
+    }
+
+    pub(super) fn touch(&self, at: Instant) {
+        let micros = at.saturating_duration_since(self.base).as_micros() as u64;
+        self.last_micros.fetch_max(micros.max(1), Ordering::Relaxed);
+    }
+
+    /// The newest datagram of the session, or its start.
+    pub(super) fn last(&self) -> Instant {
+        self.base + Duration::from_micros(self.last_micros.load(Ordering::Relaxed))
+    }
+
+    /// How long the session has received nothing (since its start when nothing came yet).
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last())
+    }
+
+    pub fn idle_limit(&self) -> Duration {
+        self.idle_limit
+    }
+
+    pub(super) fn is_idle(&self, now: Instant) -> bool {
+        self.silent_for(now) >= self.idle_limit
+    }
+}
+
+/// A sender that learns where to send from the first packet it receives (mediasoup's
+/// PlainTransport with `comedia`, a NAT'd gateway with symmetric RTP) waits for the recorder to
+/// speak first: until its port latches, the recorder sends an empty RTCP receiver report from its
+/// RTP port (and from its RTCP port) to where the offer says the sender listens.
+pub(super) struct Greeting {
+    pub(super) rtp: std::net::SocketAddr,
+    pub(super) rtcp: Option<std::net::SocketAddr>,
+    pub(super) left: u8,
+    pub(super) next: Instant,
+}
+
+/// Greetings sent at most, one a second: a sender that has not started after 10 s is not
+/// waiting for us.
+pub(super) const GREETINGS: u8 = 10;
+pub(super) const GREETING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// RTCP RR with no report block (RFC 3550 §6.4.2): V=2, RC=0, PT=201, length 1, SSRC.
+pub(super) const EMPTY_RECEIVER_REPORT: [u8; 8] = [0x80, 201, 0, 1, 0x72, 0x65, 0x63, 0x31];
+
+/// Whether a datagram on an unlatched RTCP port may latch it, so that keyframe requests go to
+/// where the sender reads RTCP. RTCP does; so does the probe an SFU forwarder sends from its RTCP
+/// socket before any media to open that path (Janus' `rtp_forward` with `rtcp_port`: two empty
+/// 12-byte RTP headers, payload type 0, from a socket other than the one its RTP leaves from,
+/// which Janus never reads). Either must come from the IP the RTP port latched to, or, before
+/// RTP came, from the offer's address (an offer without one needs a key trusted for any source).
+pub(super) fn rtcp_may_latch(
+    datagram: &[u8],
+    from: std::net::SocketAddr,
+    rtp_source: Option<std::net::SocketAddr>,
+    allowed_ip: Option<std::net::IpAddr>,
+) -> bool {
+    let is_probe = datagram.len() == 12 && datagram[0] >> 6 == 2;
+    let shape = is_rtcp(datagram) || is_probe;
+    let ip_ok = match rtp_source {
+        Some(rtp) => rtp.ip() == from.ip(),
+        None => allowed_ip.is_none_or(|ip| ip == from.ip()),
+    };
+    shape && ip_ok
 }
 
 #[cfg(test)]
@@ -375,5 +463,34 @@ mod tests {
         assert_eq!(inbound.rtp_latch.source, Some(sender));
         inbound.datagram(&rtp(111, 3), attacker, now);
         assert_eq!(counters.num_refused.load(Ordering::Relaxed), 5);
+    }
+}
+
+#[cfg(test)]
+mod rtcp_latch_tests {
+    use super::rtcp_may_latch;
+
+    #[test]
+    fn the_rtcp_port_latches_to_rtcp_or_a_forwarders_probe_from_the_senders_ip() {
+        let janus_rtcp: std::net::SocketAddr = "10.0.0.5:51234".parse().unwrap();
+        let janus_rtp: std::net::SocketAddr = "10.0.0.5:40000".parse().unwrap();
+        let probe = [0x80u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
+        let offer_ip = Some("10.0.0.5".parse().unwrap());
+        // Janus' probes come before any media: the offer's address allows them.
+        assert!(rtcp_may_latch(&probe, janus_rtcp, None, offer_ip));
+        assert!(rtcp_may_latch(&rr, janus_rtcp, Some(janus_rtp), offer_ip));
+        // From elsewhere, or noise, or a media packet: never.
+        assert!(!rtcp_may_latch(&probe, "10.0.0.6:1".parse().unwrap(), None, offer_ip));
+        assert!(!rtcp_may_latch(
+            &probe,
+            "10.0.0.6:1".parse().unwrap(),
+            Some(janus_rtp),
+            None
+        ));
+        assert!(!rtcp_may_latch(b"hello, port!", janus_rtcp, None, offer_ip));
+        let mut media = vec![0x80u8, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
+        media.extend_from_slice(&[1, 2, 3]);
+        assert!(!rtcp_may_latch(&media, janus_rtcp, None, offer_ip));
     }
 }

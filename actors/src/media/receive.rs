@@ -9,54 +9,12 @@ use std::time::{Duration, Instant};
 
 use super::datagram::{enable_arrival_stamps, keep_arrival_stamps_on, RecvBatch, RECV_BATCH, SLOT};
 use super::ingest::{TrackPump, TrackSummary};
-use super::plain_rtp::{BoundMedia, Inbound, Latch};
-use super::rtp::{is_rtcp, picture_loss_indication, MAX_RTP_PACKET};
+use super::plain_rtp::{
+    rtcp_may_latch, BoundMedia, Greeting, Inbound, Latch, SessionActivity, EMPTY_RECEIVER_REPORT, GREETINGS,
+    GREETING_INTERVAL,
+};
+use super::rtp::{generic_nack, picture_loss_indication, MAX_RTP_PACKET};
 use super::MediaError;
-
-/// When any m-line of a session last received a datagram: a session ends as idle only once
-/// all of its m-lines have been silent for the idle limit, never one m-line alone (a customer
-/// on hold sends no audio while the agent's video goes on; a muted agent sends nothing at all
-/// for minutes). Shared by the session's ingests, read by its stream's snapshot.
-#[derive(Debug)]
-pub struct SessionActivity {
-    base: Instant,
-    /// Micros after `base` of the newest datagram (0: none yet).
-    last_micros: std::sync::atomic::AtomicU64,
-    idle_limit: Duration,
-}
-
-impl SessionActivity {
-    fn new(idle_limit: Duration) -> Self {
-        Self {
-            base: Instant::now(),
-            last_micros: std::sync::atomic::AtomicU64::new(0),
-            idle_limit,
-        }
-    }
-
-    fn touch(&self, at: Instant) {
-        let micros = at.saturating_duration_since(self.base).as_micros() as u64;
-        self.last_micros.fetch_max(micros.max(1), Ordering::Relaxed);
-    }
-
-    /// The newest datagram of the session, or its start.
-    fn last(&self) -> Instant {
-        self.base + Duration::from_micros(self.last_micros.load(Ordering::Relaxed))
-    }
-
-    /// How long the session has received nothing (since its start when nothing came yet).
-    pub fn silent_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.last())
-    }
-
-    pub fn idle_limit(&self) -> Duration {
-        self.idle_limit
-    }
-
-    fn is_idle(&self, now: Instant) -> bool {
-        self.silent_for(now) >= self.idle_limit
-    }
-}
 
 /// The receive work of one plain-RTP session, running on the pool's threads; stopping is
 /// cooperative (a flag, and a wake-up of the threads that serve it), so no socket is ever closed
@@ -231,25 +189,6 @@ fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
-/// A sender that learns where to send from the first packet it receives (mediasoup's
-/// PlainTransport with `comedia`, a NAT'd gateway with symmetric RTP) waits for the recorder to
-/// speak first: until its port latches, the recorder sends an empty RTCP receiver report from its
-/// RTP port (and from its RTCP port) to where the offer says the sender listens.
-struct Greeting {
-    rtp: std::net::SocketAddr,
-    rtcp: Option<std::net::SocketAddr>,
-    left: u8,
-    next: Instant,
-}
-
-/// Greetings sent at most, one a second: a sender that has not started after 10 s is not
-/// waiting for us.
-const GREETINGS: u8 = 10;
-const GREETING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// RTCP RR with no report block (RFC 3550 §6.4.2): V=2, RC=0, PT=201, length 1, SSRC.
-const EMPTY_RECEIVER_REPORT: [u8; 8] = [0x80, 201, 0, 1, 0x72, 0x65, 0x63, 0x31];
-
 /// One m-line on a receive thread: its sockets, latches, receiver and writer.
 pub(super) struct MediaIngest {
     rtp: mio::net::UdpSocket,
@@ -415,16 +354,24 @@ impl MediaIngest {
         let mut out = std::mem::take(pump.outputs());
         pump.receiver.poll(now, &mut out);
         *pump.outputs() = out;
-        for ssrc in pump.drain(now) {
+        let plis: Vec<Vec<u8>> = pump
+            .drain(now)
+            .into_iter()
+            .map(|ssrc| picture_loss_indication(0, ssrc).to_vec())
+            .collect();
+        let nacks = pump
+            .take_nacks()
+            .into_iter()
+            .map(|(ssrc, sequences)| generic_nack(0, ssrc, &sequences));
+        for feedback in plis.into_iter().chain(nacks) {
             // Feedback goes where the sender's RTCP comes from; with rtcp-mux (or before any
             // RTCP arrived) to its RTP source.
-            let pli = picture_loss_indication(0, ssrc);
             match (&self.rtcp, self.rtcp_latch.source, self.inbound.rtp_latch.source) {
                 (Some(sock), Some(to), _) => {
-                    let _ = sock.send_to(&pli, to);
+                    let _ = sock.send_to(&feedback, to);
                 }
                 (_, _, Some(to)) => {
-                    let _ = self.rtp.send_to(&pli, to);
+                    let _ = self.rtp.send_to(&feedback, to);
                 }
                 _ => {}
             }
@@ -465,27 +412,6 @@ impl MediaIngest {
         }
         drop(guard);
     }
-}
-
-/// Whether a datagram on an unlatched RTCP port may latch it, so that keyframe requests go to
-/// where the sender reads RTCP. RTCP does; so does the probe an SFU forwarder sends from its RTCP
-/// socket before any media to open that path (Janus' `rtp_forward` with `rtcp_port`: two empty
-/// 12-byte RTP headers, payload type 0, from a socket other than the one its RTP leaves from,
-/// which Janus never reads). Either must come from the IP the RTP port latched to, or, before
-/// RTP came, from the offer's address (an offer without one needs a key trusted for any source).
-fn rtcp_may_latch(
-    datagram: &[u8],
-    from: std::net::SocketAddr,
-    rtp_source: Option<std::net::SocketAddr>,
-    allowed_ip: Option<std::net::IpAddr>,
-) -> bool {
-    let is_probe = datagram.len() == 12 && datagram[0] >> 6 == 2;
-    let shape = is_rtcp(datagram) || is_probe;
-    let ip_ok = match rtp_source {
-        Some(rtp) => rtp.ip() == from.ip(),
-        None => allowed_ip.is_none_or(|ip| ip == from.ip()),
-    };
-    shape && ip_ok
 }
 
 /// A receive thread: its epoll, its m-lines (a slab indexed by token / 2).
@@ -627,34 +553,5 @@ impl ReceiveLoop {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod rtcp_latch_tests {
-    use super::rtcp_may_latch;
-
-    #[test]
-    fn the_rtcp_port_latches_to_rtcp_or_a_forwarders_probe_from_the_senders_ip() {
-        let janus_rtcp: std::net::SocketAddr = "10.0.0.5:51234".parse().unwrap();
-        let janus_rtp: std::net::SocketAddr = "10.0.0.5:40000".parse().unwrap();
-        let probe = [0x80u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
-        let offer_ip = Some("10.0.0.5".parse().unwrap());
-        // Janus' probes come before any media: the offer's address allows them.
-        assert!(rtcp_may_latch(&probe, janus_rtcp, None, offer_ip));
-        assert!(rtcp_may_latch(&rr, janus_rtcp, Some(janus_rtp), offer_ip));
-        // From elsewhere, or noise, or a media packet: never.
-        assert!(!rtcp_may_latch(&probe, "10.0.0.6:1".parse().unwrap(), None, offer_ip));
-        assert!(!rtcp_may_latch(
-            &probe,
-            "10.0.0.6:1".parse().unwrap(),
-            Some(janus_rtp),
-            None
-        ));
-        assert!(!rtcp_may_latch(b"hello, port!", janus_rtcp, None, offer_ip));
-        let mut media = vec![0x80u8, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
-        media.extend_from_slice(&[1, 2, 3]);
-        assert!(!rtcp_may_latch(&media, janus_rtcp, None, offer_ip));
     }
 }

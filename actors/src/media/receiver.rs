@@ -61,6 +61,97 @@ pub enum ReceiverOutput {
     RequestKeyframe {
         ssrc: u32,
     },
+    /// Ask the sender of `ssrc` to send these packets again (generic NACK, RFC 4585 §6.2.1).
+    Nack {
+        ssrc: u32,
+        sequences: Vec<u16>,
+    },
+}
+
+/// Generic NACK for a sender that retransmits: a missing packet is asked for shortly after its
+/// gap shows (a little reordering is not loss) and again until it comes, it is given up on, or
+/// the tries run out.
+#[derive(Debug, Default)]
+struct NackState {
+    unwrapper: super::reorder::SequenceUnwrapper,
+    /// The lowest and highest packets seen (the first to arrive need not be the first sent).
+    lowest: Option<i64>,
+    highest: Option<i64>,
+    /// Missing packets: when the gap showed, when last asked, tries left.
+    missing: std::collections::BTreeMap<i64, (Instant, Option<Instant>, u8)>,
+}
+
+/// How long a gap may be a mere reordering before its packets are asked for.
+const NACK_FIRST_AFTER: Duration = Duration::from_millis(20);
+/// Between two requests for the same packet: a round trip on a long path.
+const NACK_INTERVAL: Duration = Duration::from_millis(120);
+const NACK_TRIES: u8 = 5;
+/// Most packets a gap may miss to be asked for; a larger jump is a restart, not loss.
+const NACK_MAX_GAP: i64 = 256;
+
+impl NackState {
+    /// A packet arrived: its place is no longer missing; places it skipped now are.
+    fn arrived(&mut self, sequence: u16, now: Instant) {
+        let seq = self.unwrapper.unwrap(sequence);
+        self.missing.remove(&seq);
+        // Below everything seen so far (jitter at the start): what lies between is missing.
+        if let Some(low) = self.lowest.filter(|low| seq + 1 < *low && *low - seq <= NACK_MAX_GAP) {
+            for s in seq + 1..low {
+                self.missing.insert(s, (now, None, NACK_TRIES));
+            }
+        }
+        if self.lowest.is_none_or(|low| seq < low) {
+            self.lowest = Some(seq);
+        }
+        match self.highest {
+            Some(h) if seq > h + 1 && seq - h <= NACK_MAX_GAP => {
+                for s in h + 1..seq {
+                    self.missing.insert(s, (now, None, NACK_TRIES));
+                }
+            }
+            Some(h) if seq - h > NACK_MAX_GAP || h - seq > NACK_MAX_GAP => self.missing.clear(),
+            _ => {}
+        }
+        if self.highest.is_none_or(|h| seq > h) {
+            self.highest = Some(seq);
+        }
+        while self.missing.len() > NACK_MAX_GAP as usize {
+            self.missing.pop_first();
+        }
+    }
+
+    /// Missing packets older than `give_up` are no longer waited for.
+    fn forget_before(&mut self, give_up: Instant) {
+        self.missing.retain(|_, (seen, _, _)| *seen > give_up);
+    }
+
+    /// The packets due to be asked for at `now`.
+    fn due(&mut self, now: Instant) -> Vec<u16> {
+        let mut out = Vec::new();
+        self.missing.retain(|seq, (seen, asked, tries)| {
+            let due = match asked {
+                None => now.saturating_duration_since(*seen) >= NACK_FIRST_AFTER,
+                Some(at) => now.saturating_duration_since(*at) >= NACK_INTERVAL,
+            };
+            if due {
+                out.push(*seq as u16);
+                *asked = Some(now);
+                *tries -= 1;
+            }
+            *tries > 0 || !due
+        });
+        out
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.missing
+            .values()
+            .map(|(seen, asked, _)| match asked {
+                None => *seen + NACK_FIRST_AFTER,
+                Some(at) => *at + NACK_INTERVAL,
+            })
+            .min()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,6 +170,8 @@ pub struct ReceiverStats {
     pub num_ssrc_changes: u64,
     /// Times the RTP clock jumped on one SSRC and the track was re-anchored at the arrival.
     pub num_timestamp_jumps: u64,
+    /// Packets asked for again (generic NACK).
+    pub num_nacks: u64,
     /// Packets beside the media that are never recorded: DTMF events (RFC 4733, counted as
     /// packets, never as digits) and comfort noise.
     pub num_aux_dropped: u64,
@@ -90,6 +183,9 @@ pub struct TrackReceiver {
     /// The media's payload type and those beside it; `None`: every packet is media (WHIP,
     /// whose stack routes packets by payload type).
     payloads: Option<(u8, AuxPayloads)>,
+    /// The sender retransmits on NACK (plain RTP whose offer says so; WebRTC's stack does its
+    /// own).
+    nack: Option<NackState>,
     config: ReceiverConfig,
     reorder: ReorderBuffer,
     assembler: FrameAssembler,
@@ -118,6 +214,7 @@ impl TrackReceiver {
         Self {
             codec,
             payloads: None,
+            nack: None,
             reorder: ReorderBuffer::adaptive(
                 config.reorder_delay,
                 config.jitter_buffer_max,
@@ -147,6 +244,30 @@ impl TrackReceiver {
         self
     }
 
+    /// H.264 parameter sets known before any packet (the offer's `sprop-parameter-sets`).
+    pub fn with_h264_parameter_sets(mut self, parameter_sets: Vec<Vec<u8>>) -> Self {
+        if self.codec == Codec::H264 && !parameter_sets.is_empty() {
+            self.assembler = FrameAssembler::with_h264_parameter_sets(parameter_sets);
+        }
+        self
+    }
+
+    /// The sender retransmits what a generic NACK asks for: a gap is waited for as long as it
+    /// is asked for (every try, and a round trip for the last one's answer).
+    pub fn with_nack(mut self, nack: bool) -> Self {
+        self.nack = nack.then(NackState::default);
+        if nack {
+            let wait = NACK_FIRST_AFTER + NACK_INTERVAL * u32::from(NACK_TRIES) + Duration::from_millis(100);
+            let base = self.config.reorder_delay.max(wait);
+            self.reorder = ReorderBuffer::adaptive(
+                base,
+                self.config.jitter_buffer_max.max(base),
+                self.config.reorder_max_packets,
+            );
+        }
+        self
+    }
+
     /// A datagram for this track that was not RTP of its payload type.
     pub fn note_malformed(&mut self) {
         self.stats.num_malformed += 1;
@@ -157,6 +278,11 @@ impl TrackReceiver {
         if self.codec.is_video() {
             self.waiting_for_keyframe = true;
         }
+    }
+
+    /// How long the jitter buffer waits for a gap now.
+    pub fn jitter_buffer_delay(&self) -> Duration {
+        self.reorder.delay()
     }
 
     pub fn codec(&self) -> Codec {
@@ -225,6 +351,9 @@ impl TrackReceiver {
         }
         self.first_arrival.get_or_insert(now);
         self.last_arrival = Some(now);
+        if let Some(nack) = &mut self.nack {
+            nack.arrived(packet.sequence, now);
+        }
         let mut released = Vec::new();
         match self.payloads {
             Some((media, aux)) if aux.red == Some(packet.payload_type) => match super::red::split(&packet, media) {
@@ -246,6 +375,20 @@ impl TrackReceiver {
         }
         self.handle_released(released, now, out);
         self.request_keyframe_if_due(now, out);
+        self.nack_if_due(now, out);
+    }
+
+    /// Asks again for the missing packets the jitter buffer still waits for.
+    fn nack_if_due(&mut self, now: Instant, out: &mut Vec<ReceiverOutput>) {
+        let (Some(nack), Some(ssrc)) = (&mut self.nack, self.ssrc) else {
+            return;
+        };
+        nack.forget_before(now.checked_sub(self.reorder.delay()).unwrap_or(now));
+        let sequences = nack.due(now);
+        if !sequences.is_empty() {
+            self.stats.num_nacks += sequences.len() as u64;
+            out.push(ReceiverOutput::Nack { ssrc, sequences });
+        }
     }
 
     /// RTCP from the sender: sender reports refine the wall-clock mapping.
@@ -283,6 +426,7 @@ impl TrackReceiver {
         self.reorder.poll(now, &mut released);
         self.handle_released(released, now, out);
         self.request_keyframe_if_due(now, out);
+        self.nack_if_due(now, out);
     }
 
     /// The ingest ends: everything the jitter buffer holds is released (open gaps lost).
@@ -300,13 +444,14 @@ impl TrackReceiver {
                     .map(|at| at + self.config.keyframe_request_interval)
             })
             .flatten();
-        match (self.reorder.next_deadline(), keyframe) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let nack = self.nack.as_ref().and_then(NackState::next_deadline);
+        [self.reorder.next_deadline(), keyframe, nack]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    fn handle_released(&mut self, released: Vec<Released>, now: Instant, out: &mut Vec<ReceiverOutput>) {
+    fn handle_released(&mut self, released: Vec<Released>, _now: Instant, out: &mut Vec<ReceiverOutput>) {
         for item in released {
             match item {
                 Released::Lost(_) => {
@@ -326,7 +471,7 @@ impl TrackReceiver {
                         self.waiting_for_keyframe = true;
                     }
                     for frame in frames {
-                        self.emit(frame, arrived, now, out);
+                        self.emit(frame, arrived, out);
                     }
                 }
             }
@@ -355,7 +500,7 @@ impl TrackReceiver {
         self.clock.on_arrival(self.wall_at(arrived), next);
     }
 
-    fn emit(&mut self, frame: Frame, arrived: Instant, now: Instant, out: &mut Vec<ReceiverOutput>) {
+    fn emit(&mut self, frame: Frame, arrived: Instant, out: &mut Vec<ReceiverOutput>) {
         self.reanchor_if_jumped(frame.rtp_timestamp, arrived);
         let timestamp = self.timestamps.unwrap(frame.rtp_timestamp);
         if let Some(last) = self.last_frame_timestamp {
@@ -427,6 +572,9 @@ impl TrackReceiver {
         // The new source's numbering starts afresh; what the path taught about waiting (and
         // the counts) carry on.
         self.reorder = self.reorder.for_new_source();
+        if self.nack.is_some() {
+            self.nack = Some(NackState::default());
+        }
         self.assembler = FrameAssembler::new(self.codec);
         let elapsed = self
             .last_arrival
@@ -748,6 +896,66 @@ pub(crate) mod tests {
                 "jump {jump_secs} s"
             );
         }
+    }
+
+    #[test]
+    fn a_retransmitting_sender_is_asked_for_what_is_missing_until_it_comes() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), t0, 0)
+            .with_payloads(111, AuxPayloads::default())
+            .with_nack(true);
+        let p = |seq: u16| RtpPacket {
+            payload_type: 111,
+            marker: false,
+            sequence: seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc: 9,
+            payload: bytes::Bytes::from(vec![0xfc, seq as u8]),
+        };
+        let ms = Duration::from_millis;
+        let mut out = Vec::new();
+        for seq in [1u16, 2, 3, 6] {
+            rx.push_rtp(p(seq), t0 + ms(u64::from(seq) * 20), &mut out);
+        }
+        let nacks = |out: &[ReceiverOutput]| -> Vec<Vec<u16>> {
+            out.iter()
+                .filter_map(|o| match o {
+                    ReceiverOutput::Nack { ssrc: 9, sequences } => Some(sequences.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        rx.poll(t0 + ms(125), &mut out);
+        assert!(nacks(&out).is_empty(), "a little reordering is not loss yet");
+        rx.push_rtp(p(7), t0 + ms(140), &mut out);
+        assert_eq!(nacks(&out), vec![vec![4, 5]]);
+        // Asked again a round trip later; 4 comes back, then 5.
+        rx.poll(t0 + ms(200), &mut out);
+        assert_eq!(nacks(&out).len(), 1, "not before the interval");
+        rx.poll(t0 + ms(270), &mut out);
+        assert_eq!(nacks(&out), vec![vec![4, 5], vec![4, 5]]);
+        rx.push_rtp(p(4), t0 + ms(280), &mut out);
+        rx.push_rtp(p(5), t0 + ms(300), &mut out);
+        rx.poll(t0 + ms(2_000), &mut out);
+        assert_eq!(nacks(&out).len(), 2, "nothing more once they came");
+        assert_eq!(
+            frames(&out).len(),
+            7,
+            "every frame, the retransmitted ones in their place"
+        );
+        assert_eq!(rx.stats().reorder.num_lost, 0);
+        assert_eq!(rx.stats().num_nacks, 4);
+
+        // At the start the first packet to arrive need not be the first sent: a packet before
+        // it that comes late shows a gap below it too.
+        let mut rx = TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), t0, 0)
+            .with_payloads(111, AuxPayloads::default())
+            .with_nack(true);
+        let mut out = Vec::new();
+        rx.push_rtp(p(10), t0, &mut out);
+        rx.push_rtp(p(7), t0 + ms(5), &mut out);
+        rx.poll(t0 + ms(40), &mut out);
+        assert_eq!(nacks(&out), vec![vec![8, 9]]);
     }
 
     #[test]

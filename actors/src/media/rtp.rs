@@ -172,6 +172,56 @@ pub fn picture_loss_indication(sender_ssrc: u32, media_ssrc: u32) -> [u8; 12] {
     out
 }
 
+/// A generic NACK (RFC 4585 §6.2.1): asks the sender of `media_ssrc` to send `sequences`
+/// again, packed into PID + bitmask entries (each covers a packet and the 16 after it).
+pub fn generic_nack(sender_ssrc: u32, media_ssrc: u32, sequences: &[u16]) -> Vec<u8> {
+    let mut sorted = sequences.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut entries: Vec<(u16, u16)> = Vec::new();
+    for seq in sorted {
+        match entries.last_mut() {
+            Some((pid, blp)) if seq.wrapping_sub(*pid) >= 1 && seq.wrapping_sub(*pid) <= 16 => {
+                *blp |= 1 << (seq.wrapping_sub(*pid) - 1);
+            }
+            _ => entries.push((seq, 0)),
+        }
+    }
+    let words = 2 + entries.len();
+    let mut out = Vec::with_capacity(4 * (words + 1));
+    out.push(0x80 | 1); // version 2, FMT 1 = generic NACK
+    out.push(205); // transport-layer feedback
+    out.extend_from_slice(&(words as u16).to_be_bytes());
+    out.extend_from_slice(&sender_ssrc.to_be_bytes());
+    out.extend_from_slice(&media_ssrc.to_be_bytes());
+    for (pid, blp) in entries {
+        out.extend_from_slice(&pid.to_be_bytes());
+        out.extend_from_slice(&blp.to_be_bytes());
+    }
+    out
+}
+
+/// The sequence numbers the generic NACKs of a compound RTCP packet ask for (test senders and
+/// the load generator answer them); malformed parts end the walk.
+pub fn nacked_sequences(buf: &[u8]) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 4 {
+        let len = (u16::from_be_bytes([rest[2], rest[3]]) as usize + 1) * 4;
+        let Some(body) = rest.get(..len) else { break };
+        if body[1] == 205 && body[0] & 0x1f == 1 {
+            for fci in body[12..].chunks_exact(4) {
+                let pid = u16::from_be_bytes([fci[0], fci[1]]);
+                let blp = u16::from_be_bytes([fci[2], fci[3]]);
+                out.push(pid);
+                out.extend((0..16).filter(|i| blp & (1 << i) != 0).map(|i| pid.wrapping_add(i + 1)));
+            }
+        }
+        rest = &rest[len..];
+    }
+    out
+}
+
 /// The media SSRCs the PLIs of a compound RTCP packet ask a keyframe of (the load generator
 /// answers them as a live encoder would); malformed parts end the walk.
 pub fn picture_loss_media_ssrcs(buf: &[u8]) -> Vec<u32> {
@@ -286,6 +336,17 @@ mod tests {
         assert!(!is_rtcp(&packet().to_bytes()));
         // A length field pointing past the end stops parsing.
         assert!(parse_rtcp(&[0x80, 200, 0, 60, 1, 2, 3, 4]).is_empty());
+    }
+
+    #[test]
+    fn a_generic_nack_packs_its_sequences_and_reads_back() {
+        let nack = generic_nack(1, 0xabcd, &[100, 101, 116, 117, 65535, 2]);
+        assert_eq!(&nack[..2], &[0x81, 205]);
+        assert_eq!(u16::from_be_bytes([nack[2], nack[3]]) as usize, nack.len() / 4 - 1);
+        let mut back = nacked_sequences(&nack);
+        back.sort_unstable();
+        assert_eq!(back, vec![2, 100, 101, 116, 117, 65535]);
+        assert!(nacked_sequences(&nack[..7]).is_empty());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct MediaOffer {
     pub rtcp_mux: bool,
     /// `a=rtcp:<port>`: where the sender takes RTCP when not on the RTP port + 1 (RFC 3605).
     pub rtcp_port: Option<u16>,
+    /// `a=rtcp-fb:<pt|*> <type> [<parameter>]` lines: the feedback the sender honours.
+    pub rtcp_fb: Vec<(String, String)>,
     pub connection: Option<IpAddr>,
     pub mid: Option<String>,
 }
@@ -84,6 +86,9 @@ impl Refusal {
 pub struct Accepted {
     pub codec: Codec,
     pub payload_type: u8,
+    /// The sender retransmits what a generic NACK asks for (`a=rtcp-fb:<pt> nack`): lost
+    /// packets are asked for again while the jitter buffer waits for them.
+    pub nack: bool,
     /// Payload types the m-line also takes besides the media's own (answered, so the sender may
     /// use them, and handled by the receiver: see [`AuxPayloads`]).
     pub aux: AuxPayloads,
@@ -94,6 +99,7 @@ impl Accepted {
         Accepted {
             codec,
             payload_type,
+            nack: false,
             aux: AuxPayloads::default(),
         }
     }
@@ -148,6 +154,7 @@ impl MediaOffer {
                 continue;
             }
             let mut accepted = Accepted::new(codec, pt);
+            accepted.nack = self.honours_nack(pt);
             if kind == TrackType::Audio {
                 accepted.aux = AuxPayloads {
                     telephone_event: self.named_payload_type("telephone-event", codec.clock_rate()),
@@ -160,6 +167,31 @@ impl MediaOffer {
             return Ok(accepted);
         }
         Err(Refusal::UnsupportedCodec)
+    }
+
+    /// The H.264 SPS and PPS an offer carries for `pt` (`sprop-parameter-sets`, base64 NAL
+    /// units): a sender that sends them only here still gets its track configured.
+    pub fn h264_parameter_sets(&self, pt: u8) -> Vec<Vec<u8>> {
+        use base64::Engine as _;
+        let Some((_, fmtp)) = self.fmtps.iter().find(|(p, _)| *p == pt) else {
+            return Vec::new();
+        };
+        fmtp.split(';')
+            .filter_map(|kv| kv.trim().split_once('='))
+            .filter(|(k, _)| k.trim() == "sprop-parameter-sets")
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
+            .filter(|nal| !nal.is_empty() && nal.len() <= 4096)
+            .collect()
+    }
+
+    /// Whether the offer says the sender answers a generic NACK for `pt` (`nack` alone: `nack
+    /// pli` is a keyframe request).
+    fn honours_nack(&self, pt: u8) -> bool {
+        let pt = pt.to_string();
+        self.rtcp_fb
+            .iter()
+            .any(|(p, feedback)| (*p == pt || p == "*") && feedback.eq_ignore_ascii_case("nack"))
     }
 
     /// The m-line's payload types, in the sender's order.
@@ -270,6 +302,7 @@ pub fn parse_offer(text: &str) -> Result<SessionOffer, SdpError> {
                     fmtps: Vec::new(),
                     rtcp_mux: false,
                     rtcp_port: None,
+                    rtcp_fb: Vec::new(),
                     connection: None,
                     mid: None,
                 });
@@ -322,6 +355,11 @@ pub fn parse_offer(text: &str) -> Result<SessionOffer, SdpError> {
                         }
                     }
                     "rtcp-mux" => media.rtcp_mux = true,
+                    "rtcp-fb" => {
+                        if let Some((pt, feedback)) = arg.split_once(' ') {
+                            media.rtcp_fb.push((pt.trim().to_string(), feedback.trim().to_string()));
+                        }
+                    }
                     "rtcp" => media.rtcp_port = arg.split_whitespace().next().and_then(|p| p.parse().ok()),
                     "mid" => media.mid = Some(arg.trim().to_string()),
                     _ => {}
@@ -400,6 +438,9 @@ pub fn build_answer(offer: &SessionOffer, answers: &[MediaAnswer], address: IpAd
                     sdp.push_str("a=rtcp-mux\r\n");
                 } else {
                     sdp.push_str(&format!("a=rtcp:{rtcp_port}\r\n"));
+                }
+                if accepted.nack {
+                    sdp.push_str(&format!("a=rtcp-fb:{pt} nack\r\n"));
                 }
                 if codec.is_video() {
                     sdp.push_str(&format!("a=rtcp-fb:{pt} nack pli\r\n"));
@@ -492,6 +533,28 @@ mod tests {
             parse_offer("v=0\r\nc=IN IP4 10.0.0.5\r\nm=audio 9 RTP/AVP 101\r\na=rtpmap:101 telephone-event/8000\r\n")
                 .unwrap();
         assert_eq!(dtmf_only.media[0].choose(true, true), Err(Refusal::UnsupportedCodec));
+    }
+
+    #[test]
+    fn nack_and_h264_parameter_sets_are_read_from_the_offer() {
+        let offer = parse_offer(
+            "v=0\r\nc=IN IP4 10.0.0.5\r\nm=video 9 RTP/AVP 97\r\na=rtpmap:97 H264/90000\r\n\
+             a=fmtp:97 packetization-mode=1;sprop-parameter-sets=Z0LAH9oB,aM48gA==\r\n\
+             a=rtcp-fb:* nack\r\na=rtcp-fb:97 nack pli\r\n",
+        )
+        .unwrap();
+        let accepted = offer.media[0].choose(true, true).unwrap();
+        assert!(accepted.nack, "rtcp-fb:* nack");
+        assert_eq!(
+            offer.media[0].h264_parameter_sets(97),
+            vec![vec![0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01], vec![0x68, 0xce, 0x3c, 0x80]]
+        );
+        // `nack pli` alone is a keyframe request, not retransmission.
+        let pli_only = parse_offer(
+            "v=0\r\nc=IN IP4 10.0.0.5\r\nm=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack pli\r\n",
+        )
+        .unwrap();
+        assert!(!pli_only.media[0].choose(true, true).unwrap().nack);
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl Stream {
                 codec: b.accepted.codec.name().to_string(),
                 clock_rate: b.accepted.codec.clock_rate(),
                 payload_type: b.accepted.payload_type,
+                nack: b.accepted.nack,
                 aux: b.accepted.aux,
                 rtp_port: b.rtp_port(),
                 rtcp_port: b.rtcp.as_ref().map(|_| b.rtcp_port()),
@@ -149,7 +150,9 @@ impl Stream {
                 now,
                 self.media.clock.utc_micros(),
             )
-            .with_payloads(b.accepted.payload_type, b.accepted.aux);
+            .with_payloads(b.accepted.payload_type, b.accepted.aux)
+            .with_nack(b.accepted.nack)
+            .with_h264_parameter_sets(b.parameter_sets.clone());
             let mut pump = TrackPump::new(
                 session_id.to_string(),
                 track_id,
@@ -208,6 +211,7 @@ impl Stream {
                     accepted: Accepted {
                         codec,
                         payload_type: media.payload_type,
+                        nack: media.nack,
                         aux: media.aux,
                     },
                     rtp,
@@ -215,6 +219,7 @@ impl Stream {
                     allowed_source: media.allowed_source,
                     latched_source: media.latched_source,
                     greet: None,
+                    parameter_sets: Vec::new(),
                 },
             ));
         }

@@ -9,8 +9,72 @@ const NAL_IDR: u8 = 5;
 const NAL_STAP_A: u8 = 24;
 const NAL_FU_A: u8 = 28;
 
+/// Keeps the newest SPS and PPS it saw (or the offer's `sprop-parameter-sets`), so an IDR
+/// frame sent without them (a sender that puts them in the SDP, or in the frame before) still
+/// decodes, and a track never starts without its codec configuration.
 #[derive(Default)]
-pub struct H264Depacketizer;
+pub struct H264Depacketizer {
+    sps: Option<Vec<u8>>,
+    pps: Option<Vec<u8>>,
+}
+
+const NAL_SPS: u8 = 7;
+const NAL_PPS: u8 = 8;
+
+impl H264Depacketizer {
+    pub fn with_parameter_sets(parameter_sets: Vec<Vec<u8>>) -> Self {
+        let mut d = Self::default();
+        for nal in parameter_sets {
+            match nal.first().map(|h| h & 0x1f) {
+                Some(NAL_SPS) => d.sps = Some(nal),
+                Some(NAL_PPS) => d.pps = Some(nal),
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+/// The NAL units of an Annex B access unit (start codes removed).
+fn nal_units(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i..i + 3] == [0, 0, 1] {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &start)| {
+            let mut end = starts.get(n + 1).map_or(data.len(), |next| next - 3);
+            while end > start && data[end - 1] == 0 {
+                end -= 1;
+            }
+            &data[start..end]
+        })
+        .collect()
+}
+
+/// `first_mb_in_slice` of a slice NAL unit (H.264 §7.3.3): 0 for the slice that starts a
+/// picture.
+fn first_mb_in_slice(nal: &[u8]) -> Option<u32> {
+    let mut rbsp = Vec::with_capacity(8);
+    let mut zeros = 0;
+    for &b in nal.iter().skip(1).take(16) {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        rbsp.push(b);
+    }
+    Bits { data: &rbsp, at: 0 }.ue()
+}
 
 impl PayloadFormat for H264Depacketizer {
     fn parse(&mut self, payload: &[u8]) -> Result<PayloadPart, DepacketizeError> {
@@ -70,6 +134,47 @@ impl PayloadFormat for H264Depacketizer {
                 what: format!("nal type {other} (packetization-mode 1 only)"),
             }),
         }
+    }
+
+    /// An access unit is decodable when its first slice starts the picture (a frame whose
+    /// first slices were lost, with the loss before its first packet, otherwise looks whole),
+    /// and an IDR picture when its SPS and PPS are known: from the frame, an earlier one, or
+    /// the offer; they are put before the IDR when it came without them.
+    fn complete(&mut self, data: Vec<u8>, keyframe: bool) -> Option<Vec<u8>> {
+        let nals = nal_units(&data);
+        let (mut has_sps, mut has_pps) = (false, false);
+        for nal in &nals {
+            match nal.first().map(|h| h & 0x1f) {
+                Some(NAL_SPS) => {
+                    has_sps = true;
+                    self.sps = Some(nal.to_vec());
+                }
+                Some(NAL_PPS) => {
+                    has_pps = true;
+                    self.pps = Some(nal.to_vec());
+                }
+                _ => {}
+            }
+        }
+        let first_slice = nals
+            .iter()
+            .find(|nal| matches!(nal.first().map(|h| h & 0x1f), Some(1..=5)))?;
+        if first_mb_in_slice(first_slice) != Some(0) {
+            return None;
+        }
+        if !keyframe || (has_sps && has_pps) {
+            return Some(data);
+        }
+        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
+            return None;
+        };
+        let mut with_sets = Vec::with_capacity(data.len() + sps.len() + pps.len() + 8);
+        for nal in [sps, pps] {
+            with_sets.extend_from_slice(&START_CODE);
+            with_sets.extend_from_slice(nal);
+        }
+        with_sets.extend_from_slice(&data);
+        Some(with_sets)
     }
 
     /// Picture size from the access unit's SPS.
@@ -282,6 +387,44 @@ mod tests {
         nal
     }
 
+    fn annex_b(nals: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for nal in nals {
+            out.extend_from_slice(&START_CODE);
+            out.extend_from_slice(nal);
+        }
+        out
+    }
+
+    const SPS: &[u8] = &[0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01];
+    const PPS: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
+    /// first_mb_in_slice = 0 (ue "1"), then anything.
+    const IDR: &[u8] = &[0x65, 0x88, 0x84, 0x21];
+    const P_START: &[u8] = &[0x41, 0x9a, 0x02, 0x03];
+    /// first_mb_in_slice = 5 (ue "00110"): a slice from the middle of a picture.
+    const P_MIDDLE: &[u8] = &[0x41, 0x30, 0x02, 0x03];
+
+    #[test]
+    fn a_picture_whose_first_slices_are_missing_is_not_decodable() {
+        let mut d = H264Depacketizer::default();
+        assert!(d.complete(annex_b(&[P_START]), false).is_some());
+        assert!(d.complete(annex_b(&[P_MIDDLE]), false).is_none());
+        assert!(d.complete(annex_b(&[PPS]), false).is_none(), "no slice at all");
+    }
+
+    #[test]
+    fn an_idr_needs_its_parameter_sets_from_itself_an_earlier_frame_or_the_offer() {
+        let mut d = H264Depacketizer::default();
+        assert!(d.complete(annex_b(&[IDR]), true).is_none(), "no SPS/PPS known: no avcC");
+        let whole = annex_b(&[SPS, PPS, IDR]);
+        assert_eq!(d.complete(whole.clone(), true), Some(whole.clone()));
+        // Learnt from the frame before: put back in front of a bare IDR.
+        assert_eq!(d.complete(annex_b(&[IDR]), true), Some(whole.clone()));
+        // From the offer's sprop-parameter-sets.
+        let mut from_offer = H264Depacketizer::with_parameter_sets(vec![SPS.to_vec(), PPS.to_vec()]);
+        assert_eq!(from_offer.complete(annex_b(&[IDR]), true), Some(whole));
+    }
+
     #[test]
     fn sps_sizes_are_read_and_hostile_ones_refused_without_overflow() {
         assert_eq!(sps_dimensions(&sps(39, 29, None)), Some((640, 480)));
@@ -301,7 +444,7 @@ mod tests {
 
     #[test]
     fn single_stap_a_and_fu_a_become_annex_b() {
-        let mut d = H264Depacketizer;
+        let mut d = H264Depacketizer::default();
         let single = d.parse(&[0x41, 1, 2]).unwrap();
         assert_eq!(single.data, vec![0, 0, 0, 1, 0x41, 1, 2]);
         assert!(single.starts_frame && !single.keyframe);
@@ -336,7 +479,7 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_errors() {
-        let mut d = H264Depacketizer;
+        let mut d = H264Depacketizer::default();
         assert_eq!(d.parse(&[]), Err(DepacketizeError::Empty));
         assert_eq!(d.parse(&[0x78, 0, 9, 1]), Err(DepacketizeError::Truncated));
         assert_eq!(d.parse(&[0x78, 0]), Err(DepacketizeError::Truncated));

@@ -50,6 +50,12 @@ pub struct PayloadPart {
 /// A codec's payload format: one packet → its part of a frame.
 pub trait PayloadFormat: Send {
     fn parse(&mut self, payload: &[u8]) -> Result<PayloadPart, DepacketizeError>;
+    /// A frame whose packets all came: whether it can be decoded as it is (`None`: its start
+    /// is missing after all, or it lacks what a decoder needs), possibly completed from what
+    /// earlier frames carried (H.264's parameter sets).
+    fn complete(&mut self, data: Vec<u8>, _keyframe: bool) -> Option<Vec<u8>> {
+        Some(data)
+    }
     /// Picture size from a keyframe, when the codec's bitstream says it cheaply.
     fn dimensions(&self, _frame: &[u8]) -> Option<(u32, u32)> {
         None
@@ -70,7 +76,7 @@ pub fn payload_format(codec: Codec) -> Box<dyn PayloadFormat> {
     match codec {
         Codec::Vp8 => Box::new(Vp8Depacketizer),
         Codec::Vp9 => Box::new(Vp9Depacketizer),
-        Codec::H264 => Box::new(H264Depacketizer),
+        Codec::H264 => Box::new(H264Depacketizer::default()),
         Codec::Opus | Codec::Pcmu | Codec::Pcma | Codec::G722 => Box::new(AudioDepacketizer),
     }
 }
@@ -95,6 +101,13 @@ struct Partial {
 }
 
 impl FrameAssembler {
+    /// H.264 with parameter sets the offer carried (`sprop-parameter-sets`, Annex B NALs).
+    pub fn with_h264_parameter_sets(parameter_sets: Vec<Vec<u8>>) -> Self {
+        let mut assembler = Self::new(Codec::H264);
+        assembler.format = Box::new(H264Depacketizer::with_parameter_sets(parameter_sets));
+        assembler
+    }
+
     pub fn new(codec: Codec) -> Self {
         Self {
             format: payload_format(codec),
@@ -178,9 +191,13 @@ impl FrameAssembler {
             self.num_incomplete += 1;
             return None;
         }
+        let Some(data) = self.format.complete(partial.data, partial.keyframe) else {
+            self.num_incomplete += 1;
+            return None;
+        };
         Some(Frame {
             rtp_timestamp: partial.timestamp,
-            data: Bytes::from(partial.data),
+            data: Bytes::from(data),
             keyframe: partial.keyframe,
             num_packets: partial.num_packets,
         })
