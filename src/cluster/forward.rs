@@ -206,11 +206,33 @@ where
     shared.await
 }
 
+/// The URL a forwarded request is replayed at: only an absolute path (one `/`, then not a
+/// second) on this node's own listener. Anything else, `@host/...` (which would make the base a
+/// user name and send the request to another host) or `//host/...` among them, is refused: a
+/// forwarded request can never make the node fetch another address.
+fn replay_url(base: &str, uri: &str) -> Option<url::Url> {
+    if !uri.starts_with('/') || uri.starts_with("//") || uri.contains('\\') {
+        return None;
+    }
+    let base = url::Url::parse(base).ok()?;
+    let url = url::Url::parse(&format!("{}{uri}", base.as_str().trim_end_matches('/'))).ok()?;
+    let same = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none();
+    same.then_some(url)
+}
+
 async fn replay(http: &reqwest::Client, base: &str, node_id: &str, request: ForwardedRequest) -> ForwardedResponse {
     let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else {
         return error_response(400, "forwarded request with an unknown method");
     };
-    let mut builder = http.request(method, format!("{base}{}", request.uri));
+    let Some(url) = replay_url(base, &request.uri) else {
+        tracing::warn!(uri = %request.uri, "cluster: a forwarded request that is not an absolute path was refused");
+        return error_response(400, "a forwarded request must name an absolute path of this node");
+    };
+    let mut builder = http.request(method, url);
     for (name, value) in request.headers.iter().filter(|(n, _)| carried(n)) {
         builder = builder.header(name, value);
     }
@@ -263,6 +285,33 @@ mod tests {
             headers: Vec::new(),
             body: String::new(),
         }
+    }
+
+    #[test]
+    fn only_an_absolute_path_on_the_nodes_own_listener_is_replayed() {
+        let base = "http://127.0.0.1:8080";
+        let ok = replay_url(base, "/auvious.video/rtc-recorder/api/recordings/c/r/i?x=1").unwrap();
+        assert_eq!(
+            ok.as_str(),
+            "http://127.0.0.1:8080/auvious.video/rtc-recorder/api/recordings/c/r/i?x=1"
+        );
+        for hostile in [
+            "@127.0.0.1:9999/latest/api/token",
+            "@169.254.169.254/latest/meta-data/",
+            "//169.254.169.254/latest",
+            ":9999/x",
+            ".evil.example/x",
+            "\\\\evil/x",
+            "",
+            "x",
+        ] {
+            assert!(replay_url(base, hostile).is_none(), "{hostile:?} was replayed");
+        }
+        // An '@' inside a path is a path.
+        assert_eq!(
+            replay_url(base, "/a/@169.254.169.254/b").unwrap().host_str(),
+            Some("127.0.0.1")
+        );
     }
 
     #[tokio::test]
