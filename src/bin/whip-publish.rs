@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS]
-//!              [--fixtures DIR]
+//!              [--fixtures DIR] [--h264 FMTP]
 //! ```
 //!
 //! Each URL is one publisher (one peer connection); several run at once in this process (the
@@ -13,7 +13,9 @@
 //! location, how many video/audio frames it sent and the answer's DTLS role, or its error (the exit status is then 1).
 //! Without `--keep` each ends its session with DELETE; with it, it just disconnects.
 //! `--fixtures DIR` replays `DIR/vp8.rtp` and `DIR/opus.rtp` (the format of
-//! `scripts/capture-rtp-fixture.py`) instead of the built-in clips.
+//! `scripts/capture-rtp-fixture.py`) instead of the built-in clips. `--h264 FMTP` offers only
+//! H.264 with that `a=fmtp` (e.g. `profile-level-id=640c1f;packetization-mode=1`) and replays
+//! `DIR/h264.rtp` (an H.264 capture of that profile).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -114,7 +116,13 @@ fn encoding(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTra
 }
 
 /// Sends `clip` looped for `seconds`, in real time; returns the number of frames sent.
-async fn play(track: Arc<TrackLocalStaticRTP>, clip: Clip, ssrc: u32, start: Instant, seconds: f64) -> usize {
+async fn play(
+    track: Arc<TrackLocalStaticRTP>,
+    clip: Clip,
+    (ssrc, payload_type): (u32, u8),
+    start: Instant,
+    seconds: f64,
+) -> usize {
     let total = Duration::from_secs_f64(seconds);
     let loops = (total.as_secs_f64() / clip.duration.as_secs_f64()).ceil() as u32;
     let mut seq: u16 = rand::random();
@@ -133,6 +141,8 @@ async fn play(track: Arc<TrackLocalStaticRTP>, clip: Clip, ssrc: u32, start: Ins
             }
             let mut p = packet.clone();
             p.header.ssrc = ssrc;
+            // The payload type the answer gave the codec, whatever the capture had.
+            p.header.payload_type = payload_type;
             p.header.sequence_number = seq;
             seq = seq.wrapping_add(1);
             p.header.timestamp = ts_base
@@ -204,6 +214,9 @@ struct Args {
     /// The VP8 and Opus clips (the built-in ones unless `--fixtures`).
     vp8: Vec<u8>,
     opus: Vec<u8>,
+    /// `--h264`: the fmtp offered, and the clip sent instead of VP8.
+    h264: Option<(String, Vec<u8>)>,
+    fixtures: Option<std::path::PathBuf>,
 }
 
 fn args() -> Result<Args, String> {
@@ -217,6 +230,8 @@ fn args() -> Result<Args, String> {
         keep: false,
         vp8: VP8_CLIP.to_vec(),
         opus: OPUS_CLIP.to_vec(),
+        h264: None,
+        fixtures: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -243,16 +258,27 @@ fn args() -> Result<Args, String> {
                 let read = |name: &str| {
                     std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
                 };
-                args.vp8 = read("vp8.rtp")?;
-                args.opus = read("opus.rtp")?;
+                if dir.join("vp8.rtp").exists() {
+                    args.vp8 = read("vp8.rtp")?;
+                }
+                args.opus = read("opus.rtp").unwrap_or_else(|_| OPUS_CLIP.to_vec());
+                args.fixtures = Some(dir);
             }
+            "--h264" => args.h264 = Some((it.next().ok_or("--h264 takes an fmtp line")?, Vec::new())),
             url if !url.starts_with("--") => args.urls.push(url.to_string()),
             other => return Err(format!("unknown option {other}")),
         }
     }
+    if let Some((_, clip)) = args.h264.as_mut() {
+        let dir = args
+            .fixtures
+            .as_ref()
+            .ok_or("--h264 needs --fixtures DIR holding h264.rtp")?;
+        *clip = std::fs::read(dir.join("h264.rtp")).map_err(|e| format!("{}/h264.rtp: {e}", dir.display()))?;
+    }
     if args.urls.is_empty() {
         return Err(
-            "usage: whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS] [--fixtures DIR]"
+            "usage: whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS] [--fixtures DIR] [--h264 FMTP]"
                 .into(),
         );
     }
@@ -311,12 +337,25 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
         rtcp_feedback: vec![],
     };
+    let (video_codec, video_pt) = match &args.h264 {
+        Some((fmtp, _)) => (
+            RTCRtpCodec {
+                mime_type: MIME_TYPE_H264.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: fmtp.clone(),
+                rtcp_feedback: vec![],
+            },
+            102,
+        ),
+        None => (vp8, 96),
+    };
     let mut engine = MediaEngine::default();
     engine
         .register_codec(
             RTCRtpCodecParameters {
-                rtp_codec: vp8.clone(),
-                payload_type: 96,
+                rtp_codec: video_codec.clone(),
+                payload_type: video_pt,
             },
             RtpCodecKind::Video,
         )
@@ -350,7 +389,11 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         .await
         .map_err(e)?;
     let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
-    let video_track = Arc::new(TrackLocalStaticRTP::new(encoding(RtpCodecKind::Video, vp8, video_ssrc)));
+    let video_track = Arc::new(TrackLocalStaticRTP::new(encoding(
+        RtpCodecKind::Video,
+        video_codec,
+        video_ssrc,
+    )));
     let audio_track = Arc::new(TrackLocalStaticRTP::new(encoding(
         RtpCodecKind::Audio,
         opus,
@@ -407,10 +450,11 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         .map_err(|_| "not connected within 10 s")?;
     let start = Instant::now() + Duration::from_millis(20);
     let video = args.video.then(|| {
+        let video_clip = args.h264.as_ref().map_or(&args.vp8, |(_, clip)| clip);
         tokio::spawn(play(
             video_track,
-            clip(&args.vp8, 3000),
-            video_ssrc,
+            clip(video_clip, 3000),
+            (video_ssrc, video_pt),
             start,
             args.seconds,
         ))
@@ -419,7 +463,7 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         tokio::spawn(play(
             audio_track,
             clip(&args.opus, 960),
-            audio_ssrc,
+            (audio_ssrc, 111),
             start,
             args.seconds,
         ))

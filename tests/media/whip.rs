@@ -241,3 +241,79 @@ fn whip_sessions_per_organization_are_bounded_and_freed_when_a_session_ends() {
         None
     });
 }
+
+/// Offers of only H.264 High or Main (what Safari, Android and hardware encoders may offer) are
+/// answered and recorded: whip-publish offers one profile alone (its `profile-level-id`) and
+/// sends an x264 capture of that profile.
+#[test]
+fn h264_high_and_main_offers_are_answered_and_recorded() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("h264-profiles");
+    let event = app.start(&unique("h264-profiles-call"), &conference, false, true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    for (profile, x264_profile, level_id) in [("High", "high", "640c1f"), ("Main", "main", "4d001f")] {
+        let fixtures = dir.path().join(x264_profile);
+        std::fs::create_dir_all(&fixtures).unwrap();
+        let capture = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/capture-rtp-fixture.py"))
+            .arg(fixtures.join("h264.rtp"))
+            .arg("--")
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30:duration=3",
+                "-c:v",
+                "libx264",
+                "-profile:v",
+                x264_profile,
+                "-bf",
+                "0",
+                "-g",
+                "30",
+                "-tune",
+                "zerolatency",
+                "-b:v",
+                "400k",
+            ])
+            .output()
+            .expect("the capture script runs");
+        assert!(capture.status.success(), "{}", String::from_utf8_lossy(&capture.stderr));
+        let user = format!("enc-{x264_profile}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_whip-publish"));
+        cmd.arg(app.api(&format!("/media/whip/{conference}?userId={user}&type=CAM")))
+            .args(["--token", KEY, "--seconds", "3", "--no-audio", "--fixtures"])
+            .arg(&fixtures)
+            .args([
+                "--h264",
+                &format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={level_id}"),
+            ]);
+        let result = run_json(cmd, &format!("whip-publish H.264 {profile}"));
+        sent.push((user, profile, result));
+    }
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    for (user, profile, result) in sent {
+        let frames = result["videoFrames"].as_u64().unwrap();
+        let track = find_track(&all, &user, "CAM", "VIDEO");
+        let p = assert_track(track, "h264", frames, frames as f64 / 30.0 - 1.0 / 30.0);
+        let probed = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "0",
+                "-show_entries",
+                "stream=profile",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(track_file(track))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&probed.stdout).trim(), profile, "{p:?}");
+    }
+}

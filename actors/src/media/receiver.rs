@@ -373,6 +373,11 @@ impl TrackReceiver {
             // window (so no gap is seen) and are dropped when released.
             _ => self.reorder.push(packet, now, &mut released),
         }
+        if self.reorder.settling() && self.starts_at_a_whole_keyframe() {
+            // Video is written from a keyframe on: what was sent before one cannot matter, so
+            // the start need not wait for it (the first keyframe is written at once).
+            self.reorder.start_now(now, &mut released);
+        }
         self.handle_released(released, now, out);
         self.request_keyframe_if_due(now, out);
         self.nack_if_due(now, out);
@@ -389,6 +394,40 @@ impl TrackReceiver {
             self.stats.num_nacks += sequences.len() as u64;
             out.push(ReceiverOutput::Nack { ssrc, sequences });
         }
+    }
+
+    /// While the jitter buffer settles: whether its lowest packets are a whole keyframe (its
+    /// first packet, then every packet up to the marker, no gap).
+    fn starts_at_a_whole_keyframe(&self) -> bool {
+        if !self.codec.is_video() {
+            return false;
+        }
+        let mut format = super::depacketize::payload_format(self.codec);
+        let media = |p: &RtpPacket| self.payloads.is_none_or(|(pt, _)| p.payload_type == pt);
+        let mut run = self.reorder.settling_run().peekable();
+        let Some(timestamp) = run.peek().map(|p| p.timestamp) else {
+            return false;
+        };
+        let (mut keyframe, mut whole) = (false, false);
+        for (i, p) in run.take_while(|p| p.timestamp == timestamp).enumerate() {
+            let Ok(part) = format
+                .parse(&p.payload)
+                .map_err(|_| ())
+                .and_then(|part| media(p).then_some(part).ok_or(()))
+            else {
+                return false;
+            };
+            if i == 0 && !part.starts_frame {
+                return false;
+            }
+            // H.264: an access unit is a keyframe if any of its NAL units is an IDR slice.
+            keyframe |= part.keyframe;
+            if p.marker {
+                whole = true;
+                break;
+            }
+        }
+        keyframe && whole
     }
 
     /// RTCP from the sender: sender reports refine the wall-clock mapping.
@@ -652,6 +691,36 @@ pub(crate) mod tests {
             "one request at start, answered by the first keyframe"
         );
         assert_eq!(rx.stats().num_keyframes, 3);
+    }
+
+    #[test]
+    fn a_video_track_starting_at_a_whole_keyframe_does_not_wait_for_the_settle() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Vp8, ReceiverConfig::default(), t0, 0);
+        let stream = SyntheticVp8::new(7, 90_000, 30, 3);
+        let packets = stream.packets(1);
+        let mut out = Vec::new();
+        for (at, p) in packets {
+            rx.push_rtp(p, t0 + Duration::from_millis(at), &mut out);
+        }
+        let got = frames(&out);
+        assert_eq!(got.len(), 1, "the keyframe is out at once, not after the settle");
+        assert!(got[0].frame.keyframe);
+        // Audio settles: a packet sent before the first to arrive may still come.
+        let mut rx = TrackReceiver::new(Codec::Opus, ReceiverConfig::default(), t0, 0);
+        let mut out = Vec::new();
+        let p = |seq: u16| RtpPacket {
+            payload_type: 111,
+            marker: false,
+            sequence: seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc: 9,
+            payload: bytes::Bytes::from_static(&[0xfc]),
+        };
+        rx.push_rtp(p(5), t0, &mut out);
+        rx.push_rtp(p(4), t0 + Duration::from_millis(120), &mut out);
+        rx.poll(t0 + Duration::from_millis(400), &mut out);
+        assert_eq!(frames(&out).len(), 2, "the earlier packet is not lost");
     }
 
     #[test]

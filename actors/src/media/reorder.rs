@@ -125,6 +125,33 @@ impl ReorderBuffer {
         self.waiting.len()
     }
 
+    /// Whether the start is still settling (nothing released, no first packet taken yet).
+    pub fn settling(&self) -> bool {
+        self.next.is_none()
+    }
+
+    /// While settling: the packets that wait, from the lowest, as long as they follow each
+    /// other without a gap.
+    pub fn settling_run(&self) -> impl Iterator<Item = &RtpPacket> {
+        let first = self.waiting.keys().next().copied().unwrap_or(0);
+        self.waiting
+            .iter()
+            .take_while(move |(seq, _)| **seq - first < MAX_SEQUENCE_JUMP)
+            .enumerate()
+            .take_while(move |(i, (seq, _))| **seq == first + *i as i64)
+            .map(|(_, (_, (packet, _)))| packet)
+            .filter(|_| self.next.is_none())
+    }
+
+    /// Ends the settle now: the lowest packet that waits is the first (a caller that knows
+    /// nothing sent before it matters: a video track starting at a whole keyframe).
+    pub fn start_now(&mut self, now: Instant, out: &mut Vec<Released>) {
+        if self.next.is_none() {
+            self.next = self.waiting.keys().next().copied();
+            self.release(now, out);
+        }
+    }
+
     /// How long a gap is waited for now.
     pub fn delay(&self) -> Duration {
         self.max_delay

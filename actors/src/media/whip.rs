@@ -347,6 +347,34 @@ impl Negotiated {
     }
 }
 
+/// The H.264 profiles answered, by `profile-level-id` (profile_idc, constraints; the level is
+/// free with `level-asymmetry-allowed=1`, up to 5.1): what Chrome, Safari, Firefox and Android
+/// offer. Each gets its own payload type; the answer takes the first the offer has.
+const H264_PROFILES: [(&str, u8); 5] = [
+    ("42e01f", 102), // Constrained Baseline
+    ("42001f", 104), // Baseline
+    ("4d001f", 106), // Main
+    ("640033", 108), // High (level 5.1)
+    ("640c33", 110), // Constrained High
+];
+
+/// Every way `codec` is offered to the WebRTC stack (several H.264 profiles, one of the rest).
+fn codec_variants(codec: Codec) -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
+    if codec != Codec::H264 {
+        return vec![codec_parameters(codec)];
+    }
+    H264_PROFILES
+        .iter()
+        .map(|(profile, pt)| {
+            let (mut params, kind) = codec_parameters(codec);
+            params.rtp_codec.sdp_fmtp_line =
+                format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}");
+            params.payload_type = *pt;
+            (params, kind)
+        })
+        .collect()
+}
+
 fn codec_parameters(codec: Codec) -> (RTCRtpCodecParameters, RtpCodecKind) {
     let feedback = |t: &str, p: &str| RTCPFeedback {
         typ: t.into(),
@@ -443,8 +471,9 @@ pub async fn negotiate(
         };
         let kept = existing.iter().all(|e| e.kind() != codec.kind() || *e == codec);
         if wanted && kept {
-            let (params, kind) = codec_parameters(codec);
-            engine.register_codec(params, kind).map_err(webrtc_error)?;
+            for (params, kind) in codec_variants(codec) {
+                engine.register_codec(params, kind).map_err(webrtc_error)?;
+            }
             num_codecs += 1;
         }
     }
