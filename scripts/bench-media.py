@@ -296,15 +296,18 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
         cpu_rec = cpu_seconds(recorder.pid) - cpu_rec0
         rss_rec = rss_kib(recorder.pid)
         tree = json.loads(http("GET", f"{base}/debug/actors", key))
-        writes, first_frame_ms = [], []
+        writes, first_frame_ms, first_audio_ms = [], [], []
         def walk(node):
             # Each track's slowest single write or flush (the debug tree's Track nodes), and how
-            # long after its first packet its first frame (for video, a keyframe) was in the file.
+            # long after its first packet its first frame was in the file: for video its first
+            # keyframe (the 300 ms promise), for audio its first frame, which waits for the
+            # jitter buffer's start to settle (a packet sent before the first to arrive may come).
             counters = node.get("counters", {})
             if node.get("kind") == "Track" and "max_write_micros" in counters:
                 writes.append(counters["max_write_micros"])
                 if counters.get("first_write_at_micros") and counters.get("first_packet_at_micros"):
-                    first_frame_ms.append((counters["first_write_at_micros"] - counters["first_packet_at_micros"]) / 1000)
+                    ms = (counters["first_write_at_micros"] - counters["first_packet_at_micros"]) / 1000
+                    (first_audio_ms if str(node.get("state", "")).startswith("AUDIO") else first_frame_ms).append(ms)
             for child in node.get("children", []):
                 walk(child)
         walk(tree)
@@ -334,7 +337,8 @@ def run(n, seconds, binary, with_recorder=True, with_ffmpeg=True, whip=False, ex
                       writer_max_write_ms=round(writes[-1] / 1000, 1) if writes else None,
                       writer_p99_max_write_ms=round(writes[int(0.99 * (len(writes) - 1))] / 1000, 1) if writes else None,
                       first_frame_ms_max=round(max(first_frame_ms), 1) if first_frame_ms else None,
-                      first_frame_ms_p99=round(percentile(first_frame_ms, 0.99), 1) if first_frame_ms else None)
+                      first_frame_ms_p99=round(percentile(first_frame_ms, 0.99), 1) if first_frame_ms else None,
+                      first_audio_ms_max=round(max(first_audio_ms), 1) if first_audio_ms else None)
         result["recorder_ok"] = rec_ok == n and result["recorder_refused"] == 0
         if downtime is not None:
             # The promise: loss per track <= downtime + 1 s, video included: the generator answers

@@ -373,10 +373,10 @@ impl TrackReceiver {
             // window (so no gap is seen) and are dropped when released.
             _ => self.reorder.push(packet, now, &mut released),
         }
-        if self.reorder.settling() && self.starts_at_a_whole_keyframe() {
+        if let Some(seq) = self.reorder.settling().then(|| self.first_whole_keyframe()).flatten() {
             // Video is written from a keyframe on: what was sent before one cannot matter, so
             // the start need not wait for it (the first keyframe is written at once).
-            self.reorder.start_now(now, &mut released);
+            self.reorder.start_at(seq, now, &mut released);
         }
         self.handle_released(released, now, out);
         self.request_keyframe_if_due(now, out);
@@ -396,38 +396,64 @@ impl TrackReceiver {
         }
     }
 
-    /// While the jitter buffer settles: whether its lowest packets are a whole keyframe (its
-    /// first packet, then every packet up to the marker, no gap).
-    fn starts_at_a_whole_keyframe(&self) -> bool {
+    /// While the jitter buffer settles: the first packet of the first whole keyframe it holds
+    /// (its first packet, then every packet of its timestamp up to the marker, no gap). Its
+    /// start must be certain: for H.264, where every NAL unit starts anew, the packet before it
+    /// is there with another timestamp, or the access unit carries its SPS and PPS.
+    fn first_whole_keyframe(&self) -> Option<i64> {
         if !self.codec.is_video() {
-            return false;
+            return None;
         }
         let mut format = super::depacketize::payload_format(self.codec);
         let media = |p: &RtpPacket| self.payloads.is_none_or(|(pt, _)| p.payload_type == pt);
-        let mut run = self.reorder.settling_run().peekable();
-        let Some(timestamp) = run.peek().map(|p| p.timestamp) else {
-            return false;
-        };
-        let (mut keyframe, mut whole) = (false, false);
-        for (i, p) in run.take_while(|p| p.timestamp == timestamp).enumerate() {
-            let Ok(part) = format
-                .parse(&p.payload)
-                .map_err(|_| ())
-                .and_then(|part| media(p).then_some(part).ok_or(()))
-            else {
-                return false;
-            };
-            if i == 0 && !part.starts_frame {
-                return false;
+        struct Candidate {
+            first: i64,
+            timestamp: u32,
+            next: i64,
+            keyframe: bool,
+            certain_start: bool,
+            data: Vec<u8>,
+        }
+        let mut candidate: Option<Candidate> = None;
+        let mut previous: Option<(i64, u32)> = None;
+        for (seq, p) in self.reorder.settling_packets() {
+            let part = media(p).then(|| format.parse(&p.payload).ok()).flatten();
+            let continues = candidate
+                .as_ref()
+                .is_some_and(|c| seq == c.next && p.timestamp == c.timestamp);
+            if !continues {
+                candidate = match &part {
+                    Some(part) if part.starts_frame => Some(Candidate {
+                        first: seq,
+                        timestamp: p.timestamp,
+                        next: seq,
+                        keyframe: false,
+                        certain_start: self.codec != Codec::H264
+                            || previous.is_some_and(|(s, ts)| s + 1 == seq && ts != p.timestamp),
+                        data: Vec::new(),
+                    }),
+                    _ => None,
+                };
             }
-            // H.264: an access unit is a keyframe if any of its NAL units is an IDR slice.
-            keyframe |= part.keyframe;
+            previous = Some((seq, p.timestamp));
+            let (Some(c), Some(part)) = (candidate.as_mut(), part) else {
+                candidate = None;
+                continue;
+            };
+            c.keyframe |= part.keyframe;
+            c.next = seq + 1;
+            if self.codec == Codec::H264 {
+                c.data.extend_from_slice(&part.data);
+            }
             if p.marker {
-                whole = true;
-                break;
+                let whole = c.keyframe && (c.certain_start || has_parameter_sets(&c.data));
+                if whole {
+                    return Some(c.first);
+                }
+                candidate = None;
             }
         }
-        keyframe && whole
+        None
     }
 
     /// RTCP from the sender: sender reports refine the wall-clock mapping.
@@ -630,6 +656,21 @@ impl TrackReceiver {
         self.waiting_for_keyframe = self.codec.is_video();
         self.last_keyframe_request = None;
     }
+}
+
+/// Whether an H.264 access unit (Annex B) carries an SPS and a PPS.
+fn has_parameter_sets(access_unit: &[u8]) -> bool {
+    let (mut sps, mut pps) = (false, false);
+    for w in access_unit.windows(4) {
+        if w[..3] == [0, 0, 1] {
+            match w[3] & 0x1f {
+                7 => sps = true,
+                8 => pps = true,
+                _ => {}
+            }
+        }
+    }
+    sps && pps
 }
 
 #[cfg(test)]

@@ -130,24 +130,22 @@ impl ReorderBuffer {
         self.next.is_none()
     }
 
-    /// While settling: the packets that wait, from the lowest, as long as they follow each
-    /// other without a gap.
-    pub fn settling_run(&self) -> impl Iterator<Item = &RtpPacket> {
-        let first = self.waiting.keys().next().copied().unwrap_or(0);
+    /// While settling: the packets that wait, in sequence order, with their (unwrapped)
+    /// sequence numbers.
+    pub fn settling_packets(&self) -> impl Iterator<Item = (i64, &RtpPacket)> {
         self.waiting
             .iter()
-            .take_while(move |(seq, _)| **seq - first < MAX_SEQUENCE_JUMP)
-            .enumerate()
-            .take_while(move |(i, (seq, _))| **seq == first + *i as i64)
-            .map(|(_, (_, (packet, _)))| packet)
+            .map(|(seq, (packet, _))| (*seq, packet))
             .filter(|_| self.next.is_none())
     }
 
-    /// Ends the settle now: the lowest packet that waits is the first (a caller that knows
-    /// nothing sent before it matters: a video track starting at a whole keyframe).
-    pub fn start_now(&mut self, now: Instant, out: &mut Vec<Released>) {
+    /// Ends the settle now, with `seq` as the first packet: what waits below it is dropped (a
+    /// caller that knows nothing sent before it matters: a video track starting at a whole
+    /// keyframe, everything before which would be skipped anyway).
+    pub fn start_at(&mut self, seq: i64, now: Instant, out: &mut Vec<Released>) {
         if self.next.is_none() {
-            self.next = self.waiting.keys().next().copied();
+            self.waiting = self.waiting.split_off(&seq);
+            self.next = Some(seq);
             self.release(now, out);
         }
     }
