@@ -95,6 +95,7 @@ async fn main() {
                 tracks: vec![track],
                 role: None,
                 rtp_session: None,
+                silences: Vec::new(),
             }),
         }
     }

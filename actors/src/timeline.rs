@@ -217,6 +217,7 @@ mod tests {
             tracks: vec![track],
             role: None,
             rtp_session: None,
+            silences: Vec::new(),
         }];
         assert_eq!(composed_span(&aborted), Some((t(0), t(12))));
         let timeline = Timeline::place(&[aborted.clone()], t(1000));

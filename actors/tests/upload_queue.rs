@@ -53,6 +53,7 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
                 stopped: Some(now),
                 role: None,
                 rtp_session: None,
+                silences: Vec::new(),
                 tracks: vec![track],
             }),
         }

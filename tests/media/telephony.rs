@@ -307,6 +307,25 @@ fn hold_mute_new_ssrc_and_clock_jumps_keep_one_track_with_the_silence_as_a_gap()
     let (back_frames, back_gap) = back.join().unwrap();
     app.stop(&event);
 
+    // The review timeline shows each hold where it was.
+    let conversation = event["conversationId"].as_str().unwrap();
+    let link = app.get(&format!("/recordings/{conversation}/url/review"), KEY);
+    assert_eq!(link.status, 200, "{}", link.text());
+    let url = link.json()["url"].as_str().unwrap().replacen('?', "/data?", 1);
+    let data = app.request("GET", &url, &[], None);
+    assert_eq!(data.status, 200, "{}", data.text());
+    let data = data.json();
+    let silences = data["instances"][0]["silences"].as_array().cloned().unwrap_or_default();
+    for user in ["new-ssrc", "clock-ahead", "clock-back"] {
+        let spans: Vec<&serde_json::Value> = silences.iter().filter(|s| s["userId"] == user).collect();
+        assert_eq!(spans.len(), 1, "{user}: one hold on the timeline: {silences:#?}");
+        let seconds = spans[0]["end"].as_f64().unwrap() - spans[0]["start"].as_f64().unwrap();
+        assert!(
+            (seconds - 15.0).abs() < 0.5,
+            "{user}: a {seconds:.2} s hold on the timeline"
+        );
+    }
+
     let instance = app.instance(&event);
     let all = tracks(&instance);
     assert_eq!(all.len(), 3, "one track each: {all:#?}");

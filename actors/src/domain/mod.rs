@@ -302,6 +302,17 @@ pub struct StreamRecord {
     /// kept sending is recorded again without a new offer. `None` for WHIP and once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtp_session: Option<RtpSessionRecord>,
+    /// Times its session was connected and silent (a hold, a mute): the gaps in its tracks,
+    /// for the review timeline. `to` is `None` while the silence lasts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silences: Vec<SilenceSpan>,
+}
+
+/// A span a connected publisher sent nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceSpan {
+    pub from: DateTime<Utc>,
+    pub to: Option<DateTime<Utc>>,
 }
 
 impl TrackRecord {
@@ -331,6 +342,7 @@ impl StreamRecord {
             tracks: Vec::new(),
             role: None,
             rtp_session: None,
+            silences: Vec::new(),
         }
     }
 }

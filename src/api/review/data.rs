@@ -75,7 +75,18 @@ struct ReviewInstance {
     erased: Option<String>,
     paused: bool,
     pauses: Vec<ReviewSpan>,
+    /// Spans a connected publisher sent nothing (a hold, a mute): gaps in its tracks.
+    silences: Vec<ReviewSilence>,
     tracks: Vec<ReviewTrack>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ReviewSilence {
+    user_id: String,
+    stream_type: String,
+    start: f64,
+    end: f64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -181,6 +192,20 @@ pub(super) fn review_data(state: &AppState, link: &ReviewLink, view: ReviewView,
             })
             .filter(|s| s.end > s.start)
             .collect();
+        let silences = record
+            .streams
+            .iter()
+            .filter(|_| record.erasure.is_none())
+            .flat_map(|stream| {
+                stream.silences.iter().map(move |span| ReviewSilence {
+                    user_id: stream.user_id.clone(),
+                    stream_type: stream.kind.as_str().into(),
+                    start: at(span.from),
+                    end: at(span.to.unwrap_or(now.min(instance_end))),
+                })
+            })
+            .filter(|s| s.end > s.start)
+            .collect();
         let tracks = if view.encrypted || record.erasure.is_some() {
             vec![]
         } else {
@@ -210,6 +235,7 @@ pub(super) fn review_data(state: &AppState, link: &ReviewLink, view: ReviewView,
             erased: record.erasure.and_then(|e| e.erased).map(timestamp),
             paused: record.pauses.last().is_some_and(|p| p.resumed.is_none()),
             pauses,
+            silences,
             tracks,
         });
     }

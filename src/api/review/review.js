@@ -216,6 +216,15 @@
       bar.style.left = pct(i.offset, d);
       bar.style.width = pct(i.length, d);
       lanes.append(bar);
+      for (const q of i.silences || []) {
+        const span = el('div', {
+          class: 'silence',
+          title: q.userId + ' (' + q.streamType + ') silent ' + fmt(q.start) + '–' + fmt(q.end) + ': on hold or muted',
+        });
+        span.style.left = pct(q.start, d);
+        span.style.width = pct(q.end - q.start, d);
+        lanes.append(span);
+      }
       for (const p of i.pauses) {
         const span = el('div', { class: 'pause', title: 'paused ' + fmt(p.start) + '–' + fmt(p.end) });
         span.style.left = pct(p.start, d);
@@ -252,6 +261,7 @@
       if (i.recovered) notes.push('recovered ' + when(i.recovered));
       if (i.paused) notes.push('paused now');
       if (i.pauses.length) notes.push(i.pauses.length + ' pause(s)');
+      if ((i.silences || []).length) notes.push(i.silences.length + ' hold(s) or mute(s)');
       if (i.stopReason) notes.push('stop reason ' + i.stopReason);
       if (i.error) notes.push(i.error.code + ': ' + i.error.message);
       if (i.erased) notes.push('erased ' + when(i.erased));

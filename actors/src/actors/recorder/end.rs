@@ -127,6 +127,9 @@ pub(super) fn merge_stream(record: &mut InstanceRecord, stream: &StreamRecord) {
             existing.stopped = stream.stopped.or(existing.stopped);
             existing.rtp_session = stream.rtp_session.clone();
             existing.role = stream.role.or(existing.role);
+            if !stream.silences.is_empty() {
+                existing.silences = stream.silences.clone();
+            }
             for track in &stream.tracks {
                 match existing.tracks.iter_mut().find(|t| t.id == track.id) {
                     None => existing.tracks.push(track.clone()),
@@ -214,6 +217,7 @@ mod tests {
             tracks,
             role: None,
             rtp_session: None,
+            silences: Vec::new(),
         }
     }
 

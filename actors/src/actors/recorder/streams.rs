@@ -144,6 +144,17 @@ impl Recorder {
             // Recording is paused, yet the publisher is there: the instance is live (a recovering
             // one is recovered), though nothing is written.
             StreamNotice::MediaWhilePaused { .. } => self.media_arrived(None),
+            StreamNotice::Silences { stream_id, silences } => {
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {
+                        stream.silences = silences.clone();
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a silence");
+                }
+            }
             StreamNotice::SessionChanged { stream_id, rtp_session } => {
                 let result = self.store.update_instance(&self.instance_id, &mut |r| {
                     if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {

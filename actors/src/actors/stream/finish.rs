@@ -288,6 +288,11 @@ pub(super) fn final_record(
         StreamState::Stopped
     };
     record.rtp_session = None;
+    // A silence the stop ended ends with the stream.
+    let stopped = record.stopped;
+    if let Some(last) = record.silences.last_mut().filter(|s| s.to.is_none()) {
+        last.to = stopped.or(Some(now)).map(|t| t.max(last.from));
+    }
     record
 }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::domain::{ErrorInfo, RtpMediaRecord, RtpSessionRecord, StreamRecord, StreamState, TrackRecord};
+use crate::domain::{ErrorInfo, RtpMediaRecord, RtpSessionRecord, SilenceSpan, StreamRecord, StreamState, TrackRecord};
 use crate::engine::{MediaConfig, RecoveryConfig};
 use crate::media::codec::Codec;
 use crate::media::ingest::{EventSink, IngestEvent, SinkSwap, TrackCounters, TrackPump, TrackSummary};
@@ -361,6 +361,11 @@ pub enum StreamNotice {
         stream_id: String,
         track_id: String,
         error: Option<ErrorInfo>,
+    },
+    /// The stream's silences changed (a hold began or ended): kept in its record.
+    Silences {
+        stream_id: String,
+        silences: Vec<SilenceSpan>,
     },
     /// A track wrote its first frame.
     MediaStarted {

@@ -306,6 +306,51 @@ impl Stream {
     }
 }
 
+/// A connected session that received nothing for this long is silent (a hold, a mute): the
+/// span goes into the stream record, for the review timeline.
+pub(super) const SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Stream {
+    /// Opens a silence when the live plain-RTP session has been quiet for `SILENT_AFTER`, and
+    /// closes it when media comes again (at the first packet's time).
+    pub(super) fn check_session_silence(&mut self) {
+        if self.phase != StreamPhase::Live {
+            return;
+        }
+        let Some(super::session::Ingest::Rtp(rtp)) = self.session.as_ref().map(|s| &s.ingest) else {
+            return;
+        };
+        let silent_for = rtp.activity().silent_for(std::time::Instant::now());
+        let now = self.media.clock.utc();
+        let since = now - chrono::Duration::from_std(silent_for).unwrap_or_default();
+        let open = self.record.silences.last().is_some_and(|s| s.to.is_none());
+        let changed = if silent_for >= SILENT_AFTER && !open {
+            self.record.silences.push(SilenceSpan { from: since, to: None });
+            true
+        } else if silent_for < SILENT_AFTER && open {
+            if let Some(last) = self.record.silences.last_mut() {
+                last.to = Some(since.max(last.from));
+            }
+            true
+        } else {
+            false
+        };
+        if changed {
+            // Bounded: a publisher that comes and goes all day keeps its latest holds.
+            if self.record.silences.len() > MAX_SILENCES {
+                self.record.silences.remove(0);
+            }
+            self.recorder.do_send(StreamNotice::Silences {
+                stream_id: self.record.id.clone(),
+                silences: self.record.silences.clone(),
+            });
+        }
+    }
+}
+
+/// Silences kept per stream.
+const MAX_SILENCES: usize = 200;
+
 impl Handler<SupervisionTick> for Stream {
     type Result = ();
 
@@ -316,6 +361,7 @@ impl Handler<SupervisionTick> for Stream {
         }
         self.guarded(ctx, "SupervisionTick", |act, ctx| {
             act.check_tracks_writing();
+            act.check_session_silence();
             act.check_writers(ctx)
         });
     }
