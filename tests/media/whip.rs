@@ -317,3 +317,189 @@ fn h264_high_and_main_offers_are_answered_and_recorded() {
         assert_eq!(String::from_utf8_lossy(&probed.stdout).trim(), profile, "{p:?}");
     }
 }
+
+/// Chromium (fake camera and microphone) publishing over WHIP, as a browser agent would; its
+/// JSON lines as they come.
+pub fn chromium_whip(
+    app: &TestApp,
+    conference: &str,
+    user: &str,
+    extra: Value,
+) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
+    use std::io::BufRead;
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is not installed; run `scripts/test-setup.sh`"
+    );
+    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let mut config = json!({
+        "whip": app.api(&format!("/media/whip/{conference}?userId={user}&type=CAM")),
+        "token": KEY,
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        config[k] = v;
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config.to_string()).unwrap();
+    let (_, path) = file.keep().unwrap();
+    let mut child = Command::new("node")
+        .arg(browser_dir.join("whip-chromium.mjs"))
+        .arg(&path)
+        .current_dir(&browser_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs (scripts/test-setup.sh installs it)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The last line of a publisher, once it is done (its error fails the test).
+pub fn chromium_done(mut child: std::process::Child, lines: std::sync::mpsc::Receiver<Value>) -> (Value, Vec<Value>) {
+    let mut all = Vec::new();
+    let done = loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(90))
+            .expect("the chromium publisher reports");
+        assert!(line["error"].is_null(), "chromium publisher: {line}");
+        all.push(line.clone());
+        if line["done"] == true {
+            break line;
+        }
+    };
+    let _ = child.wait();
+    (done, all)
+}
+
+/// The width of every decoded frame of a file's video, in order.
+fn frame_widths(path: &std::path::Path) -> Vec<u32> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=width",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+/// Chromium publishing VP8 with three simulcast layers (quarter, half and full size): the file
+/// holds the top layer that arrives, not whichever came first and not a mix that resets on every
+/// packet; it decodes without an error; the publisher is not flooded with keyframe requests.
+#[test]
+fn chromium_simulcast_over_whip_records_the_top_layer() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("simulcast");
+    let event = app.start(&unique("simulcast-call"), &conference, true, true);
+    let (child, lines) = chromium_whip(
+        &app,
+        &conference,
+        "agent",
+        json!({"seconds": 12, "codec": "VP8", "simulcast": true, "width": 1280, "height": 720}),
+    );
+    let (done, all) = chromium_done(child, lines);
+    assert!(
+        all[0]["answer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a=simulcast:recv"),
+        "simulcast negotiated: {}",
+        all[0]["answer"]
+    );
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let tracks_all = tracks(&instance);
+    let video = find_track(&tracks_all, "agent", "CAM", "VIDEO");
+    let path = track_file(video);
+    let layers = done["stats"]["video"].as_array().unwrap();
+    let top = layers
+        .iter()
+        .map(|l| l["frameWidth"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap();
+    let widths = frame_widths(&path);
+    let tail = &widths[widths.len() / 2..];
+    assert!(
+        tail.iter().all(|w| u64::from(*w) == top),
+        "the second half of the file is the top layer ({top} wide): {:?}",
+        widths
+    );
+    let top_layer = layers.iter().find(|l| l["frameWidth"].as_u64() == Some(top)).unwrap();
+    let plis = top_layer["pliCount"].as_u64().unwrap_or(0);
+    assert!(plis <= 10, "the top layer was asked for {plis} keyframes: {done}");
+    // Every frame decodes without an error (ffprobe decodes each: no output timing involved).
+    let decoded = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&decoded.stdout)
+            .trim()
+            .trim_end_matches(',')
+            .parse::<usize>()
+            .ok(),
+        Some(widths.len()),
+        "every frame decoded"
+    );
+    let times = testkit::probe::packet_times(&path);
+    assert!(times.windows(2).all(|w| w[1] > w[0]), "frames in time order");
+}
+
+#[test]
+fn chromium_publishes_over_whip() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("chromium-whip");
+    let event = app.start(&unique("chromium-call"), &conference, true, true);
+    let (child, lines) = chromium_whip(&app, &conference, "agent", json!({"seconds": 5, "codec": "VP8"}));
+    let (done, _) = chromium_done(child, lines);
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    let video = probe(&track_file(find_track(&all, "agent", "CAM", "VIDEO")));
+    let audio = probe(&track_file(find_track(&all, "agent", "CAM", "AUDIO")));
+    assert_eq!((video.codec.as_str(), audio.codec.as_str()), ("vp8", "opus"));
+    // The stats are read a moment before the publisher stops: the file has at least those.
+    let encoded = done["stats"]["video"][0]["framesEncoded"].as_u64().unwrap();
+    assert!(
+        video.num_frames * 1000 >= encoded * 995,
+        "{} of {encoded} frames",
+        video.num_frames
+    );
+    assert!(video.first_is_keyframe);
+}

@@ -20,6 +20,7 @@ pub mod reorder;
 pub mod rtp;
 pub mod sdp;
 pub mod segment;
+pub mod simulcast;
 pub mod stereo;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -561,7 +561,14 @@ impl TrackReceiver {
             .map(|at| now.saturating_duration_since(at))
             .unwrap_or_default();
         let ticks = (elapsed.as_micros() as i64) * i64::from(self.codec.clock_rate()) / 1_000_000;
-        let next = self.timestamps.last().map(|last| last + ticks.max(1)).unwrap_or(0);
+        // At least a frame after the last one (a simulcast switch hands over within a frame:
+        // the new source's first picture is the next one, not one in the same millisecond).
+        let spacing = i64::from(self.codec.clock_rate()) / if self.codec.is_video() { 30 } else { 50 };
+        let next = self
+            .timestamps
+            .last()
+            .map(|last| last + ticks.max(spacing))
+            .unwrap_or(0);
         self.timestamps.rebase(packet.timestamp, next);
         // The old sender report described the old source's clock.
         let wall = self.wall_at(now);

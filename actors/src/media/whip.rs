@@ -147,11 +147,20 @@ async fn track_loop(track: Arc<dyn TrackRemote>, slot: TrackSlot) {
         mut pump, ended, codec, ..
     } = slot;
     let mut out = Vec::new();
+    // Simulcast: the track's RTP streams are its layers; one is recorded.
+    let mut layers = super::simulcast::LayerSelector::default();
     let reason = loop {
         let event = tokio::time::timeout(Duration::from_millis(50), track.poll()).await;
         let now = Instant::now();
         match event {
             Ok(Some(TrackRemoteEvent::OnRtpPacket(packet))) => {
+                let switches = layers.num_switches;
+                if codec.is_video() && !layers.take(packet.header.ssrc, packet.payload.len(), now) {
+                    continue;
+                }
+                if layers.num_switches != switches {
+                    tracing::info!(track_id = %pump.track_id, ssrc = packet.header.ssrc, "simulcast: recording another layer");
+                }
                 let rtp = RtpPacket {
                     payload_type: packet.header.payload_type,
                     marker: packet.header.marker,
