@@ -22,6 +22,8 @@ pub struct Impairment {
     pub burst: f64,
     /// Share of datagrams sent twice.
     pub duplicate: f64,
+    /// Delay of every datagram back from the target (a round trip is `delay` + this).
+    pub reverse_delay: Duration,
 }
 
 impl Default for Impairment {
@@ -32,6 +34,7 @@ impl Default for Impairment {
             loss: 0.0,
             burst: 0.0,
             duplicate: 0.0,
+            reverse_delay: Duration::ZERO,
         }
     }
 }
@@ -181,17 +184,42 @@ impl Relay {
                 }
             }));
         }
-        // Answers from the target back to the sender, unimpaired.
+        // Answers from the target back to the sender: delayed by `reverse_delay`, never lost.
         {
-            let stop = stop.clone();
+            let reverse_delay = impairment.reverse_delay;
+            let returns: Arc<(Mutex<DelayQueue>, Condvar)> = Arc::default();
+            let (stop_in, queued) = (stop.clone(), returns.clone());
             threads.push(std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65_536];
-                while !stop.load(Ordering::Relaxed) {
+                while !stop_in.load(Ordering::Relaxed) {
                     let Ok((len, _)) = back.recv_from(&mut buf) else {
                         continue;
                     };
-                    if let Some(to) = *last_sender.lock().unwrap() {
-                        let _ = front.send_to(&buf[..len], to);
+                    let (lock, wake) = &*queued;
+                    lock.lock()
+                        .unwrap()
+                        .push_back((Instant::now() + reverse_delay, buf[..len].to_vec()));
+                    wake.notify_one();
+                }
+            }));
+            let stop_out = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let (lock, wake) = &*returns;
+                let mut q = lock.lock().unwrap();
+                while !stop_out.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    match q.front() {
+                        Some((at, _)) if *at <= now => {
+                            let (_, data) = q.pop_front().expect("peeked");
+                            if let Some(to) = *last_sender.lock().unwrap() {
+                                let _ = front.send_to(&data, to);
+                            }
+                        }
+                        Some((at, _)) => {
+                            let wait = *at - now;
+                            q = wake.wait_timeout(q, wait).unwrap().0;
+                        }
+                        None => q = wake.wait_timeout(q, Duration::from_millis(50)).unwrap().0,
                     }
                 }
             }));
@@ -270,3 +298,6 @@ mod tests {
         assert_eq!(&buf[..n], b"pli");
     }
 }
+
+/// Datagrams waiting for their time to be sent, in order.
+type DelayQueue = std::collections::VecDeque<(Instant, Vec<u8>)>;

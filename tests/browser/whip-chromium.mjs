@@ -6,7 +6,7 @@
 //
 //   node whip-chromium.mjs <config.json>
 //   config: { whip, token, seconds, codec?: "VP8"|"VP9"|"AV1"|"H264", simulcast?: bool,
-//             width?, height?, audio?: bool, chromium? }
+//             width?, height?, audio?: bool, rtx?: bool (default true), relay?: bool, chromium? }
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
@@ -18,7 +18,7 @@ const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 
 const page = `<!doctype html><meta charset="utf-8"><title>whip publisher</title>
 <script>
-window.offer = async ({ codec, simulcast, width, height, audio }) => {
+window.offer = async ({ codec, simulcast, width, height, audio, rtxOff }) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     video: { width: { exact: width }, height: { exact: height }, frameRate: 30 }, audio,
   });
@@ -35,7 +35,9 @@ window.offer = async ({ codec, simulcast, width, height, audio }) => {
     const all = RTCRtpSender.getCapabilities('video').codecs;
     const wanted = all.filter((c) => c.mimeType.toLowerCase() === 'video/' + codec.toLowerCase());
     if (!wanted.length) throw new Error('chromium cannot send ' + codec);
-    vt.setCodecPreferences(wanted);
+    // RTX stays offered (as a browser app offers it) unless the test turns it off.
+    const rtx = rtxOff ? [] : all.filter((c) => c.mimeType.toLowerCase() === 'video/rtx');
+    vt.setCodecPreferences([...wanted, ...rtx]);
   }
   for (const a of stream.getAudioTracks()) pc.addTransceiver(a, { direction: 'sendonly' });
   await pc.setLocalDescription(await pc.createOffer());
@@ -85,6 +87,7 @@ const browser = await chromium.launch({
     '--disable-component-update', '--disable-sync', '--use-fake-ui-for-media-stream',
     '--use-fake-device-for-media-stream', '--allow-loopback-in-peer-connection',
     '--disable-features=WebRtcHideLocalIpsWithMdns',
+    ...(process.env.CHROMIUM_ARGS ? process.env.CHROMIUM_ARGS.split(' ') : []),
   ],
 });
 let location = null;
@@ -94,14 +97,40 @@ try {
   const errors = [];
   tab.on('pageerror', (e) => errors.push(String(e)));
   await tab.goto(`http://127.0.0.1:${server.address().port}/`);
-  const offer = await tab.evaluate((o) => window.offer(o), {
+  let offer = await tab.evaluate((o) => window.offer(o), {
     codec: config.codec || null, simulcast: !!config.simulcast,
     width: config.width || 1280, height: config.height || 720, audio: config.audio !== false,
+    rtxOff: config.rtx === false,
   });
+  // Through a relay (an impaired path): the recorder learns the browser only as the relay, and
+  // the browser reaches the recorder only through it.
+  if (config.relay) offer = offer.split('\r\n').filter((l) => !l.startsWith('a=candidate')).join('\r\n');
   const resp = await fetch(config.whip, { method: 'POST', headers: headers({ 'content-type': 'application/sdp' }), body: offer });
-  const answer = await resp.text();
+  let answer = await resp.text();
   if (resp.status !== 201) throw new Error(`POST answered ${resp.status}: ${answer}`);
   location = new URL(resp.headers.get('location'), config.whip).toString();
+  if (config.relay) {
+    const cand = answer.split('\r\n').find((l) => l.startsWith('a=candidate'));
+    const fields = cand.split(' ');
+    say({ candidate: `${fields[4]}:${fields[5]}` });
+    const relay = await new Promise((resolve) => {
+      let buf = '';
+      process.stdin.on('data', (d) => {
+        buf += d;
+        const nl = buf.indexOf('\n');
+        if (nl >= 0) { process.stdin.destroy(); resolve(buf.slice(0, nl).trim()); }
+      });
+    });
+    const [rip, rport] = relay.split(':');
+    let first = true;
+    answer = answer.split('\r\n').filter((l) => {
+      if (!l.startsWith('a=candidate')) return true;
+      const keep = first; first = false; return keep;
+    }).map((l) => {
+      if (!l.startsWith('a=candidate')) return l;
+      const f = l.split(' '); f[4] = rip; f[5] = rport; return f.join(' ');
+    }).join('\r\n');
+  }
   await tab.evaluate((sdp) => window.answer(sdp), answer);
   say({ published: location, offer, answer });
   const end = Date.now() + (config.seconds || 10) * 1000;
@@ -109,8 +138,11 @@ try {
     await new Promise((r) => setTimeout(r, Math.min(1000, end - Date.now())));
     say({ stats: await tab.evaluate(() => window.stats()) });
   }
+  // The camera stops first: the last stats count every frame sent, and the recorder has a
+  // second to take the last ones (and their retransmissions) before the session ends.
+  await tab.evaluate(() => window.pc.getSenders().forEach((s) => s.track && s.track.stop()));
+  await new Promise((r) => setTimeout(r, 1000));
   const stats = await tab.evaluate(() => window.stats());
-  await new Promise((r) => setTimeout(r, 500));
   const del = await fetch(location, { method: 'DELETE', headers: headers({}) });
   say({ done: true, stats, errors, deleteStatus: del.status });
 } catch (e) {

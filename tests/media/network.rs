@@ -190,3 +190,125 @@ fn a_retransmitting_forwarder_over_a_lossy_path_loses_no_frame() {
     );
     eprintln!("{p:?}: {frames} sent, {dropped} datagrams dropped, {retransmitted} retransmitted");
 }
+
+/// What a Chromium publisher over an impaired WHIP path left in the file.
+#[derive(Debug)]
+struct LossyWhip {
+    video_sent: u64,
+    video_frames: u64,
+    audio_sent: u64,
+    audio_frames: u64,
+    /// Longest gap between two consecutive video frames in the file, seconds.
+    freeze: f64,
+    dropped: u64,
+    carried: u64,
+    retransmitted: u64,
+}
+
+/// Chromium (fake camera, VP8 640x360 and Opus) publishes `seconds` over WHIP through a relay that
+/// loses `loss` of what the browser sends and delays each way by 50 ms (100 ms round trip): the
+/// answer's candidate is rewritten to the relay and the offer's taken out, so nothing bypasses it.
+fn chromium_over_lossy_whip(loss: f64, seed: u64, rtx: bool, seconds: u32) -> LossyWhip {
+    use std::io::Write;
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("lossy-whip");
+    let event = app.start(&unique("lossy-whip-call"), &conference, true, true);
+    let (mut child, lines) = crate::whip::chromium_whip(
+        &app,
+        &conference,
+        "agent",
+        serde_json::json!({"seconds": seconds, "codec": "VP8", "relay": true, "width": 640, "height": 360, "rtx": rtx}),
+    );
+    let candidate = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the publisher offers");
+        assert!(line["error"].is_null(), "{line}");
+        if let Some(c) = line["candidate"].as_str() {
+            break c.to_string();
+        }
+    };
+    let relay = Relay::start(
+        candidate.parse().expect("the answer's candidate is an address"),
+        Impairment {
+            seed,
+            loss,
+            delay: (Duration::from_millis(50), Duration::from_millis(50)),
+            reverse_delay: Duration::from_millis(50),
+            ..Default::default()
+        },
+    );
+    writeln!(child.stdin.take().expect("stdin piped"), "{}", relay.addr()).expect("the publisher reads the relay");
+    let (done, _) = crate::whip::chromium_done(child, lines);
+    let track = snapshots_of(&app.debug_tree(), "Track");
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    let video = probe(&track_file(find_track(&all, "agent", "CAM", "VIDEO")));
+    let audio = probe(&track_file(find_track(&all, "agent", "CAM", "AUDIO")));
+    let times = testkit::probe::packet_times(&track_file(find_track(&all, "agent", "CAM", "VIDEO")));
+    let stats = &done["stats"];
+    let figures = LossyWhip {
+        video_sent: stats["video"][0]["framesEncoded"].as_u64().expect("frames encoded"),
+        video_frames: video.num_frames,
+        // One Opus frame per packet (20 ms; in RED, the primary).
+        audio_sent: stats["audio"]["packetsSent"].as_u64().expect("audio packets sent"),
+        audio_frames: audio.num_frames,
+        freeze: times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max),
+        dropped: relay.counts.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        carried: relay.counts.received.load(std::sync::atomic::Ordering::Relaxed),
+        retransmitted: stats["video"][0]["retransmittedPacketsSent"].as_u64().unwrap_or(0),
+    };
+    eprintln!(
+        "{:.0} % loss, rtx {rtx}: video {:.2} %, audio {:.2} %: {figures:?}\n{track:#?}",
+        loss * 100.0,
+        100.0 * figures.video_frames as f64 / figures.video_sent as f64,
+        100.0 * figures.audio_frames as f64 / figures.audio_sent as f64,
+    );
+    assert!(
+        figures.dropped * 100 >= figures.carried * 2,
+        "the path dropped only {} of {}",
+        figures.dropped,
+        figures.carried
+    );
+    assert!(figures.video_frames <= figures.video_sent, "{figures:?}");
+    assert!(figures.audio_frames <= figures.audio_sent, "{figures:?}");
+    figures
+}
+
+/// At 3 % loss and a 100 ms round trip the recorder's NACKs bring the retransmissions (RTX) back
+/// in time for its jitter buffer and Opus comes in RED: at least 99.5 % of the video frames and
+/// 99 % of the audio frames are in the files, no video freeze is longer than 300 ms. (30 s: a
+/// frame lost at the very start, before a round trip is measured, is 0.17 % of them, not 0.5 %.)
+#[test]
+fn chromium_over_whip_at_3_percent_loss_and_100_ms_rtt_keeps_its_video() {
+    let f = chromium_over_lossy_whip(0.03, 17, true, 30);
+    assert!(f.video_frames * 1000 >= f.video_sent * 995, "{f:?}");
+    assert!(f.audio_frames * 100 >= f.audio_sent * 99, "{f:?}");
+    assert!(f.freeze <= 0.300, "{f:?}");
+    assert!(f.retransmitted > 0, "{f:?}");
+}
+
+/// The same without RTX offered (a publisher that retransmits on the media's own SSRC, as
+/// aiortc does). Chromium answers only part of the NACKs on the media SSRC (22 retransmissions
+/// for 167 requests in one run; every one in another), so this holds the path, not the 99.5 %
+/// figure: what comes back is written, and a frame that never comes costs a keyframe request.
+#[test]
+fn chromium_over_whip_without_rtx_at_3_percent_loss_keeps_its_video() {
+    let f = chromium_over_lossy_whip(0.03, 23, false, 20);
+    assert!(f.video_frames * 100 >= f.video_sent * 90, "{f:?}");
+    assert!(f.audio_frames * 100 >= f.audio_sent * 99, "{f:?}");
+    assert!(f.retransmitted > 0, "{f:?}");
+}
+
+/// At 10 % loss (the issue asks for the figure, not a floor): what is kept is reported, and
+/// nothing is invented: never more frames than were sent, most of them kept.
+#[test]
+fn chromium_over_whip_at_10_percent_loss_reports_what_it_keeps() {
+    let f = chromium_over_lossy_whip(0.10, 31, true, 20);
+    assert!(f.dropped * 100 >= f.carried * 8, "{f:?}");
+    assert!(f.video_frames * 100 >= f.video_sent * 90, "{f:?}");
+    assert!(f.audio_frames * 100 >= f.audio_sent * 90, "{f:?}");
+    eprintln!("10 % loss figures: {f:?}");
+}

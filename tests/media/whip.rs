@@ -346,6 +346,7 @@ pub fn chromium_whip(
         .arg(browser_dir.join("whip-chromium.mjs"))
         .arg(&path)
         .current_dir(&browser_dir)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

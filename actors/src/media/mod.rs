@@ -49,3 +49,4 @@ pub mod ingest;
 pub mod plain_rtp;
 pub mod receive;
 pub mod whip;
+mod whip_sdp;

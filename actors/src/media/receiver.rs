@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::clock::{MediaClock, TimestampUnwrapper};
 use super::codec::Codec;
-use super::depacketize::{Frame, FrameAssembler};
+use super::depacketize::{Frame, FrameAssembler, Verdict, Vp8Chain};
 use super::nack::{NackState, NACK_FIRST_AFTER, NACK_INTERVAL, NACK_TRIES};
 use super::reorder::{Released, ReorderBuffer, ReorderStats};
 use super::rtp::{parse_rtcp, RtcpPacket, RtpPacket, SenderReport};
@@ -87,6 +87,8 @@ pub struct ReceiverStats {
     pub num_timestamp_jumps: u64,
     /// Packets asked for again (generic NACK).
     pub num_nacks: u64,
+    /// Padding-only packets (bandwidth probes): in sequence, nothing to record.
+    pub num_padding: u64,
     /// Packets beside the media that are never recorded: DTMF events (RFC 4733, counted as
     /// packets, never as digits) and comfort noise.
     pub num_aux_dropped: u64,
@@ -116,6 +118,11 @@ pub struct TrackReceiver {
     first_arrival: Option<Instant>,
     last_arrival: Option<Instant>,
     waiting_for_keyframe: bool,
+    /// VP8: which frames still decode after a loss (picture IDs, temporal layers); other video
+    /// waits for a keyframe after any loss.
+    vp8: Option<Vp8Chain>,
+    /// Packets went missing since the last whole frame (VP8 asks its chain what that broke).
+    lost_since_frame: bool,
     last_keyframe_request: Option<Instant>,
     first_frame_timestamp: Option<i64>,
     last_frame_timestamp: Option<i64>,
@@ -145,6 +152,8 @@ impl TrackReceiver {
             first_arrival: None,
             last_arrival: None,
             waiting_for_keyframe: codec.is_video(),
+            vp8: (codec == Codec::Vp8).then(Vp8Chain::default),
+            lost_since_frame: false,
             last_keyframe_request: None,
             first_frame_timestamp: None,
             last_frame_timestamp: None,
@@ -361,7 +370,7 @@ impl TrackReceiver {
                 c.data.extend_from_slice(&part.data);
             }
             if p.marker {
-                let whole = c.keyframe && (c.certain_start || has_parameter_sets(&c.data));
+                let whole = c.keyframe && (c.certain_start || super::depacketize::has_parameter_sets(&c.data));
                 if whole {
                     return Some(c.first);
                 }
@@ -436,25 +445,49 @@ impl TrackReceiver {
             match item {
                 Released::Lost(_) => {
                     self.assembler.lost();
-                    if self.codec.is_video() {
-                        self.waiting_for_keyframe = true;
-                    }
+                    self.after_loss();
                 }
                 Released::Packet(packet, _) if self.payloads.is_some_and(|(pt, _)| packet.payload_type != pt) => {
                     // DTMF, comfort noise, or a RED packet that could not be read: never recorded.
                     self.stats.num_aux_dropped += 1;
                 }
+                Released::Packet(packet, _) if packet.payload.is_empty() => {
+                    // Padding only (a WebRTC sender probing for bandwidth): it takes a sequence
+                    // number and carries nothing; no frame is missing a part.
+                    self.stats.num_padding += 1;
+                }
                 Released::Packet(packet, arrived) => {
                     let incomplete_before = self.assembler.num_incomplete();
                     let frames = self.assembler.push(&packet);
-                    if self.assembler.num_incomplete() > incomplete_before && self.codec.is_video() {
-                        self.waiting_for_keyframe = true;
+                    if self.assembler.num_incomplete() > incomplete_before {
+                        self.after_loss();
                     }
                     for frame in frames {
+                        if let Some(chain) = &mut self.vp8 {
+                            let lost = std::mem::take(&mut self.lost_since_frame);
+                            match chain.frame(frame.picture, frame.keyframe, lost) {
+                                Verdict::Write => {}
+                                Verdict::Skip => {
+                                    self.stats.num_frames_skipped += 1;
+                                    continue;
+                                }
+                                Verdict::AwaitKeyframe => self.waiting_for_keyframe = true,
+                            }
+                        }
                         self.emit(frame, arrived, out);
                     }
                 }
             }
+        }
+    }
+
+    /// A packet or a frame went missing: VP8 learns from the next frame what that broke, other
+    /// video waits for a keyframe.
+    fn after_loss(&mut self) {
+        if self.vp8.is_some() {
+            self.lost_since_frame = true;
+        } else if self.codec.is_video() {
+            self.waiting_for_keyframe = true;
         }
     }
 
@@ -576,23 +609,10 @@ impl TrackReceiver {
         self.clock.on_arrival(wall, next);
         self.ssrc = Some(packet.ssrc);
         self.waiting_for_keyframe = self.codec.is_video();
+        self.vp8 = self.vp8.take().map(|_| Vp8Chain::default());
+        self.lost_since_frame = false;
         self.last_keyframe_request = None;
     }
-}
-
-/// Whether an H.264 access unit (Annex B) carries an SPS and a PPS.
-fn has_parameter_sets(access_unit: &[u8]) -> bool {
-    let (mut sps, mut pps) = (false, false);
-    for w in access_unit.windows(4) {
-        if w[..3] == [0, 0, 1] {
-            match w[3] & 0x1f {
-                7 => sps = true,
-                8 => pps = true,
-                _ => {}
-            }
-        }
-    }
-    sps && pps
 }
 
 #[cfg(test)]
@@ -804,6 +824,75 @@ pub(crate) mod tests {
 
     fn frame_times(out: &[ReceiverOutput]) -> Vec<i64> {
         frames(out).iter().map(|f| f.timestamp).collect()
+    }
+
+    /// VP8 with picture IDs in two temporal layers, 60 frames, one keyframe: frame `lost_frame`
+    /// never arrives and a padding probe after frame 20 (a sequence number) is lost too.
+    fn vp8_layers_losing(lost_frame: Option<u32>) -> Vec<ReceiverOutput> {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Vp8, ReceiverConfig::default(), t0, 0);
+        let stream = SyntheticVp8::new(100, 0, 600, 2).with_picture_ids(2);
+        let packets = stream
+            .packets(60)
+            .into_iter()
+            .filter(|(_, p)| Some(p.timestamp) != lost_frame.map(|f| f * 3000))
+            .map(|(at, mut p)| {
+                if lost_frame.is_some() && p.timestamp > 20 * 3000 {
+                    p.sequence = p.sequence.wrapping_add(1);
+                }
+                (at, p)
+            })
+            .collect();
+        run(&mut rx, t0, packets, 3000)
+    }
+
+    #[test]
+    fn with_picture_ids_a_lost_probe_or_upper_layer_frame_costs_that_frame_only() {
+        // Frame 7 is in the upper layer (odd frames): it alone is missing, and no keyframe is
+        // asked for beyond the one asked at the start.
+        let out = vp8_layers_losing(Some(7));
+        let written: Vec<i64> = frames(&out).iter().map(|f| f.timestamp / 3000).collect();
+        let expected: Vec<i64> = (0..60).filter(|i| *i != 7).collect();
+        assert_eq!(written, expected);
+        assert_eq!(num_requests(&out), num_requests(&vp8_layers_losing(None)));
+    }
+
+    #[test]
+    fn with_picture_ids_a_lost_base_layer_frame_waits_for_a_keyframe() {
+        let out = vp8_layers_losing(Some(10));
+        let written: Vec<i64> = frames(&out).iter().map(|f| f.timestamp / 3000).collect();
+        assert_eq!(written, (0..10).collect::<Vec<i64>>());
+        assert!(num_requests(&out) > num_requests(&vp8_layers_losing(None)));
+    }
+
+    #[test]
+    fn padding_probes_between_the_packets_of_a_frame_break_nothing() {
+        let t0 = Instant::now();
+        let mut rx = TrackReceiver::new(Codec::Vp8, ReceiverConfig::default(), t0, 0);
+        let stream = SyntheticVp8::new(100, 0, 30, 3);
+        let mut out = Vec::new();
+        let mut seq = 100u16;
+        for (at, mut p) in stream.packets(60) {
+            p.sequence = seq;
+            seq = seq.wrapping_add(1);
+            rx.push_rtp(p.clone(), t0 + Duration::from_millis(at), &mut out);
+            // A probe after every packet: same SSRC, next sequence number, no payload.
+            let probe = RtpPacket {
+                sequence: seq,
+                marker: false,
+                payload: bytes::Bytes::new(),
+                ..p
+            };
+            seq = seq.wrapping_add(1);
+            rx.push_rtp(probe, t0 + Duration::from_millis(at), &mut out);
+        }
+        rx.poll(t0 + Duration::from_secs(3), &mut out);
+        assert_eq!(frames(&out).len(), 60);
+        let stats = rx.stats();
+        assert_eq!(
+            (stats.num_padding, stats.num_malformed, stats.num_frames_incomplete),
+            (180, 0, 0)
+        );
     }
 
     #[test]

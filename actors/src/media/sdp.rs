@@ -140,6 +140,16 @@ impl MediaOffer {
         if (kind == TrackType::Audio && !audio) || (kind == TrackType::Video && !video) {
             return Err(Refusal::NotRecorded);
         }
+        self.first_recordable(kind).ok_or(Refusal::UnsupportedCodec)
+    }
+
+    /// What a WebRTC answer's m-line settled on: its first format the recorder writes (a `red`
+    /// or `rtx` listed before it is a wrapper, not the media), with the wrappers that carry it.
+    pub fn answered(&self) -> Option<Accepted> {
+        self.first_recordable(self.kind()?)
+    }
+
+    fn first_recordable(&self, kind: TrackType) -> Option<Accepted> {
         for pt in self.payload_types() {
             let codec = match self.rtpmaps.iter().find(|m| m.payload_type == pt) {
                 Some(map) => Codec::from_rtpmap(&map.encoding, map.clock_rate),
@@ -164,9 +174,9 @@ impl MediaOffer {
                     red: self.red_carrying(pt, codec.clock_rate()),
                 };
             }
-            return Ok(accepted);
+            return Some(accepted);
         }
-        Err(Refusal::UnsupportedCodec)
+        None
     }
 
     /// The H.264 SPS and PPS an offer carries for `pt` (`sprop-parameter-sets`, base64 NAL

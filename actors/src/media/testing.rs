@@ -65,9 +65,29 @@ pub struct SyntheticVp8 {
     gop: u32,
     packets_per_frame: u16,
     ssrc: u32,
+    /// Picture IDs (15-bit) and this many temporal layers (1-3) in the descriptors.
+    temporal_layers: Option<u8>,
 }
 
 impl SyntheticVp8 {
+    /// Descriptors with a picture ID, TL0PICIDX and TID, in `layers` temporal layers (libvpx's
+    /// patterns: 0 1 for two, 0 2 1 2 for three).
+    pub fn with_picture_ids(mut self, layers: u8) -> Self {
+        self.temporal_layers = Some(layers.clamp(1, 3));
+        self
+    }
+
+    /// The temporal layer of frame `index` and the TL0PICIDX it refers to.
+    pub fn layer_of(&self, index: u32) -> (u8, u8) {
+        let pattern: &[u8] = match self.temporal_layers {
+            Some(2) => &[0, 1],
+            Some(3) => &[0, 2, 1, 2],
+            _ => &[0],
+        };
+        let period = pattern.len() as u32;
+        (pattern[(index % period) as usize], (index / period) as u8)
+    }
+
     pub fn new(first_seq: u16, first_ts: u32, gop: u32, packets_per_frame: u16) -> Self {
         Self {
             first_seq,
@@ -75,6 +95,7 @@ impl SyntheticVp8 {
             gop: gop.max(1),
             packets_per_frame: packets_per_frame.max(1),
             ssrc: 0x5eed,
+            temporal_layers: None,
         }
     }
 
@@ -110,6 +131,12 @@ impl SyntheticVp8 {
             let chunks: Vec<_> = data.chunks(chunk).collect();
             for (i, part) in chunks.iter().enumerate() {
                 let mut payload = vec![if i == 0 { 0x10 } else { 0x00 }];
+                if self.temporal_layers.is_some() {
+                    let (tid, tl0) = self.layer_of(index);
+                    let pid = (index as u16 + 1000) & 0x7fff;
+                    payload[0] |= 0x80;
+                    payload.extend_from_slice(&[0xe0, 0x80 | (pid >> 8) as u8, pid as u8, tl0, tid << 6]);
+                }
                 payload.extend_from_slice(part);
                 out.push((
                     at,

@@ -1,8 +1,10 @@
 //! WHIP ingest (RFC 9725) on the `webrtc` crate (0.21: `PeerConnectionBuilder` and an event
-//! handler). ICE, DTLS-SRTP and NACK are the crate's; the recorder registers only the codecs it
-//! writes (so an offer with nothing recordable is refused in the answer), waits for ICE gathering
-//! (no trickle: the answer carries every candidate), and feeds each remote track's RTP into the
-//! same [`TrackReceiver`] as plain RTP. Keyframe requests go back as RTCP PLI through the crate.
+//! handler). ICE, DTLS-SRTP and RTX unwrapping are the crate's; the recorder registers only the
+//! codecs it writes (so an offer with nothing recordable is refused in the answer), waits for ICE
+//! gathering (no trickle: the answer carries every candidate), and feeds each remote track's RTP
+//! into the same [`TrackReceiver`] as plain RTP. That receiver's jitter buffer asks for lost video
+//! packets (generic NACK) and keyframes (PLI), sent back as RTCP through the crate; audio is
+//! answered as Opus in RED, so a lost packet is filled from the next one.
 //!
 //! Threads: the crate's connection drivers run on its dedicated reactor pool, the per-track
 //! receive loops on the recorder's own small media runtime — never on the actix arbiters.
@@ -11,18 +13,20 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::whip_sdp::{accepted_codecs, red_first, register_codecs};
+
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_G722, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_VP8,
-    MIME_TYPE_VP9,
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport as RtcSenderReport;
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{nack_pairs_from_sequence_numbers, TransportLayerNack};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -33,7 +37,7 @@ use super::codec::Codec;
 use super::ingest::{EventSink, SinkSwap, TrackCounters, TrackPump, TrackSummary};
 use super::receiver::{ReceiverConfig, TrackReceiver};
 use super::rtp::{RtpPacket, SenderReport};
-use super::sdp::parse_offer;
+use super::sdp::{parse_offer, Accepted};
 use super::writer::FrameSink;
 use super::MediaError;
 use crate::domain::TrackType;
@@ -68,6 +72,8 @@ type Ended = tokio::sync::oneshot::Receiver<(String, TrackSummary)>;
 struct TrackSlot {
     kind: TrackType,
     codec: Codec,
+    /// The payload types the answer took for the track: its media's and the RED wrapping it.
+    payloads: Accepted,
     pump: TrackPump,
     ended: tokio::sync::oneshot::Sender<(String, TrackSummary)>,
 }
@@ -144,7 +150,11 @@ fn close(shared: &Arc<Shared>) {
 
 async fn track_loop(track: Arc<dyn TrackRemote>, slot: TrackSlot) {
     let TrackSlot {
-        mut pump, ended, codec, ..
+        mut pump,
+        ended,
+        codec,
+        payloads,
+        ..
     } = slot;
     let mut out = Vec::new();
     // Simulcast: the track's RTP streams are its layers; one is recorded.
@@ -154,6 +164,14 @@ async fn track_loop(track: Arc<dyn TrackRemote>, slot: TrackSlot) {
         let now = Instant::now();
         match event {
             Ok(Some(TrackRemoteEvent::OnRtpPacket(packet))) => {
+                let pt = packet.header.payload_type;
+                if pt != payloads.payload_type && Some(pt) != payloads.aux.red {
+                    // RTX the crate could not unwrap (no `ssrc-group:FID` to map it by), a
+                    // codec the answer did not settle on: not this track's media, and never
+                    // a simulcast layer of its own.
+                    pump.receiver.note_malformed();
+                    continue;
+                }
                 let switches = layers.num_switches;
                 if codec.is_video() && !layers.take(packet.header.ssrc, packet.payload.len(), now) {
                     continue;
@@ -187,13 +205,23 @@ async fn track_loop(track: Arc<dyn TrackRemote>, slot: TrackSlot) {
         }
         pump.receiver.poll(now, &mut out);
         pump.outputs().append(&mut out);
+        let mut feedback: Vec<Box<dyn rtc::rtcp::Packet>> = Vec::new();
         for ssrc in pump.drain(now) {
-            let pli = PictureLossIndication {
+            feedback.push(Box::new(PictureLossIndication {
                 sender_ssrc: 0,
                 media_ssrc: ssrc,
-            };
-            if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
-                tracing::debug!(error = %e, "pli not sent");
+            }));
+        }
+        for (ssrc, sequences) in pump.take_nacks() {
+            feedback.push(Box::new(TransportLayerNack {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+                nacks: nack_pairs_from_sequence_numbers(&sequences),
+            }));
+        }
+        if !feedback.is_empty() {
+            if let Err(e) = track.write_rtcp(feedback).await {
+                tracing::debug!(error = %e, "rtcp feedback not sent");
             }
         }
     };
@@ -292,7 +320,7 @@ impl Drop for WhipSession {
 pub struct Negotiated {
     shared: Arc<Shared>,
     answer_sdp: String,
-    codecs: Vec<Codec>,
+    accepted: Vec<Accepted>,
     started: bool,
 }
 
@@ -309,7 +337,7 @@ impl Drop for Negotiated {
 impl Negotiated {
     /// The codec of each m-line the answer accepted, one per kind.
     pub fn codecs(&self) -> Vec<Codec> {
-        self.codecs.clone()
+        self.accepted.iter().map(|a| a.codec).collect()
     }
 
     /// Wires each accepted track to its writer and returns the answer to send. `wall_micros`:
@@ -329,7 +357,14 @@ impl Negotiated {
         {
             let mut slots = self.shared.slots.lock().unwrap_or_else(|p| p.into_inner());
             for (codec, track_id, sink, counters) in tracks {
-                let rx = TrackReceiver::new(codec, receiver.clone(), now, wall_micros);
+                let Some(payloads) = self.accepted.iter().find(|a| a.codec == codec).copied() else {
+                    continue;
+                };
+                // Video is asked for again what it lost (generic NACK, answered by RTX or on
+                // the media's own SSRC) and waited for as long as that takes.
+                let rx = TrackReceiver::new(codec, receiver.clone(), now, wall_micros)
+                    .with_payloads(payloads.payload_type, payloads.aux)
+                    .with_nack(codec.is_video());
                 let mut pump = TrackPump::new(session_id.clone(), track_id, rx, sink, counters, events.clone(), now);
                 pump.pause = pause.clone();
                 swaps.push((pump.track_id.clone(), pump.swap.clone()));
@@ -338,6 +373,7 @@ impl Negotiated {
                 slots.push(TrackSlot {
                     kind: codec.kind(),
                     codec,
+                    payloads,
                     pump,
                     ended: tx,
                 });
@@ -354,79 +390,6 @@ impl Negotiated {
             },
         ))
     }
-}
-
-/// The H.264 profiles answered, by `profile-level-id` (profile_idc, constraints; the level is
-/// free with `level-asymmetry-allowed=1`, up to 5.1): what Chrome, Safari, Firefox and Android
-/// offer. Each gets its own payload type; the answer takes the first the offer has.
-const H264_PROFILES: [(&str, u8); 5] = [
-    ("42e01f", 102), // Constrained Baseline
-    ("42001f", 104), // Baseline
-    ("4d001f", 106), // Main
-    ("640033", 108), // High (level 5.1)
-    ("640c33", 110), // Constrained High
-];
-
-/// Every way `codec` is offered to the WebRTC stack (several H.264 profiles, one of the rest).
-fn codec_variants(codec: Codec) -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
-    if codec != Codec::H264 {
-        return vec![codec_parameters(codec)];
-    }
-    H264_PROFILES
-        .iter()
-        .map(|(profile, pt)| {
-            let (mut params, kind) = codec_parameters(codec);
-            params.rtp_codec.sdp_fmtp_line =
-                format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}");
-            params.payload_type = *pt;
-            (params, kind)
-        })
-        .collect()
-}
-
-fn codec_parameters(codec: Codec) -> (RTCRtpCodecParameters, RtpCodecKind) {
-    let feedback = |t: &str, p: &str| RTCPFeedback {
-        typ: t.into(),
-        parameter: p.into(),
-    };
-    let video_feedback = vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")];
-    let (mime, clock_rate, channels, fmtp, pt, kind) = match codec {
-        Codec::Vp8 => (MIME_TYPE_VP8, 90_000, 0, "", 96, RtpCodecKind::Video),
-        Codec::Vp9 => (MIME_TYPE_VP9, 90_000, 0, "profile-id=0", 98, RtpCodecKind::Video),
-        Codec::H264 => (
-            MIME_TYPE_H264,
-            90_000,
-            0,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-            102,
-            RtpCodecKind::Video,
-        ),
-        Codec::Opus => (
-            MIME_TYPE_OPUS,
-            48_000,
-            2,
-            "minptime=10;useinbandfec=1",
-            111,
-            RtpCodecKind::Audio,
-        ),
-        // A softphone's WebRTC leg (SIP over WebSocket clients) may offer only G.711 or G.722.
-        Codec::Pcmu => (MIME_TYPE_PCMU, 8_000, 1, "", 0, RtpCodecKind::Audio),
-        Codec::Pcma => (MIME_TYPE_PCMA, 8_000, 1, "", 8, RtpCodecKind::Audio),
-        Codec::G722 => (MIME_TYPE_G722, 8_000, 1, "", 9, RtpCodecKind::Audio),
-    };
-    (
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: mime.to_owned(),
-                clock_rate,
-                channels,
-                sdp_fmtp_line: fmtp.to_owned(),
-                rtcp_feedback: if codec.is_video() { video_feedback } else { vec![] },
-            },
-            payload_type: pt,
-        },
-        kind,
-    )
 }
 
 fn webrtc_error(e: impl std::fmt::Display) -> MediaError {
@@ -462,36 +425,23 @@ pub async fn negotiate(
             )));
         }
     }
+    // RTX (RFC 4588) lets a publisher retransmit on a stream of its own; the crate unwraps it
+    // by `a=ssrc-group:FID`, which a simulcast offer (rid-based, no SSRCs) lacks: there the
+    // publisher retransmits on the layer's own SSRC.
+    let simulcast = offer_sdp.lines().any(|l| l.starts_with("a=simulcast:"));
     let mut engine = MediaEngine::default();
-    let mut num_codecs = 0;
-    // In the answerer's order of preference: Opus before the telephony codecs.
-    for codec in [
-        Codec::Vp8,
-        Codec::Vp9,
-        Codec::H264,
-        Codec::Opus,
-        Codec::G722,
-        Codec::Pcmu,
-        Codec::Pcma,
-    ] {
-        let wanted = match codec.kind() {
-            TrackType::Audio => audio,
-            TrackType::Video => video,
-        };
-        let kept = existing.iter().all(|e| e.kind() != codec.kind() || *e == codec);
-        if wanted && kept {
-            for (params, kind) in codec_variants(codec) {
-                engine.register_codec(params, kind).map_err(webrtc_error)?;
-            }
-            num_codecs += 1;
-        }
-    }
+    let num_codecs = register_codecs(&mut engine, audio, video, existing, simulcast)?;
     if num_codecs == 0 {
         return Err(MediaError::Refused(
             "this instance records neither audio nor video".into(),
         ));
     }
-    let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(webrtc_error)?;
+    // The crate's defaults without its NACK generator: the track's own jitter buffer asks for
+    // what it lacks (media/nack.rs) and sees retransmissions after RTX is unwrapped, which the
+    // crate's generator (before the unwrap) never does, asking again for packets already here.
+    configure_simulcast_extension_headers(&mut engine).map_err(webrtc_error)?;
+    let registry = configure_twcc_receiver_only(Registry::new(), &mut engine).map_err(webrtc_error)?;
+    let registry = configure_rtcp_reports(registry);
     let registry = registry.with(
         Slot::from(14_000),
         SenderReportForwarder {
@@ -555,8 +505,9 @@ pub async fn negotiate(
             return Err(e);
         }
     };
-    let codecs = accepted_codecs(&answer.sdp);
-    if codecs.is_empty() {
+    let answer_sdp = red_first(&answer.sdp);
+    let accepted = accepted_codecs(&answer_sdp);
+    if accepted.is_empty() {
         close(&shared);
         return Err(MediaError::Refused(
             "no m-line of the offer can be recorded (codecs: VP8, VP9, H264, opus)".into(),
@@ -564,55 +515,8 @@ pub async fn negotiate(
     }
     Ok(Negotiated {
         shared,
-        answer_sdp: answer.sdp,
-        codecs,
+        answer_sdp,
+        accepted,
         started: false,
     })
-}
-
-/// The codec of each accepted (non-zero port, not inactive) m-line of an answer, one per kind.
-fn accepted_codecs(answer: &str) -> Vec<Codec> {
-    let Ok(parsed) = parse_offer(answer) else { return vec![] };
-    let mut codecs: Vec<Codec> = Vec::new();
-    for media in &parsed.media {
-        if media.port == 0 || !answer_section_receives(answer, media.mid.as_deref()) {
-            continue;
-        }
-        let codec = media
-            .formats
-            .first()
-            .and_then(|pt| pt.parse::<u8>().ok())
-            .and_then(|pt| media.rtpmaps.iter().find(|m| m.payload_type == pt))
-            .and_then(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate));
-        if let Some(codec) = codec {
-            if !codecs.iter().any(|c| c.kind() == codec.kind()) {
-                codecs.push(codec);
-            }
-        }
-    }
-    codecs
-}
-
-/// Whether the answer's section with this mid receives media (not `inactive`/`sendonly`).
-fn answer_section_receives(answer: &str, mid: Option<&str>) -> bool {
-    let Some(mid) = mid else { return true };
-    let sections: Vec<&str> = answer.split("\nm=").skip(1).collect();
-    sections
-        .iter()
-        .find(|s| s.lines().any(|l| l.trim_end() == format!("a=mid:{mid}")))
-        .is_none_or(|s| !s.lines().any(|l| matches!(l.trim_end(), "a=inactive" | "a=sendonly")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepted_codecs_come_from_live_sections_of_the_answer() {
-        let answer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
-            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\na=recvonly\r\n\
-            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=inactive\r\n\
-            m=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:2\r\n";
-        assert_eq!(accepted_codecs(answer), vec![Codec::Vp8]);
-    }
 }

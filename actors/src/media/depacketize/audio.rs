@@ -14,6 +14,7 @@ impl PayloadFormat for AudioDepacketizer {
             data: payload.to_vec(),
             starts_frame: true,
             keyframe: true,
+            picture: None,
         })
     }
 }

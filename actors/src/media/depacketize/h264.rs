@@ -88,6 +88,7 @@ impl PayloadFormat for H264Depacketizer {
                     data,
                     starts_frame: true,
                     keyframe: nal_type == NAL_IDR,
+                    picture: None,
                 })
             }
             NAL_STAP_A => {
@@ -111,6 +112,7 @@ impl PayloadFormat for H264Depacketizer {
                     data,
                     starts_frame: true,
                     keyframe,
+                    picture: None,
                 })
             }
             NAL_FU_A => {
@@ -127,6 +129,7 @@ impl PayloadFormat for H264Depacketizer {
                     data,
                     starts_frame: start,
                     keyframe: start && inner_type == NAL_IDR,
+                    picture: None,
                 })
             }
             other => Err(DepacketizeError::Unsupported {
@@ -320,6 +323,21 @@ impl Bits<'_> {
         let k = i64::from(self.ue()?);
         Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
     }
+}
+
+/// Whether an H.264 access unit (Annex B) carries an SPS and a PPS.
+pub(crate) fn has_parameter_sets(access_unit: &[u8]) -> bool {
+    let (mut sps, mut pps) = (false, false);
+    for w in access_unit.windows(4) {
+        if w[..3] == [0, 0, 1] {
+            match w[3] & 0x1f {
+                7 => sps = true,
+                8 => pps = true,
+                _ => {}
+            }
+        }
+    }
+    sps && pps
 }
 
 #[cfg(test)]

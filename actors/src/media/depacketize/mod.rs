@@ -7,6 +7,7 @@
 
 mod audio;
 mod h264;
+pub(crate) use h264::has_parameter_sets;
 mod vp8;
 mod vp9;
 
@@ -17,7 +18,7 @@ use super::rtp::RtpPacket;
 
 pub use audio::AudioDepacketizer;
 pub use h264::H264Depacketizer;
-pub use vp8::Vp8Depacketizer;
+pub use vp8::{Picture, Verdict, Vp8Chain, Vp8Depacketizer};
 pub use vp9::Vp9Depacketizer;
 
 /// Largest frame assembled; a sender that never sets the marker bit cannot grow memory past it.
@@ -45,6 +46,8 @@ pub struct PayloadPart {
     /// This packet shows the frame is a keyframe (VP8/VP9: the frame's first packet says so;
     /// H.264: the packet carries an IDR slice).
     pub keyframe: bool,
+    /// VP8: the frame's picture ID and temporal layer, on its first packet.
+    pub picture: Option<Picture>,
 }
 
 /// A codec's payload format: one packet → its part of a frame.
@@ -70,6 +73,8 @@ pub struct Frame {
     pub data: Bytes,
     pub keyframe: bool,
     pub num_packets: u32,
+    /// VP8: what its payload descriptor says about the frames it refers to.
+    pub picture: Option<Picture>,
 }
 
 pub fn payload_format(codec: Codec) -> Box<dyn PayloadFormat> {
@@ -95,6 +100,7 @@ struct Partial {
     timestamp: u32,
     data: Vec<u8>,
     keyframe: bool,
+    picture: Option<Picture>,
     /// The first packet started the frame and none went missing since.
     complete_so_far: bool,
     num_packets: u32,
@@ -174,6 +180,7 @@ impl FrameAssembler {
                     timestamp: packet.timestamp,
                     data: part.data,
                     keyframe: part.keyframe,
+                    picture: part.picture.filter(|_| part.starts_frame),
                     complete_so_far: part.starts_frame,
                     num_packets: 1,
                 });
@@ -200,6 +207,7 @@ impl FrameAssembler {
             data: Bytes::from(data),
             keyframe: partial.keyframe,
             num_packets: partial.num_packets,
+            picture: partial.picture,
         })
     }
 }

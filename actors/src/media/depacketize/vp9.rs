@@ -66,6 +66,7 @@ impl PayloadFormat for Vp9Depacketizer {
             data: data.to_vec(),
             starts_frame,
             keyframe,
+            picture: None,
         })
     }
 
