@@ -333,6 +333,11 @@ pub struct TrackDataMessage {
     /// Signed download URL, once the track is stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Video: degrees to turn the picture clockwise to show it upright, when the publisher
+    /// signalled its orientation (an addition to the spec; players of the track file need it,
+    /// the composition applies it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<u16>,
 }
 
 impl From<&TrackRecord> for TrackDataMessage {
@@ -347,6 +352,7 @@ impl From<&TrackRecord> for TrackDataMessage {
             },
             kind: track_type(t.kind),
             url: None,
+            rotation: t.rotation,
         }
     }
 }
@@ -493,6 +499,7 @@ pub fn composition_message(
         },
         kind: if video { TrackType::Video } else { TrackType::Audio },
         url,
+        rotation: None,
     };
     let mut tracks = vec![track];
     if let Some(stereo) = c.stereo.as_ref().filter(|_| done) {
@@ -517,6 +524,7 @@ pub fn composition_message(
             },
             kind: TrackType::Audio,
             url: stereo_url,
+            rotation: None,
         });
     }
     RecordingDataMessage {

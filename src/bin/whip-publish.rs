@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! whip-publish URL... [--token KEY] [--seconds N] [--no-audio] [--no-video] [--keep] [--ramp-ms MS]
-//!              [--fixtures DIR] [--h264 FMTP]
+//!              [--fixtures DIR] [--h264 FMTP] [--rotation DEG]
 //! ```
 //!
 //! Each URL is one publisher (one peer connection); several run at once in this process (the
@@ -15,7 +15,9 @@
 //! `--fixtures DIR` replays `DIR/vp8.rtp` and `DIR/opus.rtp` (the format of
 //! `scripts/capture-rtp-fixture.py`) instead of the built-in clips. `--h264 FMTP` offers only
 //! H.264 with that `a=fmtp` (e.g. `profile-level-id=640c1f;packetization-mode=1`) and replays
-//! `DIR/h264.rtp` (an H.264 capture of that profile).
+//! `DIR/h264.rtp` (an H.264 capture of that profile). `--rotation DEG` (90, 180, 270) offers the
+//! video-orientation extension and sends it on each frame's last packet, as a phone held upright
+//! does with its landscape camera's picture.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -28,7 +30,8 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -122,6 +125,7 @@ async fn play(
     (ssrc, payload_type): (u32, u8),
     start: Instant,
     seconds: f64,
+    orientation: Option<(u8, u8)>,
 ) -> usize {
     let total = Duration::from_secs_f64(seconds);
     let loops = (total.as_secs_f64() / clip.duration.as_secs_f64()).ceil() as u32;
@@ -151,6 +155,9 @@ async fn play(
             if last_ts != Some(p.header.timestamp) {
                 frames += 1;
                 last_ts = Some(p.header.timestamp);
+            }
+            if let Some((id, byte)) = orientation.filter(|_| p.header.marker) {
+                let _ = p.header.set_extension(id, bytes::Bytes::from(vec![byte]));
             }
             if track.write_rtp(p).await.is_err() {
                 break 'outer;
@@ -217,6 +224,8 @@ struct Args {
     /// `--h264`: the fmtp offered, and the clip sent instead of VP8.
     h264: Option<(String, Vec<u8>)>,
     fixtures: Option<std::path::PathBuf>,
+    /// `--rotation`: degrees the receiver must turn the picture clockwise.
+    rotation: Option<u16>,
 }
 
 fn args() -> Result<Args, String> {
@@ -232,6 +241,7 @@ fn args() -> Result<Args, String> {
         opus: OPUS_CLIP.to_vec(),
         h264: None,
         fixtures: None,
+        rotation: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -263,6 +273,14 @@ fn args() -> Result<Args, String> {
                 }
                 args.opus = read("opus.rtp").unwrap_or_else(|_| OPUS_CLIP.to_vec());
                 args.fixtures = Some(dir);
+            }
+            "--rotation" => {
+                args.rotation = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|d| [0, 90, 180, 270].contains(d))
+                        .ok_or("--rotation takes 0, 90, 180 or 270")?,
+                )
             }
             "--h264" => args.h264 = Some((it.next().ok_or("--h264 takes an fmtp line")?, Vec::new())),
             url if !url.starts_with("--") => args.urls.push(url.to_string()),
@@ -369,6 +387,17 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
             RtpCodecKind::Audio,
         )
         .map_err(e)?;
+    if args.rotation.is_some() {
+        engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: "urn:3gpp:video-orientation".into(),
+                },
+                RtpCodecKind::Video,
+                None,
+            )
+            .map_err(e)?;
+    }
     let registry = register_default_interceptors(rtc::interceptor::Registry::new(), &mut engine).map_err(e)?;
     let settings = SettingEngineBuilder::new()
         .with_include_loopback_candidate(true)
@@ -442,6 +471,15 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
         .find_map(|l| l.trim().strip_prefix("a=setup:"))
         .unwrap_or("")
         .to_string();
+    // The id the answer kept for the orientation extension, and the byte it carries.
+    let orientation = args.rotation.and_then(|deg| {
+        let id = answer.lines().find_map(|l| {
+            let rest = l.trim_end().strip_prefix("a=extmap:")?;
+            let (id, uri) = rest.split_once(' ')?;
+            (uri.trim() == "urn:3gpp:video-orientation").then(|| id.split('/').next()?.parse::<u8>().ok())?
+        })?;
+        Some((id, (deg / 90) as u8))
+    });
     let answer = RTCSessionDescription::answer(answer).map_err(e)?;
     let connected = handler.connected.notified();
     pc.set_remote_description(answer).await.map_err(e)?;
@@ -457,6 +495,7 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
             (video_ssrc, video_pt),
             start,
             args.seconds,
+            orientation,
         ))
     });
     let audio = args.audio.then(|| {
@@ -466,6 +505,7 @@ async fn publish(args: &Args, url: &str) -> Result<String, String> {
             (audio_ssrc, 111),
             start,
             args.seconds,
+            None,
         ))
     });
     let video_frames = match video {

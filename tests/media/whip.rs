@@ -504,3 +504,59 @@ fn chromium_publishes_over_whip() {
     );
     assert!(video.first_is_keyframe);
 }
+
+/// The non-black area of a video's frames from 1 s to 2 s, as `ffmpeg -vf cropdetect` finds it
+/// (w, h).
+fn picture_area(path: &std::path::Path) -> (u32, u32) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "info", "-ss", "1", "-t", "1", "-i"])
+        .arg(path)
+        .args(["-vf", "cropdetect=limit=16:round=2:reset=0", "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let crop = log
+        .lines()
+        .filter_map(|l| l.split("crop=").nth(1))
+        .next_back()
+        .unwrap_or_else(|| panic!("cropdetect found nothing in {}:\n{log}", path.display()));
+    let mut wh = crop.split(':').map(|n| n.trim().parse::<u32>().expect("a crop size"));
+    (wh.next().unwrap(), wh.next().unwrap())
+}
+
+/// A phone held upright sends its camera's landscape picture with the video-orientation
+/// extension saying "turn 90 degrees": the track keeps the rotation (API and record) and the
+/// composition shows the picture upright, taller than wide, where a plain landscape camera's
+/// picture is wider than tall.
+#[test]
+fn a_publishers_video_orientation_is_kept_and_the_composition_is_upright() {
+    let _media = media_lock();
+    let app = TestApp::spawn_uploading();
+    let mut areas = Vec::new();
+    for rotation in [Some(90u16), None] {
+        let conversation = unique("cvo");
+        let conference = unique("room");
+        let event = app.start(&conversation, &conference, true, true);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_whip-publish"));
+        cmd.arg(app.api(&format!("/media/whip/{conference}?userId=agent&type=CAM")))
+            .args(["--token", KEY, "--seconds", "3", "--no-audio"]);
+        if let Some(deg) = rotation {
+            cmd.args(["--rotation", &deg.to_string()]);
+        }
+        let sent = run_json(cmd, "whip-publish");
+        assert!(sent["videoFrames"].as_u64() > Some(0), "{sent}");
+        app.stop(&event);
+        let all = tracks(&app.instance(&event));
+        let video = find_track(&all, "agent", "CAM", "VIDEO");
+        assert_eq!(video["rotation"].as_u64(), rotation.map(u64::from), "{video:#}");
+        wait_composed(&app, &conversation, &event["instanceId"]);
+        let composed = crate::compose::stored_composition(&app, &conversation);
+        areas.push(picture_area(&composed));
+    }
+    let ((w90, h90), (w0, h0)) = (areas[0], areas[1]);
+    assert!(w0 > h0, "the landscape camera composes wider than tall: {areas:?}");
+    assert!(
+        h90 > w90,
+        "the turned camera composes upright, taller than wide: {areas:?}"
+    );
+}

@@ -53,6 +53,8 @@ pub struct ComposeInput {
     pub start: Duration,
     /// End of the track on the composed timeline (its stop, or its instance's).
     pub end: Duration,
+    /// Video: degrees to turn it clockwise to show it upright (the publisher's orientation).
+    pub rotation: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -320,9 +322,23 @@ pub fn filter_description(
             canvas += 1;
         };
         for (i, input) in video.iter().enumerate() {
+            // Upright first: a phone's portrait picture fills its tile as portrait.
+            let turn = match input.rotation {
+                90 => Some("transpose=clock"),
+                180 => Some("hflip,vflip"),
+                270 => Some("transpose=cclock"),
+                _ => None,
+            };
+            let src = match turn {
+                Some(turn) => {
+                    parts.push(format!("[v{i}]{turn}[u{i}]"));
+                    format!("u{i}")
+                }
+                None => format!("v{i}"),
+            };
             match input.role {
                 ComposeRole::Screen => {
-                    parts.push(format!("[v{i}]{}[s{i}]", fit(&screen_tile)));
+                    parts.push(format!("[{src}]{}[s{i}]", fit(&screen_tile)));
                     overlay(&mut parts, format!("s{i}"), &screen_tile, None);
                 }
                 ComposeRole::Camera => {
@@ -331,10 +347,10 @@ pub fn filter_description(
                         .position(|p| *p == input.participant)
                         .expect("every camera's participant was collected above");
                     if screen_spans.is_empty() {
-                        parts.push(format!("[v{i}]{}[g{i}]", fit(&grid_tiles[slot])));
+                        parts.push(format!("[{src}]{}[g{i}]", fit(&grid_tiles[slot])));
                         overlay(&mut parts, format!("g{i}"), &grid_tiles[slot], None);
                     } else {
-                        parts.push(format!("[v{i}]split=2[gi{i}][si{i}]"));
+                        parts.push(format!("[{src}]split=2[gi{i}][si{i}]"));
                         parts.push(format!("[gi{i}]{}[g{i}]", fit(&grid_tiles[slot])));
                         parts.push(format!("[si{i}]{}[c{i}]", fit(&strip_tiles[slot])));
                         overlay(
@@ -980,6 +996,7 @@ mod tests {
             participant: "u".into(),
             start: Duration::ZERO,
             end: Duration::from_secs(12),
+            rotation: 0,
         };
         let slates = [(Duration::from_secs(2), Duration::from_secs(4))];
         let spec = filter_description(
@@ -996,6 +1013,22 @@ mod tests {
         assert!(spec.contains("text='recording paused'"), "{spec}");
         let without = filter_description(&[&camera], &[], Duration::from_secs(12), &[], &ComposeConfig::default());
         assert!(!without.contains("drawbox"), "{without}");
+        // A phone's picture turned 90 degrees is turned upright before it is fitted to its tile.
+        let portrait = ComposeInput {
+            rotation: 90,
+            ..camera.clone()
+        };
+        let turned = filter_description(
+            &[&portrait],
+            &[],
+            Duration::from_secs(12),
+            &[],
+            &ComposeConfig::default(),
+        );
+        assert!(
+            turned.contains("[v0]transpose=clock[u0]") && turned.contains("[u0]scale="),
+            "{turned}"
+        );
     }
 
     #[test]
@@ -1007,6 +1040,7 @@ mod tests {
             participant: participant.into(),
             start: Duration::from_secs(start),
             end: Duration::from_secs(end),
+            rotation: 0,
         };
         let a = input(ComposeMedia::Video, ComposeRole::Camera, "u1", 0, 10);
         let b = input(ComposeMedia::Video, ComposeRole::Camera, "u2", 2, 10);
@@ -1112,6 +1146,7 @@ mod tests {
             participant: who.into(),
             start: Duration::from_secs_f64(start),
             end: Duration::from_secs_f64(end),
+            rotation: 0,
         }
     }
 
@@ -1223,6 +1258,7 @@ mod tests {
             participant: "u".into(),
             start: Duration::ZERO,
             end: Duration::from_secs(1),
+            rotation: 0,
         };
         let out = dir.path().join("out.mp4");
         let err = compose(&[input], Duration::from_secs(1), &[], &out, &ComposeConfig::default()).unwrap_err();

@@ -89,6 +89,12 @@ pub enum IngestEvent {
         track_id: String,
         source: std::net::SocketAddr,
     },
+    /// The publisher signalled another orientation of its video (degrees to turn clockwise).
+    Orientation {
+        session_id: String,
+        track_id: String,
+        rotation: u16,
+    },
     /// The track's ingest ended (publisher gone, idle, or asked to stop).
     TrackEnded {
         session_id: String,
@@ -154,6 +160,8 @@ pub struct TrackPump {
     out: Vec<ReceiverOutput>,
     /// Packets to ask for again, per SSRC, since the last `take_nacks`.
     nacks: Vec<(u32, Vec<u16>)>,
+    /// The video orientation last signalled (degrees clockwise).
+    rotation: Option<u16>,
 }
 
 impl TrackPump {
@@ -184,6 +192,20 @@ impl TrackPump {
             bitrate_window: (now, 0),
             out: Vec::new(),
             nacks: Vec::new(),
+            rotation: None,
+        }
+    }
+
+    /// The publisher's video orientation, as its packets carry it: told to the stream when it
+    /// changes (a phone turned), once per change.
+    pub fn orientation(&mut self, rotation: u16) {
+        if self.rotation != Some(rotation) {
+            self.rotation = Some(rotation);
+            (self.events)(IngestEvent::Orientation {
+                session_id: self.session_id.clone(),
+                track_id: self.track_id.clone(),
+                rotation,
+            });
         }
     }
 

@@ -273,6 +273,7 @@ mod tests {
             participant: who.into(),
             start: Duration::from_secs_f64(start),
             end: Duration::from_secs_f64(end),
+            rotation: 0,
         };
         let inputs = vec![
             (input(tone(d, "agent.webm", 440, 3.0), "agent", 0.0, 3.0), Side::Left),

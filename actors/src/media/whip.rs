@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::whip_sdp::{accepted_codecs, red_first, register_codecs};
+use super::whip_sdp::{
+    accepted_codecs, extension_id, red_first, register_codecs, register_extensions, rotation_of, VIDEO_ORIENTATION_URI,
+};
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -74,6 +76,8 @@ struct TrackSlot {
     codec: Codec,
     /// The payload types the answer took for the track: its media's and the RED wrapping it.
     payloads: Accepted,
+    /// The answer's id of the video-orientation extension (video tracks).
+    orientation: Option<u8>,
     pump: TrackPump,
     ended: tokio::sync::oneshot::Sender<(String, TrackSummary)>,
 }
@@ -154,6 +158,7 @@ async fn track_loop(track: Arc<dyn TrackRemote>, slot: TrackSlot) {
         ended,
         codec,
         payloads,
+        orientation,
         ..
     } = slot;
     let mut out = Vec::new();
@@ -178,6 +183,12 @@ async fn track_loop(track: Arc<dyn TrackRemote>, slot: TrackSlot) {
                 }
                 if layers.num_switches != switches {
                     tracing::info!(track_id = %pump.track_id, ssrc = packet.header.ssrc, "simulcast: recording another layer");
+                }
+                // Senders put it on a keyframe's last packet and whenever it changes.
+                if let Some(byte) = orientation.and_then(|id| packet.header.get_extension(id)) {
+                    if let Some(b) = byte.first() {
+                        pump.orientation(rotation_of(*b));
+                    }
                 }
                 let rtp = RtpPacket {
                     payload_type: packet.header.payload_type,
@@ -321,6 +332,8 @@ pub struct Negotiated {
     shared: Arc<Shared>,
     answer_sdp: String,
     accepted: Vec<Accepted>,
+    /// The video-orientation extension's id in the answer, if the offer had it.
+    orientation: Option<u8>,
     started: bool,
 }
 
@@ -374,6 +387,7 @@ impl Negotiated {
                     kind: codec.kind(),
                     codec,
                     payloads,
+                    orientation: codec.is_video().then_some(self.orientation).flatten(),
                     pump,
                     ended: tx,
                 });
@@ -440,6 +454,7 @@ pub async fn negotiate(
     // what it lacks (media/nack.rs) and sees retransmissions after RTX is unwrapped, which the
     // crate's generator (before the unwrap) never does, asking again for packets already here.
     configure_simulcast_extension_headers(&mut engine).map_err(webrtc_error)?;
+    register_extensions(&mut engine)?;
     let registry = configure_twcc_receiver_only(Registry::new(), &mut engine).map_err(webrtc_error)?;
     let registry = configure_rtcp_reports(registry);
     let registry = registry.with(
@@ -513,10 +528,12 @@ pub async fn negotiate(
             "no m-line of the offer can be recorded (codecs: VP8, VP9, H264, opus)".into(),
         ));
     }
+    let orientation = extension_id(&answer_sdp, VIDEO_ORIENTATION_URI);
     Ok(Negotiated {
         shared,
         answer_sdp,
         accepted,
+        orientation,
         started: false,
     })
 }

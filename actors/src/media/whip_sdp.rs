@@ -6,7 +6,9 @@ use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_G722, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_RTX,
     MIME_TYPE_VP8, MIME_TYPE_VP9,
 };
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 
 use super::codec::Codec;
 use super::sdp::{parse_offer, Accepted};
@@ -162,6 +164,39 @@ fn red_for_opus() -> (RTCRtpCodecParameters, RtpCodecKind) {
     )
 }
 
+/// The video-orientation extension (3GPP TS 26.114 §7.4.5, "CVO"): what iOS and Android
+/// senders, and SFUs forwarding them, use to say the picture is turned.
+pub(super) const VIDEO_ORIENTATION_URI: &str = "urn:3gpp:video-orientation";
+
+/// The header extensions the recorder reads beyond the crate's (MID, RID, TWCC).
+pub(super) fn register_extensions(engine: &mut MediaEngine) -> Result<(), MediaError> {
+    engine
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: VIDEO_ORIENTATION_URI.to_owned(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )
+        .map_err(webrtc_error)
+}
+
+/// The id an SDP gives the extension `uri` (`a=extmap:<id>[/<direction>] <uri>`).
+pub(super) fn extension_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|line| {
+        let rest = line.trim_end().strip_prefix("a=extmap:")?;
+        let (id, tail) = rest.split_once(' ')?;
+        let id = id.split('/').next()?.parse::<u8>().ok()?;
+        (tail.split_whitespace().next()? == uri && (1..=14).contains(&id)).then_some(id)
+    })
+}
+
+/// Degrees to turn a picture clockwise to show it upright, from the extension's byte
+/// (`0 0 0 0 C F R1 R0`; the camera and flip bits say how it was taken, not how to show it).
+pub(super) fn rotation_of(byte: u8) -> u16 {
+    u16::from(byte & 0b11) * 90
+}
+
 fn webrtc_error(e: impl std::fmt::Display) -> MediaError {
     MediaError::WebRtc(e.to_string())
 }
@@ -249,5 +284,21 @@ mod tests {
         assert_eq!(red_first(&other), other);
         let plain = answer.replace(" 111 63 0", " 111 0");
         assert_eq!(red_first(&plain), plain);
+    }
+
+    #[test]
+    fn the_orientation_extension_is_found_and_read() {
+        let sdp = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+            a=extmap:13/recvonly urn:3gpp:video-orientation\r\n";
+        assert_eq!(extension_id(sdp, VIDEO_ORIENTATION_URI), Some(13));
+        assert_eq!(
+            extension_id(
+                "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
+                VIDEO_ORIENTATION_URI
+            ),
+            None
+        );
+        // Rotation bits only: a mirrored back-camera picture turned 270.
+        assert_eq!([0, 1, 2, 3, 0b1111].map(rotation_of), [0, 90, 180, 270, 270]);
     }
 }

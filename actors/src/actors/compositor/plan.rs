@@ -59,6 +59,7 @@ pub fn composition_inputs(instances: &[InstanceRecord], fetched: &FetchedTracks)
                     participant: stream.user_id.clone(),
                     start: Duration::ZERO,
                     end: Duration::ZERO,
+                    rotation: track.rotation.unwrap_or(0),
                 };
                 sides.push(stereo_side(stream.role, &stream.user_id, first_speaker.as_deref()));
                 tracks.push((

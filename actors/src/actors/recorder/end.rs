@@ -203,6 +203,7 @@ mod tests {
                 ..Default::default()
             },
             object: ObjectRecord::default(),
+            rotation: None,
         }
     }
 

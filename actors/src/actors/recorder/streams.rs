@@ -155,6 +155,22 @@ impl Recorder {
                     tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a silence");
                 }
             }
+            StreamNotice::Orientation {
+                stream_id,
+                track_id,
+                rotation,
+            } => {
+                let result = self.store.update_instance(&self.instance_id, &mut |r| {
+                    let stream = r.streams.iter_mut().find(|s| s.id == stream_id);
+                    if let Some(track) = stream.and_then(|s| s.tracks.iter_mut().find(|t| t.id == track_id)) {
+                        track.rotation = Some(rotation);
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    tracing::error!(instance_id = %self.instance_id, error = %e, "cannot record a video orientation");
+                }
+            }
             StreamNotice::SessionChanged { stream_id, rtp_session } => {
                 let result = self.store.update_instance(&self.instance_id, &mut |r| {
                     if let Some(stream) = r.streams.iter_mut().find(|s| s.id == stream_id) {

@@ -375,6 +375,12 @@ pub enum StreamNotice {
     },
     /// Media arrives while the instance is paused (none of it written).
     MediaWhilePaused { stream_id: String },
+    /// A video track's publisher signalled its orientation (kept in the track's record).
+    Orientation {
+        stream_id: String,
+        track_id: String,
+        rotation: u16,
+    },
     /// The publisher's connection is gone (it may come back within the grace period).
     Disconnected { stream_id: String, session_id: String },
     /// A writer failed and the stream restarts into new segments.

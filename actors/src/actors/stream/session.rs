@@ -364,6 +364,17 @@ impl Stream {
                     at,
                 });
             }
+            IngestEvent::Orientation { track_id, rotation, .. } => {
+                if let Some(track) = self.record.tracks.iter_mut().find(|t| t.id == track_id) {
+                    track.rotation = Some(rotation);
+                }
+                tracing::info!(stream_id = %self.record.id, %track_id, rotation, "video orientation");
+                self.recorder.do_send(StreamNotice::Orientation {
+                    stream_id: self.record.id.clone(),
+                    track_id,
+                    rotation,
+                });
+            }
             IngestEvent::MediaWhilePaused { .. } => {
                 self.recorder.do_send(StreamNotice::MediaWhilePaused {
                     stream_id: self.record.id.clone(),
