@@ -283,9 +283,8 @@ pub struct TrackRecord {
     pub stopped: Option<DateTime<Utc>>,
     pub local: LocalFileRecord,
     pub object: ObjectRecord,
-    /// Video only: how far to turn the picture clockwise to show it upright (0, 90, 180, 270),
-    /// as the publisher last signalled it (the video-orientation RTP extension: a phone held
-    /// upright sends its landscape sensor's picture with 90). `None`: never signalled.
+    /// Video: degrees to turn the picture clockwise to show it upright, as the publisher last
+    /// signalled it (RTP video orientation; a phone held upright: 90). `None`: never signalled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<u16>,
 }
