@@ -549,6 +549,18 @@ fn a_publishers_video_orientation_is_kept_and_the_composition_is_upright() {
         let all = tracks(&app.instance(&event));
         let video = find_track(&all, "agent", "CAM", "VIDEO");
         assert_eq!(video["rotation"].as_u64(), rotation.map(u64::from), "{video:#}");
+        // The review page turns the track's own video (its file does not say it).
+        let link = app.get(&format!("/recordings/{conversation}/url/review"), KEY);
+        assert_eq!(link.status, 200, "{}", link.text());
+        let url = link.json()["url"]
+            .as_str()
+            .expect("a review url")
+            .replacen("?", "/data?", 1);
+        let data = app.request("GET", &url, &[], None);
+        assert_eq!(data.status, 200, "{}", data.text());
+        let data = data.json();
+        let reviewed = &data["instances"][0]["tracks"][0];
+        assert_eq!(reviewed["rotation"].as_u64(), rotation.map(u64::from), "{data:#}");
         wait_composed(&app, &conversation, &event["instanceId"]);
         let composed = crate::compose::stored_composition(&app, &conversation);
         areas.push(picture_area(&composed));

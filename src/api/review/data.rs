@@ -122,6 +122,9 @@ struct ReviewTrack {
     end: f64,
     /// Where to play it from, once uploaded.
     url: Option<String>,
+    /// Video: degrees to turn it clockwise to show it upright (the file does not say it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation: Option<u16>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -361,6 +364,7 @@ fn review_tracks(
                 start: at(started),
                 end: at(track.stopped.or(stream.stopped).unwrap_or(instance_end)),
                 url,
+                rotation: track.rotation.filter(|r| *r != 0),
             });
         }
     }

@@ -141,6 +141,8 @@
         const box = el('div', { class: 'track', 'data-track': track.trackId });
         const media = el(track.kind === 'VIDEO' ? 'video' : 'audio', { preload: 'auto', playsinline: true });
         media.src = track.url;
+        // A phone's picture comes sideways with the turn to apply beside it (RTP orientation).
+        if (track.rotation) media.style.transform = 'rotate(' + track.rotation + 'deg)';
         const role = track.role ? ' · ' + track.role.toLowerCase() : '';
         box.append(media, el('span', { class: 'label' },
           track.userId + role + ' · ' + track.streamType + ' ' + track.kind.toLowerCase()));
