@@ -86,6 +86,7 @@ fn main() {
         participant: who.into(),
         start: Duration::from_secs_f64(start),
         end: Duration::from_secs_f64(secs),
+        rotation: 0,
     };
     eprintln!("making {secs} s of inputs");
     let inputs = vec![

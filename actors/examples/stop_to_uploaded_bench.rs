@@ -82,6 +82,7 @@ async fn main() {
                 error: None,
             },
             object: ObjectRecord::default(),
+            rotation: None,
         };
         match streams.iter_mut().find(|s| &s.id == stream_id) {
             Some(stream) => stream.tracks.push(track),

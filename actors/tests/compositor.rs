@@ -45,6 +45,7 @@ fn track(id: &str, kind: TrackType, path: &Path, at: chrono::DateTime<Utc>) -> T
             ..Default::default()
         },
         object: ObjectRecord::default(),
+        rotation: None,
     }
 }
 

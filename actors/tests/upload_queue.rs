@@ -41,6 +41,7 @@ fn instance(tracks: &[(&str, &str)]) -> InstanceRecord {
                 error: None,
             },
             object: ObjectRecord::default(),
+            rotation: None,
         };
         match streams.iter_mut().find(|s| s.id == *stream_id) {
             Some(stream) => stream.tracks.push(track),
