@@ -43,6 +43,9 @@ const ALLOWED_EXTRA: &[(&str, &[&str])] = &[
     ("UploadDataMessage", &["store"]),
     // ... and when a transcript, shown from its first line on, was last stored.
     ("ChatTranscriptData", &["store", "uploaded"]),
+    // Video orientation (an addition): degrees to turn a track's picture upright, when its
+    // publisher signalled one (RTP video orientation, what phones send).
+    ("TrackDataMessage", &["rotation"]),
     // ... and, with erasure (GDPR, an addition), when an instance was erased.
     ("ConversationRecordingData", &["instanceId", "state", "erasure"]),
     // Pause/resume (an addition for contact centers: card payments): whether the instance is
