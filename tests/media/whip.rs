@@ -505,6 +505,49 @@ fn chromium_publishes_over_whip() {
     assert!(video.first_is_keyframe);
 }
 
+/// Chromium publishing AV1 (its libaom encoder, offered alone): the answer takes AV1, the track
+/// is AV1 in WebM (`av1C` from the sequence header), every frame Chromium encoded is in the file
+/// and the whole file decodes without an error.
+#[test]
+fn chromium_publishing_av1_over_whip_is_recorded_frame_for_frame() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("chromium-av1");
+    let event = app.start(&unique("chromium-av1-call"), &conference, true, true);
+    let (child, lines) = chromium_whip(&app, &conference, "agent", json!({"seconds": 6, "codec": "AV1"}));
+    let (done, _) = chromium_done(child, lines);
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    let path = track_file(find_track(&all, "agent", "CAM", "VIDEO"));
+    assert_eq!(path.extension().and_then(|e| e.to_str()), Some("webm"));
+    let video = probe(&path);
+    assert_eq!(video.codec, "av1");
+    assert!(video.first_is_keyframe);
+    // Read once the tracks stopped: every frame encoded was sent.
+    let encoded = done["stats"]["video"][0]["framesEncoded"]
+        .as_u64()
+        .expect("framesEncoded");
+    assert!(encoded > 60, "{done}");
+    eprintln!("av1: {video:?}, {encoded} encoded");
+    assert!(
+        video.num_frames <= encoded && video.num_frames * 1000 >= encoded * 999,
+        "{} of {encoded} frames",
+        video.num_frames
+    );
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}
+
 /// The non-black area of a video's frames from 1 s to 2 s, as `ffmpeg -vf cropdetect` finds it
 /// (w, h).
 fn picture_area(path: &std::path::Path) -> (u32, u32) {

@@ -16,6 +16,8 @@ pub enum Codec {
     Vp9,
     /// H.264, packetization-mode 1 (single NAL units, STAP-A, FU-A).
     H264,
+    /// AV1 (the AOM RTP payload format), written to WebM.
+    Av1,
     Opus,
     /// G.711 μ-law (static payload type 0).
     Pcmu,
@@ -56,6 +58,7 @@ impl Codec {
             "VP8" => Codec::Vp8,
             "VP9" => Codec::Vp9,
             "H264" => Codec::H264,
+            "AV1" => Codec::Av1,
             "OPUS" => Codec::Opus,
             "PCMU" => Codec::Pcmu,
             "PCMA" => Codec::Pcma,
@@ -81,6 +84,7 @@ impl Codec {
             Codec::Vp8 => "VP8",
             Codec::Vp9 => "VP9",
             Codec::H264 => "H264",
+            Codec::Av1 => "AV1",
             Codec::Opus => "opus",
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
@@ -93,7 +97,7 @@ impl Codec {
         match self {
             Codec::Opus => 48_000,
             Codec::Pcmu | Codec::Pcma | Codec::G722 => 8_000,
-            Codec::Vp8 | Codec::Vp9 | Codec::H264 => 90_000,
+            Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::Av1 => 90_000,
         }
     }
 
@@ -108,7 +112,7 @@ impl Codec {
     pub fn kind(self) -> TrackType {
         match self {
             Codec::Opus | Codec::Pcmu | Codec::Pcma | Codec::G722 => TrackType::Audio,
-            Codec::Vp8 | Codec::Vp9 | Codec::H264 => TrackType::Video,
+            Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::Av1 => TrackType::Video,
         }
     }
 
@@ -122,11 +126,11 @@ impl Codec {
         self.kind() == TrackType::Video
     }
 
-    /// WebM holds VP8, VP9 and Opus; H.264 and telephony audio need Matroska.
+    /// WebM holds VP8, VP9, AV1 and Opus; H.264 and telephony audio need Matroska.
     pub fn container(self) -> Container {
         match self {
             Codec::H264 | Codec::Pcmu | Codec::Pcma | Codec::G722 => Container::Matroska,
-            Codec::Vp8 | Codec::Vp9 | Codec::Opus => Container::WebM,
+            Codec::Vp8 | Codec::Vp9 | Codec::Av1 | Codec::Opus => Container::WebM,
         }
     }
 }

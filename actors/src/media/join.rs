@@ -116,6 +116,7 @@ fn codec_of(stream: &ffmpeg::format::stream::Stream, path: &Path) -> Result<supe
         ffmpeg::codec::Id::VP8 => Ok(Codec::Vp8),
         ffmpeg::codec::Id::VP9 => Ok(Codec::Vp9),
         ffmpeg::codec::Id::H264 => Ok(Codec::H264),
+        ffmpeg::codec::Id::AV1 => Ok(Codec::Av1),
         ffmpeg::codec::Id::OPUS => Ok(Codec::Opus),
         ffmpeg::codec::Id::PCM_MULAW => Ok(Codec::Pcmu),
         ffmpeg::codec::Id::PCM_ALAW => Ok(Codec::Pcma),

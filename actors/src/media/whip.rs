@@ -525,7 +525,7 @@ pub async fn negotiate(
     if accepted.is_empty() {
         close(&shared);
         return Err(MediaError::Refused(
-            "no m-line of the offer can be recorded (codecs: VP8, VP9, H264, opus)".into(),
+            "no m-line of the offer can be recorded (codecs: VP8, VP9, H264, AV1, opus, PCMU, PCMA, G722)".into(),
         ));
     }
     let orientation = extension_id(&answer_sdp, VIDEO_ORIENTATION_URI);

@@ -3,8 +3,8 @@
 //! the answer read back (which codec each live m-line took, at which payload types).
 
 use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_G722, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU, MIME_TYPE_RTX,
-    MIME_TYPE_VP8, MIME_TYPE_VP9,
+    MediaEngine, MIME_TYPE_AV1, MIME_TYPE_G722, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_PCMA, MIME_TYPE_PCMU,
+    MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
 };
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -30,6 +30,7 @@ pub(super) fn register_codecs(
         Codec::Vp8,
         Codec::Vp9,
         Codec::H264,
+        Codec::Av1,
         Codec::Opus,
         Codec::G722,
         Codec::Pcmu,
@@ -103,6 +104,16 @@ fn codec_parameters(codec: Codec) -> (RTCRtpCodecParameters, RtpCodecKind) {
             0,
             "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
             102,
+            RtpCodecKind::Video,
+        ),
+        // What Chrome and Firefox offer (profile 0, main tier, level 3.1); payload type 100,
+        // its RTX 122.
+        Codec::Av1 => (
+            MIME_TYPE_AV1,
+            90_000,
+            0,
+            "level-idx=5;profile=0;tier=0",
+            100,
             RtpCodecKind::Video,
         ),
         Codec::Opus => (

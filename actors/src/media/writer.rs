@@ -719,6 +719,19 @@ impl Muxer {
                     }
                     h264_parameter_sets(first_frame)
                 }
+                Codec::Av1 => {
+                    (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
+                    (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_AV1;
+                    let (w, h) = super::depacketize::payload_format(codec)
+                        .dimensions(first_frame)
+                        .unwrap_or((640, 480));
+                    (*par).width = w as i32;
+                    (*par).height = h as i32;
+                    // The muxer builds the track's `av1C` from the sequence header OBU.
+                    super::depacketize::av1::sequence_header(first_frame)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default()
+                }
                 Codec::Opus => {
                     (*par).codec_type = ffi::AVMediaType::AVMEDIA_TYPE_AUDIO;
                     (*par).codec_id = ffi::AVCodecID::AV_CODEC_ID_OPUS;
@@ -829,7 +842,7 @@ impl Muxer {
             Codec::Opus => opus_packet_samples(&frame.frame.data).unwrap_or(960),
             // One byte per tick of the 8 kHz RTP clock (see `Codec::is_telephony`).
             Codec::Pcmu | Codec::Pcma | Codec::G722 => frame.frame.data.len() as i64,
-            Codec::Vp8 | Codec::Vp9 | Codec::H264 => 0,
+            Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::Av1 => 0,
         };
         packet.set_duration(rescale(duration, self.clock, self.stream_time_base));
         if frame.frame.keyframe || !self.codec.is_video() {

@@ -6,6 +6,7 @@
 //! buffer guarantees that. A frame with a packet missing is dropped, never emitted damaged.
 
 mod audio;
+pub mod av1;
 mod h264;
 pub(crate) use h264::has_parameter_sets;
 mod vp8;
@@ -17,6 +18,7 @@ use super::codec::Codec;
 use super::rtp::RtpPacket;
 
 pub use audio::AudioDepacketizer;
+pub use av1::Av1Depacketizer;
 pub use h264::H264Depacketizer;
 pub use vp8::{Picture, Verdict, Vp8Chain, Vp8Depacketizer};
 pub use vp9::Vp9Depacketizer;
@@ -82,6 +84,7 @@ pub fn payload_format(codec: Codec) -> Box<dyn PayloadFormat> {
         Codec::Vp8 => Box::new(Vp8Depacketizer),
         Codec::Vp9 => Box::new(Vp9Depacketizer),
         Codec::H264 => Box::new(H264Depacketizer::default()),
+        Codec::Av1 => Box::new(Av1Depacketizer),
         Codec::Opus | Codec::Pcmu | Codec::Pcma | Codec::G722 => Box::new(AudioDepacketizer),
     }
 }
