@@ -6,6 +6,7 @@
 //
 //   node whip-chromium.mjs <config.json>
 //   config: { whip, token, seconds, codec?: "VP8"|"VP9"|"AV1"|"H264", simulcast?: bool,
+//             scalabilityMode?: e.g. "L3T3_KEY" (VP9/AV1 SVC, one encoding),
 //             width?, height?, audio?: bool, rtx?: bool (default true), relay?: bool, chromium? }
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -18,7 +19,7 @@ const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 
 const page = `<!doctype html><meta charset="utf-8"><title>whip publisher</title>
 <script>
-window.offer = async ({ codec, simulcast, width, height, audio, rtxOff }) => {
+window.offer = async ({ codec, simulcast, scalabilityMode, width, height, audio, rtxOff }) => {
   const stream = await navigator.mediaDevices.getUserMedia({
     video: { width: { exact: width }, height: { exact: height }, frameRate: 30 }, audio,
   });
@@ -29,7 +30,7 @@ window.offer = async ({ codec, simulcast, width, height, audio, rtxOff }) => {
     ? [{ rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
        { rid: 'f', maxBitrate: 1500000 }]
-    : undefined;
+    : scalabilityMode ? [{ scalabilityMode }] : undefined;
   const vt = pc.addTransceiver(video, { direction: 'sendonly', sendEncodings });
   if (codec) {
     const all = RTCRtpSender.getCapabilities('video').codecs;
@@ -64,7 +65,7 @@ window.stats = async () => {
   const out = { video: [], audio: null };
   (await window.pc.getStats()).forEach((s) => {
     if (s.type !== 'outbound-rtp') return;
-    const row = { rid: s.rid || null, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded,
+    const row = { rid: s.rid || null, scalabilityMode: s.scalabilityMode || null, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded,
       keyFramesEncoded: s.keyFramesEncoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight,
       nackCount: s.nackCount, retransmittedPacketsSent: s.retransmittedPacketsSent, pliCount: s.pliCount };
     if (s.kind === 'video') out.video.push(row); else out.audio = row;
@@ -98,7 +99,7 @@ try {
   tab.on('pageerror', (e) => errors.push(String(e)));
   await tab.goto(`http://127.0.0.1:${server.address().port}/`);
   let offer = await tab.evaluate((o) => window.offer(o), {
-    codec: config.codec || null, simulcast: !!config.simulcast,
+    codec: config.codec || null, simulcast: !!config.simulcast, scalabilityMode: config.scalabilityMode || null,
     width: config.width || 1280, height: config.height || 720, audio: config.audio !== false,
     rtxOff: config.rtx === false,
   });

@@ -548,6 +548,63 @@ fn chromium_publishing_av1_over_whip_is_recorded_frame_for_frame() {
     );
 }
 
+/// Chromium publishing VP9 with three spatial layers (SVC, `L3T3_KEY`: one RTP stream whose
+/// pictures carry every layer): each picture is written as one superframe, so the file decodes at
+/// the top layer's size, one frame per picture encoded, without an error.
+#[test]
+fn chromium_publishing_vp9_svc_is_recorded_at_the_top_layer() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("chromium-svc");
+    let event = app.start(&unique("chromium-svc-call"), &conference, true, true);
+    let (child, lines) = chromium_whip(
+        &app,
+        &conference,
+        "agent",
+        json!({"seconds": 8, "codec": "VP9", "scalabilityMode": "L3T3_KEY", "width": 640, "height": 360}),
+    );
+    let (done, _) = chromium_done(child, lines);
+    app.stop(&event);
+    let instance = app.instance(&event);
+    let all = tracks(&instance);
+    let path = track_file(find_track(&all, "agent", "CAM", "VIDEO"));
+    let video = probe(&path);
+    let stats = &done["stats"]["video"][0];
+    eprintln!("vp9 svc: {video:?}, {stats}");
+    // Chromium picks fewer spatial layers for a small picture (L2T3_KEY at 640x360); it
+    // counts each layer's frame as a frame encoded.
+    let mode = stats["scalabilityMode"].as_str().expect("a scalability mode");
+    let layers: u64 = mode[1..2].parse().expect("spatial layers");
+    assert!(layers >= 2, "{done}");
+    assert_eq!(video.codec, "vp9");
+    let encoded = stats["framesEncoded"].as_u64().expect("framesEncoded");
+    // One frame per picture: at least a picture per `layers` frames encoded (a picture whose
+    // upper layer the encoder dropped has fewer), never more than the frames encoded.
+    assert!(
+        video.num_frames < encoded && video.num_frames * layers * 1000 >= encoded * 999,
+        "{} pictures of {encoded} layer frames in {layers} layers",
+        video.num_frames
+    );
+    let widths = frame_widths(&path);
+    let top = stats["frameWidth"].as_u64().expect("frameWidth") as u32;
+    let half = widths.len() / 2;
+    assert!(
+        widths[half..].iter().all(|w| *w == top),
+        "the second half at {top}: {widths:?}"
+    );
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}
+
 /// The non-black area of a video's frames from 1 s to 2 s, as `ffmpeg -vf cropdetect` finds it
 /// (w, h).
 fn picture_area(path: &std::path::Path) -> (u32, u32) {

@@ -82,7 +82,7 @@ pub struct Frame {
 pub fn payload_format(codec: Codec) -> Box<dyn PayloadFormat> {
     match codec {
         Codec::Vp8 => Box::new(Vp8Depacketizer),
-        Codec::Vp9 => Box::new(Vp9Depacketizer),
+        Codec::Vp9 => Box::new(Vp9Depacketizer::default()),
         Codec::H264 => Box::new(H264Depacketizer::default()),
         Codec::Av1 => Box::new(Av1Depacketizer),
         Codec::Opus | Codec::Pcmu | Codec::Pcma | Codec::G722 => Box::new(AudioDepacketizer),
