@@ -97,6 +97,12 @@ counter_set! {
         num_nacks,
         /// Packets that came after the jitter buffer had given up on them.
         num_late,
+        /// Frames not written because a packet of theirs was lost.
+        num_frames_incomplete,
+        /// Whole frames not written: the decoder's chain was broken (waiting for a keyframe).
+        num_frames_skipped,
+        /// Padding-only packets (bandwidth probes): never counted as loss.
+        num_padding,
         /// The jitter buffer's wait now (summed over tracks by `/metrics`: read it per track).
         jitter_buffer_ms,
         num_malformed,

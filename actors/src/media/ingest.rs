@@ -21,6 +21,13 @@ pub struct TrackCounters {
     pub num_nacks: AtomicU64,
     /// Packets that came after the jitter buffer gave up on them.
     pub num_late: AtomicU64,
+    /// Frames not written: a packet of theirs was lost.
+    pub num_frames_incomplete: AtomicU64,
+    /// Whole frames not written: the decoder's chain was broken (waiting for a keyframe, or a
+    /// lost frame they refer to).
+    pub num_frames_skipped: AtomicU64,
+    /// Padding-only packets (a WebRTC sender probing its bandwidth): counted, never loss.
+    pub num_padding: AtomicU64,
     /// How long the jitter buffer waits for a gap now, in ms.
     pub jitter_buffer_ms: AtomicU64,
     pub num_malformed: AtomicU64,
@@ -50,6 +57,17 @@ impl TrackCounters {
         set(&self.num_malformed, base.num_malformed + stats.num_malformed, 0);
         set(&self.num_nacks, base.num_nacks + stats.num_nacks, 0);
         set(&self.num_late, base.reorder.num_late + stats.reorder.num_late, 0);
+        set(
+            &self.num_frames_incomplete,
+            base.num_frames_incomplete + stats.num_frames_incomplete,
+            0,
+        );
+        set(
+            &self.num_frames_skipped,
+            base.num_frames_skipped + stats.num_frames_skipped,
+            0,
+        );
+        set(&self.num_padding, base.num_padding + stats.num_padding, 0);
     }
 
     /// What the counters hold now, as a base for the next segment.
@@ -62,6 +80,9 @@ impl TrackCounters {
             num_keyframe_requests: get(&self.num_keyframe_requests),
             num_malformed: get(&self.num_malformed),
             num_nacks: get(&self.num_nacks),
+            num_frames_incomplete: get(&self.num_frames_incomplete),
+            num_frames_skipped: get(&self.num_frames_skipped),
+            num_padding: get(&self.num_padding),
             ..Default::default()
         };
         stats.reorder.num_late = get(&self.num_late);
