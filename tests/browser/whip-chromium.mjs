@@ -65,7 +65,7 @@ window.stats = async () => {
   const out = { video: [], audio: null };
   (await window.pc.getStats()).forEach((s) => {
     if (s.type !== 'outbound-rtp') return;
-    const row = { rid: s.rid || null, scalabilityMode: s.scalabilityMode || null, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded,
+    const row = { rid: s.rid || null, scalabilityMode: s.scalabilityMode || null, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded, framesSent: s.framesSent,
       keyFramesEncoded: s.keyFramesEncoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight,
       nackCount: s.nackCount, retransmittedPacketsSent: s.retransmittedPacketsSent, pliCount: s.pliCount };
     if (s.kind === 'video') out.video.push(row); else out.audio = row;

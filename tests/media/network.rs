@@ -249,6 +249,7 @@ fn chromium_over_lossy_whip(loss: f64, seed: u64, rtx: bool, seconds: u32) -> Lo
     let audio = probe(&track_file(find_track(&all, "agent", "CAM", "AUDIO")));
     let times = testkit::probe::packet_times(&track_file(find_track(&all, "agent", "CAM", "VIDEO")));
     let stats = &done["stats"];
+    eprintln!("chromium's video stats: {}", stats["video"][0]);
     let figures = LossyWhip {
         video_sent: stats["video"][0]["framesEncoded"].as_u64().expect("frames encoded"),
         video_frames: video.num_frames,

@@ -86,6 +86,9 @@ fn two_participants_with_cam_mic_and_a_screen_are_recorded_track_by_track() {
         for name in ["num_lost", "num_keyframe_requests", "num_frames_dropped"] {
             assert!(c[name].is_u64(), "{name} in {s}");
         }
+        // FFmpeg begins each stream with a keyframe (H.264: its SPS first) and loopback loses
+        // nothing: no keyframe is asked for (a request there made Chromium drop two frames).
+        assert_eq!(c["num_keyframe_requests"], 0, "{s}");
     }
     // The same counters reach Prometheus, summed over live streams.
     let metrics = app

@@ -12,6 +12,7 @@ pub mod compose;
 pub mod depacketize;
 mod graph;
 pub mod join;
+mod keyframe;
 mod nack;
 pub mod pause;
 pub mod receiver;

@@ -278,6 +278,12 @@ impl TrackReceiver {
         if let Some(nack) = &mut self.nack {
             nack.arrived(packet.sequence, now);
         }
+        if self.waiting_for_keyframe && super::keyframe::starts_keyframe(self.codec, self.payloads, &packet) {
+            // A keyframe is on its way (a publisher's first frame is one): asking for another
+            // only makes the sender drop what it queued (Chromium skips two frames) and send a
+            // second; if this one cannot be completed, the request follows an interval later.
+            self.last_keyframe_request = Some(now);
+        }
         let mut released = Vec::new();
         match self.payloads {
             Some((media, aux)) if aux.red == Some(packet.payload_type) => match super::red::split(&packet, media) {
@@ -297,7 +303,12 @@ impl TrackReceiver {
             // window (so no gap is seen) and are dropped when released.
             _ => self.reorder.push(packet, now, &mut released),
         }
-        if let Some(seq) = self.reorder.settling().then(|| self.first_whole_keyframe()).flatten() {
+        if let Some(seq) = self
+            .reorder
+            .settling()
+            .then(|| super::keyframe::first_whole_keyframe(self.codec, self.payloads, self.reorder.settling_packets()))
+            .flatten()
+        {
             // Video is written from a keyframe on: what was sent before one cannot matter, so
             // the start need not wait for it (the first keyframe is written at once).
             self.reorder.start_at(seq, now, &mut released);
@@ -318,66 +329,6 @@ impl TrackReceiver {
             self.stats.num_nacks += sequences.len() as u64;
             out.push(ReceiverOutput::Nack { ssrc, sequences });
         }
-    }
-
-    /// While the jitter buffer settles: the first packet of the first whole keyframe it holds
-    /// (its first packet, then every packet of its timestamp up to the marker, no gap). Its
-    /// start must be certain: for H.264, where every NAL unit starts anew, the packet before it
-    /// is there with another timestamp, or the access unit carries its SPS and PPS.
-    fn first_whole_keyframe(&self) -> Option<i64> {
-        if !self.codec.is_video() {
-            return None;
-        }
-        let mut format = super::depacketize::payload_format(self.codec);
-        let media = |p: &RtpPacket| self.payloads.is_none_or(|(pt, _)| p.payload_type == pt);
-        struct Candidate {
-            first: i64,
-            timestamp: u32,
-            next: i64,
-            keyframe: bool,
-            certain_start: bool,
-            data: Vec<u8>,
-        }
-        let mut candidate: Option<Candidate> = None;
-        let mut previous: Option<(i64, u32)> = None;
-        for (seq, p) in self.reorder.settling_packets() {
-            let part = media(p).then(|| format.parse(&p.payload).ok()).flatten();
-            let continues = candidate
-                .as_ref()
-                .is_some_and(|c| seq == c.next && p.timestamp == c.timestamp);
-            if !continues {
-                candidate = match &part {
-                    Some(part) if part.starts_frame => Some(Candidate {
-                        first: seq,
-                        timestamp: p.timestamp,
-                        next: seq,
-                        keyframe: false,
-                        certain_start: self.codec != Codec::H264
-                            || previous.is_some_and(|(s, ts)| s + 1 == seq && ts != p.timestamp),
-                        data: Vec::new(),
-                    }),
-                    _ => None,
-                };
-            }
-            previous = Some((seq, p.timestamp));
-            let (Some(c), Some(part)) = (candidate.as_mut(), part) else {
-                candidate = None;
-                continue;
-            };
-            c.keyframe |= part.keyframe;
-            c.next = seq + 1;
-            if self.codec == Codec::H264 {
-                c.data.extend_from_slice(&part.data);
-            }
-            if p.marker {
-                let whole = c.keyframe && (c.certain_start || super::depacketize::has_parameter_sets(&c.data));
-                if whole {
-                    return Some(c.first);
-                }
-                candidate = None;
-            }
-        }
-        None
     }
 
     /// RTCP from the sender: sender reports refine the wall-clock mapping.
@@ -670,8 +621,8 @@ pub(crate) mod tests {
         );
         assert_eq!(
             num_requests(&out),
-            1,
-            "one request at start, answered by the first keyframe"
+            0,
+            "the first packet begins a keyframe: none asked for (a sender drops frames for it)"
         );
         assert_eq!(rx.stats().num_keyframes, 3);
     }
