@@ -99,3 +99,63 @@ fn a_comedia_transport_is_greeted_and_red_audio_fills_every_loss() {
     );
     assert_eq!(p.num_frames, 201, "{p:?}");
 }
+
+/// A video sender whose offer takes keyframe requests as FIR only (`a=rtcp-fb:96 ccm fir`, no
+/// `nack pli`: some SIP video endpoints and MCUs) joins in the middle of a GOP: the recorder asks
+/// it for a keyframe with FIRs (RFC 5104), each with a new sequence number, never with a PLI it
+/// would ignore.
+#[test]
+fn a_sender_that_takes_only_fir_is_asked_for_a_keyframe_by_fir() {
+    let _media = media_lock();
+    let app = TestApp::spawn();
+    let conference = unique("fir");
+    let event = app.start(&unique("fir-call"), &conference, false, true);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resp = app.publish(
+        "rtp",
+        &conference,
+        "userId=endpoint&type=CAM",
+        &format!("Bearer {KEY}"),
+        "application/sdp",
+        &format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 ccm fir\r\na=rtcp-mux\r\n",
+            socket.local_addr().unwrap().port()
+        ),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let answer = resp.text();
+    assert!(answer.contains("a=rtcp-fb:96 ccm fir\r\n"), "{answer}");
+    let to: std::net::SocketAddr = format!("127.0.0.1:{}", answer_ports(&answer)[0]).parse().unwrap();
+    // The fixture's packets after its first keyframe: delta frames only, for a second.
+    let fixture = testkit::rtp::Fixture::load("vp8");
+    let rtp: Vec<&Vec<u8>> = fixture
+        .datagrams
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| !(192..=223).contains(&d[1]))
+        .skip(15)
+        .take(60)
+        .collect();
+    socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let (mut firs, mut plis) = (Vec::new(), 0);
+    let mut buf = [0u8; 1500];
+    for d in rtp {
+        socket.send_to(d, to).unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+        while let Ok(n) = socket.recv(&mut buf) {
+            let fb = &buf[..n];
+            if n >= 20 && fb[1] == 206 && fb[0] & 0x1f == 4 {
+                firs.push(fb[16]);
+            }
+            plis += recorder_actors::media::rtp::picture_loss_media_ssrcs(fb).len();
+        }
+    }
+    app.stop(&event);
+    assert_eq!(plis, 0, "no PLI for a sender that takes only FIR");
+    assert!(firs.len() >= 2, "FIRs asked again while no keyframe came: {firs:?}");
+    assert!(
+        firs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "a new sequence number each: {firs:?}"
+    );
+}

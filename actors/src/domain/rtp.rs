@@ -24,6 +24,9 @@ pub struct RtpMediaRecord {
     /// The sender answers generic NACKs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nack: bool,
+    /// The sender takes keyframe requests as FIR only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fir: bool,
     pub rtp_port: u16,
     /// `None` with rtcp-mux.
     pub rtcp_port: Option<u16>,

@@ -13,7 +13,7 @@ use super::plain_rtp::{
     rtcp_may_latch, BoundMedia, Greeting, Inbound, Latch, SessionActivity, EMPTY_RECEIVER_REPORT, GREETINGS,
     GREETING_INTERVAL,
 };
-use super::rtp::{generic_nack, picture_loss_indication, MAX_RTP_PACKET};
+use super::rtp::{full_intra_request, generic_nack, picture_loss_indication, MAX_RTP_PACKET};
 use super::MediaError;
 
 /// The receive work of one plain-RTP session, running on the pool's threads; stopping is
@@ -200,6 +200,8 @@ pub(super) struct MediaIngest {
     activity: Arc<SessionActivity>,
     /// Greetings left for a sender that waits to hear from us (see [`Greeting`]).
     greeting: Option<Greeting>,
+    /// A sender that takes keyframe requests as FIR only: the last FIR's sequence number.
+    fir_sequence: Option<u8>,
     /// Readiness seen since the last read (epoll is edge-triggered: a socket is read until empty).
     rtp_readable: bool,
     rtcp_readable: bool,
@@ -240,6 +242,7 @@ impl MediaIngest {
             });
         Ok(MediaIngest {
             greeting,
+            fir_sequence: bound.accepted.fir.then_some(0),
             rtp: mio::net::UdpSocket::from_std(bound.rtp),
             rtcp: bound.rtcp.map(mio::net::UdpSocket::from_std),
             rtcp_latch: Latch {
@@ -354,10 +357,17 @@ impl MediaIngest {
         let mut out = std::mem::take(pump.outputs());
         pump.receiver.poll(now, &mut out);
         *pump.outputs() = out;
+        let fir = &mut self.fir_sequence;
         let plis: Vec<Vec<u8>> = pump
             .drain(now)
             .into_iter()
-            .map(|ssrc| picture_loss_indication(0, ssrc).to_vec())
+            .map(|ssrc| match fir {
+                Some(sequence) => {
+                    *sequence = sequence.wrapping_add(1);
+                    full_intra_request(0, ssrc, *sequence).to_vec()
+                }
+                None => picture_loss_indication(0, ssrc).to_vec(),
+            })
             .collect();
         let nacks = pump
             .take_nacks()

@@ -172,6 +172,20 @@ pub fn picture_loss_indication(sender_ssrc: u32, media_ssrc: u32) -> [u8; 12] {
     out
 }
 
+/// A full intra request (RFC 5104 §4.3.1): asks the sender of `media_ssrc` for a keyframe, for
+/// senders that take no PLI; `sequence` grows by one per new request (a repeat keeps it).
+pub fn full_intra_request(sender_ssrc: u32, media_ssrc: u32, sequence: u8) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out[0] = 0x80 | 4; // version 2, FMT 4 = FIR
+    out[1] = 206; // payload-specific feedback
+    out[2..4].copy_from_slice(&4u16.to_be_bytes()); // length in words minus one
+    out[4..8].copy_from_slice(&sender_ssrc.to_be_bytes());
+    // Media source SSRC: unused (0); the FCI names the SSRC instead.
+    out[12..16].copy_from_slice(&media_ssrc.to_be_bytes());
+    out[16] = sequence;
+    out
+}
+
 /// A generic NACK (RFC 4585 §6.2.1): asks the sender of `media_ssrc` to send `sequences`
 /// again, packed into PID + bitmask entries (each covers a packet and the 16 after it).
 pub fn generic_nack(sender_ssrc: u32, media_ssrc: u32, sequences: &[u16]) -> Vec<u8> {
@@ -347,6 +361,18 @@ mod tests {
         back.sort_unstable();
         assert_eq!(back, vec![2, 100, 101, 116, 117, 65535]);
         assert!(nacked_sequences(&nack[..7]).is_empty());
+    }
+
+    #[test]
+    fn a_full_intra_request_names_its_ssrc_and_sequence() {
+        let fir = full_intra_request(1, 0xabcd, 7);
+        assert_eq!(&fir[..4], &[0x84, 206, 0, 4]);
+        assert_eq!(&fir[4..8], &1u32.to_be_bytes());
+        assert_eq!(&fir[8..12], &[0; 4]);
+        assert_eq!(&fir[12..16], &0xabcdu32.to_be_bytes());
+        assert_eq!(fir[16], 7);
+        // A PLI reader does not take it for a PLI.
+        assert!(picture_loss_media_ssrcs(&fir).is_empty());
     }
 
     #[test]

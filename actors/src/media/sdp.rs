@@ -89,6 +89,9 @@ pub struct Accepted {
     /// The sender retransmits what a generic NACK asks for (`a=rtcp-fb:<pt> nack`): lost
     /// packets are asked for again while the jitter buffer waits for them.
     pub nack: bool,
+    /// The sender takes keyframe requests as FIR (RFC 5104 §4.3.1) only: its offer has
+    /// `a=rtcp-fb:<pt> ccm fir` and no `nack pli` (some SIP video endpoints and MCUs).
+    pub fir: bool,
     /// Payload types the m-line also takes besides the media's own (answered, so the sender may
     /// use them, and handled by the receiver: see [`AuxPayloads`]).
     pub aux: AuxPayloads,
@@ -100,6 +103,7 @@ impl Accepted {
             codec,
             payload_type,
             nack: false,
+            fir: false,
             aux: AuxPayloads::default(),
         }
     }
@@ -165,6 +169,7 @@ impl MediaOffer {
             }
             let mut accepted = Accepted::new(codec, pt);
             accepted.nack = self.honours_nack(pt);
+            accepted.fir = kind == TrackType::Video && self.asks_fir_only(pt);
             if kind == TrackType::Audio {
                 accepted.aux = AuxPayloads {
                     telephone_event: self.named_payload_type("telephone-event", codec.clock_rate()),
@@ -202,6 +207,22 @@ impl MediaOffer {
         self.rtcp_fb
             .iter()
             .any(|(p, feedback)| (*p == pt || p == "*") && feedback.eq_ignore_ascii_case("nack"))
+    }
+
+    /// Whether the offer takes keyframe requests for `pt` as FIR and not as PLI.
+    fn asks_fir_only(&self, pt: u8) -> bool {
+        let pt = pt.to_string();
+        let has = |what: &str| {
+            self.rtcp_fb.iter().any(|(p, feedback)| {
+                (*p == pt || p == "*")
+                    && feedback
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .eq_ignore_ascii_case(what)
+            })
+        };
+        has("ccm fir") && !has("nack pli")
     }
 
     /// The m-line's payload types, in the sender's order.
@@ -455,6 +476,9 @@ pub fn build_answer(offer: &SessionOffer, answers: &[MediaAnswer], address: IpAd
                 if codec.is_video() {
                     sdp.push_str(&format!("a=rtcp-fb:{pt} nack pli\r\n"));
                 }
+                if accepted.fir {
+                    sdp.push_str(&format!("a=rtcp-fb:{pt} ccm fir\r\n"));
+                }
                 sdp.push_str("a=recvonly\r\n");
             }
             MediaAnswer::Refused(_) => {
@@ -565,6 +589,19 @@ mod tests {
         )
         .unwrap();
         assert!(!pli_only.media[0].choose(true, true).unwrap().nack);
+        assert!(!pli_only.media[0].choose(true, true).unwrap().fir);
+        // `ccm fir` without `nack pli`: keyframes are asked for by FIR.
+        let fir_only = parse_offer(
+            "v=0\r\nc=IN IP4 10.0.0.5\r\nm=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 ccm  fir\r\n",
+        )
+        .unwrap();
+        assert!(fir_only.media[0].choose(true, true).unwrap().fir);
+        let both = parse_offer(
+            "v=0\r\nc=IN IP4 10.0.0.5\r\nm=video 9 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n\
+             a=rtcp-fb:* ccm fir\r\na=rtcp-fb:96 nack pli\r\n",
+        )
+        .unwrap();
+        assert!(!both.media[0].choose(true, true).unwrap().fir, "PLI is taken");
     }
 
     #[test]
