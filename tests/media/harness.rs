@@ -648,3 +648,19 @@ pub fn publish_av_rtp(app: &TestApp, conference: &str, user: &str) -> Vec<u16> {
     assert_eq!(resp.status, 201, "{}", resp.text());
     answer_ports(&resp.text())
 }
+
+/// The whole file decodes with FFmpeg without a single error message.
+pub fn assert_decodes(path: &Path) {
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}

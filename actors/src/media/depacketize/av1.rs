@@ -8,7 +8,7 @@
 //! whole (`complete`): each OBU with its size field, temporal delimiters and padding dropped,
 //! as the Matroska AV1 mapping asks.
 
-use super::{DepacketizeError, PayloadFormat, PayloadPart};
+use super::{Bits, DepacketizeError, PayloadFormat, PayloadPart};
 
 const OBU_SEQUENCE_HEADER: u8 = 1;
 const OBU_TEMPORAL_DELIMITER: u8 = 2;
@@ -145,57 +145,36 @@ pub fn sequence_header(unit: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Reads bits most significant first.
-struct Bits<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl Bits<'_> {
-    fn read(&mut self, n: usize) -> Option<u32> {
-        let mut value = 0u32;
-        for _ in 0..n {
-            let byte = self.data.get(self.at / 8)?;
-            value = (value << 1) | u32::from((byte >> (7 - self.at % 8)) & 1);
-            self.at += 1;
-        }
-        Some(value)
-    }
-}
-
 /// `max_frame_width/height` of a sequence header OBU (AV1 spec §5.5.1), for the streams
 /// WebRTC encoders send: no timing or decoder-model info (`None` otherwise).
 fn max_frame_size(obu: &[u8]) -> Option<(u32, u32)> {
     let header_len = 1 + usize::from(obu.first()? & 0x04 != 0);
     let (_, n) = leb128(obu.get(header_len..)?)?;
-    let mut bits = Bits {
-        data: obu.get(header_len + n..)?,
-        at: 0,
-    };
-    let _profile = bits.read(3)?;
-    let _still_picture = bits.read(1)?;
-    let reduced = bits.read(1)? == 1;
+    let mut bits = Bits::new(obu.get(header_len + n..)?);
+    let _profile = bits.bits(3)?;
+    let _still_picture = bits.bits(1)?;
+    let reduced = bits.bits(1)? == 1;
     if reduced {
-        bits.read(5)?; // seq_level_idx[0]
+        bits.bits(5)?; // seq_level_idx[0]
     } else {
-        if bits.read(1)? == 1 {
+        if bits.bits(1)? == 1 {
             return None; // timing_info_present_flag
         }
-        let initial_display_delay = bits.read(1)? == 1;
-        let operating_points = bits.read(5)? + 1;
+        let initial_display_delay = bits.bits(1)? == 1;
+        let operating_points = bits.bits(5)? + 1;
         for _ in 0..operating_points {
-            bits.read(12)?; // operating_point_idc
-            if bits.read(5)? > 7 {
-                bits.read(1)?; // seq_tier
+            bits.bits(12)?; // operating_point_idc
+            if bits.bits(5)? > 7 {
+                bits.bits(1)?; // seq_tier
             }
-            if initial_display_delay && bits.read(1)? == 1 {
-                bits.read(4)?;
+            if initial_display_delay && bits.bits(1)? == 1 {
+                bits.bits(4)?;
             }
         }
     }
-    let width_bits = bits.read(4)? as usize + 1;
-    let height_bits = bits.read(4)? as usize + 1;
-    Some((bits.read(width_bits)? + 1, bits.read(height_bits)? + 1))
+    let width_bits = bits.bits(4)? as usize + 1;
+    let height_bits = bits.bits(4)? as usize + 1;
+    Some((bits.bits(width_bits)? + 1, bits.bits(height_bits)? + 1))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! FU-A. NAL units are emitted in Annex B form (start code + NAL), which FFmpeg's Matroska muxer
 //! converts to length-prefixed samples with an avcC built from the SPS/PPS it sees.
 
-use super::{DepacketizeError, PayloadFormat, PayloadPart};
+use super::{Bits, DepacketizeError, PayloadFormat, PayloadPart};
 
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 const NAL_IDR: u8 = 5;
@@ -73,7 +73,7 @@ fn first_mb_in_slice(nal: &[u8]) -> Option<u32> {
         zeros = if b == 0 { zeros + 1 } else { 0 };
         rbsp.push(b);
     }
-    Bits { data: &rbsp, at: 0 }.ue()
+    Bits::new(&rbsp).ue()
 }
 
 impl PayloadFormat for H264Depacketizer {
@@ -206,7 +206,7 @@ pub fn sps_dimensions(nal: &[u8]) -> Option<(u32, u32)> {
         zeros = if b == 0 { zeros + 1 } else { 0 };
         rbsp.push(b);
     }
-    let mut r = Bits { data: &rbsp, at: 0 };
+    let mut r = Bits::new(&rbsp);
     let profile_idc = r.bits(8)?;
     r.bits(16)?; // constraint flags, level_idc
     r.ue()?; // seq_parameter_set_id
@@ -289,40 +289,6 @@ pub fn sps_dimensions(nal: &[u8]) -> Option<(u32, u32)> {
         .checked_mul(16)?
         .checked_sub(crop_y.checked_mul(top.checked_add(bottom)?)?)?;
     (width > 0 && height > 0 && width <= 16384 && height <= 16384).then_some((width, height))
-}
-
-struct Bits<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl Bits<'_> {
-    fn bits(&mut self, n: usize) -> Option<u32> {
-        let mut v = 0u32;
-        for _ in 0..n {
-            let byte = *self.data.get(self.at / 8)?;
-            v = (v << 1) | u32::from((byte >> (7 - self.at % 8)) & 1);
-            self.at += 1;
-        }
-        Some(v)
-    }
-
-    /// Exp-Golomb unsigned; longer than 31 leading zeros is malformed.
-    fn ue(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while self.bits(1)? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return None;
-            }
-        }
-        Some(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)) as u32)
-    }
-
-    fn se(&mut self) -> Option<i64> {
-        let k = i64::from(self.ue()?);
-        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
-    }
 }
 
 /// Whether an H.264 access unit (Annex B) carries an SPS and a PPS.

@@ -89,6 +89,46 @@ pub fn payload_format(codec: Codec) -> Box<dyn PayloadFormat> {
     }
 }
 
+/// Reads a bitstream most significant bit first (codec headers: H.264's SPS, VP9's and AV1's
+/// frame and sequence headers); `None` past the end.
+pub(super) struct Bits<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Bits<'a> {
+    pub(super) fn new(data: &'a [u8]) -> Self {
+        Self { data, at: 0 }
+    }
+
+    pub(super) fn bits(&mut self, n: usize) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.at / 8)?;
+            v = (v << 1) | u32::from((byte >> (7 - self.at % 8)) & 1);
+            self.at += 1;
+        }
+        Some(v)
+    }
+
+    /// Exp-Golomb unsigned; longer than 31 leading zeros is malformed.
+    pub(super) fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bits(1)? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)) as u32)
+    }
+
+    pub(super) fn se(&mut self) -> Option<i64> {
+        let k = i64::from(self.ue()?);
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+}
+
 /// Collects packets of one timestamp into a frame.
 pub struct FrameAssembler {
     format: Box<dyn PayloadFormat>,

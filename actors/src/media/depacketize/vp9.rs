@@ -12,7 +12,7 @@
 //! (the sender's bandwidth fell), the lower layer's frames refer to frames not written: the
 //! picture is refused, so the track waits for (and asks for) a keyframe.
 
-use super::{DepacketizeError, PayloadFormat, PayloadPart};
+use super::{Bits, DepacketizeError, PayloadFormat, PayloadPart};
 
 #[derive(Default)]
 pub struct Vp9Depacketizer {
@@ -199,100 +199,95 @@ fn superframe(data: &[u8]) -> Vec<&[u8]> {
 /// always, an inter frame's when it does not take it from a reference (an upper spatial layer
 /// does not: its references are smaller).
 fn frame_size(frame: &[u8]) -> Option<(u32, u32)> {
-    let mut bits = BitReader { data: frame, at: 0 };
-    if bits.read(2)? != 2 {
+    let mut bits = Bits::new(frame);
+    if bits.bits(2)? != 2 {
         return None; // frame_marker
     }
-    let profile = bits.read(1)? | (bits.read(1)? << 1);
+    let profile = bits.bits(1)? | (bits.bits(1)? << 1);
     if profile == 3 {
-        bits.read(1)?;
+        bits.bits(1)?;
     }
-    if bits.read(1)? == 1 {
+    if bits.bits(1)? == 1 {
         return None; // show_existing_frame
     }
-    let inter = bits.read(1)? == 1;
-    let show_frame = bits.read(1)? == 1;
-    let error_resilient = bits.read(1)? == 1;
+    let inter = bits.bits(1)? == 1;
+    let show_frame = bits.bits(1)? == 1;
+    let error_resilient = bits.bits(1)? == 1;
     if inter {
-        let intra_only = !show_frame && bits.read(1)? == 1;
+        let intra_only = !show_frame && bits.bits(1)? == 1;
         if !error_resilient {
-            bits.read(2)?; // reset_frame_context
+            bits.bits(2)?; // reset_frame_context
         }
         if intra_only {
-            if bits.read(24)? != 0x49_83_42 {
+            if bits.bits(24)? != 0x49_83_42 {
                 return None;
             }
             if profile > 0 {
                 return None; // color config of a profile seldom sent: not read here
             }
-            bits.read(8)?; // refresh_frame_flags
-            return Some((bits.read(16)? + 1, bits.read(16)? + 1));
+            bits.bits(8)?; // refresh_frame_flags
+            return Some((bits.bits(16)? + 1, bits.bits(16)? + 1));
         }
-        bits.read(8)?; // refresh_frame_flags
-        bits.read(12)?; // ref_frame_idx and ref_frame_sign_bias, three times
+        bits.bits(8)?; // refresh_frame_flags
+        bits.bits(12)?; // ref_frame_idx and ref_frame_sign_bias, three times
         for _ in 0..3 {
-            if bits.read(1)? == 1 {
+            if bits.bits(1)? == 1 {
                 return None; // found_ref: the size is a reference's
             }
         }
-        return Some((bits.read(16)? + 1, bits.read(16)? + 1));
+        return Some((bits.bits(16)? + 1, bits.bits(16)? + 1));
     }
-    if bits.read(24)? != 0x49_83_42 {
+    if bits.bits(24)? != 0x49_83_42 {
         return None; // frame_sync_code
     }
     if profile >= 2 {
-        bits.read(1)?; // ten_or_twelve_bit
+        bits.bits(1)?; // ten_or_twelve_bit
     }
-    let color_space = bits.read(3)?;
+    let color_space = bits.bits(3)?;
     if color_space != 7 {
-        bits.read(1)?; // color_range
+        bits.bits(1)?; // color_range
         if profile == 1 || profile == 3 {
-            bits.read(3)?; // subsampling_x, subsampling_y, reserved_zero
+            bits.bits(3)?; // subsampling_x, subsampling_y, reserved_zero
         }
     } else if profile == 1 || profile == 3 {
-        bits.read(1)?;
+        bits.bits(1)?;
     }
-    let width = bits.read(16)? + 1;
-    let height = bits.read(16)? + 1;
+    let width = bits.bits(16)? + 1;
+    let height = bits.bits(16)? + 1;
     Some((width, height))
 }
 
 /// Whether an uncompressed frame header (§6.2) is a keyframe's; `None` when unreadable.
 fn header_says_keyframe(frame: &[u8]) -> Option<bool> {
-    let mut bits = BitReader { data: frame, at: 0 };
-    if bits.read(2)? != 2 {
+    let mut bits = Bits::new(frame);
+    if bits.bits(2)? != 2 {
         return None;
     }
-    let profile = bits.read(1)? | (bits.read(1)? << 1);
+    let profile = bits.bits(1)? | (bits.bits(1)? << 1);
     if profile == 3 {
-        bits.read(1)?;
+        bits.bits(1)?;
     }
-    if bits.read(1)? == 1 {
+    if bits.bits(1)? == 1 {
         return Some(false); // show_existing_frame
     }
-    Some(bits.read(1)? == 0)
-}
-
-struct BitReader<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl BitReader<'_> {
-    fn read(&mut self, n: usize) -> Option<u32> {
-        let mut value = 0u32;
-        for _ in 0..n {
-            let byte = *self.data.get(self.at / 8)?;
-            value = (value << 1) | u32::from((byte >> (7 - self.at % 8)) & 1);
-            self.at += 1;
-        }
-        Some(value)
-    }
+    Some(bits.bits(1)? == 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header written as a string of '0' and '1', padded with zeros to whole bytes.
+    fn bytes_of(bits: &str) -> Vec<u8> {
+        let mut bits = bits.to_string();
+        while bits.len() % 8 != 0 {
+            bits.push('0');
+        }
+        bits.as_bytes()
+            .chunks(8)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
+            .collect()
+    }
 
     #[test]
     fn descriptors_are_skipped_and_keyframes_found() {
@@ -322,14 +317,7 @@ mod tests {
         bits += "010010011000001101000010";
         bits += "0100";
         bits += &format!("{:016b}{:016b}", 319, 239);
-        while bits.len() % 8 != 0 {
-            bits.push('0');
-        }
-        let bytes: Vec<u8> = bits
-            .as_bytes()
-            .chunks(8)
-            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
-            .collect();
+        let bytes = bytes_of(&bits);
         assert_eq!(Vp9Depacketizer::default().dimensions(&bytes), Some((320, 240)));
         assert_eq!(Vp9Depacketizer::default().dimensions(&bytes[..5]), None);
         assert_eq!(header_says_keyframe(&bytes), Some(true));
@@ -383,14 +371,7 @@ mod tests {
         bits += "000000010010";
         bits += "000";
         bits += &format!("{:016b}{:016b}", 639, 359);
-        while bits.len() % 8 != 0 {
-            bits.push('0');
-        }
-        let bytes: Vec<u8> = bits
-            .as_bytes()
-            .chunks(8)
-            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
-            .collect();
+        let bytes = bytes_of(&bits);
         assert_eq!(frame_size(&bytes), Some((640, 360)));
     }
 }
